@@ -1,0 +1,50 @@
+# The two commands of the README: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TIDINGS_HOST  ?= 127.0.0.1
+TIDINGS_PORT  ?= 8000
+TIDINGS_STORE ?= sqlite:///tidings.db
+export TIDINGS_HOST TIDINGS_PORT TIDINGS_STORE
+
+.PHONY: run test lint typecheck unit venv dev clean bench
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tidings needs Python >= 3.11 (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev,redis]'
+	touch $@ $(VENV)/.installed
+
+venv: $(VENV)/.installed
+dev: $(VENV)/.installed-dev
+
+## make run: create .venv, install tidings, serve on the embedded SQLite store
+run: $(VENV)/.installed
+	$(BIN)/tidings serve
+
+## make test: dev venv, lint, type check, the whole suite
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q
+
+lint: dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: dev
+	$(BIN)/mypy
+
+unit: dev
+	$(BIN)/python -m pytest -q tests/unit tests/contract
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
