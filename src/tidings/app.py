@@ -1,0 +1,271 @@
+"""The ASGI application, built by `create_app(settings)`.
+
+Requests take one of two roads:
+
+* Streams (`GET /v1/channels/{c}/events`, `GET /v1/events`, WebSocket
+  `/v1/channels/{c}/ws`) go straight to tidings.transports with the server's own `send`,
+  so the hub's fan-out writes through no middleware wrapper.
+* Everything else goes through Starlette: routing, error mapping, metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from tidings import constants as C
+from tidings.channels import ChannelService, check_channel
+from tidings.errors import BadRequest, StoreError, TidingsError
+from tidings.http import channels as channel_routes
+from tidings.http.common import json_response
+from tidings.hub import Hub
+from tidings.metrics import Metrics
+from tidings.openapi import DOCS_HTML, openapi_document
+from tidings.settings import Settings
+from tidings.stores import open_store
+from tidings.stores.base import ChannelStore, Retention
+from tidings.transports.sse import serve_sse
+from tidings.transports.websocket import serve_ws
+from tidings.wire import decode_composite_cursor, encode_json
+
+__all__ = ["TidingsApp", "create_app"]
+
+log = logging.getLogger("tidings")
+
+_CHANNEL_STREAM = re.compile(r"^/v1/channels/([^/]+)/(events|ws)$")
+
+
+async def _send_error(send: Send, exc: TidingsError) -> None:
+    body = encode_json(exc.to_wire())
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class TidingsApp:
+    """The whole server as one ASGI callable.
+
+    Args:
+        settings: what to serve and how.
+        store: a store to use instead of the one named by `settings.store` (tests).
+    """
+
+    def __init__(self, settings: Settings, store: ChannelStore | None = None) -> None:
+        self.settings = settings
+        retention = Retention(settings.max_messages, settings.max_age)
+        self.store = store or open_store(settings.store, retention, settings.sqlite_synchronous)
+        self.hub = Hub(self.store.cursor_key)
+        self.channels = ChannelService(self.store, self.hub, settings.long_poll_cap)
+        self.metrics = Metrics(self.hub)
+        self._background: list[asyncio.Task[None]] = []
+        self.ready = False
+        self.starlette = Starlette(
+            routes=[
+                Route("/healthz", self._healthz, methods=["GET"]),
+                Route("/readyz", self._readyz, methods=["GET"]),
+                Route("/metrics", self._metrics, methods=["GET"]),
+                Route("/openapi.json", self._openapi, methods=["GET"]),
+                Route("/docs", self._docs, methods=["GET"]),
+                *channel_routes.routes,
+            ],
+            exception_handlers={
+                TidingsError: self._tidings_error,
+                HTTPException: self._http_error,
+                Exception: self._unexpected_error,
+            },
+            lifespan=self._lifespan,
+        )
+        self.starlette.state.settings = settings
+        self.starlette.state.channels = self.channels
+        self._http = self.metrics.middleware(self.starlette)
+
+    # -- ASGI entry ---------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind in ("http", "websocket"):
+            path: str = scope["path"]
+            if kind == "websocket" or scope["method"] == "GET":
+                if path == "/v1/events" and kind == "http":
+                    await self._stream(scope, receive, send, None, "events")
+                    return
+                m = _CHANNEL_STREAM.match(path)
+                if m is not None and (m.group(2) == "ws") == (kind == "websocket"):
+                    await self._stream(scope, receive, send, m.group(1), m.group(2))
+                    return
+            if kind == "websocket":
+                await send({"type": "websocket.close", "code": 1008, "reason": "no such endpoint"})
+                return
+        await self._http(scope, receive, send)
+
+    async def _stream(
+        self, scope: Scope, receive: Receive, send: Send, channel: str | None, what: str
+    ) -> None:
+        settings = self.settings
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+        try:
+            if self.hub.closing:
+                raise StoreError("server is shutting down: reconnect to another node or retry")
+            last_event_id = None
+            for name, value in scope["headers"]:
+                if name == b"last-event-id":
+                    last_event_id = value.decode("latin-1").strip() or None
+            after = next((v for k, v in query if k == "after"), None) or None
+            cursor = last_event_id or after
+            if channel is None:
+                names = [check_channel(v) for k, v in query if k == "channel"]
+                if not names:
+                    raise BadRequest("name the channels: /v1/events?channel=a&channel=b")
+                positions = decode_composite_cursor(cursor) if cursor else {}
+                for pos in positions.values():
+                    self.store.cursor_key(pos)
+                requested = {n: positions.get(n) for n in names}
+                await serve_sse(
+                    self.channels, send, receive, requested, True, settings.subscriber_buffer
+                )
+                return
+            check_channel(channel)
+            if cursor is not None:
+                self.store.cursor_key(cursor)
+            if what == "ws":
+                await serve_ws(
+                    self.channels,
+                    send,
+                    receive,
+                    channel,
+                    cursor,
+                    settings.subscriber_buffer,
+                    settings.max_message_bytes,
+                )
+            else:
+                await serve_sse(
+                    self.channels,
+                    send,
+                    receive,
+                    {channel: cursor},
+                    False,
+                    settings.subscriber_buffer,
+                )
+        except (TidingsError, ValueError) as exc:
+            err = exc if isinstance(exc, TidingsError) else BadRequest(str(exc))
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008, "reason": err.message[:120]})
+            else:
+                await _send_error(send, err)
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.store.start()
+        loop = asyncio.get_running_loop()
+        self._background = [
+            loop.create_task(self._every(C.RETENTION_SWEEP_INTERVAL, self.channels.sweep)),
+            loop.create_task(self._every(self.settings.heartbeat, self._heartbeat)),
+        ]
+        self.ready = True
+        log.info("tidings ready on store %s", self.settings.store)
+        try:
+            yield
+        finally:
+            self.ready = False
+            self.drain("server shutting down")
+            for task in self._background:
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+            await self.store.close()
+
+    async def _heartbeat(self) -> None:
+        self.hub.heartbeat()
+
+    @staticmethod
+    async def _every(interval: float, fn: Any) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await fn()
+            except Exception:
+                log.exception("background job %s failed; will retry", getattr(fn, "__name__", fn))
+
+    def drain(self, reason: str) -> None:
+        """Begin shutdown: end every stream with `reason` and answer every parked long poll."""
+        self.ready = False
+        self.hub.close_all(reason)
+
+    # -- operational endpoints ----------------------------------------------------------
+
+    async def _healthz(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def _readyz(self, request: Request) -> Response:
+        if not self.ready:
+            return json_response({"status": "not ready", "reason": "starting or draining"}, 503)
+        try:
+            await self.store.ping()
+        except TidingsError as exc:
+            return json_response({"status": "not ready", "reason": exc.message}, 503)
+        return json_response({"status": "ready", "store": self.settings.store.split("://")[0]})
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def _openapi(self, request: Request) -> Response:
+        return json_response(openapi_document())
+
+    async def _docs(self, request: Request) -> Response:
+        return HTMLResponse(DOCS_HTML)
+
+    # -- errors -------------------------------------------------------------------------
+
+    async def _tidings_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, TidingsError)  # noqa: S101 - registered for TidingsError only
+        return json_response(exc.to_wire(), exc.status)
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)  # noqa: S101 - registered for HTTPException only
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = exc.detail
+        if exc.status_code == 404:
+            message = f"no endpoint {request.url.path}: see /openapi.json for the API"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        return json_response(
+            {"error": {"code": code, "message": message}}, exc.status_code, exc.headers
+        )
+
+    async def _unexpected_error(self, request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return json_response(
+            {
+                "error": {
+                    "code": "internal_error",
+                    "message": "unexpected server error; see the server log",
+                }
+            },
+            500,
+        )
+
+
+def create_app(settings: Settings | None = None, store: ChannelStore | None = None) -> TidingsApp:
+    """Build the ASGI app from settings (default: from TIDINGS_* variables)."""
+    return TidingsApp(settings or Settings.from_env(), store)

@@ -1,0 +1,120 @@
+"""The channel service: publish, read, wait — validation, store, then live fan-out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from tidings.errors import BadRequest, InvalidChannel, NotFound
+from tidings.hub import Hub
+from tidings.stores.base import ChannelInfo, ChannelStore, ReadResult, Retention
+from tidings.wire import PublishAck, valid_channel
+
+__all__ = ["ChannelService", "check_channel", "check_event"]
+
+MAX_EVENT_LEN = 200
+
+
+def check_channel(name: str) -> str:
+    """Return `name` if it is a legal channel name, else raise InvalidChannel."""
+    if not valid_channel(name):
+        raise InvalidChannel(
+            f"invalid channel name {name[:220]!r}: use 1-200 characters of A-Z a-z 0-9 . _ : -"
+        )
+    return name
+
+
+def check_event(event: Any) -> str | None:
+    """Validate an event name: a short string without line breaks, or None."""
+    if event is None:
+        return None
+    if not isinstance(event, str) or not event or len(event) > MAX_EVENT_LEN:
+        raise BadRequest(f'"event" must be a string of 1-{MAX_EVENT_LEN} characters')
+    if "\n" in event or "\r" in event:
+        raise BadRequest('"event" must not contain line breaks (it becomes an SSE field)')
+    return event
+
+
+class ChannelService:
+    """What handlers call; the store below, the hub beside.
+
+    Args:
+        store: durable channels.
+        hub: live fan-out of this process.
+        long_poll_cap: the longest wait honoured, in seconds.
+    """
+
+    def __init__(self, store: ChannelStore, hub: Hub, long_poll_cap: float) -> None:
+        self.store = store
+        self.hub = hub
+        self.long_poll_cap = long_poll_cap
+
+    async def publish(
+        self, channel: str, data: Any, event: str | None = None, idempotency_key: str | None = None
+    ) -> PublishAck:
+        """Store one message durably, then fan it out; returns its id once durable."""
+        check_channel(channel)
+        check_event(event)
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
+            raise BadRequest("Idempotency-Key must be 1-200 characters")
+        res = await self.store.publish(channel, data, event, idempotency_key)
+        msg = res.message
+        if not res.duplicate:
+            # No await between the commit's return and the fan-out: live order = id order.
+            self.hub.publish(msg, res.prev_id, res.keep)
+        return PublishAck(msg.id, channel, msg.time)
+
+    async def read(self, channel: str, after: str, limit: int) -> ReadResult:
+        """Messages after a cursor: from the hub's recent tail when it can tell, else the store."""
+        check_channel(channel)
+        cached = self.hub.recent_after(channel, after, limit)
+        if cached is not None:
+            last = cached[-1].id if cached else after
+            return ReadResult(cached, reset=False, first_id=None, last_id=last)
+        return await self.store.read(channel, after, limit)
+
+    async def wait(self, channel: str, after: str, limit: int, seconds: float) -> ReadResult:
+        """Long poll: answer as soon as something follows `after`, or empty after `seconds`."""
+        deadline = time.monotonic() + max(0.0, min(seconds, self.long_poll_cap))
+        while True:
+            fut = self.hub.waiter(channel)
+            try:
+                res = await self.read(channel, after, limit)
+                remaining = deadline - time.monotonic()
+                if res.messages or res.reset or remaining <= 0 or self.hub.closing:
+                    return res
+                await asyncio.wait((fut,), timeout=remaining)
+                if not fut.done():
+                    return res
+            finally:
+                self.hub.drop_waiter(channel, fut)
+
+    async def info(self, channel: str) -> ChannelInfo:
+        """A channel's stats; NotFound when it does not exist."""
+        check_channel(channel)
+        info = await self.store.info(channel)
+        if info is None:
+            raise NotFound(f"channel {channel!r} does not exist: publish to it to create it")
+        return info
+
+    async def delete(self, channel: str) -> None:
+        """Delete a channel, its history, and end its live streams."""
+        check_channel(channel)
+        if not await self.store.delete(channel):
+            raise NotFound(f"channel {channel!r} does not exist")
+        self.hub.close_channel(channel, "channel deleted")
+
+    async def set_retention(self, channel: str, retention: Retention | None) -> ChannelInfo:
+        """Give a channel its own retention, or None for the server default."""
+        check_channel(channel)
+        if retention is not None and (retention.max_messages < 1 or retention.max_age <= 0):
+            raise BadRequest("retention needs max_messages >= 1 and max_age > 0 seconds")
+        info = await self.store.set_retention(channel, retention)
+        self.hub.forget(channel)
+        return info
+
+    async def sweep(self) -> None:
+        """Apply retention by age; drop what the hub remembers of trimmed channels."""
+        for channel in await self.store.sweep(time.time()):
+            self.hub.forget(channel)

@@ -1,0 +1,31 @@
+"""Defaults and names in one place, so every module agrees on them."""
+
+from __future__ import annotations
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_STORE = "sqlite:///tidings.db"
+
+# Retention: a channel keeps at most this many messages, none older than this many seconds.
+DEFAULT_MAX_MESSAGES = 10_000
+DEFAULT_MAX_AGE = 24 * 3600.0
+# How often expired messages are swept out (seconds).
+RETENTION_SWEEP_INTERVAL = 5.0
+
+# Limits.
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+DEFAULT_LONG_POLL_CAP = 30.0
+DEFAULT_POLL_LIMIT = 100
+MAX_POLL_LIMIT = 1000
+# A subscriber whose pending (unsent) frames exceed this many bytes is cut.
+DEFAULT_SUBSCRIBER_BUFFER = 256 * 1024
+DEFAULT_HEARTBEAT = 15.0
+# Idempotency keys are remembered this long (seconds).
+IDEMPOTENCY_TTL = 24 * 3600.0
+# SSE `retry:` hint for EventSource reconnects (milliseconds).
+SSE_RETRY_MS = 1000
+# Graceful shutdown: streams are told to close, then the server waits this long.
+SHUTDOWN_GRACE = 5.0
+
+# Transports, as labelled in stats and metrics.
+TRANSPORTS = ("sse", "ws", "longpoll")

@@ -1,0 +1,99 @@
+"""The exception tree, and how each maps to an HTTP answer.
+
+    TidingsError                 (500 internal_error)
+    ├── BadRequest               (400 bad_request)
+    │   ├── InvalidChannel       (400 invalid_channel)
+    │   ├── InvalidCursor        (400 invalid_cursor)
+    │   └── InvalidBody          (422 invalid_body)
+    ├── NotFound                 (404 not_found)
+    ├── Conflict                 (409 conflict)
+    ├── PayloadTooLarge          (413 payload_too_large)
+    ├── UnsupportedMediaType     (415 unsupported_media_type)
+    └── StoreError               (503 store_unavailable)
+        └── StoreClosed          (503 store_closed)
+
+Every error carries a message that says what to do; handlers render it as
+`{"error": {"code", "message"}}`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "Conflict",
+    "InvalidBody",
+    "InvalidChannel",
+    "InvalidCursor",
+    "NotFound",
+    "PayloadTooLarge",
+    "StoreClosed",
+    "StoreError",
+    "TidingsError",
+    "UnsupportedMediaType",
+]
+
+
+class TidingsError(Exception):
+    """Root of every error tidings raises on purpose."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_wire(self) -> dict[str, dict[str, str]]:
+        """The JSON error body."""
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class BadRequest(TidingsError):
+    status = 400
+    code = "bad_request"
+
+
+class InvalidChannel(BadRequest):
+    code = "invalid_channel"
+
+
+class InvalidCursor(BadRequest, ValueError):
+    """A cursor that is not an id of this server; also a ValueError for parsers."""
+
+    code = "invalid_cursor"
+
+
+class InvalidBody(BadRequest):
+    status = 422
+    code = "invalid_body"
+
+
+class NotFound(TidingsError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(TidingsError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(TidingsError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(TidingsError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class StoreError(TidingsError):
+    """The store failed; the request may be retried."""
+
+    status = 503
+    code = "store_unavailable"
+
+
+class StoreClosed(StoreError):
+    code = "store_closed"

@@ -1,0 +1,1 @@
+"""HTTP handlers, one module per resource. Handlers parse and answer; services do the work."""

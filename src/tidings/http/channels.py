@@ -1,0 +1,159 @@
+"""Channel resources: publish, short and long poll, stats, list, retention, delete.
+
+The streaming transports (SSE, WebSocket) are raw ASGI and live in tidings.transports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tidings.channels import ChannelService, check_channel
+from tidings.constants import DEFAULT_POLL_LIMIT, MAX_POLL_LIMIT
+from tidings.errors import BadRequest, InvalidBody
+from tidings.http.common import json_response, query_float, query_int, read_body
+from tidings.stores.base import ChannelInfo, ReadResult, Retention
+
+__all__ = ["info_to_wire", "page_to_wire", "routes"]
+
+
+class PublishBody(msgspec.Struct, forbid_unknown_fields=True):
+    """`application/json` publish body."""
+
+    data: Any = msgspec.UNSET
+    event: str | None = None
+
+
+class RetentionBody(msgspec.Struct, forbid_unknown_fields=True):
+    """`PUT /v1/channels/{c}` body: the channel's own retention, or null for the default."""
+
+    retention: Retention | None
+
+
+_publish_decoder = msgspec.json.Decoder(PublishBody)
+_retention_decoder = msgspec.json.Decoder(RetentionBody)
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidBody(f"body does not fit: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+
+
+def page_to_wire(res: ReadResult, after: str) -> dict[str, Any]:
+    """A poll answer; `next` is the cursor to send next time."""
+    if res.messages:
+        nxt = res.messages[-1].id
+    elif res.reset:
+        nxt = res.last_id or "0"
+    else:
+        nxt = after
+    return {"messages": [m.to_wire() for m in res.messages], "next": nxt, "reset": res.reset}
+
+
+def info_to_wire(info: ChannelInfo, subscribers: dict[str, int]) -> dict[str, Any]:
+    """A channel's stats as served."""
+    return {
+        "name": info.name,
+        "first_id": info.first_id,
+        "last_id": info.last_id,
+        "messages": info.messages,
+        "created": info.created,
+        "retention": {
+            "max_messages": info.retention.max_messages,
+            "max_age": info.retention.max_age,
+            "custom": info.custom_retention,
+        },
+        "subscribers": subscribers,
+    }
+
+
+def _svc(request: Request) -> ChannelService:
+    svc: ChannelService = request.app.state.channels
+    return svc
+
+
+async def publish(request: Request) -> Response:
+    svc = _svc(request)
+    channel = check_channel(request.path_params["channel"])
+    body = await read_body(request, request.app.state.settings.max_message_bytes)
+    if _is_json(request.headers.get("content-type", "")):
+        parsed = _decode(_publish_decoder, body)
+        if parsed.data is msgspec.UNSET:
+            raise InvalidBody('a JSON publish body is {"data": <any JSON>, "event": "name"?}')
+        data, event = parsed.data, parsed.event
+    else:
+        try:
+            data = body.decode()
+        except UnicodeDecodeError:
+            raise BadRequest(
+                "body is not UTF-8 text: send text, or JSON with Content-Type: application/json"
+            ) from None
+        event = request.query_params.get("event")
+    ack = await svc.publish(channel, data, event, request.headers.get("idempotency-key"))
+    return json_response(ack.to_wire(), 201)
+
+
+async def poll(request: Request) -> Response:
+    svc = _svc(request)
+    channel = check_channel(request.path_params["channel"])
+    after = request.query_params.get("after") or "0"
+    svc.store.cursor_key(after)  # InvalidCursor (400) for a malformed cursor
+    limit = query_int(request, "limit", DEFAULT_POLL_LIMIT, 1, MAX_POLL_LIMIT)
+    wait = query_float(request, "wait")
+    if wait:
+        res = await svc.wait(channel, after, limit, wait)
+    else:
+        res = await svc.read(channel, after, limit)
+    return json_response(page_to_wire(res, after))
+
+
+async def channel_info(request: Request) -> Response:
+    svc = _svc(request)
+    info = await svc.info(request.path_params["channel"])
+    return json_response(info_to_wire(info, svc.hub.subscribers(info.name)))
+
+
+async def set_retention(request: Request) -> Response:
+    svc = _svc(request)
+    body = await read_body(request, 64 * 1024)
+    parsed = _decode(_retention_decoder, body)
+    info = await svc.set_retention(request.path_params["channel"], parsed.retention)
+    return json_response(info_to_wire(info, svc.hub.subscribers(info.name)))
+
+
+async def delete_channel(request: Request) -> Response:
+    await _svc(request).delete(request.path_params["channel"])
+    return Response(status_code=204)
+
+
+async def list_channels(request: Request) -> Response:
+    svc = _svc(request)
+    prefix = request.query_params.get("prefix", "")
+    limit = query_int(request, "limit", 1000, 1, 10_000)
+    infos = await svc.store.list_channels(prefix, limit)
+    return json_response(
+        {"channels": [info_to_wire(i, svc.hub.subscribers(i.name)) for i in infos]}
+    )
+
+
+routes = [
+    Route("/v1/channels", list_channels, methods=["GET"]),
+    Route("/v1/channels/{channel}", channel_info, methods=["GET"]),
+    Route("/v1/channels/{channel}", set_retention, methods=["PUT"]),
+    Route("/v1/channels/{channel}", delete_channel, methods=["DELETE"]),
+    Route("/v1/channels/{channel}/messages", publish, methods=["POST"]),
+    Route("/v1/channels/{channel}/messages", poll, methods=["GET"]),
+]

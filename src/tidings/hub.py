@@ -1,0 +1,433 @@
+"""Live fan-out: the subscribers and parked long polls of each channel, in this process.
+
+The hot path (see docs/architecture.md):
+
+* A published message is encoded once per transport kind (one SSE frame, one WebSocket
+  text), wrapped in one ASGI message dict shared by every subscriber.
+* For each subscriber the hub *starts* the server's `send()` coroutine by hand. When the
+  connection's write buffer has room, `send()` writes and finishes in that first step —
+  no task, no queue, no wake-up (the same cost as a bare loop of `await send()`).
+* When the socket is backed up, `send()` suspends on the server's drain future. The hub
+  then hands that half-run coroutine to a drainer task for this subscriber alone and
+  queues the subscriber's later frames in a bounded backlog. The fan-out loop never waits.
+* A backlog over its byte limit cuts the subscriber with a reason: it resumes from its
+  cursor, so nothing is lost, and server memory stays bounded.
+
+A subscriber is registered before its history is replayed; while it catches up, live
+messages are parked in `pending` and sent after the replay, skipping what the replay sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import types
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator, Iterable
+from typing import Any
+
+from tidings.wire import Message, data_text, encode_composite_cursor, encode_json, sse_frame
+
+__all__ = ["Hub", "Subscriber"]
+
+log = logging.getLogger("tidings.hub")
+
+Send = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
+# How many recent messages per channel the hub keeps to answer polls without the store.
+RECENT = 64
+# Live messages parked while a subscriber replays history; past this, it re-reads the store.
+PENDING_MAX = 1000
+
+KIND_SSE = "sse"
+KIND_WS = "ws"
+KIND_SSE_MULTI = "sse-multi"
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], first: Any) -> Generator[Any, Any, None]:
+    """Continue a coroutine that was stepped by hand and suspended yielding `first`.
+
+    This is what `await` does for a coroutine it started itself: pass each yielded future
+    up to the running task and each result or exception back down.
+    """
+    value = first
+    while True:
+        try:
+            sent = yield value
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                value = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                value = coro.send(sent)
+            except StopIteration:
+                return
+
+
+def _transport_of(send: Any) -> asyncio.BaseTransport | None:
+    """The connection's transport when the server exposes it (uvicorn does), else None."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    return transport if isinstance(transport, asyncio.BaseTransport) else None
+
+
+class Subscriber:
+    """One live stream: where frames go, how far it got, and its bounded backlog.
+
+    Args:
+        hub: the hub it is registered with.
+        kind: `sse`, `ws` or `sse-multi` (a multiplexed SSE stream).
+        send: the ASGI `send` of its connection.
+        cursors: channel -> id of the last message this subscriber has been sent (None:
+            nothing yet).
+        buffer_limit: bytes of unsent frames tolerated before the subscriber is cut.
+    """
+
+    __slots__ = (
+        "backlog",
+        "backlog_bytes",
+        "buffer_limit",
+        "catching_up",
+        "close_reason",
+        "cursors",
+        "drainer",
+        "hub",
+        "kind",
+        "overflowed",
+        "pending",
+        "send",
+        "task",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        hub: Hub,
+        kind: str,
+        send: Send,
+        cursors: dict[str, str | None],
+        buffer_limit: int,
+    ) -> None:
+        self.hub = hub
+        self.kind = kind
+        self.send = send
+        self.transport = _transport_of(send)
+        self.task = asyncio.current_task()
+        self.cursors = cursors
+        self.buffer_limit = buffer_limit
+        self.catching_up = True
+        self.pending: list[Message] = []
+        self.overflowed = False
+        self.backlog: deque[dict[str, Any]] = deque()
+        self.backlog_bytes = 0
+        self.drainer: asyncio.Task[None] | None = None
+        self.close_reason: str | None = None
+
+    # -- frames -----------------------------------------------------------------------
+
+    def frame(self, msg: Message, shared: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ASGI message carrying `msg` to this subscriber (`shared`: pre-encoded)."""
+        if self.kind == KIND_SSE_MULTI:
+            body = (shared if shared is not None else _multi_shared(msg))["body"]
+            cursor = encode_composite_cursor(
+                {
+                    ch: (msg.id if ch == msg.channel else pos or "0")
+                    for ch, pos in self.cursors.items()
+                }
+            )
+            return {
+                "type": "http.response.body",
+                "body": b"id: " + cursor.encode() + b"\n" + body,
+                "more_body": True,
+            }
+        if shared is not None:
+            return shared
+        return _encode_for(self.kind, msg)
+
+    # -- delivery ---------------------------------------------------------------------
+
+    def deliver(self, msg: Message, shared: dict[str, Any] | None) -> None:
+        """Hand one live message to this subscriber without ever waiting on its socket."""
+        if self.close_reason is not None:
+            return
+        if self.catching_up:
+            if len(self.pending) >= PENDING_MAX:
+                # Everything parked is durable: drop it and let the replay read it again.
+                self.pending.clear()
+                self.overflowed = True
+            else:
+                self.pending.append(msg)
+            return
+        frame = self.frame(msg, shared)
+        self.cursors[msg.channel] = msg.id
+        self.write(frame)
+
+    def write(self, frame: dict[str, Any]) -> None:
+        """Write now if the socket takes it, else queue in the bounded backlog."""
+        if self.drainer is not None:
+            self.backlog.append(frame)
+            self.backlog_bytes += _frame_size(frame)
+            if self.backlog_bytes > self.buffer_limit:
+                self.close(
+                    f"slow consumer: more than {self.buffer_limit} bytes unsent; "
+                    "reconnect with your last id to resume"
+                )
+            return
+        coro = self.send(frame)
+        try:
+            first = coro.send(None)
+        except StopIteration:
+            self.hub.delivered += 1
+            return
+        except Exception as exc:
+            self.close(f"send failed: {exc!r}")
+            return
+        self.drainer = asyncio.get_running_loop().create_task(self._drain(coro, first))
+
+    async def _drain(self, coro: Coroutine[Any, Any, None], first: Any) -> None:
+        try:
+            await _resume(coro, first)
+            self.hub.delivered += 1
+            while self.backlog:
+                frame = self.backlog.popleft()
+                self.backlog_bytes -= _frame_size(frame)
+                await self.send(frame)
+                self.hub.delivered += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.close(f"send failed: {exc!r}")
+        finally:
+            self.drainer = None
+
+    async def send_now(self, frame: dict[str, Any]) -> None:
+        """Send from the subscriber's own task (history replay), counted as a delivery."""
+        await self.send(frame)
+        self.hub.delivered += 1
+
+    def take_pending(self) -> list[Message]:
+        """The parked live messages the replay did not cover (cursors must be set)."""
+        pending, self.pending = self.pending, []
+        key = self.hub.key
+        out = []
+        for msg in pending:
+            pos = self.cursors.get(msg.channel)
+            if pos is None or key(msg.id) > key(pos):
+                out.append(msg)
+        return out
+
+    # -- closing ----------------------------------------------------------------------
+
+    def close(self, reason: str, abort: bool = True) -> None:
+        """End this stream: unregister, drop its backlog, stop its task.
+
+        With `abort` (a stuck consumer) the connection is dropped at once instead of
+        waiting for the unsent bytes to drain.
+        """
+        if self.close_reason is not None:
+            return
+        self.close_reason = reason
+        self.hub.remove(self)
+        self.backlog.clear()
+        self.backlog_bytes = 0
+        if self.drainer is not None:
+            self.drainer.cancel()
+        if abort:
+            log.info("closing %s subscriber of %s: %s", self.kind, list(self.cursors), reason)
+            self.hub.cut += 1
+            if self.transport is not None and hasattr(self.transport, "abort"):
+                self.transport.abort()
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+
+
+def _multi_shared(msg: Message) -> dict[str, Any]:
+    body = sse_frame(None, msg.event, encode_json(msg.to_wire()).decode())
+    return {"type": "http.response.body", "body": body, "more_body": True}
+
+
+def _encode_for(kind: str, msg: Message) -> dict[str, Any]:
+    if kind == KIND_SSE:
+        return {
+            "type": "http.response.body",
+            "body": sse_frame(msg.id, msg.event, data_text(msg.data)),
+            "more_body": True,
+        }
+    if kind == KIND_WS:
+        return {"type": "websocket.send", "text": encode_json(msg.to_wire()).decode()}
+    return _multi_shared(msg)
+
+
+def _frame_size(frame: dict[str, Any]) -> int:
+    body = frame.get("body") or frame.get("text") or frame.get("bytes") or b""
+    return len(body)
+
+
+class Hub:
+    """Subscribers and long-poll waiters per channel, and a short tail of recent messages.
+
+    Args:
+        key: the store's order of message ids (`ChannelStore.cursor_key`).
+    """
+
+    def __init__(self, key: Callable[[str], int]) -> None:
+        self.key = key
+        self._subs: dict[str, set[Subscriber]] = {}
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        # channel -> recent messages (oldest first) and the id before the oldest of them.
+        self._recent: dict[str, tuple[deque[Message], list[str | None]]] = {}
+        self.delivered = 0
+        self.published = 0
+        self.cut = 0
+        self.closing = False
+
+    # -- registration -----------------------------------------------------------------
+
+    def add(self, sub: Subscriber) -> None:
+        """Register a subscriber on each of its channels."""
+        for ch in sub.cursors:
+            self._subs.setdefault(ch, set()).add(sub)
+
+    def remove(self, sub: Subscriber) -> None:
+        """Unregister a subscriber (idempotent)."""
+        for ch in sub.cursors:
+            subs = self._subs.get(ch)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subs[ch]
+
+    def subscribers(self, channel: str | None = None) -> dict[str, int]:
+        """Live subscribers by transport, for one channel or all."""
+        counts = {KIND_SSE: 0, KIND_WS: 0, "longpoll": 0}
+        chans: Iterable[str] = self._subs if channel is None else (channel,)
+        seen: set[int] = set()
+        for ch in chans:
+            for sub in self._subs.get(ch, ()):
+                if id(sub) in seen:
+                    continue
+                seen.add(id(sub))
+                counts[KIND_SSE if sub.kind == KIND_SSE_MULTI else sub.kind] += 1
+        wchans: Iterable[str] = self._waiters if channel is None else (channel,)
+        counts["longpoll"] = sum(len(self._waiters.get(ch, ())) for ch in wchans)
+        return counts
+
+    # -- publish ----------------------------------------------------------------------
+
+    def publish(self, msg: Message, prev_id: str | None, keep: int = RECENT) -> None:
+        """Fan one durable message out to every live subscriber and parked long poll.
+
+        `keep` is the channel's retention by count: the remembered tail never holds a
+        message the store has already dropped.
+        """
+        self.published += 1
+        self._remember(msg, prev_id, min(keep, RECENT))
+        waiters = self._waiters.pop(msg.channel, None)
+        if waiters:
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+        subs = self._subs.get(msg.channel)
+        if not subs:
+            return
+        shared: dict[str, dict[str, Any]] = {}
+        for sub in list(subs):
+            kind = sub.kind
+            frame = shared.get(kind)
+            if frame is None:
+                frame = shared[kind] = _encode_for(kind, msg)
+            sub.deliver(msg, frame)
+
+    def _remember(self, msg: Message, prev_id: str | None, keep: int) -> None:
+        entry = self._recent.get(msg.channel)
+        if entry is None or (entry[0][-1].id if entry[0] else entry[1][0]) != prev_id:
+            # First message seen here, or a gap (another writer): start the tail afresh.
+            entry = self._recent[msg.channel] = (deque(), [prev_id])
+        tail, before = entry
+        tail.append(msg)
+        while len(tail) > keep:
+            before[0] = tail.popleft().id
+
+    def recent_after(self, channel: str, after: str, limit: int) -> list[Message] | None:
+        """Messages after `after` from the tail kept in memory; None when it cannot tell."""
+        entry = self._recent.get(channel)
+        if entry is None or after == "0":
+            return None
+        tail, before = entry
+        key = self.key
+        try:
+            pos = key(after)
+        except ValueError:
+            return None
+        start = before[0]
+        newest = tail[-1].id if tail else start
+        if newest is None:
+            return None
+        if (start is not None and pos < key(start)) or pos > key(newest):
+            return None
+        out = [m for m in tail if key(m.id) > pos]
+        return out[:limit]
+
+    def forget(self, channel: str) -> None:
+        """Drop the remembered tail of a channel (deleted, or trimmed by retention)."""
+        self._recent.pop(channel, None)
+
+    def last_id(self, channel: str) -> tuple[bool, str | None]:
+        """(known, id of the channel's newest message) from what this hub has seen."""
+        entry = self._recent.get(channel)
+        if entry is None:
+            return False, None
+        tail, before = entry
+        return True, tail[-1].id if tail else before[0]
+
+    def note_last(self, channel: str, last_id: str | None) -> None:
+        """Remember the store's newest id of a channel, so later reads can skip the store."""
+        if channel not in self._recent:
+            self._recent[channel] = (deque(), [last_id])
+
+    # -- long polls -------------------------------------------------------------------
+
+    def waiter(self, channel: str) -> asyncio.Future[None]:
+        """A future resolved by the next publish on `channel` (or by shutdown)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(channel, set()).add(fut)
+        return fut
+
+    def drop_waiter(self, channel: str, fut: asyncio.Future[None]) -> None:
+        """Forget a waiter that timed out."""
+        waiters = self._waiters.get(channel)
+        if waiters is not None:
+            waiters.discard(fut)
+            if not waiters:
+                del self._waiters[channel]
+
+    # -- heartbeats and shutdown ------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """Write a keep-alive to every idle stream (skipped for backed-up ones)."""
+        sse = {"type": "http.response.body", "body": b": ping\n\n", "more_body": True}
+        for sub in {s for subs in self._subs.values() for s in subs}:
+            if sub.catching_up or sub.drainer is not None or sub.kind == KIND_WS:
+                continue
+            sub.write(sse)
+
+    def close_channel(self, channel: str, reason: str) -> None:
+        """End every stream of a channel (it was deleted)."""
+        for sub in list(self._subs.get(channel, ())):
+            sub.close(reason, abort=False)
+        self.forget(channel)
+
+    def close_all(self, reason: str) -> None:
+        """Shutdown: end every stream and answer every parked long poll."""
+        self.closing = True
+        for sub in list({s for subs in self._subs.values() for s in subs}):
+            sub.close(reason, abort=False)
+        for waiters in self._waiters.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+        self._waiters.clear()

@@ -1,0 +1,94 @@
+"""Prometheus metrics: one registry per app (never the global one).
+
+Counters on the fan-out path are plain integers on the hub, read at scrape time by a
+collector: a Prometheus counter increment per delivery would cost more than the delivery.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tidings.hub import Hub
+
+__all__ = ["Metrics"]
+
+
+class _HubCollector(Collector):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterable[Metric]:
+        hub = self.hub
+        published = CounterMetricFamily(
+            "tidings_messages_published", "Messages published (durable) in this process"
+        )
+        published.add_metric([], hub.published)
+        yield published
+        delivered = CounterMetricFamily(
+            "tidings_messages_delivered", "Frames delivered to live SSE/WebSocket subscribers"
+        )
+        delivered.add_metric([], hub.delivered)
+        yield delivered
+        cut = CounterMetricFamily(
+            "tidings_subscribers_cut", "Subscribers disconnected for not keeping up"
+        )
+        cut.add_metric([], hub.cut)
+        yield cut
+        streams = GaugeMetricFamily(
+            "tidings_open_streams", "Open streams and parked long polls", labels=["transport"]
+        )
+        for transport, count in hub.subscribers().items():
+            streams.add_metric([transport], count)
+        yield streams
+
+
+class Metrics:
+    """The app's registry, its request-latency histogram, and the ASGI middleware."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_HubCollector(hub))
+        self.latency = Histogram(
+            "tidings_request_duration_seconds",
+            "Time to answer a (non-streaming) HTTP request",
+            ["method", "route", "status"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        return generate_latest(self.registry)
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """Wrap `app` so each HTTP request's latency is recorded under its route template."""
+
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            start = time.perf_counter()
+            status: list[Any] = [500]
+
+            async def send_wrapper(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, send_wrapper)
+            finally:
+                # Starlette's router leaves the matched route in the scope.
+                route = str(getattr(scope.get("route"), "path", "unmatched"))
+                self.latency.labels(scope["method"], route, str(status[0])).observe(
+                    time.perf_counter() - start
+                )
+
+        return wrapped

@@ -1,0 +1,244 @@
+"""The OpenAPI document served at /openapi.json, and the /docs page that renders it."""
+
+from __future__ import annotations
+
+import html
+from functools import cache
+from typing import Any
+
+from tidings import __version__
+
+__all__ = ["DOCS_HTML", "openapi_document"]
+
+_ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "required": ["code", "message"],
+        }
+    },
+}
+_MESSAGE = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "channel": {"type": "string"},
+        "event": {"type": ["string", "null"]},
+        "data": {},
+        "time": {"type": "string", "format": "date-time"},
+    },
+    "required": ["id", "channel", "event", "data", "time"],
+}
+_CHANNEL = {
+    "name": "channel",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,200}$"},
+}
+
+
+def _q(name: str, kind: str, desc: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": {"type": kind},
+        "description": desc,
+    }
+
+
+def _ok(
+    desc: str, schema: dict[str, Any] | None = None, media: str = "application/json"
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": desc}
+    if schema is not None:
+        out["content"] = {media: {"schema": schema}}
+    return out
+
+
+def _err(*codes: int) -> dict[str, Any]:
+    return {str(c): _ok("error", _ERROR) for c in codes}
+
+
+# (path, method, summary, parameters, request body schema or None, responses)
+_OPS: list[tuple[str, str, str, list[dict[str, Any]], dict[str, Any] | None, dict[str, Any]]] = [
+    (
+        "/v1/channels",
+        "get",
+        "List channels",
+        [_q("prefix", "string", "name prefix"), _q("limit", "integer", "at most this many")],
+        None,
+        {"200": _ok("channels", {"type": "object"})},
+    ),
+    (
+        "/v1/channels/{channel}",
+        "get",
+        "A channel's stats, last id and live subscribers by transport",
+        [_CHANNEL],
+        None,
+        {"200": _ok("stats", {"type": "object"}), **_err(400, 404)},
+    ),
+    (
+        "/v1/channels/{channel}",
+        "put",
+        'Set the channel\'s own retention ({"retention": {"max_messages", "max_age"} | null})',
+        [_CHANNEL],
+        {"type": "object", "properties": {"retention": {"type": ["object", "null"]}}},
+        {"200": _ok("stats"), **_err(400, 422)},
+    ),
+    (
+        "/v1/channels/{channel}",
+        "delete",
+        "Delete a channel, its history and its streams",
+        [_CHANNEL],
+        None,
+        {"204": _ok("deleted"), **_err(400, 404)},
+    ),
+    (
+        "/v1/channels/{channel}/messages",
+        "post",
+        'Publish. application/json body {"data": any, "event"?: str}; any other type: the raw body as text. Idempotency-Key header dedups.',
+        [
+            _CHANNEL,
+            _q("event", "string", "event name for a raw (non-JSON) body"),
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+            },
+        ],
+        {
+            "type": "object",
+            "properties": {"data": {}, "event": {"type": "string"}},
+            "required": ["data"],
+        },
+        {
+            "201": _ok(
+                "durable",
+                {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "channel": {"type": "string"},
+                        "time": {"type": "string"},
+                    },
+                },
+            ),
+            **_err(400, 413, 422),
+        },
+    ),
+    (
+        "/v1/channels/{channel}/messages",
+        "get",
+        "Short poll; with wait=S a long poll (capped)",
+        [
+            _CHANNEL,
+            _q("after", "string", "cursor: the last id you have; 0 = from the oldest retained"),
+            _q("limit", "integer", "1-1000, default 100"),
+            _q("wait", "number", "seconds to wait for a message"),
+        ],
+        None,
+        {
+            "200": _ok(
+                "page",
+                {
+                    "type": "object",
+                    "properties": {
+                        "messages": {"type": "array", "items": _MESSAGE},
+                        "next": {"type": "string"},
+                        "reset": {"type": "boolean"},
+                    },
+                },
+            ),
+            **_err(400),
+        },
+    ),
+    (
+        "/v1/channels/{channel}/events",
+        "get",
+        "Server-Sent Events; resume with Last-Event-ID or after=",
+        [
+            _CHANNEL,
+            _q("after", "string", "cursor"),
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+            },
+        ],
+        None,
+        {"200": _ok("event stream", {"type": "string"}, "text/event-stream"), **_err(400)},
+    ),
+    (
+        "/v1/channels/{channel}/ws",
+        "get",
+        'WebSocket: messages as JSON text frames; send {"data", "event"?, "ref"?} to publish',
+        [_CHANNEL, _q("after", "string", "cursor")],
+        None,
+        {"101": _ok("switching protocols")},
+    ),
+    (
+        "/v1/events",
+        "get",
+        "One SSE stream for several channels; resumable composite cursor",
+        [
+            _q("channel", "string", "repeat for each channel"),
+            _q("after", "string", "composite cursor (an id: from this stream)"),
+        ],
+        None,
+        {"200": _ok("event stream", {"type": "string"}, "text/event-stream"), **_err(400)},
+    ),
+    ("/healthz", "get", "Liveness", [], None, {"200": _ok("alive")}),
+    (
+        "/readyz",
+        "get",
+        "Readiness: the store answers and the server is not draining",
+        [],
+        None,
+        {"200": _ok("ready"), "503": _ok("not ready")},
+    ),
+    (
+        "/metrics",
+        "get",
+        "Prometheus metrics",
+        [],
+        None,
+        {"200": _ok("metrics", {"type": "string"}, "text/plain")},
+    ),
+]
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The API as OpenAPI 3.1."""
+    paths: dict[str, dict[str, Any]] = {}
+    for path, method, summary, params, body, responses in _OPS:
+        op: dict[str, Any] = {"summary": summary, "parameters": params, "responses": responses}
+        if body is not None:
+            op["requestBody"] = {"content": {"application/json": {"schema": body}}}
+        paths.setdefault(path, {})[method] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "tidings", "version": __version__},
+        "paths": paths,
+    }
+
+
+def _docs_html() -> str:
+    rows = "".join(
+        f"<tr><td><code>{m.upper()}</code></td><td><code>{html.escape(p)}</code></td><td>{html.escape(s)}</td></tr>"
+        for p, m, s, *_ in _OPS
+    )
+    return (
+        "<!doctype html><meta charset=utf-8><title>tidings API</title>"
+        "<style>body{font:15px system-ui;margin:2em}td{padding:.3em .8em;border-bottom:1px solid #ddd}</style>"
+        "<h1>tidings API</h1><p>Machine-readable: <a href=/openapi.json>/openapi.json</a></p>"
+        f"<table>{rows}</table>"
+    )
+
+
+DOCS_HTML = _docs_html()

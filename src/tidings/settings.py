@@ -1,0 +1,72 @@
+"""One settings object, from flags and TIDINGS_* environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from tidings import constants as C
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the app factory needs.
+
+    Args:
+        host: address to bind.
+        port: TCP port.
+        store: store URL (`sqlite:///path`, `memory://`).
+        max_messages: default retention by count, per channel.
+        max_age: default retention by age in seconds, per channel.
+        max_message_bytes: largest accepted message body; larger gets 413.
+        long_poll_cap: the longest `wait=` honoured, in seconds.
+        subscriber_buffer: bytes of unsent frames a stream may hold before it is cut.
+        heartbeat: seconds between SSE heartbeat comments / WebSocket pings.
+        sqlite_synchronous: SQLite `synchronous` pragma (FULL: fsync at every group commit).
+        log_level: uvicorn / tidings log level.
+    """
+
+    host: str = C.DEFAULT_HOST
+    port: int = C.DEFAULT_PORT
+    store: str = C.DEFAULT_STORE
+    max_messages: int = C.DEFAULT_MAX_MESSAGES
+    max_age: float = C.DEFAULT_MAX_AGE
+    max_message_bytes: int = C.DEFAULT_MAX_MESSAGE_BYTES
+    long_poll_cap: float = C.DEFAULT_LONG_POLL_CAP
+    subscriber_buffer: int = C.DEFAULT_SUBSCRIBER_BUFFER
+    heartbeat: float = C.DEFAULT_HEARTBEAT
+    sqlite_synchronous: str = "FULL"
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then TIDINGS_<FIELD> variables, then explicit non-None overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"TIDINGS_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            kind = type(getattr(cls(), f.name))
+            try:
+                values[f.name] = kind(raw)
+            except ValueError as exc:
+                raise ValueError(
+                    f"TIDINGS_{f.name.upper()}={raw!r} is not a valid {kind.__name__}"
+                ) from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)
+
+    @property
+    def loopback(self) -> bool:
+        """True when bound to a loopback address only."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False

@@ -1,0 +1,32 @@
+"""Stores, picked by URL scheme; drivers are imported only when their scheme is used."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from tidings.stores.base import ChannelStore, Retention
+
+__all__ = ["ChannelStore", "Retention", "open_store"]
+
+
+def open_store(url: str, retention: Retention, sqlite_synchronous: str = "FULL") -> ChannelStore:
+    """Build the store named by `url` (not started yet).
+
+    `sqlite:///relative.db`, `sqlite:////absolute/path.db`, `memory://`.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    if scheme == "memory":
+        from tidings.stores.memory import MemoryStore
+
+        return MemoryStore(retention)
+    if scheme == "sqlite":
+        from tidings.stores.sqlite import SQLiteStore
+
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if parts.netloc or not path:
+            raise ValueError(
+                f"store URL {url!r}: write sqlite:///relative/path.db or sqlite:////absolute/path.db"
+            )
+        return SQLiteStore(path, retention, synchronous=sqlite_synchronous)
+    raise ValueError(f"unknown store URL {url!r}: use sqlite:///path.db or memory://")

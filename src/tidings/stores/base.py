@@ -1,0 +1,134 @@
+"""The store interface: what the channel service needs from any storage engine.
+
+A store is durable ordered logs (channels) with retention and idempotency keys. It knows
+nothing of HTTP or subscribers; the hub does fan-out. Message ids are opaque strings to
+everyone but the store, which also defines their order (`cursor_key`).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import msgspec
+
+from tidings.wire import Message
+
+__all__ = ["ChannelInfo", "ChannelStore", "Published", "ReadResult", "Retention", "is_reset"]
+
+
+class Retention(msgspec.Struct, frozen=True):
+    """How much history a channel keeps: at most `max_messages`, none older than `max_age` s."""
+
+    max_messages: int
+    max_age: float
+
+
+class ChannelInfo(msgspec.Struct, frozen=True):
+    """A channel's stored state."""
+
+    name: str
+    first_id: str | None
+    last_id: str | None
+    messages: int
+    created: float
+    retention: Retention
+    # True when the retention above is the channel's own, not the server default.
+    custom_retention: bool = False
+
+
+class Published(msgspec.Struct, frozen=True):
+    """The outcome of one publish.
+
+    `prev_id` is the channel's last id before this message (None for a channel's first
+    message); `duplicate` is True when an idempotency key matched an earlier publish, in
+    which case `message` is that earlier message and nothing new was written. `keep` is
+    the channel's retention by count, so caches of recent messages can honour it.
+    """
+
+    message: Message
+    prev_id: str | None
+    keep: int
+    duplicate: bool = False
+
+
+class ReadResult(msgspec.Struct, frozen=True):
+    """Messages after a cursor, and whether history between the cursor and them is gone."""
+
+    messages: list[Message]
+    reset: bool
+    first_id: str | None
+    last_id: str | None
+
+
+def is_reset(after: int, first: int, last: int) -> bool:
+    """Whether a cursor (`after`, 0 = from the oldest) misses history.
+
+    `first` is the oldest retained sequence number (last + 1 when the channel is empty)
+    and `last` the newest ever assigned (0 when none). A cursor older than first - 1 lost
+    messages to retention; a cursor past `last` belongs to another life of the channel
+    (deleted and recreated) — both are gaps the subscriber must be told about.
+    """
+    if after == 0:
+        return False
+    return after < first - 1 or after > last
+
+
+class ChannelStore(abc.ABC):
+    """Durable channels. Every method is safe to call concurrently from one event loop."""
+
+    def __init__(self, default_retention: Retention) -> None:
+        self.default_retention = default_retention
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open connections and create the schema; call before anything else."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and release every resource."""
+
+    @abc.abstractmethod
+    def cursor_key(self, message_id: str) -> int:
+        """Order of a message id within its channel; ValueError when malformed."""
+
+    @abc.abstractmethod
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        event: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Published:
+        """Append one message; returns only once it is durable."""
+
+    @abc.abstractmethod
+    async def read(self, channel: str, after: str, limit: int) -> ReadResult:
+        """Up to `limit` messages after cursor `after` ("0" = from the oldest retained)."""
+
+    @abc.abstractmethod
+    async def info(self, channel: str) -> ChannelInfo | None:
+        """A channel's state, or None when it does not exist."""
+
+    @abc.abstractmethod
+    async def list_channels(self, prefix: str = "", limit: int = 1000) -> list[ChannelInfo]:
+        """Channels whose names start with `prefix`, by name."""
+
+    @abc.abstractmethod
+    async def delete(self, channel: str) -> bool:
+        """Delete a channel and its history; False when it did not exist."""
+
+    @abc.abstractmethod
+    async def set_retention(self, channel: str, retention: Retention | None) -> ChannelInfo:
+        """Give a channel its own retention (None: back to the server default)."""
+
+    @abc.abstractmethod
+    async def sweep(self, now: float) -> list[str]:
+        """Drop messages older than their channel's max age and expired idempotency keys.
+
+        Returns the names of the channels that lost messages.
+        """
+
+    async def ping(self) -> None:
+        """Raise StoreError when the store cannot serve; used by /readyz."""
+        return

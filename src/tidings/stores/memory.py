@@ -1,0 +1,160 @@
+"""`memory://` — volatile channels in this process, for tests and throwaway runs."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from tidings.constants import IDEMPOTENCY_TTL
+from tidings.errors import InvalidCursor, StoreClosed
+from tidings.stores.base import (
+    ChannelInfo,
+    ChannelStore,
+    Published,
+    ReadResult,
+    Retention,
+    is_reset,
+)
+from tidings.wire import Message
+
+__all__ = ["MemoryStore", "parse_seq"]
+
+
+def parse_seq(message_id: str) -> int:
+    """Sequence number of an id of the embedded stores (decimal digits)."""
+    if not message_id.isdigit() or len(message_id) > 19:
+        raise InvalidCursor(
+            f"cursor {message_id!r} is not a message id of this server: use an id it gave you, or 0"
+        )
+    return int(message_id)
+
+
+@dataclass
+class _Channel:
+    created: float
+    last_seq: int = 0
+    retention: Retention | None = None
+    # Retained messages; their sequence numbers are contiguous, ending at last_seq.
+    messages: deque[Message] = field(default_factory=deque)
+    idempotency: dict[str, tuple[Message, str | None, float]] = field(default_factory=dict)
+
+
+class MemoryStore(ChannelStore):
+    """Channels in dictionaries; same semantics as the SQLite store, no durability."""
+
+    def __init__(self, default_retention: Retention) -> None:
+        super().__init__(default_retention)
+        self._channels: dict[str, _Channel] = {}
+        self._open = False
+
+    async def start(self) -> None:
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+
+    def cursor_key(self, message_id: str) -> int:
+        return parse_seq(message_id)
+
+    def _check(self) -> None:
+        if not self._open:
+            raise StoreClosed("store is not started: call `await store.start()` first")
+
+    def _retention(self, ch: _Channel) -> Retention:
+        return ch.retention or self.default_retention
+
+    def _info(self, name: str, ch: _Channel) -> ChannelInfo:
+        return ChannelInfo(
+            name=name,
+            first_id=ch.messages[0].id if ch.messages else None,
+            last_id=str(ch.last_seq) if ch.last_seq else None,
+            messages=len(ch.messages),
+            created=ch.created,
+            retention=self._retention(ch),
+            custom_retention=ch.retention is not None,
+        )
+
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        event: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Published:
+        self._check()
+        now = time.time()
+        ch = self._channels.get(channel)
+        if ch is None:
+            ch = self._channels[channel] = _Channel(created=now)
+        limit = self._retention(ch).max_messages
+        if idempotency_key is not None:
+            seen = ch.idempotency.get(idempotency_key)
+            if seen is not None and seen[2] > now:
+                return Published(seen[0], seen[1], keep=limit, duplicate=True)
+        prev = str(ch.last_seq) if ch.last_seq else None
+        ch.last_seq += 1
+        msg = Message(id=str(ch.last_seq), channel=channel, data=data, event=event, time=now)
+        ch.messages.append(msg)
+        while len(ch.messages) > limit:
+            ch.messages.popleft()
+        if idempotency_key is not None:
+            ch.idempotency[idempotency_key] = (msg, prev, now + IDEMPOTENCY_TTL)
+        return Published(msg, prev, keep=limit)
+
+    async def read(self, channel: str, after: str, limit: int) -> ReadResult:
+        self._check()
+        after_seq = parse_seq(after)
+        ch = self._channels.get(channel)
+        if ch is None:
+            return ReadResult(messages=[], reset=after_seq != 0, first_id=None, last_id=None)
+        first = ch.last_seq - len(ch.messages) + 1
+        reset = is_reset(after_seq, first, ch.last_seq)
+        start = 0 if reset else max(0, after_seq - first + 1)
+        out = [ch.messages[i] for i in range(start, min(start + limit, len(ch.messages)))]
+        return ReadResult(
+            messages=out,
+            reset=reset,
+            first_id=str(first) if ch.messages else None,
+            last_id=str(ch.last_seq) if ch.last_seq else None,
+        )
+
+    async def info(self, channel: str) -> ChannelInfo | None:
+        self._check()
+        ch = self._channels.get(channel)
+        return None if ch is None else self._info(channel, ch)
+
+    async def list_channels(self, prefix: str = "", limit: int = 1000) -> list[ChannelInfo]:
+        self._check()
+        names = sorted(n for n in self._channels if n.startswith(prefix))[:limit]
+        return [self._info(n, self._channels[n]) for n in names]
+
+    async def delete(self, channel: str) -> bool:
+        self._check()
+        return self._channels.pop(channel, None) is not None
+
+    async def set_retention(self, channel: str, retention: Retention | None) -> ChannelInfo:
+        self._check()
+        ch = self._channels.get(channel)
+        if ch is None:
+            ch = self._channels[channel] = _Channel(created=time.time())
+        ch.retention = retention
+        limit = self._retention(ch).max_messages
+        while len(ch.messages) > limit:
+            ch.messages.popleft()
+        return self._info(channel, ch)
+
+    async def sweep(self, now: float) -> list[str]:
+        self._check()
+        trimmed = []
+        for name, ch in self._channels.items():
+            cutoff = now - self._retention(ch).max_age
+            if ch.messages and ch.messages[0].time < cutoff:
+                trimmed.append(name)
+            while ch.messages and ch.messages[0].time < cutoff:
+                ch.messages.popleft()
+            expired = [k for k, v in ch.idempotency.items() if v[2] <= now]
+            for k in expired:
+                del ch.idempotency[k]
+        return trimmed

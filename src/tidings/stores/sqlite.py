@@ -1,0 +1,444 @@
+"""`sqlite:///path` — the embedded default: WAL, group commit, durable acknowledgements.
+
+Writes go through one writer thread. Every write that arrives while a transaction is
+committing waits in `_pending`; when the commit returns, all of them are applied in the
+next single transaction (group commit), so N concurrent publishes cost one fsync, not N.
+A publish's future resolves only after the transaction holding it has committed.
+
+Reads use a second connection on a second thread; WAL lets them run beside the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+
+from tidings.constants import IDEMPOTENCY_TTL
+from tidings.errors import StoreClosed, StoreError
+from tidings.stores.base import (
+    ChannelInfo,
+    ChannelStore,
+    Published,
+    ReadResult,
+    Retention,
+    is_reset,
+)
+from tidings.stores.memory import parse_seq
+from tidings.wire import Message
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS channels (
+    name TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL,
+    created REAL NOT NULL,
+    max_messages INTEGER,
+    max_age REAL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    channel TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    time REAL NOT NULL,
+    event TEXT,
+    data BLOB NOT NULL,
+    PRIMARY KEY (channel, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    channel TEXT NOT NULL,
+    key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    time REAL NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (channel, key)
+) WITHOUT ROWID;
+"""
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+
+@dataclass
+class _Op:
+    """One write waiting for the next group commit."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class _ChannelState:
+    """What the writer thread remembers of a channel between transactions."""
+
+    last_seq: int
+    retention: Retention | None
+    created: float
+    dirty: bool = False
+
+
+@dataclass
+class _Batch:
+    touched: dict[str, _ChannelState] = field(default_factory=dict)
+
+
+class SQLiteStore(ChannelStore):
+    """Channels in one SQLite file.
+
+    Args:
+        path: the database file (created when missing).
+        default_retention: retention of channels without their own.
+        synchronous: SQLite `synchronous` pragma: FULL (default) fsyncs the WAL at every
+            commit, so an acknowledged publish survives power loss; NORMAL survives a
+            process crash only.
+    """
+
+    def __init__(self, path: str, default_retention: Retention, synchronous: str = "FULL") -> None:
+        super().__init__(default_retention)
+        if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ValueError(f"synchronous={synchronous!r}: use FULL, NORMAL, EXTRA or OFF")
+        self.path = path
+        self.synchronous = synchronous.upper()
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._wexec = ThreadPoolExecutor(1, thread_name_prefix="tidings-sqlite-w")
+        self._rexec = ThreadPoolExecutor(1, thread_name_prefix="tidings-sqlite-r")
+        self._pending: list[_Op] = []
+        self._wakeup = asyncio.Event()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._closing = False
+        # Owned by the writer thread only.
+        self._state: dict[str, _ChannelState] = {}
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._writer = await loop.run_in_executor(self._wexec, self._connect)
+            await loop.run_in_executor(self._wexec, self._writer.executescript, SCHEMA)
+            self._reader = await loop.run_in_executor(self._rexec, self._connect)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store at {self.path!r}: {exc}") from exc
+        self._writer_task = loop.create_task(self._writer_loop(), name="tidings-sqlite-writer")
+
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._wakeup.set()
+        if self._writer_task is not None:
+            await self._writer_task
+        loop = asyncio.get_running_loop()
+        if self._writer is not None:
+            await loop.run_in_executor(self._wexec, self._writer.close)
+        if self._reader is not None:
+            await loop.run_in_executor(self._rexec, self._reader.close)
+        self._wexec.shutdown(wait=True)
+        self._rexec.shutdown(wait=True)
+
+    def cursor_key(self, message_id: str) -> int:
+        return parse_seq(message_id)
+
+    async def ping(self) -> None:
+        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closing or self._writer_task is None:
+            raise StoreClosed("store is not open: call `await store.start()` first")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Op(fn, fut))
+        self._wakeup.set()
+        return await fut
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        reader = self._reader
+        if reader is None or self._closing:
+            raise StoreClosed("store is not open: call `await store.start()` first")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._rexec, fn, reader)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite read failed: {exc}") from exc
+
+    async def _writer_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await loop.run_in_executor(self._wexec, self._apply, batch)
+                except sqlite3.Error as exc:
+                    err = StoreError(f"SQLite write failed, nothing was written: {exc}")
+                    for op in batch:
+                        if not op.future.done():
+                            op.future.set_exception(err)
+                    continue
+                for op, (ok, value) in zip(batch, results, strict=True):
+                    if op.future.done():
+                        continue
+                    if ok:
+                        op.future.set_result(value)
+                    else:
+                        op.future.set_exception(value)
+            if self._closing:
+                return
+
+    def _apply(self, batch: list[_Op]) -> list[tuple[bool, Any]]:
+        """Writer thread: run a batch of writes in one transaction."""
+        conn = self._writer
+        assert conn is not None  # noqa: S101 - set in start(), before the writer task runs
+        conn.execute("BEGIN IMMEDIATE")
+        results: list[tuple[bool, Any]] = []
+        try:
+            for op in batch:
+                try:
+                    results.append((True, op.fn(conn)))
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:
+                    results.append((False, exc))
+            self._flush_channels(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            self._state.clear()  # the cache may hold uncommitted sequence numbers
+            raise
+        return results
+
+    # -- writer-thread helpers --------------------------------------------------------
+
+    def _channel(self, conn: sqlite3.Connection, name: str, create: bool) -> _ChannelState | None:
+        st = self._state.get(name)
+        if st is not None:
+            return st
+        row = conn.execute(
+            "SELECT last_seq, created, max_messages, max_age FROM channels WHERE name = ?",
+            (name,),
+        ).fetchone()
+        if row is None:
+            if not create:
+                return None
+            st = _ChannelState(last_seq=0, retention=None, created=time.time(), dirty=True)
+        else:
+            ret = Retention(row[2], row[3]) if row[2] is not None else None
+            st = _ChannelState(last_seq=row[0], retention=ret, created=row[1])
+        self._state[name] = st
+        return st
+
+    def _flush_channels(self, conn: sqlite3.Connection) -> None:
+        for name, st in self._state.items():
+            if not st.dirty:
+                continue
+            ret = st.retention
+            conn.execute(
+                "INSERT INTO channels (name, last_seq, created, max_messages, max_age)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                " last_seq = excluded.last_seq, max_messages = excluded.max_messages,"
+                " max_age = excluded.max_age",
+                (
+                    name,
+                    st.last_seq,
+                    st.created,
+                    ret.max_messages if ret else None,
+                    ret.max_age if ret else None,
+                ),
+            )
+            keep = (ret or self.default_retention).max_messages
+            conn.execute(
+                "DELETE FROM messages WHERE channel = ? AND seq <= ?", (name, st.last_seq - keep)
+            )
+            st.dirty = False
+
+    # -- channel operations -----------------------------------------------------------
+
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        event: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Published:
+        blob = _encode(data)
+
+        def op(conn: sqlite3.Connection) -> Published:
+            now = time.time()
+            row = None
+            if idempotency_key is not None:
+                row = conn.execute(
+                    "SELECT i.seq, i.time, m.data, m.event FROM idempotency i"
+                    " LEFT JOIN messages m ON m.channel = i.channel AND m.seq = i.seq"
+                    " WHERE i.channel = ? AND i.key = ? AND i.expires > ?",
+                    (channel, idempotency_key, now),
+                ).fetchone()
+            st = self._channel(conn, channel, create=True)
+            assert st is not None  # noqa: S101 - create=True always returns a state
+            keep = (st.retention or self.default_retention).max_messages
+            if idempotency_key is not None and row is not None:
+                seq, ts, old_blob, old_event = row
+                first = Message(
+                    id=str(seq),
+                    channel=channel,
+                    data=_decode(old_blob) if old_blob is not None else data,
+                    event=old_event if old_blob is not None else event,
+                    time=ts,
+                )
+                return Published(first, str(seq - 1) if seq > 1 else None, keep, duplicate=True)
+            prev = st.last_seq
+            seq = prev + 1
+            conn.execute(
+                "INSERT INTO messages (channel, seq, time, event, data) VALUES (?, ?, ?, ?, ?)",
+                (channel, seq, now, event, blob),
+            )
+            if idempotency_key is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO idempotency (channel, key, seq, time, expires)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (channel, idempotency_key, seq, now, now + IDEMPOTENCY_TTL),
+                )
+            st.last_seq = seq
+            st.dirty = True
+            msg = Message(id=str(seq), channel=channel, data=data, event=event, time=now)
+            return Published(msg, str(prev) if prev else None, keep)
+
+        return await self._write(op)
+
+    async def read(self, channel: str, after: str, limit: int) -> ReadResult:
+        after_seq = parse_seq(after)
+
+        def op(conn: sqlite3.Connection) -> ReadResult:
+            conn.execute("BEGIN")
+            try:
+                row = conn.execute(
+                    "SELECT last_seq FROM channels WHERE name = ?", (channel,)
+                ).fetchone()
+                if row is None:
+                    return ReadResult([], reset=after_seq != 0, first_id=None, last_id=None)
+                last = row[0]
+                low = conn.execute(
+                    "SELECT min(seq) FROM messages WHERE channel = ?", (channel,)
+                ).fetchone()[0]
+                first = low if low is not None else last + 1
+                reset = is_reset(after_seq, first, last)
+                rows = conn.execute(
+                    "SELECT seq, time, event, data FROM messages"
+                    " WHERE channel = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (channel, 0 if reset else after_seq, limit),
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            msgs = [
+                Message(id=str(s), channel=channel, data=_decode(d), event=e, time=t)
+                for s, t, e, d in rows
+            ]
+            return ReadResult(
+                msgs,
+                reset=reset,
+                first_id=str(low) if low is not None else None,
+                last_id=str(last) if last else None,
+            )
+
+        return await self._read(op)
+
+    def _info_rows(
+        self, conn: sqlite3.Connection, where: str, args: tuple[Any, ...]
+    ) -> list[ChannelInfo]:
+        rows = conn.execute(
+            "SELECT c.name, c.last_seq, c.created, c.max_messages, c.max_age,"
+            " (SELECT min(seq) FROM messages m WHERE m.channel = c.name),"
+            " (SELECT count(*) FROM messages m WHERE m.channel = c.name)"
+            f" FROM channels c {where}",
+            args,
+        ).fetchall()
+        out = []
+        for name, last, created, max_messages, max_age, low, count in rows:
+            custom = max_messages is not None
+            out.append(
+                ChannelInfo(
+                    name=name,
+                    first_id=str(low) if low is not None else None,
+                    last_id=str(last) if last else None,
+                    messages=count,
+                    created=created,
+                    retention=Retention(max_messages, max_age)
+                    if custom
+                    else self.default_retention,
+                    custom_retention=custom,
+                )
+            )
+        return out
+
+    async def info(self, channel: str) -> ChannelInfo | None:
+        rows = await self._read(lambda c: self._info_rows(c, "WHERE c.name = ?", (channel,)))
+        return rows[0] if rows else None
+
+    async def list_channels(self, prefix: str = "", limit: int = 1000) -> list[ChannelInfo]:
+        # Range scan on the primary key: names >= prefix and < prefix + U+10FFFF.
+        return await self._read(
+            lambda c: self._info_rows(
+                c,
+                "WHERE c.name >= ? AND c.name < ? ORDER BY c.name LIMIT ?",
+                (prefix, prefix + "\U0010ffff", limit),
+            )
+        )
+
+    async def delete(self, channel: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            self._state.pop(channel, None)
+            cur = conn.execute("DELETE FROM channels WHERE name = ?", (channel,))
+            conn.execute("DELETE FROM messages WHERE channel = ?", (channel,))
+            conn.execute("DELETE FROM idempotency WHERE channel = ?", (channel,))
+            return cur.rowcount > 0
+
+        return await self._write(op)
+
+    async def set_retention(self, channel: str, retention: Retention | None) -> ChannelInfo:
+        def op(conn: sqlite3.Connection) -> None:
+            st = self._channel(conn, channel, create=True)
+            assert st is not None  # noqa: S101 - create=True always returns a state
+            st.retention = retention
+            st.dirty = True
+
+        await self._write(op)
+        info = await self.info(channel)
+        assert info is not None  # noqa: S101 - the write above created it
+        return info
+
+    async def sweep(self, now: float) -> list[str]:
+        def op(conn: sqlite3.Connection) -> list[str]:
+            trimmed = []
+            rows = conn.execute(
+                "SELECT c.name, coalesce(c.max_age, ?),"
+                " (SELECT time FROM messages m WHERE m.channel = c.name ORDER BY seq LIMIT 1)"
+                " FROM channels c",
+                (self.default_retention.max_age,),
+            ).fetchall()
+            for name, max_age, oldest in rows:
+                if oldest is not None and oldest < now - max_age:
+                    conn.execute(
+                        "DELETE FROM messages WHERE channel = ? AND time < ?",
+                        (name, now - max_age),
+                    )
+                    trimmed.append(name)
+            conn.execute("DELETE FROM idempotency WHERE expires <= ?", (now,))
+            return trimmed
+
+        return await self._write(op)

@@ -1,0 +1,1 @@
+"""How a subscriber is served: SSE and WebSocket streams (polls live in http/channels.py)."""

@@ -1,0 +1,95 @@
+"""WebSocket: `/v1/channels/{c}/ws` — messages out as JSON text frames, publishes in.
+
+Frames to the client: a message is the poll message object (`id`, `channel`, `event`,
+`data`, `time`); control frames carry a `type`: `reset`, `ack`, `error`, `close`.
+Frames from the client: `{"data": any, "event"?: str, "ref"?: any}` publishes to the
+channel; the answer is `{"type": "ack", "ref", "id", "channel", "time"}` or
+`{"type": "error", "ref", "error": {"code", "message"}}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import msgspec
+
+from tidings.channels import ChannelService
+from tidings.errors import BadRequest, InvalidBody, PayloadTooLarge, TidingsError
+from tidings.hub import KIND_WS, Subscriber
+from tidings.transports.catchup import catch_up
+from tidings.wire import JSON_DECODER, encode_json
+
+__all__ = ["serve_ws"]
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN = 1013
+
+
+def control_frame(obj: dict[str, Any]) -> dict[str, Any]:
+    """A control frame as an ASGI message."""
+    return {"type": "websocket.send", "text": encode_json(obj).decode()}
+
+
+async def _client_publish(
+    svc: ChannelService, channel: str, sub: Subscriber, raw: str | bytes, max_bytes: int
+) -> None:
+    ref: Any = None
+    try:
+        if len(raw) > max_bytes:
+            raise PayloadTooLarge(f"frame of {len(raw)} bytes is over the {max_bytes}-byte limit")
+        try:
+            body = JSON_DECODER.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f'frame is not valid JSON ({exc}): send {{"data": ...}}') from exc
+        if not isinstance(body, dict) or "data" not in body:
+            raise InvalidBody('a publish frame is a JSON object with a "data" field')
+        ref = body.get("ref")
+        ack = await svc.publish(channel, body["data"], body.get("event"))
+        reply = {"type": "ack", "ref": ref, **ack.to_wire()}
+    except TidingsError as exc:
+        reply = {"type": "error", "ref": ref, **exc.to_wire()}
+    sub.write(control_frame(reply))
+
+
+async def serve_ws(
+    svc: ChannelService,
+    send: Any,
+    receive: Any,
+    channel: str,
+    cursor: str | None,
+    buffer_limit: int,
+    max_message_bytes: int,
+) -> None:
+    """Serve one WebSocket until the client leaves or the server ends it."""
+    first = await receive()
+    if first["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    sub = Subscriber(svc.hub, KIND_WS, send, {channel: None}, buffer_limit)
+    svc.hub.add(sub)
+    try:
+        await catch_up(svc, sub, {channel: cursor}, control_frame)
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            raw = message.get("text")
+            if raw is None:
+                raw = message.get("bytes") or b""
+            await _client_publish(svc, channel, sub, raw, max_message_bytes)
+    except asyncio.CancelledError:
+        if sub.close_reason is None:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                reason = sub.close_reason[:120]
+                if sub.drainer is None:
+                    await send(control_frame({"type": "close", "reason": reason}))
+                await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": reason})
+    finally:
+        sub.close("stream ended", abort=False)
