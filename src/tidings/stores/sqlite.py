@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
@@ -85,11 +85,6 @@ class _ChannelState:
     dirty: bool = False
 
 
-@dataclass
-class _Batch:
-    touched: dict[str, _ChannelState] = field(default_factory=dict)
-
-
 class SQLiteStore(ChannelStore):
     """Channels in one SQLite file.
 
@@ -117,6 +112,8 @@ class SQLiteStore(ChannelStore):
         self._closing = False
         # Owned by the writer thread only.
         self._state: dict[str, _ChannelState] = {}
+        # Transactions committed; with group commit, fewer than the writes they hold.
+        self.commits = 0
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -218,6 +215,7 @@ class SQLiteStore(ChannelStore):
                     results.append((False, exc))
             self._flush_channels(conn)
             conn.execute("COMMIT")
+            self.commits += 1
         except BaseException:
             conn.execute("ROLLBACK")
             self._state.clear()  # the cache may hold uncommitted sequence numbers

@@ -1,0 +1,51 @@
+"""Wire encodings: SSE frames, composite cursors, message forms."""
+
+from __future__ import annotations
+
+import pytest
+
+from tidings.wire import (
+    Message,
+    data_text,
+    decode_composite_cursor,
+    encode_composite_cursor,
+    sse_frame,
+    valid_channel,
+)
+
+
+def test_sse_frame_fields_and_multiline_data():
+    assert sse_frame("7", None, "hi") == b"id: 7\ndata: hi\n\n"
+    assert sse_frame("7", "up", "a\nb\r\nc") == b"id: 7\nevent: up\ndata: a\ndata: b\ndata: c\n\n"
+    assert sse_frame(None, "reset", "{}") == b"event: reset\ndata: {}\n\n"
+
+
+def test_data_text_is_the_text_or_its_json():
+    assert data_text("plain") == "plain"
+    assert data_text({"a": [1, None]}) == '{"a":[1,null]}'
+    assert data_text(3) == "3"
+
+
+def test_composite_cursor_round_trip():
+    positions = {"news.a": "12", "b:c-d_e": "0"}
+    text = encode_composite_cursor(positions)
+    assert text == "news.a=12,b:c-d_e=0"
+    assert decode_composite_cursor(text) == positions
+    for bad in ["news", "a=", "=3", "bad name=1"]:
+        with pytest.raises(ValueError, match="malformed"):
+            decode_composite_cursor(bad)
+
+
+def test_message_wire_form_round_trips():
+    m = Message(id="5", channel="c", data={"x": 1}, event="e", time=1700000000.25)
+    wire = m.to_wire()
+    assert wire["time"] == "2023-11-14T22:13:20.250000Z"
+    assert Message.from_wire(wire) == m
+
+
+def test_channel_names():
+    assert valid_channel("a")
+    assert valid_channel("job.123:x-y_z")
+    assert valid_channel("x" * 200)
+    for bad in ["", "x" * 201, "a b", "a/b", "é", "a,b", "a=b"]:
+        assert not valid_channel(bad)
