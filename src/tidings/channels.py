@@ -49,6 +49,8 @@ class ChannelService:
         self.store = store
         self.hub = hub
         self.long_poll_cap = long_poll_cap
+        # One store lookup per channel however many streams ask at once.
+        self._last_lookups: dict[str, asyncio.Future[str | None]] = {}
 
     async def publish(
         self, channel: str, data: Any, event: str | None = None, idempotency_key: str | None = None
@@ -73,6 +75,28 @@ class ChannelService:
             last = cached[-1].id if cached else after
             return ReadResult(cached, reset=False, first_id=None, last_id=last)
         return await self.store.read(channel, after, limit)
+
+    async def last_id(self, channel: str) -> str:
+        """The channel's newest id ("0" when it has none): the cursor meaning "from now"."""
+        known, last = self.hub.last_id(channel)
+        if known:
+            return last or "0"
+        pending = self._last_lookups.get(channel)
+        if pending is not None:
+            return (await asyncio.shield(pending)) or "0"
+        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._last_lookups[channel] = fut
+        try:
+            last = (await self.store.read(channel, "0", 0)).last_id
+            self.hub.note_last(channel, last)
+            fut.set_result(last)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved here, so an unawaited failure is not logged twice
+            raise
+        finally:
+            del self._last_lookups[channel]
+        return last or "0"
 
     async def wait(self, channel: str, after: str, limit: int, seconds: float) -> ReadResult:
         """Long poll: answer as soon as something follows `after`, or empty after `seconds`."""

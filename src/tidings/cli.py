@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import sys
@@ -113,6 +114,9 @@ def serve(
         ws_max_size=settings.max_message_bytes + 4096,
         backlog=8192,
     )
+    # Thousands of long-lived streams make each full collection walk every connection's
+    # objects; collect young objects less often (see docs/decisions/0003-gc-thresholds.md).
+    gc.set_threshold(*C.GC_THRESHOLDS)
     server = _server_class()(config)
     server.tidings = tidings_app
     server.run()

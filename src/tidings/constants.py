@@ -29,3 +29,6 @@ SHUTDOWN_GRACE = 5.0
 
 # Transports, as labelled in stats and metrics.
 TRANSPORTS = ("sse", "ws", "longpoll")
+
+# Cyclic GC thresholds for `tidings serve` (CPython's default is 700, 10, 10).
+GC_THRESHOLDS = (50_000, 20, 100)

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from typing import Any
 
+from tidings.constants import SSE_RETRY_MS
 from tidings.wire import Message, data_text, encode_composite_cursor, encode_json, sse_frame
 
 __all__ = ["Hub", "Subscriber"]
@@ -37,6 +38,9 @@ Send = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 RECENT = 64
 # Live messages parked while a subscriber replays history; past this, it re-reads the store.
 PENDING_MAX = 1000
+
+# A comment keeps proxies from timing out; `retry:` tells EventSource how soon to reconnect.
+HEARTBEAT = b": ping\nretry: %d\n\n" % SSE_RETRY_MS
 
 KIND_SSE = "sse"
 KIND_WS = "ws"
@@ -122,7 +126,7 @@ class Subscriber:
         self.catching_up = True
         self.pending: list[Message] = []
         self.overflowed = False
-        self.backlog: deque[dict[str, Any]] = deque()
+        self.backlog: deque[dict[str, Any]] | None = None  # made when first needed
         self.backlog_bytes = 0
         self.drainer: asyncio.Task[None] | None = None
         self.close_reason: str | None = None
@@ -169,6 +173,8 @@ class Subscriber:
     def write(self, frame: dict[str, Any]) -> None:
         """Write now if the socket takes it, else queue in the bounded backlog."""
         if self.drainer is not None:
+            if self.backlog is None:
+                self.backlog = deque()
             self.backlog.append(frame)
             self.backlog_bytes += _frame_size(frame)
             if self.backlog_bytes > self.buffer_limit:
@@ -232,7 +238,7 @@ class Subscriber:
             return
         self.close_reason = reason
         self.hub.remove(self)
-        self.backlog.clear()
+        self.backlog = None
         self.backlog_bytes = 0
         if self.drainer is not None:
             self.drainer.cancel()
@@ -409,7 +415,7 @@ class Hub:
 
     def heartbeat(self) -> None:
         """Write a keep-alive to every idle stream (skipped for backed-up ones)."""
-        sse = {"type": "http.response.body", "body": b": ping\n\n", "more_body": True}
+        sse = {"type": "http.response.body", "body": HEARTBEAT, "more_body": True}
         for sub in {s for subs in self._subs.values() for s in subs}:
             if sub.catching_up or sub.drainer is not None or sub.kind == KIND_WS:
                 continue

@@ -21,16 +21,6 @@ PAGE = 500
 ControlFrame = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-async def _resolve(svc: ChannelService, channel: str) -> str:
-    """The cursor meaning "only what comes next": the channel's newest id, or 0."""
-    known, last = svc.hub.last_id(channel)
-    if not known:
-        res = await svc.store.read(channel, "0", 0)
-        last = res.last_id
-        svc.hub.note_last(channel, last)
-    return last or "0"
-
-
 async def _replay(
     svc: ChannelService, sub: Subscriber, channel: str, control: ControlFrame
 ) -> None:
@@ -60,12 +50,17 @@ async def catch_up(
     Must be called after `hub.add(sub)`; returns with `sub.catching_up` False.
     """
     for channel, cursor in requested.items():
-        sub.cursors[channel] = cursor if cursor is not None else await _resolve(svc, channel)
+        sub.cursors[channel] = cursor if cursor is not None else await svc.last_id(channel)
+    # A stream that asked for "from now" has nothing to replay: what follows its resolved
+    # cursor is already parked in `pending`, since it was registered first.
+    replay = [ch for ch, cursor in requested.items() if cursor is not None]
     while True:
-        for channel in requested:
+        for channel in replay:
             await _replay(svc, sub, channel, control)
         if sub.overflowed:
+            # Parked messages were dropped; the store has them: replay every channel.
             sub.overflowed = False
+            replay = list(requested)
             continue
         pending = sub.take_pending()
         if not pending:

@@ -11,7 +11,6 @@ import contextlib
 from typing import Any
 
 from tidings.channels import ChannelService
-from tidings.constants import SSE_RETRY_MS
 from tidings.hub import KIND_SSE, KIND_SSE_MULTI, Subscriber
 from tidings.transports.catchup import catch_up
 from tidings.wire import encode_json, sse_frame
@@ -42,10 +41,8 @@ async def serve_sse(
     buffer_limit: int,
 ) -> None:
     """Serve one SSE stream until the client leaves or the server ends it."""
+    # Headers only: the `retry:` hint rides on the first heartbeat, saving a write per connect.
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-    await send(
-        {"type": "http.response.body", "body": b"retry: %d\n\n" % SSE_RETRY_MS, "more_body": True}
-    )
     sub = Subscriber(
         svc.hub, KIND_SSE_MULTI if multi else KIND_SSE, send, dict.fromkeys(requested), buffer_limit
     )
