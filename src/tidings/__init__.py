@@ -4,7 +4,19 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["AsyncClient", "Client", "TidingsApp", "__version__", "create_app"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ClientError",
+    "Page",
+    "TidingsApp",
+    "TidingsConnectionError",
+    "TidingsHTTPError",
+    "__version__",
+    "create_app",
+]
+
+_CLIENT = {"Client", "AsyncClient", "ClientError", "Page", "TidingsConnectionError", "TidingsHTTPError"}
 
 
 def __getattr__(name: str) -> object:
@@ -13,7 +25,7 @@ def __getattr__(name: str) -> object:
         from tidings import app
 
         return getattr(app, name)
-    if name in ("Client", "AsyncClient"):
+    if name in _CLIENT:
         from tidings import client
 
         return getattr(client, name)
