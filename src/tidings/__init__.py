@@ -16,7 +16,14 @@ __all__ = [
     "create_app",
 ]
 
-_CLIENT = {"Client", "AsyncClient", "ClientError", "Page", "TidingsConnectionError", "TidingsHTTPError"}
+_CLIENT = {
+    "Client",
+    "AsyncClient",
+    "ClientError",
+    "Page",
+    "TidingsConnectionError",
+    "TidingsHTTPError",
+}
 
 
 def __getattr__(name: str) -> object:

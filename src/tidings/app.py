@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
+import os
 import re
+import sys
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
@@ -29,22 +32,25 @@ from tidings import constants as C
 from tidings.channels import ChannelService, check_channel
 from tidings.errors import BadRequest, StoreError, TidingsError
 from tidings.http import channels as channel_routes
+from tidings.http import jobs as job_routes
+from tidings.http import rpc as rpc_routes
 from tidings.http.common import json_response
 from tidings.hub import Hub
+from tidings.jobs import JobService
 from tidings.metrics import Metrics
 from tidings.openapi import DOCS_HTML, openapi_document
 from tidings.settings import Settings
 from tidings.stores import open_store
-from tidings.stores.base import ChannelStore, Retention
+from tidings.stores.base import Retention, Store
 from tidings.transports.sse import serve_sse
 from tidings.transports.websocket import serve_ws
-from tidings.wire import decode_composite_cursor, encode_json
+from tidings.wire import TERMINAL_STATUSES, decode_composite_cursor, encode_json, job_channel
 
 __all__ = ["TidingsApp", "create_app"]
 
 log = logging.getLogger("tidings")
 
-_CHANNEL_STREAM = re.compile(r"^/v1/channels/([^/]+)/(events|ws)$")
+_STREAM = re.compile(r"^/v1/(channels|jobs)/([^/]+)/(events|ws)$")
 
 
 async def _send_error(send: Send, exc: TidingsError) -> None:
@@ -68,14 +74,23 @@ class TidingsApp:
     Args:
         settings: what to serve and how.
         store: a store to use instead of the one named by `settings.store` (tests).
+        handlers: a `tidings.Worker` whose handlers run inside this server, leasing jobs
+            straight from the job service (the single-process case: no worker process).
     """
 
-    def __init__(self, settings: Settings, store: ChannelStore | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store | None = None, handlers: LocalHandlers | None = None
+    ) -> None:
         self.settings = settings
         retention = Retention(settings.max_messages, settings.max_age)
         self.store = store or open_store(settings.store, retention, settings.sqlite_synchronous)
         self.hub = Hub(self.store.cursor_key)
         self.channels = ChannelService(self.store, self.hub, settings.long_poll_cap)
+        self.jobs = JobService(
+            self.store, self.hub, settings.retry_backoff, long_poll_cap=settings.long_poll_cap
+        )
+        self.handlers = handlers
+        self._handlers_stop = asyncio.Event()
         self.metrics = Metrics(self.hub)
         self._background: list[asyncio.Task[None]] = []
         self.ready = False
@@ -87,6 +102,8 @@ class TidingsApp:
                 Route("/openapi.json", self._openapi, methods=["GET"]),
                 Route("/docs", self._docs, methods=["GET"]),
                 *channel_routes.routes,
+                *job_routes.routes,
+                *rpc_routes.routes,
             ],
             exception_handlers={
                 TidingsError: self._tidings_error,
@@ -97,6 +114,7 @@ class TidingsApp:
         )
         self.starlette.state.settings = settings
         self.starlette.state.channels = self.channels
+        self.starlette.state.jobs = self.jobs
         self._http = self.metrics.middleware(self.starlette)
 
     # -- ASGI entry ---------------------------------------------------------------------
@@ -109,9 +127,12 @@ class TidingsApp:
                 if path == "/v1/events" and kind == "http":
                     await self._stream(scope, receive, send, None, "events")
                     return
-                m = _CHANNEL_STREAM.match(path)
-                if m is not None and (m.group(2) == "ws") == (kind == "websocket"):
-                    await self._stream(scope, receive, send, m.group(1), m.group(2))
+                m = _STREAM.match(path)
+                if m is not None and (m.group(3) == "ws") == (kind == "websocket"):
+                    if m.group(1) == "jobs":
+                        await self._stream(scope, receive, send, m.group(2), m.group(3), job=True)
+                    else:
+                        await self._stream(scope, receive, send, m.group(2), m.group(3))
                     return
             if kind == "websocket":
                 await send({"type": "websocket.close", "code": 1008, "reason": "no such endpoint"})
@@ -119,7 +140,13 @@ class TidingsApp:
         await self._http(scope, receive, send)
 
     async def _stream(
-        self, scope: Scope, receive: Receive, send: Send, channel: str | None, what: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        channel: str | None,
+        what: str,
+        job: bool = False,
     ) -> None:
         settings = self.settings
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
@@ -144,6 +171,12 @@ class TidingsApp:
                     self.channels, send, receive, requested, True, settings.subscriber_buffer
                 )
                 return
+            until: frozenset[str] | None = None
+            if job:
+                # A job's stream: from its first event unless resumed, ending after its last.
+                await self.jobs.get(channel)
+                channel, until = job_channel(channel), TERMINAL_STATUSES
+                cursor = cursor or "0"
             check_channel(channel)
             if cursor is not None:
                 self.store.cursor_key(cursor)
@@ -156,6 +189,7 @@ class TidingsApp:
                     cursor,
                     settings.subscriber_buffer,
                     settings.max_message_bytes,
+                    until,
                 )
             else:
                 await serve_sse(
@@ -165,6 +199,7 @@ class TidingsApp:
                     {channel: cursor},
                     False,
                     settings.subscriber_buffer,
+                    until,
                 )
         except (TidingsError, ValueError) as exc:
             err = exc if isinstance(exc, TidingsError) else BadRequest(str(exc))
@@ -178,11 +213,19 @@ class TidingsApp:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.store.start()
+        await self.jobs.start()
         loop = asyncio.get_running_loop()
         self._background = [
             loop.create_task(self._every(C.RETENTION_SWEEP_INTERVAL, self.channels.sweep)),
             loop.create_task(self._every(self.settings.heartbeat, self._heartbeat)),
+            loop.create_task(self._every(C.LEASE_EXPIRY_INTERVAL, self.jobs.expire)),
+            loop.create_task(self._every(C.JOB_SWEEP_INTERVAL, self._sweep_jobs)),
         ]
+        handlers_task = None
+        if self.handlers is not None:
+            handlers_task = loop.create_task(
+                self.handlers.run_local(self.jobs, self._handlers_stop), name="tidings-handlers"
+            )
         self.ready = True
         log.info("tidings ready on store %s", self.settings.store)
         try:
@@ -190,6 +233,9 @@ class TidingsApp:
         finally:
             self.ready = False
             self.drain("server shutting down")
+            if handlers_task is not None:
+                # In-process handlers finish their running jobs (their own drain timeout).
+                await asyncio.gather(handlers_task, return_exceptions=True)
             for task in self._background:
                 task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
@@ -197,6 +243,9 @@ class TidingsApp:
 
     async def _heartbeat(self) -> None:
         self.hub.heartbeat()
+
+    async def _sweep_jobs(self) -> None:
+        await self.jobs.sweep(self.settings.job_ttl)
 
     @staticmethod
     async def _every(interval: float, fn: Any) -> None:
@@ -210,7 +259,9 @@ class TidingsApp:
     def drain(self, reason: str) -> None:
         """Begin shutdown: end every stream with `reason` and answer every parked long poll."""
         self.ready = False
+        self._handlers_stop.set()
         self.hub.close_all(reason)
+        self.jobs.close()
 
     # -- operational endpoints ----------------------------------------------------------
 
@@ -266,6 +317,40 @@ class TidingsApp:
         )
 
 
-def create_app(settings: Settings | None = None, store: ChannelStore | None = None) -> TidingsApp:
-    """Build the ASGI app from settings (default: from TIDINGS_* variables)."""
-    return TidingsApp(settings or Settings.from_env(), store)
+class LocalHandlers(Protocol):
+    """What the app needs of in-process handlers (a `tidings.Worker`)."""
+
+    async def run_local(self, service: JobService, stop: asyncio.Event) -> None:
+        """Lease and run jobs from `service` until `stop` is set, then drain."""
+
+
+def load_handlers(spec: str) -> LocalHandlers:
+    """Import `MODULE:OBJ` (a `tidings.Worker`); ValueError/TypeError saying what is wrong."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"handlers {spec!r}: write MODULE:OBJ, e.g. myapp.jobs:worker")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"handlers {spec!r}: cannot load it: {exc}") from exc
+    if not callable(getattr(obj, "run_local", None)):
+        raise TypeError(f"handlers {spec!r} is not a tidings.Worker (it has no run_local)")
+    handlers: LocalHandlers = obj
+    return handlers
+
+
+def create_app(
+    settings: Settings | None = None,
+    store: Store | None = None,
+    handlers: LocalHandlers | None = None,
+) -> TidingsApp:
+    """Build the ASGI app from settings (default: from TIDINGS_* variables).
+
+    `settings.handlers` (`MODULE:OBJ`) is loaded when `handlers` is not given.
+    """
+    settings = settings or Settings.from_env()
+    if handlers is None and settings.handlers:
+        handlers = load_handlers(settings.handlers)
+    return TidingsApp(settings, store, handlers)

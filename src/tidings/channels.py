@@ -6,10 +6,10 @@ import asyncio
 import time
 from typing import Any
 
-from tidings.errors import BadRequest, InvalidChannel, NotFound
+from tidings.errors import BadRequest, Forbidden, InvalidChannel, NotFound
 from tidings.hub import Hub
 from tidings.stores.base import ChannelInfo, ChannelStore, ReadResult, Retention
-from tidings.wire import PublishAck, valid_channel
+from tidings.wire import JOB_CHANNEL_PREFIX, PublishAck, valid_channel
 
 __all__ = ["ChannelService", "check_channel", "check_event"]
 
@@ -57,6 +57,10 @@ class ChannelService:
     ) -> PublishAck:
         """Store one message durably, then fan it out; returns its id once durable."""
         check_channel(channel)
+        if channel.startswith(JOB_CHANNEL_PREFIX):
+            raise Forbidden(
+                f"{channel!r}: channels job.* are written by the job system; use /v1/jobs"
+            )
         check_event(event)
         if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
             raise BadRequest("Idempotency-Key must be 1-200 characters")

@@ -27,6 +27,13 @@ SSE_RETRY_MS = 1000
 # Graceful shutdown: streams are told to close, then the server waits this long.
 SHUTDOWN_GRACE = 5.0
 
+# Jobs.
+DEFAULT_RETRY_BACKOFF = 1.0
+DEFAULT_JOB_TTL = 7 * 24 * 3600.0
+# How often expired leases are looked for (seconds), and finished jobs swept.
+LEASE_EXPIRY_INTERVAL = 0.25
+JOB_SWEEP_INTERVAL = 60.0
+
 # Transports, as labelled in stats and metrics.
 TRANSPORTS = ("sse", "ws", "longpoll")
 

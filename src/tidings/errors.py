@@ -5,6 +5,7 @@
     │   ├── InvalidChannel       (400 invalid_channel)
     │   ├── InvalidCursor        (400 invalid_cursor)
     │   └── InvalidBody          (422 invalid_body)
+    ├── Forbidden                (403 forbidden)
     ├── NotFound                 (404 not_found)
     ├── Conflict                 (409 conflict)
     ├── PayloadTooLarge          (413 payload_too_large)
@@ -21,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "BadRequest",
     "Conflict",
+    "Forbidden",
     "InvalidBody",
     "InvalidChannel",
     "InvalidCursor",
@@ -66,6 +68,11 @@ class InvalidCursor(BadRequest, ValueError):
 class InvalidBody(BadRequest):
     status = 422
     code = "invalid_body"
+
+
+class Forbidden(TidingsError):
+    status = 403
+    code = "forbidden"
 
 
 class NotFound(TidingsError):

@@ -89,6 +89,7 @@ class Subscriber:
         cursors: channel -> id of the last message this subscriber has been sent (None:
             nothing yet).
         buffer_limit: bytes of unsent frames tolerated before the subscriber is cut.
+        until: event names after which the stream ends by itself (a job's terminal events).
     """
 
     __slots__ = (
@@ -106,6 +107,7 @@ class Subscriber:
         "send",
         "task",
         "transport",
+        "until",
     )
 
     def __init__(
@@ -115,8 +117,10 @@ class Subscriber:
         send: Send,
         cursors: dict[str, str | None],
         buffer_limit: int,
+        until: frozenset[str] | None = None,
     ) -> None:
         self.hub = hub
+        self.until = until
         self.kind = kind
         self.send = send
         self.transport = _transport_of(send)
@@ -169,6 +173,12 @@ class Subscriber:
         frame = self.frame(msg, shared)
         self.cursors[msg.channel] = msg.id
         self.write(frame)
+        self.check_until(msg)
+
+    def check_until(self, msg: Message) -> None:
+        """End the stream, once what was written has drained, after a final event."""
+        if self.until is not None and msg.event in self.until:
+            self.close(f"{msg.event}: the stream is complete", abort=False, drain=True)
 
     def write(self, frame: dict[str, Any]) -> None:
         """Write now if the socket takes it, else queue in the bounded backlog."""
@@ -228,20 +238,22 @@ class Subscriber:
 
     # -- closing ----------------------------------------------------------------------
 
-    def close(self, reason: str, abort: bool = True) -> None:
+    def close(self, reason: str, abort: bool = True, drain: bool = False) -> None:
         """End this stream: unregister, drop its backlog, stop its task.
 
         With `abort` (a stuck consumer) the connection is dropped at once instead of
-        waiting for the unsent bytes to drain.
+        waiting for the unsent bytes to drain. With `drain`, frames already handed over
+        are still sent (the stream's task waits for them) before it ends.
         """
         if self.close_reason is not None:
             return
         self.close_reason = reason
         self.hub.remove(self)
-        self.backlog = None
-        self.backlog_bytes = 0
-        if self.drainer is not None:
-            self.drainer.cancel()
+        if not drain:
+            self.backlog = None
+            self.backlog_bytes = 0
+            if self.drainer is not None:
+                self.drainer.cancel()
         if abort:
             log.info("closing %s subscriber of %s: %s", self.kind, list(self.cursors), reason)
             self.hub.cut += 1

@@ -27,6 +27,9 @@ class Settings:
         subscriber_buffer: bytes of unsent frames a stream may hold before it is cut.
         heartbeat: seconds between SSE heartbeat comments / WebSocket pings.
         sqlite_synchronous: SQLite `synchronous` pragma (FULL: fsync at every group commit).
+        retry_backoff: seconds before a failed job's first retry; doubles per attempt.
+        job_ttl: seconds a finished job (and its channel) is kept.
+        handlers: `MODULE:OBJ` naming a `tidings.Worker` to run inside the server.
         log_level: uvicorn / tidings log level.
     """
 
@@ -40,6 +43,9 @@ class Settings:
     subscriber_buffer: int = C.DEFAULT_SUBSCRIBER_BUFFER
     heartbeat: float = C.DEFAULT_HEARTBEAT
     sqlite_synchronous: str = "FULL"
+    retry_backoff: float = C.DEFAULT_RETRY_BACKOFF
+    job_ttl: float = C.DEFAULT_JOB_TTL
+    handlers: str = ""
     log_level: str = "info"
 
     @classmethod

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from tidings.channels import ChannelService, check_channel
 from tidings.constants import DEFAULT_POLL_LIMIT, MAX_POLL_LIMIT
 from tidings.errors import BadRequest, InvalidBody
-from tidings.http.common import json_response, query_float, query_int, read_body
+from tidings.http.common import decode_body, json_response, query_float, query_int, read_body
 from tidings.stores.base import ChannelInfo, ReadResult, Retention
 
 __all__ = ["info_to_wire", "page_to_wire", "routes"]
@@ -34,22 +34,9 @@ class RetentionBody(msgspec.Struct, forbid_unknown_fields=True):
     retention: Retention | None
 
 
-_publish_decoder = msgspec.json.Decoder(PublishBody)
-_retention_decoder = msgspec.json.Decoder(RetentionBody)
-
-
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or media.endswith("+json")
-
-
-def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise InvalidBody(f"body does not fit: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
 
 
 def page_to_wire(res: ReadResult, after: str) -> dict[str, Any]:
@@ -90,7 +77,7 @@ async def publish(request: Request) -> Response:
     channel = check_channel(request.path_params["channel"])
     body = await read_body(request, request.app.state.settings.max_message_bytes)
     if _is_json(request.headers.get("content-type", "")):
-        parsed = _decode(_publish_decoder, body)
+        parsed = decode_body(PublishBody, body)
         if parsed.data is msgspec.UNSET:
             raise InvalidBody('a JSON publish body is {"data": <any JSON>, "event": "name"?}')
         data, event = parsed.data, parsed.event
@@ -129,7 +116,7 @@ async def channel_info(request: Request) -> Response:
 async def set_retention(request: Request) -> Response:
     svc = _svc(request)
     body = await read_body(request, 64 * 1024)
-    parsed = _decode(_retention_decoder, body)
+    parsed = decode_body(RetentionBody, body)
     info = await svc.set_retention(request.path_params["channel"], parsed.retention)
     return json_response(info_to_wire(info, svc.hub.subscribers(info.name)))
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tidings.errors import BadRequest, PayloadTooLarge
+from tidings.errors import BadRequest, InvalidBody, PayloadTooLarge
 from tidings.wire import encode_json
 
-__all__ = ["json_response", "query_float", "query_int", "read_body"]
+__all__ = ["decode_body", "json_response", "query_float", "query_int", "read_body"]
 
 
 def json_response(
@@ -77,3 +78,13 @@ async def read_body(request: Request, limit: int) -> bytes:
             )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def decode_body(kind: type[Any], body: bytes) -> Any:
+    """Decode a JSON body into `kind`: 400 when it is not JSON, 422 when it does not fit."""
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidBody(f"body does not fit: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from tidings.stores.base import ChannelStore, Retention
+from tidings.stores.base import ChannelStore, Retention, Store
 
-__all__ = ["ChannelStore", "Retention", "open_store"]
+__all__ = ["ChannelStore", "Retention", "Store", "open_store"]
 
 
-def open_store(url: str, retention: Retention, sqlite_synchronous: str = "FULL") -> ChannelStore:
+def open_store(url: str, retention: Retention, sqlite_synchronous: str = "FULL") -> Store:
     """Build the store named by `url` (not started yet).
 
     `sqlite:///relative.db`, `sqlite:////absolute/path.db`, `memory://`.

@@ -8,13 +8,26 @@ everyone but the store, which also defines their order (`cursor_key`).
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from tidings.wire import Message
+from tidings.wire import Job, Message
 
-__all__ = ["ChannelInfo", "ChannelStore", "Published", "ReadResult", "Retention", "is_reset"]
+__all__ = [
+    "ChannelInfo",
+    "ChannelStore",
+    "JobChange",
+    "JobStore",
+    "Published",
+    "ReadResult",
+    "Retention",
+    "Store",
+    "Transition",
+    "is_reset",
+    "job_event_data",
+]
 
 
 class Retention(msgspec.Struct, frozen=True):
@@ -132,3 +145,78 @@ class ChannelStore(abc.ABC):
     async def ping(self) -> None:
         """Raise StoreError when the store cannot serve; used by /readyz."""
         return
+
+
+# -- jobs ---------------------------------------------------------------------------------
+
+# A transition computes a job's next state inside the store's atomic section: it gets the
+# job as stored and the store's clock, and returns the new job and the name of the event
+# to publish on the job's channel (None: publish nothing). It raises a TidingsError
+# (Conflict, NotFound) to refuse, leaving everything unchanged. It must be pure and quick.
+Transition = Callable[[Job, float], tuple[Job, str | None]]
+
+
+class JobChange(msgspec.Struct, frozen=True):
+    """A job after a transition, and the message published on its channel (if any)."""
+
+    job: Job
+    published: Published | None
+
+
+class JobStore(abc.ABC):
+    """Jobs, with atomic transitions that also append to the job's channel.
+
+    The state machine lives in tidings.jobs; stores only guarantee that a transition and
+    its channel message are applied together, once, or not at all.
+    """
+
+    @abc.abstractmethod
+    async def submit_job(self, job: Job, event: str) -> tuple[JobChange, bool]:
+        """Insert a job (publishing `event`); with an idempotency key already used, return
+        the existing job and False instead."""
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: str) -> Job | None:
+        """One job, or None."""
+
+    @abc.abstractmethod
+    async def list_jobs(self, status: str | None, type_: str | None, limit: int) -> list[Job]:
+        """Jobs, newest first, filtered by status and type."""
+
+    @abc.abstractmethod
+    async def queue_counts(self) -> dict[str, dict[str, int]]:
+        """Number of jobs per type and status."""
+
+    @abc.abstractmethod
+    async def transition_job(self, job_id: str, fn: Transition) -> JobChange:
+        """Apply `fn` to one job atomically; NotFound when there is no such job."""
+
+    @abc.abstractmethod
+    async def lease_jobs(
+        self, types: list[str] | None, max_jobs: int, now: float, fn: Transition
+    ) -> list[JobChange]:
+        """Apply `fn` to up to `max_jobs` queued jobs of `types` whose `run_at` has come,
+        highest priority first, then oldest `run_at` — atomically, each job to one caller."""
+
+    @abc.abstractmethod
+    async def expire_jobs(self, now: float, fn: Transition) -> list[JobChange]:
+        """Apply `fn` to every running job whose lease ended before `now`, atomically."""
+
+    @abc.abstractmethod
+    async def next_run_at(self) -> float | None:
+        """The earliest `run_at` of a queued job, or None."""
+
+    @abc.abstractmethod
+    async def sweep_jobs(self, finished_before: float) -> list[str]:
+        """Delete jobs that ended before the given time, with their channels; their ids."""
+
+
+def job_event_data(job: Job) -> dict[str, Any]:
+    """The data of a job-channel message: the public job without its payload."""
+    data = job.to_wire()
+    del data["payload"]
+    return data
+
+
+class Store(ChannelStore, JobStore, abc.ABC):
+    """What a store URL opens: channels and jobs in one engine."""

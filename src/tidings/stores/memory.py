@@ -8,16 +8,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidings.constants import IDEMPOTENCY_TTL
-from tidings.errors import InvalidCursor, StoreClosed
+from tidings.errors import InvalidCursor, NotFound, StoreClosed
 from tidings.stores.base import (
     ChannelInfo,
-    ChannelStore,
+    JobChange,
     Published,
     ReadResult,
     Retention,
+    Store,
+    Transition,
     is_reset,
+    job_event_data,
 )
-from tidings.wire import Message
+from tidings.wire import Job, Message, job_channel
 
 __all__ = ["MemoryStore", "parse_seq"]
 
@@ -41,12 +44,16 @@ class _Channel:
     idempotency: dict[str, tuple[Message, str | None, float]] = field(default_factory=dict)
 
 
-class MemoryStore(ChannelStore):
-    """Channels in dictionaries; same semantics as the SQLite store, no durability."""
+class MemoryStore(Store):
+    """Channels and jobs in dictionaries; same semantics as the SQLite store, no durability."""
 
     def __init__(self, default_retention: Retention) -> None:
         super().__init__(default_retention)
         self._channels: dict[str, _Channel] = {}
+        self._jobs: dict[str, Job] = {}
+        self._job_keys: dict[str, str] = {}
+        self._queued: set[str] = set()
+        self._running: set[str] = set()
         self._open = False
 
     async def start(self) -> None:
@@ -93,14 +100,26 @@ class MemoryStore(ChannelStore):
             seen = ch.idempotency.get(idempotency_key)
             if seen is not None and seen[2] > now:
                 return Published(seen[0], seen[1], keep=limit, duplicate=True)
+        published = self._append(channel, data, event, now)
+        if idempotency_key is not None:
+            ch.idempotency[idempotency_key] = (
+                published.message,
+                published.prev_id,
+                now + IDEMPOTENCY_TTL,
+            )
+        return published
+
+    def _append(self, channel: str, data: Any, event: str | None, now: float) -> Published:
+        ch = self._channels.get(channel)
+        if ch is None:
+            ch = self._channels[channel] = _Channel(created=now)
+        limit = self._retention(ch).max_messages
         prev = str(ch.last_seq) if ch.last_seq else None
         ch.last_seq += 1
         msg = Message(id=str(ch.last_seq), channel=channel, data=data, event=event, time=now)
         ch.messages.append(msg)
         while len(ch.messages) > limit:
             ch.messages.popleft()
-        if idempotency_key is not None:
-            ch.idempotency[idempotency_key] = (msg, prev, now + IDEMPOTENCY_TTL)
         return Published(msg, prev, keep=limit)
 
     async def read(self, channel: str, after: str, limit: int) -> ReadResult:
@@ -158,3 +177,103 @@ class MemoryStore(ChannelStore):
             for k in expired:
                 del ch.idempotency[k]
         return trimmed
+
+    # -- jobs -------------------------------------------------------------------------
+
+    def _save(self, job: Job, event: str | None, now: float) -> JobChange:
+        self._jobs[job.id] = job
+        self._queued.discard(job.id)
+        self._running.discard(job.id)
+        if job.status == "queued":
+            self._queued.add(job.id)
+        elif job.status == "running":
+            self._running.add(job.id)
+        published = None
+        if event is not None:
+            published = self._append(job_channel(job.id), job_event_data(job), event, now)
+        return JobChange(job, published)
+
+    async def submit_job(self, job: Job, event: str) -> tuple[JobChange, bool]:
+        self._check()
+        key = job.idempotency_key
+        if key is not None and key in self._job_keys:
+            return JobChange(self._jobs[self._job_keys[key]], None), False
+        if key is not None:
+            self._job_keys[key] = job.id
+        return self._save(job, event, job.created_at), True
+
+    async def get_job(self, job_id: str) -> Job | None:
+        self._check()
+        return self._jobs.get(job_id)
+
+    async def list_jobs(self, status: str | None, type_: str | None, limit: int) -> list[Job]:
+        self._check()
+        jobs = [
+            j
+            for j in self._jobs.values()
+            if (status is None or j.status == status) and (type_ is None or j.type == type_)
+        ]
+        jobs.sort(key=lambda j: (j.created_at, j.id), reverse=True)
+        return jobs[:limit]
+
+    async def queue_counts(self) -> dict[str, dict[str, int]]:
+        self._check()
+        out: dict[str, dict[str, int]] = {}
+        for j in self._jobs.values():
+            per = out.setdefault(j.type, {})
+            per[j.status] = per.get(j.status, 0) + 1
+        return out
+
+    async def transition_job(self, job_id: str, fn: Transition) -> JobChange:
+        self._check()
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        now = time.time()
+        new, event = fn(job, now)
+        return self._save(new, event, now)
+
+    async def lease_jobs(
+        self, types: list[str] | None, max_jobs: int, now: float, fn: Transition
+    ) -> list[JobChange]:
+        self._check()
+        wanted = None if types is None else set(types)
+        ready = [
+            self._jobs[i]
+            for i in self._queued
+            if self._jobs[i].run_at <= now and (wanted is None or self._jobs[i].type in wanted)
+        ]
+        ready.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+        out = []
+        for job in ready[:max_jobs]:
+            new, event = fn(job, now)
+            out.append(self._save(new, event, now))
+        return out
+
+    async def expire_jobs(self, now: float, fn: Transition) -> list[JobChange]:
+        self._check()
+        out = []
+        for job_id in list(self._running):
+            job = self._jobs[job_id]
+            if job.lease_expires_at is not None and job.lease_expires_at < now:
+                new, event = fn(job, now)
+                out.append(self._save(new, event, now))
+        return out
+
+    async def next_run_at(self) -> float | None:
+        self._check()
+        return min((self._jobs[i].run_at for i in self._queued), default=None)
+
+    async def sweep_jobs(self, finished_before: float) -> list[str]:
+        self._check()
+        gone = [
+            j.id
+            for j in self._jobs.values()
+            if j.finished_at is not None and j.finished_at < finished_before
+        ]
+        for job_id in gone:
+            job = self._jobs.pop(job_id)
+            if job.idempotency_key is not None:
+                self._job_keys.pop(job.idempotency_key, None)
+            self._channels.pop(job_channel(job_id), None)
+        return gone

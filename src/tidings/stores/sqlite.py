@@ -21,17 +21,20 @@ from typing import Any, TypeVar
 import msgspec
 
 from tidings.constants import IDEMPOTENCY_TTL
-from tidings.errors import StoreClosed, StoreError
+from tidings.errors import NotFound, StoreClosed, StoreError
 from tidings.stores.base import (
     ChannelInfo,
-    ChannelStore,
+    JobChange,
     Published,
     ReadResult,
     Retention,
+    Store,
+    Transition,
     is_reset,
+    job_event_data,
 )
 from tidings.stores.memory import parse_seq
-from tidings.wire import Message
+from tidings.wire import Job, Message, job_channel
 
 __all__ = ["SQLiteStore"]
 
@@ -53,6 +56,22 @@ CREATE TABLE IF NOT EXISTS messages (
     data BLOB NOT NULL,
     PRIMARY KEY (channel, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    run_at REAL NOT NULL,
+    lease_expires_at REAL,
+    finished_at REAL,
+    created_at REAL NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (status, priority DESC, run_at, id);
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (status, lease_expires_at);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at);
 CREATE TABLE IF NOT EXISTS idempotency (
     channel TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -65,6 +84,8 @@ CREATE TABLE IF NOT EXISTS idempotency (
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
+_encode_job = msgspec.msgpack.Encoder().encode
+_decode_job = msgspec.msgpack.Decoder(Job).decode
 
 
 @dataclass
@@ -85,8 +106,8 @@ class _ChannelState:
     dirty: bool = False
 
 
-class SQLiteStore(ChannelStore):
-    """Channels in one SQLite file.
+class SQLiteStore(Store):
+    """Channels and jobs in one SQLite file.
 
     Args:
         path: the database file (created when missing).
@@ -200,7 +221,11 @@ class SQLiteStore(ChannelStore):
                 return
 
     def _apply(self, batch: list[_Op]) -> list[tuple[bool, Any]]:
-        """Writer thread: run a batch of writes in one transaction."""
+        """Writer thread: run a batch of writes in one transaction.
+
+        An op that refuses (raises a non-SQLite error) must do so before it writes: its
+        error is returned to its caller alone and the rest of the batch still commits.
+        """
         conn = self._writer
         assert conn is not None  # noqa: S101 - set in start(), before the writer task runs
         conn.execute("BEGIN IMMEDIATE")
@@ -224,7 +249,8 @@ class SQLiteStore(ChannelStore):
 
     # -- writer-thread helpers --------------------------------------------------------
 
-    def _channel(self, conn: sqlite3.Connection, name: str, create: bool) -> _ChannelState | None:
+    def _channel(self, conn: sqlite3.Connection, name: str) -> _ChannelState:
+        """A channel's cached state, loaded (or made, for a new channel) on first use."""
         st = self._state.get(name)
         if st is not None:
             return st
@@ -233,8 +259,6 @@ class SQLiteStore(ChannelStore):
             (name,),
         ).fetchone()
         if row is None:
-            if not create:
-                return None
             st = _ChannelState(last_seq=0, retention=None, created=time.time(), dirty=True)
         else:
             ret = Retention(row[2], row[3]) if row[2] is not None else None
@@ -287,8 +311,7 @@ class SQLiteStore(ChannelStore):
                     " WHERE i.channel = ? AND i.key = ? AND i.expires > ?",
                     (channel, idempotency_key, now),
                 ).fetchone()
-            st = self._channel(conn, channel, create=True)
-            assert st is not None  # noqa: S101 - create=True always returns a state
+            st = self._channel(conn, channel)
             keep = (st.retention or self.default_retention).max_messages
             if idempotency_key is not None and row is not None:
                 seq, ts, old_blob, old_event = row
@@ -300,24 +323,39 @@ class SQLiteStore(ChannelStore):
                     time=ts,
                 )
                 return Published(first, str(seq - 1) if seq > 1 else None, keep, duplicate=True)
-            prev = st.last_seq
-            seq = prev + 1
-            conn.execute(
-                "INSERT INTO messages (channel, seq, time, event, data) VALUES (?, ?, ?, ?, ?)",
-                (channel, seq, now, event, blob),
-            )
+            published = self._append(conn, channel, data, blob, event, now)
             if idempotency_key is not None:
                 conn.execute(
                     "INSERT OR REPLACE INTO idempotency (channel, key, seq, time, expires)"
                     " VALUES (?, ?, ?, ?, ?)",
-                    (channel, idempotency_key, seq, now, now + IDEMPOTENCY_TTL),
+                    (channel, idempotency_key, st.last_seq, now, now + IDEMPOTENCY_TTL),
                 )
-            st.last_seq = seq
-            st.dirty = True
-            msg = Message(id=str(seq), channel=channel, data=data, event=event, time=now)
-            return Published(msg, str(prev) if prev else None, keep)
+            return published
 
         return await self._write(op)
+
+    def _append(
+        self,
+        conn: sqlite3.Connection,
+        channel: str,
+        data: Any,
+        blob: bytes,
+        event: str | None,
+        now: float,
+    ) -> Published:
+        """Writer thread: append one message to a channel inside the open transaction."""
+        st = self._channel(conn, channel)
+        prev = st.last_seq
+        seq = prev + 1
+        conn.execute(
+            "INSERT INTO messages (channel, seq, time, event, data) VALUES (?, ?, ?, ?, ?)",
+            (channel, seq, now, event, blob),
+        )
+        st.last_seq = seq
+        st.dirty = True
+        msg = Message(id=str(seq), channel=channel, data=data, event=event, time=now)
+        keep = (st.retention or self.default_retention).max_messages
+        return Published(msg, str(prev) if prev else None, keep)
 
     async def read(self, channel: str, after: str, limit: int) -> ReadResult:
         after_seq = parse_seq(after)
@@ -410,8 +448,7 @@ class SQLiteStore(ChannelStore):
 
     async def set_retention(self, channel: str, retention: Retention | None) -> ChannelInfo:
         def op(conn: sqlite3.Connection) -> None:
-            st = self._channel(conn, channel, create=True)
-            assert st is not None  # noqa: S101 - create=True always returns a state
+            st = self._channel(conn, channel)
             st.retention = retention
             st.dirty = True
 
@@ -438,5 +475,150 @@ class SQLiteStore(ChannelStore):
                     trimmed.append(name)
             conn.execute("DELETE FROM idempotency WHERE expires <= ?", (now,))
             return trimmed
+
+        return await self._write(op)
+
+    # -- jobs -------------------------------------------------------------------------
+
+    def _save_job(
+        self, conn: sqlite3.Connection, job: Job, event: str | None, now: float, insert: bool
+    ) -> JobChange:
+        """Writer thread: store a job and append its event to the job's channel."""
+        verb = "INSERT" if insert else "REPLACE"
+        conn.execute(
+            f"{verb} INTO jobs (id, type, status, priority, run_at, lease_expires_at,"
+            " finished_at, created_at, idempotency_key, body)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job.id,
+                job.type,
+                job.status,
+                job.priority,
+                job.run_at,
+                job.lease_expires_at,
+                job.finished_at,
+                job.created_at,
+                job.idempotency_key,
+                _encode_job(job),
+            ),
+        )
+        published = None
+        if event is not None:
+            data = job_event_data(job)
+            published = self._append(conn, job_channel(job.id), data, _encode(data), event, now)
+        return JobChange(job, published)
+
+    def _apply_all(
+        self, conn: sqlite3.Connection, rows: list[tuple[bytes]], now: float, fn: Transition
+    ) -> list[JobChange]:
+        out = []
+        for (body,) in rows:
+            new, event = fn(_decode_job(body), now)
+            out.append(self._save_job(conn, new, event, now, insert=False))
+        return out
+
+    async def submit_job(self, job: Job, event: str) -> tuple[JobChange, bool]:
+        def op(conn: sqlite3.Connection) -> tuple[JobChange, bool]:
+            if job.idempotency_key is not None:
+                row = conn.execute(
+                    "SELECT body FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
+                ).fetchone()
+                if row is not None:
+                    return JobChange(_decode_job(row[0]), None), False
+            return self._save_job(conn, job, event, job.created_at, insert=True), True
+
+        return await self._write(op)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        row = await self._read(
+            lambda c: c.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        )
+        return None if row is None else _decode_job(row[0])
+
+    async def list_jobs(self, status: str | None, type_: str | None, limit: int) -> list[Job]:
+        where, args = [], []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if type_ is not None:
+            where.append("type = ?")
+            args.append(type_)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._read(
+            lambda c: c.execute(
+                f"SELECT body FROM jobs {clause} ORDER BY created_at DESC, id DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        )
+        return [_decode_job(r[0]) for r in rows]
+
+    async def queue_counts(self) -> dict[str, dict[str, int]]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT type, status, count(*) FROM jobs GROUP BY type, status"
+            ).fetchall()
+        )
+        out: dict[str, dict[str, int]] = {}
+        for type_, status, count in rows:
+            out.setdefault(type_, {})[status] = count
+        return out
+
+    async def transition_job(self, job_id: str, fn: Transition) -> JobChange:
+        def op(conn: sqlite3.Connection) -> JobChange:
+            row = conn.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no job {job_id!r}")
+            return self._apply_all(conn, [row], time.time(), fn)[0]
+
+        return await self._write(op)
+
+    async def lease_jobs(
+        self, types: list[str] | None, max_jobs: int, now: float, fn: Transition
+    ) -> list[JobChange]:
+        def op(conn: sqlite3.Connection) -> list[JobChange]:
+            type_clause = ""
+            args: list[Any] = [now]
+            if types is not None:
+                type_clause = f" AND type IN ({', '.join('?' * len(types))})"
+                args.extend(types)
+            rows = conn.execute(
+                "SELECT body FROM jobs WHERE status = 'queued' AND run_at <= ?"
+                f"{type_clause} ORDER BY priority DESC, run_at, id LIMIT ?",
+                (*args, max_jobs),
+            ).fetchall()
+            return self._apply_all(conn, rows, now, fn)
+
+        return await self._write(op)
+
+    async def expire_jobs(self, now: float, fn: Transition) -> list[JobChange]:
+        def op(conn: sqlite3.Connection) -> list[JobChange]:
+            rows = conn.execute(
+                "SELECT body FROM jobs WHERE status = 'running' AND lease_expires_at < ?", (now,)
+            ).fetchall()
+            return self._apply_all(conn, rows, now, fn)
+
+        return await self._write(op)
+
+    async def next_run_at(self) -> float | None:
+        row = await self._read(
+            lambda c: c.execute("SELECT min(run_at) FROM jobs WHERE status = 'queued'").fetchone()
+        )
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def sweep_jobs(self, finished_before: float) -> list[str]:
+        def op(conn: sqlite3.Connection) -> list[str]:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM jobs WHERE finished_at < ?", (finished_before,)
+                ).fetchall()
+            ]
+            for job_id in ids:
+                channel = job_channel(job_id)
+                self._state.pop(channel, None)
+                conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                conn.execute("DELETE FROM channels WHERE name = ?", (channel,))
+                conn.execute("DELETE FROM messages WHERE channel = ?", (channel,))
+            return ids
 
         return await self._write(op)

@@ -9,8 +9,6 @@ channel; the answer is `{"type": "ack", "ref", "id", "channel", "time"}` or
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any
 
 import msgspec
@@ -18,13 +16,12 @@ import msgspec
 from tidings.channels import ChannelService
 from tidings.errors import BadRequest, InvalidBody, PayloadTooLarge, TidingsError
 from tidings.hub import KIND_WS, Subscriber
-from tidings.transports.catchup import catch_up
+from tidings.transports.stream import run_stream
 from tidings.wire import JSON_DECODER, encode_json
 
 __all__ = ["serve_ws"]
 
 CLOSE_GOING_AWAY = 1001
-CLOSE_TRY_AGAIN = 1013
 
 
 def control_frame(obj: dict[str, Any]) -> dict[str, Any]:
@@ -61,35 +58,29 @@ async def serve_ws(
     cursor: str | None,
     buffer_limit: int,
     max_message_bytes: int,
+    until: frozenset[str] | None = None,
 ) -> None:
-    """Serve one WebSocket until the client leaves or the server ends it."""
+    """Serve one WebSocket until the client leaves or the server ends it.
+
+    With `until` (a job's stream) the socket is read-only: publishes are refused.
+    """
     first = await receive()
     if first["type"] != "websocket.connect":
         return
     await send({"type": "websocket.accept"})
-    sub = Subscriber(svc.hub, KIND_WS, send, {channel: None}, buffer_limit)
-    svc.hub.add(sub)
-    try:
-        await catch_up(svc, sub, {channel: cursor}, control_frame)
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            raw = message.get("text")
-            if raw is None:
-                raw = message.get("bytes") or b""
-            await _client_publish(svc, channel, sub, raw, max_message_bytes)
-    except asyncio.CancelledError:
-        if sub.close_reason is None:
-            raise
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(2.0):
-                reason = sub.close_reason[:120]
-                if sub.drainer is None:
-                    await send(control_frame({"type": "close", "reason": reason}))
-                await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": reason})
-    finally:
-        sub.close("stream ended", abort=False)
+    sub = Subscriber(svc.hub, KIND_WS, send, {channel: None}, buffer_limit, until)
+
+    async def on_message(message: dict[str, Any]) -> None:
+        raw = message.get("text")
+        if raw is None:
+            raw = message.get("bytes") or b""
+        await _client_publish(svc, channel, sub, raw, max_message_bytes)
+
+    def closing(reason: str) -> list[dict[str, Any]]:
+        reason = reason[:120]
+        return [
+            control_frame({"type": "close", "reason": reason}),
+            {"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": reason},
+        ]
+
+    await run_stream(svc, sub, {channel: cursor}, receive, control_frame, closing, on_message)

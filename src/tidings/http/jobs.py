@@ -1,0 +1,180 @@
+"""Job resources: submit, follow, list, queues, cancel, retry — and the worker protocol.
+
+A job's SSE and WebSocket streams are raw ASGI, served by tidings.transports like any
+channel's (the job's channel is `job.{id}`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tidings.errors import BadRequest
+from tidings.http.common import decode_body, json_response, query_float, query_int, read_body
+from tidings.jobs import JobService
+from tidings.wire import JOB_STATUSES, format_time
+
+__all__ = ["routes"]
+
+BODY_LIMIT_SLACK = 64 * 1024
+_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*([0-9.]+)", re.IGNORECASE)
+
+
+class SubmitBody(msgspec.Struct, forbid_unknown_fields=True):
+    type: str
+    payload: Any = None
+    max_attempts: int = 3
+    timeout: float | None = None
+    delay: float = 0.0
+    priority: int = 0
+
+
+class LeaseBody(msgspec.Struct, forbid_unknown_fields=True):
+    types: list[str] | None = None
+    max: int = 1
+    wait: float = 0.0
+    lease: float = 30.0
+
+
+class HeartbeatBody(msgspec.Struct, forbid_unknown_fields=True):
+    lease_token: str
+    progress: float | None = None
+    message: str | None = None
+    lease: float | None = None
+
+
+class CompleteBody(msgspec.Struct, forbid_unknown_fields=True):
+    lease_token: str
+    result: Any = None
+
+
+class FailBody(msgspec.Struct, forbid_unknown_fields=True):
+    lease_token: str
+    error: Any = None
+    retry: bool = True
+
+
+def _svc(request: Request) -> JobService:
+    svc: JobService = request.app.state.jobs
+    return svc
+
+
+async def _body(request: Request, kind: type[Any]) -> Any:
+    limit = request.app.state.settings.max_message_bytes + BODY_LIMIT_SLACK
+    return decode_body(kind, await read_body(request, limit))
+
+
+def _wait_of(request: Request) -> float | None:
+    """`?wait=S`, or `Prefer: wait=S` (RFC 7240)."""
+    wait = query_float(request, "wait")
+    if wait is None:
+        m = _PREFER_WAIT.search(request.headers.get("prefer", ""))
+        if m is not None:
+            try:
+                wait = float(m.group(1))
+            except ValueError:
+                raise BadRequest(f"Prefer: wait={m.group(1)!r} is not a number") from None
+    return wait
+
+
+async def submit(request: Request) -> Response:
+    svc = _svc(request)
+    body: SubmitBody = await _body(request, SubmitBody)
+    job, _created = await svc.submit(
+        body.type,
+        body.payload,
+        max_attempts=body.max_attempts,
+        timeout=body.timeout,
+        delay=body.delay,
+        priority=body.priority,
+        idempotency_key=request.headers.get("idempotency-key"),
+    )
+    wait = _wait_of(request)
+    if wait and not job.terminal:
+        job = await svc.wait(job.id, wait)
+    status = 200 if job.terminal else 202
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    if wait and status == 200:
+        headers["Preference-Applied"] = f"wait={wait:g}"
+    return json_response(job.to_wire(), status, headers)
+
+
+async def get_job(request: Request) -> Response:
+    svc = _svc(request)
+    job_id = request.path_params["job_id"]
+    wait = query_float(request, "wait")
+    job = await (svc.wait(job_id, wait) if wait else svc.get(job_id))
+    return json_response(job.to_wire())
+
+
+async def list_jobs(request: Request) -> Response:
+    status = request.query_params.get("status") or None
+    if status is not None and status not in JOB_STATUSES:
+        raise BadRequest(f"status={status!r}: use one of {', '.join(JOB_STATUSES)}")
+    type_ = request.query_params.get("type") or None
+    limit = query_int(request, "limit", 100, 1, 1000)
+    jobs = await _svc(request).list_jobs(status, type_, limit)
+    return json_response({"jobs": [j.to_wire() for j in jobs]})
+
+
+async def queues(request: Request) -> Response:
+    return json_response({"queues": await _svc(request).queues()})
+
+
+async def cancel(request: Request) -> Response:
+    job = await _svc(request).cancel(request.path_params["job_id"])
+    return json_response(job.to_wire())
+
+
+async def retry(request: Request) -> Response:
+    job = await _svc(request).retry(request.path_params["job_id"])
+    return json_response(job.to_wire())
+
+
+async def lease(request: Request) -> Response:
+    body: LeaseBody = await _body(request, LeaseBody)
+    jobs = await _svc(request).lease(body.types, body.max, body.wait, body.lease)
+    return json_response({"jobs": [j.lease_to_wire() for j in jobs]})
+
+
+async def heartbeat(request: Request) -> Response:
+    body: HeartbeatBody = await _body(request, HeartbeatBody)
+    cancel_requested, expires = await _svc(request).heartbeat(
+        request.path_params["job_id"], body.lease_token, body.progress, body.message, body.lease
+    )
+    return json_response(
+        {"cancel_requested": cancel_requested, "lease_expires_at": format_time(expires)}
+    )
+
+
+async def complete(request: Request) -> Response:
+    body: CompleteBody = await _body(request, CompleteBody)
+    job = await _svc(request).complete(request.path_params["job_id"], body.lease_token, body.result)
+    return json_response(job.to_wire())
+
+
+async def fail(request: Request) -> Response:
+    body: FailBody = await _body(request, FailBody)
+    job = await _svc(request).fail(
+        request.path_params["job_id"], body.lease_token, body.error, body.retry
+    )
+    return json_response(job.to_wire())
+
+
+routes = [
+    Route("/v1/jobs", submit, methods=["POST"]),
+    Route("/v1/jobs", list_jobs, methods=["GET"]),
+    Route("/v1/queues", queues, methods=["GET"]),
+    Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
+    Route("/v1/jobs/{job_id}/cancel", cancel, methods=["POST"]),
+    Route("/v1/jobs/{job_id}/retry", retry, methods=["POST"]),
+    Route("/v1/workers/lease", lease, methods=["POST"]),
+    Route("/v1/jobs/{job_id}/heartbeat", heartbeat, methods=["POST"]),
+    Route("/v1/jobs/{job_id}/complete", complete, methods=["POST"]),
+    Route("/v1/jobs/{job_id}/fail", fail, methods=["POST"]),
+]

@@ -1,0 +1,365 @@
+"""The job service: submit, lease, heartbeat, complete, fail, expire, cancel, retry.
+
+The state machine is here, as pure transitions (`(job, now) -> (job', event)`); stores
+apply each atomically together with the message it publishes on the job's channel
+`job.{id}`, so every transport that serves channels serves jobs too.
+
+    queued ──lease──▶ running ──complete──▶ succeeded
+      ▲  │              │ │
+      │  cancel         │ └─fail / lease expired─▶ queued (attempt < max, after backoff)
+      │  ▼              │                      └─▶ failed (attempts used up: dead letter)
+      │ cancelled ◀─────┘ (cancel requested, then the worker fails or its lease ends)
+      └──retry── failed | cancelled
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from typing import Any
+
+from msgspec.structs import replace
+
+from tidings.errors import BadRequest, Conflict, InvalidBody, NotFound
+from tidings.hub import Hub
+from tidings.stores.base import JobChange, Store
+from tidings.wire import CHANNEL_RE, Job, job_channel
+
+__all__ = ["JobService", "new_job_id"]
+
+MAX_ATTEMPTS_LIMIT = 100
+MAX_DELAY = 365 * 24 * 3600.0
+MAX_LEASE = 3600.0
+MIN_LEASE = 0.1
+MAX_LEASE_BATCH = 100
+# Parked lease requests re-check the store at least this often (delays set by another
+# process, or before a restart, have no local timer).
+LEASE_RECHECK = 5.0
+
+
+def new_job_id() -> str:
+    """Time-ordered, unguessable: 12 hex digits of milliseconds, then 12 random ones."""
+    return f"{int(time.time() * 1000):012x}{os.urandom(6).hex()}"
+
+
+def _check_lease(job: Job, token: str) -> None:
+    if job.status != "running" or job.lease_token is None:
+        raise Conflict(f"job {job.id} is {job.status}, not leased: its lease is gone")
+    if not secrets.compare_digest(job.lease_token, token):
+        raise Conflict(f"lease token does not hold job {job.id}: it was leased again")
+
+
+def _lease_end(job: Job, now: float, lease: float) -> float:
+    """A lease never runs past the attempt's `timeout`."""
+    end = now + lease
+    if job.timeout is not None and job.started_at is not None:
+        end = min(end, job.started_at + job.timeout)
+    return end
+
+
+class JobService:
+    """Jobs on top of a store and the hub.
+
+    Args:
+        store: where jobs and their channels live.
+        hub: live fan-out, for the job channels' subscribers and long polls.
+        retry_backoff: seconds before the first retry; doubles per attempt.
+        max_backoff: the longest retry delay.
+        long_poll_cap: the longest `wait` honoured.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        retry_backoff: float = 1.0,
+        max_backoff: float = 300.0,
+        long_poll_cap: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.retry_backoff = retry_backoff
+        self.max_backoff = max_backoff
+        self.long_poll_cap = long_poll_cap
+        self._work_waiters: list[tuple[frozenset[str] | None, asyncio.Future[None]]] = []
+
+    # -- fan-out and wake-ups ---------------------------------------------------------
+
+    def _announce(self, change: JobChange) -> Job:
+        if change.published is not None:
+            p = change.published
+            self.hub.publish(p.message, p.prev_id, p.keep)
+        job = change.job
+        if job.status == "queued":
+            self._work_ready(job)
+        return job
+
+    def _work_ready(self, job: Job) -> None:
+        delay = job.run_at - time.time()
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self._wake, job.type)
+        else:
+            self._wake(job.type)
+
+    def _wake(self, type_: str | None) -> None:
+        """Resolve the parked lease requests that could take a job of `type_` (None: all)."""
+        keep: list[tuple[frozenset[str] | None, asyncio.Future[None]]] = []
+        for types, fut in self._work_waiters:
+            if fut.done():
+                continue
+            if type_ is None or types is None or type_ in types:
+                fut.set_result(None)
+            else:
+                keep.append((types, fut))
+        self._work_waiters = keep
+
+    def _backoff(self, attempt: int) -> float:
+        return float(min(self.max_backoff, self.retry_backoff * 2 ** max(0, attempt - 1)))
+
+    # -- submit and follow ------------------------------------------------------------
+
+    async def submit(
+        self,
+        type_: str,
+        payload: Any = None,
+        *,
+        max_attempts: int = 3,
+        timeout: float | None = None,  # noqa: ASYNC109 - the job's time limit, not this call's
+        delay: float = 0.0,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Queue a job; returns it and whether it is new (False: the idempotency key matched)."""
+        if not isinstance(type_, str) or CHANNEL_RE.fullmatch(type_) is None:
+            raise InvalidBody('"type" must be 1-200 characters of A-Z a-z 0-9 . _ : -')
+        if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+            raise InvalidBody(f'"max_attempts" must be between 1 and {MAX_ATTEMPTS_LIMIT}')
+        if timeout is not None and not 0 < timeout <= MAX_LEASE * 24:
+            raise InvalidBody('"timeout" must be a positive number of seconds')
+        if not 0 <= delay <= MAX_DELAY:
+            raise InvalidBody(f'"delay" must be between 0 and {MAX_DELAY:.0f} seconds')
+        if not -(2**31) <= priority < 2**31:
+            raise InvalidBody('"priority" must fit in 32 bits')
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
+            raise BadRequest("Idempotency-Key must be 1-200 characters")
+        now = time.time()
+        job = Job(
+            id=new_job_id(),
+            type=type_,
+            payload=payload,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            created_at=now,
+            updated_at=now,
+            run_at=now + delay,
+        )
+        change, created = await self.store.submit_job(job, "queued")
+        return self._announce(change), created
+
+    async def get(self, job_id: str) -> Job:
+        """One job; NotFound when it does not exist (or was swept)."""
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}: it never existed or was removed after its TTL")
+        return job
+
+    async def wait(self, job_id: str, seconds: float) -> Job:
+        """The job once it is finished, or as it is after `seconds` (capped)."""
+        deadline = time.monotonic() + max(0.0, min(seconds, self.long_poll_cap))
+        channel = job_channel(job_id)
+        while True:
+            fut = self.hub.waiter(channel)
+            try:
+                job = await self.get(job_id)
+                remaining = deadline - time.monotonic()
+                if job.terminal or remaining <= 0 or self.hub.closing:
+                    return job
+                await asyncio.wait((fut,), timeout=remaining)
+            finally:
+                self.hub.drop_waiter(channel, fut)
+
+    async def list_jobs(self, status: str | None, type_: str | None, limit: int) -> list[Job]:
+        """Jobs, newest first."""
+        return await self.store.list_jobs(status, type_, limit)
+
+    async def queues(self) -> dict[str, dict[str, int]]:
+        """Counts per type and status."""
+        return await self.store.queue_counts()
+
+    # -- workers ----------------------------------------------------------------------
+
+    async def lease(
+        self, types: list[str] | None, max_jobs: int, wait: float, lease: float
+    ) -> list[Job]:
+        """Lease up to `max_jobs` ready jobs, long-polling up to `wait` seconds for one."""
+        if types is not None and not types:
+            raise InvalidBody('"types" must be a non-empty list of job types, or omitted')
+        if not 1 <= max_jobs <= MAX_LEASE_BATCH:
+            raise InvalidBody(f'"max" must be between 1 and {MAX_LEASE_BATCH}')
+        if not MIN_LEASE <= lease <= MAX_LEASE:
+            raise InvalidBody(f'"lease" must be between {MIN_LEASE} and {MAX_LEASE} seconds')
+        wanted = None if types is None else frozenset(types)
+
+        def take(job: Job, now: float) -> tuple[Job, str | None]:
+            started = replace(job, started_at=now)
+            return replace(
+                started,
+                status="running",
+                attempt=job.attempt + 1,
+                lease_token=secrets.token_urlsafe(18),
+                lease_seconds=lease,
+                lease_expires_at=_lease_end(started, now, lease),
+                updated_at=now,
+                progress=None,
+                message=None,
+            ), "running"
+
+        deadline = time.monotonic() + max(0.0, min(wait, self.long_poll_cap))
+        while True:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._work_waiters.append((wanted, fut))
+            changes = await self.store.lease_jobs(types, max_jobs, time.time(), take)
+            remaining = deadline - time.monotonic()
+            if changes or remaining <= 0 or self.hub.closing:
+                if not fut.done():
+                    fut.cancel()
+                return [self._announce(c) for c in changes]
+            await asyncio.wait((fut,), timeout=min(remaining, LEASE_RECHECK))
+            if not fut.done():
+                fut.cancel()
+
+    async def heartbeat(
+        self,
+        job_id: str,
+        token: str,
+        progress: float | None = None,
+        message: str | None = None,
+        lease: float | None = None,
+    ) -> tuple[bool, float]:
+        """Extend a lease and record progress; returns (cancel_requested, lease_expires_at)."""
+        if progress is not None and not 0 <= progress <= 100:
+            raise InvalidBody('"progress" must be a number from 0 to 100')
+        if lease is not None and not MIN_LEASE <= lease <= MAX_LEASE:
+            raise InvalidBody(f'"lease" must be between {MIN_LEASE} and {MAX_LEASE} seconds')
+
+        def beat(job: Job, now: float) -> tuple[Job, str | None]:
+            _check_lease(job, token)
+            length = lease if lease is not None else (job.lease_seconds or MIN_LEASE)
+            reported = progress is not None or message is not None
+            return replace(
+                job,
+                lease_expires_at=_lease_end(job, now, length),
+                lease_seconds=length,
+                progress=job.progress if progress is None else progress,
+                message=job.message if message is None else message,
+                updated_at=now,
+            ), "progress" if reported else None
+
+        change = await self.store.transition_job(job_id, beat)
+        job = self._announce(change)
+        return job.cancel_requested, job.lease_expires_at or 0.0
+
+    async def complete(self, job_id: str, token: str, result: Any) -> Job:
+        """The worker finished the job: it succeeded with `result`."""
+
+        def done(job: Job, now: float) -> tuple[Job, str | None]:
+            _check_lease(job, token)
+            return replace(
+                job,
+                status="succeeded",
+                result=result,
+                progress=100.0,
+                lease_token=None,
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
+            ), "succeeded"
+
+        return self._announce(await self.store.transition_job(job_id, done))
+
+    def _after_failure(self, job: Job, now: float, error: Any, retry: bool) -> tuple[Job, str]:
+        base = replace(job, error=error, lease_token=None, lease_expires_at=None, updated_at=now)
+        if job.cancel_requested:
+            return replace(base, status="cancelled", finished_at=now), "cancelled"
+        if retry and job.attempt < job.max_attempts:
+            return replace(base, status="queued", run_at=now + self._backoff(job.attempt)), "queued"
+        return replace(base, status="failed", finished_at=now), "failed"
+
+    async def fail(self, job_id: str, token: str, error: Any, retry: bool = True) -> Job:
+        """The worker failed the attempt: retry after a backoff, or end failed (or cancelled)."""
+
+        def failed(job: Job, now: float) -> tuple[Job, str | None]:
+            _check_lease(job, token)
+            return self._after_failure(job, now, error, retry)
+
+        return self._announce(await self.store.transition_job(job_id, failed))
+
+    async def expire(self) -> list[Job]:
+        """Take back every job whose lease ended; each is requeued, failed or cancelled once."""
+
+        def expired(job: Job, now: float) -> tuple[Job, str | None]:
+            error = {
+                "type": "LeaseExpired",
+                "message": f"attempt {job.attempt} stopped heartbeating; its lease ended",
+            }
+            return self._after_failure(job, now, error, retry=True)
+
+        return [self._announce(c) for c in await self.store.expire_jobs(time.time(), expired)]
+
+    # -- clients ----------------------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job at once; ask a running one's worker to stop."""
+
+        def cancel(job: Job, now: float) -> tuple[Job, str | None]:
+            if job.status == "queued":
+                return replace(
+                    job, status="cancelled", finished_at=now, updated_at=now
+                ), "cancelled"
+            if job.status == "running":
+                if job.cancel_requested:
+                    return job, None
+                return replace(job, cancel_requested=True, updated_at=now), "cancel_requested"
+            raise Conflict(f"job {job.id} already ended {job.status}: nothing to cancel")
+
+        return self._announce(await self.store.transition_job(job_id, cancel))
+
+    async def retry(self, job_id: str) -> Job:
+        """Requeue a failed (dead) or cancelled job with a fresh set of attempts."""
+
+        def again(job: Job, now: float) -> tuple[Job, str | None]:
+            if job.status not in ("failed", "cancelled"):
+                raise Conflict(f"job {job.id} is {job.status}: only failed or cancelled jobs retry")
+            return replace(
+                job,
+                status="queued",
+                attempt=0,
+                cancel_requested=False,
+                result=None,
+                finished_at=None,
+                run_at=now,
+                updated_at=now,
+            ), "queued"
+
+        return self._announce(await self.store.transition_job(job_id, again))
+
+    # -- housekeeping -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Arm the wake-up for the earliest delayed job already in the store."""
+        first = await self.store.next_run_at()
+        if first is not None:
+            asyncio.get_running_loop().call_later(max(0.0, first - time.time()), self._wake, None)
+
+    async def sweep(self, ttl: float) -> None:
+        """Remove jobs that ended more than `ttl` seconds ago, with their channels."""
+        for job_id in await self.store.sweep_jobs(time.time() - ttl):
+            self.hub.forget(job_channel(job_id))
+
+    def close(self) -> None:
+        """Answer every parked lease request (shutdown)."""
+        self._wake(None)

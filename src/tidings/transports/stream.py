@@ -1,0 +1,130 @@
+"""A stream's life, shared by SSE (single and multiplexed) and WebSocket.
+
+Register with the hub, catch up (resolve cursors, replay history), go live, and end —
+because the client left, or because the server ended it (shutdown, channel deleted, a
+job's last event, a slow consumer cut).
+
+The subscriber is registered *before* the replay, so nothing published meanwhile is
+missed; what the replay already sent is skipped when the parked live messages are flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tidings.channels import ChannelService
+from tidings.hub import Subscriber
+from tidings.wire import Reset
+
+__all__ = ["catch_up", "run_stream"]
+
+PAGE = 500
+# Time allowed to drain and write the closing frames of a stream the server ends.
+CLOSE_TIMEOUT = 2.0
+
+ControlFrame = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+async def _replay(
+    svc: ChannelService, sub: Subscriber, channel: str, control: ControlFrame
+) -> None:
+    after = sub.cursors[channel] or "0"
+    first_page = True
+    while True:
+        res = await svc.read(channel, after, PAGE)
+        if res.reset and first_page:
+            await sub.send_now(control(Reset(channel, res.first_id).to_wire()))
+        first_page = False
+        for msg in res.messages:
+            await sub.send_now(sub.frame(msg))
+            sub.cursors[channel] = msg.id
+            sub.check_until(msg)
+            if sub.close_reason is not None:
+                return
+        if len(res.messages) < PAGE:
+            return
+        after = res.messages[-1].id
+
+
+async def catch_up(
+    svc: ChannelService,
+    sub: Subscriber,
+    requested: dict[str, str | None],
+    control: ControlFrame,
+) -> None:
+    """Replay from each requested cursor (None: from now), then switch the subscriber live.
+
+    Must be called after `hub.add(sub)`; returns with `sub.catching_up` False, or early
+    with `sub.close_reason` set when the stream reached one of its `until` events.
+    """
+    for channel, cursor in requested.items():
+        sub.cursors[channel] = cursor if cursor is not None else await svc.last_id(channel)
+    # A stream that asked for "from now" has nothing to replay: what follows its resolved
+    # cursor is already parked in `pending`, since it was registered first.
+    replay = [ch for ch, cursor in requested.items() if cursor is not None]
+    while True:
+        for channel in replay:
+            await _replay(svc, sub, channel, control)
+            if sub.close_reason is not None:
+                return
+        if sub.overflowed:
+            # Parked messages were dropped; the store has them: replay every channel.
+            sub.overflowed = False
+            replay = list(requested)
+            continue
+        pending = sub.take_pending()
+        if not pending:
+            # No await since take_pending(): nothing can have been parked in between.
+            sub.catching_up = False
+            return
+        for msg in pending:
+            await sub.send_now(sub.frame(msg))
+            sub.cursors[msg.channel] = msg.id
+            sub.check_until(msg)
+            if sub.close_reason is not None:
+                return
+
+
+async def run_stream(
+    svc: ChannelService,
+    sub: Subscriber,
+    requested: dict[str, str | None],
+    receive: Any,
+    control: ControlFrame,
+    closing: Callable[[str], list[dict[str, Any]]],
+    on_message: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+) -> None:
+    """Serve `sub` until the client leaves (return) or the server ends the stream.
+
+    `on_message` gets what the client sends (WebSocket frames); `closing(reason)` gives the
+    frames that end a stream the server closes.
+    """
+    svc.hub.add(sub)
+    try:
+        await catch_up(svc, sub, requested, control)
+        while sub.close_reason is None:
+            message = await receive()
+            if message["type"] in ("http.disconnect", "websocket.disconnect"):
+                return
+            if on_message is not None:
+                await on_message(message)
+    except asyncio.CancelledError:
+        if sub.close_reason is None:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+    finally:
+        if sub.close_reason is None:
+            sub.close("stream ended", abort=False)
+    # The server ended the stream: let frames already handed over drain, say why, finish.
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            if sub.drainer is not None:
+                await asyncio.wait((sub.drainer,))
+            if not (sub.transport and sub.transport.is_closing()):
+                for frame in closing(sub.close_reason):
+                    await sub.send(frame)
