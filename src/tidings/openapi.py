@@ -31,6 +31,25 @@ _MESSAGE = {
     },
     "required": ["id", "channel", "event", "data", "time"],
 }
+_JOB = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "type": {"type": "string"},
+        "status": {
+            "type": "string",
+            "enum": ["queued", "running", "succeeded", "failed", "cancelled"],
+        },
+        "payload": {},
+        "progress": {"type": ["number", "null"]},
+        "message": {"type": ["string", "null"]},
+        "result": {},
+        "error": {},
+        "attempt": {"type": "integer"},
+        "max_attempts": {"type": "integer"},
+    },
+}
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _CHANNEL = {
     "name": "channel",
     "in": "path",
@@ -191,6 +210,169 @@ _OPS: list[tuple[str, str, str, list[dict[str, Any]], dict[str, Any] | None, dic
         ],
         None,
         {"200": _ok("event stream", {"type": "string"}, "text/event-stream"), **_err(400)},
+    ),
+    (
+        "/v1/jobs",
+        "post",
+        "Submit a job; ?wait=S or Prefer: wait=S answers 200 with the finished job if it ends in time",
+        [
+            _q("wait", "number", "seconds to wait for the job to finish"),
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+            },
+        ],
+        {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string"},
+                "payload": {},
+                "max_attempts": {"type": "integer"},
+                "timeout": {"type": "number"},
+                "delay": {"type": "number"},
+                "priority": {"type": "integer"},
+            },
+            "required": ["type"],
+        },
+        {
+            "202": _ok("queued (Location: /v1/jobs/{id})", _JOB),
+            "200": _ok("finished within wait", _JOB),
+            **_err(400, 413, 422),
+        },
+    ),
+    (
+        "/v1/jobs",
+        "get",
+        "List jobs, newest first",
+        [
+            _q("status", "string", "queued|running|succeeded|failed|cancelled"),
+            _q("type", "string", "job type"),
+            _q("limit", "integer", "1-1000"),
+        ],
+        None,
+        {
+            "200": _ok(
+                "jobs", {"type": "object", "properties": {"jobs": {"type": "array", "items": _JOB}}}
+            )
+        },
+    ),
+    (
+        "/v1/queues",
+        "get",
+        "Job counts per type and status",
+        [],
+        None,
+        {"200": _ok("counts", {"type": "object"})},
+    ),
+    (
+        "/v1/jobs/{job_id}",
+        "get",
+        "A job (short poll); ?wait=S long-polls until it ends",
+        [_JOB_ID, _q("wait", "number", "seconds")],
+        None,
+        {"200": _ok("job", _JOB), **_err(404)},
+    ),
+    (
+        "/v1/jobs/{job_id}/events",
+        "get",
+        "SSE of the job's events from its first, ending after the terminal one",
+        [_JOB_ID],
+        None,
+        {"200": _ok("event stream", {"type": "string"}, "text/event-stream"), **_err(404)},
+    ),
+    (
+        "/v1/jobs/{job_id}/ws",
+        "get",
+        "WebSocket of the job's events, closing after the terminal one",
+        [_JOB_ID],
+        None,
+        {"101": _ok("switching protocols")},
+    ),
+    (
+        "/v1/jobs/{job_id}/cancel",
+        "post",
+        "Cancel: queued → cancelled; running → cancel_requested",
+        [_JOB_ID],
+        None,
+        {"200": _ok("job", _JOB), **_err(404, 409)},
+    ),
+    (
+        "/v1/jobs/{job_id}/retry",
+        "post",
+        "Requeue a failed (dead) or cancelled job",
+        [_JOB_ID],
+        None,
+        {"200": _ok("job", _JOB), **_err(404, 409)},
+    ),
+    (
+        "/v1/workers/lease",
+        "post",
+        "Lease jobs (long poll): {types?, max, wait, lease}",
+        [],
+        {
+            "type": "object",
+            "properties": {
+                "types": {"type": "array", "items": {"type": "string"}},
+                "max": {"type": "integer"},
+                "wait": {"type": "number"},
+                "lease": {"type": "number"},
+            },
+        },
+        {"200": _ok("leased jobs with lease_token", {"type": "object"}), **_err(422)},
+    ),
+    (
+        "/v1/jobs/{job_id}/heartbeat",
+        "post",
+        "Extend the lease, report progress: {lease_token, progress?, message?, lease?}",
+        [_JOB_ID],
+        {
+            "type": "object",
+            "properties": {
+                "lease_token": {"type": "string"},
+                "progress": {"type": "number"},
+                "message": {"type": "string"},
+            },
+            "required": ["lease_token"],
+        },
+        {"200": _ok("{cancel_requested, lease_expires_at}"), **_err(404, 409, 422)},
+    ),
+    (
+        "/v1/jobs/{job_id}/complete",
+        "post",
+        "Finish the job: {lease_token, result}",
+        [_JOB_ID],
+        {
+            "type": "object",
+            "properties": {"lease_token": {"type": "string"}, "result": {}},
+            "required": ["lease_token"],
+        },
+        {"200": _ok("job", _JOB), **_err(404, 409)},
+    ),
+    (
+        "/v1/jobs/{job_id}/fail",
+        "post",
+        "Fail the attempt: {lease_token, error, retry?}",
+        [_JOB_ID],
+        {
+            "type": "object",
+            "properties": {
+                "lease_token": {"type": "string"},
+                "error": {},
+                "retry": {"type": "boolean"},
+            },
+            "required": ["lease_token"],
+        },
+        {"200": _ok("job", _JOB), **_err(404, 409)},
+    ),
+    (
+        "/v1/rpc",
+        "post",
+        "JSON-RPC 2.0 (single or batch): method = job type, params = payload; waits for the result",
+        [_q("wait", "number", "seconds to wait per call")],
+        {"type": ["object", "array"]},
+        {"200": _ok("JSON-RPC response(s)"), "204": _ok("notifications only")},
     ),
     ("/healthz", "get", "Liveness", [], None, {"200": _ok("alive")}),
     (
