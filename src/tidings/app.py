@@ -30,7 +30,7 @@ from starlette.types import Receive, Scope, Send
 
 from tidings import constants as C
 from tidings.channels import ChannelService, check_channel
-from tidings.errors import BadRequest, StoreError, TidingsError
+from tidings.errors import BadRequest, InvalidCursor, StoreError, TidingsError
 from tidings.http import channels as channel_routes
 from tidings.http import jobs as job_routes
 from tidings.http import rpc as rpc_routes
@@ -93,6 +93,10 @@ class TidingsApp:
         self._handlers_stop = asyncio.Event()
         self.metrics = Metrics(self.hub)
         self._background: list[asyncio.Task[None]] = []
+        # Streams being served right now; shutdown waits for them to say goodbye.
+        self.open_streams = 0
+        self._streams_idle = asyncio.Event()
+        self._streams_idle.set()
         self.ready = False
         self.starlette = Starlette(
             routes=[
@@ -135,7 +139,11 @@ class TidingsApp:
                         await self._stream(scope, receive, send, m.group(2), m.group(3))
                     return
             if kind == "websocket":
-                await send({"type": "websocket.close", "code": 1008, "reason": "no such endpoint"})
+                if (await receive())["type"] == "websocket.connect":
+                    await send({"type": "websocket.accept"})
+                    await send(
+                        {"type": "websocket.close", "code": 1008, "reason": f"no socket at {path}"}
+                    )
                 return
         await self._http(scope, receive, send)
 
@@ -148,65 +156,91 @@ class TidingsApp:
         what: str,
         job: bool = False,
     ) -> None:
-        settings = self.settings
-        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+        websocket = scope["type"] == "websocket"
+        if websocket and (await receive())["type"] != "websocket.connect":
+            return
+        self.open_streams += 1
+        self._streams_idle.clear()
         try:
-            if self.hub.closing:
-                raise StoreError("server is shutting down: reconnect to another node or retry")
-            last_event_id = None
-            for name, value in scope["headers"]:
-                if name == b"last-event-id":
-                    last_event_id = value.decode("latin-1").strip() or None
-            after = next((v for k, v in query if k == "after"), None) or None
-            cursor = last_event_id or after
-            if channel is None:
-                names = [check_channel(v) for k, v in query if k == "channel"]
-                if not names:
-                    raise BadRequest("name the channels: /v1/events?channel=a&channel=b")
+            await self._serve_stream(scope, receive, send, channel, what, job)
+        except TidingsError as exc:
+            # Refused before the stream started: a JSON error, or an accepted-then-closed
+            # socket with the reason (a refused handshake would only say 403).
+            if websocket:
+                code = 1011 if exc.status >= 500 else 1008
+                await send({"type": "websocket.accept"})
+                await send({"type": "websocket.close", "code": code, "reason": exc.message[:120]})
+            else:
+                await _send_error(send, exc)
+        finally:
+            self.open_streams -= 1
+            if not self.open_streams:
+                self._streams_idle.set()
+
+    async def _serve_stream(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        channel: str | None,
+        what: str,
+        job: bool,
+    ) -> None:
+        settings = self.settings
+        if self.hub.closing:
+            raise StoreError("server is shutting down: reconnect to another node or retry")
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+        last_event_id = None
+        for name, value in scope["headers"]:
+            if name == b"last-event-id":
+                last_event_id = value.decode("latin-1").strip() or None
+        after = next((v for k, v in query if k == "after"), None) or None
+        cursor = last_event_id or after
+        if channel is None:
+            names = [check_channel(v) for k, v in query if k == "channel"]
+            if not names:
+                raise BadRequest("name the channels: /v1/events?channel=a&channel=b")
+            try:
                 positions = decode_composite_cursor(cursor) if cursor else {}
-                for pos in positions.values():
-                    self.store.cursor_key(pos)
-                requested = {n: positions.get(n) for n in names}
-                await serve_sse(
-                    self.channels, send, receive, requested, True, settings.subscriber_buffer
-                )
-                return
-            until: frozenset[str] | None = None
-            if job:
-                # A job's stream: from its first event unless resumed, ending after its last.
-                await self.jobs.get(channel)
-                channel, until = job_channel(channel), TERMINAL_STATUSES
-                cursor = cursor or "0"
-            check_channel(channel)
-            if cursor is not None:
-                self.store.cursor_key(cursor)
-            if what == "ws":
-                await serve_ws(
-                    self.channels,
-                    send,
-                    receive,
-                    channel,
-                    cursor,
-                    settings.subscriber_buffer,
-                    settings.max_message_bytes,
-                    until,
-                )
-            else:
-                await serve_sse(
-                    self.channels,
-                    send,
-                    receive,
-                    {channel: cursor},
-                    False,
-                    settings.subscriber_buffer,
-                    until,
-                )
-        except (TidingsError, ValueError) as exc:
-            err = exc if isinstance(exc, TidingsError) else BadRequest(str(exc))
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008, "reason": err.message[:120]})
-            else:
-                await _send_error(send, err)
+            except ValueError as exc:
+                raise InvalidCursor(str(exc)) from None
+            for pos in positions.values():
+                self.store.cursor_key(pos)
+            requested = {n: positions.get(n) for n in names}
+            await serve_sse(
+                self.channels, send, receive, requested, True, settings.subscriber_buffer
+            )
+            return
+        until: frozenset[str] | None = None
+        if job:
+            # A job's stream: from its first event unless resumed, ending after its last.
+            await self.jobs.get(channel)
+            channel, until = job_channel(channel), TERMINAL_STATUSES
+            cursor = cursor or "0"
+        check_channel(channel)
+        if cursor is not None:
+            self.store.cursor_key(cursor)
+        if what == "ws":
+            await serve_ws(
+                self.channels,
+                send,
+                receive,
+                channel,
+                cursor,
+                settings.subscriber_buffer,
+                settings.max_message_bytes,
+                until,
+            )
+        else:
+            await serve_sse(
+                self.channels,
+                send,
+                receive,
+                {channel: cursor},
+                False,
+                settings.subscriber_buffer,
+                until,
+            )
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -255,6 +289,11 @@ class TidingsApp:
                 await fn()
             except Exception:
                 log.exception("background job %s failed; will retry", getattr(fn, "__name__", fn))
+
+    async def wait_streams_closed(self, seconds: float) -> None:
+        """After `drain`, give the streams up to `seconds` to send their closing frames."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._streams_idle.wait(), seconds)
 
     def drain(self, reason: str) -> None:
         """Begin shutdown: end every stream with `reason` and answer every parked long poll."""

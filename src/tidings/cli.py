@@ -45,6 +45,7 @@ def _server_class() -> Any:
             for server in self.servers:
                 server.close()  # stop accepting first, so no new stream slips in
             self.tidings.drain("server shutting down")
+            await self.tidings.wait_streams_closed(C.SHUTDOWN_GRACE / 2)
             await super().shutdown(sockets)
 
     return Server
@@ -94,7 +95,7 @@ def serve(
             log_level=log_level,
         )
         tidings_app = create_app(settings)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         err.print(f"[red]tidings serve:[/red] {exc}")
         raise typer.Exit(2) from None
     logging.basicConfig(

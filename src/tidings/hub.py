@@ -73,10 +73,17 @@ def _resume(coro: Coroutine[Any, Any, None], first: Any) -> Generator[Any, Any, 
                 return
 
 
-def _transport_of(send: Any) -> asyncio.BaseTransport | None:
-    """The connection's transport when the server exposes it (uvicorn does), else None."""
+def _transport_of(send: Any) -> Any:
+    """The connection's transport when the server exposes it (uvicorn does), else None.
+
+    Checked by behaviour, not class: uvloop's transports are not asyncio.BaseTransport.
+    """
     transport = getattr(getattr(send, "__self__", None), "transport", None)
-    return transport if isinstance(transport, asyncio.BaseTransport) else None
+    if callable(getattr(transport, "abort", None)) and callable(
+        getattr(transport, "is_closing", None)
+    ):
+        return transport
+    return None
 
 
 class Subscriber:
@@ -257,7 +264,7 @@ class Subscriber:
         if abort:
             log.info("closing %s subscriber of %s: %s", self.kind, list(self.cursors), reason)
             self.hub.cut += 1
-            if self.transport is not None and hasattr(self.transport, "abort"):
+            if self.transport is not None:
                 self.transport.abort()
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
@@ -434,9 +441,12 @@ class Hub:
             sub.write(sse)
 
     def close_channel(self, channel: str, reason: str) -> None:
-        """End every stream of a channel (it was deleted)."""
+        """End every stream and answer every long poll of a channel (it was deleted)."""
         for sub in list(self._subs.get(channel, ())):
             sub.close(reason, abort=False)
+        for fut in self._waiters.pop(channel, ()):
+            if not fut.done():
+                fut.set_result(None)
         self.forget(channel)
 
     def close_all(self, reason: str) -> None:

@@ -86,5 +86,5 @@ def decode_body(kind: type[Any], body: bytes) -> Any:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
         raise InvalidBody(f"body does not fit: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON (UTF-8): {exc}") from None

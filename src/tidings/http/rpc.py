@@ -78,7 +78,7 @@ async def rpc(request: Request) -> Response:
     body = await read_body(request, request.app.state.settings.max_message_bytes)
     try:
         parsed = JSON_DECODER.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return json_response(_error(None, PARSE_ERROR, f"parse error: {exc}"))
     if isinstance(parsed, list):
         if not parsed or len(parsed) > MAX_BATCH:

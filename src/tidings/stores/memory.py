@@ -27,7 +27,7 @@ __all__ = ["MemoryStore", "parse_seq"]
 
 def parse_seq(message_id: str) -> int:
     """Sequence number of an id of the embedded stores (decimal digits)."""
-    if not message_id.isdigit() or len(message_id) > 19:
+    if not (message_id.isascii() and message_id.isdigit()) or len(message_id) > 18:
         raise InvalidCursor(
             f"cursor {message_id!r} is not a message id of this server: use an id it gave you, or 0"
         )

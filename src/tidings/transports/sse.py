@@ -21,6 +21,7 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+_START = {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS}
 _END = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
@@ -44,8 +45,7 @@ async def serve_sse(
     until: frozenset[str] | None = None,
 ) -> None:
     """Serve one SSE stream until the client leaves or the server ends it."""
-    # Headers only: the `retry:` hint rides on the first heartbeat, saving a write per connect.
-    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
     kind = KIND_SSE_MULTI if multi else KIND_SSE
     sub = Subscriber(svc.hub, kind, send, dict.fromkeys(requested), buffer_limit, until)
-    await run_stream(svc, sub, requested, receive, control_frame, _closing)
+    # Headers only: the `retry:` hint rides on the first heartbeat, saving a write per connect.
+    await run_stream(svc, sub, requested, _START, receive, control_frame, _closing)

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tidings.channels import ChannelService
+from tidings.errors import TidingsError
 from tidings.hub import Subscriber
 from tidings.wire import Reset
 
-__all__ = ["catch_up", "run_stream"]
+__all__ = ["catch_up", "resolve", "run_stream"]
+
+log = logging.getLogger("tidings.streams")
 
 PAGE = 500
 # Time allowed to drain and write the closing frames of a stream the server ends.
@@ -49,6 +53,12 @@ async def _replay(
         after = res.messages[-1].id
 
 
+async def resolve(svc: ChannelService, sub: Subscriber, requested: dict[str, str | None]) -> None:
+    """Set each cursor: the one asked for, or the channel's newest id for "from now"."""
+    for channel, cursor in requested.items():
+        sub.cursors[channel] = cursor if cursor is not None else await svc.last_id(channel)
+
+
 async def catch_up(
     svc: ChannelService,
     sub: Subscriber,
@@ -57,11 +67,9 @@ async def catch_up(
 ) -> None:
     """Replay from each requested cursor (None: from now), then switch the subscriber live.
 
-    Must be called after `hub.add(sub)`; returns with `sub.catching_up` False, or early
-    with `sub.close_reason` set when the stream reached one of its `until` events.
+    Must be called after `hub.add(sub)` and `resolve()`; returns with `sub.catching_up`
+    False, or early with `sub.close_reason` set when the stream reached an `until` event.
     """
-    for channel, cursor in requested.items():
-        sub.cursors[channel] = cursor if cursor is not None else await svc.last_id(channel)
     # A stream that asked for "from now" has nothing to replay: what follows its resolved
     # cursor is already parked in `pending`, since it was registered first.
     replay = [ch for ch, cursor in requested.items() if cursor is not None]
@@ -92,6 +100,7 @@ async def run_stream(
     svc: ChannelService,
     sub: Subscriber,
     requested: dict[str, str | None],
+    start: dict[str, Any],
     receive: Any,
     control: ControlFrame,
     closing: Callable[[str], list[dict[str, Any]]],
@@ -99,11 +108,21 @@ async def run_stream(
 ) -> None:
     """Serve `sub` until the client leaves (return) or the server ends the stream.
 
+    `start` (the response head, or the WebSocket accept) is sent only once the stream is
+    registered and its cursors resolved: a client that publishes as soon as it sees the
+    stream open is sure to receive its own message. An error before that propagates (the
+    caller answers it); after it, the stream is ended with the error as its reason.
     `on_message` gets what the client sends (WebSocket frames); `closing(reason)` gives the
     frames that end a stream the server closes.
     """
     svc.hub.add(sub)
     try:
+        await resolve(svc, sub, requested)
+    except BaseException:
+        sub.close("stream failed to start", abort=False)
+        raise
+    try:
+        await sub.send(start)
         await catch_up(svc, sub, requested, control)
         while sub.close_reason is None:
             message = await receive()
@@ -117,6 +136,9 @@ async def run_stream(
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
+    except TidingsError as exc:
+        log.warning("ending a stream of %s: %s", list(sub.cursors), exc.message)
+        sub.close(f"server error: {exc.message}; reconnect with your last id", abort=False)
     finally:
         if sub.close_reason is None:
             sub.close("stream ended", abort=False)
@@ -126,5 +148,5 @@ async def run_stream(
             if sub.drainer is not None:
                 await asyncio.wait((sub.drainer,))
             if not (sub.transport and sub.transport.is_closing()):
-                for frame in closing(sub.close_reason):
+                for frame in closing(sub.close_reason or "stream ended"):
                     await sub.send(frame)

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from tidings.channels import ChannelService
-from tidings.errors import BadRequest, InvalidBody, PayloadTooLarge, TidingsError
+from tidings.errors import BadRequest, Forbidden, InvalidBody, PayloadTooLarge, TidingsError
 from tidings.hub import KIND_WS, Subscriber
 from tidings.transports.stream import run_stream
 from tidings.wire import JSON_DECODER, encode_json
@@ -22,6 +22,7 @@ from tidings.wire import JSON_DECODER, encode_json
 __all__ = ["serve_ws"]
 
 CLOSE_GOING_AWAY = 1001
+_ACCEPT = {"type": "websocket.accept"}
 
 
 def control_frame(obj: dict[str, Any]) -> dict[str, Any]:
@@ -38,7 +39,7 @@ async def _client_publish(
             raise PayloadTooLarge(f"frame of {len(raw)} bytes is over the {max_bytes}-byte limit")
         try:
             body = JSON_DECODER.decode(raw)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise BadRequest(f'frame is not valid JSON ({exc}): send {{"data": ...}}') from exc
         if not isinstance(body, dict) or "data" not in body:
             raise InvalidBody('a publish frame is a JSON object with a "data" field')
@@ -60,17 +61,17 @@ async def serve_ws(
     max_message_bytes: int,
     until: frozenset[str] | None = None,
 ) -> None:
-    """Serve one WebSocket until the client leaves or the server ends it.
+    """Serve one WebSocket (its `websocket.connect` already received) until it ends.
 
     With `until` (a job's stream) the socket is read-only: publishes are refused.
     """
-    first = await receive()
-    if first["type"] != "websocket.connect":
-        return
-    await send({"type": "websocket.accept"})
     sub = Subscriber(svc.hub, KIND_WS, send, {channel: None}, buffer_limit, until)
 
     async def on_message(message: dict[str, Any]) -> None:
+        if until is not None:
+            err = Forbidden("this socket follows a job: it is read-only")
+            sub.write(control_frame({"type": "error", "ref": None, **err.to_wire()}))
+            return
         raw = message.get("text")
         if raw is None:
             raw = message.get("bytes") or b""
@@ -83,4 +84,6 @@ async def serve_ws(
             {"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": reason},
         ]
 
-    await run_stream(svc, sub, {channel: cursor}, receive, control_frame, closing, on_message)
+    await run_stream(
+        svc, sub, {channel: cursor}, _ACCEPT, receive, control_frame, closing, on_message
+    )
