@@ -6,6 +6,7 @@ TIDINGS_HOST  ?= 127.0.0.1
 TIDINGS_PORT  ?= 8000
 TIDINGS_STORE ?= sqlite:///tidings.db
 export TIDINGS_HOST TIDINGS_PORT TIDINGS_STORE
+LINT_PATHS := src tests $(wildcard bench)
 
 .PHONY: run test lint typecheck unit venv dev clean bench
 
@@ -31,14 +32,14 @@ run: $(VENV)/.installed
 
 ## make test: dev venv, lint, type check, the whole suite
 test: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 typecheck: dev
 	$(BIN)/mypy

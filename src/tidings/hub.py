@@ -34,8 +34,10 @@ __all__ = ["Hub", "Subscriber"]
 log = logging.getLogger("tidings.hub")
 
 Send = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
-# How many recent messages per channel the hub keeps to answer polls without the store.
+# How many recent messages per channel the hub keeps to answer polls without the store,
+# and for how many channels (the least recently published are forgotten first).
 RECENT = 64
+RECENT_CHANNELS = 10_000
 # Live messages parked while a subscriber replays history; past this, it re-reads the store.
 PENDING_MAX = 1000
 
@@ -368,10 +370,14 @@ class Hub:
             sub.deliver(msg, frame)
 
     def _remember(self, msg: Message, prev_id: str | None, keep: int) -> None:
-        entry = self._recent.get(msg.channel)
+        recent = self._recent
+        entry = recent.pop(msg.channel, None)  # re-inserted last: most recently published
         if entry is None or (entry[0][-1].id if entry[0] else entry[1][0]) != prev_id:
             # First message seen here, or a gap (another writer): start the tail afresh.
-            entry = self._recent[msg.channel] = (deque(), [prev_id])
+            entry = (deque(), [prev_id])
+            if len(recent) >= RECENT_CHANNELS:
+                del recent[next(iter(recent))]
+        recent[msg.channel] = entry
         tail, before = entry
         tail.append(msg)
         while len(tail) > keep:
@@ -412,6 +418,8 @@ class Hub:
     def note_last(self, channel: str, last_id: str | None) -> None:
         """Remember the store's newest id of a channel, so later reads can skip the store."""
         if channel not in self._recent:
+            if len(self._recent) >= RECENT_CHANNELS:
+                del self._recent[next(iter(self._recent))]
             self._recent[channel] = (deque(), [last_id])
 
     # -- long polls -------------------------------------------------------------------

@@ -221,6 +221,7 @@ class JobService:
         deadline = time.monotonic() + max(0.0, min(wait, self.long_poll_cap))
         while True:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._work_waiters = [w for w in self._work_waiters if not w[1].done()]
             self._work_waiters.append((wanted, fut))
             changes = await self.store.lease_jobs(types, max_jobs, time.time(), take)
             remaining = deadline - time.monotonic()

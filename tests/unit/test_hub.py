@@ -139,3 +139,20 @@ def test_long_poll_waiters_are_woken_by_a_publish_and_by_shutdown():
         assert b.done()
 
     asyncio.run(main())
+
+
+def test_recent_tails_are_kept_for_a_bounded_number_of_channels(monkeypatch):
+    """Every job has a channel: the hub forgets the least recently published first."""
+    import tidings.hub
+
+    monkeypatch.setattr(tidings.hub, "RECENT_CHANNELS", 3)
+    hub = Hub(parse_seq)
+
+    async def main() -> None:
+        for name in ["a", "b", "c", "d"]:
+            hub.publish(msg(1, name), None)
+        hub.publish(msg(2, "b"), "1")  # b becomes the most recent
+        hub.publish(msg(1, "e"), None)
+        assert [hub.last_id(ch)[0] for ch in "abcde"] == [False, True, False, True, True]
+
+    asyncio.run(main())

@@ -11,6 +11,7 @@ Reads use a second connection on a second thread; WAL lets them run beside the w
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import time
 from collections.abc import Callable
@@ -39,6 +40,9 @@ from tidings.wire import Job, Message, job_channel
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
+
+# Channel states the writer keeps in memory (each job has a channel: keep this bounded).
+STATE_CACHE_MAX = 10_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS channels (
@@ -131,8 +135,10 @@ class SQLiteStore(Store):
         self._wakeup = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
         self._closing = False
-        # Owned by the writer thread only.
+        # Owned by the writer thread only: cached channel states (bounded, oldest evicted
+        # once clean) and the names changed in the open transaction.
         self._state: dict[str, _ChannelState] = {}
+        self._dirty: set[str] = set()
         # Transactions committed; with group commit, fewer than the writes they hold.
         self.commits = 0
 
@@ -244,6 +250,7 @@ class SQLiteStore(Store):
         except BaseException:
             conn.execute("ROLLBACK")
             self._state.clear()  # the cache may hold uncommitted sequence numbers
+            self._dirty.clear()
             raise
         return results
 
@@ -260,6 +267,7 @@ class SQLiteStore(Store):
         ).fetchone()
         if row is None:
             st = _ChannelState(last_seq=0, retention=None, created=time.time(), dirty=True)
+            self._dirty.add(name)
         else:
             ret = Retention(row[2], row[3]) if row[2] is not None else None
             st = _ChannelState(last_seq=row[0], retention=ret, created=row[1])
@@ -267,8 +275,9 @@ class SQLiteStore(Store):
         return st
 
     def _flush_channels(self, conn: sqlite3.Connection) -> None:
-        for name, st in self._state.items():
-            if not st.dirty:
+        for name in self._dirty:
+            st = self._state.get(name)
+            if st is None or not st.dirty:
                 continue
             ret = st.retention
             conn.execute(
@@ -289,6 +298,12 @@ class SQLiteStore(Store):
                 "DELETE FROM messages WHERE channel = ? AND seq <= ?", (name, st.last_seq - keep)
             )
             st.dirty = False
+        self._dirty.clear()
+        # Every state is clean now: forget the least recently loaded beyond the bound.
+        excess = len(self._state) - STATE_CACHE_MAX
+        if excess > 0:
+            for name in list(itertools.islice(self._state, excess)):
+                del self._state[name]
 
     # -- channel operations -----------------------------------------------------------
 
@@ -353,6 +368,7 @@ class SQLiteStore(Store):
         )
         st.last_seq = seq
         st.dirty = True
+        self._dirty.add(channel)
         msg = Message(id=str(seq), channel=channel, data=data, event=event, time=now)
         keep = (st.retention or self.default_retention).max_messages
         return Published(msg, str(prev) if prev else None, keep)
@@ -451,6 +467,7 @@ class SQLiteStore(Store):
             st = self._channel(conn, channel)
             st.retention = retention
             st.dirty = True
+            self._dirty.add(channel)
 
         await self._write(op)
         info = await self.info(channel)
@@ -591,6 +608,16 @@ class SQLiteStore(Store):
         return await self._write(op)
 
     async def expire_jobs(self, now: float, fn: Transition) -> list[JobChange]:
+        # A read first: the common answer is "nothing expired", which needs no write.
+        any_expired = await self._read(
+            lambda c: c.execute(
+                "SELECT 1 FROM jobs WHERE status = 'running' AND lease_expires_at < ? LIMIT 1",
+                (now,),
+            ).fetchone()
+        )
+        if any_expired is None:
+            return []
+
         def op(conn: sqlite3.Connection) -> list[JobChange]:
             rows = conn.execute(
                 "SELECT body FROM jobs WHERE status = 'running' AND lease_expires_at < ?", (now,)
