@@ -6,12 +6,19 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",
+    "AsyncJobHandle",
     "Client",
     "ClientError",
+    "JobCancelled",
+    "JobContext",
+    "JobHandle",
+    "JobInfo",
+    "JobTimeout",
     "Page",
     "TidingsApp",
     "TidingsConnectionError",
     "TidingsHTTPError",
+    "Worker",
     "__version__",
     "create_app",
 ]
@@ -23,7 +30,12 @@ _CLIENT = {
     "Page",
     "TidingsConnectionError",
     "TidingsHTTPError",
+    "JobHandle",
+    "AsyncJobHandle",
+    "JobInfo",
+    "JobTimeout",
 }
+_WORKER = {"Worker", "JobContext", "JobCancelled"}
 
 
 def __getattr__(name: str) -> object:
@@ -36,4 +48,8 @@ def __getattr__(name: str) -> object:
         from tidings import client
 
         return getattr(client, name)
+    if name in _WORKER:
+        from tidings import worker
+
+        return getattr(worker, name)
     raise AttributeError(f"module 'tidings' has no attribute {name!r}")

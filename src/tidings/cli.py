@@ -1,4 +1,4 @@
-"""The `tidings` command: serve, publish, subscribe."""
+"""The `tidings` command: serve, publish, subscribe, worker, jobs."""
 
 from __future__ import annotations
 
@@ -73,6 +73,16 @@ def serve(
         int | None, typer.Option(help="Unsent bytes a stream may hold before it is cut.")
     ] = None,
     heartbeat: Annotated[float | None, typer.Option(help="Seconds between SSE heartbeats.")] = None,
+    handlers: Annotated[
+        str | None,
+        typer.Option(help="MODULE:OBJ of a tidings.Worker to run inside the server."),
+    ] = None,
+    retry_backoff: Annotated[
+        float | None, typer.Option(help="Seconds before a failed job's first retry (doubles).")
+    ] = None,
+    job_ttl: Annotated[
+        float | None, typer.Option(help="Seconds a finished job and its events are kept.")
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request (slower).")] = False,
 ) -> None:
@@ -92,6 +102,9 @@ def serve(
             long_poll_cap=long_poll_cap,
             subscriber_buffer=subscriber_buffer,
             heartbeat=heartbeat,
+            handlers=handlers,
+            retry_backoff=retry_backoff,
+            job_ttl=job_ttl,
             log_level=log_level,
         )
         tidings_app = create_app(settings)
@@ -191,6 +204,308 @@ def subscribe(
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         return
+
+
+# ---------------------------------------------------------------------------------------
+# Workers and jobs
+
+
+@app.command()
+def worker(
+    target: Annotated[str, typer.Argument(help="MODULE:OBJ naming a tidings.Worker.")],
+    url: UrlOption = "http://127.0.0.1:8000",
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Jobs run at once (overrides the Worker's).")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="TIDINGS_TOKEN", help="API token [env TIDINGS_TOKEN].")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run a worker: lease jobs from the server and run their handlers; SIGTERM drains."""
+    import importlib
+    import os
+
+    from tidings.worker import Worker
+
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        err.print(f"[red]{target!r}:[/red] write MODULE:OBJ, e.g. myapp.jobs:worker")
+        raise typer.Exit(2)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        err.print(f"[red]cannot load {target}:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if not isinstance(obj, Worker):
+        err.print(f"[red]{target} is a {type(obj).__name__}, not a tidings.Worker[/red]")
+        raise typer.Exit(2)
+    if concurrency is not None:
+        obj.concurrency = concurrency
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # The worker's own log lines are the point; httpx's per-request lines are noise.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        obj.run(url, token=token)
+    except ValueError as exc:
+        err.print(f"[red]tidings worker:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+jobs_app = typer.Typer(name="jobs", help="Submit and follow jobs.", no_args_is_help=True)
+app.add_typer(jobs_app)
+
+_TIME_FIELDS = (
+    "created_at",
+    "updated_at",
+    "run_at",
+    "started_at",
+    "finished_at",
+    "lease_expires_at",
+)
+
+
+def _job_json(info: Any) -> str:
+    """A JobInfo as the server's JSON (RFC 3339 times), for printing."""
+    import msgspec
+
+    from tidings.wire import format_time
+
+    obj = msgspec.structs.asdict(info)
+    for name in _TIME_FIELDS:
+        if obj.get(name) is not None:
+            obj[name] = format_time(obj[name])
+    return encode_json(obj).decode()
+
+
+def _json_arg(text: str | None, what: str) -> Any:
+    import json
+
+    if text is None:
+        return None
+    if text == "-":
+        text = sys.stdin.read()
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        err.print(f"[red]{what} is not JSON:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _finish(info: Any) -> None:
+    """Print a terminal job's result (stdout) or error (stderr); exit 0 only on success."""
+    if info.status == "succeeded":
+        typer.echo(encode_json(info.result).decode())
+        return
+    detail = "" if info.error is None else " " + encode_json(info.error).decode()
+    err.print(f"[red]job {info.id} {info.status}[/red] (attempt {info.attempt}){detail}")
+    raise typer.Exit(1)
+
+
+@jobs_app.command("submit")
+def jobs_submit(
+    type: Annotated[str, typer.Argument(help="Job type.")],
+    payload: Annotated[
+        str | None, typer.Argument(help="Payload as JSON; - reads standard input.")
+    ] = None,
+    wait: Annotated[
+        float | None,
+        typer.Option(help="Wait up to S seconds for the job to end and print its result."),
+    ] = None,
+    max_attempts: Annotated[int | None, typer.Option(help="Attempts before it fails.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds one attempt may run.")] = None,
+    delay: Annotated[float | None, typer.Option(help="Seconds before it may run.")] = None,
+    priority: Annotated[int | None, typer.Option(help="Higher runs first.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Dedup key.")] = None,
+    url: UrlOption = "http://127.0.0.1:8000",
+) -> None:
+    """Submit a job and print its id; with --wait, print its result once it ends.
+
+    With --wait, exits 1 if the job failed or was cancelled; if it is still running when
+    the wait is over, prints its id (and says so on stderr) and exits 0.
+    """
+    from tidings.client import Client, ClientError
+
+    value = _json_arg(payload, "PAYLOAD")
+    try:
+        with Client(url) as client:
+            handle = client.submit(
+                type,
+                value,
+                max_attempts=max_attempts,
+                timeout=timeout,
+                delay=delay,
+                priority=priority,
+                idempotency_key=idempotency_key,
+                wait=wait,
+            )
+    except ClientError as exc:
+        err.print(f"[red]submit failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if wait is not None and handle.job.terminal:
+        _finish(handle.job)
+        return
+    if wait is not None:
+        err.print(f"[yellow]job {handle.id} still {handle.job.status} after {wait:g}s[/yellow]")
+    typer.echo(handle.id)
+
+
+@jobs_app.command("get")
+def jobs_get(
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
+    url: UrlOption = "http://127.0.0.1:8000",
+) -> None:
+    """Print a job as JSON."""
+    from tidings.client import Client, ClientError
+
+    try:
+        with Client(url) as client:
+            info = client.get_job(job_id)
+    except ClientError as exc:
+        err.print(f"[red]get failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    typer.echo(_job_json(info))
+
+
+@jobs_app.command("wait")
+def jobs_wait(
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
+    url: UrlOption = "http://127.0.0.1:8000",
+) -> None:
+    """Show a job's progress until it ends, then print its result.
+
+    Exits 0 if it succeeded, 1 if it failed or was cancelled.
+    """
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    from tidings.client import Client, ClientError
+
+    try:
+        with Client(url) as client:
+            handle = client.job(job_id)
+            if not handle.job.terminal:
+                with Progress(
+                    TextColumn("[bold]{task.fields[status]:<9}"),
+                    BarColumn(),
+                    TaskProgressColumn(),
+                    TextColumn("{task.description}"),
+                    console=err,
+                    transient=False,
+                ) as bar:
+                    task = bar.add_task("", total=100.0, completed=0, status=handle.job.status)
+                    for _event, info in handle.events():
+                        bar.update(
+                            task,
+                            completed=100.0 if info.status == "succeeded" else info.progress or 0,
+                            description=info.message or "",
+                            status=info.status,
+                        )
+    except ClientError as exc:
+        err.print(f"[red]wait failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    _finish(handle.job)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
+    url: UrlOption = "http://127.0.0.1:8000",
+) -> None:
+    """Cancel a job: a queued one at once, a running one at its next heartbeat."""
+    from tidings.client import Client, ClientError
+
+    try:
+        with Client(url) as client:
+            info = client.cancel_job(job_id)
+    except ClientError as exc:
+        err.print(f"[red]cancel failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    typer.echo("cancel requested" if info.status == "running" else info.status)
+
+
+@jobs_app.command("retry")
+def jobs_retry(
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
+    url: UrlOption = "http://127.0.0.1:8000",
+) -> None:
+    """Requeue a failed or cancelled job."""
+    from tidings.client import Client, ClientError
+
+    try:
+        with Client(url) as client:
+            info = client.retry_job(job_id)
+    except ClientError as exc:
+        err.print(f"[red]retry failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    typer.echo(info.status)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[
+        str | None, typer.Option(help="queued, running, succeeded, failed or cancelled.")
+    ] = None,
+    type: Annotated[str | None, typer.Option(help="Only jobs of this type.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many.")] = None,
+    url: UrlOption = "http://127.0.0.1:8000",
+) -> None:
+    """List jobs as a table."""
+    from datetime import datetime
+
+    from rich.table import Table
+
+    from tidings.client import Client, ClientError
+
+    try:
+        with Client(url) as client:
+            jobs = client.list_jobs(status=status, type=type, limit=limit)
+    except ClientError as exc:
+        err.print(f"[red]list failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    table = Table("type", "status", "progress", "attempt", "created", "message")
+    table.add_column("id", no_wrap=True)  # whole, to be copied into `jobs get|wait|cancel`
+    for job in jobs:
+        created = (
+            datetime.fromtimestamp(job.created_at).strftime("%m-%d %H:%M:%S")
+            if job.created_at
+            else ""
+        )
+        table.add_row(
+            job.type,
+            job.status,
+            "" if job.progress is None else f"{job.progress:g}%",
+            f"{job.attempt}/{job.max_attempts}",
+            created,
+            job.message or "",
+            job.id,
+        )
+    Console().print(table)
+
+
+@jobs_app.command("queues")
+def jobs_queues(url: UrlOption = "http://127.0.0.1:8000") -> None:
+    """Job counts per type and status."""
+    from rich.table import Table
+
+    from tidings.client import Client, ClientError
+    from tidings.wire import JOB_STATUSES
+
+    try:
+        with Client(url) as client:
+            queues = client.queues()
+    except ClientError as exc:
+        err.print(f"[red]queues failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    table = Table("type", *JOB_STATUSES)
+    for name, counts in sorted(queues.items()):
+        table.add_row(name, *(str(counts.get(s, 0)) for s in JOB_STATUSES))
+    Console().print(table)
 
 
 def main() -> None:

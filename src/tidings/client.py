@@ -33,12 +33,16 @@ import websockets.sync.client
 from httpx_sse import ServerSentEvent, SSEError, aconnect_sse, connect_sse
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from tidings.wire import JSON_DECODER, Message, PublishAck, Reset, encode_json
+from tidings.wire import JSON_DECODER, TERMINAL_STATUSES, Message, PublishAck, Reset, encode_json
 
 __all__ = [
     "AsyncClient",
+    "AsyncJobHandle",
     "Client",
     "ClientError",
+    "JobHandle",
+    "JobInfo",
+    "JobTimeout",
     "Page",
     "TidingsConnectionError",
     "TidingsHTTPError",
@@ -426,6 +430,263 @@ def _check_url(url: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Jobs: requests and answers, shared by both clients.
+
+
+class JobTimeout(ClientError, TimeoutError):
+    """`wait(timeout=...)` ran out before the job ended; the job itself goes on."""
+
+
+class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A job as the server describes it. Times are seconds since the epoch (or None).
+
+    `payload` is None in job events (they carry the job without its payload);
+    `JobHandle.events()` fills it in from the handle's last known job.
+    """
+
+    id: str
+    type: str
+    status: str
+    payload: Any = None
+    progress: float | None = None
+    message: str | None = None
+    result: Any = None
+    error: Any = None
+    attempt: int = 0
+    max_attempts: int = 0
+    priority: int = 0
+    timeout: float | None = None
+    cancel_requested: bool = False
+    created_at: float | None = None
+    updated_at: float | None = None
+    run_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    lease_expires_at: float | None = None
+    links: dict[str, str] = msgspec.field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job has ended: succeeded, failed or cancelled."""
+        return self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def from_wire(cls, obj: dict[str, Any]) -> JobInfo:
+        """Parse the job object of the HTTP API (RFC 3339 times become epoch seconds)."""
+        progress = obj.get("progress")
+        timeout = obj.get("timeout")
+        links = obj.get("links")
+        return cls(
+            id=str(obj["id"]),
+            type=str(obj.get("type", "")),
+            status=str(obj.get("status", "")),
+            payload=obj.get("payload"),
+            progress=None if progress is None else float(progress),
+            message=obj.get("message"),
+            result=obj.get("result"),
+            error=obj.get("error"),
+            attempt=int(obj.get("attempt") or 0),
+            max_attempts=int(obj.get("max_attempts") or 0),
+            priority=int(obj.get("priority") or 0),
+            timeout=None if timeout is None else float(timeout),
+            cancel_requested=bool(obj.get("cancel_requested", False)),
+            created_at=_epoch_or_none(obj.get("created_at")),
+            updated_at=_epoch_or_none(obj.get("updated_at")),
+            run_at=_epoch_or_none(obj.get("run_at")),
+            started_at=_epoch_or_none(obj.get("started_at")),
+            finished_at=_epoch_or_none(obj.get("finished_at")),
+            lease_expires_at=_epoch_or_none(obj.get("lease_expires_at")),
+            links={str(k): str(v) for k, v in links.items()} if isinstance(links, dict) else {},
+        )
+
+
+def _epoch_or_none(raw: object) -> float | None:
+    """Seconds since the epoch from an RFC 3339 field, None when it is null or absent."""
+    return _epoch(raw) if isinstance(raw, str) else None
+
+
+def _job_path(job_id: str, suffix: str = "") -> str:
+    return f"/v1/jobs/{quote(job_id, safe='')}{suffix}"
+
+
+def _submit_request(
+    type: str,
+    payload: Any,
+    *,
+    max_attempts: int | None,
+    timeout: float | None,
+    delay: float | None,
+    priority: int | None,
+    idempotency_key: str | None,
+    wait: float | None,
+    http_timeout: float,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": type, "payload": payload}
+    for name, value in (
+        ("max_attempts", max_attempts),
+        ("timeout", timeout),
+        ("delay", delay),
+        ("priority", priority),
+    ):
+        if value is not None:
+            body[name] = value
+    headers = {"Content-Type": "application/json"}
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    params: dict[str, float] = {}
+    if wait is not None:
+        params["wait"] = wait
+        http_timeout = max(http_timeout, wait + LONG_POLL_MARGIN)
+    return {
+        "method": "POST",
+        "url": "/v1/jobs",
+        "content": encode_json(body),
+        "headers": headers,
+        "params": params,
+        "timeout": http_timeout,
+    }
+
+
+def _get_job_request(job_id: str, wait: float | None, http_timeout: float) -> dict[str, Any]:
+    params: dict[str, float] = {}
+    if wait is not None:
+        params["wait"] = wait
+        http_timeout = max(http_timeout, wait + LONG_POLL_MARGIN)
+    return {"method": "GET", "url": _job_path(job_id), "params": params, "timeout": http_timeout}
+
+
+def _list_jobs_request(status: str | None, type: str | None, limit: int | None) -> dict[str, Any]:
+    params: dict[str, str | int] = {}
+    if status is not None:
+        params["status"] = status
+    if type is not None:
+        params["type"] = type
+    if limit is not None:
+        params["limit"] = limit
+    return {"method": "GET", "url": "/v1/jobs", "params": params}
+
+
+def _job_action_request(job_id: str, action: str) -> dict[str, Any]:
+    return {"method": "POST", "url": _job_path(job_id, f"/{action}")}
+
+
+def _parse_job(response: httpx.Response) -> JobInfo:
+    try:
+        return JobInfo.from_wire(_json(response))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ClientError(f"malformed job object from the server: {exc!r}") from exc
+
+
+def _parse_jobs(response: httpx.Response) -> list[JobInfo]:
+    jobs = _json(response).get("jobs")
+    if not isinstance(jobs, list):
+        raise ClientError('expected {"jobs": [...]} from the server')
+    return [JobInfo.from_wire(j) for j in jobs]
+
+
+def _parse_queues(response: httpx.Response) -> dict[str, dict[str, int]]:
+    queues = _json(response).get("queues")
+    if not isinstance(queues, dict):
+        raise ClientError('expected {"queues": {...}} from the server')
+    return {
+        str(t): {str(s): int(n) for s, n in counts.items()}
+        for t, counts in queues.items()
+        if isinstance(counts, dict)
+    }
+
+
+class _JobWait:
+    """The I/O-free half of `wait()`: how long each long poll asks for, when to give up."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.failures = 0
+
+    def next_wait(self) -> float:
+        """Seconds the next long poll asks the server to hold; JobTimeout when none are left."""
+        if self.deadline is None:
+            return LONG_POLL_WAIT
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise JobTimeout("the job did not end within the timeout")
+        return min(LONG_POLL_WAIT, remaining)
+
+    def retry_delay(self, exc: Exception) -> float:
+        """Seconds before asking again after `exc`; re-raises what a retry cannot fix."""
+        if isinstance(exc, TidingsHTTPError):
+            if not exc.retryable:
+                raise exc
+        elif not isinstance(exc, _TRANSIENT):
+            raise exc
+        delay = min(0.25 * 2.0 ** min(self.failures, 16), MAX_RECONNECT_DELAY)
+        self.failures += 1
+        if self.deadline is not None:
+            delay = min(delay, max(0.0, self.deadline - time.monotonic()))
+        return delay
+
+
+class _JobEvents:
+    """The I/O-free half of `events()`: the SSE cursor, event parsing, reconnect policy."""
+
+    def __init__(self, job_id: str, last: JobInfo | None) -> None:
+        self.job_id = job_id
+        self.last = last
+        self.cursor: str | None = None
+        self._done = False
+        self.failures = 0
+        self._sse_last_id = ""
+
+    def connected(self) -> None:
+        self.failures = 0
+        self._sse_last_id = ""
+
+    def sse_request(self) -> dict[str, Any]:
+        headers = {"Last-Event-ID": self.cursor} if self.cursor is not None else {}
+        return {"method": "GET", "url": _job_path(self.job_id, "/events"), "headers": headers}
+
+    def sse_item(self, sse: ServerSentEvent) -> tuple[str, JobInfo] | None:
+        """(event, job) for a job event; None for control frames. Marks the terminal one."""
+        if sse.id in ("", self._sse_last_id):
+            if sse.event == "close":
+                raise _StreamClosedError(sse.data)
+            return None  # reset, retry-only frames: the job's state comes with every event
+        self._sse_last_id = sse.id
+        if sse.id == self.cursor:
+            return None  # replayed: already yielded
+        self.cursor = sse.id
+        obj = _decode_or_none(sse.data)
+        if not isinstance(obj, dict):
+            return None
+        try:
+            info = JobInfo.from_wire(obj)
+        except (KeyError, TypeError, ValueError):
+            return None
+        if "payload" not in obj and self.last is not None:
+            info = msgspec.structs.replace(info, payload=self.last.payload)
+        self.last = info
+        if info.terminal or sse.event in TERMINAL_STATUSES:
+            self._done = True
+        return sse.event, info
+
+    def done(self) -> bool:
+        """True once the terminal event was seen: the stream has nothing more to say."""
+        return self._done
+
+    def retry_delay(self, exc: Exception) -> float:
+        """Seconds before reconnecting after `exc`; re-raises what a retry cannot fix."""
+        if isinstance(exc, TidingsHTTPError):
+            if not exc.retryable:
+                raise exc
+        elif isinstance(exc, _StreamClosedError):
+            self.failures = 0
+        elif not isinstance(exc, _TRANSIENT):
+            raise exc
+        delay = min(0.25 * 2.0 ** min(self.failures, 16), MAX_RECONNECT_DELAY)
+        self.failures += 1
+        return delay
+
+
+# ---------------------------------------------------------------------------------------
 # The blocking client.
 
 
@@ -618,6 +879,115 @@ class Client:
             if pause:
                 time.sleep(pause)
 
+    # Jobs -------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        delay: float | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+    ) -> JobHandle:
+        """Submit a job and return a handle to follow it.
+
+        Args:
+            type: Job type; a worker with a handler for it runs the job.
+            payload: Any JSON value, given to the handler as `job.payload`.
+            max_attempts: Attempts before the job ends `failed` (server default: 3).
+            timeout: Seconds one attempt may run.
+            delay: Seconds before the job may first run.
+            priority: Higher runs first among ready jobs of a type.
+            idempotency_key: Submitting again with the same key returns the same job.
+            wait: Seconds the server may hold the answer until the job ends; the handle's
+                `job` is then already terminal (check `handle.job.terminal`).
+
+        Raises:
+            TidingsHTTPError: the server refused the job (e.g. 422 for a bad field).
+            TidingsConnectionError: the server could not be reached.
+        """
+        spec = _submit_request(
+            type,
+            payload,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            delay=delay,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            wait=wait,
+            http_timeout=self.timeout,
+        )
+        return JobHandle(self, _parse_job(self._request(spec)))
+
+    def job(self, job_id: str) -> JobHandle:
+        """A handle on an existing job (fetched once: 404 raises `TidingsHTTPError`)."""
+        return JobHandle(self, self.get_job(job_id))
+
+    def get_job(self, job_id: str, *, wait: float | None = None) -> JobInfo:
+        """The job now, or with `wait` once it ends or after `wait` seconds (long poll)."""
+        return _parse_job(self._request(_get_job_request(job_id, wait, self.timeout)))
+
+    def list_jobs(
+        self, *, status: str | None = None, type: str | None = None, limit: int | None = None
+    ) -> list[JobInfo]:
+        """Jobs, optionally only those of a `status` and/or `type` (at most `limit`)."""
+        return _parse_jobs(self._request(_list_jobs_request(status, type, limit)))
+
+    def cancel_job(self, job_id: str) -> JobInfo:
+        """Cancel a job: a queued one at once, a running one at its next heartbeat.
+
+        Raises `TidingsHTTPError` 409 if the job has already ended.
+        """
+        return _parse_job(self._request(_job_action_request(job_id, "cancel")))
+
+    def retry_job(self, job_id: str) -> JobInfo:
+        """Requeue a failed or cancelled job; 409 (`TidingsHTTPError`) for any other."""
+        return _parse_job(self._request(_job_action_request(job_id, "retry")))
+
+    def queues(self) -> dict[str, dict[str, int]]:
+        """Job counts per type and status: `{type: {status: count}}`."""
+        return _parse_queues(self._request({"method": "GET", "url": "/v1/queues"}))
+
+    def _wait_job(self, job_id: str, limit: float | None) -> JobInfo:
+        state = _JobWait(limit)
+        while True:
+            wait = state.next_wait()
+            try:
+                info = self.get_job(job_id, wait=wait)
+            except Exception as exc:
+                time.sleep(state.retry_delay(exc))
+                continue
+            state.failures = 0
+            if info.terminal:
+                return info
+
+    def _job_events(self, follow: _JobEvents) -> Iterator[tuple[str, JobInfo]]:
+        while not follow.done():
+            try:
+                with connect_sse(self._http, **follow.sse_request()) as source:
+                    response = source.response
+                    if not response.is_success:
+                        response.read()
+                        _check(response)
+                    follow.connected()
+                    try:
+                        for sse in source.iter_sse():
+                            item = follow.sse_item(sse)
+                            if item is not None:
+                                yield item
+                            if follow.done():
+                                return
+                    except SSEError as exc:
+                        raise ClientError(f"not an event stream: {exc}") from exc
+                delay = 0.0  # the server ended the stream before the terminal event
+            except Exception as exc:
+                delay = follow.retry_delay(exc)
+            time.sleep(delay)
+
 
 # ---------------------------------------------------------------------------------------
 # The asyncio client: the same calls, awaited.
@@ -809,3 +1179,186 @@ class AsyncClient:
             pause = sub.pause_after(page, time.monotonic() - started)
             if pause:
                 await asyncio.sleep(pause)
+
+    # Jobs -------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        max_attempts: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the job's timeout, not this call's
+        delay: float | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+    ) -> AsyncJobHandle:
+        """Submit a job and return a handle to follow it; see `Client.submit`."""
+        spec = _submit_request(
+            type,
+            payload,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            delay=delay,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            wait=wait,
+            http_timeout=self.timeout,
+        )
+        return AsyncJobHandle(self, _parse_job(await self._request(spec)))
+
+    async def job(self, job_id: str) -> AsyncJobHandle:
+        """A handle on an existing job (fetched once: 404 raises `TidingsHTTPError`)."""
+        return AsyncJobHandle(self, await self.get_job(job_id))
+
+    async def get_job(self, job_id: str, *, wait: float | None = None) -> JobInfo:
+        """The job now, or with `wait` once it ends or after `wait` seconds (long poll)."""
+        return _parse_job(await self._request(_get_job_request(job_id, wait, self.timeout)))
+
+    async def list_jobs(
+        self, *, status: str | None = None, type: str | None = None, limit: int | None = None
+    ) -> list[JobInfo]:
+        """Jobs, optionally only those of a `status` and/or `type` (at most `limit`)."""
+        return _parse_jobs(await self._request(_list_jobs_request(status, type, limit)))
+
+    async def cancel_job(self, job_id: str) -> JobInfo:
+        """Cancel a job; see `Client.cancel_job`."""
+        return _parse_job(await self._request(_job_action_request(job_id, "cancel")))
+
+    async def retry_job(self, job_id: str) -> JobInfo:
+        """Requeue a failed or cancelled job; 409 (`TidingsHTTPError`) for any other."""
+        return _parse_job(await self._request(_job_action_request(job_id, "retry")))
+
+    async def queues(self) -> dict[str, dict[str, int]]:
+        """Job counts per type and status: `{type: {status: count}}`."""
+        return _parse_queues(await self._request({"method": "GET", "url": "/v1/queues"}))
+
+    async def _wait_job(self, job_id: str, limit: float | None) -> JobInfo:
+        state = _JobWait(limit)
+        while True:
+            wait = state.next_wait()
+            try:
+                info = await self.get_job(job_id, wait=wait)
+            except Exception as exc:
+                await asyncio.sleep(state.retry_delay(exc))
+                continue
+            state.failures = 0
+            if info.terminal:
+                return info
+
+    async def _job_events(self, follow: _JobEvents) -> AsyncGenerator[tuple[str, JobInfo], None]:
+        while not follow.done():
+            try:
+                async with aconnect_sse(self._http, **follow.sse_request()) as source:
+                    response = source.response
+                    if not response.is_success:
+                        await response.aread()
+                        _check(response)
+                    follow.connected()
+                    try:
+                        async for sse in source.aiter_sse():
+                            item = follow.sse_item(sse)
+                            if item is not None:
+                                yield item
+                            if follow.done():
+                                return
+                    except SSEError as exc:
+                        raise ClientError(f"not an event stream: {exc}") from exc
+                delay = 0.0  # the server ended the stream before the terminal event
+            except Exception as exc:
+                delay = follow.retry_delay(exc)
+            await asyncio.sleep(delay)
+
+
+# ---------------------------------------------------------------------------------------
+# Job handles: what `submit` returns.
+
+
+class JobHandle:
+    """A submitted job: its id, its last known state, and ways to follow it to its end.
+
+    Attributes:
+        id: The job id.
+        job: The job as last seen by this handle (updated by every call below).
+    """
+
+    def __init__(self, client: Client, job: JobInfo) -> None:
+        self.client = client
+        self.id = job.id
+        self.job = job
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.job.type} {self.id} {self.job.status}>"
+
+    def refresh(self) -> JobInfo:
+        """Fetch the job's current state."""
+        self.job = self.client.get_job(self.id)
+        return self.job
+
+    def wait(self, timeout: float | None = None) -> JobInfo:
+        """Block until the job ends (succeeded, failed or cancelled) and return it.
+
+        Long-polls the server, reconnecting by itself when the connection drops.
+
+        Raises:
+            JobTimeout: `timeout` seconds passed first (the job goes on).
+            TidingsHTTPError: e.g. 404 when the job does not exist.
+        """
+        if not self.job.terminal:
+            self.job = self.client._wait_job(self.id, timeout)
+        return self.job
+
+    def events(self) -> Iterator[tuple[str, JobInfo]]:
+        """Iterate over the job's events from its first: (event name, job), e.g.
+        ("queued", ...), ("running", ...), ("progress", ...), ("succeeded", ...).
+
+        Streams over SSE, resumes by itself when the connection drops, and stops after
+        the terminal event (succeeded, failed or cancelled).
+        """
+        follow = _JobEvents(self.id, self.job)
+        for event, info in self.client._job_events(follow):
+            self.job = info
+            yield event, info
+
+    def cancel(self) -> JobInfo:
+        """Cancel the job; see `Client.cancel_job`."""
+        self.job = self.client.cancel_job(self.id)
+        return self.job
+
+
+class AsyncJobHandle:
+    """A submitted job, for `AsyncClient`; see `JobHandle`."""
+
+    def __init__(self, client: AsyncClient, job: JobInfo) -> None:
+        self.client = client
+        self.id = job.id
+        self.job = job
+
+    def __repr__(self) -> str:
+        return f"<AsyncJobHandle {self.job.type} {self.id} {self.job.status}>"
+
+    async def refresh(self) -> JobInfo:
+        """Fetch the job's current state."""
+        self.job = await self.client.get_job(self.id)
+        return self.job
+
+    async def wait(self, timeout: float | None = None) -> JobInfo:  # noqa: ASYNC109 - the sync twin's signature
+        """Wait until the job ends and return it; see `JobHandle.wait`."""
+        if not self.job.terminal:
+            self.job = await self.client._wait_job(self.id, timeout)
+        return self.job
+
+    async def events(self) -> AsyncIterator[tuple[str, JobInfo]]:
+        """Iterate over the job's events until its terminal one; see `JobHandle.events`."""
+        follow = _JobEvents(self.id, self.job)
+        stream = self.client._job_events(follow)
+        async with aclosing(stream):
+            async for event, info in stream:
+                self.job = info
+                yield event, info
+
+    async def cancel(self) -> JobInfo:
+        """Cancel the job; see `Client.cancel_job`."""
+        self.job = await self.client.cancel_job(self.id)
+        return self.job

@@ -24,7 +24,7 @@ from msgspec.structs import replace
 
 from tidings.errors import BadRequest, Conflict, InvalidBody, NotFound
 from tidings.hub import Hub
-from tidings.stores.base import JobChange, Store
+from tidings.stores.base import JobChange, Store, Transition
 from tidings.wire import CHANNEL_RE, Job, job_channel
 
 __all__ = ["JobService", "new_job_id"]
@@ -84,6 +84,8 @@ class JobService:
         self.max_backoff = max_backoff
         self.long_poll_cap = long_poll_cap
         self._work_waiters: list[tuple[frozenset[str] | None, asyncio.Future[None]]] = []
+        # Leases being given back because their requester left (kept so they finish).
+        self._releases: set[asyncio.Task[None]] = set()
 
     # -- fan-out and wake-ups ---------------------------------------------------------
 
@@ -223,7 +225,7 @@ class JobService:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._work_waiters = [w for w in self._work_waiters if not w[1].done()]
             self._work_waiters.append((wanted, fut))
-            changes = await self.store.lease_jobs(types, max_jobs, time.time(), take)
+            changes = await self._take(types, max_jobs, take)
             remaining = deadline - time.monotonic()
             if changes or remaining <= 0 or self.hub.closing:
                 if not fut.done():
@@ -232,6 +234,48 @@ class JobService:
             await asyncio.wait((fut,), timeout=min(remaining, LEASE_RECHECK))
             if not fut.done():
                 fut.cancel()
+
+    async def _take(
+        self, types: list[str] | None, max_jobs: int, take: Transition
+    ) -> list[JobChange]:
+        """Lease in the store; if the caller is cancelled meanwhile, give the jobs back.
+
+        A lease request whose worker went away (it closed the request) must not leave
+        jobs running for nobody until their lease expires, costing them an attempt.
+        """
+        taking = asyncio.ensure_future(self.store.lease_jobs(types, max_jobs, time.time(), take))
+        try:
+            return await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            taking.add_done_callback(self._give_back)
+            raise
+
+    def _give_back(self, taking: asyncio.Future[list[JobChange]]) -> None:
+        if taking.cancelled() or taking.exception() is not None:
+            return
+        for change in taking.result():
+            self._announce(change)
+            token = change.job.lease_token
+            if token is not None:
+                task = asyncio.get_running_loop().create_task(self._release(change.job.id, token))
+                self._releases.add(task)
+                task.add_done_callback(self._releases.discard)
+
+    async def _release(self, job_id: str, token: str) -> None:
+        def release(job: Job, now: float) -> tuple[Job, str | None]:
+            if job.status != "running" or job.lease_token != token:
+                return job, None  # already completed or taken back: nothing to undo
+            return replace(
+                job,
+                status="queued",
+                attempt=job.attempt - 1,
+                lease_token=None,
+                lease_expires_at=None,
+                started_at=None,
+                updated_at=now,
+            ), "queued"
+
+        self._announce(await self.store.transition_job(job_id, release))
 
     async def heartbeat(
         self,

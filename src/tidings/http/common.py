@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.requests import Request
@@ -12,7 +14,16 @@ from starlette.responses import Response
 from tidings.errors import BadRequest, InvalidBody, PayloadTooLarge
 from tidings.wire import encode_json
 
-__all__ = ["decode_body", "json_response", "query_float", "query_int", "read_body"]
+__all__ = [
+    "decode_body",
+    "json_response",
+    "query_float",
+    "query_int",
+    "read_body",
+    "unless_disconnected",
+]
+
+T = TypeVar("T")
 
 
 def json_response(
@@ -88,3 +99,22 @@ def decode_body(kind: type[Any], body: bytes) -> Any:
         raise InvalidBody(f"body does not fit: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON (UTF-8): {exc}") from None
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """Run `work` (a long poll) but cancel it if the client goes away first; None then.
+
+    Call only after the body was read: the next ASGI message is then the disconnect.
+    """
+    job = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(request.receive())
+    try:
+        await asyncio.wait((job, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if job.done():
+        return job.result()
+    job.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await job
+    return None

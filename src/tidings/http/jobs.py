@@ -15,7 +15,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tidings.errors import BadRequest
-from tidings.http.common import decode_body, json_response, query_float, query_int, read_body
+from tidings.http.common import (
+    decode_body,
+    json_response,
+    query_float,
+    query_int,
+    read_body,
+    unless_disconnected,
+)
 from tidings.jobs import JobService
 from tidings.wire import JOB_STATUSES, format_time
 
@@ -138,8 +145,11 @@ async def retry(request: Request) -> Response:
 
 async def lease(request: Request) -> Response:
     body: LeaseBody = await _body(request, LeaseBody)
-    jobs = await _svc(request).lease(body.types, body.max, body.wait, body.lease)
-    return json_response({"jobs": [j.lease_to_wire() for j in jobs]})
+    # A worker that stops closes its parked lease request: it must not be handed jobs.
+    jobs = await unless_disconnected(
+        request, _svc(request).lease(body.types, body.max, body.wait, body.lease)
+    )
+    return json_response({"jobs": [j.lease_to_wire() for j in jobs or []]})
 
 
 async def heartbeat(request: Request) -> Response:

@@ -1,0 +1,946 @@
+"""The Worker runtime: lease jobs, run their handlers, keep their leases, report outcomes.
+
+    worker = Worker(concurrency=4)
+
+    @worker.handler("resize")
+    def resize(job: JobContext) -> dict[str, int]:
+        for i in range(10):
+            job.raise_if_cancelled()
+            job.progress(i * 10, f"tile {i}")
+            ...
+        return {"tiles": 10}
+
+    worker.run("http://127.0.0.1:8000")     # or: tidings worker app:worker --url ...
+
+One runtime serves two backends, both behind the small `WorkerBackend` protocol:
+`HttpBackend` speaks the worker protocol of the HTTP API (any server, any machine), and
+`LocalBackend` calls the server's own job service (handlers running inside `tidings
+serve`). The runtime is one lease loop and one task per running job:
+
+- the lease loop long-polls for up to `concurrency - running` jobs at a time (batches);
+- each job task runs its handler (async handlers on the loop, sync ones in a thread) next
+  to a heartbeat task that extends the lease every `lease / 3` seconds, and soon after a
+  `progress()` call (at most `MAX_HEARTBEATS_PER_SECOND` a second), carrying progress and
+  message and bringing back `cancel_requested`;
+- the handler's return value completes the job; an exception fails it (retried by the
+  server unless the handler was cancelled); a heartbeat answered 409 means the lease was
+  lost (expired and given to someone else): the handler runs to its end, its outcome is
+  discarded.
+
+Errors raised by this module:
+
+    JobCancelled       raised by `raise_if_cancelled()`: the attempt fails without retry,
+                       so a job whose cancellation was requested ends `cancelled`
+    LeaseLost          a backend's answer to a stale or foreign lease token (409)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import inspect
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol, TypeVar
+
+import httpx
+import msgspec
+
+from tidings.client import (
+    TidingsConnectionError,
+    TidingsHTTPError,
+    _auth_headers,
+    _check_url,
+    _epoch,
+    _epoch_or_none,
+    _job_path,
+    _json,
+)
+from tidings.errors import Conflict, NotFound, StoreError
+from tidings.wire import Job, encode_json
+
+__all__ = [
+    "HttpBackend",
+    "JobCancelled",
+    "JobContext",
+    "JobServiceLike",
+    "LeaseLost",
+    "LeasedJob",
+    "LocalBackend",
+    "Worker",
+    "WorkerBackend",
+]
+
+log = logging.getLogger("tidings.worker")
+
+# Seconds one lease request may be held by the server when no job is ready (long poll).
+LEASE_WAIT = 20.0
+# Added to a long poll's `wait` for the HTTP read timeout, so the server answers first.
+LEASE_WAIT_MARGIN = 10.0
+# Progress reports are sent promptly, but one job never heartbeats more often than this.
+MAX_HEARTBEATS_PER_SECOND = 5.0
+# Backoff after a failed request to the server: doubles from the first to the last value.
+BACKOFF_START = 0.5
+BACKOFF_MAX = 5.0
+
+
+class JobCancelled(Exception):
+    """Raised in a handler by `JobContext.raise_if_cancelled()`: the job ends `cancelled`."""
+
+
+class LeaseLost(Exception):
+    """The server no longer knows this lease (expired, or given to another worker)."""
+
+
+class LeasedJob(msgspec.Struct, frozen=True, kw_only=True):
+    """A job as a worker receives it. `lease_expires_at` is seconds since the epoch."""
+
+    id: str
+    type: str
+    payload: Any = None
+    attempt: int = 1
+    max_attempts: int = 1
+    timeout: float | None = None
+    lease_token: str
+    lease_expires_at: float | None = None
+
+
+# ---------------------------------------------------------------------------------------
+# Backends
+
+
+class WorkerBackend(Protocol):
+    """Where jobs come from and outcomes go: the worker protocol, over HTTP or in-process.
+
+    Every method raises `LeaseLost` for a stale or foreign lease token; any other
+    exception is a failure of the backend, retried by the runtime when it is transient.
+    """
+
+    async def lease(
+        self, types: list[str] | None, max_jobs: int, wait: float, lease: float
+    ) -> list[LeasedJob]:
+        """Up to `max_jobs` jobs of `types` (None: any), waiting up to `wait` s for one."""
+        ...
+
+    async def heartbeat(
+        self,
+        job_id: str,
+        token: str,
+        progress: float | None = None,
+        message: str | None = None,
+        lease: float | None = None,
+    ) -> tuple[bool, float]:
+        """Extend the lease (record progress); returns (cancel_requested, lease_expires_at)."""
+        ...
+
+    async def complete(self, job_id: str, token: str, result: Any) -> None:
+        """End the job `succeeded` with `result`."""
+        ...
+
+    async def fail(self, job_id: str, token: str, error: Any, retry: bool = True) -> None:
+        """End this attempt with `error`; the server retries it when `retry` and attempts remain."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+class JobServiceLike(Protocol):
+    """The part of the server's `tidings.jobs.JobService` that `LocalBackend` uses."""
+
+    async def lease(
+        self, types: list[str] | None, max_jobs: int, wait: float, lease: float
+    ) -> list[Job]: ...
+
+    async def heartbeat(
+        self,
+        job_id: str,
+        token: str,
+        progress: float | None = None,
+        message: str | None = None,
+        lease: float | None = None,
+    ) -> tuple[bool, float]: ...
+
+    async def complete(self, job_id: str, token: str, result: Any) -> Job: ...
+
+    async def fail(self, job_id: str, token: str, error: Any, retry: bool = True) -> Job: ...
+
+
+class LocalBackend:
+    """The worker protocol as direct calls on the server's job service (in-process)."""
+
+    def __init__(self, service: JobServiceLike) -> None:
+        self.service = service
+
+    async def lease(
+        self, types: list[str] | None, max_jobs: int, wait: float, lease: float
+    ) -> list[LeasedJob]:
+        jobs = await self.service.lease(types, max_jobs, wait, lease)
+        return [
+            LeasedJob(
+                id=job.id,
+                type=job.type,
+                payload=job.payload,
+                attempt=job.attempt,
+                max_attempts=job.max_attempts,
+                timeout=job.timeout,
+                lease_token=job.lease_token or "",
+                lease_expires_at=job.lease_expires_at,
+            )
+            for job in jobs
+        ]
+
+    async def heartbeat(
+        self,
+        job_id: str,
+        token: str,
+        progress: float | None = None,
+        message: str | None = None,
+        lease: float | None = None,
+    ) -> tuple[bool, float]:
+        try:
+            return await self.service.heartbeat(job_id, token, progress, message, lease)
+        except (Conflict, NotFound) as exc:
+            raise LeaseLost(str(exc)) from exc
+
+    async def complete(self, job_id: str, token: str, result: Any) -> None:
+        try:
+            await self.service.complete(job_id, token, result)
+        except (Conflict, NotFound) as exc:
+            raise LeaseLost(str(exc)) from exc
+
+    async def fail(self, job_id: str, token: str, error: Any, retry: bool = True) -> None:
+        try:
+            await self.service.fail(job_id, token, error, retry)
+        except (Conflict, NotFound) as exc:
+            raise LeaseLost(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        return None
+
+
+class HttpBackend:
+    """The worker protocol over HTTP: `/v1/workers/lease` and `/v1/jobs/{id}/...`.
+
+    Raises `LeaseLost` on 409 (and 404: the job is gone), `TidingsHTTPError` on other
+    error answers and `TidingsConnectionError` when the server cannot be reached.
+    """
+
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0) -> None:
+        """
+        Args:
+            url: Base URL of the server, e.g. `http://127.0.0.1:8000`.
+            token: API token sent as `Authorization: Bearer <token>`; None sends none.
+            timeout: Seconds for connecting and for each read (long polls add their wait).
+        """
+        _check_url(url)
+        self.url = url
+        self.timeout = timeout
+        # One connection per running job plus the lease loop's: no waiting on the pool.
+        self._http = httpx.AsyncClient(
+            base_url=url,
+            headers=_auth_headers(token),
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        )
+
+    async def _post(
+        self, path: str, body: dict[str, Any], read_timeout: float, *, per_job: bool = True
+    ) -> dict[str, Any]:
+        try:
+            response = await self._http.post(
+                path,
+                content=encode_json(body),
+                headers={"Content-Type": "application/json"},
+                timeout=read_timeout,
+            )
+        except httpx.TransportError as exc:
+            raise TidingsConnectionError(f"{self.url}: {exc!r}") from exc
+        try:
+            return _json(response)
+        except TidingsHTTPError as exc:
+            if per_job and exc.status in (404, 409):
+                raise LeaseLost(exc.message) from exc
+            raise
+
+    async def lease(
+        self, types: list[str] | None, max_jobs: int, wait: float, lease: float
+    ) -> list[LeasedJob]:
+        body: dict[str, Any] = {"max": max_jobs, "wait": wait, "lease": lease}
+        if types is not None:
+            body["types"] = types
+        obj = await self._post(
+            "/v1/workers/lease",
+            body,
+            max(self.timeout, wait + LEASE_WAIT_MARGIN),
+            per_job=False,
+        )
+        return [
+            LeasedJob(
+                id=str(j["id"]),
+                type=str(j["type"]),
+                payload=j.get("payload"),
+                attempt=int(j.get("attempt") or 1),
+                max_attempts=int(j.get("max_attempts") or 1),
+                timeout=j.get("timeout"),
+                lease_token=str(j["lease_token"]),
+                lease_expires_at=_epoch_or_none(j.get("lease_expires_at")),
+            )
+            for j in obj.get("jobs", [])
+        ]
+
+    async def heartbeat(
+        self,
+        job_id: str,
+        token: str,
+        progress: float | None = None,
+        message: str | None = None,
+        lease: float | None = None,
+    ) -> tuple[bool, float]:
+        body: dict[str, Any] = {"lease_token": token}
+        if progress is not None:
+            body["progress"] = progress
+        if message is not None:
+            body["message"] = message
+        if lease is not None:
+            body["lease"] = lease
+        obj = await self._post(_job_path(job_id, "/heartbeat"), body, self.timeout)
+        return bool(obj.get("cancel_requested")), _epoch(obj.get("lease_expires_at"))
+
+    async def complete(self, job_id: str, token: str, result: Any) -> None:
+        body = {"lease_token": token, "result": result}
+        await self._post(_job_path(job_id, "/complete"), body, self.timeout)
+
+    async def fail(self, job_id: str, token: str, error: Any, retry: bool = True) -> None:
+        body = {"lease_token": token, "error": error, "retry": retry}
+        await self._post(_job_path(job_id, "/fail"), body, self.timeout)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def _transient(exc: BaseException) -> bool:
+    """True for backend failures that a later attempt may overcome."""
+    if isinstance(exc, TidingsHTTPError):
+        return exc.retryable
+    return isinstance(exc, TidingsConnectionError | StoreError | OSError)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+# ---------------------------------------------------------------------------------------
+# What a handler sees
+
+
+class JobContext:
+    """One running job, as its handler sees it.
+
+    Attributes:
+        id: The job id.
+        type: The job type (the handler's name).
+        payload: The job's payload, as submitted (any JSON value).
+        attempt: 1 on the first delivery, 2 on the first retry, ...
+        max_attempts: Attempts the job is allowed in all.
+        timeout: Seconds the job may run (None: no limit), as submitted.
+    """
+
+    def __init__(self, leased: LeasedJob, loop: asyncio.AbstractEventLoop) -> None:
+        self.id = leased.id
+        self.type = leased.type
+        self.payload: Any = leased.payload
+        self.attempt = leased.attempt
+        self.max_attempts = leased.max_attempts
+        self.timeout = leased.timeout
+        self._loop = loop
+        self._wake = asyncio.Event()
+        self._lock = threading.Lock()
+        self._report: tuple[float | None, str | None] | None = None
+        self._cancelled = False
+        self._lease_lost = False
+
+    def __repr__(self) -> str:
+        return f"<JobContext {self.type} {self.id} attempt {self.attempt}>"
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancellation was requested (seen at a heartbeat) or the job timed out."""
+        return self._cancelled
+
+    @property
+    def lease_lost(self) -> bool:
+        """True once the server refused a heartbeat: whatever the handler returns is discarded."""
+        return self._lease_lost
+
+    def raise_if_cancelled(self) -> None:
+        """Raise `JobCancelled` if the job was cancelled; call it between steps of work."""
+        if self._cancelled:
+            raise JobCancelled(f"job {self.id} was cancelled")
+
+    def progress(self, pct: float | None, message: str | None = None) -> None:
+        """Report progress (0-100, None to send only a message); sent with the next heartbeat.
+
+        Safe to call from sync handlers (in their thread) and async handlers alike, and as
+        often as convenient: the runtime sends the latest report soon, at most a few times
+        a second, and never blocks the caller.
+        """
+        if pct is not None and not (isinstance(pct, int | float) and 0.0 <= pct <= 100.0):
+            raise ValueError(f"progress must be a number from 0 to 100, got {pct!r}")
+        with self._lock:
+            self._report = (None if pct is None else float(pct), message)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the runtime has ended
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _take_report(self) -> tuple[float | None, str | None] | None:
+        with self._lock:
+            report, self._report = self._report, None
+        return report
+
+
+class SyncHandler(Protocol):
+    """A handler run in a thread: returns the job's result (any JSON value)."""
+
+    def __call__(self, job: JobContext, /) -> Any: ...
+
+
+class AsyncHandler(Protocol):
+    """A handler run on the worker's event loop: returns (awaits to) the job's result."""
+
+    def __call__(self, job: JobContext, /) -> Awaitable[Any]: ...
+
+
+H = TypeVar("H", bound=Callable[[JobContext], Any])
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    )
+
+
+class _Threads:
+    """Daemon threads for sync handlers.
+
+    Not `asyncio.to_thread`: the default executor's threads are joined when the loop and
+    the interpreter end, so one handler stuck past the drain timeout would keep the worker
+    process alive forever. These threads are daemons; at most `size` handlers run at once
+    because the runtime never runs more jobs than it has threads.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[
+            tuple[Callable[[], Any], asyncio.AbstractEventLoop, asyncio.Future[Any]] | None
+        ] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        ctx = contextvars.copy_context()
+        with self._lock:
+            if self._idle == 0:
+                thread = threading.Thread(
+                    target=self._work, name=f"tidings-worker-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                self._idle += 1
+                thread.start()
+            self._idle -= 1
+        self._queue.put((lambda: ctx.run(fn), loop, future))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, loop, future = item
+            try:
+                result = fn()
+            except BaseException as exc:  # handed to the loop, like to_thread does
+                with self._lock:
+                    self._idle += 1
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                with self._lock:
+                    self._idle += 1
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_settle, future, result, None)
+
+    def shutdown(self) -> None:
+        """Tell idle threads to exit (busy ones exit after their handler returns)."""
+        for _ in self._threads:
+            self._queue.put(None)
+        self._threads.clear()
+        self._idle = 0
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+# ---------------------------------------------------------------------------------------
+# The runtime
+
+
+class Worker:
+    """Runs handlers for jobs of the types registered with `@worker.handler(type)`.
+
+    Handlers are plain functions (run in a thread) or `async def` functions (run on the
+    worker's event loop) taking a `JobContext` and returning the job's result, any JSON
+    value. An exception fails the attempt (the server retries the job while attempts
+    remain); `JobCancelled`, or any exception once the job was cancelled, ends it
+    `cancelled`.
+    """
+
+    def __init__(
+        self,
+        concurrency: int = 4,
+        lease: float = 30.0,
+        types: Iterable[str] | None = None,
+        *,
+        drain_timeout: float = 30.0,
+        lease_wait: float = LEASE_WAIT,
+    ) -> None:
+        """
+        Args:
+            concurrency: Jobs run at once; the lease loop asks for at most this many
+                minus those running.
+            lease: Seconds each lease lasts; the runtime heartbeats every `lease / 3` s,
+                so a worker that dies loses its jobs to others after at most `lease` s.
+            types: Job types to lease; None leases every type that has a handler. A
+                leased job with no handler fails (and is retried, for another worker).
+            drain_timeout: On stop (SIGTERM/SIGINT), seconds to let running jobs finish
+                before they are abandoned (failed with `retry`, so they run again).
+            lease_wait: Seconds each lease request may be held by the server when no job
+                is ready (a long poll).
+        """
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        if not lease > 0:
+            raise ValueError(f"lease must be a positive number of seconds, got {lease}")
+        self.concurrency = concurrency
+        self.lease = lease
+        self.types = None if types is None else list(types)
+        self.drain_timeout = drain_timeout
+        self.lease_wait = lease_wait
+        self.handlers: dict[str, SyncHandler | AsyncHandler] = {}
+
+    def handler(self, type: str) -> Callable[[H], H]:
+        """Decorator: register `fn(job: JobContext) -> result` for jobs of `type`."""
+        if not type:
+            raise ValueError("a handler needs a non-empty job type")
+
+        def register(fn: H) -> H:
+            if type in self.handlers:
+                raise ValueError(f"a handler for job type {type!r} is already registered")
+            self.handlers[type] = fn
+            return fn
+
+        return register
+
+    # Entry points -----------------------------------------------------------------------
+
+    def run(self, url: str, *, token: str | None = None) -> None:
+        """Work for the server at `url` until SIGTERM or SIGINT, then drain and return.
+
+        A second signal abandons running jobs at once (they are failed with `retry`).
+        """
+        asyncio.run(self._run_with_signals(url, token))
+
+    async def _run_with_signals(self, url: str, token: str | None) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        force = asyncio.Event()
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set():
+                log.warning("second %s: abandoning running jobs", signal.Signals(signum).name)
+                force.set()
+            else:
+                log.info("%s: draining", signal.Signals(signum).name)
+                stop.set()
+
+        installed: list[signal.Signals] = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(signum, on_signal, signum)
+                installed.append(signum)
+            except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
+                pass
+        try:
+            await self.run_async(url, token=token, stop=stop, force=force)
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+
+    async def run_async(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        stop: asyncio.Event | None = None,
+        force: asyncio.Event | None = None,
+    ) -> None:
+        """Work for the server at `url` until `stop` is set, then drain and return.
+
+        Args:
+            url: Base URL of the server.
+            token: API token (`Authorization: Bearer`), or None.
+            stop: Set it to stop leasing and drain; None runs until cancelled.
+            force: Set it (after `stop`) to abandon running jobs without waiting.
+        """
+        backend = HttpBackend(url, token=token)
+        try:
+            await self.run_backend(backend, stop or asyncio.Event(), force)
+        finally:
+            await backend.aclose()
+
+    async def run_local(self, service: JobServiceLike, stop: asyncio.Event) -> None:
+        """Work inside the server: lease from its job service until `stop` is set, then drain."""
+        await self.run_backend(LocalBackend(service), stop)
+
+    async def run_backend(
+        self, backend: WorkerBackend, stop: asyncio.Event, force: asyncio.Event | None = None
+    ) -> None:
+        """The runtime itself, on any backend: lease, run, drain once `stop` is set."""
+        runner = _Runner(self, backend, stop, force or asyncio.Event())
+        try:
+            await runner.run()
+        finally:
+            runner.threads.shutdown()
+
+    def _leased_types(self) -> list[str] | None:
+        if self.types is not None:
+            return self.types
+        return sorted(self.handlers) or None
+
+
+class _Runner:
+    """One run of a `Worker` on one backend: the lease loop and the running jobs."""
+
+    def __init__(
+        self, worker: Worker, backend: WorkerBackend, stop: asyncio.Event, force: asyncio.Event
+    ) -> None:
+        self.worker = worker
+        self.backend = backend
+        self.stop = stop
+        self.force = force
+        self.running: set[asyncio.Task[None]] = set()
+        self.contexts: dict[asyncio.Task[None], JobContext] = {}
+        # Per run, not per Worker: threads stuck past a drain must not serve a later run.
+        self.threads = _Threads()
+        self.failures = 0
+
+    async def run(self) -> None:
+        types = self.worker._leased_types()
+        log.info(
+            "worker started: types %s, concurrency %d, lease %gs",
+            ", ".join(types) if types else "(any)",
+            self.worker.concurrency,
+            self.worker.lease,
+        )
+        try:
+            await self._lease_loop(types)
+        finally:
+            await self._drain()
+        log.info("worker stopped")
+
+    async def _until_stopped(self, aw: Awaitable[Any]) -> tuple[bool, Any]:
+        """Await `aw` unless `stop` is set first; (finished, result). Cancels `aw` on stop."""
+        task = asyncio.ensure_future(aw)
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if task.done():
+            return True, task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        return False, None
+
+    async def _lease_loop(self, types: list[str] | None) -> None:
+        while not self.stop.is_set():
+            free = self.worker.concurrency - len(self.running)
+            if free <= 0:
+                await self._until_stopped(
+                    asyncio.wait(set(self.running), return_when=asyncio.FIRST_COMPLETED)
+                )
+                continue
+            try:
+                done, jobs = await self._until_stopped(
+                    self.backend.lease(types, free, self.worker.lease_wait, self.worker.lease)
+                )
+            except Exception as exc:
+                await self._backoff(exc, "lease")
+                continue
+            self.failures = 0
+            if not done:
+                break
+            for leased in jobs:
+                self._start(leased)
+
+    async def _backoff(self, exc: Exception, what: str) -> None:
+        delay = min(BACKOFF_START * 2.0 ** min(self.failures, 16), BACKOFF_MAX)
+        self.failures += 1
+        level = logging.WARNING if _transient(exc) else logging.ERROR
+        log.log(level, "%s failed (%s); retrying in %.1fs", what, _describe(exc), delay)
+        await self._until_stopped(asyncio.sleep(delay))
+
+    def _start(self, leased: LeasedJob) -> None:
+        ctx = JobContext(leased, asyncio.get_running_loop())
+        task = asyncio.create_task(self._job(ctx, leased), name=f"job-{leased.id}")
+        self.running.add(task)
+        self.contexts[task] = ctx
+
+        def forget(t: asyncio.Task[None]) -> None:
+            self.running.discard(t)
+            self.contexts.pop(t, None)
+
+        task.add_done_callback(forget)
+
+    async def _drain(self) -> None:
+        if not self.running:
+            return
+        log.info("draining: %d job(s) running", len(self.running))
+        waiting = asyncio.ensure_future(
+            asyncio.wait(set(self.running), timeout=self.worker.drain_timeout)
+        )
+        forced = asyncio.ensure_future(self.force.wait())
+        try:
+            await asyncio.wait({waiting, forced}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            forced.cancel()
+        if not self.running:
+            return
+        log.warning("drain: abandoning %d job(s) still running", len(self.running))
+        for task in list(self.running):
+            task.cancel()
+        await asyncio.wait(set(self.running), timeout=10.0)
+
+    # One job ----------------------------------------------------------------------------
+
+    async def _job(self, ctx: JobContext, leased: LeasedJob) -> None:
+        started = time.monotonic()
+        lease_until = started + self.worker.lease
+        if leased.lease_expires_at is not None:
+            lease_until = started + max(0.0, leased.lease_expires_at - time.time())
+        state = _JobState(lease_until)
+        heartbeat = asyncio.create_task(self._heartbeat(ctx, leased, state))
+        handler = self.worker.handlers.get(leased.type)
+        outcome: tuple[str, Any]
+        try:
+            if handler is None:
+                outcome = (
+                    "retry",
+                    {
+                        "type": "NoHandler",
+                        "message": f"this worker has no handler for job type {leased.type!r}",
+                    },
+                )
+            else:
+                outcome = await self._call(handler, ctx)
+        except asyncio.CancelledError:
+            # Abandoned at the end of a drain: fail it with `retry` so it runs again.
+            outcome = ("retry", {"type": "WorkerShutdown", "message": "worker stopped"})
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._report(ctx, leased, state, outcome, started), 5.0)
+            raise
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        if outcome[0] == "complete" and not ctx.lease_lost:
+            await self._last_progress(ctx, leased, state)
+        await self._report(ctx, leased, state, outcome, started)
+
+    async def _last_progress(self, ctx: JobContext, leased: LeasedJob, state: _JobState) -> None:
+        """Send a progress report the throttle held back (e.g. "100%, done") before the
+        outcome, so the job's last message is the handler's last word. Best effort."""
+        report = ctx._take_report() or state.pending
+        if report is None:
+            return
+        with contextlib.suppress(Exception):
+            await self.backend.heartbeat(ctx.id, leased.lease_token, *report, self.worker.lease)
+
+    async def _call(self, handler: SyncHandler | AsyncHandler, ctx: JobContext) -> tuple[str, Any]:
+        """Run the handler; (kind, value) where kind is complete | retry | fail."""
+        if _is_async(handler):
+            call: asyncio.Future[Any] = asyncio.ensure_future(handler(ctx))
+        else:
+            call = self.threads.run(lambda: handler(ctx))
+        try:
+            done, _ = await asyncio.wait({call}, timeout=ctx.timeout)
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        if not done:
+            # Over its time: async handlers are cancelled, sync ones told via `cancelled`;
+            # the slot stays taken until a sync handler's thread returns.
+            ctx._cancelled = True
+            call.cancel()
+            with contextlib.suppress(BaseException):
+                await call
+            return "retry", {
+                "type": "JobTimeout",
+                "message": f"the handler ran longer than the job's timeout of {ctx.timeout}s",
+            }
+        try:
+            result = call.result()
+            if inspect.isawaitable(result):  # a sync callable that returned a coroutine
+                result = await result
+        except JobCancelled as exc:
+            return "fail", {"type": "JobCancelled", "message": str(exc) or "cancelled"}
+        except asyncio.CancelledError:
+            # The handler cancelled itself (or a task it awaited): treat as cancellation
+            # only if the job was cancelled, else as an ordinary failure.
+            return ("fail" if ctx.cancelled else "retry"), {
+                "type": "CancelledError",
+                "message": "the handler was cancelled",
+            }
+        except Exception as exc:
+            return ("fail" if ctx.cancelled else "retry"), {
+                "type": type(exc).__name__,
+                "message": str(exc),
+            }
+        try:
+            encode_json(result)
+        except (TypeError, msgspec.EncodeError) as exc:
+            return "fail", {
+                "type": "TypeError",
+                "message": f"the handler's result is not JSON-serialisable: {exc}",
+            }
+        return "complete", result
+
+    async def _heartbeat(self, ctx: JobContext, leased: LeasedJob, state: _JobState) -> None:
+        """Keep the lease, send progress, learn about cancellation; until cancelled."""
+        interval = self.worker.lease / 3.0
+        min_gap = 1.0 / MAX_HEARTBEATS_PER_SECOND
+        last = time.monotonic()
+        failures = 0
+        while True:
+            due = (
+                last + interval
+                if failures == 0
+                else last + min(BACKOFF_START * 2.0**failures, interval)
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ctx._wake.wait(), max(0.0, due - time.monotonic()))
+            ctx._wake.clear()
+            gap = time.monotonic() - last
+            if gap < min_gap:
+                await asyncio.sleep(min_gap - gap)
+            report = ctx._take_report()
+            if report is not None:
+                state.pending = report
+            progress, message = state.pending or (None, None)
+            last = time.monotonic()
+            try:
+                cancel, expires = await self.backend.heartbeat(
+                    ctx.id, leased.lease_token, progress, message, self.worker.lease
+                )
+            except LeaseLost as exc:
+                ctx._lease_lost = True
+                log.warning(
+                    "job %s %s: lease lost (%s); its outcome will be discarded",
+                    ctx.type,
+                    ctx.id,
+                    exc,
+                )
+                return
+            except Exception as exc:
+                failures += 1
+                log.warning("job %s: heartbeat failed (%s)", ctx.id, _describe(exc))
+                continue
+            failures = 0
+            state.pending = None
+            state.lease_until = last + max(0.0, expires - time.time()) if expires else last
+            if cancel and not ctx._cancelled:
+                log.info("job %s %s: cancel requested", ctx.type, ctx.id)
+                ctx._cancelled = True
+
+    async def _report(
+        self,
+        ctx: JobContext,
+        leased: LeasedJob,
+        state: _JobState,
+        outcome: tuple[str, Any],
+        started: float,
+    ) -> None:
+        kind, value = outcome
+        took = time.monotonic() - started
+        label = f"job {ctx.type} {ctx.id} attempt {ctx.attempt}"
+        if ctx.lease_lost:
+            log.warning(
+                "%s: handler ended after %.2fs; outcome discarded (lease lost)", label, took
+            )
+            return
+        if state.reported:
+            return
+        failures = 0
+        while True:
+            try:
+                if kind == "complete":
+                    await self.backend.complete(ctx.id, leased.lease_token, value)
+                else:
+                    await self.backend.fail(ctx.id, leased.lease_token, value, kind == "retry")
+            except LeaseLost as exc:
+                log.warning("%s: outcome refused after %.2fs (%s)", label, took, exc)
+                return
+            except Exception as exc:
+                if not _transient(exc) or time.monotonic() >= state.lease_until:
+                    # The cause is in the message; a traceback of an HTTP error adds nothing.
+                    log.error("%s: could not report %s (%s)", label, kind, _describe(exc))  # noqa: TRY400
+                    return
+                delay = min(BACKOFF_START * 2.0**failures, BACKOFF_MAX)
+                failures += 1
+                log.warning("%s: reporting failed (%s), retrying", label, _describe(exc))
+                await asyncio.sleep(min(delay, max(0.0, state.lease_until - time.monotonic())))
+                continue
+            break
+        state.reported = True
+        if kind == "complete":
+            log.info("%s: succeeded in %.2fs", label, took)
+        elif kind == "fail" and ctx.cancelled:
+            log.info("%s: cancelled after %.2fs", label, took)
+        else:
+            err = value if isinstance(value, dict) else {}
+            log.info(
+                "%s: failed after %.2fs (%s: %s)%s",
+                label,
+                took,
+                err.get("type"),
+                err.get("message"),
+                "" if kind == "retry" else ", not retried",
+            )
+
+
+class _JobState:
+    """What the job task and its heartbeat share: the lease deadline, the progress report
+    not yet sent, whether the outcome was reported."""
+
+    __slots__ = ("lease_until", "pending", "reported")
+
+    def __init__(self, lease_until: float) -> None:
+        self.lease_until = lease_until
+        self.pending: tuple[float | None, str | None] | None = None
+        self.reported = False

@@ -1,0 +1,438 @@
+"""The Worker SDK and the job client against a real server and real worker processes.
+
+Each test starts `tidings serve` through the `tidings_server` factory (tests/conftest.py)
+and one or more `tidings worker tests.e2e.worker_app:worker` processes, then talks to the
+server only through `tidings.client` or the `tidings jobs` CLI. Every process started here
+is killed at the end of its test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ServerFactory
+from tidings.client import AsyncClient, Client, JobInfo, JobTimeout
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER_APP = "tests.e2e.worker_app:worker"
+
+
+class WorkerProcess:
+    """A `tidings worker` subprocess writing its log to a file."""
+
+    def __init__(self, url: str, log_path: Path, args: list[str]) -> None:
+        self.log_path = log_path
+        cmd = [sys.executable, "-m", "tidings", "worker", WORKER_APP, "--url", url, *args]
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self, sig: int | None = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Send `sig` (None: none) and wait for the process to end; its exit code."""
+        if sig is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(
+                f"worker ignored signal {sig} for {timeout}s:\n{self.log()}"
+            ) from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+WorkerFactory = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def worker_process(tmp_path: Path) -> Iterator[WorkerFactory]:
+    """Factory: `worker_process(url, args=[...])` -> a running `tidings worker` process."""
+    started: list[WorkerProcess] = []
+
+    def factory(url: str, args: list[str] | None = None) -> WorkerProcess:
+        proc = WorkerProcess(url, tmp_path / f"worker-{len(started)}.log", list(args or []))
+        started.append(proc)
+        return proc
+
+    yield factory
+    for proc in started:
+        proc.kill()
+
+
+def wait_for(client: Client, job_id: str, predicate: Callable[[JobInfo], bool]) -> JobInfo:
+    """Poll the job until `predicate` holds (10 s at most)."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        info = client.get_job(job_id)
+        if predicate(info):
+            return info
+        assert time.monotonic() < deadline, f"job never reached the expected state: {info}"
+        time.sleep(0.05)
+
+
+def run_cli(*args: str, url: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tidings", *args],
+        cwd=ROOT,
+        env={**os.environ, "TIDINGS_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.timeout(60)
+def test_submitted_job_is_run_by_a_worker_and_wait_returns_its_result(
+    tidings_server: ServerFactory, store_url: str, worker_process: WorkerFactory
+) -> None:
+    """submit → a worker process runs the sync handler → wait() returns succeeded + result."""
+    server = tidings_server(store_url)
+    worker = worker_process(server.url)
+    try:
+        with Client(server.url) as client:
+            payload = {"a": 1, "b": [1, 2, None], "text": "ünïcødé"}
+            handle = client.submit("echo", payload)
+            assert handle.job.status in ("queued", "running", "succeeded")
+            info = handle.wait(timeout=20)
+            assert info.status == "succeeded", worker.log()
+            assert info.result == payload
+            assert info.attempt == 1
+            assert info.finished_at is not None
+            assert handle.refresh().status == "succeeded"
+    finally:
+        worker.kill()
+
+
+@pytest.mark.timeout(60)
+def test_async_handler_round_trip_through_async_client(
+    tidings_server: ServerFactory, worker_process: WorkerFactory
+) -> None:
+    """An `async def` handler's result comes back to `AsyncClient.submit(...).wait()`."""
+    server = tidings_server()
+    url: str = server.url
+    worker_process(url)
+
+    async def main() -> JobInfo:
+        async with AsyncClient(url) as client:
+            handle = await client.submit("async_echo", [1, "two"])
+            return await handle.wait(timeout=20)
+
+    info = asyncio.run(main())
+    assert info.status == "succeeded"
+    assert info.result == {"echo": [1, "two"], "attempt": 1}
+
+
+@pytest.mark.timeout(60)
+def test_submit_with_wait_answers_with_the_finished_job(
+    tidings_server: ServerFactory, worker_process: WorkerFactory
+) -> None:
+    """`submit(wait=S)` returns a handle whose job is already terminal."""
+    server = tidings_server()
+    url: str = server.url
+    worker_process(url)
+    with Client(url) as client:
+        handle = client.submit("echo", "hi", wait=15)
+        assert handle.job.terminal
+        assert handle.job.result == "hi"
+
+
+@pytest.mark.timeout(60)
+def test_progress_reported_by_the_handler_arrives_as_job_events(
+    tidings_server: ServerFactory, store_url: str, worker_process: WorkerFactory
+) -> None:
+    """`handle.events()` shows queued/running, progress with message, and ends at succeeded."""
+    server = tidings_server(store_url)
+    url: str = server.url
+    worker = worker_process(url)
+    with Client(url) as client:
+        handle = client.submit("slow", {"seconds": 1.5})
+        events = list(handle.events())
+    names = [name for name, _ in events]
+    assert names[-1] == "succeeded", (names, worker.log())
+    assert "running" in names
+    progress = [info for name, info in events if name == "progress"]
+    assert progress, names
+    values = [info.progress for info in progress]
+    assert all(v is not None and 0 < v <= 100 for v in values), values
+    assert values == sorted(values)  # type: ignore[type-var]
+    assert any((info.message or "").startswith("step ") for info in progress)
+    final = events[-1][1]
+    assert final.result == {"slept": 1.5, "steps": 15}
+    assert final.payload == {"seconds": 1.5}  # filled in from the handle
+    assert handle.job.status == "succeeded"
+
+
+@pytest.mark.timeout(60)
+def test_async_events_stream_ends_at_the_terminal_event(
+    tidings_server: ServerFactory, worker_process: WorkerFactory
+) -> None:
+    """`AsyncJobHandle.events()` is the same stream, awaited."""
+    server = tidings_server()
+    url: str = server.url
+    worker_process(url)
+
+    async def main() -> list[str]:
+        async with AsyncClient(url) as client:
+            handle = await client.submit("slow", {"seconds": 0.5})
+            return [name async for name, _ in handle.events()]
+
+    names = asyncio.run(main())
+    assert names[-1] == "succeeded"
+    assert "progress" in names
+
+
+@pytest.mark.timeout(60)
+def test_cancelling_a_running_job_stops_its_handler_and_ends_it_cancelled(
+    tidings_server: ServerFactory, store_url: str, worker_process: WorkerFactory
+) -> None:
+    """cancel() on a running `slow` job: the handler sees it at a heartbeat and stops."""
+    server = tidings_server(store_url)
+    url: str = server.url
+    worker = worker_process(url)
+    with Client(url) as client:
+        handle = client.submit("slow", {"seconds": 30})
+        wait_for(client, handle.id, lambda j: j.status == "running" and bool(j.progress))
+        started = time.monotonic()
+        after_cancel = handle.cancel()
+        assert after_cancel.status in ("running", "cancelled")
+        info = handle.wait(timeout=10)
+        assert info.status == "cancelled", (info, worker.log())
+        assert time.monotonic() - started < 5.0
+        assert info.progress is not None and info.progress < 100
+
+
+@pytest.mark.timeout(60)
+def test_cancelling_a_queued_job_ends_it_at_once(
+    tidings_server: ServerFactory,
+) -> None:
+    """No worker at all: the queued job is cancelled immediately; cancelling again is 409."""
+    server = tidings_server()
+    with Client(server.url) as client:
+        handle = client.submit("echo", 1)
+        assert handle.cancel().status == "cancelled"
+        assert handle.wait(timeout=1).status == "cancelled"
+        with pytest.raises(Exception, match="409"):
+            handle.cancel()
+
+
+@pytest.mark.timeout(60)
+def test_wait_with_a_timeout_raises_job_timeout(
+    tidings_server: ServerFactory,
+) -> None:
+    """No worker: wait(timeout=1) gives up after about a second with JobTimeout."""
+    server = tidings_server()
+    with Client(server.url) as client:
+        handle = client.submit("echo", 1)
+        started = time.monotonic()
+        with pytest.raises(JobTimeout):
+            handle.wait(timeout=1.0)
+        assert 0.9 < time.monotonic() - started < 5.0
+
+
+@pytest.mark.timeout(60)
+def test_failing_job_is_retried_then_ends_failed_with_its_error(
+    tidings_server: ServerFactory, store_url: str, worker_process: WorkerFactory
+) -> None:
+    """A handler that raises: attempt 1 retried, attempt 2 ends failed with the error object."""
+    server = tidings_server(store_url)
+    url: str = server.url
+    worker = worker_process(url)
+    with Client(url) as client:
+        handle = client.submit("fail", {}, max_attempts=2)
+        info = handle.wait(timeout=40)
+        assert info.status == "failed", worker.log()
+        assert info.attempt == 2
+        assert info.error == {
+            "type": "RuntimeError",
+            "message": "failing on purpose (attempt 2)",
+        }
+        # The dead job can be retried by hand.
+        assert client.retry_job(handle.id).status == "queued"
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_lets_the_running_job_finish_before_the_worker_exits(
+    tidings_server: ServerFactory, store_url: str, worker_process: WorkerFactory
+) -> None:
+    """SIGTERM mid-job: the worker stops leasing, drains, the job succeeds, exit code 0."""
+    server = tidings_server(store_url)
+    url: str = server.url
+    worker = worker_process(url)
+    with Client(url) as client:
+        handle = client.submit("slow", {"seconds": 3})
+        wait_for(client, handle.id, lambda j: j.status == "running" and bool(j.progress))
+        worker.proc.send_signal(signal.SIGTERM)
+        # (A second SIGTERM would abandon the running job: just wait.)
+        assert worker.stop(None, timeout=20) == 0, worker.log()
+        info = handle.wait(timeout=5)
+        assert info.status == "succeeded", worker.log()
+        assert info.attempt == 1
+        assert info.result == {"slept": 3.0, "steps": 30}
+    assert "draining" in worker.log()
+
+
+@pytest.mark.timeout(60)
+def test_job_submitted_after_a_worker_stopped_stays_queued_for_the_next_worker(
+    tidings_server: ServerFactory, store_url: str, worker_process: WorkerFactory
+) -> None:
+    """A worker stopped while its lease request is waiting takes no later job with it.
+
+    Regression: the server kept the abandoned lease long poll alive and leased the next
+    job to the closed connection, so it sat `running` until its lease expired.
+    """
+    server = tidings_server(store_url)
+    url: str = server.url
+    first = worker_process(url)
+    with Client(url) as client:
+        assert client.submit("echo", 1, wait=15).job.status == "succeeded", first.log()
+        time.sleep(0.3)  # the worker is now waiting in a lease long poll
+        assert first.stop(signal.SIGTERM, timeout=20) == 0, first.log()
+        late = client.submit("echo", "late")
+        time.sleep(1.0)
+        assert late.refresh().status == "queued"
+        worker_process(url)
+        info = late.wait(timeout=15)
+        assert info.status == "succeeded"
+        assert info.attempt == 1
+
+
+@pytest.mark.timeout(60)
+def test_cli_submit_with_wait_prints_the_result(
+    tidings_server: ServerFactory, worker_process: WorkerFactory
+) -> None:
+    """`tidings jobs submit echo '{"a":1}' --wait 10` prints the result JSON."""
+    server = tidings_server()
+    url: str = server.url
+    worker_process(url)
+    done = run_cli("jobs", "submit", "echo", '{"a":1}', "--wait", "10", url=url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == '{"a":1}'
+
+
+@pytest.mark.timeout(60)
+def test_cli_wait_follows_a_job_and_exits_0_on_success(
+    tidings_server: ServerFactory, worker_process: WorkerFactory
+) -> None:
+    """`tidings jobs wait ID` shows progress and exits 0 with the result; get/list work too."""
+    server = tidings_server()
+    url: str = server.url
+    submitted = run_cli("jobs", "submit", "slow", '{"seconds": 1}', url=url)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    worker_process(url)
+    waited = run_cli("jobs", "wait", job_id, url=url)
+    assert waited.returncode == 0, waited.stderr
+    assert waited.stdout.strip() == '{"slept":1.0,"steps":10}'
+    got = run_cli("jobs", "get", job_id, url=url)
+    assert got.returncode == 0, got.stderr
+    assert '"status":"succeeded"' in got.stdout
+    listed = run_cli("jobs", "list", "--status", "succeeded", url=url)
+    assert listed.returncode == 0, listed.stderr
+    assert job_id[:8] in listed.stdout
+
+
+@pytest.mark.timeout(60)
+def test_cli_wait_exits_1_for_a_failed_job(
+    tidings_server: ServerFactory, worker_process: WorkerFactory
+) -> None:
+    """`tidings jobs wait ID` on a job that fails exits 1 and names the error."""
+    server = tidings_server()
+    url: str = server.url
+    worker_process(url)
+    with Client(url) as client:
+        handle = client.submit("fail", None, max_attempts=1)
+    waited = run_cli("jobs", "wait", handle.id, url=url)
+    assert waited.returncode == 1
+    assert "failed" in waited.stderr
+    assert "RuntimeError" in waited.stderr
+
+
+@pytest.mark.timeout(90)
+def test_worker_keeps_going_across_a_server_restart(
+    tidings_server: ServerFactory, tmp_path: Path, worker_process: WorkerFactory
+) -> None:
+    """The server goes away and comes back: the worker retries with backoff, never exits."""
+    server = tidings_server(f"sqlite:///{tmp_path / 'restart.db'}")
+    url: str = server.url
+    worker = worker_process(url)
+    with Client(url) as client:
+        assert client.submit("echo", 1, wait=15).job.status == "succeeded", worker.log()
+        server.kill()
+        time.sleep(2.0)  # the worker's lease requests fail meanwhile
+        assert worker.proc.poll() is None, worker.log()
+        server.start()
+        info = client.submit("echo", 2).wait(timeout=20)
+        assert info.status == "succeeded", worker.log()
+        assert info.result == 2
+    assert "lease failed" in worker.log()
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_that_lost_its_lease_does_not_report_the_job(
+    tidings_server: ServerFactory, store_url: str, worker_process: WorkerFactory
+) -> None:
+    """Worker A freezes past its lease; B reruns the job as attempt 2; A, thawed, is refused
+    at its next heartbeat and discards its outcome; the job's result is B's."""
+    server = tidings_server(store_url)
+    url: str = server.url
+    a = worker_process(url)
+    with Client(url) as client:
+        handle = client.submit("slow", {"seconds": 2})
+        wait_for(client, handle.id, lambda j: j.status == "running" and bool(j.progress))
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            b = worker_process(url)
+            # The 6 s lease runs out; the job comes back and B leases it as attempt 2.
+            deadline = time.monotonic() + 30
+            while client.get_job(handle.id).attempt < 2:
+                assert time.monotonic() < deadline, b.log()
+                time.sleep(0.1)
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        info = handle.wait(timeout=20)
+        assert info.status == "succeeded", (a.log(), b.log())
+        assert info.attempt == 2
+        time.sleep(1.0)
+        assert client.get_job(handle.id).attempt == 2  # A did not disturb it
+    assert "lease lost" in a.log() or "refused" in a.log(), a.log()
+
+
+@pytest.mark.timeout(60)
+def test_in_process_handlers_run_jobs_without_a_worker_process(
+    tidings_server: ServerFactory, store_url: str
+) -> None:
+    """`TIDINGS_HANDLERS=MODULE:OBJ`: the server runs the Worker's handlers itself
+    (`Worker.run_local`), progress and cancellation included."""
+    server = tidings_server(store_url, env={"TIDINGS_HANDLERS": WORKER_APP})
+    with Client(server.url) as client:
+        assert client.submit("echo", {"x": 1}).wait(timeout=15).result == {"x": 1}
+        assert client.submit("async_echo", 5).wait(timeout=15).result == {
+            "echo": 5,
+            "attempt": 1,
+        }
+        handle = client.submit("slow", {"seconds": 0.6})
+        names = [name for name, _ in handle.events()]
+        assert names[-1] == "succeeded"
+        assert "progress" in names
+        slow = client.submit("slow", {"seconds": 30})
+        wait_for(client, slow.id, lambda j: j.status == "running" and bool(j.progress))
+        slow.cancel()
+        assert slow.wait(timeout=10).status == "cancelled"
