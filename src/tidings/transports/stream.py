@@ -28,6 +28,7 @@ log = logging.getLogger("tidings.streams")
 PAGE = 500
 # Time allowed to drain and write the closing frames of a stream the server ends.
 CLOSE_TIMEOUT = 2.0
+_DISCONNECTS = ("http.disconnect", "websocket.disconnect")
 
 ControlFrame = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -126,7 +127,7 @@ async def run_stream(
         await catch_up(svc, sub, requested, control)
         while sub.close_reason is None:
             message = await receive()
-            if message["type"] in ("http.disconnect", "websocket.disconnect"):
+            if message["type"] in _DISCONNECTS:
                 return
             if on_message is not None:
                 await on_message(message)
@@ -147,6 +148,11 @@ async def run_stream(
         async with asyncio.timeout(CLOSE_TIMEOUT):
             if sub.drainer is not None:
                 await asyncio.wait((sub.drainer,))
-            if not (sub.transport and sub.transport.is_closing()):
+            if sub.transport is not None and sub.transport.is_closing():
+                # Gone or aborted: wait until the server has noticed, so that it counts the
+                # response as ended by the client rather than abandoned by us.
+                while (await receive())["type"] not in _DISCONNECTS:
+                    pass
+            else:
                 for frame in closing(sub.close_reason or "stream ended"):
                     await sub.send(frame)
