@@ -49,3 +49,7 @@ unit: dev
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+## make bench: tidings vs Nchan, sse-starlette, Starlette and Celery, side by side (installs peers)
+bench: $(VENV)/.installed-dev
+	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -1,0 +1,980 @@
+#!/usr/bin/env python3
+"""tidings benchmarks, side by side with a named peer, alternating A B A B in one run.
+
+Usage: `.venv/bin/python bench/run.py [--quick] [--rounds N] [--only NAME,...]`
+(`make bench`). NAMEs: sse, publish, jobs, longpoll, ws, msgpack.
+
+It installs what it compares with when missing (Debian `nginx`, `libnginx-mod-nchan`,
+`wrk`, `redis-server`; a separate venv bench/.peers-venv with sse-starlette, uvicorn,
+starlette, celery and redis), compiles the C load client (bench/sseload.c) into
+bench/.build/, starts every server on a free loopback port, and stops everything it
+started. Each round starts fresh server processes, so memory is measured on a fresh
+process. The machine is shared: only ratios measured in the same run mean anything.
+
+Prints one table per measurement (`measure | tidings | peer | ratio | target | ok?`, the
+figures being medians over the rounds) and the raw per-round figures, and writes them to
+bench/.build/results.json. Exits 0 when targets are missed: it reports, it does not judge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+BUILD = BENCH / ".build"
+PEERS = BENCH / "peers"
+PEERS_VENV = BENCH / ".peers-venv"
+PEERS_BIN = PEERS_VENV / "bin"
+PEER_PACKAGES = ["sse-starlette", "uvicorn[standard]", "starlette", "celery[redis]", "redis"]
+PEER_IMPORTS = "import sse_starlette, uvicorn, uvloop, httptools, starlette, celery, redis"
+NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+HOST = "127.0.0.1"
+CHANNEL = "bench"
+
+
+def tidings_bin() -> str:
+    """The `tidings` script next to the running interpreter (the project's .venv)."""
+    here = Path(sys.executable).parent / "tidings"
+    if here.exists():
+        return str(here)
+    found = shutil.which("tidings")
+    if found is None:
+        sys.exit("tidings is not installed: run `make venv` first")
+    return found
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+class Procs:
+    """Every process this run started, stopped by PID (never by name) on exit."""
+
+    def __init__(self) -> None:
+        self.running: list[subprocess.Popen[Any]] = []
+        self.logs = Path(tempfile.mkdtemp(prefix="tidings-bench-logs-"))
+
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen[Any]:
+        log = (self.logs / f"{name}.log").open("ab")
+        full_env = {**os.environ, **(env or {})}
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
+        log.close()
+        self.running.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
+        """Stop one process we started, and any children it left behind (by PID)."""
+        children = child_pids(proc.pid)
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, sig)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for pid in children:
+            if pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if proc in self.running:
+            self.running.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.running)):
+            self.stop(proc)
+
+
+PROCS = Procs()
+
+
+def child_pids(pid: int) -> list[int]:
+    """PIDs whose parent is `pid` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of a process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[Any] | None = None, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} (logs in {PROCS.logs})")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {HOST}:{port} after {timeout}s")
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+def sh(argv: list[str], check: bool = True) -> int:
+    print("  $", " ".join(argv), flush=True)
+    return subprocess.run(argv, check=check, stdout=subprocess.DEVNULL).returncode
+
+
+def ensure_debian(packages: dict[str, Callable[[], bool]]) -> None:
+    """apt-get install the packages whose check fails (apt-get update first if needed)."""
+    missing = [name for name, present in packages.items() if not present()]
+    if not missing:
+        return
+    print(f"installing Debian packages: {' '.join(missing)}")
+    sudo = ["sudo"] if os.geteuid() != 0 and shutil.which("sudo") else []
+    os.environ["DEBIAN_FRONTEND"] = "noninteractive"
+    install = [*sudo, "apt-get", "install", "-y", "-q", *missing]
+    if sh(install, check=False) != 0:
+        sh([*sudo, "apt-get", "update", "-q"], check=False)
+        sh(install, check=False)
+
+
+def ensure_peers_venv() -> bool:
+    def importable() -> bool:
+        py = PEERS_BIN / "python"
+        return (
+            py.exists()
+            and subprocess.run(
+                [str(py), "-c", PEER_IMPORTS], capture_output=True, check=False
+            ).returncode
+            == 0
+        )
+
+    if importable():
+        return True
+    print(f"creating {PEERS_VENV.relative_to(ROOT)} with {' '.join(PEER_PACKAGES)}")
+    base = getattr(sys, "_base_executable", sys.executable)
+    sh([base, "-m", "venv", str(PEERS_VENV)])
+    sh([str(PEERS_BIN / "python"), "-m", "pip", "install", "-q", *PEER_PACKAGES])
+    return importable()
+
+
+def build_sseload() -> Path:
+    BUILD.mkdir(exist_ok=True)
+    out = BUILD / "sseload"
+    src = BENCH / "sseload.c"
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        cc = os.environ.get("CC", "cc")
+        sh([cc, "-O2", "-o", str(out), str(src)])
+    return out
+
+
+@dataclass
+class Tools:
+    sseload: Path
+    nchan: bool
+    wrk: bool
+    redis: bool
+    peers: bool
+
+
+def setup() -> Tools:
+    print("== setup")
+    ensure_debian(
+        {
+            "nginx": lambda: shutil.which("nginx") is not None,
+            "libnginx-mod-nchan": NCHAN_MODULE.exists,
+            "wrk": lambda: shutil.which("wrk") is not None,
+            "redis-server": lambda: shutil.which("redis-server") is not None,
+        }
+    )
+    tools = Tools(
+        sseload=build_sseload(),
+        nchan=shutil.which("nginx") is not None and NCHAN_MODULE.exists(),
+        wrk=shutil.which("wrk") is not None,
+        redis=shutil.which("redis-server") is not None,
+        peers=ensure_peers_venv(),
+    )
+    for name in ("nchan", "wrk", "redis", "peers"):
+        if not getattr(tools, name):
+            print(f"  ! {name} unavailable: its comparisons are skipped")
+    return tools
+
+
+# ---------------------------------------------------------------------------- servers
+
+
+@dataclass
+class Server:
+    """A running server under test: where to subscribe and publish, whose memory to read."""
+
+    name: str
+    port: int
+    pid: int  # the process whose RSS is measured (nginx: the worker)
+    sub_path: str = ""
+    ws_path: str = ""
+    lp_path: str = ""
+    pub_path: str = ""
+
+
+@contextlib.contextmanager
+def tidings_server(store: str, name: str) -> Iterator[Server]:
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="tidings-bench-") as tmp:
+        url = store.replace("@TMP@", tmp)
+        proc = PROCS.start(
+            name,
+            [
+                tidings_bin(),
+                "serve",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--store",
+                url,
+                "--log-level",
+                "warning",
+            ],
+        )
+        try:
+            wait_port(port, proc)
+            c = f"/v1/channels/{CHANNEL}"
+            yield Server(
+                name,
+                port,
+                proc.pid,
+                f"{c}/events",
+                f"{c}/ws",
+                f"{c}/messages?after=@AFTER@&wait=30",
+                f"{c}/messages",
+            )
+        finally:
+            PROCS.stop(proc)
+
+
+@contextlib.contextmanager
+def nchan_server() -> Iterator[Server]:
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="tidings-bench-nchan-") as tmp:
+        conf = Path(tmp) / "nchan.conf"
+        text = (PEERS / "nchan.conf.in").read_text()
+        conf.write_text(text.replace("@PORT@", str(port)).replace("@MODULE@", str(NCHAN_MODULE)))
+        proc = PROCS.start(
+            "nchan", ["nginx", "-c", str(conf), "-p", tmp + "/", "-g", "daemon off;"]
+        )
+        try:
+            wait_port(port, proc)
+            deadline = time.monotonic() + 5
+            while not (workers := child_pids(proc.pid)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if len(workers) != 1:
+                raise RuntimeError(f"expected one nginx worker, found {workers}")
+            q = f"?ch={CHANNEL}"
+            yield Server("nchan", port, workers[0], f"/sub{q}", f"/ws{q}", f"/lp{q}", f"/pub{q}")
+        finally:
+            PROCS.stop(proc)
+
+
+@contextlib.contextmanager
+def uvicorn_peer(module: str, name: str) -> Iterator[Server]:
+    port = free_port()
+    proc = PROCS.start(
+        name,
+        [
+            str(PEERS_BIN / "uvicorn"),
+            f"{module}:app",
+            "--app-dir",
+            str(PEERS),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--backlog",
+            "8192",
+        ],
+    )
+    try:
+        wait_port(port, proc)
+        yield Server(name, port, proc.pid, f"/events/{CHANNEL}", "", "", f"/publish/{CHANNEL}")
+    finally:
+        PROCS.stop(proc)
+
+
+# ---------------------------------------------------------------------------- clients
+
+
+def publish(port: int, path: str, count: int, template: str = "msg {i} ts={ts}") -> str:
+    """POST `count` bodies back to back on one keep-alive connection; the last answer."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=60)
+    answer = b""
+    try:
+        for i in range(count):
+            body = template.format(i=i, ts=time.time_ns() // 1000).encode()
+            conn.request("POST", path, body=body, headers={"Content-Type": "text/plain"})
+            resp = conn.getresponse()
+            answer = resp.read()
+            if resp.status >= 300:
+                raise RuntimeError(f"publish {i} to {path}: HTTP {resp.status} {answer[:200]!r}")
+    finally:
+        conn.close()
+    return answer.decode()
+
+
+DONE_RE = re.compile(r"(\w+)=([0-9.]+)")
+
+
+@dataclass
+class Load:
+    """One sseload run."""
+
+    proc: subprocess.Popen[str]
+    ready_ms: float
+
+
+def start_load(
+    tools: Tools,
+    port: int,
+    path: str,
+    conns: int,
+    events: int,
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> Load:
+    proc = subprocess.Popen(
+        [str(tools.sseload), HOST, str(port), path, str(conns), str(events), str(timeout)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("READY"):
+        proc.wait(5)
+        err = proc.stderr.read() if proc.stderr else ""
+        raise RuntimeError(f"sseload did not get ready: {line!r} {err[-500:]!r}")
+    return Load(proc, float(line.split()[1]))
+
+
+def finish_load(load: Load, timeout: float) -> dict[str, float]:
+    out, err = load.proc.communicate(timeout=timeout)
+    done = [ln for ln in out.splitlines() if ln.startswith("DONE")]
+    if not done:
+        raise RuntimeError(f"sseload printed no DONE line: {out[-300:]!r} {err[-300:]!r}")
+    return {k: float(v) for k, v in DONE_RE.findall(done[-1])}
+
+
+# ---------------------------------------------------------------------------- results
+
+
+@dataclass
+class Metric:
+    """One row: `target` is ("ratio>=", x), ("<=", x), ("all", None) or None (reported)."""
+
+    name: str
+    unit: str
+    target: tuple[str, float | None] | None = None
+    fmt: str = "{:,.0f}"
+
+
+@dataclass
+class Measurement:
+    title: str
+    peer: str
+    metrics: list[Metric]
+    rounds: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, system: str, figures: dict[str, float]) -> None:
+        self.rounds.setdefault(system, []).append(figures)
+        shown = "  ".join(f"{k}={v:,.2f}" if v % 1 else f"{k}={v:,.0f}" for k, v in figures.items())
+        print(f"    {system:<18} {shown}", flush=True)
+
+    def median(self, system: str, metric: str) -> float | None:
+        vals = [r[metric] for r in self.rounds.get(system, []) if metric in r]
+        return statistics.median(vals) if vals else None
+
+
+def fmt_value(m: Metric, v: float | None) -> str:
+    return "—" if v is None else m.fmt.format(v) + (f" {m.unit}" if m.unit else "")
+
+
+def judge(m: Metric, ours: float | None, peer: float | None, expected: float | None) -> str:
+    if m.target is None or ours is None:
+        return "—"
+    kind, x = m.target
+    if kind == "ratio>=":
+        if peer is None or not peer:
+            return "—"
+        return "yes" if ours / peer >= (x or 0) else "NO"
+    if kind == "<=":
+        return "yes" if ours <= (x or 0) else "NO"
+    if kind == "all":
+        return "yes" if expected is not None and ours >= expected else "NO"
+    return "—"
+
+
+def target_text(m: Metric) -> str:
+    if m.target is None:
+        return "reported"
+    kind, x = m.target
+    if kind == "ratio>=":
+        return f">= {x:g}x"
+    if kind == "<=":
+        return f"<= {x:g} {m.unit}".strip()
+    return "all"
+
+
+def render(meas: Measurement, ours: list[str], expected: dict[str, float] | None = None) -> str:
+    rows = [["measure", "tidings", meas.peer, "ratio", "target", "ok?"]]
+    for system in ours:
+        for m in meas.metrics:
+            a, b = meas.median(system, m.name), meas.median(meas.peer, m.name)
+            ratio = f"{a / b:.2f}x" if a is not None and b else "—"
+            label = f"{m.name} [{system}]" if len(ours) > 1 else m.name
+            exp = (expected or {}).get(m.name)
+            rows.append(
+                [
+                    label,
+                    fmt_value(m, a),
+                    fmt_value(m, b),
+                    ratio,
+                    target_text(m),
+                    judge(m, a, b, exp),
+                ]
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"### {meas.title}", ""]
+    for n, r in enumerate(rows):
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+        if n == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines.append("")
+    lines.append("raw rounds:")
+    for system, rounds in meas.rounds.items():
+        for i, r in enumerate(rounds, 1):
+            shown = ", ".join(f"{k}={v:,.2f}" if v % 1 else f"{k}={v:,.0f}" for k, v in r.items())
+            lines.append(f"  {system} #{i}: {shown}")
+    lines.extend(f"note: {n}" for n in meas.notes)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- measurements
+
+
+@dataclass
+class Config:
+    rounds: int
+    subs: int
+    msgs: int
+    lp: int
+    jobs: int
+    wrk_secs: int
+    starlette_subs: int
+
+
+def fanout_round(
+    tools: Tools, srv: Server, path: str, cfg: Config, subs: int, env: dict[str, str] | None = None
+) -> dict[str, float]:
+    rss0 = rss_kib(srv.pid)
+    load = start_load(tools, srv.port, path, subs, cfg.msgs, 300, env)
+    time.sleep(0.5)  # let the server finish the last handshakes before reading its memory
+    rss1 = rss_kib(srv.pid)
+    pub = time.perf_counter()
+    publish(srv.port, srv.pub_path, cfg.msgs)
+    pub_secs = time.perf_counter() - pub
+    done = finish_load(load, 330)
+    return {
+        "deliveries_s": done["rate"],
+        "p50_ms": done["p50_ms"],
+        "p99_ms": done["p99_ms"],
+        "connect_ms": load.ready_ms,
+        "rss_kib_sub": (rss1 - rss0) / subs,
+        "delivered": done["events"],
+        "publish_s": pub_secs,
+    }
+
+
+FANOUT_METRICS = [
+    Metric("deliveries_s", "/s", ("ratio>=", 0.8)),
+    Metric("p99_ms", "ms", None, "{:,.1f}"),
+    Metric("connect_ms", "ms", ("<=", 1500)),
+    Metric("rss_kib_sub", "KiB", ("<=", 12), "{:,.1f}"),
+    Metric("delivered", "", ("all", None)),
+]
+
+
+def bench_sse(tools: Tools, cfg: Config) -> list[str]:
+    meas = Measurement(
+        f"1. SSE fan-out: {cfg.subs:,} subscribers, one channel, {cfg.msgs} back-to-back "
+        "publishes of ~30 bytes",
+        "nchan",
+        FANOUT_METRICS,
+    )
+    systems: list[tuple[str, Callable[[], Any]]] = [
+        ("tidings-memory", lambda: tidings_server("memory://", "tidings-memory")),
+        ("tidings-sqlite", lambda: tidings_server("sqlite:///@TMP@/bench.db", "tidings-sqlite")),
+    ]
+    if tools.nchan:
+        systems.append(("nchan", nchan_server))
+    else:
+        meas.notes.append("Nchan unavailable: no peer figures")
+    sse_st = Measurement(
+        f"1b. SSE fan-out vs sse-starlette: {cfg.starlette_subs:,} subscribers, {cfg.msgs} "
+        "publishes (tidings-memory measured again at this size)",
+        "sse-starlette",
+        [
+            Metric("deliveries_s", "/s"),
+            Metric("p99_ms", "ms", None, "{:,.1f}"),
+            Metric("connect_ms", "ms"),
+            Metric("rss_kib_sub", "KiB", None, "{:,.1f}"),
+            Metric("delivered", "", ("all", None)),
+        ],
+    )
+    print(f"== {meas.title}")
+    for r in range(cfg.rounds):
+        print(f"  round {r + 1}")
+        for name, start in systems:
+            with start() as srv:
+                meas.add(name, fanout_round(tools, srv, srv.sub_path, cfg, cfg.subs))
+        if tools.peers:
+            for name, start in [
+                ("tidings-memory", lambda: tidings_server("memory://", "tidings-memory")),
+                ("sse-starlette", lambda: uvicorn_peer("sse_starlette_app", "sse-starlette")),
+            ]:
+                with start() as srv:
+                    sse_st.add(
+                        name, fanout_round(tools, srv, srv.sub_path, cfg, cfg.starlette_subs)
+                    )
+    expected = {"delivered": float(cfg.subs * cfg.msgs)}
+    out = [render(meas, ["tidings-memory", "tidings-sqlite"], expected)]
+    if tools.peers:
+        out.append(
+            render(sse_st, ["tidings-memory"], {"delivered": float(cfg.starlette_subs * cfg.msgs)})
+        )
+    RESULTS["sse"] = meas.rounds
+    RESULTS["sse_starlette"] = sse_st.rounds
+    return out
+
+
+def wrk_round(port: int, path: str, secs: int, body: str, ctype: str) -> dict[str, float]:
+    env = {**os.environ, "BENCH_BODY": body, "BENCH_CTYPE": ctype}
+    url = f"http://{HOST}:{port}{path}"
+    argv = ["wrk", "-t1", "-c64", "--latency", "-s", str(BENCH / "wrk_post.lua"), url]
+    subprocess.run([*argv[:4], "-d1s", *argv[4:]], env=env, capture_output=True, check=True)
+    out = subprocess.run(
+        [*argv[:4], f"-d{secs}s", *argv[4:]], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s*([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
+    errs = re.search(r"Socket errors:.*", out)
+    p99 = re.search(r"99%\s+([0-9.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    return {
+        "req_s": rps,
+        "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else 0.0,
+        "non2xx": float(bad.group(1)) if bad else 0.0,
+        "socket_errors": float(sum(int(x) for x in re.findall(r"\d+", errs.group(0))))
+        if errs
+        else 0.0,
+    }
+
+
+def bench_publish(tools: Tools, cfg: Config) -> list[str]:
+    meas = Measurement(
+        f"2. Durable publish: wrk -t1 -c64 -d{cfg.wrk_secs}s, ~30-byte text to one channel "
+        "(tidings on SQLite) vs a bare Starlette route parsing a JSON body",
+        "starlette-json",
+        [
+            Metric("req_s", "/s", ("ratio>=", 0.5)),
+            Metric("p99_ms", "ms", None, "{:,.1f}"),
+            Metric("non2xx", "", None),
+        ],
+    )
+    if not (tools.wrk and tools.peers):
+        return [f"### {meas.title}\n\nskipped: wrk or the peers' venv is unavailable"]
+    print(f"== {meas.title}")
+    text = "msg 0 ts=1700000000000000"
+    for r in range(cfg.rounds):
+        print(f"  round {r + 1}")
+        with tidings_server("sqlite:///@TMP@/bench.db", "tidings-sqlite") as srv:
+            meas.add(
+                "tidings-sqlite",
+                wrk_round(srv.port, srv.pub_path, cfg.wrk_secs, text, "text/plain"),
+            )
+        with uvicorn_peer("starlette_json", "starlette-json") as srv:
+            meas.add(
+                "starlette-json",
+                wrk_round(
+                    srv.port,
+                    srv.pub_path,
+                    cfg.wrk_secs,
+                    json.dumps({"data": text}),
+                    "application/json",
+                ),
+            )
+    RESULTS["publish"] = meas.rounds
+    return [render(meas, ["tidings-sqlite"])]
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[int]:
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="tidings-bench-redis-") as tmp:
+        proc = PROCS.start(
+            "redis",
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                HOST,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tmp,
+            ],
+        )
+        try:
+            wait_port(port, proc)
+            yield port
+        finally:
+            PROCS.stop(proc)
+
+
+def run_json(
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 600,
+) -> dict[str, float]:
+    res = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"{argv[1]} failed: {res.stderr[-800:]}")
+    data: dict[str, float] = json.loads(res.stdout.strip().splitlines()[-1])
+    return data
+
+
+def bench_jobs(tools: Tools, cfg: Config) -> list[str]:
+    meas = Measurement(
+        f"3. Jobs: {cfg.jobs:,} no-op jobs end to end, submitted from 4 threads then each "
+        "result awaited; one tidings worker (SQLite store) vs Celery, 2 prefork workers, "
+        "private Redis",
+        "celery",
+        [Metric("jobs_s", "/s", ("ratio>=", 2.0)), Metric("secs", "s", None, "{:,.2f}")],
+    )
+    if not (tools.redis and tools.peers):
+        return [f"### {meas.title}\n\nskipped: redis-server or the peers' venv is unavailable"]
+    try:
+        subprocess.run(
+            [sys.executable, "-c", "from tidings import Worker; Worker"],
+            check=True,
+            capture_output=True,
+        )
+    except subprocess.CalledProcessError:
+        return [f"### {meas.title}\n\nskipped: tidings.Worker is not importable yet"]
+    print(f"== {meas.title}")
+    concurrency = os.environ.get("BENCH_WORKER_CONCURRENCY", "8")
+    meas.notes.append(
+        f"tidings worker --concurrency {concurrency} (one process); "
+        "Celery: --pool prefork -c 2, default prefetch"
+    )
+    with redis_server() as rport:
+        renv = {"BENCH_REDIS_URL": f"redis://{HOST}:{rport}/0", "PYTHONPATH": str(PEERS)}
+        for r in range(cfg.rounds):
+            print(f"  round {r + 1}")
+            with tidings_server("sqlite:///@TMP@/bench.db", "tidings-sqlite") as srv:
+                worker = PROCS.start(
+                    "tidings-worker",
+                    [
+                        tidings_bin(),
+                        "worker",
+                        "noop_worker:worker",
+                        "--url",
+                        f"http://{HOST}:{srv.port}",
+                        "--concurrency",
+                        concurrency,
+                        "--log-level",
+                        "warning",
+                    ],
+                    env={"PYTHONPATH": str(BENCH)},
+                )
+                try:
+                    got = run_json(
+                        [
+                            sys.executable,
+                            str(BENCH / "jobs_client.py"),
+                            HOST,
+                            str(srv.port),
+                            str(cfg.jobs),
+                        ]
+                    )
+                finally:
+                    PROCS.stop(worker)
+            meas.add("tidings-sqlite", {"jobs_s": got["rate"], "secs": got["secs"]})
+            subprocess.run(
+                ["redis-cli", "-p", str(rport), "flushall"], capture_output=True, check=False
+            )
+            celery = PROCS.start(
+                "celery",
+                [
+                    str(PEERS_BIN / "celery"),
+                    "-A",
+                    "celery_app",
+                    "worker",
+                    "--pool",
+                    "prefork",
+                    "-c",
+                    "2",
+                    "--loglevel",
+                    "WARNING",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                ],
+                env=renv,
+                cwd=PEERS,
+            )
+            try:
+                got = run_json(
+                    [str(PEERS_BIN / "python"), str(PEERS / "celery_client.py"), str(cfg.jobs)],
+                    env=renv,
+                    cwd=PEERS,
+                )
+            finally:
+                PROCS.stop(celery)
+            meas.add("celery", {"jobs_s": got["rate"], "secs": got["secs"]})
+    RESULTS["jobs"] = meas.rounds
+    return [render(meas, ["tidings-sqlite"])]
+
+
+def longpoll_round(tools: Tools, srv: Server, n: int) -> dict[str, float]:
+    path = srv.lp_path
+    if "@AFTER@" in path:
+        ack = json.loads(publish(srv.port, srv.pub_path, 1, "seed ts=0"))
+        path = path.replace("@AFTER@", ack["id"])
+    load = start_load(tools, srv.port, path, n, 1, 60, {"SSELOAD_MATCH": "ts="})
+    time.sleep(1.0)  # READY means sent; give the server time to park every request
+    publish(srv.port, srv.pub_path, 1)
+    done = finish_load(load, 90)
+    return {
+        "answered": done["events"],
+        "p50_ms": done["p50_ms"],
+        "p99_ms": done["p99_ms"],
+        "max_ms": done["max_ms"],
+    }
+
+
+def bench_longpoll(tools: Tools, cfg: Config) -> list[str]:
+    meas = Measurement(
+        f"4. Long poll: {cfg.lp:,} parked long polls on one channel, one publish",
+        "nchan",
+        [
+            Metric("answered", "", ("all", None)),
+            Metric("p50_ms", "ms", None, "{:,.1f}"),
+            Metric("p99_ms", "ms", None, "{:,.1f}"),
+        ],
+    )
+    print(f"== {meas.title}")
+    systems: list[tuple[str, Callable[[], Any]]] = [
+        ("tidings-memory", lambda: tidings_server("memory://", "tidings-memory")),
+        ("tidings-sqlite", lambda: tidings_server("sqlite:///@TMP@/bench.db", "tidings-sqlite")),
+    ]
+    if tools.nchan:
+        systems.append(("nchan", nchan_server))
+    for r in range(cfg.rounds):
+        print(f"  round {r + 1}")
+        for name, start in systems:
+            with start() as srv:
+                meas.add(name, longpoll_round(tools, srv, cfg.lp))
+    meas.notes.append(
+        "wake-up latency: from the publisher's timestamp (taken just before its "
+        "POST) to the answer's arrival; SQLite includes the commit"
+    )
+    RESULTS["longpoll"] = meas.rounds
+    return [render(meas, ["tidings-memory", "tidings-sqlite"], {"answered": float(cfg.lp)})]
+
+
+def bench_ws(tools: Tools, cfg: Config) -> list[str]:
+    metrics = [
+        Metric(m.name, m.unit, None if m.name != "delivered" else m.target, m.fmt)
+        for m in FANOUT_METRICS
+    ]
+    meas = Measurement(
+        f"5. WebSocket fan-out: {cfg.subs:,} subscribers, one channel, {cfg.msgs} publishes "
+        "(Nchan's websocket subscriber as the peer)",
+        "nchan-ws",
+        metrics,
+    )
+    print(f"== {meas.title}")
+    systems: list[tuple[str, Callable[[], Any]]] = [
+        ("tidings-memory", lambda: tidings_server("memory://", "tidings-memory")),
+    ]
+    if tools.nchan:
+        systems.append(("nchan-ws", nchan_server))
+    for r in range(cfg.rounds):
+        print(f"  round {r + 1}")
+        for name, start in systems:
+            with start() as srv:
+                meas.add(
+                    name, fanout_round(tools, srv, srv.ws_path, cfg, cfg.subs, {"SSELOAD_WS": "1"})
+                )
+    sse = RESULTS.get("sse", {}).get("tidings-memory")
+    if sse:
+        rate = statistics.median(r["deliveries_s"] for r in sse)
+        p99 = statistics.median(r["p99_ms"] for r in sse)
+        meas.notes.append(
+            f"beside SSE (measurement 1, tidings-memory): {rate:,.0f}/s, p99 {p99:,.1f} ms"
+        )
+    RESULTS["ws"] = meas.rounds
+    return [render(meas, ["tidings-memory"], {"delivered": float(cfg.subs * cfg.msgs)})]
+
+
+def bench_msgpack(tools: Tools, cfg: Config) -> list[str]:
+    del tools, cfg
+    title = "6. MessagePack vs JSON on publish and poll"
+    print(f"== {title}: skipped")
+    rows = "| publish req/s, msgpack / JSON | — | — | — | reported | — |"
+    return [
+        f"### {title}\n\n| measure | tidings | peer | ratio | target | ok? |\n"
+        f"|---|---|---|---|---|---|\n{rows}\n\nskipped: the server does not negotiate "
+        "application/msgpack yet; no figures until it does"
+    ]
+
+
+BENCHES: dict[str, Callable[[Tools, Config], list[str]]] = {
+    "sse": bench_sse,
+    "publish": bench_publish,
+    "jobs": bench_jobs,
+    "longpoll": bench_longpoll,
+    "ws": bench_ws,
+    "msgpack": bench_msgpack,
+}
+RESULTS: dict[str, Any] = {}
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    return (
+        f"{os.cpu_count()} cores, {model}, {mem:,} MiB RAM, Python "
+        f"{platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small smoke run (1 round)")
+    parser.add_argument("--rounds", type=int, help="rounds per measurement (default 2)")
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHES)}")
+    args = parser.parse_args()
+    if args.quick:
+        cfg = Config(rounds=1, subs=1000, msgs=20, lp=500, jobs=300, wrk_secs=3, starlette_subs=500)
+    else:
+        cfg = Config(
+            rounds=2, subs=8000, msgs=100, lp=5000, jobs=2000, wrk_secs=10, starlette_subs=8000
+        )
+    if args.rounds:
+        cfg.rounds = args.rounds
+    names = args.only.split(",") if args.only else list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        parser.error(f"unknown measurement(s) {unknown}; choose from {', '.join(BENCHES)}")
+
+    def on_signal(signum: int, _frame: object) -> None:
+        PROCS.stop_all()
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    tools = setup()
+    print(f"machine: {machine()}\nstarted: {started}\nconfig: {cfg}\nlogs: {PROCS.logs}\n")
+    tables: list[str] = []
+    try:
+        for name in names:
+            try:
+                tables.extend(BENCHES[name](tools, cfg))
+            except Exception as exc:  # one broken measurement must not hide the others
+                msg = f"### {name}\n\nfailed: {type(exc).__name__}: {exc}"
+                print(msg, flush=True)
+                tables.append(msg)
+                PROCS.stop_all()
+    finally:
+        PROCS.stop_all()
+    print("\n\n## Results\n")
+    print(f"machine: {machine()}\nstarted: {started}\nconfig: {cfg}\n")
+    print("\n\n".join(tables))
+    BUILD.mkdir(exist_ok=True)
+    (BUILD / "results.json").write_text(
+        json.dumps(
+            {"machine": machine(), "started": started, "config": cfg.__dict__, "rounds": RESULTS},
+            indent=1,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
