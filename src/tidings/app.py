@@ -91,7 +91,7 @@ class TidingsApp:
         )
         self.handlers = handlers
         self._handlers_stop = asyncio.Event()
-        self.metrics = Metrics(self.hub)
+        self.metrics = Metrics(self.hub, self.store)
         self._background: list[asyncio.Task[None]] = []
         # Streams being served right now; shutdown waits for them to say goodbye.
         self.open_streams = 0

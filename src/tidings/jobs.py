@@ -275,7 +275,7 @@ class JobService:
                 updated_at=now,
             ), "queued"
 
-        self._announce(await self.store.transition_job(job_id, release))
+        self._announce(await self.store.transition_job(job_id, release, durable=False))
 
     async def heartbeat(
         self,
@@ -304,7 +304,8 @@ class JobService:
                 updated_at=now,
             ), "progress" if reported else None
 
-        change = await self.store.transition_job(job_id, beat)
+        # Not durable: a lost heartbeat costs, at worst, a replay of the job.
+        change = await self.store.transition_job(job_id, beat, durable=False)
         job = self._announce(change)
         return job.cancel_requested, job.lease_expires_at or 0.0
 

@@ -21,10 +21,21 @@ __all__ = ["Metrics"]
 
 
 class _HubCollector(Collector):
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, store: object) -> None:
         self.hub = hub
+        self.store = store
 
     def collect(self) -> Iterable[Metric]:
+        commits = getattr(self.store, "commits", None)
+        if commits is not None:
+            c = CounterMetricFamily("tidings_store_commits", "Store transactions committed")
+            c.add_metric([], commits)
+            yield c
+            w = CounterMetricFamily(
+                "tidings_store_writes", "Writes committed (several share a commit: group commit)"
+            )
+            w.add_metric([], getattr(self.store, "writes", 0))
+            yield w
         hub = self.hub
         published = CounterMetricFamily(
             "tidings_messages_published", "Messages published (durable) in this process"
@@ -52,9 +63,9 @@ class _HubCollector(Collector):
 class Metrics:
     """The app's registry, its request-latency histogram, and the ASGI middleware."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, store: object = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_HubCollector(hub))
+        self.registry.register(_HubCollector(hub, store))
         self.latency = Histogram(
             "tidings_request_duration_seconds",
             "Time to answer a (non-streaming) HTTP request",

@@ -188,8 +188,13 @@ class JobStore(abc.ABC):
         """Number of jobs per type and status."""
 
     @abc.abstractmethod
-    async def transition_job(self, job_id: str, fn: Transition) -> JobChange:
-        """Apply `fn` to one job atomically; NotFound when there is no such job."""
+    async def transition_job(self, job_id: str, fn: Transition, durable: bool = True) -> JobChange:
+        """Apply `fn` to one job atomically; NotFound when there is no such job.
+
+        `durable=False` (heartbeats, give-backs) lets a store skip the flush to stable
+        storage for this change alone: losing it to a power cut only replays work, which
+        at-least-once delivery allows. Leases and expiries are always such changes.
+        """
 
     @abc.abstractmethod
     async def lease_jobs(

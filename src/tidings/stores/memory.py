@@ -224,7 +224,7 @@ class MemoryStore(Store):
             per[j.status] = per.get(j.status, 0) + 1
         return out
 
-    async def transition_job(self, job_id: str, fn: Transition) -> JobChange:
+    async def transition_job(self, job_id: str, fn: Transition, durable: bool = True) -> JobChange:
         self._check()
         job = self._jobs.get(job_id)
         if job is None:

@@ -94,10 +94,11 @@ _decode_job = msgspec.msgpack.Decoder(Job).decode
 
 @dataclass
 class _Op:
-    """One write waiting for the next group commit."""
+    """One write waiting for the next group commit (`durable`: it needs the fsync)."""
 
     fn: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
+    durable: bool = True
 
 
 @dataclass
@@ -139,8 +140,10 @@ class SQLiteStore(Store):
         # once clean) and the names changed in the open transaction.
         self._state: dict[str, _ChannelState] = {}
         self._dirty: set[str] = set()
-        # Transactions committed; with group commit, fewer than the writes they hold.
+        # Transactions committed, and the writes they held (group commit: writes >= commits).
         self.commits = 0
+        self.writes = 0
+        self._level = self.synchronous  # the writer connection's current synchronous
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -184,11 +187,11 @@ class SQLiteStore(Store):
 
     # -- plumbing ---------------------------------------------------------------------
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
         if self._closing or self._writer_task is None:
             raise StoreClosed("store is not open: call `await store.start()` first")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Op(fn, fut))
+        self._pending.append(_Op(fn, fut, durable))
         self._wakeup.set()
         return await fut
 
@@ -234,6 +237,12 @@ class SQLiteStore(Store):
         """
         conn = self._writer
         assert conn is not None  # noqa: S101 - set in start(), before the writer task runs
+        # A batch of soft writes only (leases, heartbeats, expiries) commits without the
+        # fsync; the next durable commit flushes the WAL, and them with it (decision 0004).
+        level = self.synchronous if any(op.durable for op in batch) else "NORMAL"
+        if level != self._level and self.synchronous in ("FULL", "EXTRA"):
+            conn.execute(f"PRAGMA synchronous={level}")
+            self._level = level
         conn.execute("BEGIN IMMEDIATE")
         results: list[tuple[bool, Any]] = []
         try:
@@ -247,6 +256,7 @@ class SQLiteStore(Store):
             self._flush_channels(conn)
             conn.execute("COMMIT")
             self.commits += 1
+            self.writes += len(batch)
         except BaseException:
             conn.execute("ROLLBACK")
             self._state.clear()  # the cache may hold uncommitted sequence numbers
@@ -580,14 +590,14 @@ class SQLiteStore(Store):
             out.setdefault(type_, {})[status] = count
         return out
 
-    async def transition_job(self, job_id: str, fn: Transition) -> JobChange:
+    async def transition_job(self, job_id: str, fn: Transition, durable: bool = True) -> JobChange:
         def op(conn: sqlite3.Connection) -> JobChange:
             row = conn.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no job {job_id!r}")
             return self._apply_all(conn, [row], time.time(), fn)[0]
 
-        return await self._write(op)
+        return await self._write(op, durable)
 
     async def lease_jobs(
         self, types: list[str] | None, max_jobs: int, now: float, fn: Transition
@@ -605,7 +615,7 @@ class SQLiteStore(Store):
             ).fetchall()
             return self._apply_all(conn, rows, now, fn)
 
-        return await self._write(op)
+        return await self._write(op, durable=False)
 
     async def expire_jobs(self, now: float, fn: Transition) -> list[JobChange]:
         # A read first: the common answer is "nothing expired", which needs no write.
@@ -624,7 +634,7 @@ class SQLiteStore(Store):
             ).fetchall()
             return self._apply_all(conn, rows, now, fn)
 
-        return await self._write(op)
+        return await self._write(op, durable=False)
 
     async def next_run_at(self) -> float | None:
         row = await self._read(
