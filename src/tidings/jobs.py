@@ -37,6 +37,8 @@ MAX_LEASE_BATCH = 100
 # Parked lease requests re-check the store at least this often (delays set by another
 # process, or before a restart, have no local timer).
 LEASE_RECHECK = 5.0
+# Seconds added to wake-up timers for delayed jobs (see `_work_ready`).
+TIMER_SLACK = 0.005
 
 
 def new_job_id() -> str:
@@ -101,7 +103,9 @@ class JobService:
     def _work_ready(self, job: Job) -> None:
         delay = job.run_at - time.time()
         if delay > 0:
-            asyncio.get_running_loop().call_later(delay, self._wake, job.type)
+            # A little late on purpose: the loop's timers may fire before the wall clock
+            # reaches `run_at`, and a lease woken too early finds nothing due.
+            asyncio.get_running_loop().call_later(delay + TIMER_SLACK, self._wake, job.type)
         else:
             self._wake(job.type)
 
@@ -399,7 +403,8 @@ class JobService:
         """Arm the wake-up for the earliest delayed job already in the store."""
         first = await self.store.next_run_at()
         if first is not None:
-            asyncio.get_running_loop().call_later(max(0.0, first - time.time()), self._wake, None)
+            delay = max(0.0, first - time.time()) + TIMER_SLACK
+            asyncio.get_running_loop().call_later(delay, self._wake, None)
 
     async def sweep(self, ttl: float) -> None:
         """Remove jobs that ended more than `ttl` seconds ago, with their channels."""

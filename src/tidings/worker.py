@@ -843,8 +843,11 @@ class _Runner:
                 if failures == 0
                 else last + min(BACKOFF_START * 2.0**failures, interval)
             )
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # lands in the step where the wake-up arrives, and the job then never ends.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ctx._wake.wait(), max(0.0, due - time.monotonic()))
+                async with asyncio.timeout(max(0.0, due - time.monotonic())):
+                    await ctx._wake.wait()
             ctx._wake.clear()
             gap = time.monotonic() - last
             if gap < min_gap:

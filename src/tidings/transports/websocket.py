@@ -30,6 +30,16 @@ def control_frame(obj: dict[str, Any]) -> dict[str, Any]:
     return {"type": "websocket.send", "text": encode_json(obj).decode()}
 
 
+def _ref_of(message: dict[str, Any]) -> Any:
+    """The `ref` of a client frame, if it is a JSON object that has one."""
+    raw = message.get("text") or message.get("bytes") or b""
+    try:
+        body = JSON_DECODER.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    return body.get("ref") if isinstance(body, dict) else None
+
+
 async def _client_publish(
     svc: ChannelService, channel: str, sub: Subscriber, raw: str | bytes, max_bytes: int
 ) -> None:
@@ -70,7 +80,7 @@ async def serve_ws(
     async def on_message(message: dict[str, Any]) -> None:
         if until is not None:
             err = Forbidden("this socket follows a job: it is read-only")
-            sub.write(control_frame({"type": "error", "ref": None, **err.to_wire()}))
+            sub.write(control_frame({"type": "error", "ref": _ref_of(message), **err.to_wire()}))
             return
         raw = message.get("text")
         if raw is None:

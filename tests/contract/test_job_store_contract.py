@@ -1,0 +1,624 @@
+"""The job contract: every store runs the job state machine the same way.
+
+Each test drives `JobService` (tidings.jobs) over a real store — in memory and on a real
+SQLite file — and checks both the job as stored and the event each transition appended
+to the job's channel `job.{id}` (read back with `store.read`), since that channel is
+what every transport serves to the job's followers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tidings.errors import Conflict, InvalidBody, NotFound
+from tidings.hub import Hub
+from tidings.jobs import JobService
+from tidings.stores import open_store
+from tidings.stores.base import Retention, Store
+from tidings.wire import Job, job_channel
+
+pytestmark = pytest.mark.timeout(30)
+
+DEFAULT = Retention(max_messages=100, max_age=3600.0)
+BACKOFF = 0.05
+
+Body = Callable[[Store, JobService], Coroutine[Any, Any, None]]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    """A factory of unstarted stores of one kind; SQLite ones share one file per test."""
+
+    def factory() -> Store:
+        if request.param == "memory":
+            return open_store("memory://", DEFAULT)
+        return open_store(f"sqlite:///{tmp_path / 'jobs.db'}", DEFAULT)
+
+    return factory
+
+
+def run(make_store: Callable[[], Store], body: Body) -> None:
+    """Start a store and a job service on it, run `body`, close both."""
+
+    async def main() -> None:
+        store = make_store()
+        await store.start()
+        svc = JobService(store, Hub(store.cursor_key), retry_backoff=BACKOFF)
+        try:
+            await body(store, svc)
+        finally:
+            svc.close()
+            await store.close()
+
+    asyncio.run(main())
+
+
+async def events(store: Store, job_id: str) -> list[tuple[str | None, dict[str, Any]]]:
+    """(event name, data) of every message on the job's channel, oldest first."""
+    res = await store.read(job_channel(job_id), "0", 1000)
+    assert not res.reset
+    return [(m.event, m.data) for m in res.messages]
+
+
+async def names(store: Store, job_id: str) -> list[str | None]:
+    return [e for e, _ in await events(store, job_id)]
+
+
+async def lease_one(svc: JobService, lease: float = 30.0, types: list[str] | None = None) -> Job:
+    jobs = await svc.lease(types, 1, 0, lease)
+    assert len(jobs) == 1, jobs
+    return jobs[0]
+
+
+# -- submit -------------------------------------------------------------------------------
+
+
+def test_submit_queues_the_job_and_publishes_queued(make_store):
+    """A submitted job is stored queued at attempt 0, and `queued` is its channel's first event."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        job, created = await svc.submit("resize", {"w": 10}, max_attempts=2, priority=3)
+        assert created
+        assert job.status == "queued"
+        assert job.attempt == 0
+        assert job.max_attempts == 2
+        assert job.priority == 3
+        stored = await store.get_job(job.id)
+        assert stored == job
+        evs = await events(store, job.id)
+        assert [e for e, _ in evs] == ["queued"]
+        data = evs[0][1]
+        assert data["id"] == job.id
+        assert data["status"] == "queued"
+        assert data["type"] == "resize"
+        # The channel carries the public job without its payload (which may be large).
+        assert "payload" not in data
+        assert "lease_token" not in data
+
+    run(make_store, body)
+
+
+def test_submit_rejects_bad_arguments(make_store):
+    """max_attempts, delay, priority, timeout and type are checked before anything is stored."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        bad: list[dict[str, Any]] = [
+            {"max_attempts": 0},
+            {"max_attempts": 101},
+            {"delay": -1.0},
+            {"priority": 2**31},
+            {"timeout": 0.0},
+        ]
+        for kwargs in bad:
+            with pytest.raises(InvalidBody):
+                await svc.submit("t", None, **kwargs)
+        with pytest.raises(InvalidBody):
+            await svc.submit("bad type!", None)
+        assert await store.list_jobs(None, None, 100) == []
+
+    run(make_store, body)
+
+
+def test_same_idempotency_key_gives_the_same_job_once(make_store):
+    """A repeated idempotency key returns the first job, stores nothing and publishes nothing."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        first, created1 = await svc.submit("t", 1, idempotency_key="k-1")
+        again, created2 = await svc.submit("t", 2, idempotency_key="k-1")
+        other, created3 = await svc.submit("t", 3, idempotency_key="k-2")
+        assert created1 and not created2 and created3
+        assert again.id == first.id
+        assert again.payload == 1
+        assert other.id != first.id
+        assert len(await store.list_jobs(None, None, 100)) == 2
+        assert await names(store, first.id) == ["queued"]
+
+    run(make_store, body)
+
+
+def test_get_unknown_job_is_not_found(make_store):
+    """Looking up or transitioning a job that does not exist raises NotFound."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        assert await store.get_job("nope") is None
+        with pytest.raises(NotFound):
+            await svc.get("nope")
+        with pytest.raises(NotFound):
+            await svc.cancel("nope")
+        with pytest.raises(NotFound):
+            await svc.complete("nope", "token", None)
+
+    run(make_store, body)
+
+
+# -- lease, heartbeat, complete -----------------------------------------------------------
+
+
+def test_lease_heartbeat_complete(make_store):
+    """queued → running (attempt 1, token, lease end) → progress → succeeded, one event each."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        job, _ = await svc.submit("t", {"n": 1})
+        before = time.time()
+        leased = await lease_one(svc, lease=10.0)
+        assert leased.id == job.id
+        assert leased.status == "running"
+        assert leased.attempt == 1
+        assert leased.payload == {"n": 1}
+        assert leased.lease_token
+        assert leased.lease_expires_at is not None
+        assert before + 10.0 - 1 <= leased.lease_expires_at <= time.time() + 10.0
+        assert await store.get_job(job.id) == leased
+
+        token = leased.lease_token
+        cancel, expires = await svc.heartbeat(job.id, token, 40.0, "half way", lease=20.0)
+        assert cancel is False
+        assert expires >= leased.lease_expires_at + 5
+        running = await svc.get(job.id)
+        assert running.progress == 40.0
+        assert running.message == "half way"
+        assert running.lease_expires_at == expires
+
+        # A heartbeat that reports nothing extends the lease and publishes nothing.
+        await svc.heartbeat(job.id, token)
+        assert await names(store, job.id) == ["queued", "running", "progress"]
+
+        done = await svc.complete(job.id, token, {"ok": True})
+        assert done.status == "succeeded"
+        assert done.result == {"ok": True}
+        assert done.lease_token is None
+        assert done.finished_at is not None
+        assert await store.get_job(job.id) == done
+
+        evs = await events(store, job.id)
+        assert [e for e, _ in evs] == ["queued", "running", "progress", "succeeded"]
+        assert evs[1][1]["status"] == "running"
+        assert evs[1][1]["attempt"] == 1
+        assert evs[2][1]["progress"] == 40.0
+        assert evs[2][1]["message"] == "half way"
+        assert evs[3][1]["status"] == "succeeded"
+        assert evs[3][1]["result"] == {"ok": True}
+
+    run(make_store, body)
+
+
+def test_spent_or_foreign_token_is_refused_and_changes_nothing(make_store):
+    """After complete, the spent token gets Conflict; so does a foreign one while running."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        job, _ = await svc.submit("t")
+        leased = await lease_one(svc)
+        for call in (
+            svc.heartbeat(job.id, "not-the-token", 50.0),
+            svc.complete(job.id, "not-the-token", "x"),
+            svc.fail(job.id, "not-the-token", "x"),
+        ):
+            with pytest.raises(Conflict):
+                await call
+        assert await store.get_job(job.id) == leased
+
+        done = await svc.complete(job.id, leased.lease_token, 1)
+        for call in (
+            svc.complete(job.id, leased.lease_token, 2),
+            svc.fail(job.id, leased.lease_token, "late"),
+            svc.heartbeat(job.id, leased.lease_token, 10.0),
+        ):
+            with pytest.raises(Conflict):
+                await call
+        assert await store.get_job(job.id) == done
+        assert await names(store, job.id) == ["queued", "running", "succeeded"]
+
+    run(make_store, body)
+
+
+def test_heartbeat_rejects_bad_progress(make_store):
+    """Progress outside 0-100 and a lease out of range are refused, and nothing changes."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        await svc.submit("t")
+        leased = await lease_one(svc)
+        for kwargs in ({"progress": 101.0}, {"progress": -1.0}, {"lease": 0.0}):
+            with pytest.raises(InvalidBody):
+                await svc.heartbeat(leased.id, leased.lease_token, **kwargs)
+        assert await store.get_job(leased.id) == leased
+
+    run(make_store, body)
+
+
+def test_lease_is_atomic_under_concurrency(make_store):
+    """Many concurrent lease calls share out the jobs: no job goes to two callers."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        submitted = {(await svc.submit("t", i))[0].id for i in range(60)}
+        batches = await asyncio.gather(*(svc.lease(None, 4, 0, 30.0) for _ in range(25)))
+        leased = [j.id for batch in batches for j in batch]
+        assert len(leased) == len(set(leased)), "a job was leased twice"
+        assert set(leased) == submitted
+        assert await svc.lease(None, 10, 0, 30.0) == []
+        for job_id in submitted:
+            assert await names(store, job_id) == ["queued", "running"]
+
+    run(make_store, body)
+
+
+def test_lease_order_is_priority_then_run_at(make_store):
+    """Higher priority first; within a priority, the earliest `run_at` first."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        late, _ = await svc.submit("t", "late", delay=0.2)  # submitted first, runs last
+        low, _ = await svc.submit("t", "low", priority=-5)
+        early, _ = await svc.submit("t", "early")
+        high, _ = await svc.submit("t", "high", priority=10)
+        mid, _ = await svc.submit("t", "mid", priority=5)
+        await asyncio.sleep(0.3)
+        got = await svc.lease(None, 10, 0, 30.0)
+        assert [j.payload for j in got] == ["high", "mid", "early", "late", "low"]
+        assert {late.id, low.id, early.id, high.id, mid.id} == {j.id for j in got}
+
+    run(make_store, body)
+
+
+def test_lease_filters_by_type_and_waits_for_delay(make_store):
+    """A lease takes only the types asked for; a delayed job is not leased before its time."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        a, _ = await svc.submit("a")
+        b, _ = await svc.submit("b", delay=0.5)
+        assert [j.id for j in await svc.lease(["b"], 10, 0, 30.0)] == []
+        assert [j.id for j in await svc.lease(["a"], 10, 0, 30.0)] == [a.id]
+        started = time.monotonic()
+        got = await svc.lease(["b"], 10, 3.0, 30.0)  # long-polls until b is due
+        assert [j.id for j in got] == [b.id]
+        assert time.monotonic() - started >= 0.3
+        assert got[0].started_at is not None
+        assert got[0].started_at >= b.run_at
+
+    run(make_store, body)
+
+
+def test_a_parked_lease_is_answered_by_a_submit(make_store):
+    """A lease long-polling on an empty queue returns as soon as a job of its type arrives."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        waiting = asyncio.ensure_future(svc.lease(["t"], 1, 5.0, 30.0))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        started = time.monotonic()
+        job, _ = await svc.submit("t")
+        got = await asyncio.wait_for(waiting, 2.0)
+        assert [j.id for j in got] == [job.id]
+        assert time.monotonic() - started < 1.0
+
+    run(make_store, body)
+
+
+def test_lease_length_never_passes_the_job_timeout(make_store):
+    """A job with `timeout` gets a lease that ends by started_at + timeout."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        await svc.submit("t", timeout=0.5)
+        leased = await lease_one(svc, lease=60.0)
+        assert leased.started_at is not None
+        assert leased.lease_expires_at == pytest.approx(leased.started_at + 0.5)
+        _, expires = await svc.heartbeat(leased.id, leased.lease_token, lease=60.0)
+        assert expires == pytest.approx(leased.started_at + 0.5)
+
+    run(make_store, body)
+
+
+# -- failure, expiry, retry ---------------------------------------------------------------
+
+
+def test_fail_with_retry_requeues_after_backoff_then_fails_when_attempts_are_used(make_store):
+    """fail(retry) → queued after a backoff with attempt kept; the last attempt → failed."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        job, _ = await svc.submit("t", max_attempts=2)
+        first = await lease_one(svc)
+        requeued = await svc.fail(job.id, first.lease_token, {"msg": "boom"})
+        assert requeued.status == "queued"
+        assert requeued.attempt == 1
+        assert requeued.error == {"msg": "boom"}
+        assert requeued.lease_token is None
+        assert requeued.run_at > time.time()  # backoff
+        assert await svc.lease(None, 1, 0, 30.0) == []
+        await asyncio.sleep(BACKOFF * 2)
+        second = await lease_one(svc)
+        assert second.attempt == 2
+        dead = await svc.fail(job.id, second.lease_token, "boom again")
+        assert dead.status == "failed"
+        assert dead.finished_at is not None
+        assert await svc.lease(None, 1, 0, 30.0) == []
+        assert [j.id for j in await svc.list_jobs("failed", None, 10)] == [job.id]
+        evs = await events(store, job.id)
+        assert [e for e, _ in evs] == ["queued", "running", "queued", "running", "failed"]
+        assert evs[2][1]["error"] == {"msg": "boom"}
+        assert evs[-1][1]["error"] == "boom again"
+
+    run(make_store, body)
+
+
+def test_fail_without_retry_or_with_one_attempt_ends_failed(make_store):
+    """retry=False fails at once; max_attempts=1 with retry=True fails too."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        a, _ = await svc.submit("t", max_attempts=3)
+        leased = await lease_one(svc)
+        assert (await svc.fail(a.id, leased.lease_token, "no", retry=False)).status == "failed"
+        b, _ = await svc.submit("t", max_attempts=1)
+        leased = await lease_one(svc)
+        assert (await svc.fail(b.id, leased.lease_token, "no", retry=True)).status == "failed"
+        for job_id in (a.id, b.id):
+            assert await names(store, job_id) == ["queued", "running", "failed"]
+
+    run(make_store, body)
+
+
+def test_expired_lease_requeues_with_the_next_attempt(make_store):
+    """A lease that ends without a heartbeat puts the job back; its next lease is attempt 2."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        job, _ = await svc.submit("t")
+        first = await lease_one(svc, lease=0.1)
+        assert await svc.expire() == []  # not yet
+        await asyncio.sleep(0.2)
+        expired = await svc.expire()
+        assert [j.id for j in expired] == [job.id]
+        assert expired[0].status == "queued"
+        assert expired[0].error["type"] == "LeaseExpired"
+        assert await svc.expire() == []  # taken back once
+        with pytest.raises(Conflict):
+            await svc.complete(job.id, first.lease_token, "too late")
+        await asyncio.sleep(BACKOFF * 2)
+        second = await lease_one(svc)
+        assert second.attempt == 2
+        assert second.lease_token != first.lease_token
+        await svc.complete(job.id, second.lease_token, "ok")
+        assert await names(store, job.id) == ["queued", "running", "queued", "running", "succeeded"]
+
+    run(make_store, body)
+
+
+def test_expired_last_attempt_ends_failed(make_store):
+    """When the expired attempt was the last one, the job ends failed (dead letter)."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        job, _ = await svc.submit("t", max_attempts=1)
+        await lease_one(svc, lease=0.1)
+        await asyncio.sleep(0.2)
+        [expired] = await svc.expire()
+        assert expired.status == "failed"
+        assert await names(store, job.id) == ["queued", "running", "failed"]
+
+    run(make_store, body)
+
+
+def test_retry_requeues_failed_and_cancelled_jobs_only(make_store):
+    """retry: failed/cancelled → queued with attempts reset; other states are a Conflict."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        job, _ = await svc.submit("t", max_attempts=1)
+        leased = await lease_one(svc)
+        with pytest.raises(Conflict):
+            await svc.retry(job.id)  # running
+        await svc.fail(job.id, leased.lease_token, "x")
+        again = await svc.retry(job.id)
+        assert again.status == "queued"
+        assert again.attempt == 0
+        assert again.finished_at is None
+        leased = await lease_one(svc)
+        assert leased.attempt == 1
+        await svc.complete(job.id, leased.lease_token, "ok")
+        with pytest.raises(Conflict):
+            await svc.retry(job.id)  # succeeded
+
+        gone, _ = await svc.submit("t")
+        await svc.cancel(gone.id)
+        assert (await svc.retry(gone.id)).status == "queued"
+        assert await names(store, gone.id) == ["queued", "cancelled", "queued"]
+        assert await names(store, job.id) == [
+            "queued", "running", "failed", "queued", "running", "succeeded",
+        ]  # fmt: skip
+
+    run(make_store, body)
+
+
+# -- cancellation -------------------------------------------------------------------------
+
+
+def test_cancel_queued_job_is_immediate(make_store):
+    """A queued job is cancelled at once and is never leased; cancelling again is a Conflict."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        job, _ = await svc.submit("t")
+        cancelled = await svc.cancel(job.id)
+        assert cancelled.status == "cancelled"
+        assert cancelled.finished_at is not None
+        assert await svc.lease(None, 1, 0, 30.0) == []
+        with pytest.raises(Conflict):
+            await svc.cancel(job.id)
+        assert await names(store, job.id) == ["queued", "cancelled"]
+
+    run(make_store, body)
+
+
+def test_cancel_running_job_is_requested_then_ends_when_the_worker_stops(make_store):
+    """Running: cancel_requested (reported by heartbeat); the worker's fail ends it cancelled."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        job, _ = await svc.submit("t")
+        leased = await lease_one(svc)
+        asked = await svc.cancel(job.id)
+        assert asked.status == "running"
+        assert asked.cancel_requested
+        again = await svc.cancel(job.id)  # asking twice publishes nothing new
+        assert again.cancel_requested
+        cancel, _ = await svc.heartbeat(job.id, leased.lease_token)
+        assert cancel is True
+        ended = await svc.fail(job.id, leased.lease_token, "stopped", retry=True)
+        assert ended.status == "cancelled"
+        assert await names(store, job.id) == ["queued", "running", "cancel_requested", "cancelled"]
+
+    run(make_store, body)
+
+
+def test_cancel_running_job_whose_lease_runs_out_ends_cancelled(make_store):
+    """A running job with cancel requested whose worker vanishes ends cancelled, not requeued."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        job, _ = await svc.submit("t")
+        await lease_one(svc, lease=0.1)
+        await svc.cancel(job.id)
+        await asyncio.sleep(0.2)
+        [ended] = await svc.expire()
+        assert ended.status == "cancelled"
+        assert await names(store, job.id) == ["queued", "running", "cancel_requested", "cancelled"]
+        assert await svc.lease(None, 1, 0, 30.0) == []
+
+    run(make_store, body)
+
+
+def test_cancel_finished_job_is_a_conflict(make_store):
+    """A job that already ended cannot be cancelled, and stays as it ended."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        job, _ = await svc.submit("t")
+        leased = await lease_one(svc)
+        done = await svc.complete(job.id, leased.lease_token, 1)
+        with pytest.raises(Conflict):
+            await svc.cancel(job.id)
+        assert await store.get_job(job.id) == done
+
+    run(make_store, body)
+
+
+# -- listing, counts, sweeping ------------------------------------------------------------
+
+
+def test_list_jobs_and_queue_counts(make_store):
+    """list_jobs filters by status and type, newest first; queue_counts per type and status."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        a1, _ = await svc.submit("a")
+        a2, _ = await svc.submit("a")
+        b1, _ = await svc.submit("b")
+        leased = await lease_one(svc, types=["a"])
+        assert leased.id == a1.id
+        await svc.complete(a1.id, leased.lease_token, None)
+        await svc.cancel(b1.id)
+        assert [j.id for j in await svc.list_jobs(None, None, 10)] == [b1.id, a2.id, a1.id]
+        assert [j.id for j in await svc.list_jobs(None, None, 2)] == [b1.id, a2.id]
+        assert [j.id for j in await svc.list_jobs(None, "a", 10)] == [a2.id, a1.id]
+        assert [j.id for j in await svc.list_jobs("queued", None, 10)] == [a2.id]
+        assert [j.id for j in await svc.list_jobs("succeeded", "a", 10)] == [a1.id]
+        assert await svc.list_jobs("succeeded", "b", 10) == []
+        assert await svc.queues() == {
+            "a": {"queued": 1, "succeeded": 1},
+            "b": {"cancelled": 1},
+        }
+
+    run(make_store, body)
+
+
+def test_sweep_removes_old_finished_jobs_and_their_channels(make_store):
+    """sweep drops jobs that ended before the cut-off, with their channel and idempotency key;
+    running, queued and recently finished jobs stay."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        old, _ = await svc.submit("t", idempotency_key="old-key")
+        leased = await lease_one(svc)
+        await svc.complete(old.id, leased.lease_token, 1)
+        queued, _ = await svc.submit("t", delay=60)
+        running, _ = await svc.submit("t")
+        await lease_one(svc)
+        await asyncio.sleep(0.3)
+        recent, _ = await svc.submit("t")
+        await svc.cancel(recent.id)
+
+        await svc.sweep(ttl=0.2)
+        assert await store.get_job(old.id) is None
+        assert await store.info(job_channel(old.id)) is None
+        assert (await store.read(job_channel(old.id), "0", 10)).messages == []
+        for kept in (queued, running, recent):
+            assert await store.get_job(kept.id) is not None
+            assert await names(store, kept.id)
+        # The swept job's idempotency key no longer matches.
+        fresh, created = await svc.submit("t", idempotency_key="old-key")
+        assert created
+        assert fresh.id != old.id
+        assert await svc.queues() == {"t": {"queued": 2, "running": 1, "cancelled": 1}}
+
+    run(make_store, body)
+
+
+def test_sqlite_reopen_keeps_jobs_and_their_events(tmp_path):
+    """Jobs, their states, idempotency keys and channels survive closing and reopening SQLite;
+    a queued job is leased after the reopen and its channel's ids keep increasing."""
+    url = f"sqlite:///{tmp_path / 'reopen.db'}"
+
+    async def first_life() -> tuple[Job, Job, list[str]]:
+        store = open_store(url, DEFAULT)
+        await store.start()
+        svc = JobService(store, Hub(store.cursor_key), retry_backoff=BACKOFF)
+        try:
+            done, _ = await svc.submit("t", {"x": 1}, idempotency_key="k")
+            leased = await lease_one(svc)
+            done = await svc.complete(done.id, leased.lease_token, {"y": 2})
+            waiting, _ = await svc.submit("t", "later", priority=7)
+            res = await store.read(job_channel(waiting.id), "0", 10)
+            return done, waiting, [m.id for m in res.messages]
+        finally:
+            svc.close()
+            await store.close()
+
+    async def second_life(done: Job, waiting: Job, ids: list[str]) -> None:
+        store = open_store(url, DEFAULT)
+        await store.start()
+        svc = JobService(store, Hub(store.cursor_key), retry_backoff=BACKOFF)
+        try:
+            assert await store.get_job(done.id) == done
+            assert await store.get_job(waiting.id) == waiting
+            assert await names(store, done.id) == ["queued", "running", "succeeded"]
+            again, created = await svc.submit("t", {"x": 1}, idempotency_key="k")
+            assert not created
+            assert again.id == done.id
+            leased = await lease_one(svc)
+            assert leased.id == waiting.id
+            assert leased.attempt == 1
+            res = await store.read(job_channel(waiting.id), "0", 10)
+            assert [m.event for m in res.messages] == ["queued", "running"]
+            assert res.messages[0].id == ids[0]
+            assert store.cursor_key(res.messages[1].id) > store.cursor_key(ids[-1])
+            assert await svc.queues() == {"t": {"succeeded": 1, "running": 1}}
+        finally:
+            svc.close()
+            await store.close()
+
+    done, waiting, ids = asyncio.run(first_life())
+    asyncio.run(second_life(done, waiting, ids))
