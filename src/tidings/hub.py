@@ -2,14 +2,20 @@
 
 The hot path (see docs/architecture.md):
 
-* A published message is encoded once per transport kind (one SSE frame, one WebSocket
-  text), wrapped in one ASGI message dict shared by every subscriber.
+* A published message wakes the channel's long polls at once and joins the channel's
+  queue; a fan-out pass, scheduled with `call_soon`, takes everything queued as one
+  batch. Messages published back to back thus reach each subscriber in *one* write.
+* A batch is encoded once per transport kind; the frames for "everything after message
+  i" are built once per (kind, i) and shared by every subscriber at that position.
+* A pass serves subscribers in chunks of `FANOUT_CHUNK`, letting the loop run between
+  chunks; messages published meanwhile join the batch for the rest of the pass, and a
+  follow-up pass brings the first chunks up to date.
 * For each subscriber the hub *starts* the server's `send()` coroutine by hand. When the
   connection's write buffer has room, `send()` writes and finishes in that first step —
   no task, no queue, no wake-up (the same cost as a bare loop of `await send()`).
 * When the socket is backed up, `send()` suspends on the server's drain future. The hub
   then hands that half-run coroutine to a drainer task for this subscriber alone and
-  queues the subscriber's later frames in a bounded backlog. The fan-out loop never waits.
+  queues the subscriber's later frames in a bounded backlog. The fan-out never waits.
 * A backlog over its byte limit cuts the subscriber with a reason: it resumes from its
   cursor, so nothing is lost, and server memory stays bounded.
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import types
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from typing import Any
@@ -40,6 +47,8 @@ RECENT = 64
 RECENT_CHANNELS = 10_000
 # Live messages parked while a subscriber replays history; past this, it re-reads the store.
 PENDING_MAX = 1000
+# Subscribers served per step of a fan-out pass before the loop may run other work.
+FANOUT_CHUNK = 1000
 
 # A comment keeps proxies from timing out; `retry:` tells EventSource how soon to reconnect.
 HEARTBEAT = b": ping\nretry: %d\n\n" % SSE_RETRY_MS
@@ -146,43 +155,68 @@ class Subscriber:
 
     # -- frames -----------------------------------------------------------------------
 
-    def frame(self, msg: Message, shared: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The ASGI message carrying `msg` to this subscriber (`shared`: pre-encoded)."""
+    def frame(self, msg: Message) -> dict[str, Any]:
+        """The ASGI message carrying one message to this subscriber (history replay)."""
         if self.kind == KIND_SSE_MULTI:
-            body = (shared if shared is not None else _multi_shared(msg))["body"]
             cursor = encode_composite_cursor(
                 {
                     ch: (msg.id if ch == msg.channel else pos or "0")
                     for ch, pos in self.cursors.items()
                 }
             )
-            return {
-                "type": "http.response.body",
-                "body": b"id: " + cursor.encode() + b"\n" + body,
-                "more_body": True,
-            }
-        if shared is not None:
-            return shared
-        return _encode_for(self.kind, msg)
+            body = b"id: " + cursor.encode() + b"\n" + _multi_body(msg)
+            return {"type": "http.response.body", "body": body, "more_body": True}
+        return _encode_for(self.kind, [msg])[0]
 
     # -- delivery ---------------------------------------------------------------------
 
-    def deliver(self, msg: Message, shared: dict[str, Any] | None) -> None:
-        """Hand one live message to this subscriber without ever waiting on its socket."""
+    def park(self, msgs: list[Message]) -> None:
+        """While catching up: keep live messages for after the replay (bounded)."""
+        if len(self.pending) + len(msgs) > PENDING_MAX:
+            # Everything parked is durable: drop it and let the replay read it again.
+            self.pending.clear()
+            self.overflowed = True
+        else:
+            self.pending.extend(msgs)
+
+    def deliver_batch(self, batch: Batch) -> None:
+        """Hand the messages of `batch` this subscriber lacks to it in one write, never
+        waiting on its socket."""
         if self.close_reason is not None:
             return
         if self.catching_up:
-            if len(self.pending) >= PENDING_MAX:
-                # Everything parked is durable: drop it and let the replay read it again.
-                self.pending.clear()
-                self.overflowed = True
-            else:
-                self.pending.append(msg)
+            self.park(batch.msgs)
             return
-        frame = self.frame(msg, shared)
-        self.cursors[msg.channel] = msg.id
-        self.write(frame)
-        self.check_until(msg)
+        channel = batch.channel
+        start = batch.start_after(self.cursors.get(channel))
+        msgs = batch.msgs
+        end = len(msgs)
+        if start >= end:
+            return
+        until = self.until
+        if until is not None:
+            end = next((i + 1 for i in range(start, end) if msgs[i].event in until), end)
+        if self.kind == KIND_SSE_MULTI:
+            frames = [self._multi_frame(msgs[start:end], batch)]
+        elif end == len(msgs):
+            frames = batch.frames(self.kind, start)
+        else:
+            frames = batch.frames_between(self.kind, start, end)
+        self.cursors[channel] = msgs[end - 1].id
+        self.hub.delivered += end - start
+        for frame in frames:
+            self.write(frame)
+        if until is not None:
+            self.check_until(msgs[end - 1])
+
+    def _multi_frame(self, msgs: list[Message], batch: Batch) -> dict[str, Any]:
+        """Frames of a multiplexed stream: each carries this stream's composite cursor."""
+        parts = []
+        for msg in msgs:
+            self.cursors[msg.channel] = msg.id
+            cursor = encode_composite_cursor({ch: pos or "0" for ch, pos in self.cursors.items()})
+            parts.append(b"id: " + cursor.encode() + b"\n" + batch.multi_body(msg))
+        return {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
 
     def check_until(self, msg: Message) -> None:
         """End the stream, once what was written has drained, after a final event."""
@@ -206,7 +240,6 @@ class Subscriber:
         try:
             first = coro.send(None)
         except StopIteration:
-            self.hub.delivered += 1
             return
         except Exception as exc:
             self.close(f"send failed: {exc!r}")
@@ -216,12 +249,10 @@ class Subscriber:
     async def _drain(self, coro: Coroutine[Any, Any, None], first: Any) -> None:
         try:
             await _resume(coro, first)
-            self.hub.delivered += 1
             while self.backlog:
                 frame = self.backlog.popleft()
                 self.backlog_bytes -= _frame_size(frame)
                 await self.send(frame)
-                self.hub.delivered += 1
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -238,11 +269,13 @@ class Subscriber:
         """The parked live messages the replay did not cover (cursors must be set)."""
         pending, self.pending = self.pending, []
         key = self.hub.key
+        seen = {ch: key(pos) for ch, pos in self.cursors.items() if pos is not None}
         out = []
-        for msg in pending:
-            pos = self.cursors.get(msg.channel)
-            if pos is None or key(msg.id) > key(pos):
+        for msg in pending:  # may hold repeats: a batch can be handed over twice
+            k = key(msg.id)
+            if k > seen.get(msg.channel, -1):
                 out.append(msg)
+                seen[msg.channel] = k
         return out
 
     # -- closing ----------------------------------------------------------------------
@@ -272,21 +305,99 @@ class Subscriber:
             self.task.cancel()
 
 
-def _multi_shared(msg: Message) -> dict[str, Any]:
-    body = sse_frame(None, msg.event, encode_json(msg.to_wire()).decode())
-    return {"type": "http.response.body", "body": body, "more_body": True}
+def _multi_body(msg: Message) -> bytes:
+    """A multiplexed stream's frame after its `id:` line: the whole message as JSON."""
+    return sse_frame(None, msg.event, encode_json(msg.to_wire()).decode())
 
 
-def _encode_for(kind: str, msg: Message) -> dict[str, Any]:
+def _encode_for(kind: str, msgs: list[Message]) -> list[dict[str, Any]]:
+    """ASGI messages carrying `msgs` to one kind of stream: SSE frames share one write."""
     if kind == KIND_SSE:
-        return {
-            "type": "http.response.body",
-            "body": sse_frame(msg.id, msg.event, data_text(msg.data)),
-            "more_body": True,
-        }
-    if kind == KIND_WS:
-        return {"type": "websocket.send", "text": encode_json(msg.to_wire()).decode()}
-    return _multi_shared(msg)
+        body = b"".join(sse_frame(m.id, m.event, data_text(m.data)) for m in msgs)
+        return [{"type": "http.response.body", "body": body, "more_body": True}]
+    return [{"type": "websocket.send", "text": encode_json(m.to_wire()).decode()} for m in msgs]
+
+
+class Batch:
+    """Messages of one channel fanned out together; each is encoded once per kind, and
+    the frames for "everything from message i on" once per (kind, i).
+
+    Args:
+        channel: the channel.
+        msgs: its messages, in id order.
+        key: the store's order of ids.
+    """
+
+    __slots__ = ("_encoded", "_frames", "_multi", "_starts", "channel", "key", "keys", "msgs")
+
+    def __init__(self, channel: str, msgs: list[Message], key: Callable[[str], int]) -> None:
+        self.channel = channel
+        self.key = key
+        self.msgs: list[Message] = []
+        self.keys: list[int] = []
+        self._encoded: dict[str, list[bytes | str]] = {}
+        self._frames: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        self._starts: dict[str | None, int] = {}
+        self._multi: dict[int, bytes] = {}
+        self.extend(msgs)
+
+    def extend(self, msgs: list[Message]) -> None:
+        """Add messages published since (cached frames and positions are redone)."""
+        self.msgs.extend(msgs)
+        self.keys.extend(self.key(m.id) for m in msgs)
+        self._frames.clear()
+        self._starts.clear()
+
+    def start_after(self, cursor: str | None) -> int:
+        """Index of the first message after `cursor` (None: all of them)."""
+        start = self._starts.get(cursor)
+        if start is None:
+            start = 0 if cursor is None else bisect_right(self.keys, self.key(cursor))
+            self._starts[cursor] = start
+        return start
+
+    def _encode(self, kind: str) -> list[bytes | str]:
+        done = self._encoded.setdefault(kind, [])
+        for msg in self.msgs[len(done) :]:
+            if kind == KIND_SSE:
+                done.append(sse_frame(msg.id, msg.event, data_text(msg.data)))
+            else:
+                done.append(encode_json(msg.to_wire()).decode())
+        return done
+
+    def frames(self, kind: str, start: int) -> list[dict[str, Any]]:
+        """ASGI messages for messages[start:] (cached: most subscribers share a start)."""
+        frames = self._frames.get((kind, start))
+        if frames is None:
+            frames = self._frames[(kind, start)] = self.frames_between(kind, start, len(self.msgs))
+        return frames
+
+    def frames_between(self, kind: str, start: int, end: int) -> list[dict[str, Any]]:
+        """ASGI messages for messages[start:end]."""
+        encoded = self._encode(kind)[start:end]
+        if kind == KIND_SSE:
+            body = b"".join(encoded)  # type: ignore[arg-type]
+            return [{"type": "http.response.body", "body": body, "more_body": True}]
+        return [{"type": "websocket.send", "text": text} for text in encoded]
+
+    def multi_body(self, msg: Message) -> bytes:
+        """A multiplexed stream's frame body for `msg`, encoded once."""
+        body = self._multi.get(id(msg))
+        if body is None:
+            body = self._multi[id(msg)] = _multi_body(msg)
+        return body
+
+
+class _Pass:
+    """One fan-out of a channel's batch over a snapshot of its subscribers, in chunks."""
+
+    __slots__ = ("batch", "first_len", "index", "subs")
+
+    def __init__(self, batch: Batch, subs: list[Subscriber]) -> None:
+        self.batch = batch
+        self.subs = subs
+        self.index = 0
+        self.first_len = len(batch.msgs)
 
 
 def _frame_size(frame: dict[str, Any]) -> int:
@@ -307,6 +418,9 @@ class Hub:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         # channel -> recent messages (oldest first) and the id before the oldest of them.
         self._recent: dict[str, tuple[deque[Message], list[str | None]]] = {}
+        # Messages waiting for their channel's next fan-out pass, and passes under way.
+        self._queue: dict[str, list[Message]] = {}
+        self._passes: dict[str, _Pass] = {}
         self.delivered = 0
         self.published = 0
         self.cut = 0
@@ -346,10 +460,12 @@ class Hub:
     # -- publish ----------------------------------------------------------------------
 
     def publish(self, msg: Message, prev_id: str | None, keep: int = RECENT) -> None:
-        """Fan one durable message out to every live subscriber and parked long poll.
+        """Take one durable message: wake the channel's long polls now, and queue it for
+        the channel's streams.
 
         `keep` is the channel's retention by count: the remembered tail never holds a
-        message the store has already dropped.
+        message the store has already dropped. Streams get it from the next fan-out pass,
+        so messages published back to back reach each subscriber in one write.
         """
         self.published += 1
         self._remember(msg, prev_id, min(keep, RECENT))
@@ -358,16 +474,43 @@ class Hub:
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
-        subs = self._subs.get(msg.channel)
-        if not subs:
+        if msg.channel not in self._subs:
             return
-        shared: dict[str, dict[str, Any]] = {}
-        for sub in list(subs):
-            kind = sub.kind
-            frame = shared.get(kind)
-            if frame is None:
-                frame = shared[kind] = _encode_for(kind, msg)
-            sub.deliver(msg, frame)
+        queued = self._queue.get(msg.channel)
+        if queued is not None:
+            queued.append(msg)
+            return
+        self._queue[msg.channel] = [msg]
+        if msg.channel not in self._passes:
+            asyncio.get_running_loop().call_soon(self._fan_out, msg.channel)
+
+    def _fan_out(self, channel: str) -> None:
+        """Run (a chunk of) a fan-out pass; messages queued meanwhile join the batch."""
+        newer = self._queue.pop(channel, None)
+        p = self._passes.get(channel)
+        if p is None:
+            subs = self._subs.get(channel)
+            if not newer or not subs:
+                return
+            p = self._passes[channel] = _Pass(Batch(channel, newer, self.key), list(subs))
+        elif newer:
+            p.batch.extend(newer)
+        end = min(p.index + FANOUT_CHUNK, len(p.subs))
+        for sub in p.subs[p.index : end]:
+            sub.deliver_batch(p.batch)
+        p.index = end
+        loop = asyncio.get_running_loop()
+        if end < len(p.subs):
+            # Let the loop breathe (publishes, new streams) before the next chunk.
+            loop.call_soon(self._fan_out, channel)
+            return
+        del self._passes[channel]
+        if len(p.batch.msgs) > p.first_len:
+            # Messages that joined mid-pass have not reached the first chunks yet.
+            late = p.batch.msgs[p.first_len :]
+            self._queue[channel] = late + self._queue.get(channel, [])
+        if channel in self._queue:
+            loop.call_soon(self._fan_out, channel)
 
     def _remember(self, msg: Message, prev_id: str | None, keep: int) -> None:
         recent = self._recent
@@ -455,6 +598,7 @@ class Hub:
         for fut in self._waiters.pop(channel, ()):
             if not fut.done():
                 fut.set_result(None)
+        self._queue.pop(channel, None)
         self.forget(channel)
 
     def close_all(self, reason: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -31,26 +32,82 @@ def msg(i: int, channel: str = "c") -> Message:
     return Message(id=str(i), channel=channel, data=f"m{i}")
 
 
-def live(hub: Hub, send: GatedSend, limit: int = 10_000) -> Subscriber:
-    sub = Subscriber(hub, KIND_SSE, send, {"c": "0"}, limit)
-    sub.catching_up = False
-    hub.add(sub)
-    return sub
+_PARKED: set[asyncio.Task[None]] = set()
+
+
+async def live(hub: Hub, send: GatedSend, limit: int = 10_000) -> Subscriber:
+    """A live subscriber owned by its own parked task, as a stream handler's would be."""
+    made: asyncio.Future[Subscriber] = asyncio.get_running_loop().create_future()
+
+    async def stream() -> None:
+        sub = Subscriber(hub, KIND_SSE, send, {"c": "0"}, limit)
+        sub.catching_up = False
+        hub.add(sub)
+        made.set_result(sub)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+
+    task = asyncio.get_running_loop().create_task(stream())
+    _PARKED.add(task)  # a strong reference, as a server keeps its connections' tasks
+    task.add_done_callback(_PARKED.discard)
+    return await made
+
+
+async def fan_out() -> None:
+    """Let the hub's scheduled fan-out passes run."""
+    for _ in range(3):
+        await asyncio.sleep(0)
 
 
 def test_a_writable_subscriber_is_written_without_a_task():
     async def main() -> None:
         hub = Hub(parse_seq)
         send = GatedSend()
-        sub = live(hub, send)
+        sub = await live(hub, send)
         tasks = len(asyncio.all_tasks())
+        hub.publish(msg(1), None)
+        await fan_out()
+        assert send.frames == [b"id: 1\ndata: m1\n\n"]
+        assert sub.drainer is None
+        assert len(asyncio.all_tasks()) == tasks, "no task per subscriber"
+        assert hub.delivered == 1
+
+    asyncio.run(main())
+
+
+def test_messages_published_back_to_back_reach_a_subscriber_in_one_write():
+    async def main() -> None:
+        hub = Hub(parse_seq)
+        send = GatedSend()
+        await live(hub, send)
         for i in range(1, 4):
             hub.publish(msg(i), str(i - 1) if i > 1 else None)
-        assert len(send.frames) == 3, "frames are written synchronously during publish"
-        assert sub.drainer is None
-        assert len(asyncio.all_tasks()) == tasks
-        assert send.frames[0] == b"id: 1\ndata: m1\n\n"
+        await fan_out()
+        assert send.frames == [b"id: 1\ndata: m1\n\nid: 2\ndata: m2\n\nid: 3\ndata: m3\n\n"]
         assert hub.delivered == 3
+
+    asyncio.run(main())
+
+
+def test_a_pass_over_many_subscribers_lets_later_messages_join_and_misses_none(monkeypatch):
+    """Fan-out runs in chunks; a message published between chunks reaches everyone once."""
+    import tidings.hub
+
+    monkeypatch.setattr(tidings.hub, "FANOUT_CHUNK", 2)
+
+    async def main() -> None:
+        hub = Hub(parse_seq)
+        sends = [GatedSend() for _ in range(5)]
+        for send in sends:
+            await live(hub, send)
+        hub.publish(msg(1), None)
+        await asyncio.sleep(0)  # the first chunk only
+        hub.publish(msg(2), "1")
+        await fan_out()
+        await fan_out()
+        for send in sends:
+            ids = [line for f in send.frames for line in f.split(b"\n") if line.startswith(b"id")]
+            assert ids == [b"id: 1", b"id: 2"]
 
     asyncio.run(main())
 
@@ -60,10 +117,11 @@ def test_a_blocked_subscriber_does_not_stall_the_others_and_catches_up_in_order(
         hub = Hub(parse_seq)
         slow, fast = GatedSend(), GatedSend()
         slow.open.clear()
-        s = live(hub, slow)
-        live(hub, fast)
+        s = await live(hub, slow)
+        await live(hub, fast)
         for i in range(1, 6):
             hub.publish(msg(i), None)
+            await fan_out()
         assert len(fast.frames) == 5
         assert slow.frames == []
         assert s.drainer is not None
@@ -73,6 +131,7 @@ def test_a_blocked_subscriber_does_not_stall_the_others_and_catches_up_in_order(
         assert [f.split(b"\n")[0] for f in slow.frames] == [b"id: %d" % i for i in range(1, 6)]
         assert s.drainer is None and not s.backlog
         hub.publish(msg(6), "5")
+        await fan_out()
         assert len(slow.frames) == 6, "back to direct writes once drained"
 
     asyncio.run(main())
@@ -83,9 +142,10 @@ def test_a_subscriber_over_its_buffer_is_cut_and_unregistered():
         hub = Hub(parse_seq)
         stuck = GatedSend()
         stuck.open.clear()
-        sub = live(hub, stuck, limit=100)
+        sub = await live(hub, stuck, limit=100)
         for i in range(1, 20):
             hub.publish(msg(i), None)
+            await fan_out()
         assert sub.close_reason is not None and "slow consumer" in sub.close_reason
         assert hub.cut == 1
         assert not sub.backlog and sub.backlog_bytes == 0
@@ -104,7 +164,9 @@ def test_catching_up_parks_live_messages_and_skips_what_the_replay_sent():
         hub.add(sub)
         for i in range(1, 4):
             hub.publish(msg(i), None)
-        assert send.frames == [] and len(sub.pending) == 3
+        await fan_out()
+        sub.park([msg(3)])  # a batch can be handed over twice
+        assert send.frames == []
         sub.cursors["c"] = "2"  # the replay already sent 1 and 2
         assert [m.id for m in sub.take_pending()] == ["3"]
 
