@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
@@ -162,7 +162,10 @@ class TidingsApp:
         self.open_streams += 1
         self._streams_idle.clear()
         try:
-            await self._serve_stream(scope, receive, send, channel, what, job)
+            # Validate and build the stream first, then serve it from this frame: the
+            # frames that built it are gone while it lives (memory per idle stream).
+            stream = await self._open_stream(scope, receive, send, channel, what, job)
+            await stream
         except TidingsError as exc:
             # Refused before the stream started: a JSON error, or an accepted-then-closed
             # socket with the reason (a refused handshake would only say 403).
@@ -177,7 +180,7 @@ class TidingsApp:
             if not self.open_streams:
                 self._streams_idle.set()
 
-    async def _serve_stream(
+    async def _open_stream(
         self,
         scope: Scope,
         receive: Receive,
@@ -185,7 +188,8 @@ class TidingsApp:
         channel: str | None,
         what: str,
         job: bool,
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
+        """Check a stream request; the coroutine that serves it, or a TidingsError."""
         settings = self.settings
         if self.hub.closing:
             raise StoreError("server is shutting down: reconnect to another node or retry")
@@ -207,10 +211,9 @@ class TidingsApp:
             for pos in positions.values():
                 self.store.cursor_key(pos)
             requested = {n: positions.get(n) for n in names}
-            await serve_sse(
+            return serve_sse(
                 self.channels, send, receive, requested, True, settings.subscriber_buffer
             )
-            return
         until: frozenset[str] | None = None
         if job:
             # A job's stream: from its first event unless resumed, ending after its last.
@@ -221,7 +224,7 @@ class TidingsApp:
         if cursor is not None:
             self.store.cursor_key(cursor)
         if what == "ws":
-            await serve_ws(
+            return serve_ws(
                 self.channels,
                 send,
                 receive,
@@ -231,16 +234,15 @@ class TidingsApp:
                 settings.max_message_bytes,
                 until,
             )
-        else:
-            await serve_sse(
-                self.channels,
-                send,
-                receive,
-                {channel: cursor},
-                False,
-                settings.subscriber_buffer,
-                until,
-            )
+        return serve_sse(
+            self.channels,
+            send,
+            receive,
+            {channel: cursor},
+            False,
+            settings.subscriber_buffer,
+            until,
+        )
 
     # -- life cycle ---------------------------------------------------------------------
 

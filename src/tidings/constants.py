@@ -39,3 +39,5 @@ TRANSPORTS = ("sse", "ws", "longpoll")
 
 # Cyclic GC thresholds for `tidings serve` (CPython's default is 700, 10, 10).
 GC_THRESHOLDS = (50_000, 20, 100)
+# GIL switch interval for `tidings serve` (CPython's default is 0.005 s).
+SWITCH_INTERVAL = 0.0005

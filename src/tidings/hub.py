@@ -48,7 +48,7 @@ RECENT_CHANNELS = 10_000
 # Live messages parked while a subscriber replays history; past this, it re-reads the store.
 PENDING_MAX = 1000
 # Subscribers served per step of a fan-out pass before the loop may run other work.
-FANOUT_CHUNK = 1000
+FANOUT_CHUNK = 100
 
 # A comment keeps proxies from timing out; `retry:` tells EventSource how soon to reconnect.
 HEARTBEAT = b": ping\nretry: %d\n\n" % SSE_RETRY_MS

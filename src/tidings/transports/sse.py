@@ -7,6 +7,7 @@ wrapper sits between the fan-out loop and the socket (see docs/decisions/0002).
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import Any
 
 from tidings.channels import ChannelService
@@ -35,7 +36,7 @@ def _closing(reason: str) -> list[dict[str, Any]]:
     return [control_frame({"type": "close", "reason": reason}), _END]
 
 
-async def serve_sse(
+def serve_sse(
     svc: ChannelService,
     send: Any,
     receive: Any,
@@ -43,9 +44,12 @@ async def serve_sse(
     multi: bool,
     buffer_limit: int,
     until: frozenset[str] | None = None,
-) -> None:
-    """Serve one SSE stream until the client leaves or the server ends it."""
+) -> Coroutine[Any, Any, None]:
+    """The coroutine serving one SSE stream until the client leaves or the server ends it.
+
+    Must be called from the stream's own task (its subscriber belongs to that task).
+    """
     kind = KIND_SSE_MULTI if multi else KIND_SSE
     sub = Subscriber(svc.hub, kind, send, dict.fromkeys(requested), buffer_limit, until)
     # Headers only: the `retry:` hint rides on the first heartbeat, saving a write per connect.
-    await run_stream(svc, sub, requested, _START, receive, control_frame, _closing)
+    return run_stream(svc, sub, requested, _START, receive, control_frame, _closing)

@@ -9,6 +9,7 @@ channel; the answer is `{"type": "ack", "ref", "id", "channel", "time"}` or
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import Any
 
 import msgspec
@@ -61,7 +62,7 @@ async def _client_publish(
     sub.write(control_frame(reply))
 
 
-async def serve_ws(
+def serve_ws(
     svc: ChannelService,
     send: Any,
     receive: Any,
@@ -70,8 +71,8 @@ async def serve_ws(
     buffer_limit: int,
     max_message_bytes: int,
     until: frozenset[str] | None = None,
-) -> None:
-    """Serve one WebSocket (its `websocket.connect` already received) until it ends.
+) -> Coroutine[Any, Any, None]:
+    """The coroutine serving one WebSocket (its `websocket.connect` already received).
 
     With `until` (a job's stream) the socket is read-only: publishes are refused.
     """
@@ -94,6 +95,6 @@ async def serve_ws(
             {"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": reason},
         ]
 
-    await run_stream(
+    return run_stream(
         svc, sub, {channel: cursor}, _ACCEPT, receive, control_frame, closing, on_message
     )
