@@ -166,7 +166,7 @@ class Subscriber:
             )
             body = b"id: " + cursor.encode() + b"\n" + _multi_body(msg)
             return {"type": "http.response.body", "body": body, "more_body": True}
-        return _encode_for(self.kind, [msg])[0]
+        return _as_asgi(self.kind, [_encode(self.kind, msg)])[0]
 
     # -- delivery ---------------------------------------------------------------------
 
@@ -310,12 +310,19 @@ def _multi_body(msg: Message) -> bytes:
     return sse_frame(None, msg.event, encode_json(msg.to_wire()).decode())
 
 
-def _encode_for(kind: str, msgs: list[Message]) -> list[dict[str, Any]]:
-    """ASGI messages carrying `msgs` to one kind of stream: SSE frames share one write."""
+def _encode(kind: str, msg: Message) -> bytes | str:
+    """One message as a stream of `kind` carries it: an SSE frame or a WebSocket text."""
     if kind == KIND_SSE:
-        body = b"".join(sse_frame(m.id, m.event, data_text(m.data)) for m in msgs)
+        return sse_frame(msg.id, msg.event, data_text(msg.data))
+    return encode_json(msg.to_wire()).decode()
+
+
+def _as_asgi(kind: str, encoded: list[bytes | str]) -> list[dict[str, Any]]:
+    """ASGI messages for encoded messages: SSE frames share one write, WS texts cannot."""
+    if kind == KIND_SSE:
+        body = b"".join(encoded)  # type: ignore[arg-type]
         return [{"type": "http.response.body", "body": body, "more_body": True}]
-    return [{"type": "websocket.send", "text": encode_json(m.to_wire()).decode()} for m in msgs]
+    return [{"type": "websocket.send", "text": text} for text in encoded]
 
 
 class Batch:
@@ -356,13 +363,9 @@ class Batch:
             self._starts[cursor] = start
         return start
 
-    def _encode(self, kind: str) -> list[bytes | str]:
+    def _encoded_for(self, kind: str) -> list[bytes | str]:
         done = self._encoded.setdefault(kind, [])
-        for msg in self.msgs[len(done) :]:
-            if kind == KIND_SSE:
-                done.append(sse_frame(msg.id, msg.event, data_text(msg.data)))
-            else:
-                done.append(encode_json(msg.to_wire()).decode())
+        done.extend(_encode(kind, msg) for msg in self.msgs[len(done) :])
         return done
 
     def frames(self, kind: str, start: int) -> list[dict[str, Any]]:
@@ -374,11 +377,7 @@ class Batch:
 
     def frames_between(self, kind: str, start: int, end: int) -> list[dict[str, Any]]:
         """ASGI messages for messages[start:end]."""
-        encoded = self._encode(kind)[start:end]
-        if kind == KIND_SSE:
-            body = b"".join(encoded)  # type: ignore[arg-type]
-            return [{"type": "http.response.body", "body": body, "more_body": True}]
-        return [{"type": "websocket.send", "text": text} for text in encoded]
+        return _as_asgi(kind, self._encoded_for(kind)[start:end])
 
     def multi_body(self, msg: Message) -> bytes:
         """A multiplexed stream's frame body for `msg`, encoded once."""
