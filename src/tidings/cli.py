@@ -85,6 +85,13 @@ def serve(
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request (slower).")] = False,
+    allow_anonymous: Annotated[
+        bool,
+        typer.Option(
+            "--allow-anonymous",
+            help="Serve anonymous clients on a non-loopback address [env TIDINGS_ALLOW_ANONYMOUS].",
+        ),
+    ] = False,
 ) -> None:
     """Serve the HTTP API (default: embedded SQLite on 127.0.0.1:8000)."""
     import uvicorn
@@ -105,8 +112,17 @@ def serve(
             handlers=handlers,
             retry_backoff=retry_backoff,
             job_ttl=job_ttl,
+            allow_anonymous=allow_anonymous or None,
             log_level=log_level,
         )
+        if not settings.loopback and not settings.allow_anonymous:
+            err.print(
+                f"[red]tidings serve:[/red] refusing to serve anonymous clients on "
+                f"{settings.host}: this version has no authentication yet. Bind to "
+                "127.0.0.1 (the default) and put an authenticating proxy in front, or pass "
+                "--allow-anonymous (TIDINGS_ALLOW_ANONYMOUS=true) if the network is trusted."
+            )
+            raise typer.Exit(2)
         tidings_app = create_app(settings)
     except (ValueError, TypeError) as exc:
         err.print(f"[red]tidings serve:[/red] {exc}")

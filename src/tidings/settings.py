@@ -30,6 +30,8 @@ class Settings:
         retry_backoff: seconds before a failed job's first retry; doubles per attempt.
         job_ttl: seconds a finished job (and its channel) is kept.
         handlers: `MODULE:OBJ` naming a `tidings.Worker` to run inside the server.
+        allow_anonymous: serve anonymous clients on a non-loopback address (no auth yet:
+            without this, binding beyond loopback is refused).
         log_level: uvicorn / tidings log level.
     """
 
@@ -46,6 +48,7 @@ class Settings:
     retry_backoff: float = C.DEFAULT_RETRY_BACKOFF
     job_ttl: float = C.DEFAULT_JOB_TTL
     handlers: str = ""
+    allow_anonymous: bool = False
     log_level: str = "info"
 
     @classmethod
@@ -59,7 +62,7 @@ class Settings:
                 continue
             kind = type(getattr(cls(), f.name))
             try:
-                values[f.name] = kind(raw)
+                values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
             except ValueError as exc:
                 raise ValueError(
                     f"TIDINGS_{f.name.upper()}={raw!r} is not a valid {kind.__name__}"
@@ -76,3 +79,13 @@ class Settings:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+
+def _parse_bool(raw: str) -> bool:
+    """`1/true/yes/on` or `0/false/no/off`, any case; ValueError otherwise."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not a boolean (use true or false)")
