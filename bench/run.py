@@ -885,16 +885,132 @@ def bench_ws(tools: Tools, cfg: Config) -> list[str]:
     return [render(meas, ["tidings-memory"], {"delivered": float(cfg.subs * cfg.msgs)})]
 
 
+MSGPACK = "application/msgpack"
+PAGE = 100  # messages per poll answer in measurement 6
+
+
+def lua_bytes(raw: bytes) -> str:
+    """A Lua string literal of arbitrary bytes (decimal escapes: plain Lua and LuaJIT)."""
+    return '"' + "".join(f"\\{b}" for b in raw) + '"'
+
+
+def wrk_script(name: str, method: str, body: bytes | None, headers: dict[str, str]) -> Path:
+    """A wrk script sending one fixed request; written under bench/.build/."""
+    BUILD.mkdir(exist_ok=True)
+    lines = [f'wrk.method = "{method}"']
+    if body is not None:
+        lines.append(f"wrk.body = {lua_bytes(body)}")
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    path = BUILD / f"wrk_{name}.lua"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def wrk_script_round(port: int, path: str, secs: int, script: Path) -> dict[str, float]:
+    """wrk -t1 -c64 (1 s warm-up, then `secs`) with `script`: req/s, p99, non-2xx."""
+    url = f"http://{HOST}:{port}{path}"
+    argv = ["wrk", "-t1", "-c64", "--latency", "-s", str(script)]
+    subprocess.run([*argv, "-d1s", url], capture_output=True, check=True)
+    out = subprocess.run(
+        [*argv, f"-d{secs}s", url], capture_output=True, text=True, check=True
+    ).stdout
+    rps = re.search(r"Requests/sec:\s*([0-9.]+)", out)
+    if rps is None:
+        raise RuntimeError(f"wrk printed no Requests/sec: {out[-400:]!r}")
+    bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
+    p99 = re.search(r"99%\s+([0-9.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    return {
+        "req_s": float(rps.group(1)),
+        "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else 0.0,
+        "non2xx": float(bad.group(1)) if bad else 0.0,
+    }
+
+
+def fetch(port: int, path: str, accept: str) -> bytes:
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Accept": accept})
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200 or resp.getheader("content-type") != accept:
+            raise RuntimeError(f"GET {path} as {accept}: {resp.status} {resp.headers}")
+        return body
+    finally:
+        conn.close()
+
+
 def bench_msgpack(tools: Tools, cfg: Config) -> list[str]:
-    del tools, cfg
-    title = "6. MessagePack vs JSON on publish and poll"
-    print(f"== {title}: skipped")
-    rows = "| publish req/s, msgpack / JSON | — | — | — | reported | — |"
-    return [
-        f"### {title}\n\n| measure | tidings | peer | ratio | target | ok? |\n"
-        f"|---|---|---|---|---|---|\n{rows}\n\nskipped: the server does not negotiate "
-        "application/msgpack yet; no figures until it does"
-    ]
+    """Publish and poll, JSON vs MessagePack bodies, on one tidings (memory store) per round."""
+    import msgspec  # the project's dependency; bench runs in the project's venv
+
+    meas = Measurement(
+        f"6. MessagePack vs JSON: wrk -t1 -c64 -d{cfg.wrk_secs}s, publish of ~30-byte data "
+        f"and poll of a {PAGE}-message page; tidings = MessagePack, tidings-json = JSON "
+        "(same server, memory store, alternating)",
+        "tidings-json",
+        [
+            Metric("publish_req_s", "/s"),
+            Metric("poll_req_s", "/s"),
+            Metric("publish_p99_ms", "ms", None, "{:,.1f}"),
+            Metric("poll_p99_ms", "ms", None, "{:,.1f}"),
+            Metric("page_bytes", "B"),
+            Metric("non2xx", "", None),
+        ],
+    )
+    if not tools.wrk:
+        return [f"### {meas.title}\n\nskipped: wrk is unavailable"]
+    print(f"== {meas.title}")
+    data = {"n": 1, "ts": 1700000000000000}  # 29 bytes as JSON, 16 as MessagePack
+    body = {"data": data, "event": "tick"}
+    scripts = {
+        "json": (
+            wrk_script(
+                "pub_json", "POST", json.dumps(body).encode(), {"Content-Type": "application/json"}
+            ),
+            wrk_script("poll_json", "GET", None, {"Accept": "application/json"}),
+        ),
+        "msgpack": (
+            wrk_script(
+                "pub_msgpack",
+                "POST",
+                msgspec.msgpack.encode(body),
+                {"Content-Type": MSGPACK, "Accept": MSGPACK},
+            ),
+            wrk_script("poll_msgpack", "GET", None, {"Accept": MSGPACK}),
+        ),
+    }
+    poll_path = f"/v1/channels/{CHANNEL}-page/messages?after=0&limit={PAGE}"
+    for r in range(cfg.rounds):
+        print(f"  round {r + 1}")
+        with tidings_server("memory://", "tidings-memory") as srv:
+            publish(srv.port, f"/v1/channels/{CHANNEL}-page/messages", PAGE, "msg {i} ts={ts}")
+            order = ["json", "msgpack"] if r % 2 == 0 else ["msgpack", "json"]
+            figures: dict[str, dict[str, float]] = {k: {} for k in order}
+            for kind in order:  # publishes A B, then polls A B
+                pub = wrk_script_round(srv.port, srv.pub_path, cfg.wrk_secs, scripts[kind][0])
+                figures[kind].update(
+                    publish_req_s=pub["req_s"], publish_p99_ms=pub["p99_ms"], non2xx=pub["non2xx"]
+                )
+            for kind in order:
+                got = wrk_script_round(srv.port, poll_path, cfg.wrk_secs, scripts[kind][1])
+                page = fetch(
+                    srv.port, poll_path, MSGPACK if kind == "msgpack" else "application/json"
+                )
+                figures[kind].update(
+                    poll_req_s=got["req_s"],
+                    poll_p99_ms=got["p99_ms"],
+                    page_bytes=float(len(page)),
+                    non2xx=figures[kind]["non2xx"] + got["non2xx"],
+                )
+            for kind in ("msgpack", "json"):
+                meas.add("tidings" if kind == "msgpack" else "tidings-json", figures[kind])
+    meas.notes.append(
+        "the poll page holds ~30-byte text messages (id, channel, event, data, RFC 3339 time "
+        "each); publish bodies are {data: {n, ts}, event} in the named codec, answered in it"
+    )
+    RESULTS["msgpack"] = meas.rounds
+    return [render(meas, ["tidings"])]
 
 
 BENCHES: dict[str, Callable[[Tools, Config], list[str]]] = {

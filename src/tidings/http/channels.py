@@ -1,6 +1,8 @@
 """Channel resources: publish, short and long poll, stats, list, retention, delete.
 
-The streaming transports (SSE, WebSocket) are raw ASGI and live in tidings.transports.
+Bodies and answers are JSON, or MessagePack by content negotiation (`Content-Type` /
+`Accept: application/msgpack`; see tidings.http.common). The streaming transports (SSE,
+WebSocket) are raw ASGI and live in tidings.transports.
 """
 
 from __future__ import annotations
@@ -15,14 +17,23 @@ from starlette.routing import Route
 from tidings.channels import ChannelService, check_channel
 from tidings.constants import DEFAULT_POLL_LIMIT, MAX_POLL_LIMIT
 from tidings.errors import BadRequest, InvalidBody
-from tidings.http.common import decode_body, json_response, query_float, query_int, read_body
+from tidings.http.common import (
+    check_json_value,
+    decode_body,
+    is_msgpack,
+    negotiated,
+    query_float,
+    query_int,
+    read_body,
+    respond,
+)
 from tidings.stores.base import ChannelInfo, ReadResult, Retention
 
 __all__ = ["info_to_wire", "page_to_wire", "routes"]
 
 
 class PublishBody(msgspec.Struct, forbid_unknown_fields=True):
-    """`application/json` publish body."""
+    """`application/json` (or `application/msgpack`) publish body."""
 
     data: Any = msgspec.UNSET
     event: str | None = None
@@ -76,7 +87,17 @@ async def publish(request: Request) -> Response:
     svc = _svc(request)
     channel = check_channel(request.path_params["channel"])
     body = await read_body(request, request.app.state.settings.max_message_bytes)
-    if _is_json(request.headers.get("content-type", "")):
+    content_type = request.headers.get("content-type", "")
+    if is_msgpack(content_type):
+        parsed = decode_body(PublishBody, body, content_type)
+        if parsed.data is msgspec.UNSET:
+            raise InvalidBody(
+                'a MessagePack publish body is a map {"data": <any JSON-like value>, '
+                '"event": "name"?}'
+            )
+        check_json_value(parsed.data)
+        data, event = parsed.data, parsed.event
+    elif _is_json(content_type):
         parsed = decode_body(PublishBody, body)
         if parsed.data is msgspec.UNSET:
             raise InvalidBody('a JSON publish body is {"data": <any JSON>, "event": "name"?}')
@@ -87,10 +108,11 @@ async def publish(request: Request) -> Response:
         except UnicodeDecodeError:
             raise BadRequest(
                 "body is not UTF-8 text: send text, or JSON with Content-Type: application/json"
+                " (or MessagePack with Content-Type: application/msgpack)"
             ) from None
         event = request.query_params.get("event")
     ack = await svc.publish(channel, data, event, request.headers.get("idempotency-key"))
-    return json_response(ack.to_wire(), 201)
+    return respond(request, ack.to_wire(), 201)
 
 
 async def poll(request: Request) -> Response:
@@ -104,21 +126,21 @@ async def poll(request: Request) -> Response:
         res = await svc.wait(channel, after, limit, wait)
     else:
         res = await svc.read(channel, after, limit)
-    return json_response(page_to_wire(res, after))
+    return respond(request, page_to_wire(res, after))
 
 
 async def channel_info(request: Request) -> Response:
     svc = _svc(request)
     info = await svc.info(request.path_params["channel"])
-    return json_response(info_to_wire(info, svc.hub.subscribers(info.name)))
+    return respond(request, info_to_wire(info, svc.hub.subscribers(info.name)))
 
 
 async def set_retention(request: Request) -> Response:
     svc = _svc(request)
     body = await read_body(request, 64 * 1024)
-    parsed = decode_body(RetentionBody, body)
+    parsed = decode_body(RetentionBody, body, request.headers.get("content-type"))
     info = await svc.set_retention(request.path_params["channel"], parsed.retention)
-    return json_response(info_to_wire(info, svc.hub.subscribers(info.name)))
+    return respond(request, info_to_wire(info, svc.hub.subscribers(info.name)))
 
 
 async def delete_channel(request: Request) -> Response:
@@ -131,16 +153,16 @@ async def list_channels(request: Request) -> Response:
     prefix = request.query_params.get("prefix", "")
     limit = query_int(request, "limit", 1000, 1, 10_000)
     infos = await svc.store.list_channels(prefix, limit)
-    return json_response(
-        {"channels": [info_to_wire(i, svc.hub.subscribers(i.name)) for i in infos]}
+    return respond(
+        request, {"channels": [info_to_wire(i, svc.hub.subscribers(i.name)) for i in infos]}
     )
 
 
 routes = [
-    Route("/v1/channels", list_channels, methods=["GET"]),
-    Route("/v1/channels/{channel}", channel_info, methods=["GET"]),
-    Route("/v1/channels/{channel}", set_retention, methods=["PUT"]),
-    Route("/v1/channels/{channel}", delete_channel, methods=["DELETE"]),
-    Route("/v1/channels/{channel}/messages", publish, methods=["POST"]),
-    Route("/v1/channels/{channel}/messages", poll, methods=["GET"]),
+    Route("/v1/channels", negotiated(list_channels), methods=["GET"]),
+    Route("/v1/channels/{channel}", negotiated(channel_info), methods=["GET"]),
+    Route("/v1/channels/{channel}", negotiated(set_retention), methods=["PUT"]),
+    Route("/v1/channels/{channel}", negotiated(delete_channel), methods=["DELETE"]),
+    Route("/v1/channels/{channel}/messages", negotiated(publish), methods=["POST"]),
+    Route("/v1/channels/{channel}/messages", negotiated(poll), methods=["GET"]),
 ]

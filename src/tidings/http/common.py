@@ -1,29 +1,47 @@
-"""What every handler needs: JSON answers, query parsing, bounded body reading."""
+"""What every handler needs: negotiated answers, query parsing, bounded body reading.
+
+Content negotiation (JSON by default, MessagePack on request): `decode_body` reads a body
+in the codec its `Content-Type` names, `respond` answers in the codec the `Accept` header
+prefers, and `negotiated` makes a handler's own errors follow `Accept` too.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Mapping
+import functools
+import math
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tidings.errors import BadRequest, InvalidBody, PayloadTooLarge
+from tidings.errors import BadRequest, InvalidBody, PayloadTooLarge, TidingsError
 from tidings.wire import encode_json
 
 __all__ = [
+    "MSGPACK",
+    "check_json_value",
     "decode_body",
+    "is_msgpack",
     "json_response",
+    "negotiated",
     "query_float",
     "query_int",
     "read_body",
+    "respond",
     "unless_disconnected",
+    "wants_msgpack",
 ]
 
 T = TypeVar("T")
+
+MSGPACK = "application/msgpack"
+_MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack"})
+encode_msgpack = msgspec.msgpack.Encoder().encode
+_MSGPACK_DECODERS: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 
 
 def json_response(
@@ -31,6 +49,79 @@ def json_response(
 ) -> Response:
     """A JSON answer encoded by msgspec."""
     return Response(encode_json(obj), status, headers, media_type="application/json")
+
+
+def _media(value: str) -> str:
+    return value.split(";", 1)[0].strip().lower()
+
+
+def is_msgpack(content_type: str) -> bool:
+    """True when a Content-Type names MessagePack (`application/msgpack` or `x-msgpack`)."""
+    return _media(content_type) in _MSGPACK_TYPES
+
+
+def wants_msgpack(accept: str | None) -> bool:
+    """True when an Accept header prefers MessagePack to JSON.
+
+    MessagePack must be named (`application/msgpack` or `application/x-msgpack`) with q > 0,
+    and JSON, by its most specific match (`application/json`, else `application/*`, else
+    `*/*`), must not have a higher q. A tie goes to MessagePack: naming it is asking for it.
+    """
+    if not accept or "msgpack" not in accept:
+        return False
+    mp_q = 0.0
+    json_q: dict[str, float] = {}
+    for part in accept.split(","):
+        media, *params = part.split(";")
+        media = media.strip().lower()
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+                if not 0.0 <= q <= 1.0:  # also NaN
+                    q = 0.0
+        if media in _MSGPACK_TYPES:
+            mp_q = max(mp_q, q)
+        elif media in ("application/json", "application/*", "*/*"):
+            json_q[media] = max(json_q.get(media, 0.0), q)
+    if mp_q <= 0.0:
+        return False
+    for media in ("application/json", "application/*", "*/*"):
+        if media in json_q:
+            return json_q[media] <= mp_q
+    return True
+
+
+def respond(
+    request: Request, obj: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    """`obj` in the codec the request's Accept prefers: JSON, or MessagePack when asked.
+
+    Carries `Vary: Accept` either way, since the same URL answers in two codecs.
+    """
+    extra = {"Vary": "Accept", **(headers or {})}
+    if wants_msgpack(request.headers.get("accept")):
+        return Response(encode_msgpack(obj), status, extra, media_type=MSGPACK)
+    return Response(encode_json(obj), status, extra, media_type="application/json")
+
+
+def negotiated(
+    handler: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a handler so the errors it raises are answered in the negotiated codec too."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except TidingsError as exc:
+            return respond(request, exc.to_wire(), exc.status)
+
+    return wrapper
 
 
 def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -91,14 +182,62 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def decode_body(kind: type[Any], body: bytes) -> Any:
-    """Decode a JSON body into `kind`: 400 when it is not JSON, 422 when it does not fit."""
+def decode_body(kind: type[Any], body: bytes, content_type: str | None = None) -> Any:
+    """Decode a body into `kind`: 400 when it is malformed, 422 when it does not fit.
+
+    MessagePack when `content_type` names it, JSON otherwise (also when it is absent).
+    """
+    if content_type is not None and is_msgpack(content_type):
+        decoder = _MSGPACK_DECODERS.get(kind)
+        if decoder is None:
+            decoder = _MSGPACK_DECODERS[kind] = msgspec.msgpack.Decoder(kind)
+        try:
+            return decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise InvalidBody(f"body does not fit: {exc}") from None
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # a str that is not UTF-8
+            raise BadRequest(f"body is not valid MessagePack: {exc}") from None
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
         raise InvalidBody(f"body does not fit: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON (UTF-8): {exc}") from None
+
+
+def check_json_value(value: Any, where: str = "data") -> None:
+    """InvalidBody unless `value` (decoded from MessagePack) is also a JSON value.
+
+    Messages are stored and streamed (SSE, WebSocket) as JSON, so what MessagePack can say
+    and JSON cannot is refused rather than silently changed: `bin` (bytes), ext types,
+    map keys that are not strings, NaN and infinities.
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidBody(
+                f"{where} is {value}: JSON has no NaN or infinity; send null or a string"
+            )
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            check_json_value(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidBody(
+                    f"{where} has a map key {key!r} that is not a string: JSON keys are strings"
+                )
+            check_json_value(item, f"{where}.{key}")
+        return
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise InvalidBody(
+            f"{where} is MessagePack bin ({len(value)} bytes): messages are JSON values, so "
+            "send text as str (e.g. base64 for binary)"
+        )
+    raise InvalidBody(f"{where} is a MessagePack {type(value).__name__}, which JSON cannot carry")
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
