@@ -7,8 +7,11 @@ subscriber.
 
 from __future__ import annotations
 
+import functools
+import math
 import re
-from datetime import UTC, datetime
+import time
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -39,8 +42,21 @@ def valid_channel(name: str) -> bool:
 
 
 def format_time(ts: float) -> str:
-    """RFC 3339 UTC with microseconds, the form every `time` field takes on the wire."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 UTC with microseconds, the form every `time` field takes on the wire.
+
+    Built from a cached per-second prefix: polls format every message's time, and
+    `datetime.strftime` cost 20x the JSON encoding of a page (decision 0008).
+    """
+    frac, whole = math.modf(ts)  # the rounding datetime.fromtimestamp does
+    micros = round(frac * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    return f"{_second(int(whole))}.{micros:06d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(secs: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
 
 
 class Message(msgspec.Struct, frozen=True, gc=False):

@@ -49,3 +49,15 @@ def test_channel_names():
     assert valid_channel("x" * 200)
     for bad in ["", "x" * 201, "a b", "a/b", "é", "a,b", "a=b"]:
         assert not valid_channel(bad)
+
+
+def test_format_time_matches_datetime_to_the_microsecond():
+    """The cached formatter rounds exactly as datetime.fromtimestamp does."""
+    import random
+    from datetime import UTC, datetime
+
+    from tidings.wire import format_time
+
+    rng = random.Random(7)
+    for ts in [0.0, 0.9999995, 1700000000.25, *(rng.uniform(0, 4e9) for _ in range(20000))]:
+        assert format_time(ts) == datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
