@@ -18,22 +18,25 @@ import asyncio
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 from msgspec.structs import replace
 
-from tidings.errors import BadRequest, Conflict, InvalidBody, NotFound
+from tidings.errors import BadRequest, Conflict, InvalidBody, NotFound, TidingsError
 from tidings.hub import Hub
-from tidings.stores.base import JobChange, Store, Transition
+from tidings.stores.base import JobChange, JobStep, Store, Transition
 from tidings.wire import CHANNEL_RE, Job, job_channel
 
-__all__ = ["JobService", "new_job_id"]
+__all__ = ["JobOutcome", "JobService", "new_job_id"]
 
 MAX_ATTEMPTS_LIMIT = 100
 MAX_DELAY = 365 * 24 * 3600.0
 MAX_LEASE = 3600.0
 MIN_LEASE = 0.1
 MAX_LEASE_BATCH = 100
+MAX_REPORT_BATCH = 100
 # Parked lease requests re-check the store at least this often (delays set by another
 # process, or before a restart, have no local timer).
 LEASE_RECHECK = 5.0
@@ -53,12 +56,42 @@ def _check_lease(job: Job, token: str) -> None:
         raise Conflict(f"lease token does not hold job {job.id}: it was leased again")
 
 
+class JobOutcome(msgspec.Struct, frozen=True):
+    """A worker's word on one leased job: `ok` completes it with `value` as its result;
+    otherwise the attempt fails with `value` as its error (retried when `retry`)."""
+
+    id: str
+    lease_token: str
+    ok: bool
+    value: Any = None
+    retry: bool = True
+
+
 def _lease_end(job: Job, now: float, lease: float) -> float:
     """A lease never runs past the attempt's `timeout`."""
     end = now + lease
     if job.timeout is not None and job.started_at is not None:
         end = min(end, job.started_at + job.timeout)
     return end
+
+
+def _done(token: str, result: Any) -> Transition:
+    """The transition of a completed job."""
+
+    def done(job: Job, now: float) -> tuple[Job, str | None]:
+        _check_lease(job, token)
+        return replace(
+            job,
+            status="succeeded",
+            result=result,
+            progress=100.0,
+            lease_token=None,
+            lease_expires_at=None,
+            finished_at=now,
+            updated_at=now,
+        ), "succeeded"
+
+    return done
 
 
 class JobService:
@@ -198,16 +231,20 @@ class JobService:
 
     # -- workers ----------------------------------------------------------------------
 
-    async def lease(
-        self, types: list[str] | None, max_jobs: int, wait: float, lease: float
-    ) -> list[Job]:
-        """Lease up to `max_jobs` ready jobs, long-polling up to `wait` seconds for one."""
+    def check_lease(self, types: list[str] | None, max_jobs: int, lease: float) -> None:
+        """InvalidBody unless these are valid arguments of `lease`."""
         if types is not None and not types:
             raise InvalidBody('"types" must be a non-empty list of job types, or omitted')
         if not 1 <= max_jobs <= MAX_LEASE_BATCH:
             raise InvalidBody(f'"max" must be between 1 and {MAX_LEASE_BATCH}')
         if not MIN_LEASE <= lease <= MAX_LEASE:
             raise InvalidBody(f'"lease" must be between {MIN_LEASE} and {MAX_LEASE} seconds')
+
+    async def lease(
+        self, types: list[str] | None, max_jobs: int, wait: float, lease: float
+    ) -> list[Job]:
+        """Lease up to `max_jobs` ready jobs, long-polling up to `wait` seconds for one."""
+        self.check_lease(types, max_jobs, lease)
         wanted = None if types is None else frozenset(types)
 
         def take(job: Job, now: float) -> tuple[Job, str | None]:
@@ -315,21 +352,44 @@ class JobService:
 
     async def complete(self, job_id: str, token: str, result: Any) -> Job:
         """The worker finished the job: it succeeded with `result`."""
+        return self._announce(await self.store.transition_job(job_id, _done(token, result)))
 
-        def done(job: Job, now: float) -> tuple[Job, str | None]:
+    async def fail(self, job_id: str, token: str, error: Any, retry: bool = True) -> Job:
+        """The worker failed the attempt: retry after a backoff, or end failed (or cancelled)."""
+        return self._announce(
+            await self.store.transition_job(job_id, self._failed(token, error, retry))
+        )
+
+    async def report(self, outcomes: Sequence[JobOutcome]) -> list[Job | TidingsError]:
+        """Complete or fail several jobs in one store operation (one transaction).
+
+        Each outcome is applied or refused on its own, exactly as `complete` or `fail`
+        would: a stale lease token (Conflict) or a gone job (NotFound) takes that job's
+        place in the answer and leaves it unchanged, while the others still apply.
+        """
+        if not 1 <= len(outcomes) <= MAX_REPORT_BATCH:
+            raise InvalidBody(f'"results" must hold 1 to {MAX_REPORT_BATCH} outcomes')
+        steps: list[JobStep] = [
+            (
+                o.id,
+                _done(o.lease_token, o.value)
+                if o.ok
+                else self._failed(o.lease_token, o.value, o.retry),
+                True,
+            )
+            for o in outcomes
+        ]
+        return [
+            c if isinstance(c, TidingsError) else self._announce(c)
+            for c in await self.store.transition_jobs(steps)
+        ]
+
+    def _failed(self, token: str, error: Any, retry: bool) -> Transition:
+        def failed(job: Job, now: float) -> tuple[Job, str | None]:
             _check_lease(job, token)
-            return replace(
-                job,
-                status="succeeded",
-                result=result,
-                progress=100.0,
-                lease_token=None,
-                lease_expires_at=None,
-                finished_at=now,
-                updated_at=now,
-            ), "succeeded"
+            return self._after_failure(job, now, error, retry)
 
-        return self._announce(await self.store.transition_job(job_id, done))
+        return failed
 
     def _after_failure(self, job: Job, now: float, error: Any, retry: bool) -> tuple[Job, str]:
         base = replace(job, error=error, lease_token=None, lease_expires_at=None, updated_at=now)
@@ -338,15 +398,6 @@ class JobService:
         if retry and job.attempt < job.max_attempts:
             return replace(base, status="queued", run_at=now + self._backoff(job.attempt)), "queued"
         return replace(base, status="failed", finished_at=now), "failed"
-
-    async def fail(self, job_id: str, token: str, error: Any, retry: bool = True) -> Job:
-        """The worker failed the attempt: retry after a backoff, or end failed (or cancelled)."""
-
-        def failed(job: Job, now: float) -> tuple[Job, str | None]:
-            _check_lease(job, token)
-            return self._after_failure(job, now, error, retry)
-
-        return self._announce(await self.store.transition_job(job_id, failed))
 
     async def expire(self) -> list[Job]:
         """Take back every job whose lease ended; each is requeued, failed or cancelled once."""

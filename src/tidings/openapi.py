@@ -81,6 +81,23 @@ def _err(*codes: int) -> dict[str, Any]:
     return {str(c): _ok("error", _ERROR) for c in codes}
 
 
+_REPORT_ITEMS: dict[str, Any] = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": 100,
+    "items": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "lease_token": {"type": "string"},
+            "result": {"description": "present: complete the job with it"},
+            "error": {"description": "present: fail the attempt with it"},
+            "retry": {"type": "boolean"},
+        },
+        "required": ["id", "lease_token"],
+    },
+}
+
 # (path, method, summary, parameters, request body schema or None, responses)
 _OPS: list[tuple[str, str, str, list[dict[str, Any]], dict[str, Any] | None, dict[str, Any]]] = [
     (
@@ -309,7 +326,8 @@ _OPS: list[tuple[str, str, str, list[dict[str, Any]], dict[str, Any] | None, dic
     (
         "/v1/workers/lease",
         "post",
-        "Lease jobs (long poll): {types?, max, wait, lease}",
+        "Lease jobs (long poll): {types?, max, wait, lease, results?}; `results` (as in"
+        " /v1/workers/report) are applied first and answered beside the jobs",
         [],
         {
             "type": "object",
@@ -318,9 +336,35 @@ _OPS: list[tuple[str, str, str, list[dict[str, Any]], dict[str, Any] | None, dic
                 "max": {"type": "integer"},
                 "wait": {"type": "number"},
                 "lease": {"type": "number"},
+                "results": _REPORT_ITEMS,
             },
         },
-        {"200": _ok("leased jobs with lease_token", {"type": "object"}), **_err(422)},
+        {
+            "200": _ok("{jobs: leased jobs with lease_token, results?}", {"type": "object"}),
+            **_err(422),
+        },
+    ),
+    (
+        "/v1/workers/report",
+        "post",
+        "Complete or fail many leased jobs in one request (one store transaction):"
+        " {results: [{id, lease_token, result} | {id, lease_token, error, retry?}]};"
+        " each is applied or refused (409 conflict, 404 not_found) on its own",
+        [],
+        {
+            "type": "object",
+            "properties": {
+                "results": _REPORT_ITEMS,
+            },
+            "required": ["results"],
+        },
+        {
+            "200": _ok(
+                "per outcome, in order: {id, status} or {id, error: {code, message}}",
+                {"type": "object"},
+            ),
+            **_err(400, 413, 422),
+        },
     ),
     (
         "/v1/jobs/{job_id}/heartbeat",

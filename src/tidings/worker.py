@@ -25,7 +25,13 @@ serve`). The runtime is one lease loop and one task per running job:
 - the handler's return value completes the job; an exception fails it (retried by the
   server unless the handler was cancelled); a heartbeat answered 409 means the lease was
   lost (expired and given to someone else): the handler runs to its end, its outcome is
-  discarded.
+  discarded;
+- outcomes are reported in batches (`/v1/workers/report`, one store transaction on the
+  server): a finished job frees its slot at once and its outcome rides along with the
+  lease loop's next request ("report, and lease for the free slots", `wait: 0`); while
+  that loop is parked in a long poll, a reporter task sends whatever is queued in one
+  request, and what finishes meanwhile in the next. Transport failures are retried with
+  backoff until the job's lease ends; a drain waits for every outcome to be sent.
 
 Errors raised by this module:
 
@@ -52,6 +58,7 @@ import httpx
 import msgspec
 
 from tidings.client import (
+    ClientError,
     TidingsConnectionError,
     TidingsHTTPError,
     _auth_headers,
@@ -61,13 +68,15 @@ from tidings.client import (
     _job_path,
     _json,
 )
-from tidings.errors import Conflict, NotFound, StoreError
+from tidings.errors import Conflict, NotFound, StoreError, TidingsError
+from tidings.jobs import JobOutcome
 from tidings.wire import Job, encode_json
 
 __all__ = [
     "HttpBackend",
     "JobCancelled",
     "JobContext",
+    "JobOutcome",
     "JobServiceLike",
     "LeaseLost",
     "LeasedJob",
@@ -87,6 +96,10 @@ MAX_HEARTBEATS_PER_SECOND = 5.0
 # Backoff after a failed request to the server: doubles from the first to the last value.
 BACKOFF_START = 0.5
 BACKOFF_MAX = 5.0
+# Outcomes sent in one `/v1/workers/report` request: at most this many, and about this many
+# bytes (one larger outcome goes alone).
+MAX_REPORT_BATCH = 100
+REPORT_MAX_BYTES = 256 * 1024
 
 
 class JobCancelled(Exception):
@@ -146,6 +159,22 @@ class WorkerBackend(Protocol):
         """End this attempt with `error`; the server retries it when `retry` and attempts remain."""
         ...
 
+    async def report(self, outcomes: list[JobOutcome]) -> list[Exception | None]:
+        """Complete or fail several jobs at once (1 to `MAX_REPORT_BATCH`).
+
+        Answers per outcome: None when it was applied, `LeaseLost` when it was refused,
+        or another exception when it could not be delivered (retried when transient).
+        Raises, like the other methods, when the whole batch failed.
+        """
+        ...
+
+    async def report_and_lease(
+        self, outcomes: list[JobOutcome], types: list[str] | None, max_jobs: int, lease: float
+    ) -> tuple[list[Exception | None], list[LeasedJob]]:
+        """`report`, then lease up to `max_jobs` ready jobs without waiting — in one round
+        trip where the backend can. A failure raises, with nothing known to be applied."""
+        ...
+
     async def aclose(self) -> None:
         """Release connections."""
         ...
@@ -170,6 +199,8 @@ class JobServiceLike(Protocol):
     async def complete(self, job_id: str, token: str, result: Any) -> Job: ...
 
     async def fail(self, job_id: str, token: str, error: Any, retry: bool = True) -> Job: ...
+
+    async def report(self, outcomes: list[JobOutcome]) -> list[Job | TidingsError]: ...
 
 
 class LocalBackend:
@@ -221,6 +252,23 @@ class LocalBackend:
         except (Conflict, NotFound) as exc:
             raise LeaseLost(str(exc)) from exc
 
+    async def report(self, outcomes: list[JobOutcome]) -> list[Exception | None]:
+        answers: list[Exception | None] = []
+        for answer in await self.service.report(outcomes):
+            if isinstance(answer, Conflict | NotFound):
+                answers.append(LeaseLost(str(answer)))
+            elif isinstance(answer, Exception):
+                answers.append(answer)
+            else:
+                answers.append(None)
+        return answers
+
+    async def report_and_lease(
+        self, outcomes: list[JobOutcome], types: list[str] | None, max_jobs: int, lease: float
+    ) -> tuple[list[Exception | None], list[LeasedJob]]:
+        answers = await self.report(outcomes)
+        return answers, await self.lease(types, max_jobs, 0.0, lease)
+
     async def aclose(self) -> None:
         return None
 
@@ -249,14 +297,23 @@ class HttpBackend:
             timeout=timeout,
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
+        # Set when the server has no `/v1/workers/report` (an older one): report per job;
+        # and when its lease requests cannot carry results.
+        self._per_job_reports = False
+        self._no_lease_results = False
 
     async def _post(
-        self, path: str, body: dict[str, Any], read_timeout: float, *, per_job: bool = True
+        self,
+        path: str,
+        body: dict[str, Any] | bytes,
+        read_timeout: float,
+        *,
+        per_job: bool = True,
     ) -> dict[str, Any]:
         try:
             response = await self._http.post(
                 path,
-                content=encode_json(body),
+                content=body if isinstance(body, bytes) else encode_json(body),
                 headers={"Content-Type": "application/json"},
                 timeout=read_timeout,
             )
@@ -281,19 +338,7 @@ class HttpBackend:
             max(self.timeout, wait + LEASE_WAIT_MARGIN),
             per_job=False,
         )
-        return [
-            LeasedJob(
-                id=str(j["id"]),
-                type=str(j["type"]),
-                payload=j.get("payload"),
-                attempt=int(j.get("attempt") or 1),
-                max_attempts=int(j.get("max_attempts") or 1),
-                timeout=j.get("timeout"),
-                lease_token=str(j["lease_token"]),
-                lease_expires_at=_epoch_or_none(j.get("lease_expires_at")),
-            )
-            for j in obj.get("jobs", [])
-        ]
+        return _leased_jobs(obj)
 
     async def heartbeat(
         self,
@@ -321,8 +366,116 @@ class HttpBackend:
         body = {"lease_token": token, "error": error, "retry": retry}
         await self._post(_job_path(job_id, "/fail"), body, self.timeout)
 
+    async def report(self, outcomes: list[JobOutcome]) -> list[Exception | None]:
+        """`POST /v1/workers/report`: one request per `REPORT_MAX_BYTES` of outcomes."""
+        if self._per_job_reports:
+            return await self._report_per_job(outcomes)
+        parts = [encode_json(_report_item(o)) for o in outcomes]
+        answers: list[Exception | None] = []
+        start = 0
+        while start < len(parts):
+            end, size = start + 1, len(parts[start])
+            while end < len(parts) and size + len(parts[end]) <= REPORT_MAX_BYTES:
+                size += len(parts[end])
+                end += 1
+            body = b'{"results":[' + b",".join(parts[start:end]) + b"]}"
+            try:
+                obj = await self._post("/v1/workers/report", body, self.timeout, per_job=False)
+            except Exception as exc:
+                if start > 0:  # earlier requests were answered: only the rest failed
+                    answers.extend([exc] * (len(parts) - start))
+                    return answers
+                if isinstance(exc, TidingsHTTPError) and exc.status in (404, 405):
+                    log.info("the server has no /v1/workers/report: reporting job by job")
+                    self._per_job_reports = True
+                    return await self._report_per_job(outcomes)
+                raise
+            results = obj.get("results")
+            if not isinstance(results, list) or len(results) != end - start:
+                raise ClientError("the server's report answer does not match the request")
+            answers.extend(_report_answer(r) for r in results)
+            start = end
+        return answers
+
+    async def report_and_lease(
+        self, outcomes: list[JobOutcome], types: list[str] | None, max_jobs: int, lease: float
+    ) -> tuple[list[Exception | None], list[LeasedJob]]:
+        """`POST /v1/workers/lease` carrying `results` (an older server: `report` alone)."""
+        parts = [encode_json(_report_item(o)) for o in outcomes]
+        if (
+            self._per_job_reports
+            or self._no_lease_results
+            or sum(map(len, parts)) > REPORT_MAX_BYTES
+        ):
+            return await self.report(outcomes), []
+        head: dict[str, Any] = {"max": max_jobs, "wait": 0, "lease": lease}
+        if types is not None:
+            head["types"] = types
+        body = encode_json(head)[:-1] + b',"results":[' + b",".join(parts) + b"]}"
+        try:
+            obj = await self._post("/v1/workers/lease", body, self.timeout, per_job=False)
+        except TidingsHTTPError as exc:
+            if exc.status == 422 and "results" in exc.message:
+                log.info("the server's lease takes no results: reporting separately")
+                self._no_lease_results = True
+                return await self.report(outcomes), []
+            raise
+        results = obj.get("results")
+        if not isinstance(results, list) or len(results) != len(outcomes):
+            raise ClientError("the server's report answer does not match the request")
+        return [_report_answer(r) for r in results], _leased_jobs(obj)
+
+    async def _report_per_job(self, outcomes: list[JobOutcome]) -> list[Exception | None]:
+        async def one(o: JobOutcome) -> Exception | None:
+            try:
+                if o.ok:
+                    await self.complete(o.id, o.lease_token, o.value)
+                else:
+                    await self.fail(o.id, o.lease_token, o.value, o.retry)
+            except Exception as exc:
+                return exc
+            return None
+
+        return list(await asyncio.gather(*(one(o) for o in outcomes)))
+
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _leased_jobs(obj: dict[str, Any]) -> list[LeasedJob]:
+    return [
+        LeasedJob(
+            id=str(j["id"]),
+            type=str(j["type"]),
+            payload=j.get("payload"),
+            attempt=int(j.get("attempt") or 1),
+            max_attempts=int(j.get("max_attempts") or 1),
+            timeout=j.get("timeout"),
+            lease_token=str(j["lease_token"]),
+            lease_expires_at=_epoch_or_none(j.get("lease_expires_at")),
+        )
+        for j in obj.get("jobs", [])
+    ]
+
+
+def _report_item(o: JobOutcome) -> dict[str, Any]:
+    if o.ok:
+        return {"id": o.id, "lease_token": o.lease_token, "result": o.value}
+    return {"id": o.id, "lease_token": o.lease_token, "error": o.value, "retry": o.retry}
+
+
+def _report_answer(answer: Any) -> Exception | None:
+    """One entry of a report's answer: None (applied), LeaseLost (refused), or the error."""
+    if not isinstance(answer, dict):
+        return ClientError(f"malformed report answer {answer!r}")
+    error = answer.get("error")
+    if error is None:
+        return None
+    code = error.get("code") if isinstance(error, dict) else None
+    message = str(error.get("message") if isinstance(error, dict) else error)
+    if code in ("conflict", "not_found"):
+        return LeaseLost(message)
+    return ClientError(f"{code}: {message}")
 
 
 def _transient(exc: BaseException) -> bool:
@@ -646,6 +799,7 @@ class _Runner:
         # Per run, not per Worker: threads stuck past a drain must not serve a later run.
         self.threads = _Threads()
         self.failures = 0
+        self.reporter = _Reporter(backend)
 
     async def run(self) -> None:
         types = self.worker._leased_types()
@@ -658,7 +812,11 @@ class _Runner:
         try:
             await self._lease_loop(types)
         finally:
-            await self._drain()
+            try:
+                await self._drain()
+                await self._flush_reports()
+            finally:
+                await self.reporter.aclose()
         log.info("worker stopped")
 
     async def _until_stopped(self, aw: Awaitable[Any]) -> tuple[bool, Any]:
@@ -677,25 +835,53 @@ class _Runner:
         return False, None
 
     async def _lease_loop(self, types: list[str] | None) -> None:
-        while not self.stop.is_set():
-            free = self.worker.concurrency - len(self.running)
-            if free <= 0:
-                await self._until_stopped(
-                    asyncio.wait(set(self.running), return_when=asyncio.FIRST_COMPLETED)
-                )
-                continue
-            try:
-                done, jobs = await self._until_stopped(
-                    self.backend.lease(types, free, self.worker.lease_wait, self.worker.lease)
-                )
-            except Exception as exc:
-                await self._backoff(exc, "lease")
-                continue
-            self.failures = 0
-            if not done:
-                break
-            for leased in jobs:
-                self._start(leased)
+        """Lease for the free slots. Outcomes of finished jobs ride along with the lease
+        (one round trip: report and ask for more); the reporter sends them on its own only
+        while this loop is parked in a long poll, backing off, or stopped."""
+        reporter = self.reporter
+        try:
+            while not self.stop.is_set():
+                free = self.worker.concurrency - len(self.running)
+                if free <= 0:
+                    # A job that ends frees a slot and wakes this loop, which carries its
+                    # outcome with the next lease.
+                    reporter.deferred = True
+                    await self._until_stopped(
+                        asyncio.wait(set(self.running), return_when=asyncio.FIRST_COMPLETED)
+                    )
+                    continue
+                outcomes = reporter.take()
+                if outcomes:
+                    reporter.deferred = True
+                    # Not stopped midway: a stop would leave it unknown what was applied.
+                    try:
+                        answers, jobs = await self.backend.report_and_lease(
+                            [o.outcome for o in outcomes], types, free, self.worker.lease
+                        )
+                    except Exception as exc:
+                        reporter.give_back(outcomes)
+                        reporter.resume()
+                        await self._backoff(exc, "report and lease")
+                        continue
+                    reporter.give_back(reporter.settle(outcomes, answers))
+                else:
+                    reporter.resume()
+                    try:
+                        done, jobs = await self._until_stopped(
+                            self.backend.lease(
+                                types, free, self.worker.lease_wait, self.worker.lease
+                            )
+                        )
+                    except Exception as exc:
+                        await self._backoff(exc, "lease")
+                        continue
+                    if not done:
+                        break
+                self.failures = 0
+                for leased in jobs:
+                    self._start(leased)
+        finally:
+            reporter.resume()
 
     async def _backoff(self, exc: Exception, what: str) -> None:
         delay = min(BACKOFF_START * 2.0 ** min(self.failures, 16), BACKOFF_MAX)
@@ -736,6 +922,21 @@ class _Runner:
             task.cancel()
         await asyncio.wait(set(self.running), timeout=10.0)
 
+    async def _flush_reports(self) -> None:
+        """Wait until every outcome was sent (each is dropped once its lease has ended);
+        after a forced stop, give them a few seconds."""
+        flushed = asyncio.ensure_future(self.reporter.flush())
+        forced = asyncio.ensure_future(self.force.wait())
+        try:
+            await asyncio.wait({flushed, forced}, return_when=asyncio.FIRST_COMPLETED)
+            if not flushed.done():
+                await asyncio.wait({flushed}, timeout=5.0)
+            if not flushed.done():
+                log.warning("drain: %d outcome(s) not reported", self.reporter.pending)
+        finally:
+            flushed.cancel()
+            forced.cancel()
+
     # One job ----------------------------------------------------------------------------
 
     async def _job(self, ctx: JobContext, leased: LeasedJob) -> None:
@@ -760,18 +961,18 @@ class _Runner:
                 outcome = await self._call(handler, ctx)
         except asyncio.CancelledError:
             # Abandoned at the end of a drain: fail it with `retry` so it runs again.
-            outcome = ("retry", {"type": "WorkerShutdown", "message": "worker stopped"})
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._report(ctx, leased, state, outcome, started), 5.0)
+            shutdown = {"type": "WorkerShutdown", "message": "worker stopped"}
+            self._report(ctx, leased, state, ("retry", shutdown), started)
             raise
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-        if outcome[0] == "complete" and not ctx.lease_lost:
-            await self._last_progress(ctx, leased, state)
-        await self._report(ctx, leased, state, outcome, started)
+        try:
+            if outcome[0] == "complete" and not ctx.lease_lost:
+                await self._last_progress(ctx, leased, state)
+        finally:
+            self._report(ctx, leased, state, outcome, started)
 
     async def _last_progress(self, ctx: JobContext, leased: LeasedJob, state: _JobState) -> None:
         """Send a progress report the throttle held back (e.g. "100%, done") before the
@@ -881,7 +1082,7 @@ class _Runner:
                 log.info("job %s %s: cancel requested", ctx.type, ctx.id)
                 ctx._cancelled = True
 
-    async def _report(
+    def _report(
         self,
         ctx: JobContext,
         leased: LeasedJob,
@@ -889,6 +1090,10 @@ class _Runner:
         outcome: tuple[str, Any],
         started: float,
     ) -> None:
+        """Hand the outcome to the reporter (once), unless the lease was lost."""
+        if state.reported:
+            return
+        state.reported = True
         kind, value = outcome
         took = time.monotonic() - started
         label = f"job {ctx.type} {ctx.id} attempt {ctx.attempt}"
@@ -897,44 +1102,191 @@ class _Runner:
                 "%s: handler ended after %.2fs; outcome discarded (lease lost)", label, took
             )
             return
-        if state.reported:
-            return
-        failures = 0
-        while True:
-            try:
-                if kind == "complete":
-                    await self.backend.complete(ctx.id, leased.lease_token, value)
-                else:
-                    await self.backend.fail(ctx.id, leased.lease_token, value, kind == "retry")
-            except LeaseLost as exc:
-                log.warning("%s: outcome refused after %.2fs (%s)", label, took, exc)
-                return
-            except Exception as exc:
-                if not _transient(exc) or time.monotonic() >= state.lease_until:
-                    # The cause is in the message; a traceback of an HTTP error adds nothing.
-                    log.error("%s: could not report %s (%s)", label, kind, _describe(exc))  # noqa: TRY400
-                    return
-                delay = min(BACKOFF_START * 2.0**failures, BACKOFF_MAX)
-                failures += 1
-                log.warning("%s: reporting failed (%s), retrying", label, _describe(exc))
-                await asyncio.sleep(min(delay, max(0.0, state.lease_until - time.monotonic())))
-                continue
-            break
-        state.reported = True
-        if kind == "complete":
-            log.info("%s: succeeded in %.2fs", label, took)
-        elif kind == "fail" and ctx.cancelled:
-            log.info("%s: cancelled after %.2fs", label, took)
+        word = JobOutcome(ctx.id, leased.lease_token, kind == "complete", value, kind == "retry")
+        self.reporter.put(_Outcome(word, label, kind, took, state.lease_until, ctx.cancelled))
+
+
+class _Outcome:
+    """A finished job's outcome waiting for the reporter, with what its log line needs."""
+
+    __slots__ = ("cancelled", "kind", "label", "lease_until", "outcome", "took")
+
+    def __init__(
+        self,
+        outcome: JobOutcome,
+        label: str,
+        kind: str,
+        took: float,
+        lease_until: float,
+        cancelled: bool,
+    ) -> None:
+        self.outcome = outcome
+        self.label = label
+        self.kind = kind
+        self.took = took
+        self.lease_until = lease_until
+        self.cancelled = cancelled
+
+    def log_reported(self) -> None:
+        if self.kind == "complete":
+            log.info("%s: succeeded in %.2fs", self.label, self.took)
+        elif self.kind == "fail" and self.cancelled:
+            log.info("%s: cancelled after %.2fs", self.label, self.took)
         else:
+            value = self.outcome.value
             err = value if isinstance(value, dict) else {}
             log.info(
                 "%s: failed after %.2fs (%s: %s)%s",
-                label,
-                took,
+                self.label,
+                self.took,
                 err.get("type"),
                 err.get("message"),
-                "" if kind == "retry" else ", not retried",
+                "" if self.kind == "retry" else ", not retried",
             )
+
+
+class _Reporter:
+    """Sends finished jobs' outcomes to the backend in batches: whatever is queued goes in
+    one `report`, and what finishes while it is in flight goes in the next.
+
+    A refused outcome (lease lost) is logged and dropped; a batch that fails transiently
+    is retried with backoff, each outcome until its lease ends (after that the server
+    retries the job anyway).
+    """
+
+    def __init__(self, backend: WorkerBackend) -> None:
+        self.backend = backend
+        self._queue: list[_Outcome] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._sending = 0
+        # True while the lease loop will carry queued outcomes with its next request.
+        self.deferred = False
+
+    @property
+    def pending(self) -> int:
+        """Outcomes not yet answered by the backend."""
+        return len(self._queue) + self._sending
+
+    def put(self, item: _Outcome) -> None:
+        self._queue.append(item)
+        self._idle.clear()
+        if not self.deferred:
+            self._wake.set()
+        self._ensure_task()
+
+    def _ensure_task(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._loop(), name="tidings-worker-reporter"
+            )
+
+    def take(self) -> list[_Outcome]:
+        """Hand up to a batch of queued outcomes to a caller that sends them itself (then
+        `settle` and `give_back`); those whose lease has ended are dropped."""
+        batch = self._live(self._queue[:MAX_REPORT_BATCH])
+        del self._queue[:MAX_REPORT_BATCH]
+        return batch
+
+    def give_back(self, items: list[_Outcome]) -> None:
+        """Queue again, first, outcomes that could not be delivered."""
+        if items:
+            self._queue[:0] = items
+            self._idle.clear()
+            self._ensure_task()
+        if not self.deferred:
+            self._wake.set()
+
+    def resume(self) -> None:
+        """Send queued outcomes from here on (the lease loop is not about to carry them)."""
+        self.deferred = False
+        if self._queue:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Return once every outcome put so far was answered (or dropped)."""
+        self.resume()
+        if self._queue or self._sending:
+            await self._idle.wait()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        failures = 0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue and not self.deferred:
+                batch = self._queue[:MAX_REPORT_BATCH]
+                del self._queue[:MAX_REPORT_BATCH]
+                self._sending = len(batch)
+                try:
+                    again = await self._send(batch)
+                finally:
+                    self._sending = 0
+                if not again:
+                    failures = 0
+                    continue
+                self._queue[:0] = again
+                delay = min(BACKOFF_START * 2.0**failures, BACKOFF_MAX)
+                failures += 1
+                last = max(o.lease_until for o in again)
+                await asyncio.sleep(min(delay, max(0.0, last - time.monotonic())))
+            if not self._queue:
+                self._idle.set()
+
+    @staticmethod
+    def _live(batch: list[_Outcome]) -> list[_Outcome]:
+        now = time.monotonic()
+        live = []
+        for o in batch:
+            if now >= o.lease_until:
+                log.error("%s: could not report %s before its lease ended", o.label, o.kind)
+            else:
+                live.append(o)
+        return live
+
+    async def _send(self, batch: list[_Outcome]) -> list[_Outcome]:
+        """Report a batch; returns the outcomes to try again."""
+        live = self._live(batch)
+        if not live:
+            return []
+        try:
+            answers = await self.backend.report([o.outcome for o in live])
+        except Exception as exc:
+            if _transient(exc):
+                log.warning(
+                    "reporting %d outcome(s) failed (%s), retrying", len(live), _describe(exc)
+                )
+                return live
+            for o in live:
+                # The cause is in the message; a traceback of an HTTP error adds nothing.
+                log.error("%s: could not report %s (%s)", o.label, o.kind, _describe(exc))  # noqa: TRY400
+            return []
+        return self.settle(live, answers)
+
+    def settle(self, batch: list[_Outcome], answers: list[Exception | None]) -> list[_Outcome]:
+        """Log the backend's answer on each outcome; returns those to try again."""
+        again = []
+        for o, answer in zip(batch, answers, strict=True):
+            if answer is None:
+                o.log_reported()
+            elif isinstance(answer, LeaseLost):
+                log.warning("%s: outcome refused after %.2fs (%s)", o.label, o.took, answer)
+            elif _transient(answer):
+                again.append(o)
+            else:
+                log.error("%s: could not report %s (%s)", o.label, o.kind, _describe(answer))
+        if again:
+            log.warning("reporting %d outcome(s) failed, retrying", len(again))
+        return again
 
 
 class _JobState:

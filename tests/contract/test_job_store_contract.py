@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
 from tidings.errors import Conflict, InvalidBody, NotFound
 from tidings.hub import Hub
-from tidings.jobs import JobService
+from tidings.jobs import JobOutcome, JobService
 from tidings.stores import open_store
-from tidings.stores.base import Retention, Store
+from tidings.stores.base import JobChange, Retention, Store
+from tidings.stores.sqlite import SQLiteStore
 from tidings.wire import Job, job_channel
 
 pytestmark = pytest.mark.timeout(30)
@@ -573,6 +575,134 @@ def test_sweep_removes_old_finished_jobs_and_their_channels(make_store):
         assert created
         assert fresh.id != old.id
         assert await svc.queues() == {"t": {"queued": 2, "running": 1, "cancelled": 1}}
+
+    run(make_store, body)
+
+
+# -- batches of transitions (worker reports) ----------------------------------------------
+
+
+def test_transition_jobs_applies_steps_in_order_and_refuses_each_on_its_own(make_store):
+    """One call, several steps: a refused step (Conflict from its transition, NotFound for a
+    missing job) changes nothing and takes its place in the answer; the others apply, each
+    seeing what the steps before it did to the same job; on SQLite it is one commit."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        a, _ = await svc.submit("t")
+        b, _ = await svc.submit("t")
+        assert await store.transition_jobs([]) == []
+
+        def note(text: str) -> Any:
+            def fn(job: Job, now: float) -> tuple[Job, str | None]:
+                return replace(job, message=(job.message or "") + text, updated_at=now), "note"
+
+            return fn
+
+        def refuse(job: Job, now: float) -> tuple[Job, str | None]:
+            raise Conflict(f"not {job.id}")
+
+        commits = store.commits if isinstance(store, SQLiteStore) else 0
+        out = await store.transition_jobs(
+            [
+                (a.id, note("x"), True),
+                (b.id, refuse, True),
+                ("no-such-job", note("y"), False),
+                (a.id, note("z"), False),
+                (b.id, note("w"), True),
+            ]
+        )
+        if isinstance(store, SQLiteStore):
+            assert store.commits == commits + 1
+        assert [type(o).__name__ for o in out] == [
+            "JobChange",
+            "Conflict",
+            "NotFound",
+            "JobChange",
+            "JobChange",
+        ]
+        first, last_a, last_b = out[0], out[3], out[4]
+        assert isinstance(first, JobChange) and isinstance(last_a, JobChange)
+        assert isinstance(last_b, JobChange)
+        assert first.job.message == "x"
+        assert last_a.job.message == "xz"  # the second step saw the first
+        assert last_b.job.message == "w"  # the refused step left nothing behind
+        assert last_a.published is not None and last_a.published.message.event == "note"
+        assert await store.get_job(a.id) == last_a.job
+        assert await store.get_job(b.id) == last_b.job
+        assert await names(store, a.id) == ["queued", "note", "note"]
+        assert await names(store, b.id) == ["queued", "note"]
+
+    run(make_store, body)
+
+
+def test_report_completes_and_fails_like_complete_and_fail(make_store):
+    """`report` applies complete and fail outcomes as the single calls would; a stale or
+    foreign token, or an unknown job, is refused alone and leaves its job unchanged."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        ids = [(await svc.submit("t", max_attempts=2))[0].id for _ in range(5)]
+        leased = {j.id: j for j in await svc.lease(["t"], 5, 0, 30.0)}
+        assert set(leased) == set(ids)
+        done, retried, dead, stale, foreign = (leased[i] for i in ids)
+        await svc.complete(stale.id, stale.lease_token, "first")  # its token is now spent
+
+        out = await svc.report(
+            [
+                JobOutcome(done.id, done.lease_token, True, {"n": 1}),
+                JobOutcome(retried.id, retried.lease_token, False, {"type": "E"}),
+                JobOutcome(dead.id, dead.lease_token, False, {"type": "F"}, retry=False),
+                JobOutcome(stale.id, stale.lease_token, True, "second"),
+                JobOutcome(foreign.id, "not-the-token", True, "x"),
+                JobOutcome("no-such-job", "t", True, None),
+            ]
+        )
+        assert [o.status if isinstance(o, Job) else type(o).__name__ for o in out] == [
+            "succeeded",
+            "queued",
+            "failed",
+            "Conflict",
+            "Conflict",
+            "NotFound",
+        ]
+        got = {i: await store.get_job(i) for i in ids}
+        assert got[done.id] is not None and got[done.id].result == {"n": 1}
+        assert got[retried.id] is not None and got[retried.id].error == {"type": "E"}
+        assert got[retried.id].run_at > time.time() - 1
+        assert got[stale.id] is not None and got[stale.id].result == "first"
+        assert got[foreign.id] == foreign  # refused: unchanged, still running
+        assert await names(store, done.id) == ["queued", "running", "succeeded"]
+        assert await names(store, retried.id) == ["queued", "running", "queued"]
+        assert await names(store, dead.id) == ["queued", "running", "failed"]
+        assert await names(store, stale.id) == ["queued", "running", "succeeded"]
+        assert await names(store, foreign.id) == ["queued", "running"]
+
+        # The requeued job is leased again as its second attempt.
+        again = await svc.lease(["t"], 5, 2.0, 30.0)
+        assert [(j.id, j.attempt) for j in again] == [(retried.id, 2)]
+
+    run(make_store, body)
+
+
+def test_report_of_a_cancel_requested_job_ends_it_cancelled(make_store):
+    async def body(store: Store, svc: JobService) -> None:
+        job, _ = await svc.submit("t")
+        leased = await lease_one(svc)
+        await svc.cancel(job.id)
+        (out,) = await svc.report([JobOutcome(job.id, leased.lease_token, False, "stopped")])
+        assert isinstance(out, Job) and out.status == "cancelled"
+        assert await names(store, job.id) == ["queued", "running", "cancel_requested", "cancelled"]
+
+    run(make_store, body)
+
+
+def test_report_takes_1_to_100_outcomes(make_store):
+    async def body(store: Store, svc: JobService) -> None:
+        with pytest.raises(InvalidBody):
+            await svc.report([])
+        with pytest.raises(InvalidBody):
+            await svc.report([JobOutcome(f"j{i}", "t", True) for i in range(101)])
+        out = await svc.report([JobOutcome(f"j{i}", "t", True) for i in range(100)])
+        assert all(isinstance(o, NotFound) for o in out)
 
     run(make_store, body)
 

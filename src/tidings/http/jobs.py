@@ -6,6 +6,7 @@ channel's (the job's channel is `job.{id}`).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -14,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tidings.errors import BadRequest
+from tidings.errors import BadRequest, InvalidBody, TidingsError
 from tidings.http.common import (
     decode_body,
     json_response,
@@ -23,12 +24,14 @@ from tidings.http.common import (
     read_body,
     unless_disconnected,
 )
-from tidings.jobs import JobService
+from tidings.jobs import JobOutcome, JobService
 from tidings.wire import JOB_STATUSES, format_time
 
 __all__ = ["routes"]
 
 BODY_LIMIT_SLACK = 64 * 1024
+# A report carries many results: its body may be this many messages long.
+REPORT_BODY_MESSAGES = 4
 _PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*([0-9.]+)", re.IGNORECASE)
 
 
@@ -41,11 +44,27 @@ class SubmitBody(msgspec.Struct, forbid_unknown_fields=True):
     priority: int = 0
 
 
+class ReportItem(msgspec.Struct, forbid_unknown_fields=True):
+    """One outcome: a "result" key completes the job, an "error" key fails the attempt."""
+
+    id: str
+    lease_token: str
+    result: Any | msgspec.UnsetType = msgspec.UNSET
+    error: Any | msgspec.UnsetType = msgspec.UNSET
+    retry: bool = True
+
+
+class ReportBody(msgspec.Struct, forbid_unknown_fields=True):
+    results: list[ReportItem]
+
+
 class LeaseBody(msgspec.Struct, forbid_unknown_fields=True):
     types: list[str] | None = None
     max: int = 1
     wait: float = 0.0
     lease: float = 30.0
+    # Outcomes to apply first, as in a report: a worker reports and asks for more at once.
+    results: list[ReportItem] | None = None
 
 
 class HeartbeatBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -66,13 +85,26 @@ class FailBody(msgspec.Struct, forbid_unknown_fields=True):
     retry: bool = True
 
 
+def _outcomes(items: list[ReportItem]) -> list[JobOutcome]:
+    out = []
+    for n, item in enumerate(items):
+        has_result = item.result is not msgspec.UNSET
+        if has_result == (item.error is not msgspec.UNSET):
+            raise InvalidBody(
+                f'results[{n}] must hold exactly one of "result" (complete) or "error" (fail)'
+            )
+        value = item.result if has_result else item.error
+        out.append(JobOutcome(item.id, item.lease_token, has_result, value, item.retry))
+    return out
+
+
 def _svc(request: Request) -> JobService:
     svc: JobService = request.app.state.jobs
     return svc
 
 
-async def _body(request: Request, kind: type[Any]) -> Any:
-    limit = request.app.state.settings.max_message_bytes + BODY_LIMIT_SLACK
+async def _body(request: Request, kind: type[Any], messages: int = 1) -> Any:
+    limit = request.app.state.settings.max_message_bytes * messages + BODY_LIMIT_SLACK
     return decode_body(kind, await read_body(request, limit))
 
 
@@ -144,12 +176,23 @@ async def retry(request: Request) -> Response:
 
 
 async def lease(request: Request) -> Response:
-    body: LeaseBody = await _body(request, LeaseBody)
+    body: LeaseBody = await _body(request, LeaseBody, REPORT_BODY_MESSAGES)
+    svc = _svc(request)
+    reporting = None
+    if body.results is not None:
+        svc.check_lease(body.types, body.max, body.lease)  # refuse before applying anything
+        # Started together, the report and the lease share one store transaction.
+        reporting = asyncio.ensure_future(_report(svc, body.results))
     # A worker that stops closes its parked lease request: it must not be handed jobs.
-    jobs = await unless_disconnected(
-        request, _svc(request).lease(body.types, body.max, body.wait, body.lease)
-    )
-    return json_response({"jobs": [j.lease_to_wire() for j in jobs or []]})
+    leasing = svc.lease(body.types, body.max, body.wait, body.lease)
+    try:
+        jobs = await unless_disconnected(request, leasing)
+    finally:
+        reported = None if reporting is None else await reporting
+    out: dict[str, Any] = {"jobs": [j.lease_to_wire() for j in jobs or []]}
+    if reported is not None:
+        out["results"] = reported
+    return json_response(out)
 
 
 async def heartbeat(request: Request) -> Response:
@@ -176,6 +219,23 @@ async def fail(request: Request) -> Response:
     return json_response(job.to_wire())
 
 
+async def _report(svc: JobService, items: list[ReportItem]) -> list[dict[str, Any]]:
+    outcomes = _outcomes(items)
+    answers = await svc.report(outcomes)
+    results: list[dict[str, Any]] = []
+    for outcome, answer in zip(outcomes, answers, strict=True):
+        if isinstance(answer, TidingsError):
+            results.append({"id": outcome.id, **answer.to_wire()})
+        else:
+            results.append({"id": answer.id, "status": answer.status})
+    return results
+
+
+async def report(request: Request) -> Response:
+    body: ReportBody = await _body(request, ReportBody, REPORT_BODY_MESSAGES)
+    return json_response({"results": await _report(_svc(request), body.results)})
+
+
 routes = [
     Route("/v1/jobs", submit, methods=["POST"]),
     Route("/v1/jobs", list_jobs, methods=["GET"]),
@@ -184,6 +244,7 @@ routes = [
     Route("/v1/jobs/{job_id}/cancel", cancel, methods=["POST"]),
     Route("/v1/jobs/{job_id}/retry", retry, methods=["POST"]),
     Route("/v1/workers/lease", lease, methods=["POST"]),
+    Route("/v1/workers/report", report, methods=["POST"]),
     Route("/v1/jobs/{job_id}/heartbeat", heartbeat, methods=["POST"]),
     Route("/v1/jobs/{job_id}/complete", complete, methods=["POST"]),
     Route("/v1/jobs/{job_id}/fail", fail, methods=["POST"]),

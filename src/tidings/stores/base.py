@@ -13,12 +13,14 @@ from typing import Any
 
 import msgspec
 
+from tidings.errors import TidingsError
 from tidings.wire import Job, Message
 
 __all__ = [
     "ChannelInfo",
     "ChannelStore",
     "JobChange",
+    "JobStep",
     "JobStore",
     "Published",
     "ReadResult",
@@ -156,6 +158,10 @@ class ChannelStore(abc.ABC):
 Transition = Callable[[Job, float], tuple[Job, str | None]]
 
 
+# One step of `transition_jobs`: (job id, transition, durable).
+JobStep = tuple[str, Transition, bool]
+
+
 class JobChange(msgspec.Struct, frozen=True):
     """A job after a transition, and the message published on its channel (if any)."""
 
@@ -194,6 +200,16 @@ class JobStore(abc.ABC):
         `durable=False` (heartbeats, give-backs) lets a store skip the flush to stable
         storage for this change alone: losing it to a power cut only replays work, which
         at-least-once delivery allows. Leases and expiries are always such changes.
+        """
+
+    @abc.abstractmethod
+    async def transition_jobs(self, steps: list[JobStep]) -> list[JobChange | TidingsError]:
+        """Apply each `(job_id, fn, durable)` in order, all in one atomic unit of the store
+        (one transaction), each seeing the jobs as the steps before it left them.
+
+        A refused step — `fn` raised a TidingsError, or there is no such job (NotFound) —
+        changes nothing and its error takes its place in the answer; the other steps still
+        apply. The unit skips the flush to stable storage only when no step is durable.
         """
 
     @abc.abstractmethod

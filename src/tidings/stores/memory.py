@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidings.constants import IDEMPOTENCY_TTL
-from tidings.errors import InvalidCursor, NotFound, StoreClosed
+from tidings.errors import InvalidCursor, NotFound, StoreClosed, TidingsError
 from tidings.stores.base import (
     ChannelInfo,
     JobChange,
+    JobStep,
     Published,
     ReadResult,
     Retention,
@@ -232,6 +233,22 @@ class MemoryStore(Store):
         now = time.time()
         new, event = fn(job, now)
         return self._save(new, event, now)
+
+    async def transition_jobs(self, steps: list[JobStep]) -> list[JobChange | TidingsError]:
+        self._check()
+        now = time.time()
+        out: list[JobChange | TidingsError] = []
+        for job_id, fn, _durable in steps:
+            try:
+                job = self._jobs.get(job_id)
+                if job is None:
+                    raise NotFound(f"no job {job_id!r}")
+                new, event = fn(job, now)
+            except TidingsError as exc:
+                out.append(exc)
+                continue
+            out.append(self._save(new, event, now))
+        return out
 
     async def lease_jobs(
         self, types: list[str] | None, max_jobs: int, now: float, fn: Transition

@@ -22,10 +22,11 @@ from typing import Any, TypeVar
 import msgspec
 
 from tidings.constants import IDEMPOTENCY_TTL
-from tidings.errors import NotFound, StoreClosed, StoreError
+from tidings.errors import NotFound, StoreClosed, StoreError, TidingsError
 from tidings.stores.base import (
     ChannelInfo,
     JobChange,
+    JobStep,
     Published,
     ReadResult,
     Retention,
@@ -598,6 +599,40 @@ class SQLiteStore(Store):
             return self._apply_all(conn, [row], time.time(), fn)[0]
 
         return await self._write(op, durable)
+
+    async def transition_jobs(self, steps: list[JobStep]) -> list[JobChange | TidingsError]:
+        if not steps:
+            return []
+        ids = list(dict.fromkeys(job_id for job_id, _, _ in steps))
+
+        def op(conn: sqlite3.Connection) -> list[JobChange | TidingsError]:
+            now = time.time()
+            jobs: dict[str, Job] = {}
+            # One query for the batch (SQLite allows 32,766 parameters; batches hold <= 100).
+            for at in range(0, len(ids), 500):
+                chunk = ids[at : at + 500]
+                rows = conn.execute(
+                    f"SELECT body FROM jobs WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+                ).fetchall()
+                for (body,) in rows:
+                    found = _decode_job(body)
+                    jobs[found.id] = found
+            out: list[JobChange | TidingsError] = []
+            for job_id, fn, _durable in steps:
+                # A refusal raises before anything is written, so it changes nothing.
+                try:
+                    job = jobs.get(job_id)
+                    if job is None:
+                        raise NotFound(f"no job {job_id!r}")
+                    new, event = fn(job, now)
+                except TidingsError as exc:
+                    out.append(exc)
+                    continue
+                jobs[job_id] = new
+                out.append(self._save_job(conn, new, event, now, insert=False))
+            return out
+
+        return await self._write(op, any(durable for _, _, durable in steps))
 
     async def lease_jobs(
         self, types: list[str] | None, max_jobs: int, now: float, fn: Transition
