@@ -34,9 +34,6 @@ DEFAULT_JOB_TTL = 7 * 24 * 3600.0
 LEASE_EXPIRY_INTERVAL = 0.25
 JOB_SWEEP_INTERVAL = 60.0
 
-# Transports, as labelled in stats and metrics.
-TRANSPORTS = ("sse", "ws", "longpoll")
-
 # Cyclic GC thresholds for `tidings serve` (CPython's default is 700, 10, 10).
 GC_THRESHOLDS = (50_000, 20, 100)
 # GIL switch interval for `tidings serve` (CPython's default is 0.005 s).
