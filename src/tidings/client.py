@@ -1048,19 +1048,7 @@ class AsyncClient:
         event: str | None = None,
         idempotency_key: str | None = None,
     ) -> PublishAck:
-        """Publish one message and return once the server has made it durable.
-
-        Args:
-            channel: Channel name (1-200 chars of `[A-Za-z0-9._:-]`).
-            data: A `str` or any JSON-serialisable value; its type is kept.
-            event: Optional event name (the SSE `event:` field).
-            idempotency_key: Optional key; publishing again with the same key returns the
-                first message's id instead of publishing twice.
-
-        Raises:
-            TidingsHTTPError: the server refused the message (e.g. 413 when too large).
-            TidingsConnectionError: the server could not be reached.
-        """
+        """Publish one message once it is durable; see `Client.publish` for the arguments."""
         spec = _publish_request(channel, data, event, idempotency_key)
         return _parse_ack(await self._request(spec))
 
@@ -1072,20 +1060,7 @@ class AsyncClient:
         limit: int | None = None,
         wait: float | None = None,
     ) -> Page:
-        """Read the messages after a cursor (short poll, or long poll with `wait`).
-
-        Args:
-            channel: Channel name.
-            after: Cursor: the id of the last message already seen; "0" reads from the
-                oldest message retained.
-            limit: Most messages to return (the server's default and cap apply).
-            wait: Seconds the server may hold the request until a message exists (long
-                poll; capped by the server, 30 s by default). None answers at once.
-
-        Raises:
-            TidingsHTTPError: e.g. 400 for a malformed cursor.
-            TidingsConnectionError: the server could not be reached.
-        """
+        """Read the messages after a cursor; see `Client.read` for the arguments."""
         spec = _read_request(channel, after, limit, wait, self.timeout)
         return _parse_page(await self._request(spec))
 
