@@ -5,7 +5,9 @@ Requests take one of two roads:
 * Streams (`GET /v1/channels/{c}/events`, `GET /v1/events`, WebSocket
   `/v1/channels/{c}/ws`) go straight to tidings.transports with the server's own `send`,
   so the hub's fan-out writes through no middleware wrapper.
-* Everything else goes through Starlette: routing, error mapping, metrics.
+* Request/response endpoints are found by tidings.http.router (a dict and a few regexes)
+  and called with Starlette's Request; errors are mapped and latency recorded here.
+* Whatever neither knows goes to Starlette: lifespan, 404 and 405 answers.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
@@ -35,6 +38,7 @@ from tidings.http import channels as channel_routes
 from tidings.http import jobs as job_routes
 from tidings.http import rpc as rpc_routes
 from tidings.http.common import json_response
+from tidings.http.router import Endpoint, Router
 from tidings.hub import Hub
 from tidings.jobs import JobService
 from tidings.metrics import Metrics
@@ -98,17 +102,19 @@ class TidingsApp:
         self._streams_idle = asyncio.Event()
         self._streams_idle.set()
         self.ready = False
+        routes = [
+            *channel_routes.routes,
+            *job_routes.routes,
+            *rpc_routes.routes,
+            Route("/healthz", self._healthz, methods=["GET"]),
+            Route("/readyz", self._readyz, methods=["GET"]),
+            Route("/metrics", self._metrics, methods=["GET"]),
+            Route("/openapi.json", self._openapi, methods=["GET"]),
+            Route("/docs", self._docs, methods=["GET"]),
+        ]
+        self.router = Router(routes)
         self.starlette = Starlette(
-            routes=[
-                Route("/healthz", self._healthz, methods=["GET"]),
-                Route("/readyz", self._readyz, methods=["GET"]),
-                Route("/metrics", self._metrics, methods=["GET"]),
-                Route("/openapi.json", self._openapi, methods=["GET"]),
-                Route("/docs", self._docs, methods=["GET"]),
-                *channel_routes.routes,
-                *job_routes.routes,
-                *rpc_routes.routes,
-            ],
+            routes=routes,
             exception_handlers={
                 TidingsError: self._tidings_error,
                 HTTPException: self._http_error,
@@ -145,7 +151,39 @@ class TidingsApp:
                         {"type": "websocket.close", "code": 1008, "reason": f"no socket at {path}"}
                     )
                 return
+            hit = self.router.match(scope["method"], path)
+            if hit is not None:
+                await self._answer(scope, receive, send, *hit)
+                return
+        # Lifespan, and what the router does not know (Starlette answers 404/405).
         await self._http(scope, receive, send)
+
+    async def _answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        endpoint: Endpoint,
+        params: dict[str, Any],
+        template: str,
+    ) -> None:
+        """One request/response endpoint, errors mapped as Starlette's handlers map them."""
+        start = time.perf_counter()
+        scope["app"] = self.starlette
+        scope["path_params"] = params
+        request = Request(scope, receive)
+        try:
+            response = await endpoint(request)
+        except TidingsError as exc:
+            response = json_response(exc.to_wire(), exc.status)
+        except Exception as exc:
+            response = await self._unexpected_error(request, exc)
+        try:
+            await response(scope, receive, send)
+        finally:
+            self.metrics.observe(
+                scope["method"], template, response.status_code, time.perf_counter() - start
+            )
 
     async def _stream(
         self,

@@ -73,6 +73,15 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self._children: dict[tuple[str, str, int], Any] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Record one answered request (label children are cached: `labels()` is not cheap)."""
+        key = (method, route, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.latency.labels(method, route, str(status))
+        child.observe(seconds)
 
     def render(self) -> bytes:
         """The exposition text."""
@@ -98,8 +107,6 @@ class Metrics:
             finally:
                 # Starlette's router leaves the matched route in the scope.
                 route = str(getattr(scope.get("route"), "path", "unmatched"))
-                self.latency.labels(scope["method"], route, str(status[0])).observe(
-                    time.perf_counter() - start
-                )
+                self.observe(scope["method"], route, status[0], time.perf_counter() - start)
 
         return wrapped

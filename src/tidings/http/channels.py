@@ -158,11 +158,12 @@ async def list_channels(request: Request) -> Response:
     )
 
 
+# The hot routes first: tidings.http.router tries a method's path patterns in this order.
 routes = [
+    Route("/v1/channels/{channel}/messages", negotiated(publish), methods=["POST"]),
+    Route("/v1/channels/{channel}/messages", negotiated(poll), methods=["GET"]),
     Route("/v1/channels", negotiated(list_channels), methods=["GET"]),
     Route("/v1/channels/{channel}", negotiated(channel_info), methods=["GET"]),
     Route("/v1/channels/{channel}", negotiated(set_retention), methods=["PUT"]),
     Route("/v1/channels/{channel}", negotiated(delete_channel), methods=["DELETE"]),
-    Route("/v1/channels/{channel}/messages", negotiated(publish), methods=["POST"]),
-    Route("/v1/channels/{channel}/messages", negotiated(poll), methods=["GET"]),
 ]
