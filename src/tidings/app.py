@@ -32,12 +32,14 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from tidings import constants as C
+from tidings.auth import AuthService
 from tidings.channels import ChannelService, check_channel
-from tidings.errors import BadRequest, InvalidCursor, StoreError, TidingsError
+from tidings.errors import BadRequest, Forbidden, InvalidCursor, StoreError, TidingsError
+from tidings.http import auth as auth_routes
 from tidings.http import channels as channel_routes
 from tidings.http import jobs as job_routes
 from tidings.http import rpc as rpc_routes
-from tidings.http.common import json_response
+from tidings.http.common import json_response, require_admin
 from tidings.http.router import Endpoint, Router
 from tidings.hub import Hub
 from tidings.jobs import JobService
@@ -48,13 +50,20 @@ from tidings.stores import open_store
 from tidings.stores.base import Retention, Store
 from tidings.transports.sse import serve_sse
 from tidings.transports.websocket import serve_ws
-from tidings.wire import TERMINAL_STATUSES, decode_composite_cursor, encode_json, job_channel
+from tidings.wire import (
+    TERMINAL_STATUSES,
+    decode_composite_cursor,
+    encode_json,
+    job_channel,
+)
 
 __all__ = ["TidingsApp", "create_app"]
 
 log = logging.getLogger("tidings")
 
 _STREAM = re.compile(r"^/v1/(channels|jobs)/([^/]+)/(events|ws)$")
+# Endpoints anyone may call, whatever --require-auth says.
+_PUBLIC = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/v1/auth/login"})
 
 
 async def _send_error(send: Send, exc: TidingsError) -> None:
@@ -93,6 +102,7 @@ class TidingsApp:
         self.jobs = JobService(
             self.store, self.hub, settings.retry_backoff, long_poll_cap=settings.long_poll_cap
         )
+        self.auth = AuthService(self.store, settings)
         self.handlers = handlers
         self._handlers_stop = asyncio.Event()
         self.metrics = Metrics(self.hub, self.store)
@@ -106,6 +116,7 @@ class TidingsApp:
             *channel_routes.routes,
             *job_routes.routes,
             *rpc_routes.routes,
+            *auth_routes.routes,
             Route("/healthz", self._healthz, methods=["GET"]),
             Route("/readyz", self._readyz, methods=["GET"]),
             Route("/metrics", self._metrics, methods=["GET"]),
@@ -125,6 +136,7 @@ class TidingsApp:
         self.starlette.state.settings = settings
         self.starlette.state.channels = self.channels
         self.starlette.state.jobs = self.jobs
+        self.starlette.state.auth = self.auth
         self._http = self.metrics.middleware(self.starlette)
 
     # -- ASGI entry ---------------------------------------------------------------------
@@ -173,6 +185,11 @@ class TidingsApp:
         scope["path_params"] = params
         request = Request(scope, receive)
         try:
+            if template not in _PUBLIC:
+                principal = await self.auth.principal(scope["headers"])
+                if principal.via_cookie and scope["method"] not in ("GET", "HEAD"):
+                    self.check_origin(scope)
+                scope["tidings.principal"] = principal
             response = await endpoint(request)
         except TidingsError as exc:
             response = json_response(exc.to_wire(), exc.status)
@@ -231,6 +248,11 @@ class TidingsApp:
         settings = self.settings
         if self.hub.closing:
             raise StoreError("server is shutting down: reconnect to another node or retry")
+        principal = await self.auth.principal(scope["headers"])
+        if principal.via_cookie and scope["type"] == "websocket":
+            # A browser sends the cookie with any page's socket: the Origin must be ours.
+            self.check_origin(scope)
+        session = principal.session
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
         last_event_id = None
         for name, value in scope["headers"]:
@@ -248,17 +270,29 @@ class TidingsApp:
                 raise InvalidCursor(str(exc)) from None
             for pos in positions.values():
                 self.store.cursor_key(pos)
+            for name in names:
+                await self.channels.check_subscribe(principal, name)
             requested = {n: positions.get(n) for n in names}
             return serve_sse(
-                self.channels, send, receive, requested, True, settings.subscriber_buffer
+                self.channels,
+                send,
+                receive,
+                requested,
+                True,
+                settings.subscriber_buffer,
+                session=session,
             )
         until: frozenset[str] | None = None
         if job:
             # A job's stream: from its first event unless resumed, ending after its last.
-            await self.jobs.get(channel)
+            found = await self.jobs.get(channel)
+            if not principal.may_follow_job(found.submitted_by, found.type):
+                raise Forbidden(f"job {found.id} is not yours to follow")
             channel, until = job_channel(channel), TERMINAL_STATUSES
             cursor = cursor or "0"
-        check_channel(channel)
+        else:
+            check_channel(channel)
+            await self.channels.check_subscribe(principal, channel)
         if cursor is not None:
             self.store.cursor_key(cursor)
         if what == "ws":
@@ -271,6 +305,8 @@ class TidingsApp:
                 settings.subscriber_buffer,
                 settings.max_message_bytes,
                 until,
+                session,
+                principal.may("publish", channel),
             )
         return serve_sse(
             self.channels,
@@ -280,7 +316,29 @@ class TidingsApp:
             False,
             settings.subscriber_buffer,
             until,
+            session,
         )
+
+    # -- access -------------------------------------------------------------------------
+
+    def check_origin(self, scope: Scope) -> None:
+        """Forbidden unless the request's Origin is this server or an allowed CORS origin.
+
+        Applied to cookie-authenticated state-changing requests and sockets (CSRF, CSWSH);
+        bearer tokens are not sent by browsers on their own, so they need no such check.
+        """
+        origin = host = None
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin = value.decode("latin-1").rstrip("/")
+            elif name == b"host":
+                host = value.decode("latin-1")
+        if origin is None:
+            raise Forbidden("a cookie-authenticated request must carry an Origin header")
+        scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+        if origin in self.settings.origins or (host is not None and origin == f"{scheme}://{host}"):
+            return
+        raise Forbidden(f"origin {origin!r} may not use this session: add it to --cors-origins")
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -294,7 +352,13 @@ class TidingsApp:
             loop.create_task(self._every(self.settings.heartbeat, self._heartbeat)),
             loop.create_task(self._every(C.LEASE_EXPIRY_INTERVAL, self.jobs.expire)),
             loop.create_task(self._every(C.JOB_SWEEP_INTERVAL, self._sweep_jobs)),
+            loop.create_task(self._every(C.SESSION_SWEEP_INTERVAL, self._sweep_sessions)),
         ]
+        if self.settings.sessions == "memory":
+            log.warning(
+                "sessions are kept in this process only (--sessions memory): a restart logs "
+                "everyone out and other nodes do not know them; use --sessions database"
+            )
         handlers_task = None
         if self.handlers is not None:
             handlers_task = loop.create_task(
@@ -317,6 +381,15 @@ class TidingsApp:
 
     async def _heartbeat(self) -> None:
         self.hub.heartbeat()
+
+    async def _sweep_sessions(self) -> None:
+        """End the streams of sessions that were revoked or expired; forget old sessions."""
+        now = time.time()
+        self.auth.sweep_memory(now)
+        for session in self.hub.sessions():
+            if not await self.auth.still_valid(session, now):
+                self.hub.close_session(session, "session revoked or expired: log in again")
+        await self.store.sweep_credentials(now)
 
     async def _sweep_jobs(self) -> None:
         await self.jobs.sweep(self.settings.job_ttl)
@@ -357,6 +430,7 @@ class TidingsApp:
         return json_response({"status": "ready", "store": self.settings.store.split("://")[0]})
 
     async def _metrics(self, request: Request) -> Response:
+        require_admin(request)
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def _openapi(self, request: Request) -> Response:

@@ -8,7 +8,8 @@ from typing import Any
 
 from tidings.errors import BadRequest, Forbidden, InvalidChannel, NotFound
 from tidings.hub import Hub
-from tidings.stores.base import ChannelInfo, ChannelStore, ReadResult, Retention
+from tidings.principals import Principal
+from tidings.stores.base import ChannelInfo, ReadResult, Retention, Store
 from tidings.wire import JOB_CHANNEL_PREFIX, PublishAck, valid_channel
 
 __all__ = ["ChannelService", "check_channel", "check_event"]
@@ -45,7 +46,7 @@ class ChannelService:
         long_poll_cap: the longest wait honoured, in seconds.
     """
 
-    def __init__(self, store: ChannelStore, hub: Hub, long_poll_cap: float) -> None:
+    def __init__(self, store: Store, hub: Hub, long_poll_cap: float) -> None:
         self.store = store
         self.hub = hub
         self.long_poll_cap = long_poll_cap
@@ -79,6 +80,22 @@ class ChannelService:
             last = cached[-1].id if cached else after
             return ReadResult(cached, reset=False, first_id=None, last_id=last)
         return await self.store.read(channel, after, limit)
+
+    async def check_subscribe(self, principal: Principal, channel: str) -> None:
+        """Forbidden unless `principal` may read `channel`.
+
+        A job's channel `job.{id}` is also readable by the job's submitter and by those
+        allowed to work its type (Principal.may_follow_job).
+        """
+        if principal.may("subscribe", channel):
+            return
+        if channel.startswith(JOB_CHANNEL_PREFIX):
+            job = await self.store.get_job(channel[len(JOB_CHANNEL_PREFIX) :])
+            if job is not None and principal.may_follow_job(job.submitted_by, job.type):
+                return
+        raise Forbidden(
+            f"{principal.name} may not subscribe to {channel!r}: ask for a subscribe grant"
+        )
 
     async def last_id(self, channel: str) -> str:
         """The channel's newest id ("0" when it has none): the cursor meaning "from now"."""

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from tidings import constants as C
+from tidings.cli_admin import tokens_app, users_app
 from tidings.settings import Settings
 from tidings.wire import Reset, encode_json
 
@@ -92,6 +93,37 @@ def serve(
             help="Serve anonymous clients on a non-loopback address [env TIDINGS_ALLOW_ANONYMOUS].",
         ),
     ] = False,
+    require_auth: Annotated[
+        bool,
+        typer.Option(
+            "--require-auth", help="Anonymous requests get 401 [env TIDINGS_REQUIRE_AUTH]."
+        ),
+    ] = False,
+    sessions: Annotated[
+        str | None,
+        typer.Option(help="Where login sessions live: database, memory or jwt."),
+    ] = None,
+    session_ttl: Annotated[float | None, typer.Option(help="Seconds a login lasts.")] = None,
+    jwt_key_file: Annotated[
+        str | None,
+        typer.Option(help="File with the HS256 secret of --sessions jwt [env TIDINGS_JWT_SECRET]."),
+    ] = None,
+    app_jwt_algorithm: Annotated[
+        str | None,
+        typer.Option(help="Accept your backend's JWTs signed with HS256, RS256 or ES256."),
+    ] = None,
+    app_jwt_key_file: Annotated[
+        str | None,
+        typer.Option(help="Their PEM public key (or HS256 secret) [env TIDINGS_APP_JWT_KEY]."),
+    ] = None,
+    app_jwt_issuer: Annotated[str | None, typer.Option(help="Their required iss.")] = None,
+    app_jwt_audience: Annotated[str | None, typer.Option(help="Their required aud.")] = None,
+    cors_origins: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated browser origins allowed to call with credentials."),
+    ] = None,
+    ssl_certfile: Annotated[str | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    ssl_keyfile: Annotated[str | None, typer.Option(help="TLS private key (PEM).")] = None,
 ) -> None:
     """Serve the HTTP API (default: embedded SQLite on 127.0.0.1:8000)."""
     import uvicorn
@@ -114,13 +146,23 @@ def serve(
             job_ttl=job_ttl,
             allow_anonymous=allow_anonymous or None,
             log_level=log_level,
+            require_auth=require_auth or None,
+            sessions=sessions,
+            session_ttl=session_ttl,
+            jwt_key_file=jwt_key_file,
+            app_jwt_algorithm=app_jwt_algorithm,
+            app_jwt_key_file=app_jwt_key_file,
+            app_jwt_issuer=app_jwt_issuer,
+            app_jwt_audience=app_jwt_audience,
+            cors_origins=cors_origins,
         )
-        if not settings.loopback and not settings.allow_anonymous:
+        if not settings.loopback and not (settings.allow_anonymous or settings.require_auth):
             err.print(
                 f"[red]tidings serve:[/red] refusing to serve anonymous clients on "
-                f"{settings.host}: this version has no authentication yet. Bind to "
-                "127.0.0.1 (the default) and put an authenticating proxy in front, or pass "
-                "--allow-anonymous (TIDINGS_ALLOW_ANONYMOUS=true) if the network is trusted."
+                f"{settings.host}. Configure auth: add users with `tidings users add NAME "
+                "--store URL --password-stdin --publish 'news.*' ...` and pass --require-auth "
+                "(TIDINGS_REQUIRE_AUTH=true); or pass --allow-anonymous "
+                "(TIDINGS_ALLOW_ANONYMOUS=true) if the network is trusted."
             )
             raise typer.Exit(2)
         tidings_app = create_app(settings)
@@ -147,6 +189,8 @@ def serve(
         # the client address yet) and no `server:` header advertising the stack.
         proxy_headers=False,
         server_header=False,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
     # Thousands of long-lived streams make each full collection walk every connection's
     # objects; collect young objects less often (see docs/decisions/0003-gc-thresholds.md).
@@ -284,6 +328,8 @@ def worker(
 
 jobs_app = typer.Typer(name="jobs", help="Submit and follow jobs.", no_args_is_help=True)
 app.add_typer(jobs_app)
+app.add_typer(users_app)
+app.add_typer(tokens_app)
 
 _TIME_FIELDS = (
     "created_at",

@@ -38,3 +38,8 @@ JOB_SWEEP_INTERVAL = 60.0
 GC_THRESHOLDS = (50_000, 20, 100)
 # GIL switch interval for `tidings serve` (CPython's default is 0.005 s).
 SWITCH_INTERVAL = 0.0005
+
+# Login sessions last a day unless `--session-ttl` says otherwise.
+DEFAULT_SESSION_TTL = 86_400.0
+# How often open streams' sessions are re-checked (revoked or expired: the stream ends).
+SESSION_SWEEP_INTERVAL = 1.0

@@ -5,6 +5,7 @@
     │   ├── InvalidChannel       (400 invalid_channel)
     │   ├── InvalidCursor        (400 invalid_cursor)
     │   └── InvalidBody          (422 invalid_body)
+    ├── Unauthorized             (401 unauthorized)
     ├── Forbidden                (403 forbidden)
     ├── NotFound                 (404 not_found)
     ├── Conflict                 (409 conflict)
@@ -31,6 +32,7 @@ __all__ = [
     "StoreClosed",
     "StoreError",
     "TidingsError",
+    "Unauthorized",
     "UnsupportedMediaType",
 ]
 
@@ -53,6 +55,13 @@ class TidingsError(Exception):
 class BadRequest(TidingsError):
     status = 400
     code = "bad_request"
+
+
+class Unauthorized(TidingsError):
+    """No credentials where they are required, or credentials that do not check out."""
+
+    status = 401
+    code = "unauthorized"
 
 
 class InvalidChannel(BadRequest):

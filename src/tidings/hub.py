@@ -108,6 +108,8 @@ class Subscriber:
             nothing yet).
         buffer_limit: bytes of unsent frames tolerated before the subscriber is cut.
         until: event names after which the stream ends by itself (a job's terminal events).
+        session: the login session the stream was opened with (None: anonymous); the
+            stream ends when that session is revoked or expires.
     """
 
     __slots__ = (
@@ -123,6 +125,7 @@ class Subscriber:
         "overflowed",
         "pending",
         "send",
+        "session",
         "task",
         "transport",
         "until",
@@ -136,9 +139,11 @@ class Subscriber:
         cursors: dict[str, str | None],
         buffer_limit: int,
         until: frozenset[str] | None = None,
+        session: str | None = None,
     ) -> None:
         self.hub = hub
         self.until = until
+        self.session = session
         self.kind = kind
         self.send = send
         self.transport = _transport_of(send)
@@ -414,6 +419,8 @@ class Hub:
     def __init__(self, key: Callable[[str], int]) -> None:
         self.key = key
         self._subs: dict[str, set[Subscriber]] = {}
+        # Streams by the login session that opened them (see close_session).
+        self._sessions: dict[str, set[Subscriber]] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         # channel -> recent messages (oldest first) and the id before the oldest of them.
         self._recent: dict[str, tuple[deque[Message], list[str | None]]] = {}
@@ -431,6 +438,8 @@ class Hub:
         """Register a subscriber on each of its channels."""
         for ch in sub.cursors:
             self._subs.setdefault(ch, set()).add(sub)
+        if sub.session is not None:
+            self._sessions.setdefault(sub.session, set()).add(sub)
 
     def remove(self, sub: Subscriber) -> None:
         """Unregister a subscriber (idempotent)."""
@@ -440,6 +449,23 @@ class Hub:
                 subs.discard(sub)
                 if not subs:
                     del self._subs[ch]
+        if sub.session is not None:
+            same = self._sessions.get(sub.session)
+            if same is not None:
+                same.discard(sub)
+                if not same:
+                    del self._sessions[sub.session]
+
+    def sessions(self) -> list[str]:
+        """The login sessions that have open streams."""
+        return list(self._sessions)
+
+    def close_session(self, session: str, reason: str) -> int:
+        """End every stream opened with `session` (revoked or expired); how many."""
+        subs = list(self._sessions.get(session, ()))
+        for sub in subs:
+            sub.close(reason, abort=False)
+        return len(subs)
 
     def subscribers(self, channel: str | None = None) -> dict[str, int]:
         """Live subscribers by transport, for one channel or all."""

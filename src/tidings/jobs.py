@@ -169,6 +169,7 @@ class JobService:
         delay: float = 0.0,
         priority: int = 0,
         idempotency_key: str | None = None,
+        submitted_by: str | None = None,
     ) -> tuple[Job, bool]:
         """Queue a job; returns it and whether it is new (False: the idempotency key matched)."""
         if not isinstance(type_, str) or CHANNEL_RE.fullmatch(type_) is None:
@@ -192,6 +193,7 @@ class JobService:
             timeout=timeout,
             priority=priority,
             idempotency_key=idempotency_key,
+            submitted_by=submitted_by,
             created_at=now,
             updated_at=now,
             run_at=now + delay,

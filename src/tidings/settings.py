@@ -30,9 +30,23 @@ class Settings:
         retry_backoff: seconds before a failed job's first retry; doubles per attempt.
         job_ttl: seconds a finished job (and its channel) is kept.
         handlers: `MODULE:OBJ` naming a `tidings.Worker` to run inside the server.
-        allow_anonymous: serve anonymous clients on a non-loopback address (no auth yet:
-            without this, binding beyond loopback is refused).
+        allow_anonymous: serve anonymous clients on a non-loopback address (without this
+            or `require_auth`, binding beyond loopback is refused).
         log_level: uvicorn / tidings log level.
+        require_auth: anonymous requests get 401.
+        sessions: where login sessions live: `database` (the store), `memory` (this
+            process only), `jwt` (signed tokens; logout revokes the jti in the store).
+        session_ttl: seconds a login session lasts.
+        jwt_secret: HS256 secret of `sessions=jwt` tokens (TIDINGS_JWT_SECRET).
+        jwt_key_file: a file holding that secret instead.
+        app_jwt_algorithm: accept JWTs from the application's backend signed with this
+            algorithm (HS256, RS256 or ES256); empty: accept none.
+        app_jwt_key: their HS256 secret (TIDINGS_APP_JWT_KEY).
+        app_jwt_key_file: their PEM public key (RS256/ES256) or secret file.
+        app_jwt_issuer: required `iss` of application JWTs (empty: not checked).
+        app_jwt_audience: required `aud` of application JWTs (empty: not checked).
+        cors_origins: comma-separated origins allowed to call with credentials; also the
+            origins allowed to make cookie-authenticated state-changing requests.
     """
 
     host: str = C.DEFAULT_HOST
@@ -50,6 +64,22 @@ class Settings:
     handlers: str = ""
     allow_anonymous: bool = False
     log_level: str = "info"
+    require_auth: bool = False
+    sessions: str = "database"
+    session_ttl: float = C.DEFAULT_SESSION_TTL
+    jwt_secret: str = ""
+    jwt_key_file: str = ""
+    app_jwt_algorithm: str = ""
+    app_jwt_key: str = ""
+    app_jwt_key_file: str = ""
+    app_jwt_issuer: str = ""
+    app_jwt_audience: str = ""
+    cors_origins: str = ""
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        """`cors_origins` as a tuple."""
+        return tuple(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -223,6 +223,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     lease_token: str | None = None
     lease_expires_at: float | None = None
     lease_seconds: float | None = None
+    submitted_by: str | None = None  # the principal that submitted it (None: anonymous)
 
     @property
     def terminal(self) -> bool:
@@ -245,6 +246,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             "priority": self.priority,
             "timeout": self.timeout,
             "cancel_requested": self.cancel_requested,
+            "submitted_by": self.submitted_by,
             "created_at": format_time(self.created_at),
             "updated_at": format_time(self.updated_at),
             "run_at": format_time(self.run_at),

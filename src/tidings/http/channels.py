@@ -22,9 +22,12 @@ from tidings.http.common import (
     decode_body,
     is_msgpack,
     negotiated,
+    principal_of,
     query_float,
     query_int,
     read_body,
+    require,
+    require_admin,
     respond,
 )
 from tidings.stores.base import ChannelInfo, ReadResult, Retention
@@ -86,6 +89,7 @@ def _svc(request: Request) -> ChannelService:
 async def publish(request: Request) -> Response:
     svc = _svc(request)
     channel = check_channel(request.path_params["channel"])
+    require(request, "publish", channel)
     body = await read_body(request, request.app.state.settings.max_message_bytes)
     content_type = request.headers.get("content-type", "")
     if is_msgpack(content_type):
@@ -118,6 +122,7 @@ async def publish(request: Request) -> Response:
 async def poll(request: Request) -> Response:
     svc = _svc(request)
     channel = check_channel(request.path_params["channel"])
+    await svc.check_subscribe(principal_of(request), channel)
     after = request.query_params.get("after") or "0"
     svc.store.cursor_key(after)  # InvalidCursor (400) for a malformed cursor
     limit = query_int(request, "limit", DEFAULT_POLL_LIMIT, 1, MAX_POLL_LIMIT)
@@ -131,12 +136,14 @@ async def poll(request: Request) -> Response:
 
 async def channel_info(request: Request) -> Response:
     svc = _svc(request)
+    await svc.check_subscribe(principal_of(request), request.path_params["channel"])
     info = await svc.info(request.path_params["channel"])
     return respond(request, info_to_wire(info, svc.hub.subscribers(info.name)))
 
 
 async def set_retention(request: Request) -> Response:
     svc = _svc(request)
+    require_admin(request)
     body = await read_body(request, 64 * 1024)
     parsed = decode_body(RetentionBody, body, request.headers.get("content-type"))
     info = await svc.set_retention(request.path_params["channel"], parsed.retention)
@@ -144,6 +151,7 @@ async def set_retention(request: Request) -> Response:
 
 
 async def delete_channel(request: Request) -> Response:
+    require_admin(request)
     await _svc(request).delete(request.path_params["channel"])
     return Response(status_code=204)
 
@@ -153,6 +161,9 @@ async def list_channels(request: Request) -> Response:
     prefix = request.query_params.get("prefix", "")
     limit = query_int(request, "limit", 1000, 1, 10_000)
     infos = await svc.store.list_channels(prefix, limit)
+    principal = principal_of(request)
+    if not principal.admin:  # only the channels this principal may read
+        infos = [i for i in infos if principal.may("subscribe", i.name)]
     return respond(
         request, {"channels": [info_to_wire(i, svc.hub.subscribers(i.name)) for i in infos]}
     )

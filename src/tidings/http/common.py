@@ -18,7 +18,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tidings.errors import BadRequest, InvalidBody, PayloadTooLarge, TidingsError
+from tidings.errors import BadRequest, Forbidden, InvalidBody, PayloadTooLarge, TidingsError
+from tidings.principals import ANONYMOUS, Principal
 from tidings.wire import encode_json
 
 __all__ = [
@@ -28,9 +29,12 @@ __all__ = [
     "is_msgpack",
     "json_response",
     "negotiated",
+    "principal_of",
     "query_float",
     "query_int",
     "read_body",
+    "require",
+    "require_admin",
     "respond",
     "unless_disconnected",
     "wants_msgpack",
@@ -49,6 +53,28 @@ def json_response(
 ) -> Response:
     """A JSON answer encoded by msgspec."""
     return Response(encode_json(obj), status, headers, media_type="application/json")
+
+
+def principal_of(request: Request) -> Principal:
+    """Who this request acts as (the app sets it before the handler runs)."""
+    principal: Principal = request.scope.get("tidings.principal", ANONYMOUS)
+    return principal
+
+
+def require(request: Request, action: str, target: str) -> Principal:
+    """The request's principal, or Forbidden unless it may `action` `target`."""
+    principal = principal_of(request)
+    if not principal.may(action, target):
+        raise Forbidden(f"{principal.name} may not {action} {target!r}: ask for a grant")
+    return principal
+
+
+def require_admin(request: Request) -> Principal:
+    """The request's principal, or Forbidden unless it is an admin."""
+    principal = principal_of(request)
+    if not principal.admin:
+        raise Forbidden(f"{principal.name} is not an admin: this needs an admin")
+    return principal
 
 
 def _media(value: str) -> str:

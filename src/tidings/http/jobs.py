@@ -15,17 +15,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tidings.errors import BadRequest, InvalidBody, TidingsError
+from tidings.errors import BadRequest, Forbidden, InvalidBody, TidingsError
 from tidings.http.common import (
     decode_body,
     json_response,
+    principal_of,
     query_float,
     query_int,
     read_body,
+    require,
     unless_disconnected,
 )
 from tidings.jobs import JobOutcome, JobService
-from tidings.wire import JOB_STATUSES, format_time
+from tidings.principals import Principal
+from tidings.wire import JOB_STATUSES, Job, format_time
 
 __all__ = ["routes"]
 
@@ -108,6 +111,19 @@ async def _body(request: Request, kind: type[Any], messages: int = 1) -> Any:
     return decode_body(kind, await read_body(request, limit))
 
 
+def _may_follow(principal: Principal, job: Job) -> Job:
+    if not principal.may_follow_job(job.submitted_by, job.type):
+        raise Forbidden(f"job {job.id} is not yours: only its submitter and its workers see it")
+    return job
+
+
+def _is_worker(request: Request) -> None:
+    """Forbidden unless the principal may work some job type (lease tokens do the rest)."""
+    principal = principal_of(request)
+    if not (principal.admin or principal.permissions.work):
+        raise Forbidden(f"{principal.name} may not work jobs: ask for a work grant")
+
+
 def _wait_of(request: Request) -> float | None:
     """`?wait=S`, or `Prefer: wait=S` (RFC 7240)."""
     wait = query_float(request, "wait")
@@ -124,6 +140,7 @@ def _wait_of(request: Request) -> float | None:
 async def submit(request: Request) -> Response:
     svc = _svc(request)
     body: SubmitBody = await _body(request, SubmitBody)
+    principal = require(request, "submit", body.type)
     job, _created = await svc.submit(
         body.type,
         body.payload,
@@ -132,6 +149,7 @@ async def submit(request: Request) -> Response:
         delay=body.delay,
         priority=body.priority,
         idempotency_key=request.headers.get("idempotency-key"),
+        submitted_by=None if principal.session is None else principal.name,
     )
     wait = _wait_of(request)
     if wait and not job.terminal:
@@ -147,6 +165,7 @@ async def get_job(request: Request) -> Response:
     svc = _svc(request)
     job_id = request.path_params["job_id"]
     wait = query_float(request, "wait")
+    _may_follow(principal_of(request), await svc.get(job_id))
     job = await (svc.wait(job_id, wait) if wait else svc.get(job_id))
     return json_response(job.to_wire())
 
@@ -158,19 +177,42 @@ async def list_jobs(request: Request) -> Response:
     type_ = request.query_params.get("type") or None
     limit = query_int(request, "limit", 100, 1, 1000)
     jobs = await _svc(request).list_jobs(status, type_, limit)
+    principal = principal_of(request)
+    if not principal.admin:
+        jobs = [j for j in jobs if principal.may_follow_job(j.submitted_by, j.type)]
     return json_response({"jobs": [j.to_wire() for j in jobs]})
 
 
 async def queues(request: Request) -> Response:
-    return json_response({"queues": await _svc(request).queues()})
+    counts = await _svc(request).queues()
+    principal = principal_of(request)
+    if not principal.admin:  # the types this principal submits or works
+        counts = {
+            t: c
+            for t, c in counts.items()
+            if principal.may("work", t) or principal.may("submit", t)
+        }
+    return json_response({"queues": counts})
+
+
+async def _own(request: Request) -> None:
+    """Forbidden unless the principal submitted the job (or is an admin)."""
+    principal = principal_of(request)
+    if principal.admin:
+        return
+    job = await _svc(request).get(request.path_params["job_id"])
+    if job.submitted_by != principal.name:
+        raise Forbidden(f"job {job.id} was not submitted by {principal.name}")
 
 
 async def cancel(request: Request) -> Response:
+    await _own(request)
     job = await _svc(request).cancel(request.path_params["job_id"])
     return json_response(job.to_wire())
 
 
 async def retry(request: Request) -> Response:
+    await _own(request)
     job = await _svc(request).retry(request.path_params["job_id"])
     return json_response(job.to_wire())
 
@@ -178,6 +220,9 @@ async def retry(request: Request) -> Response:
 async def lease(request: Request) -> Response:
     body: LeaseBody = await _body(request, LeaseBody, REPORT_BODY_MESSAGES)
     svc = _svc(request)
+    _is_worker(request)
+    for type_ in body.types or ["*"]:  # no types: every type, which needs a "*" grant
+        require(request, "work", type_)
     reporting = None
     if body.results is not None:
         svc.check_lease(body.types, body.max, body.lease)  # refuse before applying anything
@@ -196,6 +241,7 @@ async def lease(request: Request) -> Response:
 
 
 async def heartbeat(request: Request) -> Response:
+    _is_worker(request)
     body: HeartbeatBody = await _body(request, HeartbeatBody)
     cancel_requested, expires = await _svc(request).heartbeat(
         request.path_params["job_id"], body.lease_token, body.progress, body.message, body.lease
@@ -206,12 +252,14 @@ async def heartbeat(request: Request) -> Response:
 
 
 async def complete(request: Request) -> Response:
+    _is_worker(request)
     body: CompleteBody = await _body(request, CompleteBody)
     job = await _svc(request).complete(request.path_params["job_id"], body.lease_token, body.result)
     return json_response(job.to_wire())
 
 
 async def fail(request: Request) -> Response:
+    _is_worker(request)
     body: FailBody = await _body(request, FailBody)
     job = await _svc(request).fail(
         request.path_params["job_id"], body.lease_token, body.error, body.retry
@@ -232,6 +280,7 @@ async def _report(svc: JobService, items: list[ReportItem]) -> list[dict[str, An
 
 
 async def report(request: Request) -> Response:
+    _is_worker(request)
     body: ReportBody = await _body(request, ReportBody, REPORT_BODY_MESSAGES)
     return json_response({"results": await _report(_svc(request), body.results)})
 

@@ -19,8 +19,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tidings.errors import TidingsError
-from tidings.http.common import json_response, query_float, read_body
+from tidings.http.common import json_response, principal_of, query_float, read_body
 from tidings.jobs import JobService
+from tidings.principals import Principal
 from tidings.wire import CHANNEL_RE, JSON_DECODER
 
 __all__ = ["routes"]
@@ -42,7 +43,9 @@ def _error(id_: Any, code: int, message: str, data: Any = None) -> dict[str, Any
     return {"jsonrpc": "2.0", "error": err, "id": id_}
 
 
-async def _call(svc: JobService, req: Any, wait: float) -> dict[str, Any] | None:
+async def _call(
+    svc: JobService, req: Any, wait: float, principal: Principal
+) -> dict[str, Any] | None:
     if not isinstance(req, dict) or req.get("jsonrpc") != "2.0" or "method" not in req:
         return _error(None, INVALID_REQUEST, 'a request is {"jsonrpc": "2.0", "method", ...}')
     notification = "id" not in req
@@ -55,8 +58,11 @@ async def _call(svc: JobService, req: Any, wait: float) -> dict[str, Any] | None
     params = req.get("params")
     if params is not None and not isinstance(params, dict | list):
         return _error(id_, INVALID_PARAMS, '"params" must be an object or an array')
+    if not principal.may("submit", method):
+        return _error(id_, METHOD_NOT_FOUND, f"{principal.name} may not call {method!r}")
+    submitter = None if principal.session is None else principal.name
     try:
-        job, _ = await svc.submit(method, params)
+        job, _ = await svc.submit(method, params, submitted_by=submitter)
     except TidingsError as exc:
         return None if notification else _error(id_, INVALID_PARAMS, exc.message)
     if notification:
@@ -75,6 +81,7 @@ async def _call(svc: JobService, req: Any, wait: float) -> dict[str, Any] | None
 async def rpc(request: Request) -> Response:
     svc: JobService = request.app.state.jobs
     wait = query_float(request, "wait") or svc.long_poll_cap
+    principal = principal_of(request)
     body = await read_body(request, request.app.state.settings.max_message_bytes)
     try:
         parsed = JSON_DECODER.decode(body)
@@ -85,10 +92,10 @@ async def rpc(request: Request) -> Response:
             return json_response(
                 _error(None, INVALID_REQUEST, f"a batch holds 1 to {MAX_BATCH} requests")
             )
-        answers = await asyncio.gather(*(_call(svc, r, wait) for r in parsed))
+        answers = await asyncio.gather(*(_call(svc, r, wait, principal) for r in parsed))
         out = [a for a in answers if a is not None]
         return json_response(out) if out else Response(status_code=204)
-    answer = await _call(svc, parsed, wait)
+    answer = await _call(svc, parsed, wait, principal)
     return Response(status_code=204) if answer is None else json_response(answer)
 
 

@@ -14,9 +14,11 @@ from typing import Any
 import msgspec
 
 from tidings.errors import TidingsError
+from tidings.principals import Credential, User
 from tidings.wire import Job, Message
 
 __all__ = [
+    "AuthStore",
     "ChannelInfo",
     "ChannelStore",
     "JobChange",
@@ -239,5 +241,52 @@ def job_event_data(job: Job) -> dict[str, Any]:
     return data
 
 
-class Store(ChannelStore, JobStore, abc.ABC):
-    """What a store URL opens: channels and jobs in one engine."""
+# -- principals ---------------------------------------------------------------------------
+
+
+class AuthStore(abc.ABC):
+    """Users and credentials (sessions, API tokens, revoked JWT ids).
+
+    Credentials are keyed by the SHA-256 of their secret: the store never sees a secret.
+    Every node sharing a store sees the same users and sessions.
+    """
+
+    @abc.abstractmethod
+    async def put_user(self, user: User) -> None:
+        """Create or replace a user (durable before it returns)."""
+
+    @abc.abstractmethod
+    async def get_user(self, name: str) -> User | None:
+        """One user, or None."""
+
+    @abc.abstractmethod
+    async def list_users(self) -> list[User]:
+        """All users, by name."""
+
+    @abc.abstractmethod
+    async def delete_user(self, name: str) -> bool:
+        """Remove a user and every credential of theirs; False when there was none."""
+
+    @abc.abstractmethod
+    async def put_credential(self, cred: Credential) -> None:
+        """Store a credential (durable before it returns); replaces one with the same key."""
+
+    @abc.abstractmethod
+    async def get_credential(self, key: str) -> Credential | None:
+        """The credential with this key if it exists and has not expired."""
+
+    @abc.abstractmethod
+    async def list_credentials(self, user: str | None = None) -> list[Credential]:
+        """Live credentials (of one user, or all), oldest first."""
+
+    @abc.abstractmethod
+    async def delete_credential(self, key: str) -> bool:
+        """Remove one credential; False when there was none."""
+
+    @abc.abstractmethod
+    async def sweep_credentials(self, now: float) -> int:
+        """Delete credentials that expired before `now`; how many."""
+
+
+class Store(ChannelStore, JobStore, AuthStore, abc.ABC):
+    """What a store URL opens: channels, jobs and principals in one engine."""

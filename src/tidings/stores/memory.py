@@ -9,6 +9,7 @@ from typing import Any
 
 from tidings.constants import IDEMPOTENCY_TTL
 from tidings.errors import InvalidCursor, NotFound, StoreClosed, TidingsError
+from tidings.principals import Credential, User
 from tidings.stores.base import (
     ChannelInfo,
     JobChange,
@@ -46,7 +47,8 @@ class _Channel:
 
 
 class MemoryStore(Store):
-    """Channels and jobs in dictionaries; same semantics as the SQLite store, no durability."""
+    """Channels, jobs, users and credentials in dictionaries; same semantics as the SQLite
+    store, no durability."""
 
     def __init__(self, default_retention: Retention) -> None:
         super().__init__(default_retention)
@@ -55,6 +57,8 @@ class MemoryStore(Store):
         self._job_keys: dict[str, str] = {}
         self._queued: set[str] = set()
         self._running: set[str] = set()
+        self._users: dict[str, User] = {}
+        self._credentials: dict[str, Credential] = {}
         self._open = False
 
     async def start(self) -> None:
@@ -294,3 +298,55 @@ class MemoryStore(Store):
                 self._job_keys.pop(job.idempotency_key, None)
             self._channels.pop(job_channel(job_id), None)
         return gone
+
+    # -- principals -------------------------------------------------------------------
+
+    async def put_user(self, user: User) -> None:
+        self._check()
+        self._users[user.name] = user
+
+    async def get_user(self, name: str) -> User | None:
+        self._check()
+        return self._users.get(name)
+
+    async def list_users(self) -> list[User]:
+        self._check()
+        return [self._users[n] for n in sorted(self._users)]
+
+    async def delete_user(self, name: str) -> bool:
+        self._check()
+        theirs = [k for k, c in self._credentials.items() if c.user == name]
+        for key in theirs:
+            del self._credentials[key]
+        return self._users.pop(name, None) is not None
+
+    async def put_credential(self, cred: Credential) -> None:
+        self._check()
+        self._credentials[cred.key] = cred
+
+    async def get_credential(self, key: str) -> Credential | None:
+        self._check()
+        cred = self._credentials.get(key)
+        return cred if cred is not None and cred.live(time.time()) else None
+
+    async def list_credentials(self, user: str | None = None) -> list[Credential]:
+        self._check()
+        now = time.time()
+        out = [
+            c
+            for c in self._credentials.values()
+            if c.live(now) and (user is None or c.user == user)
+        ]
+        out.sort(key=lambda c: (c.created, c.key))
+        return out
+
+    async def delete_credential(self, key: str) -> bool:
+        self._check()
+        return self._credentials.pop(key, None) is not None
+
+    async def sweep_credentials(self, now: float) -> int:
+        self._check()
+        gone = [k for k, c in self._credentials.items() if not c.live(now)]
+        for key in gone:
+            del self._credentials[key]
+        return len(gone)

@@ -26,6 +26,7 @@ import msgspec
 
 from tidings.constants import IDEMPOTENCY_TTL
 from tidings.errors import NotFound, StoreClosed, StoreError, TidingsError
+from tidings.principals import Credential, User
 from tidings.stores.base import (
     ChannelInfo,
     JobChange,
@@ -88,12 +89,27 @@ CREATE TABLE IF NOT EXISTS idempotency (
     expires REAL NOT NULL,
     PRIMARY KEY (channel, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS credentials (
+    key TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    expires REAL,
+    created REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS credentials_user ON credentials (user);
 """
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 _encode_job = msgspec.msgpack.Encoder().encode
 _decode_job = msgspec.msgpack.Decoder(Job).decode
+_encode_struct = msgspec.msgpack.Encoder().encode
+_decode_user = msgspec.msgpack.Decoder(User).decode
+_decode_credential = msgspec.msgpack.Decoder(Credential).decode
 
 
 @dataclass
@@ -116,7 +132,10 @@ class _ChannelState:
 
 
 class SQLiteStore(Store):
-    """Channels and jobs in one SQLite file.
+    """Channels, jobs, users and credentials in one SQLite file.
+
+    Users and credentials are never cached: `tidings users` and `tidings tokens` write
+    them from another process into the same file while a server has it open.
 
     Args:
         path: the database file (created when missing).
@@ -720,5 +739,86 @@ class SQLiteStore(Store):
                 conn.execute("DELETE FROM channels WHERE name = ?", (channel,))
                 conn.execute("DELETE FROM messages WHERE channel = ?", (channel,))
             return ids
+
+        return await self._write(op)
+
+    # -- principals -------------------------------------------------------------------
+    # Read on every call, never cached: another process (the CLI) may change them.
+
+    async def put_user(self, user: User) -> None:
+        body = _encode_struct(user)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO users (name, body) VALUES (?, ?)", (user.name, body)
+            )
+
+        await self._write(op)
+
+    async def get_user(self, name: str) -> User | None:
+        row = await self._read(
+            lambda c: c.execute("SELECT body FROM users WHERE name = ?", (name,)).fetchone()
+        )
+        return None if row is None else _decode_user(row[0])
+
+    async def list_users(self) -> list[User]:
+        rows = await self._read(
+            lambda c: c.execute("SELECT body FROM users ORDER BY name").fetchall()
+        )
+        return [_decode_user(r[0]) for r in rows]
+
+    async def delete_user(self, name: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("DELETE FROM users WHERE name = ?", (name,))
+            conn.execute("DELETE FROM credentials WHERE user = ?", (name,))
+            return cur.rowcount > 0
+
+        return await self._write(op)
+
+    async def put_credential(self, cred: Credential) -> None:
+        body = _encode_struct(cred)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO credentials (key, user, expires, created, body)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (cred.key, cred.user, cred.expires, cred.created, body),
+            )
+
+        await self._write(op)
+
+    async def get_credential(self, key: str) -> Credential | None:
+        now = time.time()
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT body FROM credentials WHERE key = ? AND (expires IS NULL OR expires > ?)",
+                (key, now),
+            ).fetchone()
+        )
+        return None if row is None else _decode_credential(row[0])
+
+    async def list_credentials(self, user: str | None = None) -> list[Credential]:
+        now = time.time()
+        where = "(expires IS NULL OR expires > ?)"
+        args: list[Any] = [now]
+        if user is not None:
+            where += " AND user = ?"
+            args.append(user)
+        rows = await self._read(
+            lambda c: c.execute(
+                f"SELECT body FROM credentials WHERE {where} ORDER BY created, key", args
+            ).fetchall()
+        )
+        return [_decode_credential(r[0]) for r in rows]
+
+    async def delete_credential(self, key: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM credentials WHERE key = ?", (key,)).rowcount > 0
+
+        return await self._write(op)
+
+    async def sweep_credentials(self, now: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM credentials WHERE expires <= ?", (now,)).rowcount
 
         return await self._write(op)

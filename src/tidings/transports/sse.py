@@ -44,12 +44,13 @@ def serve_sse(
     multi: bool,
     buffer_limit: int,
     until: frozenset[str] | None = None,
+    session: str | None = None,
 ) -> Coroutine[Any, Any, None]:
     """The coroutine serving one SSE stream until the client leaves or the server ends it.
 
     Must be called from the stream's own task (its subscriber belongs to that task).
     """
     kind = KIND_SSE_MULTI if multi else KIND_SSE
-    sub = Subscriber(svc.hub, kind, send, dict.fromkeys(requested), buffer_limit, until)
+    sub = Subscriber(svc.hub, kind, send, dict.fromkeys(requested), buffer_limit, until, session)
     # Headers only: the `retry:` hint rides on the first heartbeat, saving a write per connect.
     return run_stream(svc, sub, requested, _START, receive, control_frame, _closing)

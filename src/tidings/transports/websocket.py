@@ -71,16 +71,23 @@ def serve_ws(
     buffer_limit: int,
     max_message_bytes: int,
     until: frozenset[str] | None = None,
+    session: str | None = None,
+    may_publish: bool = True,
 ) -> Coroutine[Any, Any, None]:
     """The coroutine serving one WebSocket (its `websocket.connect` already received).
 
-    With `until` (a job's stream) the socket is read-only: publishes are refused.
+    With `until` (a job's stream) the socket is read-only: publishes are refused; so are
+    they when the principal may not publish to the channel (`may_publish`).
     """
-    sub = Subscriber(svc.hub, KIND_WS, send, {channel: None}, buffer_limit, until)
+    sub = Subscriber(svc.hub, KIND_WS, send, {channel: None}, buffer_limit, until, session)
 
     async def on_message(message: dict[str, Any]) -> None:
-        if until is not None:
-            err = Forbidden("this socket follows a job: it is read-only")
+        if until is not None or not may_publish:
+            err = Forbidden(
+                "this socket follows a job: it is read-only"
+                if until is not None
+                else f"you may not publish to {channel!r}: ask for a publish grant"
+            )
             sub.write(control_frame({"type": "error", "ref": _ref_of(message), **err.to_wire()}))
             return
         raw = message.get("text")
