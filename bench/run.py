@@ -1068,6 +1068,7 @@ def main() -> int:
     tools = setup()
     print(f"machine: {machine()}\nstarted: {started}\nconfig: {cfg}\nlogs: {PROCS.logs}\n")
     tables: list[str] = []
+    failed = []
     try:
         for name in names:
             try:
@@ -1076,6 +1077,7 @@ def main() -> int:
                 msg = f"### {name}\n\nfailed: {type(exc).__name__}: {exc}"
                 print(msg, flush=True)
                 tables.append(msg)
+                failed.append(name)
                 PROCS.stop_all()
     finally:
         PROCS.stop_all()
@@ -1089,6 +1091,9 @@ def main() -> int:
             indent=1,
         )
     )
+    if failed:
+        print(f"\nFAILED measurements: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
