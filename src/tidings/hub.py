@@ -419,8 +419,10 @@ class Hub:
     def __init__(self, key: Callable[[str], int]) -> None:
         self.key = key
         self._subs: dict[str, set[Subscriber]] = {}
-        # Streams by the login session that opened them (see close_session).
+        # Streams by the login session that opened them, and the futures parked long polls
+        # of a session wait on beside their work (see close_session).
         self._sessions: dict[str, set[Subscriber]] = {}
+        self._session_polls: dict[str, set[asyncio.Future[None]]] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         # channel -> recent messages (oldest first) and the id before the oldest of them.
         self._recent: dict[str, tuple[deque[Message], list[str | None]]] = {}
@@ -457,15 +459,32 @@ class Hub:
                     del self._sessions[sub.session]
 
     def sessions(self) -> list[str]:
-        """The login sessions that have open streams."""
-        return list(self._sessions)
+        """The login sessions that have open streams or parked long polls."""
+        return list(self._sessions.keys() | self._session_polls.keys())
+
+    def session_poll(self, session: str) -> asyncio.Future[None]:
+        """A future resolved when `session` is closed; pass it to drop_session_poll after."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._session_polls.setdefault(session, set()).add(fut)
+        return fut
+
+    def drop_session_poll(self, session: str, fut: asyncio.Future[None]) -> None:
+        polls = self._session_polls.get(session)
+        if polls is not None:
+            polls.discard(fut)
+            if not polls:
+                del self._session_polls[session]
 
     def close_session(self, session: str, reason: str) -> int:
-        """End every stream opened with `session` (revoked or expired); how many."""
+        """End every stream and parked long poll of `session` (revoked or expired)."""
         subs = list(self._sessions.get(session, ()))
         for sub in subs:
             sub.close(reason, abort=False)
-        return len(subs)
+        polls = self._session_polls.pop(session, set())
+        for fut in polls:
+            if not fut.done():
+                fut.set_result(None)
+        return len(subs) + len(polls)
 
     def subscribers(self, channel: str | None = None) -> dict[str, int]:
         """Live subscribers by transport, for one channel or all."""

@@ -22,6 +22,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -523,6 +524,39 @@ def test_logging_out_closes_the_sessions_open_stream_within_two_seconds(
     finally:
         doomed.close()
         kept.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("sessions", ["database", "jwt"])
+def test_logging_out_answers_the_sessions_parked_long_poll_with_401(
+    tidings_server: ServerFactory, store: str, sessions: str
+) -> None:
+    """A long poll parked with a session is answered 401 < 2.5 s after its logout, instead
+    of staying parked until its wait ends."""
+    srv = auth_server(tidings_server, store, sessions)
+    token = login(srv)
+    result: dict[str, Any] = {}
+
+    def park() -> None:
+        with httpx.Client(base_url=srv.url, timeout=30) as http:
+            r = http.get("/v1/channels/news.lp/messages?after=0&wait=20", headers=bearer(token))
+            result["response"], result["at"] = r, time.monotonic()
+
+    parked = threading.Thread(target=park)
+    parked.start()
+    try:
+        time.sleep(0.5)  # let it park
+        assert "response" not in result
+        started = time.monotonic()
+        out = httpx.post(f"{srv.url}/v1/auth/logout", headers=bearer(token), timeout=10)
+        assert out.status_code == 200, out.text
+        parked.join(timeout=10)
+        assert not parked.is_alive()
+        assert_error(result["response"], 401)
+        assert "revoked" in result["response"].json()["error"]["message"]
+        assert result["at"] - started < 2.5, "the long poll stayed parked after the logout"
+    finally:
+        parked.join(timeout=25)
 
 
 # -- 6. the session cookie -------------------------------------------------------------------

@@ -29,6 +29,7 @@ from tidings.http.common import (
     require,
     require_admin,
     respond,
+    unless_revoked,
 )
 from tidings.stores.base import ChannelInfo, ReadResult, Retention
 
@@ -128,7 +129,7 @@ async def poll(request: Request) -> Response:
     limit = query_int(request, "limit", DEFAULT_POLL_LIMIT, 1, MAX_POLL_LIMIT)
     wait = query_float(request, "wait")
     if wait:
-        res = await svc.wait(channel, after, limit, wait)
+        res = await unless_revoked(request, svc.wait(channel, after, limit, wait))
     else:
         res = await svc.read(channel, after, limit)
     return respond(request, page_to_wire(res, after))

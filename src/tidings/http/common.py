@@ -18,7 +18,14 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tidings.errors import BadRequest, Forbidden, InvalidBody, PayloadTooLarge, TidingsError
+from tidings.errors import (
+    BadRequest,
+    Forbidden,
+    InvalidBody,
+    PayloadTooLarge,
+    TidingsError,
+    Unauthorized,
+)
 from tidings.principals import ANONYMOUS, Principal
 from tidings.wire import encode_json
 
@@ -37,6 +44,7 @@ __all__ = [
     "require_admin",
     "respond",
     "unless_disconnected",
+    "unless_revoked",
     "wants_msgpack",
 ]
 
@@ -264,6 +272,26 @@ def check_json_value(value: Any, where: str = "data") -> None:
             "send text as str (e.g. base64 for binary)"
         )
     raise InvalidBody(f"{where} is a MessagePack {type(value).__name__}, which JSON cannot carry")
+
+
+async def unless_revoked(request: Request, work: Awaitable[T]) -> T:
+    """Run `work` (a long poll) but answer 401 if the request's session ends meanwhile."""
+    session = principal_of(request).session
+    if session is None:
+        return await work
+    hub = request.app.state.channels.hub
+    ended = hub.session_poll(session)
+    job = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait((job, ended), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hub.drop_session_poll(session, ended)
+    if job.done():
+        return job.result()
+    job.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await job
+    raise Unauthorized("session revoked or expired while waiting: log in again")
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:

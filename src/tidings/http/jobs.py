@@ -25,6 +25,7 @@ from tidings.http.common import (
     read_body,
     require,
     unless_disconnected,
+    unless_revoked,
 )
 from tidings.jobs import JobOutcome, JobService
 from tidings.principals import Principal
@@ -153,7 +154,7 @@ async def submit(request: Request) -> Response:
     )
     wait = _wait_of(request)
     if wait and not job.terminal:
-        job = await svc.wait(job.id, wait)
+        job = await unless_revoked(request, svc.wait(job.id, wait))
     status = 200 if job.terminal else 202
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if wait and status == 200:
@@ -166,7 +167,7 @@ async def get_job(request: Request) -> Response:
     job_id = request.path_params["job_id"]
     wait = query_float(request, "wait")
     _may_follow(principal_of(request), await svc.get(job_id))
-    job = await (svc.wait(job_id, wait) if wait else svc.get(job_id))
+    job = await (unless_revoked(request, svc.wait(job_id, wait)) if wait else svc.get(job_id))
     return json_response(job.to_wire())
 
 
