@@ -26,6 +26,10 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
+TokenOption = Annotated[
+    str | None,
+    typer.Option(envvar="TIDINGS_TOKEN", help="API or session token [env TIDINGS_TOKEN]."),
+]
 UrlOption = Annotated[
     str,
     typer.Option("--url", envvar="TIDINGS_URL", help="Base URL of the tidings server."),
@@ -215,6 +219,7 @@ def publish(
     ] = False,
     idempotency_key: Annotated[str | None, typer.Option(help="Dedup key.")] = None,
     url: UrlOption = "http://127.0.0.1:8000",
+    token: TokenOption = None,
 ) -> None:
     """Publish one message and print its id."""
     from tidings.client import Client, ClientError
@@ -230,7 +235,7 @@ def publish(
             err.print(f"[red]--json given but DATA is not JSON:[/red] {exc}")
             raise typer.Exit(2) from None
     try:
-        with Client(url) as client:
+        with Client(url, token=token) as client:
             ack = client.publish(channel, value, event=event, idempotency_key=idempotency_key)
     except ClientError as exc:
         err.print(f"[red]publish failed:[/red] {exc}")
@@ -247,6 +252,7 @@ def subscribe(
     ] = None,
     count: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
     url: UrlOption = "http://127.0.0.1:8000",
+    token: TokenOption = None,
 ) -> None:
     """Print a channel's messages as JSON lines, resuming by itself; resets go to stderr."""
     from tidings.client import Client, ClientError
@@ -256,7 +262,7 @@ def subscribe(
         raise typer.Exit(2)
     seen = 0
     try:
-        with Client(url) as client:
+        with Client(url, token=token) as client:
             for item in client.subscribe(channel, via=via, after=after):  # type: ignore[arg-type]
                 if isinstance(item, Reset):
                     err.print(f"[yellow]reset:[/yellow] {item.reason} (oldest kept: {item.first})")
@@ -394,6 +400,7 @@ def jobs_submit(
     priority: Annotated[int | None, typer.Option(help="Higher runs first.")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Dedup key.")] = None,
     url: UrlOption = "http://127.0.0.1:8000",
+    token: TokenOption = None,
 ) -> None:
     """Submit a job and print its id; with --wait, print its result once it ends.
 
@@ -404,7 +411,7 @@ def jobs_submit(
 
     value = _json_arg(payload, "PAYLOAD")
     try:
-        with Client(url) as client:
+        with Client(url, token=token) as client:
             handle = client.submit(
                 type,
                 value,
@@ -430,12 +437,13 @@ def jobs_submit(
 def jobs_get(
     job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
     url: UrlOption = "http://127.0.0.1:8000",
+    token: TokenOption = None,
 ) -> None:
     """Print a job as JSON."""
     from tidings.client import Client, ClientError
 
     try:
-        with Client(url) as client:
+        with Client(url, token=token) as client:
             info = client.get_job(job_id)
     except ClientError as exc:
         err.print(f"[red]get failed:[/red] {exc}")
@@ -447,6 +455,7 @@ def jobs_get(
 def jobs_wait(
     job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
     url: UrlOption = "http://127.0.0.1:8000",
+    token: TokenOption = None,
 ) -> None:
     """Show a job's progress until it ends, then print its result.
 
@@ -457,7 +466,7 @@ def jobs_wait(
     from tidings.client import Client, ClientError
 
     try:
-        with Client(url) as client:
+        with Client(url, token=token) as client:
             handle = client.job(job_id)
             if not handle.job.terminal:
                 with Progress(
@@ -488,12 +497,13 @@ def jobs_wait(
 def jobs_cancel(
     job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
     url: UrlOption = "http://127.0.0.1:8000",
+    token: TokenOption = None,
 ) -> None:
     """Cancel a job: a queued one at once, a running one at its next heartbeat."""
     from tidings.client import Client, ClientError
 
     try:
-        with Client(url) as client:
+        with Client(url, token=token) as client:
             info = client.cancel_job(job_id)
     except ClientError as exc:
         err.print(f"[red]cancel failed:[/red] {exc}")
@@ -505,12 +515,13 @@ def jobs_cancel(
 def jobs_retry(
     job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
     url: UrlOption = "http://127.0.0.1:8000",
+    token: TokenOption = None,
 ) -> None:
     """Requeue a failed or cancelled job."""
     from tidings.client import Client, ClientError
 
     try:
-        with Client(url) as client:
+        with Client(url, token=token) as client:
             info = client.retry_job(job_id)
     except ClientError as exc:
         err.print(f"[red]retry failed:[/red] {exc}")
@@ -526,6 +537,7 @@ def jobs_list(
     type: Annotated[str | None, typer.Option(help="Only jobs of this type.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many.")] = None,
     url: UrlOption = "http://127.0.0.1:8000",
+    token: TokenOption = None,
 ) -> None:
     """List jobs as a table."""
     from datetime import datetime
@@ -535,7 +547,7 @@ def jobs_list(
     from tidings.client import Client, ClientError
 
     try:
-        with Client(url) as client:
+        with Client(url, token=token) as client:
             jobs = client.list_jobs(status=status, type=type, limit=limit)
     except ClientError as exc:
         err.print(f"[red]list failed:[/red] {exc}")
@@ -561,7 +573,7 @@ def jobs_list(
 
 
 @jobs_app.command("queues")
-def jobs_queues(url: UrlOption = "http://127.0.0.1:8000") -> None:
+def jobs_queues(url: UrlOption = "http://127.0.0.1:8000", token: TokenOption = None) -> None:
     """Job counts per type and status."""
     from rich.table import Table
 
@@ -569,7 +581,7 @@ def jobs_queues(url: UrlOption = "http://127.0.0.1:8000") -> None:
     from tidings.wire import JOB_STATUSES
 
     try:
-        with Client(url) as client:
+        with Client(url, token=token) as client:
             queues = client.queues()
     except ClientError as exc:
         err.print(f"[red]queues failed:[/red] {exc}")

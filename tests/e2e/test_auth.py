@@ -645,6 +645,13 @@ def test_cli_api_tokens_and_grants_take_effect_on_a_running_server(
         assert me.json()["user"] == "alice"
         assert send(http, "news.t", "by token", bearer(secret)).status_code == 201
         assert_error(send(http, "other.t", "by token", bearer(secret)), 403)
+        # The CLI clients take the token too (--token or TIDINGS_TOKEN).
+        cli_ok("publish", "news.t", "by the cli", "--url", srv.url, "--token", secret)
+        refused = tidings_cli("publish", "news.t", "anonymous", "--url", srv.url)
+        assert refused.returncode != 0
+        assert "401" in refused.stderr
+        page = http.get("/v1/channels/news.t/messages?after=0", headers=bearer(secret)).json()
+        assert [m["data"] for m in page["messages"]] == ["by token", "by the cli"]
 
         cli_ok("tokens", "revoke", key[:12], "--store", store)
         wait_for(
