@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -138,10 +139,38 @@ class TidingsApp:
         self.starlette.state.jobs = self.jobs
         self.starlette.state.auth = self.auth
         self._http = self.metrics.middleware(self.starlette)
+        origins = settings.origins
+        self._cors: CORSMiddleware | None = None
+        if origins:
+            self._cors = CORSMiddleware(
+                self._route,
+                allow_origins=origins,
+                # Never "*" with credentials: with a wildcard, no cookies and no auth headers.
+                allow_credentials="*" not in origins,
+                allow_methods=["GET", "POST", "PUT", "DELETE"],
+                allow_headers=[
+                    "authorization",
+                    "content-type",
+                    "idempotency-key",
+                    "last-event-id",
+                    "prefer",
+                ],
+                expose_headers=["location", "retry-after", "preference-applied"],
+                max_age=600,
+            )
 
     # -- ASGI entry ---------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._cors is not None and scope["type"] == "http":
+            # Only browsers' cross-origin requests go through the CORS layer.
+            for name, _ in scope["headers"]:
+                if name == b"origin":
+                    await self._cors(scope, receive, send)
+                    return
+        await self._route(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind in ("http", "websocket"):
             path: str = scope["path"]

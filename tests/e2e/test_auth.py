@@ -684,3 +684,55 @@ def test_serving_beyond_loopback_without_auth_exits_with_the_way_out() -> None:
     assert "--require-auth" in message or "--allow-anonymous" in message, message
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+
+
+# -- 8. CORS -------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_cors_names_allowed_origins_with_credentials_and_never_a_wildcard_with_them(
+    tidings_server: ServerFactory, store: str
+) -> None:
+    """Listed origins get their own name back with credentials allowed; others get no
+    CORS grant; a wildcard list allows any origin but never with credentials."""
+    app = "http://app.test"
+    srv = auth_server(tidings_server, store, "database", "--cors-origins", app)
+    token = login(srv)
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        pre = http.options(
+            "/v1/channels/news.c/messages",
+            headers={
+                "Origin": app,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            },
+        )
+        assert pre.status_code == 200, pre.text
+        assert pre.headers["access-control-allow-origin"] == app
+        assert pre.headers["access-control-allow-credentials"] == "true"
+        assert "authorization" in pre.headers["access-control-allow-headers"].lower()
+
+        evil = http.options(
+            "/v1/channels/news.c/messages",
+            headers={"Origin": "http://evil.test", "Access-Control-Request-Method": "POST"},
+        )
+        assert evil.status_code == 400
+        assert "access-control-allow-origin" not in evil.headers
+
+        r = send(http, "news.c", "x", {**bearer(token), "Origin": app})
+        assert r.status_code == 201, r.text
+        assert r.headers["access-control-allow-origin"] == app
+        assert "origin" in r.headers["vary"].lower()
+        other = http.get("/v1/auth/me", headers={**bearer(token), "Origin": "http://evil.test"})
+        assert "access-control-allow-origin" not in other.headers
+    srv.stop()
+
+    wild = auth_server(tidings_server, store, "database", "--cors-origins", "*")
+    with httpx.Client(base_url=wild.url, timeout=10) as http:
+        pre = http.options(
+            "/v1/auth/me",
+            headers={"Origin": "http://any.test", "Access-Control-Request-Method": "GET"},
+        )
+        assert pre.status_code == 200
+        assert pre.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in pre.headers
