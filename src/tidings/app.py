@@ -382,6 +382,7 @@ class TidingsApp:
             loop.create_task(self._every(C.LEASE_EXPIRY_INTERVAL, self.jobs.expire)),
             loop.create_task(self._every(C.JOB_SWEEP_INTERVAL, self._sweep_jobs)),
             loop.create_task(self._every(C.SESSION_SWEEP_INTERVAL, self._sweep_sessions)),
+            loop.create_task(self._every(C.JOB_SWEEP_INTERVAL, self._sweep_credentials)),
         ]
         if self.settings.sessions == "memory":
             log.warning(
@@ -415,10 +416,13 @@ class TidingsApp:
         """End the streams of sessions that were revoked or expired; forget old sessions."""
         now = time.time()
         self.auth.sweep_memory(now)
-        for session in self.hub.sessions():
-            if not await self.auth.still_valid(session, now):
+        sessions = self.hub.sessions()
+        if sessions:
+            for session in await self.auth.ended(sessions, now):
                 self.hub.close_session(session, "session revoked or expired: log in again")
-        await self.store.sweep_credentials(now)
+
+    async def _sweep_credentials(self) -> None:
+        await self.store.sweep_credentials(time.time())
 
     async def _sweep_jobs(self) -> None:
         await self.jobs.sweep(self.settings.job_ttl)

@@ -299,21 +299,35 @@ class AuthService:
             )
         self._cache.clear()
 
-    async def still_valid(self, session: str, now: float) -> bool:
-        """Whether the session behind open streams still stands (the stream sweep)."""
-        expires = self._expiries.get(session)
-        if expires is not None and expires <= now:
-            return False
-        kind, _, ident = session.partition(":")
-        if kind == "session" and self.mode == "memory":
-            cred = self._memory.get(ident)
-            return cred is not None and cred.live(now)
-        if kind in ("session", "token"):
-            cred = await self.store.get_credential(ident)
-            return cred is not None and cred.live(now)
-        if kind == "jwt":
-            return await self.store.get_credential(f"jti:{ident}") is None
-        return True  # app tokens: their expiry is checked by the caller
+    async def ended(self, sessions: list[str], now: float) -> list[str]:
+        """Those of `sessions` (of open streams) that were revoked or have expired.
+
+        One store query for all of them: the sweep runs every second.
+        """
+        stored: dict[str, str] = {}  # credential key -> session
+        gone = []
+        for session in sessions:
+            expires = self._expiries.get(session)
+            if expires is not None and expires <= now:
+                gone.append(session)
+                continue
+            kind, _, ident = session.partition(":")
+            if kind == "session" and self.mode == "memory":
+                cred = self._memory.get(ident)
+                if cred is None or not cred.live(now):
+                    gone.append(session)
+            elif kind in ("session", "token"):
+                stored[ident] = session
+            elif kind == "jwt":
+                stored[f"jti:{ident}"] = session
+            # app tokens: only their expiry ends them (checked above)
+        if stored:
+            live = await self.store.live_credentials(list(stored), now)
+            for key, session in stored.items():
+                revoked_jwt = key.startswith("jti:")
+                if (key in live) == revoked_jwt:  # a live session gone, or a jti revoked
+                    gone.append(session)
+        return gone
 
     def sweep_memory(self, now: float) -> None:
         """Forget expired in-memory sessions and cache entries."""

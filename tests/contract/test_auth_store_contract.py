@@ -226,6 +226,26 @@ def test_delete_credential(make_store):
     run(make_store, body)
 
 
+def test_live_credentials_answers_many_keys_at_once(make_store):
+    """live_credentials: the given keys that exist and are live at `now`, in one call
+    (more keys than one SQLite statement may bind)."""
+
+    async def body(store: Store) -> None:
+        now = time.time()
+        await store.put_credential(cred("live", "alice"))
+        await store.put_credential(cred("later", "alice", expires=now + 60))
+        await store.put_credential(cred("expired", "alice", expires=now - 1))
+        many = [f"k{i}" for i in range(1200)]
+        for key in many[::300]:
+            await store.put_credential(cred(key, "bob"))
+        asked = ["live", "later", "expired", "never", *many]
+        assert await store.live_credentials(asked, now) == {"live", "later", *many[::300]}
+        assert await store.live_credentials(["later"], now + 61) == set()
+        assert await store.live_credentials([], now) == set()
+
+    run(make_store, body)
+
+
 def test_expired_credential_is_invisible_and_swept(make_store):
     """A credential past its expiry is None to get_credential and absent from
     list_credentials; sweep_credentials(now) deletes those with expires <= now, counts them,

@@ -284,6 +284,11 @@ class AuthStore(abc.ABC):
         """Remove one credential; False when there was none."""
 
     @abc.abstractmethod
+    async def live_credentials(self, keys: list[str], now: float) -> set[str]:
+        """Those of `keys` naming a credential that exists and is live at `now` (one query:
+        the session sweep asks this for every session with open streams each second)."""
+
+    @abc.abstractmethod
     async def sweep_credentials(self, now: float) -> int:
         """Delete credentials that expired before `now`; how many."""
 

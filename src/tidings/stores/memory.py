@@ -344,6 +344,11 @@ class MemoryStore(Store):
         self._check()
         return self._credentials.pop(key, None) is not None
 
+    async def live_credentials(self, keys: list[str], now: float) -> set[str]:
+        self._check()
+        creds = self._credentials
+        return {k for k in keys if k in creds and creds[k].live(now)}
+
     async def sweep_credentials(self, now: float) -> int:
         self._check()
         gone = [k for k, c in self._credentials.items() if not c.live(now)]
