@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -406,6 +407,54 @@ def test_app_issued_jwts_act_with_the_permissions_in_their_tidings_claim(
         # Password logins keep working next to the application's tokens.
         alice = login(srv)
         assert send(http, "news.x", "alice", bearer(alice)).status_code == 201
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("algorithm", ["ES256", "RS256"])
+def test_app_jwts_signed_with_a_private_key_are_checked_with_the_public_key_file(
+    tidings_server: ServerFactory, store: str, tmp_path: Path, algorithm: str
+) -> None:
+    """RS256/ES256: the server holds only the PEM public key (--app-jwt-key-file); a token
+    signed by the matching private key works, one signed by another key pair or as HS256
+    with the public key as the secret (the algorithm-confusion attack) is 401."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    def keypair() -> Any:
+        if algorithm == "ES256":
+            return ec.generate_private_key(ec.SECP256R1())
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    private, stranger = keypair(), keypair()
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    key_file = tmp_path / "app.pub.pem"
+    key_file.write_bytes(public_pem)
+    srv = auth_server(
+        tidings_server, store, "database",
+        "--app-jwt-algorithm", algorithm, "--app-jwt-key-file", str(key_file),
+        "--app-jwt-issuer", APP_ISSUER, "--app-jwt-audience", APP_AUDIENCE,
+    )  # fmt: skip
+    now = int(time.time())
+    claims = {
+        "sub": "svc-2",
+        "iss": APP_ISSUER,
+        "aud": APP_AUDIENCE,
+        "exp": now + 300,
+        "tidings": {"publish": ["app.*"]},
+    }
+    good = jwt.encode(claims, private, algorithm=algorithm)
+    forged = jwt.encode(claims, stranger, algorithm=algorithm)
+    # HS256 keyed with the public PEM: PyJWT refuses to make it, so sign it by hand.
+    head = b64url({"alg": "HS256", "typ": "JWT"}) + "." + b64url(claims)
+    mac = hmac.new(public_pem, head.encode(), hashlib.sha256).digest()
+    confused = head + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        assert send(http, "app.k", "signed", bearer(good)).status_code == 201
+        assert_error(send(http, "news.k", "signed", bearer(good)), 403)
+        assert_error(send(http, "app.k", "forged", bearer(forged)), 401)
+        assert_error(send(http, "app.k", "confused", bearer(confused)), 401)
 
 
 # -- 4. subscribe permissions ----------------------------------------------------------------
