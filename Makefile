@@ -8,7 +8,7 @@ TIDINGS_STORE ?= sqlite:///tidings.db
 export TIDINGS_HOST TIDINGS_PORT TIDINGS_STORE
 LINT_PATHS := src tests $(wildcard bench)
 
-.PHONY: run test lint typecheck unit venv dev clean bench
+.PHONY: run test lint typecheck unit venv dev clean bench redis-server
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tidings needs Python >= 3.11 (set PYTHON=...)")'
@@ -30,8 +30,16 @@ dev: $(VENV)/.installed-dev
 run: $(VENV)/.installed
 	$(BIN)/tidings serve
 
+## redis-server for the tests (each run starts its own on a free port): install if missing
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "redis-server is missing: installing the Debian package redis-server"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server could not be installed: the Redis store tests need it" >&2; exit 1; }
+
 ## make test: dev venv, lint, type check, the whole suite
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev redis-server
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy

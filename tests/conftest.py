@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -130,3 +132,84 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "memory":
         return "memory://"
     return f"sqlite:///{tmp_path / 'tidings.db'}"
+
+
+class RedisProcess:
+    """A private `redis-server` on a free loopback port (its data in `folder`).
+
+    `appendfsync always` when `aof` is set: every acknowledged write is on disk, so a
+    restart (`restart()`) keeps it.
+    """
+
+    def __init__(self, folder: Path, aof: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail(
+                "redis-server is not installed: `make test` installs it (Debian package "
+                "redis-server); install it, or run the tests through make"
+            )
+        self.binary = binary
+        self.folder = folder
+        self.aof = aof
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisProcess:
+        argv = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.folder),
+            "--save", "",
+            "--appendonly", "yes" if self.aof else "no",
+            "--appendfsync", "always",
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.folder
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not answer PING in time")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> RedisProcess:
+        self.stop()
+        return self.start()
+
+
+@pytest.fixture(scope="session")
+def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """One private redis-server for the whole run; tests keep apart by key prefix."""
+    proc = RedisProcess(tmp_path_factory.mktemp("redis")).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def redis_url(redis_proc: RedisProcess) -> str:
+    """A store URL on the private Redis with a key prefix of this test's own."""
+    return f"{redis_proc.url}?prefix=t{uuid.uuid4().hex[:12]}:"

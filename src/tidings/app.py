@@ -46,6 +46,7 @@ from tidings.hub import Hub
 from tidings.jobs import JobService
 from tidings.metrics import Metrics
 from tidings.openapi import DOCS_HTML, openapi_document
+from tidings.relay import Relay
 from tidings.settings import Settings
 from tidings.stores import open_store
 from tidings.stores.base import Retention, Store
@@ -98,12 +99,17 @@ class TidingsApp:
         self.settings = settings
         retention = Retention(settings.max_messages, settings.max_age)
         self.store = store or open_store(settings.store, retention, settings.sqlite_synchronous)
-        self.hub = Hub(self.store.cursor_key)
+        self.hub = Hub(self.store.cursor_key, remember=not self.store.shared)
         self.channels = ChannelService(self.store, self.hub, settings.long_poll_cap)
         self.jobs = JobService(
             self.store, self.hub, settings.retry_backoff, long_poll_cap=settings.long_poll_cap
         )
         self.auth = AuthService(self.store, settings)
+        self.relay: Relay | None = None
+        if self.store.shared:
+            followable: Any = self.store
+            self.relay = Relay(followable, self.hub, self.jobs.notify_ready)
+            self.channels.relay_watch = self.jobs.relay_watch = self.relay.watch
         self.handlers = handlers
         self._handlers_stop = asyncio.Event()
         self.metrics = Metrics(self.hub, self.store)
@@ -374,6 +380,8 @@ class TidingsApp:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.store.start()
+        if self.relay is not None:
+            self.relay.start()
         await self.jobs.start()
         loop = asyncio.get_running_loop()
         self._background = [
@@ -407,6 +415,8 @@ class TidingsApp:
             for task in self._background:
                 task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
+            if self.relay is not None:
+                await self.relay.stop()
             await self.store.close()
 
     async def _heartbeat(self) -> None:

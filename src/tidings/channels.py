@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tidings.errors import BadRequest, Forbidden, InvalidChannel, NotFound
@@ -50,6 +51,10 @@ class ChannelService:
         self.store = store
         self.hub = hub
         self.long_poll_cap = long_poll_cap
+        # Shared store: live messages come from the relay, which must be told what to
+        # follow (set by the app; see tidings.relay).
+        self.shared = store.shared
+        self.relay_watch: Callable[[str], Awaitable[None]] | None = None
         # One store lookup per channel however many streams ask at once.
         self._last_lookups: dict[str, asyncio.Future[str | None]] = {}
 
@@ -67,7 +72,7 @@ class ChannelService:
             raise BadRequest("Idempotency-Key must be 1-200 characters")
         res = await self.store.publish(channel, data, event, idempotency_key)
         msg = res.message
-        if not res.duplicate:
+        if not res.duplicate and not self.shared:
             # No await between the commit's return and the fan-out: live order = id order.
             self.hub.publish(msg, res.prev_id, res.keep)
         return PublishAck(msg.id, channel, msg.time)
@@ -80,6 +85,12 @@ class ChannelService:
             last = cached[-1].id if cached else after
             return ReadResult(cached, reset=False, first_id=None, last_id=last)
         return await self.store.read(channel, after, limit)
+
+    async def watch(self, channel: str) -> None:
+        """On a shared store, have the relay follow `channel` from now on; call after
+        registering the subscriber or waiter and before reading history."""
+        if self.relay_watch is not None:
+            await self.relay_watch(channel)
 
     async def check_subscribe(self, principal: Principal, channel: str) -> None:
         """Forbidden unless `principal` may read `channel`.
@@ -125,6 +136,7 @@ class ChannelService:
         while True:
             fut = self.hub.waiter(channel)
             try:
+                await self.watch(channel)
                 res = await self.read(channel, after, limit)
                 remaining = deadline - time.monotonic()
                 if res.messages or res.reset or remaining <= 0 or self.hub.closing:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gc
 import logging
-import socket
 import sys
 from typing import Annotated, Any
 
@@ -34,26 +32,6 @@ UrlOption = Annotated[
     str,
     typer.Option("--url", envvar="TIDINGS_URL", help="Base URL of the tidings server."),
 ]
-
-
-def _server_class() -> Any:
-    import uvicorn
-
-    from tidings.app import TidingsApp
-
-    class Server(uvicorn.Server):
-        """uvicorn's server, told to end tidings' streams before it waits for connections."""
-
-        tidings: TidingsApp
-
-        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-            for server in self.servers:
-                server.close()  # stop accepting first, so no new stream slips in
-            self.tidings.drain("server shutting down")
-            await self.tidings.wait_streams_closed(C.SHUTDOWN_GRACE / 2)
-            await super().shutdown(sockets)
-
-    return Server
 
 
 @app.command()
@@ -128,11 +106,14 @@ def serve(
     ] = None,
     ssl_certfile: Annotated[str | None, typer.Option(help="TLS certificate (PEM).")] = None,
     ssl_keyfile: Annotated[str | None, typer.Option(help="TLS private key (PEM).")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, help="Server processes on this port (a shared store: redis://)."),
+    ] = 1,
 ) -> None:
     """Serve the HTTP API (default: embedded SQLite on 127.0.0.1:8000)."""
-    import uvicorn
-
     from tidings.app import create_app
+    from tidings.server import run, supervise
 
     try:
         settings = Settings.from_env(
@@ -169,43 +150,23 @@ def serve(
                 "(TIDINGS_ALLOW_ANONYMOUS=true) if the network is trusted."
             )
             raise typer.Exit(2)
+        if workers > 1 and not settings.store.startswith(("redis://", "rediss://")):
+            err.print(
+                f"[red]tidings serve:[/red] --workers {workers} needs a store the processes "
+                f"can share (redis://host:port/0); {settings.store.split(':')[0]} belongs to "
+                "one process: SQLite has one writer and each process's hub would only see its "
+                "own publishes. Run one process, or use --store redis://…"
+            )
+            raise typer.Exit(2)
+        # With several processes each child builds its own app; this one checks the settings.
         tidings_app = create_app(settings)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         err.print(f"[red]tidings serve:[/red] {exc}")
         raise typer.Exit(2) from None
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
-    config = uvicorn.Config(
-        tidings_app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        ws="auto",
-        lifespan="on",
-        log_level=settings.log_level,
-        access_log=access_log,
-        timeout_graceful_shutdown=int(C.SHUTDOWN_GRACE),
-        ws_max_size=settings.max_message_bytes + 4096,
-        backlog=8192,
-        # No X-Forwarded-* rewriting (a middleware call per request; tidings has no use for
-        # the client address yet) and no `server:` header advertising the stack.
-        proxy_headers=False,
-        server_header=False,
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
-    )
-    # Thousands of long-lived streams make each full collection walk every connection's
-    # objects; collect young objects less often (see docs/decisions/0003-gc-thresholds.md).
-    gc.set_threshold(*C.GC_THRESHOLDS)
-    # The SQLite writer thread needs the GIL for a moment per statement; while the loop
-    # fans out, the default 5 ms hand-over made every publish wait ~100 ms (decision 0007).
-    sys.setswitchinterval(C.SWITCH_INTERVAL)
-    server = _server_class()(config)
-    server.tidings = tidings_app
-    server.run()
-    if not server.started:
+    options = {"access_log": access_log, "ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
+    if workers > 1:
+        raise typer.Exit(supervise(workers, settings, options))
+    if not run(settings, options, app=tidings_app):
         raise typer.Exit(1)
 
 

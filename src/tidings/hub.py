@@ -416,8 +416,11 @@ class Hub:
         key: the store's order of message ids (`ChannelStore.cursor_key`).
     """
 
-    def __init__(self, key: Callable[[str], int]) -> None:
+    def __init__(self, key: Callable[[str], int], remember: bool = True) -> None:
         self.key = key
+        # Keep a tail of recent messages per channel to answer reads from memory. Only
+        # when this hub sees every publish: not on a store shared by several nodes.
+        self.remember = remember
         self._subs: dict[str, set[Subscriber]] = {}
         # Streams by the login session that opened them, and the futures parked long polls
         # of a session wait on beside their work (see close_session).
@@ -557,6 +560,8 @@ class Hub:
             loop.call_soon(self._fan_out, channel)
 
     def _remember(self, msg: Message, prev_id: str | None, keep: int) -> None:
+        if not self.remember:
+            return
         recent = self._recent
         entry = recent.pop(msg.channel, None)  # re-inserted last: most recently published
         if entry is None or (entry[0][-1].id if entry[0] else entry[1][0]) != prev_id:
@@ -590,6 +595,10 @@ class Hub:
         out = [m for m in tail if key(m.id) > pos]
         return out[:limit]
 
+    def watched(self) -> set[str]:
+        """Channels with live streams or parked long polls here (what a relay follows)."""
+        return self._subs.keys() | self._waiters.keys()
+
     def forget(self, channel: str) -> None:
         """Drop the remembered tail of a channel (deleted, or trimmed by retention)."""
         self._recent.pop(channel, None)
@@ -604,6 +613,8 @@ class Hub:
 
     def note_last(self, channel: str, last_id: str | None) -> None:
         """Remember the store's newest id of a channel, so later reads can skip the store."""
+        if not self.remember:
+            return
         if channel not in self._recent:
             if len(self._recent) >= RECENT_CHANNELS:
                 del self._recent[next(iter(self._recent))]

@@ -18,7 +18,7 @@ import asyncio
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -118,6 +118,8 @@ class JobService:
         self.retry_backoff = retry_backoff
         self.max_backoff = max_backoff
         self.long_poll_cap = long_poll_cap
+        # Shared store: the relay follows the channels of waited-for jobs (set by the app).
+        self.relay_watch: Callable[[str], Awaitable[None]] | None = None
         self._work_waiters: list[tuple[frozenset[str] | None, asyncio.Future[None]]] = []
         # Leases being given back because their requester left (kept so they finish).
         self._releases: set[asyncio.Task[None]] = set()
@@ -125,7 +127,8 @@ class JobService:
     # -- fan-out and wake-ups ---------------------------------------------------------
 
     def _announce(self, change: JobChange) -> Job:
-        if change.published is not None:
+        # On a shared store the relay brings every job event (local ones too) to the hub.
+        if change.published is not None and not self.store.shared:
             p = change.published
             self.hub.publish(p.message, p.prev_id, p.keep)
         job = change.job
@@ -134,13 +137,18 @@ class JobService:
         return job
 
     def _work_ready(self, job: Job) -> None:
-        delay = job.run_at - time.time()
+        self.notify_ready(job.type, job.run_at)
+
+    def notify_ready(self, type_: str, run_at: float) -> None:
+        """A job of `type_` is queued, due at `run_at`: wake the lease requests for it then
+        (called for local changes, and by the relay for those of other nodes)."""
+        delay = run_at - time.time()
         if delay > 0:
             # A little late on purpose: the loop's timers may fire before the wall clock
             # reaches `run_at`, and a lease woken too early finds nothing due.
-            asyncio.get_running_loop().call_later(delay + TIMER_SLACK, self._wake, job.type)
+            asyncio.get_running_loop().call_later(delay + TIMER_SLACK, self._wake, type_)
         else:
-            self._wake(job.type)
+            self._wake(type_)
 
     def _wake(self, type_: str | None) -> None:
         """Resolve the parked lease requests that could take a job of `type_` (None: all)."""
@@ -215,6 +223,8 @@ class JobService:
         while True:
             fut = self.hub.waiter(channel)
             try:
+                if self.relay_watch is not None:
+                    await self.relay_watch(channel)
                 job = await self.get(job_id)
                 remaining = deadline - time.monotonic()
                 if job.terminal or remaining <= 0 or self.hub.closing:

@@ -12,7 +12,8 @@ __all__ = ["ChannelStore", "Retention", "Store", "open_store"]
 def open_store(url: str, retention: Retention, sqlite_synchronous: str = "FULL") -> Store:
     """Build the store named by `url` (not started yet).
 
-    `sqlite:///relative.db`, `sqlite:////absolute/path.db`, `memory://`.
+    `sqlite:///relative.db`, `sqlite:////absolute/path.db`, `memory://`,
+    `redis://host:port/db[?prefix=tidings:]`.
     """
     parts = urlsplit(url)
     scheme = parts.scheme
@@ -29,4 +30,14 @@ def open_store(url: str, retention: Retention, sqlite_synchronous: str = "FULL")
                 f"store URL {url!r}: write sqlite:///relative/path.db or sqlite:////absolute/path.db"
             )
         return SQLiteStore(path, retention, synchronous=sqlite_synchronous)
-    raise ValueError(f"unknown store URL {url!r}: use sqlite:///path.db or memory://")
+    if scheme in ("redis", "rediss"):
+        try:
+            from tidings.stores.redis import RedisStore
+        except ImportError as exc:  # redis-py is an extra
+            raise ValueError(
+                f"store URL {url!r} needs redis-py: pip install 'tidings[redis]' ({exc})"
+            ) from None
+        return RedisStore(url, retention)
+    raise ValueError(
+        f"unknown store URL {url!r}: use sqlite:///path.db, memory:// or redis://host:port/0"
+    )

@@ -94,6 +94,10 @@ def is_reset(after: int, first: int, last: int) -> bool:
 class ChannelStore(abc.ABC):
     """Durable channels. Every method is safe to call concurrently from one event loop."""
 
+    # True for a store several server processes share (Redis): live messages then reach
+    # each process's hub through its relay, not straight from the publish path.
+    shared = False
+
     def __init__(self, default_retention: Retention) -> None:
         self.default_retention = default_retention
 

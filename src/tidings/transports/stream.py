@@ -118,6 +118,8 @@ async def run_stream(
     """
     svc.hub.add(sub)
     try:
+        for channel in requested:  # shared store: follow from before the history is read
+            await svc.watch(channel)
         await resolve(svc, sub, requested)
     except BaseException:
         sub.close("stream failed to start", abort=False)

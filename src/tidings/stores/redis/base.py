@@ -1,0 +1,130 @@
+"""What every part of the Redis store shares: the client, key names, codecs, scripts.
+
+Key layout (prefix `tidings:` by default, `?prefix=` in the URL to change it):
+
+    {p}ch:{name}          stream of a channel; entry id `0-{seq}`, fields d (JSON data),
+                          e (event, "" for none), t (publish time, seconds)
+    {p}chm:{name}         hash: seq (last sequence number), created, max_messages,
+                          max_age (the last two only for a channel with its own retention)
+    {p}channels           sorted set of channel names (all scores 0: ordered by name)
+    {p}idem:{name}:{created}:{digest}
+                          "seq" of the message an Idempotency-Key made (with expiry);
+                          `created` keeps a recreated channel from matching old keys, the
+                          BLAKE2b digest of the key keeps names with ':' from colliding
+    {p}job:{id}           msgpack body of a job
+    {p}jobidem:{key}      id of the job an Idempotency-Key made
+    {p}queued:{type}      sorted set: queued job ids by run_at
+    {p}running            sorted set: running job ids by lease_expires_at
+    {p}finished           sorted set: finished job ids by finished_at
+    {p}jobs               sorted set: every job id by created_at
+    {p}jobtypes           set of job types ever submitted
+    {p}jobcounts          hash "{type}\\x00{status}" -> count
+    {p}wake               stream: a job became queued (field `type`, `run_at`); the relay
+                          of every node follows it to wake its parked lease requests
+    {p}user:{name}        msgpack User;   {p}users: set of user names
+    {p}cred:{key}         msgpack Credential (expiring with the credential)
+    {p}creds:{user}       set of the credential keys of a user
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+
+from tidings.errors import InvalidCursor, StoreClosed, StoreError
+from tidings.stores.base import Retention, Store
+
+__all__ = ["RedisBase", "parse_seq"]
+
+# Connections per node to Redis (requests beyond wait up to POOL_TIMEOUT seconds for one).
+MAX_CONNECTIONS = 64
+POOL_TIMEOUT = 10.0
+
+_encode_json = msgspec.json.Encoder().encode
+_decode_json = msgspec.json.Decoder().decode
+
+
+def parse_seq(message_id: str) -> int:
+    """Sequence number of a message id (decimal digits), as on the embedded stores."""
+    if not (message_id.isascii() and message_id.isdigit()) or len(message_id) > 18:
+        raise InvalidCursor(
+            f"cursor {message_id!r} is not a message id of this server: use an id it gave you, or 0"
+        )
+    return int(message_id)
+
+
+class RedisBase(Store):
+    """Connection and key names; the parts (channels, jobs, auth) build on this.
+
+    Args:
+        url: `redis://[user:password@]host:port/db[?prefix=tidings:]` (or `rediss://`).
+        default_retention: retention of channels without their own.
+    """
+
+    # Live messages reach the hub through the relay (tidings.relay), not the publish path.
+    shared = True
+
+    def __init__(self, url: str, default_retention: Retention) -> None:
+        super().__init__(default_retention)
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        self.prefix = query.pop("prefix", ["tidings:"])[0]
+        self.url = parts._replace(query="").geturl()
+        self._redis: Any = None
+        self._blocking: Any = None
+        self._closed = False
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from redis import asyncio as aioredis
+
+        # A pool that makes a burst of requests wait for a connection, rather than fail
+        # past redis-py's default limit ("Too many connections").
+        self._redis = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT
+            )
+        )
+        # XREAD BLOCK holds its connection: the relay gets a client of its own.
+        self._blocking = aioredis.from_url(self.url, decode_responses=False)
+        try:
+            await self._redis.ping()
+        except Exception as exc:
+            raise StoreError(f"cannot reach Redis at {self.url}: {exc}") from exc
+        await self._load_scripts()
+
+    async def _load_scripts(self) -> None:
+        """Register Lua scripts (overridden by the parts that have some)."""
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for client in (self._redis, self._blocking):
+            if client is not None:
+                await client.aclose()
+
+    async def ping(self) -> None:
+        try:
+            await self.r.ping()
+        except Exception as exc:
+            raise StoreError(f"Redis does not answer: {exc}") from exc
+
+    @property
+    def r(self) -> Any:
+        """The Redis client; StoreClosed before start() and after close()."""
+        if self._redis is None or self._closed:
+            raise StoreClosed("store is not open: call `await store.start()` first")
+        return self._redis
+
+    def cursor_key(self, message_id: str) -> int:
+        return parse_seq(message_id)
+
+    # -- key names ----------------------------------------------------------------------
+
+    def k(self, *parts: str) -> str:
+        """A key name: the prefix, then the parts joined by ':'."""
+        return self.prefix + ":".join(parts)

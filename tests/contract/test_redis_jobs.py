@@ -1,0 +1,219 @@
+"""Two tidings nodes on one Redis: every job change is applied once, whichever node tries.
+
+Each test opens two `RedisStore`s on the same key prefix (two "nodes", each with its own
+connections and its own JobService) and races them on the same jobs: leases, expiries,
+completions and idempotent submits. The invariants are those of the store's optimistic
+transactions (tidings.stores.redis.jobs): a job goes to one caller, an expired lease is
+taken back once (its attempt counted once, one event), a refused change changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from tidings.errors import Conflict
+from tidings.hub import Hub
+from tidings.jobs import JobService
+from tidings.stores.base import Retention
+from tidings.stores.redis import RedisStore
+from tidings.wire import Job, job_channel
+
+DEFAULT = Retention(max_messages=100, max_age=3600.0)
+BACKOFF = 0.05
+
+Node = tuple[RedisStore, JobService]
+Body = Callable[[Node, Node], Coroutine[Any, Any, None]]
+
+
+def two_nodes(redis_url: str, body: Body) -> None:
+    """Start two stores on the same Redis and prefix, each with a job service; run `body`."""
+
+    async def main() -> None:
+        nodes: list[Node] = []
+        try:
+            for _ in range(2):
+                store = RedisStore(redis_url, DEFAULT)
+                await store.start()
+                nodes.append(
+                    (store, JobService(store, Hub(store.cursor_key), retry_backoff=BACKOFF))
+                )
+            await body(nodes[0], nodes[1])
+        finally:
+            for store, svc in nodes:
+                svc.close()
+                await store.close()
+
+    asyncio.run(main())
+
+
+async def names(store: RedisStore, job_id: str) -> list[str | None]:
+    res = await store.read(job_channel(job_id), "0", 1000)
+    return [m.event for m in res.messages]
+
+
+async def drain(svc: JobService, per_call: int) -> list[Job]:
+    """Lease until the store has nothing due left."""
+    got: list[Job] = []
+    while batch := await svc.lease(None, per_call, 0, 30.0):
+        got.extend(batch)
+    return got
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_leases_on_two_nodes_hand_out_each_job_once(redis_url):
+    """Sixteen lease loops, eight per node, drain 200 queued jobs: every job is leased by
+    exactly one caller, at attempt 1, with one `running` event."""
+
+    async def body(a: Node, b: Node) -> None:
+        (store_a, svc_a), (store_b, svc_b) = a, b
+        submitted = await asyncio.gather(
+            *(svc.submit("t", i) for i in range(100) for svc in (svc_a, svc_b))
+        )
+        ids = {job.id for job, _ in submitted}
+        assert len(ids) == 200
+
+        loops = [drain(svc, 5) for svc in (svc_a, svc_b) for _ in range(8)]
+        results = await asyncio.gather(*loops)
+        leased = [j for batch in results for j in batch]
+        assert len(leased) == len({j.id for j in leased}), "a job was leased twice"
+        assert {j.id for j in leased} == ids
+        assert sum(len(r) for r in results[:8]) > 0 and sum(len(r) for r in results[8:]) > 0
+        assert all(j.attempt == 1 and j.status == "running" for j in leased)
+        assert await svc_a.lease(None, 10, 0, 30.0) == []
+        assert await svc_b.lease(None, 10, 0, 30.0) == []
+        assert await store_b.queue_counts() == {"t": {"running": 200}}
+        for job in leased:
+            assert await store_b.get_job(job.id) == job
+            assert await names(store_a, job.id) == ["queued", "running"]
+
+    two_nodes(redis_url, body)
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_expiry_on_two_nodes_requeues_each_job_once(redis_url):
+    """Both nodes take back the same 40 expired leases at once: each job is requeued once,
+    its attempt counted once and one `queued` event published; it is then leased as its
+    second attempt."""
+
+    async def body(a: Node, b: Node) -> None:
+        (store_a, svc_a), (store_b, svc_b) = a, b
+        ids = {(await svc_a.submit("t", i))[0].id for i in range(40)}
+        leased = await svc_a.lease(None, 40, 0, 0.1)
+        assert {j.id for j in leased} == ids
+        await asyncio.sleep(0.25)
+
+        outs = await asyncio.gather(svc_a.expire(), svc_b.expire(), svc_b.expire())
+        expired = [j.id for out in outs for j in out]
+        assert sorted(expired) == sorted(ids), "an expired lease was taken back twice"
+        for job_id in ids:
+            job = await store_b.get_job(job_id)
+            assert job is not None
+            assert job.status == "queued"
+            assert job.attempt == 1
+            assert job.error["type"] == "LeaseExpired"
+            assert await names(store_a, job_id) == ["queued", "running", "queued"]
+        assert await store_a.queue_counts() == {"t": {"queued": 40}}
+        assert await svc_a.expire() == [] and await svc_b.expire() == []
+
+        await asyncio.sleep(BACKOFF * 3)
+        again = await asyncio.gather(drain(svc_a, 7), drain(svc_b, 7))
+        second = [j for batch in again for j in batch]
+        assert sorted(j.id for j in second) == sorted(ids)
+        assert all(j.attempt == 2 for j in second)
+
+    two_nodes(redis_url, body)
+
+
+@pytest.mark.timeout(60)
+def test_complete_racing_an_expiry_on_the_other_node_applies_exactly_one(redis_url):
+    """A worker completes expired jobs on node A while node B takes them back: for each job
+    exactly one of the two changes applies, and the other sees its effect (a Conflict for
+    the late complete, a skip for the late expiry)."""
+
+    async def body(a: Node, b: Node) -> None:
+        (store_a, svc_a), (_store_b, svc_b) = a, b
+        for i in range(30):
+            await svc_a.submit("t", i)
+        leased = await svc_a.lease(None, 30, 0, 0.1)
+        assert len(leased) == 30
+        await asyncio.sleep(0.25)
+
+        async def complete(job: Job) -> str | None:
+            try:
+                await svc_a.complete(job.id, job.lease_token or "", "done")
+            except Conflict:
+                return None
+            return job.id
+
+        *completed, expired = await asyncio.gather(*(complete(j) for j in leased), svc_b.expire())
+        won_complete = {i for i in completed if i is not None}
+        won_expiry = {j.id for j in expired}
+        assert not won_complete & won_expiry
+        assert won_complete | won_expiry == {j.id for j in leased}
+        for job in leased:
+            stored = await store_a.get_job(job.id)
+            assert stored is not None
+            if job.id in won_complete:
+                assert stored.status == "succeeded"
+                assert await names(store_a, job.id) == ["queued", "running", "succeeded"]
+            else:
+                assert stored.status == "queued"
+                assert await names(store_a, job.id) == ["queued", "running", "queued"]
+
+    two_nodes(redis_url, body)
+
+
+@pytest.mark.timeout(30)
+def test_same_idempotency_key_on_two_nodes_at_once_makes_one_job(redis_url):
+    """Both nodes submit with the same key at the same moment: one job, created once."""
+
+    async def body(a: Node, b: Node) -> None:
+        (store_a, svc_a), (store_b, svc_b) = a, b
+        for n in range(20):
+            key = f"key-{n}"
+            (ja, created_a), (jb, created_b) = await asyncio.gather(
+                svc_a.submit("t", "a", idempotency_key=key),
+                svc_b.submit("t", "b", idempotency_key=key),
+            )
+            assert created_a != created_b
+            assert ja.id == jb.id
+            assert await names(store_b, ja.id) == ["queued"]
+        assert len(await store_a.list_jobs(None, None, 100)) == 20
+        assert await store_b.queue_counts() == {"t": {"queued": 20}}
+
+    two_nodes(redis_url, body)
+
+
+@pytest.mark.timeout(30)
+def test_submit_on_one_node_adds_a_wake_entry_with_its_type(redis_url):
+    """A submit (and a requeue) on node A appends `type` and `run_at` to the wake stream
+    every node's relay follows; node B sees the job and can lease it."""
+
+    async def body(a: Node, b: Node) -> None:
+        (store_a, svc_a), (store_b, svc_b) = a, b
+        before = time.time()
+        job, _ = await svc_a.submit("resize", {"w": 1})
+        entries = await store_b.r.xrange(store_b.k("wake"))
+        assert len(entries) == 1
+        fields = entries[0][1]
+        assert fields[b"type"] == b"resize"
+        assert float(fields[b"run_at"]) == job.run_at >= before
+        assert await store_b.get_job(job.id) == job
+
+        leased = await svc_b.lease(["resize"], 1, 0, 30.0)
+        assert [j.id for j in leased] == [job.id]
+        assert len(await store_a.r.xrange(store_a.k("wake"))) == 1  # a lease wakes no one
+
+        requeued = await svc_b.fail(job.id, leased[0].lease_token or "", "boom")
+        assert requeued.status == "queued"
+        entries = await store_a.r.xrange(store_a.k("wake"))
+        assert len(entries) == 2
+        assert entries[1][1][b"type"] == b"resize"
+        assert float(entries[1][1][b"run_at"]) == requeued.run_at > time.time() - 1
+
+    two_nodes(redis_url, body)

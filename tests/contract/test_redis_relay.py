@@ -1,0 +1,284 @@
+"""What the relay needs from the Redis store: `follow`, `wake_position`, `last_seq`, and
+the jobs part's `queue_append` — on a real redis-server, two store instances acting as
+two tidings nodes sharing it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import RedisProcess
+from tidings.errors import StoreClosed, StoreError
+from tidings.stores import open_store
+from tidings.stores.base import Retention
+from tidings.stores.redis import RedisStore
+
+pytestmark = pytest.mark.timeout(30)
+
+DEFAULT = Retention(max_messages=100, max_age=3600.0)
+
+Body = Callable[[RedisStore, RedisStore], Coroutine[Any, Any, None]]
+
+
+def run(url: str, body: Body) -> None:
+    """Start two stores on the same Redis and prefix (node A, node B), run `body`."""
+
+    async def main() -> None:
+        a = open_store(url, DEFAULT)
+        b = open_store(url, DEFAULT)
+        assert isinstance(a, RedisStore) and isinstance(b, RedisStore)
+        await a.start()
+        await b.start()
+        try:
+            await body(a, b)
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())
+
+
+def test_follow_returns_a_message_published_on_another_node_while_it_blocks(redis_url):
+    """A follow blocked on a channel wakes up with a message node B publishes meanwhile."""
+
+    async def body(a: RedisStore, b: RedisStore) -> None:
+        wake = await a.wake_position()
+        started = time.monotonic()
+        follow = asyncio.create_task(a.follow({"news": 0}, wake, 5000))
+        await asyncio.sleep(0.2)
+        assert not follow.done(), "follow returned before anything was published"
+        ack = await b.publish("news", {"n": 1}, event="hello")
+        batches, wakes, new_wake = await asyncio.wait_for(follow, 3)
+        assert time.monotonic() - started < 3, "follow did not return when the message came"
+        assert wakes == [] and new_wake == wake
+        assert len(batches) == 1
+        channel, messages = batches[0]
+        assert channel == "news"
+        assert messages == [ack.message]
+        assert messages[0].id == "1" and messages[0].event == "hello"
+
+    run(redis_url, body)
+
+
+def test_follow_resumes_from_positions_in_order(redis_url):
+    """Messages come in stream order, after each channel's position; passing the last id
+    seen returns only what came later; channels without news are left out."""
+
+    async def body(a: RedisStore, b: RedisStore) -> None:
+        for i in range(5):
+            await b.publish("a", i)
+        await b.publish("b", "x")
+        wake = await a.wake_position()
+        batches, _, wake = await a.follow({"a": 0, "b": 1, "quiet": 0}, wake, 100)
+        assert [(ch, [m.id for m in ms]) for ch, ms in batches] == [
+            ("a", ["1", "2", "3", "4", "5"])
+        ]
+        assert [m.data for m in batches[0][1]] == [0, 1, 2, 3, 4]
+
+        batches, _, wake = await a.follow({"a": 3}, wake, 100)
+        assert [m.id for m in batches[0][1]] == ["4", "5"]
+
+        await b.publish("a", 5)
+        await b.publish("a", 6)
+        batches, _, wake = await a.follow({"a": 5}, wake, 1000)
+        assert [(m.id, m.data) for m in batches[0][1]] == [("6", 5), ("7", 6)]
+
+    run(redis_url, body)
+
+
+def test_follow_returns_at_most_1000_messages_per_channel_then_the_rest(redis_url):
+    """A long backlog comes in batches of at most 1000, resumable from the last id."""
+
+    async def body(a: RedisStore, b: RedisStore) -> None:
+        await b.set_retention("big", Retention(max_messages=2000, max_age=3600))
+        for i in range(1200):
+            await b.publish("big", i)
+        wake = await a.wake_position()
+        batches, _, wake = await a.follow({"big": 0}, wake, 100)
+        first = batches[0][1]
+        assert len(first) == 1000 and first[-1].id == "1000"
+        batches, _, wake = await a.follow({"big": 1000}, wake, 100)
+        assert [m.data for m in batches[0][1]] == list(range(1000, 1200))
+
+    run(redis_url, body)
+
+
+def test_a_wake_entry_comes_back_as_a_wakeup(redis_url):
+    """An entry XADDed to the wake stream (fields type, run_at) is returned as a wakeup,
+    with the new wake position; following from there does not return it again."""
+
+    async def body(a: RedisStore, b: RedisStore) -> None:
+        assert await a.wake_position() == b"0-0"
+        start = await a.wake_position()
+        follow = asyncio.create_task(a.follow({}, start, 5000))
+        await asyncio.sleep(0.1)
+        entry_id = await b.r.xadd(b.k("wake"), {"type": "email", "run_at": "1700000000.5"})
+        batches, wakes, pos = await asyncio.wait_for(follow, 3)
+        assert batches == []
+        assert wakes == [("email", 1700000000.5)]
+        assert pos == entry_id
+        assert await a.wake_position() == entry_id
+
+        await b.r.xadd(b.k("wake"), {"type": "sms", "run_at": "1.0"})
+        await b.publish("c", "m")
+        batches, wakes, pos2 = await a.follow({"c": 0}, pos, 100)
+        assert wakes == [("sms", 1.0)]
+        assert pos2 > pos
+        assert [m.data for _, ms in batches for m in ms] == ["m"]
+
+    run(redis_url, body)
+
+
+def test_an_empty_follow_returns_after_about_block_ms(redis_url):
+    """With nothing new, follow waits block_ms and returns nothing, the position kept."""
+
+    async def body(a: RedisStore, b: RedisStore) -> None:
+        await b.publish("c", 1)
+        wake = await a.wake_position()
+        started = time.monotonic()
+        batches, wakes, pos = await a.follow({"c": 1, "none": 0}, wake, 300)
+        elapsed = time.monotonic() - started
+        assert (batches, wakes, pos) == ([], [], wake)
+        assert 0.25 <= elapsed < 2.0, f"follow returned after {elapsed:.3f}s, not ~0.3s"
+
+        started = time.monotonic()
+        assert await a.follow({}, wake, 200) == ([], [], wake)
+        assert 0.15 <= time.monotonic() - started < 2.0
+
+    run(redis_url, body)
+
+
+def test_last_seq_follows_publishes_and_deletion(redis_url):
+    """last_seq: 0 for an unknown channel, the newest id after publishes (whatever
+    retention dropped), 0 again after the channel is deleted."""
+
+    async def body(a: RedisStore, b: RedisStore) -> None:
+        assert await a.last_seq("c") == 0
+        await b.set_retention("c", Retention(max_messages=2, max_age=3600))
+        assert await a.last_seq("c") == 0
+        for i in range(5):
+            await b.publish("c", i)
+        assert await a.last_seq("c") == 5
+        assert await b.delete("c")
+        assert await a.last_seq("c") == 0
+
+    run(redis_url, body)
+
+
+def test_queue_append_inside_a_multi_appends_with_the_channel_rules(redis_url):
+    """queue_append on a MULTI pipeline appends like publish (ids, retention by count,
+    the channel listed) and its reply is [seq, prev_seq, keep]; `appended` turns that into
+    the Published a publish would give."""
+
+    async def body(a: RedisStore, b: RedisStore) -> None:
+        await a.publish("job.1", "first")
+        await a.set_retention("job.1", Retention(max_messages=2, max_age=3600))
+        now = time.time()
+        async with a.r.pipeline(transaction=True) as pipe:
+            pipe.multi()
+            pipe.set(a.k("other"), b"1")
+            a.queue_append(pipe, "job.1", b'{"state":"queued"}', "queued", now)
+            a.queue_append(pipe, "job.1", b'{"state":"running"}', None, now)
+            a.queue_append(pipe, "job.2", b"2", "queued", now)
+            replies = await pipe.execute()
+        assert replies[1:] == [[2, 1, 2], [3, 2, 2], [1, 0, DEFAULT.max_messages]]
+
+        res = await b.read("job.1", "0", 10)
+        assert [(m.id, m.data, m.event) for m in res.messages] == [
+            ("2", {"state": "queued"}, "queued"),
+            ("3", {"state": "running"}, None),
+        ]
+        assert res.messages[0].time == now
+
+        published = a.appended("job.1", {"state": "running"}, None, now, replies[2])
+        assert published.message == res.messages[1]
+        assert (published.prev_id, published.keep, published.duplicate) == ("2", 2, False)
+        first = a.appended("job.2", 2, "queued", now, replies[3])
+        assert first.prev_id is None and first.message.id == "1"
+        assert [i.name for i in await b.list_channels("job.")] == ["job.1", "job.2"]
+
+    run(redis_url, body)
+
+
+def test_queue_append_works_after_the_script_cache_is_flushed(redis_url):
+    """The pipeline loads the append script itself before EXEC: a Redis that forgot its
+    scripts (restart, SCRIPT FLUSH) does not fail the job's transaction halfway."""
+
+    async def body(a: RedisStore, b: RedisStore) -> None:
+        await a.r.script_flush()
+        async with a.r.pipeline(transaction=True) as pipe:
+            pipe.multi()
+            a.queue_append(pipe, "c", b"1", None, time.time())
+            assert await pipe.execute() == [[1, 0, DEFAULT.max_messages]]
+        await a.r.script_flush()
+        assert (await a.publish("c", 2)).message.id == "2"
+        assert [m.data for m in (await b.read("c", "0", 10)).messages] == [1, 2]
+
+    run(redis_url, body)
+
+
+def test_idempotency_keys_do_not_survive_the_channel(redis_url):
+    """A channel deleted and recreated does not answer the keys of its earlier life; a key
+    whose message retention dropped still answers with the earlier id."""
+
+    async def body(a: RedisStore, b: RedisStore) -> None:
+        first = await a.publish("c", "x", idempotency_key="k")
+        assert (await b.publish("c", "y", idempotency_key="k")).message == first.message
+        assert await a.delete("c")
+        again = await b.publish("c", "z", idempotency_key="k")
+        assert not again.duplicate and again.message.data == "z"
+
+        await a.set_retention("c", Retention(max_messages=1, max_age=3600))
+        await a.publish("c", "later")
+        dup = await b.publish("c", "z2", idempotency_key="k")
+        assert dup.duplicate and dup.message.id == "1" and dup.prev_id is None
+
+    run(redis_url, body)
+
+
+def test_a_closed_store_refuses_to_follow(redis_url):
+    async def main() -> None:
+        store = open_store(redis_url, DEFAULT)
+        assert isinstance(store, RedisStore)
+        await store.start()
+        await store.close()
+        with pytest.raises(StoreClosed):
+            await store.follow({"c": 0}, b"0-0", 100)
+        with pytest.raises(StoreClosed):
+            await store.last_seq("c")
+
+    asyncio.run(main())
+
+
+def test_a_lost_redis_is_a_store_error_saying_what_to_do(tmp_path: Path):
+    """When Redis goes away, follow, last_seq and publish raise StoreError (the relay's
+    retry signal) naming the address."""
+    proc = RedisProcess(tmp_path).start()
+
+    async def main() -> None:
+        store = open_store(f"redis://127.0.0.1:{proc.port}/0?prefix=x:", DEFAULT)
+        assert isinstance(store, RedisStore)
+        await store.start()
+        try:
+            proc.stop()
+            for call in (
+                store.follow({"c": 0}, b"0-0", 100),
+                store.last_seq("c"),
+                store.publish("c", 1),
+            ):
+                with pytest.raises(StoreError) as caught:
+                    await call
+                assert f"127.0.0.1:{proc.port}" in caught.value.message
+                assert "check that it is running" in caught.value.message
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        proc.stop()

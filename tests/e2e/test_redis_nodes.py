@@ -1,0 +1,257 @@
+"""Several tidings nodes on one private Redis act as one (issue 6, end to end).
+
+Two real `tidings serve --store redis://…` processes share a private `redis-server` (a key
+prefix of the test's own); clients, workers and the CLI talk to them over loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import RedisProcess, free_port
+from tests.e2e.test_channels_api import RawSSE, parse_frame
+from tests.e2e.test_jobs_workers import WorkerProcess
+
+ServerFactory = Any
+REPO = Path(__file__).resolve().parents[2]
+
+
+def node(factory: ServerFactory, url: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    return factory(store=url, args=list(args), env={"TIDINGS_RETRY_BACKOFF": "0.05", **(env or {})})
+
+
+def publish(base: str, channel: str, data: Any, headers: dict[str, str] | None = None) -> str:
+    r = httpx.post(
+        f"{base}/v1/channels/{channel}/messages", json={"data": data}, headers=headers, timeout=10
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+@pytest.mark.timeout(40)
+def test_a_message_published_on_one_node_reaches_an_sse_subscriber_on_the_other(
+    tidings_server: ServerFactory, redis_url: str
+) -> None:
+    a, b = node(tidings_server, redis_url), node(tidings_server, redis_url)
+    sse = RawSSE(b.port, "/v1/channels/news.x/events")
+    try:
+        assert sse.status == 200
+        time.sleep(0.3)  # the stream is registered; the relay follows the channel
+        for i in range(5):
+            started = time.monotonic()
+            mid = publish(a.url, "news.x", f"hello {i}")
+            frame = parse_frame(sse.event(timeout=5))
+            assert time.monotonic() - started < 1.0
+            assert frame["id"] == mid
+            assert frame["data"] == f"hello {i}"
+        # And the other way round, on B's own publish: one order for both nodes.
+        mid = publish(b.url, "news.x", "from b")
+        assert parse_frame(sse.event(timeout=5))["id"] == mid
+    finally:
+        sse.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_job_submitted_on_a_is_worked_through_b_and_a_long_poll_on_a_sees_it_end(
+    tidings_server: ServerFactory, redis_url: str, tmp_path: Path
+) -> None:
+    a, b = node(tidings_server, redis_url), node(tidings_server, redis_url)
+    r = httpx.post(f"{a.url}/v1/jobs", json={"type": "noop", "payload": {"n": 1}}, timeout=10)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    worker = WorkerProcess(b.url, tmp_path / "worker.log", 2)
+    try:
+        done = httpx.get(f"{a.url}/v1/jobs/{job_id}?wait=20", timeout=30)
+        assert done.status_code == 200
+        assert done.json()["status"] == "succeeded", worker.log()
+        assert done.json()["result"] == {"n": 1}
+        # Submitted after the worker is parked on B: B's lease wakes for A's submit.
+        started = time.monotonic()
+        r = httpx.post(f"{a.url}/v1/jobs?wait=10", json={"type": "noop", "payload": 2}, timeout=20)
+        assert r.status_code == 200, r.text
+        assert r.json()["result"] == 2
+        assert time.monotonic() - started < 2.0
+    finally:
+        worker.kill()
+
+
+@pytest.mark.timeout(60)
+def test_a_session_made_on_a_is_valid_on_b(tidings_server: ServerFactory, redis_url: str) -> None:
+    password = os.urandom(12).hex()
+    made = subprocess.run(
+        [
+            sys.executable, "-m", "tidings", "users", "add", "bob", "--store", redis_url,
+            "--password-stdin", "--publish", "*", "--subscribe", "*", "--submit", "*",
+            "--work", "*",
+        ],
+        input=password + "\n", capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    args = ("--require-auth", "--sessions", "database")
+    a, b = node(tidings_server, redis_url, *args), node(tidings_server, redis_url, *args)
+    login = httpx.post(
+        f"{a.url}/v1/auth/login", json={"username": "bob", "password": password}, timeout=10
+    )
+    assert login.status_code == 200, login.text
+    auth = {"Authorization": f"Bearer {login.json()['token']}"}
+    me = httpx.get(f"{b.url}/v1/auth/me", headers=auth, timeout=10)
+    assert me.status_code == 200, me.text
+    assert me.json()["user"] == "bob"
+    publish(b.url, "any.thing", 1, auth)
+    assert httpx.get(f"{b.url}/v1/auth/me", timeout=10).status_code == 401
+    # Logout on B ends the session on A too.
+    assert httpx.post(f"{b.url}/v1/auth/logout", headers=auth, timeout=10).status_code == 200
+    deadline = time.monotonic() + 3
+    while httpx.get(f"{a.url}/v1/auth/me", headers=auth, timeout=10).status_code != 401:
+        assert time.monotonic() < deadline, "the session outlived its logout on the other node"
+        time.sleep(0.1)
+
+
+@pytest.mark.timeout(60)
+def test_after_node_a_is_killed_b_serves_what_a_acknowledged_and_redelivers_its_leases(
+    tidings_server: ServerFactory, redis_url: str, tmp_path: Path
+) -> None:
+    a, b = node(tidings_server, redis_url), node(tidings_server, redis_url)
+    acked = [publish(a.url, "orders", {"n": i}) for i in range(50)]
+    # Jobs leased by a worker of A, which then dies with A.
+    ids = [
+        httpx.post(f"{a.url}/v1/jobs", json={"type": "sleepy", "payload": 30}, timeout=10).json()[
+            "id"
+        ]
+        for _ in range(3)
+    ]
+    doomed = WorkerProcess(a.url, tmp_path / "doomed.log", 4)
+    deadline = time.monotonic() + 15
+    while any(
+        httpx.get(f"{b.url}/v1/jobs/{i}", timeout=10).json()["status"] != "running" for i in ids
+    ):
+        assert time.monotonic() < deadline, doomed.log()
+        time.sleep(0.1)
+    a.kill()
+    doomed.kill()
+
+    page = httpx.get(f"{b.url}/v1/channels/orders/messages?after=0&limit=100", timeout=10).json()
+    assert [m["id"] for m in page["messages"]] == acked
+    assert [m["data"] for m in page["messages"]] == [{"n": i} for i in range(50)]
+
+    # Leases of 2 s expire; B takes them back; a worker of B finishes them (attempt 2).
+    rescuer = WorkerProcess(b.url, tmp_path / "rescuer.log", 4)
+    try:
+        for job_id in ids:
+            # Redelivered: leased again (attempt 2) by the rescuer, which sleeps on it.
+            deadline = time.monotonic() + 20
+            while True:
+                job = httpx.get(f"{b.url}/v1/jobs/{job_id}", timeout=10).json()
+                if job["attempt"] >= 2 and job["status"] in ("running", "succeeded"):
+                    break
+                assert time.monotonic() < deadline, (job, rescuer.log())
+                time.sleep(0.2)
+    finally:
+        rescuer.kill()
+
+
+@pytest.mark.timeout(90)
+def test_acknowledged_messages_and_accepted_jobs_survive_a_redis_restart_with_aof(
+    tidings_server: ServerFactory, tmp_path: Path
+) -> None:
+    redis = RedisProcess(tmp_path, aof=True).start()
+    try:
+        url = f"{redis.url}?prefix=aof:"
+        srv = node(tidings_server, url)
+        acked = [publish(srv.url, "ledger", i) for i in range(30)]
+        jobs = [
+            httpx.post(f"{srv.url}/v1/jobs", json={"type": "later", "payload": i}, timeout=10)
+            for i in range(10)
+        ]
+        assert all(j.status_code == 202 for j in jobs)
+        srv.stop()
+        redis.stop(signal.SIGKILL)  # no shutdown save: only the AOF (appendfsync always)
+        redis.start()
+        srv = node(tidings_server, url)
+        page = httpx.get(f"{srv.url}/v1/channels/ledger/messages?after=0", timeout=10).json()
+        assert [m["id"] for m in page["messages"]] == acked
+        assert [m["data"] for m in page["messages"]] == list(range(30))
+        for j in jobs:
+            got = httpx.get(f"{srv.url}/v1/jobs/{j.json()['id']}", timeout=10)
+            assert got.status_code == 200
+            assert got.json()["status"] == "queued"
+    finally:
+        redis.stop()
+
+
+@pytest.fixture
+def multi(tmp_path: Path, redis_url: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    log = (tmp_path / "multi.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "tidings", "serve", "--port", str(port), "--store", redis_url,
+            "--workers", "2", "--log-level", "warning",
+        ],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+@pytest.mark.timeout(60)
+def test_serve_workers_runs_several_processes_on_one_port_and_drains_on_sigterm(
+    multi: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    proc, port = multi
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, "tidings serve --workers exited"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    children = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert len(children) >= 2, children
+    # Many connections: both processes answer, and every message is in one history.
+    ids = []
+    for i in range(20):
+        with httpx.Client(base_url=base, timeout=10) as fresh:  # a new connection each
+            r = fresh.post("/v1/channels/multi/messages", json={"data": i})
+            assert r.status_code == 201
+            ids.append(r.json()["id"])
+    assert ids == [str(i) for i in range(1, 21)]
+    sse = RawSSE(port, "/v1/channels/multi/events?after=0")
+    try:
+        got = [parse_frame(sse.event(timeout=5))["id"] for _ in range(20)]
+        assert got == ids
+        proc.send_signal(signal.SIGTERM)
+        while True:
+            frame = parse_frame(sse.event(timeout=10))
+            if frame.get("event") == "close":
+                break
+        assert json.loads(frame["data"])["type"] == "close"
+    finally:
+        sse.close()
+    assert proc.wait(20) == 0
