@@ -710,11 +710,37 @@ def run_json(
     return data
 
 
+def tidings_jobs_round(store: str, name: str, cfg: Config, concurrency: str) -> dict[str, float]:
+    """One tidings server on `store`, one `tidings worker`, the jobs client; its figures."""
+    with tidings_server(store, name) as srv:
+        worker = PROCS.start(
+            "tidings-worker",
+            [
+                tidings_bin(),
+                "worker",
+                "noop_worker:worker",
+                "--url",
+                f"http://{HOST}:{srv.port}",
+                "--concurrency",
+                concurrency,
+                "--log-level",
+                "warning",
+            ],
+            env={"PYTHONPATH": str(BENCH)},
+        )
+        try:
+            return run_json(
+                [sys.executable, str(BENCH / "jobs_client.py"), HOST, str(srv.port), str(cfg.jobs)]
+            )
+        finally:
+            PROCS.stop(worker)
+
+
 def bench_jobs(tools: Tools, cfg: Config) -> list[str]:
     meas = Measurement(
         f"3. Jobs: {cfg.jobs:,} no-op jobs end to end, submitted from 4 threads then each "
-        "result awaited; one tidings worker (SQLite store) vs Celery, 2 prefork workers, "
-        "private Redis",
+        "result awaited; one tidings worker (SQLite store, then Redis store) vs Celery, 2 "
+        "prefork workers; all on one private Redis",
         "celery",
         [Metric("jobs_s", "/s", ("ratio>=", 2.0)), Metric("secs", "s", None, "{:,.2f}")],
     )
@@ -738,35 +764,12 @@ def bench_jobs(tools: Tools, cfg: Config) -> list[str]:
         renv = {"BENCH_REDIS_URL": f"redis://{HOST}:{rport}/0", "PYTHONPATH": str(PEERS)}
         for r in range(cfg.rounds):
             print(f"  round {r + 1}")
-            with tidings_server("sqlite:///@TMP@/bench.db", "tidings-sqlite") as srv:
-                worker = PROCS.start(
-                    "tidings-worker",
-                    [
-                        tidings_bin(),
-                        "worker",
-                        "noop_worker:worker",
-                        "--url",
-                        f"http://{HOST}:{srv.port}",
-                        "--concurrency",
-                        concurrency,
-                        "--log-level",
-                        "warning",
-                    ],
-                    env={"PYTHONPATH": str(BENCH)},
-                )
-                try:
-                    got = run_json(
-                        [
-                            sys.executable,
-                            str(BENCH / "jobs_client.py"),
-                            HOST,
-                            str(srv.port),
-                            str(cfg.jobs),
-                        ]
-                    )
-                finally:
-                    PROCS.stop(worker)
-            meas.add("tidings-sqlite", {"jobs_s": got["rate"], "secs": got["secs"]})
+            for system, store in (
+                ("tidings-sqlite", "sqlite:///@TMP@/bench.db"),
+                ("tidings-redis", f"redis://{HOST}:{rport}/0?prefix=bench{r}:"),
+            ):
+                got = tidings_jobs_round(store, system, cfg, concurrency)
+                meas.add(system, {"jobs_s": got["rate"], "secs": got["secs"]})
             subprocess.run(
                 ["redis-cli", "-p", str(rport), "flushall"], capture_output=True, check=False
             )
@@ -800,7 +803,7 @@ def bench_jobs(tools: Tools, cfg: Config) -> list[str]:
                 PROCS.stop(celery)
             meas.add("celery", {"jobs_s": got["rate"], "secs": got["secs"]})
     RESULTS["jobs"] = meas.rounds
-    return [render(meas, ["tidings-sqlite"])]
+    return [render(meas, ["tidings-sqlite", "tidings-redis"])]
 
 
 def longpoll_round(tools: Tools, srv: Server, n: int) -> dict[str, float]:

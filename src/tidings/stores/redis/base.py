@@ -14,6 +14,7 @@ Key layout (prefix `tidings:` by default, `?prefix=` in the URL to change it):
     {p}job:{id}           msgpack body of a job
     {p}jobidem:{key}      id of the job an Idempotency-Key made
     {p}queued:{type}      sorted set: queued job ids by run_at
+    {p}qprio:{type}       sorted set: the queued jobs with a non-zero priority, by -priority
     {p}running            sorted set: running job ids by lease_expires_at
     {p}finished           sorted set: finished job ids by finished_at
     {p}jobs               sorted set: every job id by created_at

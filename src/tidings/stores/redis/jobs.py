@@ -49,10 +49,12 @@ Limits, stated:
   is taken back later: at-least-once), a complete answers Conflict.
 * Times come from the clock of the node making the change (as `now` did before Redis):
   skewed clocks move when a lease counts as expired, never how often it is taken back.
-* lease_jobs reads candidates from the LEASE_SCAN longest-due jobs of each type: the
-  priority order is exact among those, so with a larger backlog of one type a newer job
-  of higher priority waits until it is among them. Priorities (which no transition of
-  tidings.jobs changes) are cached per process, so a lease reads ids, not bodies.
+* lease_jobs reads, per type, the oldest due jobs (4x what it asks for, at least
+  LEASE_MIN_SCAN) plus every queued job with a non-zero priority (`{p}qprio:{type}`, up
+  to LEASE_SCAN, highest first): positive priorities are always served first; a job with
+  a negative priority is ordered exactly only among the jobs read. Priorities (which no
+  transition of tidings.jobs changes) are cached per process, so a lease reads ids, not
+  bodies.
 * list_jobs with a filter scans at most LIST_SCAN jobs newest first, so it may return
   fewer matches than exist when they are older than that.
 * Redis does not roll back a MULTI whose command fails at run time (as opposed to a
@@ -90,6 +92,8 @@ MAX_RETRIES = 50
 RETRY_JITTER = 0.002
 # Due jobs per type a lease considers (oldest run_at first) when ordering by priority.
 LEASE_SCAN = 1000
+# A lease reads at least this many of the oldest due jobs of a type (4x what it asks for).
+LEASE_MIN_SCAN = 64
 # Jobs per transaction in expire_jobs and sweep_jobs.
 BATCH = 100
 # Jobs a filtered list_jobs examines at most, and per round trip.
@@ -218,12 +222,15 @@ class RedisJobs(RedisBase):
         else:
             # Out of every index it could be in, whatever its old state claims.
             pipe.zrem(self.k("queued", old.type), job_id)
+            pipe.zrem(self.k("qprio", old.type), job_id)
             pipe.zrem(self.k("running"), job_id)
             pipe.zrem(self.k("finished"), job_id)
             if new.type != old.type:
                 pipe.zrem(self.k("queued", new.type), job_id)
         if new.status == "queued":
             pipe.zadd(self.k("queued", new.type), {job_id: new.run_at})
+            if new.priority:
+                pipe.zadd(self.k("qprio", new.type), {job_id: -new.priority})
         elif new.status == "running":
             expires = new.lease_expires_at
             pipe.zadd(self.k("running"), {job_id: math.inf if expires is None else expires})
@@ -257,8 +264,10 @@ class RedisJobs(RedisBase):
 
         async def attempt() -> tuple[JobChange, bool]:
             async with self.r.pipeline(transaction=True) as pipe:
-                await pipe.watch(self._jk(job.id), *([] if idem is None else [idem]))
+                # A new job's id is random and unseen: only an idempotency key can conflict,
+                # so without one the MULTI needs no WATCH (one round trip, not two).
                 if idem is not None:
+                    await pipe.watch(self._jk(job.id), idem)
                     known = await pipe.get(idem)
                     if known is not None:
                         body = await pipe.get(self._jk(known.decode()))
@@ -409,14 +418,28 @@ class RedisJobs(RedisBase):
             types = sorted(t.decode() for t in await self.r.smembers(self.k("jobtypes")))
         if not types:
             return []
+        # The oldest due jobs of each type (enough for this lease), and every queued job
+        # with a priority (few, usually none), so a high priority is never missed.
+        scan = min(LEASE_SCAN, max(LEASE_MIN_SCAN, 4 * count + len(passed)))
         async with self.r.pipeline(transaction=False) as pipe:
             for type_ in types:
                 pipe.zrangebyscore(
-                    self.k("queued", type_), "-inf", repr(now), 0, LEASE_SCAN, withscores=True
+                    self.k("queued", type_), "-inf", repr(now), 0, scan, withscores=True
                 )
-            per_type = await pipe.execute()
-        due = [(m.decode(), float(s)) for rows in per_type for m, s in rows]
-        due = [(i, s) for i, s in due if i not in passed]
+                pipe.zrange(self.k("qprio", type_), 0, LEASE_SCAN - 1)
+            replies = await pipe.execute()
+        due_by_id = {m.decode(): float(s) for rows in replies[0::2] for m, s in rows}
+        ranked = [m.decode() for rows in replies[1::2] for m in rows]
+        if ranked:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for type_, rows in zip(types, replies[1::2], strict=True):
+                    if rows:
+                        pipe.zmscore(self.k("queued", type_), rows)
+                run_ats = [a for part in await pipe.execute() for a in part]
+            for job_id, run_at in zip(ranked, run_ats, strict=True):
+                if run_at is not None and float(run_at) <= now:
+                    due_by_id[job_id] = float(run_at)
+        due = [(i, s) for i, s in due_by_id.items() if i not in passed]
         if not due:
             return []
         priorities = self._priority_cache()
