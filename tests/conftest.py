@@ -126,11 +126,14 @@ def tidings_server(tmp_path: Path) -> Iterator[ServerFactory]:
         srv.kill()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Each store the server supports, as a URL (a fresh SQLite file per test)."""
+    """Each store the server supports, as a URL (a fresh SQLite file or Redis key prefix
+    per test)."""
     if request.param == "memory":
         return "memory://"
+    if request.param == "redis":
+        return str(request.getfixturevalue("redis_url"))
     return f"sqlite:///{tmp_path / 'tidings.db'}"
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -113,23 +114,34 @@ class Relay:
                 log.warning("relay: %s; retrying in %.1f s", exc.message, RETRY_DELAY)
                 await asyncio.sleep(RETRY_DELAY)
                 continue
-            self._deliver(batches)
+            await self._deliver(batches)
             for type_, run_at in wakes:
                 self.wake(type_, run_at)
 
-    def _deliver(self, batches: list[tuple[str, list[Message]]]) -> None:
-        for channel, messages in batches:
-            pos = self.positions.get(channel)
+    async def _deliver(self, batches: list[tuple[str, list[Message]]]) -> None:
+        # One read returns each channel's messages apart: merge them by publish time, so a
+        # stream of several channels sees them in the order they were published (each
+        # channel's own order is kept whatever the clocks say: merge never reorders within
+        # one input).
+        # When the channel changes, the hub's pass for the previous one runs first (a
+        # loop turn), as between two local publishes: a stream of both channels gets
+        # them in that order (for passes of up to FANOUT_CHUNK subscribers; larger ones
+        # may interleave across channels, never within one).
+        merged = heapq.merge(*(msgs for _, msgs in batches), key=lambda m: m.time)
+        previous = None
+        for msg in merged:
+            pos = self.positions.get(msg.channel)
             if pos is None:
                 continue  # no longer watched
-            for msg in messages:
-                seq = int(msg.id)
-                if seq <= pos:
-                    continue
-                self.hub.publish(msg, str(pos) if pos else None)
-                pos = seq
-                self.relayed += 1
-            self.positions[channel] = pos
+            seq = int(msg.id)
+            if seq <= pos:
+                continue
+            if previous is not None and msg.channel != previous:
+                await asyncio.sleep(0)
+            previous = msg.channel
+            self.hub.publish(msg, str(pos) if pos else None)
+            self.positions[msg.channel] = seq
+            self.relayed += 1
 
     def info(self) -> dict[str, Any]:
         return {"channels": len(self.positions), "relayed": self.relayed}

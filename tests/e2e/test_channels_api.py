@@ -105,13 +105,17 @@ class RawSSE:
         self.sock.close()
 
 
-@pytest.fixture(scope="module", params=["memory", "sqlite"])
+@pytest.fixture(scope="module", params=["memory", "sqlite", "redis"])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     """One server per store for this module's tests, which each use their own channels."""
     tmp = tmp_path_factory.mktemp(f"channels-{request.param}")
-    store = "memory://" if request.param == "memory" else f"sqlite:///{tmp / 'tidings.db'}"
+    store = {
+        "memory": "memory://",
+        "sqlite": f"sqlite:///{tmp / 'tidings.db'}",
+        "redis": f"{request.getfixturevalue('redis_proc').url}?prefix={tmp.name}:",
+    }[request.param]
     srv = ServerProcess(store, tmp / "server.log", [], {})
     srv.start()
     yield srv

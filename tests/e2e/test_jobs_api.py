@@ -27,13 +27,17 @@ Json = dict[str, Any]
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-@pytest.fixture(scope="module", params=["memory", "sqlite"])
+@pytest.fixture(scope="module", params=["memory", "sqlite", "redis"])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     """One server per store for this module's tests, which each use their own job types."""
     tmp: Path = tmp_path_factory.mktemp(f"jobs-{request.param}")
-    store = "memory://" if request.param == "memory" else f"sqlite:///{tmp / 'tidings.db'}"
+    store = {
+        "memory": "memory://",
+        "sqlite": f"sqlite:///{tmp / 'tidings.db'}",
+        "redis": f"{request.getfixturevalue('redis_proc').url}?prefix={tmp.name}:",
+    }[request.param]
     srv = ServerProcess(store, tmp / "server.log", [], {"TIDINGS_RETRY_BACKOFF": "0.05"})
     srv.start()
     yield srv
