@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -785,3 +786,109 @@ def test_cors_names_allowed_origins_with_credentials_and_never_a_wildcard_with_t
         assert pre.status_code == 200
         assert pre.headers["access-control-allow-origin"] == "*"
         assert "access-control-allow-credentials" not in pre.headers
+
+
+# -- 9. expiry and TLS -----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("sessions", SESSION_MODES)
+def test_an_expired_session_is_401_and_its_open_stream_ends(
+    tidings_server: ServerFactory, store: str, sessions: str
+) -> None:
+    """With --session-ttl 2, the token is 401 after 2 s and a stream opened with it is
+    closed within about a second of its expiry."""
+    srv = auth_server(tidings_server, store, sessions, "--session-ttl", "2")
+    token = login(srv)
+    born = time.monotonic()
+    sse = RawSSE(srv.port, "/v1/channels/news.ttl/events", headers=bearer(token))
+    try:
+        assert sse.status == 200
+        frame = next_event(sse, 6)
+        while frame.get("event") != "close":
+            frame = next_event(sse, 6)
+        ended = time.monotonic() - born
+        assert "expired" in json.loads(frame["data"])["reason"]
+        assert 1.5 < ended < 4.0, f"the stream ended {ended:.1f}s after login (ttl 2 s)"
+    finally:
+        sse.close()
+    assert_error(httpx.get(f"{srv.url}/v1/auth/me", headers=bearer(token), timeout=10), 401)
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.mark.timeout(40)
+def test_over_tls_the_session_cookie_is_secure(store: str, tmp_path: Path) -> None:
+    """Served with --ssl-certfile/--ssl-keyfile, login sets the cookie with Secure."""
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    log = (tmp_path / "tls.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "tidings", "serve", "--port", str(port), "--store", store,
+            "--require-auth", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
+        ],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"https://127.0.0.1:{port}"
+    try:
+        trust = ssl.create_default_context(cafile=str(cert))
+        with httpx.Client(base_url=base, verify=trust, timeout=5) as https:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if https.get("/readyz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert proc.poll() is None, (tmp_path / "tls.log").read_text()
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            r = https.post("/v1/auth/login", json={"username": "alice", "password": ALICE_PASSWORD})
+            assert r.status_code == 200, r.text
+            cookie = r.headers["set-cookie"]
+            assert "; Secure" in cookie
+            assert "HttpOnly" in cookie
+            me = https.get("/v1/auth/me", headers=bearer(r.json()["token"]))
+            assert me.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()
