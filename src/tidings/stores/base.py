@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from tidings.errors import TidingsError
+from tidings.errors import NotFound, TidingsError
 from tidings.principals import Credential, User
 from tidings.wire import Job, Message
 
@@ -27,8 +27,10 @@ __all__ = [
     "Published",
     "ReadResult",
     "Retention",
+    "StepResult",
     "Store",
     "Transition",
+    "apply_steps",
     "is_reset",
     "job_event_data",
 ]
@@ -236,6 +238,32 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def sweep_jobs(self, finished_before: float) -> list[str]:
         """Delete jobs that ended before the given time, with their channels; their ids."""
+
+
+# What a step of `transition_jobs` computed: (job before, job after, event), or its refusal.
+StepResult = tuple[Job, Job, str | None] | TidingsError
+
+
+def apply_steps(steps: list[JobStep], jobs: dict[str, Job], now: float) -> list[StepResult]:
+    """Compute each step's transition in order, for any store's `transition_jobs`.
+
+    `jobs` holds the jobs as stored (by id) and is updated in place, so each step sees the
+    steps before it. A refused step — its transition raised a TidingsError, or there is no
+    such job (NotFound) — takes its place in the answer as that error and changes nothing.
+    """
+    out: list[StepResult] = []
+    for job_id, fn, _durable in steps:
+        try:
+            job = jobs.get(job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id!r}")
+            new, event = fn(job, now)
+        except TidingsError as exc:
+            out.append(exc)
+            continue
+        jobs[job_id] = new
+        out.append((job, new, event))
+    return out
 
 
 def job_event_data(job: Job) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from tidings.stores.base import (
     Retention,
     Store,
     Transition,
+    apply_steps,
     is_reset,
     job_event_data,
 )
@@ -241,18 +242,10 @@ class MemoryStore(Store):
     async def transition_jobs(self, steps: list[JobStep]) -> list[JobChange | TidingsError]:
         self._check()
         now = time.time()
-        out: list[JobChange | TidingsError] = []
-        for job_id, fn, _durable in steps:
-            try:
-                job = self._jobs.get(job_id)
-                if job is None:
-                    raise NotFound(f"no job {job_id!r}")
-                new, event = fn(job, now)
-            except TidingsError as exc:
-                out.append(exc)
-                continue
-            out.append(self._save(new, event, now))
-        return out
+        return [
+            r if isinstance(r, TidingsError) else self._save(r[1], r[2], now)
+            for r in apply_steps(steps, self._jobs, now)
+        ]
 
     async def lease_jobs(
         self, types: list[str] | None, max_jobs: int, now: float, fn: Transition

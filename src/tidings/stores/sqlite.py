@@ -36,6 +36,7 @@ from tidings.stores.base import (
     Retention,
     Store,
     Transition,
+    apply_steps,
     is_reset,
     job_event_data,
 )
@@ -664,20 +665,11 @@ class SQLiteStore(Store):
                 for (body,) in rows:
                     found = _decode_job(body)
                     jobs[found.id] = found
-            out: list[JobChange | TidingsError] = []
-            for job_id, fn, _durable in steps:
-                # A refusal raises before anything is written, so it changes nothing.
-                try:
-                    job = jobs.get(job_id)
-                    if job is None:
-                        raise NotFound(f"no job {job_id!r}")
-                    new, event = fn(job, now)
-                except TidingsError as exc:
-                    out.append(exc)
-                    continue
-                jobs[job_id] = new
-                out.append(self._save_job(conn, new, event, now, insert=False))
-            return out
+            # A refusal is computed before anything is written, so it changes nothing.
+            return [
+                r if isinstance(r, TidingsError) else self._save_job(conn, r[1], r[2], now, False)
+                for r in apply_steps(steps, jobs, now)
+            ]
 
         return await self._write(op, any(durable for _, _, durable in steps))
 

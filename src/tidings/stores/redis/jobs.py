@@ -77,7 +77,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from tidings.errors import NotFound, StoreError, TidingsError
-from tidings.stores.base import JobChange, JobStep, Published, Transition, job_event_data
+from tidings.stores.base import (
+    JobChange,
+    JobStep,
+    Published,
+    Transition,
+    apply_steps,
+    job_event_data,
+)
 from tidings.stores.redis.base import RedisBase
 from tidings.stores.redis.channels import redis_errors
 from tidings.wire import Job, job_channel
@@ -352,18 +359,7 @@ class RedisJobs(RedisBase):
                 jobs = {i: j for i, j in zip(ids, found, strict=True) if j is not None}
                 now = time.time()
                 # Steps are computed before anything is queued: a refusal changes nothing.
-                answers: list[tuple[Job, Job, str | None] | TidingsError] = []
-                for job_id, fn, _durable in steps:
-                    try:
-                        job = jobs.get(job_id)
-                        if job is None:
-                            raise NotFound(f"no job {job_id!r}")
-                        new, event = fn(job, now)
-                    except TidingsError as exc:
-                        answers.append(exc)
-                        continue
-                    jobs[job_id] = new
-                    answers.append((job, new, event))
+                answers = apply_steps(steps, jobs, now)
                 if all(isinstance(a, TidingsError) for a in answers):
                     return [a for a in answers if isinstance(a, TidingsError)]
                 pipe.multi()
