@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tidings.errors import StoreClosed
 from tidings.principals import KIND_REVOKED, KIND_SESSION, KIND_TOKEN, Credential, Permissions, User
-from tidings.stores import open_store
 from tidings.stores.base import Retention, Store
 from tidings.stores.sqlite import SQLiteStore
 
@@ -25,22 +23,6 @@ pytestmark = pytest.mark.timeout(30)
 DEFAULT = Retention(max_messages=100, max_age=3600.0)
 
 Body = Callable[[Store], Coroutine[Any, Any, None]]
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
-    """A factory of unstarted stores of one kind; SQLite ones share one file per test,
-    Redis ones one key prefix on the session's private redis-server."""
-    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
-
-    def factory() -> Store:
-        if request.param == "memory":
-            return open_store("memory://", DEFAULT)
-        if request.param == "redis":
-            return open_store(redis_url, DEFAULT)
-        return open_store(f"sqlite:///{tmp_path / 'auth.db'}", DEFAULT)
-
-    return factory
 
 
 def run(make_store: Callable[[], Store], body: Body) -> None:

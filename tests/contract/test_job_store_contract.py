@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,24 +30,6 @@ DEFAULT = Retention(max_messages=100, max_age=3600.0)
 BACKOFF = 0.05
 
 Body = Callable[[Store, JobService], Coroutine[Any, Any, None]]
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
-    """A factory of unstarted stores of one kind; SQLite ones share one file per test,
-    Redis ones one key prefix on the session's private redis-server."""
-    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
-
-    def factory() -> Store:
-        if request.param == "memory":
-            return open_store("memory://", DEFAULT)
-        if request.param == "redis":
-            from tidings.stores.redis import RedisStore
-
-            return RedisStore(redis_url, DEFAULT)
-        return open_store(f"sqlite:///{tmp_path / 'jobs.db'}", DEFAULT)
-
-    return factory
 
 
 def run(make_store: Callable[[], Store], body: Body) -> None:

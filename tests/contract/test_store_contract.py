@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,23 +15,6 @@ from tidings.stores.base import ChannelStore, Retention
 pytestmark = pytest.mark.timeout(30)
 
 DEFAULT = Retention(max_messages=100, max_age=3600.0)
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., ChannelStore]:
-    """A factory of unstarted stores of one kind; SQLite ones share one file per test,
-    Redis ones one key prefix on the session's private redis-server."""
-    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
-
-    def factory(retention: Retention = DEFAULT) -> ChannelStore:
-        if request.param == "memory":
-            return open_store("memory://", retention)
-        if request.param == "redis":
-            return open_store(redis_url, retention)
-        return open_store(f"sqlite:///{tmp_path / 'contract.db'}", retention)
-
-    factory.kind = request.param  # type: ignore[attr-defined]
-    return factory
 
 
 def run(
