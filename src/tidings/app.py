@@ -36,6 +36,7 @@ from tidings import constants as C
 from tidings.auth import AuthService
 from tidings.channels import ChannelService, check_channel
 from tidings.errors import BadRequest, Forbidden, InvalidCursor, StoreError, TidingsError
+from tidings.http import admin as admin_routes
 from tidings.http import auth as auth_routes
 from tidings.http import channels as channel_routes
 from tidings.http import jobs as job_routes
@@ -124,6 +125,7 @@ class TidingsApp:
             *job_routes.routes,
             *rpc_routes.routes,
             *auth_routes.routes,
+            *admin_routes.routes,
             Route("/healthz", self._healthz, methods=["GET"]),
             Route("/readyz", self._readyz, methods=["GET"]),
             Route("/metrics", self._metrics, methods=["GET"]),

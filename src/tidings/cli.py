@@ -11,6 +11,7 @@ from rich.console import Console
 
 from tidings import constants as C
 from tidings.cli_admin import tokens_app, users_app
+from tidings.cli_doctor import doctor
 from tidings.settings import Settings
 from tidings.wire import Reset, encode_json
 
@@ -297,6 +298,7 @@ jobs_app = typer.Typer(name="jobs", help="Submit and follow jobs.", no_args_is_h
 app.add_typer(jobs_app)
 app.add_typer(users_app)
 app.add_typer(tokens_app)
+app.command()(doctor)
 
 _TIME_FIELDS = (
     "created_at",

@@ -446,6 +446,15 @@ _OPS: list[tuple[str, str, str, list[dict[str, Any]], dict[str, Any] | None, dic
         None,
         {"200": _ok("user, anonymous, permissions, expires_at"), **_err(401)},
     ),
+    (
+        "/v1/admin/network",
+        "get",
+        "Admin: the network path to the store's host (route, TCP connect p50/p95, default "
+        "gateway MAC); tidings doctor's report",
+        [_q("tries", "integer", "TCP connects timed (1-20, default 5)")],
+        None,
+        {"200": _ok("targets, gateway, warnings, notes", {"type": "object"}), **_err(400, 403)},
+    ),
     ("/healthz", "get", "Liveness", [], None, {"200": _ok("alive")}),
     (
         "/readyz",
