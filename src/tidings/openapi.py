@@ -58,6 +58,11 @@ _CHANNEL = {
 }
 
 
+def _p(name: str) -> dict[str, Any]:
+    """A string path parameter."""
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
 def _q(name: str, kind: str, desc: str) -> dict[str, Any]:
     return {
         "name": name,
@@ -445,6 +450,52 @@ _OPS: list[tuple[str, str, str, list[dict[str, Any]], dict[str, Any] | None, dic
         [],
         None,
         {"200": _ok("user, anonymous, permissions, expires_at"), **_err(401)},
+    ),
+    (
+        "/v1/admin/users",
+        "get",
+        "Admin: users and their permissions",
+        [],
+        None,
+        {"200": _ok("users"), **_err(401, 403)},
+    ),
+    (
+        "/v1/admin/users/{name}",
+        "put",
+        "Admin: create or replace a user (password optional: kept when omitted)",
+        [_p("name")],
+        {
+            "type": "object",
+            "properties": {"password": {"type": "string"}, "permissions": {"type": "object"}},
+        },
+        {"200": _ok("replaced"), "201": _ok("created"), **_err(401, 403, 422)},
+    ),
+    (
+        "/v1/admin/users/{name}",
+        "delete",
+        "Admin: remove a user and their sessions and tokens",
+        [_p("name")],
+        None,
+        {"204": _ok("removed"), **_err(401, 403, 404)},
+    ),
+    (
+        "/v1/admin/users/{name}/tokens",
+        "post",
+        "Admin: an API token for a user (its secret is in this answer only)",
+        [_p("name")],
+        {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "expires": {"type": ["number", "null"]}},
+        },
+        {"201": _ok("token, key"), **_err(401, 403, 404, 422)},
+    ),
+    (
+        "/v1/admin/tokens/{key}",
+        "delete",
+        "Admin: revoke a token or session by its key",
+        [_p("key")],
+        None,
+        {"204": _ok("revoked"), **_err(401, 403, 404)},
     ),
     (
         "/v1/admin/network",

@@ -892,3 +892,65 @@ def test_over_tls_the_session_cookie_is_secure(store: str, tmp_path: Path) -> No
         proc.terminate()
         proc.wait(15)
         log.close()
+
+
+# -- 10. the admin API -------------------------------------------------------------------
+
+
+@pytest.mark.timeout(40)
+def test_an_admin_manages_users_and_tokens_over_http_and_nobody_else_may(
+    tidings_server: ServerFactory, store: str
+) -> None:
+    """An admin (made by the CLI) creates a user and a token for it over HTTP; the user
+    logs in and acts within its grants; the token is revoked; a non-admin gets 403."""
+    admin_password = secrets.token_urlsafe(12)
+    cli_ok(
+        "users", "add", "root", "--store", store, "--password-stdin", "--admin",
+        stdin=admin_password + "\n",
+    )  # fmt: skip
+    srv = auth_server(tidings_server, store, "database")
+    admin = bearer(login(srv, "root", admin_password))
+    alice = bearer(login(srv))
+    carol_password = secrets.token_urlsafe(12)
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        grants = {"publish": ["carol.*"], "subscribe": ["carol.*"]}
+        made = http.put(
+            "/v1/admin/users/carol",
+            json={"password": carol_password, "permissions": grants},
+            headers=admin,
+        )
+        assert made.status_code == 201, made.text
+        assert made.json()["permissions"]["publish"] == ["carol.*"]
+        assert "carol" in [
+            u["name"] for u in http.get("/v1/admin/users", headers=admin).json()["users"]
+        ]
+        carol = bearer(login(srv, "carol", carol_password))
+        assert send(http, "carol.x", 1, carol).status_code == 201
+        assert_error(send(http, "news.x", 1, carol), 403)
+
+        token = http.post("/v1/admin/users/carol/tokens", json={"name": "ci"}, headers=admin)
+        assert token.status_code == 201, token.text
+        secret, key = token.json()["token"], token.json()["key"]
+        assert send(http, "carol.t", 1, bearer(secret)).status_code == 201
+        assert http.delete(f"/v1/admin/tokens/{key}", headers=admin).status_code == 204
+        wait_for(lambda: send(http, "carol.t", 2, bearer(secret)).status_code == 401, timeout=3)
+
+        # Replacing without a password keeps it; bad input is 422; others may not.
+        again = http.put(
+            "/v1/admin/users/carol", json={"permissions": {"publish": ["*"]}}, headers=admin
+        )
+        assert again.status_code == 200
+        assert login_response(srv, "carol", carol_password).status_code == 200
+        assert (
+            http.put("/v1/admin/users/carol", json={"password": "short"}, headers=admin).status_code
+            == 422
+        )
+        assert http.put("/v1/admin/users/bad name", json={}, headers=admin).status_code == 422
+        assert_error(http.get("/v1/admin/users", headers=alice), 403)
+        assert_error(http.put("/v1/admin/users/eve", json={}, headers=alice), 403)
+        assert_error(http.delete("/v1/admin/users/carol", headers=alice), 403)
+        assert_error(http.get("/v1/admin/users"), 401)
+
+        assert http.delete("/v1/admin/users/carol", headers=admin).status_code == 204
+        wait_for(lambda: http.get("/v1/auth/me", headers=carol).status_code == 401, timeout=3)
+        assert http.delete("/v1/admin/users/carol", headers=admin).status_code == 404
