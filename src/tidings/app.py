@@ -111,6 +111,7 @@ class TidingsApp:
             followable: Any = self.store
             self.relay = Relay(followable, self.hub, self.jobs.notify_ready)
             self.channels.relay_watch = self.jobs.relay_watch = self.relay.watch
+            self.channels.relay_forget = self.relay.forget
         self.handlers = handlers
         self._handlers_stop = asyncio.Event()
         self.metrics = Metrics(self.hub, self.store)

@@ -55,8 +55,9 @@ class ChannelService:
         # follow (set by the app; see tidings.relay).
         self.shared = store.shared
         self.relay_watch: Callable[[str], Awaitable[None]] | None = None
+        self.relay_forget: Callable[[str], None] | None = None
         # One store lookup per channel however many streams ask at once.
-        self._last_lookups: dict[str, asyncio.Future[str | None]] = {}
+        self._last_lookups: dict[str, asyncio.Task[str | None]] = {}
 
     async def publish(
         self, channel: str, data: Any, event: str | None = None, idempotency_key: str | None = None
@@ -113,22 +114,23 @@ class ChannelService:
         known, last = self.hub.last_id(channel)
         if known:
             return last or "0"
-        pending = self._last_lookups.get(channel)
-        if pending is not None:
-            return (await asyncio.shield(pending)) or "0"
-        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._last_lookups[channel] = fut
+        lookup = self._last_lookups.get(channel)
+        if lookup is None:
+            # A task of its own, awaited through a shield: a caller that is cancelled (its
+            # client hung up) must not cancel the lookup the other callers wait for.
+            lookup = asyncio.ensure_future(self._lookup_last(channel))
+            self._last_lookups[channel] = lookup
+            # All its callers may have gone: its failure is theirs, not the loop's to log.
+            lookup.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return (await asyncio.shield(lookup)) or "0"
+
+    async def _lookup_last(self, channel: str) -> str | None:
         try:
             last = (await self.store.read(channel, "0", 0)).last_id
             self.hub.note_last(channel, last)
-            fut.set_result(last)
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # retrieved here, so an unawaited failure is not logged twice
-            raise
+            return last
         finally:
             del self._last_lookups[channel]
-        return last or "0"
 
     async def wait(self, channel: str, after: str, limit: int, seconds: float) -> ReadResult:
         """Long poll: answer as soon as something follows `after`, or empty after `seconds`."""
@@ -161,6 +163,8 @@ class ChannelService:
         if not await self.store.delete(channel):
             raise NotFound(f"channel {channel!r} does not exist")
         self.hub.close_channel(channel, "channel deleted")
+        if self.relay_forget is not None:
+            self.relay_forget(channel)  # a stream opened next follows the new channel
 
     async def set_retention(self, channel: str, retention: Retention | None) -> ChannelInfo:
         """Give a channel its own retention, or None for the server default."""

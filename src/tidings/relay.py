@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -36,18 +37,25 @@ log = logging.getLogger("tidings.relay")
 # added to the read (its position is fixed at once, so nothing is missed meanwhile).
 FOLLOW_BLOCK_MS = 100
 RETRY_DELAY = 0.5
+# How often followed channels are checked for having been deleted (on any node).
+RECREATE_CHECK = 1.0
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class Followable(Protocol):
     """What a shared store offers the relay."""
 
-    async def last_seq(self, channel: str) -> int: ...
+    async def channel_marks(self, channels: list[str]) -> list[tuple[int, bytes | None]]: ...
 
     async def wake_position(self) -> bytes: ...
 
     async def follow(
         self, positions: dict[str, int], wake_from: bytes, block_ms: int
-    ) -> tuple[list[tuple[str, list[Message]]], list[tuple[str, float]], bytes]: ...
+    ) -> tuple[list[tuple[str, list[Message]]], list[tuple[str, float]], list[str], bytes]: ...
 
 
 class Relay:
@@ -64,59 +72,112 @@ class Relay:
         self.hub = hub
         self.wake = wake
         self.positions: dict[str, int] = {}
-        self._starting: dict[str, asyncio.Future[int]] = {}
+        self.marks: dict[str, bytes | None] = {}  # each followed channel's creation mark
+        self._starting: dict[str, asyncio.Task[int]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._checked = 0.0
+        self._stopping = False
         self.relayed = 0
+        self.resyncs = 0
 
     async def watch(self, channel: str) -> None:
         """Follow `channel` from its current end (no-op when already followed)."""
         if channel in self.positions:
             return
-        pending = self._starting.get(channel)
-        if pending is not None:
-            await asyncio.shield(pending)
-            return
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._starting[channel] = fut
+        lookup = self._starting.get(channel)
+        if lookup is None:
+            # A task of its own, awaited through a shield: a caller that is cancelled (a
+            # client hung up) must not cancel the lookup the other callers wait for.
+            lookup = self._starting[channel] = asyncio.ensure_future(self._start(channel))
+            lookup.add_done_callback(_retrieve)  # all its callers may have gone
+        await asyncio.shield(lookup)
+
+    async def _start(self, channel: str) -> int:
         try:
-            seq = await self.store.last_seq(channel)
-            self.positions.setdefault(channel, seq)
-            fut.set_result(seq)
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()
-            raise
+            ((seq, mark),) = await self.store.channel_marks([channel])
+            if channel not in self.positions:
+                self.positions[channel] = seq
+                self.marks[channel] = mark
+            return seq
         finally:
             del self._starting[channel]
+
+    def forget(self, channel: str) -> None:
+        """Stop following `channel` (it was deleted here): the next watch starts afresh."""
+        self.positions.pop(channel, None)
+        self.marks.pop(channel, None)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="tidings-relay")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, RETRY_DELAY * 4)
 
     async def _run(self) -> None:
         wake_from: bytes | None = None
-        while True:
+        while not self._stopping:
             try:
                 if wake_from is None:
                     wake_from = await self.store.wake_position()
                 watched = self.hub.watched()
                 for channel in [c for c in self.positions if c not in watched]:
-                    del self.positions[channel]
-                batches, wakes, wake_from = await self.store.follow(
+                    self.forget(channel)
+                await self._check_recreated()
+                batches, wakes, deleted, wake_from = await self.store.follow(
                     dict(self.positions), wake_from, FOLLOW_BLOCK_MS
                 )
+                for channel in deleted:
+                    # First: what this read holds of the channel may be its next life.
+                    if channel in self.positions:
+                        self.forget(channel)
+                        self.resyncs += 1
+                        self.hub.close_channel(
+                            channel, "the channel was deleted: reconnect with your last id"
+                        )
+                await self._deliver(batches)
+                for type_, run_at in wakes:
+                    self.wake(type_, run_at)
             except StoreError as exc:
                 log.warning("relay: %s; retrying in %.1f s", exc.message, RETRY_DELAY)
                 await asyncio.sleep(RETRY_DELAY)
+            except Exception:
+                # The relay must outlive anything odd it reads: log, pause, go on.
+                log.exception("relay: unexpected error; retrying in %.1f s", RETRY_DELAY)
+                await asyncio.sleep(RETRY_DELAY)
+
+    def _resync(self, channel: str, seq: int, reason: str, mark: bytes | None = None) -> None:
+        """This node's live view of `channel` has a hole: end its streams and answer its long
+        polls, which then resume from their cursors and get the store's explicit reset."""
+        self.positions[channel] = seq
+        if mark is not None:
+            self.marks[channel] = mark
+        self.resyncs += 1
+        log.info("relay: %s: %s", channel, reason)
+        self.hub.close_channel(channel, f"{reason}: reconnect with your last id")
+
+    async def _check_recreated(self) -> None:
+        """Once a second: a followed channel whose creation mark changed, or whose newest id
+        went back, was deleted (on any node) and perhaps made again: its ids started over,
+        so what this node follows from its old position is not what the channel holds."""
+        now = time.monotonic()
+        if now - self._checked < RECREATE_CHECK or not self.positions:
+            return
+        self._checked = now
+        channels = list(self.positions)
+        marks = await self.store.channel_marks(channels)
+        for channel, (seq, mark) in zip(channels, marks, strict=True):
+            pos = self.positions.get(channel)
+            if pos is None:
                 continue
-            await self._deliver(batches)
-            for type_, run_at in wakes:
-                self.wake(type_, run_at)
+            known = self.marks.get(channel)
+            if seq < pos or (known is not None and mark != known):
+                self._resync(channel, seq, "the channel was deleted", mark)
+            elif known is None and mark is not None:
+                self.marks[channel] = mark  # followed before its first message
 
     async def _deliver(self, batches: list[tuple[str, list[Message]]]) -> None:
         # One read returns each channel's messages apart: merge them by publish time, so a
@@ -135,6 +196,11 @@ class Relay:
                 continue  # no longer watched
             seq = int(msg.id)
             if seq <= pos:
+                continue
+            if seq > pos + 1:
+                # Retention trimmed messages before this node read them: never skip them
+                # silently.
+                self._resync(msg.channel, seq, f"messages {pos + 1}-{seq - 1} were trimmed")
                 continue
             if previous is not None and msg.channel != previous:
                 await asyncio.sleep(0)

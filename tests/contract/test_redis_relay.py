@@ -53,9 +53,9 @@ def test_follow_returns_a_message_published_on_another_node_while_it_blocks(redi
         await asyncio.sleep(0.2)
         assert not follow.done(), "follow returned before anything was published"
         ack = await b.publish("news", {"n": 1}, event="hello")
-        batches, wakes, new_wake = await asyncio.wait_for(follow, 3)
+        batches, wakes, deleted, new_wake = await asyncio.wait_for(follow, 3)
         assert time.monotonic() - started < 3, "follow did not return when the message came"
-        assert wakes == [] and new_wake == wake
+        assert wakes == [] and deleted == [] and new_wake == wake
         assert len(batches) == 1
         channel, messages = batches[0]
         assert channel == "news"
@@ -74,18 +74,18 @@ def test_follow_resumes_from_positions_in_order(redis_url):
             await b.publish("a", i)
         await b.publish("b", "x")
         wake = await a.wake_position()
-        batches, _, wake = await a.follow({"a": 0, "b": 1, "quiet": 0}, wake, 100)
+        batches, _, _, wake = await a.follow({"a": 0, "b": 1, "quiet": 0}, wake, 100)
         assert [(ch, [m.id for m in ms]) for ch, ms in batches] == [
             ("a", ["1", "2", "3", "4", "5"])
         ]
         assert [m.data for m in batches[0][1]] == [0, 1, 2, 3, 4]
 
-        batches, _, wake = await a.follow({"a": 3}, wake, 100)
+        batches, _, _, wake = await a.follow({"a": 3}, wake, 100)
         assert [m.id for m in batches[0][1]] == ["4", "5"]
 
         await b.publish("a", 5)
         await b.publish("a", 6)
-        batches, _, wake = await a.follow({"a": 5}, wake, 1000)
+        batches, _, _, wake = await a.follow({"a": 5}, wake, 1000)
         assert [(m.id, m.data) for m in batches[0][1]] == [("6", 5), ("7", 6)]
 
     run(redis_url, body)
@@ -99,10 +99,10 @@ def test_follow_returns_at_most_1000_messages_per_channel_then_the_rest(redis_ur
         for i in range(1200):
             await b.publish("big", i)
         wake = await a.wake_position()
-        batches, _, wake = await a.follow({"big": 0}, wake, 100)
+        batches, _, _, wake = await a.follow({"big": 0}, wake, 100)
         first = batches[0][1]
         assert len(first) == 1000 and first[-1].id == "1000"
-        batches, _, wake = await a.follow({"big": 1000}, wake, 100)
+        batches, _, _, wake = await a.follow({"big": 1000}, wake, 100)
         assert [m.data for m in batches[0][1]] == list(range(1000, 1200))
 
     run(redis_url, body)
@@ -118,7 +118,7 @@ def test_a_wake_entry_comes_back_as_a_wakeup(redis_url):
         follow = asyncio.create_task(a.follow({}, start, 5000))
         await asyncio.sleep(0.1)
         entry_id = await b.r.xadd(b.k("wake"), {"type": "email", "run_at": "1700000000.5"})
-        batches, wakes, pos = await asyncio.wait_for(follow, 3)
+        batches, wakes, _, pos = await asyncio.wait_for(follow, 3)
         assert batches == []
         assert wakes == [("email", 1700000000.5)]
         assert pos == entry_id
@@ -126,7 +126,7 @@ def test_a_wake_entry_comes_back_as_a_wakeup(redis_url):
 
         await b.r.xadd(b.k("wake"), {"type": "sms", "run_at": "1.0"})
         await b.publish("c", "m")
-        batches, wakes, pos2 = await a.follow({"c": 0}, pos, 100)
+        batches, wakes, _, pos2 = await a.follow({"c": 0}, pos, 100)
         assert wakes == [("sms", 1.0)]
         assert pos2 > pos
         assert [m.data for _, ms in batches for m in ms] == ["m"]
@@ -141,13 +141,13 @@ def test_an_empty_follow_returns_after_about_block_ms(redis_url):
         await b.publish("c", 1)
         wake = await a.wake_position()
         started = time.monotonic()
-        batches, wakes, pos = await a.follow({"c": 1, "none": 0}, wake, 300)
+        batches, wakes, _, pos = await a.follow({"c": 1, "none": 0}, wake, 300)
         elapsed = time.monotonic() - started
         assert (batches, wakes, pos) == ([], [], wake)
         assert 0.25 <= elapsed < 2.0, f"follow returned after {elapsed:.3f}s, not ~0.3s"
 
         started = time.monotonic()
-        assert await a.follow({}, wake, 200) == ([], [], wake)
+        assert await a.follow({}, wake, 200) == ([], [], [], wake)
         assert 0.15 <= time.monotonic() - started < 2.0
 
     run(redis_url, body)
@@ -282,3 +282,77 @@ def test_a_lost_redis_is_a_store_error_saying_what_to_do(tmp_path: Path):
         asyncio.run(main())
     finally:
         proc.stop()
+
+
+def test_a_channel_deleted_on_one_node_is_announced_to_every_follower(redis_url):
+    """delete() leaves a notice in the wake stream: a follow on another node returns the
+    channel as deleted (its relay then drops its position: a new life starts at id 1)."""
+
+    async def body(a: RedisStore, b: RedisStore) -> None:
+        await b.publish("doomed", 1)
+        wake = await a.wake_position()
+        assert await b.delete("doomed") is True
+        batches, wakes, deleted, new_wake = await a.follow({"doomed": 1}, wake, 500)
+        assert deleted == ["doomed"]
+        assert batches == [] and wakes == []
+        assert new_wake != wake
+        assert await b.delete("doomed") is False  # nothing to delete: announced anyway
+        _, _, again, _ = await a.follow({}, new_wake, 100)
+        assert again == ["doomed"]
+
+    run(redis_url, body)
+
+
+# -- the relay (tidings.relay) on top of follow ------------------------------------------
+
+
+def test_the_relay_never_skips_messages_trimmed_before_it_read_them(redis_url):
+    """B follows `g` from id 0; A publishes 20 into a retention of 5 before B's relay
+    reads: the relay finds the hole and ends B's live view of `g` (its long polls are
+    answered, to re-read and get the store's reset) instead of jumping to id 16."""
+    from tidings.hub import Hub
+    from tidings.relay import Relay
+
+    async def body(a: RedisStore, b: RedisStore) -> None:
+        hub = Hub(b.cursor_key, remember=False)
+        relay = Relay(b, hub, lambda _t, _r: None)
+        waiter = hub.waiter("g")  # B watches g (a parked long poll)
+        await relay.watch("g")
+        await a.set_retention("g", Retention(5, 3600.0))
+        for i in range(20):
+            await a.publish("g", i)
+        relay.start()
+        try:
+            await asyncio.wait_for(waiter, 3)
+            assert relay.resyncs == 1
+            res = await b.read("g", "0", 100)
+            assert [m.id for m in res.messages] == [str(i) for i in range(16, 21)]
+        finally:
+            await relay.stop()
+
+    run(redis_url, body)
+
+
+def test_a_cancelled_watch_does_not_cancel_the_others_waiting_for_the_same_lookup(redis_url):
+    """Two streams start on one channel while Redis is slow; the first one's client hangs
+    up (its task is cancelled): the second still gets its watch, and so does last_id."""
+    from tidings.channels import ChannelService
+    from tidings.hub import Hub
+    from tidings.relay import Relay
+
+    async def body(a: RedisStore, _b: RedisStore) -> None:
+        hub = Hub(a.cursor_key, remember=False)
+        relay = Relay(a, hub, lambda _t, _r: None)
+        svc = ChannelService(a, hub, 30.0)
+        for call in (relay.watch, svc.last_id):
+            await a.r.execute_command("CLIENT", "PAUSE", 300, "ALL")
+            first = asyncio.create_task(call("slow"))
+            await asyncio.sleep(0.05)
+            second = asyncio.create_task(call("slow"))
+            await asyncio.sleep(0.05)
+            first.cancel()
+            await asyncio.wait_for(asyncio.gather(second), 3)  # no CancelledError here
+            assert first.cancelled()
+            assert not second.cancelled()
+
+    run(redis_url, body)

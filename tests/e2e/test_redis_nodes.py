@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -255,3 +257,103 @@ def test_serve_workers_runs_several_processes_on_one_port_and_drains_on_sigterm(
     finally:
         sse.close()
     assert proc.wait(20) == 0
+
+
+# -- regressions found in review: a live view with a hole is never silent --------------------
+
+
+def frames_until_close(sse: RawSSE, timeout: float = 10) -> tuple[list[dict[str, str]], bool]:
+    """The event frames of a stream until its `event: close` (True) or until it is quiet."""
+    out: list[dict[str, str]] = []
+    while True:
+        try:
+            frame = parse_frame(sse.event(timeout=timeout))
+        except (TimeoutError, OSError, EOFError):
+            return out, False
+        if frame.get("event") == "close":
+            return out, True
+        out.append(frame)
+
+
+@pytest.mark.timeout(60)
+def test_messages_trimmed_before_a_node_read_them_end_its_streams_and_the_resume_says_reset(
+    tidings_server: ServerFactory, redis_url: str
+) -> None:
+    """Retention 5 and a burst of 60 concurrent publishes on A: B's subscriber gets an
+    unbroken run of ids and then, if B missed some to the trim, `event: close`; resuming
+    from its last id then starts with `event: reset`. Never a silent jump."""
+    a, b = node(tidings_server, redis_url), node(tidings_server, redis_url)
+    r = httpx.put(
+        f"{a.url}/v1/channels/tiny",
+        json={"retention": {"max_messages": 5, "max_age": 3600}},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    sse = RawSSE(b.port, "/v1/channels/tiny/events")
+    try:
+        time.sleep(0.3)
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda i: publish(a.url, "tiny", i), range(60)))
+        frames, closed = frames_until_close(sse, timeout=3)
+    finally:
+        sse.close()
+    ids = [int(f["id"]) for f in frames]
+    assert ids == list(range(1, len(ids) + 1)), f"a silent jump in {ids}"
+    if len(ids) == 60:
+        return  # B read every message before the trim: nothing was missed
+    assert closed, f"B missed messages {len(ids) + 1}.. without ending the stream"
+    resumed = RawSSE(b.port, f"/v1/channels/tiny/events?after={ids[-1] if ids else 0}")
+    try:
+        first = parse_frame(resumed.event(timeout=5))
+        if ids:  # from the start (after=0) the oldest retained is no gap
+            assert first.get("event") == "reset", first
+    finally:
+        resumed.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_channel_deleted_and_made_again_on_a_is_followed_afresh_on_b(
+    tidings_server: ServerFactory, redis_url: str
+) -> None:
+    """B keeps a stream on `phoenix`; A deletes it and publishes ids 1..3 of its new life:
+    B's old stream is closed, and a stream opened on B from the start gets 1..3 and
+    what follows — not only the ids past the old life's end."""
+    a, b = node(tidings_server, redis_url), node(tidings_server, redis_url)
+    for i in range(5):
+        publish(a.url, "phoenix", {"old": i})
+    old = RawSSE(b.port, "/v1/channels/phoenix/events")
+    try:
+        time.sleep(0.3)
+        assert httpx.delete(f"{a.url}/v1/channels/phoenix", timeout=10).status_code == 204
+        new_ids = [publish(a.url, "phoenix", {"new": i}) for i in range(3)]
+        assert new_ids == ["1", "2", "3"]
+        frames, closed = frames_until_close(old, timeout=5)
+        assert closed, frames
+    finally:
+        old.close()
+    fresh = RawSSE(b.port, "/v1/channels/phoenix/events?after=0")
+    try:
+        got = [parse_frame(fresh.event(timeout=5))["id"] for _ in range(3)]
+        assert got == new_ids
+        later = [publish(a.url, "phoenix", {"new": i}) for i in range(3, 6)]
+        assert [parse_frame(fresh.event(timeout=5))["id"] for _ in range(3)] == later
+    finally:
+        fresh.close()
+
+
+@pytest.mark.timeout(60)
+def test_connections_redis_closed_while_idle_do_not_fail_requests(
+    tidings_server: ServerFactory, redis_proc: RedisProcess, redis_url: str
+) -> None:
+    """After Redis drops the node's idle connections (CLIENT KILL, as an idle timeout or a
+    proxy would), the next requests still succeed."""
+    srv = node(tidings_server, redis_url)
+    with ThreadPoolExecutor(8) as pool:  # open several pooled connections
+        list(pool.map(lambda i: publish(srv.url, "idle", i), range(16)))
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", redis_proc.port), timeout=5) as conn:
+            conn.sendall(b"CLIENT KILL TYPE normal SKIPME yes\r\n")
+            assert conn.recv(64).startswith(b":")
+        time.sleep(0.2)
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: publish(srv.url, "idle", i), range(8)))

@@ -56,6 +56,21 @@ def parse_seq(message_id: str) -> int:
     return int(message_id)
 
 
+def _pool_options() -> dict[str, Any]:
+    """Connection options beyond redis-py's defaults.
+
+    redis-py 8 turns "maintenance notifications" on by default, and with them its pool
+    stops checking a connection for a close by the server before lending it: after an
+    idle timeout, a proxy drop or a Redis restart, each pooled connection then failed one
+    request. Turned off, the pool checks again (older redis-py has no such option).
+    """
+    try:
+        from redis.maint_notifications import MaintNotificationsConfig
+    except ImportError:
+        return {}
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+
+
 class RedisBase(Store):
     """Connection and key names; the parts (channels, jobs, auth) build on this.
 
@@ -86,11 +101,11 @@ class RedisBase(Store):
         # past redis-py's default limit ("Too many connections").
         self._redis = aioredis.Redis.from_pool(
             aioredis.BlockingConnectionPool.from_url(
-                self.url, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT
+                self.url, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT, **_pool_options()
             )
         )
         # XREAD BLOCK holds its connection: the relay gets a client of its own.
-        self._blocking = aioredis.from_url(self.url, decode_responses=False)
+        self._blocking = aioredis.from_url(self.url, decode_responses=False, **_pool_options())
         try:
             await self._redis.ping()
         except Exception as exc:

@@ -336,6 +336,19 @@ class RedisChannels(RedisBase):
             seq = await r.hget(self.k("chm", channel), "seq")
         return int(seq) if seq is not None else 0
 
+    async def channel_marks(self, channels: list[str]) -> list[tuple[int, bytes | None]]:
+        """(last sequence number, creation mark) of each channel, in one round trip.
+
+        The mark (its `created`, as stored) changes when a channel is deleted and made
+        again, even when the new life's ids have passed the old ones.
+        """
+        with self._errors():
+            async with self.r.pipeline(transaction=False) as pipe:
+                for channel in channels:
+                    pipe.hmget(self.k("chm", channel), "seq", "created")
+                rows = await pipe.execute()
+        return [(int(seq) if seq is not None else 0, created) for seq, created in rows]
+
     def _queue_info(self, pipe: Any, channel: str) -> None:
         pipe.hmget(self.k("chm", channel), "seq", "created", "max_messages", "max_age")
         pipe.xlen(self.k("ch", channel))
@@ -398,8 +411,11 @@ class RedisChannels(RedisBase):
         with self._errors():
             async with r.pipeline(transaction=True) as pipe:
                 self.queue_delete(pipe, channel)
-                removed, _ = await pipe.execute()
-        return bool(removed)
+                # Every node's relay learns of it (tidings.relay): a channel made again under
+                # this name starts its ids over, so their followers must start afresh.
+                pipe.xadd(self.k("wake"), {"deleted": channel}, maxlen=10_000, approximate=True)
+                replies = await pipe.execute()
+        return bool(replies[0])
 
     async def set_retention(self, channel: str, retention: Retention | None) -> ChannelInfo:
         r = self.r
@@ -467,12 +483,13 @@ class RedisChannels(RedisBase):
 
     async def follow(
         self, positions: dict[str, int], wake_from: bytes, block_ms: int
-    ) -> tuple[list[tuple[str, list[Message]]], list[tuple[str, float]], bytes]:
+    ) -> tuple[list[tuple[str, list[Message]]], list[tuple[str, float]], list[str], bytes]:
         """One blocking XREAD: messages after `positions[channel]` of each channel, and
         wake-ups after `wake_from`; waits up to `block_ms` (<= 0: not at all) for any.
 
         Returns (per channel with news: its messages in order), the wake-ups as
-        (job type, run_at), and the wake stream position to pass next time.
+        (job type, run_at), the channels deleted (on any node), and the wake stream
+        position to pass next time.
         """
         self.r  # noqa: B018 - raises StoreClosed when the store is not open
         by_key: dict[bytes, str] = {}
@@ -490,14 +507,18 @@ class RedisChannels(RedisBase):
             )
         batches: list[tuple[str, list[Message]]] = []
         wakes: list[tuple[str, float]] = []
+        deleted: list[str] = []
         for key, entries in reply or []:
             if key == wake_key_b:
                 for eid, fields in entries:
-                    wakes.append((fields[b"type"].decode(), float(fields[b"run_at"])))
+                    if b"deleted" in fields:
+                        deleted.append(fields[b"deleted"].decode())
+                    else:
+                        wakes.append((fields[b"type"].decode(), float(fields[b"run_at"])))
                     wake_from = bytes(eid)
                 continue
             name = by_key.get(key)
             if name is None or not entries:
                 continue
             batches.append((name, [_message(name, _entry_seq(eid), f) for eid, f in entries]))
-        return batches, wakes, wake_from
+        return batches, wakes, deleted, wake_from

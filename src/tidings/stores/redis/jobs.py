@@ -385,6 +385,8 @@ class RedisJobs(RedisBase):
         passed: set[str] = set()  # ids found taken at their re-check: not candidates again
         with self._mapped():
             async with self._job_lock("lease"):
+                # Waiting for the lock took time: a lease runs from when it is granted.
+                now = max(now, time.time())
                 for n in range(MAX_RETRIES):
                     picks = await self._lease_candidates(types, max_jobs - len(out), now, passed)
                     if not picks:
@@ -479,6 +481,7 @@ class RedisJobs(RedisBase):
         out: list[JobChange] = []
         with self._mapped():
             async with self._job_lock("expire"):
+                now = max(now, time.time())
                 raw = await self.r.zrangebyscore(self.k("running"), "-inf", f"({now!r}")
                 ids = [i.decode() for i in raw]
                 for at in range(0, len(ids), BATCH):
