@@ -201,7 +201,10 @@ class TidingsApp:
                         {"type": "websocket.close", "code": 1008, "reason": f"no socket at {path}"}
                     )
                 return
-            hit = self.router.match(scope["method"], path)
+            # HEAD is answered by the GET endpoint (uvicorn sends no body), with the same
+            # authentication: it must not reach a handler through Starlette's fallback.
+            method = "GET" if scope["method"] == "HEAD" else scope["method"]
+            hit = self.router.match(method, path)
             if hit is not None:
                 await self._answer(scope, receive, send, *hit)
                 return

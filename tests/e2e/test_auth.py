@@ -954,3 +954,21 @@ def test_an_admin_manages_users_and_tokens_over_http_and_nobody_else_may(
         assert http.delete("/v1/admin/users/carol", headers=admin).status_code == 204
         wait_for(lambda: http.get("/v1/auth/me", headers=carol).status_code == 401, timeout=3)
         assert http.delete("/v1/admin/users/carol", headers=admin).status_code == 404
+
+
+@pytest.mark.timeout(30)
+def test_head_requests_are_authenticated_like_get(
+    tidings_server: ServerFactory, store: str
+) -> None:
+    """HEAD is answered by the GET endpoint with the same checks (no handler is reachable
+    around authentication), and without a body."""
+    srv = auth_server(tidings_server, store, "database")
+    token = login(srv)
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        assert http.head("/v1/channels/news.h/messages").status_code == 401
+        assert http.head("/metrics").status_code == 401
+        assert http.head("/v1/channels/other.h/messages", headers=bearer(token)).status_code == 403
+        ok = http.head("/v1/channels/news.h/messages?after=0", headers=bearer(token))
+        assert ok.status_code == 200
+        assert ok.content == b""
+        assert http.head("/healthz").status_code == 200

@@ -64,8 +64,16 @@ def json_response(
 
 
 def principal_of(request: Request) -> Principal:
-    """Who this request acts as (the app sets it before the handler runs)."""
-    principal: Principal = request.scope.get("tidings.principal", ANONYMOUS)
+    """Who this request acts as (the app sets it before the handler runs).
+
+    A request that reached a handler without one (not through TidingsApp's dispatch) is
+    anonymous — and refused when the server requires authentication.
+    """
+    principal: Principal | None = request.scope.get("tidings.principal")
+    if principal is None:
+        if request.app.state.auth.required:
+            raise Unauthorized("this server requires authentication")
+        return ANONYMOUS
     return principal
 
 
