@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import ipaddress
 import logging
 import os
 import re
@@ -65,6 +66,20 @@ __all__ = ["TidingsApp", "create_app"]
 log = logging.getLogger("tidings")
 
 _STREAM = re.compile(r"^/v1/(channels|jobs)/([^/]+)/(events|ws)$")
+
+
+def _loopback_host(host: str) -> bool:
+    """True for a Host header naming loopback: localhost, 127.x.y.z or [::1], any port."""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 # Endpoints anyone may call, whatever --require-auth says.
 _PUBLIC = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/v1/auth/login"})
 
@@ -230,6 +245,8 @@ class TidingsApp:
                 principal = await self.auth.principal(scope["headers"])
                 if principal.via_cookie and scope["method"] not in ("GET", "HEAD"):
                     self.check_origin(scope)
+                elif principal.session is None:
+                    self.check_anonymous(scope)
                 scope["tidings.principal"] = principal
             response = await endpoint(request)
         except TidingsError as exc:
@@ -293,6 +310,8 @@ class TidingsApp:
         if principal.via_cookie and scope["type"] == "websocket":
             # A browser sends the cookie with any page's socket: the Origin must be ours.
             self.check_origin(scope)
+        elif principal.session is None:
+            self.check_anonymous(scope)
         session = principal.session
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
         last_event_id = None
@@ -361,6 +380,32 @@ class TidingsApp:
         )
 
     # -- access -------------------------------------------------------------------------
+
+    def check_anonymous(self, scope: Scope) -> None:
+        """Forbidden for an anonymous request from a web page of another origin, or (on a
+        loopback server) one that names a host other than loopback.
+
+        Anonymous requests act with every permission on a loopback server: without this,
+        any website the user visits could use it (its requests carry an Origin), and a DNS
+        name rebound to 127.0.0.1 would pass the same-origin test (its Host is that name).
+        Clients that are not browsers send no Origin and are not affected.
+        """
+        origin = host = None
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin = value
+            elif name == b"host":
+                host = value.decode("latin-1")
+        if self.settings.loopback and host is not None and not _loopback_host(host):
+            allowed = self.settings.hosts
+            name = host.rsplit(":", 1)[0].lower() if not host.endswith("]") else host
+            if "*" not in allowed and name not in allowed:
+                raise Forbidden(
+                    f"Host {host!r} is not this loopback server's: connect to 127.0.0.1 or "
+                    "localhost, authenticate, or list the name in --allowed-hosts"
+                )
+        if origin is not None:
+            self.check_origin(scope)
 
     def check_origin(self, scope: Scope) -> None:
         """Forbidden unless the request's Origin is this server or an allowed CORS origin.

@@ -20,6 +20,7 @@ second, ending them when it was revoked or expired.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -60,6 +61,7 @@ log = logging.getLogger("tidings.auth")
 COOKIE = "tidings_session"
 SESSION_MODES = ("database", "memory", "jwt")
 CACHE_SECONDS = 1.0
+LOGIN_CONCURRENCY = 2  # password checks at once (each ~50 ms of one core)
 _CACHE_MAX = 10_000
 JWT_ISSUER = "tidings"
 APP_ALGORITHMS = ("HS256", "RS256", "ES256")
@@ -90,7 +92,6 @@ class AppClaims(msgspec.Struct, forbid_unknown_fields=False):
     subscribe: list[str] = []
     submit: list[str] = []
     work: list[str] = []
-    admin: bool = False
 
 
 class AuthService:
@@ -106,6 +107,9 @@ class AuthService:
         self.required = settings.require_auth
         self.session_ttl = settings.session_ttl
         self._memory: dict[str, Credential] = {}
+        self._logins = asyncio.Semaphore(LOGIN_CONCURRENCY)
+        # session -> (user name, the user's `created`), to end the streams of a removed user
+        self._owners: dict[str, tuple[str, float]] = {}
         self._cache: dict[str, tuple[float, Principal]] = {}
         self._expiries: dict[str, float] = {}  # session -> when it ends (the stream sweep)
         self.jwt_secret = _jwt_secret(settings) if self.mode == "jwt" else b""
@@ -182,10 +186,18 @@ class AuthService:
         if cred is None or cred.kind != kind or not cred.live(now):
             raise Unauthorized("the token is unknown, revoked or expired: log in again")
         user = await self.store.get_user(cred.user)
-        if user is None:
+        if user is None or cred.created < user.created:
+            # Gone, or removed and made again: the new user does not inherit old sessions.
             raise Unauthorized(f"user {cred.user!r} no longer exists")
         prefix = "token" if kind == KIND_TOKEN else "session"
-        return Principal(user.name, user.permissions, f"{prefix}:{key}", cred.expires)
+        session = f"{prefix}:{key}"
+        self._own(session, user)
+        return Principal(user.name, user.permissions, session, cred.expires)
+
+    def _own(self, session: str, user: User) -> None:
+        if len(self._owners) >= _CACHE_MAX:
+            self._owners.clear()
+        self._owners[session] = (user.name, user.created)
 
     async def _from_jwt(self, token: str, now: float) -> Principal:
         if self.mode == "jwt":
@@ -207,8 +219,10 @@ class AuthService:
                 if await self.store.get_credential(f"jti:{jti}") is not None:
                     raise Unauthorized("the token was revoked (logged out): log in again")
                 user = await self.store.get_user(str(claims["sub"]))
-                if user is None:
+                if user is None or claims.get("ucr") != user.created:
+                    # Gone, or removed and made again (the token names the user's creation).
                     raise Unauthorized(f"user {claims['sub']!r} no longer exists")
+                self._own(f"jwt:{jti}", user)
                 return Principal(user.name, user.permissions, f"jwt:{jti}", float(claims["exp"]))
         if self.app_key is None:
             raise Unauthorized("invalid token: not signed by a key this server trusts")
@@ -228,14 +242,11 @@ class AuthService:
             grants = msgspec.convert(claims.get("tidings", {}), AppClaims)
         except (ValueError, msgspec.ValidationError) as exc:
             raise Unauthorized(f"invalid token claims: {exc}") from None
+        # Never admin: administration (users, retention, deletion) stays with local users.
         perms = Permissions(
-            tuple(grants.publish),
-            tuple(grants.subscribe),
-            tuple(grants.submit),
-            tuple(grants.work),
-            grants.admin,
+            tuple(grants.publish), tuple(grants.subscribe), tuple(grants.submit), tuple(grants.work)
         )
-        session = f"app:{claims.get('jti') or name}"
+        session = f"app:{token_key(token)[:32]}"  # one per token, jti or not
         return Principal(name, perms, session, float(claims["exp"]))
 
     # -- logging in and out ------------------------------------------------------------------
@@ -244,9 +255,14 @@ class AuthService:
         """A fresh session for a user with this password: (token, expires_at, principal)."""
         user = await self.store.get_user(username)
         try:
-            _hasher.verify(
-                user.password_hash if user and user.password_hash else _DUMMY_HASH, password
-            )
+            # argon2 costs ~50 ms of CPU by design: in a thread, a few at a time, so a flood
+            # of logins cannot stall the event loop (streams, heartbeats, the sweep).
+            async with self._logins:
+                await asyncio.to_thread(
+                    _hasher.verify,
+                    user.password_hash if user and user.password_hash else _DUMMY_HASH,
+                    password,
+                )
         except argon2.exceptions.VerificationError:
             user = None
         except argon2.exceptions.InvalidHashError:
@@ -265,6 +281,7 @@ class AuthService:
                 "jti": jti,
                 "iss": JWT_ISSUER,
                 "aud": JWT_ISSUER,
+                "ucr": user.created,  # the user's creation: a namesake made later is not them
             }
             token = jwt.encode(claims, self.jwt_secret, algorithm="HS256")
             return token, float(int(expires)), Principal(user.name, user.permissions, f"jwt:{jti}")
@@ -327,6 +344,16 @@ class AuthService:
                 revoked_jwt = key.startswith("jti:")
                 if (key in live) == revoked_jwt:  # a live session gone, or a jti revoked
                     gone.append(session)
+        # Sessions of users removed (or removed and made again) since they logged in.
+        owners = {self._owners[s] for s in sessions if s in self._owners and s not in gone}
+        if owners:
+            users = {name: await self.store.get_user(name) for name in {n for n, _ in owners}}
+            dead = set()
+            for name, created in owners:
+                user = users[name]
+                if user is None or user.created != created:
+                    dead.add((name, created))
+            gone.extend(s for s in sessions if self._owners.get(s) in dead and s not in gone)
         return gone
 
     def sweep_memory(self, now: float) -> None:
@@ -337,6 +364,7 @@ class AuthService:
             del self._cache[token]
         for session in [s for s, until in self._expiries.items() if until <= now - 60]:
             del self._expiries[session]
+            self._owners.pop(session, None)
 
 
 def _credentials_of(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, bool]:

@@ -96,15 +96,18 @@ class ChannelService:
     async def check_subscribe(self, principal: Principal, channel: str) -> None:
         """Forbidden unless `principal` may read `channel`.
 
-        A job's channel `job.{id}` is also readable by the job's submitter and by those
-        allowed to work its type (Principal.may_follow_job).
+        A job's channel `job.{id}` follows the job's rule only — its submitter, those
+        allowed to work its type, admins (Principal.may_follow_job) — whatever subscribe
+        patterns say: a grant of `*` must not read every job's results.
         """
-        if principal.may("subscribe", channel):
-            return
         if channel.startswith(JOB_CHANNEL_PREFIX):
+            if principal.admin:
+                return
             job = await self.store.get_job(channel[len(JOB_CHANNEL_PREFIX) :])
             if job is not None and principal.may_follow_job(job.submitted_by, job.type):
                 return
+        elif principal.may("subscribe", channel):
+            return
         raise Forbidden(
             f"{principal.name} may not subscribe to {channel!r}: ask for a subscribe grant"
         )

@@ -105,6 +105,10 @@ def serve(
         str | None,
         typer.Option(help="Comma-separated browser origins allowed to call with credentials."),
     ] = None,
+    allowed_hosts: Annotated[
+        str | None,
+        typer.Option(help="Host names anonymous clients of a loopback server may use (proxy)."),
+    ] = None,
     ssl_certfile: Annotated[str | None, typer.Option(help="TLS certificate (PEM).")] = None,
     ssl_keyfile: Annotated[str | None, typer.Option(help="TLS private key (PEM).")] = None,
     workers: Annotated[
@@ -141,6 +145,7 @@ def serve(
             app_jwt_issuer=app_jwt_issuer,
             app_jwt_audience=app_jwt_audience,
             cors_origins=cors_origins,
+            allowed_hosts=allowed_hosts,
         )
         if not settings.loopback and not (settings.allow_anonymous or settings.require_auth):
             err.print(

@@ -29,7 +29,9 @@ KIND_SESSION = "session"  # made by POST /v1/auth/login (sessions=database)
 KIND_TOKEN = "token"  # noqa: S105 - a kind name, not a secret: an API token
 KIND_REVOKED = "revoked"  # a logged-out JWT's jti (sessions=jwt), kept until it expires
 
-_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+# No '.': it separates channel-name segments, and `user.{sub}.*` must not reach the
+# channels of a user whose name extends another's (`bob` vs `bob.evil`).
+_NAME = re.compile(r"^[A-Za-z0-9_@-]{1,64}$")
 
 
 class Permissions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -80,7 +82,9 @@ class User(msgspec.Struct, frozen=True):
     def check_name(name: str) -> str:
         """`name`, or ValueError saying what a user name may hold."""
         if not _NAME.match(name):
-            raise ValueError(f"user name {name!r}: use 1-64 characters of A-Z a-z 0-9 . _ @ -")
+            raise ValueError(
+                f"user name {name!r}: use 1-64 characters of A-Z a-z 0-9 _ @ - (no '.')"
+            )
         return name
 
 

@@ -47,6 +47,9 @@ class Settings:
         app_jwt_audience: required `aud` of application JWTs (empty: not checked).
         cors_origins: comma-separated origins allowed to call with credentials; also the
             origins allowed to make cookie-authenticated state-changing requests.
+        allowed_hosts: comma-separated Host names (besides loopback ones) that anonymous
+            requests to a loopback server may name — e.g. the name a local reverse proxy
+            forwards; `*` for any. Guards against DNS rebinding.
     """
 
     host: str = C.DEFAULT_HOST
@@ -75,6 +78,12 @@ class Settings:
     app_jwt_issuer: str = ""
     app_jwt_audience: str = ""
     cors_origins: str = ""
+    allowed_hosts: str = ""
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """`allowed_hosts` as a tuple of lower-case names."""
+        return tuple(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
 
     @property
     def origins(self) -> tuple[str, ...]:

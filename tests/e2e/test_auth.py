@@ -282,29 +282,41 @@ def test_logout_makes_the_token_401_at_once_and_for_good(
         assert http.get("/v1/auth/me", headers=bearer(other)).status_code == 200
 
 
-def _forgeries() -> dict[str, str]:
-    """Tokens a `--sessions jwt` server must refuse, each wrong in one way only."""
+def _forgeries(ucr: float) -> dict[str, str]:
+    """Tokens a `--sessions jwt` server must refuse, each wrong in one way only (`ucr`:
+    the user's creation, as the server's own tokens carry it)."""
     header_none = b64url({"alg": "none", "typ": "JWT"})
     now = int(time.time())
-    good = jwt.encode(session_claims(), JWT_SECRET, algorithm="HS256")
+    good = jwt.encode(session_claims(ucr=ucr), JWT_SECRET, algorithm="HS256")
     _, _, good_sig = good.split(".")
     return {
-        "alg none": f"{header_none}.{b64url(session_claims())}.",
-        "alg none, signature kept": f"{header_none}.{b64url(session_claims())}.{good_sig}",
+        "alg none": f"{header_none}.{b64url(session_claims(ucr=ucr))}.",
+        "alg none, signature kept": f"{header_none}.{b64url(session_claims(ucr=ucr))}.{good_sig}",
         "expired": jwt.encode(
-            session_claims(iat=now - 900, exp=now - 60), JWT_SECRET, algorithm="HS256"
+            session_claims(ucr=ucr, iat=now - 900, exp=now - 60), JWT_SECRET, algorithm="HS256"
         ),
         "wrong audience": jwt.encode(
-            session_claims(aud="someone-else"), JWT_SECRET, algorithm="HS256"
+            session_claims(ucr=ucr, aud="someone-else"), JWT_SECRET, algorithm="HS256"
         ),
-        "wrong issuer": jwt.encode(session_claims(iss="mallory"), JWT_SECRET, algorithm="HS256"),
-        "another key": jwt.encode(session_claims(), secrets.token_hex(32), algorithm="HS256"),
-        "HS512 with the right key": jwt.encode(session_claims(), JWT_SECRET, algorithm="HS512"),
-        "no exp": jwt.encode(session_claims(exp=None), JWT_SECRET, algorithm="HS256"),
-        "no jti": jwt.encode(session_claims(jti=None), JWT_SECRET, algorithm="HS256"),
-        "unknown user": jwt.encode(session_claims(sub="mallory"), JWT_SECRET, algorithm="HS256"),
+        "wrong issuer": jwt.encode(
+            session_claims(ucr=ucr, iss="mallory"), JWT_SECRET, algorithm="HS256"
+        ),
+        "another key": jwt.encode(
+            session_claims(ucr=ucr), secrets.token_hex(32), algorithm="HS256"
+        ),
+        "HS512 with the right key": jwt.encode(
+            session_claims(ucr=ucr), JWT_SECRET, algorithm="HS512"
+        ),
+        "no exp": jwt.encode(session_claims(ucr=ucr, exp=None), JWT_SECRET, algorithm="HS256"),
+        "no jti": jwt.encode(session_claims(ucr=ucr, jti=None), JWT_SECRET, algorithm="HS256"),
+        "unknown user": jwt.encode(
+            session_claims(ucr=ucr, sub="mallory"), JWT_SECRET, algorithm="HS256"
+        ),
+        "an earlier user of the same name": jwt.encode(
+            session_claims(ucr=ucr - 100), JWT_SECRET, algorithm="HS256"
+        ),
         "payload swapped": ".".join(
-            [good.split(".")[0], b64url(session_claims(sub="bob")), good_sig]
+            [good.split(".")[0], b64url(session_claims(ucr=ucr, sub="bob")), good_sig]
         ),
     }
 
@@ -331,19 +343,20 @@ def test_jwt_sessions_are_pinned_hs256_and_every_forgery_is_401(
     claims = jwt.decode(
         token, JWT_SECRET, algorithms=["HS256"], audience="tidings", issuer="tidings"
     )
-    assert set(claims) >= {"sub", "iat", "exp", "jti", "iss", "aud"}
+    assert set(claims) >= {"sub", "iat", "exp", "jti", "iss", "aud", "ucr"}
+    ucr = claims["ucr"]  # the user's creation time: tokens for a namesake made later fail
     assert claims["sub"] == "alice"
     assert claims["exp"] - claims["iat"] == 600
     assert abs(claims["iat"] - time.time()) < 60
 
     with httpx.Client(base_url=srv.url, timeout=10) as http:
         # Control: a token built like the forgeries but correct is accepted.
-        ours = jwt.encode(session_claims(), JWT_SECRET, algorithm="HS256")
+        ours = jwt.encode(session_claims(ucr=ucr), JWT_SECRET, algorithm="HS256")
         assert http.get("/v1/auth/me", headers=bearer(ours)).status_code == 200
         assert send(http, "news.a", "ours", bearer(ours)).status_code == 201
 
         accepted = []
-        for name, forged in _forgeries().items():
+        for name, forged in _forgeries(ucr).items():
             me = http.get("/v1/auth/me", headers=bearer(forged))
             pub = send(http, "news.a", name, bearer(forged))
             if me.status_code != 401 or pub.status_code != 401:
@@ -972,3 +985,164 @@ def test_head_requests_are_authenticated_like_get(
         assert ok.status_code == 200
         assert ok.content == b""
         assert http.head("/healthz").status_code == 200
+
+
+# -- 11. regressions from the security review -----------------------------------------------
+
+
+@pytest.mark.timeout(40)
+def test_a_revoked_workers_parked_lease_gets_401_not_jobs(
+    tidings_server: ServerFactory, store: str
+) -> None:
+    """A worker parks a lease and its session is revoked: the lease is answered 401 within
+    ~1 s, and a job submitted afterwards stays queued for someone else."""
+    cli_ok("users", "grant", "bob", "--store", store, "--work", "secret", "--submit", "secret")
+    srv = auth_server(tidings_server, store, "database")
+    worker, submitter = login(srv, "bob", BOB_PASSWORD), login(srv, "bob", BOB_PASSWORD)
+    result: dict[str, Any] = {}
+
+    def park() -> None:
+        with httpx.Client(base_url=srv.url, timeout=30) as http:
+            result["r"] = http.post(
+                "/v1/workers/lease",
+                json={"types": ["secret"], "wait": 20},
+                headers=bearer(worker),
+            )
+
+    parked = threading.Thread(target=park)
+    parked.start()
+    try:
+        time.sleep(0.5)
+        out = httpx.post(f"{srv.url}/v1/auth/logout", headers=bearer(worker), timeout=10)
+        assert out.status_code == 200
+        parked.join(timeout=5)
+        assert not parked.is_alive(), "the revoked worker's lease stayed parked"
+        assert_error(result["r"], 401)
+        job = httpx.post(
+            f"{srv.url}/v1/jobs",
+            json={"type": "secret", "payload": {"otp": 1}},
+            headers=bearer(submitter),
+            timeout=10,
+        ).json()
+        time.sleep(0.3)
+        got = httpx.get(f"{srv.url}/v1/jobs/{job['id']}", headers=bearer(submitter), timeout=10)
+        assert got.json()["status"] == "queued"
+    finally:
+        parked.join(timeout=25)
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("sessions", SESSION_MODES)
+def test_removing_a_user_ends_their_streams_and_a_namesake_inherits_nothing(
+    tidings_server: ServerFactory, store: str, sessions: str
+) -> None:
+    """`tidings users remove` closes the user's open stream (every mode); a user made
+    again under the same name cannot use the old user's sessions or tokens."""
+    srv = auth_server(tidings_server, store, sessions)
+    session = login(srv)
+    api_token = cli_ok("tokens", "create", "alice", "--store", store).strip()
+    sse = RawSSE(srv.port, "/v1/channels/news.gone/events", headers=bearer(session))
+    try:
+        assert sse.status == 200
+        started = time.monotonic()
+        cli_ok("users", "remove", "alice", "--store", store)
+        frame = next_event(sse, 5)
+        while frame.get("event") != "close":
+            frame = next_event(sse, 5)
+        assert time.monotonic() - started < 3
+    finally:
+        sse.close()
+    cli_ok(
+        "users", "add", "alice", "--store", store, "--password-stdin", "--publish", "*",
+        stdin=ALICE_PASSWORD + "\n",
+    )  # fmt: skip
+    time.sleep(1.2)  # past the principal cache
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        for old in (session, api_token):
+            assert_error(http.get("/v1/auth/me", headers=bearer(old)), 401)
+        assert http.get("/v1/auth/me", headers=bearer(login(srv))).status_code == 200
+
+
+@pytest.mark.timeout(30)
+def test_a_subscribe_grant_of_everything_does_not_read_other_peoples_jobs(
+    tidings_server: ServerFactory, store: str
+) -> None:
+    """Job channels follow the job rule only: `--subscribe '*'` reads no job channel it did
+    not submit or work, and lists none."""
+    cli_ok("users", "grant", "bob", "--store", store, "--subscribe", "*")
+    cli_ok("users", "grant", "alice", "--store", store, "--submit", "report")
+    srv = auth_server(tidings_server, store, "database")
+    alice, bob = bearer(login(srv)), bearer(login(srv, "bob", BOB_PASSWORD))
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        job = http.post("/v1/jobs", json={"type": "report", "payload": 1}, headers=alice).json()
+        channel = f"job.{job['id']}"
+        assert (
+            http.get(f"/v1/channels/{channel}/messages?after=0", headers=alice).status_code == 200
+        )
+        assert_error(http.get(f"/v1/channels/{channel}/messages?after=0", headers=bob), 403)
+        assert_error(http.get(f"/v1/channels/{channel}", headers=bob), 403)
+        assert_error(http.get(f"/v1/events?channel={channel}", headers=bob), 403)
+        listed = http.get("/v1/channels?prefix=job.", headers=bob).json()["channels"]
+        assert listed == []
+
+
+@pytest.mark.timeout(30)
+def test_user_names_hold_no_dot_so_sub_patterns_cannot_overlap() -> None:
+    """`user.{sub}.*` for bob would cover `user.bob.evil.*`: dotted names are refused."""
+    refused = tidings_cli(
+        "users", "add", "bob.evil", "--store", "sqlite:////nonexistent/never.db",
+        "--password-stdin", stdin="a long password\n",
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "no '.'" in refused.stderr
+
+
+@pytest.mark.timeout(30)
+def test_login_takes_json_only_and_app_tokens_are_never_admin(
+    tidings_server: ServerFactory, store: str
+) -> None:
+    """A text/plain login (what a cross-site form can send) is 415; an app JWT claiming
+    admin gets no admin rights."""
+    srv = auth_server(
+        tidings_server, store, "database",
+        "--app-jwt-algorithm", "HS256",
+        "--app-jwt-issuer", APP_ISSUER,
+        "--app-jwt-audience", APP_AUDIENCE,
+        env={"TIDINGS_APP_JWT_KEY": APP_KEY},
+    )  # fmt: skip
+    body = json.dumps({"username": "alice", "password": ALICE_PASSWORD})
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        plain = http.post("/v1/auth/login", content=body, headers={"content-type": "text/plain"})
+        assert plain.status_code == 415
+        assert "set-cookie" not in plain.headers
+        claims = {"publish": ["app.*"], "admin": True}
+        boss = bearer(app_token(tidings=claims))
+        assert http.get("/v1/auth/me", headers=boss).json()["permissions"]["admin"] is False
+        assert_error(http.get("/v1/admin/users", headers=boss), 403)
+
+
+@pytest.mark.timeout(30)
+def test_an_anonymous_loopback_server_refuses_other_web_origins_and_rebound_hosts(
+    tidings_server: ServerFactory,
+) -> None:
+    """Without auth on loopback, a request from another site's page (Origin) or through a
+    rebound DNS name (Host) is 403; plain clients and same-origin pages work."""
+    srv = tidings_server()
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        assert send(http, "lo.x", 1, {}).status_code == 201
+        own = {"Origin": f"http://127.0.0.1:{srv.port}"}
+        assert send(http, "lo.x", 2, own).status_code == 201
+        assert_error(send(http, "lo.x", 3, {"Origin": "https://evil.example"}), 403)
+        rebound = {"Host": f"rebind.evil.example:{srv.port}"}
+        assert_error(http.get("/v1/channels/lo.x/messages?after=0", headers=rebound), 403)
+        assert http.get("/healthz", headers=rebound).status_code == 200
+    evil_socket = ws_connect(f"{srv.ws_url}/v1/channels/lo.x/ws", origin="https://evil.example")
+    with pytest.raises(ConnectionClosed) as closed, evil_socket as sock:
+        sock.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    # A name a local reverse proxy forwards can be allowed by the operator.
+    proxied = tidings_server(args=["--allowed-hosts", "app.internal"])
+    named = {"Host": f"app.internal:{proxied.port}"}
+    assert httpx.get(f"{proxied.url}/v1/channels", headers=named, timeout=10).status_code == 200
+    other = {"Host": f"rebind.evil.example:{proxied.port}"}
+    assert_error(httpx.get(f"{proxied.url}/v1/channels", headers=other, timeout=10), 403)

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(30)
 def _open_sse(port: int, path: str, ready: bytes) -> tuple[socket.socket, bytes]:
     """Open a raw SSE stream and read until `ready` has arrived."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    request = f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
     sock.sendall(request.encode())
     data = b""
     while ready not in data:

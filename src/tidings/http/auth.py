@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tidings.auth import COOKIE, AuthService
-from tidings.errors import Unauthorized
+from tidings.errors import Unauthorized, UnsupportedMediaType
 from tidings.http.common import decode_body, json_response, principal_of, read_body
 from tidings.wire import format_time
 
@@ -35,6 +35,13 @@ def _cookie(request: Request, value: str, max_age: int) -> str:
 
 
 async def login(request: Request) -> Response:
+    # JSON only: a cross-site HTML form can post text/plain or form data without asking
+    # (login CSRF: the victim's browser logged in as the attacker), not application/json.
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise UnsupportedMediaType(
+            'send the login as JSON: Content-Type: application/json, {"username", "password"}'
+        )
     body: LoginBody = decode_body(LoginBody, await read_body(request, 16 * 1024))
     svc = _svc(request)
     token, expires, principal = await svc.login(body.username, body.password)

@@ -32,6 +32,7 @@ from tidings.http.common import (
     unless_revoked,
 )
 from tidings.stores.base import ChannelInfo, ReadResult, Retention
+from tidings.wire import JOB_CHANNEL_PREFIX
 
 __all__ = ["info_to_wire", "page_to_wire", "routes"]
 
@@ -163,8 +164,12 @@ async def list_channels(request: Request) -> Response:
     limit = query_int(request, "limit", 1000, 1, 10_000)
     infos = await svc.store.list_channels(prefix, limit)
     principal = principal_of(request)
-    if not principal.admin:  # only the channels this principal may read
-        infos = [i for i in infos if principal.may("subscribe", i.name)]
+    if not principal.admin:  # only the channels this principal may read; no job channels
+        infos = [
+            i
+            for i in infos
+            if principal.may("subscribe", i.name) and not i.name.startswith(JOB_CHANNEL_PREFIX)
+        ]
     return respond(
         request, {"channels": [info_to_wire(i, svc.hub.subscribers(i.name)) for i in infos]}
     )

@@ -311,6 +311,11 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     watcher = asyncio.ensure_future(request.receive())
     try:
         await asyncio.wait((job, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        job.cancel()  # cancelled itself (e.g. its session was revoked): so is the work
+        with contextlib.suppress(asyncio.CancelledError):
+            await job
+        raise
     finally:
         watcher.cancel()
     if job.done():

@@ -232,7 +232,8 @@ async def lease(request: Request) -> Response:
     # A worker that stops closes its parked lease request: it must not be handed jobs.
     leasing = svc.lease(body.types, body.max, body.wait, body.lease)
     try:
-        jobs = await unless_disconnected(request, leasing)
+        # ... nor a worker whose session was revoked meanwhile (401).
+        jobs = await unless_revoked(request, unless_disconnected(request, leasing))
     finally:
         reported = None if reporting is None else await reporting
     out: dict[str, Any] = {"jobs": [j.lease_to_wire() for j in jobs or []]}

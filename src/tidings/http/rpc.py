@@ -19,7 +19,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tidings.errors import TidingsError
-from tidings.http.common import json_response, principal_of, query_float, read_body
+from tidings.http.common import (
+    json_response,
+    principal_of,
+    query_float,
+    read_body,
+    unless_revoked,
+)
 from tidings.jobs import JobService
 from tidings.principals import Principal
 from tidings.wire import CHANNEL_RE, JSON_DECODER
@@ -44,7 +50,7 @@ def _error(id_: Any, code: int, message: str, data: Any = None) -> dict[str, Any
 
 
 async def _call(
-    svc: JobService, req: Any, wait: float, principal: Principal
+    request: Request, svc: JobService, req: Any, wait: float, principal: Principal
 ) -> dict[str, Any] | None:
     if not isinstance(req, dict) or req.get("jsonrpc") != "2.0" or "method" not in req:
         return _error(None, INVALID_REQUEST, 'a request is {"jsonrpc": "2.0", "method", ...}')
@@ -67,7 +73,7 @@ async def _call(
         return None if notification else _error(id_, INVALID_PARAMS, exc.message)
     if notification:
         return None
-    job = await svc.wait(job.id, wait)
+    job = await unless_revoked(request, svc.wait(job.id, wait))
     if job.status == "succeeded":
         return {"jsonrpc": "2.0", "result": job.result, "id": id_}
     data = {"job_id": job.id, "status": job.status, "error": job.error}
@@ -92,10 +98,10 @@ async def rpc(request: Request) -> Response:
             return json_response(
                 _error(None, INVALID_REQUEST, f"a batch holds 1 to {MAX_BATCH} requests")
             )
-        answers = await asyncio.gather(*(_call(svc, r, wait, principal) for r in parsed))
+        answers = await asyncio.gather(*(_call(request, svc, r, wait, principal) for r in parsed))
         out = [a for a in answers if a is not None]
         return json_response(out) if out else Response(status_code=204)
-    answer = await _call(svc, parsed, wait, principal)
+    answer = await _call(request, svc, parsed, wait, principal)
     return Response(status_code=204) if answer is None else json_response(answer)
 
 
