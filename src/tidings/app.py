@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Protocol
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -66,6 +66,15 @@ __all__ = ["TidingsApp", "create_app"]
 log = logging.getLogger("tidings")
 
 _STREAM = re.compile(r"^/v1/(channels|jobs)/([^/]+)/(events|ws)$")
+
+
+def _redacted(url: str) -> str:
+    """A store URL fit for a log line: its password, if any, replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _loopback_host(host: str) -> bool:
@@ -454,7 +463,7 @@ class TidingsApp:
                 self.handlers.run_local(self.jobs, self._handlers_stop), name="tidings-handlers"
             )
         self.ready = True
-        log.info("tidings ready on store %s", self.settings.store)
+        log.info("tidings ready on store %s", _redacted(self.settings.store))
         try:
             yield
         finally:

@@ -964,6 +964,15 @@ def test_an_admin_manages_users_and_tokens_over_http_and_nobody_else_may(
         assert_error(http.delete("/v1/admin/users/carol", headers=alice), 403)
         assert_error(http.get("/v1/admin/users"), 401)
 
+        # A new password ends the sessions made with the old one.
+        assert http.get("/v1/auth/me", headers=carol).status_code == 200
+        new_password = secrets.token_urlsafe(12)
+        changed = http.put("/v1/admin/users/carol", json={"password": new_password}, headers=admin)
+        assert changed.status_code == 200
+        wait_for(lambda: http.get("/v1/auth/me", headers=carol).status_code == 401, timeout=3)
+        assert login_response(srv, "carol", carol_password).status_code == 401
+        carol = bearer(login(srv, "carol", new_password))
+
         assert http.delete("/v1/admin/users/carol", headers=admin).status_code == 204
         wait_for(lambda: http.get("/v1/auth/me", headers=carol).status_code == 401, timeout=3)
         assert http.delete("/v1/admin/users/carol", headers=admin).status_code == 404

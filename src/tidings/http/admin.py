@@ -87,7 +87,10 @@ async def put_user(request: Request) -> Response:
         password_hash: str | None = await asyncio.to_thread(hash_password, body.password)
     else:
         password_hash = known.password_hash if known else None
-    user = User(name, password_hash, body.permissions, known.created if known else time.time())
+    # A new password starts a new epoch: sessions and tokens made before it end (they
+    # are bound to `created`, see tidings.auth).
+    epoch = known.created if known and body.password is None else time.time()
+    user = User(name, password_hash, body.permissions, epoch)
     await store.put_user(user)
     return json_response(_user_to_wire(user), 200 if known else 201)
 
