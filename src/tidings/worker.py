@@ -965,6 +965,8 @@ class _Runner:
             self._report(ctx, leased, state, ("retry", shutdown), started)
             raise
         finally:
+            state.ended = True
+            ctx._wake.set()  # a heartbeat that missed its cancellation wakes and sees `ended`
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
@@ -1049,6 +1051,8 @@ class _Runner:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, due - time.monotonic())):
                     await ctx._wake.wait()
+            if state.ended:
+                return
             ctx._wake.clear()
             gap = time.monotonic() - last
             if gap < min_gap:
@@ -1293,9 +1297,12 @@ class _JobState:
     """What the job task and its heartbeat share: the lease deadline, the progress report
     not yet sent, whether the outcome was reported."""
 
-    __slots__ = ("lease_until", "pending", "reported")
+    __slots__ = ("ended", "lease_until", "pending", "reported")
 
     def __init__(self, lease_until: float) -> None:
         self.lease_until = lease_until
         self.pending: tuple[float | None, str | None] | None = None
         self.reported = False
+        # Set when the handler is done: the heartbeat stops even if its cancellation is
+        # lost (on 3.11 asyncio.timeout can swallow a cancel that lands as it expires).
+        self.ended = False
