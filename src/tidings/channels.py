@@ -53,7 +53,6 @@ class ChannelService:
         self.long_poll_cap = long_poll_cap
         # Shared store: live messages come from the relay, which must be told what to
         # follow (set by the app; see tidings.relay).
-        self.shared = store.shared
         self.relay_watch: Callable[[str], Awaitable[None]] | None = None
         self.relay_forget: Callable[[str], None] | None = None
         # One store lookup per channel however many streams ask at once.
@@ -73,7 +72,7 @@ class ChannelService:
             raise BadRequest("Idempotency-Key must be 1-200 characters")
         res = await self.store.publish(channel, data, event, idempotency_key)
         msg = res.message
-        if not res.duplicate and not self.shared:
+        if not res.duplicate and not self.store.shared:
             # No await between the commit's return and the fan-out: live order = id order.
             self.hub.publish(msg, res.prev_id, res.keep)
         return PublishAck(msg.id, channel, msg.time)

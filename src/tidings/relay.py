@@ -208,6 +208,3 @@ class Relay:
             self.hub.publish(msg, str(pos) if pos else None)
             self.positions[msg.channel] = seq
             self.relayed += 1
-
-    def info(self) -> dict[str, Any]:
-        return {"channels": len(self.positions), "relayed": self.relayed}

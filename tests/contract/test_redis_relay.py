@@ -153,19 +153,19 @@ def test_an_empty_follow_returns_after_about_block_ms(redis_url):
     run(redis_url, body)
 
 
-def test_last_seq_follows_publishes_and_deletion(redis_url):
-    """last_seq: 0 for an unknown channel, the newest id after publishes (whatever
-    retention dropped), 0 again after the channel is deleted."""
+def test_channel_marks_follow_publishes_and_deletion(redis_url):
+    """channel_marks: last sequence 0 for an unknown channel, the newest id after
+    publishes (whatever retention dropped), 0 again after the channel is deleted."""
 
     async def body(a: RedisStore, b: RedisStore) -> None:
-        assert await a.last_seq("c") == 0
+        assert (await a.channel_marks(["c"]))[0][0] == 0
         await b.set_retention("c", Retention(max_messages=2, max_age=3600))
-        assert await a.last_seq("c") == 0
+        assert (await a.channel_marks(["c"]))[0][0] == 0
         for i in range(5):
             await b.publish("c", i)
-        assert await a.last_seq("c") == 5
+        assert (await a.channel_marks(["c"]))[0][0] == 5
         assert await b.delete("c")
-        assert await a.last_seq("c") == 0
+        assert (await a.channel_marks(["c"]))[0][0] == 0
 
     run(redis_url, body)
 

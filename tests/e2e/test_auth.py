@@ -188,6 +188,18 @@ def auth_server(
     return srv
 
 
+def app_jwt_server(factory: ServerFactory, store: str) -> ServerProcess:
+    """A `--sessions database` server that also takes HS256 JWTs from the application's
+    backend (key APP_KEY, issuer APP_ISSUER, audience APP_AUDIENCE)."""
+    return auth_server(
+        factory, store, "database",
+        "--app-jwt-algorithm", "HS256",
+        "--app-jwt-issuer", APP_ISSUER,
+        "--app-jwt-audience", APP_AUDIENCE,
+        env={"TIDINGS_APP_JWT_KEY": APP_KEY},
+    )  # fmt: skip
+
+
 # -- 1. login in each session mode, permissions, and a restart -------------------------------
 
 
@@ -377,13 +389,7 @@ def test_app_issued_jwts_act_with_the_permissions_in_their_tidings_claim(
     """An HS256 JWT from the application's backend (key in TIDINGS_APP_JWT_KEY, issuer and
     audience pinned) may publish to app.x and not to news.x; tokens with the wrong issuer,
     audience, key or algorithm, expired, or missing exp/sub are 401. Logins still work."""
-    srv = auth_server(
-        tidings_server, store, "database",
-        "--app-jwt-algorithm", "HS256",
-        "--app-jwt-issuer", APP_ISSUER,
-        "--app-jwt-audience", APP_AUDIENCE,
-        env={"TIDINGS_APP_JWT_KEY": APP_KEY},
-    )  # fmt: skip
+    srv = app_jwt_server(tidings_server, store)
     good = app_token()
     with httpx.Client(base_url=srv.url, timeout=10) as http:
         me = http.get("/v1/auth/me", headers=bearer(good))
@@ -1112,13 +1118,7 @@ def test_login_takes_json_only_and_app_tokens_are_never_admin(
 ) -> None:
     """A text/plain login (what a cross-site form can send) is 415; an app JWT claiming
     admin gets no admin rights."""
-    srv = auth_server(
-        tidings_server, store, "database",
-        "--app-jwt-algorithm", "HS256",
-        "--app-jwt-issuer", APP_ISSUER,
-        "--app-jwt-audience", APP_AUDIENCE,
-        env={"TIDINGS_APP_JWT_KEY": APP_KEY},
-    )  # fmt: skip
+    srv = app_jwt_server(tidings_server, store)
     body = json.dumps({"username": "alice", "password": ALICE_PASSWORD})
     with httpx.Client(base_url=srv.url, timeout=10) as http:
         plain = http.post("/v1/auth/login", content=body, headers={"content-type": "text/plain"})

@@ -329,13 +329,6 @@ class RedisChannels(RedisBase):
             last_id=str(last) if last else None,
         )
 
-    async def last_seq(self, channel: str) -> int:
-        """The channel's last sequence number (0 when it has none)."""
-        r = self.r
-        with self._errors():
-            seq = await r.hget(self.k("chm", channel), "seq")
-        return int(seq) if seq is not None else 0
-
     async def channel_marks(self, channels: list[str]) -> list[tuple[int, bytes | None]]:
         """(last sequence number, creation mark) of each channel, in one round trip.
 
