@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import ipaddress
 import logging
@@ -77,6 +78,7 @@ def _redacted(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+@functools.lru_cache(maxsize=256)  # asked on every anonymous request; hosts are few
 def _loopback_host(host: str) -> bool:
     """True for a Host header naming loopback: localhost, 127.x.y.z or [::1], any port."""
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
