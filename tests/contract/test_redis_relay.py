@@ -1,4 +1,4 @@
-"""What the relay needs from the Redis store: `follow`, `wake_position`, `last_seq`, and
+"""What the relay needs from the Redis store: `follow`, `wake_position`, `channel_marks`, and
 the jobs part's `queue_append` — on a real redis-server, two store instances acting as
 two tidings nodes sharing it."""
 
@@ -250,13 +250,13 @@ def test_a_closed_store_refuses_to_follow(redis_url):
         with pytest.raises(StoreClosed):
             await store.follow({"c": 0}, b"0-0", 100)
         with pytest.raises(StoreClosed):
-            await store.last_seq("c")
+            await store.channel_marks(["c"])
 
     asyncio.run(main())
 
 
 def test_a_lost_redis_is_a_store_error_saying_what_to_do(tmp_path: Path):
-    """When Redis goes away, follow, last_seq and publish raise StoreError (the relay's
+    """When Redis goes away, follow, channel_marks and publish raise StoreError (the relay's
     retry signal) naming the address."""
     proc = RedisProcess(tmp_path).start()
 
@@ -268,7 +268,7 @@ def test_a_lost_redis_is_a_store_error_saying_what_to_do(tmp_path: Path):
             proc.stop()
             for call in (
                 store.follow({"c": 0}, b"0-0", 100),
-                store.last_seq("c"),
+                store.channel_marks(["c"]),
                 store.publish("c", 1),
             ):
                 with pytest.raises(StoreError) as caught:
