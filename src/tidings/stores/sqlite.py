@@ -75,13 +75,21 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_expires_at REAL,
     finished_at REAL,
     created_at REAL NOT NULL,
-    idempotency_key TEXT UNIQUE,
+    idempotency_key TEXT,
     body BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (status, priority DESC, run_at, id);
-CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (status, lease_expires_at);
+-- Partial indexes: a job is in the index of its state only, so a change touches the
+-- pages of the indexes it leaves and enters (the indexes these replace held every job).
+DROP INDEX IF EXISTS jobs_ready;
+DROP INDEX IF EXISTS jobs_lease;
+DROP INDEX IF EXISTS jobs_finished;
+CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (priority DESC, run_at, id)
+    WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS jobs_running ON jobs (lease_expires_at) WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, id);
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at);
+CREATE INDEX IF NOT EXISTS jobs_done ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idem ON jobs (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS idempotency (
     channel TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -327,6 +335,11 @@ class SQLiteStore(Store):
         self._state[name] = st
         return st
 
+    def _new_channel(self, name: str, now: float) -> None:
+        """Cache the state of a channel known not to exist yet (saved at the commit)."""
+        self._state[name] = _ChannelState(last_seq=0, retention=None, created=now, dirty=True)
+        self._dirty.add(name)
+
     def _flush_channels(self, conn: sqlite3.Connection) -> None:
         for name in self._dirty:
             st = self._state.get(name)
@@ -347,9 +360,11 @@ class SQLiteStore(Store):
                 ),
             )
             keep = (ret or self.default_retention).max_messages
-            conn.execute(
-                "DELETE FROM messages WHERE channel = ? AND seq <= ?", (name, st.last_seq - keep)
-            )
+            if st.last_seq > keep:  # else there is nothing beyond the bound to trim
+                conn.execute(
+                    "DELETE FROM messages WHERE channel = ? AND seq <= ?",
+                    (name, st.last_seq - keep),
+                )
             st.dirty = False
         self._dirty.clear()
         # Every state is clean now: forget the least recently loaded beyond the bound.
@@ -554,24 +569,42 @@ class SQLiteStore(Store):
         self, conn: sqlite3.Connection, job: Job, event: str | None, now: float, insert: bool
     ) -> JobChange:
         """Writer thread: store a job and append its event to the job's channel."""
-        verb = "INSERT" if insert else "REPLACE"
-        conn.execute(
-            f"{verb} INTO jobs (id, type, status, priority, run_at, lease_expires_at,"
-            " finished_at, created_at, idempotency_key, body)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                job.id,
-                job.type,
-                job.status,
-                job.priority,
-                job.run_at,
-                job.lease_expires_at,
-                job.finished_at,
-                job.created_at,
-                job.idempotency_key,
-                _encode_job(job),
-            ),
-        )
+        if insert:
+            conn.execute(
+                "INSERT INTO jobs (id, type, status, priority, run_at, lease_expires_at,"
+                " finished_at, created_at, idempotency_key, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job.id,
+                    job.type,
+                    job.status,
+                    job.priority,
+                    job.run_at,
+                    job.lease_expires_at,
+                    job.finished_at,
+                    job.created_at,
+                    job.idempotency_key,
+                    _encode_job(job),
+                ),
+            )
+            # A new job's channel is new too (job.* is written by the job system only, and
+            # a job's channel is removed with it): no lookup.
+            self._new_channel(job_channel(job.id), now)
+        else:
+            # Transitions change these columns only (type, priority, creation and key stay):
+            # an UPDATE leaves the other indexes alone, where REPLACE rewrote them all.
+            conn.execute(
+                "UPDATE jobs SET status = ?, run_at = ?, lease_expires_at = ?, finished_at = ?,"
+                " body = ? WHERE id = ?",
+                (
+                    job.status,
+                    job.run_at,
+                    job.lease_expires_at,
+                    job.finished_at,
+                    _encode_job(job),
+                    job.id,
+                ),
+            )
         published = None
         if event is not None:
             data = job_event_data(job)
