@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, urlsplit
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -124,6 +124,8 @@ class TidingsApp:
         self, settings: Settings, store: Store | None = None, handlers: LocalHandlers | None = None
     ) -> None:
         self.settings = settings
+        # Asked on every anonymous request: parse the bound address once.
+        self._loopback = settings.loopback
         retention = Retention(settings.max_messages, settings.max_age)
         self.store = store or open_store(settings.store, retention, settings.sqlite_synchronous)
         self.hub = Hub(self.store.cursor_key, remember=not self.store.shared)
@@ -262,6 +264,8 @@ class TidingsApp:
             response = await endpoint(request)
         except TidingsError as exc:
             response = json_response(exc.to_wire(), exc.status)
+        except ClientDisconnect:
+            return  # it left while sending its body: there is nobody to answer
         except Exception as exc:
             response = await self._unexpected_error(request, exc)
         try:
@@ -407,7 +411,7 @@ class TidingsApp:
                 origin = value
             elif name == b"host":
                 host = value.decode("latin-1")
-        if self.settings.loopback and host is not None and not _loopback_host(host):
+        if self._loopback and host is not None and not _loopback_host(host):
             allowed = self.settings.hosts
             name = host.rsplit(":", 1)[0].lower() if not host.endswith("]") else host
             if "*" not in allowed and name not in allowed:

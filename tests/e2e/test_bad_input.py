@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -404,3 +405,21 @@ def test_websocket_publish_frame_with_invalid_utf8_gets_an_error_frame(
         ack = next(f for f in frames if f.get("type") == "ack")
         assert ack["ref"] == "ok"
     assert history(http, ch) == [(ack["id"], "good", None)]
+
+
+def test_a_client_leaving_midway_through_its_body_is_not_an_error(
+    server: ServerProcess, http: httpx.Client
+) -> None:
+    """A request whose client closes the connection before its body is complete changes
+    nothing and is not logged as an unexpected server error."""
+    host, port = server.url.removeprefix("http://").split(":")
+    for path in ("/v1/channels/left-early/messages", "/v1/jobs", "/v1/workers/lease"):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"da'.encode()
+            )
+    time.sleep(0.3)  # the server handles each disconnect on its own connection's task
+    assert http.get("/healthz").status_code == 200
+    assert history(http, "left-early") == []
+    assert "unexpected error" not in server.log()
