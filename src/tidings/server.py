@@ -24,6 +24,7 @@ import uvicorn
 
 from tidings import constants as C
 from tidings.app import TidingsApp, create_app
+from tidings.http.protocol import TidingsHttpProtocol
 from tidings.settings import Settings
 
 __all__ = ["TidingsServer", "run", "supervise"]
@@ -50,7 +51,8 @@ def uvicorn_config(app: Any, settings: Settings, options: dict[str, Any]) -> uvi
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        # httptools, sending each response's head and body in one write (http/protocol.py).
+        http=TidingsHttpProtocol,
         ws="auto",
         lifespan="on",
         log_level=settings.log_level,
