@@ -2,9 +2,10 @@
 
 Each test opens two `RedisStore`s on the same key prefix (two "nodes", each with its own
 connections and its own JobService) and races them on the same jobs: leases, expiries,
-completions and idempotent submits. The invariants are those of the store's optimistic
-transactions (tidings.stores.redis.jobs): a job goes to one caller, an expired lease is
-taken back once (its attempt counted once, one event), a refused change changes nothing.
+completions and idempotent submits. The invariants are those of the store's
+compare-and-set write script (tidings.stores.redis.jobs): a job goes to one caller, an
+expired lease is taken back once (its attempt counted once, one event), a refused change
+changes nothing, a batch whose job changed since its read writes nothing.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import msgspec
 import pytest
+from msgspec.structs import replace
+from redis.exceptions import ResponseError
 
-from tidings.errors import Conflict
+from tidings.errors import Conflict, StoreError
 from tidings.hub import Hub
-from tidings.jobs import JobService
+from tidings.jobs import JobOutcome, JobService
 from tidings.stores.base import Retention
 from tidings.stores.redis import RedisStore
 from tidings.wire import Job, job_channel
@@ -215,5 +219,150 @@ def test_submit_on_one_node_adds_a_wake_entry_with_its_type(redis_url):
         assert len(entries) == 2
         assert entries[1][1][b"type"] == b"resize"
         assert float(entries[1][1][b"run_at"]) == requeued.run_at > time.time() - 1
+
+    two_nodes(redis_url, body)
+
+
+@pytest.mark.timeout(30)
+def test_a_report_whose_job_changed_after_its_read_writes_nothing_then_applies_to_the_new_body(
+    redis_url,
+):
+    """Node B heartbeats one of two jobs between node A's read and write of a report: A's
+    script finds that body changed and writes nothing (not even the other job's change);
+    A reads again and completes both, after B's progress event."""
+
+    async def body(a: Node, b: Node) -> None:
+        (store_a, svc_a), (store_b, svc_b) = a, b
+        for i in range(2):
+            await svc_a.submit("t", i)
+        j1, j2 = await svc_a.lease(None, 2, 0, 30.0)
+        reads: list[list[str]] = []
+        read = store_a._read
+
+        async def racing_read(ids: list[str]) -> Any:
+            reads.append(ids)
+            if len(reads) == 2:  # the retry: the first attempt left everything as it was
+                assert (await store_b.get_job(j1.id)).status == "running"
+                assert await names(store_b, j1.id) == ["queued", "running"]
+                assert await store_b.queue_counts() == {"t": {"running": 2}}
+            found = await read(ids)
+            if len(reads) == 1:
+                await svc_b.heartbeat(j2.id, j2.lease_token or "", progress=50.0)
+            return found
+
+        store_a._read = racing_read  # type: ignore[method-assign]
+        done = await svc_a.report(
+            [JobOutcome(j.id, j.lease_token or "", True, "ok") for j in (j1, j2)]
+        )
+        assert len(reads) == 2
+        assert [j.status for j in done] == ["succeeded", "succeeded"]
+        assert done[1].progress == 100.0
+        assert await names(store_b, j1.id) == ["queued", "running", "succeeded"]
+        assert await names(store_b, j2.id) == ["queued", "running", "progress", "succeeded"]
+        assert await store_b.queue_counts() == {"t": {"succeeded": 2}}
+
+    two_nodes(redis_url, body)
+
+
+@pytest.mark.timeout(30)
+def test_a_submit_whose_id_is_taken_is_refused_and_its_own_repeat_is_not(redis_url):
+    """A new job's write expects no body under its id: another job's id is refused with
+    StoreError and nothing changes, while the very same job sent again (redis-py repeats
+    a call whose reply was lost) answers as created without writing twice."""
+
+    async def body(a: Node, b: Node) -> None:
+        (store_a, _svc_a), (store_b, _svc_b) = a, b
+        now = time.time()
+        job = Job(id="fixed-id", type="t", payload=1, created_at=now, updated_at=now, run_at=now)
+        change, created = await store_a.submit_job(job, "queued")
+        assert created and change.published is not None
+
+        again, created = await store_b.submit_job(job, "queued")
+        assert created and again.job == job and again.published is None
+
+        with pytest.raises(StoreError, match="already exists"):
+            await store_b.submit_job(replace(job, payload=2), "queued")
+        assert await store_a.get_job(job.id) == job
+        assert await names(store_a, job.id) == ["queued"]
+        assert await store_a.queue_counts() == {"t": {"queued": 1}}
+        assert len(await store_a.r.xrange(store_a.k("wake"))) == 1
+
+    two_nodes(redis_url, body)
+
+
+@pytest.mark.timeout(30)
+def test_a_malformed_write_fails_before_writing_any_of_its_jobs(redis_url):
+    """The write script checks every job change before its first write (Redis does not
+    undo a script that fails midway): a batch whose second change is malformed leaves
+    the first job unwritten too."""
+
+    async def body(a: Node, b: Node) -> None:
+        (store, _svc), _ = a, b
+        now = time.time()
+        jobs = [
+            Job(id=f"j{i}", type="t", created_at=now, updated_at=now, run_at=now) for i in (1, 2)
+        ]
+        keys, args, _ = store._write_call([(None, j, "queued") for j in jobs], {}, now)
+        fields = msgspec.msgpack.decode(args[7])
+        fields[5] = "not-a-number"  # the second job's run_at score
+        args[7] = msgspec.msgpack.encode(fields)
+        with pytest.raises(ResponseError, match="malformed job change 2"):
+            await store._write_script(keys=keys, args=args, client=store.r)
+        with pytest.raises(ResponseError, match="malformed call"):
+            await store._write_script(keys=keys, args=args[:-1], client=store.r)
+        assert await store.get_job("j1") is None
+        assert await store.queue_counts() == {}
+        assert await store.info(job_channel("j1")) is None
+        assert await store.r.xrange(store.k("wake")) == []
+
+    two_nodes(redis_url, body)
+
+
+@pytest.mark.timeout(30)
+def test_job_events_keep_to_the_job_channels_retention(redis_url):
+    """A job's events are appended by the channel part's own append code: ids 1, 2, 3 with
+    each one's previous id, trimmed to the channel's retention, which `keep` reports."""
+
+    async def body(a: Node, b: Node) -> None:
+        (store, svc), _ = a, b
+        now = time.time()
+        job = Job(id="kept", type="t", created_at=now, updated_at=now, run_at=now)
+        first, _ = await store.submit_job(job, "queued")
+        assert first.published is not None
+        assert (first.published.message.id, first.published.prev_id) == ("1", None)
+        assert first.published.keep == DEFAULT.max_messages
+
+        await store.set_retention(job_channel(job.id), Retention(2, 3600.0))
+        [leased] = await svc.lease(None, 1, 0, 30.0)
+        done = await store.transition_job(
+            job.id, lambda j, t: (replace(j, status="succeeded", finished_at=t), "succeeded")
+        )
+        assert done.published is not None
+        assert (done.published.message.id, done.published.prev_id) == ("3", "2")
+        assert done.published.keep == 2
+        assert done.published.message.data["status"] == "succeeded"
+        info = await store.info(job_channel(job.id))
+        assert info is not None and (info.first_id, info.last_id) == ("2", "3")
+        assert await names(store, job.id) == ["running", "succeeded"]
+        assert leased.status == "running"
+
+    two_nodes(redis_url, body)
+
+
+@pytest.mark.timeout(30)
+def test_job_writes_go_on_after_the_script_cache_is_flushed(redis_url):
+    """SCRIPT FLUSH (or a Redis restart) drops the write script: the next call loads it
+    again and submits, leases and reports as before."""
+
+    async def body(a: Node, b: Node) -> None:
+        (store, svc), _ = a, b
+        await store.r.script_flush()
+        job, _ = await svc.submit("t")
+        await store.r.script_flush()
+        [leased] = await svc.lease(None, 1, 0, 30.0)
+        await store.r.script_flush()
+        [done] = await svc.report([JobOutcome(job.id, leased.lease_token or "", True, 1)])
+        assert isinstance(done, Job) and done.status == "succeeded"
+        assert await names(store, job.id) == ["queued", "running", "succeeded"]
 
     two_nodes(redis_url, body)

@@ -1,23 +1,26 @@
 """Channels of the Redis store: one stream per channel, written by one Lua script.
 
-Every append — a publish, or a job's event queued by the jobs part inside its own
-MULTI/EXEC — runs the same script (`_APPEND`), which atomically: answers an idempotency
-key seen before with the earlier sequence number, increments the channel's `seq`, sets
-`created` on the channel's first write, XADDs entry `0-{seq}` (fields d, e, t), trims the
-stream exactly (XTRIM MAXLEN, not ~) to the channel's own max_messages or the default
-passed in, adds the name to `{p}channels` and remembers the idempotency key for
+Every append — a publish, or a job's event written by the jobs part's own script — runs
+the same Lua function (`APPEND_LUA`, which both scripts include), which atomically: answers
+an idempotency key seen before with the earlier sequence number, increments the channel's
+`seq`, sets `created` on the channel's first write, XADDs entry `0-{seq}` (fields d, e, t),
+trims the stream exactly (XTRIM MAXLEN, not ~) to the channel's own max_messages or the
+default passed in, adds the name to `{p}channels` and remembers the idempotency key for
 IDEMPOTENCY_TTL seconds.
 
-For the jobs part (same class hierarchy, same pipeline):
+For the jobs part (same class hierarchy):
 
+    APPEND_LUA
+        The Lua source of `append(...)` (arguments in the comment above it), to include
+        in a script that appends a channel message among other writes.
+    self.appended(channel, data, event, now, reply) -> Published
+        The Published for an append's reply `[seq, prev_seq, keep]` (ints; prev_seq 0
+        for a channel's first message; `data` as decoded, not the JSON bytes).
     self.queue_append(pipe, channel: str, data_json: bytes, event: str | None,
                       now: float) -> None
         Queues the append script on `pipe` (a redis.asyncio pipeline, after
-        `pipe.multi()`; the script is loaded before EXEC by the pipeline itself). The
-        reply of that command in `await pipe.execute()` is `[seq, prev_seq, keep]`
-        (ints; prev_seq 0 for a channel's first message).
-    self.appended(channel, data, event, now, reply) -> Published
-        The Published for such a reply (`data` as decoded, not the JSON bytes).
+        `pipe.multi()`; the script is loaded before EXEC by the pipeline itself); its
+        reply in `await pipe.execute()` is `[seq, prev_seq, keep]`.
     self.queue_delete(pipe, channel) -> None
         Queues the removal of a channel (stream, meta hash, name), as `delete` does.
 
@@ -50,7 +53,7 @@ from tidings.stores.base import ChannelInfo, Published, ReadResult, Retention
 from tidings.stores.redis.base import RedisBase, parse_seq
 from tidings.wire import Message
 
-__all__ = ["RedisChannels", "redis_errors"]
+__all__ = ["APPEND_LUA", "RedisChannels", "redis_errors"]
 
 _encode_json = msgspec.json.Encoder().encode
 _decode_json = msgspec.json.Decoder().decode
@@ -60,38 +63,54 @@ _BATCH = 500
 # Most entries one `follow` returns per stream.
 _FOLLOW_COUNT = 1000
 
+# The append itself, as a Lua function: this part's script below and the jobs part's write
+# script (tidings.stores.redis.jobs) both include it, so a job's event is appended by the
+# same code as a publish (one copy of the id, retention and idempotency rules).
+# append(stream key, meta key, channels set key, name, data JSON, event ("" for none),
+#        now, default max_messages, idempotency key prefix ("{p}idem:{name}:"),
+#        key digest ("" for none), TTL ms)
+# Returns {seq, prev_seq, keep} for a new message; for a duplicate
+#         {seq, prev_seq, keep, 1, fields of the earlier entry (absent when trimmed)}.
+APPEND_LUA = """
+local function append(stream, meta, channels, name, data, event, now, default_keep,
+                      idem_prefix, digest, ttl)
+  redis.call('HSETNX', meta, 'created', now)
+  local keep = tonumber(redis.call('HGET', meta, 'max_messages') or default_keep)
+  local idem = false
+  if digest ~= '' then
+    idem = idem_prefix .. redis.call('HGET', meta, 'created') .. ':' .. digest
+    local seen = redis.call('GET', idem)
+    if seen then
+      local seq = tonumber(seen)
+      local entry = redis.call('XRANGE', stream, '0-' .. seen, '0-' .. seen)
+      if entry[1] then
+        return {seq, seq - 1, keep, 1, entry[1][2]}
+      end
+      return {seq, seq - 1, keep, 1}
+    end
+  end
+  local seq = redis.call('HINCRBY', meta, 'seq', 1)
+  redis.call('XADD', stream, '0-' .. seq, 'd', data, 'e', event, 't', now)
+  redis.call('XTRIM', stream, 'MAXLEN', keep)
+  redis.call('ZADD', channels, 0, name)
+  if idem then
+    redis.call('SET', idem, seq, 'PX', ttl)
+  end
+  return {seq, seq - 1, keep}
+end
+"""
+
 # KEYS: stream, meta, channels set.
 # ARGV: name, data JSON, event ("" for none), now, default max_messages,
 #       idempotency key prefix ("{p}idem:{name}:"), key digest ("" for none), TTL ms.
-# Reply: {seq, prev_seq, keep} for a new message; for a duplicate
-#        {seq, prev_seq, keep, 1, fields of the earlier entry (absent when trimmed)}.
-_APPEND = """
-local stream, meta = KEYS[1], KEYS[2]
-local now = ARGV[4]
-redis.call('HSETNX', meta, 'created', now)
-local keep = tonumber(redis.call('HGET', meta, 'max_messages') or ARGV[5])
-local idem = false
-if ARGV[7] ~= '' then
-  idem = ARGV[6] .. redis.call('HGET', meta, 'created') .. ':' .. ARGV[7]
-  local seen = redis.call('GET', idem)
-  if seen then
-    local seq = tonumber(seen)
-    local entry = redis.call('XRANGE', stream, '0-' .. seen, '0-' .. seen)
-    if entry[1] then
-      return {seq, seq - 1, keep, 1, entry[1][2]}
-    end
-    return {seq, seq - 1, keep, 1}
-  end
-end
-local seq = redis.call('HINCRBY', meta, 'seq', 1)
-redis.call('XADD', stream, '0-' .. seq, 'd', ARGV[2], 'e', ARGV[3], 't', now)
-redis.call('XTRIM', stream, 'MAXLEN', keep)
-redis.call('ZADD', KEYS[3], 0, ARGV[1])
-if idem then
-  redis.call('SET', idem, seq, 'PX', ARGV[8])
-end
-return {seq, seq - 1, keep}
+# Reply: that of `append`.
+_APPEND = (
+    APPEND_LUA
+    + """
+return append(KEYS[1], KEYS[2], KEYS[3],
+              ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 """
+)
 
 # KEYS: stream, meta.  ARGV: after (normalized decimal), limit.
 # Reply: {0} when the channel does not exist, else
