@@ -219,6 +219,11 @@ class JobService:
     async def wait(self, job_id: str, seconds: float) -> Job:
         """The job once it is finished, or as it is after `seconds` (capped)."""
         deadline = time.monotonic() + max(0.0, min(seconds, self.long_poll_cap))
+        # Most waits ask for a job that has already ended: answer them with one read, before
+        # following its channel (on a shared store that costs the relay a lookup).
+        job = await self.get(job_id)
+        if job.terminal or seconds <= 0:
+            return job
         channel = job_channel(job_id)
         while True:
             fut = self.hub.waiter(channel)

@@ -166,8 +166,10 @@ async def get_job(request: Request) -> Response:
     svc = _svc(request)
     job_id = request.path_params["job_id"]
     wait = query_float(request, "wait")
-    _may_follow(principal_of(request), await svc.get(job_id))
-    job = await (unless_revoked(request, svc.wait(job_id, wait)) if wait else svc.get(job_id))
+    job = await svc.get(job_id)
+    _may_follow(principal_of(request), job)
+    if wait and not job.terminal:
+        job = await unless_revoked(request, svc.wait(job_id, wait))
     return json_response(job.to_wire())
 
 
