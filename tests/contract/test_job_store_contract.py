@@ -274,6 +274,25 @@ def test_lease_order_is_priority_then_run_at(make_store):
     run(make_store, body)
 
 
+def test_leases_in_small_batches_follow_one_order_across_types(make_store):
+    """Several leases of two jobs each, over three types, take the jobs in one order —
+    priority, then run_at — and a lease for some types skips the others."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        plan = [("a", 0), ("b", 3), ("c", 0), ("a", 3), ("b", 0), ("c", 7), ("a", -1), ("b", 0)]
+        for n, (type_, priority) in enumerate(plan):
+            await svc.submit(type_, n, priority=priority)
+        only_ac = await svc.lease(["a", "c"], 2, 0, 30.0)
+        assert [j.payload for j in only_ac] == [5, 3]  # c/7, then a/3 (b/3 is not asked for)
+        taken = []
+        while got := await svc.lease(None, 2, 0, 30.0):
+            assert len(got) <= 2
+            taken += [j.payload for j in got]
+        assert taken == [1, 0, 2, 4, 7, 6]  # b/3, then priority 0 by submission, a/-1 last
+
+    run(make_store, body)
+
+
 def test_lease_filters_by_type_and_waits_for_delay(make_store):
     """A lease takes only the types asked for; a delayed job is not leased before its time."""
 

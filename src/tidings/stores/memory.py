@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -58,6 +59,12 @@ class MemoryStore(Store):
         self._job_keys: dict[str, str] = {}
         self._queued: set[str] = set()
         self._running: set[str] = set()
+        # Queued jobs by when they are due, and the due ones per type by lease order
+        # (-priority, run_at, id). Entries are checked against the job when taken (a job
+        # leased or re-queued since leaves a stale entry behind), so a lease costs
+        # O(log n) per job instead of sorting every queued job.
+        self._delayed: list[tuple[float, str]] = []
+        self._due: dict[str, list[tuple[int, float, str]]] = {}
         self._users: dict[str, User] = {}
         self._credentials: dict[str, Credential] = {}
         self._open = False
@@ -192,6 +199,7 @@ class MemoryStore(Store):
         self._running.discard(job.id)
         if job.status == "queued":
             self._queued.add(job.id)
+            heapq.heappush(self._delayed, (job.run_at, job.id))
         elif job.status == "running":
             self._running.add(job.id)
         published = None
@@ -251,18 +259,34 @@ class MemoryStore(Store):
         self, types: list[str] | None, max_jobs: int, now: float, fn: Transition
     ) -> list[JobChange]:
         self._check()
-        wanted = None if types is None else set(types)
-        ready = [
-            self._jobs[i]
-            for i in self._queued
-            if self._jobs[i].run_at <= now and (wanted is None or self._jobs[i].type in wanted)
-        ]
-        ready.sort(key=lambda j: (-j.priority, j.run_at, j.id))
-        out = []
-        for job in ready[:max_jobs]:
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            run_at, job_id = heapq.heappop(delayed)
+            job = self._jobs.get(job_id)
+            if job is not None and job.status == "queued" and job.run_at == run_at:
+                entry = (-job.priority, run_at, job_id)
+                heapq.heappush(self._due.setdefault(job.type, []), entry)
+        names = self._due if types is None else [t for t in types if t in self._due]
+        heaps = [self._due[t] for t in names]
+        out: list[JobChange] = []
+        while len(out) < max_jobs:
+            best = None
+            for heap in heaps:
+                while heap and not self._due_entry(heap[0]):
+                    heapq.heappop(heap)
+                if heap and (best is None or heap[0] < best[0]):
+                    best = heap
+            if best is None:
+                break
+            job = self._jobs[heapq.heappop(best)[2]]
             new, event = fn(job, now)
             out.append(self._save(new, event, now))
         return out
+
+    def _due_entry(self, entry: tuple[int, float, str]) -> bool:
+        """True while the job of a due-heap entry is still queued as the entry says."""
+        job = self._jobs.get(entry[2])
+        return job is not None and job.status == "queued" and job.run_at == entry[1]
 
     async def expire_jobs(self, now: float, fn: Transition) -> list[JobChange]:
         self._check()
