@@ -1067,7 +1067,7 @@ def main() -> int:
         cfg = Config(rounds=1, subs=1000, msgs=20, lp=500, jobs=300, wrk_secs=3, starlette_subs=500)
     else:
         cfg = Config(
-            rounds=2, subs=8000, msgs=100, lp=5000, jobs=2000, wrk_secs=10, starlette_subs=8000
+            rounds=2, subs=8000, msgs=100, lp=5000, jobs=4000, wrk_secs=10, starlette_subs=8000
         )
     if args.rounds:
         cfg.rounds = args.rounds
