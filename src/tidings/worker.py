@@ -519,6 +519,8 @@ class JobContext:
         self.timeout = leased.timeout
         self._loop = loop
         self._wake = asyncio.Event()
+        # Set by the runtime while the job runs: starts its heartbeat task (see `_job`).
+        self._on_progress: Callable[[], None] | None = None
         self._lock = threading.Lock()
         self._report: tuple[float | None, str | None] | None = None
         self._cancelled = False
@@ -554,7 +556,13 @@ class JobContext:
         with self._lock:
             self._report = (None if pct is None else float(pct), message)
         with contextlib.suppress(RuntimeError):  # the loop is gone: the runtime has ended
-            self._loop.call_soon_threadsafe(self._wake.set)
+            self._loop.call_soon_threadsafe(self._progressed)
+
+    def _progressed(self) -> None:
+        """On the loop: a report is waiting; wake (or start) the heartbeat."""
+        self._wake.set()
+        if self._on_progress is not None:
+            self._on_progress()
 
     def _take_report(self) -> tuple[float | None, str | None] | None:
         with self._lock:
@@ -643,6 +651,15 @@ class _Threads:
         self._idle = 0
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed, else None (asyncio's own)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
     if future.done():
         return
@@ -718,8 +735,10 @@ class Worker:
         """Work for the server at `url` until SIGTERM or SIGINT, then drain and return.
 
         A second signal abandons running jobs at once (they are failed with `retry`).
+        Runs on uvloop when it is installed (it comes with the server's dependencies).
         """
-        asyncio.run(self._run_with_signals(url, token))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(self._run_with_signals(url, token))
 
     async def _run_with_signals(self, url: str, token: str | None) -> None:
         stop = asyncio.Event()
@@ -969,7 +988,18 @@ class _Runner:
         if leased.lease_expires_at is not None:
             lease_until = started + max(0.0, leased.lease_expires_at - time.time())
         state = _JobState(lease_until)
-        heartbeat = asyncio.create_task(self._heartbeat(ctx, leased, state))
+        # The heartbeat task starts when the first heartbeat is due (lease / 3 after the
+        # start) or at the first progress report, whichever comes first: most jobs end
+        # before either, and then cost a timer instead of a task.
+        heartbeat: asyncio.Task[None] | None = None
+
+        def start_heartbeat() -> None:
+            nonlocal heartbeat
+            if heartbeat is None and not state.ended:
+                heartbeat = asyncio.create_task(self._heartbeat(ctx, leased, state, started))
+
+        timer = asyncio.get_running_loop().call_later(self.worker.lease / 3.0, start_heartbeat)
+        ctx._on_progress = start_heartbeat
         handler = self.worker.handlers.get(leased.type)
         outcome: tuple[str, Any]
         try:
@@ -990,10 +1020,13 @@ class _Runner:
             raise
         finally:
             state.ended = True
+            timer.cancel()
+            ctx._on_progress = None
             ctx._wake.set()  # a heartbeat that missed its cancellation wakes and sees `ended`
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            if heartbeat is not None:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
         try:
             if outcome[0] == "complete" and not ctx.lease_lost:
                 await self._last_progress(ctx, leased, state)
@@ -1058,11 +1091,17 @@ class _Runner:
             }
         return "complete", result
 
-    async def _heartbeat(self, ctx: JobContext, leased: LeasedJob, state: _JobState) -> None:
-        """Keep the lease, send progress, learn about cancellation; until cancelled."""
+    async def _heartbeat(
+        self, ctx: JobContext, leased: LeasedJob, state: _JobState, started: float
+    ) -> None:
+        """Keep the lease, send progress, learn about cancellation; until cancelled.
+
+        Counts from the job's start (`started`, monotonic): started by its timer, it beats
+        at once.
+        """
         interval = self.worker.lease / 3.0
         min_gap = 1.0 / MAX_HEARTBEATS_PER_SECOND
-        last = time.monotonic()
+        last = started
         failures = 0
         while True:
             due = (
