@@ -122,6 +122,26 @@ def test_submitted_job_is_run_by_a_worker_and_wait_returns_its_result(
 
 
 @pytest.mark.timeout(60)
+def test_a_job_longer_than_its_lease_keeps_it_without_progress_reports(
+    tidings_server: ServerFactory, store_url: str, worker_process: WorkerFactory, monkeypatch
+) -> None:
+    """With a 1 s lease, a handler that runs 2.5 s and reports nothing still completes as
+    attempt 1: the heartbeat starts on its own when the first one is due (lease / 3)."""
+    monkeypatch.setenv("TEST_WORKER_LEASE", "1")
+    server = tidings_server(store_url)
+    worker = worker_process(server.url)
+    try:
+        with Client(server.url) as client:
+            info = client.submit("quiet", {"seconds": 2.5}).wait(timeout=20)
+            assert info.status == "succeeded", worker.log()
+            assert info.attempt == 1, worker.log()
+            assert info.result == {"slept": 2.5}
+            assert "lease lost" not in worker.log()
+    finally:
+        worker.kill()
+
+
+@pytest.mark.timeout(60)
 def test_async_handler_round_trip_through_async_client(
     tidings_server: ServerFactory, worker_process: WorkerFactory
 ) -> None:

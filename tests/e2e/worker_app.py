@@ -40,6 +40,14 @@ def slow(job: JobContext) -> dict[str, Any]:
     return {"slept": seconds, "steps": steps}
 
 
+@worker.handler("quiet")
+def quiet(job: JobContext) -> dict[str, Any]:
+    """Sleep `payload["seconds"]` without a progress report: only heartbeats keep the lease."""
+    seconds = float(job.payload.get("seconds", 1.0))
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
 @worker.handler("fail")
 def fail(job: JobContext) -> None:
     """Always raise."""
