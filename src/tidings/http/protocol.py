@@ -6,7 +6,8 @@ segments and a client woken twice for every small JSON answer (a py-spy profile 
 jobs benchmark put the head's send() at a fifth of the server's GIL time). The transport
 here holds a head back until the next write — the body, as a rule a moment later — or
 the end of the loop iteration, whichever comes first, and sends both at once. Anything
-else passes straight through.
+else passes straight through; a connection upgraded to a WebSocket gets the real
+transport back.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ class HeadHoldingTransport:
             self._loop.call_soon(self.flush)  # a head without a body (HEAD, 204) still goes
         else:
             self._transport.write(data)
+
+    @property
+    def real(self) -> asyncio.Transport:
+        """The transport underneath."""
+        return self._transport
 
     def flush(self) -> None:
         """Send a held head now."""
@@ -77,3 +83,12 @@ class TidingsHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         held: Any = HeadHoldingTransport(transport, self.loop)
         super().connection_made(held)
+
+    def handle_websocket_upgrade(self) -> None:
+        # A WebSocket writes frames, not responses: hand it the real transport, so its
+        # writes (thousands per fan-out) do not pass through the holding wrapper.
+        held: Any = self.transport
+        if isinstance(held, HeadHoldingTransport):
+            held.flush()
+            self.transport = held.real
+        super().handle_websocket_upgrade()
