@@ -20,9 +20,10 @@ serve`). The runtime is one lease loop and one task per running job:
 - the lease loop long-polls for up to `concurrency - running` jobs at a time (batches);
   when all slots are busy it refills once half are free (or after a 2 ms linger);
 - each job task runs its handler (async handlers on the loop, sync ones in a thread) next
-  to a heartbeat task that extends the lease every `lease / 3` seconds, and soon after a
+  to a heartbeat that extends the lease every `lease / 3` seconds, and soon after a
   `progress()` call (at most `MAX_HEARTBEATS_PER_SECOND` a second), carrying progress and
-  message and bringing back `cancel_requested`;
+  message and bringing back `cancel_requested` (a task from its first beat or the first
+  progress report on: a job that ends sooner costs a timer);
 - the handler's return value completes the job; an exception fails it (retried by the
   server unless the handler was cancelled); a heartbeat answered 409 means the lease was
   lost (expired and given to someone else): the handler runs to its end, its outcome is
