@@ -591,13 +591,15 @@ class SQLiteStore(Store):
             # a job's channel is removed with it): no lookup.
             self._new_channel(job_channel(job.id), now)
         else:
-            # Transitions change these columns only (type, priority, creation and key stay):
-            # an UPDATE leaves the other indexes alone, where REPLACE rewrote them all.
+            # A job's creation time and idempotency key never change: an UPDATE of the
+            # other columns leaves their indexes alone, where REPLACE rewrote every index.
             conn.execute(
-                "UPDATE jobs SET status = ?, run_at = ?, lease_expires_at = ?, finished_at = ?,"
-                " body = ? WHERE id = ?",
+                "UPDATE jobs SET type = ?, status = ?, priority = ?, run_at = ?,"
+                " lease_expires_at = ?, finished_at = ?, body = ? WHERE id = ?",
                 (
+                    job.type,
                     job.status,
+                    job.priority,
                     job.run_at,
                     job.lease_expires_at,
                     job.finished_at,
