@@ -586,6 +586,23 @@ def test_sweep_removes_old_finished_jobs_and_their_channels(make_store):
     run(make_store, body)
 
 
+def test_retention_by_age_leaves_job_channels_to_their_job(make_store):
+    """The retention sweep trims ordinary channels by age but not job channels: a job's
+    events stay as long as the job (they go with it, in the job sweep)."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        job, _ = await svc.submit("t")
+        await lease_one(svc)
+        old = (await store.publish("jobless", "x")).message
+        trimmed = await store.sweep(old.time + DEFAULT.max_age + 60)
+        assert trimmed == ["jobless"]
+        assert await names(store, job.id) == ["queued", "running"]
+        info = await store.info(job_channel(job.id))
+        assert info is not None and info.messages == 2
+
+    run(make_store, body)
+
+
 # -- batches of transitions (worker reports) ----------------------------------------------
 
 

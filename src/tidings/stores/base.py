@@ -149,6 +149,10 @@ class ChannelStore(abc.ABC):
     async def sweep(self, now: float) -> list[str]:
         """Drop messages older than their channel's max age and expired idempotency keys.
 
+        Job channels (`job.*`) are left out: they live and go with their job (sweep_jobs),
+        and there is one per job — scanning them every few seconds would make this cost
+        grow with the jobs kept, not with the channels people publish to.
+
         Returns the names of the channels that lost messages.
         """
 

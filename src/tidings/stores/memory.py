@@ -24,7 +24,7 @@ from tidings.stores.base import (
     is_reset,
     job_event_data,
 )
-from tidings.wire import Job, Message, job_channel
+from tidings.wire import JOB_CHANNEL_PREFIX, Job, Message, job_channel
 
 __all__ = ["MemoryStore", "parse_seq"]
 
@@ -181,6 +181,8 @@ class MemoryStore(Store):
         self._check()
         trimmed = []
         for name, ch in self._channels.items():
+            if name.startswith(JOB_CHANNEL_PREFIX):
+                continue  # a job's channel goes with its job (see Store.sweep)
             cutoff = now - self._retention(ch).max_age
             if ch.messages and ch.messages[0].time < cutoff:
                 trimmed.append(name)

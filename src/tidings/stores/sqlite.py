@@ -548,7 +548,7 @@ class SQLiteStore(Store):
             rows = conn.execute(
                 "SELECT c.name, coalesce(c.max_age, ?),"
                 " (SELECT time FROM messages m WHERE m.channel = c.name ORDER BY seq LIMIT 1)"
-                " FROM channels c",
+                " FROM channels c WHERE c.name < 'job.' OR c.name >= 'job/'",  # not job.*
                 (self.default_retention.max_age,),
             ).fetchall()
             for name, max_age, oldest in rows:

@@ -456,32 +456,38 @@ class RedisChannels(RedisBase):
         return info
 
     async def sweep(self, now: float) -> list[str]:
-        r = self.r
         trimmed: list[str] = []
-        low = b"-"
         with self._errors():
-            while True:
-                raw = await r.zrangebylex(self.k("channels"), low, b"+", start=0, num=_BATCH)
-                if not raw:
-                    break
-                names = [n.decode() for n in raw]
-                async with r.pipeline(transaction=False) as pipe:
-                    pipe.scripts.add(self._sweep_script)
-                    for name in names:
-                        pipe.evalsha(
-                            self._sweep_script.sha,
-                            2,
-                            self.k("ch", name),
-                            self.k("chm", name),
-                            repr(now),
-                            repr(float(self.default_retention.max_age)),
-                        )
-                    removed = await pipe.execute()
-                trimmed.extend(n for n, count in zip(names, removed, strict=True) if count)
-                if len(raw) < _BATCH:
-                    break
-                low = b"(" + raw[-1]
+            # Every channel but the job channels (`job.*`, see Store.sweep): the names
+            # before "job." and from "job/" on ('/' follows '.').
+            await self._sweep_range(now, b"-", b"(job.", trimmed)
+            await self._sweep_range(now, b"[job/", b"+", trimmed)
         return trimmed
+
+    async def _sweep_range(self, now: float, low: bytes, high: bytes, trimmed: list[str]) -> None:
+        """Apply retention by age to the channels whose names lie in low..high (lex)."""
+        r = self.r
+        while True:
+            raw = await r.zrangebylex(self.k("channels"), low, high, start=0, num=_BATCH)
+            if not raw:
+                return
+            names = [n.decode() for n in raw]
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.scripts.add(self._sweep_script)
+                for name in names:
+                    pipe.evalsha(
+                        self._sweep_script.sha,
+                        2,
+                        self.k("ch", name),
+                        self.k("chm", name),
+                        repr(now),
+                        repr(float(self.default_retention.max_age)),
+                    )
+                removed = await pipe.execute()
+            trimmed.extend(n for n, count in zip(names, removed, strict=True) if count)
+            if len(raw) < _BATCH:
+                return
+            low = b"(" + raw[-1]
 
     # -- the relay ----------------------------------------------------------------------
 
