@@ -18,7 +18,7 @@ One runtime serves two backends, both behind the small `WorkerBackend` protocol:
 serve`). The runtime is one lease loop and one task per running job:
 
 - the lease loop long-polls for up to `concurrency - running` jobs at a time (batches);
-  when all slots are busy it refills once half are free (or after a 2 ms linger);
+  before each refill it lets the running jobs end (a 2 ms linger at most);
 - each job task runs its handler (async handlers on the loop, sync ones in a thread) next
   to a heartbeat that extends the lease every `lease / 3` seconds, and soon after a
   `progress()` call (at most `MAX_HEARTBEATS_PER_SECOND` a second), carrying progress and
@@ -93,9 +93,9 @@ log = logging.getLogger("tidings.worker")
 LEASE_WAIT = 20.0
 # Added to a long poll's `wait` for the HTTP read timeout, so the server answers first.
 LEASE_WAIT_MARGIN = 10.0
-# When every slot is busy and one frees, the lease loop waits at most this long for half
-# of them to free before it reports and leases again: short jobs then travel in batches
-# of at least half the concurrency instead of one per round trip (see `_refill_wait`).
+# Before it reports and leases again, the lease loop waits at most this long for the
+# running jobs to end: short jobs then travel in full batches instead of one (or half the
+# slots) per round trip (see `_refill_wait`).
 REFILL_LINGER = 0.002
 # Progress reports are sent promptly, but one job never heartbeats more often than this.
 MAX_HEARTBEATS_PER_SECOND = 5.0
@@ -866,15 +866,17 @@ class _Runner:
         reporter = self.reporter
         try:
             while not self.stop.is_set():
+                if self.running:
+                    # A job that ends frees a slot and wakes this loop, which carries its
+                    # outcome with the next lease; the others get a moment to end too.
+                    reporter.deferred = True
+                    if len(self.running) >= self.worker.concurrency:
+                        await self._until_stopped(
+                            asyncio.wait(set(self.running), return_when=asyncio.FIRST_COMPLETED)
+                        )
+                    await self._refill_wait()
                 free = self.worker.concurrency - len(self.running)
                 if free <= 0:
-                    # A job that ends frees a slot and wakes this loop, which carries its
-                    # outcome with the next lease.
-                    reporter.deferred = True
-                    await self._until_stopped(
-                        asyncio.wait(set(self.running), return_when=asyncio.FIRST_COMPLETED)
-                    )
-                    await self._refill_wait()
                     continue
                 outcomes = reporter.take()
                 if outcomes:
@@ -910,16 +912,16 @@ class _Runner:
             reporter.resume()
 
     async def _refill_wait(self) -> None:
-        """After a slot frees, wait up to REFILL_LINGER for half of them to be free.
+        """Before a refill, wait up to REFILL_LINGER for the running jobs to end.
 
-        Short jobs end a few at a time; asking for one job per freed slot made each round
-        trip carry one outcome and lease one job (a no-op benchmark ran at half the rate
-        with concurrency 8). A long job is delayed by at most the linger, once per refill.
+        Short jobs end within moments of each other; asking for one job per freed slot
+        made each round trip carry one outcome and lease one job (a no-op benchmark ran at
+        half the rate with concurrency 8), and refilling as soon as half were free kept the
+        batches at half. A refill beside long jobs is delayed by at most the linger.
         """
         loop = asyncio.get_running_loop()
-        half = (self.worker.concurrency + 1) // 2
         deadline = loop.time() + REFILL_LINGER
-        while self.running and self.worker.concurrency - len(self.running) < half:
+        while self.running:
             remaining = deadline - loop.time()
             if remaining <= 0 or self.stop.is_set():
                 return
