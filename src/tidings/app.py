@@ -137,8 +137,9 @@ class TidingsApp:
         self.relay: Relay | None = None
         if self.store.shared:
             followable: Any = self.store
-            self.relay = Relay(followable, self.hub, self.jobs.notify_ready)
+            self.relay = Relay(followable, self.hub, self.jobs.notify_ready, self.jobs.parked)
             self.channels.relay_watch = self.jobs.relay_watch = self.relay.watch
+            self.jobs.on_park = self.relay.kick
             self.channels.relay_forget = self.relay.forget
         self.handlers = handlers
         self._handlers_stop = asyncio.Event()

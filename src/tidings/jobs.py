@@ -118,8 +118,10 @@ class JobService:
         self.retry_backoff = retry_backoff
         self.max_backoff = max_backoff
         self.long_poll_cap = long_poll_cap
-        # Shared store: the relay follows the channels of waited-for jobs (set by the app).
+        # Shared store: the relay follows the channels of waited-for jobs, and the wake-up
+        # stream while a lease request is parked here (both set by the app).
         self.relay_watch: Callable[[str], Awaitable[None]] | None = None
+        self.on_park: Callable[[], None] | None = None
         self._work_waiters: list[tuple[frozenset[str] | None, asyncio.Future[None]]] = []
         # Leases being given back because their requester left (kept so they finish).
         self._releases: set[asyncio.Task[None]] = set()
@@ -135,6 +137,10 @@ class JobService:
         if job.status == "queued":
             self._work_ready(job)
         return job
+
+    def parked(self) -> bool:
+        """True while a lease request waits here for a job."""
+        return any(not fut.done() for _, fut in self._work_waiters)
 
     def _work_ready(self, job: Job) -> None:
         self.notify_ready(job.type, job.run_at)
@@ -283,6 +289,8 @@ class JobService:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._work_waiters = [w for w in self._work_waiters if not w[1].done()]
             self._work_waiters.append((wanted, fut))
+            if self.on_park is not None and deadline > time.monotonic():
+                self.on_park()  # before the store is read: no wake-up after it is missed
             changes = await self._take(types, max_jobs, take)
             remaining = deadline - time.monotonic()
             if changes or remaining <= 0 or self.hub.closing:

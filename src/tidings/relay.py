@@ -12,7 +12,11 @@ caller reads history: whatever the caller's read does not see comes after that p
 is relayed, and what both deliver is dropped by the subscriber's cursor.
 
 The relay also reads the store's wake-up stream: a job that became queued on any node
-wakes the lease requests parked on this one.
+wakes the lease requests parked on this one. It reads it only while it has something to
+wake or follow (a parked lease request, a watched channel — deletions are announced on
+that stream too): a node whose workers keep leasing without waiting reads nothing per job.
+When it starts again it reads from where it stopped, so no wake-up is lost; wake-ups that
+arrive for nobody cost a spurious re-check of the store.
 """
 
 from __future__ import annotations
@@ -65,12 +69,21 @@ class Relay:
         store: the shared store.
         hub: this process's hub (what it watches; where messages go).
         wake: called with (job type, run_at) for each job queued anywhere.
+        wakes_wanted: whether anything here waits for a job (a parked lease request).
     """
 
-    def __init__(self, store: Followable, hub: Hub, wake: Callable[[str, float], None]) -> None:
+    def __init__(
+        self,
+        store: Followable,
+        hub: Hub,
+        wake: Callable[[str, float], None],
+        wakes_wanted: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.store = store
         self.hub = hub
         self.wake = wake
+        self.wakes_wanted = wakes_wanted
+        self._kick = asyncio.Event()
         self.positions: dict[str, int] = {}
         self.marks: dict[str, bytes | None] = {}  # each followed channel's creation mark
         self._starting: dict[str, asyncio.Task[int]] = {}
@@ -98,9 +111,14 @@ class Relay:
             if channel not in self.positions:
                 self.positions[channel] = seq
                 self.marks[channel] = mark
+                self.kick()
             return seq
         finally:
             del self._starting[channel]
+
+    def kick(self) -> None:
+        """Something to follow may have appeared (a watch, a parked lease): look now."""
+        self._kick.set()
 
     def forget(self, channel: str) -> None:
         """Stop following `channel` (it was deleted here): the next watch starts afresh."""
@@ -126,6 +144,13 @@ class Relay:
                 watched = self.hub.watched()
                 for channel in [c for c in self.positions if c not in watched]:
                     self.forget(channel)
+                if not self.positions and not self.wakes_wanted():
+                    # Nothing to follow: wait for a watch or a parked lease (a kick), and
+                    # look again now and then. `wake_from` stays where the last read ended.
+                    self._kick.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._kick.wait(), FOLLOW_BLOCK_MS / 1000)
+                    continue
                 await self._check_recreated()
                 batches, wakes, deleted, wake_from = await self.store.follow(
                     dict(self.positions), wake_from, FOLLOW_BLOCK_MS

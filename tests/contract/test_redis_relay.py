@@ -356,3 +356,48 @@ def test_a_cancelled_watch_does_not_cancel_the_others_waiting_for_the_same_looku
             assert not second.cancelled()
 
     run(redis_url, body)
+
+
+def test_the_relay_reads_wake_ups_only_while_a_lease_waits_and_loses_none(redis_url):
+    """With no watched channel and no parked lease, B's relay reads nothing (A's queued
+    jobs cost B no read each); once a lease parks (a kick), it reads from where it
+    stopped: the wake-ups that came meanwhile arrive, none twice."""
+    from tidings.hub import Hub
+    from tidings.relay import Relay
+
+    async def body(a: RedisStore, b: RedisStore) -> None:
+        woken: list[tuple[str, float]] = []
+        parked = False
+        relay = Relay(b, Hub(b.cursor_key, remember=False), lambda t, r: woken.append((t, r)))
+        relay.wakes_wanted = lambda: parked
+        follows = 0
+        real_follow = b.follow
+
+        async def counting_follow(*args: Any) -> Any:
+            nonlocal follows
+            follows += 1
+            return await real_follow(*args)
+
+        b.follow = counting_follow  # type: ignore[method-assign]
+        relay.start()
+        try:
+            await asyncio.sleep(0.3)  # the relay starts, finds nothing to follow
+            for n in range(3):
+                await a.r.xadd(a.k("wake"), {"type": "t", "run_at": f"{n}.0"})
+            await asyncio.sleep(0.3)
+            assert (follows, woken) == (0, [])
+            parked = True
+            relay.kick()
+            deadline = time.monotonic() + 3
+            while len(woken) < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert woken == [("t", 0.0), ("t", 1.0), ("t", 2.0)]
+            await a.r.xadd(a.k("wake"), {"type": "t", "run_at": "3.0"})
+            deadline = time.monotonic() + 3
+            while len(woken) < 4 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert woken == [("t", 0.0), ("t", 1.0), ("t", 2.0), ("t", 3.0)]
+        finally:
+            await relay.stop()
+
+    run(redis_url, body)
