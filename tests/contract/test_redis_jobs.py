@@ -251,6 +251,7 @@ def test_a_report_whose_job_changed_after_its_read_writes_nothing_then_applies_t
             return found
 
         store_a._read = racing_read  # type: ignore[method-assign]
+        store_a._read_known = lambda ids: None  # type: ignore[method-assign]  # read Redis
         done = await svc_a.report(
             [JobOutcome(j.id, j.lease_token or "", True, "ok") for j in (j1, j2)]
         )
@@ -364,5 +365,42 @@ def test_job_writes_go_on_after_the_script_cache_is_flushed(redis_url):
         [done] = await svc.report([JobOutcome(job.id, leased.lease_token or "", True, 1)])
         assert isinstance(done, Job) and done.status == "succeeded"
         assert await names(store, job.id) == ["queued", "running", "succeeded"]
+
+    two_nodes(redis_url, body)
+
+
+@pytest.mark.timeout(30)
+def test_a_node_decides_on_redis_not_on_its_own_copy_of_a_job_changed_elsewhere(redis_url):
+    """Node A leased a job (and keeps the body it wrote); the lease runs out and node B
+    takes the job back and leases it again. Through A, the new holder's report applies
+    and the old holder's is refused — each decided on what Redis holds, not A's copy; and
+    A leases again what B put back in the queue."""
+
+    async def body(a: Node, b: Node) -> None:
+        (store_a, svc_a), (_store_b, svc_b) = a, b
+        job, _ = await svc_a.submit("t", 1)
+        [first] = await svc_a.lease(None, 1, 0, 0.1)
+        await asyncio.sleep(0.25)
+        assert [j.id for j in await svc_b.expire()] == [job.id]
+        await asyncio.sleep(BACKOFF * 2)  # requeued after the retry backoff
+        [second] = await svc_b.lease(None, 1, 0, 30.0)
+        assert second.attempt == 2 and second.lease_token != first.lease_token
+        # A's copy says the job is held with the first token: the second holder's report is
+        # refused by that copy alone, and must not be.
+        [fresh] = await svc_a.report([JobOutcome(job.id, second.lease_token or "", True, "new")])
+        assert isinstance(fresh, Job) and fresh.status == "succeeded" and fresh.result == "new"
+        [stale] = await svc_a.report([JobOutcome(job.id, first.lease_token or "", True, "old")])
+        assert isinstance(stale, Conflict)
+        assert (await store_a.get_job(job.id)) == fresh
+
+        # A leases a job B requeued (A's copy still says running): it gets it.
+        other, _ = await svc_a.submit("t", 2)
+        [held] = await svc_a.lease(None, 1, 0, 0.1)
+        assert held.id == other.id
+        await asyncio.sleep(0.25)
+        assert [j.id for j in await svc_b.expire()] == [other.id]
+        await asyncio.sleep(BACKOFF * 2)
+        [again] = await svc_a.lease(None, 1, 0, 30.0)
+        assert (again.id, again.attempt) == (other.id, 2)
 
     two_nodes(redis_url, body)

@@ -64,6 +64,13 @@ and sweep commit BATCH jobs per script call or transaction). Within one process,
 lease_jobs and expire_jobs calls take turns (an asyncio lock), so conflicts arise only
 between nodes, not between the requests of one node.
 
+A node remembers the bodies of the unfinished jobs it wrote last (`_read_known`), and a
+lease or a report of those jobs is computed from them without an MGET: the comparison in
+the script makes that as safe as a read (a body changed elsewhere makes the call write
+nothing; the copies are dropped and the retry reads Redis). What no write would check is
+never decided on a copy: a refused step or a skipped lease candidate is decided again on
+the bodies read from Redis.
+
 A submit needs no read: a new job's id is random and unseen, so its script call expects
 no body under that id; with an idempotency key, the script itself answers the job the
 key already names (when that job still exists) instead of writing. sweep_jobs, off the
@@ -100,7 +107,7 @@ import asyncio
 import hashlib
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -141,6 +148,9 @@ LIST_PAGE = 500
 WAKE_MAXLEN = 10_000
 # Job priorities remembered per process (cleared when full).
 PRIORITY_CACHE_MAX = 200_000
+# Bodies of unfinished jobs this process wrote last, remembered so a lease or a report can
+# skip reading them (cleared when full; see `_read_known`).
+BODY_CACHE_MAX = 100_000
 
 # The first element of the write script's reply.
 _DIFFERS, _WRITTEN, _KNOWN = 0, 1, 2
@@ -341,6 +351,7 @@ class RedisJobs(RedisBase):
     # Created on first use: the parts of RedisStore share RedisBase's constructor.
     _job_locks: dict[str, asyncio.Lock] | None = None
     _priorities: dict[str, int] | None = None
+    _job_bodies: dict[str, bytes] | None = None
 
     async def _load_scripts(self) -> None:
         await super()._load_scripts()
@@ -355,6 +366,11 @@ class RedisJobs(RedisBase):
         if lock is None:
             lock = self._job_locks[name] = asyncio.Lock()
         return lock
+
+    def _body_cache(self) -> dict[str, bytes]:
+        if self._job_bodies is None or len(self._job_bodies) > BODY_CACHE_MAX:
+            self._job_bodies = {}
+        return self._job_bodies
 
     def _priority_cache(self) -> dict[str, int]:
         if self._priorities is None or len(self._priorities) > PRIORITY_CACHE_MAX:
@@ -397,6 +413,28 @@ class RedisJobs(RedisBase):
                 jobs[job_id] = _decode_job(body)
                 prints[job_id] = _fingerprint(body)
         return jobs, prints
+
+    def _read_known(self, ids: list[str]) -> tuple[dict[str, Job], dict[str, str]] | None:
+        """The jobs of `ids` as this process last wrote them, when it wrote them all; else
+        None (read Redis). Safe because the write compares each body with Redis's: a body
+        changed elsewhere since makes it write nothing (_Differs), the bodies are dropped,
+        and the retry reads Redis. A caller must not refuse or skip a job on such a read
+        alone, which no write would check."""
+        cache = self._body_cache()
+        jobs: dict[str, Job] = {}
+        prints: dict[str, str] = {}
+        for job_id in ids:
+            body = cache.get(job_id)
+            if body is None:
+                return None
+            jobs[job_id] = _decode_job(body)
+            prints[job_id] = _fingerprint(body)
+        return jobs, prints
+
+    def _forget_bodies(self, ids: Iterable[str]) -> None:
+        cache = self._body_cache()
+        for job_id in ids:
+            cache.pop(job_id, None)
 
     async def _watch_bodies(self, pipe: Any, ids: list[str]) -> list[Job | None]:
         """WATCH the bodies of `ids` and read them (pipe in immediate mode; the sweep)."""
@@ -467,8 +505,13 @@ class RedisJobs(RedisBase):
         """The JobChange of each written change, from the script's reply."""
         out = []
         priorities = self._priority_cache()
+        bodies = self._body_cache()
         for n, w in enumerate(written):
             priorities[w.job.id] = w.job.priority
+            if w.job.finished_at is None:
+                bodies[w.job.id] = w.body
+            else:
+                bodies.pop(w.job.id, None)
             published = None
             if w.data is not None:
                 appended = reply[1 + 3 * n : 4 + 3 * n]
@@ -484,6 +527,7 @@ class RedisJobs(RedisBase):
         keys, args, written = self._write_call(changes, prints, now)
         reply = await self._write_script(keys=keys, args=args, client=self.r)
         if reply[0] == _DIFFERS:
+            self._forget_bodies(w.job.id for w in written)
             raise _Differs(f"job {written[int(reply[1]) - 1].job.id} changed")
         return self._changes(written, reply, now)
 
@@ -573,10 +617,18 @@ class RedisJobs(RedisBase):
         ids = list(dict.fromkeys(job_id for job_id, _, _ in steps))
 
         async def attempt() -> list[JobChange | TidingsError]:
-            jobs, prints = await self._read(ids)
             now = time.time()
-            # Steps are computed before anything is sent: a refusal changes nothing.
-            answers = apply_steps(steps, jobs, now)
+            known = self._read_known(ids)
+            answers = None
+            if known is not None:
+                jobs, prints = known
+                answers = apply_steps(steps, dict(jobs), now)
+                if any(isinstance(a, TidingsError) for a in answers):
+                    answers = None  # a refusal is decided on what Redis holds, never a copy
+            if answers is None:
+                jobs, prints = await self._read(ids)
+                # Steps are computed before anything is sent: a refusal changes nothing.
+                answers = apply_steps(steps, jobs, now)
             changes = [a for a in answers if not isinstance(a, TidingsError)]
             if not changes:
                 return [a for a in answers if isinstance(a, TidingsError)]
@@ -665,12 +717,20 @@ class RedisJobs(RedisBase):
     ) -> tuple[list[JobChange], list[str]]:
         """One compare-and-set: lease those of `picks` still queued and due. Returns the
         changes and the ids skipped; _Differs when another node wrote one of them."""
-        jobs, prints = await self._read(picks)
-        fresh = [
-            j
-            for j in jobs.values()
-            if j.status == "queued" and j.run_at <= now and (wanted is None or j.type in wanted)
-        ]
+
+        def leasable(jobs: dict[str, Job]) -> list[Job]:
+            return [
+                j
+                for j in jobs.values()
+                if j.status == "queued" and j.run_at <= now and (wanted is None or j.type in wanted)
+            ]
+
+        known = self._read_known(picks)
+        if known is not None and len(leasable(known[0])) == len(picks):
+            jobs, prints = known
+        else:  # a job is skipped only on what Redis holds
+            jobs, prints = await self._read(picks)
+        fresh = leasable(jobs)
         taken = {j.id for j in fresh}
         skipped = [i for i in picks if i not in taken]
         if not fresh:
@@ -775,6 +835,7 @@ class RedisJobs(RedisBase):
                 cache = self._priority_cache()
                 for job in gone:
                     cache.pop(job.id, None)
+                self._forget_bodies(j.id for j in gone)
                 return [j.id for j in gone]
 
         return attempt
