@@ -327,18 +327,16 @@ class SQLiteStore(Store):
             (name,),
         ).fetchone()
         if row is None:
-            st = _ChannelState(last_seq=0, retention=None, created=time.time(), dirty=True)
-            self._dirty.add(name)
-        else:
-            ret = Retention(row[2], row[3]) if row[2] is not None else None
-            st = _ChannelState(last_seq=row[0], retention=ret, created=row[1])
-        self._state[name] = st
+            return self._new_channel(name, time.time())
+        ret = Retention(row[2], row[3]) if row[2] is not None else None
+        st = self._state[name] = _ChannelState(last_seq=row[0], retention=ret, created=row[1])
         return st
 
-    def _new_channel(self, name: str, now: float) -> None:
+    def _new_channel(self, name: str, now: float) -> _ChannelState:
         """Cache the state of a channel known not to exist yet (saved at the commit)."""
-        self._state[name] = _ChannelState(last_seq=0, retention=None, created=now, dirty=True)
+        st = self._state[name] = _ChannelState(last_seq=0, retention=None, created=now, dirty=True)
         self._dirty.add(name)
+        return st
 
     def _flush_channels(self, conn: sqlite3.Connection) -> None:
         for name in self._dirty:
