@@ -357,3 +357,38 @@ def test_connections_redis_closed_while_idle_do_not_fail_requests(
         time.sleep(0.2)
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda i: publish(srv.url, "idle", i), range(8)))
+
+
+@pytest.mark.timeout(60)
+def test_a_publish_during_a_redis_stall_longer_than_5_s_is_applied_once(
+    tidings_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Redis stops answering for 6 s (SIGSTOP: the kernel still takes the bytes). The
+    publish sent meanwhile waits, is answered 201 and is applied once. With redis-py 8's
+    default 5 s socket timeout it was answered 503 after 5 s, and Redis, once resumed, ran
+    the command anyway: a publish reported failed that was in fact applied."""
+    redis = RedisProcess(tmp_path).start()
+    assert redis.proc is not None
+    try:
+        srv = node(tidings_server, f"{redis.url}?prefix=stall:")
+        publish(srv.url, "stall", "before")  # the node's connection is open
+        redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                sent = pool.submit(
+                    httpx.post,
+                    f"{srv.url}/v1/channels/stall/messages",
+                    json={"data": "during"},
+                    timeout=30,
+                )
+                time.sleep(6.5)
+                assert not sent.done()  # waiting for Redis, not failed
+                redis.proc.send_signal(signal.SIGCONT)
+                r = sent.result(timeout=20)
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
+        assert r.status_code == 201, r.text
+        page = httpx.get(f"{srv.url}/v1/channels/stall/messages?after=0", timeout=10).json()
+        assert [m["data"] for m in page["messages"]] == ["before", "during"]
+    finally:
+        redis.stop()

@@ -29,6 +29,7 @@ Key layout (prefix `tidings:` by default, `?prefix=` in the URL to change it):
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -42,6 +43,12 @@ __all__ = ["RedisBase", "parse_seq"]
 # Connections per node to Redis (requests beyond wait up to POOL_TIMEOUT seconds for one).
 MAX_CONNECTIONS = 64
 POOL_TIMEOUT = 10.0
+# Seconds to open a connection to Redis.
+CONNECT_TIMEOUT = 5.0
+# A connection whose sent data Redis's host has not acknowledged for this long is dead
+# (TCP_USER_TIMEOUT, Linux), as is an idle one that stops answering keepalive probes.
+DEAD_PEER_MS = 10_000
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 10, 5, 3
 
 _encode_json = msgspec.json.Encoder().encode
 _decode_json = msgspec.json.Decoder().decode
@@ -69,6 +76,36 @@ def _pool_options() -> dict[str, Any]:
     except ImportError:
         return {}
     return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+
+
+def _request_pool_options() -> dict[str, Any]:
+    """The request pool's socket options: no per-command timeout, dead peers found by TCP.
+
+    redis-py 8 gives every command a 5 s socket timeout by default, which on Python 3.11
+    wraps each send in `asyncio.wait_for` (a task and a loop turn per command) and each
+    read in a timer: 8 % of the server's CPU per Redis-backed request (decision 0015). A
+    command is not abandoned after a fixed time here (a slow Redis — a long script, a fork
+    for a snapshot — is waited for, as redis-py before 8 did, and the caller's own timeout
+    decides); a connection to a host that is gone is dropped by the kernel: unacknowledged
+    data for DEAD_PEER_MS, or keepalive probes unanswered.
+    """
+    keepalive: dict[int, int] = {}
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+        ("TCP_USER_TIMEOUT", DEAD_PEER_MS),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            keepalive[option] = value
+    return {
+        "socket_timeout": None,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_keepalive": True,
+        "socket_keepalive_options": keepalive,
+        **_pool_options(),
+    }
 
 
 class RedisBase(Store):
@@ -101,7 +138,10 @@ class RedisBase(Store):
         # past redis-py's default limit ("Too many connections").
         self._redis = aioredis.Redis.from_pool(
             aioredis.BlockingConnectionPool.from_url(
-                self.url, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT, **_pool_options()
+                self.url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=POOL_TIMEOUT,
+                **_request_pool_options(),
             )
         )
         # XREAD BLOCK holds its connection: the relay gets a client of its own.
