@@ -62,7 +62,7 @@ def main() -> None:
         raise SystemExit(__doc__)
     store = args[0]
     jobs = int(args[1]) if len(args) > 1 else 4000
-    concurrency = args[2] if len(args) > 2 else "8"
+    concurrency = args[2] if len(args) > 2 else "16"  # as bench/run.py
     tidings = str(Path(sys.executable).parent / "tidings")
     sys.path.insert(0, str(BENCH))
     import jobs_client

@@ -9,7 +9,7 @@ import os
 
 from tidings import JobContext, Worker
 
-worker = Worker(concurrency=int(os.environ.get("BENCH_WORKER_CONCURRENCY", "8")))
+worker = Worker(concurrency=int(os.environ.get("BENCH_WORKER_CONCURRENCY", "16")))
 
 
 @worker.handler("noop")

@@ -739,6 +739,10 @@ def tidings_jobs_round(
             PROCS.stop(worker)
 
 
+# Jobs a tidings worker runs at once in the jobs measurement (and leases per round trip):
+# past the knee of the 8 / 16 / 32 sweep in BENCHMARKS.md. BENCH_WORKER_CONCURRENCY overrides.
+WORKER_CONCURRENCY = "16"
+
 # The jobs measurement's second SQLite row: acknowledged once in the WAL, not yet fsynced.
 NORMAL_SYNC = {"TIDINGS_SQLITE_SYNCHRONOUS": "NORMAL"}
 
@@ -762,10 +766,11 @@ def bench_jobs(tools: Tools, cfg: Config) -> list[str]:
     except subprocess.CalledProcessError:
         return [f"### {meas.title}\n\nskipped: tidings.Worker is not importable yet"]
     print(f"== {meas.title}")
-    concurrency = os.environ.get("BENCH_WORKER_CONCURRENCY", "8")
+    concurrency = os.environ.get("BENCH_WORKER_CONCURRENCY", WORKER_CONCURRENCY)
     meas.notes.append(
-        f"tidings worker --concurrency {concurrency} (one process); "
-        "Celery: --pool prefork -c 2, default prefetch"
+        f"tidings worker --concurrency {concurrency} (one process: jobs leased in batches of "
+        "up to that many per round trip); Celery: --pool prefork -c 2, default prefetch (-c 4 "
+        "or --prefetch-multiplier 16 made it slower here: BENCHMARKS.md)"
     )
     meas.notes.append(
         "durability: tidings-sqlite acknowledges a job once it is fsynced (synchronous=FULL, "
