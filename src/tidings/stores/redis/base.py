@@ -37,6 +37,7 @@ import msgspec
 
 from tidings.errors import InvalidCursor, StoreClosed, StoreError
 from tidings.stores.base import Retention, Store
+from tidings.stores.redis.pool import BoundedPool
 
 __all__ = ["RedisBase", "parse_seq"]
 
@@ -135,9 +136,9 @@ class RedisBase(Store):
         from redis import asyncio as aioredis
 
         # A pool that makes a burst of requests wait for a connection, rather than fail
-        # past redis-py's default limit ("Too many connections").
+        # past its limit ("Too many connections").
         self._redis = aioredis.Redis.from_pool(
-            aioredis.BlockingConnectionPool.from_url(
+            BoundedPool.from_url(
                 self.url,
                 max_connections=MAX_CONNECTIONS,
                 timeout=POOL_TIMEOUT,
