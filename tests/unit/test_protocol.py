@@ -4,11 +4,15 @@ the end of the loop iteration, and nothing else is held."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
 from typing import Any
 
 import pytest
+import uvicorn
 
-from tidings.http.protocol import HeadHoldingTransport
+from tidings.http.protocol import HeadHoldingTransport, TidingsHttpProtocol, fixed_local
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -37,7 +41,7 @@ class Recording:
     def write_eof(self) -> None:
         self.events.append("eof")
 
-    def get_extra_info(self, name: str) -> str:
+    def get_extra_info(self, name: str, default: Any = None) -> str:
         return f"info:{name}"
 
 
@@ -66,6 +70,18 @@ def test_a_head_without_a_body_leaves_at_the_end_of_the_iteration() -> None:
         t.write(HEAD)
         await asyncio.sleep(0)
         assert inner.writes == [HEAD]
+
+    run(body)
+
+
+def test_the_head_of_a_stream_is_not_held() -> None:
+    stream_head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n" + (
+        b"transfer-encoding: chunked\r\n\r\n"
+    )
+
+    async def body(inner: Recording, t: HeadHoldingTransport) -> None:
+        t.write(stream_head)  # its first event may be minutes away
+        assert inner.writes == [stream_head]
 
     run(body)
 
@@ -103,3 +119,68 @@ def test_everything_else_is_the_real_transports() -> None:
         assert t.get_extra_info("peername") == "info:peername"
 
     run(body)
+
+
+def test_a_fixed_local_address_is_given_without_the_socket_until_cleared() -> None:
+    async def body(inner: Recording, _: HeadHoldingTransport) -> None:
+        t = HeadHoldingTransport(inner, asyncio.get_running_loop(), ("127.0.0.1", 8000))  # type: ignore[arg-type]
+        assert t.get_extra_info("socket") is None  # uvicorn then asks for these names
+        assert t.get_extra_info("sockname") == ("127.0.0.1", 8000)
+        assert t.get_extra_info("peername") == "info:peername"
+        t.local = None
+        assert t.get_extra_info("socket") == "info:socket"
+        assert t.get_extra_info("sockname") == "info:sockname"
+
+    run(body)
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        ("127.0.0.1", 8000, ("127.0.0.1", 8000)),
+        ("10.1.2.3", 443, ("10.1.2.3", 443)),
+        ("0.0.0.0", 8000, None),  # a wildcard: the address depends on the interface
+        ("::1", 8000, None),  # IPv6: uvicorn's fallback would lose the client address
+        ("localhost", 8000, None),
+        ("127.0.0.1", 0, None),  # the kernel picks the port
+    ],
+)
+def test_fixed_local(host: str, port: int, expected: tuple[str, int] | None) -> None:
+    assert fixed_local(host, port) == expected
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_uvicorn_sees_the_same_server_and_client_addresses(host: str) -> None:
+    """Through the real server: the ASGI scope's `server` and `client` are the socket's."""
+    seen: list[tuple[Any, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        seen.append((tuple(scope["server"]), tuple(scope["client"] or ())))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(
+        app, host=host, port=port, http=TidingsHttpProtocol, loop="uvloop", log_level="error"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        with socket.create_connection((host, port), timeout=5) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert conn.recv(1024).startswith(b"HTTP/1.1 204")
+            local = conn.getsockname()[:2]
+        assert seen == [((host, port), local)]
+    finally:
+        server.should_exit = True
+        thread.join(10)
