@@ -10,10 +10,10 @@ whichever comes first, and sends both at once. The head of a stream (SSE: chunke
 first event may be minutes away) and anything else pass straight through; a connection
 upgraded to a WebSocket gets the real transport back.
 
-When the server is bound to one address (not a wildcard), every connection's local
+When the server is bound to one IPv4 address (not a wildcard), every connection's local
 address is that address: the wrapper gives it to uvicorn's `connection_made`, which
-otherwise asks the kernel (a getsockname() per connection, ~4 % of the time to accept
-8,000 SSE subscribers).
+otherwise asks the kernel (a getsockname() per connection, ~4 % of the server's time to
+accept 8,000 SSE subscribers).
 """
 
 from __future__ import annotations
