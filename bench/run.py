@@ -9,7 +9,9 @@ It installs what it compares with when missing (Debian `nginx`, `libnginx-mod-nc
 starlette, celery and redis), compiles the C load client (bench/sseload.c) into
 bench/.build/, starts every server on a free loopback port, and stops everything it
 started. Each round starts fresh server processes, so memory is measured on a fresh
-process. The machine is shared: only ratios measured in the same run mean anything.
+process. Where it may, it raises net.core.somaxconn to 8192 for the run and restores it
+after (see `accept_queue`). The machine is shared: only ratios measured in the same run
+mean anything.
 
 Prints one table per measurement (`measure | tidings | peer | ratio | target | ok?`, the
 figures being medians over the rounds) and the raw per-round figures, and writes them to
