@@ -222,14 +222,15 @@ class JobService:
             raise NotFound(f"no job {job_id!r}: it never existed or was removed after its TTL")
         return job
 
-    async def wait(self, job_id: str, seconds: float) -> Job:
-        """The job once it is finished, or as it is after `seconds` (capped)."""
+    async def wait(self, job: Job, seconds: float) -> Job:
+        """`job` (as its caller just read or submitted it) once it is finished, or as it is
+        after `seconds` (capped)."""
         deadline = time.monotonic() + max(0.0, min(seconds, self.long_poll_cap))
-        # Most waits ask for a job that has already ended: answer them with one read, before
-        # following its channel (on a shared store that costs the relay a lookup).
-        job = await self.get(job_id)
+        # A job that has already ended needs no channel to follow (on a shared store that
+        # costs the relay a lookup) and no second read.
         if job.terminal or seconds <= 0:
             return job
+        job_id = job.id
         channel = job_channel(job_id)
         while True:
             fut = self.hub.waiter(channel)

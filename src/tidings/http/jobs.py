@@ -154,7 +154,7 @@ async def submit(request: Request) -> Response:
     )
     wait = _wait_of(request)
     if wait and not job.terminal:
-        job = await unless_revoked(request, svc.wait(job.id, wait))
+        job = await unless_revoked(request, svc.wait(job, wait))
     status = 200 if job.terminal else 202
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if wait and status == 200:
@@ -169,7 +169,7 @@ async def get_job(request: Request) -> Response:
     job = await svc.get(job_id)
     _may_follow(principal_of(request), job)
     if wait and not job.terminal:
-        job = await unless_revoked(request, svc.wait(job_id, wait))
+        job = await unless_revoked(request, svc.wait(job, wait))
     return json_response(job.to_wire())
 
 

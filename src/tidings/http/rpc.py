@@ -73,7 +73,7 @@ async def _call(
         return None if notification else _error(id_, INVALID_PARAMS, exc.message)
     if notification:
         return None
-    job = await unless_revoked(request, svc.wait(job.id, wait))
+    job = await unless_revoked(request, svc.wait(job, wait))
     if job.status == "succeeded":
         return {"jsonrpc": "2.0", "result": job.result, "id": id_}
     data = {"job_id": job.id, "status": job.status, "error": job.error}
