@@ -567,23 +567,22 @@ class SQLiteStore(Store):
         self, conn: sqlite3.Connection, job: Job, event: str | None, now: float, insert: bool
     ) -> JobChange:
         """Writer thread: store a job and append its event to the job's channel."""
+        # The columns a transition may change, in the order both statements name them.
+        changing = (
+            job.type,
+            job.status,
+            job.priority,
+            job.run_at,
+            job.lease_expires_at,
+            job.finished_at,
+            _encode_job(job),
+        )
         if insert:
             conn.execute(
-                "INSERT INTO jobs (id, type, status, priority, run_at, lease_expires_at,"
-                " finished_at, created_at, idempotency_key, body)"
+                "INSERT INTO jobs (type, status, priority, run_at, lease_expires_at,"
+                " finished_at, body, id, created_at, idempotency_key)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    job.id,
-                    job.type,
-                    job.status,
-                    job.priority,
-                    job.run_at,
-                    job.lease_expires_at,
-                    job.finished_at,
-                    job.created_at,
-                    job.idempotency_key,
-                    _encode_job(job),
-                ),
+                (*changing, job.id, job.created_at, job.idempotency_key),
             )
             # A new job's channel is new too (job.* is written by the job system only, and
             # a job's channel is removed with it): no lookup.
@@ -594,16 +593,7 @@ class SQLiteStore(Store):
             conn.execute(
                 "UPDATE jobs SET type = ?, status = ?, priority = ?, run_at = ?,"
                 " lease_expires_at = ?, finished_at = ?, body = ? WHERE id = ?",
-                (
-                    job.type,
-                    job.status,
-                    job.priority,
-                    job.run_at,
-                    job.lease_expires_at,
-                    job.finished_at,
-                    _encode_job(job),
-                    job.id,
-                ),
+                (*changing, job.id),
             )
         published = None
         if event is not None:
