@@ -1,6 +1,5 @@
-"""What the relay needs from the Redis store: `follow`, `wake_position`, `channel_marks`, and
-the jobs part's `queue_append` — on a real redis-server, two store instances acting as
-two tidings nodes sharing it."""
+"""What the relay needs from the Redis store: `follow`, `wake_position`, `channel_marks` —
+on a real redis-server, two store instances acting as two tidings nodes sharing it."""
 
 from __future__ import annotations
 
@@ -166,58 +165,6 @@ def test_channel_marks_follow_publishes_and_deletion(redis_url):
         assert (await a.channel_marks(["c"]))[0][0] == 5
         assert await b.delete("c")
         assert (await a.channel_marks(["c"]))[0][0] == 0
-
-    run(redis_url, body)
-
-
-def test_queue_append_inside_a_multi_appends_with_the_channel_rules(redis_url):
-    """queue_append on a MULTI pipeline appends like publish (ids, retention by count,
-    the channel listed) and its reply is [seq, prev_seq, keep]; `appended` turns that into
-    the Published a publish would give."""
-
-    async def body(a: RedisStore, b: RedisStore) -> None:
-        await a.publish("job.1", "first")
-        await a.set_retention("job.1", Retention(max_messages=2, max_age=3600))
-        now = time.time()
-        async with a.r.pipeline(transaction=True) as pipe:
-            pipe.multi()
-            pipe.set(a.k("other"), b"1")
-            a.queue_append(pipe, "job.1", b'{"state":"queued"}', "queued", now)
-            a.queue_append(pipe, "job.1", b'{"state":"running"}', None, now)
-            a.queue_append(pipe, "job.2", b"2", "queued", now)
-            replies = await pipe.execute()
-        assert replies[1:] == [[2, 1, 2], [3, 2, 2], [1, 0, DEFAULT.max_messages]]
-
-        res = await b.read("job.1", "0", 10)
-        assert [(m.id, m.data, m.event) for m in res.messages] == [
-            ("2", {"state": "queued"}, "queued"),
-            ("3", {"state": "running"}, None),
-        ]
-        assert res.messages[0].time == now
-
-        published = a.appended("job.1", {"state": "running"}, None, now, replies[2])
-        assert published.message == res.messages[1]
-        assert (published.prev_id, published.keep, published.duplicate) == ("2", 2, False)
-        first = a.appended("job.2", 2, "queued", now, replies[3])
-        assert first.prev_id is None and first.message.id == "1"
-        assert [i.name for i in await b.list_channels("job.")] == ["job.1", "job.2"]
-
-    run(redis_url, body)
-
-
-def test_queue_append_works_after_the_script_cache_is_flushed(redis_url):
-    """The pipeline loads the append script itself before EXEC: a Redis that forgot its
-    scripts (restart, SCRIPT FLUSH) does not fail the job's transaction halfway."""
-
-    async def body(a: RedisStore, b: RedisStore) -> None:
-        await a.r.script_flush()
-        async with a.r.pipeline(transaction=True) as pipe:
-            pipe.multi()
-            a.queue_append(pipe, "c", b"1", None, time.time())
-            assert await pipe.execute() == [[1, 0, DEFAULT.max_messages]]
-        await a.r.script_flush()
-        assert (await a.publish("c", 2)).message.id == "2"
-        assert [m.data for m in (await b.read("c", "0", 10)).messages] == [1, 2]
 
     run(redis_url, body)
 

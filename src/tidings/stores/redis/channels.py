@@ -16,11 +16,6 @@ For the jobs part (same class hierarchy):
     self.appended(channel, data, event, now, reply) -> Published
         The Published for an append's reply `[seq, prev_seq, keep]` (ints; prev_seq 0
         for a channel's first message; `data` as decoded, not the JSON bytes).
-    self.queue_append(pipe, channel: str, data_json: bytes, event: str | None,
-                      now: float) -> None
-        Queues the append script on `pipe` (a redis.asyncio pipeline, after
-        `pipe.multi()`; the script is loaded before EXEC by the pipeline itself); its
-        reply in `await pipe.execute()` is `[seq, prev_seq, keep]`.
     self.queue_delete(pipe, channel) -> None
         Queues the removal of a channel (stream, meta hash, name), as `delete` does.
 
@@ -280,20 +275,10 @@ class RedisChannels(RedisBase):
             int(IDEMPOTENCY_TTL * 1000),
         ]
 
-    def queue_append(
-        self, pipe: Any, channel: str, data_json: bytes, event: str | None, now: float
-    ) -> None:
-        """Queue an append to `channel` on a pipeline (after `pipe.multi()`); its reply in
-        `pipe.execute()` is `[seq, prev_seq, keep]`."""
-        pipe.scripts.add(self._append_script)
-        keys = self._append_keys(channel)
-        args = self._append_args(channel, data_json, event, now, None)
-        pipe.evalsha(self._append_script.sha, len(keys), *keys, *args)
-
     def appended(
         self, channel: str, data: Any, event: str | None, now: float, reply: list[int]
     ) -> Published:
-        """The Published for the reply `[seq, prev_seq, keep]` of a queued append."""
+        """The Published for an append's reply `[seq, prev_seq, keep]`."""
         seq, prev, keep = (int(x) for x in reply[:3])
         msg = Message(id=str(seq), channel=channel, data=data, event=event or None, time=now)
         return Published(msg, str(prev) if prev else None, keep)
