@@ -8,7 +8,7 @@ TIDINGS_STORE ?= sqlite:///tidings.db
 export TIDINGS_HOST TIDINGS_PORT TIDINGS_STORE
 LINT_PATHS := src tests $(wildcard bench)
 
-.PHONY: run test lint typecheck unit venv dev clean bench redis-server
+.PHONY: run test lint typecheck unit venv dev clean bench redis-server chromium
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tidings needs Python >= 3.11 (set PYTHON=...)")'
@@ -38,8 +38,16 @@ redis-server:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server could not be installed: the Redis store tests need it" >&2; exit 1; }
 
+## chromium for the real-browser tests (Playwright drives Debian's build): install if missing
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "chromium is missing: installing the Debian package chromium"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { echo "chromium could not be installed: the browser tests need it" >&2; exit 1; }
+
 ## make test: dev venv, lint, type check, the whole suite
-test: $(VENV)/.installed-dev redis-server
+test: $(VENV)/.installed-dev redis-server chromium
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy

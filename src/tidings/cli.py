@@ -109,6 +109,46 @@ def serve(
         str | None,
         typer.Option(help="Host names anonymous clients of a loopback server may use (proxy)."),
     ] = None,
+    max_depth: Annotated[
+        int | None, typer.Option(help="Deepest nesting of arrays/objects accepted (400 above).")
+    ] = None,
+    max_header_bytes: Annotated[
+        int | None, typer.Option(help="Largest request header block in bytes (431 above).")
+    ] = None,
+    header_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a client may take to send its headers.")
+    ] = None,
+    body_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a client may pause while sending a body.")
+    ] = None,
+    keep_alive_timeout: Annotated[
+        float | None, typer.Option(help="Seconds an idle keep-alive connection is kept.")
+    ] = None,
+    max_connections: Annotated[
+        int | None, typer.Option(help="Connections at once (0: from the open-file limit).")
+    ] = None,
+    max_connections_per_address: Annotated[
+        int | None, typer.Option(help="Connections at once from one client address (0: no cap).")
+    ] = None,
+    limit_loopback: Annotated[
+        bool,
+        typer.Option(
+            "--limit-loopback",
+            help="Apply per-address limits to loopback clients too [env TIDINGS_LIMIT_LOOPBACK].",
+        ),
+    ] = False,
+    login_rate_per_address: Annotated[
+        int | None, typer.Option(help="Login attempts per minute from one address (429).")
+    ] = None,
+    login_failures_per_account: Annotated[
+        int | None, typer.Option(help="Failed logins per account in 5 minutes before 429.")
+    ] = None,
+    login_queue: Annotated[
+        int | None, typer.Option(help="Password checks that may wait for a thread (503).")
+    ] = None,
+    max_stream_channels: Annotated[
+        int | None, typer.Option(help="Channels one multiplexed stream may name (400 above).")
+    ] = None,
     ssl_certfile: Annotated[str | None, typer.Option(help="TLS certificate (PEM).")] = None,
     ssl_keyfile: Annotated[str | None, typer.Option(help="TLS private key (PEM).")] = None,
     workers: Annotated[
@@ -146,6 +186,18 @@ def serve(
             app_jwt_audience=app_jwt_audience,
             cors_origins=cors_origins,
             allowed_hosts=allowed_hosts,
+            max_depth=max_depth,
+            max_header_bytes=max_header_bytes,
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            keep_alive_timeout=keep_alive_timeout,
+            max_connections=max_connections,
+            max_connections_per_address=max_connections_per_address,
+            limit_loopback=limit_loopback or None,
+            login_rate_per_address=login_rate_per_address,
+            login_failures_per_account=login_failures_per_account,
+            login_queue=login_queue,
+            max_stream_channels=max_stream_channels,
         )
         if not settings.loopback and not (settings.allow_anonymous or settings.require_auth):
             err.print(

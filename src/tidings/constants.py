@@ -20,6 +20,30 @@ MAX_POLL_LIMIT = 1000
 # A subscriber whose pending (unsent) frames exceed this many bytes is cut.
 DEFAULT_SUBSCRIBER_BUFFER = 256 * 1024
 DEFAULT_HEARTBEAT = 15.0
+# Inputs: the deepest nesting of arrays/objects accepted in any decoded value (bodies,
+# WebSocket frames, job payloads/results/progress, JWT claims).
+DEFAULT_MAX_DEPTH = 64
+# HTTP/1.1 request limits, about nginx's defaults: the request line, the header block and
+# the number of header fields (414 / 431 above them).
+MAX_REQUEST_LINE = 8 * 1024
+DEFAULT_MAX_HEADER_BYTES = 32 * 1024
+MAX_HEADER_FIELDS = 100
+# Seconds a client may take to send a request's headers, and may leave between two pieces
+# of its body; seconds an idle keep-alive connection is kept.
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0
+DEFAULT_KEEP_ALIVE_TIMEOUT = 5.0
+# Connections: 0 = derived from the process's file limit (see docs/deploy.md).
+DEFAULT_MAX_CONNECTIONS = 0
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 256
+# Login: attempts per client address per minute, failed attempts per account per
+# LOGIN_ACCOUNT_WINDOW seconds, and password hashes waiting for a thread (503 above).
+DEFAULT_LOGIN_RATE_PER_ADDRESS = 20
+DEFAULT_LOGIN_FAILURES_PER_ACCOUNT = 10
+LOGIN_ACCOUNT_WINDOW = 300.0
+DEFAULT_LOGIN_QUEUE = 16
+# Channels on one multiplexed stream (GET /v1/events).
+DEFAULT_MAX_STREAM_CHANNELS = 100
 # Idempotency keys are remembered this long (seconds).
 IDEMPOTENCY_TTL = 24 * 3600.0
 # SSE `retry:` hint for EventSource reconnects (milliseconds).

@@ -50,6 +50,24 @@ class Settings:
         allowed_hosts: comma-separated Host names (besides loopback ones) that anonymous
             requests to a loopback server may name — e.g. the name a local reverse proxy
             forwards; `*` for any. Guards against DNS rebinding.
+        max_depth: deepest nesting of arrays/objects accepted in a decoded value (bodies,
+            WebSocket frames, job payloads, results and progress, JWT claims); deeper: 400.
+        max_header_bytes: largest request header block (431 above it).
+        header_timeout: seconds a client may take to send a request's headers (408).
+        body_timeout: seconds a client may leave between two pieces of its body (408).
+        keep_alive_timeout: seconds an idle keep-alive connection is kept open.
+        max_connections: connections served at once by this process; 0: derived from
+            the file limit (RLIMIT_NOFILE, raised to its hard limit at start).
+        max_connections_per_address: connections at once from one client address; 0: no cap.
+        limit_loopback: apply the per-address limits (connections, logins) to loopback
+            clients too. Off by default: a loopback client is usually a local reverse
+            proxy or a benchmark speaking for many users; per-account and global limits
+            still apply.
+        login_rate_per_address: login attempts per minute from one client address (429).
+        login_failures_per_account: failed logins per account in 5 minutes before its
+            logins answer 429 until the window passes.
+        login_queue: password checks that may wait for a hashing thread (503 above).
+        max_stream_channels: channels one multiplexed stream may name (400 above).
     """
 
     host: str = C.DEFAULT_HOST
@@ -79,6 +97,18 @@ class Settings:
     app_jwt_audience: str = ""
     cors_origins: str = ""
     allowed_hosts: str = ""
+    max_depth: int = C.DEFAULT_MAX_DEPTH
+    max_header_bytes: int = C.DEFAULT_MAX_HEADER_BYTES
+    header_timeout: float = C.DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = C.DEFAULT_BODY_TIMEOUT
+    keep_alive_timeout: float = C.DEFAULT_KEEP_ALIVE_TIMEOUT
+    max_connections: int = C.DEFAULT_MAX_CONNECTIONS
+    max_connections_per_address: int = C.DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+    limit_loopback: bool = False
+    login_rate_per_address: int = C.DEFAULT_LOGIN_RATE_PER_ADDRESS
+    login_failures_per_account: int = C.DEFAULT_LOGIN_FAILURES_PER_ACCOUNT
+    login_queue: int = C.DEFAULT_LOGIN_QUEUE
+    max_stream_channels: int = C.DEFAULT_MAX_STREAM_CHANNELS
 
     @property
     def hosts(self) -> tuple[str, ...]:
