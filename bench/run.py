@@ -2,7 +2,7 @@
 """tidings benchmarks, side by side with a named peer, alternating A B A B in one run.
 
 Usage: `.venv/bin/python bench/run.py [--quick] [--rounds N] [--only NAME,...]`
-(`make bench`). NAMEs: sse, publish, jobs, longpoll, ws, msgpack.
+(`make bench`). NAMEs: sse, publish, jobs, longpoll, ws, msgpack, attack.
 
 It installs what it compares with when missing (Debian `nginx`, `libnginx-mod-nchan`,
 `wrk`, `redis-server`; a separate venv bench/.peers-venv with sse-starlette, uvicorn,
@@ -305,10 +305,20 @@ class Server:
 
 
 @contextlib.contextmanager
-def tidings_server(store: str, name: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+def tidings_server(
+    store: str,
+    name: str,
+    env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+    before: Callable[[str], None] | None = None,
+) -> Iterator[Server]:
+    """A `tidings serve` on `store` (`@TMP@` is a fresh folder) with extra `args`;
+    `before(store_url)` runs before it starts (e.g. to add users)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="tidings-bench-") as tmp:
         url = store.replace("@TMP@", tmp)
+        if before is not None:
+            before(url)
         proc = PROCS.start(
             name,
             [
@@ -322,6 +332,7 @@ def tidings_server(store: str, name: str, env: dict[str, str] | None = None) -> 
                 url,
                 "--log-level",
                 "warning",
+                *(args or []),
             ],
             env=env,
         )
@@ -465,7 +476,8 @@ def finish_load(load: Load, timeout: float) -> dict[str, float]:
 
 @dataclass
 class Metric:
-    """One row: `target` is ("ratio>=", x), ("<=", x), ("all", None) or None (reported)."""
+    """One row: `target` is ("ratio>=", x), ("ratio<=", x), ("<=", x), ("all", None) or
+    None (reported)."""
 
     name: str
     unit: str
@@ -503,6 +515,10 @@ def judge(m: Metric, ours: float | None, peer: float | None, expected: float | N
         if peer is None or not peer:
             return "—"
         return "yes" if ours / peer >= (x or 0) else "NO"
+    if kind == "ratio<=":
+        if peer is None or not peer:
+            return "—"
+        return "yes" if ours / peer <= (x or 0) else "NO"
     if kind == "<=":
         return "yes" if ours <= (x or 0) else "NO"
     if kind == "all":
@@ -516,6 +532,8 @@ def target_text(m: Metric) -> str:
     kind, x = m.target
     if kind == "ratio>=":
         return f">= {x:g}x"
+    if kind == "ratio<=":
+        return f"<= {x:g}x"
     if kind == "<=":
         return f"<= {x:g} {m.unit}".strip()
     return "all"
@@ -567,6 +585,8 @@ class Config:
     jobs: int
     wrk_secs: int
     starlette_subs: int
+    attack_slowloris: int = 1000
+    attack_requests: int = 300
 
 
 def fanout_round(
@@ -1096,6 +1116,56 @@ def bench_msgpack(tools: Tools, cfg: Config) -> list[str]:
     return [render(meas, ["tidings"])]
 
 
+def add_user(store: str) -> None:
+    """The account the attack's wrong passwords aim at."""
+    subprocess.run(
+        [tidings_bin(), "users", "add", "alice", "--store", store, "--password-stdin"],
+        input="the right password\n",
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+
+
+def bench_attack(tools: Tools, cfg: Config) -> list[str]:
+    """Normal requests alone, then while hostile clients run from another address."""
+    attackers = f"{cfg.attack_slowloris:,} slowloris connections, 300 wrong-password logins"
+    meas = Measurement(
+        f"7. Under attack: /healthz and publish, each on a fresh connection from 127.0.0.1, "
+        f"alone and while {attackers} and one endless header run from 127.0.0.2 "
+        "(tidings on SQLite, --limit-loopback so 127.0.0.2 is limited as a remote address)",
+        "alone",
+        [
+            Metric("healthz_p50_ms", "ms", None, "{:,.2f}"),
+            Metric("healthz_p99_ms", "ms", ("ratio<=", 3), "{:,.2f}"),
+            Metric("publish_p50_ms", "ms", None, "{:,.2f}"),
+            Metric("publish_p99_ms", "ms", ("ratio<=", 3), "{:,.2f}"),
+            Metric("refused", "", ("<=", 0)),
+        ],
+    )
+    print(f"== {meas.title}")
+    script = BENCH / "attack.py"
+    for r in range(cfg.rounds):
+        print(f"  round {r + 1}")
+        with tidings_server(
+            "sqlite:///@TMP@/bench.db", "tidings-attack", args=["--limit-loopback"], before=add_user
+        ) as srv:
+            argv = [sys.executable, str(script), "timed", "--port", str(srv.port)]
+            argv += ["--count", str(cfg.attack_requests)]
+            alone = json.loads(subprocess.run(argv, capture_output=True, check=True).stdout)
+            meas.add("alone", alone)
+            hostile = [sys.executable, str(script), "attack", "--port", str(srv.port)]
+            hostile += ["--source", "127.0.0.2", "--slowloris", str(cfg.attack_slowloris)]
+            hostile += ["--logins", "300", "--endless", "1", "--secs", "600"]
+            attack = PROCS.start("attackers", hostile)
+            time.sleep(5)  # every attacker connected, the slowloris ones sending their bytes
+            under = json.loads(subprocess.run(argv, capture_output=True, check=True).stdout)
+            meas.add("under-attack", under)
+            PROCS.stop(attack)
+    RESULTS["attack"] = meas.rounds
+    return [render(meas, ["under-attack"])]
+
+
 BENCHES: dict[str, Callable[[Tools, Config], list[str]]] = {
     "sse": bench_sse,
     "publish": bench_publish,
@@ -1103,6 +1173,7 @@ BENCHES: dict[str, Callable[[Tools, Config], list[str]]] = {
     "longpoll": bench_longpoll,
     "ws": bench_ws,
     "msgpack": bench_msgpack,
+    "attack": bench_attack,
 }
 RESULTS: dict[str, Any] = {}
 
@@ -1130,7 +1201,17 @@ def main() -> int:
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHES)}")
     args = parser.parse_args()
     if args.quick:
-        cfg = Config(rounds=1, subs=1000, msgs=20, lp=500, jobs=300, wrk_secs=3, starlette_subs=500)
+        cfg = Config(
+            rounds=1,
+            subs=1000,
+            msgs=20,
+            lp=500,
+            jobs=300,
+            wrk_secs=3,
+            starlette_subs=500,
+            attack_slowloris=300,
+            attack_requests=100,
+        )
     else:
         cfg = Config(
             rounds=2, subs=8000, msgs=100, lp=5000, jobs=4000, wrk_secs=10, starlette_subs=8000
