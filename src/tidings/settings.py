@@ -63,9 +63,10 @@ class Settings:
             clients too. Off by default: a loopback client is usually a local reverse
             proxy or a benchmark speaking for many users; per-account and global limits
             still apply.
-        login_rate_per_address: login attempts per minute from one client address (429).
+        login_rate_per_address: login attempts per minute from one client address (429);
+            0: no limit.
         login_failures_per_account: failed logins per account in 5 minutes before its
-            logins answer 429 until the window passes.
+            logins answer 429 until the window passes; 0: no limit.
         login_queue: password checks that may wait for a hashing thread (503 above).
         max_stream_channels: channels one multiplexed stream may name (400 above).
     """
@@ -109,6 +110,22 @@ class Settings:
     login_failures_per_account: int = C.DEFAULT_LOGIN_FAILURES_PER_ACCOUNT
     login_queue: int = C.DEFAULT_LOGIN_QUEUE
     max_stream_channels: int = C.DEFAULT_MAX_STREAM_CHANNELS
+
+    def __post_init__(self) -> None:
+        for name in ("max_depth", "max_header_bytes", "max_stream_channels", "login_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in (
+            "max_connections",
+            "max_connections_per_address",
+            "login_rate_per_address",
+            "login_failures_per_account",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (no cap) or more, got {getattr(self, name)}")
+        for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a positive number of seconds")
 
     @property
     def hosts(self) -> tuple[str, ...]:
