@@ -337,11 +337,20 @@ class TidingsApp:
         after = next((v for k, v in query if k == "after"), None) or None
         cursor = last_event_id or after
         if channel is None:
-            names = [check_channel(v) for k, v in query if k == "channel"]
+            # Each channel once, in the order it first appears: the stream's cursor holds
+            # a position per channel of this list.
+            names = list(dict.fromkeys(check_channel(v) for k, v in query if k == "channel"))
             if not names:
                 raise BadRequest("name the channels: /v1/events?channel=a&channel=b")
+            cap = settings.max_stream_channels
+            if len(names) > cap:
+                raise BadRequest(
+                    f"a stream follows at most {cap} channels and this one names "
+                    f"{len(names)}: open several streams, or raise the limit with "
+                    "--max-stream-channels (TIDINGS_MAX_STREAM_CHANNELS)"
+                )
             try:
-                positions = decode_composite_cursor(cursor) if cursor else {}
+                positions = decode_composite_cursor(cursor, names) if cursor else {}
             except ValueError as exc:
                 raise InvalidCursor(str(exc)) from None
             for pos in positions.values():

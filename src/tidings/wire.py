@@ -11,6 +11,7 @@ import functools
 import math
 import re
 import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +20,8 @@ import msgspec
 __all__ = [
     "CHANNEL_RE",
     "JSON_DECODER",
+    "RESET_AHEAD",
+    "RESET_BEHIND",
     "Message",
     "PublishAck",
     "Reset",
@@ -112,15 +115,23 @@ class PublishAck(msgspec.Struct, frozen=True):
         return {"id": self.id, "channel": self.channel, "time": format_time(self.time)}
 
 
+RESET_BEHIND = "cursor is older than the retained history of the channel"
+RESET_AHEAD = (
+    "cursor is ahead of the channel's newest message (the channel was deleted or recreated)"
+)
+
+
 class Reset(msgspec.Struct, frozen=True):
     """History the subscriber asked for is gone: what follows is not contiguous with its cursor.
 
-    `first` is the oldest id still retained (None when the channel is empty).
+    `first` is the oldest id still retained (None when the channel is empty). `reason` is
+    `RESET_BEHIND` (retention dropped what followed the cursor) or `RESET_AHEAD` (the
+    cursor belongs to an earlier life of the channel).
     """
 
     channel: str
     first: str | None
-    reason: str = "cursor is older than the retained history of the channel"
+    reason: str = RESET_BEHIND
 
     def to_wire(self) -> dict[str, Any]:
         """The reset control frame's body."""
@@ -155,25 +166,51 @@ def sse_frame(id: str | None, event: str | None, data: str) -> bytes:
     return "".join(parts).encode()
 
 
-def encode_composite_cursor(positions: dict[str, str]) -> str:
-    """Cursor of a multiplexed stream: `channel=id` pairs joined by commas.
+COMPACT_CURSOR = "~"
 
-    Channel names cannot contain `=` or `,`, and ids never do, so the form is unambiguous.
+
+def encode_composite_cursor(positions: Mapping[str, str | None]) -> str:
+    """Cursor of a multiplexed stream: `~`, then the position in each channel, in the
+    stream's channel order, joined by `.`; an empty position is 0 (no message yet).
+
+    It names no channel: the stream's URL does, and EventSource resends that URL unchanged
+    with the cursor. So it grows by one message id and a dot per channel, whatever the
+    channel names. The leading `~` (never in a channel name) marks this form; another
+    form would take another mark.
     """
-    return ",".join(f"{ch}={pos}" for ch, pos in positions.items())
+    return COMPACT_CURSOR + ".".join(
+        "" if pos is None or pos == "0" else pos for pos in positions.values()
+    )
 
 
-def decode_composite_cursor(text: str) -> dict[str, str]:
-    """Inverse of `encode_composite_cursor`; raises ValueError on a malformed cursor."""
-    out: dict[str, str] = {}
+def decode_composite_cursor(text: str, channels: Sequence[str]) -> dict[str, str]:
+    """The position a multiplexed stream's cursor gives each of `channels` (the stream's,
+    in its order); raises ValueError on a malformed cursor.
+
+    The compact form (`encode_composite_cursor`) must hold one position per channel. The
+    older `channel=id,...` form is matched by name: a channel it does not name is absent
+    from the answer, a channel the stream does not follow is ignored.
+    """
     if not text:
-        return out
+        return {}
+    if text.startswith(COMPACT_CURSOR):
+        parts = text[len(COMPACT_CURSOR) :].split(".")
+        if len(parts) != len(channels):
+            raise ValueError(
+                f"cursor holds {len(parts)} positions but the stream follows "
+                f"{len(channels)} channels: resume with the same channels, in the same "
+                "order, as the stream that gave the cursor"
+            )
+        return {ch: pos or "0" for ch, pos in zip(channels, parts, strict=True)}
+    named: dict[str, str] = {}
     for part in text.split(","):
         ch, sep, pos = part.partition("=")
         if not sep or not valid_channel(ch) or not pos:
-            raise ValueError(f"malformed cursor part {part!r}: expected CHANNEL=ID pairs")
-        out[ch] = pos
-    return out
+            raise ValueError(
+                f"malformed cursor part {part[:100]!r}: expected an id this stream sent"
+            )
+        named[ch] = pos
+    return {ch: named[ch] for ch in channels if ch in named}
 
 
 # -- jobs ---------------------------------------------------------------------------------

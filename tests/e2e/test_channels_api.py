@@ -302,8 +302,9 @@ def test_sse_without_cursor_gets_only_new_messages_and_after_param_resumes(
 def test_multiplexed_sse_carries_a_composite_cursor_that_resumes(
     server: ServerProcess,
 ) -> None:
-    """/v1/events?channel=a&channel=b sends every message of both with an id naming the
-    position in each channel; that id as Last-Event-ID (or ?after=) resumes both."""
+    """/v1/events?channel=a&channel=b sends every message of both with an id holding the
+    position in each channel, in the URL's order; that id as Last-Event-ID (or ?after=)
+    resumes both."""
     srv = server
     a, b = "mx.a", "mx.b"
     with httpx.Client(base_url=srv.url, timeout=10) as http:
@@ -319,11 +320,7 @@ def test_multiplexed_sse_carries_a_composite_cursor_that_resumes(
             frames = [parse_frame(sse.event()) for _ in range(3)]
         finally:
             sse.close()
-        assert [f["id"] for f in frames] == [
-            f"{a}={a1},{b}={b0}",
-            f"{a}={a1},{b}={b1}",
-            f"{a}={a2},{b}={b1}",
-        ]
+        assert [f["id"] for f in frames] == [f"~{a1}.{b0}", f"~{a1}.{b1}", f"~{a2}.{b1}"]
         assert [f.get("event") for f in frames] == ["ev", None, None]
         bodies = [json.loads(f["data"]) for f in frames]
         assert [(m["channel"], m["id"], m["data"], m["event"]) for m in bodies] == [
@@ -351,7 +348,7 @@ def test_multiplexed_sse_carries_a_composite_cursor_that_resumes(
                 again.close()
             seen = sorted((m["channel"], m["id"]) for m in (json.loads(f["data"]) for f in got))
             assert seen == sorted([(b, b1), (a, a2)]), how
-            assert got[-1]["id"] == f"{a}={a2},{b}={b1}", how
+            assert got[-1]["id"] == f"~{a2}.{b1}", how
 
 
 def parse_frame(frame: bytes) -> dict[str, str]:

@@ -26,14 +26,40 @@ def test_data_text_is_the_text_or_its_json():
     assert data_text(3) == "3"
 
 
-def test_composite_cursor_round_trip():
-    positions = {"news.a": "12", "b:c-d_e": "0"}
+def test_composite_cursor_holds_positions_in_channel_order_and_no_names():
+    positions = {"news.a": "12", "b:c-d_e": "0", "x" * 200: "345"}
     text = encode_composite_cursor(positions)
-    assert text == "news.a=12,b:c-d_e=0"
-    assert decode_composite_cursor(text) == positions
+    assert text == "~12..345"
+    assert decode_composite_cursor(text, list(positions)) == positions
+    assert encode_composite_cursor({"a": None, "b": "0"}) == "~."
+    assert decode_composite_cursor("~", ["a"]) == {"a": "0"}
+    assert decode_composite_cursor("", ["a"]) == {}
+
+
+def test_composite_cursor_length_is_bounded_by_the_channel_count():
+    """One 18-digit id and a separator per channel, plus the mark: 19 bytes a channel."""
+    biggest = str(10**18 - 1)
+    names = [f"{i:0200d}" for i in range(100)]
+    assert len(encode_composite_cursor(dict.fromkeys(names, biggest))) == 19 * 100
+
+
+def test_compact_cursor_of_another_channel_count_is_refused():
+    with pytest.raises(ValueError, match="holds 3 positions but the stream follows 2 channels"):
+        decode_composite_cursor("~1.2.3", ["a", "b"])
+    with pytest.raises(ValueError, match="holds 1 positions but the stream follows 2"):
+        decode_composite_cursor("~", ["a", "b"])
+
+
+def test_named_composite_cursor_is_still_read_and_matched_by_name():
+    """The `channel=id,...` form earlier servers sent resumes the channels it names."""
+    text = "news.a=12,b:c-d_e=0,gone=7"
+    assert decode_composite_cursor(text, ["b:c-d_e", "news.a", "new"]) == {
+        "b:c-d_e": "0",
+        "news.a": "12",
+    }
     for bad in ["news", "a=", "=3", "bad name=1"]:
         with pytest.raises(ValueError, match="malformed"):
-            decode_composite_cursor(bad)
+            decode_composite_cursor(bad, ["a"])
 
 
 def test_message_wire_form_round_trips():

@@ -15,7 +15,7 @@ import msgspec
 
 from tidings.errors import NotFound, TidingsError
 from tidings.principals import Credential, User
-from tidings.wire import Job, Message
+from tidings.wire import RESET_AHEAD, RESET_BEHIND, Job, Message
 
 __all__ = [
     "AuthStore",
@@ -33,6 +33,7 @@ __all__ = [
     "apply_steps",
     "is_reset",
     "job_event_data",
+    "reset_reason",
 ]
 
 
@@ -91,6 +92,13 @@ def is_reset(after: int, first: int, last: int) -> bool:
     if after == 0:
         return False
     return after < first - 1 or after > last
+
+
+def reset_reason(after: int, last: int) -> str:
+    """Why a cursor `is_reset` misses history: it is ahead of the newest sequence number
+    ever assigned (`last`, 0 when none: the channel was deleted or recreated), or older
+    than the retained history."""
+    return RESET_AHEAD if after > last else RESET_BEHIND
 
 
 class ChannelStore(abc.ABC):
