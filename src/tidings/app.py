@@ -54,6 +54,7 @@ from tidings.settings import Settings
 from tidings.stores import open_store
 from tidings.stores.base import Retention, Store
 from tidings.transports.sse import serve_sse
+from tidings.transports.stream import end_at_once
 from tidings.transports.websocket import serve_ws
 from tidings.wire import (
     TERMINAL_STATUSES,
@@ -374,6 +375,15 @@ class TidingsApp:
             if not principal.may_follow_job(found.submitted_by, found.type):
                 raise Forbidden(f"job {found.id} is not yours to follow")
             channel, until = job_channel(channel), TERMINAL_STATUSES
+            if cursor is not None and found.terminal:
+                # Resumed at or past the terminal event (an EventSource reconnects by itself
+                # after `close`): nothing will follow, so say so instead of pinging forever.
+                # The job was read before its channel's last id: had it been retried since,
+                # that id would be past the cursor, and the stream would replay the rest.
+                last = await self.channels.last_id(channel)
+                if self.store.cursor_key(cursor) >= self.store.cursor_key(last):
+                    reason = f"job {found.id} {found.status}: the stream is complete"
+                    return end_at_once(send, what == "ws", reason)
             cursor = cursor or "0"
         else:
             check_channel(channel)

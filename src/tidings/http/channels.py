@@ -31,6 +31,7 @@ from tidings.http.common import (
     respond,
     unless_revoked,
 )
+from tidings.jobs import JobService
 from tidings.stores.base import ChannelInfo, ReadResult, Retention
 from tidings.wire import JOB_CHANNEL_PREFIX
 
@@ -124,12 +125,19 @@ async def publish(request: Request) -> Response:
 async def poll(request: Request) -> Response:
     svc = _svc(request)
     channel = check_channel(request.path_params["channel"])
+    ended = False
+    if channel.startswith(JOB_CHANNEL_PREFIX):
+        # A job's channel lives as long as its job: 404 once the job is gone (as its
+        # streams answer), and no waiting once it has ended, since nothing follows its
+        # terminal event.
+        jobs: JobService = request.app.state.jobs
+        ended = (await jobs.get(channel[len(JOB_CHANNEL_PREFIX) :])).terminal
     await svc.check_subscribe(principal_of(request), channel)
     after = request.query_params.get("after") or "0"
     svc.store.cursor_key(after)  # InvalidCursor (400) for a malformed cursor
     limit = query_int(request, "limit", DEFAULT_POLL_LIMIT, 1, MAX_POLL_LIMIT)
     wait = query_float(request, "wait")
-    if wait:
+    if wait and not ended:
         res = await unless_revoked(request, svc.wait(channel, after, limit, wait))
     else:
         res = await svc.read(channel, after, limit)

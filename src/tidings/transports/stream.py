@@ -21,7 +21,7 @@ from tidings.errors import TidingsError
 from tidings.hub import Subscriber
 from tidings.wire import Reset
 
-__all__ = ["catch_up", "resolve", "run_stream"]
+__all__ = ["catch_up", "end_at_once", "resolve", "run_stream"]
 
 log = logging.getLogger("tidings.streams")
 
@@ -29,8 +29,27 @@ PAGE = 500
 # Time allowed to drain and write the closing frames of a stream the server ends.
 CLOSE_TIMEOUT = 2.0
 _DISCONNECTS = ("http.disconnect", "websocket.disconnect")
+# WebSocket close code for a stream that is complete (RFC 6455 §7.4.1: normal closure).
+CLOSE_NORMAL = 1000
 
 ControlFrame = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+async def end_at_once(send: Any, websocket: bool, reason: str) -> None:
+    """Answer a stream that has nothing left to send (a finished job resumed at its end).
+
+    SSE: 204 No Content, which tells an EventSource to stop reconnecting (HTML's
+    "fail the connection"); a 200 with no events would have it reconnect forever. A
+    WebSocket (its connect already received) is accepted, then closed 1000 with `reason`.
+    """
+    if websocket:
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": CLOSE_NORMAL, "reason": reason[:120]})
+        return
+    await send(
+        {"type": "http.response.start", "status": 204, "headers": [(b"cache-control", b"no-cache")]}
+    )
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _replay(
