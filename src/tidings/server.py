@@ -24,10 +24,12 @@ import uvicorn
 
 from tidings import constants as C
 from tidings.app import TidingsApp, create_app
+from tidings.http.limits import ConnectionLimits, connection_capacity, raise_file_limit
 from tidings.http.protocol import TidingsHttpProtocol
+from tidings.http.ws_protocol import TidingsWebSocketProtocol
 from tidings.settings import Settings
 
-__all__ = ["TidingsServer", "run", "supervise"]
+__all__ = ["TidingsConfig", "TidingsServer", "run", "supervise"]
 
 log = logging.getLogger("tidings.server")
 
@@ -45,21 +47,39 @@ class TidingsServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def uvicorn_config(app: Any, settings: Settings, options: dict[str, Any]) -> uvicorn.Config:
-    return uvicorn.Config(
+class TidingsConfig(uvicorn.Config):
+    """uvicorn's config, carrying the server's connection limits to its protocols."""
+
+    tidings_limits: ConnectionLimits
+
+
+def uvicorn_config(
+    app: Any,
+    settings: Settings,
+    options: dict[str, Any],
+    limits: ConnectionLimits | None = None,
+) -> TidingsConfig:
+    config = TidingsConfig(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
         # httptools, sending each response's head and body in one write (http/protocol.py).
+        # Within the server's limits (http/limits.py): request line and header caps,
+        # head/body/keep-alive deadlines, connection caps.
         http=TidingsHttpProtocol,
-        ws="auto",
+        # uvicorn's sans-I/O WebSocket, which stops reading while its client does not read.
+        ws=TidingsWebSocketProtocol,
+        # A ping every 20 s; a client that answers none within 20 s more is closed.
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
         lifespan="on",
         log_level=settings.log_level,
         access_log=bool(options.get("access_log")),
         timeout_graceful_shutdown=int(C.SHUTDOWN_GRACE),
         ws_max_size=settings.max_message_bytes + 4096,
         backlog=8192,
+        timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]
         # No X-Forwarded-* rewriting (a middleware call per request; tidings has no use for
         # the client address yet) and no `server:` header advertising the stack.
         proxy_headers=False,
@@ -67,6 +87,24 @@ def uvicorn_config(app: Any, settings: Settings, options: dict[str, Any]) -> uvi
         ssl_certfile=options.get("ssl_certfile"),
         ssl_keyfile=options.get("ssl_keyfile"),
     )
+    if limits is not None:
+        config.tidings_limits = limits
+    return config
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    """Raise the open-file limit, work out the connection cap, and say what they are."""
+    file_limit = raise_file_limit()
+    capacity = connection_capacity(file_limit, settings.max_connections)
+    if capacity > file_limit:
+        log.warning(
+            "--max-connections %d is over the open-file limit (%d): past it, new "
+            "connections are accepted and closed at once (raise `ulimit -n`)",
+            capacity,
+            file_limit,
+        )
+    log.info("serving up to %d connections (file limit %d)", capacity, file_limit)
+    return ConnectionLimits(settings, capacity)
 
 
 def run(
@@ -86,7 +124,8 @@ def run(
     # fans out, the default 5 ms hand-over made every publish wait ~100 ms (decision 0007).
     sys.setswitchinterval(C.SWITCH_INTERVAL)
     tidings_app = app or create_app(settings)
-    server = TidingsServer(uvicorn_config(tidings_app, settings, options))
+    limits = connection_limits(settings)
+    server = TidingsServer(uvicorn_config(tidings_app, settings, options, limits))
     server.tidings = tidings_app
     server.run(sockets=sockets)
     return bool(server.started)
