@@ -1,7 +1,8 @@
 """`tidings users …` and `tidings tokens …`: principals, managed on the store directly.
 
 These commands open the store themselves (the server may be running: SQLite's WAL lets
-both write), so they work before the first server start and need no admin session.
+both write, and they do not take the lock that keeps a second server off the file), so
+they work before the first server start and need no admin session.
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ def _run(url: str, fn: Callable[[Store], Awaitable[T]]) -> T:
         raise typer.Exit(2)
 
     async def go() -> T:
-        store = open_store(url, Retention(C.DEFAULT_MAX_MESSAGES, C.DEFAULT_MAX_AGE))
+        # Without the server lock: these few writes go beside a running server's, and
+        # SQLite's own locking orders them.
+        retention = Retention(C.DEFAULT_MAX_MESSAGES, C.DEFAULT_MAX_AGE)
+        store = open_store(url, retention, exclusive=False)
         await store.start()
         try:
             return await fn(store)

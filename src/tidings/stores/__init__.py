@@ -9,11 +9,17 @@ from tidings.stores.base import ChannelStore, Retention, Store
 __all__ = ["ChannelStore", "Retention", "Store", "open_store"]
 
 
-def open_store(url: str, retention: Retention, sqlite_synchronous: str = "FULL") -> Store:
+def open_store(
+    url: str, retention: Retention, sqlite_synchronous: str = "FULL", *, exclusive: bool = True
+) -> Store:
     """Build the store named by `url` (not started yet).
 
     `sqlite:///relative.db`, `sqlite:////absolute/path.db`, `memory://`,
     `redis://host:port/db[?prefix=tidings:]`.
+
+    `exclusive` (a server's store): a SQLite file is locked here already, so a second
+    server on it is refused (StoreLocked, an OSError) before it binds its port or opens
+    the database. Commands that only manage users and tokens pass False.
     """
     parts = urlsplit(url)
     scheme = parts.scheme
@@ -29,7 +35,10 @@ def open_store(url: str, retention: Retention, sqlite_synchronous: str = "FULL")
             raise ValueError(
                 f"store URL {url!r}: write sqlite:///relative/path.db or sqlite:////absolute/path.db"
             )
-        return SQLiteStore(path, retention, synchronous=sqlite_synchronous)
+        store = SQLiteStore(path, retention, synchronous=sqlite_synchronous)
+        if exclusive:
+            store.lock()
+        return store
     if scheme in ("redis", "rediss"):
         try:
             from tidings.stores.redis import RedisStore

@@ -40,10 +40,11 @@ from tidings.stores.base import (
     is_reset,
     job_event_data,
 )
+from tidings.stores.lockfile import ServerLock, StoreLocked
 from tidings.stores.memory import parse_seq
 from tidings.wire import Job, Message, job_channel
 
-__all__ = ["SQLiteStore"]
+__all__ = ["SQLiteStore", "StoreLocked"]
 
 T = TypeVar("T")
 
@@ -146,20 +147,36 @@ class SQLiteStore(Store):
     Users and credentials are never cached: `tidings users` and `tidings tokens` write
     them from another process into the same file while a server has it open.
 
+    A server's store is `exclusive`: it holds `<path>.lock` (stores/lockfile.py) from
+    `lock()` or `start()` until `close()`, because channel sequences and live subscribers
+    live in one process; a second exclusive store on the file raises StoreLocked.
+
     Args:
         path: the database file (created when missing).
         default_retention: retention of channels without their own.
         synchronous: SQLite `synchronous` pragma: FULL (default) fsyncs the WAL at every
             commit, so an acknowledged publish survives power loss; NORMAL survives a
             process crash only.
+        exclusive: take the server lock at `start()` (`open_store` takes it for servers;
+            the users and tokens commands open the file without it).
     """
 
-    def __init__(self, path: str, default_retention: Retention, synchronous: str = "FULL") -> None:
+    def __init__(
+        self,
+        path: str,
+        default_retention: Retention,
+        synchronous: str = "FULL",
+        exclusive: bool = False,
+    ) -> None:
         super().__init__(default_retention)
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"synchronous={synchronous!r}: use FULL, NORMAL, EXTRA or OFF")
         self.path = path
         self.synchronous = synchronous.upper()
+        self.exclusive = exclusive
+        # An in-memory database is private to its connection: nothing to share or lock.
+        in_memory = path in ("", ":memory:")
+        self._lock = None if in_memory else ServerLock(f"{path}.lock", path)
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._point: sqlite3.Connection | None = None  # point reads, on the event loop
@@ -187,7 +204,23 @@ class SQLiteStore(Store):
         conn.execute("PRAGMA busy_timeout=5000")
         return conn
 
+    def lock(self) -> None:
+        """Take the server lock now (StoreLocked names the holder); start() keeps it."""
+        if self._lock is not None:
+            self._lock.acquire()
+        self.exclusive = True
+
     async def start(self) -> None:
+        if self.exclusive:
+            self.lock()
+        try:
+            await self._open()
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
+
+    async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             self._writer = await asyncio.to_thread(self._connect)
@@ -205,6 +238,14 @@ class SQLiteStore(Store):
         if self._closing:
             return
         self._closing = True
+        try:
+            await self._close_connections()
+        finally:
+            # Last: another server may open the file only once nothing here writes to it.
+            if self._lock is not None:
+                self._lock.release()
+
+    async def _close_connections(self) -> None:
         self._work.set()
         if self._writer_thread is not None:
             # It commits what was queued before it stops; the answers arrive as callbacks.
