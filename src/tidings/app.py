@@ -375,16 +375,17 @@ class TidingsApp:
             if not principal.may_follow_job(found.submitted_by, found.type):
                 raise Forbidden(f"job {found.id} is not yours to follow")
             channel, until = job_channel(channel), TERMINAL_STATUSES
-            if cursor is not None and found.terminal:
+            cursor = cursor or "0"
+            if found.terminal:
                 # Resumed at or past the terminal event (an EventSource reconnects by itself
-                # after `close`): nothing will follow, so say so instead of pinging forever.
-                # The job was read before its channel's last id: had it been retried since,
-                # that id would be past the cursor, and the stream would replay the rest.
+                # after `close`), or nothing left to replay: nothing will follow, so say so
+                # instead of pinging forever. The job was read before its channel's last id:
+                # had it been retried since, that id would be past the cursor, and the
+                # stream would replay the rest.
                 last = await self.channels.last_id(channel)
                 if self.store.cursor_key(cursor) >= self.store.cursor_key(last):
                     reason = f"job {found.id} {found.status}: the stream is complete"
                     return end_at_once(send, what == "ws", reason)
-            cursor = cursor or "0"
         else:
             check_channel(channel)
             await self.channels.check_subscribe(principal, channel)
