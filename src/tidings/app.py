@@ -7,7 +7,9 @@ Requests take one of two roads:
   so the hub's fan-out writes through no middleware wrapper.
 * Request/response endpoints are found by tidings.http.router (a dict and a few regexes)
   and called with Starlette's Request; errors are mapped and latency recorded here.
-* Whatever neither knows goes to Starlette: lifespan, 404 and 405 answers.
+* A known path asked with a method it does not serve is answered here: OPTIONS 204, or
+  405, both with the path's whole `Allow` (426 for a plain GET on a WebSocket path).
+* Whatever neither knows goes to Starlette: lifespan, and 404 answers.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from tidings.http import channels as channel_routes
 from tidings.http import jobs as job_routes
 from tidings.http import rpc as rpc_routes
 from tidings.http.common import json_response, require_admin
-from tidings.http.router import Endpoint, Router
+from tidings.http.router import Allowed, Endpoint, Router
 from tidings.hub import Hub
 from tidings.jobs import JobService
 from tidings.metrics import Metrics
@@ -238,7 +240,11 @@ class TidingsApp:
             if hit is not None:
                 await self._answer(scope, receive, send, *hit)
                 return
-        # Lifespan, and what the router does not know (Starlette answers 404/405).
+            allowed = self.router.allowed(path)
+            if allowed is not None and (path != "*" or method == "OPTIONS"):
+                await self._unserved_method(scope, send, allowed)
+                return
+        # Lifespan, and paths the API does not serve (Starlette answers 404).
         await self._http(scope, receive, send)
 
     async def _answer(
@@ -575,16 +581,54 @@ class TidingsApp:
         assert isinstance(exc, TidingsError)  # noqa: S101 - registered for TidingsError only
         return json_response(exc.to_wire(), exc.status)
 
+    async def _unserved_method(self, scope: Scope, send: Send, allowed: Allowed) -> None:
+        """A known path asked with a method no endpoint serves there.
+
+        OPTIONS: 204 with the path's `Allow` (a CORS preflight never gets here: the CORS
+        layer answers it). A GET without the upgrade on a WebSocket path: 426 naming the
+        upgrade (RFC 9110 §15.5.22). Anything else: 405 with the same `Allow` (§15.5.6).
+        """
+        start = time.perf_counter()
+        method: str = scope["method"]
+        headers = [(b"allow", allowed.allow.encode())]
+        body = b""
+        if method == "OPTIONS":
+            status = 204
+        else:
+            if allowed.websocket and method == "GET":
+                status, code = 426, "upgrade_required"
+                message = f"{scope['path']} is a WebSocket: connect with a WebSocket client"
+                headers += [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")]
+            else:
+                status, code = 405, "method_not_allowed"
+                message = f"{method} is not allowed on {scope['path']}: use {allowed.allow}"
+            body = encode_json({"error": {"code": code, "message": message}})
+            headers += [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ]
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            self.metrics.observe(method, allowed.template, status, time.perf_counter() - start)
+
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)  # noqa: S101 - registered for HTTPException only
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = exc.detail
+        headers = exc.headers
         if exc.status_code == 404:
             message = f"no endpoint {request.url.path}: see /openapi.json for the API"
         elif exc.status_code == 405:
+            # Known paths are answered by _unserved_method; should Starlette still say 405,
+            # its Allow (one route's methods) is replaced by the whole path's.
+            allowed = self.router.allowed(request.url.path)
+            if allowed is not None:
+                headers = {**(headers or {}), "allow": allowed.allow}
             message = f"{request.method} is not allowed on {request.url.path}"
         return json_response(
-            {"error": {"code": code, "message": message}}, exc.status_code, exc.headers
+            {"error": {"code": code, "message": message}}, exc.status_code, headers
         )
 
     async def _unexpected_error(self, request: Request, exc: Exception) -> Response:
