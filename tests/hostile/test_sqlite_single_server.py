@@ -8,6 +8,7 @@ do not take it and keep working beside a running server.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
@@ -22,6 +23,9 @@ import httpx
 import pytest
 
 from tests.conftest import ServerProcess, free_port
+from tidings.principals import Permissions, User
+from tidings.stores import Retention, open_store
+from tidings.stores.sqlite import SQLiteStore, StoreLocked
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -163,3 +167,46 @@ def test_users_and_tokens_commands_work_beside_a_running_server(
     done = tidings("serve", "--port", str(free_port()), "--store", store)
     assert done.returncode != 0
     assert "in use by process" in " ".join(done.stderr.split())
+
+
+def test_in_one_process_a_second_server_store_is_refused_and_a_shared_one_is_not(
+    tmp_path: Path,
+) -> None:
+    """The lock is per open file, not per process: a second server store in the same
+    process is refused as well (two stores would keep two sequences), through a symlink
+    too; a store opened as the users commands open it reads and writes beside it; after
+    close the file is free again."""
+    db = tmp_path / "inproc.db"
+    link = tmp_path / "link.db"
+    link.symlink_to(db)
+    retention = Retention(100, 3600.0)
+
+    async def main() -> None:
+        server = open_store(f"sqlite:///{db}", retention)
+        await server.start()
+        try:
+            for path in (db, link):
+                with pytest.raises(StoreLocked, match=r"this process \(\d+, another store"):
+                    open_store(f"sqlite:///{path}", retention)
+                second = SQLiteStore(str(path), retention, exclusive=True)
+                with pytest.raises(OSError, match="redis://"):
+                    await second.start()
+            shared = open_store(f"sqlite:///{db}", retention, exclusive=False)
+            await shared.start()
+            try:
+                await shared.put_user(User("dave", None, Permissions(), time.time()))
+            finally:
+                await shared.close()
+            assert await server.get_user("dave") is not None
+            assert (await server.publish("c", 1)).message.id == "1"
+        finally:
+            await server.close()
+        assert Path(f"{db}.lock").read_text() == ""  # released, nobody named
+        again = open_store(f"sqlite:///{db}", retention)
+        await again.start()
+        try:
+            assert (await again.publish("c", 2)).message.id == "2"
+        finally:
+            await again.close()
+
+    asyncio.run(main())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import sqlite3
 import threading
 import time
@@ -175,8 +176,9 @@ class SQLiteStore(Store):
         self.synchronous = synchronous.upper()
         self.exclusive = exclusive
         # An in-memory database is private to its connection: nothing to share or lock.
+        # The lock lies beside the real file, so a path through a symlink finds it too.
         in_memory = path in ("", ":memory:")
-        self._lock = None if in_memory else ServerLock(f"{path}.lock", path)
+        self._lock = None if in_memory else ServerLock(f"{os.path.realpath(path)}.lock", path)
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._point: sqlite3.Connection | None = None  # point reads, on the event loop
