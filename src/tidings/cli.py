@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tidings import constants as C
 from tidings.cli_admin import tokens_app, users_app
@@ -219,7 +220,8 @@ def serve(
         # With several processes each child builds its own app; this one checks the settings.
         tidings_app = create_app(settings)
     except (ValueError, TypeError, OSError) as exc:
-        err.print(f"[red]tidings serve:[/red] {exc}")
+        # The message may quote a command line (a held SQLite lock): print it as text.
+        err.print(f"[red]tidings serve:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     options = {"access_log": access_log, "ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
     if workers > 1:
