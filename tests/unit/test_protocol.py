@@ -1,5 +1,6 @@
 """HeadHoldingTransport: a response head leaves with the write after it, never later than
-the end of the loop iteration, and nothing else is held."""
+the end of the loop iteration, and nothing else is held. The connection limits: caps and
+counts, and a request head cut at its limit after linear work."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any
 import pytest
 import uvicorn
 
+from tidings.http.limits import ConnectionLimits, connection_capacity, error_answer
 from tidings.http.protocol import HeadHoldingTransport, TidingsHttpProtocol, fixed_local
+from tidings.settings import Settings
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -184,3 +187,123 @@ def test_uvicorn_sees_the_same_server_and_client_addresses(host: str) -> None:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+# -- limits ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("file_limit", "setting", "expected"),
+    [
+        (256, 0, 192),  # a reserve of 64 descriptors at least
+        (1024, 0, 960),
+        (20_000, 0, 18_750),  # a sixteenth kept for the store, logs and files
+        (100, 0, 50),  # never more than half kept back
+        (1024, 5000, 5000),  # an explicit cap is taken as given
+    ],
+)
+def test_connection_capacity(file_limit: int, setting: int, expected: int) -> None:
+    assert connection_capacity(file_limit, setting) == expected
+
+
+def test_admit_counts_per_address_but_not_loopback_unless_asked() -> None:
+    limits = ConnectionLimits(Settings(max_connections_per_address=2), 100)
+    assert limits.admit("10.0.0.1") == (None, "10.0.0.1")
+    assert limits.admit("10.0.0.1") == (None, "10.0.0.1")
+    assert limits.admit("10.0.0.1") == (limits.answers.per_address, None)
+    assert limits.admit("10.0.0.2") == (None, "10.0.0.2")
+    for _ in range(5):
+        assert limits.admit("127.0.0.1") == (None, None)  # a local proxy or benchmark
+    assert limits.admit("::1") == (None, None)
+    assert limits.count == 9 and limits.by_address == {"10.0.0.1": 2, "10.0.0.2": 1}
+    limits.release("10.0.0.1")
+    limits.release("10.0.0.2")
+    limits.release(None)
+    assert limits.count == 6 and limits.by_address == {"10.0.0.1": 1}
+
+    strict = ConnectionLimits(Settings(max_connections_per_address=1, limit_loopback=True), 100)
+    assert strict.admit("127.0.0.1") == (None, "127.0.0.1")
+    assert strict.admit("127.0.0.1")[0] == strict.answers.per_address
+    assert strict.admit("127.0.0.2") == (None, "127.0.0.2")
+
+
+def test_admit_refuses_past_the_global_cap_whatever_the_address() -> None:
+    limits = ConnectionLimits(Settings(), 2)
+    assert limits.admit("127.0.0.1")[0] is None
+    assert limits.admit("127.0.0.1")[0] is None
+    assert limits.admit("127.0.0.1")[0] == limits.answers.busy
+    limits.release(None)
+    assert limits.admit("127.0.0.1")[0] is None
+
+
+def test_an_error_answer_is_a_complete_json_response_that_closes() -> None:
+    answer = error_answer(431, "Request Header Fields Too Large", "x", "y", "retry-after: 1")
+    head, body = answer.split(b"\r\n\r\n")
+    assert head.split(b"\r\n") == [
+        b"HTTP/1.1 431 Request Header Fields Too Large",
+        b"content-type: application/json",
+        b"content-length: %d" % len(body),
+        b"connection: close",
+        b"retry-after: 1",
+    ]
+    assert body == b'{"error":{"code":"x","message":"y"}}'
+
+
+class Wire(Recording):
+    """A transport the protocol can run on: records writes, knows when it is closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 50000) if name in ("peername", "sockname") else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_an_endless_header_is_cut_at_the_limit_after_linear_work() -> None:
+    """64 MiB of one header value in 64 KiB pieces: the parser gets one head's worth,
+    the client a 431, and the rest is not read."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("no request reaches the app")
+
+    async def main() -> None:
+        config = uvicorn.Config(app, http=TidingsHttpProtocol, log_level="error")
+        config.load()
+        protocol = TidingsHttpProtocol(config, uvicorn.server.ServerState(), {})
+        wire = Wire()
+        protocol.connection_made(wire)  # type: ignore[arg-type]
+        fed = 0
+        feed = protocol.parser.feed_data
+
+        def counting(data: bytes) -> None:
+            nonlocal fed
+            fed += len(data)
+            feed(data)
+
+        protocol.parser = type("P", (), {"feed_data": staticmethod(counting)})()
+        started = time.process_time()
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        piece = b"a" * 65536
+        for _ in range(1024):
+            protocol.data_received(piece)
+        assert time.process_time() - started < 1.0
+        assert fed == protocol.limits.head_limit
+        assert wire.closed
+        assert b"".join(wire.writes).startswith(b"HTTP/1.1 431 ")
+        protocol.connection_lost(None)
+        assert protocol.limits.count == 0
+
+    asyncio.run(main())

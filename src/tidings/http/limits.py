@@ -184,8 +184,9 @@ class ConnectionLimits:
         a plain uvicorn.Config running the protocol)."""
         limits = getattr(config, "tidings_limits", None)
         if limits is None:
-            settings = Settings()
-            limits = cls(settings, connection_capacity(raise_file_limit(), 0))
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            file_limit = 1 << 20 if soft == resource.RLIM_INFINITY else soft
+            limits = cls(Settings(), connection_capacity(file_limit, 0))
             config.tidings_limits = limits
         return limits
 
