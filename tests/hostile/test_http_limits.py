@@ -274,6 +274,27 @@ def test_the_21st_connection_from_one_address_is_refused_while_the_20_live_and_o
             sock.close()
 
 
+def test_websockets_count_toward_the_per_address_cap_and_give_their_place_back(
+    tidings_server: ServerFactory,
+) -> None:
+    srv = tidings_server(args=["--limit-loopback", "--max-connections-per-address", "5"])
+    upgrade = (
+        get("/v1/channels/counted/ws")
+        + b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    for _ in range(3):  # places given back: each round fits again
+        sockets = [connect(srv.port) for _ in range(5)]
+        for sock in sockets:
+            sock.sendall(upgrade)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+        with connect(srv.port) as extra:
+            assert status(read_all(extra)) == 429
+        for sock in sockets:
+            sock.close()
+        time.sleep(0.5)
+
+
 def test_loopback_clients_are_not_capped_per_address_by_default(
     tidings_server: ServerFactory,
 ) -> None:
