@@ -16,23 +16,34 @@ issuer and audience; permissions in a `tidings` claim) are accepted too.
 A principal found for a credential is cached for CACHE_SECONDS; logout through this node
 drops it at once, and the stream sweep re-checks every session with open streams each
 second, ending them when it was revoked or expired.
+
+Logins are limited per client address and per account, and their password checks wait in
+a bounded queue (tidings.ratelimit): past a limit a login answers 429 or 503 at once. A
+JWT's header and claims are refused (401) before they are parsed when nested deeper than
+`max_depth`, and its `exp`/`nbf`/`iat` must be numbers of seconds up to the year 9999.
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
+import binascii
+import functools
 import hashlib
+import itertools
 import logging
+import os
+import re
 import secrets
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import argon2
 import jwt
 import msgspec
 
+from tidings import constants as C
 from tidings.errors import BadRequest, Unauthorized
 from tidings.principals import (
     ANONYMOUS,
@@ -44,6 +55,7 @@ from tidings.principals import (
     Principal,
     User,
 )
+from tidings.ratelimit import AccountLimiter, AddressLimiter, HashingQueue, address_key
 from tidings.settings import Settings
 from tidings.stores.base import AuthStore
 
@@ -61,10 +73,17 @@ log = logging.getLogger("tidings.auth")
 COOKIE = "tidings_session"
 SESSION_MODES = ("database", "memory", "jwt")
 CACHE_SECONDS = 1.0
-LOGIN_CONCURRENCY = 2  # password checks at once (each ~50 ms of one core)
+# Password checks at once: each argon2 check runs its 4 lanes in parallel threads, so half
+# the cores' worth of checks keeps them busy and leaves the event loop room.
+HASH_THREADS = max(2, (os.cpu_count() or 2) // 2)
 _CACHE_MAX = 10_000
 JWT_ISSUER = "tidings"
 APP_ALGORITHMS = ("HS256", "RS256", "ES256")
+# An application JWT's permission lists: patterns per list, and characters per pattern.
+APP_MAX_PATTERNS = 100
+APP_MAX_PATTERN_CHARS = 256
+# The largest NumericDate accepted (9999-12-31T23:59:59Z, the last second RFC 3339 writes).
+MAX_NUMERIC_DATE = 253_402_300_799
 _hasher = argon2.PasswordHasher()
 # Verifying against this keeps a login for an unknown user as slow as for a known one.
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
@@ -85,13 +104,17 @@ def new_api_token() -> str:
     return "tdt_" + secrets.token_urlsafe(32)
 
 
+_Pattern = Annotated[str, msgspec.Meta(max_length=APP_MAX_PATTERN_CHARS)]
+_Patterns = Annotated[list[_Pattern], msgspec.Meta(max_length=APP_MAX_PATTERNS)]
+
+
 class AppClaims(msgspec.Struct, forbid_unknown_fields=False):
     """The `tidings` claim of an application-issued JWT."""
 
-    publish: list[str] = []
-    subscribe: list[str] = []
-    submit: list[str] = []
-    work: list[str] = []
+    publish: _Patterns = []
+    subscribe: _Patterns = []
+    submit: _Patterns = []
+    work: _Patterns = []
 
 
 class AuthService:
@@ -107,7 +130,11 @@ class AuthService:
         self.required = settings.require_auth
         self.session_ttl = settings.session_ttl
         self._memory: dict[str, Credential] = {}
-        self._logins = asyncio.Semaphore(LOGIN_CONCURRENCY)
+        self.max_depth = settings.max_depth
+        self.limit_loopback = settings.limit_loopback
+        self._addresses = AddressLimiter(settings.login_rate_per_address)
+        self._accounts = AccountLimiter(settings.login_failures_per_account, C.LOGIN_ACCOUNT_WINDOW)
+        self._hashing = HashingQueue(HASH_THREADS, settings.login_queue)
         # session -> (user name, the user's `created`), to end the streams of a removed user
         self._owners: dict[str, tuple[str, float]] = {}
         self._cache: dict[str, tuple[float, Principal]] = {}
@@ -200,6 +227,7 @@ class AuthService:
         self._owners[session] = (user.name, user.created)
 
     async def _from_jwt(self, token: str, now: float) -> Principal:
+        _check_nesting(token, self.max_depth)
         if self.mode == "jwt":
             try:
                 claims = jwt.decode(
@@ -215,6 +243,7 @@ class AuthService:
                     raise Unauthorized(f"invalid token: {exc}") from None
                 claims = None  # perhaps the application's own: try that key next
             if claims is not None:
+                _check_dates(claims)
                 jti = str(claims["jti"])
                 if await self.store.get_credential(f"jti:{jti}") is not None:
                     raise Unauthorized("the token was revoked (logged out): log in again")
@@ -237,6 +266,7 @@ class AuthService:
             )
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}") from None
+        _check_dates(claims)
         try:
             name = User.check_name(str(claims["sub"]))
             grants = msgspec.convert(claims.get("tidings", {}), AppClaims)
@@ -251,25 +281,40 @@ class AuthService:
 
     # -- logging in and out ------------------------------------------------------------------
 
-    async def login(self, username: str, password: str) -> tuple[str, float, Principal]:
-        """A fresh session for a user with this password: (token, expires_at, principal)."""
-        user = await self.store.get_user(username)
+    async def login(
+        self, username: str, password: str, client: str | None = None
+    ) -> tuple[str, float, Principal]:
+        """A fresh session for a user with this password: (token, expires_at, principal).
+
+        `client` is the client's address. Refused before any password is checked, with
+        TooManyLogins (429) when the address or the account is over its limit, or LoginBusy
+        (503) when the password-hashing queue is full.
+        """
+        address = address_key(client, self.limit_loopback)
+        if address is not None:
+            self._addresses.take(address, time.monotonic())
+        self._accounts.check(username, time.monotonic())
+        if address is not None:
+            self._addresses.enter(address)
         try:
-            # argon2 costs ~50 ms of CPU by design: in a thread, a few at a time, so a flood
-            # of logins cannot stall the event loop (streams, heartbeats, the sweep).
-            async with self._logins:
-                await asyncio.to_thread(
-                    _hasher.verify,
-                    user.password_hash if user and user.password_hash else _DUMMY_HASH,
-                    password,
-                )
-        except argon2.exceptions.VerificationError:
-            user = None
-        except argon2.exceptions.InvalidHashError:
-            log.exception("user %r has a malformed password hash", username)
-            user = None
-        if user is None or user.password_hash is None:
+            user = await self.store.get_user(username)
+            # Unknown users and users without a password cost one check too: the answer's
+            # timing does not tell who exists.
+            stored = user.password_hash if user and user.password_hash else _DUMMY_HASH
+            # argon2 costs tens of ms of CPU by design: in a thread, a few at a time, so a
+            # flood of logins cannot stall the event loop (streams, heartbeats, the sweep).
+            right = await self._hashing.run(
+                functools.partial(_password_matches, stored, password, username)
+            )
+        finally:
+            if address is not None:
+                self._addresses.leave(address)
+        # Locked meanwhile by other guesses: this answer says nothing about the password.
+        self._accounts.check(username, time.monotonic())
+        if not right or user is None or user.password_hash is None:
+            self._accounts.failed(username, time.monotonic())
             raise Unauthorized("wrong user name or password")
+        self._accounts.succeeded(username)
         now = time.time()
         expires = now + self.session_ttl
         if self.mode == "jwt":
@@ -365,6 +410,64 @@ class AuthService:
         for session in [s for s, until in self._expiries.items() if until <= now - 60]:
             del self._expiries[session]
             self._owners.pop(session, None)
+
+
+def _password_matches(stored: str, password: str, username: str) -> bool:
+    """True when `password` matches the argon2 hash `stored` (run in a hashing thread)."""
+    try:
+        return _hasher.verify(stored, password)
+    except argon2.exceptions.VerificationError:
+        return False
+    except argon2.exceptions.InvalidHashError:
+        log.exception("user %r has a malformed password hash", username)
+        return False
+
+
+# JSON strings (whose brackets do not nest), and the bytes that open or close a level. An
+# unterminated string runs to the end, and nothing backtracks: one linear pass.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\[\s\S]?)*+(?:"|\Z)')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_LEVEL = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def _check_nesting(token: str, max_depth: int) -> None:
+    """401 when the JWT's header or claims nest arrays/objects deeper than `max_depth`.
+
+    Checked on the raw JSON before anything parses it, iteratively, in time linear in the
+    token's length (bounded by the request header limit).
+    """
+    for segment in token.split(".")[:2]:
+        try:
+            raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        except (ValueError, binascii.Error):
+            raise Unauthorized("invalid token: a segment is not base64url") from None
+        brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+        if brackets and max(itertools.accumulate(_LEVEL[b] for b in brackets)) > max_depth:
+            raise Unauthorized(
+                f"token claims nested too deep: at most {max_depth} levels of arrays/objects"
+            )
+
+
+def _check_dates(claims: dict[str, Any]) -> None:
+    """401 unless `exp`, `nbf` and `iat`, where present, are NumericDates up to year 9999.
+
+    PyJWT compares them as integers only; a string, a boolean or an absurd number must not
+    become a session's expiry.
+    """
+    for name in ("exp", "nbf", "iat"):
+        if name not in claims:
+            continue
+        value = claims[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Unauthorized(
+                f"invalid token: the {name} claim must be a number of seconds since 1970,"
+                f" not {type(value).__name__}"
+            )
+        if not 0 <= value <= MAX_NUMERIC_DATE:
+            raise Unauthorized(
+                f"invalid token: the {name} claim must be between 0 and {MAX_NUMERIC_DATE}"
+                " (9999-12-31T23:59:59Z)"
+            )
 
 
 def _credentials_of(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, bool]:

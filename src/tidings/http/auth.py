@@ -2,6 +2,10 @@
 
 Login answers with a bearer token and sets the same token as an HttpOnly, SameSite
 session cookie (Secure when served over TLS). Every login makes a fresh session id.
+
+A login over the limits (tidings.ratelimit) answers 429, or 503 when the password-hashing
+queue is full, with `Retry-After` in seconds and the same number as `retry_after` in the
+JSON error.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from starlette.routing import Route
 from tidings.auth import COOKIE, AuthService
 from tidings.errors import Unauthorized, UnsupportedMediaType
 from tidings.http.common import decode_body, json_response, principal_of, read_body
+from tidings.ratelimit import TooManyLogins
 from tidings.wire import format_time
 
 __all__ = ["routes"]
@@ -44,7 +49,13 @@ async def login(request: Request) -> Response:
         )
     body: LoginBody = decode_body(LoginBody, await read_body(request, 16 * 1024))
     svc = _svc(request)
-    token, expires, principal = await svc.login(body.username, body.password)
+    client = request.scope.get("client")
+    try:
+        token, expires, principal = await svc.login(
+            body.username, body.password, client[0] if client else None
+        )
+    except TooManyLogins as exc:
+        return json_response(exc.to_wire(), exc.status, {"retry-after": str(exc.retry_after)})
     response = json_response(
         {
             "token": token,
