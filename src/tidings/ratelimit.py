@@ -207,11 +207,6 @@ class AccountLimiter:
         """A right password for `name`: forget its failures."""
         self._failed.pop(self._key(name), None)
 
-    def sweep(self, now: float) -> None:
-        """Forget names whose every failure is older than the window."""
-        for key in [k for k, times in self._failed.items() if times[-1] <= now - self.window]:
-            del self._failed[key]
-
 
 class HashingQueue:
     """Runs blocking password checks in threads, `threads` at once, `waiting` more queued.
