@@ -62,12 +62,13 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
     def pause_writing(self) -> None:
         self.write_paused = True
         self.writable.clear()
-        self.transport.pause_reading()
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         self.writable.set()
-        if not self.read_paused:
+        if not self.read_paused and not self.transport.is_closing():
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
