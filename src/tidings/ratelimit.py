@@ -3,7 +3,8 @@
 Three guards stand in front of a password check, in this order (tidings.auth applies them):
 
 * `AddressLimiter`: a token bucket per client address, `rate` attempts per minute with a
-  burst of `rate`; refused attempts cost nothing. Besides, no address may have more than
+  burst of `rate`; every attempt it lets through spends one, those it refuses none.
+  Besides, no address may have more than
   `PER_ADDRESS_HASHING` password checks queued or running at once, so one address can
   never fill the hashing queue that everyone shares. IPv6 clients are counted by their
   /64 (one subscriber usually holds a whole /64). Loopback clients are exempt unless
