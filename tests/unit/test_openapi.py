@@ -27,3 +27,26 @@ def test_every_route_is_documented():
     for stream in ("/v1/channels/{channel}/events", "/v1/channels/{channel}/ws", "/v1/events",
                    "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/ws"):  # fmt: skip
         assert "get" in paths[stream]
+
+
+def test_every_operation_names_its_error_answers_and_every_limit_is_stated():
+    """Connection-level answers on every operation, 401/403 on every non-public one, and
+    the limits schemathesis found missing (limit, wait, a job's type) as constraints."""
+    doc = openapi_document()
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            answers = set(op["responses"])
+            assert {"408", "414", "429", "431", "503"} <= answers, (method, path)
+            if "101" not in answers and path not in ("/healthz", "/readyz", "/v1/auth/login"):
+                assert {"401", "403"} <= answers, (method, path)
+    poll = doc["paths"]["/v1/channels/{channel}/messages"]["get"]["parameters"]
+    limit = next(p for p in poll if p["name"] == "limit")["schema"]
+    assert (limit["minimum"], limit["maximum"]) == (1, 1000)
+    wait = next(p for p in poll if p["name"] == "wait")["schema"]
+    assert wait["minimum"] == 0
+    submit = doc["paths"]["/v1/jobs"]["post"]
+    job_type = submit["requestBody"]["content"]["application/json"]["schema"]["properties"]["type"]
+    assert job_type["pattern"] == "^[A-Za-z0-9._:-]{1,200}$"
+    assert {"400", "413", "422"} <= set(submit["responses"])
+    login = doc["paths"]["/v1/auth/login"]["post"]["responses"]
+    assert {"400", "401", "415", "422", "429", "503"} <= set(login)

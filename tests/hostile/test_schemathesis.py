@@ -1,0 +1,111 @@
+"""schemathesis over /openapi.json of a real server: no answer the document does not name.
+
+Reproduced: run against the document as it was, schemathesis found statuses no operation
+listed (400, 403, 409, 422 on most of them) and constraints it did not state (`limit`,
+`wait`, a job's `type`), so valid-looking requests were refused and refusals were
+undocumented. The run below is bounded (a fixed seed, a few examples per operation, short
+stream reads) and must end with zero failures.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ServerFactory
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Every check (schemathesis enables all by default) runs on every operation, except where
+# it cannot apply or where a fix is still to land:
+CONFIG = """\
+hooks = "tests.hostile.schemathesis_hooks"
+request-timeout = 10
+
+# WebSocket paths: schemathesis speaks HTTP only, and a GET without the upgrade answers
+# 426 by design (test_options_allow covers it; the sockets have their own tests).
+[[operations]]
+include-path-regex = "/ws$"
+enabled = false
+
+# An event stream never ends: read one event, or stop after half a second of silence.
+[[operations]]
+include-path-regex = "/events$"
+request-timeout = 0.5
+max-stream-events = 1
+
+# JSON-RPC 2.0 answers a malformed call (even a missing body) in a 200 body with its own
+# error codes (-32700, -32600): rejection of bad data is in the body, not the status.
+[[operations]]
+include-path = "/v1/rpc"
+checks.negative_data_rejection.enabled = false
+
+# Divergences whose fix is in a file this test's author does not own (listed in the
+# issue 13 report); each block goes once its fix lands:
+# - PUT /v1/channels/{c}: max_messages above 2^63-1 is accepted (SQLite then answers 503).
+[[operations]]
+include-path = "/v1/channels/{channel}"
+include-method = "PUT"
+checks.negative_data_rejection.enabled = false
+
+# - publish: ?event= is read for a text body only; beside a JSON body a bad one is ignored.
+[[operations]]
+include-path = "/v1/channels/{channel}/messages"
+include-method = "POST"
+checks.negative_data_rejection.enabled = false
+
+# - a lease token with characters beyond ASCII makes the worker endpoints answer 500
+#   (secrets.compare_digest refuses such a str): only well-formed tokens are sent.
+[[operations]]
+include-path-regex = "^/v1/(jobs/[^/]+/(heartbeat|complete|fail)|workers/(lease|report))$"
+generation.mode = "positive"
+
+# - on the streams Last-Event-ID, when sent, replaces `after`, which is then not read: a
+# malformed `after` beside a valid Last-Event-ID is served (see the issue 13 report).
+[[operations]]
+include-path-regex = "^/v1/(channels/[^/]+|jobs/[^/]+)/events$"
+checks.negative_data_rejection.enabled = false
+"""
+
+
+@pytest.mark.timeout(240)
+def test_schemathesis_finds_no_failure_in_a_bounded_run_against_the_openapi_document(
+    tidings_server: ServerFactory, tmp_path: Path
+) -> None:
+    # A short long-poll cap: generated `wait=` values end in a second, not thirty.
+    srv = tidings_server(args=["--long-poll-cap", "1"])
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(CONFIG)
+    command = [
+        str(Path(sys.executable).parent / "schemathesis"),
+        "--config-file", str(config),
+        "--no-color",
+        "run", f"{srv.url}/openapi.json",
+        "--seed", "13",
+        "--max-examples", "10",
+        "--no-shrink",
+        "--workers", "1",
+        "--suppress-health-check", "all",
+        "--report-dir", str(tmp_path / "report"),
+    ]  # fmt: skip
+    done = subprocess.run(
+        command,
+        check=False,
+        cwd=tmp_path,
+        env={
+            "PYTHONPATH": str(ROOT),
+            "PATH": str(Path(sys.executable).parent),
+            "HOME": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-20_000:] + "\n--- server log ---\n" + srv.log()
+    ran = re.search(r"(\d+) generated, (\d+) passed", output)
+    assert ran is not None and ran.group(1) == ran.group(2), output[-3000:]
