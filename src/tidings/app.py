@@ -134,7 +134,11 @@ class TidingsApp:
         self.hub = Hub(self.store.cursor_key, remember=not self.store.shared)
         self.channels = ChannelService(self.store, self.hub, settings.long_poll_cap)
         self.jobs = JobService(
-            self.store, self.hub, settings.retry_backoff, long_poll_cap=settings.long_poll_cap
+            self.store,
+            self.hub,
+            settings.retry_backoff,
+            long_poll_cap=settings.long_poll_cap,
+            max_depth=settings.max_depth,
         )
         self.auth = AuthService(self.store, settings)
         self.relay: Relay | None = None

@@ -21,6 +21,12 @@ The hot path (see docs/architecture.md):
 
 A subscriber is registered before its history is replayed; while it catches up, live
 messages are parked in `pending` and sent after the replay, skipping what the replay sent.
+
+Isolation: what fails for one subscriber (its send, its frames) cuts that subscriber
+alone, with a reason; the others get every message. A message that cannot be encoded is
+replaced by a note saying it was skipped (an SSE comment, a WebSocket error frame) rather
+than failing the batch. A fan-out pass is always cleared, even if it fails, so a channel's
+live delivery never stops.
 """
 
 from __future__ import annotations
@@ -312,14 +318,39 @@ class Subscriber:
 
 def _multi_body(msg: Message) -> bytes:
     """A multiplexed stream's frame after its `id:` line: the whole message as JSON."""
-    return sse_frame(None, msg.event, encode_json(msg.to_wire()).decode())
+    try:
+        return sse_frame(None, msg.event, encode_json(msg.to_wire()).decode())
+    except Exception as exc:
+        return _skipped(msg, exc).encode()
 
 
 def _encode(kind: str, msg: Message) -> bytes | str:
     """One message as a stream of `kind` carries it: an SSE frame or a WebSocket text."""
-    if kind == KIND_SSE:
-        return sse_frame(msg.id, msg.event, data_text(msg.data))
-    return encode_json(msg.to_wire()).decode()
+    try:
+        if kind == KIND_SSE:
+            return sse_frame(msg.id, msg.event, data_text(msg.data))
+        return encode_json(msg.to_wire()).decode()
+    except Exception as exc:
+        note = _skipped(msg, exc, ws=kind == KIND_WS)
+        return note if kind == KIND_WS else note.encode()
+
+
+def _skipped(msg: Message, exc: Exception, ws: bool = False) -> str:
+    """What a stream gets instead of a message that cannot be encoded (stored before
+    values were checked): a note naming it — an SSE comment, or a WebSocket error frame
+    (clients skip both) — so one bad message never stops a channel."""
+    log.error("message %s of %s cannot be encoded, skipped: %r", msg.id, msg.channel, exc)
+    reason = f"message {msg.id} of {msg.channel} cannot be encoded: skipped"
+    if not ws:
+        return f": {reason}\n\n"
+    note = {
+        "type": "error",
+        "ref": None,
+        "id": msg.id,
+        "channel": msg.channel,
+        "error": {"code": "unencodable", "message": reason},
+    }
+    return encode_json(note).decode()
 
 
 def _as_asgi(kind: str, encoded: list[bytes | str]) -> list[dict[str, Any]]:
@@ -532,7 +563,24 @@ class Hub:
             asyncio.get_running_loop().call_soon(self._fan_out, msg.channel)
 
     def _fan_out(self, channel: str) -> None:
-        """Run (a chunk of) a fan-out pass; messages queued meanwhile join the batch."""
+        """Run (a chunk of) a fan-out pass; messages queued meanwhile join the batch.
+
+        Never leaves a failed pass behind: with one in `_passes`, no publish would ever
+        schedule the channel's fan-out again.
+        """
+        try:
+            self._fan_out_chunk(channel)
+        except Exception:
+            log.exception("fan-out of %s failed: its streams are cut to resume", channel)
+            self._passes.pop(channel, None)
+            # Which of its messages reached whom is unknown: every stream of the channel
+            # resumes from its own cursor (messages are durable), so nothing is lost.
+            for sub in list(self._subs.get(channel, ())):
+                sub.close("fan-out failed: reconnect with your last id to resume")
+            if channel in self._queue:
+                asyncio.get_running_loop().call_soon(self._fan_out, channel)
+
+    def _fan_out_chunk(self, channel: str) -> None:
         newer = self._queue.pop(channel, None)
         p = self._passes.get(channel)
         if p is None:
@@ -544,7 +592,12 @@ class Hub:
             p.batch.extend(newer)
         end = min(p.index + FANOUT_CHUNK, len(p.subs))
         for sub in p.subs[p.index : end]:
-            sub.deliver_batch(p.batch)
+            try:
+                sub.deliver_batch(p.batch)
+            except Exception as exc:
+                # This subscriber alone: the others of the chunk still get the batch.
+                log.exception("delivery to a %s subscriber of %s failed", sub.kind, channel)
+                sub.close(f"delivery failed ({type(exc).__name__}): reconnect to resume")
         p.index = end
         loop = asyncio.get_running_loop()
         if end < len(p.subs):

@@ -24,8 +24,10 @@ from typing import Any
 import msgspec
 from msgspec.structs import replace
 
+from tidings.constants import DEFAULT_MAX_DEPTH
 from tidings.errors import BadRequest, Conflict, InvalidBody, NotFound, TidingsError
 from tidings.hub import Hub
+from tidings.limits import check_storable
 from tidings.stores.base import JobChange, JobStep, Store, Transition
 from tidings.wire import CHANNEL_RE, Job, job_channel
 
@@ -103,6 +105,8 @@ class JobService:
         retry_backoff: seconds before the first retry; doubles per attempt.
         max_backoff: the longest retry delay.
         long_poll_cap: the longest `wait` honoured.
+        max_depth: the deepest nesting a payload, result or error may have; deeper, or
+            what the stores cannot encode, is refused before anything is stored.
     """
 
     def __init__(
@@ -112,8 +116,10 @@ class JobService:
         retry_backoff: float = 1.0,
         max_backoff: float = 300.0,
         long_poll_cap: float = 30.0,
+        max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self.store = store
+        self.max_depth = max_depth
         self.hub = hub
         self.retry_backoff = retry_backoff
         self.max_backoff = max_backoff
@@ -198,6 +204,7 @@ class JobService:
             raise InvalidBody('"priority" must fit in 32 bits')
         if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
             raise BadRequest("Idempotency-Key must be 1-200 characters")
+        check_storable(payload, '"payload"', self.max_depth)
         now = time.time()
         job = Job(
             id=new_job_id(),
@@ -320,11 +327,17 @@ class JobService:
     def _give_back(self, taking: asyncio.Future[list[JobChange]]) -> None:
         if taking.cancelled() or taking.exception() is not None:
             return
-        for change in taking.result():
-            self._announce(change)
-            token = change.job.lease_token
-            if token is not None:
-                task = asyncio.get_running_loop().create_task(self._release(change.job.id, token))
+        self.give_back([self._announce(change) for change in taking.result()])
+
+    def give_back(self, jobs: Sequence[Job]) -> None:
+        """Requeue leased jobs at once, their attempt uncounted: the answer that would have
+        handed them over could not be built or sent. Runs on even if the caller is
+        cancelled meanwhile."""
+        for job in jobs:
+            if job.lease_token is not None:
+                task = asyncio.get_running_loop().create_task(
+                    self._release(job.id, job.lease_token)
+                )
                 self._releases.add(task)
                 task.add_done_callback(self._releases.discard)
 
@@ -378,10 +391,12 @@ class JobService:
 
     async def complete(self, job_id: str, token: str, result: Any) -> Job:
         """The worker finished the job: it succeeded with `result`."""
+        check_storable(result, '"result"', self.max_depth)
         return self._announce(await self.store.transition_job(job_id, _done(token, result)))
 
     async def fail(self, job_id: str, token: str, error: Any, retry: bool = True) -> Job:
         """The worker failed the attempt: retry after a backoff, or end failed (or cancelled)."""
+        check_storable(error, '"error"', self.max_depth)
         return self._announce(
             await self.store.transition_job(job_id, self._failed(token, error, retry))
         )
@@ -390,25 +405,32 @@ class JobService:
         """Complete or fail several jobs in one store operation (one transaction).
 
         Each outcome is applied or refused on its own, exactly as `complete` or `fail`
-        would: a stale lease token (Conflict) or a gone job (NotFound) takes that job's
-        place in the answer and leaves it unchanged, while the others still apply.
+        would: a stale lease token (Conflict), a gone job (NotFound) or a result or error
+        that cannot be stored (nested too deep, not encodable) takes that job's place in
+        the answer and leaves it unchanged, while the others still apply.
         """
         if not 1 <= len(outcomes) <= MAX_REPORT_BATCH:
             raise InvalidBody(f'"results" must hold 1 to {MAX_REPORT_BATCH} outcomes')
-        steps: list[JobStep] = [
-            (
-                o.id,
-                _done(o.lease_token, o.value)
-                if o.ok
-                else self._failed(o.lease_token, o.value, o.retry),
-                True,
-            )
-            for o in outcomes
-        ]
+        steps: list[JobStep] = [(o.id, self._outcome_step(o), True) for o in outcomes]
         return [
             c if isinstance(c, TidingsError) else self._announce(c)
             for c in await self.store.transition_jobs(steps)
         ]
+
+    def _outcome_step(self, o: JobOutcome) -> Transition:
+        """The transition applying one reported outcome (refusing it if unstorable)."""
+        try:
+            check_storable(o.value, '"result"' if o.ok else '"error"', self.max_depth)
+        except TidingsError as exc:
+            refused = exc
+
+            def refuse(job: Job, now: float) -> tuple[Job, str | None]:
+                raise refused
+
+            return refuse
+        return (
+            _done(o.lease_token, o.value) if o.ok else self._failed(o.lease_token, o.value, o.retry)
+        )
 
     def _failed(self, token: str, error: Any, retry: bool) -> Transition:
         def failed(job: Job, now: float) -> tuple[Job, str | None]:

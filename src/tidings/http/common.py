@@ -18,6 +18,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tidings.constants import DEFAULT_MAX_DEPTH
 from tidings.errors import (
     BadRequest,
     Forbidden,
@@ -26,11 +27,13 @@ from tidings.errors import (
     TidingsError,
     Unauthorized,
 )
+from tidings.limits import decode_limited
 from tidings.principals import ANONYMOUS, Principal
 from tidings.wire import encode_json
 
 __all__ = [
     "MSGPACK",
+    "Body",
     "check_json_value",
     "decode_body",
     "is_msgpack",
@@ -54,6 +57,14 @@ MSGPACK = "application/msgpack"
 _MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack"})
 encode_msgpack = msgspec.msgpack.Encoder().encode
 _MSGPACK_DECODERS: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+_JSON_DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+class Body(bytes):
+    """A request body as `read_body` returns it: its bytes, and the nesting limit of the
+    server that read it (`decode_body` applies it; plain bytes get the default)."""
+
+    max_depth: int = DEFAULT_MAX_DEPTH
 
 
 def json_response(
@@ -143,11 +154,16 @@ def respond(
 ) -> Response:
     """`obj` in the codec the request's Accept prefers: JSON, or MessagePack when asked.
 
-    Carries `Vary: Accept` either way, since the same URL answers in two codecs.
+    Carries `Vary: Accept` either way, since the same URL answers in two codecs. What
+    MessagePack cannot carry (a JSON integer beyond 64 bits in a message) is answered in
+    JSON instead, as RFC 9110 §12.1 allows, rather than failing every such read.
     """
     extra = {"Vary": "Accept", **(headers or {})}
     if wants_msgpack(request.headers.get("accept")):
-        return Response(encode_msgpack(obj), status, extra, media_type=MSGPACK)
+        try:
+            return Response(encode_msgpack(obj), status, extra, media_type=MSGPACK)
+        except OverflowError:
+            pass
     return Response(encode_json(obj), status, extra, media_type="application/json")
 
 
@@ -194,7 +210,7 @@ def query_float(request: Request, name: str) -> float | None:
     return value
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> Body:
     """The request body, refused with 413 as soon as it exceeds `limit` bytes.
 
     A declared Content-Length over the limit is refused before any byte is read; a
@@ -221,26 +237,33 @@ async def read_body(request: Request, limit: int) -> bytes:
                 " or raise --max-message-bytes"
             )
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = Body(b"".join(chunks))
+    body.max_depth = request.app.state.settings.max_depth
+    return body
 
 
 def decode_body(kind: type[Any], body: bytes, content_type: str | None = None) -> Any:
-    """Decode a body into `kind`: 400 when it is malformed, 422 when it does not fit.
+    """Decode a body into `kind`: 400 when it is malformed or nested too deep (over the
+    `max_depth` a `Body` carries), 422 when it does not fit.
 
     MessagePack when `content_type` names it, JSON otherwise (also when it is absent).
     """
+    limit = body.max_depth if isinstance(body, Body) else DEFAULT_MAX_DEPTH
     if content_type is not None and is_msgpack(content_type):
         decoder = _MSGPACK_DECODERS.get(kind)
         if decoder is None:
             decoder = _MSGPACK_DECODERS[kind] = msgspec.msgpack.Decoder(kind)
         try:
-            return decoder.decode(body)
+            return decode_limited(decoder.decode, body, limit, msgpack=True)
         except msgspec.ValidationError as exc:
             raise InvalidBody(f"body does not fit: {exc}") from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # a str that is not UTF-8
             raise BadRequest(f"body is not valid MessagePack: {exc}") from None
+    json_decoder = _JSON_DECODERS.get(kind)
+    if json_decoder is None:
+        json_decoder = _JSON_DECODERS[kind] = msgspec.json.Decoder(kind)
     try:
-        return msgspec.json.decode(body, type=kind)
+        return decode_limited(json_decoder.decode, body, limit)
     except msgspec.ValidationError as exc:
         raise InvalidBody(f"body does not fit: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -252,34 +275,44 @@ def check_json_value(value: Any, where: str = "data") -> None:
 
     Messages are stored and streamed (SSE, WebSocket) as JSON, so what MessagePack can say
     and JSON cannot is refused rather than silently changed: `bin` (bytes), ext types,
-    map keys that are not strings, NaN and infinities.
+    map keys that are not strings, NaN and infinities. Iterative: no depth exhausts the
+    stack (`decode_body` has already refused values nested too deep).
     """
-    if value is None or isinstance(value, (str, bool, int)):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidBody(
-                f"{where} is {value}: JSON has no NaN or infinity; send null or a string"
-            )
-        return
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            check_json_value(item, f"{where}[{i}]")
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidBody(
-                    f"{where} has a map key {key!r} that is not a string: JSON keys are strings"
-                )
-            check_json_value(item, f"{where}.{key}")
-        return
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        raise InvalidBody(
-            f"{where} is MessagePack bin ({len(value)} bytes): messages are JSON values, so "
-            "send text as str (e.g. base64 for binary)"
+    # (value, where its container is, its index or key there): a path is built only
+    # for a container or an error, not for every scalar.
+    todo: list[tuple[Any, str, int | str | None]] = [(value, where, None)]
+    while todo:
+        value, base, key = todo.pop()
+        if value is None or isinstance(value, (str, bool, int)):
+            continue
+        where = (
+            base if key is None else f"{base}[{key}]" if isinstance(key, int) else f"{base}.{key}"
         )
-    raise InvalidBody(f"{where} is a MessagePack {type(value).__name__}, which JSON cannot carry")
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise InvalidBody(
+                    f"{where} is {value}: JSON has no NaN or infinity; send null or a string"
+                )
+            continue
+        if isinstance(value, list):
+            todo.extend((item, where, i) for i, item in enumerate(value))
+            continue
+        if isinstance(value, dict):
+            for k, item in value.items():
+                if not isinstance(k, str):
+                    raise InvalidBody(
+                        f"{where} has a map key {k!r} that is not a string: JSON keys are strings"
+                    )
+                todo.append((item, where, k))
+            continue
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            raise InvalidBody(
+                f"{where} is MessagePack bin ({len(value)} bytes): messages are JSON values, "
+                "so send text as str (e.g. base64 for binary)"
+            )
+        raise InvalidBody(
+            f"{where} is a MessagePack {type(value).__name__}, which JSON cannot carry"
+        )
 
 
 async def unless_revoked(request: Request, work: Awaitable[T]) -> T:

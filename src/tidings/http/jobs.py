@@ -7,6 +7,7 @@ channel's (the job's channel is `job.{id}`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any
 
@@ -29,9 +30,11 @@ from tidings.http.common import (
 )
 from tidings.jobs import JobOutcome, JobService
 from tidings.principals import Principal
-from tidings.wire import JOB_STATUSES, Job, format_time
+from tidings.wire import JOB_STATUSES, Job, encode_json, format_time
 
 __all__ = ["routes"]
+
+log = logging.getLogger("tidings.jobs")
 
 BODY_LIMIT_SLACK = 64 * 1024
 # A report carries many results: its body may be this many messages long.
@@ -233,15 +236,48 @@ async def lease(request: Request) -> Response:
         reporting = asyncio.ensure_future(_report(svc, body.results))
     # A worker that stops closes its parked lease request: it must not be handed jobs.
     leasing = svc.lease(body.types, body.max, body.wait, body.lease)
+    jobs: list[Job] = []
     try:
-        # ... nor a worker whose session was revoked meanwhile (401).
-        jobs = await unless_revoked(request, unless_disconnected(request, leasing))
-    finally:
-        reported = None if reporting is None else await reporting
-    out: dict[str, Any] = {"jobs": [j.lease_to_wire() for j in jobs or []]}
+        try:
+            # ... nor a worker whose session was revoked meanwhile (401).
+            leased = await unless_revoked(request, unless_disconnected(request, leasing))
+            jobs = leased or []
+        finally:
+            reported = None if reporting is None else await reporting
+        answer = await _lease_answer(svc, jobs, reported)
+    except BaseException:
+        # The answer that would hand these jobs over was not built: none is leased to
+        # nobody, they go back to the queue at once.
+        svc.give_back(jobs)
+        raise
+    return Response(answer, 200, media_type="application/json")
+
+
+async def _lease_answer(
+    svc: JobService, jobs: list[Job], reported: list[dict[str, Any]] | None
+) -> bytes:
+    """The lease answer's body, each job encoded on its own: a job whose payload cannot be
+    encoded (stored before payloads were checked) fails for good, without its attempts,
+    and the others are handed over."""
+    parts: list[bytes] = []
+    for job in jobs:
+        try:
+            parts.append(encode_json(job.lease_to_wire()))
+        except Exception as exc:
+            log.exception("job %s cannot be handed over: its payload cannot be encoded", job.id)
+            error = {
+                "type": "UnencodablePayload",
+                "message": f"the payload cannot be encoded: {exc!r}",
+            }
+            try:
+                await svc.fail(job.id, job.lease_token or "", error, retry=False)
+            except Exception:
+                log.exception("failing job %s failed: it goes back to the queue", job.id)
+                svc.give_back([job])
+    body = b'{"jobs":[' + b",".join(parts) + b"]"
     if reported is not None:
-        out["results"] = reported
-    return json_response(out)
+        body += b',"results":' + encode_json(reported)
+    return body + b"}"
 
 
 async def heartbeat(request: Request) -> Response:

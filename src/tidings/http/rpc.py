@@ -5,7 +5,9 @@ A call submits a job and waits for it; its result is the job's result. Notificat
 
 Error codes: the JSON-RPC ones (-32700 parse, -32600 invalid request, -32601 method not
 found, -32602 invalid params) and -32000 job failed, -32001 job cancelled, -32002 timed
-out waiting (the job goes on; `data.job_id` says which).
+out waiting (the job goes on; `data.job_id` says which). A request nested deeper than
+the server's `max_depth` is an invalid request (-32600, `data.error.code`
+`nested_too_deep`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tidings.http.common import (
     unless_revoked,
 )
 from tidings.jobs import JobService
+from tidings.limits import NestedTooDeep, decode_limited
 from tidings.principals import Principal
 from tidings.wire import CHANNEL_RE, JSON_DECODER
 
@@ -90,9 +93,11 @@ async def rpc(request: Request) -> Response:
     principal = principal_of(request)
     body = await read_body(request, request.app.state.settings.max_message_bytes)
     try:
-        parsed = JSON_DECODER.decode(body)
+        parsed = decode_limited(JSON_DECODER.decode, body, body.max_depth, "request")
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return json_response(_error(None, PARSE_ERROR, f"parse error: {exc}"))
+    except NestedTooDeep as exc:
+        return json_response(_error(None, INVALID_REQUEST, exc.message, exc.to_wire()))
     if isinstance(parsed, list):
         if not parsed or len(parsed) > MAX_BATCH:
             return json_response(
