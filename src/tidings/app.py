@@ -389,10 +389,11 @@ class TidingsApp:
             if found.terminal:
                 # Resumed at or past the terminal event (an EventSource reconnects by itself
                 # after `close`), or nothing left to replay: nothing will follow, so say so
-                # instead of pinging forever. The job was read before its channel's last id:
-                # had it been retried since, that id would be past the cursor, and the
-                # stream would replay the rest.
-                last = await self.channels.last_id(channel)
+                # instead of pinging forever. The last id comes from the store, read after
+                # the job: the job and its event are written together, so it is at least
+                # the terminal event's (the hub may not have seen it yet); had the job been
+                # retried since, it is past the cursor, and the stream replays the rest.
+                last = (await self.store.read(channel, "0", 0)).last_id or "0"
                 if self.store.cursor_key(cursor) >= self.store.cursor_key(last):
                     reason = f"job {found.id} {found.status}: the stream is complete"
                     return end_at_once(send, what == "ws", reason)
