@@ -15,6 +15,10 @@ from tidings.wire import JOB_CHANNEL_PREFIX, PublishAck, valid_channel
 
 __all__ = ["ChannelService", "check_channel", "check_event"]
 
+# What a store can count and date: a signed 64-bit count, and a hundred years.
+_MAX_RETAINED = 2**63 - 1
+_MAX_RETENTION_AGE = 100 * 365 * 86_400.0
+
 MAX_EVENT_LEN = 200
 
 
@@ -171,8 +175,14 @@ class ChannelService:
     async def set_retention(self, channel: str, retention: Retention | None) -> ChannelInfo:
         """Give a channel its own retention, or None for the server default."""
         check_channel(channel)
-        if retention is not None and (retention.max_messages < 1 or retention.max_age <= 0):
-            raise BadRequest("retention needs max_messages >= 1 and max_age > 0 seconds")
+        if retention is not None and not (
+            1 <= retention.max_messages <= _MAX_RETAINED
+            and 0 < retention.max_age <= _MAX_RETENTION_AGE  # also refuses NaN
+        ):
+            raise BadRequest(
+                f"retention needs 1 <= max_messages <= {_MAX_RETAINED} and "
+                f"0 < max_age <= {_MAX_RETENTION_AGE:.0f} seconds"
+            )
         info = await self.store.set_retention(channel, retention)
         self.hub.forget(channel)
         return info
