@@ -76,6 +76,11 @@ _ERROR: Schema = {
             "properties": {
                 "code": {"type": "string", "description": "stable, machine-readable"},
                 "message": {"type": "string", "description": "what went wrong, what to do"},
+                "retry_after": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "on 429/503: seconds to wait, as the Retry-After header",
+                },
             },
             "required": ["code", "message"],
         }
