@@ -137,7 +137,11 @@ async def poll(request: Request) -> Response:
     svc.store.cursor_key(after)  # InvalidCursor (400) for a malformed cursor
     limit = query_int(request, "limit", DEFAULT_POLL_LIMIT, 1, MAX_POLL_LIMIT)
     wait = query_float(request, "wait")
-    if wait and not ended:
+    if ended:
+        # From the store, which wrote the job's last event with its end: the hub may not
+        # have seen that event yet, and this answer is not followed by a wait.
+        res = await svc.store.read(channel, after, limit)
+    elif wait:
         res = await unless_revoked(request, svc.wait(channel, after, limit, wait))
     else:
         res = await svc.read(channel, after, limit)
