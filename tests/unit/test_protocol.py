@@ -237,16 +237,16 @@ def test_admit_refuses_past_the_global_cap_whatever_the_address() -> None:
 
 
 def test_an_error_answer_is_a_complete_json_response_that_closes() -> None:
-    answer = error_answer(431, "Request Header Fields Too Large", "x", "y", "retry-after: 1")
+    answer = error_answer(429, "Too Many Requests", "x", "y", retry_after=1)
     head, body = answer.split(b"\r\n\r\n")
     assert head.split(b"\r\n") == [
-        b"HTTP/1.1 431 Request Header Fields Too Large",
+        b"HTTP/1.1 429 Too Many Requests",
         b"content-type: application/json",
         b"content-length: %d" % len(body),
         b"connection: close",
         b"retry-after: 1",
     ]
-    assert body == b'{"error":{"code":"x","message":"y"}}'
+    assert body == b'{"error":{"code":"x","message":"y","retry_after":1}}'
 
 
 class Wire(Recording):

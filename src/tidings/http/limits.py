@@ -64,16 +64,23 @@ class Swept(Protocol):
         """Called by the sweep once `now` is past `deadline`."""
 
 
-def error_answer(status: int, phrase: str, code: str, message: str, *headers: str) -> bytes:
-    """A complete `Connection: close` HTTP/1.1 answer with a JSON error body."""
-    body = msgspec.json.encode({"error": {"code": code, "message": message}})
+def error_answer(
+    status: int, phrase: str, code: str, message: str, retry_after: int | None = None
+) -> bytes:
+    """A complete `Connection: close` HTTP/1.1 answer with a JSON error body; with
+    `retry_after`, a `Retry-After` header and the same number in the body."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if retry_after is not None:
+        error["retry_after"] = retry_after
+    body = msgspec.json.encode({"error": error})
     head = [
         f"HTTP/1.1 {status} {phrase}",
         "content-type: application/json",
         f"content-length: {len(body)}",
         "connection: close",
-        *headers,
     ]
+    if retry_after is not None:
+        head.append(f"retry-after: {retry_after}")
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
@@ -112,7 +119,7 @@ class Answers:
             "Service Unavailable",
             "too_many_connections",
             f"the server is serving its limit of {max_connections} connections: retry later",
-            f"retry-after: {RETRY_AFTER}",
+            RETRY_AFTER,
         )
         self.per_address = error_answer(
             429,
@@ -120,7 +127,7 @@ class Answers:
             "too_many_connections",
             f"your address has {per_address} connections open, the most allowed: "
             "close some before opening more",
-            f"retry-after: {RETRY_AFTER}",
+            RETRY_AFTER,
         )
 
 
