@@ -169,12 +169,7 @@ class Subscriber:
     def frame(self, msg: Message) -> dict[str, Any]:
         """The ASGI message carrying one message to this subscriber (history replay)."""
         if self.kind == KIND_SSE_MULTI:
-            cursor = encode_composite_cursor(
-                {
-                    ch: (msg.id if ch == msg.channel else pos or "0")
-                    for ch, pos in self.cursors.items()
-                }
-            )
+            cursor = encode_composite_cursor({**self.cursors, msg.channel: msg.id})
             body = b"id: " + cursor.encode() + b"\n" + _multi_body(msg)
             return {"type": "http.response.body", "body": body, "more_body": True}
         return _as_asgi(self.kind, [_encode(self.kind, msg)])[0]
@@ -225,7 +220,7 @@ class Subscriber:
         parts = []
         for msg in msgs:
             self.cursors[msg.channel] = msg.id
-            cursor = encode_composite_cursor({ch: pos or "0" for ch, pos in self.cursors.items()})
+            cursor = encode_composite_cursor(self.cursors)
             parts.append(b"id: " + cursor.encode() + b"\n" + batch.multi_body(msg))
         return {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
 

@@ -54,7 +54,8 @@ def new_job_id() -> str:
 def _check_lease(job: Job, token: str) -> None:
     if job.status != "running" or job.lease_token is None:
         raise Conflict(f"job {job.id} is {job.status}, not leased: its lease is gone")
-    if not secrets.compare_digest(job.lease_token, token):
+    # As bytes: compare_digest refuses a str with characters beyond ASCII.
+    if not secrets.compare_digest(job.lease_token.encode(), token.encode()):
         raise Conflict(f"lease token does not hold job {job.id}: it was leased again")
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from tidings import constants as C
+from tidings.limits import DEPTH_CEILING
 
 __all__ = ["Settings"]
 
@@ -112,6 +113,11 @@ class Settings:
     max_stream_channels: int = C.DEFAULT_MAX_STREAM_CHANNELS
 
     def __post_init__(self) -> None:
+        if self.max_depth > DEPTH_CEILING:
+            raise ValueError(
+                f"max_depth may be at most {DEPTH_CEILING} (deeper values exhaust the "
+                f"decoders' recursion), got {self.max_depth}"
+            )
         for name in ("max_depth", "max_header_bytes", "max_stream_channels", "login_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -287,10 +287,6 @@ def reset_of(stream: Stream) -> dict[str, object]:
     return body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="until transports/stream.py's replay passes stores.base.reset_reason to Reset",
-)
 def test_a_cursor_ahead_of_a_recreated_channel_is_reset_as_ahead(
     tidings_server: ServerFactory, store_url: str
 ) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from tidings.channels import ChannelService
 from tidings.errors import TidingsError
 from tidings.hub import Subscriber
+from tidings.stores.base import reset_reason
 from tidings.wire import Reset
 
 __all__ = ["catch_up", "end_at_once", "resolve", "run_stream"]
@@ -60,7 +61,9 @@ async def _replay(
     while True:
         res = await svc.read(channel, after, PAGE)
         if res.reset and first_page:
-            await sub.send_now(control(Reset(channel, res.first_id).to_wire()))
+            key = svc.store.cursor_key
+            reason = reset_reason(key(after), key(res.last_id) if res.last_id else 0)
+            await sub.send_now(control(Reset(channel, res.first_id, reason).to_wire()))
         first_page = False
         for msg in res.messages:
             await sub.send_now(sub.frame(msg))
