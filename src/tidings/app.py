@@ -107,6 +107,7 @@ async def _send_error(send: Send, exc: TidingsError) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", b"%d" % len(body)),
+                *((k.encode(), v.encode()) for k, v in (exc.headers or {}).items()),
             ],
         }
     )
@@ -275,7 +276,7 @@ class TidingsApp:
                 scope["tidings.principal"] = principal
             response = await endpoint(request)
         except TidingsError as exc:
-            response = json_response(exc.to_wire(), exc.status)
+            response = json_response(exc.to_wire(), exc.status, exc.headers)
         except ClientDisconnect:
             return  # it left while sending its body: there is nobody to answer
         except Exception as exc:
@@ -362,6 +363,8 @@ class TidingsApp:
                 )
             try:
                 positions = decode_composite_cursor(cursor, names) if cursor else {}
+                if after is not None and cursor is not after:
+                    decode_composite_cursor(after, names)  # refused even when not used
             except ValueError as exc:
                 raise InvalidCursor(str(exc)) from None
             for pos in positions.values():
@@ -400,8 +403,9 @@ class TidingsApp:
         else:
             check_channel(channel)
             await self.channels.check_subscribe(principal, channel)
-        if cursor is not None:
-            self.store.cursor_key(cursor)
+        for given in (cursor, after):  # `after` is refused when bad even beside Last-Event-ID
+            if given is not None:
+                self.store.cursor_key(given)
         if what == "ws":
             return serve_ws(
                 self.channels,
@@ -414,6 +418,7 @@ class TidingsApp:
                 until,
                 session,
                 principal.may("publish", channel),
+                settings.max_depth,
             )
         return serve_sse(
             self.channels,
@@ -584,7 +589,7 @@ class TidingsApp:
 
     async def _tidings_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, TidingsError)  # noqa: S101 - registered for TidingsError only
-        return json_response(exc.to_wire(), exc.status)
+        return json_response(exc.to_wire(), exc.status, exc.headers)
 
     async def _unserved_method(self, scope: Scope, send: Send, allowed: Allowed) -> None:
         """A known path asked with a method no endpoint serves there.

@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tidings import constants as C
 from tidings.errors import BadRequest, Forbidden, InvalidChannel, NotFound
 from tidings.hub import Hub
 from tidings.principals import Principal
@@ -14,10 +15,6 @@ from tidings.stores.base import ChannelInfo, ReadResult, Retention, Store
 from tidings.wire import JOB_CHANNEL_PREFIX, PublishAck, valid_channel
 
 __all__ = ["ChannelService", "check_channel", "check_event"]
-
-# What a store can count and date: a signed 64-bit count, and a hundred years.
-_MAX_RETAINED = 2**63 - 1
-_MAX_RETENTION_AGE = 100 * 365 * 86_400.0
 
 MAX_EVENT_LEN = 200
 
@@ -176,12 +173,12 @@ class ChannelService:
         """Give a channel its own retention, or None for the server default."""
         check_channel(channel)
         if retention is not None and not (
-            1 <= retention.max_messages <= _MAX_RETAINED
-            and 0 < retention.max_age <= _MAX_RETENTION_AGE  # also refuses NaN
+            1 <= retention.max_messages <= C.MAX_RETAINED
+            and 0 < retention.max_age <= C.MAX_RETENTION_AGE  # also refuses NaN
         ):
             raise BadRequest(
-                f"retention needs 1 <= max_messages <= {_MAX_RETAINED} and "
-                f"0 < max_age <= {_MAX_RETENTION_AGE:.0f} seconds"
+                f"retention needs 1 <= max_messages <= {C.MAX_RETAINED} and "
+                f"0 < max_age <= {C.MAX_RETENTION_AGE:.0f} seconds"
             )
         info = await self.store.set_retention(channel, retention)
         self.hub.forget(channel)

@@ -9,6 +9,10 @@ DEFAULT_STORE = "sqlite:///tidings.db"
 # Retention: a channel keeps at most this many messages, none older than this many seconds.
 DEFAULT_MAX_MESSAGES = 10_000
 DEFAULT_MAX_AGE = 24 * 3600.0
+# The largest retention a channel may be given: a signed 64-bit count (what the stores
+# can count) and a hundred years.
+MAX_RETAINED = 2**63 - 1
+MAX_RETENTION_AGE = 100 * 365 * 86_400.0
 # How often expired messages are swept out (seconds).
 RETENTION_SWEEP_INTERVAL = 5.0
 

@@ -4,6 +4,7 @@
     ├── BadRequest               (400 bad_request)
     │   ├── InvalidChannel       (400 invalid_channel)
     │   ├── InvalidCursor        (400 invalid_cursor)
+    │   ├── NestedTooDeep        (400 nested_too_deep; tidings.limits)
     │   └── InvalidBody          (422 invalid_body)
     ├── Unauthorized             (401 unauthorized)
     ├── Forbidden                (403 forbidden)
@@ -11,11 +12,15 @@
     ├── Conflict                 (409 conflict)
     ├── PayloadTooLarge          (413 payload_too_large)
     ├── UnsupportedMediaType     (415 unsupported_media_type)
+    ├── TooManyLogins            (429 too_many_requests; tidings.ratelimit)
+    │   └── LoginBusy            (503 login_busy)
     └── StoreError               (503 store_unavailable)
-        └── StoreClosed          (503 store_closed)
+        ├── StoreClosed          (503 store_closed)
+        └── StoreLocked          (503 store_locked, also an OSError; stores/lockfile.py)
 
 Every error carries a message that says what to do; handlers render it as
-`{"error": {"code", "message"}}`.
+`{"error": {"code", "message"}}`, plus `retry_after` (and a `Retry-After` header) when
+the error says when to come back.
 """
 
 from __future__ import annotations
@@ -42,14 +47,26 @@ class TidingsError(Exception):
 
     status = 500
     code = "internal_error"
+    # Seconds after which a retry may succeed (429, 503), when the error knows.
+    retry_after: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
-    def to_wire(self) -> dict[str, dict[str, str]]:
+    def to_wire(self) -> dict[str, dict[str, str | int]]:
         """The JSON error body."""
-        return {"error": {"code": self.code, "message": self.message}}
+        body: dict[str, str | int] = {"code": self.code, "message": self.message}
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
+        return {"error": body}
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """Headers the answer carries: `Retry-After` when the error says when to retry."""
+        if self.retry_after is None:
+            return None
+        return {"retry-after": str(self.retry_after)}
 
 
 class BadRequest(TidingsError):

@@ -412,23 +412,31 @@ class JobService:
         """
         if not 1 <= len(outcomes) <= MAX_REPORT_BATCH:
             raise InvalidBody(f'"results" must hold 1 to {MAX_REPORT_BATCH} outcomes')
-        steps: list[JobStep] = [(o.id, self._outcome_step(o), True) for o in outcomes]
-        return [
-            c if isinstance(c, TidingsError) else self._announce(c)
-            for c in await self.store.transition_jobs(steps)
+        # A value that cannot be stored is refused before its job is looked up (the same
+        # answer whether or not the job exists); the others go to the store together.
+        refused = [self._refusal(o) for o in outcomes]
+        steps: list[JobStep] = [
+            (o.id, self._outcome_step(o), True)
+            for o, bad in zip(outcomes, refused, strict=True)
+            if bad is None
         ]
+        applied = iter(await self.store.transition_jobs(steps) if steps else [])
+        answers: list[Job | TidingsError] = []
+        for bad in refused:
+            change = bad if bad is not None else next(applied)
+            answers.append(change if isinstance(change, TidingsError) else self._announce(change))
+        return answers
 
-    def _outcome_step(self, o: JobOutcome) -> Transition:
-        """The transition applying one reported outcome (refusing it if unstorable)."""
+    def _refusal(self, o: JobOutcome) -> TidingsError | None:
+        """Why an outcome's result or error cannot be stored, or None."""
         try:
             check_storable(o.value, '"result"' if o.ok else '"error"', self.max_depth)
         except TidingsError as exc:
-            refused = exc
+            return exc
+        return None
 
-            def refuse(job: Job, now: float) -> tuple[Job, str | None]:
-                raise refused
-
-            return refuse
+    def _outcome_step(self, o: JobOutcome) -> Transition:
+        """The transition applying one reported outcome (already checked storable)."""
         return (
             _done(o.lease_token, o.value) if o.ok else self._failed(o.lease_token, o.value, o.retry)
         )

@@ -438,9 +438,13 @@ _OPS: list[_Op] = [
                             "max_messages": {
                                 "type": "integer",
                                 "minimum": 1,
-                                "maximum": 2**63 - 1,
+                                "maximum": C.MAX_RETAINED,
                             },
-                            "max_age": {"type": "number", "exclusiveMinimum": 0},
+                            "max_age": {
+                                "type": "number",
+                                "exclusiveMinimum": 0,
+                                "maximum": C.MAX_RETENTION_AGE,
+                            },
                         },
                         "required": ["max_messages", "max_age"],
                     }

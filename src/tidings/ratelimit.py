@@ -28,7 +28,7 @@ import ipaddress
 import math
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from tidings.errors import TidingsError
 
@@ -60,11 +60,6 @@ class TooManyLogins(TidingsError):
     def __init__(self, message: str, retry_after: float) -> None:
         self.retry_after = max(1, math.ceil(retry_after))
         super().__init__(f"{message}: retry in {self.retry_after} s")
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "error": {"code": self.code, "message": self.message, "retry_after": self.retry_after}
-        }
 
 
 class LoginBusy(TooManyLogins):

@@ -18,7 +18,6 @@ from starlette.routing import Route
 from tidings.auth import COOKIE, AuthService
 from tidings.errors import Unauthorized, UnsupportedMediaType
 from tidings.http.common import decode_body, json_response, principal_of, read_body
-from tidings.ratelimit import TooManyLogins
 from tidings.wire import format_time
 
 __all__ = ["routes"]
@@ -50,12 +49,9 @@ async def login(request: Request) -> Response:
     body: LoginBody = decode_body(LoginBody, await read_body(request, 16 * 1024))
     svc = _svc(request)
     client = request.scope.get("client")
-    try:
-        token, expires, principal = await svc.login(
-            body.username, body.password, client[0] if client else None
-        )
-    except TooManyLogins as exc:
-        return json_response(exc.to_wire(), exc.status, {"retry-after": str(exc.retry_after)})
+    token, expires, principal = await svc.login(
+        body.username, body.password, client[0] if client else None
+    )
     response = json_response(
         {
             "token": token,

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tidings.channels import ChannelService, check_channel
+from tidings.channels import ChannelService, check_channel, check_event
 from tidings.constants import DEFAULT_POLL_LIMIT, MAX_POLL_LIMIT
 from tidings.errors import BadRequest, InvalidBody
 from tidings.http.common import (
@@ -93,6 +93,8 @@ async def publish(request: Request) -> Response:
     svc = _svc(request)
     channel = check_channel(request.path_params["channel"])
     require(request, "publish", channel)
+    # `?event=` names the event of any body; a JSON or MessagePack body's own wins.
+    query_event = check_event(request.query_params.get("event"))
     body = await read_body(request, request.app.state.settings.max_message_bytes)
     content_type = request.headers.get("content-type", "")
     if is_msgpack(content_type):
@@ -103,12 +105,12 @@ async def publish(request: Request) -> Response:
                 '"event": "name"?}'
             )
         check_json_value(parsed.data)
-        data, event = parsed.data, parsed.event
+        data, event = parsed.data, (query_event if parsed.event is None else parsed.event)
     elif _is_json(content_type):
         parsed = decode_body(PublishBody, body)
         if parsed.data is msgspec.UNSET:
             raise InvalidBody('a JSON publish body is {"data": <any JSON>, "event": "name"?}')
-        data, event = parsed.data, parsed.event
+        data, event = parsed.data, (query_event if parsed.event is None else parsed.event)
     else:
         try:
             data = body.decode()
@@ -117,7 +119,7 @@ async def publish(request: Request) -> Response:
                 "body is not UTF-8 text: send text, or JSON with Content-Type: application/json"
                 " (or MessagePack with Content-Type: application/msgpack)"
             ) from None
-        event = request.query_params.get("event")
+        event = query_event
     ack = await svc.publish(channel, data, event, request.headers.get("idempotency-key"))
     return respond(request, ack.to_wire(), 201)
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -29,7 +30,7 @@ from tidings.errors import (
 )
 from tidings.limits import decode_limited
 from tidings.principals import ANONYMOUS, Principal
-from tidings.wire import encode_json
+from tidings.wire import JSON_DECODER, encode_json
 
 __all__ = [
     "MSGPACK",
@@ -177,7 +178,7 @@ def negotiated(
         try:
             return await handler(request)
         except TidingsError as exc:
-            return respond(request, exc.to_wire(), exc.status)
+            return respond(request, exc.to_wire(), exc.status, exc.headers)
 
     return wrapper
 
@@ -265,9 +266,45 @@ def decode_body(kind: type[Any], body: bytes, content_type: str | None = None) -
     try:
         return decode_limited(json_decoder.decode, body, limit)
     except msgspec.ValidationError as exc:
+        if _FLOAT_FOR_INT in str(exc):
+            return _with_whole_floats_as_ints(kind, body, str(exc), limit)
         raise InvalidBody(f"body does not fit: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON (UTF-8): {exc}") from None
+
+
+_FLOAT_FOR_INT = "Expected `int`, got `float` - at `$"
+_PATH_STEP = re.compile(r"\.([^.\[`]+)|\[(\d+)\]")
+
+
+def _with_whole_floats_as_ints(kind: type[Any], body: bytes, error: str, limit: int) -> Any:
+    """`body` as `kind` when its only misfits are whole numbers spelled as floats where
+    `kind` wants integers (JSON has one number type: `2.0` is the integer 2); else 422.
+
+    Only the fields msgspec names are changed, so a float elsewhere (a message's data)
+    stays as sent. Runs only after a strict decode failed: the common path pays nothing.
+    """
+    value = decode_limited(JSON_DECODER.decode, body, limit)
+    for _ in range(32):  # one field per round; a body with more misfits is refused
+        holder, key = None, None
+        node = value
+        path = error.partition(" - at `$")[2].rstrip("`")
+        for name, index in _PATH_STEP.findall(path):
+            holder, key = node, (int(index) if index else name)
+            try:
+                node = holder[key]
+            except (KeyError, IndexError, TypeError):
+                break
+        if holder is None or not (isinstance(node, float) and node.is_integer()):
+            break
+        holder[key] = int(node)
+        try:
+            return msgspec.convert(value, kind)
+        except msgspec.ValidationError as exc:
+            error = str(exc)
+            if _FLOAT_FOR_INT not in error:
+                break
+    raise InvalidBody(f"body does not fit: {error}")
 
 
 def check_json_value(value: Any, where: str = "data") -> None:
