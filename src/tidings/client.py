@@ -973,6 +973,8 @@ class Client:
                     if not response.is_success:
                         response.read()
                         _check(response)
+                    if response.status_code == 204:
+                        return  # the job has ended and nothing follows this cursor
                     follow.connected()
                     try:
                         for sse in source.iter_sse():
@@ -1230,6 +1232,8 @@ class AsyncClient:
                     if not response.is_success:
                         await response.aread()
                         _check(response)
+                    if response.status_code == 204:
+                        return  # the job has ended and nothing follows this cursor
                     follow.connected()
                     try:
                         async for sse in source.aiter_sse():

@@ -124,6 +124,7 @@ class Subscriber:
         "buffer_limit",
         "catching_up",
         "close_reason",
+        "completed",
         "cursors",
         "drainer",
         "hub",
@@ -163,6 +164,8 @@ class Subscriber:
         self.backlog_bytes = 0
         self.drainer: asyncio.Task[None] | None = None
         self.close_reason: str | None = None
+        # True once a final event (`until`) was written: the stream ended complete.
+        self.completed = False
 
     # -- frames -----------------------------------------------------------------------
 
@@ -227,6 +230,7 @@ class Subscriber:
     def check_until(self, msg: Message) -> None:
         """End the stream, once what was written has drained, after a final event."""
         if self.until is not None and msg.event in self.until:
+            self.completed = True
             self.close(f"{msg.event}: the stream is complete", abort=False, drain=True)
 
     def write(self, frame: dict[str, Any]) -> None:

@@ -522,11 +522,12 @@ _OPS: list[_Op] = [
     _Op(
         "/v1/channels/{channel}/messages",
         "get",
-        "Short poll; with wait=S a long poll (answers at the first message, or empty)",
+        "Short poll; with wait=S a long poll (answers at the first message, or empty). On a "
+        "job's channel `job.{id}`: 404 once the job is gone, no waiting once it has ended",
         [_CHANNEL, _AFTER, _limit(1, C.MAX_POLL_LIMIT, C.DEFAULT_POLL_LIMIT), _WAIT],
         None,
         {"200": _negotiated("page", _PAGE)},
-        (400,),
+        (400, 404),
     ),
     _Op(
         "/v1/channels/{channel}/events",

@@ -887,7 +887,10 @@ class _Runner:
                             [o.outcome for o in outcomes], types, free, self.worker.lease
                         )
                     except Exception as exc:
-                        reporter.give_back(outcomes)
+                        if _transient(exc):
+                            reporter.give_back(outcomes)
+                        else:
+                            reporter.give_back(await reporter.refused(outcomes, exc))
                         reporter.resume()
                         await self._backoff(exc, "report and lease")
                         continue
@@ -1197,6 +1200,12 @@ class _Outcome:
         self.lease_until = lease_until
         self.cancelled = cancelled
 
+    def refused(self, why: Exception) -> _Outcome:
+        """This job's failure (not retried) in place of a result the server refused."""
+        error = {"type": "ResultRefused", "message": f"the server refused the result: {why}"}
+        failure = JobOutcome(self.outcome.id, self.outcome.lease_token, False, error, False)
+        return _Outcome(failure, self.label, "fail", self.took, self.lease_until, False)
+
     def log_reported(self) -> None:
         if self.kind == "complete":
             log.info("%s: succeeded in %.2fs", self.label, self.took)
@@ -1336,15 +1345,35 @@ class _Reporter:
                     "reporting %d outcome(s) failed (%s), retrying", len(live), _describe(exc)
                 )
                 return live
-            for o in live:
-                # The cause is in the message; a traceback of an HTTP error adds nothing.
-                log.error("%s: could not report %s (%s)", o.label, o.kind, _describe(exc))  # noqa: TRY400
-            return []
+            return await self.refused(live, exc)
         return self.settle(live, answers)
+
+    async def refused(self, batch: list[_Outcome], exc: Exception) -> list[_Outcome]:
+        """A report the server refused as a whole (not a transient failure): returns the
+        outcomes to try again.
+
+        One outcome the server will not take (a result nested too deep) refuses the whole
+        request, so several are sent again one by one: the others land, and the refused
+        one is found. A refused result fails its job at once, saying why, rather than
+        leaving it running until its lease ends and it runs again to the same result.
+        """
+        if len(batch) > 1:
+            again: list[_Outcome] = []
+            for o in batch:
+                again.extend(await self._send([o]))
+            return again
+        o = batch[0]
+        if o.outcome.ok:
+            log.error("%s: result refused (%s); failing the job", o.label, _describe(exc))
+            return [o.refused(exc)]
+        # The cause is in the message; a traceback of an HTTP error adds nothing.
+        log.error("%s: could not report %s (%s)", o.label, o.kind, _describe(exc))
+        return []
 
     def settle(self, batch: list[_Outcome], answers: list[Exception | None]) -> list[_Outcome]:
         """Log the backend's answer on each outcome; returns those to try again."""
         again = []
+        retried = 0
         for o, answer in zip(batch, answers, strict=True):
             if answer is None:
                 o.log_reported()
@@ -1352,10 +1381,17 @@ class _Reporter:
                 log.warning("%s: outcome refused after %.2fs (%s)", o.label, o.took, answer)
             elif _transient(answer):
                 again.append(o)
+                retried += 1
+            elif o.outcome.ok:
+                # The server refused the result itself (nested too deep, not encodable):
+                # the job fails now, saying why, instead of waiting out its lease to run
+                # again and produce the same result.
+                log.error("%s: result refused (%s); failing the job", o.label, _describe(answer))
+                again.append(o.refused(answer))
             else:
                 log.error("%s: could not report %s (%s)", o.label, o.kind, _describe(answer))
-        if again:
-            log.warning("reporting %d outcome(s) failed, retrying", len(again))
+        if retried:
+            log.warning("reporting %d outcome(s) failed, retrying", retried)
         return again
 
 

@@ -52,3 +52,12 @@ def quiet(job: JobContext) -> dict[str, Any]:
 def fail(job: JobContext) -> None:
     """Always raise."""
     raise RuntimeError(f"failing on purpose (attempt {job.attempt})")
+
+
+@worker.handler("deep")
+def deep(job: JobContext) -> Any:
+    """Return a value nested `payload["depth"]` lists deep (past the server's --max-depth)."""
+    value: Any = []
+    for _ in range(int(job.payload.get("depth", 100))):
+        value = [value]
+    return value

@@ -142,7 +142,7 @@ def test_a_socket_resumed_after_a_finished_jobs_last_event_closes_at_once_with_1
     frames, code, _ = asyncio.run(close_of(f"?after={ids[0]}"))
     assert [f'"id":"{i}"' in f for f, i in zip(frames, ids[1:], strict=False)] == [True, True]
     assert '"type":"close"' in frames[-1]
-    assert code is not None
+    assert code == 1000  # complete, not "going away": the job ended, nothing will follow
 
 
 def test_a_long_poll_after_a_finished_jobs_last_event_answers_at_once(tidings_server, store_url):

@@ -24,7 +24,7 @@ from tidings.constants import DEFAULT_MAX_DEPTH
 from tidings.errors import BadRequest, Forbidden, InvalidBody, PayloadTooLarge, TidingsError
 from tidings.hub import KIND_WS, Subscriber
 from tidings.limits import decode_limited
-from tidings.transports.stream import run_stream
+from tidings.transports.stream import CLOSE_NORMAL, run_stream
 from tidings.wire import JSON_DECODER, encode_json
 
 __all__ = ["serve_ws"]
@@ -131,10 +131,13 @@ def serve_ws(
         await _client_publish(svc, channel, sub, raw, max_message_bytes, max_depth)
 
     def closing(reason: str) -> list[dict[str, Any]]:
+        # A job's socket that reached its terminal event is complete (1000); any other
+        # end (shutdown, a revoked session, a cut) is the server going away (1001).
+        code = CLOSE_NORMAL if until is not None and sub.completed else CLOSE_GOING_AWAY
         reason = reason[:120]
         return [
             control_frame({"type": "close", "reason": reason}),
-            {"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": reason},
+            {"type": "websocket.close", "code": code, "reason": reason},
         ]
 
     return run_stream(
