@@ -151,7 +151,7 @@ class TidingsApp:
             self.channels.relay_forget = self.relay.forget
         self.handlers = handlers
         self._handlers_stop = asyncio.Event()
-        self.metrics = Metrics(self.hub, self.store)
+        self.metrics = Metrics(self.hub, self.store, self.auth)
         self._background: list[asyncio.Task[None]] = []
         # Streams being served right now; shutdown waits for them to say goodbye.
         self.open_streams = 0

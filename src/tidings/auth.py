@@ -55,7 +55,13 @@ from tidings.principals import (
     Principal,
     User,
 )
-from tidings.ratelimit import AccountLimiter, AddressLimiter, HashingQueue, address_key
+from tidings.ratelimit import (
+    AccountLimiter,
+    AddressLimiter,
+    HashingQueue,
+    TooManyLogins,
+    address_key,
+)
 from tidings.settings import Settings
 from tidings.stores.base import AuthStore
 
@@ -135,6 +141,8 @@ class AuthService:
         self._addresses = AddressLimiter(settings.login_rate_per_address)
         self._accounts = AccountLimiter(settings.login_failures_per_account, C.LOGIN_ACCOUNT_WINDOW)
         self._hashing = HashingQueue(HASH_THREADS, settings.login_queue)
+        # Logins refused before a password check, by the limit that refused them.
+        self.logins_refused: dict[str, int] = {}
         # session -> (user name, the user's `created`), to end the streams of a removed user
         self._owners: dict[str, tuple[str, float]] = {}
         self._cache: dict[str, tuple[float, Principal]] = {}
@@ -290,6 +298,15 @@ class AuthService:
         TooManyLogins (429) when the address or the account is over its limit, or LoginBusy
         (503) when the password-hashing queue is full.
         """
+        try:
+            return await self._login(username, password, client)
+        except TooManyLogins as exc:
+            self.logins_refused[exc.reason] = self.logins_refused.get(exc.reason, 0) + 1
+            raise
+
+    async def _login(
+        self, username: str, password: str, client: str | None
+    ) -> tuple[str, float, Principal]:
         address = address_key(client, self.limit_loopback)
         if address is not None:
             self._addresses.take(address, time.monotonic())

@@ -21,11 +21,15 @@ __all__ = ["Metrics"]
 
 
 class _HubCollector(Collector):
-    def __init__(self, hub: Hub, store: object) -> None:
+    def __init__(self, hub: Hub, store: object, auth: object) -> None:
         self.hub = hub
         self.store = store
+        self.auth = auth
+        # The server's connection limits (`http/limits.py`), once a server runs the app.
+        self.connections: Any = None
 
     def collect(self) -> Iterable[Metric]:
+        yield from self._limits()
         commits = getattr(self.store, "commits", None)
         if commits is not None:
             c = CounterMetricFamily("tidings_store_commits", "Store transactions committed")
@@ -59,13 +63,44 @@ class _HubCollector(Collector):
             streams.add_metric([transport], count)
         yield streams
 
+    def _limits(self) -> Iterable[Metric]:
+        refused = getattr(self.auth, "logins_refused", None)
+        if refused is not None:
+            logins = CounterMetricFamily(
+                "tidings_logins_refused",
+                "Logins refused before a password check, by limit (address, account, busy)",
+                labels=["reason"],
+            )
+            for reason in ("address", "account", "busy"):
+                logins.add_metric([reason], refused.get(reason, 0))
+            yield logins
+        limits = self.connections
+        if limits is None:
+            return
+        open_ = GaugeMetricFamily("tidings_connections", "Connections open (HTTP and WebSocket)")
+        open_.add_metric([], limits.count)
+        yield open_
+        cap = GaugeMetricFamily("tidings_connections_limit", "The connection cap in force")
+        cap.add_metric([], limits.max_connections)
+        yield cap
+        cut = CounterMetricFamily(
+            "tidings_connections_refused",
+            "Connections refused or closed by a limit (max_connections, per_address, "
+            "head_too_large, timed_out)",
+            labels=["reason"],
+        )
+        for reason, count in limits.refused.items():
+            cut.add_metric([reason], count)
+        yield cut
+
 
 class Metrics:
     """The app's registry, its request-latency histogram, and the ASGI middleware."""
 
-    def __init__(self, hub: Hub, store: object = None) -> None:
+    def __init__(self, hub: Hub, store: object = None, auth: object = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_HubCollector(hub, store))
+        self._collector = _HubCollector(hub, store, auth)
+        self.registry.register(self._collector)
         self.latency = Histogram(
             "tidings_request_duration_seconds",
             "Time to answer a (non-streaming) HTTP request",
@@ -74,6 +109,10 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self._children: dict[tuple[str, str, int], Any] = {}
+
+    def watch_connections(self, limits: object) -> None:
+        """Report the connection counts of the server running the app (`ConnectionLimits`)."""
+        self._collector.connections = limits
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Record one answered request (label children are cached: `labels()` is not cheap)."""

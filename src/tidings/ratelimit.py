@@ -57,8 +57,10 @@ class TooManyLogins(TidingsError):
     status = 429
     code = "too_many_requests"
 
-    def __init__(self, message: str, retry_after: float) -> None:
+    def __init__(self, message: str, retry_after: float, reason: str = "address") -> None:
         self.retry_after = max(1, math.ceil(retry_after))
+        # Which limit refused it (`address`, `account`, `busy`): the metrics' label.
+        self.reason = reason
         super().__init__(f"{message}: retry in {self.retry_after} s")
 
 
@@ -185,6 +187,7 @@ class AccountLimiter:
             raise TooManyLogins(
                 f"too many failed logins for this account ({self.failures} in {self.window:g} s)",
                 until - now,
+                "account",
             )
 
     def failed(self, name: str, now: float) -> None:
@@ -225,7 +228,7 @@ class HashingQueue:
         thread ends, so no more than `threads` checks ever run at once.
         """
         if self._inside >= self.threads + self.waiting:
-            raise LoginBusy("the server is busy checking other passwords", 1.0)
+            raise LoginBusy("the server is busy checking other passwords", 1.0, "busy")
         self._inside += 1
         try:
             await self._slots.acquire()

@@ -262,6 +262,9 @@ class Wire(Recording):
     def is_closing(self) -> bool:
         return self.closed
 
+    def can_write_eof(self) -> bool:
+        return False  # closed at once, no lingering
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 50000) if name in ("peername", "sockname") else default
 

@@ -158,6 +158,11 @@ def connection_capacity(file_limit: int, max_connections: int) -> int:
     return max(1, file_limit - reserve)
 
 
+# What `ConnectionLimits.refused` counts: connections over the global or per-address cap,
+# request heads over a size limit, and connections closed at a deadline.
+REFUSALS = ("max_connections", "per_address", "head_too_large", "timed_out")
+
+
 class ConnectionLimits:
     """The connection caps and timeouts of one server, and its open connections.
 
@@ -179,6 +184,10 @@ class ConnectionLimits:
         self.answers = Answers(settings.max_header_bytes, max_connections, self.per_address)
         # Every connection admitted and not yet lost (HTTP and WebSocket).
         self.count = 0
+        # Connections refused or cut by a limit, closing once their client read why.
+        self.lingering = 0
+        # Connections and requests refused or cut, by the limit (the metrics' label).
+        self.refused: dict[str, int] = dict.fromkeys(REFUSALS, 0)
         # Connections per counted client address (only addresses the cap applies to).
         self.by_address: dict[str, int] = {}
         # The HTTP connections the sweep looks at.
@@ -201,6 +210,7 @@ class ConnectionLimits:
         """Count a new connection from `host`: (None, the address it is counted under, if
         any) when admitted; (the answer to send before closing, None) when over a cap."""
         if self.count >= self.max_connections:
+            self.refused["max_connections"] += 1
             return self.answers.busy, None
         key = None
         if (
@@ -210,6 +220,7 @@ class ConnectionLimits:
         ):
             n = self.by_address.get(host, 0)
             if n >= self.per_address:
+                self.refused["per_address"] += 1
                 return self.answers.per_address, None
             self.by_address[host] = n + 1
             key = host

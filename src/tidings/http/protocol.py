@@ -42,6 +42,12 @@ __all__ = ["HeadHoldingTransport", "TidingsHttpProtocol"]
 
 log = logging.getLogger("tidings.http")
 
+# A connection closed by a limit stays open this many seconds at most for its client to
+# read the answer (its side's close ends it sooner: uvicorn's eof_received lets the
+# transport close), and at most this many linger at once.
+LINGER = 2.0
+MAX_LINGERING = 256
+
 _HEAD = b"HTTP/1.1 "
 _LENGTH = b"\r\ncontent-length: "
 
@@ -172,7 +178,7 @@ class TidingsHttpProtocol(HttpToolsProtocol):
             # already, is not read.
             self.in_head = False
             self.transport.write(refusal)
-            self.transport.close()
+            self._close_lingering()
             return
         self.admitted = True
         limits.swept.add(self)
@@ -214,7 +220,8 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         if self.in_head:
             answers = self.limits.answers
             too_long = len(self.url) > C.MAX_REQUEST_LINE
-            self._refuse(answers.request_line if too_long else answers.header_bytes)
+            self.limits.refused["head_too_large"] += 1
+            self._refuse(answers.request_line if too_long else answers.header_bytes, False)
         else:
             self.data_received(data[allowed:])  # what follows the head
 
@@ -228,7 +235,8 @@ class TidingsHttpProtocol(HttpToolsProtocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError:
             if self.over is not None:
-                self._refuse(self.over)
+                self.limits.refused["head_too_large"] += 1
+                self._refuse(self.over, False)
                 return
             msg = "Invalid HTTP request received."
             self.logger.warning(msg)
@@ -239,8 +247,10 @@ class TidingsHttpProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
 
-    def _refuse(self, answer: bytes) -> None:
-        """Answer a request over a limit (unless a response is under way) and close."""
+    def _refuse(self, answer: bytes, linger: bool = True) -> None:
+        """Answer a request over a limit (unless a response is under way) and close:
+        lingering (`_close_lingering`), or at once for a head over a size limit, whose
+        client is still sending what the limit is there to stop reading."""
         self._stop_reading()
         cycle = self.cycle
         if cycle is None or cycle.response_complete:
@@ -249,7 +259,33 @@ class TidingsHttpProtocol(HttpToolsProtocol):
             self.transport.write(answer)
             cycle.disconnected = True  # the app's answer, if any, goes nowhere
             cycle.message_event.set()
-        self.transport.close()
+        if linger:
+            self._close_lingering()
+        else:
+            self.transport.close()
+
+    def _close_lingering(self) -> None:
+        """Close after an answer the client may not have read its request's way to.
+
+        Closing a socket with the client's request unread resets the connection, and the
+        client then loses the answer (429, 431…) it was sent. As nginx's lingering close
+        does: send a FIN now, read and drop what still comes, and close when the client
+        closes its side or after LINGER seconds. At most MAX_LINGERING connections linger
+        at once (each holds a file descriptor); past that they are closed at once.
+        """
+        limits = self.limits
+        transport = self.transport
+        if limits.lingering >= MAX_LINGERING or not transport.can_write_eof():
+            transport.close()
+            return
+        limits.lingering += 1
+        transport.write_eof()
+
+        def close() -> None:
+            limits.lingering -= 1
+            transport.close()
+
+        self.loop.call_later(LINGER, close)
 
     def _stop_reading(self) -> None:
         """Take this connection out of the limits' sweep and read nothing more."""
@@ -325,6 +361,8 @@ class TidingsHttpProtocol(HttpToolsProtocol):
             self.deadline = now + self.limits.body_timeout
             return
         answer = self.limits.answers.timeout
+        if wait is not Wait.IDLE:  # an idle keep-alive connection's end is no refusal
+            self.limits.refused["timed_out"] += 1
         if wait is Wait.BODY or (wait is Wait.HEAD and self.head_bytes > 0):
             log.debug("closing a connection from %s: %s timed out", self.client, wait.name)
             self._refuse(answer)
