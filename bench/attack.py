@@ -6,7 +6,8 @@ Two roles:
 * `attack.py attack --port P --source ADDR [--slowloris N] [--logins N] [--endless N]
   --secs S` runs, from local address ADDR, until S seconds have passed:
   - N slowloris connections: each sends a request line and one header byte every few
-    seconds, and reconnects when the server cuts it;
+    seconds, and reconnects a second after the server cuts or refuses it (as slowloris
+    tools re-open dropped sockets on their next round);
   - N concurrent wrong-password logins, each repeated as soon as it is answered;
   - N endless headers: one header value written in 64 KiB pieces without end, the
     connection reopened when the server cuts it.
@@ -122,6 +123,7 @@ async def slowloris(port: int, source: str, deadline: float, tally: Tally) -> No
             tally.counts["slowloris_cut"] += 1
         finally:
             writer.close()
+        await asyncio.sleep(1)
 
 
 async def bad_logins(port: int, source: str, deadline: float, tally: Tally) -> None:
