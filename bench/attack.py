@@ -8,7 +8,8 @@ Two roles:
   - N slowloris connections: each sends a request line and one header byte every few
     seconds, and reconnects a second after the server cuts or refuses it (as slowloris
     tools re-open dropped sockets on their next round);
-  - N concurrent wrong-password logins, each repeated as soon as it is answered;
+  - N concurrent wrong-password logins, each repeated as soon as it is answered (a 429's
+    Retry-After ignored), on a connection re-opened a second after it is cut or refused;
   - N endless headers: one header value written in 64 KiB pieces without end, the
     connection reopened when the server cuts it.
   It prints one JSON line of what it did (connections opened, cut, answers by status).
@@ -157,6 +158,7 @@ async def bad_logins(port: int, source: str, deadline: float, tally: Tally) -> N
             tally.counts["login_cut"] += 1
         finally:
             writer.close()
+        await asyncio.sleep(1)
 
 
 async def endless_header(port: int, source: str, deadline: float, tally: Tally) -> None:

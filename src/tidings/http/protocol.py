@@ -50,12 +50,16 @@ MAX_LINGERING = 256
 
 _HEAD = b"HTTP/1.1 "
 _LENGTH = b"\r\ncontent-length: "
+# Statuses that tell a client to slow down or come back later (a limit refused it): the
+# next request on that keep-alive connection is read no sooner than TARPIT seconds after.
+_SLOW_DOWN = frozenset({b"429", b"503"})
+TARPIT = 1.0
 
 
 class HeadHoldingTransport:
     """A transport that sends a response head together with the write after it."""
 
-    __slots__ = ("_held", "_loop", "_transport", "local")
+    __slots__ = ("_held", "_loop", "_transport", "local", "slow_down")
 
     def __init__(
         self,
@@ -68,6 +72,8 @@ class HeadHoldingTransport:
         self._held: bytes | None = None
         # The connection's local address when the bind fixes it, while uvicorn sets up.
         self.local = local
+        # The last response head told the client to slow down (429, 503).
+        self.slow_down = False
 
     def write(self, data: Any) -> None:
         held = self._held
@@ -75,6 +81,7 @@ class HeadHoldingTransport:
             self._held = None
             self._transport.write(held + data)
         elif isinstance(data, bytes) and data.startswith(_HEAD) and _LENGTH in data:
+            self.slow_down = data[9:12] in _SLOW_DOWN
             self._held = data
             self._loop.call_soon(self.flush)  # a head without a body (HEAD, 204) still goes
         else:
@@ -349,6 +356,27 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         elif self.admitted:
             self.wait = Wait.IDLE
             self.deadline = self.loop.time() + self.limits.keep_alive_timeout
+            held: Any = self.transport
+            if isinstance(held, HeadHoldingTransport) and held.slow_down:
+                self._tarpit(held)
+
+    def _tarpit(self, held: HeadHoldingTransport) -> None:
+        """Read this connection's next request no sooner than TARPIT seconds from now.
+
+        A client answered 429 or 503 that asks again at once (a login flood ignoring
+        Retry-After) would otherwise keep the event loop answering it, and every other
+        client would wait behind it; now each of its connections costs one answer a
+        second, and a client that heeds Retry-After never notices.
+        """
+        held.slow_down = False
+        transport = held.real
+        transport.pause_reading()
+
+        def resume() -> None:
+            if not transport.is_closing():
+                transport.resume_reading()
+
+        self.loop.call_later(TARPIT, resume)
 
     # -- the sweep ------------------------------------------------------------------
 
