@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerProcess, free_port
+from tests.e2e.test_auth import tidings_cli as tidings
 from tidings.principals import Permissions, User
 from tidings.stores import Retention, open_store
 from tidings.stores.sqlite import SQLiteStore, StoreLocked
@@ -30,20 +31,6 @@ from tidings.stores.sqlite import SQLiteStore, StoreLocked
 pytestmark = pytest.mark.timeout(90)
 
 ServerFactory = Any  # tests.conftest.ServerFactory: (store=, args=, env=) -> ServerProcess
-
-
-def tidings(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m tidings ARGS` with no TIDINGS_* variables from the caller."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "tidings", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**env, "COLUMNS": "200"},
-        check=False,
-    )
 
 
 def publish(srv: ServerProcess, channel: str, data: Any, token: str | None = None) -> str:
