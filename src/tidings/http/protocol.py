@@ -154,6 +154,22 @@ class _OverLimit(Exception):
 class TidingsHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol on a HeadHoldingTransport, within the server's limits."""
 
+    # In slots, not in the instance dict uvicorn's attributes share: a dict grown past its
+    # shared-key layout costs every connection (every idle stream) over a KiB more.
+    __slots__ = (
+        "address",
+        "admitted",
+        "deadline",
+        "field_bytes",
+        "fields",
+        "head_bytes",
+        "in_head",
+        "limits",
+        "over",
+        "url",
+        "wait",
+    )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = ConnectionLimits.of(self.config)

@@ -35,6 +35,9 @@ _HIGH_WATER = 64 * 1024
 class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
     """A WebSocket that stops reading while its client does not read."""
 
+    # In slots, not in uvicorn's instance dict (memory per idle socket).
+    __slots__ = ("address", "limits", "write_cap", "write_paused")
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.write_paused = False
