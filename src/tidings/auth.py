@@ -29,10 +29,8 @@ import base64
 import binascii
 import functools
 import hashlib
-import itertools
 import logging
 import os
-import re
 import secrets
 import time
 import uuid
@@ -45,6 +43,7 @@ import msgspec
 
 from tidings import constants as C
 from tidings.errors import BadRequest, Unauthorized
+from tidings.limits import NestedTooDeep, decode_limited
 from tidings.principals import (
     ANONYMOUS,
     KIND_REVOKED,
@@ -64,6 +63,7 @@ from tidings.ratelimit import (
 )
 from tidings.settings import Settings
 from tidings.stores.base import AuthStore
+from tidings.wire import JSON_DECODER
 
 __all__ = [
     "COOKIE",
@@ -442,27 +442,20 @@ def _password_matches(stored: str, password: str, username: str) -> bool:
 
 # JSON strings (whose brackets do not nest), and the bytes that open or close a level. An
 # unterminated string runs to the end, and nothing backtracks: one linear pass.
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\[\s\S]?)*+(?:"|\Z)')
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_LEVEL = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
-
-
 def _check_nesting(token: str, max_depth: int) -> None:
     """401 when the JWT's header or claims nest arrays/objects deeper than `max_depth`.
 
-    Checked on the raw JSON before anything parses it, iteratively, in time linear in the
-    token's length (bounded by the request header limit).
+    Checked before PyJWT parses them (the header is read before the signature is
+    checked), with the depth rule every other input follows (tidings.limits).
     """
     for segment in token.split(".")[:2]:
         try:
             raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-        except (ValueError, binascii.Error):
-            raise Unauthorized("invalid token: a segment is not base64url") from None
-        brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
-        if brackets and max(itertools.accumulate(_LEVEL[b] for b in brackets)) > max_depth:
-            raise Unauthorized(
-                f"token claims nested too deep: at most {max_depth} levels of arrays/objects"
-            )
+            decode_limited(JSON_DECODER.decode, raw, max_depth, "the token's claims")
+        except NestedTooDeep as exc:
+            raise Unauthorized(f"token claims nested too deep: {exc.message}") from None
+        except (ValueError, binascii.Error, msgspec.DecodeError):
+            raise Unauthorized("invalid token: a segment is not base64url JSON") from None
 
 
 def _check_dates(claims: dict[str, Any]) -> None:
