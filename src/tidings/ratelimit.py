@@ -74,10 +74,16 @@ class LoginBusy(TooManyLogins):
 def address_key(host: str | None, limit_loopback: bool) -> str | None:
     """The key `host` is counted under, or None when it is exempt from per-address limits.
 
-    None also for no address at all (a Unix socket: a local proxy).
+    None also for no address at all (a Unix socket: a local proxy). An IPv6 client is
+    counted by its /64 (one host usually holds a whole /64), an IPv4-mapped one as IPv4.
+    Asked for every new connection: a plain IPv4 address is read without parsing it.
     """
     if not host:
         return None
+    if ":" not in host:
+        if host.startswith("127."):
+            return host if limit_loopback else None
+        return host
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:

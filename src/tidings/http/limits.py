@@ -8,8 +8,9 @@ keep-alive connection idle longer than `keep_alive_timeout`. One periodic sweep,
 nginx's timer wheel, instead of a timer per request: a deadline is a float on the
 connection, set where the protocol already runs (see docs/decisions/0016-http-limits.md).
 
-Loopback clients are not counted per address unless `limit_loopback` is set: a loopback
-client is usually a local reverse proxy or a benchmark speaking for many users.
+Clients are counted per address as logins are (`ratelimit.address_key`: an IPv6 client by
+its /64); loopback clients not at all unless `limit_loopback` is set: a loopback client is
+usually a local reverse proxy or a benchmark speaking for many users.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 import msgspec
 
 from tidings import constants as C
+from tidings.ratelimit import address_key
 from tidings.settings import Settings
 
 __all__ = [
@@ -131,10 +133,6 @@ class Answers:
         )
 
 
-def _is_loopback(host: str) -> bool:
-    return host.startswith(("127.", "::ffff:127.")) or host == "::1"
-
-
 def raise_file_limit() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard limit; the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -212,18 +210,13 @@ class ConnectionLimits:
         if self.count >= self.max_connections:
             self.refused["max_connections"] += 1
             return self.answers.busy, None
-        key = None
-        if (
-            self.per_address
-            and host is not None
-            and (self.limit_loopback or not _is_loopback(host))
-        ):
-            n = self.by_address.get(host, 0)
+        key = address_key(host, self.limit_loopback) if self.per_address else None
+        if key is not None:
+            n = self.by_address.get(key, 0)
             if n >= self.per_address:
                 self.refused["per_address"] += 1
                 return self.answers.per_address, None
-            self.by_address[host] = n + 1
-            key = host
+            self.by_address[key] = n + 1
         self.count += 1
         return None, key
 
