@@ -396,7 +396,7 @@ class TidingsApp:
                 # the job: the job and its event are written together, so it is at least
                 # the terminal event's (the hub may not have seen it yet); had the job been
                 # retried since, it is past the cursor, and the stream replays the rest.
-                last = (await self.store.read(channel, "0", 0)).last_id or "0"
+                last = (await self.channels.read(channel, "0", 0, fresh=True)).last_id or "0"
                 if self.store.cursor_key(cursor) >= self.store.cursor_key(last):
                     reason = f"job {found.id} {found.status}: the stream is complete"
                     return end_at_once(send, what == "ws", reason)

@@ -78,10 +78,14 @@ class ChannelService:
             self.hub.publish(msg, res.prev_id, res.keep)
         return PublishAck(msg.id, channel, msg.time)
 
-    async def read(self, channel: str, after: str, limit: int) -> ReadResult:
-        """Messages after a cursor: from the hub's recent tail when it can tell, else the store."""
+    async def read(self, channel: str, after: str, limit: int, fresh: bool = False) -> ReadResult:
+        """Messages after a cursor: from the hub's recent tail when it can tell, else the store.
+
+        `fresh`: from the store alone, for a caller that has read a write (a job's end)
+        whose message the hub may not have been handed yet.
+        """
         check_channel(channel)
-        cached = self.hub.recent_after(channel, after, limit)
+        cached = None if fresh else self.hub.recent_after(channel, after, limit)
         if cached is not None:
             last = cached[-1].id if cached else after
             return ReadResult(cached, reset=False, first_id=None, last_id=last)

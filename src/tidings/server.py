@@ -127,7 +127,7 @@ def run(
     limits = connection_limits(settings)
     server = TidingsServer(uvicorn_config(tidings_app, settings, options, limits))
     server.tidings = tidings_app
-    tidings_app.metrics.watch_connections(getattr(server.config, "tidings_limits", None))
+    tidings_app.metrics.watch_connections(limits)
     server.run(sockets=sockets)
     return bool(server.started)
 

@@ -142,7 +142,7 @@ async def poll(request: Request) -> Response:
     if ended:
         # From the store, which wrote the job's last event with its end: the hub may not
         # have seen that event yet, and this answer is not followed by a wait.
-        res = await svc.store.read(channel, after, limit)
+        res = await svc.read(channel, after, limit, fresh=True)
     elif wait:
         res = await unless_revoked(request, svc.wait(channel, after, limit, wait))
     else:

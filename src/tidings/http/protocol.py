@@ -210,11 +210,7 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         self.deadline = self.loop.time() + limits.header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.admitted:
-            self.admitted = False
-            self.limits.swept.discard(self)
-            self.limits.release(self.address)
-        self.deadline = 0.0
+        self._stop_reading()
         super().connection_lost(exc)
 
     # -- reading, within the head limits ----------------------------------------------

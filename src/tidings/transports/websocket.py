@@ -133,7 +133,7 @@ def serve_ws(
     def closing(reason: str) -> list[dict[str, Any]]:
         # A job's socket that reached its terminal event is complete (1000); any other
         # end (shutdown, a revoked session, a cut) is the server going away (1001).
-        code = CLOSE_NORMAL if until is not None and sub.completed else CLOSE_GOING_AWAY
+        code = CLOSE_NORMAL if sub.completed else CLOSE_GOING_AWAY
         reason = reason[:120]
         return [
             control_frame({"type": "close", "reason": reason}),
