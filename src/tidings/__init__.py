@@ -14,7 +14,9 @@ __all__ = [
     "JobHandle",
     "JobInfo",
     "JobTimeout",
+    "Message",
     "Page",
+    "Reset",
     "TidingsApp",
     "TidingsConnectionError",
     "TidingsHTTPError",
@@ -36,20 +38,25 @@ _CLIENT = {
     "JobTimeout",
 }
 _WORKER = {"Worker", "JobContext", "JobCancelled"}
+_WIRE = {"Message", "Reset"}
 
 
 def __getattr__(name: str) -> object:
     # Lazy: `import tidings` stays cheap for the CLI and the SDK alike.
     if name in ("TidingsApp", "create_app"):
-        from tidings import app
+        from tidings.server import app
 
         return getattr(app, name)
     if name in _CLIENT:
-        from tidings import client
+        from tidings.sdk import client
 
         return getattr(client, name)
     if name in _WORKER:
-        from tidings import worker
+        from tidings.sdk import worker
 
         return getattr(worker, name)
+    if name in _WIRE:
+        from tidings.protocol import wire
+
+        return getattr(wire, name)
     raise AttributeError(f"module 'tidings' has no attribute {name!r}")

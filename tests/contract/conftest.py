@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tidings.stores import open_store
-from tidings.stores.base import Retention, Store
+from tidings.server.stores import open_store
+from tidings.server.stores.base import Retention, Store
 
 DEFAULT = Retention(max_messages=100, max_age=3600.0)
 

@@ -13,10 +13,17 @@ from typing import Any
 
 import pytest
 
-from tidings.errors import StoreClosed
-from tidings.principals import KIND_REVOKED, KIND_SESSION, KIND_TOKEN, Credential, Permissions, User
-from tidings.stores.base import Retention, Store
-from tidings.stores.sqlite import SQLiteStore
+from tidings.protocol.errors import StoreClosed
+from tidings.server.principals import (
+    KIND_REVOKED,
+    KIND_SESSION,
+    KIND_TOKEN,
+    Credential,
+    Permissions,
+    User,
+)
+from tidings.server.stores.base import Retention, Store
+from tidings.server.stores.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.timeout(30)
 

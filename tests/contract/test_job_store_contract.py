@@ -1,6 +1,6 @@
 """The job contract: every store runs the job state machine the same way.
 
-Each test drives `JobService` (tidings.jobs) over a real store — in memory and on a real
+Each test drives `JobService` (tidings.server.jobs) over a real store — in memory and on a real
 SQLite file — and checks both the job as stored and the event each transition appended
 to the job's channel `job.{id}` (read back with `store.read`), since that channel is
 what every transport serves to the job's followers.
@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from msgspec.structs import replace
 
-from tidings.errors import Conflict, InvalidBody, NotFound
-from tidings.hub import Hub
-from tidings.jobs import JobOutcome, JobService
-from tidings.stores import open_store
-from tidings.stores.base import JobChange, Retention, Store
-from tidings.stores.sqlite import SQLiteStore
-from tidings.wire import Job, job_channel
+from tidings.protocol.errors import Conflict, InvalidBody, NotFound
+from tidings.protocol.wire import Job, job_channel
+from tidings.server.hub import Hub
+from tidings.server.jobs import JobOutcome, JobService
+from tidings.server.stores import open_store
+from tidings.server.stores.base import JobChange, Retention, Store
+from tidings.server.stores.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.timeout(30)
 

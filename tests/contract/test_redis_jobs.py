@@ -3,7 +3,7 @@
 Each test opens two `RedisStore`s on the same key prefix (two "nodes", each with its own
 connections and its own JobService) and races them on the same jobs: leases, expiries,
 completions and idempotent submits. The invariants are those of the store's
-compare-and-set write script (tidings.stores.redis.jobs): a job goes to one caller, an
+compare-and-set write script (tidings.server.stores.redis.jobs): a job goes to one caller, an
 expired lease is taken back once (its attempt counted once, one event), a refused change
 changes nothing, a batch whose job changed since its read writes nothing.
 """
@@ -20,12 +20,12 @@ import pytest
 from msgspec.structs import replace
 from redis.exceptions import ResponseError
 
-from tidings.errors import Conflict, StoreError
-from tidings.hub import Hub
-from tidings.jobs import JobOutcome, JobService
-from tidings.stores.base import Retention
-from tidings.stores.redis import RedisStore
-from tidings.wire import Job, job_channel
+from tidings.protocol.errors import Conflict, StoreError
+from tidings.protocol.wire import Job, job_channel
+from tidings.server.hub import Hub
+from tidings.server.jobs import JobOutcome, JobService
+from tidings.server.stores.base import Retention
+from tidings.server.stores.redis import RedisStore
 
 DEFAULT = Retention(max_messages=100, max_age=3600.0)
 BACKOFF = 0.05

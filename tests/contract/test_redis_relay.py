@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import RedisProcess
-from tidings.errors import StoreClosed, StoreError
-from tidings.stores import open_store
-from tidings.stores.base import Retention
-from tidings.stores.redis import RedisStore
+from tidings.protocol.errors import StoreClosed, StoreError
+from tidings.server.stores import open_store
+from tidings.server.stores.base import Retention
+from tidings.server.stores.redis import RedisStore
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -250,15 +250,15 @@ def test_a_channel_deleted_on_one_node_is_announced_to_every_follower(redis_url)
     run(redis_url, body)
 
 
-# -- the relay (tidings.relay) on top of follow ------------------------------------------
+# -- the relay (tidings.server.relay) on top of follow ------------------------------------------
 
 
 def test_the_relay_never_skips_messages_trimmed_before_it_read_them(redis_url):
     """B follows `g` from id 0; A publishes 20 into a retention of 5 before B's relay
     reads: the relay finds the hole and ends B's live view of `g` (its long polls are
     answered, to re-read and get the store's reset) instead of jumping to id 16."""
-    from tidings.hub import Hub
-    from tidings.relay import Relay
+    from tidings.server.hub import Hub
+    from tidings.server.relay import Relay
 
     async def body(a: RedisStore, b: RedisStore) -> None:
         hub = Hub(b.cursor_key, remember=False)
@@ -283,9 +283,9 @@ def test_the_relay_never_skips_messages_trimmed_before_it_read_them(redis_url):
 def test_a_cancelled_watch_does_not_cancel_the_others_waiting_for_the_same_lookup(redis_url):
     """Two streams start on one channel while Redis is slow; the first one's client hangs
     up (its task is cancelled): the second still gets its watch, and so does last_id."""
-    from tidings.channels import ChannelService
-    from tidings.hub import Hub
-    from tidings.relay import Relay
+    from tidings.server.channels import ChannelService
+    from tidings.server.hub import Hub
+    from tidings.server.relay import Relay
 
     async def body(a: RedisStore, _b: RedisStore) -> None:
         hub = Hub(a.cursor_key, remember=False)
@@ -309,8 +309,8 @@ def test_the_relay_reads_wake_ups_only_while_a_lease_waits_and_loses_none(redis_
     """With no watched channel and no parked lease, B's relay reads nothing (A's queued
     jobs cost B no read each); once a lease parks (a kick), it reads from where it
     stopped: the wake-ups that came meanwhile arrive, none twice."""
-    from tidings.hub import Hub
-    from tidings.relay import Relay
+    from tidings.server.hub import Hub
+    from tidings.server.relay import Relay
 
     async def body(a: RedisStore, b: RedisStore) -> None:
         woken: list[tuple[str, float]] = []

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from tidings.errors import InvalidCursor, StoreClosed
-from tidings.stores import open_store
-from tidings.stores.base import ChannelStore, Retention
+from tidings.protocol.errors import InvalidCursor, StoreClosed
+from tidings.server.stores import open_store
+from tidings.server.stores.base import ChannelStore, Retention
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -236,7 +236,7 @@ def test_sqlite_history_survives_reopen_and_ids_continue(tmp_path):
 
 def test_sqlite_group_commit_shares_transactions(tmp_path):
     """Concurrent publishes are committed together: far fewer commits than publishes."""
-    from tidings.stores.sqlite import SQLiteStore
+    from tidings.server.stores.sqlite import SQLiteStore
 
     async def main() -> None:
         store = open_store(f"sqlite:///{tmp_path / 'group.db'}", DEFAULT)

@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any
 
-from tidings.worker import JobContext, Worker
+from tidings.sdk.worker import JobContext, Worker
 
 worker = Worker(concurrency=4, lease=float(os.environ.get("JOBS_WORKER_LEASE", "2")))
 

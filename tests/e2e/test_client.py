@@ -1,7 +1,7 @@
 """The Python SDK against the real server: publish, read, and subscribe over every transport.
 
 Each test starts `tidings serve` through the `tidings_server` factory (tests/conftest.py)
-and talks to it only through `tidings.client`. Publishers run in a background thread
+and talks to it only through `tidings.sdk.client`. Publishers run in a background thread
 while the test iterates a subscription; every wait is bounded.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tidings.client import AsyncClient, Client, TidingsHTTPError
-from tidings.wire import Message, Reset
+from tidings.protocol.wire import Message, Reset
+from tidings.sdk.client import AsyncClient, Client, TidingsHTTPError
 
 VIAS = ["sse", "ws", "longpoll", "poll"]
 

@@ -35,10 +35,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tidings.errors import TidingsError
-from tidings.http import admin
-from tidings.principals import Permissions, Principal
-from tidings.settings import Settings
+from tidings.protocol.errors import TidingsError
+from tidings.server.http import admin
+from tidings.server.principals import Permissions, Principal
+from tidings.server.settings import Settings
 
 ON_LINK = "10.71.1.2"
 CLIENT_ON_LINK = "10.71.1.1"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tidings.settings import Settings
+from tidings.server.settings import Settings
 
 pytestmark = pytest.mark.timeout(30)
 

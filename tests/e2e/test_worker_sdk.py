@@ -2,7 +2,7 @@
 
 Each test starts `tidings serve` through the `tidings_server` factory (tests/conftest.py)
 and one or more `tidings worker tests.e2e.worker_app:worker` processes, then talks to the
-server only through `tidings.client` or the `tidings jobs` CLI. Every process started here
+server only through `tidings.sdk.client` or the `tidings jobs` CLI. Every process started here
 is killed at the end of its test.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServerFactory
-from tidings.client import AsyncClient, Client, JobInfo, JobTimeout
+from tidings.sdk.client import AsyncClient, Client, JobInfo, JobTimeout
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_APP = "tests.e2e.worker_app:worker"

@@ -9,7 +9,7 @@ import os
 import time
 from typing import Any
 
-from tidings.worker import JobContext, Worker
+from tidings.sdk.worker import JobContext, Worker
 
 # A short lease, so a lost worker's job comes back quickly; heartbeats every lease / 3.
 worker = Worker(concurrency=4, lease=float(os.environ.get("TEST_WORKER_LEASE", "6")))

@@ -23,10 +23,10 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import ServerFactory
-from tidings.settings import Settings
-from tidings.stores import open_store
-from tidings.stores.base import Retention
-from tidings.wire import Job
+from tidings.protocol.wire import Job
+from tidings.server.settings import Settings
+from tidings.server.stores import open_store
+from tidings.server.stores.base import Retention
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -24,9 +24,9 @@ import pytest
 
 from tests.conftest import ServerProcess, free_port
 from tests.e2e.test_auth import tidings_cli as tidings
-from tidings.principals import Permissions, User
-from tidings.stores import Retention, open_store
-from tidings.stores.sqlite import SQLiteStore, StoreLocked
+from tidings.server.principals import Permissions, User
+from tidings.server.stores import Retention, open_store
+from tidings.server.stores.sqlite import SQLiteStore, StoreLocked
 
 pytestmark = pytest.mark.timeout(90)
 

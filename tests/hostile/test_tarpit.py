@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerFactory
-from tidings.http.protocol import TARPIT
+from tidings.server.http.protocol import TARPIT
 
 
 @pytest.mark.timeout(60)

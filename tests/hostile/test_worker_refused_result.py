@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import ServerFactory
 from tests.e2e.test_worker_sdk import WorkerProcess
-from tidings.client import Client
+from tidings.sdk.client import Client
 
 
 @pytest.mark.timeout(60)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tidings.doctor import Gateway, Neighbour, analyse_neighbours, check_gateway, load_state
+from tidings.server.doctor import Gateway, Neighbour, analyse_neighbours, check_gateway, load_state
 
 GW = Gateway("192.168.1.1", "eth0")
 GW_MAC = "52:54:00:aa:bb:01"

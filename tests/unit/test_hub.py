@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from tidings.hub import KIND_SSE, Hub, Subscriber
-from tidings.stores.memory import parse_seq
-from tidings.wire import Message
+from tidings.protocol.wire import Message
+from tidings.server.hub import KIND_SSE, Hub, Subscriber
+from tidings.server.stores.memory import parse_seq
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -91,9 +91,9 @@ def test_messages_published_back_to_back_reach_a_subscriber_in_one_write():
 
 def test_a_pass_over_many_subscribers_lets_later_messages_join_and_misses_none(monkeypatch):
     """Fan-out runs in chunks; a message published between chunks reaches everyone once."""
-    import tidings.hub
+    import tidings.server.hub
 
-    monkeypatch.setattr(tidings.hub, "FANOUT_CHUNK", 2)
+    monkeypatch.setattr(tidings.server.hub, "FANOUT_CHUNK", 2)
 
     async def main() -> None:
         hub = Hub(parse_seq)
@@ -205,9 +205,9 @@ def test_long_poll_waiters_are_woken_by_a_publish_and_by_shutdown():
 
 def test_recent_tails_are_kept_for_a_bounded_number_of_channels(monkeypatch):
     """Every job has a channel: the hub forgets the least recently published first."""
-    import tidings.hub
+    import tidings.server.hub
 
-    monkeypatch.setattr(tidings.hub, "RECENT_CHANNELS", 3)
+    monkeypatch.setattr(tidings.server.hub, "RECENT_CHANNELS", 3)
     hub = Hub(parse_seq)
 
     async def main() -> None:

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from tidings.hub import KIND_SSE, KIND_WS, Hub, Subscriber
-from tidings.stores.memory import parse_seq
-from tidings.wire import Message
+from tidings.protocol.wire import Message
+from tidings.server.hub import KIND_SSE, KIND_WS, Hub, Subscriber
+from tidings.server.stores.memory import parse_seq
 
 pytestmark = pytest.mark.timeout(10)
 

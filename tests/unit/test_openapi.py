@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from tidings.app import create_app
-from tidings.openapi import openapi_document
-from tidings.settings import Settings
+from tidings.server.app import create_app
+from tidings.server.openapi import openapi_document
+from tidings.server.settings import Settings
 
 
 def test_every_route_is_documented():

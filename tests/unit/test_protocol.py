@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import uvicorn
 
-from tidings.http.limits import ConnectionLimits, connection_capacity, error_answer
-from tidings.http.protocol import HeadHoldingTransport, TidingsHttpProtocol, fixed_local
-from tidings.settings import Settings
+from tidings.server.http.limits import ConnectionLimits, connection_capacity, error_answer
+from tidings.server.http.protocol import HeadHoldingTransport, TidingsHttpProtocol, fixed_local
+from tidings.server.settings import Settings
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from tidings.ratelimit import (
+from tidings.server.ratelimit import (
     PER_ADDRESS_HASHING,
     AccountLimiter,
     AddressLimiter,

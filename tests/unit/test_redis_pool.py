@@ -14,7 +14,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.conftest import RedisProcess, free_port
-from tidings.stores.redis.pool import BoundedPool
+from tidings.server.stores.redis.pool import BoundedPool
 
 pytestmark = pytest.mark.timeout(30)
 

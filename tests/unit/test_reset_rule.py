@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tidings.stores.base import is_reset, reset_reason
-from tidings.wire import RESET_AHEAD, RESET_BEHIND
+from tidings.protocol.wire import RESET_AHEAD, RESET_BEHIND
+from tidings.server.stores.base import is_reset, reset_reason
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tidings.wire import (
+from tidings.protocol.wire import (
     Message,
     data_text,
     decode_composite_cursor,
@@ -82,7 +82,7 @@ def test_format_time_matches_datetime_to_the_microsecond():
     import random
     from datetime import UTC, datetime
 
-    from tidings.wire import format_time
+    from tidings.protocol.wire import format_time
 
     rng = random.Random(7)
     for ts in [0.0, 0.9999995, 1700000000.25, *(rng.uniform(0, 4e9) for _ in range(20000))]:

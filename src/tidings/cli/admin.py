@@ -1,0 +1,246 @@
+"""`tidings users …` and `tidings tokens …`: principals, managed on the store directly.
+
+These commands open the store themselves (the server may be running: SQLite's WAL lets
+both write, and they do not take the lock that keeps a second server off the file), so
+they work before the first server start and need no admin session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tidings.server import constants as C
+from tidings.server.auth import hash_password, new_api_token, token_key
+from tidings.server.principals import KIND_TOKEN, Credential, Permissions, User
+from tidings.server.stores import Retention, Store, open_store
+
+__all__ = ["tokens_app", "users_app"]
+
+T = TypeVar("T")
+
+users_app = typer.Typer(name="users", help="Users and their permissions.", no_args_is_help=True)
+tokens_app = typer.Typer(name="tokens", help="API tokens (stored hashed).", no_args_is_help=True)
+err = Console(stderr=True)
+
+StoreOption = Annotated[
+    str,
+    typer.Option("--store", envvar="TIDINGS_STORE", help="Store URL, as given to serve."),
+]
+PublishOpt = Annotated[
+    list[str] | None, typer.Option("--publish", help="Channel pattern it may publish to.")
+]
+SubscribeOpt = Annotated[
+    list[str] | None, typer.Option("--subscribe", help="Channel pattern it may read.")
+]
+SubmitOpt = Annotated[list[str] | None, typer.Option("--submit", help="Job type it may submit.")]
+WorkOpt = Annotated[list[str] | None, typer.Option("--work", help="Job type it may work.")]
+AdminOpt = Annotated[bool, typer.Option("--admin", help="May administer users and channels.")]
+
+
+def _run(url: str, fn: Callable[[Store], Awaitable[T]]) -> T:
+    if url.startswith("memory:"):
+        err.print("[red]memory:// keeps nothing after this command ends: name the server's store")
+        raise typer.Exit(2)
+
+    async def go() -> T:
+        # Without the server lock: these few writes go beside a running server's, and
+        # SQLite's own locking orders them.
+        retention = Retention(C.DEFAULT_MAX_MESSAGES, C.DEFAULT_MAX_AGE)
+        store = open_store(url, retention, exclusive=False)
+        await store.start()
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except ValueError as exc:
+        err.print(f"[red]{exc}")
+        raise typer.Exit(2) from None
+
+
+def _perms(
+    publish: list[str] | None,
+    subscribe: list[str] | None,
+    submit: list[str] | None,
+    work: list[str] | None,
+    admin: bool,
+) -> Permissions:
+    return Permissions(
+        tuple(publish or ()), tuple(subscribe or ()), tuple(submit or ()), tuple(work or ()), admin
+    )
+
+
+def _check_name(name: str) -> str:
+    try:
+        return User.check_name(name)
+    except ValueError as exc:
+        err.print(f"[red]{exc}")
+        raise typer.Exit(2) from None
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    store: StoreOption,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    publish: PublishOpt = None,
+    subscribe: SubscribeOpt = None,
+    submit: SubmitOpt = None,
+    work: WorkOpt = None,
+    admin: AdminOpt = False,
+) -> None:
+    """Add (or replace) a user. Without --password-stdin it can only use API tokens."""
+    _check_name(name)
+    password_hash = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if len(password) < 8:
+            err.print("[red]the password must be at least 8 characters")
+            raise typer.Exit(2)
+        password_hash = hash_password(password)
+    user = User(name, password_hash, _perms(publish, subscribe, submit, work, admin), time.time())
+    _run(store, lambda s: s.put_user(user))
+    typer.echo(f"user {name} saved")
+
+
+@users_app.command("grant")
+def users_grant(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    store: StoreOption,
+    publish: PublishOpt = None,
+    subscribe: SubscribeOpt = None,
+    submit: SubmitOpt = None,
+    work: WorkOpt = None,
+    admin: AdminOpt = False,
+) -> None:
+    """Add permissions to a user."""
+
+    async def grant(s: Store) -> bool:
+        user = await s.get_user(name)
+        if user is None:
+            return False
+        more = _perms(publish, subscribe, submit, work, admin)
+        await s.put_user(
+            User(user.name, user.password_hash, user.permissions.merged(more), user.created)
+        )
+        return True
+
+    if not _run(store, grant):
+        err.print(f"[red]no user {name!r}")
+        raise typer.Exit(1)
+    typer.echo(f"user {name} updated")
+
+
+@users_app.command("remove")
+def users_remove(
+    name: Annotated[str, typer.Argument(help="User name.")], store: StoreOption
+) -> None:
+    """Remove a user and all their sessions and tokens."""
+    if not _run(store, lambda s: s.delete_user(name)):
+        err.print(f"[red]no user {name!r}")
+        raise typer.Exit(1)
+    typer.echo(f"user {name} removed")
+
+
+@users_app.command("list")
+def users_list(store: StoreOption) -> None:
+    """Users and their permissions."""
+    users = _run(store, lambda s: s.list_users())
+    table = Table("user", "password", "publish", "subscribe", "submit", "work", "admin")
+    for u in users:
+        p = u.permissions
+        table.add_row(
+            u.name,
+            "yes" if u.password_hash else "no",
+            " ".join(p.publish),
+            " ".join(p.subscribe),
+            " ".join(p.submit),
+            " ".join(p.work),
+            "yes" if p.admin else "",
+        )
+    Console().print(table)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    user: Annotated[str, typer.Argument(help="The user the token acts as.")],
+    store: StoreOption,
+    name: Annotated[str, typer.Option(help="A label for the token.")] = "",
+    expires: Annotated[
+        float | None, typer.Option(help="Seconds until it expires (default: never).")
+    ] = None,
+) -> None:
+    """Make an API token; prints it once (only its hash is stored)."""
+    secret = new_api_token()
+    now = time.time()
+    cred = Credential(
+        token_key(secret), KIND_TOKEN, user, now, None if expires is None else now + expires, name
+    )
+
+    async def create(s: Store) -> bool:
+        if await s.get_user(user) is None:
+            return False
+        await s.put_credential(cred)
+        return True
+
+    if not _run(store, create):
+        err.print(f"[red]no user {user!r}")
+        raise typer.Exit(1)
+    typer.echo(secret)
+
+
+@tokens_app.command("list")
+def tokens_list(
+    store: StoreOption,
+    user: Annotated[str | None, typer.Option(help="Only this user's.")] = None,
+) -> None:
+    """API tokens and login sessions (by key prefix; secrets are never stored)."""
+    creds: list[Any] = _run(store, lambda s: s.list_credentials(user))
+    table = Table("key", "kind", "user", "name", "created", "expires")
+    for c in creds:
+        table.add_row(
+            c.key[:12],
+            c.kind,
+            c.user,
+            c.name,
+            time.strftime("%Y-%m-%d %H:%M", time.gmtime(c.created)),
+            "never"
+            if c.expires is None
+            else time.strftime("%Y-%m-%d %H:%M", time.gmtime(c.expires)),
+        )
+    Console().print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    key: Annotated[str, typer.Argument(help="Key prefix from `tidings tokens list`.")],
+    store: StoreOption,
+) -> None:
+    """Revoke a token or session: requests with it get 401, its open streams end."""
+
+    async def revoke(s: Store) -> list[str]:
+        found = [c.key for c in await s.list_credentials() if c.key.startswith(key)]
+        if len(found) == 1:
+            await s.delete_credential(found[0])
+        return found
+
+    if len(key) < 6:
+        err.print("[red]give at least 6 characters of the key")
+        raise typer.Exit(2)
+    found = _run(store, revoke)
+    if len(found) != 1:
+        err.print(f"[red]{'no' if not found else 'more than one'} credential matches {key!r}")
+        raise typer.Exit(1)
+    typer.echo(f"revoked {found[0][:12]}")

@@ -1,0 +1,1350 @@
+"""The Python SDK: `Client` (blocking) and `AsyncClient` (asyncio) for channels.
+
+Both classes share everything but the I/O: requests are built and answers parsed by the
+module-level helpers, and one `_Subscription` object holds a subscriber's cursor, parses
+its frames and decides when and how soon to reconnect. The two classes differ only where
+they call the network.
+
+Errors raised by the SDK:
+
+    ClientError                  anything the SDK raises on purpose
+    ├── TidingsHTTPError         the server answered with a 4xx/5xx status (.status, .code)
+    └── TidingsConnectionError   the server could not be reached or the connection broke
+
+`subscribe` iterators never raise `TidingsConnectionError` nor 5xx/408/429 errors: they
+reconnect and resume from the last message they yielded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import aclosing
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal, Self
+from urllib.parse import quote
+
+import httpx
+import msgspec
+import websockets.asyncio.client
+import websockets.sync.client
+from httpx_sse import ServerSentEvent, SSEError, aconnect_sse, connect_sse
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from tidings.protocol.wire import (
+    JSON_DECODER,
+    TERMINAL_STATUSES,
+    Message,
+    PublishAck,
+    Reset,
+    encode_json,
+)
+
+__all__ = [
+    "AsyncClient",
+    "AsyncJobHandle",
+    "Client",
+    "ClientError",
+    "JobHandle",
+    "JobInfo",
+    "JobTimeout",
+    "Page",
+    "TidingsConnectionError",
+    "TidingsHTTPError",
+    "Via",
+]
+
+Via = Literal["sse", "ws", "longpoll", "poll"]
+_VIAS: tuple[str, ...] = ("sse", "ws", "longpoll", "poll")
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+# Seconds a long-polling subscriber asks the server to hold each request (the server
+# caps waits at 30 s by default; staying below keeps clear of proxy read timeouts).
+LONG_POLL_WAIT = 25.0
+# Added to `wait` for the HTTP read timeout of a long poll, so the server answers first.
+LONG_POLL_MARGIN = 10.0
+# Reconnect delays double on consecutive failures up to this many seconds (or up to
+# `reconnect_delay` if that is larger), so a restarting server is not hammered.
+MAX_RECONNECT_DELAY = 5.0
+# Largest WebSocket frame accepted: a 1 MiB message can grow when escaped in JSON.
+WS_MAX_FRAME = 16 * 1024 * 1024
+_RETRYABLE_STATUS = frozenset({408, 429})
+
+
+class ClientError(Exception):
+    """Root of every error the SDK raises on purpose."""
+
+
+class TidingsHTTPError(ClientError):
+    """The server answered with an error status.
+
+    `status` is the HTTP status, `code` and `message` come from the server's
+    `{"error": {"code", "message"}}` body (or are derived from the status when the body is
+    not of that form), `retry_after` is the `Retry-After` header in seconds, if any.
+    """
+
+    def __init__(
+        self, status: int, code: str, message: str, *, retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"HTTP {status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """True for answers that a later attempt may turn into success (5xx, 408, 429)."""
+        return self.status >= 500 or self.status in _RETRYABLE_STATUS
+
+
+class TidingsConnectionError(ClientError):
+    """The server could not be reached, or the connection broke before an answer."""
+
+
+class Page(msgspec.Struct, frozen=True):
+    """One answer of `read`: messages after the cursor, the next cursor, and whether
+    history between the cursor and the first message was lost (`reset`)."""
+
+    messages: list[Message]
+    next: str
+    reset: bool
+
+
+class _StreamClosedError(Exception):
+    """The server ended a stream on purpose (a `close` frame): reconnect and resume."""
+
+
+# ---------------------------------------------------------------------------------------
+# Request building and answer parsing, shared by both clients.
+
+
+def _channel_path(channel: str, suffix: str = "") -> str:
+    return f"/v1/channels/{quote(channel, safe='')}{suffix}"
+
+
+def _auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _epoch(raw: object) -> float:
+    """Seconds since the epoch from an RFC 3339 `time` field (0.0 when absent)."""
+    if not isinstance(raw, str):
+        return 0.0
+    return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+
+
+def _publish_request(
+    channel: str, data: Any, event: str | None, idempotency_key: str | None
+) -> dict[str, Any]:
+    # Always JSON, even for text: a str stays a str (a text/plain body would too, but
+    # JSON keeps one code path for every type).
+    body: dict[str, Any] = {"data": data}
+    if event is not None:
+        body["event"] = event
+    headers = {"Content-Type": "application/json"}
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    return {
+        "method": "POST",
+        "url": _channel_path(channel, "/messages"),
+        "content": encode_json(body),
+        "headers": headers,
+    }
+
+
+def _read_request(
+    channel: str, after: str, limit: int | None, wait: float | None, timeout: float
+) -> dict[str, Any]:
+    params: dict[str, str | int | float] = {"after": after}
+    if limit is not None:
+        params["limit"] = limit
+    if wait is not None:
+        params["wait"] = wait
+        timeout = max(timeout, wait + LONG_POLL_MARGIN)
+    return {
+        "method": "GET",
+        "url": _channel_path(channel, "/messages"),
+        "params": params,
+        "timeout": timeout,
+    }
+
+
+def _info_request(channel: str) -> dict[str, Any]:
+    return {"method": "GET", "url": _channel_path(channel)}
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare, and the backoff applies anyway
+
+
+def _error(status: int, body: bytes, retry_after: str | None = None) -> TidingsHTTPError:
+    """The error for a non-2xx answer, from its `{"error": {"code", "message"}}` body."""
+    code, message = f"http_{status}", ""
+    try:
+        obj = JSON_DECODER.decode(body)
+        err = obj["error"]
+        code, message = str(err["code"]), str(err["message"])
+    except (msgspec.DecodeError, KeyError, TypeError):
+        message = body.decode("utf-8", "replace").strip()[:500] or "(empty body)"
+    return TidingsHTTPError(status, code, message, retry_after=_retry_after(retry_after))
+
+
+def _check(response: httpx.Response) -> None:
+    """Raise `TidingsHTTPError` unless the (already read) response is a 2xx."""
+    if not response.is_success:
+        raise _error(response.status_code, response.content, response.headers.get("Retry-After"))
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    _check(response)
+    try:
+        obj = JSON_DECODER.decode(response.content)
+    except msgspec.DecodeError as exc:
+        raise ClientError(f"the server answered with malformed JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ClientError(f"expected a JSON object from the server, got {type(obj).__name__}")
+    return obj
+
+
+def _parse_ack(response: httpx.Response) -> PublishAck:
+    obj = _json(response)
+    return PublishAck(id=str(obj["id"]), channel=str(obj["channel"]), time=_epoch(obj.get("time")))
+
+
+def _parse_page(response: httpx.Response) -> Page:
+    obj = _json(response)
+    return Page(
+        messages=[Message.from_wire(m) for m in obj.get("messages", [])],
+        next=str(obj["next"]),
+        reset=bool(obj.get("reset", False)),
+    )
+
+
+def _parse_last_id(response: httpx.Response) -> str:
+    """The cursor at the channel's current end; a channel never published to starts at 0."""
+    if response.status_code == 404:
+        return "0"
+    last = _json(response).get("last_id")
+    return "0" if last is None else str(last)
+
+
+def _reset_from(obj: Any, channel: str) -> Reset:
+    if not isinstance(obj, dict):
+        return Reset(channel=channel, first=None)
+    first = obj.get("first")
+    first = None if first is None else str(first)
+    ch = str(obj.get("channel") or channel)
+    reason = obj.get("reason")
+    if isinstance(reason, str) and reason:
+        return Reset(channel=ch, first=first, reason=reason)
+    return Reset(channel=ch, first=first)
+
+
+def _sse_data(text: str) -> Any:
+    """SSE carries text as itself and other JSON values as their JSON encoding, so the two
+    cannot always be told apart: objects and arrays are decoded, everything else (including
+    `123`, `true` or `"quoted"`) stays text. WebSocket and polling keep exact types."""
+    if text[:1] in ("{", "["):
+        try:
+            value = JSON_DECODER.decode(text)
+        except msgspec.DecodeError:
+            return text
+        if isinstance(value, dict | list):
+            return value
+    return text
+
+
+class _Subscription:
+    """The I/O-free half of a subscribe iterator: cursor, frame parsing, reconnect policy."""
+
+    def __init__(
+        self,
+        channel: str,
+        via: str,
+        after: str | None,
+        poll_interval: float,
+        reconnect_delay: float,
+    ) -> None:
+        if via not in _VIAS:
+            raise ValueError(f"via must be one of {', '.join(_VIAS)}; got {via!r}")
+        self.channel = channel
+        self.via = via
+        # The id of the last message yielded; None until the channel's end is looked up.
+        self.cursor = after
+        self.poll_interval = poll_interval
+        self.reconnect_delay = reconnect_delay
+        self.failures = 0
+        self._sse_last_id = ""
+
+    # Connecting -------------------------------------------------------------------------
+
+    def connected(self) -> None:
+        """A connection was accepted: the backoff starts over."""
+        self.failures = 0
+        self._sse_last_id = ""
+
+    def sse_request(self) -> dict[str, Any]:
+        headers = {"Last-Event-ID": self.cursor} if self.cursor is not None else {}
+        return {"method": "GET", "url": _channel_path(self.channel, "/events"), "headers": headers}
+
+    def ws_url(self, base_url: str) -> str:
+        base = httpx.URL(base_url)
+        scheme = "wss" if base.scheme == "https" else "ws"
+        path = base.path.rstrip("/") + _channel_path(self.channel, "/ws")
+        params = {"after": self.cursor} if self.cursor is not None else {}
+        return str(base.copy_with(scheme=scheme, path=path, params=params))
+
+    def read_args(self) -> dict[str, Any]:
+        wait = LONG_POLL_WAIT if self.via == "longpoll" else None
+        return {"after": self.cursor or "0", "wait": wait}
+
+    # Frames -----------------------------------------------------------------------------
+
+    def _accept(self, message: Message) -> Message | None:
+        if message.id == self.cursor:
+            return None  # the cursor's own message, replayed: already yielded
+        self.cursor = message.id
+        return message
+
+    def sse_item(self, sse: ServerSentEvent) -> Message | Reset | None:
+        """The item an SSE event stands for, or None for frames that carry none.
+
+        Control events (`reset`, `close`) have no `id:` line. The SSE decoder carries the
+        previous id over to id-less events, so "no id" means "same id as the last event".
+        """
+        fresh_id = sse.id not in ("", self._sse_last_id)
+        if not fresh_id:
+            if sse.event == "reset":
+                return _reset_from(_decode_or_none(sse.data), self.channel)
+            if sse.event == "close":
+                raise _StreamClosedError(sse.data)
+            return None  # e.g. a `retry:`-only frame
+        self._sse_last_id = sse.id
+        event = None if sse.event == "message" else sse.event
+        return self._accept(
+            Message(id=sse.id, channel=self.channel, data=_sse_data(sse.data), event=event)
+        )
+
+    def ws_item(self, frame: str | bytes) -> Message | Reset | None:
+        """The item a WebSocket frame stands for, or None for acks and errors."""
+        try:
+            obj = JSON_DECODER.decode(frame)
+        except msgspec.DecodeError as exc:
+            raise ClientError(f"malformed WebSocket frame from the server: {exc}") from exc
+        if not isinstance(obj, dict):
+            return None
+        kind = obj.get("type")
+        if kind is None and "id" in obj:
+            return self._accept(Message.from_wire(obj))
+        if kind == "reset":
+            return _reset_from(obj, self.channel)
+        if kind == "close":
+            raise _StreamClosedError(str(obj.get("reason", "")))
+        return None  # ack, error (of a publish through the socket), or a newer frame type
+
+    def ws_closed(self, code: int | None, reason: str) -> None:
+        """Raise when the server closed the socket for a reason a retry cannot fix."""
+        if code == 1008:
+            status = 403
+        elif code is not None and 4400 <= code < 4500 and code not in (4408, 4429):
+            status = code - 4000
+        else:
+            return
+        raise TidingsHTTPError(status, f"ws_close_{code}", reason or "closed by the server")
+
+    def page_items(self, page: Page) -> list[Message | Reset]:
+        items: list[Message | Reset] = []
+        if page.reset:
+            first = page.messages[0].id if page.messages else None
+            items.append(Reset(channel=self.channel, first=first))
+        for message in page.messages:
+            accepted = self._accept(message)
+            if accepted is not None:
+                items.append(accepted)
+        if page.next:
+            self.cursor = page.next
+        return items
+
+    def pause_after(self, page: Page, elapsed: float) -> float:
+        """Seconds to wait before the next poll."""
+        if page.messages:
+            return 0.0
+        if self.via == "poll":
+            return self.poll_interval
+        # A long poll that came back empty at once (server ignoring `wait`, or a proxy
+        # cutting it): do not spin.
+        return self.poll_interval if elapsed < 1.0 else 0.0
+
+    # Failures ---------------------------------------------------------------------------
+
+    def retry_delay(self, exc: Exception) -> float:
+        """Seconds to wait before reconnecting after `exc`; re-raises what a retry can't fix."""
+        if isinstance(exc, InvalidStatus):
+            response = exc.response
+            exc = _error(
+                response.status_code,
+                bytes(response.body or b""),
+                response.headers.get("Retry-After"),
+            )
+        if isinstance(exc, TidingsHTTPError):
+            if not exc.retryable:
+                raise exc
+        elif isinstance(exc, _StreamClosedError):
+            self.failures = 0
+        elif not isinstance(exc, _TRANSIENT):
+            raise exc
+        ceiling = max(self.reconnect_delay, MAX_RECONNECT_DELAY)
+        delay = min(self.reconnect_delay * 2.0 ** min(self.failures, 16), ceiling)
+        self.failures += 1
+        if isinstance(exc, TidingsHTTPError) and exc.retry_after is not None:
+            delay = max(delay, min(exc.retry_after, 60.0))
+        return delay
+
+
+_TRANSIENT: tuple[type[Exception], ...] = (
+    httpx.TransportError,
+    TidingsConnectionError,
+    ConnectionClosed,
+    InvalidHandshake,
+    OSError,  # includes TimeoutError and refused connections
+    _StreamClosedError,
+)
+
+
+def _decode_or_none(text: str) -> Any:
+    try:
+        return JSON_DECODER.decode(text)
+    except msgspec.DecodeError:
+        return None
+
+
+def _close_info(exc: ConnectionClosed) -> tuple[int | None, str]:
+    """The close code and reason the server sent, if it sent a close frame."""
+    return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd is not None else (None, "")
+
+
+def _check_url(url: str) -> None:
+    if httpx.URL(url).scheme not in ("http", "https"):
+        raise ValueError(f"url must start with http:// or https://, got {url!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# Jobs: requests and answers, shared by both clients.
+
+
+class JobTimeout(ClientError, TimeoutError):
+    """`wait(timeout=...)` ran out before the job ended; the job itself goes on."""
+
+
+class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A job as the server describes it. Times are seconds since the epoch (or None).
+
+    `payload` is None in job events (they carry the job without its payload);
+    `JobHandle.events()` fills it in from the handle's last known job.
+    """
+
+    id: str
+    type: str
+    status: str
+    payload: Any = None
+    progress: float | None = None
+    message: str | None = None
+    result: Any = None
+    error: Any = None
+    attempt: int = 0
+    max_attempts: int = 0
+    priority: int = 0
+    timeout: float | None = None
+    cancel_requested: bool = False
+    created_at: float | None = None
+    updated_at: float | None = None
+    run_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    lease_expires_at: float | None = None
+    links: dict[str, str] = msgspec.field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job has ended: succeeded, failed or cancelled."""
+        return self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def from_wire(cls, obj: dict[str, Any]) -> JobInfo:
+        """Parse the job object of the HTTP API (RFC 3339 times become epoch seconds)."""
+        progress = obj.get("progress")
+        timeout = obj.get("timeout")
+        links = obj.get("links")
+        return cls(
+            id=str(obj["id"]),
+            type=str(obj.get("type", "")),
+            status=str(obj.get("status", "")),
+            payload=obj.get("payload"),
+            progress=None if progress is None else float(progress),
+            message=obj.get("message"),
+            result=obj.get("result"),
+            error=obj.get("error"),
+            attempt=int(obj.get("attempt") or 0),
+            max_attempts=int(obj.get("max_attempts") or 0),
+            priority=int(obj.get("priority") or 0),
+            timeout=None if timeout is None else float(timeout),
+            cancel_requested=bool(obj.get("cancel_requested", False)),
+            created_at=_epoch_or_none(obj.get("created_at")),
+            updated_at=_epoch_or_none(obj.get("updated_at")),
+            run_at=_epoch_or_none(obj.get("run_at")),
+            started_at=_epoch_or_none(obj.get("started_at")),
+            finished_at=_epoch_or_none(obj.get("finished_at")),
+            lease_expires_at=_epoch_or_none(obj.get("lease_expires_at")),
+            links={str(k): str(v) for k, v in links.items()} if isinstance(links, dict) else {},
+        )
+
+
+def _epoch_or_none(raw: object) -> float | None:
+    """Seconds since the epoch from an RFC 3339 field, None when it is null or absent."""
+    return _epoch(raw) if isinstance(raw, str) else None
+
+
+def _job_path(job_id: str, suffix: str = "") -> str:
+    return f"/v1/jobs/{quote(job_id, safe='')}{suffix}"
+
+
+def _submit_request(
+    type: str,
+    payload: Any,
+    *,
+    max_attempts: int | None,
+    timeout: float | None,
+    delay: float | None,
+    priority: int | None,
+    idempotency_key: str | None,
+    wait: float | None,
+    http_timeout: float,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": type, "payload": payload}
+    for name, value in (
+        ("max_attempts", max_attempts),
+        ("timeout", timeout),
+        ("delay", delay),
+        ("priority", priority),
+    ):
+        if value is not None:
+            body[name] = value
+    headers = {"Content-Type": "application/json"}
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    params: dict[str, float] = {}
+    if wait is not None:
+        params["wait"] = wait
+        http_timeout = max(http_timeout, wait + LONG_POLL_MARGIN)
+    return {
+        "method": "POST",
+        "url": "/v1/jobs",
+        "content": encode_json(body),
+        "headers": headers,
+        "params": params,
+        "timeout": http_timeout,
+    }
+
+
+def _get_job_request(job_id: str, wait: float | None, http_timeout: float) -> dict[str, Any]:
+    params: dict[str, float] = {}
+    if wait is not None:
+        params["wait"] = wait
+        http_timeout = max(http_timeout, wait + LONG_POLL_MARGIN)
+    return {"method": "GET", "url": _job_path(job_id), "params": params, "timeout": http_timeout}
+
+
+def _list_jobs_request(status: str | None, type: str | None, limit: int | None) -> dict[str, Any]:
+    params: dict[str, str | int] = {}
+    if status is not None:
+        params["status"] = status
+    if type is not None:
+        params["type"] = type
+    if limit is not None:
+        params["limit"] = limit
+    return {"method": "GET", "url": "/v1/jobs", "params": params}
+
+
+def _job_action_request(job_id: str, action: str) -> dict[str, Any]:
+    return {"method": "POST", "url": _job_path(job_id, f"/{action}")}
+
+
+def _parse_job(response: httpx.Response) -> JobInfo:
+    try:
+        return JobInfo.from_wire(_json(response))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ClientError(f"malformed job object from the server: {exc!r}") from exc
+
+
+def _parse_jobs(response: httpx.Response) -> list[JobInfo]:
+    jobs = _json(response).get("jobs")
+    if not isinstance(jobs, list):
+        raise ClientError('expected {"jobs": [...]} from the server')
+    return [JobInfo.from_wire(j) for j in jobs]
+
+
+def _parse_queues(response: httpx.Response) -> dict[str, dict[str, int]]:
+    queues = _json(response).get("queues")
+    if not isinstance(queues, dict):
+        raise ClientError('expected {"queues": {...}} from the server')
+    return {
+        str(t): {str(s): int(n) for s, n in counts.items()}
+        for t, counts in queues.items()
+        if isinstance(counts, dict)
+    }
+
+
+class _JobWait:
+    """The I/O-free half of `wait()`: how long each long poll asks for, when to give up."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.failures = 0
+
+    def next_wait(self) -> float:
+        """Seconds the next long poll asks the server to hold; JobTimeout when none are left."""
+        if self.deadline is None:
+            return LONG_POLL_WAIT
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise JobTimeout("the job did not end within the timeout")
+        return min(LONG_POLL_WAIT, remaining)
+
+    def retry_delay(self, exc: Exception) -> float:
+        """Seconds before asking again after `exc`; re-raises what a retry cannot fix."""
+        if isinstance(exc, TidingsHTTPError):
+            if not exc.retryable:
+                raise exc
+        elif not isinstance(exc, _TRANSIENT):
+            raise exc
+        delay = min(0.25 * 2.0 ** min(self.failures, 16), MAX_RECONNECT_DELAY)
+        self.failures += 1
+        if self.deadline is not None:
+            delay = min(delay, max(0.0, self.deadline - time.monotonic()))
+        return delay
+
+
+class _JobEvents:
+    """The I/O-free half of `events()`: the SSE cursor, event parsing, reconnect policy."""
+
+    def __init__(self, job_id: str, last: JobInfo | None) -> None:
+        self.job_id = job_id
+        self.last = last
+        self.cursor: str | None = None
+        self._done = False
+        self.failures = 0
+        self._sse_last_id = ""
+
+    def connected(self) -> None:
+        self.failures = 0
+        self._sse_last_id = ""
+
+    def sse_request(self) -> dict[str, Any]:
+        headers = {"Last-Event-ID": self.cursor} if self.cursor is not None else {}
+        return {"method": "GET", "url": _job_path(self.job_id, "/events"), "headers": headers}
+
+    def sse_item(self, sse: ServerSentEvent) -> tuple[str, JobInfo] | None:
+        """(event, job) for a job event; None for control frames. Marks the terminal one."""
+        if sse.id in ("", self._sse_last_id):
+            if sse.event == "close":
+                raise _StreamClosedError(sse.data)
+            return None  # reset, retry-only frames: the job's state comes with every event
+        self._sse_last_id = sse.id
+        if sse.id == self.cursor:
+            return None  # replayed: already yielded
+        self.cursor = sse.id
+        obj = _decode_or_none(sse.data)
+        if not isinstance(obj, dict):
+            return None
+        try:
+            info = JobInfo.from_wire(obj)
+        except (KeyError, TypeError, ValueError):
+            return None
+        if "payload" not in obj and self.last is not None:
+            info = msgspec.structs.replace(info, payload=self.last.payload)
+        self.last = info
+        if info.terminal or sse.event in TERMINAL_STATUSES:
+            self._done = True
+        return sse.event, info
+
+    def done(self) -> bool:
+        """True once the terminal event was seen: the stream has nothing more to say."""
+        return self._done
+
+    def retry_delay(self, exc: Exception) -> float:
+        """Seconds before reconnecting after `exc`; re-raises what a retry cannot fix."""
+        if isinstance(exc, TidingsHTTPError):
+            if not exc.retryable:
+                raise exc
+        elif isinstance(exc, _StreamClosedError):
+            self.failures = 0
+        elif not isinstance(exc, _TRANSIENT):
+            raise exc
+        delay = min(0.25 * 2.0 ** min(self.failures, 16), MAX_RECONNECT_DELAY)
+        self.failures += 1
+        return delay
+
+
+# ---------------------------------------------------------------------------------------
+# The blocking client.
+
+
+class Client:
+    """A blocking client for a tidings server.
+
+    Use it as a context manager, or call `close()` when done. One instance is safe to use
+    from several threads (it wraps one `httpx.Client` connection pool).
+    """
+
+    def __init__(
+        self, url: str = DEFAULT_URL, *, token: str | None = None, timeout: float = 30.0
+    ) -> None:
+        """
+        Args:
+            url: Base URL of the server, e.g. `http://127.0.0.1:8000` (a path prefix is
+                kept, for servers behind a proxy). WebSocket URLs are derived from it.
+            token: API token or session token, sent as `Authorization: Bearer <token>` on
+                every HTTP request and WebSocket handshake. None sends no credentials.
+            timeout: Seconds to wait for connecting and for each read. Long polls add their
+                `wait` on top; SSE streams reconnect on a read timeout (the server's
+                heartbeats arrive well within the default).
+        """
+        _check_url(url)
+        self.url = url
+        self.timeout = timeout
+        self._token = token
+        self._http = httpx.Client(base_url=url, headers=_auth_headers(token), timeout=timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool. Subscribe iterators still open stop working."""
+        self._http.close()
+
+    def _request(self, spec: dict[str, Any]) -> httpx.Response:
+        try:
+            return self._http.request(**spec)
+        except httpx.TransportError as exc:
+            raise TidingsConnectionError(f"{self.url}: {exc!r}") from exc
+
+    def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        event: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> PublishAck:
+        """Publish one message and return once the server has made it durable.
+
+        Args:
+            channel: Channel name (1-200 chars of `[A-Za-z0-9._:-]`).
+            data: A `str` or any JSON-serialisable value; its type is kept.
+            event: Optional event name (the SSE `event:` field).
+            idempotency_key: Optional key; publishing again with the same key returns the
+                first message's id instead of publishing twice.
+
+        Raises:
+            TidingsHTTPError: the server refused the message (e.g. 413 when too large).
+            TidingsConnectionError: the server could not be reached.
+        """
+        return _parse_ack(self._request(_publish_request(channel, data, event, idempotency_key)))
+
+    def read(
+        self,
+        channel: str,
+        *,
+        after: str = "0",
+        limit: int | None = None,
+        wait: float | None = None,
+    ) -> Page:
+        """Read the messages after a cursor (short poll, or long poll with `wait`).
+
+        Args:
+            channel: Channel name.
+            after: Cursor: the id of the last message already seen; "0" reads from the
+                oldest message retained.
+            limit: Most messages to return (the server's default and cap apply).
+            wait: Seconds the server may hold the request until a message exists (long
+                poll; capped by the server, 30 s by default). None answers at once.
+
+        Raises:
+            TidingsHTTPError: e.g. 400 for a malformed cursor.
+            TidingsConnectionError: the server could not be reached.
+        """
+        return _parse_page(self._request(_read_request(channel, after, limit, wait, self.timeout)))
+
+    def subscribe(
+        self,
+        channel: str,
+        *,
+        via: Via = "sse",
+        after: str | None = None,
+        poll_interval: float = 1.0,
+        reconnect_delay: float = 0.5,
+    ) -> Iterator[Message | Reset]:
+        """Iterate over a channel's messages, in order, for as long as the caller wants.
+
+        The iterator keeps the id of the last message it yielded and, when the connection
+        drops or the server restarts, reconnects from it by itself: nothing is skipped and
+        nothing is repeated. When the server says the requested history is gone it yields
+        a `Reset` before the messages it still has. Close the iterator (or break out of
+        the loop) to disconnect.
+
+        Over SSE, message data is exact for JSON objects, arrays and text; other JSON
+        values (numbers, booleans, null, JSON strings) arrive as their text, because SSE
+        does not say which one was published; `time` is 0.0 (SSE does not carry it).
+        WebSocket and polling keep exact types and times.
+
+        Args:
+            channel: Channel name.
+            via: Transport: "sse", "ws" (WebSocket), "longpoll" or "poll".
+            after: Start after this message id ("0": from the oldest retained). None: only
+                messages published after the subscription starts (the channel's current
+                end is looked up first, so an early reconnect loses nothing either).
+            poll_interval: Seconds between requests for "poll" when nothing is new.
+            reconnect_delay: Seconds before the first reconnect; consecutive failures
+                double it up to max(reconnect_delay, 5 s).
+
+        Raises:
+            TidingsHTTPError: a 4xx answer other than 408/429 (bad channel, no permission).
+                5xx, 408, 429 and transport errors are retried.
+        """
+        sub = _Subscription(channel, via, after, poll_interval, reconnect_delay)
+        while True:
+            try:
+                if sub.cursor is None:
+                    sub.cursor = _parse_last_id(self._request(_info_request(channel)))
+                if via == "sse":
+                    yield from self._sse(sub)
+                elif via == "ws":
+                    yield from self._ws(sub)
+                else:
+                    yield from self._poll(sub)
+                delay = sub.reconnect_delay  # the server ended the stream
+            except Exception as exc:
+                delay = sub.retry_delay(exc)
+            time.sleep(delay)
+
+    def _sse(self, sub: _Subscription) -> Iterator[Message | Reset]:
+        with connect_sse(self._http, **sub.sse_request()) as source:
+            response = source.response
+            if not response.is_success:
+                response.read()
+                _check(response)
+            sub.connected()
+            try:
+                for sse in source.iter_sse():
+                    item = sub.sse_item(sse)
+                    if item is not None:
+                        yield item
+            except SSEError as exc:
+                raise ClientError(f"not an event stream: {exc}") from exc
+
+    def _ws(self, sub: _Subscription) -> Iterator[Message | Reset]:
+        with websockets.sync.client.connect(
+            sub.ws_url(self.url),
+            additional_headers=_auth_headers(self._token),
+            open_timeout=self.timeout,
+            max_size=WS_MAX_FRAME,
+        ) as ws:
+            sub.connected()
+            try:
+                for frame in ws:
+                    item = sub.ws_item(frame)
+                    if item is not None:
+                        yield item
+            except ConnectionClosed as exc:
+                sub.ws_closed(*_close_info(exc))
+                raise
+            sub.ws_closed(ws.close_code, ws.close_reason or "")
+
+    def _poll(self, sub: _Subscription) -> Iterator[Message | Reset]:
+        while True:
+            started = time.monotonic()
+            page = self.read(sub.channel, **sub.read_args())
+            sub.connected()
+            yield from sub.page_items(page)
+            pause = sub.pause_after(page, time.monotonic() - started)
+            if pause:
+                time.sleep(pause)
+
+    # Jobs -------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        delay: float | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+    ) -> JobHandle:
+        """Submit a job and return a handle to follow it.
+
+        Args:
+            type: Job type; a worker with a handler for it runs the job.
+            payload: Any JSON value, given to the handler as `job.payload`.
+            max_attempts: Attempts before the job ends `failed` (server default: 3).
+            timeout: Seconds one attempt may run.
+            delay: Seconds before the job may first run.
+            priority: Higher runs first among ready jobs of a type.
+            idempotency_key: Submitting again with the same key returns the same job.
+            wait: Seconds the server may hold the answer until the job ends; the handle's
+                `job` is then already terminal (check `handle.job.terminal`).
+
+        Raises:
+            TidingsHTTPError: the server refused the job (e.g. 422 for a bad field).
+            TidingsConnectionError: the server could not be reached.
+        """
+        spec = _submit_request(
+            type,
+            payload,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            delay=delay,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            wait=wait,
+            http_timeout=self.timeout,
+        )
+        return JobHandle(self, _parse_job(self._request(spec)))
+
+    def job(self, job_id: str) -> JobHandle:
+        """A handle on an existing job (fetched once: 404 raises `TidingsHTTPError`)."""
+        return JobHandle(self, self.get_job(job_id))
+
+    def get_job(self, job_id: str, *, wait: float | None = None) -> JobInfo:
+        """The job now, or with `wait` once it ends or after `wait` seconds (long poll)."""
+        return _parse_job(self._request(_get_job_request(job_id, wait, self.timeout)))
+
+    def list_jobs(
+        self, *, status: str | None = None, type: str | None = None, limit: int | None = None
+    ) -> list[JobInfo]:
+        """Jobs, optionally only those of a `status` and/or `type` (at most `limit`)."""
+        return _parse_jobs(self._request(_list_jobs_request(status, type, limit)))
+
+    def cancel_job(self, job_id: str) -> JobInfo:
+        """Cancel a job: a queued one at once, a running one at its next heartbeat.
+
+        Raises `TidingsHTTPError` 409 if the job has already ended.
+        """
+        return _parse_job(self._request(_job_action_request(job_id, "cancel")))
+
+    def retry_job(self, job_id: str) -> JobInfo:
+        """Requeue a failed or cancelled job; 409 (`TidingsHTTPError`) for any other."""
+        return _parse_job(self._request(_job_action_request(job_id, "retry")))
+
+    def queues(self) -> dict[str, dict[str, int]]:
+        """Job counts per type and status: `{type: {status: count}}`."""
+        return _parse_queues(self._request({"method": "GET", "url": "/v1/queues"}))
+
+    def _wait_job(self, job_id: str, limit: float | None) -> JobInfo:
+        state = _JobWait(limit)
+        while True:
+            wait = state.next_wait()
+            try:
+                info = self.get_job(job_id, wait=wait)
+            except Exception as exc:
+                time.sleep(state.retry_delay(exc))
+                continue
+            state.failures = 0
+            if info.terminal:
+                return info
+
+    def _job_events(self, follow: _JobEvents) -> Iterator[tuple[str, JobInfo]]:
+        while not follow.done():
+            try:
+                with connect_sse(self._http, **follow.sse_request()) as source:
+                    response = source.response
+                    if not response.is_success:
+                        response.read()
+                        _check(response)
+                    if response.status_code == 204:
+                        return  # the job has ended and nothing follows this cursor
+                    follow.connected()
+                    try:
+                        for sse in source.iter_sse():
+                            item = follow.sse_item(sse)
+                            if item is not None:
+                                yield item
+                            if follow.done():
+                                return
+                    except SSEError as exc:
+                        raise ClientError(f"not an event stream: {exc}") from exc
+                delay = 0.0  # the server ended the stream before the terminal event
+            except Exception as exc:
+                delay = follow.retry_delay(exc)
+            time.sleep(delay)
+
+
+# ---------------------------------------------------------------------------------------
+# The asyncio client: the same calls, awaited.
+
+
+class AsyncClient:
+    """An asyncio client for a tidings server; the `Client` API, awaited.
+
+    Use it as an async context manager, or `await aclose()` when done.
+    """
+
+    def __init__(
+        self, url: str = DEFAULT_URL, *, token: str | None = None, timeout: float = 30.0
+    ) -> None:
+        """
+        Args:
+            url: Base URL of the server, e.g. `http://127.0.0.1:8000` (a path prefix is
+                kept, for servers behind a proxy). WebSocket URLs are derived from it.
+            token: API token or session token, sent as `Authorization: Bearer <token>` on
+                every HTTP request and WebSocket handshake. None sends no credentials.
+            timeout: Seconds to wait for connecting and for each read. Long polls add their
+                `wait` on top; SSE streams reconnect on a read timeout.
+        """
+        _check_url(url)
+        self.url = url
+        self.timeout = timeout
+        self._token = token
+        self._http = httpx.AsyncClient(base_url=url, headers=_auth_headers(token), timeout=timeout)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Subscribe iterators still open stop working."""
+        await self._http.aclose()
+
+    close = aclose
+
+    async def _request(self, spec: dict[str, Any]) -> httpx.Response:
+        try:
+            return await self._http.request(**spec)
+        except httpx.TransportError as exc:
+            raise TidingsConnectionError(f"{self.url}: {exc!r}") from exc
+
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        event: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> PublishAck:
+        """Publish one message once it is durable; see `Client.publish` for the arguments."""
+        spec = _publish_request(channel, data, event, idempotency_key)
+        return _parse_ack(await self._request(spec))
+
+    async def read(
+        self,
+        channel: str,
+        *,
+        after: str = "0",
+        limit: int | None = None,
+        wait: float | None = None,
+    ) -> Page:
+        """Read the messages after a cursor; see `Client.read` for the arguments."""
+        spec = _read_request(channel, after, limit, wait, self.timeout)
+        return _parse_page(await self._request(spec))
+
+    async def subscribe(
+        self,
+        channel: str,
+        *,
+        via: Via = "sse",
+        after: str | None = None,
+        poll_interval: float = 1.0,
+        reconnect_delay: float = 0.5,
+    ) -> AsyncIterator[Message | Reset]:
+        """Iterate over a channel's messages, in order; see `Client.subscribe`.
+
+        Close it with `await it.aclose()` (or `contextlib.aclosing`) to disconnect at once
+        rather than when the iterator is garbage-collected.
+
+        Args:
+            channel: Channel name.
+            via: Transport: "sse", "ws" (WebSocket), "longpoll" or "poll".
+            after: Start after this message id ("0": from the oldest retained). None: only
+                messages published after the subscription starts.
+            poll_interval: Seconds between requests for "poll" when nothing is new.
+            reconnect_delay: Seconds before the first reconnect; consecutive failures
+                double it up to max(reconnect_delay, 5 s).
+
+        Raises:
+            TidingsHTTPError: a 4xx answer other than 408/429. 5xx, 408, 429 and transport
+                errors are retried.
+        """
+        sub = _Subscription(channel, via, after, poll_interval, reconnect_delay)
+        while True:
+            try:
+                if sub.cursor is None:
+                    sub.cursor = _parse_last_id(await self._request(_info_request(channel)))
+                if via == "sse":
+                    stream = self._sse(sub)
+                elif via == "ws":
+                    stream = self._ws(sub)
+                else:
+                    stream = self._poll(sub)
+                # aclosing: when the caller stops, the connection closes now, not at GC.
+                async with aclosing(stream):
+                    async for item in stream:
+                        yield item
+                delay = sub.reconnect_delay  # the server ended the stream
+            except Exception as exc:
+                delay = sub.retry_delay(exc)
+            await asyncio.sleep(delay)
+
+    async def _sse(self, sub: _Subscription) -> AsyncGenerator[Message | Reset, None]:
+        async with aconnect_sse(self._http, **sub.sse_request()) as source:
+            response = source.response
+            if not response.is_success:
+                await response.aread()
+                _check(response)
+            sub.connected()
+            try:
+                async for sse in source.aiter_sse():
+                    item = sub.sse_item(sse)
+                    if item is not None:
+                        yield item
+            except SSEError as exc:
+                raise ClientError(f"not an event stream: {exc}") from exc
+
+    async def _ws(self, sub: _Subscription) -> AsyncGenerator[Message | Reset, None]:
+        async with websockets.asyncio.client.connect(
+            sub.ws_url(self.url),
+            additional_headers=_auth_headers(self._token),
+            open_timeout=self.timeout,
+            max_size=WS_MAX_FRAME,
+        ) as ws:
+            sub.connected()
+            try:
+                async for frame in ws:
+                    item = sub.ws_item(frame)
+                    if item is not None:
+                        yield item
+            except ConnectionClosed as exc:
+                sub.ws_closed(*_close_info(exc))
+                raise
+            sub.ws_closed(ws.close_code, ws.close_reason or "")
+
+    async def _poll(self, sub: _Subscription) -> AsyncGenerator[Message | Reset, None]:
+        while True:
+            started = time.monotonic()
+            page = await self.read(sub.channel, **sub.read_args())
+            sub.connected()
+            for item in sub.page_items(page):
+                yield item
+            pause = sub.pause_after(page, time.monotonic() - started)
+            if pause:
+                await asyncio.sleep(pause)
+
+    # Jobs -------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        max_attempts: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the job's timeout, not this call's
+        delay: float | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+    ) -> AsyncJobHandle:
+        """Submit a job and return a handle to follow it; see `Client.submit`."""
+        spec = _submit_request(
+            type,
+            payload,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            delay=delay,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            wait=wait,
+            http_timeout=self.timeout,
+        )
+        return AsyncJobHandle(self, _parse_job(await self._request(spec)))
+
+    async def job(self, job_id: str) -> AsyncJobHandle:
+        """A handle on an existing job (fetched once: 404 raises `TidingsHTTPError`)."""
+        return AsyncJobHandle(self, await self.get_job(job_id))
+
+    async def get_job(self, job_id: str, *, wait: float | None = None) -> JobInfo:
+        """The job now, or with `wait` once it ends or after `wait` seconds (long poll)."""
+        return _parse_job(await self._request(_get_job_request(job_id, wait, self.timeout)))
+
+    async def list_jobs(
+        self, *, status: str | None = None, type: str | None = None, limit: int | None = None
+    ) -> list[JobInfo]:
+        """Jobs, optionally only those of a `status` and/or `type` (at most `limit`)."""
+        return _parse_jobs(await self._request(_list_jobs_request(status, type, limit)))
+
+    async def cancel_job(self, job_id: str) -> JobInfo:
+        """Cancel a job; see `Client.cancel_job`."""
+        return _parse_job(await self._request(_job_action_request(job_id, "cancel")))
+
+    async def retry_job(self, job_id: str) -> JobInfo:
+        """Requeue a failed or cancelled job; 409 (`TidingsHTTPError`) for any other."""
+        return _parse_job(await self._request(_job_action_request(job_id, "retry")))
+
+    async def queues(self) -> dict[str, dict[str, int]]:
+        """Job counts per type and status: `{type: {status: count}}`."""
+        return _parse_queues(await self._request({"method": "GET", "url": "/v1/queues"}))
+
+    async def _wait_job(self, job_id: str, limit: float | None) -> JobInfo:
+        state = _JobWait(limit)
+        while True:
+            wait = state.next_wait()
+            try:
+                info = await self.get_job(job_id, wait=wait)
+            except Exception as exc:
+                await asyncio.sleep(state.retry_delay(exc))
+                continue
+            state.failures = 0
+            if info.terminal:
+                return info
+
+    async def _job_events(self, follow: _JobEvents) -> AsyncGenerator[tuple[str, JobInfo], None]:
+        while not follow.done():
+            try:
+                async with aconnect_sse(self._http, **follow.sse_request()) as source:
+                    response = source.response
+                    if not response.is_success:
+                        await response.aread()
+                        _check(response)
+                    if response.status_code == 204:
+                        return  # the job has ended and nothing follows this cursor
+                    follow.connected()
+                    try:
+                        async for sse in source.aiter_sse():
+                            item = follow.sse_item(sse)
+                            if item is not None:
+                                yield item
+                            if follow.done():
+                                return
+                    except SSEError as exc:
+                        raise ClientError(f"not an event stream: {exc}") from exc
+                delay = 0.0  # the server ended the stream before the terminal event
+            except Exception as exc:
+                delay = follow.retry_delay(exc)
+            await asyncio.sleep(delay)
+
+
+# ---------------------------------------------------------------------------------------
+# Job handles: what `submit` returns.
+
+
+class JobHandle:
+    """A submitted job: its id, its last known state, and ways to follow it to its end.
+
+    Attributes:
+        id: The job id.
+        job: The job as last seen by this handle (updated by every call below).
+    """
+
+    def __init__(self, client: Client, job: JobInfo) -> None:
+        self.client = client
+        self.id = job.id
+        self.job = job
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.job.type} {self.id} {self.job.status}>"
+
+    def refresh(self) -> JobInfo:
+        """Fetch the job's current state."""
+        self.job = self.client.get_job(self.id)
+        return self.job
+
+    def wait(self, timeout: float | None = None) -> JobInfo:
+        """Block until the job ends (succeeded, failed or cancelled) and return it.
+
+        Long-polls the server, reconnecting by itself when the connection drops.
+
+        Raises:
+            JobTimeout: `timeout` seconds passed first (the job goes on).
+            TidingsHTTPError: e.g. 404 when the job does not exist.
+        """
+        if not self.job.terminal:
+            self.job = self.client._wait_job(self.id, timeout)
+        return self.job
+
+    def events(self) -> Iterator[tuple[str, JobInfo]]:
+        """Iterate over the job's events from its first: (event name, job), e.g.
+        ("queued", ...), ("running", ...), ("progress", ...), ("succeeded", ...).
+
+        Streams over SSE, resumes by itself when the connection drops, and stops after
+        the terminal event (succeeded, failed or cancelled).
+        """
+        follow = _JobEvents(self.id, self.job)
+        for event, info in self.client._job_events(follow):
+            self.job = info
+            yield event, info
+
+    def cancel(self) -> JobInfo:
+        """Cancel the job; see `Client.cancel_job`."""
+        self.job = self.client.cancel_job(self.id)
+        return self.job
+
+
+class AsyncJobHandle:
+    """A submitted job, for `AsyncClient`; see `JobHandle`."""
+
+    def __init__(self, client: AsyncClient, job: JobInfo) -> None:
+        self.client = client
+        self.id = job.id
+        self.job = job
+
+    def __repr__(self) -> str:
+        return f"<AsyncJobHandle {self.job.type} {self.id} {self.job.status}>"
+
+    async def refresh(self) -> JobInfo:
+        """Fetch the job's current state."""
+        self.job = await self.client.get_job(self.id)
+        return self.job
+
+    async def wait(self, timeout: float | None = None) -> JobInfo:  # noqa: ASYNC109 - the sync twin's signature
+        """Wait until the job ends and return it; see `JobHandle.wait`."""
+        if not self.job.terminal:
+            self.job = await self.client._wait_job(self.id, timeout)
+        return self.job
+
+    async def events(self) -> AsyncIterator[tuple[str, JobInfo]]:
+        """Iterate over the job's events until its terminal one; see `JobHandle.events`."""
+        follow = _JobEvents(self.id, self.job)
+        stream = self.client._job_events(follow)
+        async with aclosing(stream):
+            async for event, info in stream:
+                self.job = info
+                yield event, info
+
+    async def cancel(self) -> JobInfo:
+        """Cancel the job; see `Client.cancel_job`."""
+        self.job = await self.client.cancel_job(self.id)
+        return self.job

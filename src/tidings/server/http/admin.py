@@ -1,0 +1,146 @@
+"""Administration endpoints (`/v1/admin/...`), for admins only.
+
+Users and API tokens (the same as `tidings users …` / `tidings tokens …`, through the
+server): `GET /v1/admin/users`, `PUT /v1/admin/users/{name}` `{"password"?, "permissions"}`,
+`DELETE /v1/admin/users/{name}`, `POST /v1/admin/users/{name}/tokens` `{"name"?,
+"expires"?}` (the secret is in this answer only), `DELETE /v1/admin/tokens/{key}`.
+
+`GET /v1/admin/network` is `tidings doctor` run by the server, for its own store's host:
+the route the kernel takes to it, TCP connect times, and the default gateway's MAC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tidings.protocol.errors import InvalidBody, NotFound
+from tidings.server import doctor
+from tidings.server.auth import hash_password, new_api_token, token_key
+from tidings.server.http.common import (
+    decode_body,
+    json_response,
+    query_int,
+    read_body,
+    require_admin,
+)
+from tidings.server.principals import KIND_TOKEN, Credential, Permissions, User
+from tidings.server.settings import Settings
+from tidings.server.stores.base import Store
+
+__all__ = ["routes"]
+
+
+async def network(request: Request) -> Response:
+    """The doctor's report for the server's store host (`?tries=N`, default 5)."""
+    require_admin(request)
+    settings: Settings = request.app.state.settings
+    tries = query_int(request, "tries", doctor.DEFAULT_TRIES, 1, 20)
+    # Netlink reads and blocking connects: off the event loop.
+    report = await asyncio.to_thread(doctor.store_report, settings.store, tries)
+    return json_response(report)
+
+
+class UserBody(msgspec.Struct, forbid_unknown_fields=True):
+    permissions: Permissions = Permissions()
+    password: str | None = None
+
+
+class TokenBody(msgspec.Struct, forbid_unknown_fields=True):
+    name: str = ""
+    expires: float | None = None  # seconds from now; None: never
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.channels.store
+    return store
+
+
+def _user_to_wire(user: User) -> dict[str, object]:
+    return {
+        "name": user.name,
+        "password": user.password_hash is not None,
+        "permissions": user.permissions.to_wire(),
+        "created": user.created,
+    }
+
+
+async def list_users(request: Request) -> Response:
+    require_admin(request)
+    return json_response({"users": [_user_to_wire(u) for u in await _store(request).list_users()]})
+
+
+async def put_user(request: Request) -> Response:
+    """Create or replace a user; without "password", a user made earlier keeps theirs."""
+    require_admin(request)
+    name = request.path_params["name"]
+    try:
+        User.check_name(name)
+    except ValueError as exc:
+        raise InvalidBody(str(exc)) from None
+    body: UserBody = decode_body(UserBody, await read_body(request, 64 * 1024))
+    store = _store(request)
+    known = await store.get_user(name)
+    if body.password is not None:
+        if len(body.password) < 8:
+            raise InvalidBody("the password must be at least 8 characters")
+        # argon2 is deliberately slow: off the event loop.
+        password_hash: str | None = await asyncio.to_thread(hash_password, body.password)
+    else:
+        password_hash = known.password_hash if known else None
+    # A new password starts a new epoch: sessions and tokens made before it end (they
+    # are bound to `created`, see tidings.server.auth).
+    epoch = known.created if known and body.password is None else time.time()
+    user = User(name, password_hash, body.permissions, epoch)
+    await store.put_user(user)
+    return json_response(_user_to_wire(user), 200 if known else 201)
+
+
+async def delete_user(request: Request) -> Response:
+    require_admin(request)
+    if not await _store(request).delete_user(request.path_params["name"]):
+        raise NotFound(f"no user {request.path_params['name']!r}")
+    return Response(status_code=204)
+
+
+async def create_token(request: Request) -> Response:
+    require_admin(request)
+    name = request.path_params["name"]
+    body: TokenBody = decode_body(TokenBody, await read_body(request, 16 * 1024))
+    if body.expires is not None and not body.expires > 0:
+        raise InvalidBody('"expires" is a number of seconds > 0, or null for never')
+    store = _store(request)
+    if await store.get_user(name) is None:
+        raise NotFound(f"no user {name!r}")
+    secret = new_api_token()
+    now = time.time()
+    expires = None if body.expires is None else now + body.expires
+    cred = Credential(token_key(secret), KIND_TOKEN, name, now, expires, body.name)
+    await store.put_credential(cred)
+    return json_response(
+        {"token": secret, "key": cred.key, "user": name, "name": body.name, "expires": expires},
+        201,
+        {"cache-control": "no-store"},
+    )
+
+
+async def revoke_token(request: Request) -> Response:
+    require_admin(request)
+    if not await _store(request).delete_credential(request.path_params["key"]):
+        raise NotFound("no such token or session: give the full key from the token's creation")
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/v1/admin/network", network, methods=["GET"]),
+    Route("/v1/admin/users", list_users, methods=["GET"]),
+    Route("/v1/admin/users/{name}", put_user, methods=["PUT"]),
+    Route("/v1/admin/users/{name}", delete_user, methods=["DELETE"]),
+    Route("/v1/admin/users/{name}/tokens", create_token, methods=["POST"]),
+    Route("/v1/admin/tokens/{key}", revoke_token, methods=["DELETE"]),
+]

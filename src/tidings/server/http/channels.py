@@ -1,0 +1,200 @@
+"""Channel resources: publish, short and long poll, stats, list, retention, delete.
+
+Bodies and answers are JSON, or MessagePack by content negotiation (`Content-Type` /
+`Accept: application/msgpack`; see tidings.server.http.common). The streaming transports (SSE,
+WebSocket) are raw ASGI and live in tidings.server.transports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tidings.protocol.errors import BadRequest, InvalidBody
+from tidings.protocol.wire import JOB_CHANNEL_PREFIX
+from tidings.server.channels import ChannelService, check_channel, check_event
+from tidings.server.constants import DEFAULT_POLL_LIMIT, MAX_POLL_LIMIT
+from tidings.server.http.common import (
+    check_json_value,
+    decode_body,
+    is_msgpack,
+    negotiated,
+    principal_of,
+    query_float,
+    query_int,
+    read_body,
+    require,
+    require_admin,
+    respond,
+    unless_revoked,
+)
+from tidings.server.jobs import JobService
+from tidings.server.stores.base import ChannelInfo, ReadResult, Retention
+
+__all__ = ["info_to_wire", "page_to_wire", "routes"]
+
+
+class PublishBody(msgspec.Struct, forbid_unknown_fields=True):
+    """`application/json` (or `application/msgpack`) publish body."""
+
+    data: Any = msgspec.UNSET
+    event: str | None = None
+
+
+class RetentionBody(msgspec.Struct, forbid_unknown_fields=True):
+    """`PUT /v1/channels/{c}` body: the channel's own retention, or null for the default."""
+
+    retention: Retention | None
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def page_to_wire(res: ReadResult, after: str) -> dict[str, Any]:
+    """A poll answer; `next` is the cursor to send next time."""
+    if res.messages:
+        nxt = res.messages[-1].id
+    elif res.reset:
+        nxt = res.last_id or "0"
+    else:
+        nxt = after
+    return {"messages": [m.to_wire() for m in res.messages], "next": nxt, "reset": res.reset}
+
+
+def info_to_wire(info: ChannelInfo, subscribers: dict[str, int]) -> dict[str, Any]:
+    """A channel's stats as served."""
+    return {
+        "name": info.name,
+        "first_id": info.first_id,
+        "last_id": info.last_id,
+        "messages": info.messages,
+        "created": info.created,
+        "retention": {
+            "max_messages": info.retention.max_messages,
+            "max_age": info.retention.max_age,
+            "custom": info.custom_retention,
+        },
+        "subscribers": subscribers,
+    }
+
+
+def _svc(request: Request) -> ChannelService:
+    svc: ChannelService = request.app.state.channels
+    return svc
+
+
+async def publish(request: Request) -> Response:
+    svc = _svc(request)
+    channel = check_channel(request.path_params["channel"])
+    require(request, "publish", channel)
+    # `?event=` names the event of any body; a JSON or MessagePack body's own wins.
+    query_event = check_event(request.query_params.get("event"))
+    body = await read_body(request, request.app.state.settings.max_message_bytes)
+    content_type = request.headers.get("content-type", "")
+    if is_msgpack(content_type):
+        parsed = decode_body(PublishBody, body, content_type)
+        if parsed.data is msgspec.UNSET:
+            raise InvalidBody(
+                'a MessagePack publish body is a map {"data": <any JSON-like value>, '
+                '"event": "name"?}'
+            )
+        check_json_value(parsed.data)
+        data, event = parsed.data, (query_event if parsed.event is None else parsed.event)
+    elif _is_json(content_type):
+        parsed = decode_body(PublishBody, body)
+        if parsed.data is msgspec.UNSET:
+            raise InvalidBody('a JSON publish body is {"data": <any JSON>, "event": "name"?}')
+        data, event = parsed.data, (query_event if parsed.event is None else parsed.event)
+    else:
+        try:
+            data = body.decode()
+        except UnicodeDecodeError:
+            raise BadRequest(
+                "body is not UTF-8 text: send text, or JSON with Content-Type: application/json"
+                " (or MessagePack with Content-Type: application/msgpack)"
+            ) from None
+        event = query_event
+    ack = await svc.publish(channel, data, event, request.headers.get("idempotency-key"))
+    return respond(request, ack.to_wire(), 201)
+
+
+async def poll(request: Request) -> Response:
+    svc = _svc(request)
+    channel = check_channel(request.path_params["channel"])
+    ended = False
+    if channel.startswith(JOB_CHANNEL_PREFIX):
+        # A job's channel lives as long as its job: 404 once the job is gone (as its
+        # streams answer), and no waiting once it has ended, since nothing follows its
+        # terminal event.
+        jobs: JobService = request.app.state.jobs
+        ended = (await jobs.get(channel[len(JOB_CHANNEL_PREFIX) :])).terminal
+    await svc.check_subscribe(principal_of(request), channel)
+    after = request.query_params.get("after") or "0"
+    svc.store.cursor_key(after)  # InvalidCursor (400) for a malformed cursor
+    limit = query_int(request, "limit", DEFAULT_POLL_LIMIT, 1, MAX_POLL_LIMIT)
+    wait = query_float(request, "wait")
+    if ended:
+        # From the store, which wrote the job's last event with its end: the hub may not
+        # have seen that event yet, and this answer is not followed by a wait.
+        res = await svc.read(channel, after, limit, fresh=True)
+    elif wait:
+        res = await unless_revoked(request, svc.wait(channel, after, limit, wait))
+    else:
+        res = await svc.read(channel, after, limit)
+    return respond(request, page_to_wire(res, after))
+
+
+async def channel_info(request: Request) -> Response:
+    svc = _svc(request)
+    await svc.check_subscribe(principal_of(request), request.path_params["channel"])
+    info = await svc.info(request.path_params["channel"])
+    return respond(request, info_to_wire(info, svc.hub.subscribers(info.name)))
+
+
+async def set_retention(request: Request) -> Response:
+    svc = _svc(request)
+    require_admin(request)
+    body = await read_body(request, 64 * 1024)
+    parsed = decode_body(RetentionBody, body, request.headers.get("content-type"))
+    info = await svc.set_retention(request.path_params["channel"], parsed.retention)
+    return respond(request, info_to_wire(info, svc.hub.subscribers(info.name)))
+
+
+async def delete_channel(request: Request) -> Response:
+    require_admin(request)
+    await _svc(request).delete(request.path_params["channel"])
+    return Response(status_code=204)
+
+
+async def list_channels(request: Request) -> Response:
+    svc = _svc(request)
+    prefix = request.query_params.get("prefix", "")
+    limit = query_int(request, "limit", 1000, 1, 10_000)
+    infos = await svc.store.list_channels(prefix, limit)
+    principal = principal_of(request)
+    if not principal.admin:  # only the channels this principal may read; no job channels
+        infos = [
+            i
+            for i in infos
+            if principal.may("subscribe", i.name) and not i.name.startswith(JOB_CHANNEL_PREFIX)
+        ]
+    return respond(
+        request, {"channels": [info_to_wire(i, svc.hub.subscribers(i.name)) for i in infos]}
+    )
+
+
+# The hot routes first: tidings.server.http.router tries a method's path patterns in this order.
+routes = [
+    Route("/v1/channels/{channel}/messages", negotiated(publish), methods=["POST"]),
+    Route("/v1/channels/{channel}/messages", negotiated(poll), methods=["GET"]),
+    Route("/v1/channels", negotiated(list_channels), methods=["GET"]),
+    Route("/v1/channels/{channel}", negotiated(channel_info), methods=["GET"]),
+    Route("/v1/channels/{channel}", negotiated(set_retention), methods=["PUT"]),
+    Route("/v1/channels/{channel}", negotiated(delete_channel), methods=["DELETE"]),
+]

@@ -1,0 +1,340 @@
+"""Job resources: submit, follow, list, queues, cancel, retry — and the worker protocol.
+
+A job's SSE and WebSocket streams are raw ASGI, served by tidings.server.transports like any
+channel's (the job's channel is `job.{id}`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tidings.protocol.errors import BadRequest, Forbidden, InvalidBody, TidingsError
+from tidings.protocol.wire import JOB_STATUSES, Job, encode_json, format_time
+from tidings.server.http.common import (
+    decode_body,
+    json_response,
+    principal_of,
+    query_float,
+    query_int,
+    read_body,
+    require,
+    unless_disconnected,
+    unless_revoked,
+)
+from tidings.server.jobs import JobOutcome, JobService
+from tidings.server.principals import Principal
+
+__all__ = ["routes"]
+
+log = logging.getLogger("tidings.jobs")
+
+BODY_LIMIT_SLACK = 64 * 1024
+# A report carries many results: its body may be this many messages long.
+REPORT_BODY_MESSAGES = 4
+_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*([0-9.]+)", re.IGNORECASE)
+
+
+class SubmitBody(msgspec.Struct, forbid_unknown_fields=True):
+    type: str
+    payload: Any = None
+    max_attempts: int = 3
+    timeout: float | None = None
+    delay: float = 0.0
+    priority: int = 0
+
+
+class ReportItem(msgspec.Struct, forbid_unknown_fields=True):
+    """One outcome: a "result" key completes the job, an "error" key fails the attempt."""
+
+    id: str
+    lease_token: str
+    result: Any | msgspec.UnsetType = msgspec.UNSET
+    error: Any | msgspec.UnsetType = msgspec.UNSET
+    retry: bool = True
+
+
+class ReportBody(msgspec.Struct, forbid_unknown_fields=True):
+    results: list[ReportItem]
+
+
+class LeaseBody(msgspec.Struct, forbid_unknown_fields=True):
+    types: list[str] | None = None
+    max: int = 1
+    wait: float = 0.0
+    lease: float = 30.0
+    # Outcomes to apply first, as in a report: a worker reports and asks for more at once.
+    results: list[ReportItem] | None = None
+
+
+class HeartbeatBody(msgspec.Struct, forbid_unknown_fields=True):
+    lease_token: str
+    progress: float | None = None
+    message: str | None = None
+    lease: float | None = None
+
+
+class CompleteBody(msgspec.Struct, forbid_unknown_fields=True):
+    lease_token: str
+    result: Any = None
+
+
+class FailBody(msgspec.Struct, forbid_unknown_fields=True):
+    lease_token: str
+    error: Any = None
+    retry: bool = True
+
+
+def _outcomes(items: list[ReportItem]) -> list[JobOutcome]:
+    out = []
+    for n, item in enumerate(items):
+        has_result = item.result is not msgspec.UNSET
+        if has_result == (item.error is not msgspec.UNSET):
+            raise InvalidBody(
+                f'results[{n}] must hold exactly one of "result" (complete) or "error" (fail)'
+            )
+        value = item.result if has_result else item.error
+        out.append(JobOutcome(item.id, item.lease_token, has_result, value, item.retry))
+    return out
+
+
+def _svc(request: Request) -> JobService:
+    svc: JobService = request.app.state.jobs
+    return svc
+
+
+async def _body(request: Request, kind: type[Any], messages: int = 1) -> Any:
+    limit = request.app.state.settings.max_message_bytes * messages + BODY_LIMIT_SLACK
+    return decode_body(kind, await read_body(request, limit))
+
+
+def _may_follow(principal: Principal, job: Job) -> Job:
+    if not principal.may_follow_job(job.submitted_by, job.type):
+        raise Forbidden(f"job {job.id} is not yours: only its submitter and its workers see it")
+    return job
+
+
+def _is_worker(request: Request) -> None:
+    """Forbidden unless the principal may work some job type (lease tokens do the rest)."""
+    principal = principal_of(request)
+    if not (principal.admin or principal.permissions.work):
+        raise Forbidden(f"{principal.name} may not work jobs: ask for a work grant")
+
+
+def _wait_of(request: Request) -> float | None:
+    """`?wait=S`, or `Prefer: wait=S` (RFC 7240)."""
+    wait = query_float(request, "wait")
+    if wait is None:
+        m = _PREFER_WAIT.search(request.headers.get("prefer", ""))
+        if m is not None:
+            try:
+                wait = float(m.group(1))
+            except ValueError:
+                raise BadRequest(f"Prefer: wait={m.group(1)!r} is not a number") from None
+    return wait
+
+
+async def submit(request: Request) -> Response:
+    svc = _svc(request)
+    body: SubmitBody = await _body(request, SubmitBody)
+    principal = require(request, "submit", body.type)
+    job, _created = await svc.submit(
+        body.type,
+        body.payload,
+        max_attempts=body.max_attempts,
+        timeout=body.timeout,
+        delay=body.delay,
+        priority=body.priority,
+        idempotency_key=request.headers.get("idempotency-key"),
+        submitted_by=None if principal.session is None else principal.name,
+    )
+    wait = _wait_of(request)
+    if wait and not job.terminal:
+        job = await unless_revoked(request, svc.wait(job, wait))
+    status = 200 if job.terminal else 202
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    if wait and status == 200:
+        headers["Preference-Applied"] = f"wait={wait:g}"
+    return json_response(job.to_wire(), status, headers)
+
+
+async def get_job(request: Request) -> Response:
+    svc = _svc(request)
+    job_id = request.path_params["job_id"]
+    wait = query_float(request, "wait")
+    job = await svc.get(job_id)
+    _may_follow(principal_of(request), job)
+    if wait and not job.terminal:
+        job = await unless_revoked(request, svc.wait(job, wait))
+    return json_response(job.to_wire())
+
+
+async def list_jobs(request: Request) -> Response:
+    status = request.query_params.get("status") or None
+    if status is not None and status not in JOB_STATUSES:
+        raise BadRequest(f"status={status!r}: use one of {', '.join(JOB_STATUSES)}")
+    type_ = request.query_params.get("type") or None
+    limit = query_int(request, "limit", 100, 1, 1000)
+    jobs = await _svc(request).list_jobs(status, type_, limit)
+    principal = principal_of(request)
+    if not principal.admin:
+        jobs = [j for j in jobs if principal.may_follow_job(j.submitted_by, j.type)]
+    return json_response({"jobs": [j.to_wire() for j in jobs]})
+
+
+async def queues(request: Request) -> Response:
+    counts = await _svc(request).queues()
+    principal = principal_of(request)
+    if not principal.admin:  # the types this principal submits or works
+        counts = {
+            t: c
+            for t, c in counts.items()
+            if principal.may("work", t) or principal.may("submit", t)
+        }
+    return json_response({"queues": counts})
+
+
+async def _own(request: Request) -> None:
+    """Forbidden unless the principal submitted the job (or is an admin)."""
+    principal = principal_of(request)
+    if principal.admin:
+        return
+    job = await _svc(request).get(request.path_params["job_id"])
+    if job.submitted_by != principal.name:
+        raise Forbidden(f"job {job.id} was not submitted by {principal.name}")
+
+
+async def cancel(request: Request) -> Response:
+    await _own(request)
+    job = await _svc(request).cancel(request.path_params["job_id"])
+    return json_response(job.to_wire())
+
+
+async def retry(request: Request) -> Response:
+    await _own(request)
+    job = await _svc(request).retry(request.path_params["job_id"])
+    return json_response(job.to_wire())
+
+
+async def lease(request: Request) -> Response:
+    body: LeaseBody = await _body(request, LeaseBody, REPORT_BODY_MESSAGES)
+    svc = _svc(request)
+    _is_worker(request)
+    for type_ in body.types or ["*"]:  # no types: every type, which needs a "*" grant
+        require(request, "work", type_)
+    reporting = None
+    if body.results is not None:
+        svc.check_lease(body.types, body.max, body.lease)  # refuse before applying anything
+        # Started together, the report and the lease share one store transaction.
+        reporting = asyncio.ensure_future(_report(svc, body.results))
+    # A worker that stops closes its parked lease request: it must not be handed jobs.
+    leasing = svc.lease(body.types, body.max, body.wait, body.lease)
+    jobs: list[Job] = []
+    try:
+        try:
+            # ... nor a worker whose session was revoked meanwhile (401).
+            leased = await unless_revoked(request, unless_disconnected(request, leasing))
+            jobs = leased or []
+        finally:
+            reported = None if reporting is None else await reporting
+        answer = await _lease_answer(svc, jobs, reported)
+    except BaseException:
+        # The answer that would hand these jobs over was not built: none is leased to
+        # nobody, they go back to the queue at once.
+        svc.give_back(jobs)
+        raise
+    return Response(answer, 200, media_type="application/json")
+
+
+async def _lease_answer(
+    svc: JobService, jobs: list[Job], reported: list[dict[str, Any]] | None
+) -> bytes:
+    """The lease answer's body, each job encoded on its own: a job whose payload cannot be
+    encoded (stored before payloads were checked) fails for good, without its attempts,
+    and the others are handed over."""
+    parts: list[bytes] = []
+    for job in jobs:
+        try:
+            parts.append(encode_json(job.lease_to_wire()))
+        except Exception as exc:
+            log.exception("job %s cannot be handed over: its payload cannot be encoded", job.id)
+            error = {
+                "type": "UnencodablePayload",
+                "message": f"the payload cannot be encoded: {exc!r}",
+            }
+            try:
+                await svc.fail(job.id, job.lease_token or "", error, retry=False)
+            except Exception:
+                log.exception("failing job %s failed: it goes back to the queue", job.id)
+                svc.give_back([job])
+    body = b'{"jobs":[' + b",".join(parts) + b"]"
+    if reported is not None:
+        body += b',"results":' + encode_json(reported)
+    return body + b"}"
+
+
+async def heartbeat(request: Request) -> Response:
+    _is_worker(request)
+    body: HeartbeatBody = await _body(request, HeartbeatBody)
+    cancel_requested, expires = await _svc(request).heartbeat(
+        request.path_params["job_id"], body.lease_token, body.progress, body.message, body.lease
+    )
+    return json_response(
+        {"cancel_requested": cancel_requested, "lease_expires_at": format_time(expires)}
+    )
+
+
+async def complete(request: Request) -> Response:
+    _is_worker(request)
+    body: CompleteBody = await _body(request, CompleteBody)
+    job = await _svc(request).complete(request.path_params["job_id"], body.lease_token, body.result)
+    return json_response(job.to_wire())
+
+
+async def fail(request: Request) -> Response:
+    _is_worker(request)
+    body: FailBody = await _body(request, FailBody)
+    job = await _svc(request).fail(
+        request.path_params["job_id"], body.lease_token, body.error, body.retry
+    )
+    return json_response(job.to_wire())
+
+
+async def _report(svc: JobService, items: list[ReportItem]) -> list[dict[str, Any]]:
+    outcomes = _outcomes(items)
+    answers = await svc.report(outcomes)
+    results: list[dict[str, Any]] = []
+    for outcome, answer in zip(outcomes, answers, strict=True):
+        if isinstance(answer, TidingsError):
+            results.append({"id": outcome.id, **answer.to_wire()})
+        else:
+            results.append({"id": answer.id, "status": answer.status})
+    return results
+
+
+async def report(request: Request) -> Response:
+    _is_worker(request)
+    body: ReportBody = await _body(request, ReportBody, REPORT_BODY_MESSAGES)
+    return json_response({"results": await _report(_svc(request), body.results)})
+
+
+routes = [
+    Route("/v1/jobs", submit, methods=["POST"]),
+    Route("/v1/jobs", list_jobs, methods=["GET"]),
+    Route("/v1/queues", queues, methods=["GET"]),
+    Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
+    Route("/v1/jobs/{job_id}/cancel", cancel, methods=["POST"]),
+    Route("/v1/jobs/{job_id}/retry", retry, methods=["POST"]),
+    Route("/v1/workers/lease", lease, methods=["POST"]),
+    Route("/v1/workers/report", report, methods=["POST"]),
+    Route("/v1/jobs/{job_id}/heartbeat", heartbeat, methods=["POST"]),
+    Route("/v1/jobs/{job_id}/complete", complete, methods=["POST"]),
+    Route("/v1/jobs/{job_id}/fail", fail, methods=["POST"]),
+]

@@ -1,0 +1,105 @@
+"""uvicorn's sans-I/O WebSocket protocol, bounded against a client that sends and never reads.
+
+uvicorn answers every ping with a pong written at once and keeps reading while its write
+buffer is over the high-water mark (it only stops the app's own sends), so a client that
+floods pings and never reads its socket grows the server's write buffer without bound.
+Here, past the high-water mark the connection stops reading too: the client's frames wait
+in the kernel, nothing more is parsed or answered until it reads. If frames still arrive
+while the buffer is over that mark plus one largest message (reading was resumed to let a
+closing handshake finish), the connection is dropped, the app told 1008 (policy).
+
+It also carries the connection's place in the server's connection count (http/limits.py),
+handed over by the HTTP protocol at the upgrade, and gives it back when the socket is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from uvicorn._types import ASGIReceiveEvent
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from tidings.server.http.limits import ConnectionLimits
+
+__all__ = ["CLOSE_POLICY", "TidingsWebSocketProtocol"]
+
+log = logging.getLogger("tidings.http")
+
+CLOSE_POLICY = 1008
+# Bytes a transport holds before it tells its protocol to pause writing (uvloop's default).
+_HIGH_WATER = 64 * 1024
+
+
+class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
+    """A WebSocket that stops reading while its client does not read."""
+
+    # In slots, not in uvicorn's instance dict (memory per idle socket).
+    __slots__ = ("address", "limits", "write_cap", "write_paused")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.write_paused = False
+        # The write buffer past which frames still arriving end the connection.
+        self.write_cap = _HIGH_WATER + self.config.ws_max_size
+        self.limits: ConnectionLimits | None = None
+        self.address: str | None = None
+
+    def adopt(self, limits: ConnectionLimits, address: str | None) -> None:
+        """Take over the connection's place in `limits` (counted under `address`)."""
+        self.limits = limits
+        self.address = address
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.transport.set_write_buffer_limits(_HIGH_WATER)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        limits = self.limits
+        if limits is not None:
+            self.limits = None
+            limits.release(self.address)
+        super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.writable.clear()
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.writable.set()
+        if not self.read_paused and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.write_paused and self.transport.get_write_buffer_size() > self.write_cap:
+            self._drop("the client sends faster than it reads")
+            return
+        super().data_received(data)
+
+    async def receive(self) -> ASGIReceiveEvent:
+        # uvicorn's, leaving reading paused while the client is not reading.
+        message = await self.queue.get()
+        if self.read_paused and self.queue.empty():
+            self.read_paused = False
+            if not self.write_paused:
+                self.transport.resume_reading()
+        return message
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        if self.transport.get_write_buffer_size():
+            # The client answers no ping and reads nothing: the close frame would wait
+            # behind bytes it will never take.
+            self.transport.abort()
+
+    def _drop(self, reason: str) -> None:
+        """End the connection at once; the app sees a disconnect with 1008. No close frame
+        is sent: it would wait behind bytes the client does not read."""
+        log.info("dropping a WebSocket from %s (%d): %s", self.client, CLOSE_POLICY, reason)
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": CLOSE_POLICY})
+        self.close_sent = True
+        self.transport.abort()

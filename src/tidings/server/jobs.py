@@ -1,0 +1,524 @@
+"""The job service: submit, lease, heartbeat, complete, fail, expire, cancel, retry.
+
+The state machine is here, as pure transitions (`(job, now) -> (job', event)`); stores
+apply each atomically together with the message it publishes on the job's channel
+`job.{id}`, so every transport that serves channels serves jobs too.
+
+    queued ──lease──▶ running ──complete──▶ succeeded
+      ▲  │              │ │
+      │  cancel         │ └─fail / lease expired─▶ queued (attempt < max, after backoff)
+      │  ▼              │                      └─▶ failed (attempts used up: dead letter)
+      │ cancelled ◀─────┘ (cancel requested, then the worker fails or its lease ends)
+      └──retry── failed | cancelled
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+from msgspec.structs import replace
+
+from tidings.protocol.errors import BadRequest, Conflict, InvalidBody, NotFound, TidingsError
+from tidings.protocol.wire import CHANNEL_RE, Job, job_channel
+from tidings.server.constants import DEFAULT_MAX_DEPTH
+from tidings.server.depth import check_storable
+from tidings.server.hub import Hub
+from tidings.server.stores.base import JobChange, JobStep, Store, Transition
+
+__all__ = ["JobOutcome", "JobService", "new_job_id"]
+
+MAX_ATTEMPTS_LIMIT = 100
+MAX_DELAY = 365 * 24 * 3600.0
+MAX_LEASE = 3600.0
+MIN_LEASE = 0.1
+MAX_LEASE_BATCH = 100
+MAX_REPORT_BATCH = 100
+# Parked lease requests re-check the store at least this often (delays set by another
+# process, or before a restart, have no local timer).
+LEASE_RECHECK = 5.0
+# Seconds added to wake-up timers for delayed jobs (see `_work_ready`).
+TIMER_SLACK = 0.005
+
+
+def new_job_id() -> str:
+    """Time-ordered, unguessable: 12 hex digits of milliseconds, then 12 random ones."""
+    return f"{int(time.time() * 1000):012x}{os.urandom(6).hex()}"
+
+
+def _check_lease(job: Job, token: str) -> None:
+    if job.status != "running" or job.lease_token is None:
+        raise Conflict(f"job {job.id} is {job.status}, not leased: its lease is gone")
+    # As bytes: compare_digest refuses a str with characters beyond ASCII.
+    if not secrets.compare_digest(job.lease_token.encode(), token.encode()):
+        raise Conflict(f"lease token does not hold job {job.id}: it was leased again")
+
+
+class JobOutcome(msgspec.Struct, frozen=True):
+    """A worker's word on one leased job: `ok` completes it with `value` as its result;
+    otherwise the attempt fails with `value` as its error (retried when `retry`)."""
+
+    id: str
+    lease_token: str
+    ok: bool
+    value: Any = None
+    retry: bool = True
+
+
+def _lease_end(job: Job, now: float, lease: float) -> float:
+    """A lease never runs past the attempt's `timeout`."""
+    end = now + lease
+    if job.timeout is not None and job.started_at is not None:
+        end = min(end, job.started_at + job.timeout)
+    return end
+
+
+def _done(token: str, result: Any) -> Transition:
+    """The transition of a completed job."""
+
+    def done(job: Job, now: float) -> tuple[Job, str | None]:
+        _check_lease(job, token)
+        return replace(
+            job,
+            status="succeeded",
+            result=result,
+            progress=100.0,
+            lease_token=None,
+            lease_expires_at=None,
+            finished_at=now,
+            updated_at=now,
+        ), "succeeded"
+
+    return done
+
+
+class JobService:
+    """Jobs on top of a store and the hub.
+
+    Args:
+        store: where jobs and their channels live.
+        hub: live fan-out, for the job channels' subscribers and long polls.
+        retry_backoff: seconds before the first retry; doubles per attempt.
+        max_backoff: the longest retry delay.
+        long_poll_cap: the longest `wait` honoured.
+        max_depth: the deepest nesting a payload, result or error may have; deeper, or
+            what the stores cannot encode, is refused before anything is stored.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        retry_backoff: float = 1.0,
+        max_backoff: float = 300.0,
+        long_poll_cap: float = 30.0,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
+        self.store = store
+        self.max_depth = max_depth
+        self.hub = hub
+        self.retry_backoff = retry_backoff
+        self.max_backoff = max_backoff
+        self.long_poll_cap = long_poll_cap
+        # Shared store: the relay follows the channels of waited-for jobs, and the wake-up
+        # stream while a lease request is parked here (both set by the app).
+        self.relay_watch: Callable[[str], Awaitable[None]] | None = None
+        self.on_park: Callable[[], None] | None = None
+        self._work_waiters: list[tuple[frozenset[str] | None, asyncio.Future[None]]] = []
+        # Leases being given back because their requester left (kept so they finish).
+        self._releases: set[asyncio.Task[None]] = set()
+
+    # -- fan-out and wake-ups ---------------------------------------------------------
+
+    def _announce(self, change: JobChange) -> Job:
+        # On a shared store the relay brings every job event (local ones too) to the hub.
+        if change.published is not None and not self.store.shared:
+            p = change.published
+            self.hub.publish(p.message, p.prev_id, p.keep)
+        job = change.job
+        if job.status == "queued":
+            self._work_ready(job)
+        return job
+
+    def parked(self) -> bool:
+        """True while a lease request waits here for a job."""
+        return any(not fut.done() for _, fut in self._work_waiters)
+
+    def _work_ready(self, job: Job) -> None:
+        self.notify_ready(job.type, job.run_at)
+
+    def notify_ready(self, type_: str, run_at: float) -> None:
+        """A job of `type_` is queued, due at `run_at`: wake the lease requests for it then
+        (called for local changes, and by the relay for those of other nodes)."""
+        delay = run_at - time.time()
+        if delay > 0:
+            # A little late on purpose: the loop's timers may fire before the wall clock
+            # reaches `run_at`, and a lease woken too early finds nothing due.
+            asyncio.get_running_loop().call_later(delay + TIMER_SLACK, self._wake, type_)
+        else:
+            self._wake(type_)
+
+    def _wake(self, type_: str | None) -> None:
+        """Resolve the parked lease requests that could take a job of `type_` (None: all)."""
+        keep: list[tuple[frozenset[str] | None, asyncio.Future[None]]] = []
+        for types, fut in self._work_waiters:
+            if fut.done():
+                continue
+            if type_ is None or types is None or type_ in types:
+                fut.set_result(None)
+            else:
+                keep.append((types, fut))
+        self._work_waiters = keep
+
+    def _backoff(self, attempt: int) -> float:
+        return float(min(self.max_backoff, self.retry_backoff * 2 ** max(0, attempt - 1)))
+
+    # -- submit and follow ------------------------------------------------------------
+
+    async def submit(
+        self,
+        type_: str,
+        payload: Any = None,
+        *,
+        max_attempts: int = 3,
+        timeout: float | None = None,  # noqa: ASYNC109 - the job's time limit, not this call's
+        delay: float = 0.0,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+        submitted_by: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Queue a job; returns it and whether it is new (False: the idempotency key matched)."""
+        if not isinstance(type_, str) or CHANNEL_RE.fullmatch(type_) is None:
+            raise InvalidBody('"type" must be 1-200 characters of A-Z a-z 0-9 . _ : -')
+        if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+            raise InvalidBody(f'"max_attempts" must be between 1 and {MAX_ATTEMPTS_LIMIT}')
+        if timeout is not None and not 0 < timeout <= MAX_LEASE * 24:
+            raise InvalidBody('"timeout" must be a positive number of seconds')
+        if not 0 <= delay <= MAX_DELAY:
+            raise InvalidBody(f'"delay" must be between 0 and {MAX_DELAY:.0f} seconds')
+        if not -(2**31) <= priority < 2**31:
+            raise InvalidBody('"priority" must fit in 32 bits')
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
+            raise BadRequest("Idempotency-Key must be 1-200 characters")
+        check_storable(payload, '"payload"', self.max_depth)
+        now = time.time()
+        job = Job(
+            id=new_job_id(),
+            type=type_,
+            payload=payload,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            submitted_by=submitted_by,
+            created_at=now,
+            updated_at=now,
+            run_at=now + delay,
+        )
+        change, created = await self.store.submit_job(job, "queued")
+        return self._announce(change), created
+
+    async def get(self, job_id: str) -> Job:
+        """One job; NotFound when it does not exist (or was swept)."""
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}: it never existed or was removed after its TTL")
+        return job
+
+    async def wait(self, job: Job, seconds: float) -> Job:
+        """`job` (as its caller just read or submitted it) once it is finished, or as it is
+        after `seconds` (capped)."""
+        deadline = time.monotonic() + max(0.0, min(seconds, self.long_poll_cap))
+        # A job that has already ended needs no channel to follow (on a shared store that
+        # costs the relay a lookup) and no second read.
+        if job.terminal or seconds <= 0:
+            return job
+        job_id = job.id
+        channel = job_channel(job_id)
+        while True:
+            fut = self.hub.waiter(channel)
+            try:
+                if self.relay_watch is not None:
+                    await self.relay_watch(channel)
+                job = await self.get(job_id)
+                remaining = deadline - time.monotonic()
+                if job.terminal or remaining <= 0 or self.hub.closing:
+                    return job
+                await asyncio.wait((fut,), timeout=remaining)
+            finally:
+                self.hub.drop_waiter(channel, fut)
+
+    async def list_jobs(self, status: str | None, type_: str | None, limit: int) -> list[Job]:
+        """Jobs, newest first."""
+        return await self.store.list_jobs(status, type_, limit)
+
+    async def queues(self) -> dict[str, dict[str, int]]:
+        """Counts per type and status."""
+        return await self.store.queue_counts()
+
+    # -- workers ----------------------------------------------------------------------
+
+    def check_lease(self, types: list[str] | None, max_jobs: int, lease: float) -> None:
+        """InvalidBody unless these are valid arguments of `lease`."""
+        if types is not None and not types:
+            raise InvalidBody('"types" must be a non-empty list of job types, or omitted')
+        if not 1 <= max_jobs <= MAX_LEASE_BATCH:
+            raise InvalidBody(f'"max" must be between 1 and {MAX_LEASE_BATCH}')
+        if not MIN_LEASE <= lease <= MAX_LEASE:
+            raise InvalidBody(f'"lease" must be between {MIN_LEASE} and {MAX_LEASE} seconds')
+
+    async def lease(
+        self, types: list[str] | None, max_jobs: int, wait: float, lease: float
+    ) -> list[Job]:
+        """Lease up to `max_jobs` ready jobs, long-polling up to `wait` seconds for one."""
+        self.check_lease(types, max_jobs, lease)
+        wanted = None if types is None else frozenset(types)
+
+        def take(job: Job, now: float) -> tuple[Job, str | None]:
+            started = replace(job, started_at=now)
+            return replace(
+                started,
+                status="running",
+                attempt=job.attempt + 1,
+                lease_token=secrets.token_urlsafe(18),
+                lease_seconds=lease,
+                lease_expires_at=_lease_end(started, now, lease),
+                updated_at=now,
+                progress=None,
+                message=None,
+            ), "running"
+
+        deadline = time.monotonic() + max(0.0, min(wait, self.long_poll_cap))
+        while True:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._work_waiters = [w for w in self._work_waiters if not w[1].done()]
+            self._work_waiters.append((wanted, fut))
+            if self.on_park is not None and deadline > time.monotonic():
+                self.on_park()  # before the store is read: no wake-up after it is missed
+            changes = await self._take(types, max_jobs, take)
+            remaining = deadline - time.monotonic()
+            if changes or remaining <= 0 or self.hub.closing:
+                if not fut.done():
+                    fut.cancel()
+                return [self._announce(c) for c in changes]
+            await asyncio.wait((fut,), timeout=min(remaining, LEASE_RECHECK))
+            if not fut.done():
+                fut.cancel()
+
+    async def _take(
+        self, types: list[str] | None, max_jobs: int, take: Transition
+    ) -> list[JobChange]:
+        """Lease in the store; if the caller is cancelled meanwhile, give the jobs back.
+
+        A lease request whose worker went away (it closed the request) must not leave
+        jobs running for nobody until their lease expires, costing them an attempt.
+        """
+        taking = asyncio.ensure_future(self.store.lease_jobs(types, max_jobs, time.time(), take))
+        try:
+            return await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            taking.add_done_callback(self._give_back)
+            raise
+
+    def _give_back(self, taking: asyncio.Future[list[JobChange]]) -> None:
+        if taking.cancelled() or taking.exception() is not None:
+            return
+        self.give_back([self._announce(change) for change in taking.result()])
+
+    def give_back(self, jobs: Sequence[Job]) -> None:
+        """Requeue leased jobs at once, their attempt uncounted: the answer that would have
+        handed them over could not be built or sent. Runs on even if the caller is
+        cancelled meanwhile."""
+        for job in jobs:
+            if job.lease_token is not None:
+                task = asyncio.get_running_loop().create_task(
+                    self._release(job.id, job.lease_token)
+                )
+                self._releases.add(task)
+                task.add_done_callback(self._releases.discard)
+
+    async def _release(self, job_id: str, token: str) -> None:
+        def release(job: Job, now: float) -> tuple[Job, str | None]:
+            if job.status != "running" or job.lease_token != token:
+                return job, None  # already completed or taken back: nothing to undo
+            return replace(
+                job,
+                status="queued",
+                attempt=job.attempt - 1,
+                lease_token=None,
+                lease_expires_at=None,
+                started_at=None,
+                updated_at=now,
+            ), "queued"
+
+        self._announce(await self.store.transition_job(job_id, release, durable=False))
+
+    async def heartbeat(
+        self,
+        job_id: str,
+        token: str,
+        progress: float | None = None,
+        message: str | None = None,
+        lease: float | None = None,
+    ) -> tuple[bool, float]:
+        """Extend a lease and record progress; returns (cancel_requested, lease_expires_at)."""
+        if progress is not None and not 0 <= progress <= 100:
+            raise InvalidBody('"progress" must be a number from 0 to 100')
+        if lease is not None and not MIN_LEASE <= lease <= MAX_LEASE:
+            raise InvalidBody(f'"lease" must be between {MIN_LEASE} and {MAX_LEASE} seconds')
+
+        def beat(job: Job, now: float) -> tuple[Job, str | None]:
+            _check_lease(job, token)
+            length = lease if lease is not None else (job.lease_seconds or MIN_LEASE)
+            reported = progress is not None or message is not None
+            return replace(
+                job,
+                lease_expires_at=_lease_end(job, now, length),
+                lease_seconds=length,
+                progress=job.progress if progress is None else progress,
+                message=job.message if message is None else message,
+                updated_at=now,
+            ), "progress" if reported else None
+
+        # Not durable: a lost heartbeat costs, at worst, a replay of the job.
+        change = await self.store.transition_job(job_id, beat, durable=False)
+        job = self._announce(change)
+        return job.cancel_requested, job.lease_expires_at or 0.0
+
+    async def complete(self, job_id: str, token: str, result: Any) -> Job:
+        """The worker finished the job: it succeeded with `result`."""
+        check_storable(result, '"result"', self.max_depth)
+        return self._announce(await self.store.transition_job(job_id, _done(token, result)))
+
+    async def fail(self, job_id: str, token: str, error: Any, retry: bool = True) -> Job:
+        """The worker failed the attempt: retry after a backoff, or end failed (or cancelled)."""
+        check_storable(error, '"error"', self.max_depth)
+        return self._announce(
+            await self.store.transition_job(job_id, self._failed(token, error, retry))
+        )
+
+    async def report(self, outcomes: Sequence[JobOutcome]) -> list[Job | TidingsError]:
+        """Complete or fail several jobs in one store operation (one transaction).
+
+        Each outcome is applied or refused on its own, exactly as `complete` or `fail`
+        would: a stale lease token (Conflict), a gone job (NotFound) or a result or error
+        that cannot be stored (nested too deep, not encodable) takes that job's place in
+        the answer and leaves it unchanged, while the others still apply.
+        """
+        if not 1 <= len(outcomes) <= MAX_REPORT_BATCH:
+            raise InvalidBody(f'"results" must hold 1 to {MAX_REPORT_BATCH} outcomes')
+        # A value that cannot be stored is refused before its job is looked up (the same
+        # answer whether or not the job exists); the others go to the store together.
+        refused = [self._refusal(o) for o in outcomes]
+        steps: list[JobStep] = [
+            (o.id, self._outcome_step(o), True)
+            for o, bad in zip(outcomes, refused, strict=True)
+            if bad is None
+        ]
+        applied = iter(await self.store.transition_jobs(steps) if steps else [])
+        answers: list[Job | TidingsError] = []
+        for bad in refused:
+            change = bad if bad is not None else next(applied)
+            answers.append(change if isinstance(change, TidingsError) else self._announce(change))
+        return answers
+
+    def _refusal(self, o: JobOutcome) -> TidingsError | None:
+        """Why an outcome's result or error cannot be stored, or None."""
+        try:
+            check_storable(o.value, '"result"' if o.ok else '"error"', self.max_depth)
+        except TidingsError as exc:
+            return exc
+        return None
+
+    def _outcome_step(self, o: JobOutcome) -> Transition:
+        """The transition applying one reported outcome (already checked storable)."""
+        return (
+            _done(o.lease_token, o.value) if o.ok else self._failed(o.lease_token, o.value, o.retry)
+        )
+
+    def _failed(self, token: str, error: Any, retry: bool) -> Transition:
+        def failed(job: Job, now: float) -> tuple[Job, str | None]:
+            _check_lease(job, token)
+            return self._after_failure(job, now, error, retry)
+
+        return failed
+
+    def _after_failure(self, job: Job, now: float, error: Any, retry: bool) -> tuple[Job, str]:
+        base = replace(job, error=error, lease_token=None, lease_expires_at=None, updated_at=now)
+        if job.cancel_requested:
+            return replace(base, status="cancelled", finished_at=now), "cancelled"
+        if retry and job.attempt < job.max_attempts:
+            return replace(base, status="queued", run_at=now + self._backoff(job.attempt)), "queued"
+        return replace(base, status="failed", finished_at=now), "failed"
+
+    async def expire(self) -> list[Job]:
+        """Take back every job whose lease ended; each is requeued, failed or cancelled once."""
+
+        def expired(job: Job, now: float) -> tuple[Job, str | None]:
+            error = {
+                "type": "LeaseExpired",
+                "message": f"attempt {job.attempt} stopped heartbeating; its lease ended",
+            }
+            return self._after_failure(job, now, error, retry=True)
+
+        return [self._announce(c) for c in await self.store.expire_jobs(time.time(), expired)]
+
+    # -- clients ----------------------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job at once; ask a running one's worker to stop."""
+
+        def cancel(job: Job, now: float) -> tuple[Job, str | None]:
+            if job.status == "queued":
+                return replace(
+                    job, status="cancelled", finished_at=now, updated_at=now
+                ), "cancelled"
+            if job.status == "running":
+                if job.cancel_requested:
+                    return job, None
+                return replace(job, cancel_requested=True, updated_at=now), "cancel_requested"
+            raise Conflict(f"job {job.id} already ended {job.status}: nothing to cancel")
+
+        return self._announce(await self.store.transition_job(job_id, cancel))
+
+    async def retry(self, job_id: str) -> Job:
+        """Requeue a failed (dead) or cancelled job with a fresh set of attempts."""
+
+        def again(job: Job, now: float) -> tuple[Job, str | None]:
+            if job.status not in ("failed", "cancelled"):
+                raise Conflict(f"job {job.id} is {job.status}: only failed or cancelled jobs retry")
+            return replace(
+                job,
+                status="queued",
+                attempt=0,
+                cancel_requested=False,
+                result=None,
+                finished_at=None,
+                run_at=now,
+                updated_at=now,
+            ), "queued"
+
+        return self._announce(await self.store.transition_job(job_id, again))
+
+    # -- housekeeping -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Arm the wake-up for the earliest delayed job already in the store."""
+        first = await self.store.next_run_at()
+        if first is not None:
+            delay = max(0.0, first - time.time()) + TIMER_SLACK
+            asyncio.get_running_loop().call_later(delay, self._wake, None)
+
+    async def sweep(self, ttl: float) -> None:
+        """Remove jobs that ended more than `ttl` seconds ago, with their channels."""
+        for job_id in await self.store.sweep_jobs(time.time() - ttl):
+            self.hub.forget(job_channel(job_id))
+
+    def close(self) -> None:
+        """Answer every parked lease request (shutdown)."""
+        self._wake(None)

@@ -1,0 +1,151 @@
+"""Prometheus metrics: one registry per app (never the global one).
+
+Counters on the fan-out path are plain integers on the hub, read at scrape time by a
+collector: a Prometheus counter increment per delivery would cost more than the delivery.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tidings.server.hub import Hub
+
+__all__ = ["Metrics"]
+
+
+class _HubCollector(Collector):
+    def __init__(self, hub: Hub, store: object, auth: object) -> None:
+        self.hub = hub
+        self.store = store
+        self.auth = auth
+        # The server's connection limits (`http/limits.py`), once a server runs the app.
+        self.connections: Any = None
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._limits()
+        commits = getattr(self.store, "commits", None)
+        if commits is not None:
+            c = CounterMetricFamily("tidings_store_commits", "Store transactions committed")
+            c.add_metric([], commits)
+            yield c
+            w = CounterMetricFamily(
+                "tidings_store_writes", "Writes committed (several share a commit: group commit)"
+            )
+            w.add_metric([], getattr(self.store, "writes", 0))
+            yield w
+        hub = self.hub
+        published = CounterMetricFamily(
+            "tidings_messages_published", "Messages published (durable) in this process"
+        )
+        published.add_metric([], hub.published)
+        yield published
+        delivered = CounterMetricFamily(
+            "tidings_messages_delivered", "Frames delivered to live SSE/WebSocket subscribers"
+        )
+        delivered.add_metric([], hub.delivered)
+        yield delivered
+        cut = CounterMetricFamily(
+            "tidings_subscribers_cut", "Subscribers disconnected for not keeping up"
+        )
+        cut.add_metric([], hub.cut)
+        yield cut
+        streams = GaugeMetricFamily(
+            "tidings_open_streams", "Open streams and parked long polls", labels=["transport"]
+        )
+        for transport, count in hub.subscribers().items():
+            streams.add_metric([transport], count)
+        yield streams
+
+    def _limits(self) -> Iterable[Metric]:
+        refused = getattr(self.auth, "logins_refused", None)
+        if refused is not None:
+            logins = CounterMetricFamily(
+                "tidings_logins_refused",
+                "Logins refused before a password check, by limit (address, account, busy)",
+                labels=["reason"],
+            )
+            for reason in ("address", "account", "busy"):
+                logins.add_metric([reason], refused.get(reason, 0))
+            yield logins
+        limits = self.connections
+        if limits is None:
+            return
+        open_ = GaugeMetricFamily("tidings_connections", "Connections open (HTTP and WebSocket)")
+        open_.add_metric([], limits.count)
+        yield open_
+        cap = GaugeMetricFamily("tidings_connections_limit", "The connection cap in force")
+        cap.add_metric([], limits.max_connections)
+        yield cap
+        cut = CounterMetricFamily(
+            "tidings_connections_refused",
+            "Connections refused or closed by a limit (max_connections, per_address, "
+            "head_too_large, timed_out)",
+            labels=["reason"],
+        )
+        for reason, count in limits.refused.items():
+            cut.add_metric([reason], count)
+        yield cut
+
+
+class Metrics:
+    """The app's registry, its request-latency histogram, and the ASGI middleware."""
+
+    def __init__(self, hub: Hub, store: object = None, auth: object = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._collector = _HubCollector(hub, store, auth)
+        self.registry.register(self._collector)
+        self.latency = Histogram(
+            "tidings_request_duration_seconds",
+            "Time to answer a (non-streaming) HTTP request",
+            ["method", "route", "status"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self._children: dict[tuple[str, str, int], Any] = {}
+
+    def watch_connections(self, limits: object) -> None:
+        """Report the connection counts of the server running the app (`ConnectionLimits`)."""
+        self._collector.connections = limits
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Record one answered request (label children are cached: `labels()` is not cheap)."""
+        key = (method, route, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.latency.labels(method, route, str(status))
+        child.observe(seconds)
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        return generate_latest(self.registry)
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """Wrap `app` so each HTTP request's latency is recorded under its route template."""
+
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            start = time.perf_counter()
+            status: list[Any] = [500]
+
+            async def send_wrapper(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, send_wrapper)
+            finally:
+                # Starlette's router leaves the matched route in the scope.
+                route = str(getattr(scope.get("route"), "path", "unmatched"))
+                self.observe(scope["method"], route, status[0], time.perf_counter() - start)
+
+        return wrapped

@@ -1,0 +1,183 @@
+"""One settings object, from flags and TIDINGS_* environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from tidings.server import constants as C
+from tidings.server.depth import DEPTH_CEILING
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the app factory needs.
+
+    Args:
+        host: address to bind.
+        port: TCP port.
+        store: store URL (`sqlite:///path`, `memory://`).
+        max_messages: default retention by count, per channel.
+        max_age: default retention by age in seconds, per channel.
+        max_message_bytes: largest accepted message body; larger gets 413.
+        long_poll_cap: the longest `wait=` honoured, in seconds.
+        subscriber_buffer: bytes of unsent frames a stream may hold before it is cut.
+        heartbeat: seconds between SSE heartbeat comments / WebSocket pings.
+        sqlite_synchronous: SQLite `synchronous` pragma (FULL: fsync at every group commit).
+        retry_backoff: seconds before a failed job's first retry; doubles per attempt.
+        job_ttl: seconds a finished job (and its channel) is kept.
+        handlers: `MODULE:OBJ` naming a `tidings.Worker` to run inside the server.
+        allow_anonymous: serve anonymous clients on a non-loopback address (without this
+            or `require_auth`, binding beyond loopback is refused).
+        log_level: uvicorn / tidings log level.
+        require_auth: anonymous requests get 401.
+        sessions: where login sessions live: `database` (the store), `memory` (this
+            process only), `jwt` (signed tokens; logout revokes the jti in the store).
+        session_ttl: seconds a login session lasts.
+        jwt_secret: HS256 secret of `sessions=jwt` tokens (TIDINGS_JWT_SECRET).
+        jwt_key_file: a file holding that secret instead.
+        app_jwt_algorithm: accept JWTs from the application's backend signed with this
+            algorithm (HS256, RS256 or ES256); empty: accept none.
+        app_jwt_key: their HS256 secret (TIDINGS_APP_JWT_KEY).
+        app_jwt_key_file: their PEM public key (RS256/ES256) or secret file.
+        app_jwt_issuer: required `iss` of application JWTs (empty: not checked).
+        app_jwt_audience: required `aud` of application JWTs (empty: not checked).
+        cors_origins: comma-separated origins allowed to call with credentials; also the
+            origins allowed to make cookie-authenticated state-changing requests.
+        allowed_hosts: comma-separated Host names (besides loopback ones) that anonymous
+            requests to a loopback server may name — e.g. the name a local reverse proxy
+            forwards; `*` for any. Guards against DNS rebinding.
+        max_depth: deepest nesting of arrays/objects accepted in a decoded value (bodies,
+            WebSocket frames, job payloads, results and progress, JWT claims); deeper: 400.
+        max_header_bytes: largest request header block (431 above it).
+        header_timeout: seconds a client may take to send a request's headers (408).
+        body_timeout: seconds a client may leave between two pieces of its body (408).
+        keep_alive_timeout: seconds an idle keep-alive connection is kept open.
+        max_connections: connections served at once by this process; 0: derived from
+            the file limit (RLIMIT_NOFILE, raised to its hard limit at start).
+        max_connections_per_address: connections at once from one client address; 0: no cap.
+        limit_loopback: apply the per-address limits (connections, logins) to loopback
+            clients too. Off by default: a loopback client is usually a local reverse
+            proxy or a benchmark speaking for many users; per-account and global limits
+            still apply.
+        login_rate_per_address: login attempts per minute from one client address (429);
+            0: no limit.
+        login_failures_per_account: failed logins per account in 5 minutes before its
+            logins answer 429 until the window passes; 0: no limit.
+        login_queue: password checks that may wait for a hashing thread (503 above).
+        max_stream_channels: channels one multiplexed stream may name (400 above).
+    """
+
+    host: str = C.DEFAULT_HOST
+    port: int = C.DEFAULT_PORT
+    store: str = C.DEFAULT_STORE
+    max_messages: int = C.DEFAULT_MAX_MESSAGES
+    max_age: float = C.DEFAULT_MAX_AGE
+    max_message_bytes: int = C.DEFAULT_MAX_MESSAGE_BYTES
+    long_poll_cap: float = C.DEFAULT_LONG_POLL_CAP
+    subscriber_buffer: int = C.DEFAULT_SUBSCRIBER_BUFFER
+    heartbeat: float = C.DEFAULT_HEARTBEAT
+    sqlite_synchronous: str = "FULL"
+    retry_backoff: float = C.DEFAULT_RETRY_BACKOFF
+    job_ttl: float = C.DEFAULT_JOB_TTL
+    handlers: str = ""
+    allow_anonymous: bool = False
+    log_level: str = "info"
+    require_auth: bool = False
+    sessions: str = "database"
+    session_ttl: float = C.DEFAULT_SESSION_TTL
+    jwt_secret: str = ""
+    jwt_key_file: str = ""
+    app_jwt_algorithm: str = ""
+    app_jwt_key: str = ""
+    app_jwt_key_file: str = ""
+    app_jwt_issuer: str = ""
+    app_jwt_audience: str = ""
+    cors_origins: str = ""
+    allowed_hosts: str = ""
+    max_depth: int = C.DEFAULT_MAX_DEPTH
+    max_header_bytes: int = C.DEFAULT_MAX_HEADER_BYTES
+    header_timeout: float = C.DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = C.DEFAULT_BODY_TIMEOUT
+    keep_alive_timeout: float = C.DEFAULT_KEEP_ALIVE_TIMEOUT
+    max_connections: int = C.DEFAULT_MAX_CONNECTIONS
+    max_connections_per_address: int = C.DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+    limit_loopback: bool = False
+    login_rate_per_address: int = C.DEFAULT_LOGIN_RATE_PER_ADDRESS
+    login_failures_per_account: int = C.DEFAULT_LOGIN_FAILURES_PER_ACCOUNT
+    login_queue: int = C.DEFAULT_LOGIN_QUEUE
+    max_stream_channels: int = C.DEFAULT_MAX_STREAM_CHANNELS
+
+    def __post_init__(self) -> None:
+        if self.max_depth > DEPTH_CEILING:
+            raise ValueError(
+                f"max_depth may be at most {DEPTH_CEILING} (deeper values exhaust the "
+                f"decoders' recursion), got {self.max_depth}"
+            )
+        for name in ("max_depth", "max_header_bytes", "max_stream_channels", "login_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in (
+            "max_connections",
+            "max_connections_per_address",
+            "login_rate_per_address",
+            "login_failures_per_account",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (no cap) or more, got {getattr(self, name)}")
+        for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a positive number of seconds")
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """`allowed_hosts` as a tuple of lower-case names."""
+        return tuple(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        """`cors_origins` as a tuple."""
+        return tuple(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then TIDINGS_<FIELD> variables, then explicit non-None overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"TIDINGS_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            kind = type(getattr(cls(), f.name))
+            try:
+                values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
+            except ValueError as exc:
+                raise ValueError(
+                    f"TIDINGS_{f.name.upper()}={raw!r} is not a valid {kind.__name__}"
+                ) from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)
+
+    @property
+    def loopback(self) -> bool:
+        """True when bound to a loopback address only."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def _parse_bool(raw: str) -> bool:
+    """`1/true/yes/on` or `0/false/no/off`, any case; ValueError otherwise."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not a boolean (use true or false)")

@@ -1,0 +1,341 @@
+"""The store interface: what the channel service needs from any storage engine.
+
+A store is durable ordered logs (channels) with retention and idempotency keys. It knows
+nothing of HTTP or subscribers; the hub does fan-out. Message ids are opaque strings to
+everyone but the store, which also defines their order (`cursor_key`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from tidings.protocol.errors import NotFound, TidingsError
+from tidings.protocol.wire import RESET_AHEAD, RESET_BEHIND, Job, Message
+from tidings.server.principals import Credential, User
+
+__all__ = [
+    "AuthStore",
+    "ChannelInfo",
+    "ChannelStore",
+    "JobChange",
+    "JobStep",
+    "JobStore",
+    "Published",
+    "ReadResult",
+    "Retention",
+    "StepResult",
+    "Store",
+    "Transition",
+    "apply_steps",
+    "is_reset",
+    "job_event_data",
+    "reset_reason",
+]
+
+
+class Retention(msgspec.Struct, frozen=True):
+    """How much history a channel keeps: at most `max_messages`, none older than `max_age` s."""
+
+    max_messages: int
+    max_age: float
+
+
+class ChannelInfo(msgspec.Struct, frozen=True):
+    """A channel's stored state."""
+
+    name: str
+    first_id: str | None
+    last_id: str | None
+    messages: int
+    created: float
+    retention: Retention
+    # True when the retention above is the channel's own, not the server default.
+    custom_retention: bool = False
+
+
+class Published(msgspec.Struct, frozen=True):
+    """The outcome of one publish.
+
+    `prev_id` is the channel's last id before this message (None for a channel's first
+    message); `duplicate` is True when an idempotency key matched an earlier publish, in
+    which case `message` is that earlier message and nothing new was written. `keep` is
+    the channel's retention by count, so caches of recent messages can honour it.
+    """
+
+    message: Message
+    prev_id: str | None
+    keep: int
+    duplicate: bool = False
+
+
+class ReadResult(msgspec.Struct, frozen=True):
+    """Messages after a cursor, and whether history between the cursor and them is gone."""
+
+    messages: list[Message]
+    reset: bool
+    first_id: str | None
+    last_id: str | None
+
+
+def is_reset(after: int, first: int, last: int) -> bool:
+    """Whether a cursor (`after`, 0 = from the oldest) misses history.
+
+    `first` is the oldest retained sequence number (last + 1 when the channel is empty)
+    and `last` the newest ever assigned (0 when none). A cursor older than first - 1 lost
+    messages to retention; a cursor past `last` belongs to another life of the channel
+    (deleted and recreated) — both are gaps the subscriber must be told about.
+    """
+    if after == 0:
+        return False
+    return after < first - 1 or after > last
+
+
+def reset_reason(after: int, last: int) -> str:
+    """Why a cursor `is_reset` misses history: it is ahead of the newest sequence number
+    ever assigned (`last`, 0 when none: the channel was deleted or recreated), or older
+    than the retained history."""
+    return RESET_AHEAD if after > last else RESET_BEHIND
+
+
+class ChannelStore(abc.ABC):
+    """Durable channels. Every method is safe to call concurrently from one event loop."""
+
+    # True for a store several server processes share (Redis): live messages then reach
+    # each process's hub through its relay, not straight from the publish path.
+    shared = False
+
+    def __init__(self, default_retention: Retention) -> None:
+        self.default_retention = default_retention
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open connections and create the schema; call before anything else."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and release every resource."""
+
+    @abc.abstractmethod
+    def cursor_key(self, message_id: str) -> int:
+        """Order of a message id within its channel; ValueError when malformed."""
+
+    @abc.abstractmethod
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        event: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Published:
+        """Append one message; returns only once it is durable."""
+
+    @abc.abstractmethod
+    async def read(self, channel: str, after: str, limit: int) -> ReadResult:
+        """Up to `limit` messages after cursor `after` ("0" = from the oldest retained)."""
+
+    @abc.abstractmethod
+    async def info(self, channel: str) -> ChannelInfo | None:
+        """A channel's state, or None when it does not exist."""
+
+    @abc.abstractmethod
+    async def list_channels(self, prefix: str = "", limit: int = 1000) -> list[ChannelInfo]:
+        """Channels whose names start with `prefix`, by name."""
+
+    @abc.abstractmethod
+    async def delete(self, channel: str) -> bool:
+        """Delete a channel and its history; False when it did not exist."""
+
+    @abc.abstractmethod
+    async def set_retention(self, channel: str, retention: Retention | None) -> ChannelInfo:
+        """Give a channel its own retention (None: back to the server default)."""
+
+    @abc.abstractmethod
+    async def sweep(self, now: float) -> list[str]:
+        """Drop messages older than their channel's max age and expired idempotency keys.
+
+        Job channels (`job.*`) are left out: they live and go with their job (sweep_jobs),
+        and there is one per job — scanning them every few seconds would make this cost
+        grow with the jobs kept, not with the channels people publish to.
+
+        Returns the names of the channels that lost messages.
+        """
+
+    async def ping(self) -> None:
+        """Raise StoreError when the store cannot serve; used by /readyz."""
+        return
+
+
+# -- jobs ---------------------------------------------------------------------------------
+
+# A transition computes a job's next state inside the store's atomic section: it gets the
+# job as stored and the store's clock, and returns the new job and the name of the event
+# to publish on the job's channel (None: publish nothing). It raises a TidingsError
+# (Conflict, NotFound) to refuse, leaving everything unchanged. It must be pure and quick.
+Transition = Callable[[Job, float], tuple[Job, str | None]]
+
+
+# One step of `transition_jobs`: (job id, transition, durable).
+JobStep = tuple[str, Transition, bool]
+
+
+class JobChange(msgspec.Struct, frozen=True):
+    """A job after a transition, and the message published on its channel (if any)."""
+
+    job: Job
+    published: Published | None
+
+
+class JobStore(abc.ABC):
+    """Jobs, with atomic transitions that also append to the job's channel.
+
+    The state machine lives in tidings.server.jobs; stores only guarantee that a transition and
+    its channel message are applied together, once, or not at all.
+    """
+
+    @abc.abstractmethod
+    async def submit_job(self, job: Job, event: str) -> tuple[JobChange, bool]:
+        """Insert a job (publishing `event`); with an idempotency key already used, return
+        the existing job and False instead."""
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: str) -> Job | None:
+        """One job, or None."""
+
+    @abc.abstractmethod
+    async def list_jobs(self, status: str | None, type_: str | None, limit: int) -> list[Job]:
+        """Jobs, newest first, filtered by status and type."""
+
+    @abc.abstractmethod
+    async def queue_counts(self) -> dict[str, dict[str, int]]:
+        """Number of jobs per type and status."""
+
+    @abc.abstractmethod
+    async def transition_job(self, job_id: str, fn: Transition, durable: bool = True) -> JobChange:
+        """Apply `fn` to one job atomically; NotFound when there is no such job.
+
+        `durable=False` (heartbeats, give-backs) lets a store skip the flush to stable
+        storage for this change alone: losing it to a power cut only replays work, which
+        at-least-once delivery allows. Leases and expiries are always such changes.
+        """
+
+    @abc.abstractmethod
+    async def transition_jobs(self, steps: list[JobStep]) -> list[JobChange | TidingsError]:
+        """Apply each `(job_id, fn, durable)` in order, all in one atomic unit of the store
+        (one transaction), each seeing the jobs as the steps before it left them.
+
+        A refused step — `fn` raised a TidingsError, or there is no such job (NotFound) —
+        changes nothing and its error takes its place in the answer; the other steps still
+        apply. The unit skips the flush to stable storage only when no step is durable.
+        """
+
+    @abc.abstractmethod
+    async def lease_jobs(
+        self, types: list[str] | None, max_jobs: int, now: float, fn: Transition
+    ) -> list[JobChange]:
+        """Apply `fn` to up to `max_jobs` queued jobs of `types` whose `run_at` has come,
+        highest priority first, then oldest `run_at` — atomically, each job to one caller."""
+
+    @abc.abstractmethod
+    async def expire_jobs(self, now: float, fn: Transition) -> list[JobChange]:
+        """Apply `fn` to every running job whose lease ended before `now`, atomically."""
+
+    @abc.abstractmethod
+    async def next_run_at(self) -> float | None:
+        """The earliest `run_at` of a queued job, or None."""
+
+    @abc.abstractmethod
+    async def sweep_jobs(self, finished_before: float) -> list[str]:
+        """Delete jobs that ended before the given time, with their channels; their ids."""
+
+
+# What a step of `transition_jobs` computed: (job before, job after, event), or its refusal.
+StepResult = tuple[Job, Job, str | None] | TidingsError
+
+
+def apply_steps(steps: list[JobStep], jobs: dict[str, Job], now: float) -> list[StepResult]:
+    """Compute each step's transition in order, for any store's `transition_jobs`.
+
+    `jobs` holds the jobs as stored (by id) and is updated in place, so each step sees the
+    steps before it. A refused step — its transition raised a TidingsError, or there is no
+    such job (NotFound) — takes its place in the answer as that error and changes nothing.
+    """
+    out: list[StepResult] = []
+    for job_id, fn, _durable in steps:
+        try:
+            job = jobs.get(job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id!r}")
+            new, event = fn(job, now)
+        except TidingsError as exc:
+            out.append(exc)
+            continue
+        jobs[job_id] = new
+        out.append((job, new, event))
+    return out
+
+
+def job_event_data(job: Job) -> dict[str, Any]:
+    """The data of a job-channel message: the public job without its payload."""
+    data = job.to_wire()
+    del data["payload"]
+    return data
+
+
+# -- principals ---------------------------------------------------------------------------
+
+
+class AuthStore(abc.ABC):
+    """Users and credentials (sessions, API tokens, revoked JWT ids).
+
+    Credentials are keyed by the SHA-256 of their secret: the store never sees a secret.
+    Every node sharing a store sees the same users and sessions.
+    """
+
+    @abc.abstractmethod
+    async def put_user(self, user: User) -> None:
+        """Create or replace a user (durable before it returns)."""
+
+    @abc.abstractmethod
+    async def get_user(self, name: str) -> User | None:
+        """One user, or None."""
+
+    @abc.abstractmethod
+    async def list_users(self) -> list[User]:
+        """All users, by name."""
+
+    @abc.abstractmethod
+    async def delete_user(self, name: str) -> bool:
+        """Remove a user and every credential of theirs; False when there was none."""
+
+    @abc.abstractmethod
+    async def put_credential(self, cred: Credential) -> None:
+        """Store a credential (durable before it returns); replaces one with the same key."""
+
+    @abc.abstractmethod
+    async def get_credential(self, key: str) -> Credential | None:
+        """The credential with this key if it exists and has not expired."""
+
+    @abc.abstractmethod
+    async def list_credentials(self, user: str | None = None) -> list[Credential]:
+        """Live credentials (of one user, or all), oldest first."""
+
+    @abc.abstractmethod
+    async def delete_credential(self, key: str) -> bool:
+        """Remove one credential; False when there was none."""
+
+    @abc.abstractmethod
+    async def live_credentials(self, keys: list[str], now: float) -> set[str]:
+        """Those of `keys` naming a credential that exists and is live at `now` (one query:
+        the session sweep asks this for every session with open streams each second)."""
+
+    @abc.abstractmethod
+    async def sweep_credentials(self, now: float) -> int:
+        """Delete credentials that expired before `now`; how many."""
+
+
+class Store(ChannelStore, JobStore, AuthStore, abc.ABC):
+    """What a store URL opens: channels, jobs and principals in one engine."""

@@ -1,0 +1,151 @@
+"""WebSocket: `/v1/channels/{c}/ws` — messages out as JSON text frames, publishes in.
+
+Frames to the client: a message is the poll message object (`id`, `channel`, `event`,
+`data`, `time`); control frames carry a `type`: `reset`, `ack`, `error`, `close`.
+Frames from the client: `{"data": any, "event"?: str, "ref"?: any}` publishes to the
+channel; the answer is `{"type": "ack", "ref", "id", "channel", "time"}` or
+`{"type": "error", "ref", "error": {"code", "message"}}`.
+
+A frame nested deeper than the server's `max_depth` is answered like any other bad
+publish frame: an error frame (`nested_too_deep`, with `ref` null: the frame is not read
+further) and the socket stays open.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+import msgspec
+
+from tidings.protocol.errors import (
+    BadRequest,
+    Forbidden,
+    InvalidBody,
+    PayloadTooLarge,
+    TidingsError,
+)
+from tidings.protocol.wire import JSON_DECODER, encode_json
+from tidings.server.channels import ChannelService
+from tidings.server.constants import DEFAULT_MAX_DEPTH
+from tidings.server.depth import decode_limited
+from tidings.server.hub import KIND_WS, Subscriber
+from tidings.server.transports.stream import CLOSE_NORMAL, run_stream
+
+__all__ = ["serve_ws"]
+
+log = logging.getLogger("tidings.ws")
+
+CLOSE_GOING_AWAY = 1001
+_ACCEPT = {"type": "websocket.accept"}
+
+
+def control_frame(obj: dict[str, Any]) -> dict[str, Any]:
+    """A control frame as an ASGI message."""
+    return {"type": "websocket.send", "text": encode_json(obj).decode()}
+
+
+def _ref_of(message: dict[str, Any], max_depth: int) -> Any:
+    """The `ref` of a client frame, if it is a JSON object that has one."""
+    raw = message.get("text") or message.get("bytes") or b""
+    try:
+        body = decode_limited(JSON_DECODER.decode, raw, max_depth, "frame")
+    except (msgspec.DecodeError, UnicodeDecodeError, TidingsError):
+        return None
+    return body.get("ref") if isinstance(body, dict) else None
+
+
+def _publish_frame(raw: str | bytes, max_bytes: int, max_depth: int) -> dict[str, Any]:
+    """A client's publish frame, read: refused when too large, malformed, nested too deep
+    or not `{"data": ...}`."""
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"frame of {len(raw)} bytes is over the {max_bytes}-byte limit")
+    try:
+        body = decode_limited(JSON_DECODER.decode, raw, max_depth, "frame")
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f'frame is not valid JSON ({exc}): send {{"data": ...}}') from exc
+    if not isinstance(body, dict) or "data" not in body:
+        raise InvalidBody('a publish frame is a JSON object with a "data" field')
+    return body
+
+
+async def _client_publish(
+    svc: ChannelService,
+    channel: str,
+    sub: Subscriber,
+    raw: str | bytes,
+    max_bytes: int,
+    max_depth: int,
+) -> None:
+    ref: Any = None
+    try:
+        body = _publish_frame(raw, max_bytes, max_depth)
+        ref = body.get("ref")
+        ack = await svc.publish(channel, body["data"], body.get("event"))
+        reply = {"type": "ack", "ref": ref, **ack.to_wire()}
+    except TidingsError as exc:
+        reply = {"type": "error", "ref": ref, **exc.to_wire()}
+    except Exception:
+        # One bad frame must not kill the socket (nor reach the client as a traceback).
+        log.exception("publish from a WebSocket frame on %s failed", channel)
+        reply = {
+            "type": "error",
+            "ref": ref,
+            "error": {"code": "internal_error", "message": "the publish failed: retry later"},
+        }
+    sub.write(control_frame(reply))
+
+
+def serve_ws(
+    svc: ChannelService,
+    send: Any,
+    receive: Any,
+    channel: str,
+    cursor: str | None,
+    buffer_limit: int,
+    max_message_bytes: int,
+    until: frozenset[str] | None = None,
+    session: str | None = None,
+    may_publish: bool = True,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> Coroutine[Any, Any, None]:
+    """The coroutine serving one WebSocket (its `websocket.connect` already received).
+
+    With `until` (a job's stream) the socket is read-only: publishes are refused; so are
+    they when the principal may not publish to the channel (`may_publish`). A publish
+    frame nested deeper than `max_depth` is refused with an error frame.
+    """
+    sub = Subscriber(svc.hub, KIND_WS, send, {channel: None}, buffer_limit, until, session)
+
+    async def on_message(message: dict[str, Any]) -> None:
+        if until is not None or not may_publish:
+            err = Forbidden(
+                "this socket follows a job: it is read-only"
+                if until is not None
+                else f"you may not publish to {channel!r}: ask for a publish grant"
+            )
+            sub.write(
+                control_frame(
+                    {"type": "error", "ref": _ref_of(message, max_depth), **err.to_wire()}
+                )
+            )
+            return
+        raw = message.get("text")
+        if raw is None:
+            raw = message.get("bytes") or b""
+        await _client_publish(svc, channel, sub, raw, max_message_bytes, max_depth)
+
+    def closing(reason: str) -> list[dict[str, Any]]:
+        # A job's socket that reached its terminal event is complete (1000); any other
+        # end (shutdown, a revoked session, a cut) is the server going away (1001).
+        code = CLOSE_NORMAL if sub.completed else CLOSE_GOING_AWAY
+        reason = reason[:120]
+        return [
+            control_frame({"type": "close", "reason": reason}),
+            {"type": "websocket.close", "code": code, "reason": reason},
+        ]
+
+    return run_stream(
+        svc, sub, {channel: cursor}, _ACCEPT, receive, control_frame, closing, on_message
+    )
