@@ -16,11 +16,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[server]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,redis]'
+	$(BIN)/python -m pip install --quiet -e '.[server,redis,dev]'
 	touch $@ $(VENV)/.installed
 
 venv: $(VENV)/.installed
@@ -51,6 +51,7 @@ test: $(VENV)/.installed-dev redis-server chromium
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: dev
@@ -59,6 +60,7 @@ lint: dev
 
 typecheck: dev
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 unit: dev
 	$(BIN)/python -m pytest -q tests/unit tests/contract

@@ -1,5 +1,5 @@
 """`python -m tidings` runs the CLI."""
 
-from tidings.cli.main import main
+from tidings.cli import main
 
 main()

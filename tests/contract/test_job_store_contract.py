@@ -18,9 +18,9 @@ import pytest
 from msgspec.structs import replace
 
 from tidings.protocol.errors import Conflict, InvalidBody, NotFound
-from tidings.protocol.wire import Job, job_channel
+from tidings.protocol.wire import Job, JobOutcome, job_channel
 from tidings.server.hub import Hub
-from tidings.server.jobs import JobOutcome, JobService
+from tidings.server.jobs import JobService
 from tidings.server.stores import open_store
 from tidings.server.stores.base import JobChange, Retention, Store
 from tidings.server.stores.sqlite import SQLiteStore

@@ -21,9 +21,9 @@ from msgspec.structs import replace
 from redis.exceptions import ResponseError
 
 from tidings.protocol.errors import Conflict, StoreError
-from tidings.protocol.wire import Job, job_channel
+from tidings.protocol.wire import Job, JobOutcome, job_channel
 from tidings.server.hub import Hub
-from tidings.server.jobs import JobOutcome, JobService
+from tidings.server.jobs import JobService
 from tidings.server.stores.base import Retention
 from tidings.server.stores.redis import RedisStore
 

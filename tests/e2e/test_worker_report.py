@@ -21,9 +21,9 @@ import httpx
 import pytest
 
 from tests.conftest import ServerFactory
+from tidings.protocol.wire import JobOutcome
 from tidings.sdk.client import Client, TidingsConnectionError
 from tidings.sdk.worker import HttpBackend, JobContext, LeasedJob, LeaseLost, Worker
-from tidings.server.jobs import JobOutcome
 
 pytestmark = pytest.mark.timeout(60)
 

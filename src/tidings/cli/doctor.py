@@ -46,7 +46,7 @@ def doctor(
         typer.Option(
             envvar="TIDINGS_DOCTOR_STATE_FILE",
             help="Where the gateway's MAC is remembered between runs "
-            "[default: $XDG_STATE_HOME/tidings/server/doctor.json or ~/.local/state/tidings/server/doctor.json].",
+            "[default: $XDG_STATE_HOME/tidings/doctor.json or ~/.local/state/tidings/doctor.json].",
             show_default=False,
         ),
     ] = None,

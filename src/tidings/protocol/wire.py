@@ -310,3 +310,14 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             "lease_token": self.lease_token,
             "lease_expires_at": _opt_time(self.lease_expires_at),
         }
+
+
+class JobOutcome(msgspec.Struct, frozen=True):
+    """A worker's word on one leased job: `ok` completes it with `value` as its result;
+    otherwise the attempt fails with `value` as its error (retried when `retry`)."""
+
+    id: str
+    lease_token: str
+    ok: bool
+    value: Any = None
+    retry: bool = True

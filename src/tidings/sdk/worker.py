@@ -60,7 +60,7 @@ import httpx
 import msgspec
 
 from tidings.protocol.errors import Conflict, NotFound, StoreError, TidingsError
-from tidings.protocol.wire import Job, encode_json
+from tidings.protocol.wire import Job, JobOutcome, encode_json
 from tidings.sdk.client import (
     ClientError,
     TidingsConnectionError,
@@ -72,7 +72,6 @@ from tidings.sdk.client import (
     _job_path,
     _json,
 )
-from tidings.server.jobs import JobOutcome
 
 __all__ = [
     "HttpBackend",

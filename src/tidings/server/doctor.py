@@ -483,8 +483,8 @@ def analyse_neighbours(
 
 
 def default_state_file() -> Path:
-    """$TIDINGS_DOCTOR_STATE_FILE, else $XDG_STATE_HOME/tidings/server/doctor.json, else
-    ~/.local/state/tidings/server/doctor.json."""
+    """$TIDINGS_DOCTOR_STATE_FILE, else $XDG_STATE_HOME/tidings/doctor.json, else
+    ~/.local/state/tidings/doctor.json."""
     explicit = os.environ.get(STATE_ENV)
     if explicit:
         return Path(explicit)

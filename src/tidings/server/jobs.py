@@ -21,17 +21,16 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import msgspec
 from msgspec.structs import replace
 
 from tidings.protocol.errors import BadRequest, Conflict, InvalidBody, NotFound, TidingsError
-from tidings.protocol.wire import CHANNEL_RE, Job, job_channel
+from tidings.protocol.wire import CHANNEL_RE, Job, JobOutcome, job_channel
 from tidings.server.constants import DEFAULT_MAX_DEPTH
 from tidings.server.depth import check_storable
 from tidings.server.hub import Hub
 from tidings.server.stores.base import JobChange, JobStep, Store, Transition
 
-__all__ = ["JobOutcome", "JobService", "new_job_id"]
+__all__ = ["JobService", "new_job_id"]
 
 MAX_ATTEMPTS_LIMIT = 100
 MAX_DELAY = 365 * 24 * 3600.0
@@ -57,17 +56,6 @@ def _check_lease(job: Job, token: str) -> None:
     # As bytes: compare_digest refuses a str with characters beyond ASCII.
     if not secrets.compare_digest(job.lease_token.encode(), token.encode()):
         raise Conflict(f"lease token does not hold job {job.id}: it was leased again")
-
-
-class JobOutcome(msgspec.Struct, frozen=True):
-    """A worker's word on one leased job: `ok` completes it with `value` as its result;
-    otherwise the attempt fails with `value` as its error (retried when `retry`)."""
-
-    id: str
-    lease_token: str
-    ok: bool
-    value: Any = None
-    retry: bool = True
 
 
 def _lease_end(job: Job, now: float, lease: float) -> float:

@@ -16,7 +16,7 @@ import html
 from functools import cache
 from typing import Any, NamedTuple
 
-from tidings import __version__
+from tidings._version import __version__
 from tidings.protocol.wire import JOB_STATUSES
 from tidings.server import constants as C
 from tidings.server import doctor

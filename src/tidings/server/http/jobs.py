@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tidings.protocol.errors import BadRequest, Forbidden, InvalidBody, TidingsError
-from tidings.protocol.wire import JOB_STATUSES, Job, encode_json, format_time
+from tidings.protocol.wire import JOB_STATUSES, Job, JobOutcome, encode_json, format_time
 from tidings.server.http.common import (
     decode_body,
     json_response,
@@ -29,7 +29,7 @@ from tidings.server.http.common import (
     unless_disconnected,
     unless_revoked,
 )
-from tidings.server.jobs import JobOutcome, JobService
+from tidings.server.jobs import JobService
 from tidings.server.principals import Principal
 
 __all__ = ["routes"]
