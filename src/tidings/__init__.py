@@ -56,7 +56,7 @@ def __getattr__(name: str) -> object:
 
         return getattr(worker, name)
     if name in _WIRE:
-        from tidings.protocol import wire
+        from tidings.protocol import messages
 
-        return getattr(wire, name)
+        return getattr(messages, name)
     raise AttributeError(f"module 'tidings' has no attribute {name!r}")

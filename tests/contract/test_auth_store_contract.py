@@ -84,14 +84,14 @@ def test_put_user_then_get_returns_it_unchanged(make_store):
     async def body(store: Store) -> None:
         alice = user("alice", publish=("news.*", "user.{sub}.*"))
         root = user("root", admin=True)
-        await store.put_user(alice)
-        await store.put_user(root)
-        assert await store.get_user("alice") == alice
-        got = await store.get_user("root")
+        await store.auth.put_user(alice)
+        await store.auth.put_user(root)
+        assert await store.auth.get_user("alice") == alice
+        got = await store.auth.get_user("root")
         assert got == root
         assert got is not None and got.password_hash is None and got.permissions.admin
-        assert await store.get_user("nobody") is None
-        assert await store.get_user("Alice") is None  # names are case-sensitive
+        assert await store.auth.get_user("nobody") is None
+        assert await store.auth.get_user("Alice") is None  # names are case-sensitive
 
     run(make_store, body)
 
@@ -100,11 +100,11 @@ def test_put_user_replaces_a_user_of_the_same_name(make_store):
     """Putting a user again replaces it: one user, the new permissions."""
 
     async def body(store: Store) -> None:
-        await store.put_user(user("alice", publish=("a",)))
+        await store.auth.put_user(user("alice", publish=("a",)))
         newer = user("alice", publish=("a", "b"), admin=True)
-        await store.put_user(newer)
-        assert await store.get_user("alice") == newer
-        assert await store.list_users() == [newer]
+        await store.auth.put_user(newer)
+        assert await store.auth.get_user("alice") == newer
+        assert await store.auth.list_users() == [newer]
 
     run(make_store, body)
 
@@ -113,10 +113,10 @@ def test_list_users_is_by_name(make_store):
     """list_users returns every user sorted by name, whatever the order they were added in."""
 
     async def body(store: Store) -> None:
-        assert await store.list_users() == []
+        assert await store.auth.list_users() == []
         for name in ("carol", "alice", "bob", "Zed", "alice.b"):
-            await store.put_user(user(name))
-        assert [u.name for u in await store.list_users()] == [
+            await store.auth.put_user(user(name))
+        assert [u.name for u in await store.auth.list_users()] == [
             "Zed",
             "alice",
             "alice.b",
@@ -132,26 +132,26 @@ def test_delete_user_removes_the_user_and_only_their_credentials(make_store):
     other users' credentials stay."""
 
     async def body(store: Store) -> None:
-        await store.put_user(user("alice"))
-        await store.put_user(user("bob"))
+        await store.auth.put_user(user("alice"))
+        await store.auth.put_user(user("bob"))
         a1 = cred("a1", "alice", created=1.0)
         a2 = cred("a2", "alice", created=2.0, kind=KIND_TOKEN, name="ci")
         b1 = cred("b1", "bob", created=3.0)
         for c in (a1, a2, b1):
-            await store.put_credential(c)
+            await store.auth.put_credential(c)
 
-        assert await store.delete_user("alice") is True
-        assert await store.get_user("alice") is None
-        assert await store.get_credential("a1") is None
-        assert await store.get_credential("a2") is None
-        assert await store.list_credentials("alice") == []
-        assert await store.list_credentials() == [b1]
-        assert await store.get_user("bob") == user("bob")
-        assert await store.get_credential("b1") == b1
-        assert [u.name for u in await store.list_users()] == ["bob"]
+        assert await store.auth.delete_user("alice") is True
+        assert await store.auth.get_user("alice") is None
+        assert await store.auth.get_credential("a1") is None
+        assert await store.auth.get_credential("a2") is None
+        assert await store.auth.list_credentials("alice") == []
+        assert await store.auth.list_credentials() == [b1]
+        assert await store.auth.get_user("bob") == user("bob")
+        assert await store.auth.get_credential("b1") == b1
+        assert [u.name for u in await store.auth.list_users()] == ["bob"]
 
-        assert await store.delete_user("alice") is False
-        assert await store.delete_user("nobody") is False
+        assert await store.auth.delete_user("alice") is False
+        assert await store.auth.delete_user("nobody") is False
 
     run(make_store, body)
 
@@ -169,16 +169,16 @@ def test_put_and_get_credential_round_trip_and_replace(make_store):
         token = cred("t", "alice", kind=KIND_TOKEN, name="deploy")  # never expires
         revoked = cred("jti:abc", "bob", kind=KIND_REVOKED, expires=now + 60)
         for c in (session, token, revoked):
-            await store.put_credential(c)
-        assert await store.get_credential("s") == session
-        assert await store.get_credential("t") == token
-        assert await store.get_credential("jti:abc") == revoked
-        assert await store.get_credential("missing") is None
+            await store.auth.put_credential(c)
+        assert await store.auth.get_credential("s") == session
+        assert await store.auth.get_credential("t") == token
+        assert await store.auth.get_credential("jti:abc") == revoked
+        assert await store.auth.get_credential("missing") is None
 
         longer = cred("s", "alice", created=session.created, expires=now + 7200)
-        await store.put_credential(longer)
-        assert await store.get_credential("s") == longer
-        assert [c.key for c in await store.list_credentials("alice")].count("s") == 1
+        await store.auth.put_credential(longer)
+        assert await store.auth.get_credential("s") == longer
+        assert [c.key for c in await store.auth.list_credentials("alice")].count("s") == 1
 
     run(make_store, body)
 
@@ -193,12 +193,12 @@ def test_list_credentials_is_oldest_first_and_filters_by_user(make_store):
         c2 = cred("k-2", "alice", created=200.0, kind=KIND_TOKEN)
         c4 = cred("k-0", "bob", created=400.0, expires=later)
         for c in (c3, c1, c4, c2):
-            await store.put_credential(c)
-        assert await store.list_credentials() == [c1, c2, c3, c4]
-        assert await store.list_credentials(None) == [c1, c2, c3, c4]
-        assert await store.list_credentials("alice") == [c2, c3]
-        assert await store.list_credentials("bob") == [c1, c4]
-        assert await store.list_credentials("nobody") == []
+            await store.auth.put_credential(c)
+        assert await store.auth.list_credentials() == [c1, c2, c3, c4]
+        assert await store.auth.list_credentials(None) == [c1, c2, c3, c4]
+        assert await store.auth.list_credentials("alice") == [c2, c3]
+        assert await store.auth.list_credentials("bob") == [c1, c4]
+        assert await store.auth.list_credentials("nobody") == []
 
     run(make_store, body)
 
@@ -208,13 +208,13 @@ def test_delete_credential(make_store):
 
     async def body(store: Store) -> None:
         keep = cred("keep", "alice", created=1.0)
-        await store.put_credential(keep)
-        await store.put_credential(cred("gone", "alice", created=2.0))
-        assert await store.delete_credential("gone") is True
-        assert await store.get_credential("gone") is None
-        assert await store.delete_credential("gone") is False
-        assert await store.delete_credential("never") is False
-        assert await store.list_credentials() == [keep]
+        await store.auth.put_credential(keep)
+        await store.auth.put_credential(cred("gone", "alice", created=2.0))
+        assert await store.auth.delete_credential("gone") is True
+        assert await store.auth.get_credential("gone") is None
+        assert await store.auth.delete_credential("gone") is False
+        assert await store.auth.delete_credential("never") is False
+        assert await store.auth.list_credentials() == [keep]
 
     run(make_store, body)
 
@@ -225,16 +225,16 @@ def test_live_credentials_answers_many_keys_at_once(make_store):
 
     async def body(store: Store) -> None:
         now = time.time()
-        await store.put_credential(cred("live", "alice"))
-        await store.put_credential(cred("later", "alice", expires=now + 60))
-        await store.put_credential(cred("expired", "alice", expires=now - 1))
+        await store.auth.put_credential(cred("live", "alice"))
+        await store.auth.put_credential(cred("later", "alice", expires=now + 60))
+        await store.auth.put_credential(cred("expired", "alice", expires=now - 1))
         many = [f"k{i}" for i in range(1200)]
         for key in many[::300]:
-            await store.put_credential(cred(key, "bob"))
+            await store.auth.put_credential(cred(key, "bob"))
         asked = ["live", "later", "expired", "never", *many]
-        assert await store.live_credentials(asked, now) == {"live", "later", *many[::300]}
-        assert await store.live_credentials(["later"], now + 61) == set()
-        assert await store.live_credentials([], now) == set()
+        assert await store.auth.live_credentials(asked, now) == {"live", "later", *many[::300]}
+        assert await store.auth.live_credentials(["later"], now + 61) == set()
+        assert await store.auth.live_credentials([], now) == set()
 
     run(make_store, body)
 
@@ -251,29 +251,29 @@ def test_expired_credential_is_invisible_and_swept(make_store):
         live = cred("live", "alice", created=now - 20, expires=now + 3600)
         token = cred("tok", "alice", created=now - 10, kind=KIND_TOKEN)
         for c in (expired, revoked, live, token):
-            await store.put_credential(c)
+            await store.auth.put_credential(c)
 
-        assert await store.get_credential("old") is None
-        assert await store.get_credential("jti:x") is None
-        assert await store.get_credential("live") == live
-        assert await store.list_credentials() == [live, token]
-        assert await store.list_credentials("alice") == [live, token]
+        assert await store.auth.get_credential("old") is None
+        assert await store.auth.get_credential("jti:x") is None
+        assert await store.auth.get_credential("live") == live
+        assert await store.auth.list_credentials() == [live, token]
+        assert await store.auth.list_credentials("alice") == [live, token]
 
         # The cut-off is the argument, not the store's clock: an expiry at exactly `now`
         # goes, one after it stays.
-        assert await store.sweep_credentials(now - 10) == 1  # jti:x (expires == now - 10)
-        assert await store.sweep_credentials(now) == 1  # old
-        assert await store.sweep_credentials(now) == 0  # already gone
-        assert await store.list_credentials() == [live, token]
-        assert await store.get_credential("live") == live
+        assert await store.auth.sweep_credentials(now - 10) == 1  # jti:x (expires == now - 10)
+        assert await store.auth.sweep_credentials(now) == 1  # old
+        assert await store.auth.sweep_credentials(now) == 0  # already gone
+        assert await store.auth.list_credentials() == [live, token]
+        assert await store.auth.get_credential("live") == live
 
         # Deleted, not just hidden: putting nothing back, deleting the key finds no row.
-        assert await store.delete_credential("old") is False
-        assert await store.delete_credential("jti:x") is False
+        assert await store.auth.delete_credential("old") is False
+        assert await store.auth.delete_credential("jti:x") is False
 
         # Far in the future, the expiring one goes; the token without expiry never does.
-        assert await store.sweep_credentials(now + 7200) == 1
-        assert await store.list_credentials() == [token]
+        assert await store.auth.sweep_credentials(now + 7200) == 1
+        assert await store.auth.list_credentials() == [token]
 
     run(make_store, body)
 
@@ -284,12 +284,12 @@ def test_a_credential_expiring_while_stored_disappears(make_store):
 
     async def body(store: Store) -> None:
         short = cred("short", "alice", expires=time.time() + 0.3)
-        await store.put_credential(short)
-        assert await store.get_credential("short") == short
-        assert await store.list_credentials() == [short]
+        await store.auth.put_credential(short)
+        assert await store.auth.get_credential("short") == short
+        assert await store.auth.list_credentials() == [short]
         await asyncio.sleep(0.4)
-        assert await store.get_credential("short") is None
-        assert await store.list_credentials() == []
+        assert await store.auth.get_credential("short") is None
+        assert await store.auth.list_credentials() == []
 
     run(make_store, body)
 
@@ -300,12 +300,12 @@ def test_closed_store_refuses_auth_calls(make_store):
     async def main() -> None:
         store = make_store()
         await store.start()
-        await store.put_user(user("alice"))
+        await store.auth.put_user(user("alice"))
         await store.close()
         with pytest.raises(StoreClosed):
-            await store.get_user("alice")
+            await store.auth.get_user("alice")
         with pytest.raises(StoreClosed):
-            await store.put_credential(cred("k", "alice"))
+            await store.auth.put_credential(cred("k", "alice"))
 
     asyncio.run(main())
 
@@ -323,9 +323,9 @@ def test_sqlite_sees_users_written_by_another_store_on_the_same_file(tmp_path):
         server = SQLiteStore(path, DEFAULT)
         await server.start()
         try:
-            await server.put_user(user("alice", publish=("a",)))
-            assert await server.get_user("bob") is None  # looked up before the CLI adds it
-            assert [u.name for u in await server.list_users()] == ["alice"]
+            await server.auth.put_user(user("alice", publish=("a",)))
+            assert await server.auth.get_user("bob") is None  # looked up before the CLI adds it
+            assert [u.name for u in await server.auth.list_users()] == ["alice"]
 
             cli = SQLiteStore(path, DEFAULT)
             await cli.start()
@@ -339,11 +339,11 @@ def test_sqlite_sees_users_written_by_another_store_on_the_same_file(tmp_path):
             finally:
                 await cli.close()
 
-            assert await server.get_user("bob") == bob
-            assert await server.get_user("alice") == alice2
-            assert [u.name for u in await server.list_users()] == ["alice", "bob"]
-            assert await server.get_credential("tok") == token
-            assert await server.list_credentials("bob") == [token]
+            assert await server.auth.get_user("bob") == bob
+            assert await server.auth.get_user("alice") == alice2
+            assert [u.name for u in await server.auth.list_users()] == ["alice", "bob"]
+            assert await server.auth.get_credential("tok") == token
+            assert await server.auth.list_credentials("bob") == [token]
 
             # A deletion by the CLI is seen too, credentials included.
             cli = SQLiteStore(path, DEFAULT)
@@ -352,8 +352,8 @@ def test_sqlite_sees_users_written_by_another_store_on_the_same_file(tmp_path):
                 assert await cli.delete_user("bob") is True
             finally:
                 await cli.close()
-            assert await server.get_user("bob") is None
-            assert await server.get_credential("tok") is None
+            assert await server.auth.get_user("bob") is None
+            assert await server.auth.get_credential("tok") is None
         finally:
             await server.close()
 
@@ -372,9 +372,9 @@ def test_sqlite_users_and_credentials_survive_reopening(tmp_path):
         store = SQLiteStore(path, DEFAULT)
         await store.start()
         try:
-            await store.put_user(alice)
-            await store.put_credential(token)
-            await store.put_credential(session)
+            await store.auth.put_user(alice)
+            await store.auth.put_credential(token)
+            await store.auth.put_credential(session)
         finally:
             await store.close()
 
@@ -382,10 +382,10 @@ def test_sqlite_users_and_credentials_survive_reopening(tmp_path):
         store = SQLiteStore(path, DEFAULT)
         await store.start()
         try:
-            assert await store.get_user("alice") == alice
-            assert await store.list_users() == [alice]
-            assert await store.get_credential("tok") == token
-            assert await store.list_credentials("alice") == [token, session]
+            assert await store.auth.get_user("alice") == alice
+            assert await store.auth.list_users() == [alice]
+            assert await store.auth.get_credential("tok") == token
+            assert await store.auth.list_credentials("alice") == [token, session]
         finally:
             await store.close()
 

@@ -18,7 +18,7 @@ import pytest
 from msgspec.structs import replace
 
 from tidings.protocol.errors import Conflict, InvalidBody, NotFound
-from tidings.protocol.wire import Job, JobOutcome, job_channel
+from tidings.protocol.jobs import Job, JobOutcome, job_channel
 from tidings.server.hub import Hub
 from tidings.server.jobs import JobService
 from tidings.server.stores import open_store
@@ -51,7 +51,7 @@ def run(make_store: Callable[[], Store], body: Body) -> None:
 
 async def events(store: Store, job_id: str) -> list[tuple[str | None, dict[str, Any]]]:
     """(event name, data) of every message on the job's channel, oldest first."""
-    res = await store.read(job_channel(job_id), "0", 1000)
+    res = await store.channels.read(job_channel(job_id), "0", 1000)
     assert not res.reset
     return [(m.event, m.data) for m in res.messages]
 
@@ -79,7 +79,7 @@ def test_submit_queues_the_job_and_publishes_queued(make_store):
         assert job.attempt == 0
         assert job.max_attempts == 2
         assert job.priority == 3
-        stored = await store.get_job(job.id)
+        stored = await store.jobs.get_job(job.id)
         assert stored == job
         evs = await events(store, job.id)
         assert [e for e, _ in evs] == ["queued"]
@@ -110,7 +110,7 @@ def test_submit_rejects_bad_arguments(make_store):
                 await svc.submit("t", None, **kwargs)
         with pytest.raises(InvalidBody):
             await svc.submit("bad type!", None)
-        assert await store.list_jobs(None, None, 100) == []
+        assert await store.jobs.list_jobs(None, None, 100) == []
 
     run(make_store, body)
 
@@ -126,7 +126,7 @@ def test_same_idempotency_key_gives_the_same_job_once(make_store):
         assert again.id == first.id
         assert again.payload == 1
         assert other.id != first.id
-        assert len(await store.list_jobs(None, None, 100)) == 2
+        assert len(await store.jobs.list_jobs(None, None, 100)) == 2
         assert await names(store, first.id) == ["queued"]
 
     run(make_store, body)
@@ -136,7 +136,7 @@ def test_get_unknown_job_is_not_found(make_store):
     """Looking up or transitioning a job that does not exist raises NotFound."""
 
     async def body(store: Store, svc: JobService) -> None:
-        assert await store.get_job("nope") is None
+        assert await store.jobs.get_job("nope") is None
         with pytest.raises(NotFound):
             await svc.get("nope")
         with pytest.raises(NotFound):
@@ -164,7 +164,7 @@ def test_lease_heartbeat_complete(make_store):
         assert leased.lease_token
         assert leased.lease_expires_at is not None
         assert before + 10.0 - 1 <= leased.lease_expires_at <= time.time() + 10.0
-        assert await store.get_job(job.id) == leased
+        assert await store.jobs.get_job(job.id) == leased
 
         token = leased.lease_token
         cancel, expires = await svc.heartbeat(job.id, token, 40.0, "half way", lease=20.0)
@@ -184,7 +184,7 @@ def test_lease_heartbeat_complete(make_store):
         assert done.result == {"ok": True}
         assert done.lease_token is None
         assert done.finished_at is not None
-        assert await store.get_job(job.id) == done
+        assert await store.jobs.get_job(job.id) == done
 
         evs = await events(store, job.id)
         assert [e for e, _ in evs] == ["queued", "running", "progress", "succeeded"]
@@ -211,7 +211,7 @@ def test_spent_or_foreign_token_is_refused_and_changes_nothing(make_store):
         ):
             with pytest.raises(Conflict):
                 await call
-        assert await store.get_job(job.id) == leased
+        assert await store.jobs.get_job(job.id) == leased
 
         done = await svc.complete(job.id, leased.lease_token, 1)
         for call in (
@@ -221,7 +221,7 @@ def test_spent_or_foreign_token_is_refused_and_changes_nothing(make_store):
         ):
             with pytest.raises(Conflict):
                 await call
-        assert await store.get_job(job.id) == done
+        assert await store.jobs.get_job(job.id) == done
         assert await names(store, job.id) == ["queued", "running", "succeeded"]
 
     run(make_store, body)
@@ -236,7 +236,7 @@ def test_heartbeat_rejects_bad_progress(make_store):
         for kwargs in ({"progress": 101.0}, {"progress": -1.0}, {"lease": 0.0}):
             with pytest.raises(InvalidBody):
                 await svc.heartbeat(leased.id, leased.lease_token, **kwargs)
-        assert await store.get_job(leased.id) == leased
+        assert await store.jobs.get_job(leased.id) == leased
 
     run(make_store, body)
 
@@ -522,7 +522,7 @@ def test_cancel_finished_job_is_a_conflict(make_store):
         done = await svc.complete(job.id, leased.lease_token, 1)
         with pytest.raises(Conflict):
             await svc.cancel(job.id)
-        assert await store.get_job(job.id) == done
+        assert await store.jobs.get_job(job.id) == done
 
     run(make_store, body)
 
@@ -571,11 +571,11 @@ def test_sweep_removes_old_finished_jobs_and_their_channels(make_store):
         await svc.cancel(recent.id)
 
         await svc.sweep(ttl=0.2)
-        assert await store.get_job(old.id) is None
-        assert await store.info(job_channel(old.id)) is None
-        assert (await store.read(job_channel(old.id), "0", 10)).messages == []
+        assert await store.jobs.get_job(old.id) is None
+        assert await store.channels.info(job_channel(old.id)) is None
+        assert (await store.channels.read(job_channel(old.id), "0", 10)).messages == []
         for kept in (queued, running, recent):
-            assert await store.get_job(kept.id) is not None
+            assert await store.jobs.get_job(kept.id) is not None
             assert await names(store, kept.id)
         # The swept job's idempotency key no longer matches.
         fresh, created = await svc.submit("t", idempotency_key="old-key")
@@ -593,11 +593,11 @@ def test_retention_by_age_leaves_job_channels_to_their_job(make_store):
     async def body(store: Store, svc: JobService) -> None:
         job, _ = await svc.submit("t")
         await lease_one(svc)
-        old = (await store.publish("jobless", "x")).message
-        trimmed = await store.sweep(old.time + DEFAULT.max_age + 60)
+        old = (await store.channels.publish("jobless", "x")).message
+        trimmed = await store.channels.sweep(old.time + DEFAULT.max_age + 60)
         assert trimmed == ["jobless"]
         assert await names(store, job.id) == ["queued", "running"]
-        info = await store.info(job_channel(job.id))
+        info = await store.channels.info(job_channel(job.id))
         assert info is not None and info.messages == 2
 
     run(make_store, body)
@@ -614,7 +614,7 @@ def test_transition_jobs_applies_steps_in_order_and_refuses_each_on_its_own(make
     async def body(store: Store, svc: JobService) -> None:
         a, _ = await svc.submit("t")
         b, _ = await svc.submit("t")
-        assert await store.transition_jobs([]) == []
+        assert await store.jobs.transition_jobs([]) == []
 
         def note(text: str) -> Any:
             def fn(job: Job, now: float) -> tuple[Job, str | None]:
@@ -626,7 +626,7 @@ def test_transition_jobs_applies_steps_in_order_and_refuses_each_on_its_own(make
             raise Conflict(f"not {job.id}")
 
         commits = store.commits if isinstance(store, SQLiteStore) else 0
-        out = await store.transition_jobs(
+        out = await store.jobs.transition_jobs(
             [
                 (a.id, note("x"), True),
                 (b.id, refuse, True),
@@ -651,8 +651,8 @@ def test_transition_jobs_applies_steps_in_order_and_refuses_each_on_its_own(make
         assert last_a.job.message == "xz"  # the second step saw the first
         assert last_b.job.message == "w"  # the refused step left nothing behind
         assert last_a.published is not None and last_a.published.message.event == "note"
-        assert await store.get_job(a.id) == last_a.job
-        assert await store.get_job(b.id) == last_b.job
+        assert await store.jobs.get_job(a.id) == last_a.job
+        assert await store.jobs.get_job(b.id) == last_b.job
         assert await names(store, a.id) == ["queued", "note", "note"]
         assert await names(store, b.id) == ["queued", "note"]
 
@@ -688,7 +688,7 @@ def test_report_completes_and_fails_like_complete_and_fail(make_store):
             "Conflict",
             "NotFound",
         ]
-        got = {i: await store.get_job(i) for i in ids}
+        got = {i: await store.jobs.get_job(i) for i in ids}
         assert got[done.id] is not None and got[done.id].result == {"n": 1}
         assert got[retried.id] is not None and got[retried.id].error == {"type": "E"}
         assert got[retried.id].run_at > time.time() - 1
@@ -745,7 +745,7 @@ def test_sqlite_reopen_keeps_jobs_and_their_events(tmp_path):
             leased = await lease_one(svc)
             done = await svc.complete(done.id, leased.lease_token, {"y": 2})
             waiting, _ = await svc.submit("t", "later", priority=7)
-            res = await store.read(job_channel(waiting.id), "0", 10)
+            res = await store.channels.read(job_channel(waiting.id), "0", 10)
             return done, waiting, [m.id for m in res.messages]
         finally:
             svc.close()
@@ -756,8 +756,8 @@ def test_sqlite_reopen_keeps_jobs_and_their_events(tmp_path):
         await store.start()
         svc = JobService(store, Hub(store.cursor_key), retry_backoff=BACKOFF)
         try:
-            assert await store.get_job(done.id) == done
-            assert await store.get_job(waiting.id) == waiting
+            assert await store.jobs.get_job(done.id) == done
+            assert await store.jobs.get_job(waiting.id) == waiting
             assert await names(store, done.id) == ["queued", "running", "succeeded"]
             again, created = await svc.submit("t", {"x": 1}, idempotency_key="k")
             assert not created
@@ -765,10 +765,12 @@ def test_sqlite_reopen_keeps_jobs_and_their_events(tmp_path):
             leased = await lease_one(svc)
             assert leased.id == waiting.id
             assert leased.attempt == 1
-            res = await store.read(job_channel(waiting.id), "0", 10)
+            res = await store.channels.read(job_channel(waiting.id), "0", 10)
             assert [m.event for m in res.messages] == ["queued", "running"]
             assert res.messages[0].id == ids[0]
-            assert store.cursor_key(res.messages[1].id) > store.cursor_key(ids[-1])
+            assert store.channels.cursor_key(res.messages[1].id) > store.channels.cursor_key(
+                ids[-1]
+            )
             assert await svc.queues() == {"t": {"succeeded": 1, "running": 1}}
         finally:
             svc.close()

@@ -21,7 +21,7 @@ from msgspec.structs import replace
 from redis.exceptions import ResponseError
 
 from tidings.protocol.errors import Conflict, StoreError
-from tidings.protocol.wire import Job, JobOutcome, job_channel
+from tidings.protocol.jobs import Job, JobOutcome, job_channel
 from tidings.server.hub import Hub
 from tidings.server.jobs import JobService
 from tidings.server.stores.base import Retention
@@ -56,7 +56,7 @@ def two_nodes(redis_url: str, body: Body) -> None:
 
 
 async def names(store: RedisStore, job_id: str) -> list[str | None]:
-    res = await store.read(job_channel(job_id), "0", 1000)
+    res = await store.channels.read(job_channel(job_id), "0", 1000)
     return [m.event for m in res.messages]
 
 
@@ -90,9 +90,9 @@ def test_concurrent_leases_on_two_nodes_hand_out_each_job_once(redis_url):
         assert all(j.attempt == 1 and j.status == "running" for j in leased)
         assert await svc_a.lease(None, 10, 0, 30.0) == []
         assert await svc_b.lease(None, 10, 0, 30.0) == []
-        assert await store_b.queue_counts() == {"t": {"running": 200}}
+        assert await store_b.jobs.queue_counts() == {"t": {"running": 200}}
         for job in leased:
-            assert await store_b.get_job(job.id) == job
+            assert await store_b.jobs.get_job(job.id) == job
             assert await names(store_a, job.id) == ["queued", "running"]
 
     two_nodes(redis_url, body)
@@ -115,13 +115,13 @@ def test_concurrent_expiry_on_two_nodes_requeues_each_job_once(redis_url):
         expired = [j.id for out in outs for j in out]
         assert sorted(expired) == sorted(ids), "an expired lease was taken back twice"
         for job_id in ids:
-            job = await store_b.get_job(job_id)
+            job = await store_b.jobs.get_job(job_id)
             assert job is not None
             assert job.status == "queued"
             assert job.attempt == 1
             assert job.error["type"] == "LeaseExpired"
             assert await names(store_a, job_id) == ["queued", "running", "queued"]
-        assert await store_a.queue_counts() == {"t": {"queued": 40}}
+        assert await store_a.jobs.queue_counts() == {"t": {"queued": 40}}
         assert await svc_a.expire() == [] and await svc_b.expire() == []
 
         await asyncio.sleep(BACKOFF * 3)
@@ -160,7 +160,7 @@ def test_complete_racing_an_expiry_on_the_other_node_applies_exactly_one(redis_u
         assert not won_complete & won_expiry
         assert won_complete | won_expiry == {j.id for j in leased}
         for job in leased:
-            stored = await store_a.get_job(job.id)
+            stored = await store_a.jobs.get_job(job.id)
             assert stored is not None
             if job.id in won_complete:
                 assert stored.status == "succeeded"
@@ -187,8 +187,8 @@ def test_same_idempotency_key_on_two_nodes_at_once_makes_one_job(redis_url):
             assert created_a != created_b
             assert ja.id == jb.id
             assert await names(store_b, ja.id) == ["queued"]
-        assert len(await store_a.list_jobs(None, None, 100)) == 20
-        assert await store_b.queue_counts() == {"t": {"queued": 20}}
+        assert len(await store_a.jobs.list_jobs(None, None, 100)) == 20
+        assert await store_b.jobs.queue_counts() == {"t": {"queued": 20}}
 
     two_nodes(redis_url, body)
 
@@ -207,7 +207,7 @@ def test_submit_on_one_node_adds_a_wake_entry_with_its_type(redis_url):
         fields = entries[0][1]
         assert fields[b"type"] == b"resize"
         assert float(fields[b"run_at"]) == job.run_at >= before
-        assert await store_b.get_job(job.id) == job
+        assert await store_b.jobs.get_job(job.id) == job
 
         leased = await svc_b.lease(["resize"], 1, 0, 30.0)
         assert [j.id for j in leased] == [job.id]
@@ -242,9 +242,9 @@ def test_a_report_whose_job_changed_after_its_read_writes_nothing_then_applies_t
         async def racing_read(ids: list[str]) -> Any:
             reads.append(ids)
             if len(reads) == 2:  # the retry: the first attempt left everything as it was
-                assert (await store_b.get_job(j1.id)).status == "running"
+                assert (await store_b.jobs.get_job(j1.id)).status == "running"
                 assert await names(store_b, j1.id) == ["queued", "running"]
-                assert await store_b.queue_counts() == {"t": {"running": 2}}
+                assert await store_b.jobs.queue_counts() == {"t": {"running": 2}}
             found = await read(ids)
             if len(reads) == 1:
                 await svc_b.heartbeat(j2.id, j2.lease_token or "", progress=50.0)
@@ -260,7 +260,7 @@ def test_a_report_whose_job_changed_after_its_read_writes_nothing_then_applies_t
         assert done[1].progress == 100.0
         assert await names(store_b, j1.id) == ["queued", "running", "succeeded"]
         assert await names(store_b, j2.id) == ["queued", "running", "progress", "succeeded"]
-        assert await store_b.queue_counts() == {"t": {"succeeded": 2}}
+        assert await store_b.jobs.queue_counts() == {"t": {"succeeded": 2}}
 
     two_nodes(redis_url, body)
 
@@ -275,17 +275,17 @@ def test_a_submit_whose_id_is_taken_is_refused_and_its_own_repeat_is_not(redis_u
         (store_a, _svc_a), (store_b, _svc_b) = a, b
         now = time.time()
         job = Job(id="fixed-id", type="t", payload=1, created_at=now, updated_at=now, run_at=now)
-        change, created = await store_a.submit_job(job, "queued")
+        change, created = await store_a.jobs.submit_job(job, "queued")
         assert created and change.published is not None
 
-        again, created = await store_b.submit_job(job, "queued")
+        again, created = await store_b.jobs.submit_job(job, "queued")
         assert created and again.job == job and again.published is None
 
         with pytest.raises(StoreError, match="already exists"):
-            await store_b.submit_job(replace(job, payload=2), "queued")
-        assert await store_a.get_job(job.id) == job
+            await store_b.jobs.submit_job(replace(job, payload=2), "queued")
+        assert await store_a.jobs.get_job(job.id) == job
         assert await names(store_a, job.id) == ["queued"]
-        assert await store_a.queue_counts() == {"t": {"queued": 1}}
+        assert await store_a.jobs.queue_counts() == {"t": {"queued": 1}}
         assert len(await store_a.r.xrange(store_a.k("wake"))) == 1
 
     two_nodes(redis_url, body)
@@ -311,9 +311,9 @@ def test_a_malformed_write_fails_before_writing_any_of_its_jobs(redis_url):
             await store._write_script(keys=keys, args=args, client=store.r)
         with pytest.raises(ResponseError, match="malformed call"):
             await store._write_script(keys=keys, args=args[:-1], client=store.r)
-        assert await store.get_job("j1") is None
-        assert await store.queue_counts() == {}
-        assert await store.info(job_channel("j1")) is None
+        assert await store.jobs.get_job("j1") is None
+        assert await store.jobs.queue_counts() == {}
+        assert await store.channels.info(job_channel("j1")) is None
         assert await store.r.xrange(store.k("wake")) == []
 
     two_nodes(redis_url, body)
@@ -328,21 +328,21 @@ def test_job_events_keep_to_the_job_channels_retention(redis_url):
         (store, svc), _ = a, b
         now = time.time()
         job = Job(id="kept", type="t", created_at=now, updated_at=now, run_at=now)
-        first, _ = await store.submit_job(job, "queued")
+        first, _ = await store.jobs.submit_job(job, "queued")
         assert first.published is not None
         assert (first.published.message.id, first.published.prev_id) == ("1", None)
         assert first.published.keep == DEFAULT.max_messages
 
-        await store.set_retention(job_channel(job.id), Retention(2, 3600.0))
+        await store.channels.set_retention(job_channel(job.id), Retention(2, 3600.0))
         [leased] = await svc.lease(None, 1, 0, 30.0)
-        done = await store.transition_job(
+        done = await store.jobs.transition_job(
             job.id, lambda j, t: (replace(j, status="succeeded", finished_at=t), "succeeded")
         )
         assert done.published is not None
         assert (done.published.message.id, done.published.prev_id) == ("3", "2")
         assert done.published.keep == 2
         assert done.published.message.data["status"] == "succeeded"
-        info = await store.info(job_channel(job.id))
+        info = await store.channels.info(job_channel(job.id))
         assert info is not None and (info.first_id, info.last_id) == ("2", "3")
         assert await names(store, job.id) == ["running", "succeeded"]
         assert leased.status == "running"
@@ -391,7 +391,7 @@ def test_a_node_decides_on_redis_not_on_its_own_copy_of_a_job_changed_elsewhere(
         assert isinstance(fresh, Job) and fresh.status == "succeeded" and fresh.result == "new"
         [stale] = await svc_a.report([JobOutcome(job.id, first.lease_token or "", True, "old")])
         assert isinstance(stale, Conflict)
-        assert (await store_a.get_job(job.id)) == fresh
+        assert (await store_a.jobs.get_job(job.id)) == fresh
 
         # A leases a job B requeued (A's copy still says running): it gets it.
         other, _ = await svc_a.submit("t", 2)

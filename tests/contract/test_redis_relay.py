@@ -51,7 +51,7 @@ def test_follow_returns_a_message_published_on_another_node_while_it_blocks(redi
         follow = asyncio.create_task(a.follow({"news": 0}, wake, 5000))
         await asyncio.sleep(0.2)
         assert not follow.done(), "follow returned before anything was published"
-        ack = await b.publish("news", {"n": 1}, event="hello")
+        ack = await b.channels.publish("news", {"n": 1}, event="hello")
         batches, wakes, deleted, new_wake = await asyncio.wait_for(follow, 3)
         assert time.monotonic() - started < 3, "follow did not return when the message came"
         assert wakes == [] and deleted == [] and new_wake == wake
@@ -70,8 +70,8 @@ def test_follow_resumes_from_positions_in_order(redis_url):
 
     async def body(a: RedisStore, b: RedisStore) -> None:
         for i in range(5):
-            await b.publish("a", i)
-        await b.publish("b", "x")
+            await b.channels.publish("a", i)
+        await b.channels.publish("b", "x")
         wake = await a.wake_position()
         batches, _, _, wake = await a.follow({"a": 0, "b": 1, "quiet": 0}, wake, 100)
         assert [(ch, [m.id for m in ms]) for ch, ms in batches] == [
@@ -82,8 +82,8 @@ def test_follow_resumes_from_positions_in_order(redis_url):
         batches, _, _, wake = await a.follow({"a": 3}, wake, 100)
         assert [m.id for m in batches[0][1]] == ["4", "5"]
 
-        await b.publish("a", 5)
-        await b.publish("a", 6)
+        await b.channels.publish("a", 5)
+        await b.channels.publish("a", 6)
         batches, _, _, wake = await a.follow({"a": 5}, wake, 1000)
         assert [(m.id, m.data) for m in batches[0][1]] == [("6", 5), ("7", 6)]
 
@@ -94,9 +94,9 @@ def test_follow_returns_at_most_1000_messages_per_channel_then_the_rest(redis_ur
     """A long backlog comes in batches of at most 1000, resumable from the last id."""
 
     async def body(a: RedisStore, b: RedisStore) -> None:
-        await b.set_retention("big", Retention(max_messages=2000, max_age=3600))
+        await b.channels.set_retention("big", Retention(max_messages=2000, max_age=3600))
         for i in range(1200):
-            await b.publish("big", i)
+            await b.channels.publish("big", i)
         wake = await a.wake_position()
         batches, _, _, wake = await a.follow({"big": 0}, wake, 100)
         first = batches[0][1]
@@ -124,7 +124,7 @@ def test_a_wake_entry_comes_back_as_a_wakeup(redis_url):
         assert await a.wake_position() == entry_id
 
         await b.r.xadd(b.k("wake"), {"type": "sms", "run_at": "1.0"})
-        await b.publish("c", "m")
+        await b.channels.publish("c", "m")
         batches, wakes, _, pos2 = await a.follow({"c": 0}, pos, 100)
         assert wakes == [("sms", 1.0)]
         assert pos2 > pos
@@ -137,7 +137,7 @@ def test_an_empty_follow_returns_after_about_block_ms(redis_url):
     """With nothing new, follow waits block_ms and returns nothing, the position kept."""
 
     async def body(a: RedisStore, b: RedisStore) -> None:
-        await b.publish("c", 1)
+        await b.channels.publish("c", 1)
         wake = await a.wake_position()
         started = time.monotonic()
         batches, wakes, _, pos = await a.follow({"c": 1, "none": 0}, wake, 300)
@@ -158,12 +158,12 @@ def test_channel_marks_follow_publishes_and_deletion(redis_url):
 
     async def body(a: RedisStore, b: RedisStore) -> None:
         assert (await a.channel_marks(["c"]))[0][0] == 0
-        await b.set_retention("c", Retention(max_messages=2, max_age=3600))
+        await b.channels.set_retention("c", Retention(max_messages=2, max_age=3600))
         assert (await a.channel_marks(["c"]))[0][0] == 0
         for i in range(5):
-            await b.publish("c", i)
+            await b.channels.publish("c", i)
         assert (await a.channel_marks(["c"]))[0][0] == 5
-        assert await b.delete("c")
+        assert await b.channels.delete("c")
         assert (await a.channel_marks(["c"]))[0][0] == 0
 
     run(redis_url, body)
@@ -174,15 +174,15 @@ def test_idempotency_keys_do_not_survive_the_channel(redis_url):
     whose message retention dropped still answers with the earlier id."""
 
     async def body(a: RedisStore, b: RedisStore) -> None:
-        first = await a.publish("c", "x", idempotency_key="k")
-        assert (await b.publish("c", "y", idempotency_key="k")).message == first.message
-        assert await a.delete("c")
-        again = await b.publish("c", "z", idempotency_key="k")
+        first = await a.channels.publish("c", "x", idempotency_key="k")
+        assert (await b.channels.publish("c", "y", idempotency_key="k")).message == first.message
+        assert await a.channels.delete("c")
+        again = await b.channels.publish("c", "z", idempotency_key="k")
         assert not again.duplicate and again.message.data == "z"
 
-        await a.set_retention("c", Retention(max_messages=1, max_age=3600))
-        await a.publish("c", "later")
-        dup = await b.publish("c", "z2", idempotency_key="k")
+        await a.channels.set_retention("c", Retention(max_messages=1, max_age=3600))
+        await a.channels.publish("c", "later")
+        dup = await b.channels.publish("c", "z2", idempotency_key="k")
         assert dup.duplicate and dup.message.id == "1" and dup.prev_id is None
 
     run(redis_url, body)
@@ -216,7 +216,7 @@ def test_a_lost_redis_is_a_store_error_saying_what_to_do(tmp_path: Path):
             for call in (
                 store.follow({"c": 0}, b"0-0", 100),
                 store.channel_marks(["c"]),
-                store.publish("c", 1),
+                store.channels.publish("c", 1),
             ):
                 with pytest.raises(StoreError) as caught:
                     await call
@@ -236,14 +236,14 @@ def test_a_channel_deleted_on_one_node_is_announced_to_every_follower(redis_url)
     channel as deleted (its relay then drops its position: a new life starts at id 1)."""
 
     async def body(a: RedisStore, b: RedisStore) -> None:
-        await b.publish("doomed", 1)
+        await b.channels.publish("doomed", 1)
         wake = await a.wake_position()
-        assert await b.delete("doomed") is True
+        assert await b.channels.delete("doomed") is True
         batches, wakes, deleted, new_wake = await a.follow({"doomed": 1}, wake, 500)
         assert deleted == ["doomed"]
         assert batches == [] and wakes == []
         assert new_wake != wake
-        assert await b.delete("doomed") is False  # nothing to delete: announced anyway
+        assert await b.channels.delete("doomed") is False  # nothing to delete: announced anyway
         _, _, again, _ = await a.follow({}, new_wake, 100)
         assert again == ["doomed"]
 
@@ -265,14 +265,14 @@ def test_the_relay_never_skips_messages_trimmed_before_it_read_them(redis_url):
         relay = Relay(b, hub, lambda _t, _r: None)
         waiter = hub.waiter("g")  # B watches g (a parked long poll)
         await relay.watch("g")
-        await a.set_retention("g", Retention(5, 3600.0))
+        await a.channels.set_retention("g", Retention(5, 3600.0))
         for i in range(20):
-            await a.publish("g", i)
+            await a.channels.publish("g", i)
         relay.start()
         try:
             await asyncio.wait_for(waiter, 3)
             assert relay.resyncs == 1
-            res = await b.read("g", "0", 100)
+            res = await b.channels.read("g", "0", 100)
             assert [m.id for m in res.messages] == [str(i) for i in range(16, 21)]
         finally:
             await relay.stop()

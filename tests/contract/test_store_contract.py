@@ -37,17 +37,19 @@ def test_ids_increase_and_reads_resume(make_store):
     """Ids start at 1 and increase; after=ID returns what follows, in order, up to limit."""
 
     async def body(store: ChannelStore) -> None:
-        acks = [await store.publish("c", f"m{i}", "e" if i == 1 else None) for i in range(5)]
+        acks = [
+            await store.channels.publish("c", f"m{i}", "e" if i == 1 else None) for i in range(5)
+        ]
         assert [a.message.id for a in acks] == ["1", "2", "3", "4", "5"]
         assert acks[0].prev_id is None
         assert acks[1].prev_id == "1"
-        res = await store.read("c", "0", 100)
+        res = await store.channels.read("c", "0", 100)
         assert [m.data for m in res.messages] == ["m0", "m1", "m2", "m3", "m4"]
         assert res.messages[1].event == "e"
         assert not res.reset
-        res = await store.read("c", "2", 2)
+        res = await store.channels.read("c", "2", 2)
         assert [m.id for m in res.messages] == ["3", "4"]
-        res = await store.read("c", "5", 10)
+        res = await store.channels.read("c", "5", 10)
         assert res.messages == []
         assert not res.reset
         assert res.last_id == "5"
@@ -61,8 +63,8 @@ def test_json_values_round_trip(make_store):
 
     async def body(store: ChannelStore) -> None:
         for v in values:
-            await store.publish("types", v)
-        res = await store.read("types", "0", 100)
+            await store.channels.publish("types", v)
+        res = await store.channels.read("types", "0", 100)
         assert [m.data for m in res.messages] == values
 
     run(make_store, body)
@@ -70,25 +72,25 @@ def test_json_values_round_trip(make_store):
 
 def test_channels_are_independent(make_store):
     async def body(store: ChannelStore) -> None:
-        await store.publish("a", 1)
-        await store.publish("b", 2)
-        await store.publish("a", 3)
-        assert [m.data for m in (await store.read("a", "0", 10)).messages] == [1, 3]
-        assert [m.id for m in (await store.read("b", "0", 10)).messages] == ["1"]
+        await store.channels.publish("a", 1)
+        await store.channels.publish("b", 2)
+        await store.channels.publish("a", 3)
+        assert [m.data for m in (await store.channels.read("a", "0", 10)).messages] == [1, 3]
+        assert [m.id for m in (await store.channels.read("b", "0", 10)).messages] == ["1"]
 
     run(make_store, body)
 
 
 def test_idempotency_key_returns_the_first_message(make_store):
     async def body(store: ChannelStore) -> None:
-        first = await store.publish("c", "x", idempotency_key="k1")
-        again = await store.publish("c", "y", idempotency_key="k1")
-        other = await store.publish("d", "z", idempotency_key="k1")
+        first = await store.channels.publish("c", "x", idempotency_key="k1")
+        again = await store.channels.publish("c", "y", idempotency_key="k1")
+        other = await store.channels.publish("d", "z", idempotency_key="k1")
         assert again.duplicate and not first.duplicate
         assert again.message.id == first.message.id
         assert again.message.data == "x"
         assert not other.duplicate
-        assert len((await store.read("c", "0", 10)).messages) == 1
+        assert len((await store.channels.read("c", "0", 10)).messages) == 1
 
     run(make_store, body)
 
@@ -98,15 +100,15 @@ def test_retention_by_count_and_reset(make_store):
 
     async def body(store: ChannelStore) -> None:
         for i in range(5):
-            await store.publish("c", i)
-        res = await store.read("c", "0", 10)
+            await store.channels.publish("c", i)
+        res = await store.channels.read("c", "0", 10)
         assert [m.id for m in res.messages] == ["3", "4", "5"]
         assert not res.reset, "after=0 asks for the oldest retained: not a gap"
-        res = await store.read("c", "1", 10)
+        res = await store.channels.read("c", "1", 10)
         assert res.reset
         assert [m.id for m in res.messages] == ["3", "4", "5"]
         assert res.first_id == "3"
-        res = await store.read("c", "2", 10)
+        res = await store.channels.read("c", "2", 10)
         assert not res.reset, "2 is right before the oldest retained: nothing missed"
         assert [m.id for m in res.messages] == ["3", "4", "5"]
 
@@ -118,14 +120,14 @@ def test_cursor_past_the_end_is_a_reset(make_store):
 
     async def body(store: ChannelStore) -> None:
         for i in range(3):
-            await store.publish("c", i)
-        assert await store.delete("c")
-        assert not await store.delete("c")
-        res = await store.read("c", "3", 10)
+            await store.channels.publish("c", i)
+        assert await store.channels.delete("c")
+        assert not await store.channels.delete("c")
+        res = await store.channels.read("c", "3", 10)
         assert res.reset
         assert res.messages == []
-        await store.publish("c", "new")
-        res = await store.read("c", "3", 10)
+        await store.channels.publish("c", "new")
+        res = await store.channels.read("c", "3", 10)
         assert res.reset
         assert [m.data for m in res.messages] == ["new"]
 
@@ -134,32 +136,32 @@ def test_cursor_past_the_end_is_a_reset(make_store):
 
 def test_retention_by_age(make_store):
     async def body(store: ChannelStore) -> None:
-        await store.publish("old", 1)
-        await store.publish("old", 2)
-        last = (await store.publish("old", 3)).message
-        trimmed = await store.sweep(last.time + 61)
+        await store.channels.publish("old", 1)
+        await store.channels.publish("old", 2)
+        last = (await store.channels.publish("old", 3)).message
+        trimmed = await store.channels.sweep(last.time + 61)
         assert trimmed == ["old"]
-        res = await store.read("old", "3", 10)
+        res = await store.channels.read("old", "3", 10)
         assert not res.reset and res.messages == []
-        res = await store.read("old", "1", 10)
+        res = await store.channels.read("old", "1", 10)
         assert res.reset and res.messages == []
-        info = await store.info("old")
+        info = await store.channels.info("old")
         assert info is not None and info.messages == 0 and info.last_id == "3"
-        assert (await store.publish("old", 4)).message.id == "4"
+        assert (await store.channels.publish("old", 4)).message.id == "4"
 
     run(make_store, body, Retention(max_messages=100, max_age=60))
 
 
 def test_per_channel_retention(make_store):
     async def body(store: ChannelStore) -> None:
-        info = await store.set_retention("small", Retention(max_messages=2, max_age=10))
+        info = await store.channels.set_retention("small", Retention(max_messages=2, max_age=10))
         assert info.custom_retention
         for i in range(4):
-            await store.publish("small", i)
-            await store.publish("big", i)
-        assert [m.data for m in (await store.read("small", "0", 10)).messages] == [2, 3]
-        assert len((await store.read("big", "0", 10)).messages) == 4
-        info = await store.set_retention("small", None)
+            await store.channels.publish("small", i)
+            await store.channels.publish("big", i)
+        assert [m.data for m in (await store.channels.read("small", "0", 10)).messages] == [2, 3]
+        assert len((await store.channels.read("big", "0", 10)).messages) == 4
+        info = await store.channels.set_retention("small", None)
         assert not info.custom_retention
         assert info.retention == DEFAULT
 
@@ -168,26 +170,26 @@ def test_per_channel_retention(make_store):
 
 def test_info_and_listing(make_store):
     async def body(store: ChannelStore) -> None:
-        assert await store.info("none") is None
+        assert await store.channels.info("none") is None
         for name in ["news.a", "news.b", "other"]:
-            await store.publish(name, "x")
-        await store.publish("news.a", "y")
-        info = await store.info("news.a")
+            await store.channels.publish(name, "x")
+        await store.channels.publish("news.a", "y")
+        info = await store.channels.info("news.a")
         assert info is not None
         assert (info.first_id, info.last_id, info.messages) == ("1", "2", 2)
-        names = [i.name for i in await store.list_channels("news.")]
+        names = [i.name for i in await store.channels.list_channels("news.")]
         assert names == ["news.a", "news.b"]
-        assert len(await store.list_channels()) == 3
+        assert len(await store.channels.list_channels()) == 3
 
     run(make_store, body)
 
 
 def test_concurrent_publishes_get_distinct_contiguous_ids(make_store):
     async def body(store: ChannelStore) -> None:
-        acks = await asyncio.gather(*(store.publish("c", i) for i in range(200)))
+        acks = await asyncio.gather(*(store.channels.publish("c", i) for i in range(200)))
         ids = sorted(int(a.message.id) for a in acks)
         assert ids == list(range(1, 201))
-        res = await store.read("c", "0", 1000)
+        res = await store.channels.read("c", "0", 1000)
         assert [m.id for m in res.messages] == [str(i) for i in range(1, 201)]
 
     run(make_store, body, Retention(max_messages=1000, max_age=3600))
@@ -197,7 +199,7 @@ def test_malformed_cursor_is_refused(make_store):
     async def body(store: ChannelStore) -> None:
         for bad in ["abc", "-1", "1.5", "", "9" * 30]:
             with pytest.raises(InvalidCursor):
-                await store.read("c", bad, 10)
+                await store.channels.read("c", bad, 10)
 
     run(make_store, body)
 
@@ -208,7 +210,7 @@ def test_a_closed_store_says_so(make_store):
         await store.start()
         await store.close()
         with pytest.raises(StoreClosed):
-            await store.publish("c", 1)
+            await store.channels.publish("c", 1)
 
     asyncio.run(main())
 
@@ -220,14 +222,14 @@ def test_sqlite_history_survives_reopen_and_ids_continue(tmp_path):
         store = open_store(url, DEFAULT)
         await store.start()
         for i in range(3):
-            await store.publish("c", i, idempotency_key=f"k{i}")
+            await store.channels.publish("c", i, idempotency_key=f"k{i}")
         await store.close()
         store = open_store(url, DEFAULT)
         await store.start()
-        assert (await store.publish("c", 3)).message.id == "4"
-        again = await store.publish("c", "dup", idempotency_key="k1")
+        assert (await store.channels.publish("c", 3)).message.id == "4"
+        again = await store.channels.publish("c", "dup", idempotency_key="k1")
         assert again.duplicate and again.message.id == "2"
-        res = await store.read("c", "0", 10)
+        res = await store.channels.read("c", "0", 10)
         assert [m.data for m in res.messages] == [0, 1, 2, 3]
         await store.close()
 
@@ -243,7 +245,7 @@ def test_sqlite_group_commit_shares_transactions(tmp_path):
         assert isinstance(store, SQLiteStore)
         await store.start()
         before = store.commits
-        await asyncio.gather(*(store.publish(f"c{i % 4}", i) for i in range(200)))
+        await asyncio.gather(*(store.channels.publish(f"c{i % 4}", i) for i in range(200)))
         commits = store.commits - before
         await store.close()
         assert 1 <= commits < 50, f"{commits} commits for 200 concurrent publishes"

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tidings.protocol.wire import Message, Reset
+from tidings.protocol.messages import Message, Reset
 from tidings.sdk.client import AsyncClient, Client, TidingsHTTPError
 
 VIAS = ["sse", "ws", "longpoll", "poll"]

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerFactory
-from tidings.protocol.wire import JobOutcome
+from tidings.protocol.jobs import JobOutcome
 from tidings.sdk.client import Client, TidingsConnectionError
 from tidings.sdk.worker import HttpBackend, JobContext, LeasedJob, LeaseLost, Worker
 

@@ -23,7 +23,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import ServerFactory
-from tidings.protocol.wire import Job
+from tidings.protocol.jobs import Job
 from tidings.server.settings import Settings
 from tidings.server.stores import open_store
 from tidings.server.stores.base import Retention
@@ -306,7 +306,7 @@ async def _poison_sqlite(path: Path) -> list[str]:
                 updated_at=now,
                 run_at=now,
             )
-            await store.submit_job(job, "queued")
+            await store.jobs.submit_job(job, "queued")
             ids.append(job.id)
     finally:
         await store.close()

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerFactory, ServerProcess
-from tidings.protocol.wire import RESET_AHEAD, RESET_BEHIND
+from tidings.protocol.messages import RESET_AHEAD, RESET_BEHIND
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -181,18 +181,18 @@ def test_in_one_process_a_second_server_store_is_refused_and_a_shared_one_is_not
             shared = open_store(f"sqlite:///{db}", retention, exclusive=False)
             await shared.start()
             try:
-                await shared.put_user(User("dave", None, Permissions(), time.time()))
+                await shared.auth.put_user(User("dave", None, Permissions(), time.time()))
             finally:
                 await shared.close()
-            assert await server.get_user("dave") is not None
-            assert (await server.publish("c", 1)).message.id == "1"
+            assert await server.auth.get_user("dave") is not None
+            assert (await server.channels.publish("c", 1)).message.id == "1"
         finally:
             await server.close()
         assert Path(f"{db}.lock").read_text() == ""  # released, nobody named
         again = open_store(f"sqlite:///{db}", retention)
         await again.start()
         try:
-            assert (await again.publish("c", 2)).message.id == "2"
+            assert (await again.channels.publish("c", 2)).message.id == "2"
         finally:
             await again.close()
 

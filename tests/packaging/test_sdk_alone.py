@@ -20,7 +20,7 @@ import tidings
 from tidings import AsyncClient, Client, Reset, Worker
 present = [m for m in {SERVER_ONLY!r} if importlib.util.find_spec(m) is not None]
 assert not present, f"server libraries installed with the SDK: {{present}}"
-loaded = sorted(m for m in sys.modules if m.startswith("tidings.server") or m.startswith("tidings.cli"))
+loaded = sorted(m for m in sys.modules if m.startswith(("tidings.server", "tidings.cli")))
 assert not loaded, f"the SDK imported {{loaded}}"
 worker = Worker(concurrency=2)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tidings.protocol.wire import Message
+from tidings.protocol.messages import Message
 from tidings.server.hub import KIND_SSE, Hub, Subscriber
 from tidings.server.stores.memory import parse_seq
 

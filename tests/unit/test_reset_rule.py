@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tidings.protocol.wire import RESET_AHEAD, RESET_BEHIND
+from tidings.protocol.messages import RESET_AHEAD, RESET_BEHIND
 from tidings.server.stores.base import is_reset, reset_reason
 
 

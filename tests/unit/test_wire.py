@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tidings.protocol.wire import (
-    Message,
-    data_text,
-    decode_composite_cursor,
-    encode_composite_cursor,
-    sse_frame,
-    valid_channel,
-)
+from tidings.protocol.cursors import decode_composite_cursor, encode_composite_cursor
+from tidings.protocol.messages import Message, data_text, sse_frame, valid_channel
 
 
 def test_sse_frame_fields_and_multiline_data():
@@ -82,7 +76,7 @@ def test_format_time_matches_datetime_to_the_microsecond():
     import random
     from datetime import UTC, datetime
 
-    from tidings.protocol.wire import format_time
+    from tidings.protocol.codecs import format_time
 
     rng = random.Random(7)
     for ts in [0.0, 0.9999995, 1700000000.25, *(rng.uniform(0, 4e9) for _ in range(20000))]:

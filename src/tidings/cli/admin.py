@@ -111,7 +111,7 @@ def users_add(
             raise typer.Exit(2)
         password_hash = hash_password(password)
     user = User(name, password_hash, _perms(publish, subscribe, submit, work, admin), time.time())
-    _run(store, lambda s: s.put_user(user))
+    _run(store, lambda s: s.auth.put_user(user))
     typer.echo(f"user {name} saved")
 
 
@@ -128,11 +128,11 @@ def users_grant(
     """Add permissions to a user."""
 
     async def grant(s: Store) -> bool:
-        user = await s.get_user(name)
+        user = await s.auth.get_user(name)
         if user is None:
             return False
         more = _perms(publish, subscribe, submit, work, admin)
-        await s.put_user(
+        await s.auth.put_user(
             User(user.name, user.password_hash, user.permissions.merged(more), user.created)
         )
         return True
@@ -148,7 +148,7 @@ def users_remove(
     name: Annotated[str, typer.Argument(help="User name.")], store: StoreOption
 ) -> None:
     """Remove a user and all their sessions and tokens."""
-    if not _run(store, lambda s: s.delete_user(name)):
+    if not _run(store, lambda s: s.auth.delete_user(name)):
         err.print(f"[red]no user {name!r}")
         raise typer.Exit(1)
     typer.echo(f"user {name} removed")
@@ -157,7 +157,7 @@ def users_remove(
 @users_app.command("list")
 def users_list(store: StoreOption) -> None:
     """Users and their permissions."""
-    users = _run(store, lambda s: s.list_users())
+    users = _run(store, lambda s: s.auth.list_users())
     table = Table("user", "password", "publish", "subscribe", "submit", "work", "admin")
     for u in users:
         p = u.permissions
@@ -190,9 +190,9 @@ def tokens_create(
     )
 
     async def create(s: Store) -> bool:
-        if await s.get_user(user) is None:
+        if await s.auth.get_user(user) is None:
             return False
-        await s.put_credential(cred)
+        await s.auth.put_credential(cred)
         return True
 
     if not _run(store, create):
@@ -207,7 +207,7 @@ def tokens_list(
     user: Annotated[str | None, typer.Option(help="Only this user's.")] = None,
 ) -> None:
     """API tokens and login sessions (by key prefix; secrets are never stored)."""
-    creds: list[Any] = _run(store, lambda s: s.list_credentials(user))
+    creds: list[Any] = _run(store, lambda s: s.auth.list_credentials(user))
     table = Table("key", "kind", "user", "name", "created", "expires")
     for c in creds:
         table.add_row(
@@ -231,9 +231,9 @@ def tokens_revoke(
     """Revoke a token or session: requests with it get 401, its open streams end."""
 
     async def revoke(s: Store) -> list[str]:
-        found = [c.key for c in await s.list_credentials() if c.key.startswith(key)]
+        found = [c.key for c in await s.auth.list_credentials() if c.key.startswith(key)]
         if len(found) == 1:
-            await s.delete_credential(found[0])
+            await s.auth.delete_credential(found[0])
         return found
 
     if len(key) < 6:

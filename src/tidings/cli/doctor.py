@@ -67,7 +67,7 @@ def doctor(
         raise typer.Exit(2) from None
     report = doc.run(parsed, tries, timeout, state_file, notes)
     if json_out:
-        from tidings.protocol.wire import encode_json
+        from tidings.protocol.codecs import encode_json
 
         typer.echo(encode_json(report).decode())
     else:

@@ -12,7 +12,8 @@ from rich.markup import escape
 
 from tidings.cli.admin import tokens_app, users_app
 from tidings.cli.doctor import doctor
-from tidings.protocol.wire import Reset, encode_json
+from tidings.protocol.codecs import encode_json
+from tidings.protocol.messages import Reset
 from tidings.server import constants as C
 from tidings.server.settings import Settings
 
@@ -373,7 +374,7 @@ def _job_json(info: Any) -> str:
     """A JobInfo as the server's JSON (RFC 3339 times), for printing."""
     import msgspec
 
-    from tidings.protocol.wire import format_time
+    from tidings.protocol.codecs import format_time
 
     obj = msgspec.structs.asdict(info)
     for name in _TIME_FIELDS:
@@ -599,7 +600,7 @@ def jobs_queues(url: UrlOption = "http://127.0.0.1:8000", token: TokenOption = N
     """Job counts per type and status."""
     from rich.table import Table
 
-    from tidings.protocol.wire import JOB_STATUSES
+    from tidings.protocol.jobs import JOB_STATUSES
     from tidings.sdk.client import Client, ClientError
 
     try:

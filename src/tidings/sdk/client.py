@@ -33,14 +33,9 @@ import websockets.sync.client
 from httpx_sse import ServerSentEvent, SSEError, aconnect_sse, connect_sse
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from tidings.protocol.wire import (
-    JSON_DECODER,
-    TERMINAL_STATUSES,
-    Message,
-    PublishAck,
-    Reset,
-    encode_json,
-)
+from tidings.protocol.codecs import JSON_DECODER, encode_json
+from tidings.protocol.jobs import TERMINAL_STATUSES
+from tidings.protocol.messages import Message, PublishAck, Reset
 
 __all__ = [
     "AsyncClient",

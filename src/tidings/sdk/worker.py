@@ -59,8 +59,9 @@ from typing import Any, Protocol, TypeVar
 import httpx
 import msgspec
 
+from tidings.protocol.codecs import encode_json
 from tidings.protocol.errors import Conflict, NotFound, StoreError, TidingsError
-from tidings.protocol.wire import Job, JobOutcome, encode_json
+from tidings.protocol.jobs import Job, JobOutcome
 from tidings.sdk.client import (
     ClientError,
     TidingsConnectionError,

@@ -36,13 +36,10 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from tidings.protocol.codecs import encode_json
+from tidings.protocol.cursors import decode_composite_cursor
 from tidings.protocol.errors import BadRequest, Forbidden, InvalidCursor, StoreError, TidingsError
-from tidings.protocol.wire import (
-    TERMINAL_STATUSES,
-    decode_composite_cursor,
-    encode_json,
-    job_channel,
-)
+from tidings.protocol.jobs import TERMINAL_STATUSES, job_channel
 from tidings.server import constants as C
 from tidings.server.auth import AuthService
 from tidings.server.channels import ChannelService, check_channel
@@ -141,7 +138,7 @@ class TidingsApp:
             long_poll_cap=settings.long_poll_cap,
             max_depth=settings.max_depth,
         )
-        self.auth = AuthService(self.store, settings)
+        self.auth = AuthService(self.store.auth, settings)
         self.relay: Relay | None = None
         if self.store.shared:
             followable: Any = self.store
@@ -368,7 +365,7 @@ class TidingsApp:
             except ValueError as exc:
                 raise InvalidCursor(str(exc)) from None
             for pos in positions.values():
-                self.store.cursor_key(pos)
+                self.store.channels.cursor_key(pos)
             for name in names:
                 await self.channels.check_subscribe(principal, name)
             requested = {n: positions.get(n) for n in names}
@@ -397,7 +394,7 @@ class TidingsApp:
                 # the terminal event's (the hub may not have seen it yet); had the job been
                 # retried since, it is past the cursor, and the stream replays the rest.
                 last = (await self.channels.read(channel, "0", 0, fresh=True)).last_id or "0"
-                if self.store.cursor_key(cursor) >= self.store.cursor_key(last):
+                if self.store.channels.cursor_key(cursor) >= self.store.channels.cursor_key(last):
                     reason = f"job {found.id} {found.status}: the stream is complete"
                     return end_at_once(send, what == "ws", reason)
         else:
@@ -405,7 +402,7 @@ class TidingsApp:
             await self.channels.check_subscribe(principal, channel)
         for given in (cursor, after):  # `after` is refused when bad even beside Last-Event-ID
             if given is not None:
-                self.store.cursor_key(given)
+                self.store.channels.cursor_key(given)
         if what == "ws":
             return serve_ws(
                 self.channels,
@@ -535,7 +532,7 @@ class TidingsApp:
                 self.hub.close_session(session, "session revoked or expired: log in again")
 
     async def _sweep_credentials(self) -> None:
-        await self.store.sweep_credentials(time.time())
+        await self.store.auth.sweep_credentials(time.time())
 
     async def _sweep_jobs(self) -> None:
         await self.jobs.sweep(self.settings.job_ttl)

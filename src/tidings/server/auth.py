@@ -41,8 +41,8 @@ import argon2
 import jwt
 import msgspec
 
+from tidings.protocol.codecs import JSON_DECODER
 from tidings.protocol.errors import BadRequest, Unauthorized
-from tidings.protocol.wire import JSON_DECODER
 from tidings.server import constants as C
 from tidings.server.depth import NestedTooDeep, decode_limited
 from tidings.server.principals import (

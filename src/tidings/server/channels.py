@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tidings.protocol.errors import BadRequest, Forbidden, InvalidChannel, NotFound
-from tidings.protocol.wire import JOB_CHANNEL_PREFIX, PublishAck, valid_channel
+from tidings.protocol.jobs import JOB_CHANNEL_PREFIX
+from tidings.protocol.messages import PublishAck, valid_channel
 from tidings.server import constants as C
 from tidings.server.hub import Hub
 from tidings.server.principals import Principal
@@ -71,7 +72,7 @@ class ChannelService:
         check_event(event)
         if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
             raise BadRequest("Idempotency-Key must be 1-200 characters")
-        res = await self.store.publish(channel, data, event, idempotency_key)
+        res = await self.store.channels.publish(channel, data, event, idempotency_key)
         msg = res.message
         if not res.duplicate and not self.store.shared:
             # No await between the commit's return and the fan-out: live order = id order.
@@ -89,7 +90,7 @@ class ChannelService:
         if cached is not None:
             last = cached[-1].id if cached else after
             return ReadResult(cached, reset=False, first_id=None, last_id=last)
-        return await self.store.read(channel, after, limit)
+        return await self.store.channels.read(channel, after, limit)
 
     async def watch(self, channel: str) -> None:
         """On a shared store, have the relay follow `channel` from now on; call after
@@ -107,7 +108,7 @@ class ChannelService:
         if channel.startswith(JOB_CHANNEL_PREFIX):
             if principal.admin:
                 return
-            job = await self.store.get_job(channel[len(JOB_CHANNEL_PREFIX) :])
+            job = await self.store.jobs.get_job(channel[len(JOB_CHANNEL_PREFIX) :])
             if job is not None and principal.may_follow_job(job.submitted_by, job.type):
                 return
         elif principal.may("subscribe", channel):
@@ -133,7 +134,7 @@ class ChannelService:
 
     async def _lookup_last(self, channel: str) -> str | None:
         try:
-            last = (await self.store.read(channel, "0", 0)).last_id
+            last = (await self.store.channels.read(channel, "0", 0)).last_id
             self.hub.note_last(channel, last)
             return last
         finally:
@@ -159,7 +160,7 @@ class ChannelService:
     async def info(self, channel: str) -> ChannelInfo:
         """A channel's stats; NotFound when it does not exist."""
         check_channel(channel)
-        info = await self.store.info(channel)
+        info = await self.store.channels.info(channel)
         if info is None:
             raise NotFound(f"channel {channel!r} does not exist: publish to it to create it")
         return info
@@ -167,7 +168,7 @@ class ChannelService:
     async def delete(self, channel: str) -> None:
         """Delete a channel, its history, and end its live streams."""
         check_channel(channel)
-        if not await self.store.delete(channel):
+        if not await self.store.channels.delete(channel):
             raise NotFound(f"channel {channel!r} does not exist")
         self.hub.close_channel(channel, "channel deleted")
         if self.relay_forget is not None:
@@ -184,11 +185,11 @@ class ChannelService:
                 f"retention needs 1 <= max_messages <= {C.MAX_RETAINED} and "
                 f"0 < max_age <= {C.MAX_RETENTION_AGE:.0f} seconds"
             )
-        info = await self.store.set_retention(channel, retention)
+        info = await self.store.channels.set_retention(channel, retention)
         self.hub.forget(channel)
         return info
 
     async def sweep(self) -> None:
         """Apply retention by age; drop what the hub remembers of trimmed channels."""
-        for channel in await self.store.sweep(time.time()):
+        for channel in await self.store.channels.sweep(time.time()):
             self.hub.forget(channel)

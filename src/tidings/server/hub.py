@@ -39,13 +39,9 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from typing import Any
 
-from tidings.protocol.wire import (
-    Message,
-    data_text,
-    encode_composite_cursor,
-    encode_json,
-    sse_frame,
-)
+from tidings.protocol.codecs import encode_json
+from tidings.protocol.cursors import encode_composite_cursor
+from tidings.protocol.messages import Message, data_text, sse_frame
 from tidings.server.constants import SSE_RETRY_MS
 
 __all__ = ["Hub", "Subscriber"]

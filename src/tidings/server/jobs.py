@@ -24,7 +24,8 @@ from typing import Any
 from msgspec.structs import replace
 
 from tidings.protocol.errors import BadRequest, Conflict, InvalidBody, NotFound, TidingsError
-from tidings.protocol.wire import CHANNEL_RE, Job, JobOutcome, job_channel
+from tidings.protocol.jobs import Job, JobOutcome, job_channel
+from tidings.protocol.messages import CHANNEL_RE
 from tidings.server.constants import DEFAULT_MAX_DEPTH
 from tidings.server.depth import check_storable
 from tidings.server.hub import Hub
@@ -208,12 +209,12 @@ class JobService:
             updated_at=now,
             run_at=now + delay,
         )
-        change, created = await self.store.submit_job(job, "queued")
+        change, created = await self.store.jobs.submit_job(job, "queued")
         return self._announce(change), created
 
     async def get(self, job_id: str) -> Job:
         """One job; NotFound when it does not exist (or was swept)."""
-        job = await self.store.get_job(job_id)
+        job = await self.store.jobs.get_job(job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r}: it never existed or was removed after its TTL")
         return job
@@ -243,11 +244,11 @@ class JobService:
 
     async def list_jobs(self, status: str | None, type_: str | None, limit: int) -> list[Job]:
         """Jobs, newest first."""
-        return await self.store.list_jobs(status, type_, limit)
+        return await self.store.jobs.list_jobs(status, type_, limit)
 
     async def queues(self) -> dict[str, dict[str, int]]:
         """Counts per type and status."""
-        return await self.store.queue_counts()
+        return await self.store.jobs.queue_counts()
 
     # -- workers ----------------------------------------------------------------------
 
@@ -306,7 +307,9 @@ class JobService:
         A lease request whose worker went away (it closed the request) must not leave
         jobs running for nobody until their lease expires, costing them an attempt.
         """
-        taking = asyncio.ensure_future(self.store.lease_jobs(types, max_jobs, time.time(), take))
+        taking = asyncio.ensure_future(
+            self.store.jobs.lease_jobs(types, max_jobs, time.time(), take)
+        )
         try:
             return await asyncio.shield(taking)
         except asyncio.CancelledError:
@@ -344,7 +347,7 @@ class JobService:
                 updated_at=now,
             ), "queued"
 
-        self._announce(await self.store.transition_job(job_id, release, durable=False))
+        self._announce(await self.store.jobs.transition_job(job_id, release, durable=False))
 
     async def heartbeat(
         self,
@@ -374,20 +377,20 @@ class JobService:
             ), "progress" if reported else None
 
         # Not durable: a lost heartbeat costs, at worst, a replay of the job.
-        change = await self.store.transition_job(job_id, beat, durable=False)
+        change = await self.store.jobs.transition_job(job_id, beat, durable=False)
         job = self._announce(change)
         return job.cancel_requested, job.lease_expires_at or 0.0
 
     async def complete(self, job_id: str, token: str, result: Any) -> Job:
         """The worker finished the job: it succeeded with `result`."""
         check_storable(result, '"result"', self.max_depth)
-        return self._announce(await self.store.transition_job(job_id, _done(token, result)))
+        return self._announce(await self.store.jobs.transition_job(job_id, _done(token, result)))
 
     async def fail(self, job_id: str, token: str, error: Any, retry: bool = True) -> Job:
         """The worker failed the attempt: retry after a backoff, or end failed (or cancelled)."""
         check_storable(error, '"error"', self.max_depth)
         return self._announce(
-            await self.store.transition_job(job_id, self._failed(token, error, retry))
+            await self.store.jobs.transition_job(job_id, self._failed(token, error, retry))
         )
 
     async def report(self, outcomes: Sequence[JobOutcome]) -> list[Job | TidingsError]:
@@ -408,7 +411,7 @@ class JobService:
             for o, bad in zip(outcomes, refused, strict=True)
             if bad is None
         ]
-        applied = iter(await self.store.transition_jobs(steps) if steps else [])
+        applied = iter(await self.store.jobs.transition_jobs(steps) if steps else [])
         answers: list[Job | TidingsError] = []
         for bad in refused:
             change = bad if bad is not None else next(applied)
@@ -454,7 +457,7 @@ class JobService:
             }
             return self._after_failure(job, now, error, retry=True)
 
-        return [self._announce(c) for c in await self.store.expire_jobs(time.time(), expired)]
+        return [self._announce(c) for c in await self.store.jobs.expire_jobs(time.time(), expired)]
 
     # -- clients ----------------------------------------------------------------------
 
@@ -472,7 +475,7 @@ class JobService:
                 return replace(job, cancel_requested=True, updated_at=now), "cancel_requested"
             raise Conflict(f"job {job.id} already ended {job.status}: nothing to cancel")
 
-        return self._announce(await self.store.transition_job(job_id, cancel))
+        return self._announce(await self.store.jobs.transition_job(job_id, cancel))
 
     async def retry(self, job_id: str) -> Job:
         """Requeue a failed (dead) or cancelled job with a fresh set of attempts."""
@@ -491,20 +494,20 @@ class JobService:
                 updated_at=now,
             ), "queued"
 
-        return self._announce(await self.store.transition_job(job_id, again))
+        return self._announce(await self.store.jobs.transition_job(job_id, again))
 
     # -- housekeeping -----------------------------------------------------------------
 
     async def start(self) -> None:
         """Arm the wake-up for the earliest delayed job already in the store."""
-        first = await self.store.next_run_at()
+        first = await self.store.jobs.next_run_at()
         if first is not None:
             delay = max(0.0, first - time.time()) + TIMER_SLACK
             asyncio.get_running_loop().call_later(delay, self._wake, None)
 
     async def sweep(self, ttl: float) -> None:
         """Remove jobs that ended more than `ttl` seconds ago, with their channels."""
-        for job_id in await self.store.sweep_jobs(time.time() - ttl):
+        for job_id in await self.store.jobs.sweep_jobs(time.time() - ttl):
             self.hub.forget(job_channel(job_id))
 
     def close(self) -> None:

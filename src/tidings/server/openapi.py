@@ -17,7 +17,7 @@ from functools import cache
 from typing import Any, NamedTuple
 
 from tidings._version import __version__
-from tidings.protocol.wire import JOB_STATUSES
+from tidings.protocol.jobs import JOB_STATUSES
 from tidings.server import constants as C
 from tidings.server import doctor
 from tidings.server.channels import MAX_EVENT_LEN

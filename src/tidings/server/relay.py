@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from tidings.protocol.errors import StoreError
-from tidings.protocol.wire import Message
+from tidings.protocol.messages import Message
 from tidings.server.hub import Hub
 
 __all__ = ["FOLLOW_BLOCK_MS", "Followable", "Relay"]

@@ -72,7 +72,9 @@ def _user_to_wire(user: User) -> dict[str, object]:
 
 async def list_users(request: Request) -> Response:
     require_admin(request)
-    return json_response({"users": [_user_to_wire(u) for u in await _store(request).list_users()]})
+    return json_response(
+        {"users": [_user_to_wire(u) for u in await _store(request).auth.list_users()]}
+    )
 
 
 async def put_user(request: Request) -> Response:
@@ -85,7 +87,7 @@ async def put_user(request: Request) -> Response:
         raise InvalidBody(str(exc)) from None
     body: UserBody = decode_body(UserBody, await read_body(request, 64 * 1024))
     store = _store(request)
-    known = await store.get_user(name)
+    known = await store.auth.get_user(name)
     if body.password is not None:
         if len(body.password) < 8:
             raise InvalidBody("the password must be at least 8 characters")
@@ -97,13 +99,13 @@ async def put_user(request: Request) -> Response:
     # are bound to `created`, see tidings.server.auth).
     epoch = known.created if known and body.password is None else time.time()
     user = User(name, password_hash, body.permissions, epoch)
-    await store.put_user(user)
+    await store.auth.put_user(user)
     return json_response(_user_to_wire(user), 200 if known else 201)
 
 
 async def delete_user(request: Request) -> Response:
     require_admin(request)
-    if not await _store(request).delete_user(request.path_params["name"]):
+    if not await _store(request).auth.delete_user(request.path_params["name"]):
         raise NotFound(f"no user {request.path_params['name']!r}")
     return Response(status_code=204)
 
@@ -115,13 +117,13 @@ async def create_token(request: Request) -> Response:
     if body.expires is not None and not body.expires > 0:
         raise InvalidBody('"expires" is a number of seconds > 0, or null for never')
     store = _store(request)
-    if await store.get_user(name) is None:
+    if await store.auth.get_user(name) is None:
         raise NotFound(f"no user {name!r}")
     secret = new_api_token()
     now = time.time()
     expires = None if body.expires is None else now + body.expires
     cred = Credential(token_key(secret), KIND_TOKEN, name, now, expires, body.name)
-    await store.put_credential(cred)
+    await store.auth.put_credential(cred)
     return json_response(
         {"token": secret, "key": cred.key, "user": name, "name": body.name, "expires": expires},
         201,
@@ -131,7 +133,7 @@ async def create_token(request: Request) -> Response:
 
 async def revoke_token(request: Request) -> Response:
     require_admin(request)
-    if not await _store(request).delete_credential(request.path_params["key"]):
+    if not await _store(request).auth.delete_credential(request.path_params["key"]):
         raise NotFound("no such token or session: give the full key from the token's creation")
     return Response(status_code=204)
 

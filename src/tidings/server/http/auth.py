@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tidings.protocol.codecs import format_time
 from tidings.protocol.errors import Unauthorized, UnsupportedMediaType
-from tidings.protocol.wire import format_time
 from tidings.server.auth import COOKIE, AuthService
 from tidings.server.http.common import decode_body, json_response, principal_of, read_body
 

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tidings.protocol.errors import BadRequest, InvalidBody
-from tidings.protocol.wire import JOB_CHANNEL_PREFIX
+from tidings.protocol.jobs import JOB_CHANNEL_PREFIX
 from tidings.server.channels import ChannelService, check_channel, check_event
 from tidings.server.constants import DEFAULT_POLL_LIMIT, MAX_POLL_LIMIT
 from tidings.server.http.common import (
@@ -136,7 +136,7 @@ async def poll(request: Request) -> Response:
         ended = (await jobs.get(channel[len(JOB_CHANNEL_PREFIX) :])).terminal
     await svc.check_subscribe(principal_of(request), channel)
     after = request.query_params.get("after") or "0"
-    svc.store.cursor_key(after)  # InvalidCursor (400) for a malformed cursor
+    svc.store.channels.cursor_key(after)  # InvalidCursor (400) for a malformed cursor
     limit = query_int(request, "limit", DEFAULT_POLL_LIMIT, 1, MAX_POLL_LIMIT)
     wait = query_float(request, "wait")
     if ended:
@@ -176,7 +176,7 @@ async def list_channels(request: Request) -> Response:
     svc = _svc(request)
     prefix = request.query_params.get("prefix", "")
     limit = query_int(request, "limit", 1000, 1, 10_000)
-    infos = await svc.store.list_channels(prefix, limit)
+    infos = await svc.store.channels.list_channels(prefix, limit)
     principal = principal_of(request)
     if not principal.admin:  # only the channels this principal may read; no job channels
         infos = [

@@ -19,6 +19,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tidings.protocol.codecs import JSON_DECODER, encode_json
 from tidings.protocol.errors import (
     BadRequest,
     Forbidden,
@@ -27,7 +28,6 @@ from tidings.protocol.errors import (
     TidingsError,
     Unauthorized,
 )
-from tidings.protocol.wire import JSON_DECODER, encode_json
 from tidings.server.constants import DEFAULT_MAX_DEPTH
 from tidings.server.depth import decode_limited
 from tidings.server.principals import ANONYMOUS, Principal

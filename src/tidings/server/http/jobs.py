@@ -16,8 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tidings.protocol.codecs import encode_json, format_time
 from tidings.protocol.errors import BadRequest, Forbidden, InvalidBody, TidingsError
-from tidings.protocol.wire import JOB_STATUSES, Job, JobOutcome, encode_json, format_time
+from tidings.protocol.jobs import JOB_STATUSES, Job, JobOutcome
 from tidings.server.http.common import (
     decode_body,
     json_response,

@@ -20,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tidings.protocol.codecs import JSON_DECODER
 from tidings.protocol.errors import TidingsError
-from tidings.protocol.wire import CHANNEL_RE, JSON_DECODER
+from tidings.protocol.messages import CHANNEL_RE
 from tidings.server.depth import NestedTooDeep, decode_limited
 from tidings.server.http.common import (
     json_response,

@@ -14,7 +14,8 @@ from typing import Any
 import msgspec
 
 from tidings.protocol.errors import NotFound, TidingsError
-from tidings.protocol.wire import RESET_AHEAD, RESET_BEHIND, Job, Message
+from tidings.protocol.jobs import Job
+from tidings.protocol.messages import RESET_AHEAD, RESET_BEHIND, Message
 from tidings.server.principals import Credential, User
 
 __all__ = [
@@ -339,3 +340,20 @@ class AuthStore(abc.ABC):
 
 class Store(ChannelStore, JobStore, AuthStore, abc.ABC):
     """What a store URL opens: channels, jobs and principals in one engine."""
+
+    # Callers reach each part by name (`store.channels.publish`, `store.jobs.get_job`,
+    # `store.auth.get_user`), so the parts can become separate objects.
+    @property
+    def channels(self) -> ChannelStore:
+        """The channel part."""
+        return self
+
+    @property
+    def jobs(self) -> JobStore:
+        """The job part."""
+        return self
+
+    @property
+    def auth(self) -> AuthStore:
+        """The users-and-credentials part."""
+        return self

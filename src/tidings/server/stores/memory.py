@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidings.protocol.errors import InvalidCursor, NotFound, StoreClosed, TidingsError
-from tidings.protocol.wire import JOB_CHANNEL_PREFIX, Job, Message, job_channel
+from tidings.protocol.jobs import JOB_CHANNEL_PREFIX, Job, job_channel
+from tidings.protocol.messages import Message
 from tidings.server.constants import IDEMPOTENCY_TTL
 from tidings.server.principals import Credential, User
 from tidings.server.stores.base import (

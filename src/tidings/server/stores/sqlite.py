@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 import msgspec
 
 from tidings.protocol.errors import NotFound, StoreClosed, StoreError, TidingsError
-from tidings.protocol.wire import Job, Message, job_channel
+from tidings.protocol.jobs import Job, job_channel
+from tidings.protocol.messages import Message
 from tidings.server.constants import IDEMPOTENCY_TTL
 from tidings.server.principals import Credential, User
 from tidings.server.stores.base import (

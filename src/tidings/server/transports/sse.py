@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import Any
 
-from tidings.protocol.wire import encode_json, sse_frame
+from tidings.protocol.codecs import encode_json
+from tidings.protocol.messages import sse_frame
 from tidings.server.channels import ChannelService
 from tidings.server.hub import KIND_SSE, KIND_SSE_MULTI, Subscriber
 from tidings.server.transports.stream import run_stream

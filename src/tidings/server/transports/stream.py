@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tidings.protocol.errors import TidingsError
-from tidings.protocol.wire import Reset
+from tidings.protocol.messages import Reset
 from tidings.server.channels import ChannelService
 from tidings.server.hub import Subscriber
 from tidings.server.stores.base import reset_reason

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from tidings.protocol.codecs import JSON_DECODER, encode_json
 from tidings.protocol.errors import (
     BadRequest,
     Forbidden,
@@ -26,7 +27,6 @@ from tidings.protocol.errors import (
     PayloadTooLarge,
     TidingsError,
 )
-from tidings.protocol.wire import JSON_DECODER, encode_json
 from tidings.server.channels import ChannelService
 from tidings.server.constants import DEFAULT_MAX_DEPTH
 from tidings.server.depth import decode_limited

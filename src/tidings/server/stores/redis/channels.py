@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from tidings.protocol.errors import StoreError
-from tidings.protocol.wire import Message
+from tidings.protocol.messages import Message
 from tidings.server.constants import IDEMPOTENCY_TTL
 from tidings.server.stores.base import ChannelInfo, Published, ReadResult, Retention
 from tidings.server.stores.redis.base import RedisBase, parse_seq

@@ -115,7 +115,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from tidings.protocol.errors import NotFound, StoreError, TidingsError
-from tidings.protocol.wire import Job, job_channel
+from tidings.protocol.jobs import Job, job_channel
 from tidings.server.stores.base import (
     JobChange,
     JobStep,
