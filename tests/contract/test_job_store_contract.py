@@ -2,7 +2,7 @@
 
 Each test drives `JobService` (tidings.server.jobs) over a real store — in memory and on a real
 SQLite file — and checks both the job as stored and the event each transition appended
-to the job's channel `job.{id}` (read back with `store.read`), since that channel is
+to the job's channel `job.{id}` (read back with `store.channels.read`), since that channel is
 what every transport serves to the job's followers.
 """
 
@@ -39,7 +39,7 @@ def run(make_store: Callable[[], Store], body: Body) -> None:
     async def main() -> None:
         store = make_store()
         await store.start()
-        svc = JobService(store, Hub(store.cursor_key), retry_backoff=BACKOFF)
+        svc = JobService(store, Hub(store.channels.cursor_key), retry_backoff=BACKOFF)
         try:
             await body(store, svc)
         finally:
@@ -739,7 +739,7 @@ def test_sqlite_reopen_keeps_jobs_and_their_events(tmp_path):
     async def first_life() -> tuple[Job, Job, list[str]]:
         store = open_store(url, DEFAULT)
         await store.start()
-        svc = JobService(store, Hub(store.cursor_key), retry_backoff=BACKOFF)
+        svc = JobService(store, Hub(store.channels.cursor_key), retry_backoff=BACKOFF)
         try:
             done, _ = await svc.submit("t", {"x": 1}, idempotency_key="k")
             leased = await lease_one(svc)
@@ -754,7 +754,7 @@ def test_sqlite_reopen_keeps_jobs_and_their_events(tmp_path):
     async def second_life(done: Job, waiting: Job, ids: list[str]) -> None:
         store = open_store(url, DEFAULT)
         await store.start()
-        svc = JobService(store, Hub(store.cursor_key), retry_backoff=BACKOFF)
+        svc = JobService(store, Hub(store.channels.cursor_key), retry_backoff=BACKOFF)
         try:
             assert await store.jobs.get_job(done.id) == done
             assert await store.jobs.get_job(waiting.id) == waiting
@@ -809,7 +809,7 @@ def test_sqlite_jobs_of_an_older_database_keep_working(tmp_path):
     async def main() -> None:
         store = SQLiteStore(str(path), DEFAULT)
         await store.start()
-        svc = JobService(store, Hub(store.cursor_key), retry_backoff=BACKOFF)
+        svc = JobService(store, Hub(store.channels.cursor_key), retry_backoff=BACKOFF)
         try:
             first, _ = await svc.submit("resize", {"n": 1}, idempotency_key="k1")
             again, created = await svc.submit("resize", {"n": 2}, idempotency_key="k1")

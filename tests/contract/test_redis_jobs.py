@@ -44,7 +44,10 @@ def two_nodes(redis_url: str, body: Body) -> None:
                 store = RedisStore(redis_url, DEFAULT)
                 await store.start()
                 nodes.append(
-                    (store, JobService(store, Hub(store.cursor_key), retry_backoff=BACKOFF))
+                    (
+                        store,
+                        JobService(store, Hub(store.channels.cursor_key), retry_backoff=BACKOFF),
+                    )
                 )
             await body(nodes[0], nodes[1])
         finally:

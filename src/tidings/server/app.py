@@ -129,7 +129,7 @@ class TidingsApp:
         self._loopback = settings.loopback
         retention = Retention(settings.max_messages, settings.max_age)
         self.store = store or open_store(settings.store, retention, settings.sqlite_synchronous)
-        self.hub = Hub(self.store.cursor_key, remember=not self.store.shared)
+        self.hub = Hub(self.store.channels.cursor_key, remember=not self.store.shared)
         self.channels = ChannelService(self.store, self.hub, settings.long_poll_cap)
         self.jobs = JobService(
             self.store,

@@ -105,20 +105,8 @@ def reset_reason(after: int, last: int) -> str:
 class ChannelStore(abc.ABC):
     """Durable channels. Every method is safe to call concurrently from one event loop."""
 
-    # True for a store several server processes share (Redis): live messages then reach
-    # each process's hub through its relay, not straight from the publish path.
-    shared = False
-
     def __init__(self, default_retention: Retention) -> None:
         self.default_retention = default_retention
-
-    @abc.abstractmethod
-    async def start(self) -> None:
-        """Open connections and create the schema; call before anything else."""
-
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Finish pending writes and release every resource."""
 
     @abc.abstractmethod
     def cursor_key(self, message_id: str) -> int:
@@ -164,10 +152,6 @@ class ChannelStore(abc.ABC):
 
         Returns the names of the channels that lost messages.
         """
-
-    async def ping(self) -> None:
-        """Raise StoreError when the store cannot serve; used by /readyz."""
-        return
 
 
 # -- jobs ---------------------------------------------------------------------------------
@@ -338,22 +322,27 @@ class AuthStore(abc.ABC):
         """Delete credentials that expired before `now`; how many."""
 
 
-class Store(ChannelStore, JobStore, AuthStore, abc.ABC):
-    """What a store URL opens: channels, jobs and principals in one engine."""
+class Store(abc.ABC):
+    """What a store URL opens: channels, jobs and principals in one engine, as three parts
+    callers reach by name (`store.channels.publish`, `store.jobs.get_job`,
+    `store.auth.get_user`)."""
 
-    # Callers reach each part by name (`store.channels.publish`, `store.jobs.get_job`,
-    # `store.auth.get_user`), so the parts can become separate objects.
-    @property
-    def channels(self) -> ChannelStore:
-        """The channel part."""
-        return self
+    # True for a store several server processes share (Redis): live messages then reach
+    # each process's hub through its relay, not straight from the publish path.
+    shared = False
 
-    @property
-    def jobs(self) -> JobStore:
-        """The job part."""
-        return self
+    channels: ChannelStore
+    jobs: JobStore
+    auth: AuthStore
 
-    @property
-    def auth(self) -> AuthStore:
-        """The users-and-credentials part."""
-        return self
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open connections and create the schema; call before anything else."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and release every resource."""
+
+    async def ping(self) -> None:
+        """Raise StoreError when the store cannot serve; used by /readyz."""
+        return

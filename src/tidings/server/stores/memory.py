@@ -14,9 +14,12 @@ from tidings.protocol.messages import Message
 from tidings.server.constants import IDEMPOTENCY_TTL
 from tidings.server.principals import Credential, User
 from tidings.server.stores.base import (
+    AuthStore,
     ChannelInfo,
+    ChannelStore,
     JobChange,
     JobStep,
+    JobStore,
     Published,
     ReadResult,
     Retention,
@@ -49,12 +52,13 @@ class _Channel:
     idempotency: dict[str, tuple[Message, str | None, float]] = field(default_factory=dict)
 
 
-class MemoryStore(Store):
+class MemoryStore(Store, ChannelStore, JobStore, AuthStore):
     """Channels, jobs, users and credentials in dictionaries; same semantics as the SQLite
     store, no durability."""
 
     def __init__(self, default_retention: Retention) -> None:
         super().__init__(default_retention)
+        self.channels = self.jobs = self.auth = self  # one object holds all three parts
         self._channels: dict[str, _Channel] = {}
         self._jobs: dict[str, Job] = {}
         self._job_keys: dict[str, str] = {}

@@ -31,9 +31,12 @@ from tidings.protocol.messages import Message
 from tidings.server.constants import IDEMPOTENCY_TTL
 from tidings.server.principals import Credential, User
 from tidings.server.stores.base import (
+    AuthStore,
     ChannelInfo,
+    ChannelStore,
     JobChange,
     JobStep,
+    JobStore,
     Published,
     ReadResult,
     Retention,
@@ -143,7 +146,7 @@ class _ChannelState:
     dirty: bool = False
 
 
-class SQLiteStore(Store):
+class SQLiteStore(Store, ChannelStore, JobStore, AuthStore):
     """Channels, jobs, users and credentials in one SQLite file.
 
     Users and credentials are never cached: `tidings users` and `tidings tokens` write
@@ -171,6 +174,7 @@ class SQLiteStore(Store):
         exclusive: bool = False,
     ) -> None:
         super().__init__(default_retention)
+        self.channels = self.jobs = self.auth = self  # one object holds all three parts
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"synchronous={synchronous!r}: use FULL, NORMAL, EXTRA or OFF")
         self.path = path

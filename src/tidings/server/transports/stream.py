@@ -61,7 +61,7 @@ async def _replay(
     while True:
         res = await svc.read(channel, after, PAGE)
         if res.reset and first_page:
-            key = svc.store.cursor_key
+            key = svc.store.channels.cursor_key
             reason = reset_reason(key(after), key(res.last_id) if res.last_id else 0)
             await sub.send_now(control(Reset(channel, res.first_id, reason).to_wire()))
         first_page = False

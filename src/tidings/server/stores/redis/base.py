@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 
 from tidings.protocol.errors import InvalidCursor, StoreClosed, StoreError
-from tidings.server.stores.base import Retention, Store
+from tidings.server.stores.base import AuthStore, ChannelStore, JobStore, Retention, Store
 from tidings.server.stores.redis.pool import BoundedPool
 
 __all__ = ["RedisBase", "parse_seq"]
@@ -109,7 +109,7 @@ def _request_pool_options() -> dict[str, Any]:
     }
 
 
-class RedisBase(Store):
+class RedisBase(Store, ChannelStore, JobStore, AuthStore):
     """Connection and key names; the parts (channels, jobs, auth) build on this.
 
     Args:
@@ -122,6 +122,7 @@ class RedisBase(Store):
 
     def __init__(self, url: str, default_retention: Retention) -> None:
         super().__init__(default_retention)
+        self.channels = self.jobs = self.auth = self  # one object holds all three parts
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         self.prefix = query.pop("prefix", ["tidings:"])[0]
