@@ -1,8 +1,15 @@
-"""The store interface: what the channel service needs from any storage engine.
+"""The store interface: what the services need from any storage engine.
 
-A store is durable ordered logs (channels) with retention and idempotency keys. It knows
-nothing of HTTP or subscribers; the hub does fan-out. Message ids are opaque strings to
-everyone but the store, which also defines their order (`cursor_key`).
+A `Store` is what a store URL opens: its life cycle (start, close, ping) and three parts,
+each its own object with its own small interface — `channels` (ChannelStore: durable
+ordered logs with retention and idempotency keys), `jobs` (JobStore) and `auth`
+(AuthStore). A store knows nothing of HTTP or subscribers; the hub does fan-out. Message
+ids are opaque strings to everyone but the store, which also defines their order
+(`cursor_key`).
+
+Every engine is a package built the same way (memory/, sqlite/, redis/): `core` holds
+what its parts share, `channels`, `jobs` and `auth` implement one part each, and the
+package's Store builds them; helpers every engine shares are in `stores/common.py`.
 """
 
 from __future__ import annotations
@@ -323,9 +330,9 @@ class AuthStore(abc.ABC):
 
 
 class Store(abc.ABC):
-    """What a store URL opens: channels, jobs and principals in one engine, as three parts
-    callers reach by name (`store.channels.publish`, `store.jobs.get_job`,
-    `store.auth.get_user`)."""
+    """What a store URL opens: channels, jobs and principals in one engine, as three part
+    objects callers reach by name (`store.channels.publish`, `store.jobs.get_job`,
+    `store.auth.get_user`), plus the life cycle they share."""
 
     # True for a store several server processes share (Redis): live messages then reach
     # each process's hub through its relay, not straight from the publish path.
