@@ -10,7 +10,7 @@ import pytest
 
 from tidings.protocol.messages import Message
 from tidings.server.hub import KIND_SSE, Hub, Subscriber
-from tidings.server.stores.memory import parse_seq
+from tidings.server.stores.common import parse_seq
 
 pytestmark = pytest.mark.timeout(10)
 

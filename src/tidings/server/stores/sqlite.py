@@ -46,8 +46,8 @@ from tidings.server.stores.base import (
     is_reset,
     job_event_data,
 )
+from tidings.server.stores.common import parse_seq
 from tidings.server.stores.lockfile import ServerLock, StoreLocked
-from tidings.server.stores.memory import parse_seq
 
 __all__ = ["SQLiteStore", "StoreLocked"]
 

@@ -1,0 +1,28 @@
+"""`memory://` — volatile channels, jobs and principals in this process, for tests and
+throwaway runs; the same semantics as the SQLite store, no durability."""
+
+from __future__ import annotations
+
+from tidings.server.stores.base import Retention, Store
+from tidings.server.stores.memory.auth import MemoryAuth
+from tidings.server.stores.memory.channels import MemoryChannels
+from tidings.server.stores.memory.core import MemoryCore
+from tidings.server.stores.memory.jobs import MemoryJobs
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(Store):
+    """Channels, jobs, users and credentials in dictionaries."""
+
+    def __init__(self, default_retention: Retention) -> None:
+        self._core = core = MemoryCore(default_retention)
+        self.channels = MemoryChannels(core, core.log)
+        self.jobs = MemoryJobs(core, core.log)
+        self.auth = MemoryAuth(core)
+
+    async def start(self) -> None:
+        self._core.open = True
+
+    async def close(self) -> None:
+        self._core.open = False
