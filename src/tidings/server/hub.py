@@ -424,6 +424,24 @@ class Batch:
         return body
 
 
+class _Tail:
+    """The recent messages of one channel kept in memory, and the id just before them.
+
+    `before` is the id of the newest message dropped from `msgs` (None: the channel had
+    none before `msgs[0]`), so an empty tail still knows the channel's newest id.
+    """
+
+    __slots__ = ("before", "msgs")
+
+    def __init__(self, before: str | None) -> None:
+        self.msgs: deque[Message] = deque()
+        self.before = before
+
+    def newest(self) -> str | None:
+        """The id of the newest message this tail knows of."""
+        return self.msgs[-1].id if self.msgs else self.before
+
+
 class _Pass:
     """One fan-out of a channel's batch over a snapshot of its subscribers, in chunks."""
 
@@ -459,8 +477,8 @@ class Hub:
         self._sessions: dict[str, set[Subscriber]] = {}
         self._session_polls: dict[str, set[asyncio.Future[None]]] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
-        # channel -> recent messages (oldest first) and the id before the oldest of them.
-        self._recent: dict[str, tuple[deque[Message], list[str | None]]] = {}
+        # channel -> its recent messages, least recently published channel first.
+        self._recent: dict[str, _Tail] = {}
         # Messages waiting for their channel's next fan-out pass, and passes under way.
         self._queue: dict[str, list[Message]] = {}
         self._passes: dict[str, _Pass] = {}
@@ -617,36 +635,36 @@ class Hub:
         if not self.remember:
             return
         recent = self._recent
-        entry = recent.pop(msg.channel, None)  # re-inserted last: most recently published
-        if entry is None or (entry[0][-1].id if entry[0] else entry[1][0]) != prev_id:
+        tail = recent.pop(msg.channel, None)  # re-inserted last: most recently published
+        # tail.newest(), written out: this runs on every publish.
+        if tail is None or (tail.msgs[-1].id if tail.msgs else tail.before) != prev_id:
             # First message seen here, or a gap (another writer): start the tail afresh.
-            entry = (deque(), [prev_id])
+            tail = _Tail(prev_id)
             if len(recent) >= RECENT_CHANNELS:
                 del recent[next(iter(recent))]
-        recent[msg.channel] = entry
-        tail, before = entry
-        tail.append(msg)
-        while len(tail) > keep:
-            before[0] = tail.popleft().id
+        recent[msg.channel] = tail
+        msgs = tail.msgs
+        msgs.append(msg)
+        while len(msgs) > keep:
+            tail.before = msgs.popleft().id
 
     def recent_after(self, channel: str, after: str, limit: int) -> list[Message] | None:
         """Messages after `after` from the tail kept in memory; None when it cannot tell."""
-        entry = self._recent.get(channel)
-        if entry is None or after == "0":
+        tail = self._recent.get(channel)
+        if tail is None or after == "0":
             return None
-        tail, before = entry
         key = self.key
         try:
             pos = key(after)
         except ValueError:
             return None
-        start = before[0]
-        newest = tail[-1].id if tail else start
+        start = tail.before
+        newest = tail.newest()
         if newest is None:
             return None
         if (start is not None and pos < key(start)) or pos > key(newest):
             return None
-        out = [m for m in tail if key(m.id) > pos]
+        out = [m for m in tail.msgs if key(m.id) > pos]
         return out[:limit]
 
     def watched(self) -> set[str]:
@@ -659,11 +677,10 @@ class Hub:
 
     def last_id(self, channel: str) -> tuple[bool, str | None]:
         """(known, id of the channel's newest message) from what this hub has seen."""
-        entry = self._recent.get(channel)
-        if entry is None:
+        tail = self._recent.get(channel)
+        if tail is None:
             return False, None
-        tail, before = entry
-        return True, tail[-1].id if tail else before[0]
+        return True, tail.newest()
 
     def note_last(self, channel: str, last_id: str | None) -> None:
         """Remember the store's newest id of a channel, so later reads can skip the store."""
@@ -672,7 +689,7 @@ class Hub:
         if channel not in self._recent:
             if len(self._recent) >= RECENT_CHANNELS:
                 del self._recent[next(iter(self._recent))]
-            self._recent[channel] = (deque(), [last_id])
+            self._recent[channel] = _Tail(last_id)
 
     # -- long polls -------------------------------------------------------------------
 
