@@ -17,15 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib
 import ipaddress
 import logging
-import os
 import re
-import sys
 import time
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from starlette.applications import Starlette
@@ -36,6 +33,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from tidings.loader import load_object
 from tidings.protocol.codecs import encode_json
 from tidings.protocol.cursors import decode_composite_cursor
 from tidings.protocol.errors import BadRequest, Forbidden, InvalidCursor, StoreError, TidingsError
@@ -141,7 +139,7 @@ class TidingsApp:
         self.auth = AuthService(self.store.auth, settings)
         self.relay: Relay | None = None
         if self.store.shared:
-            followable: Any = self.store
+            followable: Any = self.store.channels
             self.relay = Relay(followable, self.hub, self.jobs.notify_ready, self.jobs.parked)
             self.channels.relay_watch = self.jobs.relay_watch = self.relay.watch
             self.jobs.on_park = self.relay.kick
@@ -660,19 +658,10 @@ class LocalHandlers(Protocol):
 
 def load_handlers(spec: str) -> LocalHandlers:
     """Import `MODULE:OBJ` (a `tidings.Worker`); ValueError/TypeError saying what is wrong."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"handlers {spec!r}: write MODULE:OBJ, e.g. myapp.jobs:worker")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"handlers {spec!r}: cannot load it: {exc}") from exc
+    obj = load_object(spec, "handlers")
     if not callable(getattr(obj, "run_local", None)):
         raise TypeError(f"handlers {spec!r} is not a tidings.Worker (it has no run_local)")
-    handlers: LocalHandlers = obj
-    return handlers
+    return cast(LocalHandlers, obj)
 
 
 def create_app(
