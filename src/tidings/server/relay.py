@@ -2,10 +2,10 @@
 
 On a store several processes share, a message published on node A must reach node B's
 SSE streams, WebSockets and long polls. Each node runs one `Relay`: a single blocking
-read (`store.follow`, one XREAD over many streams) of the channels its own hub watches —
-not one Redis connection per subscriber — and hands what it reads to the hub exactly as a
-local publish would. On such a store every message, local ones included, reaches the hub
-this way, so live order is the stream's order on every node.
+read (`follow` of the store's channel part, one XREAD over many streams) of the channels
+its own hub watches — not one Redis connection per subscriber — and hands what it reads
+to the hub exactly as a local publish would. On such a store every message, local ones
+included, reaches the hub this way, so live order is the stream's order on every node.
 
 Starting to follow a channel (`watch`) records the channel's current end *before* the
 caller reads history: whatever the caller's read does not see comes after that point and
@@ -51,7 +51,7 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 
 
 class Followable(Protocol):
-    """What a shared store offers the relay."""
+    """What the channel part of a shared store (`store.channels`) offers the relay."""
 
     async def channel_marks(self, channels: list[str]) -> list[tuple[int, bytes | None]]: ...
 
@@ -66,7 +66,7 @@ class Relay:
     """Follows the watched channels of one hub in a shared store.
 
     Args:
-        store: the shared store.
+        store: the channel part of the shared store.
         hub: this process's hub (what it watches; where messages go).
         wake: called with (job type, run_at) for each job queued anywhere.
         wakes_wanted: whether anything here waits for a job (a parked lease request).
@@ -90,7 +90,6 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
         self._checked = 0.0
         self._stopping = False
-        self.relayed = 0
         self.resyncs = 0
 
     async def watch(self, channel: str) -> None:
@@ -232,4 +231,3 @@ class Relay:
             previous = msg.channel
             self.hub.publish(msg, str(pos) if pos else None)
             self.positions[msg.channel] = seq
-            self.relayed += 1
