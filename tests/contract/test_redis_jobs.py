@@ -205,7 +205,7 @@ def test_submit_on_one_node_adds_a_wake_entry_with_its_type(redis_url):
         (store_a, svc_a), (store_b, svc_b) = a, b
         before = time.time()
         job, _ = await svc_a.submit("resize", {"w": 1})
-        entries = await store_b.r.xrange(store_b.k("wake"))
+        entries = await store_b.core.client.xrange(store_b.core.key("wake"))
         assert len(entries) == 1
         fields = entries[0][1]
         assert fields[b"type"] == b"resize"
@@ -214,11 +214,13 @@ def test_submit_on_one_node_adds_a_wake_entry_with_its_type(redis_url):
 
         leased = await svc_b.lease(["resize"], 1, 0, 30.0)
         assert [j.id for j in leased] == [job.id]
-        assert len(await store_a.r.xrange(store_a.k("wake"))) == 1  # a lease wakes no one
+        assert (
+            len(await store_a.core.client.xrange(store_a.core.key("wake"))) == 1
+        )  # a lease wakes no one
 
         requeued = await svc_b.fail(job.id, leased[0].lease_token or "", "boom")
         assert requeued.status == "queued"
-        entries = await store_a.r.xrange(store_a.k("wake"))
+        entries = await store_a.core.client.xrange(store_a.core.key("wake"))
         assert len(entries) == 2
         assert entries[1][1][b"type"] == b"resize"
         assert float(entries[1][1][b"run_at"]) == requeued.run_at > time.time() - 1
@@ -240,7 +242,7 @@ def test_a_report_whose_job_changed_after_its_read_writes_nothing_then_applies_t
             await svc_a.submit("t", i)
         j1, j2 = await svc_a.lease(None, 2, 0, 30.0)
         reads: list[list[str]] = []
-        read = store_a._read
+        read = store_a.jobs._read
 
         async def racing_read(ids: list[str]) -> Any:
             reads.append(ids)
@@ -253,8 +255,8 @@ def test_a_report_whose_job_changed_after_its_read_writes_nothing_then_applies_t
                 await svc_b.heartbeat(j2.id, j2.lease_token or "", progress=50.0)
             return found
 
-        store_a._read = racing_read  # type: ignore[method-assign]
-        store_a._read_known = lambda ids: None  # type: ignore[method-assign]  # read Redis
+        store_a.jobs._read = racing_read  # type: ignore[method-assign]
+        store_a.jobs._read_known = lambda ids: None  # type: ignore[method-assign]  # read Redis
         done = await svc_a.report(
             [JobOutcome(j.id, j.lease_token or "", True, "ok") for j in (j1, j2)]
         )
@@ -289,7 +291,7 @@ def test_a_submit_whose_id_is_taken_is_refused_and_its_own_repeat_is_not(redis_u
         assert await store_a.jobs.get_job(job.id) == job
         assert await names(store_a, job.id) == ["queued"]
         assert await store_a.jobs.queue_counts() == {"t": {"queued": 1}}
-        assert len(await store_a.r.xrange(store_a.k("wake"))) == 1
+        assert len(await store_a.core.client.xrange(store_a.core.key("wake"))) == 1
 
     two_nodes(redis_url, body)
 
@@ -306,18 +308,18 @@ def test_a_malformed_write_fails_before_writing_any_of_its_jobs(redis_url):
         jobs = [
             Job(id=f"j{i}", type="t", created_at=now, updated_at=now, run_at=now) for i in (1, 2)
         ]
-        keys, args, _ = store._write_call([(None, j, "queued") for j in jobs], {}, now)
+        keys, args, _ = store.jobs._write_call([(None, j, "queued") for j in jobs], {}, now)
         fields = msgspec.msgpack.decode(args[7])
         fields[5] = "not-a-number"  # the second job's run_at score
         args[7] = msgspec.msgpack.encode(fields)
         with pytest.raises(ResponseError, match="malformed job change 2"):
-            await store._write_script(keys=keys, args=args, client=store.r)
+            await store.jobs._write_script(keys=keys, args=args, client=store.core.client)
         with pytest.raises(ResponseError, match="malformed call"):
-            await store._write_script(keys=keys, args=args[:-1], client=store.r)
+            await store.jobs._write_script(keys=keys, args=args[:-1], client=store.core.client)
         assert await store.jobs.get_job("j1") is None
         assert await store.jobs.queue_counts() == {}
         assert await store.channels.info(job_channel("j1")) is None
-        assert await store.r.xrange(store.k("wake")) == []
+        assert await store.core.client.xrange(store.core.key("wake")) == []
 
     two_nodes(redis_url, body)
 
@@ -360,11 +362,11 @@ def test_job_writes_go_on_after_the_script_cache_is_flushed(redis_url):
 
     async def body(a: Node, b: Node) -> None:
         (store, svc), _ = a, b
-        await store.r.script_flush()
+        await store.core.client.script_flush()
         job, _ = await svc.submit("t")
-        await store.r.script_flush()
+        await store.core.client.script_flush()
         [leased] = await svc.lease(None, 1, 0, 30.0)
-        await store.r.script_flush()
+        await store.core.client.script_flush()
         [done] = await svc.report([JobOutcome(job.id, leased.lease_token or "", True, 1)])
         assert isinstance(done, Job) and done.status == "succeeded"
         assert await names(store, job.id) == ["queued", "running", "succeeded"]

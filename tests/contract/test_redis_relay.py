@@ -1,5 +1,6 @@
-"""What the relay needs from the Redis store: `follow`, `wake_position`, `channel_marks` —
-on a real redis-server, two store instances acting as two tidings nodes sharing it."""
+"""What the relay needs from the Redis store's channel part: `follow`, `wake_position`,
+`channel_marks` — on a real redis-server, two store instances acting as two tidings nodes
+sharing it."""
 
 from __future__ import annotations
 
@@ -46,9 +47,9 @@ def test_follow_returns_a_message_published_on_another_node_while_it_blocks(redi
     """A follow blocked on a channel wakes up with a message node B publishes meanwhile."""
 
     async def body(a: RedisStore, b: RedisStore) -> None:
-        wake = await a.wake_position()
+        wake = await a.channels.wake_position()
         started = time.monotonic()
-        follow = asyncio.create_task(a.follow({"news": 0}, wake, 5000))
+        follow = asyncio.create_task(a.channels.follow({"news": 0}, wake, 5000))
         await asyncio.sleep(0.2)
         assert not follow.done(), "follow returned before anything was published"
         ack = await b.channels.publish("news", {"n": 1}, event="hello")
@@ -72,19 +73,19 @@ def test_follow_resumes_from_positions_in_order(redis_url):
         for i in range(5):
             await b.channels.publish("a", i)
         await b.channels.publish("b", "x")
-        wake = await a.wake_position()
-        batches, _, _, wake = await a.follow({"a": 0, "b": 1, "quiet": 0}, wake, 100)
+        wake = await a.channels.wake_position()
+        batches, _, _, wake = await a.channels.follow({"a": 0, "b": 1, "quiet": 0}, wake, 100)
         assert [(ch, [m.id for m in ms]) for ch, ms in batches] == [
             ("a", ["1", "2", "3", "4", "5"])
         ]
         assert [m.data for m in batches[0][1]] == [0, 1, 2, 3, 4]
 
-        batches, _, _, wake = await a.follow({"a": 3}, wake, 100)
+        batches, _, _, wake = await a.channels.follow({"a": 3}, wake, 100)
         assert [m.id for m in batches[0][1]] == ["4", "5"]
 
         await b.channels.publish("a", 5)
         await b.channels.publish("a", 6)
-        batches, _, _, wake = await a.follow({"a": 5}, wake, 1000)
+        batches, _, _, wake = await a.channels.follow({"a": 5}, wake, 1000)
         assert [(m.id, m.data) for m in batches[0][1]] == [("6", 5), ("7", 6)]
 
     run(redis_url, body)
@@ -97,11 +98,11 @@ def test_follow_returns_at_most_1000_messages_per_channel_then_the_rest(redis_ur
         await b.channels.set_retention("big", Retention(max_messages=2000, max_age=3600))
         for i in range(1200):
             await b.channels.publish("big", i)
-        wake = await a.wake_position()
-        batches, _, _, wake = await a.follow({"big": 0}, wake, 100)
+        wake = await a.channels.wake_position()
+        batches, _, _, wake = await a.channels.follow({"big": 0}, wake, 100)
         first = batches[0][1]
         assert len(first) == 1000 and first[-1].id == "1000"
-        batches, _, _, wake = await a.follow({"big": 1000}, wake, 100)
+        batches, _, _, wake = await a.channels.follow({"big": 1000}, wake, 100)
         assert [m.data for m in batches[0][1]] == list(range(1000, 1200))
 
     run(redis_url, body)
@@ -112,20 +113,22 @@ def test_a_wake_entry_comes_back_as_a_wakeup(redis_url):
     with the new wake position; following from there does not return it again."""
 
     async def body(a: RedisStore, b: RedisStore) -> None:
-        assert await a.wake_position() == b"0-0"
-        start = await a.wake_position()
-        follow = asyncio.create_task(a.follow({}, start, 5000))
+        assert await a.channels.wake_position() == b"0-0"
+        start = await a.channels.wake_position()
+        follow = asyncio.create_task(a.channels.follow({}, start, 5000))
         await asyncio.sleep(0.1)
-        entry_id = await b.r.xadd(b.k("wake"), {"type": "email", "run_at": "1700000000.5"})
+        entry_id = await b.core.client.xadd(
+            b.core.key("wake"), {"type": "email", "run_at": "1700000000.5"}
+        )
         batches, wakes, _, pos = await asyncio.wait_for(follow, 3)
         assert batches == []
         assert wakes == [("email", 1700000000.5)]
         assert pos == entry_id
-        assert await a.wake_position() == entry_id
+        assert await a.channels.wake_position() == entry_id
 
-        await b.r.xadd(b.k("wake"), {"type": "sms", "run_at": "1.0"})
+        await b.core.client.xadd(b.core.key("wake"), {"type": "sms", "run_at": "1.0"})
         await b.channels.publish("c", "m")
-        batches, wakes, _, pos2 = await a.follow({"c": 0}, pos, 100)
+        batches, wakes, _, pos2 = await a.channels.follow({"c": 0}, pos, 100)
         assert wakes == [("sms", 1.0)]
         assert pos2 > pos
         assert [m.data for _, ms in batches for m in ms] == ["m"]
@@ -138,15 +141,15 @@ def test_an_empty_follow_returns_after_about_block_ms(redis_url):
 
     async def body(a: RedisStore, b: RedisStore) -> None:
         await b.channels.publish("c", 1)
-        wake = await a.wake_position()
+        wake = await a.channels.wake_position()
         started = time.monotonic()
-        batches, wakes, _, pos = await a.follow({"c": 1, "none": 0}, wake, 300)
+        batches, wakes, _, pos = await a.channels.follow({"c": 1, "none": 0}, wake, 300)
         elapsed = time.monotonic() - started
         assert (batches, wakes, pos) == ([], [], wake)
         assert 0.25 <= elapsed < 2.0, f"follow returned after {elapsed:.3f}s, not ~0.3s"
 
         started = time.monotonic()
-        assert await a.follow({}, wake, 200) == ([], [], [], wake)
+        assert await a.channels.follow({}, wake, 200) == ([], [], [], wake)
         assert 0.15 <= time.monotonic() - started < 2.0
 
     run(redis_url, body)
@@ -157,14 +160,14 @@ def test_channel_marks_follow_publishes_and_deletion(redis_url):
     publishes (whatever retention dropped), 0 again after the channel is deleted."""
 
     async def body(a: RedisStore, b: RedisStore) -> None:
-        assert (await a.channel_marks(["c"]))[0][0] == 0
+        assert (await a.channels.channel_marks(["c"]))[0][0] == 0
         await b.channels.set_retention("c", Retention(max_messages=2, max_age=3600))
-        assert (await a.channel_marks(["c"]))[0][0] == 0
+        assert (await a.channels.channel_marks(["c"]))[0][0] == 0
         for i in range(5):
             await b.channels.publish("c", i)
-        assert (await a.channel_marks(["c"]))[0][0] == 5
+        assert (await a.channels.channel_marks(["c"]))[0][0] == 5
         assert await b.channels.delete("c")
-        assert (await a.channel_marks(["c"]))[0][0] == 0
+        assert (await a.channels.channel_marks(["c"]))[0][0] == 0
 
     run(redis_url, body)
 
@@ -195,9 +198,9 @@ def test_a_closed_store_refuses_to_follow(redis_url):
         await store.start()
         await store.close()
         with pytest.raises(StoreClosed):
-            await store.follow({"c": 0}, b"0-0", 100)
+            await store.channels.follow({"c": 0}, b"0-0", 100)
         with pytest.raises(StoreClosed):
-            await store.channel_marks(["c"])
+            await store.channels.channel_marks(["c"])
 
     asyncio.run(main())
 
@@ -214,8 +217,8 @@ def test_a_lost_redis_is_a_store_error_saying_what_to_do(tmp_path: Path):
         try:
             proc.stop()
             for call in (
-                store.follow({"c": 0}, b"0-0", 100),
-                store.channel_marks(["c"]),
+                store.channels.follow({"c": 0}, b"0-0", 100),
+                store.channels.channel_marks(["c"]),
                 store.channels.publish("c", 1),
             ):
                 with pytest.raises(StoreError) as caught:
@@ -237,14 +240,14 @@ def test_a_channel_deleted_on_one_node_is_announced_to_every_follower(redis_url)
 
     async def body(a: RedisStore, b: RedisStore) -> None:
         await b.channels.publish("doomed", 1)
-        wake = await a.wake_position()
+        wake = await a.channels.wake_position()
         assert await b.channels.delete("doomed") is True
-        batches, wakes, deleted, new_wake = await a.follow({"doomed": 1}, wake, 500)
+        batches, wakes, deleted, new_wake = await a.channels.follow({"doomed": 1}, wake, 500)
         assert deleted == ["doomed"]
         assert batches == [] and wakes == []
         assert new_wake != wake
         assert await b.channels.delete("doomed") is False  # nothing to delete: announced anyway
-        _, _, again, _ = await a.follow({}, new_wake, 100)
+        _, _, again, _ = await a.channels.follow({}, new_wake, 100)
         assert again == ["doomed"]
 
     run(redis_url, body)
@@ -261,8 +264,8 @@ def test_the_relay_never_skips_messages_trimmed_before_it_read_them(redis_url):
     from tidings.server.relay import Relay
 
     async def body(a: RedisStore, b: RedisStore) -> None:
-        hub = Hub(b.cursor_key, remember=False)
-        relay = Relay(b, hub, lambda _t, _r: None)
+        hub = Hub(b.channels.cursor_key, remember=False)
+        relay = Relay(b.channels, hub, lambda _t, _r: None)
         waiter = hub.waiter("g")  # B watches g (a parked long poll)
         await relay.watch("g")
         await a.channels.set_retention("g", Retention(5, 3600.0))
@@ -288,11 +291,11 @@ def test_a_cancelled_watch_does_not_cancel_the_others_waiting_for_the_same_looku
     from tidings.server.relay import Relay
 
     async def body(a: RedisStore, _b: RedisStore) -> None:
-        hub = Hub(a.cursor_key, remember=False)
-        relay = Relay(a, hub, lambda _t, _r: None)
+        hub = Hub(a.channels.cursor_key, remember=False)
+        relay = Relay(a.channels, hub, lambda _t, _r: None)
         svc = ChannelService(a, hub, 30.0)
         for call in (relay.watch, svc.last_id):
-            await a.r.execute_command("CLIENT", "PAUSE", 300, "ALL")
+            await a.core.client.execute_command("CLIENT", "PAUSE", 300, "ALL")
             first = asyncio.create_task(call("slow"))
             await asyncio.sleep(0.05)
             second = asyncio.create_task(call("slow"))
@@ -315,22 +318,26 @@ def test_the_relay_reads_wake_ups_only_while_a_lease_waits_and_loses_none(redis_
     async def body(a: RedisStore, b: RedisStore) -> None:
         woken: list[tuple[str, float]] = []
         parked = False
-        relay = Relay(b, Hub(b.cursor_key, remember=False), lambda t, r: woken.append((t, r)))
+        relay = Relay(
+            b.channels,
+            Hub(b.channels.cursor_key, remember=False),
+            lambda t, r: woken.append((t, r)),
+        )
         relay.wakes_wanted = lambda: parked
         follows = 0
-        real_follow = b.follow
+        real_follow = b.channels.follow
 
         async def counting_follow(*args: Any) -> Any:
             nonlocal follows
             follows += 1
             return await real_follow(*args)
 
-        b.follow = counting_follow  # type: ignore[method-assign]
+        b.channels.follow = counting_follow  # type: ignore[method-assign]
         relay.start()
         try:
             await asyncio.sleep(0.3)  # the relay starts, finds nothing to follow
             for n in range(3):
-                await a.r.xadd(a.k("wake"), {"type": "t", "run_at": f"{n}.0"})
+                await a.core.client.xadd(a.core.key("wake"), {"type": "t", "run_at": f"{n}.0"})
             await asyncio.sleep(0.3)
             assert (follows, woken) == (0, [])
             parked = True
@@ -339,7 +346,7 @@ def test_the_relay_reads_wake_ups_only_while_a_lease_waits_and_loses_none(redis_
             while len(woken) < 3 and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             assert woken == [("t", 0.0), ("t", 1.0), ("t", 2.0)]
-            await a.r.xadd(a.k("wake"), {"type": "t", "run_at": "3.0"})
+            await a.core.client.xadd(a.core.key("wake"), {"type": "t", "run_at": "3.0"})
             deadline = time.monotonic() + 3
             while len(woken) < 4 and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)

@@ -1,24 +1,58 @@
 """`redis://host:port/db` — the shared store: many tidings nodes act as one.
 
 Channels are Redis Streams, jobs are msgpack bodies with sorted-set indexes, users and
-credentials are plain keys; every node sharing the Redis sees the same state. The parts
-live in one module each (channels, jobs, principals) over a common base (connection,
-key names, codecs); `RedisStore` puts them together.
+credentials are plain keys; every node sharing the Redis sees the same state. `core`
+holds what the parts share (connections, key names, Lua, error translation), `channels`,
+`jobs` and `auth` are one part each, and their Lua scripts are files of `lua/`;
+`RedisStore` builds them.
 
 Live delivery across nodes does not go through the store's write path: every node runs
 one relay (tidings.server.relay) that follows, with one blocking XREAD, the streams of the
-channels its own subscribers and long polls watch, and feeds them to its hub.
+channels its own subscribers and long polls watch (`store.channels.follow`), and feeds
+them to its hub.
 """
 
 from __future__ import annotations
 
+from tidings.server.stores.base import Retention, Store
 from tidings.server.stores.redis.auth import RedisAuth
-from tidings.server.stores.redis.base import RedisBase
 from tidings.server.stores.redis.channels import RedisChannels
+from tidings.server.stores.redis.core import RedisCore
 from tidings.server.stores.redis.jobs import RedisJobs
 
 __all__ = ["RedisStore"]
 
 
-class RedisStore(RedisChannels, RedisJobs, RedisAuth, RedisBase):
-    """Channels, jobs and principals in one Redis (or a Sentinel-managed primary)."""
+class RedisStore(Store):
+    """Channels, jobs and principals in one Redis (or a Sentinel-managed primary).
+
+    Args:
+        url: `redis://[user:password@]host:port/db[?prefix=tidings:]` (or `rediss://`).
+        default_retention: retention of channels without their own.
+    """
+
+    # Live messages reach the hub through the relay (tidings.server.relay), not the
+    # publish path.
+    shared = True
+
+    channels: RedisChannels
+    jobs: RedisJobs
+    auth: RedisAuth
+
+    def __init__(self, url: str, default_retention: Retention) -> None:
+        self.core = RedisCore(url, default_retention)
+        self.channels = RedisChannels(self.core)
+        self.jobs = RedisJobs(self.core, self.channels)
+        self.auth = RedisAuth(self.core)
+
+    async def start(self) -> None:
+        await self.core.open()
+        self.channels.register_scripts()
+        self.jobs.register_scripts()
+        self.auth.register_scripts()
+
+    async def close(self) -> None:
+        await self.core.close()
+
+    async def ping(self) -> None:
+        await self.core.ping()

@@ -1,6 +1,6 @@
 """Jobs in Redis: msgpack bodies, sorted-set indexes, compare-and-set Lua scripts.
 
-Keys (see tidings.server.stores.redis.base): `{p}job:{id}` holds the msgpack body; the id sits
+Keys (see tidings.server.stores.redis.core): `{p}job:{id}` holds the msgpack body; the id sits
 in exactly one of `{p}queued:{type}` (by run_at), `{p}running` (by lease_expires_at) or
 `{p}finished` (by finished_at) according to its status, and in `{p}jobs` (by created_at);
 `{p}jobcounts` counts jobs per type and status; `{p}jobidem:{key}` maps an idempotency key
@@ -16,7 +16,7 @@ Lua. Each change (or batch of changes) is therefore a compare-and-set:
    each (the SHA-1 of the bytes as read, not of a re-encoding, which could differ for a
    body another version of tidings wrote);
 2. apply `fn` in Python (a refusal raises before anything is sent: nothing changes);
-3. one EVALSHA of the write script (`_WRITE`), which first compares, for every job of
+3. one EVALSHA of the write script (lua/job_write.lua), which first compares, for every job of
    the batch, the body stored now with the fingerprint it was computed from (a new job:
    no body at all) and, on any difference, writes nothing and answers which job
    differed; otherwise it writes everything: the new body, the id moved between the index
@@ -85,8 +85,8 @@ Limits, stated:
   applied: lease and expiry then skip the job (the lease ends unheld and is taken back
   later: at-least-once), a complete answers Conflict, a submit finds its own body and
   answers it as created.
-* Times come from the clock of the node making the change (as `now` did before Redis):
-  skewed clocks move when a lease counts as expired, never how often it is taken back.
+* Times come from the clock of the node making the change: skewed clocks move when a
+  lease counts as expired, never how often it is taken back.
 * lease_jobs reads, per type, the oldest due jobs (4x what it asks for, at least
   LEASE_MIN_SCAN) plus every queued job with a non-zero priority (`{p}qprio:{type}`, up
   to LEASE_SCAN, highest first): positive priorities are always served first; a job with
@@ -97,8 +97,8 @@ Limits, stated:
   fewer matches than exist when they are older than that.
 * The write script declares in KEYS the keys every call writes (indexes, counts, wake
   stream), and names the keys of each job (body, queue of its type, channel) from the
-  store's prefix, as the auth part's prune script does. Like the multi-key transactions
-  before it, the layout assumes one Redis, not a Cluster.
+  store's prefix, as the auth part's prune script does. Like the store's multi-key
+  transactions, this assumes one Redis, not a Cluster.
 """
 
 from __future__ import annotations
@@ -108,24 +108,26 @@ import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
+from redis.commands.core import AsyncScript
+from redis.exceptions import WatchError
 
 from tidings.protocol.errors import NotFound, StoreError, TidingsError
 from tidings.protocol.jobs import Job, job_channel
 from tidings.server.stores.base import (
     JobChange,
     JobStep,
-    Published,
+    JobStore,
     Transition,
     apply_steps,
     job_event_data,
 )
-from tidings.server.stores.redis.base import RedisBase
-from tidings.server.stores.redis.channels import APPEND_LUA, redis_errors
+from tidings.server.stores.common import decode_job, encode_json, encode_msgpack
+from tidings.server.stores.redis.channels import RedisChannels
+from tidings.server.stores.redis.core import RedisCore, lua
 
 __all__ = ["RedisJobs"]
 
@@ -155,148 +157,10 @@ BODY_CACHE_MAX = 100_000
 # The first element of the write script's reply.
 _DIFFERS, _WRITTEN, _KNOWN = 0, 1, 2
 
-# Applies a batch of job changes, each only against the body it was computed from.
-# KEYS: jobs, jobtypes, jobcounts, running, finished, wake, channels; for an idempotent
-#       submit (one new job), its jobidem key.
-# ARGV: now, default max_messages, wake MAXLEN, the store's key prefix; then three per
-#       job change: its fields as a msgpack array of strings ("" for none; see `change`
-#       below), its new body, its event data JSON ("": publish nothing). Redis's cmsgpack
-#       reads no msgpack bin, hence the two binary strings apart. The per-job keys are
-#       named from the prefix, as `RedisBase.k` names them: three arguments per job
-#       instead of twenty keep the call cheap for redis-py to encode.
-# Reply: {1, then seq, prev_seq, keep of each job's append (0, 0, 0: none)} when written;
-#        {0, n} when the n-th job's body differs (nothing written);
-#        {2, body} when the idempotency key names a job that exists (nothing written).
-_WRITE = (
-    APPEND_LUA
-    + """
-local now, default_keep, wake_max, P = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local JOBS, JOBTYPES, JOBCOUNTS, RUNNING, FINISHED, WAKE, CHANNELS, IDEM =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-
--- One job change, from its fields as `_change_fields` packs them; nil when malformed.
-local function change(packed, body, data)
-  local ok, f = pcall(cmsgpack.unpack, packed)
-  if not ok or type(f) ~= 'table' or #f ~= 13 then
-    return nil
-  end
-  for i = 1, 13 do
-    if type(f[i]) ~= 'string' then
-      return nil
-    end
-  end
-  local c = {expected = f[1], id = f[2], old_type = f[3], type = f[4], status = f[5],
-             score = f[6], prio = f[7], finished = f[8], created = f[9], counted = f[10],
-             count = f[11], channel = f[12], event = f[13], body = body, data = data}
-  for _, v in ipairs({c.score, c.prio, c.finished, c.created}) do
-    if v ~= '' and not tonumber(v) then
-      return nil
-    end
-  end
-  c.key = P .. 'job:' .. c.id
-  return c
-end
-
--- Every check before the first write: Redis does not undo a script that fails midway.
-if #ARGV < 4 or (#ARGV - 4) % 3 ~= 0 then
-  return redis.error_reply('job write script: malformed call')
-end
-local changes = {}
-for i = 5, #ARGV, 3 do
-  local c = change(ARGV[i], ARGV[i + 1], ARGV[i + 2])
-  if not c then
-    return redis.error_reply('job write script: malformed job change ' .. #changes + 1)
-  end
-  changes[#changes + 1] = c
-end
-if IDEM then
-  local known = redis.call('GET', IDEM)
-  if known then
-    local body = redis.call('GET', P .. 'job:' .. known)
-    if body then
-      return {2, body}
-    end
-  end
-end
-local staged = {}
-for i, c in ipairs(changes) do
-  local current = staged[c.key]
-  if current == nil then
-    current = redis.call('GET', c.key)
-  end
-  if c.expected == '' then
-    if current then
-      return {0, i}
-    end
-  elseif not current or redis.sha1hex(current) ~= c.expected then
-    return {0, i}
-  end
-  -- A later change of the same job in this batch is compared with this one's body.
-  staged[c.key] = c.body
-end
-
-local reply = {1}
-for _, c in ipairs(changes) do
-  local id = c.id
-  local queued, qprio = P .. 'queued:' .. c.type, P .. 'qprio:' .. c.type
-  redis.call('SET', c.key, c.body)
-  if c.expected == '' then
-    redis.call('ZADD', JOBS, c.created, id)
-    redis.call('SADD', JOBTYPES, c.type)
-  else
-    -- Out of every index it could be in, whatever its old state claims.
-    redis.call('ZREM', P .. 'queued:' .. c.old_type, id)
-    redis.call('ZREM', P .. 'qprio:' .. c.old_type, id)
-    redis.call('ZREM', RUNNING, id)
-    redis.call('ZREM', FINISHED, id)
-    if c.type ~= c.old_type then
-      redis.call('ZREM', queued, id)
-      redis.call('ZREM', qprio, id)
-    end
-  end
-  if c.status == 'queued' then
-    redis.call('ZADD', queued, c.score, id)
-    if c.prio ~= '' then
-      redis.call('ZADD', qprio, c.prio, id)
-    end
-  elseif c.status == 'running' then
-    redis.call('ZADD', RUNNING, c.score, id)
-  end
-  if c.finished ~= '' then
-    redis.call('ZADD', FINISHED, c.finished, id)
-  end
-  if c.counted ~= c.count then
-    if c.counted ~= '' then
-      redis.call('HINCRBY', JOBCOUNTS, c.counted, -1)
-    end
-    redis.call('HINCRBY', JOBCOUNTS, c.count, 1)
-  end
-  if c.data ~= '' then
-    local r = append(P .. 'ch:' .. c.channel, P .. 'chm:' .. c.channel, CHANNELS, c.channel,
-                     c.data, c.event, now, default_keep, '', '', 0)
-    reply[#reply + 1] = r[1]
-    reply[#reply + 1] = r[2]
-    reply[#reply + 1] = r[3]
-  else
-    reply[#reply + 1] = 0
-    reply[#reply + 1] = 0
-    reply[#reply + 1] = 0
-  end
-  if c.status == 'queued' then
-    redis.call('XADD', WAKE, 'MAXLEN', '~', wake_max, '*', 'type', c.type, 'run_at', c.score)
-  end
-end
-if IDEM then
-  redis.call('SET', IDEM, changes[1].id)
-end
-return reply
-"""
-)
-
-# Job bodies, and the job changes handed to the write script.
-_encode = msgspec.msgpack.Encoder().encode
-_decode_job = msgspec.msgpack.Decoder(Job).decode
-_encode_json = msgspec.json.Encoder().encode
+# The compare-and-set write of a batch of job changes (KEYS, ARGV and reply described in
+# lua/job_write.lua); it starts with the channel part's append function (lua/append.lua),
+# so a job's event is appended by the same Lua as a publish.
+_WRITE = lua("append.lua", "job_write.lua")
 
 
 class _Head(msgspec.Struct):
@@ -335,54 +199,49 @@ class _Written:
     data: dict[str, Any] | None
 
 
-class RedisJobs(RedisBase):
-    """The JobStore part of the Redis store (see the module docstring for the argument)."""
+class RedisJobs(JobStore):
+    """The JobStore part of the Redis store (see the module docstring for the argument).
 
-    if TYPE_CHECKING:
-        # Provided by RedisChannels (tidings.server.stores.redis.channels), which RedisStore mixes
-        # in: turn an append's reply [seq, prev_seq, keep] into a Published, queue a
-        # channel's removal.
-        def appended(
-            self, channel: str, data: Any, event: str | None, now: float, reply: list[int]
-        ) -> Published: ...
+    Args:
+        core: the connections and key names shared with the other parts.
+        channels: the channel part, whose `appended` makes the Published of a job event
+            the write script appended, and whose `queue_delete` removes a job's channel
+            when the job is swept.
+    """
 
-        def queue_delete(self, pipe: Any, channel: str) -> None: ...
+    _write_script: AsyncScript
 
-    # Created on first use: the parts of RedisStore share RedisBase's constructor.
-    _job_locks: dict[str, asyncio.Lock] | None = None
-    _priorities: dict[str, int] | None = None
-    _job_bodies: dict[str, bytes] | None = None
+    def __init__(self, core: RedisCore, channels: RedisChannels) -> None:
+        self._core = core
+        self._key = core.key
+        self._errors = core.errors
+        self._appended = channels.appended
+        self._queue_channel_delete = channels.queue_delete
+        self._default_keep = core.default_retention.max_messages
+        # lease_jobs and expire_jobs of this process take turns, one lock each.
+        self._lease_lock = asyncio.Lock()
+        self._expire_lock = asyncio.Lock()
+        self._priorities: dict[str, int] = {}
+        self._bodies: dict[str, bytes] = {}
 
-    async def _load_scripts(self) -> None:
-        await super()._load_scripts()
-        self._write_script = self.r.register_script(_WRITE)
+    def register_scripts(self) -> None:
+        """Register this part's Lua script (once the core is open)."""
+        self._write_script = self._core.script(_WRITE)
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _job_lock(self, name: str) -> asyncio.Lock:
-        if self._job_locks is None:
-            self._job_locks = {}
-        lock = self._job_locks.get(name)
-        if lock is None:
-            lock = self._job_locks[name] = asyncio.Lock()
-        return lock
-
     def _body_cache(self) -> dict[str, bytes]:
-        if self._job_bodies is None or len(self._job_bodies) > BODY_CACHE_MAX:
-            self._job_bodies = {}
-        return self._job_bodies
+        if len(self._bodies) > BODY_CACHE_MAX:
+            self._bodies = {}
+        return self._bodies
 
     def _priority_cache(self) -> dict[str, int]:
-        if self._priorities is None or len(self._priorities) > PRIORITY_CACHE_MAX:
+        if len(self._priorities) > PRIORITY_CACHE_MAX:
             self._priorities = {}
         return self._priorities
 
-    def _mapped(self) -> AbstractContextManager[None]:
-        """Translate redis-py errors into StoreError (as the channel part does)."""
-        return redis_errors(self.url)
-
-    def _jk(self, job_id: str) -> str:
-        return self.k("job", job_id)
+    def _job_key(self, job_id: str) -> str:
+        return self._key("job", job_id)
 
     @staticmethod
     def _count_field(job: Job) -> str:
@@ -391,8 +250,6 @@ class RedisJobs(RedisBase):
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run a compare-and-set (or optimistic transaction) until it commits (or has no
         write to make)."""
-        from redis.exceptions import WatchError
-
         for n in range(MAX_RETRIES):
             try:
                 return await attempt()
@@ -405,12 +262,12 @@ class RedisJobs(RedisBase):
 
     async def _read(self, ids: list[str]) -> tuple[dict[str, Job], dict[str, str]]:
         """The jobs of `ids` that exist, and the fingerprint of each body as read."""
-        bodies = await self.r.mget([self._jk(i) for i in ids])
+        bodies = await self._core.client.mget([self._job_key(job_id) for job_id in ids])
         jobs: dict[str, Job] = {}
         prints: dict[str, str] = {}
         for job_id, body in zip(ids, bodies, strict=True):
             if body is not None:
-                jobs[job_id] = _decode_job(body)
+                jobs[job_id] = decode_job(body)
                 prints[job_id] = _fingerprint(body)
         return jobs, prints
 
@@ -427,7 +284,7 @@ class RedisJobs(RedisBase):
             body = cache.get(job_id)
             if body is None:
                 return None
-            jobs[job_id] = _decode_job(body)
+            jobs[job_id] = decode_job(body)
             prints[job_id] = _fingerprint(body)
         return jobs, prints
 
@@ -438,39 +295,39 @@ class RedisJobs(RedisBase):
 
     async def _watch_bodies(self, pipe: Any, ids: list[str]) -> list[Job | None]:
         """WATCH the bodies of `ids` and read them (pipe in immediate mode; the sweep)."""
-        keys = [self._jk(i) for i in ids]
+        keys = [self._job_key(job_id) for job_id in ids]
         await pipe.watch(*keys)
         bodies = await pipe.mget(keys)
-        return [None if b is None else _decode_job(b) for b in bodies]
+        return [None if body is None else decode_job(body) for body in bodies]
 
     def _write_call(
         self, changes: Sequence[_Change], prints: dict[str, str], now: float
     ) -> tuple[list[str], list[Any], list[_Written]]:
-        """The keys and arguments of one write script call (see `_WRITE`).
+        """The keys and arguments of one write script call (see lua/job_write.lua).
 
         `prints` holds the fingerprint of each changed job's body as read; it is updated
         as changes are laid out, so a second change of a job expects the first one's body.
         """
         keys = [
-            self.k("jobs"),
-            self.k("jobtypes"),
-            self.k("jobcounts"),
-            self.k("running"),
-            self.k("finished"),
-            self.k("wake"),
-            self.k("channels"),
+            self._key("jobs"),
+            self._key("jobtypes"),
+            self._key("jobcounts"),
+            self._key("running"),
+            self._key("finished"),
+            self._key("wake"),
+            self._key("channels"),
         ]
-        args: list[Any] = [repr(now), self.default_retention.max_messages, WAKE_MAXLEN, self.k()]
+        args: list[Any] = [repr(now), self._default_keep, WAKE_MAXLEN, self._core.prefix]
         written: list[_Written] = []
         for old, new, event in changes:
-            body = _encode(new)
+            body = encode_msgpack(new)
             expected = "" if old is None else prints[new.id]
             prints[new.id] = _fingerprint(body)
             data = None if event is None else job_event_data(new)
             args += [
-                _encode(self._change_fields(expected, old, new, event)),
+                encode_msgpack(self._change_fields(expected, old, new, event)),
                 body,
-                b"" if data is None else _encode_json(data),
+                b"" if data is None else encode_json(data),
             ]
             written.append(_Written(new, body, event, data))
         return keys, args, written
@@ -478,7 +335,7 @@ class RedisJobs(RedisBase):
     def _change_fields(
         self, expected: str, old: Job | None, new: Job, event: str | None
     ) -> tuple[str, ...]:
-        """The fields of one job change, as the write script unpacks them (`change`)."""
+        """The fields of one job change, as the write script unpacks them (`parse_change`)."""
         score: float | None = None
         if new.status == "queued":
             score = new.run_at
@@ -506,17 +363,20 @@ class RedisJobs(RedisBase):
         out = []
         priorities = self._priority_cache()
         bodies = self._body_cache()
-        for n, w in enumerate(written):
-            priorities[w.job.id] = w.job.priority
-            if w.job.finished_at is None:
-                bodies[w.job.id] = w.body
+        for n, change in enumerate(written):
+            job = change.job
+            priorities[job.id] = job.priority
+            if job.finished_at is None:
+                bodies[job.id] = change.body
             else:
-                bodies.pop(w.job.id, None)
+                bodies.pop(job.id, None)
             published = None
-            if w.data is not None:
+            if change.data is not None:
                 appended = reply[1 + 3 * n : 4 + 3 * n]
-                published = self.appended(job_channel(w.job.id), w.data, w.event, now, appended)
-            out.append(JobChange(w.job, published))
+                published = self._appended(
+                    job_channel(job.id), change.data, change.event, now, appended
+                )
+            out.append(JobChange(job, published))
         return out
 
     async def _write(
@@ -525,9 +385,9 @@ class RedisJobs(RedisBase):
         """Write `changes` in one script call, each only against the body it was computed
         from (`prints`); _Differs, with nothing written, when one has changed since."""
         keys, args, written = self._write_call(changes, prints, now)
-        reply = await self._write_script(keys=keys, args=args, client=self.r)
+        reply = await self._write_script(keys=keys, args=args, client=self._core.client)
         if reply[0] == _DIFFERS:
-            self._forget_bodies(w.job.id for w in written)
+            self._forget_bodies(change.job.id for change in written)
             raise _Differs(f"job {written[int(reply[1]) - 1].job.id} changed")
         return self._changes(written, reply, now)
 
@@ -538,16 +398,16 @@ class RedisJobs(RedisBase):
         # that no body has that id, and answers the job an idempotency key already names.
         keys, args, written = self._write_call([(None, job, event)], {}, job.created_at)
         if job.idempotency_key is not None:
-            keys.append(self.k("jobidem", job.idempotency_key))
-        with self._mapped():
-            reply = await self._write_script(keys=keys, args=args, client=self.r)
+            keys.append(self._key("jobidem", job.idempotency_key))
+        with self._errors:
+            reply = await self._write_script(keys=keys, args=args, client=self._core.client)
             if reply[0] == _KNOWN:
                 # The key's job; this very job when a call that redis-py sent again after
                 # a lost reply finds its first sending committed (its event is published).
-                known = _decode_job(reply[1])
+                known = decode_job(reply[1])
                 return JobChange(known, None), known.id == job.id
             if reply[0] == _DIFFERS:
-                if await self.r.get(self._jk(job.id)) == written[0].body:
+                if await self._core.client.get(self._job_key(job.id)) == written[0].body:
                     return JobChange(job, None), True  # the same: this call committed it
                 raise StoreError(
                     f"a job with id {job.id!r} already exists: submit it again (ids are random)"
@@ -555,9 +415,9 @@ class RedisJobs(RedisBase):
         return self._changes(written, reply, job.created_at)[0], True
 
     async def get_job(self, job_id: str) -> Job | None:
-        with self._mapped():
-            body = await self.r.get(self._jk(job_id))
-        return None if body is None else _decode_job(body)
+        with self._errors:
+            body = await self._core.client.get(self._job_key(job_id))
+        return None if body is None else decode_job(body)
 
     async def list_jobs(self, status: str | None, type_: str | None, limit: int) -> list[Job]:
         if limit <= 0:
@@ -566,17 +426,21 @@ class RedisJobs(RedisBase):
         filtered = status is not None or type_ is not None
         page = LIST_PAGE if filtered else limit
         scanned = 0
-        with self._mapped():
+        with self._errors:
             while len(out) < limit and scanned < (LIST_SCAN if filtered else limit):
-                ids = await self.r.zrevrange(self.k("jobs"), scanned, scanned + page - 1)
+                ids = await self._core.client.zrevrange(
+                    self._key("jobs"), scanned, scanned + page - 1
+                )
                 if not ids:
                     break
                 scanned += len(ids)
-                bodies = await self.r.mget([self._jk(i.decode()) for i in ids])
+                bodies = await self._core.client.mget(
+                    [self._job_key(job_id.decode()) for job_id in ids]
+                )
                 for body in bodies:
                     if body is None:
                         continue
-                    job = _decode_job(body)
+                    job = decode_job(body)
                     if (status is None or job.status == status) and (
                         type_ is None or job.type == type_
                     ):
@@ -586,8 +450,8 @@ class RedisJobs(RedisBase):
         return out[:limit]
 
     async def queue_counts(self) -> dict[str, dict[str, int]]:
-        with self._mapped():
-            raw = await self.r.hgetall(self.k("jobcounts"))
+        with self._errors:
+            raw = await self._core.client.hgetall(self._key("jobcounts"))
         out: dict[str, dict[str, int]] = {}
         for field, value in raw.items():
             count = int(value)
@@ -608,7 +472,7 @@ class RedisJobs(RedisBase):
             [change] = await self._write([(job, new, event)], prints, now)
             return change
 
-        with self._mapped():
+        with self._errors:
             return await self._retrying("job transition", attempt)
 
     async def transition_jobs(self, steps: list[JobStep]) -> list[JobChange | TidingsError]:
@@ -623,19 +487,21 @@ class RedisJobs(RedisBase):
             if known is not None:
                 jobs, prints = known
                 answers = apply_steps(steps, dict(jobs), now)
-                if any(isinstance(a, TidingsError) for a in answers):
+                if any(isinstance(answer, TidingsError) for answer in answers):
                     answers = None  # a refusal is decided on what Redis holds, never a copy
             if answers is None:
                 jobs, prints = await self._read(ids)
                 # Steps are computed before anything is sent: a refusal changes nothing.
                 answers = apply_steps(steps, jobs, now)
-            changes = [a for a in answers if not isinstance(a, TidingsError)]
+            changes = [answer for answer in answers if not isinstance(answer, TidingsError)]
             if not changes:
-                return [a for a in answers if isinstance(a, TidingsError)]
+                return [answer for answer in answers if isinstance(answer, TidingsError)]
             written = iter(await self._write(changes, prints, now))
-            return [a if isinstance(a, TidingsError) else next(written) for a in answers]
+            return [
+                answer if isinstance(answer, TidingsError) else next(written) for answer in answers
+            ]
 
-        with self._mapped():
+        with self._errors:
             return await self._retrying("job transitions", attempt)
 
     async def lease_jobs(
@@ -644,8 +510,8 @@ class RedisJobs(RedisBase):
         wanted = None if types is None else set(types)
         out: list[JobChange] = []
         passed: set[str] = set()  # ids found taken at their re-check: not candidates again
-        with self._mapped():
-            async with self._job_lock("lease"):
+        with self._errors:
+            async with self._lease_lock:
                 # Waiting for the lock took time: a lease runs from when it is granted.
                 now = max(now, time.time())
                 for n in range(MAX_RETRIES):
@@ -674,43 +540,46 @@ class RedisJobs(RedisBase):
         """Ids of up to `count` due queued jobs, by priority then run_at (no guarantee:
         `_lease_round` re-checks each, and its write compares their bodies)."""
         if types is None:
-            types = sorted(t.decode() for t in await self.r.smembers(self.k("jobtypes")))
+            known_types = await self._core.client.smembers(self._key("jobtypes"))
+            types = sorted(type_.decode() for type_ in known_types)
         if not types:
             return []
         # The oldest due jobs of each type (enough for this lease), and every queued job
         # with a priority (few, usually none), so a high priority is never missed.
         scan = min(LEASE_SCAN, max(LEASE_MIN_SCAN, 4 * count + len(passed)))
-        async with self.r.pipeline(transaction=False) as pipe:
+        async with self._core.client.pipeline(transaction=False) as pipe:
             for type_ in types:
                 pipe.zrangebyscore(
-                    self.k("queued", type_), "-inf", repr(now), 0, scan, withscores=True
+                    self._key("queued", type_), "-inf", repr(now), 0, scan, withscores=True
                 )
-                pipe.zrange(self.k("qprio", type_), 0, LEASE_SCAN - 1)
+                pipe.zrange(self._key("qprio", type_), 0, LEASE_SCAN - 1)
             replies = await pipe.execute()
-        due_by_id = {m.decode(): float(s) for rows in replies[0::2] for m, s in rows}
-        ranked = [m.decode() for rows in replies[1::2] for m in rows]
+        due_by_id = {
+            job_id.decode(): float(run_at) for rows in replies[0::2] for job_id, run_at in rows
+        }
+        ranked = [job_id.decode() for rows in replies[1::2] for job_id in rows]
         if ranked:
-            async with self.r.pipeline(transaction=False) as pipe:
+            async with self._core.client.pipeline(transaction=False) as pipe:
                 for type_, rows in zip(types, replies[1::2], strict=True):
                     if rows:
-                        pipe.zmscore(self.k("queued", type_), rows)
-                run_ats = [a for part in await pipe.execute() for a in part]
+                        pipe.zmscore(self._key("queued", type_), rows)
+                run_ats = [run_at for part in await pipe.execute() for run_at in part]
             for job_id, run_at in zip(ranked, run_ats, strict=True):
                 if run_at is not None and float(run_at) <= now:
                     due_by_id[job_id] = float(run_at)
-        due = [(i, s) for i, s in due_by_id.items() if i not in passed]
+        due = [(job_id, run_at) for job_id, run_at in due_by_id.items() if job_id not in passed]
         if not due:
             return []
         priorities = self._priority_cache()
-        unknown = [i for i, _ in due if i not in priorities]
+        unknown = [job_id for job_id, _ in due if job_id not in priorities]
         for at in range(0, len(unknown), LIST_PAGE):
             chunk = unknown[at : at + LIST_PAGE]
-            bodies = await self.r.mget([self._jk(i) for i in chunk])
+            bodies = await self._core.client.mget([self._job_key(job_id) for job_id in chunk])
             for job_id, body in zip(chunk, bodies, strict=True):
                 if body is not None:
                     priorities[job_id] = _decode_head(body).priority
-        due.sort(key=lambda d: (-priorities.get(d[0], 0), d[1], d[0]))
-        return [i for i, _ in due[:count]]
+        due.sort(key=lambda pick: (-priorities.get(pick[0], 0), pick[1], pick[0]))
+        return [job_id for job_id, _ in due[:count]]
 
     async def _lease_round(
         self, picks: list[str], wanted: set[str] | None, now: float, fn: Transition
@@ -720,9 +589,11 @@ class RedisJobs(RedisBase):
 
         def leasable(jobs: dict[str, Job]) -> list[Job]:
             return [
-                j
-                for j in jobs.values()
-                if j.status == "queued" and j.run_at <= now and (wanted is None or j.type in wanted)
+                job
+                for job in jobs.values()
+                if job.status == "queued"
+                and job.run_at <= now
+                and (wanted is None or job.type in wanted)
             ]
 
         known = self._read_known(picks)
@@ -731,21 +602,23 @@ class RedisJobs(RedisBase):
         else:  # a job is skipped only on what Redis holds
             jobs, prints = await self._read(picks)
         fresh = leasable(jobs)
-        taken = {j.id for j in fresh}
-        skipped = [i for i in picks if i not in taken]
+        taken = {job.id for job in fresh}
+        skipped = [job_id for job_id in picks if job_id not in taken]
         if not fresh:
             return [], skipped
-        fresh.sort(key=lambda j: (-j.priority, j.run_at, j.id))
-        changes = [(j, *fn(j, now)) for j in fresh]
+        fresh.sort(key=lambda job: (-job.priority, job.run_at, job.id))
+        changes = [(job, *fn(job, now)) for job in fresh]
         return await self._write(changes, prints, now), skipped
 
     async def expire_jobs(self, now: float, fn: Transition) -> list[JobChange]:
         out: list[JobChange] = []
-        with self._mapped():
-            async with self._job_lock("expire"):
+        with self._errors:
+            async with self._expire_lock:
                 now = max(now, time.time())
-                raw = await self.r.zrangebyscore(self.k("running"), "-inf", f"({now!r}")
-                ids = [i.decode() for i in raw]
+                raw = await self._core.client.zrangebyscore(
+                    self._key("running"), "-inf", f"({now!r}"
+                )
+                ids = [job_id.decode() for job_id in raw]
                 for at in range(0, len(ids), BATCH):
                     chunk = ids[at : at + BATCH]
                     out.extend(await self._retrying("lease expiry", self._expiry(chunk, now, fn)))
@@ -759,35 +632,37 @@ class RedisJobs(RedisBase):
             # The re-check: a lease another node took back (or its worker renewed) since
             # the index was read is no longer running with an expired lease.
             expired = [
-                j
-                for j in jobs.values()
-                if j.status == "running"
-                and j.lease_expires_at is not None
-                and j.lease_expires_at < now
+                job
+                for job in jobs.values()
+                if job.status == "running"
+                and job.lease_expires_at is not None
+                and job.lease_expires_at < now
             ]
             if not expired:
                 return []
-            return await self._write([(j, *fn(j, now)) for j in expired], prints, now)
+            return await self._write([(job, *fn(job, now)) for job in expired], prints, now)
 
         return attempt
 
     async def next_run_at(self) -> float | None:
-        with self._mapped():
-            types = await self.r.smembers(self.k("jobtypes"))
+        with self._errors:
+            types = await self._core.client.smembers(self._key("jobtypes"))
             if not types:
                 return None
-            async with self.r.pipeline(transaction=False) as pipe:
+            async with self._core.client.pipeline(transaction=False) as pipe:
                 for type_ in types:
-                    pipe.zrange(self.k("queued", type_.decode()), 0, 0, withscores=True)
+                    pipe.zrange(self._key("queued", type_.decode()), 0, 0, withscores=True)
                 firsts = await pipe.execute()
         scores = [float(rows[0][1]) for rows in firsts if rows]
         return min(scores, default=None)
 
     async def sweep_jobs(self, finished_before: float) -> list[str]:
         out: list[str] = []
-        with self._mapped():
-            raw = await self.r.zrangebyscore(self.k("finished"), "-inf", f"({finished_before!r}")
-            ids = [i.decode() for i in raw]
+        with self._errors:
+            raw = await self._core.client.zrangebyscore(
+                self._key("finished"), "-inf", f"({finished_before!r}"
+            )
+            ids = [job_id.decode() for job_id in raw]
             for at in range(0, len(ids), BATCH):
                 chunk = ids[at : at + BATCH]
                 out.extend(
@@ -799,18 +674,20 @@ class RedisJobs(RedisBase):
         self, ids: list[str], finished_before: float
     ) -> Callable[[], Awaitable[list[str]]]:
         async def attempt() -> list[str]:
-            async with self.r.pipeline(transaction=True) as pipe:
+            async with self._core.client.pipeline(transaction=True) as pipe:
                 found = await self._watch_bodies(pipe, ids)
                 # Re-check: a job retried since the index was read is no longer finished.
                 gone = [
-                    j
-                    for j in found
-                    if j is not None
-                    and j.finished_at is not None
-                    and j.finished_at < finished_before
+                    job
+                    for job in found
+                    if job is not None
+                    and job.finished_at is not None
+                    and job.finished_at < finished_before
                 ]
-                missing = [i for i, j in zip(ids, found, strict=True) if j is None]
-                idem = [self.k("jobidem", j.idempotency_key) for j in gone if j.idempotency_key]
+                missing = [job_id for job_id, job in zip(ids, found, strict=True) if job is None]
+                idem = [
+                    self._key("jobidem", job.idempotency_key) for job in gone if job.idempotency_key
+                ]
                 owners: list[bytes | None] = []
                 if idem:
                     await pipe.watch(*idem)
@@ -819,15 +696,15 @@ class RedisJobs(RedisBase):
                     return []
                 pipe.multi()
                 for job_id in missing:  # an index entry without a body: drop it
-                    pipe.zrem(self.k("finished"), job_id)
+                    pipe.zrem(self._key("finished"), job_id)
                 for job in gone:
-                    pipe.delete(self._jk(job.id))
-                    self.queue_delete(pipe, job_channel(job.id))
+                    pipe.delete(self._job_key(job.id))
+                    self._queue_channel_delete(pipe, job_channel(job.id))
                     for index in ("jobs", "finished", "running"):
-                        pipe.zrem(self.k(index), job.id)
-                    pipe.zrem(self.k("queued", job.type), job.id)
-                    pipe.hincrby(self.k("jobcounts"), self._count_field(job), -1)
-                gone_ids = {j.id for j in gone}
+                        pipe.zrem(self._key(index), job.id)
+                    pipe.zrem(self._key("queued", job.type), job.id)
+                    pipe.hincrby(self._key("jobcounts"), self._count_field(job), -1)
+                gone_ids = {job.id for job in gone}
                 for key, owner in zip(idem, owners, strict=True):
                     if owner is not None and owner.decode() in gone_ids:
                         pipe.delete(key)  # still this job's key (not yet reused)
@@ -835,7 +712,7 @@ class RedisJobs(RedisBase):
                 cache = self._priority_cache()
                 for job in gone:
                     cache.pop(job.id, None)
-                self._forget_bodies(j.id for j in gone)
-                return [j.id for j in gone]
+                self._forget_bodies(job.id for job in gone)
+                return [job.id for job in gone]
 
         return attempt

@@ -4,11 +4,11 @@ BlockingConnectionPool costs.
 redis-py's BlockingConnectionPool bounds a node's connections by making a request wait
 for a free one — what a burst of thousands of concurrent requests needs. But it pays on
 every command, waiting or not: an asyncio.Condition, an `asyncio.timeout` (a timer), an
-async context manager per checkout and a notify per release — 17 µs of the 79 µs of CPU
-a GET costs through redis-py here, one of a Redis-backed request's largest parts (decision
-0015). This pool is redis-py's plain ConnectionPool (which fails past its limit instead
-of waiting) behind a semaphore of the same size: a checkout while connections are free
-is one uncontended semaphore step; only a checkout that must wait sets a timer.
+async context manager per checkout and a notify per release — one of the largest parts
+of a Redis-backed request's CPU (docs/decisions/0015). This pool is redis-py's plain
+ConnectionPool (which fails past its limit instead of waiting) behind a semaphore of the
+same size: a checkout while connections are free is one uncontended semaphore step; only
+a checkout that must wait sets a timer.
 """
 
 from __future__ import annotations

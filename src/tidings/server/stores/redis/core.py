@@ -1,4 +1,4 @@
-"""What every part of the Redis store shares: the client, key names, codecs, scripts.
+"""What the parts of the Redis store share: the connections, key names, Lua and errors.
 
 Key layout (prefix `tidings:` by default, `?prefix=` in the URL to change it):
 
@@ -20,26 +20,35 @@ Key layout (prefix `tidings:` by default, `?prefix=` in the URL to change it):
     {p}jobs               sorted set: every job id by created_at
     {p}jobtypes           set of job types ever submitted
     {p}jobcounts          hash "{type}\\x00{status}" -> count
-    {p}wake               stream: a job became queued (field `type`, `run_at`); the relay
-                          of every node follows it to wake its parked lease requests
+    {p}wake               stream: a job became queued (fields `type`, `run_at`) or a
+                          channel was deleted (field `deleted`); the relay of every node
+                          follows it to wake its parked lease requests and end the streams
+                          of a deleted channel
     {p}user:{name}        msgpack User;   {p}users: set of user names
     {p}cred:{key}         msgpack Credential (expiring with the credential)
     {p}creds:{user}       set of the credential keys of a user
+
+The Lua scripts are files of the `lua/` directory next to this module, read once when the
+store's modules are imported (`lua`) and registered with redis-py when the store starts.
 """
 
 from __future__ import annotations
 
 import socket
+from importlib.resources import files
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import msgspec
+from redis import asyncio as aioredis
+from redis import exceptions as redis_exceptions
+from redis.commands.core import AsyncScript
 
-from tidings.protocol.errors import InvalidCursor, StoreClosed, StoreError
-from tidings.server.stores.base import AuthStore, ChannelStore, JobStore, Retention, Store
+from tidings.protocol.errors import StoreClosed, StoreError
+from tidings.server.stores.base import Retention
+from tidings.server.stores.common import store_errors
 from tidings.server.stores.redis.pool import BoundedPool
 
-__all__ = ["RedisBase", "parse_seq"]
+__all__ = ["RedisCore", "lua"]
 
 # Connections per node to Redis (requests beyond wait up to POOL_TIMEOUT seconds for one).
 MAX_CONNECTIONS = 64
@@ -51,17 +60,12 @@ CONNECT_TIMEOUT = 5.0
 DEAD_PEER_MS = 10_000
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 10, 5, 3
 
-_encode_json = msgspec.json.Encoder().encode
-_decode_json = msgspec.json.Decoder().decode
 
-
-def parse_seq(message_id: str) -> int:
-    """Sequence number of a message id (decimal digits), as on the embedded stores."""
-    if not (message_id.isascii() and message_id.isdigit()) or len(message_id) > 18:
-        raise InvalidCursor(
-            f"cursor {message_id!r} is not a message id of this server: use an id it gave you, or 0"
-        )
-    return int(message_id)
+def lua(*names: str) -> str:
+    """The source of the named files of `lua/`, joined in order: a script that calls
+    `append` is composed as `lua("append.lua", "publish.lua")`."""
+    folder = files("tidings.server.stores.redis").joinpath("lua")
+    return "\n".join(folder.joinpath(name).read_text(encoding="utf-8") for name in names)
 
 
 def _pool_options() -> dict[str, Any]:
@@ -69,8 +73,8 @@ def _pool_options() -> dict[str, Any]:
 
     redis-py 8 turns "maintenance notifications" on by default, and with them its pool
     stops checking a connection for a close by the server before lending it: after an
-    idle timeout, a proxy drop or a Redis restart, each pooled connection then failed one
-    request. Turned off, the pool checks again (older redis-py has no such option).
+    idle timeout, a proxy drop or a Redis restart, each pooled connection would fail one
+    request. Turned off, the pool checks (redis-py before 8 has no such option).
     """
     try:
         from redis.maint_notifications import MaintNotificationsConfig
@@ -82,13 +86,13 @@ def _pool_options() -> dict[str, Any]:
 def _request_pool_options() -> dict[str, Any]:
     """The request pool's socket options: no per-command timeout, dead peers found by TCP.
 
-    redis-py 8 gives every command a 5 s socket timeout by default, which on Python 3.11
+    redis-py 8 gives every command a socket timeout by default, which on Python 3.11
     wraps each send in `asyncio.wait_for` (a task and a loop turn per command) and each
-    read in a timer: 8 % of the server's CPU per Redis-backed request (decision 0015). A
-    command is not abandoned after a fixed time here (a slow Redis — a long script, a fork
-    for a snapshot — is waited for, as redis-py before 8 did, and the caller's own timeout
-    decides); a connection to a host that is gone is dropped by the kernel: unacknowledged
-    data for DEAD_PEER_MS, or keepalive probes unanswered.
+    read in a timer: a large share of a Redis-backed request's CPU (docs/decisions/0015).
+    A command is not abandoned after a fixed time here (a slow Redis — a long script, a
+    fork for a snapshot — is waited for, and the caller's own timeout decides); a
+    connection to a host that is gone is dropped by the kernel: unacknowledged data for
+    DEAD_PEER_MS, or keepalive probes unanswered.
     """
     keepalive: dict[int, int] = {}
     for name, value in (
@@ -109,36 +113,60 @@ def _request_pool_options() -> dict[str, Any]:
     }
 
 
-class RedisBase(Store, ChannelStore, JobStore, AuthStore):
-    """Connection and key names; the parts (channels, jobs, auth) build on this.
+def _where(url: str) -> str:
+    """The Redis address of a URL, without credentials (for error messages)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _store_error(url: str, exc: BaseException) -> StoreError:
+    """The StoreError of a redis-py error, with a message saying what to do."""
+    if isinstance(exc, redis_exceptions.MaxConnectionsError):
+        return StoreError(
+            f"every connection to Redis at {_where(url)} is busy ({exc}): retry, or give "
+            "the store a larger connection pool"
+        )
+    if isinstance(exc, redis_exceptions.ConnectionError | redis_exceptions.TimeoutError):
+        return StoreError(
+            f"cannot reach Redis at {_where(url)} ({exc}): check that it is running and "
+            "that the store URL points at it; the request may be retried"
+        )
+    return StoreError(
+        f"Redis at {_where(url)} refused a command ({exc}): check its memory limit "
+        "and that no other program writes keys under this store's prefix (?prefix=)"
+    )
+
+
+class RedisCore:
+    """The connections to one Redis, its key names and error translation, shared by the
+    parts of a RedisStore.
 
     Args:
         url: `redis://[user:password@]host:port/db[?prefix=tidings:]` (or `rediss://`).
         default_retention: retention of channels without their own.
     """
 
-    # Live messages reach the hub through the relay (tidings.server.relay), not the publish path.
-    shared = True
-
     def __init__(self, url: str, default_retention: Retention) -> None:
-        super().__init__(default_retention)
-        self.channels = self.jobs = self.auth = self  # one object holds all three parts
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         self.prefix = query.pop("prefix", ["tidings:"])[0]
         self.url = parts._replace(query="").geturl()
-        self._redis: Any = None
-        self._blocking: Any = None
+        self.default_retention = default_retention
+        # Entered around every command: redis-py errors become StoreError.
+        self.errors = store_errors(
+            redis_exceptions.RedisError, lambda exc: _store_error(self.url, exc)
+        )
+        self._client: aioredis.Redis | None = None
+        self._blocking: aioredis.Redis | None = None
         self._closed = False
 
-    # -- life cycle ---------------------------------------------------------------------
-
-    async def start(self) -> None:
-        from redis import asyncio as aioredis
-
+    async def open(self) -> None:
+        """Open both connection pools and check that Redis answers."""
         # A pool that makes a burst of requests wait for a connection, rather than fail
         # past its limit ("Too many connections").
-        self._redis = aioredis.Redis.from_pool(
+        self._client = aioredis.Redis.from_pool(
             BoundedPool.from_url(
                 self.url,
                 max_connections=MAX_CONNECTIONS,
@@ -146,43 +174,45 @@ class RedisBase(Store, ChannelStore, JobStore, AuthStore):
                 **_request_pool_options(),
             )
         )
-        # XREAD BLOCK holds its connection: the relay gets a client of its own.
+        # XREAD BLOCK holds its connection: the relay's reads get a client of their own.
         self._blocking = aioredis.from_url(self.url, decode_responses=False, **_pool_options())
         try:
-            await self._redis.ping()
+            await self._client.ping()
         except Exception as exc:
             raise StoreError(f"cannot reach Redis at {self.url}: {exc}") from exc
-        await self._load_scripts()
-
-    async def _load_scripts(self) -> None:
-        """Register Lua scripts (overridden by the parts that have some)."""
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for client in (self._redis, self._blocking):
+        for client in (self._client, self._blocking):
             if client is not None:
                 await client.aclose()
 
     async def ping(self) -> None:
         try:
-            await self.r.ping()
+            await self.client.ping()
         except Exception as exc:
             raise StoreError(f"Redis does not answer: {exc}") from exc
 
     @property
-    def r(self) -> Any:
-        """The Redis client; StoreClosed before start() and after close()."""
-        if self._redis is None or self._closed:
+    def client(self) -> Any:
+        """The client of the request pool; StoreClosed before open() and after close()."""
+        if self._client is None or self._closed:
             raise StoreClosed("store is not open: call `await store.start()` first")
-        return self._redis
+        return self._client
 
-    def cursor_key(self, message_id: str) -> int:
-        return parse_seq(message_id)
+    @property
+    def blocking(self) -> Any:
+        """The client for blocking reads (the relay's XREAD); StoreClosed when not open."""
+        if self._blocking is None or self._closed:
+            raise StoreClosed("store is not open: call `await store.start()` first")
+        return self._blocking
 
-    # -- key names ----------------------------------------------------------------------
+    def script(self, source: str) -> AsyncScript:
+        """Register a Lua script with the request pool's client (call once, after open)."""
+        return self.client.register_script(source)  # type: ignore[no-any-return]
 
-    def k(self, *parts: str) -> str:
+    def key(self, *parts: str) -> str:
         """A key name: the prefix, then the parts joined by ':'."""
         return self.prefix + ":".join(parts)
