@@ -331,11 +331,11 @@ def test_sqlite_sees_users_written_by_another_store_on_the_same_file(tmp_path):
             await cli.start()
             try:
                 bob = user("bob")
-                await cli.put_user(bob)
+                await cli.auth.put_user(bob)
                 alice2 = user("alice", publish=("a", "b"))
-                await cli.put_user(alice2)
+                await cli.auth.put_user(alice2)
                 token = cred("tok", "bob", kind=KIND_TOKEN, name="cli")
-                await cli.put_credential(token)
+                await cli.auth.put_credential(token)
             finally:
                 await cli.close()
 
@@ -349,7 +349,7 @@ def test_sqlite_sees_users_written_by_another_store_on_the_same_file(tmp_path):
             cli = SQLiteStore(path, DEFAULT)
             await cli.start()
             try:
-                assert await cli.delete_user("bob") is True
+                assert await cli.auth.delete_user("bob") is True
             finally:
                 await cli.close()
             assert await server.auth.get_user("bob") is None

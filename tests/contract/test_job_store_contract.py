@@ -9,7 +9,6 @@ what every transport serves to the job's followers.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -778,56 +777,3 @@ def test_sqlite_reopen_keeps_jobs_and_their_events(tmp_path):
 
     done, waiting, ids = asyncio.run(first_life())
     asyncio.run(second_life(done, waiting, ids))
-
-
-# The jobs table and indexes of databases made before the partial indexes (2026-11-28).
-OLD_JOBS_SCHEMA = """
-CREATE TABLE jobs (
-    id TEXT PRIMARY KEY,
-    type TEXT NOT NULL,
-    status TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    run_at REAL NOT NULL,
-    lease_expires_at REAL,
-    finished_at REAL,
-    created_at REAL NOT NULL,
-    idempotency_key TEXT UNIQUE,
-    body BLOB NOT NULL
-);
-CREATE INDEX jobs_ready ON jobs (status, priority DESC, run_at, id);
-CREATE INDEX jobs_lease ON jobs (status, lease_expires_at);
-CREATE INDEX jobs_created ON jobs (created_at, id);
-CREATE INDEX jobs_finished ON jobs (finished_at);
-"""
-
-
-def test_sqlite_jobs_of_an_older_database_keep_working(tmp_path):
-    """A database with the old index layout opens: its jobs are served and leased, its
-    indexes are replaced by the partial ones, and idempotency keys still dedupe."""
-    path = tmp_path / "old.db"
-
-    async def main() -> None:
-        store = SQLiteStore(str(path), DEFAULT)
-        await store.start()
-        svc = JobService(store, Hub(store.channels.cursor_key), retry_backoff=BACKOFF)
-        try:
-            first, _ = await svc.submit("resize", {"n": 1}, idempotency_key="k1")
-            again, created = await svc.submit("resize", {"n": 2}, idempotency_key="k1")
-            assert (again.id, created) == (first.id, False)
-            [leased] = await svc.lease(["resize"], 5, 0.0, 30.0)
-            assert leased.id == first.id
-            await svc.complete(leased.id, leased.lease_token or "", "ok")
-            assert (await svc.get(first.id)).status == "succeeded"
-        finally:
-            svc.close()
-            await store.close()
-
-    conn = sqlite3.connect(path)
-    conn.executescript(OLD_JOBS_SCHEMA)
-    conn.close()
-    asyncio.run(main())
-    conn = sqlite3.connect(path)
-    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    conn.close()
-    assert {"jobs_queued", "jobs_running", "jobs_done", "jobs_created"} <= names
-    assert not names & {"jobs_ready", "jobs_lease", "jobs_finished"}

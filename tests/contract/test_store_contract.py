@@ -1,4 +1,4 @@
-"""The store contract: every store behaves the same, on real SQLite files and in memory."""
+"""The channel contract: every store behaves the same — memory, SQLite (a real file) and Redis."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from tidings.protocol.errors import InvalidCursor, StoreClosed
 from tidings.server.stores import open_store
-from tidings.server.stores.base import ChannelStore, Retention
+from tidings.server.stores.base import Retention, Store
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -18,8 +18,8 @@ DEFAULT = Retention(max_messages=100, max_age=3600.0)
 
 
 def run(
-    make_store: Callable[..., ChannelStore],
-    body: Callable[[ChannelStore], Coroutine[Any, Any, None]],
+    make_store: Callable[..., Store],
+    body: Callable[[Store], Coroutine[Any, Any, None]],
     retention: Retention = DEFAULT,
 ) -> None:
     async def main() -> None:
@@ -36,7 +36,7 @@ def run(
 def test_ids_increase_and_reads_resume(make_store):
     """Ids start at 1 and increase; after=ID returns what follows, in order, up to limit."""
 
-    async def body(store: ChannelStore) -> None:
+    async def body(store: Store) -> None:
         acks = [
             await store.channels.publish("c", f"m{i}", "e" if i == 1 else None) for i in range(5)
         ]
@@ -61,7 +61,7 @@ def test_json_values_round_trip(make_store):
     """Text stays text and JSON values keep their types."""
     values = ["text", "123", 123, 1.5, None, True, [1, "a"], {"k": {"n": [None]}}]
 
-    async def body(store: ChannelStore) -> None:
+    async def body(store: Store) -> None:
         for v in values:
             await store.channels.publish("types", v)
         res = await store.channels.read("types", "0", 100)
@@ -71,7 +71,7 @@ def test_json_values_round_trip(make_store):
 
 
 def test_channels_are_independent(make_store):
-    async def body(store: ChannelStore) -> None:
+    async def body(store: Store) -> None:
         await store.channels.publish("a", 1)
         await store.channels.publish("b", 2)
         await store.channels.publish("a", 3)
@@ -82,7 +82,7 @@ def test_channels_are_independent(make_store):
 
 
 def test_idempotency_key_returns_the_first_message(make_store):
-    async def body(store: ChannelStore) -> None:
+    async def body(store: Store) -> None:
         first = await store.channels.publish("c", "x", idempotency_key="k1")
         again = await store.channels.publish("c", "y", idempotency_key="k1")
         other = await store.channels.publish("d", "z", idempotency_key="k1")
@@ -98,7 +98,7 @@ def test_idempotency_key_returns_the_first_message(make_store):
 def test_retention_by_count_and_reset(make_store):
     """A cursor older than the retained history gets a reset and the oldest retained on."""
 
-    async def body(store: ChannelStore) -> None:
+    async def body(store: Store) -> None:
         for i in range(5):
             await store.channels.publish("c", i)
         res = await store.channels.read("c", "0", 10)
@@ -118,7 +118,7 @@ def test_retention_by_count_and_reset(make_store):
 def test_cursor_past_the_end_is_a_reset(make_store):
     """A cursor from another life of the channel (deleted, recreated) is a gap too."""
 
-    async def body(store: ChannelStore) -> None:
+    async def body(store: Store) -> None:
         for i in range(3):
             await store.channels.publish("c", i)
         assert await store.channels.delete("c")
@@ -135,7 +135,7 @@ def test_cursor_past_the_end_is_a_reset(make_store):
 
 
 def test_retention_by_age(make_store):
-    async def body(store: ChannelStore) -> None:
+    async def body(store: Store) -> None:
         await store.channels.publish("old", 1)
         await store.channels.publish("old", 2)
         last = (await store.channels.publish("old", 3)).message
@@ -153,7 +153,7 @@ def test_retention_by_age(make_store):
 
 
 def test_per_channel_retention(make_store):
-    async def body(store: ChannelStore) -> None:
+    async def body(store: Store) -> None:
         info = await store.channels.set_retention("small", Retention(max_messages=2, max_age=10))
         assert info.custom_retention
         for i in range(4):
@@ -169,7 +169,7 @@ def test_per_channel_retention(make_store):
 
 
 def test_info_and_listing(make_store):
-    async def body(store: ChannelStore) -> None:
+    async def body(store: Store) -> None:
         assert await store.channels.info("none") is None
         for name in ["news.a", "news.b", "other"]:
             await store.channels.publish(name, "x")
@@ -185,7 +185,7 @@ def test_info_and_listing(make_store):
 
 
 def test_concurrent_publishes_get_distinct_contiguous_ids(make_store):
-    async def body(store: ChannelStore) -> None:
+    async def body(store: Store) -> None:
         acks = await asyncio.gather(*(store.channels.publish("c", i) for i in range(200)))
         ids = sorted(int(a.message.id) for a in acks)
         assert ids == list(range(1, 201))
@@ -196,7 +196,7 @@ def test_concurrent_publishes_get_distinct_contiguous_ids(make_store):
 
 
 def test_malformed_cursor_is_refused(make_store):
-    async def body(store: ChannelStore) -> None:
+    async def body(store: Store) -> None:
         for bad in ["abc", "-1", "1.5", "", "9" * 30]:
             with pytest.raises(InvalidCursor):
                 await store.channels.read("c", bad, 10)

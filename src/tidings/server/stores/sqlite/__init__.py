@@ -1,0 +1,94 @@
+"""`sqlite:///path` — the embedded default: WAL, group commit, durable acknowledgements.
+
+`core` holds the connections and the writer thread (see its docstring for the group
+commit); `channels`, `jobs` and `auth` hold the SQL of one part each.
+"""
+
+from __future__ import annotations
+
+from tidings.server.stores.base import Retention, Store
+from tidings.server.stores.lockfile import StoreLocked
+from tidings.server.stores.sqlite.auth import SQLiteAuth
+from tidings.server.stores.sqlite.channels import SQLiteChannels
+from tidings.server.stores.sqlite.core import SQLiteCore
+from tidings.server.stores.sqlite.jobs import SQLiteJobs
+
+__all__ = ["SQLiteStore", "StoreLocked"]
+
+
+class SQLiteStore(Store):
+    """Channels, jobs, users and credentials in one SQLite file.
+
+    A server's store is `exclusive`: it holds `<path>.lock` (stores/lockfile.py) from
+    `lock()` or `start()` until `close()`, because channel sequences and live subscribers
+    live in one process; a second exclusive store on the file raises StoreLocked.
+
+    Args:
+        path: the database file (created when missing).
+        default_retention: retention of channels without their own.
+        synchronous: SQLite `synchronous` pragma: FULL (default) fsyncs the WAL at every
+            commit, so an acknowledged publish survives power loss; NORMAL survives a
+            process crash only.
+        exclusive: take the server lock at `start()` (`open_store` takes it for servers;
+            the users and tokens commands open the file without it).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        default_retention: Retention,
+        synchronous: str = "FULL",
+        exclusive: bool = False,
+    ) -> None:
+        self._core = core = SQLiteCore(path, default_retention, synchronous)
+        self.path = path
+        self.exclusive = exclusive
+        self.channels = SQLiteChannels(core, core.log)
+        self.jobs = SQLiteJobs(core, core.log)
+        self.auth = SQLiteAuth(core)
+
+    @property
+    def synchronous(self) -> str:
+        """The `synchronous` pragma of durable commits."""
+        return self._core.synchronous
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed (read by the metrics)."""
+        return self._core.commits
+
+    @property
+    def writes(self) -> int:
+        """Writes committed; several share a transaction (group commit)."""
+        return self._core.writes
+
+    def lock(self) -> None:
+        """Take the server lock now (StoreLocked names the holder); start() keeps it."""
+        if self._core.server_lock is not None:
+            self._core.server_lock.acquire()
+        self.exclusive = True
+
+    async def start(self) -> None:
+        if self.exclusive:
+            self.lock()
+        try:
+            await self._core.open()
+        except BaseException:
+            self._release()
+            raise
+
+    async def close(self) -> None:
+        if self._core.closing:
+            return
+        try:
+            await self._core.close()
+        finally:
+            # Last: another server may open the file only once nothing here writes to it.
+            self._release()
+
+    async def ping(self) -> None:
+        await self._core.read(lambda c: c.execute("SELECT 1").fetchone())
+
+    def _release(self) -> None:
+        if self._core.server_lock is not None:
+            self._core.server_lock.release()

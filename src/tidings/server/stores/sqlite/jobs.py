@@ -1,0 +1,223 @@
+"""The SQLite store's jobs: one row each (msgpack body plus the columns its indexes
+need), changed by transitions on the writer thread with their channel message."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+from tidings.protocol.errors import NotFound, TidingsError
+from tidings.protocol.jobs import Job, job_channel
+from tidings.server.stores.base import (
+    JobChange,
+    JobStep,
+    JobStore,
+    Transition,
+    apply_steps,
+    job_event_data,
+)
+from tidings.server.stores.common import decode_job, encode_json, encode_msgpack
+from tidings.server.stores.sqlite.core import ChannelLog, SQLiteCore
+
+__all__ = ["SQLiteJobs"]
+
+
+class SQLiteJobs(JobStore):
+    """Every JobStore method; a job's events are appended to its channel through `log`,
+    in the transaction that changes the job."""
+
+    def __init__(self, core: SQLiteCore, log: ChannelLog) -> None:
+        self._core = core
+        self._log = log
+
+    def _save_job(
+        self, conn: sqlite3.Connection, job: Job, event: str | None, now: float, insert: bool
+    ) -> JobChange:
+        """Writer thread: store a job and append its event to the job's channel."""
+        # The columns a transition may change, in the order both statements name them.
+        changing = (
+            job.type,
+            job.status,
+            job.priority,
+            job.run_at,
+            job.lease_expires_at,
+            job.finished_at,
+            encode_msgpack(job),
+        )
+        if insert:
+            conn.execute(
+                "INSERT INTO jobs (type, status, priority, run_at, lease_expires_at,"
+                " finished_at, body, id, created_at, idempotency_key)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*changing, job.id, job.created_at, job.idempotency_key),
+            )
+            # A new job's channel is new too (job.* is written by the job system only, and
+            # a job's channel is removed with it): no lookup.
+            self._log.new_channel(job_channel(job.id), now)
+        else:
+            # A job's creation time and idempotency key never change: an UPDATE of the
+            # other columns leaves their indexes alone.
+            conn.execute(
+                "UPDATE jobs SET type = ?, status = ?, priority = ?, run_at = ?,"
+                " lease_expires_at = ?, finished_at = ?, body = ? WHERE id = ?",
+                (*changing, job.id),
+            )
+        published = None
+        if event is not None:
+            data = job_event_data(job)
+            published = self._log.append(
+                conn, job_channel(job.id), data, encode_json(data), event, now
+            )
+        return JobChange(job, published)
+
+    def _apply_all(
+        self, conn: sqlite3.Connection, rows: list[tuple[bytes]], now: float, fn: Transition
+    ) -> list[JobChange]:
+        out = []
+        for (body,) in rows:
+            new, event = fn(decode_job(body), now)
+            out.append(self._save_job(conn, new, event, now, insert=False))
+        return out
+
+    async def submit_job(self, job: Job, event: str) -> tuple[JobChange, bool]:
+        def op(conn: sqlite3.Connection) -> tuple[JobChange, bool]:
+            if job.idempotency_key is not None:
+                row = conn.execute(
+                    "SELECT body FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
+                ).fetchone()
+                if row is not None:
+                    return JobChange(decode_job(row[0]), None), False
+            return self._save_job(conn, job, event, job.created_at, insert=True), True
+
+        return await self._core.write(op)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        core = self._core
+        point = core.point()
+        with core.read_errors:
+            row = point.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else decode_job(row[0])
+
+    async def list_jobs(self, status: str | None, type_: str | None, limit: int) -> list[Job]:
+        where, args = [], []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if type_ is not None:
+            where.append("type = ?")
+            args.append(type_)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._core.read(
+            lambda c: c.execute(
+                f"SELECT body FROM jobs {clause} ORDER BY created_at DESC, id DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        )
+        return [decode_job(r[0]) for r in rows]
+
+    async def queue_counts(self) -> dict[str, dict[str, int]]:
+        rows = await self._core.read(
+            lambda c: c.execute(
+                "SELECT type, status, count(*) FROM jobs GROUP BY type, status"
+            ).fetchall()
+        )
+        out: dict[str, dict[str, int]] = {}
+        for type_, status, count in rows:
+            out.setdefault(type_, {})[status] = count
+        return out
+
+    async def transition_job(self, job_id: str, fn: Transition, durable: bool = True) -> JobChange:
+        def op(conn: sqlite3.Connection) -> JobChange:
+            row = conn.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no job {job_id!r}")
+            return self._apply_all(conn, [row], time.time(), fn)[0]
+
+        return await self._core.write(op, durable)
+
+    async def transition_jobs(self, steps: list[JobStep]) -> list[JobChange | TidingsError]:
+        if not steps:
+            return []
+        ids = list(dict.fromkeys(job_id for job_id, _, _ in steps))
+
+        def op(conn: sqlite3.Connection) -> list[JobChange | TidingsError]:
+            now = time.time()
+            jobs: dict[str, Job] = {}
+            # One query per 500 ids, under SQLite's bound-parameter limit.
+            for at in range(0, len(ids), 500):
+                chunk = ids[at : at + 500]
+                rows = conn.execute(
+                    f"SELECT body FROM jobs WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+                ).fetchall()
+                for (body,) in rows:
+                    found = decode_job(body)
+                    jobs[found.id] = found
+            # A refusal is computed before anything is written, so it changes nothing.
+            return [
+                r if isinstance(r, TidingsError) else self._save_job(conn, r[1], r[2], now, False)
+                for r in apply_steps(steps, jobs, now)
+            ]
+
+        return await self._core.write(op, any(durable for _, _, durable in steps))
+
+    async def lease_jobs(
+        self, types: list[str] | None, max_jobs: int, now: float, fn: Transition
+    ) -> list[JobChange]:
+        def op(conn: sqlite3.Connection) -> list[JobChange]:
+            type_clause = ""
+            args: list[Any] = [now]
+            if types is not None:
+                type_clause = f" AND type IN ({', '.join('?' * len(types))})"
+                args.extend(types)
+            rows = conn.execute(
+                "SELECT body FROM jobs WHERE status = 'queued' AND run_at <= ?"
+                f"{type_clause} ORDER BY priority DESC, run_at, id LIMIT ?",
+                (*args, max_jobs),
+            ).fetchall()
+            return self._apply_all(conn, rows, now, fn)
+
+        return await self._core.write(op, durable=False)
+
+    async def expire_jobs(self, now: float, fn: Transition) -> list[JobChange]:
+        # A read first: the common answer is "nothing expired", which needs no write.
+        any_expired = await self._core.read(
+            lambda c: c.execute(
+                "SELECT 1 FROM jobs WHERE status = 'running' AND lease_expires_at < ? LIMIT 1",
+                (now,),
+            ).fetchone()
+        )
+        if any_expired is None:
+            return []
+
+        def op(conn: sqlite3.Connection) -> list[JobChange]:
+            rows = conn.execute(
+                "SELECT body FROM jobs WHERE status = 'running' AND lease_expires_at < ?", (now,)
+            ).fetchall()
+            return self._apply_all(conn, rows, now, fn)
+
+        return await self._core.write(op, durable=False)
+
+    async def next_run_at(self) -> float | None:
+        row = await self._core.read(
+            lambda c: c.execute("SELECT min(run_at) FROM jobs WHERE status = 'queued'").fetchone()
+        )
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def sweep_jobs(self, finished_before: float) -> list[str]:
+        def op(conn: sqlite3.Connection) -> list[str]:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM jobs WHERE finished_at < ?", (finished_before,)
+                ).fetchall()
+            ]
+            for job_id in ids:
+                channel = job_channel(job_id)
+                self._log.forget(channel)
+                conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                conn.execute("DELETE FROM channels WHERE name = ?", (channel,))
+                conn.execute("DELETE FROM messages WHERE channel = ?", (channel,))
+            return ids
+
+        return await self._core.write(op)
