@@ -29,36 +29,36 @@ def pool(url: str, size: int, timeout: float = 5.0) -> BoundedPool:
 
 def test_a_burst_larger_than_the_pool_waits_for_its_connections(redis_proc: RedisProcess) -> None:
     async def body() -> None:
-        p = pool(redis_proc.url, 3)
-        r = aioredis.Redis.from_pool(p)
+        bounded = pool(redis_proc.url, 3)
+        client = aioredis.Redis.from_pool(bounded)
         try:
-            await r.set("pool:k", b"v")
-            got = await asyncio.gather(*[r.get("pool:k") for _ in range(300)])
+            await client.set("pool:k", b"v")
+            got = await asyncio.gather(*[client.get("pool:k") for _ in range(300)])
             assert got == [b"v"] * 300
-            assert len(p._available_connections) + len(p._in_use_connections) <= 3
-            assert p._slots._value == 3 and not p._lent  # every slot is back
+            assert len(bounded._available_connections) + len(bounded._in_use_connections) <= 3
+            assert bounded._slots._value == 3 and not bounded._lent  # every slot is back
         finally:
-            await r.aclose()
+            await client.aclose()
 
     run(body)
 
 
 def test_a_checkout_that_must_wait_gives_up_after_the_timeout(redis_proc: RedisProcess) -> None:
     async def body() -> None:
-        p = pool(redis_proc.url, 2, timeout=0.3)
-        held = [await p.get_connection(), await p.get_connection()]
+        bounded = pool(redis_proc.url, 2, timeout=0.3)
+        held = [await bounded.get_connection(), await bounded.get_connection()]
         try:
             started = time.monotonic()
             with pytest.raises(RedisConnectionError, match="No connection available"):
-                await p.get_connection()
+                await bounded.get_connection()
             assert 0.25 < time.monotonic() - started < 2.0
-            await p.release(held.pop())  # a slot frees: the next checkout gets it at once
-            held.append(await p.get_connection())
+            await bounded.release(held.pop())  # a slot frees: the next checkout gets it at once
+            held.append(await bounded.get_connection())
         finally:
-            for c in held:
-                await p.release(c)
-            assert p._slots._value == 2
-            await p.aclose()
+            for connection in held:
+                await bounded.release(connection)
+            assert bounded._slots._value == 2
+            await bounded.aclose()
 
     run(body)
 
@@ -67,29 +67,29 @@ def test_a_waiting_checkout_gets_the_connection_released_meanwhile(
     redis_proc: RedisProcess,
 ) -> None:
     async def body() -> None:
-        p = pool(redis_proc.url, 1)
-        first = await p.get_connection()
-        waiting = asyncio.ensure_future(p.get_connection())
+        bounded = pool(redis_proc.url, 1)
+        first = await bounded.get_connection()
+        waiting = asyncio.ensure_future(bounded.get_connection())
         await asyncio.sleep(0.05)
         assert not waiting.done()
-        await p.release(first)
+        await bounded.release(first)
         second = await asyncio.wait_for(waiting, 2)
         assert second is first  # the one connection, handed on
-        await p.release(second)
-        assert p._slots._value == 1
-        await p.aclose()
+        await bounded.release(second)
+        assert bounded._slots._value == 1
+        await bounded.aclose()
 
     run(body)
 
 
 def test_failed_checkouts_give_their_slots_back() -> None:
     async def body() -> None:
-        p = pool(f"redis://127.0.0.1:{free_port()}/0", 1, timeout=0.5)  # nothing listens
+        bounded = pool(f"redis://127.0.0.1:{free_port()}/0", 1, timeout=0.5)  # nothing listens
         for _ in range(3):  # with the slot lost, the 2nd try would wait and time out
             with pytest.raises(RedisConnectionError) as caught:
-                await p.get_connection()
+                await bounded.get_connection()
             assert "No connection available" not in str(caught.value)
-        assert p._slots._value == 1 and not p._lent
-        await p.aclose()
+        assert bounded._slots._value == 1 and not bounded._lent
+        await bounded.aclose()
 
     run(body)

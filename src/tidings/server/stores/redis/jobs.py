@@ -1,28 +1,28 @@
 """Jobs in Redis: msgpack bodies, sorted-set indexes, compare-and-set Lua scripts.
 
-Keys (see tidings.server.stores.redis.core): `{p}job:{id}` holds the msgpack body; the id sits
-in exactly one of `{p}queued:{type}` (by run_at), `{p}running` (by lease_expires_at) or
-`{p}finished` (by finished_at) according to its status, and in `{p}jobs` (by created_at);
+Keys (see tidings.server.stores.redis.core): `{p}job:{id}` holds the msgpack body; the id
+sits in exactly one of `{p}queued:{type}` (by run_at), `{p}running` (by lease_expires_at)
+or `{p}finished` (by finished_at) according to its status, and in `{p}jobs` (by created_at);
 `{p}jobcounts` counts jobs per type and status; `{p}jobidem:{key}` maps an idempotency key
 to its job; `{p}wake` announces every job that becomes queued to the relays of all nodes.
 
 Why every change is applied once, whichever node attempts it
 ------------------------------------------------------------
 
-A transition is Python (`fn(job, now)`, tidings.server.jobs), so it cannot run inside Redis as
-Lua. Each change (or batch of changes) is therefore a compare-and-set:
+A transition is Python (`fn(job, now)`, tidings.server.jobs), so it cannot run inside
+Redis as Lua. Each change (or batch of changes) is therefore a compare-and-set:
 
 1. MGET the bodies — the state the change is computed from — and keep a fingerprint of
    each (the SHA-1 of the bytes as read, not of a re-encoding, which could differ for a
    body another version of tidings wrote);
 2. apply `fn` in Python (a refusal raises before anything is sent: nothing changes);
-3. one EVALSHA of the write script (lua/job_write.lua), which first compares, for every job of
-   the batch, the body stored now with the fingerprint it was computed from (a new job:
-   no body at all) and, on any difference, writes nothing and answers which job
+3. one EVALSHA of the write script (lua/job_write.lua), which first compares, for every
+   job of the batch, the body stored now with the fingerprint it was computed from (a new
+   job: no body at all) and, on any difference, writes nothing and answers which job
    differed; otherwise it writes everything: the new body, the id moved between the index
    sets by status, the counts (-1 old status, +1 new), the event appended to the job's
-   channel (the channel part's `append` function, the same Lua as a publish), an XADD to
-   `{p}wake` when the job is now queued.
+   channel (the `append` function of lua/append.lua, the same Lua as a publish), an XADD
+   to `{p}wake` when the job is now queued.
 
 Redis runs a script atomically: no other command runs between its comparisons and its
 writes. The body is the only input of a transition and every change writes it, so a
@@ -60,9 +60,9 @@ The indexes, counts and channel message are written by the same script as the bo
 every reader sees them agree with the bodies. Retries are bounded (MAX_RETRIES, with a
 little random back-off); past that the call fails with StoreError and its last attempt
 changed nothing (a lease that already committed some jobs returns those instead; expiry
-and sweep commit BATCH jobs per script call or transaction). Within one process,
-lease_jobs and expire_jobs calls take turns (an asyncio lock), so conflicts arise only
-between nodes, not between the requests of one node.
+and sweep commit BATCH jobs per script call or transaction). Within one process, the
+lease_jobs calls take turns, and so do the expire_jobs calls (an asyncio lock each), so
+their conflicts arise only between nodes, not between the requests of one node.
 
 A node remembers the bodies of the unfinished jobs it wrote last (`_read_known`), and a
 lease or a report of those jobs is computed from them without an MGET: the comparison in
@@ -74,7 +74,7 @@ the bodies read from Redis.
 A submit needs no read: a new job's id is random and unseen, so its script call expects
 no body under that id; with an idempotency key, the script itself answers the job the
 key already names (when that job still exists) instead of writing. sweep_jobs, off the
-hot path, stays an optimistic transaction (WATCH, MGET, MULTI/EXEC); WATCH sees the
+hot path, is an optimistic transaction (WATCH, MGET, MULTI/EXEC); WATCH sees the
 writes of scripts too, and a script comparing against a swept body finds none.
 
 Limits, stated:
@@ -91,8 +91,8 @@ Limits, stated:
   LEASE_MIN_SCAN) plus every queued job with a non-zero priority (`{p}qprio:{type}`, up
   to LEASE_SCAN, highest first): positive priorities are always served first; a job with
   a negative priority is ordered exactly only among the jobs read. Priorities (which no
-  transition of tidings.server.jobs changes) are cached per process, so a lease reads ids, not
-  bodies.
+  transition of tidings.server.jobs changes) are cached per process, so a lease reads
+  ids, not bodies.
 * list_jobs with a filter scans at most LIST_SCAN jobs newest first, so it may return
   fewer matches than exist when they are older than that.
 * The write script declares in KEYS the keys every call writes (indexes, counts, wake
@@ -218,7 +218,7 @@ class RedisJobs(JobStore):
         self._appended = channels.appended
         self._queue_channel_delete = channels.queue_delete
         self._default_keep = core.default_retention.max_messages
-        # lease_jobs and expire_jobs of this process take turns, one lock each.
+        # The lease_jobs calls of this process take turns, and so do its expire_jobs calls.
         self._lease_lock = asyncio.Lock()
         self._expire_lock = asyncio.Lock()
         self._priorities: dict[str, int] = {}
