@@ -1,42 +1,35 @@
 """The job service: submit, lease, heartbeat, complete, fail, expire, cancel, retry.
 
-The state machine is here, as pure transitions (`(job, now) -> (job', event)`); stores
-apply each atomically together with the message it publishes on the job's channel
-`job.{id}`, so every transport that serves channels serves jobs too.
-
-    queued ──lease──▶ running ──complete──▶ succeeded
-      ▲  │              │ │
-      │  cancel         │ └─fail / lease expired─▶ queued (attempt < max, after backoff)
-      │  ▼              │                      └─▶ failed (attempts used up: dead letter)
-      │ cancelled ◀─────┘ (cancel requested, then the worker fails or its lease ends)
-      └──retry── failed | cancelled
+It checks each request, picks the pure transition that carries it out
+(tidings.server.transitions, where the state machine is drawn), has the store apply it
+atomically together with the message it publishes on the job's channel `job.{id}` (so
+every transport that serves channels serves jobs too), then hands that message to the hub
+and wakes the lease requests parked for a queued job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from msgspec.structs import replace
-
-from tidings.protocol.errors import BadRequest, Conflict, InvalidBody, NotFound, TidingsError
+from tidings.protocol.errors import BadRequest, InvalidBody, NotFound, TidingsError
 from tidings.protocol.jobs import Job, JobOutcome, job_channel
 from tidings.protocol.messages import CHANNEL_RE
+from tidings.server import transitions
 from tidings.server.constants import DEFAULT_MAX_DEPTH
 from tidings.server.depth import check_storable
 from tidings.server.hub import Hub
 from tidings.server.stores.base import JobChange, JobStep, Store, Transition
+from tidings.server.transitions import MIN_LEASE
 
-__all__ = ["JobService", "new_job_id"]
+__all__ = ["MIN_LEASE", "JobService", "new_job_id"]
 
 MAX_ATTEMPTS_LIMIT = 100
 MAX_DELAY = 365 * 24 * 3600.0
 MAX_LEASE = 3600.0
-MIN_LEASE = 0.1
 MAX_LEASE_BATCH = 100
 MAX_REPORT_BATCH = 100
 # Parked lease requests re-check the store at least this often (delays set by another
@@ -49,41 +42,6 @@ TIMER_SLACK = 0.005
 def new_job_id() -> str:
     """Time-ordered, unguessable: 12 hex digits of milliseconds, then 12 random ones."""
     return f"{int(time.time() * 1000):012x}{os.urandom(6).hex()}"
-
-
-def _check_lease(job: Job, token: str) -> None:
-    if job.status != "running" or job.lease_token is None:
-        raise Conflict(f"job {job.id} is {job.status}, not leased: its lease is gone")
-    # As bytes: compare_digest refuses a str with characters beyond ASCII.
-    if not secrets.compare_digest(job.lease_token.encode(), token.encode()):
-        raise Conflict(f"lease token does not hold job {job.id}: it was leased again")
-
-
-def _lease_end(job: Job, now: float, lease: float) -> float:
-    """A lease never runs past the attempt's `timeout`."""
-    end = now + lease
-    if job.timeout is not None and job.started_at is not None:
-        end = min(end, job.started_at + job.timeout)
-    return end
-
-
-def _done(token: str, result: Any) -> Transition:
-    """The transition of a completed job."""
-
-    def done(job: Job, now: float) -> tuple[Job, str | None]:
-        _check_lease(job, token)
-        return replace(
-            job,
-            status="succeeded",
-            result=result,
-            progress=100.0,
-            lease_token=None,
-            lease_expires_at=None,
-            finished_at=now,
-            updated_at=now,
-        ), "succeeded"
-
-    return done
 
 
 class JobService:
@@ -111,8 +69,7 @@ class JobService:
         self.store = store
         self.max_depth = max_depth
         self.hub = hub
-        self.retry_backoff = retry_backoff
-        self.max_backoff = max_backoff
+        self.backoff = transitions.Backoff(retry_backoff, max_backoff)
         self.long_poll_cap = long_poll_cap
         # Shared store: the relay follows the channels of waited-for jobs, and the wake-up
         # stream while a lease request is parked here (both set by the app).
@@ -163,9 +120,6 @@ class JobService:
             else:
                 keep.append((types, fut))
         self._work_waiters = keep
-
-    def _backoff(self, attempt: int) -> float:
-        return float(min(self.max_backoff, self.retry_backoff * 2 ** max(0, attempt - 1)))
 
     # -- submit and follow ------------------------------------------------------------
 
@@ -267,21 +221,7 @@ class JobService:
         """Lease up to `max_jobs` ready jobs, long-polling up to `wait` seconds for one."""
         self.check_lease(types, max_jobs, lease)
         wanted = None if types is None else frozenset(types)
-
-        def take(job: Job, now: float) -> tuple[Job, str | None]:
-            started = replace(job, started_at=now)
-            return replace(
-                started,
-                status="running",
-                attempt=job.attempt + 1,
-                lease_token=secrets.token_urlsafe(18),
-                lease_seconds=lease,
-                lease_expires_at=_lease_end(started, now, lease),
-                updated_at=now,
-                progress=None,
-                message=None,
-            ), "running"
-
+        take = transitions.lease(lease)
         deadline = time.monotonic() + max(0.0, min(wait, self.long_poll_cap))
         while True:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -334,19 +274,7 @@ class JobService:
                 task.add_done_callback(self._releases.discard)
 
     async def _release(self, job_id: str, token: str) -> None:
-        def release(job: Job, now: float) -> tuple[Job, str | None]:
-            if job.status != "running" or job.lease_token != token:
-                return job, None  # already completed or taken back: nothing to undo
-            return replace(
-                job,
-                status="queued",
-                attempt=job.attempt - 1,
-                lease_token=None,
-                lease_expires_at=None,
-                started_at=None,
-                updated_at=now,
-            ), "queued"
-
+        release = transitions.release(token)
         self._announce(await self.store.jobs.transition_job(job_id, release, durable=False))
 
     async def heartbeat(
@@ -362,20 +290,7 @@ class JobService:
             raise InvalidBody('"progress" must be a number from 0 to 100')
         if lease is not None and not MIN_LEASE <= lease <= MAX_LEASE:
             raise InvalidBody(f'"lease" must be between {MIN_LEASE} and {MAX_LEASE} seconds')
-
-        def beat(job: Job, now: float) -> tuple[Job, str | None]:
-            _check_lease(job, token)
-            length = lease if lease is not None else (job.lease_seconds or MIN_LEASE)
-            reported = progress is not None or message is not None
-            return replace(
-                job,
-                lease_expires_at=_lease_end(job, now, length),
-                lease_seconds=length,
-                progress=job.progress if progress is None else progress,
-                message=job.message if message is None else message,
-                updated_at=now,
-            ), "progress" if reported else None
-
+        beat = transitions.heartbeat(token, progress, message, lease)
         # Not durable: a lost heartbeat costs, at worst, a replay of the job.
         change = await self.store.jobs.transition_job(job_id, beat, durable=False)
         job = self._announce(change)
@@ -384,14 +299,14 @@ class JobService:
     async def complete(self, job_id: str, token: str, result: Any) -> Job:
         """The worker finished the job: it succeeded with `result`."""
         check_storable(result, '"result"', self.max_depth)
-        return self._announce(await self.store.jobs.transition_job(job_id, _done(token, result)))
+        done = transitions.complete(token, result)
+        return self._announce(await self.store.jobs.transition_job(job_id, done))
 
     async def fail(self, job_id: str, token: str, error: Any, retry: bool = True) -> Job:
         """The worker failed the attempt: retry after a backoff, or end failed (or cancelled)."""
         check_storable(error, '"error"', self.max_depth)
-        return self._announce(
-            await self.store.jobs.transition_job(job_id, self._failed(token, error, retry))
-        )
+        failed = transitions.fail(token, error, retry, self.backoff)
+        return self._announce(await self.store.jobs.transition_job(job_id, failed))
 
     async def report(self, outcomes: Sequence[JobOutcome]) -> list[Job | TidingsError]:
         """Complete or fail several jobs in one store operation (one transaction).
@@ -428,73 +343,24 @@ class JobService:
 
     def _outcome_step(self, o: JobOutcome) -> Transition:
         """The transition applying one reported outcome (already checked storable)."""
-        return (
-            _done(o.lease_token, o.value) if o.ok else self._failed(o.lease_token, o.value, o.retry)
-        )
-
-    def _failed(self, token: str, error: Any, retry: bool) -> Transition:
-        def failed(job: Job, now: float) -> tuple[Job, str | None]:
-            _check_lease(job, token)
-            return self._after_failure(job, now, error, retry)
-
-        return failed
-
-    def _after_failure(self, job: Job, now: float, error: Any, retry: bool) -> tuple[Job, str]:
-        base = replace(job, error=error, lease_token=None, lease_expires_at=None, updated_at=now)
-        if job.cancel_requested:
-            return replace(base, status="cancelled", finished_at=now), "cancelled"
-        if retry and job.attempt < job.max_attempts:
-            return replace(base, status="queued", run_at=now + self._backoff(job.attempt)), "queued"
-        return replace(base, status="failed", finished_at=now), "failed"
+        if o.ok:
+            return transitions.complete(o.lease_token, o.value)
+        return transitions.fail(o.lease_token, o.value, o.retry, self.backoff)
 
     async def expire(self) -> list[Job]:
         """Take back every job whose lease ended; each is requeued, failed or cancelled once."""
-
-        def expired(job: Job, now: float) -> tuple[Job, str | None]:
-            error = {
-                "type": "LeaseExpired",
-                "message": f"attempt {job.attempt} stopped heartbeating; its lease ended",
-            }
-            return self._after_failure(job, now, error, retry=True)
-
+        expired = transitions.expire(self.backoff)
         return [self._announce(c) for c in await self.store.jobs.expire_jobs(time.time(), expired)]
 
     # -- clients ----------------------------------------------------------------------
 
     async def cancel(self, job_id: str) -> Job:
         """Cancel a queued job at once; ask a running one's worker to stop."""
-
-        def cancel(job: Job, now: float) -> tuple[Job, str | None]:
-            if job.status == "queued":
-                return replace(
-                    job, status="cancelled", finished_at=now, updated_at=now
-                ), "cancelled"
-            if job.status == "running":
-                if job.cancel_requested:
-                    return job, None
-                return replace(job, cancel_requested=True, updated_at=now), "cancel_requested"
-            raise Conflict(f"job {job.id} already ended {job.status}: nothing to cancel")
-
-        return self._announce(await self.store.jobs.transition_job(job_id, cancel))
+        return self._announce(await self.store.jobs.transition_job(job_id, transitions.cancel))
 
     async def retry(self, job_id: str) -> Job:
         """Requeue a failed (dead) or cancelled job with a fresh set of attempts."""
-
-        def again(job: Job, now: float) -> tuple[Job, str | None]:
-            if job.status not in ("failed", "cancelled"):
-                raise Conflict(f"job {job.id} is {job.status}: only failed or cancelled jobs retry")
-            return replace(
-                job,
-                status="queued",
-                attempt=0,
-                cancel_requested=False,
-                result=None,
-                finished_at=None,
-                run_at=now,
-                updated_at=now,
-            ), "queued"
-
-        return self._announce(await self.store.jobs.transition_job(job_id, again))
+        return self._announce(await self.store.jobs.transition_job(job_id, transitions.retry))
 
     # -- housekeeping -----------------------------------------------------------------
 
