@@ -43,6 +43,7 @@ from tidings.protocol.codecs import encode_json
 from tidings.protocol.cursors import encode_composite_cursor
 from tidings.protocol.messages import Message, data_text, sse_frame
 from tidings.server.constants import SSE_RETRY_MS
+from tidings.server.transports.kind import StreamKind
 
 __all__ = ["Hub", "Subscriber"]
 
@@ -61,9 +62,9 @@ FANOUT_CHUNK = 100
 # A comment keeps proxies from timing out; `retry:` tells EventSource how soon to reconnect.
 HEARTBEAT = b": ping\nretry: %d\n\n" % SSE_RETRY_MS
 
-KIND_SSE = "sse"
-KIND_WS = "ws"
-KIND_SSE_MULTI = "sse-multi"
+# The kinds as module names: compared per subscriber per batch, and a member looked up
+# on the enum class costs a descriptor call.
+_SSE, _SSE_MULTI, _WS = StreamKind.SSE, StreamKind.SSE_MULTI, StreamKind.WS
 
 
 @types.coroutine
@@ -110,7 +111,7 @@ class Subscriber:
 
     Args:
         hub: the hub it is registered with.
-        kind: `sse`, `ws` or `sse-multi` (a multiplexed SSE stream).
+        kind: how the stream frames messages (SSE, multiplexed SSE or WebSocket).
         send: the ASGI `send` of its connection.
         cursors: channel -> id of the last message this subscriber has been sent (None:
             nothing yet).
@@ -143,7 +144,7 @@ class Subscriber:
     def __init__(
         self,
         hub: Hub,
-        kind: str,
+        kind: StreamKind,
         send: Send,
         cursors: dict[str, str | None],
         buffer_limit: int,
@@ -173,7 +174,7 @@ class Subscriber:
 
     def frame(self, msg: Message) -> dict[str, Any]:
         """The ASGI message carrying one message to this subscriber (history replay)."""
-        if self.kind == KIND_SSE_MULTI:
+        if self.kind is _SSE_MULTI:
             cursor = encode_composite_cursor({**self.cursors, msg.channel: msg.id})
             body = b"id: " + cursor.encode() + b"\n" + _multi_body(msg)
             return {"type": "http.response.body", "body": body, "more_body": True}
@@ -207,7 +208,7 @@ class Subscriber:
         until = self.until
         if until is not None:
             end = next((i + 1 for i in range(start, end) if msgs[i].event in until), end)
-        if self.kind == KIND_SSE_MULTI:
+        if self.kind is _SSE_MULTI:
             frames = [self._multi_frame(msgs[start:end], batch)]
         elif end == len(msgs):
             frames = batch.frames(self.kind, start)
@@ -325,15 +326,15 @@ def _multi_body(msg: Message) -> bytes:
         return _skipped(msg, exc).encode()
 
 
-def _encode(kind: str, msg: Message) -> bytes | str:
+def _encode(kind: StreamKind, msg: Message) -> bytes | str:
     """One message as a stream of `kind` carries it: an SSE frame or a WebSocket text."""
     try:
-        if kind == KIND_SSE:
+        if kind is _SSE:
             return sse_frame(msg.id, msg.event, data_text(msg.data))
         return encode_json(msg.to_wire()).decode()
     except Exception as exc:
-        note = _skipped(msg, exc, ws=kind == KIND_WS)
-        return note if kind == KIND_WS else note.encode()
+        note = _skipped(msg, exc, ws=kind is _WS)
+        return note if kind is _WS else note.encode()
 
 
 def _skipped(msg: Message, exc: Exception, ws: bool = False) -> str:
@@ -354,9 +355,9 @@ def _skipped(msg: Message, exc: Exception, ws: bool = False) -> str:
     return encode_json(note).decode()
 
 
-def _as_asgi(kind: str, encoded: list[bytes | str]) -> list[dict[str, Any]]:
+def _as_asgi(kind: StreamKind, encoded: list[bytes | str]) -> list[dict[str, Any]]:
     """ASGI messages for encoded messages: SSE frames share one write, WS texts cannot."""
-    if kind == KIND_SSE:
+    if kind is _SSE:
         body = b"".join(encoded)  # type: ignore[arg-type]
         return [{"type": "http.response.body", "body": body, "more_body": True}]
     return [{"type": "websocket.send", "text": text} for text in encoded]
@@ -379,8 +380,8 @@ class Batch:
         self.key = key
         self.msgs: list[Message] = []
         self.keys: list[int] = []
-        self._encoded: dict[str, list[bytes | str]] = {}
-        self._frames: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        self._encoded: dict[StreamKind, list[bytes | str]] = {}
+        self._frames: dict[tuple[StreamKind, int], list[dict[str, Any]]] = {}
         self._starts: dict[str | None, int] = {}
         self._multi: dict[int, bytes] = {}
         self.extend(msgs)
@@ -400,19 +401,19 @@ class Batch:
             self._starts[cursor] = start
         return start
 
-    def _encoded_for(self, kind: str) -> list[bytes | str]:
+    def _encoded_for(self, kind: StreamKind) -> list[bytes | str]:
         done = self._encoded.setdefault(kind, [])
         done.extend(_encode(kind, msg) for msg in self.msgs[len(done) :])
         return done
 
-    def frames(self, kind: str, start: int) -> list[dict[str, Any]]:
+    def frames(self, kind: StreamKind, start: int) -> list[dict[str, Any]]:
         """ASGI messages for messages[start:] (cached: most subscribers share a start)."""
         frames = self._frames.get((kind, start))
         if frames is None:
             frames = self._frames[(kind, start)] = self.frames_between(kind, start, len(self.msgs))
         return frames
 
-    def frames_between(self, kind: str, start: int, end: int) -> list[dict[str, Any]]:
+    def frames_between(self, kind: StreamKind, start: int, end: int) -> list[dict[str, Any]]:
         """ASGI messages for messages[start:end]."""
         return _as_asgi(kind, self._encoded_for(kind)[start:end])
 
@@ -541,7 +542,7 @@ class Hub:
 
     def subscribers(self, channel: str | None = None) -> dict[str, int]:
         """Live subscribers by transport, for one channel or all."""
-        counts = {KIND_SSE: 0, KIND_WS: 0, "longpoll": 0}
+        counts: dict[str, int] = {_SSE: 0, _WS: 0, "longpoll": 0}
         chans: Iterable[str] = self._subs if channel is None else (channel,)
         seen: set[int] = set()
         for ch in chans:
@@ -549,7 +550,7 @@ class Hub:
                 if id(sub) in seen:
                     continue
                 seen.add(id(sub))
-                counts[KIND_SSE if sub.kind == KIND_SSE_MULTI else sub.kind] += 1
+                counts[_SSE if sub.kind is _SSE_MULTI else sub.kind] += 1
         wchans: Iterable[str] = self._waiters if channel is None else (channel,)
         counts["longpoll"] = sum(len(self._waiters.get(ch, ())) for ch in wchans)
         return counts
@@ -713,7 +714,7 @@ class Hub:
         """Write a keep-alive to every idle stream (skipped for backed-up ones)."""
         sse = {"type": "http.response.body", "body": HEARTBEAT, "more_body": True}
         for sub in {s for subs in self._subs.values() for s in subs}:
-            if sub.catching_up or sub.drainer is not None or sub.kind == KIND_WS:
+            if sub.catching_up or sub.drainer is not None or sub.kind is _WS:
                 continue
             sub.write(sse)
 

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from tidings.protocol.messages import Message
-from tidings.server.hub import KIND_SSE, Hub, Subscriber
+from tidings.server.hub import Hub, Subscriber
 from tidings.server.stores.common import parse_seq
+from tidings.server.transports.kind import StreamKind
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -40,7 +41,7 @@ async def live(hub: Hub, send: GatedSend, limit: int = 10_000) -> Subscriber:
     made: asyncio.Future[Subscriber] = asyncio.get_running_loop().create_future()
 
     async def stream() -> None:
-        sub = Subscriber(hub, KIND_SSE, send, {"c": "0"}, limit)
+        sub = Subscriber(hub, StreamKind.SSE, send, {"c": "0"}, limit)
         sub.catching_up = False
         hub.add(sub)
         made.set_result(sub)
@@ -160,7 +161,7 @@ def test_catching_up_parks_live_messages_and_skips_what_the_replay_sent():
     async def main() -> None:
         hub = Hub(parse_seq)
         send = GatedSend()
-        sub = Subscriber(hub, KIND_SSE, send, {"c": "0"}, 10_000)
+        sub = Subscriber(hub, StreamKind.SSE, send, {"c": "0"}, 10_000)
         hub.add(sub)
         for i in range(1, 4):
             hub.publish(msg(i), None)

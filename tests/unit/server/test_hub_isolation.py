@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from tidings.protocol.messages import Message
-from tidings.server.hub import KIND_SSE, KIND_WS, Hub, Subscriber
+from tidings.server.hub import Hub, Subscriber
 from tidings.server.stores.common import parse_seq
+from tidings.server.transports.kind import StreamKind
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -42,7 +43,9 @@ class Unencodable:
 _PARKED: set[asyncio.Task[None]] = set()
 
 
-async def live(hub: Hub, send: Any, kind: str = KIND_SSE, cursor: str = "0") -> Subscriber:
+async def live(
+    hub: Hub, send: Any, kind: StreamKind = StreamKind.SSE, cursor: str = "0"
+) -> Subscriber:
     """A live subscriber owned by its own parked task, as a stream handler's would be."""
     made: asyncio.Future[Subscriber] = asyncio.get_running_loop().create_future()
 
@@ -80,7 +83,7 @@ def test_a_subscriber_whose_send_raises_is_cut_and_the_others_get_every_message(
         await fan_out()
         assert broken.close_reason is not None
         assert "send failed" in broken.close_reason
-        assert hub.subscribers("c")[KIND_SSE] == 2
+        assert hub.subscribers("c")[StreamKind.SSE] == 2
         for i in range(2, 5):  # later publishes still fan out: the pass was cleared
             hub.publish(msg(i), str(i - 1))
             await fan_out()
@@ -120,7 +123,7 @@ def test_a_message_that_cannot_be_encoded_is_skipped_with_a_note_and_delivery_go
         hub = Hub(parse_seq)
         sse, ws = Recorder(), Recorder()
         s1 = await live(hub, sse)
-        s2 = await live(hub, ws, KIND_WS)
+        s2 = await live(hub, ws, StreamKind.WS)
         hub.publish(msg(1, Unencodable()), None)
         hub.publish(msg(2), "1")
         await fan_out()

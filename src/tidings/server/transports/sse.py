@@ -13,7 +13,8 @@ from typing import Any
 from tidings.protocol.codecs import encode_json
 from tidings.protocol.messages import sse_frame
 from tidings.server.channels import ChannelService
-from tidings.server.hub import KIND_SSE, KIND_SSE_MULTI, Subscriber
+from tidings.server.hub import Subscriber
+from tidings.server.transports.kind import StreamKind
 from tidings.server.transports.stream import run_stream
 
 __all__ = ["SSE_HEADERS", "serve_sse"]
@@ -51,7 +52,7 @@ def serve_sse(
 
     Must be called from the stream's own task (its subscriber belongs to that task).
     """
-    kind = KIND_SSE_MULTI if multi else KIND_SSE
+    kind = StreamKind.SSE_MULTI if multi else StreamKind.SSE
     sub = Subscriber(svc.hub, kind, send, dict.fromkeys(requested), buffer_limit, until, session)
     # Headers only: the `retry:` hint rides on the first heartbeat, saving a write per connect.
     return run_stream(svc, sub, requested, _START, receive, control_frame, _closing)

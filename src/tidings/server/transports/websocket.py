@@ -30,7 +30,8 @@ from tidings.protocol.errors import (
 from tidings.server.channels import ChannelService
 from tidings.server.constants import DEFAULT_MAX_DEPTH
 from tidings.server.depth import decode_limited
-from tidings.server.hub import KIND_WS, Subscriber
+from tidings.server.hub import Subscriber
+from tidings.server.transports.kind import StreamKind
 from tidings.server.transports.stream import CLOSE_NORMAL, run_stream
 
 __all__ = ["serve_ws"]
@@ -116,7 +117,7 @@ def serve_ws(
     they when the principal may not publish to the channel (`may_publish`). A publish
     frame nested deeper than `max_depth` is refused with an error frame.
     """
-    sub = Subscriber(svc.hub, KIND_WS, send, {channel: None}, buffer_limit, until, session)
+    sub = Subscriber(svc.hub, StreamKind.WS, send, {channel: None}, buffer_limit, until, session)
 
     async def on_message(message: dict[str, Any]) -> None:
         if until is not None or not may_publish:

@@ -1,0 +1,20 @@
+"""`StreamKind`: how a live stream frames the messages it carries.
+
+The hub encodes each fanned-out batch once per kind and shares the frames among every
+subscriber of that kind, so the kind is what a subscriber's frames are keyed by.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["StreamKind"]
+
+
+class StreamKind(enum.StrEnum):
+    """A live stream's framing. A `str` enum: its value is the name logs and the
+    `tidings_open_streams` metric's `transport` label show (`sse`, `ws`)."""
+
+    SSE = "sse"  # one channel's Server-Sent Events; each `id:` is the message id
+    SSE_MULTI = "sse-multi"  # several channels' SSE; each `id:` is the stream's cursor
+    WS = "ws"  # WebSocket text frames, one message each
