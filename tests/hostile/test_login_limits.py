@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerFactory, ServerProcess
-from tests.e2e.test_auth import cli_ok
+from tests.e2e.helpers import cli_ok
 
 ALICE_PASSWORD = secrets.token_urlsafe(16)
 BOB_PASSWORD = secrets.token_urlsafe(16)

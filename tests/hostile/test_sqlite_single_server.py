@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerProcess, free_port
-from tests.e2e.test_auth import tidings_cli as tidings
+from tests.e2e.helpers import tidings_cli as tidings
 from tidings.server.principals import Permissions, User
 from tidings.server.stores import Retention, open_store
 from tidings.server.stores.sqlite import SQLiteStore, StoreLocked
