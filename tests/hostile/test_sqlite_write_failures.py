@@ -6,7 +6,8 @@ The failure is real: the database lives on a small tmpfs mounted for the test an
 with a file until the kernel answers ENOSPC, so SQLite itself reports SQLITE_FULL when its
 WAL must grow. (Tests run as root, so file permissions would not stop a write, and a
 filesystem cannot be remounted read-only while the store holds its files open for writing.)
-Mounting needs CAP_SYS_ADMIN: without it the tests are skipped.
+Mounting needs CAP_SYS_ADMIN, like the network namespaces the doctor tests build: `make
+test` runs as root, and without it these tests fail saying so rather than skip.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         check=False,
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        pytest.fail(
+            f"cannot mount a tmpfs ({done.stderr.strip()}): these tests need CAP_SYS_ADMIN; "
+            "run make test as root"
+        )
     try:
         yield mount
     finally:
