@@ -318,21 +318,13 @@ def worker(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run a worker: lease jobs from the server and run their handlers; SIGTERM drains."""
-    import importlib
-    import os
-
+    from tidings.loader import load_object
     from tidings.sdk.worker import Worker
 
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        err.print(f"[red]{target!r}:[/red] write MODULE:OBJ, e.g. myapp.jobs:worker")
-        raise typer.Exit(2)
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        err.print(f"[red]cannot load {target}:[/red] {exc}")
+        obj = load_object(target, "worker")
+    except ValueError as exc:
+        err.print(f"[red]tidings worker:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     if not isinstance(obj, Worker):
         err.print(f"[red]{target} is a {type(obj).__name__}, not a tidings.Worker[/red]")
