@@ -91,8 +91,14 @@ APP_MAX_PATTERN_CHARS = 256
 # The largest NumericDate accepted (9999-12-31T23:59:59Z, the last second RFC 3339 writes).
 MAX_NUMERIC_DATE = 253_402_300_799
 _hasher = argon2.PasswordHasher()
-# Verifying against this keeps a login for an unknown user as slow as for a known one.
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash of a random password: verifying against it keeps a login for an unknown user
+    as slow as for a known one. Made once per process, when the first AuthService is built
+    (not at import: the `tidings` command imports this module and must start fast)."""
+    return _hasher.hash(secrets.token_hex(16))
 
 
 def token_key(secret: str) -> str:
@@ -169,6 +175,8 @@ class AuthService:
                 raise ValueError("the HS256 application JWT key must be at least 32 bytes")
         self.app_issuer = settings.app_jwt_issuer or None
         self.app_audience = settings.app_jwt_audience or None
+        # Before the first login: making it then would make that login slower than others.
+        self._dummy_hash = _dummy_hash()
 
     # -- finding the principal ------------------------------------------------------------
 
@@ -317,7 +325,7 @@ class AuthService:
             user = await self.store.get_user(username)
             # Unknown users and users without a password cost one check too: the answer's
             # timing does not tell who exists.
-            stored = user.password_hash if user and user.password_hash else _DUMMY_HASH
+            stored = user.password_hash if user and user.password_hash else self._dummy_hash
             # argon2 costs tens of ms of CPU by design: in a thread, a few at a time, so a
             # flood of logins cannot stall the event loop (streams, heartbeats, the sweep).
             right = await self._hashing.run(
