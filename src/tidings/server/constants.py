@@ -62,9 +62,12 @@ DEFAULT_JOB_TTL = 7 * 24 * 3600.0
 LEASE_EXPIRY_INTERVAL = 0.25
 JOB_SWEEP_INTERVAL = 60.0
 
-# Cyclic GC thresholds for `tidings serve` (CPython's default is 700, 10, 10).
+# Cyclic GC thresholds for `tidings serve` (CPython's default is 700, 10, 10): with
+# thousands of connections alive, each collection sweeps all of their objects; cycles are
+# rare, so collect seldom (docs/decisions/0003).
 GC_THRESHOLDS = (50_000, 20, 100)
-# GIL switch interval for `tidings serve` (CPython's default is 0.005 s).
+# GIL switch interval for `tidings serve` and `tidings worker` (CPython's default is
+# 0.005 s): threads handing results to the loop wait that long otherwise (docs/decisions/0007).
 SWITCH_INTERVAL = 0.0005
 
 # Login sessions last a day unless `--session-ttl` says otherwise.

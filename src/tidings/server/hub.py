@@ -12,7 +12,8 @@ The hot path (see docs/architecture.md):
   follow-up pass brings the first chunks up to date.
 * For each subscriber the hub *starts* the server's `send()` coroutine by hand. When the
   connection's write buffer has room, `send()` writes and finishes in that first step —
-  no task, no queue, no wake-up (the same cost as a bare loop of `await send()`).
+  no task, no queue, no wake-up: as cheap as a bare loop of `await send()`
+  (docs/decisions/0002).
 * When the socket is backed up, `send()` suspends on the server's drain future. The hub
   then hands that half-run coroutine to a drainer task for this subscriber alone and
   queues the subscriber's later frames in a bounded backlog. The fan-out never waits.
