@@ -1,0 +1,93 @@
+"""Leases that run out and failed attempts: a job comes back as its next attempt after
+the retry backoff, ends failed when it has none left, and is requeued by POST retry."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.jobs.helpers import (
+    complete,
+    get,
+    lease,
+    lease_one,
+    submit,
+)
+
+
+@pytest.mark.timeout(30)
+def test_lease_not_heartbeated_is_leased_again_as_attempt_2(http, jtype):
+    """A job leased for 1 s and never heartbeated comes back to a waiting lease as attempt 2;
+    the first token is then stale."""
+    job = submit(http, jtype)
+    first = lease_one(http, jtype, seconds=1.0)
+    assert first["attempt"] == 1
+    started = time.monotonic()
+    second = lease_one(http, jtype, wait=5.0)
+    assert time.monotonic() - started >= 0.5
+    assert second["id"] == job["id"]
+    assert second["attempt"] == 2
+    assert second["lease_token"] != first["lease_token"]
+    assert complete(http, job["id"], first["lease_token"], "late").status_code == 409
+    assert complete(http, job["id"], second["lease_token"], "ok").status_code == 200
+    done = get(http, job["id"])
+    assert done["status"] == "succeeded"
+    assert done["attempt"] == 2
+    assert done["result"] == "ok"
+
+
+@pytest.mark.timeout(30)
+def test_only_attempt_failed_with_retry_ends_failed_is_listed_and_retry_requeues(http, jtype):
+    """max_attempts 1 + fail(retry: true) → failed; listed under ?status=failed; POST retry
+    requeues it and it can then succeed."""
+    job = submit(http, jtype, {"n": 1}, max_attempts=1)
+    leased = lease_one(http, jtype)
+    r = http.post(
+        f"/v1/jobs/{job['id']}/fail",
+        json={"lease_token": leased["lease_token"], "error": {"msg": "disk full"}, "retry": True},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "failed"
+    failed = get(http, job["id"])
+    assert failed["status"] == "failed"
+    assert failed["error"] == {"msg": "disk full"}
+    assert failed["finished_at"]
+    assert lease(http, jtype, wait=0) == []
+
+    listed = http.get("/v1/jobs", params={"status": "failed", "type": jtype}).json()["jobs"]
+    assert [j["id"] for j in listed] == [job["id"]]
+    all_failed = http.get("/v1/jobs", params={"status": "failed", "limit": 1000}).json()["jobs"]
+    assert job["id"] in {j["id"] for j in all_failed}
+    assert all(j["status"] == "failed" for j in all_failed)
+    assert http.get("/v1/queues").json()["queues"][jtype] == {"failed": 1}
+
+    r = http.post(f"/v1/jobs/{job['id']}/retry")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "queued"
+    assert http.get("/v1/jobs", params={"status": "failed", "type": jtype}).json()["jobs"] == []
+    again = lease_one(http, jtype)
+    assert again["attempt"] == 1
+    assert complete(http, job["id"], again["lease_token"], 7).status_code == 200
+    assert get(http, job["id"])["result"] == 7
+    # Only failed or cancelled jobs can be retried.
+    assert http.post(f"/v1/jobs/{job['id']}/retry").status_code == 409
+
+
+@pytest.mark.timeout(30)
+def test_failed_attempt_is_retried_after_backoff(http, jtype):
+    """fail(retry: true) with attempts left requeues the job; its next lease is attempt 2."""
+    job = submit(http, jtype, max_attempts=2)
+    leased = lease_one(http, jtype)
+    r = http.post(
+        f"/v1/jobs/{job['id']}/fail", json={"lease_token": leased["lease_token"], "error": "x"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "queued"
+    again = lease_one(http, jtype, wait=5)
+    assert again["attempt"] == 2
+    r = http.post(
+        f"/v1/jobs/{job['id']}/fail", json={"lease_token": again["lease_token"], "error": "y"}
+    )
+    assert r.json()["status"] == "failed"
+    assert get(http, job["id"])["error"] == "y"
