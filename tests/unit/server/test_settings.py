@@ -1,0 +1,193 @@
+"""The settings object on explicit environments: TIDINGS_* variables, overrides, the checks
+made when it is built, and the views it derives (hosts, origins, loopback).
+
+`from_env` is always given its environment here, so nothing depends on the process's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tidings.server import constants as C
+from tidings.server.depth import DEPTH_CEILING
+from tidings.server.settings import Settings
+
+
+def test_an_empty_environment_gives_the_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert settings.port == C.DEFAULT_PORT
+    assert settings.store == C.DEFAULT_STORE
+    assert settings.sessions == "database"
+    assert settings.require_auth is False
+
+
+def test_each_field_is_read_from_its_tidings_variable_as_its_type() -> None:
+    settings = Settings.from_env(
+        {
+            "TIDINGS_PORT": "9001",
+            "TIDINGS_STORE": "memory://",
+            "TIDINGS_MAX_AGE": "1.5",
+            "TIDINGS_HEARTBEAT": "7",
+            "TIDINGS_SESSIONS": "jwt",
+            "TIDINGS_REQUIRE_AUTH": "yes",
+            "TIDINGS_MAX_DEPTH": str(DEPTH_CEILING),
+        }
+    )
+    assert settings.port == 9001
+    assert settings.store == "memory://"
+    assert settings.max_age == 1.5
+    assert settings.heartbeat == 7.0
+    assert isinstance(settings.heartbeat, float)
+    assert settings.sessions == "jwt"
+    assert settings.require_auth is True
+    assert settings.max_depth == DEPTH_CEILING
+
+
+def test_every_field_has_a_variable_named_after_it() -> None:
+    for field in dataclasses.fields(Settings):
+        default = getattr(Settings(), field.name)
+        if isinstance(default, bool):
+            raw, expected = ("false", False) if default else ("true", True)
+        elif isinstance(default, int | float):
+            raw, expected = str(default + 1), default + 1
+        else:
+            raw, expected = "x-" + field.name, "x-" + field.name
+        got = Settings.from_env({f"TIDINGS_{field.name.upper()}": raw})
+        assert getattr(got, field.name) == expected, field.name
+
+
+def test_variables_of_other_programs_and_empty_ones_are_ignored() -> None:
+    settings = Settings.from_env(
+        {"TIDINGS_PORT": "", "PORT": "1", "tidings_port": "2", "TIDINGS_NOT_A_FIELD": "3"}
+    )
+    assert settings == Settings()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", True), ("true", True), ("YES", True), (" On ", True),
+        ("0", False), ("false", False), ("No", False), ("off", False),
+    ],
+)  # fmt: skip
+def test_a_boolean_variable_takes_the_usual_spellings(raw: str, expected: bool) -> None:
+    assert Settings.from_env({"TIDINGS_ALLOW_ANONYMOUS": raw}).allow_anonymous is expected
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "kind"),
+    [
+        ("TIDINGS_PORT", "eighty", "int"),
+        ("TIDINGS_PORT", "80.5", "int"),
+        ("TIDINGS_MAX_AGE", "a day", "float"),
+        ("TIDINGS_REQUIRE_AUTH", "maybe", "bool"),
+    ],
+)
+def test_a_variable_that_does_not_parse_names_itself_and_its_type(
+    name: str, raw: str, kind: str
+) -> None:
+    with pytest.raises(ValueError, match=f"{name}={raw!r} is not a valid {kind}"):
+        Settings.from_env({name: raw})
+
+
+def test_explicit_overrides_win_over_the_environment_and_none_is_no_override() -> None:
+    env = {"TIDINGS_PORT": "9001", "TIDINGS_STORE": "memory://"}
+    settings = Settings.from_env(env, port=9002, store=None)
+    assert settings.port == 9002
+    assert settings.store == "memory://"
+
+
+def test_from_env_reads_the_process_environment_when_given_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TIDINGS_PORT", "9123")
+    assert Settings.from_env().port == 9123
+
+
+# -- checks made when the settings are built ---------------------------------------------
+
+
+def test_max_depth_above_the_ceiling_is_refused_with_the_ceiling_named() -> None:
+    with pytest.raises(ValueError, match=f"at most {DEPTH_CEILING}"):
+        Settings(max_depth=DEPTH_CEILING + 1)
+    with pytest.raises(ValueError, match=f"at most {DEPTH_CEILING}"):
+        Settings.from_env({"TIDINGS_MAX_DEPTH": str(DEPTH_CEILING + 1)})
+
+
+@pytest.mark.parametrize(
+    "name", ["max_depth", "max_header_bytes", "max_stream_channels", "login_queue"]
+)
+def test_limits_that_must_be_at_least_one_refuse_zero(name: str) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be at least 1, got 0"):
+        Settings(**{name: 0})
+    assert getattr(Settings(**{name: 1}), name) == 1
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "max_connections",
+        "max_connections_per_address",
+        "login_rate_per_address",
+        "login_failures_per_account",
+    ],
+)
+def test_caps_where_zero_means_none_refuse_negatives(name: str) -> None:
+    assert getattr(Settings(**{name: 0}), name) == 0
+    with pytest.raises(ValueError, match=rf"{name} must be 0 \(no cap\) or more, got -1"):
+        Settings(**{name: -1})
+
+
+@pytest.mark.parametrize("name", ["header_timeout", "body_timeout", "keep_alive_timeout"])
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan")])
+def test_timeouts_must_be_positive(name: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be a positive number of seconds"):
+        Settings(**{name: value})
+    assert getattr(Settings(**{name: 0.01}), name) == 0.01
+
+
+def test_a_bad_value_from_the_environment_is_refused_like_a_bad_argument() -> None:
+    with pytest.raises(ValueError, match="login_queue must be at least 1"):
+        Settings.from_env({"TIDINGS_LOGIN_QUEUE": "0"})
+
+
+# -- derived views -----------------------------------------------------------------------
+
+
+def test_allowed_hosts_are_split_trimmed_and_lower_cased() -> None:
+    settings = Settings(allowed_hosts=" App.Internal , ,proxy.local,")
+    assert settings.hosts == ("app.internal", "proxy.local")
+    assert Settings().hosts == ()
+
+
+def test_cors_origins_are_split_and_lose_a_trailing_slash() -> None:
+    settings = Settings(cors_origins="https://app.example/, http://localhost:3000,,")
+    assert settings.origins == ("https://app.example", "http://localhost:3000")
+    assert Settings().origins == ()
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.5", False),
+        ("example.com", False),
+        ("localhost.evil.example", False),
+    ],
+)
+def test_loopback_is_true_only_for_loopback_addresses_and_localhost(
+    host: str, loopback: bool
+) -> None:
+    assert Settings(host=host).loopback is loopback
+
+
+def test_the_default_host_is_loopback() -> None:
+    assert Settings().loopback
