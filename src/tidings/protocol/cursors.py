@@ -1,10 +1,8 @@
-"""The cursor of a stream that follows several channels."""
+"""The cursor of a stream that follows several channels (`GET /v1/events`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-
-from tidings.protocol.messages import valid_channel
 
 COMPACT_CURSOR = "~"
 
@@ -25,29 +23,22 @@ def encode_composite_cursor(positions: Mapping[str, str | None]) -> str:
 
 def decode_composite_cursor(text: str, channels: Sequence[str]) -> dict[str, str]:
     """The position a multiplexed stream's cursor gives each of `channels` (the stream's,
-    in its order); raises ValueError on a malformed cursor.
+    in its order); empty for an empty cursor. Raises ValueError on a malformed cursor: one
+    without the `~` mark, or with another number of positions than `channels`.
 
-    The compact form (`encode_composite_cursor`) must hold one position per channel. The
-    older `channel=id,...` form is matched by name: a channel it does not name is absent
-    from the answer, a channel the stream does not follow is ignored.
+    The positions are not checked here: each is a message id the store validates.
     """
     if not text:
         return {}
-    if text.startswith(COMPACT_CURSOR):
-        parts = text[len(COMPACT_CURSOR) :].split(".")
-        if len(parts) != len(channels):
-            raise ValueError(
-                f"cursor holds {len(parts)} positions but the stream follows "
-                f"{len(channels)} channels: resume with the same channels, in the same "
-                "order, as the stream that gave the cursor"
-            )
-        return {ch: pos or "0" for ch, pos in zip(channels, parts, strict=True)}
-    named: dict[str, str] = {}
-    for part in text.split(","):
-        ch, sep, pos = part.partition("=")
-        if not sep or not valid_channel(ch) or not pos:
-            raise ValueError(
-                f"malformed cursor part {part[:100]!r}: expected an id this stream sent"
-            )
-        named[ch] = pos
-    return {ch: named[ch] for ch in channels if ch in named}
+    if not text.startswith(COMPACT_CURSOR):
+        raise ValueError(
+            f"malformed cursor {text[:100]!r}: expected the `id:` of an event this stream sent"
+        )
+    parts = text[len(COMPACT_CURSOR) :].split(".")
+    if len(parts) != len(channels):
+        raise ValueError(
+            f"cursor holds {len(parts)} positions but the stream follows "
+            f"{len(channels)} channels: resume with the same channels, in the same "
+            "order, as the stream that gave the cursor"
+        )
+    return {ch: pos or "0" for ch, pos in zip(channels, parts, strict=True)}

@@ -18,16 +18,26 @@
         ├── StoreClosed          (503 store_closed)
         └── StoreLocked          (503 store_locked, also an OSError; stores/lockfile.py)
 
-Every error carries a message that says what to do; handlers render it as
+Every error carries a message that says what to do; handlers render it as `ErrorBody`,
 `{"error": {"code", "message"}}`, plus `retry_after` (and a `Retry-After` header) when
-the error says when to come back.
+the error says when to come back. `ErrorCode` names every code the server sends, for
+clients that match on them.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
+from typing import Annotated
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
 __all__ = [
     "BadRequest",
     "Conflict",
+    "ErrorBody",
+    "ErrorCode",
+    "ErrorDetail",
     "Forbidden",
     "InvalidBody",
     "InvalidChannel",
@@ -42,11 +52,48 @@ __all__ = [
 ]
 
 
+class ErrorCode(StrEnum):
+    """The `code` of every error body the server sends (see the tree above)."""
+
+    INTERNAL_ERROR = "internal_error"
+    BAD_REQUEST = "bad_request"
+    INVALID_CHANNEL = "invalid_channel"
+    INVALID_CURSOR = "invalid_cursor"
+    NESTED_TOO_DEEP = "nested_too_deep"
+    INVALID_BODY = "invalid_body"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    TOO_MANY_REQUESTS = "too_many_requests"
+    LOGIN_BUSY = "login_busy"
+    STORE_UNAVAILABLE = "store_unavailable"
+    STORE_CLOSED = "store_closed"
+    STORE_LOCKED = "store_locked"
+
+
+class ErrorDetail(msgspec.Struct, frozen=True):
+    """What went wrong: a stable code, a message that says what to do, and on 429/503 the
+    seconds to wait (as the `Retry-After` header)."""
+
+    code: Annotated[str, msgspec.Meta(description="stable, machine-readable")]
+    message: Annotated[str, msgspec.Meta(description="what went wrong, what to do")]
+    retry_after: Annotated[int, msgspec.Meta(ge=1)] | UnsetType = UNSET
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    """The body of every error answer."""
+
+    error: ErrorDetail
+
+
 class TidingsError(Exception):
     """Root of every error tidings raises on purpose."""
 
     status = 500
-    code = "internal_error"
+    code: str = ErrorCode.INTERNAL_ERROR
     # Seconds after which a retry may succeed (429, 503), when the error knows.
     retry_after: int | None = None
 
@@ -54,12 +101,15 @@ class TidingsError(Exception):
         super().__init__(message)
         self.message = message
 
+    def detail(self) -> ErrorDetail:
+        """The `error` member of the body."""
+        retry_after = UNSET if self.retry_after is None else self.retry_after
+        return ErrorDetail(str(self.code), self.message, retry_after)
+
     def to_wire(self) -> dict[str, dict[str, str | int]]:
-        """The JSON error body."""
-        body: dict[str, str | int] = {"code": self.code, "message": self.message}
-        if self.retry_after is not None:
-            body["retry_after"] = self.retry_after
-        return {"error": body}
+        """The JSON error body (`ErrorBody`) as plain values, for answers that embed it."""
+        body: dict[str, dict[str, str | int]] = msgspec.to_builtins(ErrorBody(self.detail()))
+        return body
 
     @property
     def headers(self) -> dict[str, str] | None:
@@ -71,62 +121,62 @@ class TidingsError(Exception):
 
 class BadRequest(TidingsError):
     status = 400
-    code = "bad_request"
+    code: str = ErrorCode.BAD_REQUEST
 
 
 class Unauthorized(TidingsError):
     """No credentials where they are required, or credentials that do not check out."""
 
     status = 401
-    code = "unauthorized"
+    code = ErrorCode.UNAUTHORIZED
 
 
 class InvalidChannel(BadRequest):
-    code = "invalid_channel"
+    code = ErrorCode.INVALID_CHANNEL
 
 
 class InvalidCursor(BadRequest, ValueError):
     """A cursor that is not an id of this server; also a ValueError for parsers."""
 
-    code = "invalid_cursor"
+    code = ErrorCode.INVALID_CURSOR
 
 
 class InvalidBody(BadRequest):
     status = 422
-    code = "invalid_body"
+    code = ErrorCode.INVALID_BODY
 
 
 class Forbidden(TidingsError):
     status = 403
-    code = "forbidden"
+    code = ErrorCode.FORBIDDEN
 
 
 class NotFound(TidingsError):
     status = 404
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
 
 
 class Conflict(TidingsError):
     status = 409
-    code = "conflict"
+    code = ErrorCode.CONFLICT
 
 
 class PayloadTooLarge(TidingsError):
     status = 413
-    code = "payload_too_large"
+    code = ErrorCode.PAYLOAD_TOO_LARGE
 
 
 class UnsupportedMediaType(TidingsError):
     status = 415
-    code = "unsupported_media_type"
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
 
 
 class StoreError(TidingsError):
     """The store failed; the request may be retried."""
 
     status = 503
-    code = "store_unavailable"
+    code: str = ErrorCode.STORE_UNAVAILABLE
 
 
 class StoreClosed(StoreError):
-    code = "store_closed"
+    code = ErrorCode.STORE_CLOSED

@@ -1,15 +1,34 @@
-"""Jobs as they travel: statuses, the job record, its channel, a worker's outcome."""
+"""Jobs as they travel: statuses, the job record, its channel, a worker's outcome.
+
+`Job` is the record stores keep. Its two wire shapes are one Struct each: `JobWire` (the
+public form every job answer and job event carries) and `LeasedJobWire` (what a worker
+receives for a leased job). The server encodes them, the SDK decodes them and the OpenAPI
+document describes them, as it does the answers built around them (`JobListWire`,
+`LeaseAnswerWire`, `ReportAnswerWire`, `HeartbeatAnswerWire`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
-from tidings.protocol.codecs import format_time
+from tidings.protocol.codecs import Time, format_time
+from tidings.protocol.errors import ErrorDetail
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+# The fields of `JobWire` that hold a time (`Time`, or null where the job has none yet).
+JOB_TIME_FIELDS = (
+    "created_at",
+    "updated_at",
+    "run_at",
+    "started_at",
+    "finished_at",
+    "lease_expires_at",
+)
 
 
 JOB_CHANNEL_PREFIX = "job."
@@ -22,6 +41,57 @@ def job_channel(job_id: str) -> str:
 
 def _opt_time(ts: float | None) -> str | None:
     return None if ts is None else format_time(ts)
+
+
+class JobLinks(msgspec.Struct, frozen=True, gc=False):
+    """Where to follow a job: itself, its SSE and WebSocket streams, its channel."""
+
+    self_: str = msgspec.field(name="self")
+    events: str
+    ws: str
+    channel: str
+
+
+class JobWire(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A job's public form: everything but the lease token, with links.
+
+    Job events (the messages of the job's channel) carry it without `payload`.
+    """
+
+    id: str
+    type: str
+    status: JobStatus
+    payload: Any | UnsetType = UNSET
+    progress: float | None
+    message: str | None
+    result: Any
+    error: Any
+    attempt: int
+    max_attempts: int
+    priority: int
+    timeout: float | None
+    cancel_requested: bool
+    submitted_by: str | None
+    created_at: Time
+    updated_at: Time
+    run_at: Time
+    started_at: Time | None
+    finished_at: Time | None
+    lease_expires_at: Time | None
+    links: JobLinks
+
+
+class LeasedJobWire(msgspec.Struct, frozen=True, gc=False):
+    """A job as a lease answer hands it to a worker, with the lease's token and end."""
+
+    id: str
+    type: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    timeout: float | None
+    lease_token: str
+    lease_expires_at: Time | None
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,49 +130,86 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
         """True once the job has ended (succeeded, failed or cancelled)."""
         return self.status in TERMINAL_STATUSES
 
-    def to_wire(self) -> dict[str, Any]:
-        """The public form: everything but the lease token, with links."""
-        return {
-            "id": self.id,
-            "type": self.type,
-            "status": self.status,
-            "payload": self.payload,
-            "progress": self.progress,
-            "message": self.message,
-            "result": self.result,
-            "error": self.error,
-            "attempt": self.attempt,
-            "max_attempts": self.max_attempts,
-            "priority": self.priority,
-            "timeout": self.timeout,
-            "cancel_requested": self.cancel_requested,
-            "submitted_by": self.submitted_by,
-            "created_at": format_time(self.created_at),
-            "updated_at": format_time(self.updated_at),
-            "run_at": format_time(self.run_at),
-            "started_at": _opt_time(self.started_at),
-            "finished_at": _opt_time(self.finished_at),
-            "lease_expires_at": _opt_time(self.lease_expires_at),
-            "links": {
-                "self": f"/v1/jobs/{self.id}",
-                "events": f"/v1/jobs/{self.id}/events",
-                "ws": f"/v1/jobs/{self.id}/ws",
-                "channel": f"/v1/channels/{job_channel(self.id)}/messages",
-            },
-        }
+    def to_wire(self, *, with_payload: bool = True) -> JobWire:
+        """The public form; job events carry it without the payload."""
+        job_id = self.id
+        return JobWire(
+            id=job_id,
+            type=self.type,
+            status=self.status,  # type: ignore[arg-type]  # stores keep only JOB_STATUSES
+            payload=self.payload if with_payload else UNSET,
+            progress=self.progress,
+            message=self.message,
+            result=self.result,
+            error=self.error,
+            attempt=self.attempt,
+            max_attempts=self.max_attempts,
+            priority=self.priority,
+            timeout=self.timeout,
+            cancel_requested=self.cancel_requested,
+            submitted_by=self.submitted_by,
+            created_at=format_time(self.created_at),
+            updated_at=format_time(self.updated_at),
+            run_at=format_time(self.run_at),
+            started_at=_opt_time(self.started_at),
+            finished_at=_opt_time(self.finished_at),
+            lease_expires_at=_opt_time(self.lease_expires_at),
+            links=JobLinks(
+                f"/v1/jobs/{job_id}",
+                f"/v1/jobs/{job_id}/events",
+                f"/v1/jobs/{job_id}/ws",
+                f"/v1/channels/{JOB_CHANNEL_PREFIX}{job_id}/messages",
+            ),
+        )
 
-    def lease_to_wire(self) -> dict[str, Any]:
+    def lease_to_wire(self) -> LeasedJobWire:
         """What a worker receives for a leased job."""
-        return {
-            "id": self.id,
-            "type": self.type,
-            "payload": self.payload,
-            "attempt": self.attempt,
-            "max_attempts": self.max_attempts,
-            "timeout": self.timeout,
-            "lease_token": self.lease_token,
-            "lease_expires_at": _opt_time(self.lease_expires_at),
-        }
+        return LeasedJobWire(
+            self.id,
+            self.type,
+            self.payload,
+            self.attempt,
+            self.max_attempts,
+            self.timeout,
+            self.lease_token or "",
+            _opt_time(self.lease_expires_at),
+        )
+
+
+class JobListWire(msgspec.Struct, frozen=True, gc=False):
+    """The answer of `GET /v1/jobs`."""
+
+    jobs: list[JobWire]
+
+
+class OutcomeWire(msgspec.Struct, frozen=True, gc=False):
+    """The server's word on one reported outcome: the job's new `status` when it was
+    applied, or the `error` that refused it (`conflict`, `not_found`, ...)."""
+
+    id: str
+    status: str | UnsetType = UNSET
+    error: ErrorDetail | UnsetType = UNSET
+
+
+class LeaseAnswerWire(msgspec.Struct, frozen=True, gc=False):
+    """The answer of `POST /v1/workers/lease`: the leased jobs and, when the request
+    carried results, their outcomes in order."""
+
+    jobs: list[LeasedJobWire]
+    results: list[OutcomeWire] | UnsetType = UNSET
+
+
+class ReportAnswerWire(msgspec.Struct, frozen=True, gc=False):
+    """The answer of `POST /v1/workers/report`: one outcome per result, in order."""
+
+    results: list[OutcomeWire]
+
+
+class HeartbeatAnswerWire(msgspec.Struct, frozen=True, gc=False):
+    """The answer of a heartbeat: whether cancellation was asked, and the lease's new end."""
+
+    cancel_requested: bool
+    lease_expires_at: Time
 
 
 class JobOutcome(msgspec.Struct, frozen=True):

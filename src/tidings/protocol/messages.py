@@ -1,18 +1,19 @@
 """Channel messages as they travel: names, messages, publish answers, resets, SSE frames.
 
-Encoding happens once per message on the publish path (`Message.sse_frame`,
-`Message.json`), never once per subscriber.
+`Message`, `PublishAck` and `Reset` are what the server holds; each one's wire shape is one
+Struct (`MessageWire`, `PublishAckWire`, `ResetWire`) that the server encodes, the SDK
+decodes and the OpenAPI document describes. `sse_frame` and `data_text` write the SSE
+form; the hub calls them once per message, never once per subscriber.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
-from tidings.protocol.codecs import encode_json, format_time
+from tidings.protocol.codecs import Time, encode_json, format_time, parse_time
 
 CHANNEL_RE = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 
@@ -20,6 +21,16 @@ CHANNEL_RE = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 def valid_channel(name: str) -> bool:
     """True when `name` is a legal channel name: 1-200 chars of `[A-Za-z0-9._:-]`."""
     return CHANNEL_RE.fullmatch(name) is not None
+
+
+class MessageWire(msgspec.Struct, frozen=True, gc=False):
+    """A message as poll answers, WebSocket frames and multiplexed SSE events carry it."""
+
+    id: str
+    channel: str
+    event: str | None
+    data: Any
+    time: Time
 
 
 class Message(msgspec.Struct, frozen=True, gc=False):
@@ -35,32 +46,31 @@ class Message(msgspec.Struct, frozen=True, gc=False):
     event: str | None = None
     time: float = 0.0
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self) -> MessageWire:
         """The message as poll answers and WebSocket frames carry it."""
-        return {
-            "id": self.id,
-            "channel": self.channel,
-            "event": self.event,
-            "data": self.data,
-            "time": format_time(self.time),
-        }
+        return MessageWire(self.id, self.channel, self.event, self.data, format_time(self.time))
 
     @classmethod
-    def from_wire(cls, obj: dict[str, Any]) -> Message:
-        """Parse the wire form (as produced by `to_wire`)."""
-        raw_time = obj.get("time")
-        ts = (
-            datetime.fromisoformat(raw_time.replace("Z", "+00:00")).timestamp()
-            if isinstance(raw_time, str)
-            else 0.0
-        )
-        return cls(
-            id=str(obj["id"]),
-            channel=str(obj["channel"]),
-            data=obj.get("data"),
-            event=obj.get("event"),
-            time=ts,
-        )
+    def from_wire(cls, wire: MessageWire) -> Message:
+        """The message a decoded `MessageWire` stands for."""
+        return cls(wire.id, wire.channel, wire.data, wire.event, parse_time(wire.time))
+
+
+class PageWire(msgspec.Struct, frozen=True, gc=False):
+    """A poll answer: the messages after the cursor, the cursor to send as `after` next
+    time, and whether history after the cursor is gone (`reset`)."""
+
+    messages: list[MessageWire]
+    next: str
+    reset: bool
+
+
+class PublishAckWire(msgspec.Struct, frozen=True, gc=False):
+    """The 201 body of a publish."""
+
+    id: str
+    channel: str
+    time: Time
 
 
 class PublishAck(msgspec.Struct, frozen=True):
@@ -70,15 +80,29 @@ class PublishAck(msgspec.Struct, frozen=True):
     channel: str
     time: float
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self) -> PublishAckWire:
         """The 201 body."""
-        return {"id": self.id, "channel": self.channel, "time": format_time(self.time)}
+        return PublishAckWire(self.id, self.channel, format_time(self.time))
+
+    @classmethod
+    def from_wire(cls, wire: PublishAckWire) -> PublishAck:
+        """The answer a decoded `PublishAckWire` stands for."""
+        return cls(wire.id, wire.channel, parse_time(wire.time))
 
 
 RESET_BEHIND = "cursor is older than the retained history of the channel"
 RESET_AHEAD = (
     "cursor is ahead of the channel's newest message (the channel was deleted or recreated)"
 )
+
+
+class ResetWire(msgspec.Struct, frozen=True, kw_only=True):
+    """The body of a `reset` control frame (SSE `event: reset`, WebSocket `"type": "reset"`)."""
+
+    type: Literal["reset"] = "reset"
+    channel: str
+    first: str | None
+    reason: str
 
 
 class Reset(msgspec.Struct, frozen=True):
@@ -94,13 +118,15 @@ class Reset(msgspec.Struct, frozen=True):
     reason: str = RESET_BEHIND
 
     def to_wire(self) -> dict[str, Any]:
-        """The reset control frame's body."""
-        return {
-            "type": "reset",
-            "channel": self.channel,
-            "first": self.first,
-            "reason": self.reason,
-        }
+        """The reset control frame's body, as the transports' control frames take it."""
+        return msgspec.structs.asdict(
+            ResetWire(channel=self.channel, first=self.first, reason=self.reason)
+        )
+
+    @classmethod
+    def from_wire(cls, wire: ResetWire) -> Reset:
+        """The reset a decoded `ResetWire` stands for."""
+        return cls(wire.channel, wire.first, wire.reason)
 
 
 def data_text(data: Any) -> str:

@@ -5,11 +5,9 @@ module-level helpers, and one `_Subscription` object holds a subscriber's cursor
 its frames and decides when and how soon to reconnect. The two classes differ only where
 they call the network.
 
-Errors raised by the SDK:
-
-    ClientError                  anything the SDK raises on purpose
-    ├── TidingsHTTPError         the server answered with a 4xx/5xx status (.status, .code)
-    └── TidingsConnectionError   the server could not be reached or the connection broke
+Answers are decoded into the wire Structs of `tidings.protocol` and turned into the SDK's
+models (`Message`, `PublishAck`, `Reset`, `Page`, `JobInfo`). The errors raised are those
+of `tidings.sdk.common`: `ClientError`, `TidingsHTTPError`, `TidingsConnectionError`.
 
 `subscribe` iterators never raise `TidingsConnectionError` nor 5xx/408/429 errors: they
 reconnect and resume from the last message they yielded.
@@ -21,10 +19,8 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing
-from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self
-from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -33,9 +29,36 @@ import websockets.sync.client
 from httpx_sse import ServerSentEvent, SSEError, aconnect_sse, connect_sse
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from tidings.protocol.codecs import JSON_DECODER, encode_json
-from tidings.protocol.jobs import TERMINAL_STATUSES
-from tidings.protocol.messages import Message, PublishAck, Reset
+from tidings.protocol.codecs import JSON_DECODER, encode_json, parse_optional_time
+from tidings.protocol.jobs import (
+    JOB_TIME_FIELDS,
+    TERMINAL_STATUSES,
+    JobListWire,
+    JobStatus,
+    JobWire,
+)
+from tidings.protocol.messages import (
+    Message,
+    MessageWire,
+    PageWire,
+    PublishAck,
+    PublishAckWire,
+    Reset,
+    ResetWire,
+)
+from tidings.sdk.common import (
+    ClientError,
+    TidingsConnectionError,
+    TidingsHTTPError,
+    auth_headers,
+    channel_path,
+    check,
+    check_url,
+    decode,
+    error_from,
+    job_path,
+    json_object,
+)
 
 __all__ = [
     "AsyncClient",
@@ -65,38 +88,6 @@ LONG_POLL_MARGIN = 10.0
 MAX_RECONNECT_DELAY = 5.0
 # Largest WebSocket frame accepted: a 1 MiB message can grow when escaped in JSON.
 WS_MAX_FRAME = 16 * 1024 * 1024
-_RETRYABLE_STATUS = frozenset({408, 429})
-
-
-class ClientError(Exception):
-    """Root of every error the SDK raises on purpose."""
-
-
-class TidingsHTTPError(ClientError):
-    """The server answered with an error status.
-
-    `status` is the HTTP status, `code` and `message` come from the server's
-    `{"error": {"code", "message"}}` body (or are derived from the status when the body is
-    not of that form), `retry_after` is the `Retry-After` header in seconds, if any.
-    """
-
-    def __init__(
-        self, status: int, code: str, message: str, *, retry_after: float | None = None
-    ) -> None:
-        super().__init__(f"HTTP {status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.retry_after = retry_after
-
-    @property
-    def retryable(self) -> bool:
-        """True for answers that a later attempt may turn into success (5xx, 408, 429)."""
-        return self.status >= 500 or self.status in _RETRYABLE_STATUS
-
-
-class TidingsConnectionError(ClientError):
-    """The server could not be reached, or the connection broke before an answer."""
 
 
 class Page(msgspec.Struct, frozen=True):
@@ -116,19 +107,10 @@ class _StreamClosedError(Exception):
 # Request building and answer parsing, shared by both clients.
 
 
-def _channel_path(channel: str, suffix: str = "") -> str:
-    return f"/v1/channels/{quote(channel, safe='')}{suffix}"
-
-
-def _auth_headers(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def _epoch(raw: object) -> float:
-    """Seconds since the epoch from an RFC 3339 `time` field (0.0 when absent)."""
-    if not isinstance(raw, str):
-        return 0.0
-    return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+_PAGE = msgspec.json.Decoder(PageWire)
+_ACK = msgspec.json.Decoder(PublishAckWire)
+_JOB = msgspec.json.Decoder(JobWire)
+_JOBS = msgspec.json.Decoder(JobListWire)
 
 
 def _publish_request(
@@ -144,7 +126,7 @@ def _publish_request(
         headers["Idempotency-Key"] = idempotency_key
     return {
         "method": "POST",
-        "url": _channel_path(channel, "/messages"),
+        "url": channel_path(channel, "/messages"),
         "content": encode_json(body),
         "headers": headers,
     }
@@ -161,86 +143,39 @@ def _read_request(
         timeout = max(timeout, wait + LONG_POLL_MARGIN)
     return {
         "method": "GET",
-        "url": _channel_path(channel, "/messages"),
+        "url": channel_path(channel, "/messages"),
         "params": params,
         "timeout": timeout,
     }
 
 
 def _info_request(channel: str) -> dict[str, Any]:
-    return {"method": "GET", "url": _channel_path(channel)}
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: rare, and the backoff applies anyway
-
-
-def _error(status: int, body: bytes, retry_after: str | None = None) -> TidingsHTTPError:
-    """The error for a non-2xx answer, from its `{"error": {"code", "message"}}` body."""
-    code, message = f"http_{status}", ""
-    try:
-        obj = JSON_DECODER.decode(body)
-        err = obj["error"]
-        code, message = str(err["code"]), str(err["message"])
-    except (msgspec.DecodeError, KeyError, TypeError):
-        message = body.decode("utf-8", "replace").strip()[:500] or "(empty body)"
-    return TidingsHTTPError(status, code, message, retry_after=_retry_after(retry_after))
-
-
-def _check(response: httpx.Response) -> None:
-    """Raise `TidingsHTTPError` unless the (already read) response is a 2xx."""
-    if not response.is_success:
-        raise _error(response.status_code, response.content, response.headers.get("Retry-After"))
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    _check(response)
-    try:
-        obj = JSON_DECODER.decode(response.content)
-    except msgspec.DecodeError as exc:
-        raise ClientError(f"the server answered with malformed JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise ClientError(f"expected a JSON object from the server, got {type(obj).__name__}")
-    return obj
+    return {"method": "GET", "url": channel_path(channel)}
 
 
 def _parse_ack(response: httpx.Response) -> PublishAck:
-    obj = _json(response)
-    return PublishAck(id=str(obj["id"]), channel=str(obj["channel"]), time=_epoch(obj.get("time")))
+    return PublishAck.from_wire(decode(response, _ACK))
 
 
 def _parse_page(response: httpx.Response) -> Page:
-    obj = _json(response)
-    return Page(
-        messages=[Message.from_wire(m) for m in obj.get("messages", [])],
-        next=str(obj["next"]),
-        reset=bool(obj.get("reset", False)),
-    )
+    wire = decode(response, _PAGE)
+    return Page([Message.from_wire(m) for m in wire.messages], wire.next, wire.reset)
 
 
 def _parse_last_id(response: httpx.Response) -> str:
     """The cursor at the channel's current end; a channel never published to starts at 0."""
     if response.status_code == 404:
         return "0"
-    last = _json(response).get("last_id")
+    last = json_object(response).get("last_id")
     return "0" if last is None else str(last)
 
 
 def _reset_from(obj: Any, channel: str) -> Reset:
-    if not isinstance(obj, dict):
+    """The reset a control frame's body stands for; one of another shape still resets."""
+    try:
+        return Reset.from_wire(msgspec.convert(obj, ResetWire))
+    except msgspec.ValidationError:
         return Reset(channel=channel, first=None)
-    first = obj.get("first")
-    first = None if first is None else str(first)
-    ch = str(obj.get("channel") or channel)
-    reason = obj.get("reason")
-    if isinstance(reason, str) and reason:
-        return Reset(channel=ch, first=first, reason=reason)
-    return Reset(channel=ch, first=first)
 
 
 def _sse_data(text: str) -> Any:
@@ -288,12 +223,12 @@ class _Subscription:
 
     def sse_request(self) -> dict[str, Any]:
         headers = {"Last-Event-ID": self.cursor} if self.cursor is not None else {}
-        return {"method": "GET", "url": _channel_path(self.channel, "/events"), "headers": headers}
+        return {"method": "GET", "url": channel_path(self.channel, "/events"), "headers": headers}
 
     def ws_url(self, base_url: str) -> str:
         base = httpx.URL(base_url)
         scheme = "wss" if base.scheme == "https" else "ws"
-        path = base.path.rstrip("/") + _channel_path(self.channel, "/ws")
+        path = base.path.rstrip("/") + channel_path(self.channel, "/ws")
         params = {"after": self.cursor} if self.cursor is not None else {}
         return str(base.copy_with(scheme=scheme, path=path, params=params))
 
@@ -338,7 +273,11 @@ class _Subscription:
             return None
         kind = obj.get("type")
         if kind is None and "id" in obj:
-            return self._accept(Message.from_wire(obj))
+            try:
+                message = Message.from_wire(msgspec.convert(obj, MessageWire))
+            except (msgspec.ValidationError, ValueError) as exc:
+                raise ClientError(f"malformed message frame from the server: {exc}") from exc
+            return self._accept(message)
         if kind == "reset":
             return _reset_from(obj, self.channel)
         if kind == "close":
@@ -384,7 +323,7 @@ class _Subscription:
         """Seconds to wait before reconnecting after `exc`; re-raises what a retry can't fix."""
         if isinstance(exc, InvalidStatus):
             response = exc.response
-            exc = _error(
+            exc = error_from(
                 response.status_code,
                 bytes(response.body or b""),
                 response.headers.get("Retry-After"),
@@ -426,11 +365,6 @@ def _close_info(exc: ConnectionClosed) -> tuple[int | None, str]:
     return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd is not None else (None, "")
 
 
-def _check_url(url: str) -> None:
-    if httpx.URL(url).scheme not in ("http", "https"):
-        raise ValueError(f"url must start with http:// or https://, got {url!r}")
-
-
 # ---------------------------------------------------------------------------------------
 # Jobs: requests and answers, shared by both clients.
 
@@ -440,7 +374,8 @@ class JobTimeout(ClientError, TimeoutError):
 
 
 class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """A job as the server describes it. Times are seconds since the epoch (or None).
+    """A job as the server describes it (`JobWire`), with times as seconds since the epoch
+    (or None).
 
     `payload` is None in job events (they carry the job without its payload);
     `JobHandle.events()` fills it in from the handle's last known job.
@@ -448,7 +383,7 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
 
     id: str
     type: str
-    status: str
+    status: JobStatus
     payload: Any = None
     progress: float | None = None
     message: str | None = None
@@ -459,6 +394,7 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
     priority: int = 0
     timeout: float | None = None
     cancel_requested: bool = False
+    submitted_by: str | None = None
     created_at: float | None = None
     updated_at: float | None = None
     run_at: float | None = None
@@ -473,42 +409,16 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
         return self.status in TERMINAL_STATUSES
 
     @classmethod
-    def from_wire(cls, obj: dict[str, Any]) -> JobInfo:
-        """Parse the job object of the HTTP API (RFC 3339 times become epoch seconds)."""
-        progress = obj.get("progress")
-        timeout = obj.get("timeout")
-        links = obj.get("links")
-        return cls(
-            id=str(obj["id"]),
-            type=str(obj.get("type", "")),
-            status=str(obj.get("status", "")),
-            payload=obj.get("payload"),
-            progress=None if progress is None else float(progress),
-            message=obj.get("message"),
-            result=obj.get("result"),
-            error=obj.get("error"),
-            attempt=int(obj.get("attempt") or 0),
-            max_attempts=int(obj.get("max_attempts") or 0),
-            priority=int(obj.get("priority") or 0),
-            timeout=None if timeout is None else float(timeout),
-            cancel_requested=bool(obj.get("cancel_requested", False)),
-            created_at=_epoch_or_none(obj.get("created_at")),
-            updated_at=_epoch_or_none(obj.get("updated_at")),
-            run_at=_epoch_or_none(obj.get("run_at")),
-            started_at=_epoch_or_none(obj.get("started_at")),
-            finished_at=_epoch_or_none(obj.get("finished_at")),
-            lease_expires_at=_epoch_or_none(obj.get("lease_expires_at")),
-            links={str(k): str(v) for k, v in links.items()} if isinstance(links, dict) else {},
-        )
-
-
-def _epoch_or_none(raw: object) -> float | None:
-    """Seconds since the epoch from an RFC 3339 field, None when it is null or absent."""
-    return _epoch(raw) if isinstance(raw, str) else None
-
-
-def _job_path(job_id: str, suffix: str = "") -> str:
-    return f"/v1/jobs/{quote(job_id, safe='')}{suffix}"
+    def from_wire(cls, wire: JobWire) -> JobInfo:
+        """The job a decoded `JobWire` stands for (RFC 3339 times become epoch seconds);
+        raises ValueError on a time that is not RFC 3339."""
+        fields = msgspec.structs.asdict(wire)
+        if wire.payload is msgspec.UNSET:
+            fields["payload"] = None
+        for name in JOB_TIME_FIELDS:
+            fields[name] = parse_optional_time(fields[name])
+        fields["links"] = msgspec.to_builtins(wire.links)
+        return cls(**fields)
 
 
 def _submit_request(
@@ -554,7 +464,7 @@ def _get_job_request(job_id: str, wait: float | None, http_timeout: float) -> di
     if wait is not None:
         params["wait"] = wait
         http_timeout = max(http_timeout, wait + LONG_POLL_MARGIN)
-    return {"method": "GET", "url": _job_path(job_id), "params": params, "timeout": http_timeout}
+    return {"method": "GET", "url": job_path(job_id), "params": params, "timeout": http_timeout}
 
 
 def _list_jobs_request(status: str | None, type: str | None, limit: int | None) -> dict[str, Any]:
@@ -569,25 +479,26 @@ def _list_jobs_request(status: str | None, type: str | None, limit: int | None) 
 
 
 def _job_action_request(job_id: str, action: str) -> dict[str, Any]:
-    return {"method": "POST", "url": _job_path(job_id, f"/{action}")}
+    return {"method": "POST", "url": job_path(job_id, f"/{action}")}
 
 
 def _parse_job(response: httpx.Response) -> JobInfo:
-    try:
-        return JobInfo.from_wire(_json(response))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ClientError(f"malformed job object from the server: {exc!r}") from exc
+    return _job_info(decode(response, _JOB))
 
 
 def _parse_jobs(response: httpx.Response) -> list[JobInfo]:
-    jobs = _json(response).get("jobs")
-    if not isinstance(jobs, list):
-        raise ClientError('expected {"jobs": [...]} from the server')
-    return [JobInfo.from_wire(j) for j in jobs]
+    return [_job_info(j) for j in decode(response, _JOBS).jobs]
+
+
+def _job_info(wire: JobWire) -> JobInfo:
+    try:
+        return JobInfo.from_wire(wire)
+    except ValueError as exc:
+        raise ClientError(f"malformed job object from the server: {exc}") from exc
 
 
 def _parse_queues(response: httpx.Response) -> dict[str, dict[str, int]]:
-    queues = _json(response).get("queues")
+    queues = json_object(response).get("queues")
     if not isinstance(queues, dict):
         raise ClientError('expected {"queues": {...}} from the server')
     return {
@@ -644,7 +555,7 @@ class _JobEvents:
 
     def sse_request(self) -> dict[str, Any]:
         headers = {"Last-Event-ID": self.cursor} if self.cursor is not None else {}
-        return {"method": "GET", "url": _job_path(self.job_id, "/events"), "headers": headers}
+        return {"method": "GET", "url": job_path(self.job_id, "/events"), "headers": headers}
 
     def sse_item(self, sse: ServerSentEvent) -> tuple[str, JobInfo] | None:
         """(event, job) for a job event; None for control frames. Marks the terminal one."""
@@ -656,14 +567,12 @@ class _JobEvents:
         if sse.id == self.cursor:
             return None  # replayed: already yielded
         self.cursor = sse.id
-        obj = _decode_or_none(sse.data)
-        if not isinstance(obj, dict):
-            return None
         try:
-            info = JobInfo.from_wire(obj)
-        except (KeyError, TypeError, ValueError):
+            wire = _JOB.decode(sse.data)
+            info = JobInfo.from_wire(wire)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
             return None
-        if "payload" not in obj and self.last is not None:
+        if wire.payload is msgspec.UNSET and self.last is not None:
             info = msgspec.structs.replace(info, payload=self.last.payload)
         self.last = info
         if info.terminal or sse.event in TERMINAL_STATUSES:
@@ -712,11 +621,11 @@ class Client:
                 `wait` on top; SSE streams reconnect on a read timeout (the server's
                 heartbeats arrive well within the default).
         """
-        _check_url(url)
+        check_url(url)
         self.url = url
         self.timeout = timeout
         self._token = token
-        self._http = httpx.Client(base_url=url, headers=_auth_headers(token), timeout=timeout)
+        self._http = httpx.Client(base_url=url, headers=auth_headers(token), timeout=timeout)
 
     def __enter__(self) -> Self:
         return self
@@ -843,7 +752,7 @@ class Client:
             response = source.response
             if not response.is_success:
                 response.read()
-                _check(response)
+                check(response)
             sub.connected()
             try:
                 for sse in source.iter_sse():
@@ -856,7 +765,7 @@ class Client:
     def _ws(self, sub: _Subscription) -> Iterator[Message | Reset]:
         with websockets.sync.client.connect(
             sub.ws_url(self.url),
-            additional_headers=_auth_headers(self._token),
+            additional_headers=auth_headers(self._token),
             open_timeout=self.timeout,
             max_size=WS_MAX_FRAME,
         ) as ws:
@@ -974,7 +883,7 @@ class Client:
                     response = source.response
                     if not response.is_success:
                         response.read()
-                        _check(response)
+                        check(response)
                     if response.status_code == 204:
                         return  # the job has ended and nothing follows this cursor
                     follow.connected()
@@ -1015,11 +924,11 @@ class AsyncClient:
             timeout: Seconds to wait for connecting and for each read. Long polls add their
                 `wait` on top; SSE streams reconnect on a read timeout.
         """
-        _check_url(url)
+        check_url(url)
         self.url = url
         self.timeout = timeout
         self._token = token
-        self._http = httpx.AsyncClient(base_url=url, headers=_auth_headers(token), timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=url, headers=auth_headers(token), timeout=timeout)
 
     async def __aenter__(self) -> Self:
         return self
@@ -1120,7 +1029,7 @@ class AsyncClient:
             response = source.response
             if not response.is_success:
                 await response.aread()
-                _check(response)
+                check(response)
             sub.connected()
             try:
                 async for sse in source.aiter_sse():
@@ -1133,7 +1042,7 @@ class AsyncClient:
     async def _ws(self, sub: _Subscription) -> AsyncGenerator[Message | Reset, None]:
         async with websockets.asyncio.client.connect(
             sub.ws_url(self.url),
-            additional_headers=_auth_headers(self._token),
+            additional_headers=auth_headers(self._token),
             open_timeout=self.timeout,
             max_size=WS_MAX_FRAME,
         ) as ws:
@@ -1233,7 +1142,7 @@ class AsyncClient:
                     response = source.response
                     if not response.is_success:
                         await response.aread()
-                        _check(response)
+                        check(response)
                     if response.status_code == 204:
                         return  # the job has ended and nothing follows this cursor
                     follow.connected()

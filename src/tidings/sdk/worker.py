@@ -59,19 +59,26 @@ from typing import Any, Protocol, TypeVar
 import httpx
 import msgspec
 
-from tidings.protocol.codecs import encode_json
-from tidings.protocol.errors import Conflict, NotFound, StoreError, TidingsError
-from tidings.protocol.jobs import Job, JobOutcome
-from tidings.sdk.client import (
+from tidings.protocol.codecs import encode_json, parse_optional_time, parse_time
+from tidings.protocol.errors import Conflict, ErrorCode, NotFound, StoreError, TidingsError
+from tidings.protocol.jobs import (
+    HeartbeatAnswerWire,
+    Job,
+    JobOutcome,
+    LeaseAnswerWire,
+    LeasedJobWire,
+    OutcomeWire,
+    ReportAnswerWire,
+)
+from tidings.sdk.common import (
+    OBJECT_DECODER,
     ClientError,
     TidingsConnectionError,
     TidingsHTTPError,
-    _auth_headers,
-    _check_url,
-    _epoch,
-    _epoch_or_none,
-    _job_path,
-    _json,
+    auth_headers,
+    check_url,
+    decode,
+    job_path,
 )
 
 __all__ = [
@@ -88,6 +95,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("tidings.worker")
+
+T = TypeVar("T")
 
 # Seconds one lease request may be held by the server when no job is ready (long poll).
 LEASE_WAIT = 20.0
@@ -106,6 +115,12 @@ BACKOFF_MAX = 5.0
 # bytes (one larger outcome goes alone).
 MAX_REPORT_BATCH = 100
 REPORT_MAX_BYTES = 256 * 1024
+# The codes of a refused outcome that mean the lease is gone (taken over, or the job is).
+_LEASE_GONE = frozenset({ErrorCode.CONFLICT, ErrorCode.NOT_FOUND})
+
+_LEASE_ANSWER = msgspec.json.Decoder(LeaseAnswerWire)
+_REPORT_ANSWER = msgspec.json.Decoder(ReportAnswerWire)
+_HEARTBEAT_ANSWER = msgspec.json.Decoder(HeartbeatAnswerWire)
 
 
 class JobCancelled(Exception):
@@ -127,6 +142,20 @@ class LeasedJob(msgspec.Struct, frozen=True, kw_only=True):
     timeout: float | None = None
     lease_token: str
     lease_expires_at: float | None = None
+
+    @classmethod
+    def from_wire(cls, wire: LeasedJobWire) -> LeasedJob:
+        """The job a decoded `LeasedJobWire` stands for (its lease's end in epoch seconds)."""
+        return cls(
+            id=wire.id,
+            type=wire.type,
+            payload=wire.payload,
+            attempt=wire.attempt,
+            max_attempts=wire.max_attempts,
+            timeout=wire.timeout,
+            lease_token=wire.lease_token,
+            lease_expires_at=parse_optional_time(wire.lease_expires_at),
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -293,40 +322,39 @@ class HttpBackend:
             token: API token sent as `Authorization: Bearer <token>`; None sends none.
             timeout: Seconds for connecting and for each read (long polls add their wait).
         """
-        _check_url(url)
+        check_url(url)
         self.url = url
         self.timeout = timeout
         # One connection per running job plus the lease loop's: no waiting on the pool.
         self._http = httpx.AsyncClient(
             base_url=url,
-            headers=_auth_headers(token),
+            headers=auth_headers(token),
             timeout=timeout,
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
-        # Set when the server has no `/v1/workers/report` (an older one): report per job;
-        # and when its lease requests cannot carry results.
-        self._per_job_reports = False
-        self._no_lease_results = False
 
     async def _post(
         self,
         path: str,
-        body: dict[str, Any] | bytes,
+        body: dict[str, Any],
         read_timeout: float,
+        decoder: msgspec.json.Decoder[T],
         *,
         per_job: bool = True,
-    ) -> dict[str, Any]:
+    ) -> T:
+        """POST `body` as JSON; the answer as `decoder` reads it. `LeaseLost` for a 404 or
+        409 when the request is about one job (`per_job`)."""
         try:
             response = await self._http.post(
                 path,
-                content=body if isinstance(body, bytes) else encode_json(body),
+                content=encode_json(body),
                 headers={"Content-Type": "application/json"},
                 timeout=read_timeout,
             )
         except httpx.TransportError as exc:
             raise TidingsConnectionError(f"{self.url}: {exc!r}") from exc
         try:
-            return _json(response)
+            return decode(response, decoder)
         except TidingsHTTPError as exc:
             if per_job and exc.status in (404, 409):
                 raise LeaseLost(exc.message) from exc
@@ -338,13 +366,14 @@ class HttpBackend:
         body: dict[str, Any] = {"max": max_jobs, "wait": wait, "lease": lease}
         if types is not None:
             body["types"] = types
-        obj = await self._post(
+        answer = await self._post(
             "/v1/workers/lease",
             body,
             max(self.timeout, wait + LEASE_WAIT_MARGIN),
+            _LEASE_ANSWER,
             per_job=False,
         )
-        return _leased_jobs(obj)
+        return _leased_jobs(answer)
 
     async def heartbeat(
         self,
@@ -361,22 +390,24 @@ class HttpBackend:
             body["message"] = message
         if lease is not None:
             body["lease"] = lease
-        obj = await self._post(_job_path(job_id, "/heartbeat"), body, self.timeout)
-        return bool(obj.get("cancel_requested")), _epoch(obj.get("lease_expires_at"))
+        path = job_path(job_id, "/heartbeat")
+        answer = await self._post(path, body, self.timeout, _HEARTBEAT_ANSWER)
+        return answer.cancel_requested, parse_time(answer.lease_expires_at)
 
     async def complete(self, job_id: str, token: str, result: Any) -> None:
         body = {"lease_token": token, "result": result}
-        await self._post(_job_path(job_id, "/complete"), body, self.timeout)
+        await self._post(job_path(job_id, "/complete"), body, self.timeout, OBJECT_DECODER)
 
     async def fail(self, job_id: str, token: str, error: Any, retry: bool = True) -> None:
         body = {"lease_token": token, "error": error, "retry": retry}
-        await self._post(_job_path(job_id, "/fail"), body, self.timeout)
+        await self._post(job_path(job_id, "/fail"), body, self.timeout, OBJECT_DECODER)
 
     async def report(self, outcomes: list[JobOutcome]) -> list[Exception | None]:
-        """`POST /v1/workers/report`: one request per `REPORT_MAX_BYTES` of outcomes."""
-        if self._per_job_reports:
-            return await self._report_per_job(outcomes)
-        parts = [encode_json(_report_item(o)) for o in outcomes]
+        """`POST /v1/workers/report`: one request per `REPORT_MAX_BYTES` of outcomes.
+
+        Each outcome is encoded once, to size the requests, and embedded as it is.
+        """
+        parts = [_report_item(o) for o in outcomes]
         answers: list[Exception | None] = []
         start = 0
         while start < len(parts):
@@ -384,104 +415,72 @@ class HttpBackend:
             while end < len(parts) and size + len(parts[end]) <= REPORT_MAX_BYTES:
                 size += len(parts[end])
                 end += 1
-            body = b'{"results":[' + b",".join(parts[start:end]) + b"]}"
+            body = {"results": _json_array(parts[start:end])}
             try:
-                obj = await self._post("/v1/workers/report", body, self.timeout, per_job=False)
+                answer = await self._post(
+                    "/v1/workers/report", body, self.timeout, _REPORT_ANSWER, per_job=False
+                )
             except Exception as exc:
                 if start > 0:  # earlier requests were answered: only the rest failed
                     answers.extend([exc] * (len(parts) - start))
                     return answers
-                if isinstance(exc, TidingsHTTPError) and exc.status in (404, 405):
-                    log.info("the server has no /v1/workers/report: reporting job by job")
-                    self._per_job_reports = True
-                    return await self._report_per_job(outcomes)
                 raise
-            results = obj.get("results")
-            if not isinstance(results, list) or len(results) != end - start:
+            if len(answer.results) != end - start:
                 raise ClientError("the server's report answer does not match the request")
-            answers.extend(_report_answer(r) for r in results)
+            answers.extend(_report_answer(r) for r in answer.results)
             start = end
         return answers
 
     async def report_and_lease(
         self, outcomes: list[JobOutcome], types: list[str] | None, max_jobs: int, lease: float
     ) -> tuple[list[Exception | None], list[LeasedJob]]:
-        """`POST /v1/workers/lease` carrying `results` (an older server: `report` alone)."""
-        parts = [encode_json(_report_item(o)) for o in outcomes]
-        if (
-            self._per_job_reports
-            or self._no_lease_results
-            or sum(map(len, parts)) > REPORT_MAX_BYTES
-        ):
+        """`POST /v1/workers/lease` carrying `results`, without waiting; outcomes over
+        `REPORT_MAX_BYTES` go by `report` alone."""
+        parts = [_report_item(o) for o in outcomes]
+        if sum(map(len, parts)) > REPORT_MAX_BYTES:
             return await self.report(outcomes), []
-        head: dict[str, Any] = {"max": max_jobs, "wait": 0, "lease": lease}
+        body: dict[str, Any] = {"max": max_jobs, "wait": 0, "lease": lease}
         if types is not None:
-            head["types"] = types
-        body = encode_json(head)[:-1] + b',"results":[' + b",".join(parts) + b"]}"
-        try:
-            obj = await self._post("/v1/workers/lease", body, self.timeout, per_job=False)
-        except TidingsHTTPError as exc:
-            if exc.status == 422 and "results" in exc.message:
-                log.info("the server's lease takes no results: reporting separately")
-                self._no_lease_results = True
-                return await self.report(outcomes), []
-            raise
-        results = obj.get("results")
-        if not isinstance(results, list) or len(results) != len(outcomes):
+            body["types"] = types
+        body["results"] = _json_array(parts)
+        answer = await self._post(
+            "/v1/workers/lease", body, self.timeout, _LEASE_ANSWER, per_job=False
+        )
+        results = answer.results
+        if results is msgspec.UNSET or len(results) != len(outcomes):
             raise ClientError("the server's report answer does not match the request")
-        return [_report_answer(r) for r in results], _leased_jobs(obj)
-
-    async def _report_per_job(self, outcomes: list[JobOutcome]) -> list[Exception | None]:
-        async def one(o: JobOutcome) -> Exception | None:
-            try:
-                if o.ok:
-                    await self.complete(o.id, o.lease_token, o.value)
-                else:
-                    await self.fail(o.id, o.lease_token, o.value, o.retry)
-            except Exception as exc:
-                return exc
-            return None
-
-        return list(await asyncio.gather(*(one(o) for o in outcomes)))
+        return [_report_answer(r) for r in results], _leased_jobs(answer)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
 
-def _leased_jobs(obj: dict[str, Any]) -> list[LeasedJob]:
-    return [
-        LeasedJob(
-            id=str(j["id"]),
-            type=str(j["type"]),
-            payload=j.get("payload"),
-            attempt=int(j.get("attempt") or 1),
-            max_attempts=int(j.get("max_attempts") or 1),
-            timeout=j.get("timeout"),
-            lease_token=str(j["lease_token"]),
-            lease_expires_at=_epoch_or_none(j.get("lease_expires_at")),
-        )
-        for j in obj.get("jobs", [])
-    ]
+def _leased_jobs(answer: LeaseAnswerWire) -> list[LeasedJob]:
+    return [LeasedJob.from_wire(job) for job in answer.jobs]
 
 
-def _report_item(o: JobOutcome) -> dict[str, Any]:
+def _report_item(o: JobOutcome) -> bytes:
+    """One outcome of a report as JSON (its size counts towards `REPORT_MAX_BYTES`)."""
     if o.ok:
-        return {"id": o.id, "lease_token": o.lease_token, "result": o.value}
-    return {"id": o.id, "lease_token": o.lease_token, "error": o.value, "retry": o.retry}
+        item = {"id": o.id, "lease_token": o.lease_token, "result": o.value}
+    else:
+        item = {"id": o.id, "lease_token": o.lease_token, "error": o.value, "retry": o.retry}
+    return encode_json(item)
 
 
-def _report_answer(answer: Any) -> Exception | None:
+def _json_array(items: list[bytes]) -> msgspec.Raw:
+    """A JSON array of values already encoded, to embed as they are in a request body."""
+    return msgspec.Raw(b"[" + b",".join(items) + b"]")
+
+
+def _report_answer(answer: OutcomeWire) -> Exception | None:
     """One entry of a report's answer: None (applied), LeaseLost (refused), or the error."""
-    if not isinstance(answer, dict):
-        return ClientError(f"malformed report answer {answer!r}")
-    error = answer.get("error")
-    if error is None:
+    error = answer.error
+    if error is msgspec.UNSET:
         return None
-    code = error.get("code") if isinstance(error, dict) else None
-    message = str(error.get("message") if isinstance(error, dict) else error)
-    if code in ("conflict", "not_found"):
-        return LeaseLost(message)
-    return ClientError(f"{code}: {message}")
+    if error.code in _LEASE_GONE:
+        return LeaseLost(error.message)
+    return ClientError(f"{error.code}: {error.message}")
 
 
 def _transient(exc: BaseException) -> bool:

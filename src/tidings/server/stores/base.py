@@ -272,8 +272,7 @@ def apply_steps(steps: list[JobStep], jobs: dict[str, Job], now: float) -> list[
 
 def job_event_data(job: Job) -> dict[str, Any]:
     """The data of a job-channel message: the public job without its payload."""
-    data = job.to_wire()
-    del data["payload"]
+    data: dict[str, Any] = msgspec.to_builtins(job.to_wire(with_payload=False))
     return data
 
 

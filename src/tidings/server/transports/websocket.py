@@ -84,7 +84,7 @@ async def _client_publish(
         body = _publish_frame(raw, max_bytes, max_depth)
         ref = body.get("ref")
         ack = await svc.publish(channel, body["data"], body.get("event"))
-        reply = {"type": "ack", "ref": ref, **ack.to_wire()}
+        reply = {"type": "ack", "ref": ref, **msgspec.structs.asdict(ack.to_wire())}
     except TidingsError as exc:
         reply = {"type": "error", "ref": ref, **exc.to_wire()}
     except Exception:
