@@ -8,6 +8,10 @@ constraints, so that a client generated from it — or schemathesis run against 
 Statuses every operation can answer are added to each by `openapi_document`: the
 connection-level ones (408, 414, 429, 431, 503, answered before any endpoint runs) and,
 on every endpoint that is not public, 401 and 403 (credentials and the loopback rules).
+
+The answers' shapes that `tidings.protocol` defines (messages, pages, jobs, leases,
+errors) are its Structs' own JSON Schemas (`msgspec.json.schema_components`), so the
+document cannot drift from what the server encodes and the SDK decodes.
 """
 
 from __future__ import annotations
@@ -16,8 +20,20 @@ import html
 from functools import cache
 from typing import Any, NamedTuple
 
+import msgspec
+
 from tidings._version import __version__
-from tidings.protocol.jobs import JOB_STATUSES
+from tidings.protocol.errors import ErrorBody
+from tidings.protocol.jobs import (
+    JOB_STATUSES,
+    HeartbeatAnswerWire,
+    JobListWire,
+    JobWire,
+    LeaseAnswerWire,
+    LeasedJobWire,
+    ReportAnswerWire,
+)
+from tidings.protocol.messages import MessageWire, PageWire, PublishAckWire, ResetWire
 from tidings.server import constants as C
 from tidings.server import doctor
 from tidings.server.channels import MAX_EVENT_LEN
@@ -69,45 +85,38 @@ _JOB_VALUE_DEF: Schema = {
 _LEASE_TOKEN: Schema = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
 _INT32 = 2**31
 
-_ERROR: Schema = {
-    "type": "object",
-    "properties": {
-        "error": {
-            "type": "object",
-            "properties": {
-                "code": {"type": "string", "description": "stable, machine-readable"},
-                "message": {"type": "string", "description": "what went wrong, what to do"},
-                "retry_after": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "description": "on 429/503: seconds to wait, as the Retry-After header",
-                },
-            },
-            "required": ["code", "message"],
-        }
-    },
-    "required": ["error"],
-}
-_MESSAGE: Schema = {
-    "type": "object",
-    "properties": {
-        "id": {"type": "string"},
-        "channel": {"type": "string"},
-        "event": {"type": ["string", "null"]},
-        "data": _ANY,
-        "time": _TIME,
-    },
-    "required": ["id", "channel", "event", "data", "time"],
-}
-_PAGE: Schema = {
-    "type": "object",
-    "properties": {
-        "messages": {"type": "array", "items": _MESSAGE},
-        "next": {"type": "string", "description": "the cursor to send as `after` next time"},
-        "reset": {"type": "boolean", "description": "history after your cursor is gone"},
-    },
-    "required": ["messages", "next", "reset"],
-}
+# The wire shapes of tidings.protocol: a reference each, their schemas in components.
+(
+    (
+        _ERROR,
+        _MESSAGE,
+        _PAGE,
+        _PUBLISH_ACK,
+        _RESET,
+        _JOB,
+        _JOBS,
+        _LEASED_JOB,
+        _LEASE_ANSWER,
+        _REPORT_ANSWER,
+        _HEARTBEAT_ANSWER,
+    ),
+    _WIRE_SCHEMAS,
+) = msgspec.json.schema_components(
+    (
+        ErrorBody,
+        MessageWire,
+        PageWire,
+        PublishAckWire,
+        ResetWire,
+        JobWire,
+        JobListWire,
+        LeasedJobWire,
+        LeaseAnswerWire,
+        ReportAnswerWire,
+        HeartbeatAnswerWire,
+    ),
+    ref_template="#/components/schemas/{name}",
+)
 _CHANNEL_INFO: Schema = {
     "type": "object",
     "properties": {
@@ -133,47 +142,6 @@ _CHANNEL_INFO: Schema = {
     },
     "required": ["name", "first_id", "last_id", "messages", "created", "retention"],
 }
-_JOB: Schema = {
-    "type": "object",
-    "properties": {
-        "id": {"type": "string"},
-        "type": {"type": "string"},
-        "status": {"type": "string", "enum": list(JOB_STATUSES)},
-        "payload": _ANY,
-        "progress": {"type": ["number", "null"]},
-        "message": {"type": ["string", "null"]},
-        "result": _ANY,
-        "error": _ANY,
-        "attempt": {"type": "integer"},
-        "max_attempts": {"type": "integer"},
-        "priority": {"type": "integer"},
-        "timeout": {"type": ["number", "null"]},
-        "cancel_requested": {"type": "boolean"},
-        "submitted_by": {"type": ["string", "null"]},
-        "created_at": _TIME,
-        "updated_at": _TIME,
-        "run_at": _TIME,
-        "started_at": _OPT_TIME,
-        "finished_at": _OPT_TIME,
-        "lease_expires_at": _OPT_TIME,
-        "links": {"type": "object", "additionalProperties": {"type": "string"}},
-    },
-    "required": ["id", "type", "status", "attempt", "max_attempts", "created_at"],
-}
-_LEASED_JOB: Schema = {
-    "type": "object",
-    "properties": {
-        "id": {"type": "string"},
-        "type": {"type": "string"},
-        "payload": _ANY,
-        "attempt": {"type": "integer"},
-        "max_attempts": {"type": "integer"},
-        "timeout": {"type": ["number", "null"]},
-        "lease_token": {"type": "string"},
-        "lease_expires_at": _OPT_TIME,
-    },
-    "required": ["id", "type", "lease_token"],
-}
 # One outcome in a report: exactly one of "result" (complete) or "error" (fail the attempt).
 _REPORT_ITEM: Schema = {
     "type": "object",
@@ -193,19 +161,6 @@ _REPORT_ITEMS: Schema = {
     "minItems": 1,
     "maxItems": MAX_REPORT_BATCH,
     "items": _REPORT_ITEM,
-}
-_OUTCOMES: Schema = {
-    "type": "array",
-    "description": "per outcome, in order: {id, status} or {id, error: {code, message}}",
-    "items": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string"},
-            "status": {"type": "string"},
-            "error": _ERROR["properties"]["error"],
-        },
-        "required": ["id"],
-    },
 }
 _PERMISSIONS: Schema = {
     "type": "object",
@@ -504,20 +459,7 @@ _OPS: list[_Op] = [
                 "text/plain": {"schema": {"type": "string"}},
             },
         },
-        {
-            "201": _negotiated(
-                "durable: its id, channel and time",
-                {
-                    "type": "object",
-                    "properties": {
-                        "id": {"type": "string"},
-                        "channel": {"type": "string"},
-                        "time": _TIME,
-                    },
-                    "required": ["id", "channel", "time"],
-                },
-            )
-        },
+        {"201": _negotiated("durable: its id, channel and time", _PUBLISH_ACK)},
         (400, 413, 422),
     ),
     _Op(
@@ -652,16 +594,7 @@ _OPS: list[_Op] = [
             _limit(1, 1000, 100),
         ],
         None,
-        {
-            "200": _ok(
-                "jobs",
-                {
-                    "type": "object",
-                    "properties": {"jobs": {"type": "array", "items": _JOB}},
-                    "required": ["jobs"],
-                },
-            )
-        },
+        {"200": _ok("jobs", _JOBS)},
         (400,),
     ),
     _Op(
@@ -768,14 +701,7 @@ _OPS: list[_Op] = [
         {
             "200": _ok(
                 "the leased jobs (with their lease tokens), and the results' outcomes",
-                {
-                    "type": "object",
-                    "properties": {
-                        "jobs": {"type": "array", "items": _LEASED_JOB},
-                        "results": _OUTCOMES,
-                    },
-                    "required": ["jobs"],
-                },
+                _LEASE_ANSWER,
             )
         },
         (400, 413, 422),
@@ -795,12 +721,7 @@ _OPS: list[_Op] = [
             },
             msgpack=False,
         ),
-        {
-            "200": _ok(
-                "outcomes",
-                {"type": "object", "properties": {"results": _OUTCOMES}, "required": ["results"]},
-            )
-        },
+        {"200": _ok("outcomes", _REPORT_ANSWER)},
         (400, 413, 422),
     ),
     _Op(
@@ -826,19 +747,7 @@ _OPS: list[_Op] = [
             },
             msgpack=False,
         ),
-        {
-            "200": _ok(
-                "whether cancel was asked, and the lease's new end",
-                {
-                    "type": "object",
-                    "properties": {
-                        "cancel_requested": {"type": "boolean"},
-                        "lease_expires_at": _TIME,
-                    },
-                    "required": ["cancel_requested", "lease_expires_at"],
-                },
-            )
-        },
+        {"200": _ok("whether cancel was asked, and the lease's new end", _HEARTBEAT_ANSWER)},
         (400, 404, 409, 413, 422),
     ),
     _Op(
@@ -1169,7 +1078,7 @@ def openapi_document() -> dict[str, Any]:
     for status, desc in _ERRORS.items():
         response: Schema = {
             "description": desc,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            "content": {"application/json": {"schema": _ERROR}},
         }
         if status in (429, 503):
             response["headers"] = _RETRY_AFTER
@@ -1183,7 +1092,7 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "tidings", "version": __version__, "description": _DESCRIPTION},
         "paths": paths,
         "components": {
-            "schemas": {"Error": _ERROR, "JobValue": _JOB_VALUE_DEF},
+            "schemas": {**_WIRE_SCHEMAS, "JobValue": _JOB_VALUE_DEF},
             "responses": error_responses,
         },
     }

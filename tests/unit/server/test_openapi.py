@@ -50,3 +50,33 @@ def test_every_operation_names_its_error_answers_and_every_limit_is_stated():
     assert {"400", "413", "422"} <= set(submit["responses"])
     login = doc["paths"]["/v1/auth/login"]["post"]["responses"]
     assert {"400", "401", "415", "422", "429", "503"} <= set(login)
+
+
+def test_answers_of_the_wire_shapes_are_the_protocol_structs_schemas():
+    """The job, page, publish, lease and error answers point at the schemas msgspec makes
+    of tidings.protocol's Structs, which list every field the server sends."""
+    doc = openapi_document()
+    schemas = doc["components"]["schemas"]
+    paths = doc["paths"]
+
+    def answer(path: str, method: str, status: str) -> dict:
+        return paths[path][method]["responses"][status]["content"]["application/json"]["schema"]
+
+    assert answer("/v1/jobs/{job_id}", "get", "200") == {"$ref": "#/components/schemas/JobWire"}
+    assert answer("/v1/channels/{channel}/messages", "get", "200")["$ref"].endswith("/PageWire")
+    assert answer("/v1/channels/{channel}/messages", "post", "201")["$ref"].endswith(
+        "/PublishAckWire"
+    )
+    assert answer("/v1/workers/lease", "post", "200")["$ref"].endswith("/LeaseAnswerWire")
+    assert doc["components"]["responses"]["E404"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
+    job = schemas["JobWire"]
+    assert "lease_token" not in job["properties"]
+    assert {"id", "status", "created_at", "links"} <= set(job["required"])
+    assert "payload" not in job["required"]  # job events leave it out
+    assert job["properties"]["created_at"] == {"type": "string", "format": "date-time"}
+    assert set(schemas["LeasedJobWire"]["required"]) >= {"id", "lease_token"}
+    assert schemas["JobLinks"]["required"] == ["self", "events", "ws", "channel"]
+    for name in ("MessageWire", "ResetWire", "ErrorDetail", "OutcomeWire"):
+        assert name in schemas
