@@ -22,7 +22,6 @@ from tidings.server.http.common import (
     check_json_value,
     decode_body,
     is_msgpack,
-    negotiated,
     principal_of,
     query_float,
     query_int,
@@ -32,6 +31,7 @@ from tidings.server.http.common import (
     respond,
     unless_revoked,
 )
+from tidings.server.http.errors import negotiated
 from tidings.server.jobs import JobService
 from tidings.server.stores.base import ChannelInfo, ReadResult, Retention
 

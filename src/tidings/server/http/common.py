@@ -2,17 +2,16 @@
 
 Content negotiation (JSON by default, MessagePack on request): `decode_body` reads a body
 in the codec its `Content-Type` names, `respond` answers in the codec the `Accept` header
-prefers, and `negotiated` makes a handler's own errors follow `Accept` too.
+prefers (http/errors.py's `negotiated` makes a handler's own errors follow it too).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import math
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -25,7 +24,6 @@ from tidings.protocol.errors import (
     Forbidden,
     InvalidBody,
     PayloadTooLarge,
-    TidingsError,
     Unauthorized,
 )
 from tidings.server.constants import DEFAULT_MAX_DEPTH
@@ -39,7 +37,6 @@ __all__ = [
     "decode_body",
     "is_msgpack",
     "json_response",
-    "negotiated",
     "principal_of",
     "query_float",
     "query_int",
@@ -166,21 +163,6 @@ def respond(
         except OverflowError:
             pass
     return Response(encode_json(obj), status, extra, media_type="application/json")
-
-
-def negotiated(
-    handler: Callable[[Request], Awaitable[Response]],
-) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap a handler so the errors it raises are answered in the negotiated codec too."""
-
-    @functools.wraps(handler)
-    async def wrapper(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except TidingsError as exc:
-            return respond(request, exc.to_wire(), exc.status, exc.headers)
-
-    return wrapper
 
 
 def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:

@@ -21,9 +21,8 @@ import logging
 import resource
 from typing import Any, Protocol
 
-import msgspec
-
 from tidings.server import constants as C
+from tidings.server.http.errors import error_answer
 from tidings.server.ratelimit import address_key
 from tidings.server.settings import Settings
 
@@ -64,26 +63,6 @@ class Swept(Protocol):
 
     def expire(self, now: float) -> None:
         """Called by the sweep once `now` is past `deadline`."""
-
-
-def error_answer(
-    status: int, phrase: str, code: str, message: str, retry_after: int | None = None
-) -> bytes:
-    """A complete `Connection: close` HTTP/1.1 answer with a JSON error body; with
-    `retry_after`, a `Retry-After` header and the same number in the body."""
-    error: dict[str, Any] = {"code": code, "message": message}
-    if retry_after is not None:
-        error["retry_after"] = retry_after
-    body = msgspec.json.encode({"error": error})
-    head = [
-        f"HTTP/1.1 {status} {phrase}",
-        "content-type: application/json",
-        f"content-length: {len(body)}",
-        "connection: close",
-    ]
-    if retry_after is not None:
-        head.append(f"retry-after: {retry_after}")
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
 class Answers:

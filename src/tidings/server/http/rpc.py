@@ -31,50 +31,46 @@ from tidings.server.http.common import (
     read_body,
     unless_revoked,
 )
+from tidings.server.http.errors import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    JOB_CANCELLED,
+    JOB_FAILED,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    TIMED_OUT,
+    rpc_error,
+)
 from tidings.server.jobs import JobService
 from tidings.server.principals import Principal
 
 __all__ = ["routes"]
 
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-JOB_FAILED = -32000
-JOB_CANCELLED = -32001
-TIMED_OUT = -32002
 MAX_BATCH = 100
-
-
-def _error(id_: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
-    err: dict[str, Any] = {"code": code, "message": message}
-    if data is not None:
-        err["data"] = data
-    return {"jsonrpc": "2.0", "error": err, "id": id_}
 
 
 async def _call(
     request: Request, svc: JobService, req: Any, wait: float, principal: Principal
 ) -> dict[str, Any] | None:
     if not isinstance(req, dict) or req.get("jsonrpc") != "2.0" or "method" not in req:
-        return _error(None, INVALID_REQUEST, 'a request is {"jsonrpc": "2.0", "method", ...}')
+        return rpc_error(None, INVALID_REQUEST, 'a request is {"jsonrpc": "2.0", "method", ...}')
     notification = "id" not in req
     id_ = req.get("id")
     if not (id_ is None or isinstance(id_, str | int | float)) or isinstance(id_, bool):
-        return _error(None, INVALID_REQUEST, '"id" must be a string, a number or null')
+        return rpc_error(None, INVALID_REQUEST, '"id" must be a string, a number or null')
     method = req["method"]
     if not isinstance(method, str) or CHANNEL_RE.fullmatch(method) is None:
-        return _error(id_, METHOD_NOT_FOUND, "method must be a job type (A-Z a-z 0-9 . _ : -)")
+        return rpc_error(id_, METHOD_NOT_FOUND, "method must be a job type (A-Z a-z 0-9 . _ : -)")
     params = req.get("params")
     if params is not None and not isinstance(params, dict | list):
-        return _error(id_, INVALID_PARAMS, '"params" must be an object or an array')
+        return rpc_error(id_, INVALID_PARAMS, '"params" must be an object or an array')
     if not principal.may("submit", method):
-        return _error(id_, METHOD_NOT_FOUND, f"{principal.name} may not call {method!r}")
+        return rpc_error(id_, METHOD_NOT_FOUND, f"{principal.name} may not call {method!r}")
     submitter = None if principal.session is None else principal.name
     try:
         job, _ = await svc.submit(method, params, submitted_by=submitter)
     except TidingsError as exc:
-        return None if notification else _error(id_, INVALID_PARAMS, exc.message)
+        return None if notification else rpc_error(id_, INVALID_PARAMS, exc.message)
     if notification:
         return None
     job = await unless_revoked(request, svc.wait(job, wait))
@@ -82,10 +78,10 @@ async def _call(
         return {"jsonrpc": "2.0", "result": job.result, "id": id_}
     data = {"job_id": job.id, "status": job.status, "error": job.error}
     if job.status == "failed":
-        return _error(id_, JOB_FAILED, "job failed", data)
+        return rpc_error(id_, JOB_FAILED, "job failed", data)
     if job.status == "cancelled":
-        return _error(id_, JOB_CANCELLED, "job cancelled", data)
-    return _error(id_, TIMED_OUT, f"no result within {wait:g} s; the job goes on", data)
+        return rpc_error(id_, JOB_CANCELLED, "job cancelled", data)
+    return rpc_error(id_, TIMED_OUT, f"no result within {wait:g} s; the job goes on", data)
 
 
 async def rpc(request: Request) -> Response:
@@ -96,13 +92,13 @@ async def rpc(request: Request) -> Response:
     try:
         parsed = decode_limited(JSON_DECODER.decode, body, body.max_depth, "request")
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        return json_response(_error(None, PARSE_ERROR, f"parse error: {exc}"))
+        return json_response(rpc_error(None, PARSE_ERROR, f"parse error: {exc}"))
     except NestedTooDeep as exc:
-        return json_response(_error(None, INVALID_REQUEST, exc.message, exc.to_wire()))
+        return json_response(rpc_error(None, INVALID_REQUEST, exc.message, exc.to_wire()))
     if isinstance(parsed, list):
         if not parsed or len(parsed) > MAX_BATCH:
             return json_response(
-                _error(None, INVALID_REQUEST, f"a batch holds 1 to {MAX_BATCH} requests")
+                rpc_error(None, INVALID_REQUEST, f"a batch holds 1 to {MAX_BATCH} requests")
             )
         answers = await asyncio.gather(*(_call(request, svc, r, wait, principal) for r in parsed))
         out = [a for a in answers if a is not None]

@@ -21,13 +21,13 @@ from typing import Any
 from uvicorn._types import ASGIReceiveEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from tidings.server.http.errors import CLOSE_POLICY
 from tidings.server.http.limits import ConnectionLimits
 
-__all__ = ["CLOSE_POLICY", "TidingsWebSocketProtocol"]
+__all__ = ["TidingsWebSocketProtocol"]
 
 log = logging.getLogger("tidings.http")
 
-CLOSE_POLICY = 1008
 # Bytes a transport holds before it tells its protocol to pause writing (uvloop's default).
 _HIGH_WATER = 64 * 1024
 

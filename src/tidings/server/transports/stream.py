@@ -19,6 +19,7 @@ from typing import Any
 from tidings.protocol.errors import TidingsError
 from tidings.protocol.messages import Reset
 from tidings.server.channels import ChannelService
+from tidings.server.http.errors import CLOSE_NORMAL, close_socket
 from tidings.server.hub import Subscriber
 from tidings.server.stores.base import reset_reason
 
@@ -30,8 +31,6 @@ PAGE = 500
 # Time allowed to drain and write the closing frames of a stream the server ends.
 CLOSE_TIMEOUT = 2.0
 _DISCONNECTS = ("http.disconnect", "websocket.disconnect")
-# WebSocket close code for a stream that is complete (RFC 6455 §7.4.1: normal closure).
-CLOSE_NORMAL = 1000
 
 ControlFrame = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -44,8 +43,7 @@ async def end_at_once(send: Any, websocket: bool, reason: str) -> None:
     WebSocket (its connect already received) is accepted, then closed 1000 with `reason`.
     """
     if websocket:
-        await send({"type": "websocket.accept"})
-        await send({"type": "websocket.close", "code": CLOSE_NORMAL, "reason": reason[:120]})
+        await close_socket(send, CLOSE_NORMAL, reason)
         return
     await send(
         {"type": "http.response.start", "status": 204, "headers": [(b"cache-control", b"no-cache")]}

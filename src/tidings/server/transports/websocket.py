@@ -30,15 +30,21 @@ from tidings.protocol.errors import (
 from tidings.server.channels import ChannelService
 from tidings.server.constants import DEFAULT_MAX_DEPTH
 from tidings.server.depth import decode_limited
+from tidings.server.http.errors import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    CLOSE_REASON_MAX,
+    error_body,
+    error_frame,
+)
 from tidings.server.hub import Subscriber
 from tidings.server.transports.kind import StreamKind
-from tidings.server.transports.stream import CLOSE_NORMAL, run_stream
+from tidings.server.transports.stream import run_stream
 
 __all__ = ["serve_ws"]
 
 log = logging.getLogger("tidings.ws")
 
-CLOSE_GOING_AWAY = 1001
 _ACCEPT = {"type": "websocket.accept"}
 
 
@@ -86,14 +92,14 @@ async def _client_publish(
         ack = await svc.publish(channel, body["data"], body.get("event"))
         reply = {"type": "ack", "ref": ref, **msgspec.structs.asdict(ack.to_wire())}
     except TidingsError as exc:
-        reply = {"type": "error", "ref": ref, **exc.to_wire()}
+        reply = error_frame(ref, exc)
     except Exception:
         # One bad frame must not kill the socket (nor reach the client as a traceback).
         log.exception("publish from a WebSocket frame on %s failed", channel)
         reply = {
             "type": "error",
             "ref": ref,
-            "error": {"code": "internal_error", "message": "the publish failed: retry later"},
+            **error_body("internal_error", "the publish failed: retry later"),
         }
     sub.write(control_frame(reply))
 
@@ -126,11 +132,7 @@ def serve_ws(
                 if until is not None
                 else f"you may not publish to {channel!r}: ask for a publish grant"
             )
-            sub.write(
-                control_frame(
-                    {"type": "error", "ref": _ref_of(message, max_depth), **err.to_wire()}
-                )
-            )
+            sub.write(control_frame(error_frame(_ref_of(message, max_depth), err)))
             return
         raw = message.get("text")
         if raw is None:
@@ -141,7 +143,7 @@ def serve_ws(
         # A job's socket that reached its terminal event is complete (1000); any other
         # end (shutdown, a revoked session, a cut) is the server going away (1001).
         code = CLOSE_NORMAL if sub.completed else CLOSE_GOING_AWAY
-        reason = reason[:120]
+        reason = reason[:CLOSE_REASON_MAX]
         return [
             control_frame({"type": "close", "reason": reason}),
             {"type": "websocket.close", "code": code, "reason": reason},

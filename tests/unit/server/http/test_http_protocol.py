@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import uvicorn
 
-from tidings.server.http.limits import ConnectionLimits, connection_capacity, error_answer
+from tidings.server.http.errors import error_answer
+from tidings.server.http.limits import ConnectionLimits, connection_capacity
 from tidings.server.http.protocol import HeadHoldingTransport, TidingsHttpProtocol, fixed_local
 from tidings.server.settings import Settings
 
