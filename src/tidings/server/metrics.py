@@ -15,30 +15,34 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tidings.server.auth import AuthService
+from tidings.server.http.limits import ConnectionLimits
 from tidings.server.hub import Hub
+from tidings.server.stores.base import Store
 
 __all__ = ["Metrics"]
 
 
 class _HubCollector(Collector):
-    def __init__(self, hub: Hub, store: object, auth: object) -> None:
+    def __init__(self, hub: Hub, store: Store | None, auth: AuthService | None) -> None:
         self.hub = hub
         self.store = store
         self.auth = auth
-        # The server's connection limits (`http/limits.py`), once a server runs the app.
-        self.connections: Any = None
+        # The server's connection limits, once a server runs the app.
+        self.connections: ConnectionLimits | None = None
 
     def collect(self) -> Iterable[Metric]:
         yield from self._limits()
-        commits = getattr(self.store, "commits", None)
-        if commits is not None:
+        counters = None if self.store is None else self.store.write_counters()
+        if counters is not None:
+            commits, writes = counters
             c = CounterMetricFamily("tidings_store_commits", "Store transactions committed")
             c.add_metric([], commits)
             yield c
             w = CounterMetricFamily(
                 "tidings_store_writes", "Writes committed (several share a commit: group commit)"
             )
-            w.add_metric([], getattr(self.store, "writes", 0))
+            w.add_metric([], writes)
             yield w
         hub = self.hub
         published = CounterMetricFamily(
@@ -64,8 +68,8 @@ class _HubCollector(Collector):
         yield streams
 
     def _limits(self) -> Iterable[Metric]:
-        refused = getattr(self.auth, "logins_refused", None)
-        if refused is not None:
+        if self.auth is not None:
+            refused = self.auth.logins_refused
             logins = CounterMetricFamily(
                 "tidings_logins_refused",
                 "Logins refused before a password check, by limit (address, account, busy)",
@@ -97,7 +101,9 @@ class _HubCollector(Collector):
 class Metrics:
     """The app's registry, its request-latency histogram, and the ASGI middleware."""
 
-    def __init__(self, hub: Hub, store: object = None, auth: object = None) -> None:
+    def __init__(
+        self, hub: Hub, store: Store | None = None, auth: AuthService | None = None
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._collector = _HubCollector(hub, store, auth)
         self.registry.register(self._collector)
@@ -110,8 +116,8 @@ class Metrics:
         )
         self._children: dict[tuple[str, str, int], Any] = {}
 
-    def watch_connections(self, limits: object) -> None:
-        """Report the connection counts of the server running the app (`ConnectionLimits`)."""
+    def watch_connections(self, limits: ConnectionLimits) -> None:
+        """Report the connection counts of the server running the app."""
         self._collector.connections = limits
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:

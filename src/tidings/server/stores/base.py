@@ -352,3 +352,9 @@ class Store(abc.ABC):
     async def ping(self) -> None:
         """Raise StoreError when the store cannot serve; used by /readyz."""
         return
+
+    def write_counters(self) -> tuple[int, int] | None:
+        """(transactions committed, writes they held) since start, for the metrics
+        (group commit: several writes share a transaction); None, the default, for an
+        engine that does not count them."""
+        return None
