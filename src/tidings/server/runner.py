@@ -120,8 +120,8 @@ def run(
     # Thousands of long-lived streams make each full collection walk every connection's
     # objects; collect young objects less often (see docs/decisions/0003-gc-thresholds.md).
     gc.set_threshold(*C.GC_THRESHOLDS)
-    # The SQLite writer thread needs the GIL for a moment per statement; while the loop
-    # fans out, the default 5 ms hand-over made every publish wait ~100 ms (decision 0007).
+    # The SQLite writer thread needs the GIL for a moment per statement; with the default
+    # hand-over interval a publish waits behind a long fan-out (docs/decisions/0007).
     sys.setswitchinterval(C.SWITCH_INTERVAL)
     tidings_app = app or create_app(settings)
     limits = connection_limits(settings)

@@ -73,9 +73,9 @@ def json_response(
 
 
 def principal_of(request: Request) -> Principal:
-    """Who this request acts as (the app sets it before the handler runs).
+    """Who this request acts as (the dispatcher sets it before the handler runs).
 
-    A request that reached a handler without one (not through TidingsApp's dispatch) is
+    A request that reached a handler without one (not through tidings.server.dispatch) is
     anonymous — and refused when the server requires authentication.
     """
     principal: Principal | None = request.scope.get("tidings.principal")

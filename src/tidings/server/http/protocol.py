@@ -2,8 +2,8 @@
 
 uvicorn writes a response's status line and headers when the app sends
 `http.response.start`, and its body at `http.response.body`: two send() calls, two TCP
-segments and a client woken twice for every small JSON answer (a py-spy profile of the
-jobs benchmark put the head's send() at a fifth of the server's GIL time). The transport
+segments and a client woken twice for every small JSON answer (what that cost is in
+docs/decisions/0014-jobs-throughput.md). The transport
 here holds the head of a response with a Content-Length — a whole body follows at once —
 until the next write, as a rule a moment later, or the end of the loop iteration,
 whichever comes first, and sends both at once. The head of a stream (SSE: chunked, its
@@ -12,8 +12,8 @@ upgraded to a WebSocket gets the real transport back.
 
 When the server is bound to one IPv4 address (not a wildcard), every connection's local
 address is that address: the wrapper gives it to uvicorn's `connection_made`, which
-otherwise asks the kernel (a getsockname() per connection, ~4 % of the server's time to
-accept 8,000 SSE subscribers).
+otherwise asks the kernel with a getsockname() system call per connection
+(docs/decisions/0007).
 
 The protocol also enforces the server's HTTP limits (http/limits.py holds the counts, the
 answers and the sweep): the connection caps at `connection_made`; the request line
@@ -155,7 +155,7 @@ class TidingsHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol on a HeadHoldingTransport, within the server's limits."""
 
     # In slots, not in the instance dict uvicorn's attributes share: a dict grown past its
-    # shared-key layout costs every connection (every idle stream) over a KiB more.
+    # shared-key layout costs every connection (every idle stream) memory.
     __slots__ = (
         "address",
         "admitted",
@@ -377,8 +377,8 @@ class TidingsHttpProtocol(HttpToolsProtocol):
 
         A client answered 429 or 503 that asks again at once (a login flood ignoring
         Retry-After) would otherwise keep the event loop answering it, and every other
-        client would wait behind it; now each of its connections costs one answer a
-        second, and a client that heeds Retry-After never notices.
+        client would wait behind it; with the tarpit each of its connections costs one
+        answer a second, and a client that heeds Retry-After never notices.
         """
         held.slow_down = False
         transport = held.real
