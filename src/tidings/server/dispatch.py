@@ -111,7 +111,7 @@ class Dispatcher:
                 if path == "/v1/events" and kind == "http":
                     await self.streams.serve(scope, receive, send, None, False)
                     return
-                m = STREAM_PATH.match(path)
+                m = STREAM_PATH.fullmatch(path)
                 if m is not None and (m.group(3) == "ws") == (kind == "websocket"):
                     await self.streams.serve(scope, receive, send, m.group(2), m.group(1) == "jobs")
                     return

@@ -31,7 +31,7 @@ KIND_REVOKED = "revoked"  # a logged-out JWT's jti (sessions=jwt), kept until it
 
 # No '.': it separates channel-name segments, and `user.{sub}.*` must not reach the
 # channels of a user whose name extends another's (`bob` vs `bob.evil`).
-_NAME = re.compile(r"^[A-Za-z0-9_@-]{1,64}$")
+_NAME = re.compile(r"[A-Za-z0-9_@-]{1,64}")
 
 
 class Permissions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -81,7 +81,7 @@ class User(msgspec.Struct, frozen=True):
     @staticmethod
     def check_name(name: str) -> str:
         """`name`, or ValueError saying what a user name may hold."""
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ValueError(
                 f"user name {name!r}: use 1-64 characters of A-Z a-z 0-9 _ @ - (no '.')"
             )

@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 # A stream of one channel or one job: (channels|jobs, the name or id, events|ws).
-STREAM_PATH = re.compile(r"^/v1/(channels|jobs)/([^/]+)/(events|ws)$")
+STREAM_PATH = re.compile(r"/v1/(channels|jobs)/([^/]+)/(events|ws)")
 
 
 class StreamQuery(NamedTuple):

@@ -98,12 +98,20 @@ def test_a_bad_after_is_refused_even_when_last_event_id_is_used() -> None:
 def test_stream_paths_name_the_resource_and_the_transport(
     path: str, groups: tuple[str, str, str]
 ) -> None:
-    m = STREAM_PATH.match(path)
+    m = STREAM_PATH.fullmatch(path)
     assert m is not None and m.groups() == groups
 
 
 @pytest.mark.parametrize(
-    "path", ["/v1/channels/news/messages", "/v1/channels/a/b/events", "/v1/events", "/v1/x/y/ws"]
+    "path",
+    [
+        "/v1/channels/news/messages",
+        "/v1/channels/a/b/events",
+        "/v1/events",
+        "/v1/x/y/ws",
+        "/v1/channels/news/events\n",  # a decoded %0A after the path is not the stream
+        "/v1/channels/news/events/x",
+    ],
 )
 def test_other_paths_are_not_streams_of_one_resource(path: str) -> None:
-    assert STREAM_PATH.match(path) is None
+    assert STREAM_PATH.fullmatch(path) is None
