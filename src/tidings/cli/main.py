@@ -324,7 +324,7 @@ def worker(
     try:
         obj = load_object(target, "worker")
     except ValueError as exc:
-        err.print(f"[red]tidings worker:[/red] {escape(str(exc))}")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(2) from None
     if not isinstance(obj, Worker):
         err.print(f"[red]{target} is a {type(obj).__name__}, not a tidings.Worker[/red]")

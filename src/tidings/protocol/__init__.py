@@ -1,1 +1,1 @@
-"""protocol"""
+"""The wire, pure (msgspec and the standard library): shared by the server and the SDK."""

@@ -53,7 +53,7 @@ __all__ = [
 
 
 class ErrorCode(StrEnum):
-    """The `code` of every error body the server sends (see the tree above)."""
+    """The `code` of every TidingsError (see the tree above): what the SDK matches on."""
 
     INTERNAL_ERROR = "internal_error"
     BAD_REQUEST = "bad_request"

@@ -102,7 +102,7 @@ class ResetWire(msgspec.Struct, frozen=True, kw_only=True):
     type: Literal["reset"] = "reset"
     channel: str
     first: str | None
-    reason: str
+    reason: str = RESET_BEHIND
 
 
 class Reset(msgspec.Struct, frozen=True):

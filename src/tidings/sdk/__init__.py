@@ -1,1 +1,1 @@
-"""sdk"""
+"""The Python SDK: Client, AsyncClient and Worker; it imports only tidings.protocol."""

@@ -917,9 +917,9 @@ class _Runner:
         """Before a refill, wait up to REFILL_LINGER for the running jobs to end.
 
         Short jobs end within moments of each other; asking for one job per freed slot
-        made each round trip carry one outcome and lease one job (a no-op benchmark ran at
-        half the rate with concurrency 8), and refilling as soon as half were free kept the
-        batches at half. A refill beside long jobs is delayed by at most the linger.
+        made each round trip carry one outcome and lease one job, and refilling as soon as
+        half were free kept the batches at half (docs/decisions/0014). A refill beside long
+        jobs is delayed by at most the linger.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REFILL_LINGER

@@ -1,1 +1,1 @@
-"""server"""
+"""The server: composition root, dispatch, hub, services, HTTP, transports and stores."""

@@ -1,6 +1,6 @@
 """The OpenAPI document served at /openapi.json, and the /docs page that renders it.
 
-Written by hand from the handlers (tidings.server.http.*, the streams in tidings.server.app): every
+Written by hand from the handlers (tidings.server.http.*, the streams in tidings.server.streams): every
 operation lists every status it can answer and every parameter and body field its
 constraints, so that a client generated from it — or schemathesis run against it
 (tests/hostile/test_schemathesis.py) — finds no answer and no refusal it does not name.

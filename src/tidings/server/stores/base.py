@@ -184,8 +184,8 @@ class JobChange(msgspec.Struct, frozen=True):
 class JobStore(abc.ABC):
     """Jobs, with atomic transitions that also append to the job's channel.
 
-    The state machine lives in tidings.server.jobs; stores only guarantee that a transition and
-    its channel message are applied together, once, or not at all.
+    The state machine lives in tidings.server.transitions; stores only guarantee that a
+    transition and its channel message are applied together, once, or not at all.
     """
 
     @abc.abstractmethod

@@ -9,7 +9,7 @@ to its job; `{p}wake` announces every job that becomes queued to the relays of a
 Why every change is applied once, whichever node attempts it
 ------------------------------------------------------------
 
-A transition is Python (`fn(job, now)`, tidings.server.jobs), so it cannot run inside
+A transition is Python (`fn(job, now)`, tidings.server.transitions), so it cannot run inside
 Redis as Lua. Each change (or batch of changes) is therefore a compare-and-set:
 
 1. MGET the bodies — the state the change is computed from — and keep a fingerprint of
@@ -91,7 +91,7 @@ Limits, stated:
   LEASE_MIN_SCAN) plus every queued job with a non-zero priority (`{p}qprio:{type}`, up
   to LEASE_SCAN, highest first): positive priorities are always served first; a job with
   a negative priority is ordered exactly only among the jobs read. Priorities (which no
-  transition of tidings.server.jobs changes) are cached per process, so a lease reads
+  transition of tidings.server.transitions changes) are cached per process, so a lease reads
   ids, not bodies.
 * list_jobs with a filter scans at most LIST_SCAN jobs newest first, so it may return
   fewer matches than exist when they are older than that.
