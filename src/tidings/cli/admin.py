@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tidings.server import constants as C
@@ -26,8 +27,12 @@ __all__ = ["tokens_app", "users_app"]
 
 T = TypeVar("T")
 
-users_app = typer.Typer(name="users", help="Users and their permissions.", no_args_is_help=True)
-tokens_app = typer.Typer(name="tokens", help="API tokens (stored hashed).", no_args_is_help=True)
+users_app = typer.Typer(
+    name="users", help="Users and their permissions.", no_args_is_help=True, rich_markup_mode=None
+)
+tokens_app = typer.Typer(
+    name="tokens", help="API tokens (stored hashed).", no_args_is_help=True, rich_markup_mode=None
+)
 err = Console(stderr=True)
 
 StoreOption = Annotated[
@@ -64,7 +69,7 @@ def _run(url: str, fn: Callable[[Store], Awaitable[T]]) -> T:
     try:
         return asyncio.run(go())
     except ValueError as exc:
-        err.print(f"[red]{exc}")
+        err.print(f"[red]{escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -84,7 +89,7 @@ def _check_name(name: str) -> str:
     try:
         return User.check_name(name)
     except ValueError as exc:
-        err.print(f"[red]{exc}")
+        err.print(f"[red]{escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -138,7 +143,7 @@ def users_grant(
         return True
 
     if not _run(store, grant):
-        err.print(f"[red]no user {name!r}")
+        err.print(f"[red]no user {escape(repr(name))}")
         raise typer.Exit(1)
     typer.echo(f"user {name} updated")
 
@@ -149,7 +154,7 @@ def users_remove(
 ) -> None:
     """Remove a user and all their sessions and tokens."""
     if not _run(store, lambda s: s.auth.delete_user(name)):
-        err.print(f"[red]no user {name!r}")
+        err.print(f"[red]no user {escape(repr(name))}")
         raise typer.Exit(1)
     typer.echo(f"user {name} removed")
 
@@ -196,7 +201,7 @@ def tokens_create(
         return True
 
     if not _run(store, create):
-        err.print(f"[red]no user {user!r}")
+        err.print(f"[red]no user {escape(repr(user))}")
         raise typer.Exit(1)
     typer.echo(secret)
 
@@ -241,6 +246,8 @@ def tokens_revoke(
         raise typer.Exit(2)
     found = _run(store, revoke)
     if len(found) != 1:
-        err.print(f"[red]{'no' if not found else 'more than one'} credential matches {key!r}")
+        err.print(
+            f"[red]{'no' if not found else 'more than one'} credential matches {escape(repr(key))}"
+        )
         raise typer.Exit(1)
     typer.echo(f"revoked {found[0][:12]}")

@@ -63,7 +63,7 @@ def doctor(
         else:
             parsed, notes = doc.store_targets(store)
     except ValueError as exc:
-        err.print(f"[red]tidings doctor:[/red] {exc}")
+        err.print(f"[red]tidings doctor:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     report = doc.run(parsed, tries, timeout, state_file, notes)
     if json_out:

@@ -24,8 +24,31 @@ app = typer.Typer(
     help="One server for every way a backend answers its clients.",
     no_args_is_help=True,
     add_completion=False,
+    # Help is plain text: "[env TIDINGS_PORT]" and "tidings[redis]" must not read as markup.
+    rich_markup_mode=None,
 )
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from tidings._version import __version__
+
+        print(f"tidings {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """One server for every way a backend answers its clients."""
+
 
 TokenOption = Annotated[
     str | None,
@@ -254,13 +277,13 @@ def publish(
 
             value = json.loads(text)
         except ValueError as exc:
-            err.print(f"[red]--json given but DATA is not JSON:[/red] {exc}")
+            err.print(f"[red]--json given but DATA is not JSON:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from None
     try:
         with Client(url, token=token) as client:
             ack = client.publish(channel, value, event=event, idempotency_key=idempotency_key)
     except ClientError as exc:
-        err.print(f"[red]publish failed:[/red] {exc}")
+        err.print(f"[red]publish failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     typer.echo(ack.id)
 
@@ -280,14 +303,16 @@ def subscribe(
     from tidings.sdk.client import Client, ClientError
 
     if via not in ("sse", "ws", "longpoll", "poll"):
-        err.print(f"[red]--via {via!r}:[/red] use sse, ws, longpoll or poll")
+        err.print(f"[red]--via {escape(repr(via))}:[/red] use sse, ws, longpoll or poll")
         raise typer.Exit(2)
     seen = 0
     try:
         with Client(url, token=token) as client:
             for item in client.subscribe(channel, via=via, after=after):  # type: ignore[arg-type]
                 if isinstance(item, Reset):
-                    err.print(f"[yellow]reset:[/yellow] {item.reason} (oldest kept: {item.first})")
+                    err.print(
+                        f"[yellow]reset:[/yellow] {escape(item.reason)} (oldest kept: {item.first})"
+                    )
                     continue
                 sys.stdout.write(encode_json(item.to_wire()).decode() + "\n")
                 sys.stdout.flush()
@@ -295,7 +320,7 @@ def subscribe(
                 if count is not None and seen >= count:
                     return
     except ClientError as exc:
-        err.print(f"[red]subscribe failed:[/red] {exc}")
+        err.print(f"[red]subscribe failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         return
@@ -327,7 +352,7 @@ def worker(
         err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(2) from None
     if not isinstance(obj, Worker):
-        err.print(f"[red]{target} is a {type(obj).__name__}, not a tidings.Worker[/red]")
+        err.print(f"[red]{escape(target)} is a {type(obj).__name__}, not a tidings.Worker[/red]")
         raise typer.Exit(2)
     if concurrency is not None:
         obj.concurrency = concurrency
@@ -342,11 +367,13 @@ def worker(
     try:
         obj.run(url, token=token)
     except ValueError as exc:
-        err.print(f"[red]tidings worker:[/red] {exc}")
+        err.print(f"[red]tidings worker:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
-jobs_app = typer.Typer(name="jobs", help="Submit and follow jobs.", no_args_is_help=True)
+jobs_app = typer.Typer(
+    name="jobs", help="Submit and follow jobs.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(jobs_app)
 app.add_typer(users_app)
 app.add_typer(tokens_app)
@@ -385,7 +412,7 @@ def _json_arg(text: str | None, what: str) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
-        err.print(f"[red]{what} is not JSON:[/red] {exc}")
+        err.print(f"[red]{what} is not JSON:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -395,7 +422,7 @@ def _finish(info: Any) -> None:
         typer.echo(encode_json(info.result).decode())
         return
     detail = "" if info.error is None else " " + encode_json(info.error).decode()
-    err.print(f"[red]job {info.id} {info.status}[/red] (attempt {info.attempt}){detail}")
+    err.print(f"[red]job {info.id} {info.status}[/red] (attempt {info.attempt}){escape(detail)}")
     raise typer.Exit(1)
 
 
@@ -438,7 +465,7 @@ def jobs_submit(
                 wait=wait,
             )
     except ClientError as exc:
-        err.print(f"[red]submit failed:[/red] {exc}")
+        err.print(f"[red]submit failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     if wait is not None and handle.job.terminal:
         _finish(handle.job)
@@ -461,7 +488,7 @@ def jobs_get(
         with Client(url, token=token) as client:
             info = client.get_job(job_id)
     except ClientError as exc:
-        err.print(f"[red]get failed:[/red] {exc}")
+        err.print(f"[red]get failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     typer.echo(_job_json(info))
 
@@ -501,7 +528,7 @@ def jobs_wait(
                             status=info.status,
                         )
     except ClientError as exc:
-        err.print(f"[red]wait failed:[/red] {exc}")
+        err.print(f"[red]wait failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
@@ -521,7 +548,7 @@ def jobs_cancel(
         with Client(url, token=token) as client:
             info = client.cancel_job(job_id)
     except ClientError as exc:
-        err.print(f"[red]cancel failed:[/red] {exc}")
+        err.print(f"[red]cancel failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     typer.echo("cancel requested" if info.status == "running" else info.status)
 
@@ -539,7 +566,7 @@ def jobs_retry(
         with Client(url, token=token) as client:
             info = client.retry_job(job_id)
     except ClientError as exc:
-        err.print(f"[red]retry failed:[/red] {exc}")
+        err.print(f"[red]retry failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     typer.echo(info.status)
 
@@ -565,7 +592,7 @@ def jobs_list(
         with Client(url, token=token) as client:
             jobs = client.list_jobs(status=status, type=type, limit=limit)
     except ClientError as exc:
-        err.print(f"[red]list failed:[/red] {exc}")
+        err.print(f"[red]list failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     table = Table("type", "status", "progress", "attempt", "created", "message")
     table.add_column("id", no_wrap=True)  # whole, to be copied into `jobs get|wait|cancel`
@@ -599,7 +626,7 @@ def jobs_queues(url: UrlOption = "http://127.0.0.1:8000", token: TokenOption = N
         with Client(url, token=token) as client:
             queues = client.queues()
     except ClientError as exc:
-        err.print(f"[red]queues failed:[/red] {exc}")
+        err.print(f"[red]queues failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     table = Table("type", *JOB_STATUSES)
     for name, counts in sorted(queues.items()):
