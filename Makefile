@@ -8,7 +8,7 @@ TIDINGS_STORE ?= sqlite:///tidings.db
 export TIDINGS_HOST TIDINGS_PORT TIDINGS_STORE
 LINT_PATHS := src tests $(wildcard bench)
 
-.PHONY: run test lint typecheck unit venv dev clean bench redis-server chromium
+.PHONY: run test lint typecheck unit venv dev clean bench redis-server chromium nginx
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tidings needs Python >= 3.11 (set PYTHON=...)")'
@@ -46,8 +46,16 @@ chromium:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 	@command -v chromium >/dev/null 2>&1 || { echo "chromium could not be installed: the browser tests need it" >&2; exit 1; }
 
+## nginx for the test that runs docs/deploy.md's proxy config in front of tidings: install if missing
+nginx:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
+	  echo "nginx is missing: installing the Debian package nginx"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx >/dev/null; }
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { echo "nginx could not be installed: the proxy test needs it" >&2; exit 1; }
+
 ## make test: dev venv, lint, type check, the whole suite
-test: $(VENV)/.installed-dev redis-server chromium
+test: $(VENV)/.installed-dev redis-server chromium nginx
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tidings.cli.common import err
 from tidings.server import constants as C
 from tidings.server.auth import hash_password, new_api_token, token_key
 from tidings.server.principals import KIND_TOKEN, Credential, Permissions, User
@@ -33,7 +34,7 @@ users_app = typer.Typer(
 tokens_app = typer.Typer(
     name="tokens", help="API tokens (stored hashed).", no_args_is_help=True, rich_markup_mode=None
 )
-err = Console(stderr=True)
+
 
 StoreOption = Annotated[
     str,

@@ -14,11 +14,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tidings.cli.common import err
 from tidings.server import constants as C
 
 __all__ = ["doctor"]
-
-err = Console(stderr=True)
 
 
 def doctor(
