@@ -18,7 +18,7 @@ app = typer.Typer(
     name="tidings",
     help="One server for every way a backend answers its clients.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     # Help is plain text: "[env TIDINGS_PORT]" and "tidings[redis]" must not read as markup.
     rich_markup_mode=None,
 )
@@ -53,5 +53,6 @@ app.command()(doctor)
 
 
 def main() -> None:
-    """Console entry point."""
-    app()
+    """Console entry point (also `python -m tidings`, under the same name, so that shell
+    completion and usage lines say `tidings`)."""
+    app(prog_name="tidings")
