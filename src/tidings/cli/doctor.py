@@ -17,7 +17,15 @@ from rich.table import Table
 from tidings.cli.common import err
 from tidings.server import constants as C
 
-__all__ = ["doctor"]
+__all__ = ["EPILOG", "doctor"]
+
+# click rewraps help paragraphs; \b keeps the example lines as written.
+EPILOG = """\b
+Examples:
+  tidings doctor                                  # the host of --store / TIDINGS_STORE
+  tidings doctor redis://db.internal:6379/0 pg.internal:5432 --tries 10
+  tidings doctor 10.0.0.5:6379 --json | jq .targets
+"""
 
 
 def doctor(

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from tidings.cli.admin import tokens_app, users_app
+from tidings.cli.doctor import EPILOG as DOCTOR_EPILOG
 from tidings.cli.doctor import doctor
 from tidings.cli.jobs import jobs_app
 from tidings.cli.messages import publish, subscribe
@@ -49,7 +50,7 @@ for command in (serve, publish, subscribe, worker):
 app.add_typer(jobs_app)
 app.add_typer(users_app)
 app.add_typer(tokens_app)
-app.command()(doctor)
+app.command(epilog=DOCTOR_EPILOG)(doctor)
 
 
 def main() -> None:
