@@ -9,6 +9,7 @@ exact bytes of the SSE stream matter.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -18,10 +19,12 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import msgspec
 import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import ServerProcess
+from tidings.protocol.codecs import parse_time
 
 Json = dict[str, Any]
 
@@ -296,6 +299,73 @@ def test_sse_without_cursor_gets_only_new_messages_and_after_param_resumes(
         finally:
             sse.close()
             resumed.close()
+
+
+@pytest.mark.timeout(40)
+def test_every_transport_without_a_cursor_starts_from_now(server: ServerProcess) -> None:
+    """Without `after`, a short poll answers no messages and the channel's last id as
+    `next`, a long poll waits for the next message (not the history), as SSE and WebSocket
+    do; `after=0` still reads from the oldest kept."""
+    srv = server
+    ch = "from-now"
+    with httpx.Client(base_url=srv.url, timeout=20) as http:
+        assert http.get(f"/v1/channels/{ch}/messages").json() == {
+            "messages": [],
+            "next": "0",
+            "reset": False,
+        }
+        old = [publish(http, ch, "old"), publish(http, ch, "older")]
+        short = http.get(f"/v1/channels/{ch}/messages")
+        assert short.status_code == 200, short.text
+        assert short.json() == {"messages": [], "next": old[-1], "reset": False}
+        empty = http.get(f"/v1/channels/{ch}/messages", params={"after": ""})
+        assert empty.json() == short.json()
+        history = http.get(f"/v1/channels/{ch}/messages", params={"after": "0"}).json()
+        assert [m["id"] for m in history["messages"]] == old
+
+        got: list[Json] = []
+        poller = in_thread(
+            lambda: got.append(http.get(f"/v1/channels/{ch}/messages", params={"wait": 10}).json())
+        )
+        sse = RawSSE(srv.port, f"/v1/channels/{ch}/events")
+        try:
+            with ws_connect(f"{srv.ws_url}/v1/channels/{ch}/ws") as ws:
+                wait_for(lambda: stats(srv, ch) == {"sse": 1, "ws": 1, "longpoll": 1})
+                new = publish(http, ch, "new")
+                poller.join(10)
+                assert [(m["id"], m["data"]) for m in got[0]["messages"]] == [(new, "new")]
+                assert got[0]["next"] == new
+                assert sse.event() == f"id: {new}\ndata: new\n\n".encode()
+                assert json.loads(ws.recv(timeout=5))["id"] == new
+        finally:
+            sse.close()
+        bad = http.get(f"/v1/channels/{ch}/messages", params={"after": "x"})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["code"] == "invalid_cursor"
+
+
+@pytest.mark.timeout(30)
+def test_channel_created_is_an_rfc3339_time_in_json_and_msgpack(server: ServerProcess) -> None:
+    """`created` of a channel's stats and of the list is RFC 3339 UTC like every other
+    time on the wire, in both codecs, and close to when the channel was made."""
+    ch = "created.rfc3339"
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        before = time.time()
+        publish(http, ch, "x")
+        info = http.get(f"/v1/channels/{ch}").json()
+        created = info["created"]
+        assert isinstance(created, str)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", created), created
+        assert before - 2 <= parse_time(created) <= time.time() + 2
+        listed = http.get("/v1/channels", params={"prefix": ch}).json()["channels"]
+        assert [c["created"] for c in listed] == [created]
+        mp = {"Accept": "application/msgpack"}
+        for path in (f"/v1/channels/{ch}", f"/v1/channels?prefix={ch}"):
+            r = http.get(path, headers=mp)
+            assert r.headers["content-type"] == "application/msgpack"
+            body = msgspec.msgpack.decode(r.content)
+            got = body["created"] if "created" in body else body["channels"][0]["created"]
+            assert got == created
 
 
 @pytest.mark.timeout(30)

@@ -87,8 +87,8 @@ def test_publish_msgpack_read_both_codecs(http: httpx.Client) -> None:
     r = publish_mp(http, ch, {"data": "x"}, "application/x-msgpack; charset=binary")
     assert r.status_code == 201, r.content
 
-    as_mp = http.get(f"/v1/channels/{ch}/messages", headers={"Accept": MP})
-    as_json = http.get(f"/v1/channels/{ch}/messages")
+    as_mp = http.get(f"/v1/channels/{ch}/messages?after=0", headers={"Accept": MP})
+    as_json = http.get(f"/v1/channels/{ch}/messages?after=0")
     assert as_mp.status_code == as_json.status_code == 200
     assert as_json.headers["content-type"] == "application/json"
     assert as_mp.headers["vary"] == as_json.headers["vary"] == "Accept"
@@ -230,9 +230,9 @@ def test_malformed_msgpack_is_400(http: httpx.Client, body: bytes) -> None:
 )
 def test_wrong_shape_is_422(http: httpx.Client, body: Any, says: str) -> None:
     ch = "mp-shape"
-    before = http.get(f"/v1/channels/{ch}/messages").json()["messages"]
+    before = http.get(f"/v1/channels/{ch}/messages?after=0").json()["messages"]
     r = http.post(f"/v1/channels/{ch}/messages", content=mp(body), headers=MP_HEADERS)
     assert r.status_code == 422, r.content
     err = unmp(r)["error"]
     assert err["code"] == "invalid_body" and says in err["message"], err
-    assert http.get(f"/v1/channels/{ch}/messages").json()["messages"] == before
+    assert http.get(f"/v1/channels/{ch}/messages?after=0").json()["messages"] == before

@@ -364,7 +364,11 @@ class AuthService:
         return token, expires, Principal(user.name, user.permissions, f"session:{cred.key}")
 
     async def logout(self, principal: Principal) -> None:
-        """End the session that authenticated this request, everywhere, at once."""
+        """End the session that authenticated this request, everywhere, at once.
+
+        BadRequest for an API token (revoked only by `tidings tokens revoke` or the admin
+        API) and for a JWT the application issued (it ends when it expires).
+        """
         session = principal.session
         if session is None:
             raise Unauthorized("not logged in")
@@ -379,7 +383,13 @@ class AuthService:
                 Credential(f"jti:{ident}", KIND_REVOKED, principal.name, time.time(), expires)
             )
         elif kind == "token":
-            await self.store.delete_credential(ident)
+            # Logout ends a session; an API token is a standing credential that its
+            # holder's processes share, so it stays valid and only an admin revokes it.
+            raise BadRequest(
+                "this request used an API token, not a session: logout leaves the token "
+                f"working; revoke it with `tidings tokens revoke {ident[:12]}` or "
+                f"DELETE /v1/admin/tokens/{ident}"
+            )
         else:
             raise BadRequest(
                 "a token issued by the application cannot be logged out here: let it expire"

@@ -36,6 +36,7 @@ from tidings.protocol.jobs import (
 from tidings.protocol.messages import MessageWire, PageWire, PublishAckWire, ResetWire
 from tidings.server import constants as C
 from tidings.server import doctor
+from tidings.server.auth import COOKIE
 from tidings.server.channels import MAX_EVENT_LEN
 from tidings.server.http.jobs import BODY_LIMIT_SLACK, REPORT_BODY_MESSAGES
 from tidings.server.http.rpc import MAX_BATCH
@@ -124,7 +125,7 @@ _CHANNEL_INFO: Schema = {
         "first_id": {"type": ["string", "null"]},
         "last_id": {"type": ["string", "null"]},
         "messages": {"type": "integer", "minimum": 0},
-        "created": {"type": "number"},
+        "created": _TIME,
         "retention": {
             "type": "object",
             "properties": {
@@ -236,7 +237,14 @@ _USER_NAME = _path(
 _AFTER = _query(
     "after",
     _CURSOR,
-    "cursor: the last message id you have; 0 or empty: from the oldest retained",
+    "cursor: the last message id you have; 0: from the oldest kept; absent or empty: "
+    "from now (only messages published after this request), on every transport",
+)
+# A job's own streams replay its events from the first unless resumed.
+_JOB_AFTER = _query(
+    "after",
+    _CURSOR,
+    "cursor: the last event id you have; absent, empty or 0: from the job's first event",
 )
 _LAST_EVENT_ID = _header(
     "Last-Event-ID", _CURSOR, "cursor, as EventSource resends it; wins over `after`"
@@ -302,6 +310,27 @@ _RETRY_AFTER = {
 }
 _CONNECTION_LEVEL = (408, 414, 429, 431, 503)
 _AUTH = (401, 403)
+
+# How a request says who it is (tidings.server.auth): a bearer token of any kind, or the
+# session cookie login sets. Without either a request is anonymous, which only a server
+# started with --require-auth refuses: hence the empty alternative in `_SECURITY`.
+_SECURITY_SCHEMES: Schema = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A login session's token (`tds_…`, or a JWT under --sessions jwt), "
+        "an API token (`tdt_…`, from `tidings tokens create` or POST "
+        "/v1/admin/users/{name}/tokens), or a JWT signed by the application's backend "
+        "(--app-jwt-*)",
+    },
+    "session_cookie": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": COOKIE,
+        "description": "The HttpOnly session cookie POST /v1/auth/login sets",
+    },
+}
+_SECURITY: list[Schema] = [{"bearer": []}, {"session_cookie": []}, {}]
 
 
 def _error_ref(status: int) -> Schema:
@@ -465,8 +494,10 @@ _OPS: list[_Op] = [
     _Op(
         "/v1/channels/{channel}/messages",
         "get",
-        "Short poll; with wait=S a long poll (answers at the first message, or empty). On a "
-        "job's channel `job.{id}`: 404 once the job is gone, no waiting once it has ended",
+        "Short poll; with wait=S a long poll (answers at the first message, or empty). "
+        "Without `after`, from now: a short poll answers no messages and the channel's last "
+        "id as `next`, a long poll waits for the next message. On a job's channel "
+        "`job.{id}`: 404 once the job is gone, no waiting once it has ended",
         [_CHANNEL, _AFTER, _limit(1, C.MAX_POLL_LIMIT, C.DEFAULT_POLL_LIMIT), _WAIT],
         None,
         {"200": _negotiated("page", _PAGE)},
@@ -487,7 +518,7 @@ _OPS: list[_Op] = [
         'WebSocket: messages as JSON text frames; send {"data", "event"?, "ref"?} to publish. '
         "A refused socket is accepted, then closed with 1008 (1011: store unavailable) and "
         "the reason.",
-        [_CHANNEL, _query("after", _CURSOR, "cursor")],
+        [_CHANNEL, _AFTER],
         None,
         {"101": _SWITCHING},
         (426,),
@@ -637,7 +668,7 @@ _OPS: list[_Op] = [
         "get",
         "SSE of the job's events from its first, ending after the terminal one (`close`). "
         "Resumed at or after the terminal event: 204, so that EventSource stops.",
-        [_JOB_ID, _AFTER, _LAST_EVENT_ID],
+        [_JOB_ID, _JOB_AFTER, _LAST_EVENT_ID],
         None,
         {"200": _STREAM, "204": _ok("the stream is complete: the job ended before the cursor")},
         (400, 404),
@@ -647,7 +678,7 @@ _OPS: list[_Op] = [
         "get",
         "WebSocket of the job's events, closing after the terminal one (at once, with code "
         "1000 and the reason, when resumed after it)",
-        [_JOB_ID, _query("after", _CURSOR, "cursor")],
+        [_JOB_ID, _JOB_AFTER],
         None,
         {"101": _SWITCHING},
         (426,),
@@ -863,7 +894,9 @@ _OPS: list[_Op] = [
     _Op(
         "/v1/auth/logout",
         "post",
-        "End the session that authenticated this request (its token is 401 at once)",
+        "End the session that authenticated this request (its token is 401 at once). An API "
+        "token is not a session: 400, and it keeps working (revoke it with DELETE "
+        "/v1/admin/tokens/{key} or `tidings tokens revoke`)",
         [],
         None,
         {
@@ -876,7 +909,7 @@ _OPS: list[_Op] = [
                 },
             )
         },
-        (),
+        (400,),
     ),
     _Op(
         "/v1/auth/me",
@@ -1073,6 +1106,8 @@ def openapi_document() -> dict[str, Any]:
         }
         if op.body is not None:
             operation["requestBody"] = op.body
+        if not op.public:
+            operation["security"] = _SECURITY
         paths.setdefault(op.path, {})[op.method] = operation
     error_responses: dict[str, Any] = {}
     for status, desc in _ERRORS.items():
@@ -1094,6 +1129,7 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": {**_WIRE_SCHEMAS, "JobValue": _JOB_VALUE_DEF},
             "responses": error_responses,
+            "securitySchemes": _SECURITY_SCHEMES,
         },
     }
 

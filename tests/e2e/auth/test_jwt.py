@@ -142,7 +142,7 @@ def test_app_issued_jwts_act_with_the_permissions_in_their_tidings_claim(
         r = send(http, "app.x", {"from": "app"}, bearer(good))
         assert r.status_code == 201, r.text
         assert_error(send(http, "news.x", {"from": "app"}, bearer(good)), 403)
-        page = http.get("/v1/channels/app.x/messages", headers=bearer(good))
+        page = http.get("/v1/channels/app.x/messages?after=0", headers=bearer(good))
         assert page.status_code == 200, page.text
         assert [m["data"] for m in page.json()["messages"]] == [{"from": "app"}]
         assert_error(http.get("/v1/channels/news.x/messages", headers=bearer(good)), 403)

@@ -85,7 +85,9 @@ def test_login_gates_publishing_and_only_memory_sessions_die_with_the_process(
         else:
             assert me.status_code == 200, me.text
             assert me.json()["user"] == "alice"
-        page = http.get("/v1/channels/news.a/messages", headers=bearer(token))
+        page = http.get(
+            "/v1/channels/news.a/messages", params={"after": "0"}, headers=bearer(token)
+        )
         assert page.status_code == 200, page.text
         assert [m["id"] for m in page.json()["messages"]] == [first_id]
 
@@ -115,6 +117,36 @@ def test_logout_makes_the_token_401_at_once_and_for_good(
     with httpx.Client(base_url=srv.url, timeout=10) as http:
         assert_error(http.get("/v1/auth/me", headers=bearer(token)), 401)
         assert http.get("/v1/auth/me", headers=bearer(other)).status_code == 200
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("sessions", SESSION_MODES)
+def test_logging_out_with_an_api_token_is_400_and_leaves_the_token_working(
+    tidings_server: ServerFactory, store: str, sessions: str
+) -> None:
+    """Logout ends sessions only: with an API token it answers a 400 JSON error naming
+    `tidings tokens revoke` and DELETE /v1/admin/tokens/{key}, and the token keeps working
+    (past the principal cache, and after a restart); a session's logout still works."""
+    srv = auth_server(tidings_server, store, sessions)
+    secret = cli_ok("tokens", "create", "alice", "--store", store, "--name", "ci").strip()
+    session = login(srv)
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        out = http.post("/v1/auth/logout", headers=bearer(secret))
+        assert out.status_code == 400, out.text
+        assert out.headers["content-type"].startswith("application/json")
+        error = out.json()["error"]
+        assert error["code"] == "bad_request", error
+        assert "tidings tokens revoke" in error["message"], error
+        assert "DELETE /v1/admin/tokens/" in error["message"], error
+        assert "set-cookie" not in out.headers
+        time.sleep(1.2)  # past the principal cache: the store must still know the token
+        assert http.get("/v1/auth/me", headers=bearer(secret)).status_code == 200
+        assert send(http, "news.a", "still here", bearer(secret)).status_code == 201
+        assert http.post("/v1/auth/logout", headers=bearer(session)).status_code == 200
+        assert_error(http.get("/v1/auth/me", headers=bearer(session)), 401)
+    srv.restart()
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        assert http.get("/v1/auth/me", headers=bearer(secret)).status_code == 200
 
 
 @pytest.mark.timeout(30)

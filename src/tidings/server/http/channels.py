@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tidings.protocol.codecs import format_time
 from tidings.protocol.errors import BadRequest, InvalidBody
 from tidings.protocol.jobs import JOB_CHANNEL_PREFIX
 from tidings.server.channels import ChannelService, check_channel, check_event
@@ -74,7 +75,7 @@ def info_to_wire(info: ChannelInfo, subscribers: dict[str, int]) -> dict[str, An
         "first_id": info.first_id,
         "last_id": info.last_id,
         "messages": info.messages,
-        "created": info.created,
+        "created": format_time(info.created),
         "retention": {
             "max_messages": info.retention.max_messages,
             "max_age": info.retention.max_age,
@@ -135,10 +136,21 @@ async def poll(request: Request) -> Response:
         jobs: JobService = request.app.state.jobs
         ended = (await jobs.get(channel[len(JOB_CHANNEL_PREFIX) :])).terminal
     await svc.check_subscribe(principal_of(request), channel)
-    after = request.query_params.get("after") or "0"
-    svc.store.channels.cursor_key(after)  # InvalidCursor (400) for a malformed cursor
+    given = request.query_params.get("after")
+    if given:
+        svc.store.channels.cursor_key(given)  # InvalidCursor (400) for a malformed cursor
     limit = query_int(request, "limit", DEFAULT_POLL_LIMIT, 1, MAX_POLL_LIMIT)
     wait = query_float(request, "wait")
+    # No cursor means "from now", as on every stream: the channel's newest id, so a short
+    # poll answers nothing and that id as `next`, and a long poll waits for the next
+    # message. `after=0` reads from the oldest kept.
+    if given:
+        after = given
+    elif ended:
+        # The store's newest id: the hub may not have seen the job's terminal event yet.
+        after = (await svc.read(channel, "0", 0, fresh=True)).last_id or "0"
+    else:
+        after = await svc.last_id(channel)
     if ended:
         # From the store, which wrote the job's last event with its end: the hub may not
         # have seen that event yet, and this answer is not followed by a wait.
