@@ -14,11 +14,9 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from tidings.cli.common import err
+from tidings.cli.common import JsonOption, fail, out, print_json
 from tidings.server import constants as C
 from tidings.server.auth import hash_password, new_api_token, token_key
 from tidings.server.principals import KIND_TOKEN, Credential, Permissions, User
@@ -41,20 +39,36 @@ StoreOption = Annotated[
     typer.Option("--store", envvar="TIDINGS_STORE", help="Store URL, as given to serve."),
 ]
 PublishOpt = Annotated[
-    list[str] | None, typer.Option("--publish", help="Channel pattern it may publish to.")
+    list[str] | None,
+    typer.Option(
+        "--publish", help="Channel pattern it may publish to (repeatable). Default: none."
+    ),
 ]
 SubscribeOpt = Annotated[
-    list[str] | None, typer.Option("--subscribe", help="Channel pattern it may read.")
+    list[str] | None,
+    typer.Option("--subscribe", help="Channel pattern it may read (repeatable). Default: none."),
 ]
-SubmitOpt = Annotated[list[str] | None, typer.Option("--submit", help="Job type it may submit.")]
-WorkOpt = Annotated[list[str] | None, typer.Option("--work", help="Job type it may work.")]
-AdminOpt = Annotated[bool, typer.Option("--admin", help="May administer users and channels.")]
+SubmitOpt = Annotated[
+    list[str] | None,
+    typer.Option("--submit", help="Job type it may submit (repeatable). Default: none."),
+]
+WorkOpt = Annotated[
+    list[str] | None,
+    typer.Option("--work", help="Job type it may work (repeatable). Default: none."),
+]
+AdminOpt = Annotated[
+    bool, typer.Option("--admin", help="May administer users and channels. Default: off.")
+]
 
 
-def _run(url: str, fn: Callable[[Store], Awaitable[T]]) -> T:
+def _run(command: str, url: str, fn: Callable[[Store], Awaitable[T]]) -> T:
     if url.startswith("memory:"):
-        err.print("[red]memory:// keeps nothing after this command ends: name the server's store")
-        raise typer.Exit(2)
+        fail(
+            command,
+            "memory:// keeps nothing after this command ends: pass the server's store with "
+            "--store or TIDINGS_STORE (e.g. sqlite:///var/lib/tidings/tidings.db)",
+            2,
+        )
 
     async def go() -> T:
         # Without the server lock: these few writes go beside a running server's, and
@@ -70,8 +84,13 @@ def _run(url: str, fn: Callable[[Store], Awaitable[T]]) -> T:
     try:
         return asyncio.run(go())
     except ValueError as exc:
-        err.print(f"[red]{escape(str(exc))}")
-        raise typer.Exit(2) from None
+        fail(command, str(exc), 2)
+
+
+def _rfc3339(ts: float) -> str:
+    from tidings.protocol.codecs import format_time
+
+    return format_time(ts)
 
 
 def _perms(
@@ -86,20 +105,32 @@ def _perms(
     )
 
 
-def _check_name(name: str) -> str:
+def _check_name(command: str, name: str) -> str:
     try:
         return User.check_name(name)
     except ValueError as exc:
-        err.print(f"[red]{escape(str(exc))}")
-        raise typer.Exit(2) from None
+        fail(command, str(exc), 2)
 
 
-@users_app.command("add")
+@users_app.command(
+    "add",
+    epilog="""\b
+Examples:
+  tidings users add app --store sqlite:///tidings.db --publish 'news.*' --submit transcode
+  tidings users add worker1 --store sqlite:///tidings.db --work transcode
+  echo 'a long passphrase' | tidings users add ann --store sqlite:///tidings.db \\
+      --password-stdin --admin""",
+)
 def users_add(
     name: Annotated[str, typer.Argument(help="User name.")],
     store: StoreOption,
     password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+        bool,
+        typer.Option(
+            "--password-stdin",
+            help="Read the password from standard input. Default: off (no password: the "
+            "user signs in with API tokens only).",
+        ),
     ] = False,
     publish: PublishOpt = None,
     subscribe: SubscribeOpt = None,
@@ -108,20 +139,25 @@ def users_add(
     admin: AdminOpt = False,
 ) -> None:
     """Add (or replace) a user. Without --password-stdin it can only use API tokens."""
-    _check_name(name)
+    _check_name("users add", name)
     password_hash = None
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
         if len(password) < 8:
-            err.print("[red]the password must be at least 8 characters")
-            raise typer.Exit(2)
+            fail("users add", "the password must be at least 8 characters", 2)
         password_hash = hash_password(password)
     user = User(name, password_hash, _perms(publish, subscribe, submit, work, admin), time.time())
-    _run(store, lambda s: s.auth.put_user(user))
+    _run("users add", store, lambda s: s.auth.put_user(user))
     typer.echo(f"user {name} saved")
 
 
-@users_app.command("grant")
+@users_app.command(
+    "grant",
+    epilog="""\b
+Examples:
+  tidings users grant app --store sqlite:///tidings.db --subscribe 'orders.*'
+  tidings users grant ann --store sqlite:///tidings.db --admin""",
+)
 def users_grant(
     name: Annotated[str, typer.Argument(help="User name.")],
     store: StoreOption,
@@ -143,27 +179,50 @@ def users_grant(
         )
         return True
 
-    if not _run(store, grant):
-        err.print(f"[red]no user {escape(repr(name))}")
-        raise typer.Exit(1)
+    if not _run("users grant", store, grant):
+        fail("users grant", f"no user {name!r}: add it with `tidings users add {name} --store …`")
     typer.echo(f"user {name} updated")
 
 
-@users_app.command("remove")
+@users_app.command(
+    "remove", epilog="\b\nExamples:\n  tidings users remove app --store sqlite:///tidings.db"
+)
 def users_remove(
     name: Annotated[str, typer.Argument(help="User name.")], store: StoreOption
 ) -> None:
     """Remove a user and all their sessions and tokens."""
-    if not _run(store, lambda s: s.auth.delete_user(name)):
-        err.print(f"[red]no user {escape(repr(name))}")
-        raise typer.Exit(1)
+    if not _run("users remove", store, lambda s: s.auth.delete_user(name)):
+        fail("users remove", f"no user {name!r} (`tidings users list` shows them)")
     typer.echo(f"user {name} removed")
 
 
-@users_app.command("list")
-def users_list(store: StoreOption) -> None:
-    """Users and their permissions."""
-    users = _run(store, lambda s: s.auth.list_users())
+@users_app.command(
+    "list",
+    epilog="""\b
+Examples:
+  tidings users list --store sqlite:///tidings.db
+  tidings users list --store sqlite:///tidings.db --json | jq -r '.[].name'""",
+)
+def users_list(store: StoreOption, json_out: JsonOption = False) -> None:
+    """Users and their permissions, as a table or as JSON."""
+    users = _run("users list", store, lambda s: s.auth.list_users())
+    if json_out:
+        print_json(
+            [
+                {
+                    "name": u.name,
+                    "password": u.password_hash is not None,
+                    "publish": list(u.permissions.publish),
+                    "subscribe": list(u.permissions.subscribe),
+                    "submit": list(u.permissions.submit),
+                    "work": list(u.permissions.work),
+                    "admin": u.permissions.admin,
+                    "created": _rfc3339(u.created),
+                }
+                for u in users
+            ]
+        )
+        return
     table = Table("user", "password", "publish", "subscribe", "submit", "work", "admin")
     for u in users:
         p = u.permissions
@@ -176,16 +235,22 @@ def users_list(store: StoreOption) -> None:
             " ".join(p.work),
             "yes" if p.admin else "",
         )
-    Console().print(table)
+    out().print(table)
 
 
-@tokens_app.command("create")
+@tokens_app.command(
+    "create",
+    epilog="""\b
+Examples:
+  tidings tokens create app --store sqlite:///tidings.db --name ci
+  export TIDINGS_TOKEN=$(tidings tokens create worker1 --store sqlite:///tidings.db)""",
+)
 def tokens_create(
     user: Annotated[str, typer.Argument(help="The user the token acts as.")],
     store: StoreOption,
-    name: Annotated[str, typer.Option(help="A label for the token.")] = "",
+    name: Annotated[str, typer.Option(help="A label for the token. Default: none.")] = "",
     expires: Annotated[
-        float | None, typer.Option(help="Seconds until it expires (default: never).")
+        float | None, typer.Option(help="Seconds until it expires. Default: never.")
     ] = None,
 ) -> None:
     """Make an API token; prints it once (only its hash is stored)."""
@@ -201,19 +266,43 @@ def tokens_create(
         await s.auth.put_credential(cred)
         return True
 
-    if not _run(store, create):
-        err.print(f"[red]no user {escape(repr(user))}")
-        raise typer.Exit(1)
+    if not _run("tokens create", store, create):
+        fail(
+            "tokens create",
+            f"no user {user!r}: add it first with `tidings users add {user} --store …`",
+        )
     typer.echo(secret)
 
 
-@tokens_app.command("list")
+@tokens_app.command(
+    "list",
+    epilog="""\b
+Examples:
+  tidings tokens list --store sqlite:///tidings.db
+  tidings tokens list --store sqlite:///tidings.db --user app --json""",
+)
 def tokens_list(
     store: StoreOption,
-    user: Annotated[str | None, typer.Option(help="Only this user's.")] = None,
+    user: Annotated[str | None, typer.Option(help="Only this user's. Default: all users'.")] = None,
+    json_out: JsonOption = False,
 ) -> None:
     """API tokens and login sessions (by key prefix; secrets are never stored)."""
-    creds: list[Any] = _run(store, lambda s: s.auth.list_credentials(user))
+    creds: list[Any] = _run("tokens list", store, lambda s: s.auth.list_credentials(user))
+    if json_out:
+        print_json(
+            [
+                {
+                    "key": c.key[:12],
+                    "kind": c.kind,
+                    "user": c.user,
+                    "name": c.name,
+                    "created": _rfc3339(c.created),
+                    "expires": None if c.expires is None else _rfc3339(c.expires),
+                }
+                for c in creds
+            ]
+        )
+        return
     table = Table("key", "kind", "user", "name", "created", "expires")
     for c in creds:
         table.add_row(
@@ -226,10 +315,13 @@ def tokens_list(
             if c.expires is None
             else time.strftime("%Y-%m-%d %H:%M", time.gmtime(c.expires)),
         )
-    Console().print(table)
+    out().print(table)
 
 
-@tokens_app.command("revoke")
+@tokens_app.command(
+    "revoke",
+    epilog="\b\nExamples:\n  tidings tokens revoke 3f9a1c0b7d2e --store sqlite:///tidings.db",
+)
 def tokens_revoke(
     key: Annotated[str, typer.Argument(help="Key prefix from `tidings tokens list`.")],
     store: StoreOption,
@@ -243,12 +335,12 @@ def tokens_revoke(
         return found
 
     if len(key) < 6:
-        err.print("[red]give at least 6 characters of the key")
-        raise typer.Exit(2)
-    found = _run(store, revoke)
+        fail("tokens revoke", "give at least 6 characters of the key", 2)
+    found = _run("tokens revoke", store, revoke)
     if len(found) != 1:
-        err.print(
-            f"[red]{'no' if not found else 'more than one'} credential matches {escape(repr(key))}"
+        fail(
+            "tokens revoke",
+            f"{'no' if not found else 'more than one'} credential matches {key!r}: "
+            "`tidings tokens list` shows their keys",
         )
-        raise typer.Exit(1)
     typer.echo(f"revoked {found[0][:12]}")

@@ -1,4 +1,4 @@
-"""`tidings jobs …`: submit jobs, follow them, list them and their queues."""
+"""`tidings jobs …`: submit jobs, follow them, list them, their queues and dead letters."""
 
 from __future__ import annotations
 
@@ -6,10 +6,21 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
-from tidings.cli.common import DEFAULT_URL, TokenOption, UrlOption, err
+from tidings.cli.common import (
+    DEFAULT_URL,
+    JsonOption,
+    TokenOption,
+    UrlOption,
+    connect,
+    err,
+    fail,
+    out,
+    print_json,
+    table_time,
+    warn,
+)
 from tidings.protocol.codecs import encode_json
 
 __all__ = ["jobs_app"]
@@ -26,10 +37,21 @@ _TIME_FIELDS = (
     "finished_at",
     "lease_expires_at",
 )
+# Characters of an error's message a table shows (its first line); --json has it whole.
+_ERROR_CELL = 100
+
+IdArg = Annotated[str, typer.Argument(metavar="ID", help="Job id.")]
+TracebackOption = Annotated[
+    bool,
+    typer.Option(
+        "--traceback",
+        help="Print a failed job's traceback on stderr. Default: only when stdout is a terminal.",
+    ),
+]
 
 
-def _job_json(info: Any) -> str:
-    """A JobInfo as the server's JSON (RFC 3339 times), for printing."""
+def _job_obj(info: Any) -> dict[str, Any]:
+    """A JobInfo as the server's JSON object (RFC 3339 times)."""
     import msgspec
 
     from tidings.protocol.codecs import format_time
@@ -38,103 +60,172 @@ def _job_json(info: Any) -> str:
     for name in _TIME_FIELDS:
         if obj.get(name) is not None:
             obj[name] = format_time(obj[name])
-    return encode_json(obj).decode()
+    return obj
 
 
-def _json_arg(text: str | None, what: str) -> Any:
-    import json
+def _error_cell(error: Any) -> str:
+    """A job's error for a table: `Type: first line of the message`, kept short."""
+    if error is None:
+        return ""
+    if isinstance(error, dict):
+        kind = str(error.get("type") or "error")
+        lines = str(error.get("message") or "").strip().splitlines()
+        text = f"{kind}: {lines[0]}" if lines else kind
+    else:
+        text = encode_json(error).decode()
+    return text if len(text) <= _ERROR_CELL else text[: _ERROR_CELL - 1] + "…"
+
+
+def _traceback_of(info: Any) -> str | None:
+    error = info.error
+    if isinstance(error, dict) and isinstance(error.get("traceback"), str):
+        return str(error["traceback"])
+    return None
+
+
+def _show_traceback(info: Any, forced: bool) -> None:
+    """A failed job's traceback on stderr, headed by which attempt raised it, when the
+    job has one and it was asked for (or stdout is a terminal, where a person reads)."""
+    tb = _traceback_of(info)
+    if tb is None or not (forced or sys.stdout.isatty()):
+        return
+    attempt = info.error.get("attempt", info.attempt)
+    head = f"job {info.id} ({info.type}) {info.status}: attempt {attempt} raised\n"
+    err.print(Text.assemble((head, "bold"), tb.rstrip("\n")))
+
+
+def _json_arg(command: str, text: str | None, what: str) -> Any:
+    import msgspec
 
     if text is None:
         return None
     if text == "-":
         text = sys.stdin.read()
     try:
-        return json.loads(text)
-    except ValueError as exc:
-        err.print(f"[red]{what} is not JSON:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        fail(command, f"{what} is not JSON ({exc}); quote text as a JSON string: '\"text\"'", 2)
 
 
-def _finish(info: Any) -> None:
+def _finish(command: str, info: Any) -> None:
     """Print a terminal job's result (stdout) or error (stderr); exit 0 only on success."""
     if info.status == "succeeded":
         typer.echo(encode_json(info.result).decode())
         return
-    detail = "" if info.error is None else " " + encode_json(info.error).decode()
-    err.print(f"[red]job {info.id} {info.status}[/red] (attempt {info.attempt}){escape(detail)}")
-    raise typer.Exit(1)
+    _show_traceback(info, False)
+    detail = _error_cell(info.error)
+    fail(
+        command,
+        f"job {info.id} {info.status} (attempt {info.attempt}/{info.max_attempts})"
+        + (f": {detail}" if detail else ""),
+    )
 
 
-@jobs_app.command("submit")
+@jobs_app.command(
+    "submit",
+    epilog="""\b
+Examples:
+  tidings jobs submit transcode '{"video": "v1.mp4"}'
+  tidings jobs submit transcode '{"video": "v1.mp4"}' --wait 60
+  tidings jobs submit report - --priority 5 < payload.json""",
+)
 def jobs_submit(
     type: Annotated[str, typer.Argument(help="Job type.")],
     payload: Annotated[
-        str | None, typer.Argument(help="Payload as JSON; - reads standard input.")
+        str | None,
+        typer.Argument(help="Payload as JSON; - reads standard input. Default: null."),
     ] = None,
     wait: Annotated[
         float | None,
-        typer.Option(help="Wait up to S seconds for the job to end and print its result."),
+        typer.Option(
+            help="Wait up to S seconds for the job to end and print its result. "
+            "Default: do not wait."
+        ),
     ] = None,
-    max_attempts: Annotated[int | None, typer.Option(help="Attempts before it fails.")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Seconds one attempt may run.")] = None,
-    delay: Annotated[float | None, typer.Option(help="Seconds before it may run.")] = None,
-    priority: Annotated[int | None, typer.Option(help="Higher runs first.")] = None,
-    idempotency_key: Annotated[str | None, typer.Option(help="Dedup key.")] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(help="Attempts before it fails. Default: the server's (3).")
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds one attempt may run. Default: the server's."),
+    ] = None,
+    delay: Annotated[
+        float | None, typer.Option(help="Seconds before it may run. Default: none.")
+    ] = None,
+    priority: Annotated[
+        int | None, typer.Option(help="Higher runs first. Default: the server's (0).")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="Dedup key: submitting again returns the same job. Default: none."),
+    ] = None,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
     """Submit a job and print its id; with --wait, print its result once it ends.
 
+    Warns on stderr when no worker has asked for jobs of this type lately (a typo, or no
+    worker running): the job is queued all the same and its id printed.
+
     With --wait, exits 1 if the job failed or was cancelled; if it is still running when
     the wait is over, prints its id (and says so on stderr) and exits 0.
     """
-    from tidings.sdk.client import Client, ClientError
-
-    value = _json_arg(payload, "PAYLOAD")
-    try:
-        with Client(url, token=token) as client:
-            handle = client.submit(
-                type,
-                value,
-                max_attempts=max_attempts,
-                timeout=timeout,
-                delay=delay,
-                priority=priority,
-                idempotency_key=idempotency_key,
-                wait=wait,
-            )
-    except ClientError as exc:
-        err.print(f"[red]submit failed:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+    value = _json_arg("jobs submit", payload, "PAYLOAD")
+    with connect("jobs submit", url, token) as client:
+        handle = client.submit(
+            type,
+            value,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            delay=delay,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            wait=wait,
+        )
+    if handle.served is False:
+        warn(
+            "jobs submit",
+            f"no worker has asked for jobs of type {type!r} lately: is a worker running "
+            "with a handler for it? (`tidings jobs queues` lists the types in use)",
+        )
     if wait is not None and handle.job.terminal:
-        _finish(handle.job)
+        _finish("jobs submit", handle.job)
         return
     if wait is not None:
-        err.print(f"[yellow]job {handle.id} still {handle.job.status} after {wait:g}s[/yellow]")
+        warn("jobs submit", f"job {handle.id} still {handle.job.status} after {wait:g}s")
     typer.echo(handle.id)
 
 
-@jobs_app.command("get")
+@jobs_app.command(
+    "get",
+    epilog="""\b
+Examples:
+  tidings jobs get 01J9Z3
+  tidings jobs get 01J9Z3 | jq .error
+  tidings jobs get 01J9Z3 --traceback > job.json""",
+)
 def jobs_get(
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
+    job_id: IdArg,
+    traceback: TracebackOption = False,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
-    """Print a job as JSON."""
-    from tidings.sdk.client import Client, ClientError
-
-    try:
-        with Client(url, token=token) as client:
-            info = client.get_job(job_id)
-    except ClientError as exc:
-        err.print(f"[red]get failed:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
-    typer.echo(_job_json(info))
+    """Print a job as JSON; a failed job's traceback also goes to stderr, readably."""
+    with connect("jobs get", url, token) as client:
+        info = client.get_job(job_id)
+    print_json(_job_obj(info))
+    _show_traceback(info, traceback)
 
 
-@jobs_app.command("wait")
+@jobs_app.command(
+    "wait",
+    epilog="""\b
+Examples:
+  tidings jobs wait 01J9Z3
+  tidings jobs wait 01J9Z3 > result.json""",
+)
 def jobs_wait(
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
+    job_id: IdArg,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
@@ -144,10 +235,8 @@ def jobs_wait(
     """
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
-    from tidings.sdk.client import Client, ClientError
-
     try:
-        with Client(url, token=token) as client:
+        with connect("jobs wait", url, token) as client:
             handle = client.job(job_id)
             if not handle.job.terminal:
                 with Progress(
@@ -166,108 +255,154 @@ def jobs_wait(
                             description=info.message or "",
                             status=info.status,
                         )
-    except ClientError as exc:
-        err.print(f"[red]wait failed:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    _finish(handle.job)
+    _finish("jobs wait", handle.job)
 
 
-@jobs_app.command("cancel")
-def jobs_cancel(
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-) -> None:
+@jobs_app.command("cancel", epilog="\b\nExamples:\n  tidings jobs cancel 01J9Z3")
+def jobs_cancel(job_id: IdArg, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
     """Cancel a job: a queued one at once, a running one at its next heartbeat."""
-    from tidings.sdk.client import Client, ClientError
-
-    try:
-        with Client(url, token=token) as client:
-            info = client.cancel_job(job_id)
-    except ClientError as exc:
-        err.print(f"[red]cancel failed:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+    with connect("jobs cancel", url, token) as client:
+        info = client.cancel_job(job_id)
     typer.echo("cancel requested" if info.status == "running" else info.status)
 
 
-@jobs_app.command("retry")
-def jobs_retry(
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-) -> None:
+@jobs_app.command(
+    "retry",
+    epilog="""\b
+Examples:
+  tidings jobs retry 01J9Z3
+  tidings jobs dead --json | jq -r '.[].id' | xargs -n1 tidings jobs retry""",
+)
+def jobs_retry(job_id: IdArg, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
     """Requeue a failed or cancelled job."""
-    from tidings.sdk.client import Client, ClientError
-
-    try:
-        with Client(url, token=token) as client:
-            info = client.retry_job(job_id)
-    except ClientError as exc:
-        err.print(f"[red]retry failed:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+    with connect("jobs retry", url, token) as client:
+        info = client.retry_job(job_id)
     typer.echo(info.status)
 
 
-@jobs_app.command("list")
+LimitOption = Annotated[
+    int | None,
+    typer.Option(min=1, max=1000, help="At most this many. Default: the server's (100)."),
+]
+TypeFilter = Annotated[str | None, typer.Option(help="Only jobs of this type. Default: all.")]
+
+
+@jobs_app.command(
+    "list",
+    epilog="""\b
+Examples:
+  tidings jobs list
+  tidings jobs list --status running --type transcode
+  tidings jobs list --json | jq -r '.[] | select(.status == "queued") | .id'""",
+)
 def jobs_list(
     status: Annotated[
-        str | None, typer.Option(help="queued, running, succeeded, failed or cancelled.")
+        str | None,
+        typer.Option(help="queued, running, succeeded, failed or cancelled. Default: all."),
     ] = None,
-    type: Annotated[str | None, typer.Option(help="Only jobs of this type.")] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="At most this many.")] = None,
+    type: TypeFilter = None,
+    limit: LimitOption = None,
+    json_out: JsonOption = False,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
-    """List jobs as a table."""
-    from datetime import datetime
-
+    """List jobs, newest first, as a table (times in UTC) or as JSON."""
     from rich.table import Table
 
-    from tidings.sdk.client import Client, ClientError
-
-    try:
-        with Client(url, token=token) as client:
-            jobs = client.list_jobs(status=status, type=type, limit=limit)
-    except ClientError as exc:
-        err.print(f"[red]list failed:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
-    table = Table("type", "status", "progress", "attempt", "created", "message")
+    with connect("jobs list", url, token) as client:
+        jobs = client.list_jobs(status=status, type=type, limit=limit)
+    if json_out:
+        print_json([_job_obj(j) for j in jobs])
+        return
+    table = Table("type", "status", "progress", "attempt", "created", "error", "message")
     table.add_column("id", no_wrap=True)  # whole, to be copied into `jobs get|wait|cancel`
     for job in jobs:
-        created = (
-            datetime.fromtimestamp(job.created_at).strftime("%m-%d %H:%M:%S")
-            if job.created_at
-            else ""
-        )
         table.add_row(
             job.type,
             job.status,
             "" if job.progress is None else f"{job.progress:g}%",
             f"{job.attempt}/{job.max_attempts}",
-            created,
+            table_time(job.created_at),
+            _error_cell(job.error),
             job.message or "",
             job.id,
         )
-    Console().print(table)
+    out().print(table)
 
 
-@jobs_app.command("queues")
-def jobs_queues(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+@jobs_app.command(
+    "dead",
+    epilog="""\b
+Examples:
+  tidings jobs dead
+  tidings jobs dead --type transcode --limit 10
+  tidings jobs get ID --traceback       # the traceback of one of them""",
+)
+def jobs_dead(
+    type: TypeFilter = None,
+    limit: LimitOption = None,
+    json_out: JsonOption = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Dead letters: the jobs that failed for good, newest first, with their error.
+
+    `tidings jobs retry ID` runs one again; `tidings jobs get ID --traceback` shows
+    where it failed.
+    """
+    from rich.table import Table
+
+    with connect("jobs dead", url, token) as client:
+        jobs = client.list_jobs(status="failed", type=type, limit=limit)
+    # Newest end first (the server lists by creation); a job without an end time last.
+    jobs.sort(key=lambda j: j.finished_at or 0.0, reverse=True)
+    if json_out:
+        print_json([_job_obj(j) for j in jobs])
+        return
+    table = Table("finished", "type", "attempts", "error")
+    table.add_column("id", no_wrap=True)
+    for job in jobs:
+        table.add_row(
+            table_time(job.finished_at),
+            job.type,
+            f"{job.attempt}/{job.max_attempts}",
+            _error_cell(job.error),
+            job.id,
+        )
+    out().print(table)
+
+
+@jobs_app.command(
+    "queues",
+    epilog="""\b
+Examples:
+  tidings jobs queues
+  tidings jobs queues --json | jq '.transcode.queued'""",
+)
+def jobs_queues(
+    json_out: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help='Print one JSON object {"type": {"status": count}}. Default: a table.',
+        ),
+    ] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
     """Job counts per type and status."""
     from rich.table import Table
 
     from tidings.protocol.jobs import JOB_STATUSES
-    from tidings.sdk.client import Client, ClientError
 
-    try:
-        with Client(url, token=token) as client:
-            queues = client.queues()
-    except ClientError as exc:
-        err.print(f"[red]queues failed:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+    with connect("jobs queues", url, token) as client:
+        queues = client.queues()
+    if json_out:
+        print_json({t: {s: c.get(s, 0) for s in JOB_STATUSES} for t, c in sorted(queues.items())})
+        return
     table = Table("type", *JOB_STATUSES)
     for name, counts in sorted(queues.items()):
         table.add_row(name, *(str(counts.get(s, 0)) for s in JOB_STATUSES))
-    Console().print(table)
+    out().print(table)

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from tidings.cli.admin import tokens_app, users_app
+from tidings.cli.channels import channels_app
 from tidings.cli.doctor import EPILOG as DOCTOR_EPILOG
 from tidings.cli.doctor import doctor
 from tidings.cli.jobs import jobs_app
@@ -48,6 +49,7 @@ def _root(
 for command in (serve, publish, subscribe, worker):
     app.command()(command)
 app.add_typer(jobs_app)
+app.add_typer(channels_app)
 app.add_typer(users_app)
 app.add_typer(tokens_app)
 app.command(epilog=DOCTOR_EPILOG)(doctor)

@@ -5,81 +5,124 @@ from __future__ import annotations
 import sys
 from typing import Annotated, Any
 
+import msgspec
 import typer
-from rich.markup import escape
 
-from tidings.cli.common import DEFAULT_URL, TokenOption, UrlOption, err
+from tidings.cli.common import DEFAULT_URL, TokenOption, UrlOption, connect, fail, warn
 from tidings.protocol.codecs import encode_json
 from tidings.protocol.messages import Reset
 
-__all__ = ["publish", "subscribe"]
+__all__ = ["parse_data", "publish", "subscribe"]
+
+
+def parse_data(text: str, *, as_json: bool, as_text: bool) -> Any:
+    """What `tidings publish` sends for DATA: the JSON value it spells, else the text.
+
+    `as_text` keeps the text whatever it spells; `as_json` refuses text that is not JSON.
+    """
+    if as_text:
+        return text
+    try:
+        # Strict JSON: NaN or Infinity are text, as no JSON parser elsewhere reads them.
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        if as_json:
+            fail(
+                "publish",
+                f"--json given but DATA is not JSON ({exc}); drop --json to publish it as text",
+                2,
+            )
+        return text
 
 
 def publish(
     channel: Annotated[str, typer.Argument(help="Channel name.")],
-    data: Annotated[str, typer.Argument(help="Message text; - reads standard input.")],
-    event: Annotated[str | None, typer.Option(help="Event name.")] = None,
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="The message: JSON is published as its value, anything else as text; "
+            "- reads standard input."
+        ),
+    ],
+    event: Annotated[str | None, typer.Option(help="Event name. Default: none.")] = None,
     json_data: Annotated[
-        bool, typer.Option("--json", help="DATA is JSON: publish the value, not the text.")
+        bool,
+        typer.Option("--json", help="DATA must be JSON: fail if it is not. Default: off."),
     ] = False,
-    idempotency_key: Annotated[str | None, typer.Option(help="Dedup key.")] = None,
+    text: Annotated[
+        bool,
+        typer.Option("--text", help="Publish DATA as text even if it is JSON. Default: off."),
+    ] = False,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Dedup key: publishing again with it returns the first id. Default: none."
+        ),
+    ] = None,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
-    """Publish one message and print its id."""
-    from tidings.sdk.client import Client, ClientError
+    """Publish one message and print its id.
 
-    text = sys.stdin.read() if data == "-" else data
-    value: Any = text
-    if json_data:
-        try:
-            import json
+    DATA that parses as JSON is published as that JSON value: '{"a": 1}' an object, 42 a
+    number, true a boolean, '"hi"' the string hi. Anything else, such as a bare word
+    (hello) or a sentence, is published as text. --text always publishes the text as
+    given; --json fails unless DATA is JSON.
 
-            value = json.loads(text)
-        except ValueError as exc:
-            err.print(f"[red]--json given but DATA is not JSON:[/red] {escape(str(exc))}")
-            raise typer.Exit(2) from None
-    try:
-        with Client(url, token=token) as client:
-            ack = client.publish(channel, value, event=event, idempotency_key=idempotency_key)
-    except ClientError as exc:
-        err.print(f"[red]publish failed:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+    \b
+    Examples:
+      tidings publish news hello
+      tidings publish news '{"title": "v2 is out"}' --event release
+      tidings publish counters 42 --text        # the text "42", not the number
+      echo '[1, 2, 3]' | tidings publish news -
+    """
+    if json_data and text:
+        fail("publish", "--json and --text contradict each other: give one of them", 2)
+    raw = sys.stdin.read() if data == "-" else data
+    value = parse_data(raw, as_json=json_data, as_text=text)
+    with connect("publish", url, token) as client:
+        ack = client.publish(channel, value, event=event, idempotency_key=idempotency_key)
     typer.echo(ack.id)
 
 
 def subscribe(
     channel: Annotated[str, typer.Argument(help="Channel name.")],
-    via: Annotated[str, typer.Option(help="sse, ws, longpoll or poll.")] = "sse",
+    via: Annotated[str, typer.Option(help="Transport: sse, ws, longpoll or poll.")] = "sse",
     after: Annotated[
-        str | None, typer.Option(help="Resume after this id (0: from the oldest kept).")
+        str | None,
+        typer.Option(
+            help="Resume after this id (0: from the oldest kept). Default: only messages "
+            "published from now on."
+        ),
     ] = None,
-    count: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
+    count: Annotated[
+        int | None,
+        typer.Option(min=1, help="Stop after this many messages. Default: run until Ctrl-C."),
+    ] = None,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
-    """Print a channel's messages as JSON lines, resuming by itself; resets go to stderr."""
-    from tidings.sdk.client import Client, ClientError
+    """Print a channel's messages as JSON lines, resuming by itself; resets go to stderr.
 
+    \b
+    Examples:
+      tidings subscribe news
+      tidings subscribe news --after 0 --count 10 --via poll
+      tidings subscribe news | jq -r .data
+    """
     if via not in ("sse", "ws", "longpoll", "poll"):
-        err.print(f"[red]--via {escape(repr(via))}:[/red] use sse, ws, longpoll or poll")
-        raise typer.Exit(2)
+        fail("subscribe", f"--via {via!r}: use sse, ws, longpoll or poll", 2)
     seen = 0
     try:
-        with Client(url, token=token) as client:
+        with connect("subscribe", url, token) as client:
             for item in client.subscribe(channel, via=via, after=after):  # type: ignore[arg-type]
                 if isinstance(item, Reset):
-                    err.print(
-                        f"[yellow]reset:[/yellow] {escape(item.reason)} (oldest kept: {item.first})"
-                    )
+                    warn("subscribe", f"reset: {item.reason} (oldest kept: {item.first})")
                     continue
                 sys.stdout.write(encode_json(item.to_wire()).decode() + "\n")
                 sys.stdout.flush()
                 seen += 1
                 if count is not None and seen >= count:
                     return
-    except ClientError as exc:
-        err.print(f"[red]subscribe failed:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         return

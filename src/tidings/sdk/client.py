@@ -6,8 +6,9 @@ its frames and decides when and how soon to reconnect. The two classes differ on
 they call the network.
 
 Answers are decoded into the wire Structs of `tidings.protocol` and turned into the SDK's
-models (`Message`, `PublishAck`, `Reset`, `Page`, `JobInfo`). The errors raised are those
-of `tidings.sdk.common`: `ClientError`, `TidingsHTTPError`, `TidingsConnectionError`.
+models (`Message`, `PublishAck`, `Reset`, `Page`, `ChannelInfo`, `JobInfo`). The errors
+raised are those of `tidings.sdk.common`: `ClientError`, `TidingsHTTPError`,
+`TidingsConnectionError`.
 
 `subscribe` iterators never raise `TidingsConnectionError` nor 5xx/408/429 errors: they
 reconnect and resume from the last message they yielded.
@@ -29,7 +30,7 @@ import websockets.sync.client
 from httpx_sse import ServerSentEvent, SSEError, aconnect_sse, connect_sse
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from tidings.protocol.codecs import JSON_DECODER, encode_json, parse_optional_time
+from tidings.protocol.codecs import JSON_DECODER, encode_json, parse_optional_time, parse_time
 from tidings.protocol.jobs import (
     JOB_TIME_FIELDS,
     TERMINAL_STATUSES,
@@ -63,6 +64,8 @@ from tidings.sdk.common import (
 __all__ = [
     "AsyncClient",
     "AsyncJobHandle",
+    "ChannelInfo",
+    "ChannelRetention",
     "Client",
     "ClientError",
     "JobHandle",
@@ -168,6 +171,101 @@ def _parse_last_id(response: httpx.Response) -> str:
         return "0"
     last = json_object(response).get("last_id")
     return "0" if last is None else str(last)
+
+
+class ChannelRetention(msgspec.Struct, frozen=True):
+    """How much history a channel keeps: at most `max_messages`, none older than `max_age`
+    seconds; `custom` is True when these are the channel's own, not the server's default."""
+
+    max_messages: int
+    max_age: float
+    custom: bool = False
+
+
+class ChannelInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A channel as the server describes it: its first and last kept ids (None when it
+    keeps nothing), how many messages it keeps, when it was created (seconds since the
+    epoch), its retention, and its live subscribers by transport."""
+
+    name: str
+    first_id: str | None = None
+    last_id: str | None = None
+    messages: int = 0
+    created: float | None = None
+    retention: ChannelRetention | None = None
+    subscribers: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class _ChannelWire(msgspec.Struct, frozen=True):
+    """`ChannelInfo` as served: `created` is RFC 3339 (older servers sent epoch seconds)."""
+
+    name: str
+    first_id: str | None = None
+    last_id: str | None = None
+    messages: int = 0
+    created: str | float | None = None
+    retention: ChannelRetention | None = None
+    subscribers: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class _ChannelListWire(msgspec.Struct, frozen=True):
+    channels: list[_ChannelWire]
+
+
+_CHANNEL = msgspec.json.Decoder(_ChannelWire)
+_CHANNELS = msgspec.json.Decoder(_ChannelListWire)
+
+
+def _channel_info(wire: _ChannelWire) -> ChannelInfo:
+    created = wire.created
+    try:
+        when = parse_time(created) if isinstance(created, str) else created
+    except ValueError as exc:
+        raise ClientError(f"malformed channel object from the server: {exc}") from exc
+    return ChannelInfo(
+        name=wire.name,
+        first_id=wire.first_id,
+        last_id=wire.last_id,
+        messages=wire.messages,
+        created=when,
+        retention=wire.retention,
+        subscribers=wire.subscribers,
+    )
+
+
+def _list_channels_request(prefix: str, limit: int | None) -> dict[str, Any]:
+    params: dict[str, str | int] = {}
+    if prefix:
+        params["prefix"] = prefix
+    if limit is not None:
+        params["limit"] = limit
+    return {"method": "GET", "url": "/v1/channels", "params": params}
+
+
+def _retention_request(
+    channel: str, max_messages: int | None, max_age: float | None
+) -> dict[str, Any]:
+    if (max_messages is None) != (max_age is None):
+        raise ValueError("give both max_messages and max_age, or neither (the default)")
+    retention = None if max_messages is None else {"max_messages": max_messages, "max_age": max_age}
+    return {
+        "method": "PUT",
+        "url": channel_path(channel),
+        "content": encode_json({"retention": retention}),
+        "headers": {"Content-Type": "application/json"},
+    }
+
+
+def _parse_channel(response: httpx.Response) -> ChannelInfo:
+    return _channel_info(decode(response, _CHANNEL))
+
+
+def _parse_channels(response: httpx.Response) -> list[ChannelInfo]:
+    return [_channel_info(c) for c in decode(response, _CHANNELS).channels]
+
+
+def _parse_deleted(response: httpx.Response) -> None:
+    check(response)
 
 
 def _reset_from(obj: Any, channel: str) -> Reset:
@@ -378,7 +476,10 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
     (or None).
 
     `payload` is None in job events (they carry the job without its payload);
-    `JobHandle.events()` fills it in from the handle's last known job.
+    `JobHandle.events()` fills it in from the handle's last known job. `error` is the last
+    failed attempt's error (`{"type", "message", "traceback"?, "attempt"?}` from the SDK's
+    worker), `errors` the last few attempts' errors, oldest first, where the server keeps
+    them (empty in job events).
     """
 
     id: str
@@ -389,6 +490,7 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
     message: str | None = None
     result: Any = None
     error: Any = None
+    errors: list[Any] = msgspec.field(default_factory=list)
     attempt: int = 0
     max_attempts: int = 0
     priority: int = 0
@@ -412,9 +514,12 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
     def from_wire(cls, wire: JobWire) -> JobInfo:
         """The job a decoded `JobWire` stands for (RFC 3339 times become epoch seconds);
         raises ValueError on a time that is not RFC 3339."""
-        fields = msgspec.structs.asdict(wire)
-        if wire.payload is msgspec.UNSET:
-            fields["payload"] = None
+        # Only the fields a JobInfo has: a submit answer's `served` goes to the handle.
+        fields = {
+            name: value
+            for name, value in msgspec.structs.asdict(wire).items()
+            if name in cls.__struct_fields__ and value is not msgspec.UNSET
+        }
         for name in JOB_TIME_FIELDS:
             fields[name] = parse_optional_time(fields[name])
         fields["links"] = msgspec.to_builtins(wire.links)
@@ -484,6 +589,24 @@ def _job_action_request(job_id: str, action: str) -> dict[str, Any]:
 
 def _parse_job(response: httpx.Response) -> JobInfo:
     return _job_info(decode(response, _JOB))
+
+
+class _Served(msgspec.Struct, frozen=True):
+    served: bool | None = None
+
+
+_SERVED = msgspec.json.Decoder(_Served)
+
+
+def _parse_submitted(response: httpx.Response) -> tuple[JobInfo, bool | None]:
+    """A submit answer: the job, and whether a worker or handler has asked for its type
+    lately (`served`; None from a server that does not say)."""
+    job = _parse_job(response)
+    try:
+        served = _SERVED.decode(response.content).served
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        served = None
+    return job, served
 
 
 def _parse_jobs(response: httpx.Response) -> list[JobInfo]:
@@ -817,6 +940,10 @@ class Client:
             wait: Seconds the server may hold the answer until the job ends; the handle's
                 `job` is then already terminal (check `handle.job.terminal`).
 
+        The handle's `served` is False when no worker (nor in-server handler) has asked
+        for jobs of this type lately: the job waits until one does, which may mean a
+        typo in `type` or no worker running.
+
         Raises:
             TidingsHTTPError: the server refused the job (e.g. 422 for a bad field).
             TidingsConnectionError: the server could not be reached.
@@ -832,7 +959,8 @@ class Client:
             wait=wait,
             http_timeout=self.timeout,
         )
-        return JobHandle(self, _parse_job(self._request(spec)))
+        job, served = _parse_submitted(self._request(spec))
+        return JobHandle(self, job, served=served)
 
     def job(self, job_id: str) -> JobHandle:
         """A handle on an existing job (fetched once: 404 raises `TidingsHTTPError`)."""
@@ -862,6 +990,50 @@ class Client:
     def queues(self) -> dict[str, dict[str, int]]:
         """Job counts per type and status: `{type: {status: count}}`."""
         return _parse_queues(self._request({"method": "GET", "url": "/v1/queues"}))
+
+    # Channels ---------------------------------------------------------------------------
+
+    def list_channels(self, *, prefix: str = "", limit: int | None = None) -> list[ChannelInfo]:
+        """The channels this principal may read (all of them, job channels included, for
+        an admin), by name, optionally only those whose name starts with `prefix`.
+
+        Args:
+            prefix: Only channels whose name starts with it.
+            limit: At most this many (the server's default is 1000, its cap 10,000).
+
+        Raises:
+            TidingsHTTPError: e.g. 400 for a limit out of range.
+        """
+        return _parse_channels(self._request(_list_channels_request(prefix, limit)))
+
+    def channel_info(self, channel: str) -> ChannelInfo:
+        """One channel: its ids, message count, creation time, retention and subscribers.
+
+        Raises:
+            TidingsHTTPError: 404 when the channel does not exist, 403 without subscribe
+                permission on it.
+        """
+        return _parse_channel(self._request(_info_request(channel)))
+
+    def set_retention(
+        self, channel: str, *, max_messages: int | None = None, max_age: float | None = None
+    ) -> ChannelInfo:
+        """Give a channel its own retention (admin): keep at most `max_messages`, none
+        older than `max_age` seconds. Give neither to return it to the server's default.
+
+        Raises:
+            ValueError: only one of the two was given.
+            TidingsHTTPError: 403 for a non-admin, 422 for a value out of range.
+        """
+        return _parse_channel(self._request(_retention_request(channel, max_messages, max_age)))
+
+    def delete_channel(self, channel: str) -> None:
+        """Delete a channel (admin): its history goes, its open streams end.
+
+        Raises:
+            TidingsHTTPError: 404 when there is no such channel, 403 for a non-admin.
+        """
+        _parse_deleted(self._request({"method": "DELETE", "url": channel_path(channel)}))
 
     def _wait_job(self, job_id: str, limit: float | None) -> JobInfo:
         state = _JobWait(limit)
@@ -1094,7 +1266,8 @@ class AsyncClient:
             wait=wait,
             http_timeout=self.timeout,
         )
-        return AsyncJobHandle(self, _parse_job(await self._request(spec)))
+        job, served = _parse_submitted(await self._request(spec))
+        return AsyncJobHandle(self, job, served=served)
 
     async def job(self, job_id: str) -> AsyncJobHandle:
         """A handle on an existing job (fetched once: 404 raises `TidingsHTTPError`)."""
@@ -1121,6 +1294,29 @@ class AsyncClient:
     async def queues(self) -> dict[str, dict[str, int]]:
         """Job counts per type and status: `{type: {status: count}}`."""
         return _parse_queues(await self._request({"method": "GET", "url": "/v1/queues"}))
+
+    # Channels ---------------------------------------------------------------------------
+
+    async def list_channels(
+        self, *, prefix: str = "", limit: int | None = None
+    ) -> list[ChannelInfo]:
+        """The channels this principal may read; see `Client.list_channels`."""
+        return _parse_channels(await self._request(_list_channels_request(prefix, limit)))
+
+    async def channel_info(self, channel: str) -> ChannelInfo:
+        """One channel's ids, counts, retention and subscribers; see `Client.channel_info`."""
+        return _parse_channel(await self._request(_info_request(channel)))
+
+    async def set_retention(
+        self, channel: str, *, max_messages: int | None = None, max_age: float | None = None
+    ) -> ChannelInfo:
+        """Set (or, with neither, reset) a channel's retention; see `Client.set_retention`."""
+        spec = _retention_request(channel, max_messages, max_age)
+        return _parse_channel(await self._request(spec))
+
+    async def delete_channel(self, channel: str) -> None:
+        """Delete a channel (admin); see `Client.delete_channel`."""
+        _parse_deleted(await self._request({"method": "DELETE", "url": channel_path(channel)}))
 
     async def _wait_job(self, job_id: str, limit: float | None) -> JobInfo:
         state = _JobWait(limit)
@@ -1171,12 +1367,16 @@ class JobHandle:
     Attributes:
         id: The job id.
         job: The job as last seen by this handle (updated by every call below).
+        served: From `submit`: True when a worker or in-server handler has asked for jobs
+            of this type lately, False when none has (the job waits for one), None when
+            the server did not say (and for handles from `Client.job`).
     """
 
-    def __init__(self, client: Client, job: JobInfo) -> None:
+    def __init__(self, client: Client, job: JobInfo, *, served: bool | None = None) -> None:
         self.client = client
         self.id = job.id
         self.job = job
+        self.served = served
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.job.type} {self.id} {self.job.status}>"
@@ -1220,10 +1420,11 @@ class JobHandle:
 class AsyncJobHandle:
     """A submitted job, for `AsyncClient`; see `JobHandle`."""
 
-    def __init__(self, client: AsyncClient, job: JobInfo) -> None:
+    def __init__(self, client: AsyncClient, job: JobInfo, *, served: bool | None = None) -> None:
         self.client = client
         self.id = job.id
         self.job = job
+        self.served = served
 
     def __repr__(self) -> str:
         return f"<AsyncJobHandle {self.job.type} {self.id} {self.job.status}>"
