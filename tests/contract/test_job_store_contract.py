@@ -18,6 +18,8 @@ from msgspec.structs import replace
 
 from tidings.protocol.errors import Conflict, InvalidBody, NotFound
 from tidings.protocol.jobs import Job, JobOutcome, job_channel
+from tidings.server import transitions
+from tidings.server.constants import SERVED_WINDOW
 from tidings.server.hub import Hub
 from tidings.server.jobs import JobService
 from tidings.server.stores import open_store
@@ -352,7 +354,7 @@ def test_fail_with_retry_requeues_after_backoff_then_fails_when_attempts_are_use
         requeued = await svc.fail(job.id, first.lease_token, {"msg": "boom"})
         assert requeued.status == "queued"
         assert requeued.attempt == 1
-        assert requeued.error == {"msg": "boom"}
+        assert requeued.error == {"msg": "boom", "attempt": 1}
         assert requeued.lease_token is None
         assert requeued.run_at > time.time()  # backoff
         assert await svc.lease(None, 1, 0, 30.0) == []
@@ -366,8 +368,9 @@ def test_fail_with_retry_requeues_after_backoff_then_fails_when_attempts_are_use
         assert [j.id for j in await svc.list_jobs("failed", None, 10)] == [job.id]
         evs = await events(store, job.id)
         assert [e for e, _ in evs] == ["queued", "running", "queued", "running", "failed"]
-        assert evs[2][1]["error"] == {"msg": "boom"}
-        assert evs[-1][1]["error"] == "boom again"
+        assert evs[2][1]["error"] == {"msg": "boom", "attempt": 1}
+        # A string is the message of an error object.
+        assert evs[-1][1]["error"] == {"type": "Error", "message": "boom again", "attempt": 2}
 
     run(make_store, body)
 
@@ -453,6 +456,157 @@ def test_retry_requeues_failed_and_cancelled_jobs_only(make_store):
         assert await names(store, job.id) == [
             "queued", "running", "failed", "queued", "running", "succeeded",
         ]  # fmt: skip
+
+    run(make_store, body)
+
+
+def _traceback(frames: int) -> str:
+    """A formatted traceback of `frames` calls, the innermost (`handler`) last."""
+    lines = ["Traceback (most recent call last):\n"]
+    for n in range(frames):
+        lines.append(f'  File "/app/jobs.py", line {n + 1}, in step{n}\n    step{n + 1}()\n')
+    lines.append('  File "/app/jobs.py", line 9999, in handler\n    raise ValueError("bad")\n')
+    lines.append("ValueError: bad\n")
+    return "".join(lines)
+
+
+def test_a_failed_attempt_keeps_its_traceback_bounded_with_its_attempt(make_store):
+    """A failure's traceback is stored (its last 16 KiB, cut at the outer frames) with the
+    attempt's number, survives the retry that is queued and then running, is in the event
+    of the failure, and each attempt's error joins `errors` (reported one by one or in a
+    batch)."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        job, _ = await svc.submit("t", max_attempts=3)
+        first = await lease_one(svc)
+        long_tb = _traceback(2000)
+        assert len(long_tb.encode()) > 64 * 1024
+        error = {"type": "ValueError", "message": "bad", "traceback": long_tb}
+        await svc.fail(job.id, first.lease_token, error)
+        for read in (await svc.get(job.id), await store.jobs.get_job(job.id)):
+            assert read is not None and read.status == "queued"
+            tb = read.error["traceback"]
+            assert len(tb.encode()) <= 16 * 1024
+            assert tb.startswith("[traceback cut to its last 16 KiB")
+            assert tb.endswith('in handler\n    raise ValueError("bad")\nValueError: bad\n')
+            assert (read.error["type"], read.error["message"], read.error["attempt"]) == (
+                "ValueError",
+                "bad",
+                1,
+            )
+        evs = await events(store, job.id)
+        assert evs[-1][0] == "queued" and evs[-1][1]["error"]["traceback"] == tb
+        assert "errors" not in evs[-1][1]  # events carry the last error only
+
+        await asyncio.sleep(BACKOFF * 2)
+        second = await lease_one(svc)
+        running = await svc.get(job.id)
+        assert running.status == "running" and running.error["attempt"] == 1
+        short = {"type": "KeyError", "message": "'x'", "traceback": _traceback(1)}
+        [out] = await svc.report([JobOutcome(job.id, second.lease_token, False, short)])
+        assert isinstance(out, Job)
+        again = await store.jobs.get_job(job.id)
+        assert again is not None
+        assert again.error == {**short, "attempt": 2}
+        assert [(e["type"], e["attempt"]) for e in again.errors] == [
+            ("ValueError", 1),
+            ("KeyError", 2),
+        ]
+        assert again.to_wire().errors == again.errors
+
+    run(make_store, body)
+
+
+def test_a_traceback_that_is_not_a_string_is_refused_and_changes_nothing(make_store):
+    """fail: InvalidBody (422); in a report, that outcome alone is refused."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        a, _ = await svc.submit("t")
+        b, _ = await svc.submit("t")
+        leased = {j.id: j for j in await svc.lease(["t"], 2, 0, 30.0)}
+        bad = {"type": "E", "message": "m", "traceback": ["not", "text"]}
+        with pytest.raises(InvalidBody, match="traceback"):
+            await svc.fail(a.id, leased[a.id].lease_token, bad)
+        out = await svc.report(
+            [
+                JobOutcome(a.id, leased[a.id].lease_token, False, bad),
+                JobOutcome(b.id, leased[b.id].lease_token, False, {"type": "E"}),
+            ]
+        )
+        assert isinstance(out[0], InvalidBody) and isinstance(out[1], Job)
+        still = await store.jobs.get_job(a.id)
+        assert still is not None and still.status == "running" and still.error is None
+        assert await names(store, a.id) == ["queued", "running"]
+
+    run(make_store, body)
+
+
+# -- served job types ---------------------------------------------------------------------
+
+
+def test_served_marks_move_forward_only_and_answer_the_latest_of_the_types(make_store):
+    async def body(store: Store, svc: JobService) -> None:
+        jobs = store.jobs
+        assert await jobs.served_at(["a", "*"]) is None
+        await jobs.mark_served(["a", "b"], 1000.5)
+        await jobs.mark_served(["a"], 900.0)  # older: the mark stays
+        assert await jobs.served_at(["a"]) == 1000.5
+        await jobs.mark_served(["*"], 2000.25)
+        assert await jobs.served_at(["b", "*"]) == 2000.25
+        assert await jobs.served_at(["c"]) is None
+
+    run(make_store, body)
+
+
+def test_a_type_is_served_once_a_lease_asks_for_it_seen_by_another_node(make_store):
+    """A lease request naming a type (answered with a job or not) marks it served, for this
+    node and for a second one sharing the store; a lease of any type serves every type;
+    a heartbeat marks its job's type; a mark older than the window does not count."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        assert not await svc.served("resize")
+        assert await svc.lease(["resize", "crop"], 1, 0, 30.0) == []  # nothing to lease
+        assert await svc.served("resize") and await svc.served("crop")
+        assert not await svc.served("resizeX")
+
+        # Another node: on Redis a second store object; memory and SQLite have one server.
+        other_store = make_store() if make_store.kind == "redis" else store
+        if other_store is not store:
+            await other_store.start()
+        other = JobService(other_store, Hub(other_store.channels.cursor_key))
+        try:
+            assert await other.served("resize")  # read from the store
+            assert not await other.served("thumb")
+            await store.jobs.mark_served(["old"], time.time() - SERVED_WINDOW - 1)
+            assert not await other.served("old")
+            job, _ = await other.submit("thumb")
+            leased = await svc.lease(["thumb"], 1, 0, 30.0)
+            assert [j.id for j in leased] == [job.id]
+            assert await other.served("thumb")
+            # A worker of every type serves any type.
+            await svc.lease(None, 1, 0, 30.0)
+            assert await other.served("anything.at.all")
+        finally:
+            other.close()
+            if other_store is not store:
+                await other_store.close()
+
+    run(make_store, body)
+
+
+def test_a_heartbeat_marks_its_job_type_served(make_store):
+    """A worker whose slots are all busy asks for no lease, but its heartbeats say it is up."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        job, _ = await svc.submit("long")
+        # Leased by the store itself: no lease request marked the type.
+        [change] = await store.jobs.lease_jobs(["long"], 1, time.time(), transitions.lease(30.0))
+        assert change.job.lease_token is not None
+        assert not await svc.served("long")
+        await svc.heartbeat(job.id, change.job.lease_token)
+        assert await svc.served("long")
+        marked = await store.jobs.served_at(["long"])
+        assert marked is not None and marked > time.time() - 5
 
     run(make_store, body)
 
@@ -689,7 +843,8 @@ def test_report_completes_and_fails_like_complete_and_fail(make_store):
         ]
         got = {i: await store.jobs.get_job(i) for i in ids}
         assert got[done.id] is not None and got[done.id].result == {"n": 1}
-        assert got[retried.id] is not None and got[retried.id].error == {"type": "E"}
+        assert got[retried.id] is not None
+        assert got[retried.id].error == {"type": "E", "attempt": 1}
         assert got[retried.id].run_at > time.time() - 1
         assert got[stale.id] is not None and got[stale.id].result == "first"
         assert got[foreign.id] == foreign  # refused: unchanged, still running

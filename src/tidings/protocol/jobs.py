@@ -33,10 +33,30 @@ JOB_TIME_FIELDS = (
 
 JOB_CHANNEL_PREFIX = "job."
 
+# A failed attempt's traceback is kept to this many bytes of UTF-8: its end, where the
+# innermost frames and the exception are, after a line saying how much was cut.
+MAX_TRACEBACK_BYTES = 16 * 1024
+# The failures a job keeps in `errors`: the last attempts', oldest first.
+KEPT_ERRORS = 5
+
 
 def job_channel(job_id: str) -> str:
     """The channel every state change and progress report of a job is published on."""
     return JOB_CHANNEL_PREFIX + job_id
+
+
+def bound_traceback(text: str, limit: int = MAX_TRACEBACK_BYTES) -> str:
+    """`text` if it fits in `limit` bytes of UTF-8, else its end (from a line start) after a
+    line saying that the outer frames were cut."""
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
+        return text
+    marker = f"[traceback cut to its last {limit // 1024} KiB: the outer frames are left out]\n"
+    tail = raw[len(raw) - (limit - len(marker.encode())) :]
+    cut = tail.find(b"\n")
+    if 0 <= cut < len(tail) - 1:  # start at a line, unless the tail is one line
+        tail = tail[cut + 1 :]
+    return marker + tail.decode("utf-8", "ignore")
 
 
 def _opt_time(ts: float | None) -> str | None:
@@ -55,7 +75,10 @@ class JobLinks(msgspec.Struct, frozen=True, gc=False):
 class JobWire(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """A job's public form: everything but the lease token, with links.
 
-    Job events (the messages of the job's channel) carry it without `payload`.
+    Job events (the messages of the job's channel) carry it without `payload` and
+    `errors`. `error` is the last failed attempt's `{"type", "message", "traceback"?,
+    "attempt"}`; `errors` the last `KEPT_ERRORS` of them, oldest first. `served` is in the
+    answer of `POST /v1/jobs` only: whether a worker asked for jobs of this type lately.
     """
 
     id: str
@@ -66,6 +89,7 @@ class JobWire(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     message: str | None
     result: Any
     error: Any
+    errors: list[Any] | UnsetType = UNSET
     attempt: int
     max_attempts: int
     priority: int
@@ -79,6 +103,7 @@ class JobWire(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     finished_at: Time | None
     lease_expires_at: Time | None
     links: JobLinks
+    served: bool | UnsetType = UNSET
 
 
 class LeasedJobWire(msgspec.Struct, frozen=True, gc=False):
@@ -99,6 +124,9 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
 
     `run_at` is when a queued job may next be leased (its delay or retry backoff);
     `lease_token` and `lease_expires_at` belong to the worker holding it while running.
+    `error` is the last failed attempt's error, `errors` the last `KEPT_ERRORS` (oldest
+    first, `error` last): a retry that is queued or running still shows why the attempts
+    before it failed.
     """
 
     id: str
@@ -109,6 +137,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     message: str | None = None
     result: Any = None
     error: Any = None
+    errors: list[Any] = msgspec.field(default_factory=list)
     attempt: int = 0
     max_attempts: int = 3
     priority: int = 0
@@ -130,8 +159,9 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
         """True once the job has ended (succeeded, failed or cancelled)."""
         return self.status in TERMINAL_STATUSES
 
-    def to_wire(self, *, with_payload: bool = True) -> JobWire:
-        """The public form; job events carry it without the payload."""
+    def to_wire(self, *, with_payload: bool = True, served: bool | UnsetType = UNSET) -> JobWire:
+        """The public form; job events carry it without the payload and the earlier errors.
+        `served` is given by the answer of a submit."""
         job_id = self.id
         return JobWire(
             id=job_id,
@@ -142,6 +172,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             message=self.message,
             result=self.result,
             error=self.error,
+            errors=self.errors if with_payload else UNSET,
             attempt=self.attempt,
             max_attempts=self.max_attempts,
             priority=self.priority,
@@ -160,6 +191,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
                 f"/v1/jobs/{job_id}/ws",
                 f"/v1/channels/{JOB_CHANNEL_PREFIX}{job_id}/messages",
             ),
+            served=served,
         )
 
     def lease_to_wire(self) -> LeasedJobWire:

@@ -61,6 +61,12 @@ DEFAULT_JOB_TTL = 7 * 24 * 3600.0
 # How often expired leases are looked for (seconds), and finished jobs swept.
 LEASE_EXPIRY_INTERVAL = 0.25
 JOB_SWEEP_INTERVAL = 60.0
+# A job type is "served" while a worker asked to lease it (got a job or parked) within the
+# last SERVED_WINDOW seconds: several lease polls of a worker that is up, whose parked
+# requests look again at least every 5 s. Each node writes a type's mark to the store at
+# most once per SERVED_MARK_INTERVAL seconds.
+SERVED_WINDOW = 60.0
+SERVED_MARK_INTERVAL = 5.0
 
 # Cyclic GC thresholds for `tidings serve` (CPython's default is 700, 10, 10): with
 # thousands of connections alive, each collection sweeps all of their objects; cycles are

@@ -15,28 +15,57 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from tidings.protocol.codecs import encode_json
 from tidings.protocol.errors import BadRequest, InvalidBody, NotFound, TidingsError
-from tidings.protocol.jobs import Job, JobOutcome, job_channel
+from tidings.protocol.jobs import Job, JobOutcome, bound_traceback, job_channel
 from tidings.protocol.messages import CHANNEL_RE
 from tidings.server import transitions
-from tidings.server.constants import DEFAULT_MAX_DEPTH
+from tidings.server.constants import DEFAULT_MAX_DEPTH, SERVED_MARK_INTERVAL, SERVED_WINDOW
 from tidings.server.depth import check_storable
 from tidings.server.hub import Hub
 from tidings.server.stores.base import JobChange, JobStep, Store, Transition
 from tidings.server.transitions import MIN_LEASE
 
-__all__ = ["MIN_LEASE", "JobService", "new_job_id"]
+__all__ = ["ANY_TYPE", "MIN_LEASE", "JobService", "error_object", "new_job_id"]
 
 MAX_ATTEMPTS_LIMIT = 100
 MAX_DELAY = 365 * 24 * 3600.0
 MAX_LEASE = 3600.0
 MAX_LEASE_BATCH = 100
 MAX_REPORT_BATCH = 100
+# Job types one lease request may name.
+MAX_LEASE_TYPES = 100
+# The served mark of a lease request that names no types: it serves every type.
+ANY_TYPE = "*"
+# Types whose served marks a node remembers; past it, those older than the window go.
+SERVED_MEMORY = 10_000
 # Parked lease requests re-check the store at least this often (delays set by another
 # process, or before a restart, have no local timer).
 LEASE_RECHECK = 5.0
 # Seconds added to wake-up timers for delayed jobs (see `_work_ready`).
 TIMER_SLACK = 0.005
+
+
+def error_object(error: Any) -> dict[str, Any]:
+    """A worker's `error` as the job keeps it: an object with `type` and `message`.
+
+    An object is kept as sent (its `traceback`, which must be a string, bounded to its
+    last 16 KiB); a string becomes the message of an `Error`; any other value, its JSON
+    text. InvalidBody for a traceback that is not a string.
+    """
+    if isinstance(error, dict):
+        out = dict(error)
+        if "traceback" in out:
+            tb = out["traceback"]
+            if not isinstance(tb, str):
+                raise InvalidBody('"error.traceback" must be a string (the formatted traceback)')
+            out["traceback"] = bound_traceback(tb)
+        return out
+    if error is None:
+        return {"type": "Error", "message": "the worker gave no error"}
+    if isinstance(error, str):
+        return {"type": "Error", "message": error}
+    return {"type": "Error", "message": encode_json(error).decode()}
 
 
 def new_job_id() -> str:
@@ -78,6 +107,11 @@ class JobService:
         self._work_waiters: list[tuple[frozenset[str] | None, asyncio.Future[None]]] = []
         # Leases being given back because their requester left (kept so they finish).
         self._releases: set[asyncio.Task[None]] = set()
+        # Served marks: when this node last wrote each type's to the store, and the latest
+        # mark it read from the store (a mark only moves forward, so either one that is
+        # within the window answers `served` without a store read).
+        self._marked: dict[str, float] = {}
+        self._seen: dict[str, float] = {}
 
     # -- fan-out and wake-ups ---------------------------------------------------------
 
@@ -120,6 +154,38 @@ class JobService:
             else:
                 keep.append((types, fut))
         self._work_waiters = keep
+
+    # -- served types -----------------------------------------------------------------
+
+    async def mark_served(self, types: list[str] | None) -> None:
+        """A worker asked to lease `types` (None: any type): record it in the store, at most
+        once per type every SERVED_MARK_INTERVAL seconds from this node."""
+        now = time.time()
+        marked = self._marked
+        due = [t for t in (types or [ANY_TYPE]) if now - marked.get(t, 0.0) >= SERVED_MARK_INTERVAL]
+        if not due:
+            return
+        await self.store.jobs.mark_served(due, now)
+        if len(marked) > SERVED_MEMORY:
+            self._marked = marked = _recent(marked, now)
+        for t in due:
+            marked[t] = now
+
+    async def served(self, type_: str) -> bool:
+        """True when a worker asked to lease jobs of `type_` (or of any type) within the
+        last SERVED_WINDOW seconds, on any node sharing the store."""
+        now = time.time()
+        since = now - SERVED_WINDOW
+        for known in (self._marked, self._seen):
+            if known.get(type_, 0.0) > since or known.get(ANY_TYPE, 0.0) > since:
+                return True
+        last = await self.store.jobs.served_at([type_, ANY_TYPE])
+        if last is None:
+            return False
+        if len(self._seen) > SERVED_MEMORY:
+            self._seen = _recent(self._seen, now)
+        self._seen[type_] = max(last, self._seen.get(type_, 0.0))
+        return last > since
 
     # -- submit and follow ------------------------------------------------------------
 
@@ -208,8 +274,16 @@ class JobService:
 
     def check_lease(self, types: list[str] | None, max_jobs: int, lease: float) -> None:
         """InvalidBody unless these are valid arguments of `lease`."""
-        if types is not None and not types:
-            raise InvalidBody('"types" must be a non-empty list of job types, or omitted')
+        if types is not None:
+            if not 1 <= len(types) <= MAX_LEASE_TYPES:
+                raise InvalidBody(
+                    f'"types" must be a list of 1 to {MAX_LEASE_TYPES} job types, or omitted'
+                )
+            for type_ in types:
+                if not isinstance(type_, str) or CHANNEL_RE.fullmatch(type_) is None:
+                    raise InvalidBody(
+                        f'"types": {type_!r} is not a job type (1-200 of A-Z a-z 0-9 . _ : -)'
+                    )
         if not 1 <= max_jobs <= MAX_LEASE_BATCH:
             raise InvalidBody(f'"max" must be between 1 and {MAX_LEASE_BATCH}')
         if not MIN_LEASE <= lease <= MAX_LEASE:
@@ -218,7 +292,10 @@ class JobService:
     async def lease(
         self, types: list[str] | None, max_jobs: int, wait: float, lease: float
     ) -> list[Job]:
-        """Lease up to `max_jobs` ready jobs, long-polling up to `wait` seconds for one."""
+        """Lease up to `max_jobs` ready jobs, long-polling up to `wait` seconds for one.
+
+        Each look at the store (the first, and one per wake-up or LEASE_RECHECK while
+        parked) marks the types served (`mark_served`)."""
         self.check_lease(types, max_jobs, lease)
         wanted = None if types is None else frozenset(types)
         take = transitions.lease(lease)
@@ -229,6 +306,7 @@ class JobService:
             self._work_waiters.append((wanted, fut))
             if self.on_park is not None and deadline > time.monotonic():
                 self.on_park()  # before the store is read: no wake-up after it is missed
+            await self.mark_served(types)
             changes = await self._take(types, max_jobs, take)
             remaining = deadline - time.monotonic()
             if changes or remaining <= 0 or self.hub.closing:
@@ -294,6 +372,8 @@ class JobService:
         # Not durable: a lost heartbeat costs, at worst, a replay of the job.
         change = await self.store.jobs.transition_job(job_id, beat, durable=False)
         job = self._announce(change)
+        # A worker whose slots are all busy asks for no lease, yet serves this type.
+        await self.mark_served([job.type])
         return job.cancel_requested, job.lease_expires_at or 0.0
 
     async def complete(self, job_id: str, token: str, result: Any) -> Job:
@@ -303,9 +383,10 @@ class JobService:
         return self._announce(await self.store.jobs.transition_job(job_id, done))
 
     async def fail(self, job_id: str, token: str, error: Any, retry: bool = True) -> Job:
-        """The worker failed the attempt: retry after a backoff, or end failed (or cancelled)."""
+        """The worker failed the attempt: retry after a backoff, or end failed (or cancelled).
+        `error` is kept as `error_object` makes it, with the attempt's number."""
         check_storable(error, '"error"', self.max_depth)
-        failed = transitions.fail(token, error, retry, self.backoff)
+        failed = transitions.fail(token, error_object(error), retry, self.backoff)
         return self._announce(await self.store.jobs.transition_job(job_id, failed))
 
     async def report(self, outcomes: Sequence[JobOutcome]) -> list[Job | TidingsError]:
@@ -320,12 +401,14 @@ class JobService:
             raise InvalidBody(f'"results" must hold 1 to {MAX_REPORT_BATCH} outcomes')
         # A value that cannot be stored is refused before its job is looked up (the same
         # answer whether or not the job exists); the others go to the store together.
-        refused = [self._refusal(o) for o in outcomes]
-        steps: list[JobStep] = [
-            (o.id, self._outcome_step(o), True)
-            for o, bad in zip(outcomes, refused, strict=True)
-            if bad is None
-        ]
+        steps: list[JobStep] = []
+        refused: list[TidingsError | None] = []
+        for o in outcomes:
+            try:
+                steps.append((o.id, self._outcome_step(o), True))
+                refused.append(None)
+            except TidingsError as exc:
+                refused.append(exc)
         applied = iter(await self.store.jobs.transition_jobs(steps) if steps else [])
         answers: list[Job | TidingsError] = []
         for bad in refused:
@@ -333,19 +416,13 @@ class JobService:
             answers.append(change if isinstance(change, TidingsError) else self._announce(change))
         return answers
 
-    def _refusal(self, o: JobOutcome) -> TidingsError | None:
-        """Why an outcome's result or error cannot be stored, or None."""
-        try:
-            check_storable(o.value, '"result"' if o.ok else '"error"', self.max_depth)
-        except TidingsError as exc:
-            return exc
-        return None
-
     def _outcome_step(self, o: JobOutcome) -> Transition:
-        """The transition applying one reported outcome (already checked storable)."""
+        """The transition applying one reported outcome; the TidingsError saying why when
+        its result or error cannot be stored."""
+        check_storable(o.value, '"result"' if o.ok else '"error"', self.max_depth)
         if o.ok:
             return transitions.complete(o.lease_token, o.value)
-        return transitions.fail(o.lease_token, o.value, o.retry, self.backoff)
+        return transitions.fail(o.lease_token, error_object(o.value), o.retry, self.backoff)
 
     async def expire(self) -> list[Job]:
         """Take back every job whose lease ended; each is requeued, failed or cancelled once."""
@@ -379,3 +456,9 @@ class JobService:
     def close(self) -> None:
         """Answer every parked lease request (shutdown)."""
         self._wake(None)
+
+
+def _recent(marks: dict[str, float], now: float) -> dict[str, float]:
+    """The marks still within the served window."""
+    since = now - SERVED_WINDOW
+    return {t: at for t, at in marks.items() if at > since}

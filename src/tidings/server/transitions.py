@@ -24,7 +24,7 @@ from typing import Any
 from msgspec.structs import replace
 
 from tidings.protocol.errors import Conflict
-from tidings.protocol.jobs import Job
+from tidings.protocol.jobs import KEPT_ERRORS, Job
 from tidings.server.stores.base import Transition
 
 # The shortest lease a worker may ask for (seconds); a heartbeat extends a lease by its
@@ -45,6 +45,7 @@ __all__ = [
     "lease_end",
     "release",
     "retry",
+    "stamp_error",
 ]
 
 
@@ -161,12 +162,20 @@ def complete(token: str, result: Any) -> Transition:
     return done
 
 
+def stamp_error(job: Job, error: dict[str, Any]) -> Job:
+    """`job` with `error` (an error object) as the failure of its current attempt: `error`
+    with `attempt` set, appended to `errors`, of which the last KEPT_ERRORS stay."""
+    stamped = {**error, "attempt": job.attempt}
+    return replace(job, error=stamped, errors=[*job.errors, stamped][-KEPT_ERRORS:])
+
+
 def after_failure(
-    job: Job, now: float, error: Any, retry: bool, backoff: Backoff
+    job: Job, now: float, error: dict[str, Any], retry: bool, backoff: Backoff
 ) -> tuple[Job, str]:
     """Where a failed attempt leaves its job: cancelled if a cancel was requested, queued
-    after the backoff if `retry` and attempts remain, else failed (the dead letter)."""
-    base = replace(job, error=error, lease_token=None, lease_expires_at=None, updated_at=now)
+    after the backoff if `retry` and attempts remain, else failed (the dead letter). The
+    attempt's `error` is kept with its number (`stamp_error`)."""
+    base = replace(stamp_error(job, error), lease_token=None, lease_expires_at=None, updated_at=now)
     if job.cancel_requested:
         return replace(base, status="cancelled", finished_at=now), "cancelled"
     if retry and job.attempt < job.max_attempts:
@@ -174,8 +183,9 @@ def after_failure(
     return replace(base, status="failed", finished_at=now), "failed"
 
 
-def fail(token: str, error: Any, retry: bool, backoff: Backoff) -> Transition:
-    """The attempt under `token` failed with `error` (see `after_failure`)."""
+def fail(token: str, error: dict[str, Any], retry: bool, backoff: Backoff) -> Transition:
+    """The attempt under `token` failed with `error`, an error object as
+    `tidings.server.jobs.error_object` makes it (see `after_failure`)."""
 
     def failed(job: Job, now: float) -> tuple[Job, str | None]:
         check_lease(job, token)

@@ -142,12 +142,18 @@ class HttpWorker:
         self.done: list[str] = []
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
+        # Set once its first lease request was answered: the type is served from then on.
+        self.ready = threading.Event()
 
     def _run(self) -> None:
         try:
             with httpx.Client(base_url=self.url, timeout=10) as http:
+                wait = 0.0
                 while not self.stop.is_set():
-                    for job in lease(http, self.type, max_=10, wait=0.5):
+                    leased = lease(http, self.type, max_=10, wait=wait)
+                    self.ready.set()
+                    wait = 0.5
+                    for job in leased:
                         verb, value = self.handle(job)
                         key = "result" if verb == "complete" else "error"
                         body = {"lease_token": job["lease_token"], key: value}
@@ -158,9 +164,11 @@ class HttpWorker:
                         self.done.append(job["id"])
         except BaseException as exc:
             self.error = exc
+            self.ready.set()
 
     def __enter__(self) -> HttpWorker:
         self.thread.start()
+        self.ready.wait(10)
         return self
 
     def __exit__(self, *exc: object) -> None:

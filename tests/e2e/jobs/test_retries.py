@@ -51,7 +51,8 @@ def test_only_attempt_failed_with_retry_ends_failed_is_listed_and_retry_requeues
     assert r.json()["status"] == "failed"
     failed = get(http, job["id"])
     assert failed["status"] == "failed"
-    assert failed["error"] == {"msg": "disk full"}
+    assert failed["error"] == {"msg": "disk full", "attempt": 1}
+    assert failed["errors"] == [failed["error"]]
     assert failed["finished_at"]
     assert lease(http, jtype, wait=0) == []
 
@@ -90,4 +91,7 @@ def test_failed_attempt_is_retried_after_backoff(http, jtype):
         f"/v1/jobs/{job['id']}/fail", json={"lease_token": again["lease_token"], "error": "y"}
     )
     assert r.json()["status"] == "failed"
-    assert get(http, job["id"])["error"] == "y"
+    ended = get(http, job["id"])
+    # A string error is the message of an error object, numbered by its attempt.
+    assert ended["error"] == {"type": "Error", "message": "y", "attempt": 2}
+    assert [e["message"] for e in ended["errors"]] == ["x", "y"]

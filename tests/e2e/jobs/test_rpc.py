@@ -3,6 +3,7 @@ worker; batches, notifications and the JSON-RPC error codes."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -11,6 +12,8 @@ from tests.conftest import ServerProcess
 from tests.e2e.jobs.helpers import (
     HttpWorker,
     get,
+    lease,
+    lease_one,
     rpc_handler,
 )
 
@@ -66,7 +69,10 @@ def test_rpc_batch_answers_each_call_and_skips_notifications(server: ServerProce
 
 @pytest.mark.timeout(30)
 def test_rpc_notification_is_accepted_with_204(server: ServerProcess, http, jtype):
-    """A call without an id submits the job and answers 204 with no body."""
+    """A call without an id submits the job and answers 204 with no body; the type stays
+    served for a while after its worker stopped asking, so the job waits for it."""
+    with HttpWorker(server.url, jtype, rpc_handler):
+        pass  # its lease requests mark the type served
     r = http.post("/v1/rpc", json={"jsonrpc": "2.0", "method": jtype, "params": {"x": 1}})
     assert r.status_code == 204, r.text
     assert r.content == b""
@@ -80,9 +86,88 @@ def test_rpc_notification_is_accepted_with_204(server: ServerProcess, http, jtyp
 
 
 @pytest.mark.timeout(30)
+def test_rpc_to_a_method_no_worker_serves_is_not_found_at_once_and_queues_nothing(
+    server: ServerProcess, http, jtype
+):
+    """-32601 within a second, `data.reason` naming the type and the window; neither the
+    call nor a notification leaves a job behind."""
+    unserved = f"{jtype}X"  # the typo of a type that has a worker
+    with HttpWorker(server.url, jtype, rpc_handler):
+        started = time.monotonic()
+        r = http.post("/v1/rpc", json={"jsonrpc": "2.0", "method": unserved, "id": 1})
+        took = time.monotonic() - started
+        assert took < 1.0, took
+        assert r.status_code == 200, r.text
+        error = r.json()["error"]
+        assert (error["code"], error["message"]) == (-32601, "Method not found")
+        assert (
+            f"no worker has asked for jobs of type {unserved!r} in the last 60 s"
+            in (error["data"]["reason"])
+        )
+        r = http.post("/v1/rpc", json={"jsonrpc": "2.0", "method": unserved, "params": [1]})
+        assert r.status_code == 204, r.text
+        # In a batch, the served call runs and the other is not found.
+        r = http.post(
+            "/v1/rpc",
+            json=[
+                {"jsonrpc": "2.0", "method": jtype, "params": [2, 3], "id": "a"},
+                {"jsonrpc": "2.0", "method": unserved, "id": "b"},
+            ],
+        )
+        by_id = {a["id"]: a for a in r.json()}
+        assert by_id["a"]["result"] == 5
+        assert by_id["b"]["error"]["code"] == -32601
+    assert http.get("/v1/jobs", params={"type": unserved}).json()["jobs"] == []
+    assert unserved not in http.get("/v1/queues").json()["queues"]
+
+
+@pytest.mark.timeout(30)
+def test_rpc_that_times_out_cancels_its_job(server: ServerProcess, http, jtype):
+    """-32002 after the wait; the job does not run later for nobody: a queued one ends
+    cancelled, a running one's worker is asked to stop."""
+    with HttpWorker(server.url, jtype, rpc_handler):
+        pass  # served, but nobody leases now: the call's job stays queued
+    started = time.monotonic()
+    r = http.post(
+        "/v1/rpc",
+        params={"wait": 1},
+        json={"jsonrpc": "2.0", "method": jtype, "params": [1], "id": "t"},
+    )
+    assert time.monotonic() - started >= 1.0
+    error = r.json()["error"]
+    assert error["code"] == -32002
+    assert "cancelled" in error["message"]
+    assert error["data"]["status"] == "cancelled"
+    assert get(http, error["data"]["job_id"])["status"] == "cancelled"
+    assert lease(http, jtype, wait=0) == []
+
+    # Running when the wait ends: its worker is told at its next heartbeat.
+    answered: list[dict] = []
+    caller = threading.Thread(
+        target=lambda: answered.append(
+            http.post(
+                "/v1/rpc",
+                params={"wait": 1},
+                json={"jsonrpc": "2.0", "method": jtype, "params": [2], "id": "u"},
+            ).json()
+        )
+    )
+    caller.start()
+    leased = lease_one(http, jtype, wait=5)
+    caller.join(10)
+    error = answered[0]["error"]
+    assert error["code"] == -32002 and error["data"]["job_id"] == leased["id"]
+    running = get(http, leased["id"])
+    assert (running["status"], running["cancel_requested"]) == ("running", True)
+    beat = http.post(
+        f"/v1/jobs/{leased['id']}/heartbeat", json={"lease_token": leased["lease_token"]}
+    )
+    assert beat.json()["cancel_requested"] is True
+
+
+@pytest.mark.timeout(30)
 def test_rpc_errors(server: ServerProcess, http, jtype):
-    """Parse error -32700, invalid request -32600, failed job -32000 (with its job id),
-    timeout -32002 (the job goes on)."""
+    """Parse error -32700, invalid request -32600, failed job -32000 (with its job id)."""
     r = http.post(
         "/v1/rpc",
         content=b'{"jsonrpc": "2.0", "method": ',
@@ -111,19 +196,4 @@ def test_rpc_errors(server: ServerProcess, http, jtype):
     failed_id = answer["error"]["data"]["job_id"]
     assert answer["error"]["data"]["status"] == "failed"
     assert get(http, failed_id)["status"] == "failed"
-    assert get(http, failed_id)["error"] == {"message": "bad"}
-
-    idle = f"{jtype}.idle"  # nobody works on this type
-    started = time.monotonic()
-    r = http.post(
-        "/v1/rpc",
-        params={"wait": 1},
-        json={"jsonrpc": "2.0", "method": idle, "params": [1], "id": "t"},
-    )
-    assert time.monotonic() - started >= 1.0
-    answer = r.json()
-    assert answer["id"] == "t"
-    assert answer["error"]["code"] == -32002
-    pending = answer["error"]["data"]["job_id"]
-    assert get(http, pending)["status"] == "queued"
-    http.post(f"/v1/jobs/{pending}/cancel").raise_for_status()
+    assert get(http, failed_id)["error"] == {"message": "bad", "attempt": 1}

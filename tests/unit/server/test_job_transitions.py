@@ -11,7 +11,7 @@ import pytest
 from msgspec.structs import replace
 
 from tidings.protocol.errors import Conflict
-from tidings.protocol.jobs import Job
+from tidings.protocol.jobs import KEPT_ERRORS, Job, bound_traceback
 from tidings.server.transitions import (
     MIN_LEASE,
     Backoff,
@@ -220,11 +220,12 @@ def test_completing_twice_is_a_conflict() -> None:
 def test_a_failed_attempt_with_attempts_left_is_queued_after_the_backoff() -> None:
     job = running(max_attempts=3)
     assert job.lease_token is not None
-    again, event = fail(job.lease_token, "disk full", True, BACKOFF)(job, NOW + 1)
+    error = {"type": "OSError", "message": "disk full"}
+    again, event = fail(job.lease_token, error, True, BACKOFF)(job, NOW + 1)
     assert event == "queued"
     assert again.status == "queued"
     assert again.run_at == NOW + 1 + BACKOFF.delay(1)
-    assert again.error == "disk full"
+    assert again.error == {**error, "attempt": 1}
     assert again.attempt == 1  # counted; the next lease makes it 2
     assert (again.lease_token, again.lease_expires_at) == (None, None)
     assert again.finished_at is None
@@ -235,7 +236,7 @@ def test_a_failed_attempt_with_attempts_left_is_queued_after_the_backoff() -> No
 
 def test_the_backoff_grows_with_the_attempt_that_failed() -> None:
     job = running(max_attempts=5, attempt=2)  # this lease is attempt 3
-    again, _ = after_failure(job, NOW, "x", True, BACKOFF)
+    again, _ = after_failure(job, NOW, {"type": "E"}, True, BACKOFF)
     assert again.run_at == NOW + BACKOFF.delay(3)
 
 
@@ -245,20 +246,20 @@ def test_a_failed_last_attempt_ends_failed() -> None:
     dead, event = fail(job.lease_token, {"msg": "bad"}, True, BACKOFF)(job, NOW + 1)
     assert event == "failed"
     assert dead.status == "failed"
-    assert dead.error == {"msg": "bad"}
+    assert dead.error == {"msg": "bad", "attempt": 1}
     assert dead.finished_at == NOW + 1
 
 
 def test_a_failure_without_retry_ends_failed_even_with_attempts_left() -> None:
     job = running(max_attempts=3)
-    dead, event = after_failure(job, NOW, "no", False, BACKOFF)
+    dead, event = after_failure(job, NOW, {"type": "E"}, False, BACKOFF)
     assert (dead.status, event) == ("failed", "failed")
 
 
 def test_a_failure_after_a_cancel_request_ends_cancelled_not_retried() -> None:
     job, _ = cancel(running(max_attempts=3), NOW + 1)
     assert job.lease_token is not None
-    ended, event = fail(job.lease_token, "stopped", True, BACKOFF)(job, NOW + 2)
+    ended, event = fail(job.lease_token, {"type": "E"}, True, BACKOFF)(job, NOW + 2)
     assert (ended.status, event) == ("cancelled", "cancelled")
     assert ended.finished_at == NOW + 2
     assert ended.lease_token is None
@@ -266,7 +267,7 @@ def test_a_failure_after_a_cancel_request_ends_cancelled_not_retried() -> None:
 
 def test_failing_with_a_stale_token_is_a_conflict() -> None:
     with pytest.raises(Conflict):
-        fail("stale", "x", True, BACKOFF)(running(), NOW)
+        fail("stale", {"type": "E"}, True, BACKOFF)(running(), NOW)
 
 
 def test_an_expired_lease_is_a_failed_attempt_that_says_so() -> None:
@@ -275,6 +276,7 @@ def test_an_expired_lease_is_a_failed_attempt_that_says_so() -> None:
     assert (again.status, event) == ("queued", "queued")
     assert again.error["type"] == "LeaseExpired"
     assert "attempt 1" in again.error["message"]
+    assert again.error["attempt"] == 1
     assert again.run_at == NOW + 31 + BACKOFF.delay(1)
     assert again.lease_token is None
 
@@ -373,7 +375,9 @@ def test_a_job_fails_once_is_retried_after_its_backoff_and_succeeds() -> None:
     assert job.lease_token is not None
     job, event = heartbeat(job.lease_token, 50.0, None, None)(job, NOW + 1)
     events.append(event)
-    job, event = fail(job.lease_token, "flaky", True, BACKOFF)(job, NOW + 2)
+    job, event = fail(job.lease_token, {"type": "E", "message": "flaky"}, True, BACKOFF)(
+        job, NOW + 2
+    )
     events.append(event)
     job, event = lease(10.0)(job, job.run_at)
     events.append(event)
@@ -382,3 +386,51 @@ def test_a_job_fails_once_is_retried_after_its_backoff_and_succeeds() -> None:
     events.append(event)
     assert events == ["running", "progress", "queued", "running", "succeeded"]
     assert (job.status, job.attempt, job.result) == ("succeeded", 2, "ok")
+
+
+# -- the errors of failed attempts -------------------------------------------------------
+
+
+def test_each_failed_attempt_keeps_its_error_with_its_number_and_the_last_ones_stay() -> None:
+    """`error` is the last attempt's, `errors` the last KEPT_ERRORS (oldest first); a
+    retry being leased still shows why the attempt before it failed."""
+    job = running(max_attempts=KEPT_ERRORS + 3)
+    for n in range(1, KEPT_ERRORS + 3):
+        assert job.lease_token is not None
+        job, event = fail(job.lease_token, {"type": "E", "message": f"m{n}"}, True, BACKOFF)(
+            job, NOW + n
+        )
+        assert event == "queued"
+        assert job.error == {"type": "E", "message": f"m{n}", "attempt": n}
+        job, _ = lease(30.0)(job, job.run_at)
+        assert job.error["attempt"] == n  # still there while the next attempt runs
+    assert [e["attempt"] for e in job.errors] == list(range(3, KEPT_ERRORS + 3))
+    assert job.errors[-1] == job.error
+
+
+def test_an_expired_lease_joins_the_errors_like_a_reported_failure() -> None:
+    job = running(max_attempts=3)
+    assert job.lease_token is not None
+    job, _ = fail(job.lease_token, {"type": "E", "message": "x"}, True, BACKOFF)(job, NOW)
+    job, _ = lease(30.0)(job, job.run_at)
+    job, _ = expire(BACKOFF)(job, NOW + 100)
+    assert [(e["type"], e["attempt"]) for e in job.errors] == [("E", 1), ("LeaseExpired", 2)]
+
+
+def test_a_long_traceback_keeps_its_end_after_a_line_saying_it_was_cut() -> None:
+    frames = "".join(f'  File "m.py", line {n}, in f{n}\n    f{n + 1}()\n' for n in range(2000))
+    text = "Traceback (most recent call last):\n" + frames + "ValueError: innermost\n"
+    cut = bound_traceback(text)
+    assert len(cut.encode()) <= 16 * 1024
+    assert cut.startswith("[traceback cut to its last 16 KiB")
+    assert cut.endswith("ValueError: innermost\n")
+    assert "in f1999" in cut and "in f0\n" not in cut
+    assert cut.splitlines()[1] in text.splitlines()  # cut at a line's start
+    assert bound_traceback("short\n") == "short\n"
+
+
+def test_a_traceback_of_wide_characters_is_cut_on_a_character() -> None:
+    text = "é" * 20_000 + "\nZeroDivisionError: ü"
+    cut = bound_traceback(text)
+    assert len(cut.encode()) <= 16 * 1024
+    assert cut.endswith("ZeroDivisionError: ü")

@@ -156,6 +156,8 @@ async def submit(request: Request) -> Response:
         idempotency_key=request.headers.get("idempotency-key"),
         submitted_by=None if principal.session is None else principal.name,
     )
+    # Whether a worker asked for this type lately: false warns of a typo or a worker down.
+    served = await svc.served(body.type)
     wait = _wait_of(request)
     if wait and not job.terminal:
         job = await unless_revoked(request, svc.wait(job, wait))
@@ -163,7 +165,7 @@ async def submit(request: Request) -> Response:
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if wait and status == 200:
         headers["Preference-Applied"] = f"wait={wait:g}"
-    return json_response(job.to_wire(), status, headers)
+    return json_response(job.to_wire(served=served), status, headers)
 
 
 async def get_job(request: Request) -> Response:

@@ -243,6 +243,15 @@ class JobStore(abc.ABC):
     async def sweep_jobs(self, finished_before: float) -> list[str]:
         """Delete jobs that ended before the given time, with their channels; their ids."""
 
+    @abc.abstractmethod
+    async def mark_served(self, types: list[str], now: float) -> None:
+        """Record that a worker asked for jobs of `types` at `now` (a mark never moves back;
+        marks a day old may be forgotten). Seen by every node sharing the store."""
+
+    @abc.abstractmethod
+    async def served_at(self, types: list[str]) -> float | None:
+        """The latest mark of any of `types`, or None when none has one."""
+
 
 # What a step of `transition_jobs` computed: (job before, job after, event), or its refusal.
 StepResult = tuple[Job, Job, str | None] | TidingsError

@@ -19,6 +19,10 @@ from tidings.server.stores.memory.core import MemoryCore, MemoryLog
 
 __all__ = ["MemoryJobs"]
 
+# Served marks kept before those a day old are dropped.
+SERVED_MARKS = 10_000
+SERVED_MARK_TTL = 86_400.0
+
 
 class MemoryJobs(JobStore):
     """Every JobStore method; a job's events go to its channel through `log`."""
@@ -36,6 +40,8 @@ class MemoryJobs(JobStore):
         # O(log n) per job instead of sorting every queued job.
         self._delayed: list[tuple[float, str]] = []
         self._due: dict[str, list[tuple[int, float, str]]] = {}
+        # When a worker last asked for each job type (see JobStore.mark_served).
+        self._served: dict[str, float] = {}
 
     def _save(self, job: Job, event: str | None, now: float) -> JobChange:
         self._jobs[job.id] = job
@@ -159,3 +165,17 @@ class MemoryJobs(JobStore):
                 self._job_keys.pop(job.idempotency_key, None)
             self._log.channels.pop(job_channel(job_id), None)
         return gone
+
+    async def mark_served(self, types: list[str], now: float) -> None:
+        self._core.check()
+        served = self._served
+        if len(served) > SERVED_MARKS:
+            self._served = served = {
+                t: at for t, at in served.items() if at > now - SERVED_MARK_TTL
+            }
+        for t in types:
+            served[t] = max(now, served.get(t, now))
+
+    async def served_at(self, types: list[str]) -> float | None:
+        self._core.check()
+        return max((self._served[t] for t in types if t in self._served), default=None)

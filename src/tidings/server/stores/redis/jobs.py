@@ -4,7 +4,10 @@ Keys (see tidings.server.stores.redis.core): `{p}job:{id}` holds the msgpack bod
 sits in exactly one of `{p}queued:{type}` (by run_at), `{p}running` (by lease_expires_at)
 or `{p}finished` (by finished_at) according to its status, and in `{p}jobs` (by created_at);
 `{p}jobcounts` counts jobs per type and status; `{p}jobidem:{key}` maps an idempotency key
-to its job; `{p}wake` announces every job that becomes queued to the relays of all nodes.
+to its job; `{p}wake` announces every job that becomes queued to the relays of all nodes;
+`{p}served` is a sorted set of job types by when a worker last asked for them (the served
+marks, written by each node at most once per type every few seconds, so every node answers
+`served` alike).
 
 Why every change is applied once, whichever node attempts it
 ------------------------------------------------------------
@@ -153,6 +156,9 @@ PRIORITY_CACHE_MAX = 200_000
 # Bodies of unfinished jobs this process wrote last, remembered so a lease or a report can
 # skip reading them (cleared when full; see `_read_known`).
 BODY_CACHE_MAX = 100_000
+
+# Served marks older than this are dropped when marks are written.
+SERVED_MARK_TTL = 86_400.0
 
 # The first element of the write script's reply.
 _DIFFERS, _WRITTEN, _KNOWN = 0, 1, 2
@@ -716,3 +722,16 @@ class RedisJobs(JobStore):
                 return [job.id for job in gone]
 
         return attempt
+
+    async def mark_served(self, types: list[str], now: float) -> None:
+        key = self._key("served")
+        with self._errors:
+            async with self._core.client.pipeline(transaction=False) as pipe:
+                pipe.zadd(key, dict.fromkeys(types, now), gt=True)
+                pipe.zremrangebyscore(key, "-inf", f"({now - SERVED_MARK_TTL!r}")
+                await pipe.execute()
+
+    async def served_at(self, types: list[str]) -> float | None:
+        with self._errors:
+            scores = await self._core.client.zmscore(self._key("served"), types)
+        return max((float(s) for s in scores if s is not None), default=None)
