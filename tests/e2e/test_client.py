@@ -493,3 +493,74 @@ def test_async_subscribe_behind_retained_history_yields_a_reset(
     assert isinstance(reset, Reset)
     assert reset.first == ids[2]
     assert [m.id for m in messages_only(rest)] == ids[2:]
+
+
+# --- channels ----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+def test_list_get_set_retention_and_delete_channels(tidings_server: Any) -> None:
+    """The channel calls against the server: ids and counts, creation time as epoch
+    seconds, a retention of its own and back, and a delete that makes it 404."""
+    srv = tidings_server(store="memory://", args=["--max-messages", "100", "--max-age", "3600"])
+    before = time.time()
+    with Client(srv.url) as client:
+        ids = [client.publish("orders.eu", n).id for n in range(3)]
+        client.publish("orders.us", "x")
+        client.publish("news", "y")
+        listed = client.list_channels(prefix="orders.")
+        assert [c.name for c in listed] == ["orders.eu", "orders.us"]
+        assert [c.name for c in client.list_channels(limit=1)] == ["news"]
+        info = client.channel_info("orders.eu")
+        assert (info.first_id, info.last_id, info.messages) == (ids[0], ids[-1], 3)
+        assert info.created is not None
+        assert before - 5 < info.created < time.time() + 5
+        assert info.retention is not None
+        assert (info.retention.max_messages, info.retention.max_age) == (100, 3600)
+        assert info.retention.custom is False
+        assert info.subscribers == {} or all(v == 0 for v in info.subscribers.values())
+
+        own = client.set_retention("orders.eu", max_messages=2, max_age=60)
+        assert own.retention is not None
+        assert (own.retention.max_messages, own.retention.max_age, own.retention.custom) == (
+            2, 60, True,
+        )  # fmt: skip
+        assert client.channel_info("orders.eu").messages == 2  # trimmed to the new cap
+        back = client.set_retention("orders.eu")
+        assert back.retention is not None
+        assert (back.retention.max_messages, back.retention.custom) == (100, False)
+        with pytest.raises(ValueError, match="both"):
+            client.set_retention("orders.eu", max_messages=5)
+        with pytest.raises(TidingsHTTPError) as bad:
+            client.set_retention("orders.eu", max_messages=0, max_age=60)
+        assert bad.value.status in (400, 422)
+
+        client.delete_channel("orders.eu")
+        with pytest.raises(TidingsHTTPError) as gone:
+            client.channel_info("orders.eu")
+        assert gone.value.status == 404
+        with pytest.raises(TidingsHTTPError) as again:
+            client.delete_channel("orders.eu")
+        assert again.value.status == 404
+        assert [c.name for c in client.list_channels()] == ["news", "orders.us"]
+
+
+@pytest.mark.timeout(20)
+def test_async_channel_calls_match_the_blocking_ones(server: Any) -> None:
+    async def main() -> None:
+        async with AsyncClient(server.url) as client:
+            first = await client.publish("alpha", 1)
+            await client.publish("alpha", 2)
+            (listed,) = await client.list_channels(prefix="al")
+            assert (listed.name, listed.first_id, listed.messages) == ("alpha", first.id, 2)
+            assert listed.created is not None
+            info = await client.channel_info("alpha")
+            assert info.last_id == listed.last_id
+            own = await client.set_retention("alpha", max_messages=1, max_age=10)
+            assert own.retention is not None
+            assert own.retention.custom
+            assert (await client.channel_info("alpha")).messages == 1
+            await client.delete_channel("alpha")
+            assert await client.list_channels() == []
+
+    asyncio.run(main())
