@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tidings._version import __version__
+
+if TYPE_CHECKING:
+    # What the lazy names below resolve to, for type checkers (users' mypy included).
+    from tidings.protocol.messages import Message, Reset
+    from tidings.sdk.client import (
+        AsyncClient,
+        AsyncJobHandle,
+        Client,
+        ClientError,
+        JobHandle,
+        JobInfo,
+        JobTimeout,
+        Page,
+        TidingsConnectionError,
+        TidingsHTTPError,
+    )
+    from tidings.sdk.worker import JobCancelled, JobContext, Worker
+    from tidings.server.app import TidingsApp, create_app
 
 __all__ = [
     "AsyncClient",
