@@ -8,18 +8,18 @@ TIDINGS_STORE ?= sqlite:///tidings.db
 export TIDINGS_HOST TIDINGS_PORT TIDINGS_STORE
 LINT_PATHS := src tests $(wildcard bench)
 
-.PHONY: run test lint typecheck unit venv dev clean bench redis-server chromium nginx
+.PHONY: run test lint typecheck unit venv dev clean bench redis-server chromium nginx assets
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tidings needs Python >= 3.11 (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml | $(BIN)/python assets
 	$(BIN)/python -m pip install --quiet -e '.[server]'
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python assets
 	$(BIN)/python -m pip install --quiet -e '.[server,redis,dev]'
 	touch $@ $(VENV)/.installed
 
@@ -29,6 +29,26 @@ dev: $(VENV)/.installed-dev
 ## make run: create .venv, install tidings, serve on the embedded SQLite store
 run: $(VENV)/.installed
 	$(BIN)/tidings serve
+
+## make assets: the /docs page's files, Swagger UI at the version web/package-lock.json pins
+## (npm ci; --ignore-scripts: no package's install script runs, none phones home), copied
+## into the package with our own init script; node and npm installed if missing
+DOCS_ASSETS := src/tidings/server/assets/docs
+DOCS_FILES  := $(addprefix $(DOCS_ASSETS)/,swagger-ui-bundle.js swagger-ui.css favicon-32x32.png LICENSE NOTICE docs-init.js)
+assets: $(DOCS_FILES)
+
+$(DOCS_FILES) &: web/package.json web/package-lock.json web/src/docs-init.js
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "npm is missing: installing the Debian packages nodejs and npm"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }
+	@command -v npm >/dev/null 2>&1 || { echo "npm could not be installed: make assets needs node and npm to build the /docs page (Debian packages nodejs, npm)" >&2; exit 1; }
+	cd web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	mkdir -p $(DOCS_ASSETS)
+	cp web/node_modules/swagger-ui-dist/swagger-ui-bundle.js web/node_modules/swagger-ui-dist/swagger-ui.css \
+	  web/node_modules/swagger-ui-dist/favicon-32x32.png web/node_modules/swagger-ui-dist/LICENSE \
+	  web/node_modules/swagger-ui-dist/NOTICE web/src/docs-init.js $(DOCS_ASSETS)/
+	touch $(DOCS_FILES)
 
 ## redis-server for the tests (each run starts its own on a free port): install if missing
 redis-server:

@@ -2,6 +2,12 @@
 
 Counters on the fan-out path are plain integers on the hub, read at scrape time by a
 collector: a Prometheus counter increment per delivery would cost more than the delivery.
+
+Job counts (`tidings_jobs{type,status}`) are the store's queue counts, read at scrape time
+(`Metrics.render_with_jobs`): across every node that shares the store. A job type is any
+name a client submits, so the series are capped: the MAX_JOB_TYPE_SERIES types with the
+most unfinished jobs get their own, the rest are summed under `type="~other"` (`~` is in
+no job type), and `tidings_job_types` says how many types there are.
 """
 
 from __future__ import annotations
@@ -15,12 +21,41 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tidings.protocol.jobs import JOB_STATUSES, TERMINAL_STATUSES
 from tidings.server.auth import AuthService
 from tidings.server.http.limits import ConnectionLimits
 from tidings.server.hub import Hub
 from tidings.server.stores.base import Store
 
-__all__ = ["Metrics"]
+__all__ = ["MAX_JOB_TYPE_SERIES", "OTHER_TYPES", "Metrics", "job_series"]
+
+MAX_JOB_TYPE_SERIES = 50
+OTHER_TYPES = "~other"
+
+JobCounts = dict[str, dict[str, int]]
+
+
+def job_series(counts: JobCounts, cap: int = MAX_JOB_TYPE_SERIES) -> JobCounts:
+    """`counts` (type -> status -> jobs) with at most `cap` types of their own, ranked by
+    unfinished jobs, then by all jobs, then by name; the others summed under OTHER_TYPES.
+    Every status is present for every type (0 when none), so no series comes and goes."""
+
+    def rank(type_: str) -> tuple[int, int, str]:
+        per = counts[type_]
+        unfinished = sum(n for status, n in per.items() if status not in TERMINAL_STATUSES)
+        return (-unfinished, -sum(per.values()), type_)
+
+    ranked = sorted(counts, key=rank)
+    out: JobCounts = {t: dict.fromkeys(JOB_STATUSES, 0) for t in ranked[:cap]}
+    if len(ranked) > cap:
+        out[OTHER_TYPES] = dict.fromkeys(JOB_STATUSES, 0)
+    for type_, per in counts.items():
+        row = out.get(type_, out.get(OTHER_TYPES))
+        if row is None:
+            continue
+        for status, n in per.items():
+            row[status] = row.get(status, 0) + n
+    return out
 
 
 class _HubCollector(Collector):
@@ -30,9 +65,12 @@ class _HubCollector(Collector):
         self.auth = auth
         # The server's connection limits, once a server runs the app.
         self.connections: ConnectionLimits | None = None
+        # The store's job counts for the scrape being rendered (None: not read).
+        self.job_counts: JobCounts | None = None
 
     def collect(self) -> Iterable[Metric]:
         yield from self._limits()
+        yield from self._jobs()
         counters = None if self.store is None else self.store.write_counters()
         if counters is not None:
             commits, writes = counters
@@ -66,6 +104,24 @@ class _HubCollector(Collector):
         for transport, count in hub.subscribers().items():
             streams.add_metric([transport], count)
         yield streams
+
+    def _jobs(self) -> Iterable[Metric]:
+        counts = self.job_counts
+        if counts is None:
+            return
+        jobs = GaugeMetricFamily(
+            "tidings_jobs",
+            f"Jobs in the store by type and status (the {MAX_JOB_TYPE_SERIES} types with the "
+            f"most unfinished jobs; the others summed as type {OTHER_TYPES!r})",
+            labels=["type", "status"],
+        )
+        for type_, per in job_series(counts).items():
+            for status, n in per.items():
+                jobs.add_metric([type_, status], n)
+        yield jobs
+        types = GaugeMetricFamily("tidings_job_types", "Job types with at least one job stored")
+        types.add_metric([], len(counts))
+        yield types
 
     def _limits(self) -> Iterable[Metric]:
         if self.auth is not None:
@@ -131,6 +187,15 @@ class Metrics:
     def render(self) -> bytes:
         """The exposition text."""
         return generate_latest(self.registry)
+
+    def render_with_jobs(self, counts: JobCounts | None) -> bytes:
+        """The exposition text with the store's job counts (type -> status -> jobs), read
+        by the caller just before: None leaves the job gauges out."""
+        self._collector.job_counts = counts
+        try:
+            return generate_latest(self.registry)
+        finally:
+            self._collector.job_counts = None
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """Wrap `app` so each HTTP request's latency is recorded under its route template."""

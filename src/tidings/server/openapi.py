@@ -1,4 +1,4 @@
-"""The OpenAPI document served at /openapi.json, and the /docs page that renders it.
+"""The OpenAPI document served at /openapi.json (and rendered by /docs: tidings.server.ops).
 
 Written by hand from the handlers (tidings.server.http.*, the streams in tidings.server.streams): every
 operation lists every status it can answer and every parameter and body field its
@@ -16,7 +16,6 @@ document cannot drift from what the server encodes and the SDK decodes.
 
 from __future__ import annotations
 
-import html
 from functools import cache
 from typing import Any, NamedTuple
 
@@ -49,7 +48,7 @@ from tidings.server.jobs import (
     MIN_LEASE,
 )
 
-__all__ = ["DOCS_HTML", "openapi_document"]
+__all__ = ["openapi_document"]
 
 Schema = dict[str, Any]
 
@@ -1132,20 +1131,3 @@ def openapi_document() -> dict[str, Any]:
             "securitySchemes": _SECURITY_SCHEMES,
         },
     }
-
-
-def _docs_html() -> str:
-    rows = "".join(
-        f"<tr><td><code>{op.method.upper()}</code></td><td><code>{html.escape(op.path)}</code>"
-        f"</td><td>{html.escape(op.summary)}</td></tr>"
-        for op in _OPS
-    )
-    return (
-        "<!doctype html><meta charset=utf-8><title>tidings API</title>"
-        "<style>body{font:15px system-ui;margin:2em}td{padding:.3em .8em;border-bottom:1px solid #ddd}</style>"
-        "<h1>tidings API</h1><p>Machine-readable: <a href=/openapi.json>/openapi.json</a></p>"
-        f"<table>{rows}</table>"
-    )
-
-
-DOCS_HTML = _docs_html()

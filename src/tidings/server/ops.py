@@ -1,25 +1,135 @@
-"""The operational endpoints: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`.
+"""The operational endpoints: `/`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`.
 
 `/healthz` says the process answers; `/readyz` that it has started, is not draining and
 reaches its store (what a load balancer should route by); `/metrics` is the Prometheus
-exposition, for admins; the last two describe the API.
+exposition, for admins; `/openapi.json` describes the API and `/docs` renders it with
+Swagger UI; `/` points to all of them.
+
+The `/docs` page's files (Swagger UI, pinned in web/package-lock.json, and our init script)
+are package data under `assets/docs/`, copied there by `make assets`: the page asks nothing
+of any other host (its Content-Security-Policy allows only this origin). Without them the
+page answers 503 saying how to build them.
 """
 
 from __future__ import annotations
+
+import asyncio
+import hashlib
+import html
+import logging
+from pathlib import Path
+from typing import NamedTuple
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from tidings.protocol.errors import TidingsError
+from tidings._version import __version__
+from tidings.protocol.errors import NotFound, TidingsError
 from tidings.server.http.common import json_response, require_admin
 from tidings.server.lifecycle import Lifecycle
 from tidings.server.metrics import Metrics
-from tidings.server.openapi import DOCS_HTML, openapi_document
+from tidings.server.openapi import openapi_document
 from tidings.server.settings import Settings
 from tidings.server.stores.base import Store
 
-__all__ = ["Ops"]
+__all__ = ["DOCS_ASSETS", "DOCS_CSP", "Ops"]
+
+log = logging.getLogger("tidings.server")
+
+DOCS_ASSETS = Path(__file__).with_name("assets") / "docs"
+# The files the page loads, by the name it asks for, with their media types.
+_DOCS_FILES = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "docs-init.js": "text/javascript; charset=utf-8",
+    "favicon-32x32.png": "image/png",
+}
+# Only this origin, for everything; Swagger UI's icons are data: images in its CSS, which
+# make no request.
+DOCS_CSP = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'self'"
+)
+# The links page has no script and no style of its own.
+_ROOT_CSP = "default-src 'none'; img-src 'self'; base-uri 'none'; frame-ancestors 'none'"
+# An asset asked for with its content's version never changes: cached for a year.
+_IMMUTABLE = "public, max-age=31536000, immutable"
+# Reading the job counts for /metrics: past this the scrape goes on without them.
+_JOB_COUNTS_TIMEOUT = 5.0
+
+
+class _Asset(NamedTuple):
+    body: bytes
+    media_type: str
+    version: str  # a digest of the body: the `?v=` of its URL and its ETag
+
+
+class _DocsPage(NamedTuple):
+    html: str
+    assets: dict[str, _Asset]
+
+
+def _load_docs(directory: Path) -> _DocsPage | None:
+    """The page and its files, or None when any file is missing (not built)."""
+    assets = {}
+    for name, media_type in _DOCS_FILES.items():
+        try:
+            body = (directory / name).read_bytes()
+        except FileNotFoundError:
+            return None
+        assets[name] = _Asset(body, media_type, hashlib.sha256(body).hexdigest()[:16])
+
+    # Relative URLs: /docs asks for docs/…, so a proxy's path prefix is kept.
+    def url(name: str) -> str:
+        return f"docs/{name}?v={assets[name].version}"
+
+    page = (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>tidings {html.escape(__version__)} API</title>"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<link rel="icon" type="image/png" href="{url("favicon-32x32.png")}">'
+        f'<link rel="stylesheet" href="{url("swagger-ui.css")}">'
+        "</head><body><noscript>This page needs JavaScript. The API as JSON: "
+        '<a href="openapi.json">/openapi.json</a></noscript><div id="swagger-ui"></div>'
+        f'<script src="{url("swagger-ui-bundle.js")}"></script>'
+        f'<script src="{url("docs-init.js")}"></script>'
+        "</body></html>\n"
+    )
+    return _DocsPage(page, assets)
+
+
+def _assets_missing() -> Response:
+    return json_response(
+        {
+            "error": {
+                "code": "assets_missing",
+                "message": "the /docs page's files are not built: run `make assets` in the "
+                "tidings source tree (it needs node and npm), or install a tidings wheel "
+                "built after it; /openapi.json describes the API meanwhile",
+            }
+        },
+        503,
+    )
+
+
+def _prefers_json(accept: str) -> bool:
+    """True when `accept` ranks application/json above text/html (or names only it)."""
+    weights = {"application/json": -1.0, "text/html": -1.0}
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        if media.lower() not in weights:
+            continue
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        weights[media.lower()] = max(weights[media.lower()], q)
+    return weights["application/json"] > max(weights["text/html"], 0.0)
 
 
 class Ops:
@@ -27,25 +137,66 @@ class Ops:
 
     Args:
         settings: the store URL, whose scheme `/readyz` names.
-        store: pinged by `/readyz`.
+        store: pinged by `/readyz`; its job counts go to `/metrics`.
         lifecycle: whether the server is ready (started, not draining).
         metrics: what `/metrics` renders.
+        docs_assets: where the `/docs` page's files are.
     """
 
     def __init__(
-        self, settings: Settings, store: Store, lifecycle: Lifecycle, metrics: Metrics
+        self,
+        settings: Settings,
+        store: Store,
+        lifecycle: Lifecycle,
+        metrics: Metrics,
+        docs_assets: Path = DOCS_ASSETS,
     ) -> None:
         self.store = store
         self.lifecycle = lifecycle
         self.metrics = metrics
         self.store_kind = settings.store.split("://")[0]
+        self.docs_assets = docs_assets
+        self._docs: _DocsPage | None = None
         self.routes = [
+            Route("/", self.root, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/metrics", self.render_metrics, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/docs", self.docs, methods=["GET"]),
+            Route("/docs/{asset}", self.docs_asset, methods=["GET"]),
         ]
+
+    async def root(self, request: Request) -> Response:
+        links = {
+            "docs": "/docs",
+            "openapi": "/openapi.json",
+            "healthz": "/healthz",
+            "readyz": "/readyz",
+            "metrics": "/metrics",
+        }
+        if _prefers_json(request.headers.get("accept", "")):
+            response = json_response({"name": "tidings", "version": __version__, "links": links})
+        else:
+            what = {
+                "docs": "the API, to read and try",
+                "openapi": "the API as OpenAPI 3.1",
+                "healthz": "liveness",
+                "readyz": "readiness (the store answers)",
+                "metrics": "Prometheus metrics (admins)",
+            }
+            items = "".join(
+                f'<li><a href="{path[1:] or "."}">{path}</a>: {html.escape(what[key])}</li>'
+                for key, path in links.items()
+            )
+            response = HTMLResponse(
+                '<!doctype html>\n<html lang="en"><meta charset="utf-8">'
+                f"<title>tidings {html.escape(__version__)}</title>"
+                f"<h1>tidings {html.escape(__version__)}</h1><ul>{items}</ul></html>\n"
+            )
+            response.headers["content-security-policy"] = _ROOT_CSP
+        response.headers["vary"] = "Accept"
+        return response
 
     async def healthz(self, request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -61,10 +212,54 @@ class Ops:
 
     async def render_metrics(self, request: Request) -> Response:
         require_admin(request)
-        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+        try:
+            counts = await asyncio.wait_for(
+                self.store.jobs.queue_counts(), timeout=_JOB_COUNTS_TIMEOUT
+            )
+        except (TidingsError, TimeoutError) as exc:
+            # The other metrics still help while the store does not answer (/readyz says so).
+            log.warning("/metrics without job counts: the store did not answer (%s)", exc)
+            counts = None
+        return Response(
+            self.metrics.render_with_jobs(counts), media_type="text/plain; version=0.0.4"
+        )
 
     async def openapi(self, request: Request) -> Response:
         return json_response(openapi_document())
 
+    def _docs_page(self) -> _DocsPage | None:
+        # Read once; while missing, looked for again at each request (`make assets` may
+        # run while the server does).
+        if self._docs is None:
+            self._docs = _load_docs(self.docs_assets)
+        return self._docs
+
     async def docs(self, request: Request) -> Response:
-        return HTMLResponse(DOCS_HTML)
+        page = self._docs_page()
+        if page is None:
+            return _assets_missing()
+        response = HTMLResponse(page.html)
+        response.headers["content-security-policy"] = DOCS_CSP
+        response.headers["cache-control"] = "no-cache"
+        response.headers["x-content-type-options"] = "nosniff"
+        return response
+
+    async def docs_asset(self, request: Request) -> Response:
+        name = request.path_params["asset"]
+        if name not in _DOCS_FILES:
+            raise NotFound(f"no file {name[:100]!r} under /docs: the page is /docs")
+        page = self._docs_page()
+        if page is None:
+            return _assets_missing()
+        asset = page.assets[name]
+        etag = f'"{asset.version}"'
+        fresh = request.query_params.get("v") == asset.version
+        headers = {
+            "etag": etag,
+            "cache-control": _IMMUTABLE if fresh else "no-cache",
+            "x-content-type-options": "nosniff",
+        }
+        matches = request.headers.get("if-none-match", "")
+        if etag in (t.strip() for t in matches.split(",")) or matches.strip() == "*":
+            return Response(status_code=304, headers=headers)
+        return Response(asset.body, media_type=asset.media_type, headers=headers)

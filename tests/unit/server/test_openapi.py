@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
+import jsonschema_rs
+import pytest
+import schemathesis
 from starlette.routing import Route
 
 from tidings.server.app import create_app
+from tidings.server.auth import COOKIE
 from tidings.server.openapi import openapi_document
 from tidings.server.settings import Settings
 
@@ -15,8 +21,8 @@ def test_every_route_is_documented():
     missing = []
     for route in app.starlette.routes:
         assert isinstance(route, Route)
-        if route.path in ("/openapi.json", "/docs"):
-            continue
+        if route.path in ("/", "/openapi.json", "/docs", "/docs/{asset}"):
+            continue  # the pages that describe the API, not the API
         for method in route.methods or ():
             if method == "HEAD":
                 continue
@@ -80,3 +86,53 @@ def test_answers_of_the_wire_shapes_are_the_protocol_structs_schemas():
     assert schemas["JobLinks"]["required"] == ["self", "events", "ws", "channel"]
     for name in ("MessageWire", "ResetWire", "ErrorDetail", "OutcomeWire"):
         assert name in schemas
+
+
+PUBLIC = {("/healthz", "get"), ("/readyz", "get"), ("/v1/auth/login", "post")}
+
+
+def test_the_document_is_valid_openapi_3_1_and_a_broken_one_is_caught():
+    doc = openapi_document()
+    schemathesis.openapi.from_dict(doc).validate()
+    broken = copy.deepcopy(doc)
+    broken["components"]["securitySchemes"]["bearer"]["type"] = "password"
+    with pytest.raises(jsonschema_rs.ValidationError):
+        schemathesis.openapi.from_dict(broken).validate()
+
+
+def test_operations_name_how_to_authenticate_bearer_tokens_and_the_session_cookie():
+    """Bearer tokens (sessions, API tokens, JWTs) and the login cookie as security schemes;
+    every operation but the public ones takes them, or none when auth is not required."""
+    doc = openapi_document()
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["bearer"]["type"] == "http"
+    assert schemes["bearer"]["scheme"] == "bearer"
+    for kind in ("tds_", "tdt_", "JWT"):
+        assert kind in schemes["bearer"]["description"]
+    assert schemes["session_cookie"] == {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": COOKIE,
+        "description": schemes["session_cookie"]["description"],
+    }
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            if (path, method) in PUBLIC:
+                assert "security" not in op, (method, path)
+            else:
+                assert op["security"] == [{"bearer": []}, {"session_cookie": []}, {}], path
+
+
+def test_times_are_rfc_3339_and_no_cursor_means_from_now():
+    doc = openapi_document()
+    info = doc["paths"]["/v1/channels/{channel}"]["get"]["responses"]["200"]
+    created = info["content"]["application/json"]["schema"]["properties"]["created"]
+    assert created == {"type": "string", "format": "date-time"}
+    for path in ("/v1/channels/{channel}/messages", "/v1/channels/{channel}/events",
+                 "/v1/channels/{channel}/ws"):  # fmt: skip
+        after = next(p for p in doc["paths"][path]["get"]["parameters"] if p["name"] == "after")
+        assert "absent or empty: from now" in after["description"], path
+        assert "0: from the oldest kept" in after["description"], path
+    logout = doc["paths"]["/v1/auth/logout"]["post"]
+    assert "400" in logout["responses"]
+    assert "API token" in logout["summary"]
