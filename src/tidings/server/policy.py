@@ -7,6 +7,11 @@ principal is known.
   So an anonymous request from a web page of another origin is refused, and so, on a
   loopback server, is one naming a host that is not loopback nor in `--allowed-hosts`.
   Clients that are not browsers send no Origin and are not affected.
+* A loopback server is anonymous because only this host reaches it; a request that a
+  reverse proxy forwarded (X-Forwarded-For, Forwarded, X-Real-IP) may come from anywhere,
+  so an anonymous one is refused unless `--allow-anonymous` says the proxy's clients are
+  trusted. Proxies that add none of these headers are not caught: docs/deploy.md says to
+  run a proxied server with `--require-auth`.
 * A browser sends a session cookie with any page's request: a cookie-authenticated
   request that changes state, and every cookie-authenticated socket, must come from this
   server's origin or an allowed CORS origin (CSRF, CSWSH). Bearer tokens are not sent by
@@ -20,7 +25,7 @@ import ipaddress
 
 from starlette.types import Scope
 
-from tidings.protocol.errors import Forbidden
+from tidings.protocol.errors import Forbidden, Unauthorized
 from tidings.server.principals import Principal
 from tidings.server.settings import Settings
 
@@ -31,6 +36,9 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/v1/
 
 # Methods that change nothing: a cookie may authenticate them from any page.
 _SAFE_METHODS = ("GET", "HEAD")
+
+# Headers a reverse proxy adds to what it forwards (lower case, as ASGI gives them).
+_FORWARDED = frozenset({b"x-forwarded-for", b"forwarded", b"x-real-ip"})
 
 
 @functools.lru_cache(maxsize=256)  # asked on every anonymous request; hosts are few
@@ -54,11 +62,12 @@ class AccessPolicy:
             `origins` (`--cors-origins`).
     """
 
-    __slots__ = ("hosts", "loopback", "origins")
+    __slots__ = ("hosts", "loopback", "origins", "trust_forwarded")
 
     def __init__(self, settings: Settings) -> None:
         # Asked on every anonymous request: read from the settings once.
         self.loopback = settings.loopback
+        self.trust_forwarded = settings.allow_anonymous
         self.hosts = settings.hosts
         self.origins = settings.origins
 
@@ -74,13 +83,24 @@ class AccessPolicy:
 
     def check_anonymous(self, scope: Scope) -> None:
         """Forbidden for an anonymous request from a web page of another origin, or (on a
-        loopback server) one that names a host other than loopback or an allowed one."""
+        loopback server) one that names a host other than loopback or an allowed one;
+        Unauthorized for one a proxy forwarded to a loopback server (module docstring)."""
         origin = host = None
+        forwarded = False
         for name, value in scope["headers"]:
             if name == b"origin":
                 origin = value
             elif name == b"host":
                 host = value.decode("latin-1")
+            elif name in _FORWARDED:
+                forwarded = True
+        if forwarded and self.loopback and not self.trust_forwarded:
+            raise Unauthorized(
+                "this loopback server serves anonymous clients of this host only, and the "
+                "request came through a proxy: authenticate (serve with --require-auth and "
+                "send a token), or start the server with --allow-anonymous if every client "
+                "of the proxy may act anonymously"
+            )
         if self.loopback and host is not None and not loopback_host(host):
             allowed = self.hosts
             name = host.rsplit(":", 1)[0].lower() if not host.endswith("]") else host

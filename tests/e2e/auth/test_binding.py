@@ -54,3 +54,22 @@ def test_an_anonymous_loopback_server_refuses_other_web_origins_and_rebound_host
     assert httpx.get(f"{proxied.url}/v1/channels", headers=named, timeout=10).status_code == 200
     other = {"Host": f"rebind.evil.example:{proxied.port}"}
     assert_error(httpx.get(f"{proxied.url}/v1/channels", headers=other, timeout=10), 403)
+
+
+@pytest.mark.timeout(30)
+def test_a_proxied_request_to_an_anonymous_loopback_server_is_401_unless_allowed(
+    tidings_server: ServerFactory,
+) -> None:
+    """A reverse proxy on this host makes every Internet client look local (Host names
+    loopback, the peer is 127.0.0.1): its forwarding header marks the request as not from
+    this host, so it must authenticate, unless --allow-anonymous trusts the proxy's clients."""
+    proxied = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    srv = tidings_server()
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        refused = http.get("/v1/channels/lo.p/messages?after=0", headers=proxied)
+        assert_error(refused, 401)
+        assert "--allow-anonymous" in refused.json()["error"]["message"]
+        assert http.get("/v1/channels/lo.p/messages?after=0").status_code == 200
+    trusting = tidings_server(args=["--allow-anonymous"])
+    with httpx.Client(base_url=trusting.url, timeout=10) as http:
+        assert http.get("/v1/channels/lo.p/messages?after=0", headers=proxied).status_code == 200

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from tidings.protocol.errors import Forbidden
+from tidings.protocol.errors import Forbidden, Unauthorized
 from tidings.server.policy import AccessPolicy, loopback_host
 from tidings.server.principals import ANONYMOUS, Principal
 from tidings.server.settings import Settings
@@ -18,8 +18,9 @@ def scope(
     origin: str | None = None,
     method: str = "GET",
     kind: str = "http",
+    extra: tuple[tuple[bytes, bytes], ...] = (),
 ) -> dict[str, Any]:
-    headers = []
+    headers = list(extra)
     if host is not None:
         headers.append((b"host", host.encode()))
     if origin is not None:
@@ -109,3 +110,19 @@ def test_a_cookie_read_needs_no_origin_but_a_cookie_socket_does() -> None:
 def test_a_bearer_principal_is_not_checked_for_host_or_origin() -> None:
     bearer = msgspec.structs.replace(ANONYMOUS, name="bob", session="token:x")
     policy().admit(scope(host="evil.example", origin="https://evil.example"), bearer)
+
+
+@pytest.mark.parametrize(
+    "header", [b"x-forwarded-for", b"forwarded", b"x-real-ip"], ids=lambda h: h.decode()
+)
+def test_an_anonymous_request_a_proxy_forwarded_to_a_loopback_server_is_refused(
+    header: bytes,
+) -> None:
+    """nginx in front of a loopback server sends Host: 127.0.0.1 for every Internet client:
+    the forwarding header is what tells them apart from this host's own clients."""
+    proxied = scope(extra=((header, b"203.0.113.9"),))
+    with pytest.raises(Unauthorized, match="--allow-anonymous"):
+        policy().admit(proxied, ANONYMOUS)
+    policy(allow_anonymous=True).admit(proxied, ANONYMOUS)
+    bearer = msgspec.structs.replace(ANONYMOUS, name="bob", session="token:x")
+    policy().admit(proxied, bearer)
