@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -109,3 +112,33 @@ def test_channels_delete_asks_unless_yes_and_refuses_without_a_terminal(
     again = tidings_cli("channels", "delete", "news", "-y", "--url", srv.url)
     assert again.returncode == 1
     assert "(HTTP 404 " in again.stderr
+
+
+def test_channels_delete_on_a_terminal_deletes_only_on_yes(srv: ServerProcess) -> None:
+    publish(srv, "news", "x")
+
+    def answer(reply: str) -> subprocess.CompletedProcess[str]:
+        primary, secondary = os.openpty()
+        try:
+            os.write(primary, reply.encode())
+            return subprocess.run(
+                [sys.executable, "-m", "tidings", "channels", "delete", "news", "--url", srv.url],
+                stdin=secondary,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        finally:
+            os.close(secondary)
+            os.close(primary)
+
+    kept = answer("n\n")
+    assert kept.returncode == 1
+    assert "Delete channel 'news' and all its messages?" in kept.stdout
+    assert kept.stderr == "tidings channels delete: not deleted\n"
+    assert httpx.get(f"{srv.url}/v1/channels/news", timeout=10).status_code == 200
+    deleted = answer("y\n")
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.rstrip().endswith("deleted news")
+    assert httpx.get(f"{srv.url}/v1/channels/news", timeout=10).status_code == 404
