@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,42 @@ def test_publish_text_keeps_json_looking_data_as_text_and_json_refuses_text(
     assert stored(srv, "news") == ['{"a": 1}', "42", [3], {"from": "stdin"}, "NaN"]
 
 
+def test_subscribe_prints_json_lines_from_a_channel_not_yet_created_too(
+    tidings_server: ServerFactory,
+) -> None:
+    srv = tidings_server()
+    cli_ok("publish", "news", '{"n": 1}', "--url", srv.url)
+    cli_ok("publish", "news", "two", "--url", srv.url)
+    lines = cli_ok(
+        "subscribe", "news", "--after", "0", "--count", "2", "--via", "poll", "--url", srv.url
+    ).splitlines()
+    assert [json.loads(line)["data"] for line in lines] == [{"n": 1}, "two"]
+    # A channel nobody has published to yet is not an error: the subscription waits.
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "subscribe", "later", "--count", "1", "--url", srv.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            cli_ok("publish", "later", "now", "--url", srv.url)
+            try:
+                out, err = waiting.communicate(timeout=1)
+            except subprocess.TimeoutExpired:
+                continue
+            assert waiting.returncode == 0, err
+            assert json.loads(out.splitlines()[0])["data"] == "now"
+            break
+        else:
+            pytest.fail("subscribe never printed the message published after it started")
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait(10)
+
+
 # errors -----------------------------------------------------------------------------------
 
 
@@ -84,6 +121,7 @@ def test_no_server_is_one_line_naming_the_url_and_how_to_start_one() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     for args in (
         ("publish", "news", "hi"),
+        ("subscribe", "news"),  # the subscription retries by itself: checked once first
         ("jobs", "list"),
         ("jobs", "submit", "echo"),
         ("channels", "list"),

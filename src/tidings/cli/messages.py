@@ -112,9 +112,19 @@ def subscribe(
     """
     if via not in ("sse", "ws", "longpoll", "poll"):
         fail("subscribe", f"--via {via!r}: use sse, ws, longpoll or poll", 2)
+    from tidings.sdk.common import TidingsHTTPError
+
     seen = 0
     try:
         with connect("subscribe", url, token) as client:
+            # One plain request first: the subscription itself retries a server that does
+            # not answer, forever and silently, which is right for a blip but not for a
+            # wrong --url or a server never started.
+            try:
+                client.channel_info(channel)
+            except TidingsHTTPError as exc:
+                if exc.status != 404:  # a channel not yet published to is fine
+                    raise
             for item in client.subscribe(channel, via=via, after=after):  # type: ignore[arg-type]
                 if isinstance(item, Reset):
                     warn("subscribe", f"reset: {item.reason} (oldest kept: {item.first})")
