@@ -215,3 +215,20 @@ def test_a_failed_job_waited_for_ends_with_one_line_saying_why(srv: ServerProces
     assert done.returncode == 1
     assert done.stderr == f"tidings jobs wait: job {job_id} failed (attempt 1/1): ValueError: bad\n"
     assert cli_ok("jobs", "retry", job_id, "--url", srv.url).strip() == "queued"
+
+
+def test_jobs_dead_traceback_prints_each_one_after_the_table(srv: ServerProcess) -> None:
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        plain = fail_one(http, "mail", {"type": "SMTPError", "message": "refused"})
+        traced = fail_one(
+            http, "transcode", {"type": "ValueError", "message": "x", "traceback": TRACEBACK}
+        )
+    quiet = piped("jobs", "dead", "--url", srv.url)
+    assert quiet.stderr == ""
+    loud = piped("jobs", "dead", "--traceback", "--url", srv.url)
+    assert loud.returncode == 0
+    assert plain in loud.stdout
+    assert traced in loud.stdout
+    assert f"job {traced} (transcode) failed: attempt 1 raised\n" in loud.stderr
+    assert TRACEBACK.rstrip("\n") in loud.stderr
+    assert plain not in loud.stderr  # a job without a traceback prints none

@@ -83,11 +83,12 @@ def _traceback_of(info: Any) -> str | None:
     return None
 
 
-def _show_traceback(info: Any, forced: bool) -> None:
+def _show_traceback(info: Any, forced: bool, *, on_terminal: bool = True) -> None:
     """A failed job's traceback on stderr, headed by which attempt raised it, when the
-    job has one and it was asked for (or stdout is a terminal, where a person reads)."""
+    job has one and it was asked for (or, with `on_terminal`, stdout is a terminal, where
+    a person reads)."""
     tb = _traceback_of(info)
-    if tb is None or not (forced or sys.stdout.isatty()):
+    if tb is None or not (forced or (on_terminal and sys.stdout.isatty())):
         return
     attempt = info.error.get("attempt", info.attempt)
     head = f"job {info.id} ({info.type}) {info.status}: attempt {attempt} raised\n"
@@ -338,19 +339,27 @@ def jobs_list(
 Examples:
   tidings jobs dead
   tidings jobs dead --type transcode --limit 10
-  tidings jobs get ID --traceback       # the traceback of one of them""",
+  tidings jobs dead --limit 3 --traceback    # and where each one failed
+  tidings jobs get ID --traceback            # the traceback of one of them""",
 )
 def jobs_dead(
     type: TypeFilter = None,
     limit: LimitOption = None,
+    traceback: Annotated[
+        bool,
+        typer.Option(
+            "--traceback",
+            help="Also print each job's traceback on stderr, newest first. Default: off.",
+        ),
+    ] = False,
     json_out: JsonOption = False,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
     """Dead letters: the jobs that failed for good, newest first, with their error.
 
-    `tidings jobs retry ID` runs one again; `tidings jobs get ID --traceback` shows
-    where it failed.
+    `tidings jobs retry ID` runs one again; --traceback (or `tidings jobs get ID
+    --traceback`) shows where it failed.
     """
     from rich.table import Table
 
@@ -372,6 +381,8 @@ def jobs_dead(
             job.id,
         )
     out().print(table)
+    for job in jobs:
+        _show_traceback(job, traceback, on_terminal=False)
 
 
 @jobs_app.command(
