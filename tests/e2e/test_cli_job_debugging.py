@@ -1,0 +1,95 @@
+"""Jobs a user can debug, end to end: `tidings jobs submit` warns when no worker has asked
+for the type lately (the SDK's `JobHandle.served`), against a real server and worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ServerFactory, ServerProcess
+from tests.e2e.test_cli_commands import piped
+from tidings.sdk.client import AsyncClient, Client
+
+pytestmark = pytest.mark.timeout(60)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def warning_for(type_: str) -> str:
+    return (
+        f"tidings jobs submit: warning: no worker has asked for jobs of type {type_!r} lately: "
+        "is a worker running with a handler for it? (`tidings jobs queues` lists the types "
+        "in use)\n"
+    )
+
+
+@pytest.fixture
+def srv(tidings_server: ServerFactory) -> ServerProcess:
+    return tidings_server()
+
+
+@pytest.fixture
+def worker(srv: ServerProcess, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`tidings worker tests.e2e.worker_app:worker` against `srv` (echo, fail, …)."""
+    log = (tmp_path / "worker.log").open("ab")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tidings",
+            "worker",
+            "tests.e2e.worker_app:worker",
+            "--url",
+            srv.url,
+        ],
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+    log.close()
+
+
+def test_submitting_a_type_no_worker_asked_for_warns_and_still_prints_the_id(
+    srv: ServerProcess,
+) -> None:
+    done = piped("jobs", "submit", "transcodeX", '{"video": "v.mp4"}', "--url", srv.url)
+    assert done.returncode == 0
+    assert done.stderr == warning_for("transcodeX")
+    job_id = done.stdout.strip()
+    assert json.loads(piped("jobs", "get", job_id, "--url", srv.url).stdout)["status"] == "queued"
+
+
+def test_the_sdk_says_whether_a_submitted_type_is_served(
+    srv: ServerProcess, worker: subprocess.Popen[bytes]
+) -> None:
+    with Client(srv.url) as client:
+        assert client.submit("nobody-works-this").served is False
+        deadline = time.monotonic() + 20
+        while client.submit("echo", 1).served is not True:
+            assert worker.poll() is None, "the worker exited"
+            assert time.monotonic() < deadline, "the worker never counted as serving echo"
+            time.sleep(0.2)
+        assert client.job(client.submit("echo", 2).id).served is None  # not a submit answer
+
+    async def served() -> tuple[bool | None, bool | None]:
+        async with AsyncClient(srv.url) as client:
+            return (await client.submit("echo")).served, (await client.submit("nope")).served
+
+    assert asyncio.run(served()) == (True, False)
+    quiet = piped("jobs", "submit", "echo", '"hi"', "--wait", "10", "--url", srv.url)
+    assert quiet.returncode == 0
+    assert quiet.stderr == ""
+    assert json.loads(quiet.stdout) == "hi"
