@@ -17,10 +17,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import ServerFactory
+from tests.e2e.helpers import cli_ok
 from tidings.sdk.client import AsyncClient, Client, JobInfo, JobTimeout
+from tidings.server.auth import token_key
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_APP = "tests.e2e.worker_app:worker"
@@ -280,12 +283,34 @@ def test_failing_job_is_retried_then_ends_failed_with_its_error(
         info = handle.wait(timeout=40)
         assert info.status == "failed", worker.log()
         assert info.attempt == 2
-        assert info.error == {
+        error = dict(info.error)
+        tb = error.pop("traceback")
+        assert error == {
             "type": "RuntimeError",
             "message": "failing on purpose (attempt 2)",
+            "attempt": 2,
         }
+        # The handler's own frame (tests/e2e/worker_app.py: def fail) and its exception.
+        assert tb.startswith("Traceback (most recent call last):\n"), tb
+        assert 'worker_app.py", line' in tb and ", in fail\n" in tb, tb
+        assert tb.rstrip().endswith("RuntimeError: failing on purpose (attempt 2)"), tb
+        # GET /v1/jobs/{id} shows each attempt's error.
+        got = httpx.get(f"{url}/v1/jobs/{handle.id}", timeout=10).json()
+        assert [(e["attempt"], e["message"]) for e in got["errors"]] == [
+            (1, "failing on purpose (attempt 1)"),
+            (2, "failing on purpose (attempt 2)"),
+        ]
+        assert got["errors"][0]["traceback"].rstrip().endswith("(attempt 1)")
         # The dead job can be retried by hand.
         assert client.retry_job(handle.id).status == "queued"
+    # The worker logged each failure with its traceback: a warning, then an error.
+    log = worker.log()
+    lines = log.splitlines()
+    first = next(line for line in lines if "attempt 1: failed" in line)
+    last = next(line for line in lines if "attempt 2: failed" in line)
+    assert "WARNING" in first.upper() and "to be retried" in first, log
+    assert "ERROR" in last.upper() and "not retried" in last, log
+    assert log.count("Traceback (most recent call last)") >= 2, log
 
 
 @pytest.mark.timeout(60)
@@ -456,3 +481,126 @@ def test_in_process_handlers_run_jobs_without_a_worker_process(
         wait_for(client, slow.id, lambda j: j.status == "running" and bool(j.progress))
         slow.cancel()
         assert slow.wait(timeout=10).status == "cancelled"
+
+
+# -- served job types and a worker's credentials -------------------------------------------
+
+
+def submit_raw(url: str, type_: str, **headers: str) -> httpx.Response:
+    r = httpx.post(f"{url}/v1/jobs", json={"type": type_}, headers=headers, timeout=10)
+    assert r.status_code in (200, 202), r.text
+    return r
+
+
+@pytest.mark.timeout(60)
+def test_a_submit_says_whether_a_worker_serves_its_type(
+    tidings_server: ServerFactory, store_url: str, worker_process: WorkerFactory
+) -> None:
+    """`served` is false before any worker asked for the type, true once a running worker
+    leases it (any form of the answer: 202, 200 after a wait, an idempotent repeat), and
+    false for a type it does not lease (a typo)."""
+    server = tidings_server(store_url)
+    url: str = server.url
+    assert submit_raw(url, "echo").json()["served"] is False
+    worker = worker_process(url)
+    deadline = time.monotonic() + 20
+    while not submit_raw(url, "echo", **{"Idempotency-Key": "probe"}).json()["served"]:
+        assert time.monotonic() < deadline, worker.log()
+        time.sleep(0.2)
+    queued = submit_raw(url, "echo")
+    assert queued.status_code == 202 and queued.json()["served"] is True
+    finished = submit_raw(url, "echo", Prefer="wait=10")
+    assert finished.status_code == 200, worker.log()
+    assert finished.json()["status"] == "succeeded" and finished.json()["served"] is True
+    again = submit_raw(url, "echo", **{"Idempotency-Key": "probe"})
+    assert again.json()["served"] is True
+    typo = submit_raw(url, "echoo")
+    assert typo.json()["served"] is False
+    # GET answers carry no `served`: it belongs to the submit.
+    assert "served" not in httpx.get(f"{url}/v1/jobs/{typo.json()['id']}", timeout=10).json()
+
+
+def worker_command(url: str, token: str | None) -> list[str]:
+    cmd = [sys.executable, "-m", "tidings", "worker", WORKER_APP, "--url", url]
+    return cmd if token is None else [*cmd, "--token", token]
+
+
+def worker_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "TIDINGS_TOKEN"}
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_the_server_refuses_exits_with_what_to_do(
+    tidings_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Under --require-auth: no token → exit 2 at once saying to pass --token made by
+    `tidings tokens create` for a user with --work; a token whose user may not work its
+    types → exit 2 naming them; a token revoked while it runs → the worker stops, exit 2."""
+    store = f"sqlite:///{tmp_path / 'auth.db'}"
+    cli_ok("users", "add", "reader", "--store", store, "--password-stdin", stdin="pw-reader-1\n")
+    cli_ok(
+        "users", "add", "robot", "--store", store, "--password-stdin",
+        "--work", "*", "--submit", "*", stdin="pw-robot-1\n",
+    )  # fmt: skip
+    reader = cli_ok("tokens", "create", "reader", "--store", store).strip()
+    robot = cli_ok("tokens", "create", "robot", "--store", store).strip()
+    server = tidings_server(store, args=["--require-auth"])
+    url: str = server.url
+
+    started = time.monotonic()
+    done = subprocess.run(
+        worker_command(url, None), cwd=ROOT, env=worker_env(), capture_output=True,
+        text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert time.monotonic() - started < 20
+    said = " ".join(done.stderr.split())  # the console may wrap it
+    assert "tidings worker:" in said, done.stderr
+    for needed in ("--token", "TIDINGS_TOKEN", "tidings tokens create USER", "--work TYPE"):
+        assert needed in said, done.stderr
+
+    done = subprocess.run(
+        worker_command(url, reader), cwd=ROOT, env=worker_env(), capture_output=True,
+        text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    said = " ".join(done.stderr.split())
+    assert "refuses to lease jobs of" in said and "echo" in said, done.stderr
+    assert "may not work" in said, done.stderr
+
+    log_path = tmp_path / "robot.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            worker_command(url, robot), cwd=ROOT, env=worker_env(), stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        with Client(url, token=robot) as client:
+            assert client.submit("echo", {"n": 1}).wait(timeout=20).result == {"n": 1}
+        cli_ok("tokens", "revoke", token_key(robot)[:12], "--store", store)
+        assert proc.wait(30) == 2, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    said = " ".join(log_path.read_text().split())
+    assert "refused this worker's credentials" in said and "--token" in said, said
+
+
+@pytest.mark.timeout(60)
+def test_handlers_inside_the_server_serve_their_types(tidings_server: ServerFactory) -> None:
+    """`serve --handlers`: the in-server worker leases through the same job service, so its
+    types are served (submit says so, JSON-RPC calls run) and others are not (-32601)."""
+    server = tidings_server("memory://", args=["--handlers", WORKER_APP])
+    url: str = server.url
+    deadline = time.monotonic() + 20
+    while not submit_raw(url, "echo").json()["served"]:
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.2)
+    call = {"jsonrpc": "2.0", "method": "echo", "params": {"n": 5}, "id": 1}
+    r = httpx.post(f"{url}/v1/rpc", json=call, timeout=20)
+    assert r.json() == {"jsonrpc": "2.0", "result": {"n": 5}, "id": 1}, r.text
+    r = httpx.post(f"{url}/v1/rpc", json={**call, "method": "no.such.handler"}, timeout=20)
+    assert r.json()["error"]["code"] == -32601, r.text
+    jobs = httpx.get(f"{url}/v1/jobs", params={"type": "no.such.handler"}, timeout=10).json()
+    assert jobs["jobs"] == []

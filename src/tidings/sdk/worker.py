@@ -35,11 +35,18 @@ serve`). The runtime is one lease loop and one task per running job:
   request, and what finishes meanwhile in the next. Transport failures are retried with
   backoff until the job's lease ends; a drain waits for every outcome to be sent.
 
+A handler's exception fails the attempt with `{"type", "message", "traceback"}` (the
+formatted traceback, its last 16 KiB); the worker logs it with its traceback, as a
+WARNING while attempts remain and an ERROR on the last one.
+
 Errors raised by this module:
 
     JobCancelled       raised by `raise_if_cancelled()`: the attempt fails without retry,
                        so a job whose cancellation was requested ends `cancelled`
     LeaseLost          a backend's answer to a stale or foreign lease token (409)
+    WorkerRefused      raised by `run`/`run_async`: the server refuses this worker's
+                       credentials (401: no token, or a revoked one) or the job types it
+                       asks for (403); retrying cannot help, so the worker stops
 """
 
 from __future__ import annotations
@@ -49,11 +56,14 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import os
 import queue
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -69,6 +79,7 @@ from tidings.protocol.jobs import (
     LeasedJobWire,
     OutcomeWire,
     ReportAnswerWire,
+    bound_traceback,
 )
 from tidings.sdk.common import (
     OBJECT_DECODER,
@@ -92,6 +103,7 @@ __all__ = [
     "LocalBackend",
     "Worker",
     "WorkerBackend",
+    "WorkerRefused",
 ]
 
 log = logging.getLogger("tidings.worker")
@@ -129,6 +141,37 @@ class JobCancelled(Exception):
 
 class LeaseLost(Exception):
     """The server no longer knows this lease (expired, or given to another worker)."""
+
+
+class WorkerRefused(ValueError):
+    """The server refuses this worker: no valid token (401) or no grant to work the job
+    types it asks for (403). Raised by `Worker.run` with what to do about it; `status` is
+    the HTTP status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _refusal(exc: BaseException, url: str, types: list[str] | None) -> WorkerRefused | None:
+    """The WorkerRefused a lease's failure `exc` stands for, or None (worth retrying)."""
+    if not isinstance(exc, TidingsHTTPError) or exc.status not in (401, 403):
+        return None
+    wanted = ", ".join(types) if types else "any type ('*')"
+    if exc.status == 401:
+        return WorkerRefused(
+            f"the server at {url} refused this worker's credentials ({exc.message}). Pass "
+            "--token TOKEN (or set TIDINGS_TOKEN) with an API token made by `tidings tokens "
+            "create USER --store STORE`, for a user who may work these job types "
+            f"(`tidings users add USER --work TYPE --store STORE`); job types: {wanted}",
+            401,
+        )
+    return WorkerRefused(
+        f"the server at {url} refuses to lease jobs of {wanted} to this token "
+        f"({exc.message}): grant its user the work of each type (`tidings users grant USER "
+        "--work TYPE --store STORE`), or have the Worker lease fewer types",
+        403,
+    )
 
 
 class LeasedJob(msgspec.Struct, frozen=True, kw_only=True):
@@ -366,14 +409,22 @@ class HttpBackend:
         body: dict[str, Any] = {"max": max_jobs, "wait": wait, "lease": lease}
         if types is not None:
             body["types"] = types
-        answer = await self._post(
-            "/v1/workers/lease",
-            body,
-            max(self.timeout, wait + LEASE_WAIT_MARGIN),
-            _LEASE_ANSWER,
-            per_job=False,
-        )
+        answer = await self._lease_post(body, max(self.timeout, wait + LEASE_WAIT_MARGIN), types)
         return _leased_jobs(answer)
+
+    async def _lease_post(
+        self, body: dict[str, Any], read_timeout: float, types: list[str] | None
+    ) -> LeaseAnswerWire:
+        """POST a lease request; `WorkerRefused` for a 401 or 403 (no retry helps)."""
+        try:
+            return await self._post(
+                "/v1/workers/lease", body, read_timeout, _LEASE_ANSWER, per_job=False
+            )
+        except TidingsHTTPError as exc:
+            refused = _refusal(exc, self.url, types)
+            if refused is not None:
+                raise refused from None
+            raise
 
     async def heartbeat(
         self,
@@ -443,9 +494,7 @@ class HttpBackend:
         if types is not None:
             body["types"] = types
         body["results"] = _json_array(parts)
-        answer = await self._post(
-            "/v1/workers/lease", body, self.timeout, _LEASE_ANSWER, per_job=False
-        )
+        answer = await self._lease_post(body, self.timeout, types)
         results = answer.results
         if results is msgspec.UNSET or len(results) != len(outcomes):
             raise ClientError("the server's report answer does not match the request")
@@ -488,6 +537,20 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, TidingsHTTPError):
         return exc.retryable
     return isinstance(exc, TidingsConnectionError | StoreError | OSError)
+
+
+# Where the frames of the runtime itself come from: a handler's traceback starts below them.
+_RUNTIME_FILES = (__file__, str(Path(asyncio.__file__).parent) + os.sep)
+
+
+def _handler_traceback(exc: BaseException) -> str:
+    """The formatted traceback of a handler's exception (its last 16 KiB), from the
+    handler's frame down: the runtime's frames above it say nothing about the failure."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_FILES):
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+    return bound_traceback(text)
 
 
 def _describe(exc: BaseException) -> str:
@@ -835,6 +898,10 @@ class _Runner:
         )
         try:
             await self._lease_loop(types)
+        except WorkerRefused as exc:
+            if exc.status == 401:  # without credentials no outcome can be reported either
+                self.force.set()
+            raise
         finally:
             try:
                 await self._drain()
@@ -885,6 +952,9 @@ class _Runner:
                         answers, jobs = await self.backend.report_and_lease(
                             [o.outcome for o in outcomes], types, free, self.worker.lease
                         )
+                    except WorkerRefused:
+                        reporter.give_back(outcomes)
+                        raise
                     except Exception as exc:
                         if _transient(exc):
                             reporter.give_back(outcomes)
@@ -902,6 +972,8 @@ class _Runner:
                                 types, free, self.worker.lease_wait, self.worker.lease
                             )
                         )
+                    except WorkerRefused:
+                        raise
                     except Exception as exc:
                         await self._backoff(exc, "lease")
                         continue
@@ -1086,6 +1158,7 @@ class _Runner:
             return ("fail" if ctx.cancelled else "retry"), {
                 "type": type(exc).__name__,
                 "message": str(exc),
+                "traceback": _handler_traceback(exc),
             }
         try:
             encode_json(result)
@@ -1175,13 +1248,14 @@ class _Runner:
             )
             return
         word = JobOutcome(ctx.id, leased.lease_token, kind == "complete", value, kind == "retry")
-        self.reporter.put(_Outcome(word, label, kind, took, state.lease_until, ctx.cancelled))
+        last = kind != "retry" or ctx.attempt >= ctx.max_attempts
+        self.reporter.put(_Outcome(word, label, kind, took, state.lease_until, ctx.cancelled, last))
 
 
 class _Outcome:
     """A finished job's outcome waiting for the reporter, with what its log line needs."""
 
-    __slots__ = ("cancelled", "kind", "label", "lease_until", "outcome", "took")
+    __slots__ = ("cancelled", "kind", "label", "last", "lease_until", "outcome", "took")
 
     def __init__(
         self,
@@ -1191,6 +1265,7 @@ class _Outcome:
         took: float,
         lease_until: float,
         cancelled: bool,
+        last: bool,
     ) -> None:
         self.outcome = outcome
         self.label = label
@@ -1198,14 +1273,18 @@ class _Outcome:
         self.took = took
         self.lease_until = lease_until
         self.cancelled = cancelled
+        # True when the server will not run the job again after this outcome.
+        self.last = last
 
     def refused(self, why: Exception) -> _Outcome:
         """This job's failure (not retried) in place of a result the server refused."""
         error = {"type": "ResultRefused", "message": f"the server refused the result: {why}"}
         failure = JobOutcome(self.outcome.id, self.outcome.lease_token, False, error, False)
-        return _Outcome(failure, self.label, "fail", self.took, self.lease_until, False)
+        return _Outcome(failure, self.label, "fail", self.took, self.lease_until, False, True)
 
     def log_reported(self) -> None:
+        """The outcome's log line: INFO for a success or a cancellation; a failure with its
+        traceback, a WARNING while the job will be retried, an ERROR when it will not."""
         if self.kind == "complete":
             log.info("%s: succeeded in %.2fs", self.label, self.took)
         elif self.kind == "fail" and self.cancelled:
@@ -1213,13 +1292,16 @@ class _Outcome:
         else:
             value = self.outcome.value
             err = value if isinstance(value, dict) else {}
-            log.info(
-                "%s: failed after %.2fs (%s: %s)%s",
+            tb = err.get("traceback")
+            log.log(
+                logging.ERROR if self.last else logging.WARNING,
+                "%s: failed after %.2fs (%s: %s)%s%s",
                 self.label,
                 self.took,
                 err.get("type"),
                 err.get("message"),
-                "" if self.kind == "retry" else ", not retried",
+                ", not retried" if self.last else ", to be retried",
+                f"\n{tb.rstrip()}" if isinstance(tb, str) else "",
             )
 
 
