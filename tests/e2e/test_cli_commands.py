@@ -184,18 +184,20 @@ def test_401_and_403_say_how_to_pass_a_token_and_how_to_get_a_permission(
     assert anonymous.returncode == 1
     assert anonymous.stderr.count("\n") == 1
     assert "(HTTP 401 " in anonymous.stderr
-    assert "pass one with --token or TIDINGS_TOKEN" in anonymous.stderr
+    assert ". Pass a token with --token or TIDINGS_TOKEN" in anonymous.stderr
     assert "`tidings tokens create USER --store STORE`" in anonymous.stderr
 
     wrong = tidings_cli("publish", "news.a", "hi", "--url", srv.url, "--token", "not-a-token")
     assert wrong.returncode == 1
     assert "(HTTP 401 " in wrong.stderr
-    assert "the token was refused" in wrong.stderr
+    assert "The token was refused" in wrong.stderr
 
     denied = tidings_cli("publish", "other", "hi", "--url", srv.url, "--token", secret)
     assert denied.returncode == 1
     assert "(HTTP 403 " in denied.stderr
-    assert "`tidings users grant USER --store STORE" in denied.stderr
+    assert "An admin grants the permission with `tidings users grant USER --store STORE" in (
+        denied.stderr
+    )
 
     assert cli_ok("publish", "news.a", "hi", "--url", srv.url, "--token", secret).strip()
 

@@ -114,28 +114,26 @@ def explain(exc: ClientError, url: str, token: str | None) -> str:
         return f"the server at {url} did not answer ({type(cause).__name__}: {cause})"
     if isinstance(exc, TidingsHTTPError):
         said = f"{exc.message} (HTTP {exc.status} {exc.code})"
-        if exc.status == 401:
-            if token:
-                return (
-                    f"{said}: the token was refused (revoked, expired or mistyped); make a "
-                    "new one with `tidings tokens create USER --store STORE` and pass it "
-                    "with --token or TIDINGS_TOKEN"
-                )
+        if exc.status == 401 and token:
             return (
-                f"{said}: this server requires a token; pass one with --token or "
-                "TIDINGS_TOKEN (an admin makes one with `tidings tokens create USER "
-                "--store STORE`)"
+                f"{said}. The token was refused (revoked, expired or mistyped): make a new "
+                "one with `tidings tokens create USER --store STORE` and pass it with "
+                "--token or TIDINGS_TOKEN."
+            )
+        if exc.status == 401:
+            return (
+                f"{said}. Pass a token with --token or TIDINGS_TOKEN; an admin makes one "
+                "with `tidings tokens create USER --store STORE`."
+            )
+        if exc.status == 403 and not token:
+            return (
+                f"{said}. Anonymous requests may not do this: pass a token with --token or "
+                "TIDINGS_TOKEN (`tidings tokens create USER --store STORE`)."
             )
         if exc.status == 403:
-            if not token:
-                return (
-                    f"{said}: anonymous requests may not do this; pass a token with "
-                    "--token or TIDINGS_TOKEN (`tidings tokens create USER --store STORE`)"
-                )
             return (
-                f"{said}: the token's user lacks this permission; an admin grants it with "
-                "`tidings users grant USER --store STORE --publish|--subscribe|--submit"
-                "|--work PATTERN` (or --admin)"
+                f"{said}. An admin grants the permission with `tidings users grant USER "
+                "--store STORE --publish|--subscribe|--submit|--work PATTERN` (or --admin)."
             )
         return said
     return str(exc)
