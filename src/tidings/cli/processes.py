@@ -1,242 +1,390 @@
-"""`tidings serve` and `tidings worker`: the two long-running processes."""
+"""`tidings serve` and `tidings worker`: the two long-running processes.
+
+Every `serve` option is a field of `Settings` and has its TIDINGS_<FIELD> twin, read by
+`Settings.from_env` (settings.py knows every name); an option given on the command line
+wins over its variable. Each option's help ends with its default and its variable:
+`[default: 8000] [env TIDINGS_PORT]`.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
-from tidings.cli.common import DEFAULT_URL, UrlOption, err
+from tidings.cli.common import DEFAULT_URL, err
 from tidings.server import constants as C
-from tidings.server.settings import Settings
+from tidings.server.settings import Settings, env_name, unknown_env
 
 __all__ = ["serve", "worker"]
 
+log = logging.getLogger("tidings.server")
+
+_DEFAULTS = Settings()
+
+
+def _shown(value: Any) -> str:
+    """A default as help shows it: on/off, none for an empty string, 30 rather than 30.0."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if value == "":
+        return "none"
+    return str(value)
+
+
+def _option(field: str, text: str, *decls: str, default: str | None = None, **kw: Any) -> Any:
+    """A `serve` option for Settings field `field`: its help ends with its default (the
+    field's, or `default` when that says it better) and its environment variable."""
+    shown = default if default is not None else _shown(getattr(_DEFAULTS, field))
+    return typer.Option(
+        *decls, help=f"{text} [default: {shown}] [env {env_name(field)}]", show_default=False, **kw
+    )
+
+
+def _flag(field: str, text: str) -> Any:
+    """An on/off `serve` option: --FIELD / --no-FIELD, unset when neither is given."""
+    name = field.replace("_", "-")
+    return _option(field, text, f"--{name}/--no-{name}")
+
+
+def _fail(command: str, message: str, code: int) -> typer.Exit:
+    """Print `tidings COMMAND: MESSAGE` (one paragraph, taken as plain text) on stderr;
+    the exit to raise. An empty `command`: the message names the command itself."""
+    err.print(Text.assemble((f"tidings {command}: " if command else "", "red"), message))
+    return typer.Exit(code)
+
 
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to bind [env TIDINGS_HOST].")] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port [env TIDINGS_PORT].")] = None,
+    host: Annotated[str | None, _option("host", "Address to bind.")] = None,
+    port: Annotated[int | None, _option("port", "TCP port.")] = None,
     store: Annotated[
         str | None,
-        typer.Option(help="Store URL: sqlite:///path.db or memory:// [env TIDINGS_STORE]."),
+        _option(
+            "store",
+            "Store URL: sqlite:///relative.db, sqlite:////absolute/path.db, memory:// or "
+            "redis://host:port/0.",
+        ),
     ] = None,
     max_messages: Annotated[
-        int | None, typer.Option(help="Default retention by count per channel.")
+        int | None, _option("max_messages", "Default retention by count per channel.")
     ] = None,
     max_age: Annotated[
-        float | None, typer.Option(help="Default retention by age in seconds per channel.")
+        float | None, _option("max_age", "Default retention by age per channel, seconds.")
     ] = None,
     max_message_bytes: Annotated[
-        int | None, typer.Option(help="Largest message body accepted (413 above).")
+        int | None, _option("max_message_bytes", "Largest message body accepted (413 above).")
     ] = None,
-    long_poll_cap: Annotated[float | None, typer.Option(help="Longest wait= honoured, s.")] = None,
+    long_poll_cap: Annotated[
+        float | None, _option("long_poll_cap", "Longest wait= honoured, seconds.")
+    ] = None,
     subscriber_buffer: Annotated[
-        int | None, typer.Option(help="Unsent bytes a stream may hold before it is cut.")
+        int | None,
+        _option("subscriber_buffer", "Unsent bytes a stream may hold before it is cut."),
     ] = None,
-    heartbeat: Annotated[float | None, typer.Option(help="Seconds between SSE heartbeats.")] = None,
+    heartbeat: Annotated[
+        float | None,
+        _option("heartbeat", "Seconds between SSE heartbeats and WebSocket pings."),
+    ] = None,
     handlers: Annotated[
         str | None,
-        typer.Option(help="MODULE:OBJ of a tidings.Worker to run inside the server."),
+        _option("handlers", "MODULE:OBJ of a tidings.Worker to run inside the server."),
     ] = None,
     retry_backoff: Annotated[
-        float | None, typer.Option(help="Seconds before a failed job's first retry (doubles).")
+        float | None,
+        _option("retry_backoff", "Seconds before a failed job's first retry (doubles)."),
     ] = None,
     job_ttl: Annotated[
-        float | None, typer.Option(help="Seconds a finished job and its events are kept.")
+        float | None, _option("job_ttl", "Seconds a finished job and its events are kept.")
     ] = None,
-    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
-    access_log: Annotated[bool, typer.Option(help="Log every request (slower).")] = False,
-    allow_anonymous: Annotated[
-        bool,
-        typer.Option(
-            "--allow-anonymous",
-            help="Serve anonymous clients on a non-loopback address [env TIDINGS_ALLOW_ANONYMOUS].",
-        ),
-    ] = False,
-    require_auth: Annotated[
-        bool,
-        typer.Option(
-            "--require-auth", help="Anonymous requests get 401 [env TIDINGS_REQUIRE_AUTH]."
-        ),
-    ] = False,
-    sessions: Annotated[
+    log_level: Annotated[
+        str | None, _option("log_level", "trace, debug, info, warning, error or critical.")
+    ] = None,
+    log_format: Annotated[
         str | None,
-        typer.Option(help="Where login sessions live: database, memory or jwt."),
+        _option("log_format", "text (timestamped lines) or json (one object per line)."),
     ] = None,
-    session_ttl: Annotated[float | None, typer.Option(help="Seconds a login lasts.")] = None,
+    access_log: Annotated[bool | None, _flag("access_log", "Log every request (slower).")] = None,
+    allow_anonymous: Annotated[
+        bool | None,
+        _flag("allow_anonymous", "Serve anonymous clients on a non-loopback address."),
+    ] = None,
+    require_auth: Annotated[
+        bool | None, _flag("require_auth", "Anonymous requests get 401.")
+    ] = None,
+    sessions: Annotated[
+        str | None, _option("sessions", "Where login sessions live: database, memory or jwt.")
+    ] = None,
+    session_ttl: Annotated[float | None, _option("session_ttl", "Seconds a login lasts.")] = None,
     jwt_key_file: Annotated[
         str | None,
-        typer.Option(help="File with the HS256 secret of --sessions jwt [env TIDINGS_JWT_SECRET]."),
+        _option(
+            "jwt_key_file",
+            "File with the HS256 secret of --sessions jwt (or the secret itself in "
+            "TIDINGS_JWT_SECRET).",
+        ),
     ] = None,
     app_jwt_algorithm: Annotated[
         str | None,
-        typer.Option(help="Accept your backend's JWTs signed with HS256, RS256 or ES256."),
+        _option(
+            "app_jwt_algorithm",
+            "Accept your backend's JWTs signed with HS256, RS256 or ES256.",
+            default="none (no application JWTs)",
+        ),
     ] = None,
     app_jwt_key_file: Annotated[
         str | None,
-        typer.Option(help="Their PEM public key (or HS256 secret) [env TIDINGS_APP_JWT_KEY]."),
+        _option(
+            "app_jwt_key_file",
+            "Their PEM public key or HS256 secret file (or the key itself in TIDINGS_APP_JWT_KEY).",
+        ),
     ] = None,
-    app_jwt_issuer: Annotated[str | None, typer.Option(help="Their required iss.")] = None,
-    app_jwt_audience: Annotated[str | None, typer.Option(help="Their required aud.")] = None,
+    app_jwt_issuer: Annotated[
+        str | None,
+        _option("app_jwt_issuer", "Their required iss.", default="none (not checked)"),
+    ] = None,
+    app_jwt_audience: Annotated[
+        str | None,
+        _option("app_jwt_audience", "Their required aud.", default="none (not checked)"),
+    ] = None,
     cors_origins: Annotated[
         str | None,
-        typer.Option(help="Comma-separated browser origins allowed to call with credentials."),
+        _option(
+            "cors_origins", "Comma-separated browser origins allowed to call with credentials."
+        ),
     ] = None,
     allowed_hosts: Annotated[
         str | None,
-        typer.Option(help="Host names anonymous clients of a loopback server may use (proxy)."),
+        _option(
+            "allowed_hosts",
+            "Host names anonymous clients of a loopback server may use (a proxy's).",
+            default="none (loopback names only)",
+        ),
     ] = None,
     max_depth: Annotated[
-        int | None, typer.Option(help="Deepest nesting of arrays/objects accepted (400 above).")
+        int | None,
+        _option("max_depth", "Deepest nesting of arrays/objects accepted (400 above)."),
     ] = None,
     max_header_bytes: Annotated[
-        int | None, typer.Option(help="Largest request header block in bytes (431 above).")
+        int | None,
+        _option("max_header_bytes", "Largest request header block in bytes (431 above)."),
     ] = None,
     header_timeout: Annotated[
-        float | None, typer.Option(help="Seconds a client may take to send its headers.")
+        float | None,
+        _option("header_timeout", "Seconds a client may take to send its headers."),
     ] = None,
     body_timeout: Annotated[
-        float | None, typer.Option(help="Seconds a client may pause while sending a body.")
+        float | None,
+        _option("body_timeout", "Seconds a client may pause while sending a body."),
     ] = None,
     keep_alive_timeout: Annotated[
-        float | None, typer.Option(help="Seconds an idle keep-alive connection is kept.")
+        float | None,
+        _option("keep_alive_timeout", "Seconds an idle keep-alive connection is kept."),
     ] = None,
     max_connections: Annotated[
-        int | None, typer.Option(help="Connections at once (0: from the open-file limit).")
+        int | None,
+        _option(
+            "max_connections",
+            "Connections at once (0: from the open-file limit).",
+            default="0 (from the open-file limit)",
+        ),
     ] = None,
     max_connections_per_address: Annotated[
-        int | None, typer.Option(help="Connections at once from one client address (0: no cap).")
+        int | None,
+        _option("max_connections_per_address", "Connections at once from one address (0: no cap)."),
     ] = None,
     limit_loopback: Annotated[
-        bool,
-        typer.Option(
-            "--limit-loopback",
-            help="Apply per-address limits to loopback clients too [env TIDINGS_LIMIT_LOOPBACK].",
-        ),
-    ] = False,
+        bool | None,
+        _flag("limit_loopback", "Apply per-address limits to loopback clients too."),
+    ] = None,
     login_rate_per_address: Annotated[
-        int | None, typer.Option(help="Login attempts per minute from one address (429).")
+        int | None,
+        _option("login_rate_per_address", "Login attempts per minute from one address (429)."),
     ] = None,
     login_failures_per_account: Annotated[
-        int | None, typer.Option(help="Failed logins per account in 5 minutes before 429.")
+        int | None,
+        _option("login_failures_per_account", "Failed logins per account in 5 minutes before 429."),
     ] = None,
     login_queue: Annotated[
-        int | None, typer.Option(help="Password checks that may wait for a thread (503).")
+        int | None,
+        _option("login_queue", "Password checks that may wait for a thread (503 above)."),
     ] = None,
     max_stream_channels: Annotated[
-        int | None, typer.Option(help="Channels one multiplexed stream may name (400 above).")
+        int | None,
+        _option("max_stream_channels", "Channels one multiplexed stream may name (400 above)."),
     ] = None,
-    ssl_certfile: Annotated[str | None, typer.Option(help="TLS certificate (PEM).")] = None,
-    ssl_keyfile: Annotated[str | None, typer.Option(help="TLS private key (PEM).")] = None,
+    ssl_certfile: Annotated[
+        str | None,
+        _option("ssl_certfile", "TLS certificate chain (PEM).", default="none (plain HTTP)"),
+    ] = None,
+    ssl_keyfile: Annotated[
+        str | None,
+        _option(
+            "ssl_keyfile", "TLS private key (PEM).", default="none (the key is in the certfile)"
+        ),
+    ] = None,
     workers: Annotated[
-        int,
-        typer.Option(min=1, help="Server processes on this port (a shared store: redis://)."),
-    ] = 1,
+        int | None,
+        _option(
+            "workers", "Server processes on this port (needs a shared store: redis://).", min=1
+        ),
+    ] = None,
 ) -> None:
-    """Serve the HTTP API (default: embedded SQLite on 127.0.0.1:8000)."""
+    """Serve the HTTP API (default: embedded SQLite on 127.0.0.1:8000).
+
+    Every option has a TIDINGS_* environment variable (named in its help); an option on
+    the command line wins over its variable. An unknown TIDINGS_* variable is reported.
+
+    \b
+    Examples:
+      tidings serve
+      tidings serve --store sqlite:////var/lib/tidings/tidings.db --log-format json
+      TIDINGS_PORT=9000 TIDINGS_ACCESS_LOG=true tidings serve
+      tidings serve --host 0.0.0.0 --require-auth --store redis://127.0.0.1:6379/0 --workers 4
+    """
+    # The parameters are named after Settings' fields: each given one overrides its variable.
+    overrides = dict(locals())
     from tidings.server.app import create_app
-    from tidings.server.runner import run, supervise
+    from tidings.server.logs import configure_logging
+    from tidings.server.runner import PortUnavailable, check_tls, listen, run, supervise
 
     try:
-        settings = Settings.from_env(
-            host=host,
-            port=port,
-            store=store,
-            max_messages=max_messages,
-            max_age=max_age,
-            max_message_bytes=max_message_bytes,
-            long_poll_cap=long_poll_cap,
-            subscriber_buffer=subscriber_buffer,
-            heartbeat=heartbeat,
-            handlers=handlers,
-            retry_backoff=retry_backoff,
-            job_ttl=job_ttl,
-            allow_anonymous=allow_anonymous or None,
-            log_level=log_level,
-            require_auth=require_auth or None,
-            sessions=sessions,
-            session_ttl=session_ttl,
-            jwt_key_file=jwt_key_file,
-            app_jwt_algorithm=app_jwt_algorithm,
-            app_jwt_key_file=app_jwt_key_file,
-            app_jwt_issuer=app_jwt_issuer,
-            app_jwt_audience=app_jwt_audience,
-            cors_origins=cors_origins,
-            allowed_hosts=allowed_hosts,
-            max_depth=max_depth,
-            max_header_bytes=max_header_bytes,
-            header_timeout=header_timeout,
-            body_timeout=body_timeout,
-            keep_alive_timeout=keep_alive_timeout,
-            max_connections=max_connections,
-            max_connections_per_address=max_connections_per_address,
-            limit_loopback=limit_loopback or None,
-            login_rate_per_address=login_rate_per_address,
-            login_failures_per_account=login_failures_per_account,
-            login_queue=login_queue,
-            max_stream_channels=max_stream_channels,
+        settings = Settings.from_env(**overrides)
+    except (ValueError, TypeError) as exc:
+        _warn_unknown(configure=True)
+        raise _fail("serve", str(exc), 2) from None
+    configure_logging(settings.log_level, settings.log_format)
+    _warn_unknown()
+    if not settings.loopback and not (settings.allow_anonymous or settings.require_auth):
+        raise _fail(
+            "serve",
+            f"refusing to serve anonymous clients on {settings.host}. Configure auth: add "
+            "users with `tidings users add NAME --store URL --password-stdin --publish "
+            "'news.*' ...` and pass --require-auth (TIDINGS_REQUIRE_AUTH=true); or pass "
+            "--allow-anonymous (TIDINGS_ALLOW_ANONYMOUS=true) if the network is trusted.",
+            2,
         )
-        if not settings.loopback and not (settings.allow_anonymous or settings.require_auth):
-            err.print(
-                f"[red]tidings serve:[/red] refusing to serve anonymous clients on "
-                f"{settings.host}. Configure auth: add users with `tidings users add NAME "
-                "--store URL --password-stdin --publish 'news.*' ...` and pass --require-auth "
-                "(TIDINGS_REQUIRE_AUTH=true); or pass --allow-anonymous "
-                "(TIDINGS_ALLOW_ANONYMOUS=true) if the network is trusted."
-            )
-            raise typer.Exit(2)
-        if workers > 1 and not settings.store.startswith(("redis://", "rediss://")):
-            err.print(
-                f"[red]tidings serve:[/red] --workers {workers} needs a store the processes "
-                f"can share (redis://host:port/0); {settings.store.split(':')[0]} belongs to "
-                "one process: SQLite has one writer and each process's hub would only see its "
-                "own publishes. Run one process, or use --store redis://…"
-            )
-            raise typer.Exit(2)
-        # With several processes each child builds its own app; this one checks the settings.
+    if settings.workers > 1 and not settings.store.startswith(("redis://", "rediss://")):
+        raise _fail(
+            "serve",
+            f"--workers {settings.workers} needs a store the processes can share "
+            f"(redis://host:port/0); {settings.store.split(':')[0]} belongs to one process: "
+            "SQLite has one writer and each process's hub would only see its own publishes. "
+            "Run one process, or use --store redis://…",
+            2,
+        )
+    try:
+        check_tls(settings)
+        # With several processes each child builds its own app; this one checks the
+        # settings (and locks a SQLite file) before the port is bound.
         tidings_app = create_app(settings)
+        sock = listen(settings)
+    except PortUnavailable as exc:
+        raise _fail("serve", str(exc), 1) from None
     except (ValueError, TypeError, OSError) as exc:
-        # The message may quote a command line (a held SQLite lock): print it as text.
-        err.print(f"[red]tidings serve:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
-    options = {"access_log": access_log, "ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
-    if workers > 1:
-        raise typer.Exit(supervise(workers, settings, options))
-    if not run(settings, options, app=tidings_app):
+        raise _fail("serve", str(exc), 2) from None
+    if settings.workers > 1:
+        raise typer.Exit(supervise(settings, sock))
+    if not run(settings, sock, app=tidings_app):
         raise typer.Exit(1)
+
+
+def _warn_unknown(*, configure: bool = False) -> None:
+    """Log one warning per TIDINGS_* variable nothing reads (with the name it may mean)."""
+    warnings = unknown_env(os.environ)
+    if warnings and configure:
+        from tidings.server.logs import configure_logging
+
+        configure_logging("info", "text")
+    for warning in warnings:
+        logging.getLogger("tidings.settings").warning("%s", warning)
 
 
 def worker(
     target: Annotated[str, typer.Argument(help="MODULE:OBJ naming a tidings.Worker.")],
-    url: UrlOption = DEFAULT_URL,
+    url: Annotated[
+        str,
+        typer.Option(
+            "--url",
+            envvar=env_name("url"),
+            show_default=False,
+            show_envvar=False,
+            help=f"Base URL of the tidings server. [default: {DEFAULT_URL}] "
+            f"[env {env_name('url')}]",
+        ),
+    ] = DEFAULT_URL,
     concurrency: Annotated[
-        int | None, typer.Option(min=1, help="Jobs run at once (overrides the Worker's).")
+        int | None,
+        typer.Option(
+            min=1,
+            envvar=env_name("concurrency"),
+            show_default=False,
+            show_envvar=False,
+            help="Jobs run at once, overriding the Worker's. [default: the Worker's own, "
+            f"Worker(concurrency=4) unless set] [env {env_name('concurrency')}]",
+        ),
     ] = None,
     token: Annotated[
-        str | None, typer.Option(envvar="TIDINGS_TOKEN", help="API token [env TIDINGS_TOKEN].")
+        str | None,
+        typer.Option(
+            envvar=env_name("token"),
+            show_default=False,
+            show_envvar=False,
+            help="API token of a user allowed to work (--work PATTERN). [default: none, "
+            f"anonymous] [env {env_name('token')}]",
+        ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    log_level: Annotated[
+        str,
+        typer.Option(
+            envvar=env_name("log_level"),
+            show_default=False,
+            show_envvar=False,
+            help="trace, debug, info, warning, error or critical. "
+            f"[default: {_DEFAULTS.log_level}] [env {env_name('log_level')}]",
+        ),
+    ] = _DEFAULTS.log_level,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            envvar=env_name("log_format"),
+            show_default=False,
+            show_envvar=False,
+            help="text (timestamped lines) or json (one object per line). "
+            f"[default: {_DEFAULTS.log_format}] [env {env_name('log_format')}]",
+        ),
+    ] = _DEFAULTS.log_format,
 ) -> None:
-    """Run a worker: lease jobs from the server and run their handlers; SIGTERM drains."""
+    """Run a worker: lease jobs from the server and run their handlers; SIGTERM drains.
+
+    \b
+    Examples:
+      tidings worker myapp.jobs:worker
+      tidings worker myapp.jobs:worker --url https://push.example.com --token tdg_...
+      TIDINGS_CONCURRENCY=16 TIDINGS_LOG_FORMAT=json tidings worker myapp.jobs:worker
+    """
     from tidings.loader import load_object
     from tidings.sdk.worker import Worker
+    from tidings.server.logs import configure_logging
 
     try:
-        obj = load_object(target, "worker")
+        configure_logging(log_level, log_format)
     except ValueError as exc:
-        err.print(f"[red]{escape(str(exc))}[/red]")
-        raise typer.Exit(2) from None
+        raise _fail("worker", f"{exc} (--log-level / --log-format)", 2) from None
+    _warn_unknown()
+    try:
+        obj = load_object(target, "worker")
+    except ValueError as exc:  # "worker 'TARGET': ..." names the command already
+        raise _fail("", str(exc), 2) from None
     if not isinstance(obj, Worker):
-        err.print(f"[red]{escape(target)} is a {type(obj).__name__}, not a tidings.Worker[/red]")
-        raise typer.Exit(2)
+        raise _fail("worker", f"{target} is a {type(obj).__name__}, not a tidings.Worker", 2)
     if concurrency is not None:
         obj.concurrency = concurrency
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     # The worker's own log lines are the point; httpx's per-request lines are noise.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # Sync handlers run in threads that hand results back to the loop: the default 5 ms
@@ -245,5 +393,4 @@ def worker(
     try:
         obj.run(url, token=token)
     except ValueError as exc:
-        err.print(f"[red]tidings worker:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+        raise _fail("worker", str(exc), 2) from None

@@ -150,7 +150,16 @@ class Lifecycle:
                 self.handlers.run_local(self.jobs, self._handlers_stop), name="tidings-handlers"
             )
         self.ready = True
-        log.info("tidings ready on store %s", redacted(settings.store))
+        # The port was bound and listening before the app started (runner.listen).
+        scheme = "https" if settings.ssl_certfile else "http"
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        log.info(
+            "tidings ready on %s://%s:%d, store %s",
+            scheme,
+            host,
+            settings.port,
+            redacted(settings.store),
+        )
         try:
             yield
         finally:

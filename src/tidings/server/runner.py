@@ -1,21 +1,29 @@
 """Running the app under uvicorn: one process, or N processes on one port (`--workers`).
 
-One process: `run(settings, options)` builds the app and serves it with a uvicorn
+The listening socket is bound first (`listen`), before the app starts: a port in use
+or not permitted is one clear error and nothing is logged as ready, and "ready" is
+only logged once the port accepts connections.
+
+One process: `run(settings, [sock])` builds the app and serves it with a uvicorn
 server that ends tidings' streams before it waits for connections (graceful drain).
 
-N processes (`--workers N`, a shared store only): the supervisor binds the listening
-socket once and starts N spawned children that each serve it (the kernel spreads
-connections over them), forwards SIGTERM/SIGINT to them, restarts one that dies, and
-exits once all have drained.
+N processes (`--workers N`, a shared store only): `supervise(settings, sock)` starts N
+spawned children that each serve the one socket (the kernel spreads connections over
+them), forwards SIGTERM/SIGINT to them, restarts one that dies, and exits once all
+have drained.
+
+Logging is `tidings.server.logs`' in every process: uvicorn gets no config of its own.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import multiprocessing
 import signal
 import socket
+import ssl
 import sys
 import time
 from typing import Any
@@ -27,9 +35,20 @@ from tidings.server.app import TidingsApp, create_app
 from tidings.server.http.limits import ConnectionLimits, connection_capacity, raise_file_limit
 from tidings.server.http.protocol import TidingsHttpProtocol
 from tidings.server.http.ws_protocol import TidingsWebSocketProtocol
+from tidings.server.logs import configure_logging
 from tidings.server.settings import Settings
 
-__all__ = ["TidingsConfig", "TidingsServer", "run", "supervise"]
+__all__ = [
+    "PortUnavailable",
+    "TidingsConfig",
+    "TidingsServer",
+    "check_tls",
+    "listen",
+    "run",
+    "supervise",
+]
+
+BACKLOG = 8192
 
 log = logging.getLogger("tidings.server")
 
@@ -54,10 +73,7 @@ class TidingsConfig(uvicorn.Config):
 
 
 def uvicorn_config(
-    app: Any,
-    settings: Settings,
-    options: dict[str, Any],
-    limits: ConnectionLimits | None = None,
+    app: Any, settings: Settings, limits: ConnectionLimits | None = None
 ) -> TidingsConfig:
     config = TidingsConfig(
         app,
@@ -74,22 +90,92 @@ def uvicorn_config(
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         lifespan="on",
-        log_level=settings.log_level,
-        access_log=bool(options.get("access_log")),
+        # No formatters or handlers of uvicorn's own: its records reach the root logger,
+        # which configure_logging set up (one format for every line).
+        log_config=None,
+        log_level=settings.log_level.lower(),
+        access_log=settings.access_log,
         timeout_graceful_shutdown=int(C.SHUTDOWN_GRACE),
         ws_max_size=settings.max_message_bytes + 4096,
-        backlog=8192,
+        backlog=BACKLOG,
         timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]
         # No X-Forwarded-* rewriting (a middleware call per request; tidings has no use for
         # the client address yet) and no `server:` header advertising the stack.
         proxy_headers=False,
         server_header=False,
-        ssl_certfile=options.get("ssl_certfile"),
-        ssl_keyfile=options.get("ssl_keyfile"),
+        ssl_certfile=settings.ssl_certfile or None,
+        ssl_keyfile=settings.ssl_keyfile or None,
     )
     if limits is not None:
         config.tidings_limits = limits
     return config
+
+
+class PortUnavailable(OSError):
+    """The server's address cannot be listened on; the message says why and what to do."""
+
+
+def listen(settings: Settings) -> socket.socket:
+    """Bind and listen on the server's address; PortUnavailable says why not.
+
+    Listening before the app starts queues the connections that arrive while it starts
+    (served once it is ready) instead of refusing them.
+    """
+    host, port = settings.host, settings.port
+    # An IPv6 literal needs an IPv6 socket; a name or IPv4 address, IPv4 (as uvicorn).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    where = f"port {port} on {host}"
+    again = "pass --port / TIDINGS_PORT"
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except socket.gaierror as exc:
+        sock.close()
+        raise PortUnavailable(
+            f"cannot listen on {host}: the name does not resolve ({exc.strerror}); "
+            "pass an address of this machine with --host / TIDINGS_HOST"
+        ) from None
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            message = f"{where} is in use: stop the other process or {again}"
+        elif exc.errno in (errno.EACCES, errno.EPERM):
+            message = (
+                f"{where} is not permitted: ports below 1024 need root or "
+                f"CAP_NET_BIND_SERVICE; {again} (1024 or above)"
+            )
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            message = (
+                f"cannot listen on {host}: it is not an address of this machine; "
+                "pass one with --host / TIDINGS_HOST (127.0.0.1, or 0.0.0.0 for every one)"
+            )
+        else:
+            message = f"cannot listen on {where}: {exc.strerror or exc}"
+        raise PortUnavailable(message) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def check_tls(settings: Settings) -> None:
+    """Load the TLS certificate and key as uvicorn will; ValueError says what is wrong."""
+    if not settings.ssl_certfile:
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile or None)
+    except ssl.SSLError as exc:
+        raise ValueError(
+            f"TLS: the certificate {settings.ssl_certfile!r} and key "
+            f"{settings.ssl_keyfile or settings.ssl_certfile!r} do not load together "
+            f"({exc.reason or exc}): both must be PEM and the key the certificate's"
+        ) from None
+    except OSError as exc:
+        raise ValueError(
+            f"TLS: cannot read {exc.filename or settings.ssl_certfile!r}: {exc.strerror}; "
+            "check --ssl-certfile / --ssl-keyfile (TIDINGS_SSL_CERTFILE / TIDINGS_SSL_KEYFILE)"
+        ) from None
 
 
 def connection_limits(settings: Settings) -> ConnectionLimits:
@@ -107,16 +193,9 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
     return ConnectionLimits(settings, capacity)
 
 
-def run(
-    settings: Settings,
-    options: dict[str, Any],
-    sockets: list[socket.socket] | None = None,
-    app: TidingsApp | None = None,
-) -> bool:
-    """Serve until told to stop; False when the server could not start."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+def run(settings: Settings, sock: socket.socket, app: TidingsApp | None = None) -> bool:
+    """Serve on `sock` (from `listen`) until told to stop; False when the app did not start."""
+    configure_logging(settings.log_level, settings.log_format)
     # Thousands of long-lived streams make each full collection walk every connection's
     # objects; collect young objects less often (see docs/decisions/0003-gc-thresholds.md).
     gc.set_threshold(*C.GC_THRESHOLDS)
@@ -126,30 +205,27 @@ def run(
     tidings_app = app or create_app(settings)
     limits = connection_limits(settings)
     # The dispatcher itself: one call less per request than through TidingsApp.__call__.
-    server = TidingsServer(uvicorn_config(tidings_app.dispatch, settings, options, limits))
+    server = TidingsServer(uvicorn_config(tidings_app.dispatch, settings, limits))
     server.tidings = tidings_app
     tidings_app.metrics.watch_connections(limits)
-    server.run(sockets=sockets)
+    server.run(sockets=[sock])
     return bool(server.started)
 
 
-def _child(settings: Settings, options: dict[str, Any], sock: socket.socket) -> None:
+def _child(settings: Settings, sock: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; SIGTERM drains
-    if not run(settings, options, [sock]):
+    if not run(settings, sock):
         sys.exit(3)
 
 
-def supervise(workers: int, settings: Settings, options: dict[str, Any]) -> int:
-    """Serve with `workers` processes on one port; the exit status."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
-    sock = uvicorn_config(None, settings, options).bind_socket()
+def supervise(settings: Settings, sock: socket.socket) -> int:
+    """Serve with `settings.workers` processes on `sock` (from `listen`); the exit status."""
+    workers = settings.workers
     ctx = multiprocessing.get_context("spawn")
     stopping = False
 
     def start() -> Any:
-        proc = ctx.Process(target=_child, args=(settings, options, sock), daemon=False)
+        proc = ctx.Process(target=_child, args=(settings, sock), daemon=False)
         proc.start()
         return proc
 

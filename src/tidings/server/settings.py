@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from tidings.server import constants as C
 from tidings.server.depth import DEPTH_CEILING
+from tidings.server.logs import LOG_FORMATS, LOG_LEVELS
 
-__all__ = ["Settings"]
+__all__ = ["ENV_PREFIX", "OTHER_ENV", "Settings", "env_name", "known_env", "unknown_env"]
+
+ENV_PREFIX = "TIDINGS_"
+
+# TIDINGS_* variables that are not Settings fields, and who reads them. Together with
+# one TIDINGS_<FIELD> per field of Settings they are every name tidings knows; any
+# other TIDINGS_* variable is reported by `tidings serve` and `tidings worker`.
+OTHER_ENV: dict[str, str] = {
+    "TIDINGS_URL": "the server's base URL, for every client command and the worker",
+    "TIDINGS_TOKEN": "an API or session token, for every client command and the worker",
+    "TIDINGS_CONCURRENCY": "jobs a `tidings worker` runs at once",
+    "TIDINGS_DOCTOR_STATE_FILE": "where `tidings doctor` keeps its state",
+    "TIDINGS_BRIDGES": "reserved for bridges to other brokers",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +86,11 @@ class Settings:
             logins answer 429 until the window passes; 0: no limit.
         login_queue: password checks that may wait for a hashing thread (503 above).
         max_stream_channels: channels one multiplexed stream may name (400 above).
+        access_log: log every request (uvicorn's access log, in the server's log format).
+        workers: server processes sharing the port; more than one needs a shared store.
+        ssl_certfile: TLS certificate chain (PEM); empty: plain HTTP.
+        ssl_keyfile: TLS private key (PEM); empty: the key is in `ssl_certfile`.
+        log_format: `text` (a timestamped line) or `json` (one object per line).
     """
 
     host: str = C.DEFAULT_HOST
@@ -111,8 +132,21 @@ class Settings:
     login_failures_per_account: int = C.DEFAULT_LOGIN_FAILURES_PER_ACCOUNT
     login_queue: int = C.DEFAULT_LOGIN_QUEUE
     max_stream_channels: int = C.DEFAULT_MAX_STREAM_CHANNELS
+    access_log: bool = False
+    workers: int = 1
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ValueError(f"log_level {self.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format {self.log_format!r}: use text or json")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ValueError("ssl_keyfile needs ssl_certfile: pass the certificate too")
         if self.max_depth > DEPTH_CEILING:
             raise ValueError(
                 f"max_depth may be at most {DEPTH_CEILING} (deeper values exhaust the "
@@ -149,16 +183,15 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
-            raw = env.get(f"TIDINGS_{f.name.upper()}")
+            name = env_name(f.name)
+            raw = env.get(name)
             if raw is None or raw == "":
                 continue
             kind = type(getattr(cls(), f.name))
             try:
                 values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
             except ValueError as exc:
-                raise ValueError(
-                    f"TIDINGS_{f.name.upper()}={raw!r} is not a valid {kind.__name__}"
-                ) from exc
+                raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from exc
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
 
@@ -171,6 +204,35 @@ class Settings:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a Settings field (or worker option): TIDINGS_<FIELD>."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def known_env() -> frozenset[str]:
+    """Every TIDINGS_* variable some part of tidings reads."""
+    return frozenset(env_name(f.name) for f in fields(Settings)) | OTHER_ENV.keys()
+
+
+def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One warning per TIDINGS_* variable nothing reads, naming the likely intended one.
+
+    The names are compared without their common prefix, so the suggestion reflects the
+    part that differs: PROT suggests PORT.
+    """
+    env = os.environ if environ is None else environ
+    known = known_env()
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}
+    warnings = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), suffixes, n=1)
+        hint = f" (did you mean {suffixes[close[0]]}?)" if close else ""
+        warnings.append(f"unknown environment variable {name} is ignored{hint}")
+    return warnings
 
 
 def _parse_bool(raw: str) -> bool:

@@ -7,12 +7,15 @@ made when it is built, and the views it derives (hosts, origins, loopback).
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import pytest
 
+import tidings
 from tidings.server import constants as C
 from tidings.server.depth import DEPTH_CEILING
-from tidings.server.settings import Settings
+from tidings.server.settings import OTHER_ENV, Settings, env_name, known_env, unknown_env
 
 
 def test_an_empty_environment_gives_the_defaults() -> None:
@@ -46,17 +49,108 @@ def test_each_field_is_read_from_its_tidings_variable_as_its_type() -> None:
     assert settings.max_depth == DEPTH_CEILING
 
 
+# Fields whose value is one of a few words, or that need another field: a valid
+# value other than the default, and the variables it needs besides its own.
+OTHER_VALUE: dict[str, tuple[str, dict[str, str]]] = {
+    "log_level": ("debug", {}),
+    "log_format": ("json", {}),
+    "ssl_keyfile": ("key.pem", {"TIDINGS_SSL_CERTFILE": "cert.pem"}),
+}
+
+
 def test_every_field_has_a_variable_named_after_it() -> None:
     for field in dataclasses.fields(Settings):
         default = getattr(Settings(), field.name)
-        if isinstance(default, bool):
+        extra: dict[str, str] = {}
+        if field.name in OTHER_VALUE:
+            raw, extra = OTHER_VALUE[field.name]
+            expected: object = raw
+        elif isinstance(default, bool):
             raw, expected = ("false", False) if default else ("true", True)
         elif isinstance(default, int | float):
             raw, expected = str(default + 1), default + 1
         else:
             raw, expected = "x-" + field.name, "x-" + field.name
-        got = Settings.from_env({f"TIDINGS_{field.name.upper()}": raw})
+        name = env_name(field.name)
+        assert name == f"TIDINGS_{field.name.upper()}"
+        got = Settings.from_env({name: raw, **extra})
         assert getattr(got, field.name) == expected, field.name
+        assert name in known_env()
+
+
+def test_the_serve_only_options_have_variables_too() -> None:
+    settings = Settings.from_env(
+        {
+            "TIDINGS_ACCESS_LOG": "true",
+            "TIDINGS_WORKERS": "3",
+            "TIDINGS_SSL_CERTFILE": "/etc/tidings/cert.pem",
+            "TIDINGS_SSL_KEYFILE": "/etc/tidings/key.pem",
+            "TIDINGS_LOG_FORMAT": "json",
+        }
+    )
+    assert settings.access_log is True
+    assert settings.workers == 3
+    assert settings.ssl_certfile == "/etc/tidings/cert.pem"
+    assert settings.ssl_keyfile == "/etc/tidings/key.pem"
+    assert settings.log_format == "json"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"log_level": "loud"}, "log_level 'loud': use one of critical, error, warning"),
+        ({"log_format": "xml"}, "log_format 'xml': use text or json"),
+        ({"workers": 0}, "workers must be at least 1, got 0"),
+        ({"ssl_keyfile": "key.pem"}, "ssl_keyfile needs ssl_certfile"),
+    ],
+)
+def test_log_workers_and_tls_settings_are_checked(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Settings(**values)  # type: ignore[arg-type]
+
+
+def test_log_level_is_read_in_any_case() -> None:
+    assert Settings(log_level="DEBUG").log_level == "DEBUG"
+
+
+# -- unknown variables -------------------------------------------------------------------
+
+
+def test_an_unknown_variable_is_named_with_the_known_one_it_resembles() -> None:
+    warnings = unknown_env({"TIDINGS_PROT": "9000", "TIDINGS_ACESS_LOG": "1"})
+    assert warnings == [
+        "unknown environment variable TIDINGS_ACESS_LOG is ignored "
+        "(did you mean TIDINGS_ACCESS_LOG?)",
+        "unknown environment variable TIDINGS_PROT is ignored (did you mean TIDINGS_PORT?)",
+    ]
+
+
+def test_an_unknown_variable_like_no_known_one_is_named_alone() -> None:
+    assert unknown_env({"TIDINGS_ZZZQX": "1"}) == [
+        "unknown environment variable TIDINGS_ZZZQX is ignored"
+    ]
+
+
+def test_variables_read_elsewhere_and_other_programs_variables_are_not_reported() -> None:
+    env = dict.fromkeys(OTHER_ENV, "x")
+    env |= {f"TIDINGS_{f.name.upper()}": "x" for f in dataclasses.fields(Settings)}
+    env |= {"PORT": "1", "tidings_prot": "2", "_TIDINGS_COMPLETE": "bash_source"}
+    assert unknown_env(env) == []
+    for name in ("TIDINGS_URL", "TIDINGS_TOKEN", "TIDINGS_JWT_SECRET", "TIDINGS_APP_JWT_KEY"):
+        assert name in known_env()
+    assert "TIDINGS_BRIDGES" in known_env()
+
+
+def test_every_tidings_variable_named_in_the_source_is_known() -> None:
+    # A variable some command reads, but missing from the list, would be reported as a typo.
+    source = Path(tidings.__file__).parent
+    named = {
+        match
+        for path in source.rglob("*.py")
+        for match in re.findall(r"\bTIDINGS_[A-Z0-9_]*[A-Z0-9]", path.read_text())
+    }
+    assert named, "the source names no TIDINGS_ variable?"
+    assert named - known_env() == set()
 
 
 def test_variables_of_other_programs_and_empty_ones_are_ignored() -> None:

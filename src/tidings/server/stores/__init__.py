@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit
 
 from tidings.server.stores.base import ChannelStore, Retention, Store
 
-__all__ = ["ChannelStore", "Retention", "Store", "open_store"]
+__all__ = ["KNOWN_SCHEMES", "ChannelStore", "Retention", "Store", "open_store", "sqlite_path"]
 
 
 def open_store(
@@ -30,12 +31,7 @@ def open_store(
     if scheme == "sqlite":
         from tidings.server.stores.sqlite import SQLiteStore
 
-        path = parts.path[1:] if parts.path.startswith("/") else parts.path
-        if parts.netloc or not path:
-            raise ValueError(
-                f"store URL {url!r}: write sqlite:///relative/path.db or sqlite:////absolute/path.db"
-            )
-        store = SQLiteStore(path, retention, synchronous=sqlite_synchronous)
+        store = SQLiteStore(sqlite_path(url), retention, synchronous=sqlite_synchronous)
         if exclusive:
             store.lock()
         return store
@@ -47,6 +43,61 @@ def open_store(
                 f"store URL {url!r} needs redis-py: pip install 'tidings[redis]' ({exc})"
             ) from None
         return RedisStore(url, retention)
-    raise ValueError(
-        f"unknown store URL {url!r}: use sqlite:///path.db, memory:// or redis://host:port/0"
-    )
+    if not scheme:
+        raise ValueError(
+            f"store URL {url!r} has no scheme: write sqlite:///{url} for a SQLite file, "
+            "memory:// or redis://host:port/0"
+        )
+    raise ValueError(f"unknown store URL {url!r}: the known schemes are {KNOWN_SCHEMES}")
+
+
+KNOWN_SCHEMES = (
+    "sqlite:///relative.db, sqlite:////absolute/path.db, memory://, "
+    "redis://host:port/0 and rediss://host:port/0 (TLS)"
+)
+
+
+def sqlite_path(url: str) -> str:
+    """The file named by a `sqlite:` URL; ValueError saying the right form or what is missing.
+
+    Only `sqlite:///relative.db` and `sqlite:////absolute/path.db` are accepted:
+    `sqlite:/x.db` and `sqlite:x.db` would otherwise both mean ./x.db, though the first
+    reads as an absolute path. A file whose directory does not exist is refused here,
+    before any lock or connection fails on it.
+    """
+    parts = urlsplit(url)
+    rest = url.split(":", 1)[1]
+    if not rest.startswith("//"):
+        name = rest.lstrip("/") or "tidings.db"
+        raise ValueError(
+            f"store URL {url!r} needs three slashes after sqlite: write sqlite:///{name} "
+            f"for {name} in the current directory or sqlite:////{name} for /{name}"
+        )
+    if parts.netloc:
+        name = f"{parts.netloc}{parts.path}"
+        raise ValueError(
+            f"store URL {url!r} names a host ({parts.netloc!r}): a SQLite store is a local "
+            f"file, write sqlite:///{name} (relative) or sqlite:////absolute/path.db"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError(f"store URL {url!r}: a sqlite URL takes no ?query or #fragment")
+    path = parts.path[1:]
+    if not path:
+        raise ValueError(
+            f"store URL {url!r} names no file: write sqlite:///relative.db or "
+            "sqlite:////absolute/path.db"
+        )
+    if path == ":memory:":
+        return path
+    if os.path.isdir(path):
+        raise ValueError(
+            f"store URL {url!r}: {os.path.abspath(path)} is a directory: name a file in it, "
+            f"e.g. sqlite:///{path.rstrip('/')}/tidings.db"
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(
+            f"store URL {url!r}: the directory {folder} does not exist: create it "
+            f"(mkdir -p {folder}) or name a file in an existing directory"
+        )
+    return path
