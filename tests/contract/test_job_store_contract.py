@@ -19,7 +19,7 @@ from msgspec.structs import replace
 from tidings.protocol.errors import Conflict, InvalidBody, NotFound
 from tidings.protocol.jobs import Job, JobOutcome, job_channel
 from tidings.server import transitions
-from tidings.server.constants import SERVED_WINDOW
+from tidings.server.constants import SERVED_MARK_INTERVAL, SERVED_WINDOW
 from tidings.server.hub import Hub
 from tidings.server.jobs import JobService
 from tidings.server.stores import open_store
@@ -590,6 +590,31 @@ def test_a_type_is_served_once_a_lease_asks_for_it_seen_by_another_node(make_sto
             other.close()
             if other_store is not store:
                 await other_store.close()
+
+    run(make_store, body)
+
+
+def test_a_node_writes_a_type_mark_at_most_once_per_interval(make_store):
+    """Lease requests in a row write the mark once: the store keeps the first one's time
+    until SERVED_MARK_INTERVAL has passed (the local memory answers `served` meanwhile)."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        await svc.lease(["t"], 1, 0, 30.0)
+        first = await store.jobs.served_at(["t"])
+        assert first is not None
+        for _ in range(3):
+            await asyncio.sleep(0.02)
+            await svc.lease(["t"], 1, 0, 30.0)
+        assert await store.jobs.served_at(["t"]) == first
+        # A second node writes its own mark, and the store keeps the later one.
+        other = JobService(store, Hub(store.channels.cursor_key))
+        try:
+            await other.lease(["t"], 1, 0, 30.0)
+            later = await store.jobs.served_at(["t"])
+            assert later is not None and later > first
+        finally:
+            other.close()
+        assert SERVED_MARK_INTERVAL >= 1.0
 
     run(make_store, body)
 

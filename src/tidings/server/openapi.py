@@ -824,7 +824,9 @@ _OPS: list[_Op] = [
         "JSON-RPC 2.0 (one call or a batch of 1-100): method = job type, params = payload; "
         "waits for the result. Malformed calls are answered 200 with a JSON-RPC error "
         "(-32700 parse, -32600 invalid request, -32601, -32602; -32000 failed, -32001 "
-        "cancelled, -32002 no result within the wait).",
+        "cancelled, -32002 no result within the wait: the job is cancelled). A method no "
+        f"worker asked to lease in the last {C.SERVED_WINDOW:g} s is -32601 at once, and no "
+        "job is queued.",
         [_WAIT],
         _json_body(
             {

@@ -54,6 +54,8 @@ def test_bad_worker_calls(http, jtype):
         {"types": [jtype], "max": 0},
         {"types": [jtype], "lease": 0},
         {"types": []},
+        {"types": ["bad type!"]},
+        {"types": [f"{jtype}.{n}" for n in range(101)]},
     ):
         r = http.post("/v1/workers/lease", json=body)
         assert r.status_code == 422, (body, r.text)
@@ -74,6 +76,13 @@ def test_bad_worker_calls(http, jtype):
     assert r.status_code == 422, r.text
     r = http.post(f"/v1/jobs/{job_id}/fail", json={"lease_token": token, "retry": "yes"})
     assert r.status_code == 422, r.text
+    for traceback in (["a", "list"], 42, None, {"frames": []}):
+        r = http.post(
+            f"/v1/jobs/{job_id}/fail",
+            json={"lease_token": token, "error": {"type": "E", "traceback": traceback}},
+        )
+        assert r.status_code == 422, (traceback, r.text)
+        assert "traceback" in r.json()["error"]["message"]
 
     stale = "not-" + token
     for verb, body in (

@@ -7,11 +7,14 @@ import time
 
 import pytest
 
+from tests.conftest import ServerProcess
 from tests.e2e.jobs.helpers import (
     complete,
     get,
+    job_events,
     lease,
     lease_one,
+    read_sse,
     submit,
 )
 
@@ -95,3 +98,36 @@ def test_failed_attempt_is_retried_after_backoff(http, jtype):
     # A string error is the message of an error object, numbered by its attempt.
     assert ended["error"] == {"type": "Error", "message": "y", "attempt": 2}
     assert [e["message"] for e in ended["errors"]] == ["x", "y"]
+
+
+@pytest.mark.timeout(30)
+def test_a_failure_traceback_is_shown_bounded_by_get_and_by_the_job_events(
+    server: ServerProcess, http, jtype
+):
+    """Any HTTP worker may send a traceback: the server keeps its last 16 KiB (a line says
+    it was cut), numbered by the attempt; GET shows it while the retry is queued, then
+    running, and the event of the failure carries it."""
+    job = submit(http, jtype, max_attempts=2)
+    leased = lease_one(http, jtype)
+    frames = "".join(f'  File "w.py", line {n}, in step{n}\n    go()\n' for n in range(3000))
+    tb = f'Traceback (most recent call last):\n{frames}  File "w.py", in handle\nOSError: full\n'
+    error = {"type": "OSError", "message": "full", "traceback": tb}
+    r = http.post(
+        f"/v1/jobs/{job['id']}/fail", json={"lease_token": leased["lease_token"], "error": error}
+    )
+    assert r.status_code == 200, r.text
+    queued = get(http, job["id"])
+    assert queued["status"] == "queued"
+    kept = queued["error"]["traceback"]
+    assert len(kept.encode()) <= 16 * 1024 and len(tb) > 64 * 1024
+    assert kept.startswith("[traceback cut to its last 16 KiB: the outer frames are left out]\n")
+    assert kept.endswith("in handle\nOSError: full\n")
+    assert (queued["error"]["attempt"], queued["errors"]) == (1, [queued["error"]])
+    again = lease_one(http, jtype, wait=5)
+    running = get(http, job["id"])
+    assert running["status"] == "running" and running["error"]["traceback"] == kept
+    complete(http, job["id"], again["lease_token"], "ok")
+    events = job_events(read_sse(f"{server.url}/v1/jobs/{job['id']}/events"))
+    assert [e for e, _ in events] == ["queued", "running", "queued", "running", "succeeded"]
+    assert events[2][1]["error"]["traceback"] == kept
+    assert "errors" not in events[2][1]  # events carry the last error, GET all of them
