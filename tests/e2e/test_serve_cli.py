@@ -1,27 +1,49 @@
-"""`tidings serve` refuses unsafe or malformed configurations before it binds anything."""
+"""`tidings serve` refuses unsafe or malformed configurations before it binds anything,
+says what is wrong in one paragraph (store URLs, a busy or forbidden port), and its help
+and `tidings worker`'s teach every option's default and environment variable."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import shutil
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from tidings.server.settings import Settings
 
 pytestmark = pytest.mark.timeout(30)
 
 
-def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _clean_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The test's environment without TIDINGS_* variables (they would change the outcome),
+    plus `env`."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+    return {**base, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
+
+
+def _tidings(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tidings", "serve", "--store", "memory://", *args],
+        [sys.executable, "-m", "tidings", *args],
         capture_output=True,
         text=True,
         timeout=20,
-        env={**os.environ, **(env or {})},
+        env=_clean_env(env),
+        cwd=cwd,
         check=False,
     )
+
+
+def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return _tidings("serve", "--store", "memory://", *args, env=env)
 
 
 def test_a_non_loopback_address_without_auth_is_refused_with_a_way_out():
@@ -57,3 +79,181 @@ def test_settings_read_booleans_and_numbers_from_the_environment():
     assert Settings.from_env({"TIDINGS_ALLOW_ANONYMOUS": "off"}).allow_anonymous is False
     assert Settings(host="::1").loopback
     assert not Settings(host="10.0.0.1").loopback
+
+
+# -- help ----------------------------------------------------------------------------------
+
+
+def _option_entries(help_text: str) -> dict[str, str]:
+    """Each option of a help page: its first flag -> its whole entry on one line (click
+    wraps an entry's text onto indented lines; a long flag pushes the text to the next)."""
+    section = help_text.split("\nOptions:\n", 1)[1]
+    entries: dict[str, str] = {}
+    current = ""
+    for line in section.splitlines():
+        match = re.match(r"^  (--[a-z0-9-]+)", line)
+        if match:
+            current = match.group(1)
+            entries[current] = line
+        elif current and line.startswith("   "):
+            entries[current] += " " + line.strip()
+    return {flag: " ".join(text.split()) for flag, text in entries.items()}
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_every_option_shows_its_default_and_its_variable(command: str) -> None:
+    done = _tidings(command, "--help")
+    assert done.returncode == 0, done.stderr
+    entries = _option_entries(done.stdout)
+    entries.pop("--help")
+    assert len(entries) >= (40 if command == "serve" else 5), entries
+    for flag, entry in entries.items():
+        name = flag.removeprefix("--").replace("-", "_").upper()
+        assert f"[env TIDINGS_{name}]" in entry, entry
+        default = re.search(r"\[default: ([^\]]+)\]", entry)
+        assert default, entry
+        assert default.group(1) not in ("None", "", '""'), entry
+    if command == "serve":
+        assert "[default: 8000] [env TIDINGS_PORT]" in entries["--port"]
+        assert "[default: sqlite:///tidings.db]" in entries["--store"]
+        assert "[default: off] [env TIDINGS_ACCESS_LOG]" in entries["--access-log"]
+        assert "[default: 1] [env TIDINGS_WORKERS]" in entries["--workers"]
+        assert "[default: text] [env TIDINGS_LOG_FORMAT]" in entries["--log-format"]
+    else:
+        assert "[default: http://127.0.0.1:8000] [env TIDINGS_URL]" in entries["--url"]
+
+
+def test_every_setting_but_the_secrets_is_a_serve_option() -> None:
+    entries = _option_entries(_tidings("serve", "--help").stdout)
+    env_only = {"jwt_secret", "app_jwt_key", "sqlite_synchronous"}  # secrets; a tuning knob
+    for field in dataclasses.fields(Settings):
+        if field.name not in env_only:
+            assert "--" + field.name.replace("_", "-") in entries, field.name
+
+
+@pytest.mark.parametrize(
+    ("command", "example"),
+    [
+        ("serve", "tidings serve --host 0.0.0.0 --require-auth --store redis://127.0.0.1:6379/0"),
+        ("worker", "TIDINGS_CONCURRENCY=16 TIDINGS_LOG_FORMAT=json tidings worker"),
+    ],
+)
+def test_help_ends_with_examples_kept_on_their_lines(command: str, example: str) -> None:
+    out = _tidings(command, "--help").stdout
+    assert "\n  Examples:\n" in out
+    assert any(line.strip().startswith(example) for line in out.splitlines()), out
+
+
+def test_an_option_on_the_command_line_wins_over_its_variable() -> None:
+    # TIDINGS_REQUIRE_AUTH=true would be enough on 0.0.0.0; --no-require-auth turns it off.
+    done = _serve("--host", "0.0.0.0", "--no-require-auth", env={"TIDINGS_REQUIRE_AUTH": "true"})
+    assert done.returncode == 2
+    assert "refusing to serve anonymous clients on 0.0.0.0" in done.stderr
+
+
+# -- unknown variables -----------------------------------------------------------------------
+
+
+def test_serve_names_an_unknown_variable_and_the_one_it_resembles() -> None:
+    done = _serve("--host", "0.0.0.0", env={"TIDINGS_PROT": "9000", "TIDINGS_URL": "x"})
+    assert done.returncode == 2  # stopped by the anonymous-on-0.0.0.0 check, after warning
+    lines = [line for line in done.stderr.splitlines() if "TIDINGS_PROT" in line]
+    assert len(lines) == 1, done.stderr
+    assert "WARNING" in lines[0]
+    assert "unknown environment variable TIDINGS_PROT is ignored" in lines[0]
+    assert "(did you mean TIDINGS_PORT?)" in lines[0]
+    assert "TIDINGS_URL" not in done.stderr  # read by the client commands: known
+
+
+def test_worker_names_an_unknown_variable_too() -> None:
+    done = _tidings("worker", "no_such_module:worker", env={"TIDINGS_CONCURENCY": "3"})
+    assert done.returncode == 2
+    assert "TIDINGS_CONCURENCY is ignored (did you mean TIDINGS_CONCURRENCY?)" in done.stderr
+    assert "no_such_module" in done.stderr
+
+
+# -- store URLs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("sqlite:///missing-dir/x.db", ["missing-dir does not exist", "mkdir -p"]),
+        ("sqlite:/x.db", ["needs three slashes", "sqlite:///x.db", "sqlite:////x.db"]),
+        ("sqlite:x.db", ["needs three slashes", "sqlite:///x.db", "sqlite:////x.db"]),
+        ("sqlite://x.db", ["names a host", "sqlite:///x.db"]),
+        ("postgres://db/x", ["unknown store URL", "sqlite:///", "memory://", "redis://"]),
+        ("x.db", ["has no scheme", "sqlite:///x.db"]),
+    ],
+)
+def test_a_bad_store_url_is_one_paragraph_with_the_right_form(
+    url: str, says: list[str], tmp_path: Path
+) -> None:
+    done = _tidings("serve", "--store", url, "--port", str(free_port()), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"tidings serve: store URL {url!r}") or "unknown" in lines[0]
+    for words in says:
+        assert words in lines[0]
+    assert list(tmp_path.iterdir()) == []  # no ./x.db made on the way
+
+
+# -- the port ----------------------------------------------------------------------------------
+
+
+def test_a_busy_port_is_one_line_and_nothing_says_ready() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = _serve("--port", str(port), env={"TIDINGS_LOG_LEVEL": "debug"})
+    assert done.returncode == 1
+    output = done.stdout + done.stderr
+    assert "ready" not in output
+    assert "Traceback" not in output
+    assert done.stderr.strip() == (
+        f"tidings serve: port {port} on 127.0.0.1 is in use: stop the other process or "
+        "pass --port / TIDINGS_PORT"
+    )
+
+
+def _without_bind_capability() -> list[str]:
+    """A prefix that runs a command unable to bind ports below 1024, or skip."""
+    if os.geteuid() != 0:
+        start = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        if start.exists() and int(start.read_text()) <= 1:
+            pytest.skip("every port may be bound here without privilege")
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("root, and no setpriv to drop CAP_NET_BIND_SERVICE")
+    return [setpriv, "--bounding-set", "-net_bind_service", "--inh-caps", "-net_bind_service"]
+
+
+def test_a_port_that_may_not_be_bound_is_one_line_with_the_fix() -> None:
+    prefix = _without_bind_capability()
+    done = subprocess.run(
+        [*prefix, sys.executable, "-m", "tidings", "serve", "--store", "memory://", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=_clean_env(),
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "ready" not in done.stdout + done.stderr
+    assert done.stderr.strip() == (
+        "tidings serve: port 1 on 127.0.0.1 is not permitted: ports below 1024 need root or "
+        "CAP_NET_BIND_SERVICE; pass --port / TIDINGS_PORT (1024 or above)"
+    )
+
+
+def test_an_address_of_another_machine_is_refused_with_the_fix() -> None:
+    # 192.0.2.0/24 is reserved for documentation: never an address of this machine.
+    done = _serve("--host", "192.0.2.1", "--allow-anonymous", "--port", str(free_port()))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "cannot listen on 192.0.2.1: it is not an address of this machine" in done.stderr
+    assert "--host / TIDINGS_HOST" in done.stderr
