@@ -6,7 +6,7 @@ TIDINGS_HOST  ?= 127.0.0.1
 TIDINGS_PORT  ?= 8000
 TIDINGS_STORE ?= sqlite:///tidings.db
 export TIDINGS_HOST TIDINGS_PORT TIDINGS_STORE
-LINT_PATHS := src tests $(wildcard bench)
+LINT_PATHS := src tests examples $(wildcard bench)
 
 .PHONY: run test lint typecheck unit venv dev clean bench redis-server chromium nginx assets
 
