@@ -114,6 +114,31 @@ def test_subscribe_prints_json_lines_from_a_channel_not_yet_created_too(
             waiting.wait(10)
 
 
+def test_a_reader_that_stops_early_ends_the_command_quietly(tidings_server: ServerFactory) -> None:
+    """`tidings subscribe … | head -1`: no BrokenPipeError traceback, SIGPIPE's status."""
+    srv = tidings_server()
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        for n in range(150):  # well over a pipe's buffer
+            r = http.post("/v1/channels/big/messages", json={"data": {"n": n, "pad": "x" * 2000}})
+            assert r.status_code == 201, r.text
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "subscribe", "big", "--after", "0", "--via", "poll",
+         "--count", "150", "--url", srv.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    assert json.loads(proc.stdout.readline())["data"]["n"] == 0
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(30) == 141, stderr
+    assert stderr == ""
+
+
 # errors -----------------------------------------------------------------------------------
 
 

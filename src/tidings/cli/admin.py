@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from tidings.cli.common import JsonOption, fail, out, print_json
+from tidings.cli.common import JsonOption, fail, print_json, print_table
 from tidings.server import constants as C
 from tidings.server.auth import hash_password, new_api_token, token_key
 from tidings.server.principals import KIND_TOKEN, Credential, Permissions, User
@@ -235,7 +235,7 @@ def users_list(store: StoreOption, json_out: JsonOption = False) -> None:
             " ".join(p.work),
             "yes" if p.admin else "",
         )
-    out().print(table)
+    print_table(table)
 
 
 @tokens_app.command(
@@ -315,7 +315,7 @@ def tokens_list(
             if c.expires is None
             else time.strftime("%Y-%m-%d %H:%M", time.gmtime(c.expires)),
         )
-    out().print(table)
+    print_table(table)
 
 
 @tokens_app.command(

@@ -14,8 +14,8 @@ from tidings.cli.common import (
     UrlOption,
     connect,
     fail,
-    out,
     print_json,
+    print_table,
     table_time,
 )
 
@@ -100,7 +100,7 @@ def channels_list(
             table_time(c.created),
             _retention_text(c),
         )
-    out().print(table)
+    print_table(table)
 
 
 @channels_app.command(

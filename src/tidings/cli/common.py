@@ -3,13 +3,16 @@ one way to fail, and the SDK's errors said as what to do about them."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
@@ -25,8 +28,8 @@ __all__ = [
     "err",
     "explain",
     "fail",
-    "out",
     "print_json",
+    "print_table",
     "table_time",
     "warn",
 ]
@@ -61,19 +64,31 @@ JsonOption = Annotated[
 ]
 
 
-def out() -> Console:
-    """The console for stdout: the terminal's width on a terminal; unbounded otherwise."""
-    if sys.stdout.isatty():
-        return Console()
-    return Console(width=PIPE_WIDTH, soft_wrap=True)
+def print_table(table: Table) -> None:
+    """A table on stdout: as wide as the terminal on one; whole in a pipe or a file."""
+    console = Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH, soft_wrap=True)
+    _to_stdout(lambda: console.print(table))
 
 
 def print_json(value: Any) -> None:
     """`value` as one line of JSON on stdout."""
     from tidings.protocol.codecs import encode_json
 
-    sys.stdout.write(encode_json(value).decode() + "\n")
-    sys.stdout.flush()
+    text = encode_json(value).decode() + "\n"
+    _to_stdout(lambda: sys.stdout.write(text))
+
+
+def _to_stdout(write: Callable[[], object]) -> None:
+    """Run `write` and flush; a reader that has gone (`| head`) ends the command quietly
+    with the status of a process killed by SIGPIPE, as other shell tools do."""
+    try:
+        write()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and print the error: point it at
+        # /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(128 + signal.SIGPIPE) from None
 
 
 def table_time(ts: float | None) -> str:

@@ -16,8 +16,8 @@ from tidings.cli.common import (
     connect,
     err,
     fail,
-    out,
     print_json,
+    print_table,
     table_time,
     warn,
 )
@@ -330,7 +330,7 @@ def jobs_list(
             job.message or "",
             job.id,
         )
-    out().print(table)
+    print_table(table)
 
 
 @jobs_app.command(
@@ -380,7 +380,7 @@ def jobs_dead(
             _error_cell(job.error),
             job.id,
         )
-    out().print(table)
+    print_table(table)
     for job in jobs:
         _show_traceback(job, traceback, on_terminal=False)
 
@@ -416,4 +416,4 @@ def jobs_queues(
     table = Table("type", *JOB_STATUSES)
     for name, counts in sorted(queues.items()):
         table.add_row(name, *(str(counts.get(s, 0)) for s in JOB_STATUSES))
-    out().print(table)
+    print_table(table)

@@ -8,8 +8,15 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
-from tidings.cli.common import DEFAULT_URL, TokenOption, UrlOption, connect, fail, warn
-from tidings.protocol.codecs import encode_json
+from tidings.cli.common import (
+    DEFAULT_URL,
+    TokenOption,
+    UrlOption,
+    connect,
+    fail,
+    print_json,
+    warn,
+)
 from tidings.protocol.messages import Reset
 
 __all__ = ["parse_data", "publish", "subscribe"]
@@ -129,8 +136,7 @@ def subscribe(
                 if isinstance(item, Reset):
                     warn("subscribe", f"reset: {item.reason} (oldest kept: {item.first})")
                     continue
-                sys.stdout.write(encode_json(item.to_wire()).decode() + "\n")
-                sys.stdout.flush()
+                print_json(item.to_wire())
                 seen += 1
                 if count is not None and seen >= count:
                     return
