@@ -1,5 +1,6 @@
 """Jobs a user can debug, end to end: `tidings jobs submit` warns when no worker has asked
-for the type lately (the SDK's `JobHandle.served`), against a real server and worker."""
+for the type lately (the SDK's `JobHandle.served`), and a real worker's failing handler
+leaves its traceback for `tidings jobs get` and `tidings jobs dead`."""
 
 from __future__ import annotations
 
@@ -93,3 +94,31 @@ def test_the_sdk_says_whether_a_submitted_type_is_served(
     assert quiet.returncode == 0
     assert quiet.stderr == ""
     assert json.loads(quiet.stdout) == "hi"
+
+
+def test_a_real_handlers_traceback_shows_on_jobs_get_and_in_the_dead_letters(
+    srv: ServerProcess, worker: subprocess.Popen[bytes]
+) -> None:
+    submitted = piped(
+        "jobs", "submit", "fail", "--max-attempts", "1", "--wait", "20", "--url", srv.url
+    )
+    assert submitted.returncode == 1, submitted
+    job_id = json.loads(piped("jobs", "dead", "--json", "--url", srv.url).stdout)[0]["id"]
+    assert f"job {job_id} failed (attempt 1/1): RuntimeError: failing on purpose" in (
+        submitted.stderr
+    )
+
+    got = piped("jobs", "get", job_id, "--traceback", "--url", srv.url)
+    assert got.returncode == 0
+    error = json.loads(got.stdout)["error"]
+    assert error["type"] == "RuntimeError"
+    assert error["attempt"] == 1
+    assert "Traceback (most recent call last):" in error["traceback"]
+    assert "worker_app.py" in error["traceback"]
+    assert f"job {job_id} (fail) failed: attempt 1 raised\n" in got.stderr
+    assert "RuntimeError: failing on purpose (attempt 1)" in got.stderr
+    assert 'worker_app.py", line' in got.stderr
+
+    dead = piped("jobs", "dead", "--url", srv.url)
+    (row,) = (line for line in dead.stdout.splitlines() if job_id in line)
+    assert "RuntimeError: failing on purpose (attempt 1)" in row
