@@ -56,7 +56,9 @@ def _flag(field: str, text: str) -> Any:
 def _fail(command: str, message: str, code: int) -> typer.Exit:
     """Print `tidings COMMAND: MESSAGE` (one paragraph, taken as plain text) on stderr;
     the exit to raise. An empty `command`: the message names the command itself."""
-    err.print(Text.assemble((f"tidings {command}: " if command else "", "red"), message))
+    prefix = f"tidings {command}: " if command else ""
+    # soft_wrap: one line whatever the width, so a quoted command stays whole when copied.
+    err.print(Text.assemble((prefix, "red"), message), soft_wrap=True)
     return typer.Exit(code)
 
 
