@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from tidings.sdk.client import (
         AsyncClient,
         AsyncJobHandle,
+        ChannelInfo,
+        ChannelRetention,
         Client,
         ClientError,
         JobHandle,
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncClient",
     "AsyncJobHandle",
+    "ChannelInfo",
+    "ChannelRetention",
     "Client",
     "ClientError",
     "JobCancelled",
@@ -48,6 +52,8 @@ __all__ = [
 _CLIENT = {
     "Client",
     "AsyncClient",
+    "ChannelInfo",
+    "ChannelRetention",
     "ClientError",
     "Page",
     "TidingsConnectionError",
