@@ -65,6 +65,20 @@ def test_the_root_points_to_docs_openapi_health_and_metrics(tidings_server: Serv
 
 
 @pytest.mark.timeout(30)
+def test_under_require_auth_the_index_and_the_api_page_stay_public(
+    tidings_server: ServerFactory,
+) -> None:
+    """A locked-down server still shows where its documentation is and renders it: the
+    page's own files are public like the OpenAPI document; the API itself is not."""
+    srv = tidings_server(args=["--require-auth"])
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        for path in ("/", "/docs", "/docs/docs-init.js", "/docs/swagger-ui.css", "/openapi.json"):
+            assert http.get(path).status_code == 200, path
+        assert http.get("/metrics").status_code == 401
+        assert http.get("/v1/channels").status_code == 401
+
+
+@pytest.mark.timeout(30)
 def test_docs_serves_its_files_with_their_types_a_csp_and_caching(
     tidings_server: ServerFactory,
 ) -> None:

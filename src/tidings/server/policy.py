@@ -31,8 +31,11 @@ from tidings.server.settings import Settings
 
 __all__ = ["PUBLIC_PATHS", "AccessPolicy", "loopback_host"]
 
-# Endpoints anyone may call, whatever --require-auth says.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/v1/auth/login"})
+# Endpoints anyone may call, whatever --require-auth says (route templates): the index,
+# health, the API's description and its page's files, and login.
+PUBLIC_PATHS = frozenset(
+    {"/", "/healthz", "/readyz", "/openapi.json", "/docs", "/docs/{asset}", "/v1/auth/login"}
+)
 
 # Methods that change nothing: a cookie may authenticate them from any page.
 _SAFE_METHODS = ("GET", "HEAD")
