@@ -14,6 +14,7 @@
     ├── UnsupportedMediaType     (415 unsupported_media_type)
     ├── TooManyLogins            (429 too_many_requests; tidings.server.ratelimit)
     │   └── LoginBusy            (503 login_busy)
+    ├── AssetsMissing            (503 assets_missing: the /docs page's files are not built)
     └── StoreError               (503 store_unavailable)
         ├── StoreClosed          (503 store_closed)
         └── StoreLocked          (503 store_locked, also an OSError; stores/lockfile.py)
@@ -33,6 +34,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 __all__ = [
+    "AssetsMissing",
     "BadRequest",
     "Conflict",
     "ErrorBody",
@@ -72,6 +74,7 @@ class ErrorCode(StrEnum):
     STORE_UNAVAILABLE = "store_unavailable"
     STORE_CLOSED = "store_closed"
     STORE_LOCKED = "store_locked"
+    ASSETS_MISSING = "assets_missing"
 
 
 class ErrorDetail(msgspec.Struct, frozen=True):
@@ -169,6 +172,13 @@ class PayloadTooLarge(TidingsError):
 class UnsupportedMediaType(TidingsError):
     status = 415
     code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
+
+
+class AssetsMissing(TidingsError):
+    """A page's files were not built into this installation (`make assets`)."""
+
+    status = 503
+    code = ErrorCode.ASSETS_MISSING
 
 
 class StoreError(TidingsError):

@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from tidings._version import __version__
-from tidings.protocol.errors import NotFound, TidingsError
+from tidings.protocol.errors import AssetsMissing, NotFound, TidingsError
 from tidings.server.http.common import json_response, require_admin
 from tidings.server.lifecycle import Lifecycle
 from tidings.server.metrics import Metrics
@@ -99,17 +99,11 @@ def _load_docs(directory: Path) -> _DocsPage | None:
     return _DocsPage(page, assets)
 
 
-def _assets_missing() -> Response:
-    return json_response(
-        {
-            "error": {
-                "code": "assets_missing",
-                "message": "the /docs page's files are not built: run `make assets` in the "
-                "tidings source tree (it needs node and npm), or install a tidings wheel "
-                "built after it; /openapi.json describes the API meanwhile",
-            }
-        },
-        503,
+def _assets_missing() -> AssetsMissing:
+    return AssetsMissing(
+        "the /docs page's files are not built: run `make assets` in the tidings source tree "
+        "(it needs node and npm), or install a tidings wheel built after it; /openapi.json "
+        "describes the API meanwhile"
     )
 
 
@@ -237,7 +231,7 @@ class Ops:
     async def docs(self, request: Request) -> Response:
         page = self._docs_page()
         if page is None:
-            return _assets_missing()
+            raise _assets_missing()
         response = HTMLResponse(page.html)
         response.headers["content-security-policy"] = DOCS_CSP
         response.headers["cache-control"] = "no-cache"
@@ -250,7 +244,7 @@ class Ops:
             raise NotFound(f"no file {name[:100]!r} under /docs: the page is /docs")
         page = self._docs_page()
         if page is None:
-            return _assets_missing()
+            raise _assets_missing()
         asset = page.assets[name]
         etag = f'"{asset.version}"'
         fresh = request.query_params.get("v") == asset.version
