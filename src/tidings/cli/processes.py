@@ -14,9 +14,8 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from rich.text import Text
 
-from tidings.cli.common import DEFAULT_URL, err
+from tidings.cli.common import DEFAULT_URL, fail
 from tidings.server import constants as C
 from tidings.server.settings import Settings, env_name, unknown_env
 
@@ -51,15 +50,6 @@ def _flag(field: str, text: str) -> Any:
     """An on/off `serve` option: --FIELD / --no-FIELD, unset when neither is given."""
     name = field.replace("_", "-")
     return _option(field, text, f"--{name}/--no-{name}")
-
-
-def _fail(command: str, message: str, code: int) -> typer.Exit:
-    """Print `tidings COMMAND: MESSAGE` (one paragraph, taken as plain text) on stderr;
-    the exit to raise. An empty `command`: the message names the command itself."""
-    prefix = f"tidings {command}: " if command else ""
-    # soft_wrap: one line whatever the width, so a quoted command stays whole when copied.
-    err.print(Text.assemble((prefix, "red"), message), soft_wrap=True)
-    return typer.Exit(code)
 
 
 def serve(
@@ -168,6 +158,15 @@ def serve(
             default="none (loopback names only)",
         ),
     ] = None,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        _option(
+            "forwarded_allow_ips",
+            "Addresses of trusted reverse proxies (comma-separated, CIDR or *): their "
+            "X-Forwarded-For/-Proto give the client's address and scheme.",
+            default="none (the headers are ignored)",
+        ),
+    ] = None,
     max_depth: Annotated[
         int | None,
         _option("max_depth", "Deepest nesting of arrays/objects accepted (400 above)."),
@@ -259,11 +258,11 @@ def serve(
         settings = Settings.from_env(**overrides)
     except (ValueError, TypeError) as exc:
         _warn_unknown(configure=True)
-        raise _fail("serve", str(exc), 2) from None
+        fail("serve", str(exc), 2)
     configure_logging(settings.log_level, settings.log_format)
     _warn_unknown()
     if not settings.loopback and not (settings.allow_anonymous or settings.require_auth):
-        raise _fail(
+        fail(
             "serve",
             f"refusing to serve anonymous clients on {settings.host}. Configure auth: add "
             "users with `tidings users add NAME --store URL --password-stdin --publish "
@@ -272,7 +271,7 @@ def serve(
             2,
         )
     if settings.workers > 1 and not settings.store.startswith(("redis://", "rediss://")):
-        raise _fail(
+        fail(
             "serve",
             f"--workers {settings.workers} needs a store the processes can share "
             f"(redis://host:port/0); {settings.store.split(':')[0]} belongs to one process: "
@@ -287,9 +286,9 @@ def serve(
         tidings_app = create_app(settings)
         sock = listen(settings)
     except PortUnavailable as exc:
-        raise _fail("serve", str(exc), 1) from None
+        fail("serve", str(exc), 1)
     except (ValueError, TypeError, OSError) as exc:
-        raise _fail("serve", str(exc), 2) from None
+        fail("serve", str(exc), 2)
     if settings.workers > 1:
         raise typer.Exit(supervise(settings, sock))
     if not run(settings, sock, app=tidings_app):
@@ -377,14 +376,14 @@ def worker(
     try:
         configure_logging(log_level, log_format)
     except ValueError as exc:
-        raise _fail("worker", f"{exc} (--log-level / --log-format)", 2) from None
+        fail("worker", f"{exc} (--log-level / --log-format)", 2)
     _warn_unknown()
     try:
-        obj = load_object(target, "worker")
-    except ValueError as exc:  # "worker 'TARGET': ..." names the command already
-        raise _fail("", str(exc), 2) from None
+        obj = load_object(target, "target")
+    except ValueError as exc:
+        fail("worker", str(exc), 2)
     if not isinstance(obj, Worker):
-        raise _fail("worker", f"{target} is a {type(obj).__name__}, not a tidings.Worker", 2)
+        fail("worker", f"{target} is a {type(obj).__name__}, not a tidings.Worker", 2)
     if concurrency is not None:
         obj.concurrency = concurrency
     # The worker's own log lines are the point; httpx's per-request lines are noise.
@@ -395,4 +394,4 @@ def worker(
     try:
         obj.run(url, token=token)
     except ValueError as exc:
-        raise _fail("worker", str(exc), 2) from None
+        fail("worker", str(exc), 2)

@@ -99,9 +99,11 @@ def uvicorn_config(
         ws_max_size=settings.max_message_bytes + 4096,
         backlog=BACKLOG,
         timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]
-        # No X-Forwarded-* rewriting (a middleware call per request; tidings has no use for
-        # the client address yet) and no `server:` header advertising the stack.
-        proxy_headers=False,
+        # X-Forwarded-For/-Proto are believed only from the proxies the operator names
+        # (uvicorn's middleware, a call per request, so only then); no `server:` header
+        # advertising the stack.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
         server_header=False,
         ssl_certfile=settings.ssl_certfile or None,
         ssl_keyfile=settings.ssl_keyfile or None,

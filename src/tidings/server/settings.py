@@ -91,6 +91,11 @@ class Settings:
         ssl_certfile: TLS certificate chain (PEM); empty: plain HTTP.
         ssl_keyfile: TLS private key (PEM); empty: the key is in `ssl_certfile`.
         log_format: `text` (a timestamped line) or `json` (one object per line).
+        forwarded_allow_ips: comma-separated addresses or networks of trusted reverse
+            proxies (`*`: any peer); a request from one of them is taken to come from the
+            client and scheme its X-Forwarded-For / X-Forwarded-Proto name (the address
+            in limits and the access log, https for cookies and origin checks). Empty:
+            those headers are ignored.
     """
 
     host: str = C.DEFAULT_HOST
@@ -137,6 +142,7 @@ class Settings:
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
     log_format: str = "text"
+    forwarded_allow_ips: str = ""
 
     def __post_init__(self) -> None:
         if self.log_level.lower() not in LOG_LEVELS:
