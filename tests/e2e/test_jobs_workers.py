@@ -271,3 +271,32 @@ def test_handler_reporting_progress_just_before_returning_completes(server, work
         events = [m["event"] for m in r.json()["messages"]]
         assert events[0] == "queued"
         assert events[-1] == "succeeded"
+
+
+@pytest.mark.timeout(60)
+def test_on_a_shared_store_a_type_served_through_one_node_is_served_on_every_node(
+    tidings_server: ServerFactory, redis_url: str, workers: Callable[..., WorkerProcess]
+) -> None:
+    """The served mark lives in Redis: a worker leasing through node A makes node B answer
+    `served: true` and run JSON-RPC calls of its types; an unknown type is unserved on
+    both (-32601 on B, and no job anywhere)."""
+    a = tidings_server(store=redis_url)
+    b = tidings_server(store=redis_url)
+    worker = workers(a.url)
+    with httpx.Client(base_url=b.url, timeout=30) as on_b:
+
+        def served() -> bool:
+            r = on_b.post("/v1/jobs", json={"type": "noop"}, headers={"Idempotency-Key": "p"})
+            return bool(r.json()["served"])
+
+        wait_until(served, 20, f"noop served on node B\n{worker.log()}")
+        call = {"jsonrpc": "2.0", "method": "noop", "params": {"n": 1}, "id": 1}
+        answer = on_b.post("/v1/rpc", json=call).json()
+        assert "result" in answer, answer
+        missing = on_b.post("/v1/rpc", json={**call, "method": "nope"}).json()
+        assert missing["error"]["code"] == -32601, missing
+        assert on_b.get("/v1/jobs", params={"type": "nope"}).json()["jobs"] == []
+        assert on_b.post("/v1/jobs", json={"type": "nope"}).json()["served"] is False
+    with httpx.Client(base_url=a.url, timeout=30) as on_a:
+        assert on_a.post("/v1/jobs", json={"type": "noop"}).json()["served"] is True
+        assert on_a.post("/v1/jobs", json={"type": "nope"}).json()["served"] is False
