@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from msgspec.structs import replace
 
-from tidings.protocol.errors import Conflict
+from tidings.protocol.errors import Conflict, InvalidBody
 from tidings.protocol.jobs import KEPT_ERRORS, Job, bound_traceback
 from tidings.server.transitions import (
     MIN_LEASE,
@@ -434,3 +434,18 @@ def test_a_traceback_of_wide_characters_is_cut_on_a_character() -> None:
     cut = bound_traceback(text)
     assert len(cut.encode()) <= 16 * 1024
     assert cut.endswith("ZeroDivisionError: ü")
+
+
+def test_what_a_worker_sends_as_error_becomes_an_error_object() -> None:
+    """tidings.server.jobs.error_object, applied before a fail transition: an object is kept
+    (its traceback bounded), a string is its message, other values their JSON text; a
+    traceback that is not a string is refused."""
+    assert error_object({"type": "E", "x": [1]}) == {"type": "E", "x": [1]}
+    assert error_object("disk full") == {"type": "Error", "message": "disk full"}
+    assert error_object([1, "a"]) == {"type": "Error", "message": '[1,"a"]'}
+    assert error_object(None)["message"] == "the worker gave no error"
+    long = error_object({"type": "E", "traceback": "x\n" * 20_000})
+    assert len(long["traceback"].encode()) <= 16 * 1024
+    for bad in (None, 1, ["a"], {"f": 1}):
+        with pytest.raises(InvalidBody, match="traceback"):
+            error_object({"type": "E", "traceback": bad})
