@@ -12,6 +12,7 @@ from msgspec.structs import replace
 
 from tidings.protocol.errors import Conflict, InvalidBody
 from tidings.protocol.jobs import KEPT_ERRORS, Job, bound_traceback
+from tidings.server.jobs import error_object
 from tidings.server.transitions import (
     MIN_LEASE,
     Backoff,
