@@ -23,7 +23,7 @@ if TYPE_CHECKING:
         TidingsConnectionError,
         TidingsHTTPError,
     )
-    from tidings.sdk.worker import JobCancelled, JobContext, Worker
+    from tidings.sdk.worker import JobCancelled, JobContext, Worker, WorkerRefused
     from tidings.server.app import TidingsApp, create_app
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "TidingsConnectionError",
     "TidingsHTTPError",
     "Worker",
+    "WorkerRefused",
     "__version__",
     "create_app",
 ]
@@ -63,7 +64,7 @@ _CLIENT = {
     "JobInfo",
     "JobTimeout",
 }
-_WORKER = {"Worker", "JobContext", "JobCancelled"}
+_WORKER = {"Worker", "JobContext", "JobCancelled", "WorkerRefused"}
 _WIRE = {"Message", "Reset"}
 
 

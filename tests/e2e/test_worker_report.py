@@ -139,7 +139,7 @@ def test_report_applies_or_refuses_each_outcome_on_its_own(
         assert evs[-1][1]["result"] == {"n": 1}
         evs = sse_events(f"{base}/{dead['id']}/events")
         assert [e for e, _ in evs] == ["queued", "running", "failed"]
-        assert evs[-1][1]["error"] == {"type": "F"}
+        assert evs[-1][1]["error"] == {"type": "F", "attempt": 1}
         assert [e for e, _ in sse_events(f"{base}/{spent['id']}/events")] == [
             "queued",
             "running",

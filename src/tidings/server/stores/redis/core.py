@@ -20,6 +20,7 @@ Key layout (prefix `tidings:` by default, `?prefix=` in the URL to change it):
     {p}jobs               sorted set: every job id by created_at
     {p}jobtypes           set of job types ever submitted
     {p}jobcounts          hash "{type}\\x00{status}" -> count
+    {p}served             sorted set: job types by when a worker last asked to lease them
     {p}wake               stream: a job became queued (fields `type`, `run_at`) or a
                           channel was deleted (field `deleted`); the relay of every node
                           follows it to wake its parked lease requests and end the streams
