@@ -307,7 +307,9 @@ def test_sse_resumes_and_is_not_buffered(front: Front) -> None:
         third = publish(front, "news.sse", "three")
         arrived, event = reader.next()
         assert (event["id"], event["data"]) == (third, "three")
-        assert arrived - sent < 1.0, f"the event took {arrived - sent:.2f} s through nginx"
+        # A buffered stream holds the event until far more arrives (never, here); 5 s
+        # leaves room for a loaded machine.
+        assert arrived - sent < 5.0, f"the event took {arrived - sent:.2f} s through nginx"
     finally:
         reader.close()
     # Resuming by the query string passes through too.

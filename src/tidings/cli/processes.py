@@ -366,7 +366,7 @@ def worker(
     \b
     Examples:
       tidings worker myapp.jobs:worker
-      tidings worker myapp.jobs:worker --url https://push.example.com --token tdg_...
+      tidings worker myapp.jobs:worker --url https://push.example.com --token tdt_...
       TIDINGS_CONCURRENCY=16 TIDINGS_LOG_FORMAT=json tidings worker myapp.jobs:worker
     """
     from tidings.loader import load_object

@@ -160,17 +160,37 @@ def listen(settings: Settings) -> socket.socket:
     return sock
 
 
+class _EncryptedKey(Exception):
+    """The TLS key asked for a pass phrase."""
+
+
+def _no_pass_phrase() -> str:
+    raise _EncryptedKey
+
+
 def check_tls(settings: Settings) -> None:
-    """Load the TLS certificate and key as uvicorn will; ValueError says what is wrong."""
+    """Load the TLS certificate and key as uvicorn will; ValueError says what is wrong.
+
+    An encrypted key is refused: uvicorn would load it once more and OpenSSL would ask
+    for its pass phrase on the terminal each time (or fail without one, as under a
+    service manager). The check's own load asks nobody: its pass phrase callback raises.
+    """
     if not settings.ssl_certfile:
         return
+    key = settings.ssl_keyfile or settings.ssl_certfile
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile or None)
+        context.load_cert_chain(
+            settings.ssl_certfile, settings.ssl_keyfile or None, password=_no_pass_phrase
+        )
+    except _EncryptedKey:
+        raise ValueError(
+            f"TLS: the key {key!r} is encrypted; encrypted private keys are not supported: "
+            f"decrypt it with `openssl pkey -in {key} -out {key}.plain` and pass that file"
+        ) from None
     except ssl.SSLError as exc:
         raise ValueError(
-            f"TLS: the certificate {settings.ssl_certfile!r} and key "
-            f"{settings.ssl_keyfile or settings.ssl_certfile!r} do not load together "
+            f"TLS: the certificate {settings.ssl_certfile!r} and key {key!r} do not load together "
             f"({exc.reason or exc}): both must be PEM and the key the certificate's"
         ) from None
     except OSError as exc:

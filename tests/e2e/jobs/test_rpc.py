@@ -89,14 +89,14 @@ def test_rpc_notification_is_accepted_with_204(server: ServerProcess, http, jtyp
 def test_rpc_to_a_method_no_worker_serves_is_not_found_at_once_and_queues_nothing(
     server: ServerProcess, http, jtype
 ):
-    """-32601 within a second, `data.reason` naming the type and the window; neither the
-    call nor a notification leaves a job behind."""
+    """-32601 at once (well within the call's wait), `data.reason` naming the type and the
+    window; neither the call nor a notification leaves a job behind."""
     unserved = f"{jtype}X"  # the typo of a type that has a worker
     with HttpWorker(server.url, jtype, rpc_handler):
         started = time.monotonic()
         r = http.post("/v1/rpc", json={"jsonrpc": "2.0", "method": unserved, "id": 1})
         took = time.monotonic() - started
-        assert took < 1.0, took
+        assert took < 10.0, took  # not after the call's default 30 s wait
         assert r.status_code == 200, r.text
         error = r.json()["error"]
         assert (error["code"], error["message"]) == (-32601, "Method not found")
