@@ -220,11 +220,14 @@ def test_a_busy_port_is_one_line_and_nothing_says_ready() -> None:
 
 
 def _without_bind_capability() -> list[str]:
-    """A prefix that runs a command unable to bind ports below 1024, or skip."""
+    """A prefix that runs a command unable to bind ports below 1024, or skip when no
+    command here can be (port 1 is open to all, or root has no setpriv to give up the
+    capability)."""
+    # Below this port binding needs CAP_NET_BIND_SERVICE, for root as for anyone.
+    start = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+    if start.exists() and int(start.read_text()) <= 1:
+        pytest.skip("every port may be bound here without privilege")
     if os.geteuid() != 0:
-        start = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-        if start.exists() and int(start.read_text()) <= 1:
-            pytest.skip("every port may be bound here without privilege")
         return []
     setpriv = shutil.which("setpriv")
     if setpriv is None:
@@ -257,3 +260,35 @@ def test_an_address_of_another_machine_is_refused_with_the_fix() -> None:
     assert "Traceback" not in done.stderr
     assert "cannot listen on 192.0.2.1: it is not an address of this machine" in done.stderr
     assert "--host / TIDINGS_HOST" in done.stderr
+
+
+def test_forwarded_allow_ips_of_every_peer_beyond_loopback_is_warned_about() -> None:
+    # 192.0.2.1 is no address of this machine: the server warns at start, then cannot
+    # listen, and nothing is left to stop.
+    for trusted in ("*", "0.0.0.0/0"):
+        done = _serve(
+            "--host", "192.0.2.1", "--allow-anonymous", "--port", str(free_port()),
+            "--forwarded-allow-ips", trusted,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        warning = [line for line in done.stderr.splitlines() if "WARNING" in line]
+        assert len(warning) == 1, done.stderr
+        assert f"--forwarded-allow-ips {trusted} on 192.0.2.1" in warning[0]
+        assert "any client can choose the address the login limiter" in warning[0]
+
+
+def test_forwarded_allow_ips_naming_proxies_or_on_loopback_is_not_warned_about() -> None:
+    with socket.socket() as busy:  # a port in use: the server stops before it serves
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        on_loopback = _serve("--port", port, "--forwarded-allow-ips", "*")
+        named = _serve(
+            "--host", "192.0.2.1", "--allow-anonymous", "--port", port,
+            "--forwarded-allow-ips", "127.0.0.1,10.0.0.0/8",
+        )  # fmt: skip
+    assert on_loopback.returncode == 1, on_loopback.stderr
+    assert "is in use" in on_loopback.stderr
+    assert named.returncode == 1, named.stderr
+    assert "cannot listen on 192.0.2.1" in named.stderr
+    assert "forwarded-allow-ips" not in on_loopback.stderr + named.stderr

@@ -8,6 +8,7 @@ wins over its variable. Each option's help ends with its default and its variabl
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import sys
@@ -104,7 +105,11 @@ def serve(
     access_log: Annotated[bool | None, _flag("access_log", "Log every request (slower).")] = None,
     allow_anonymous: Annotated[
         bool | None,
-        _flag("allow_anonymous", "Serve anonymous clients on a non-loopback address."),
+        _flag(
+            "allow_anonymous",
+            "Serve anonymous clients on a non-loopback address; on a loopback one, trust "
+            "anonymous requests a reverse proxy forwarded.",
+        ),
     ] = None,
     require_auth: Annotated[
         bool | None, _flag("require_auth", "Anonymous requests get 401.")
@@ -163,7 +168,8 @@ def serve(
         _option(
             "forwarded_allow_ips",
             "Addresses of trusted reverse proxies (comma-separated, CIDR or *): their "
-            "X-Forwarded-For/-Proto give the client's address and scheme.",
+            "X-Forwarded-For/-Proto give the client's address (for the login limiter and "
+            "the access log; the per-address connection cap counts the proxy) and scheme.",
             default="none (the headers are ignored)",
         ),
     ] = None,
@@ -270,6 +276,14 @@ def serve(
             "--allow-anonymous (TIDINGS_ALLOW_ANONYMOUS=true) if the network is trusted.",
             2,
         )
+    if not settings.loopback and _trusts_any_peer(settings.forwarded_allow_ips):
+        log.warning(
+            "--forwarded-allow-ips %s on %s: every client's X-Forwarded-For is believed, so "
+            "any client can choose the address the login limiter and the access log see; "
+            "name your proxies' addresses instead",
+            settings.forwarded_allow_ips,
+            settings.host,
+        )
     if settings.workers > 1 and not settings.store.startswith(("redis://", "rediss://")):
         fail(
             "serve",
@@ -293,6 +307,21 @@ def serve(
         raise typer.Exit(supervise(settings, sock))
     if not run(settings, sock, app=tidings_app):
         raise typer.Exit(1)
+
+
+def _trusts_any_peer(listed: str) -> bool:
+    """True when --forwarded-allow-ips takes every peer for a proxy: `*`, or a network
+    holding every address (0.0.0.0/0, ::/0)."""
+    names = [name.strip() for name in listed.split(",") if name.strip()]
+    if names == ["*"]:
+        return True
+    for name in names:
+        try:
+            if ipaddress.ip_network(name, strict=False).prefixlen == 0:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def _warn_unknown(*, configure: bool = False) -> None:

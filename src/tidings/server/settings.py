@@ -48,7 +48,9 @@ class Settings:
         job_ttl: seconds a finished job (and its channel) is kept.
         handlers: `MODULE:OBJ` naming a `tidings.Worker` to run inside the server.
         allow_anonymous: serve anonymous clients on a non-loopback address (without this
-            or `require_auth`, binding beyond loopback is refused).
+            or `require_auth`, binding beyond loopback is refused); and on a loopback
+            server, trust anonymous requests a reverse proxy forwarded (X-Forwarded-For,
+            Forwarded, X-Real-IP), which are otherwise refused (policy.py).
         log_level: uvicorn / tidings log level.
         require_auth: anonymous requests get 401.
         sessions: where login sessions live: `database` (the store), `memory` (this
@@ -93,9 +95,11 @@ class Settings:
         log_format: `text` (a timestamped line) or `json` (one object per line).
         forwarded_allow_ips: comma-separated addresses or networks of trusted reverse
             proxies (`*`: any peer); a request from one of them is taken to come from the
-            client and scheme its X-Forwarded-For / X-Forwarded-Proto name (the address
-            in limits and the access log, https for cookies and origin checks). Empty:
-            those headers are ignored.
+            client and scheme its X-Forwarded-For / X-Forwarded-Proto name: the address
+            the login limiter and the access log use, https for cookies and origin checks.
+            The per-address connection cap counts the TCP peer when it connects, before
+            any header is read: behind a proxy, that is the proxy. Empty: those headers
+            are ignored.
     """
 
     host: str = C.DEFAULT_HOST
