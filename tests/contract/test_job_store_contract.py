@@ -16,14 +16,16 @@ from typing import Any
 import pytest
 from msgspec.structs import replace
 
+from tidings.protocol.codecs import encode_json
 from tidings.protocol.errors import Conflict, InvalidBody, NotFound
 from tidings.protocol.jobs import Job, JobOutcome, job_channel
 from tidings.server import transitions
 from tidings.server.constants import SERVED_MARK_INTERVAL, SERVED_WINDOW
 from tidings.server.hub import Hub
-from tidings.server.jobs import JobService
+from tidings.server.jobs import SERVED_MEMORY, JobService
 from tidings.server.stores import open_store
 from tidings.server.stores.base import JobChange, Retention, Store
+from tidings.server.stores.common import SERVED_MARKS
 from tidings.server.stores.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.timeout(30)
@@ -495,7 +497,8 @@ def test_a_failed_attempt_keeps_its_traceback_bounded_with_its_attempt(make_stor
                 1,
             )
         evs = await events(store, job.id)
-        assert evs[-1][0] == "queued" and evs[-1][1]["error"]["traceback"] == tb
+        assert evs[-1][0] == "queued"
+        assert evs[-1][1]["error"] == {"type": "ValueError", "message": "bad", "attempt": 1}
         assert "errors" not in evs[-1][1]  # events carry the last error only
 
         await asyncio.sleep(BACKOFF * 2)
@@ -512,7 +515,62 @@ def test_a_failed_attempt_keeps_its_traceback_bounded_with_its_attempt(make_stor
             ("ValueError", 1),
             ("KeyError", 2),
         ]
+        assert all("traceback" not in e for e in again.errors)  # only `error` keeps it
         assert again.to_wire().errors == again.errors
+
+    run(make_store, body)
+
+
+def test_no_event_of_a_retried_job_copies_its_traceback(make_store):
+    """Every event after a failure (the requeue, the next lease, progress, the end) carries
+    the last error as type, message and attempt: a 16 KiB traceback is not copied into
+    each of them; the job itself keeps it."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        job, _ = await svc.submit("t", max_attempts=2)
+        first = await lease_one(svc)
+        error = {"type": "ValueError", "message": "bad", "traceback": _traceback(2000)}
+        await svc.fail(job.id, first.lease_token, error)
+        await asyncio.sleep(BACKOFF * 2)
+        second = await lease_one(svc)
+        await svc.heartbeat(job.id, second.lease_token, progress=50.0)
+        await svc.complete(job.id, second.lease_token, {"ok": True})
+        evs = await events(store, job.id)
+        assert [name for name, _ in evs] == [
+            "queued", "running", "queued", "running", "progress", "succeeded",
+        ]  # fmt: skip
+        for name, data in evs[2:]:
+            assert data["error"] == {"type": "ValueError", "message": "bad", "attempt": 1}, name
+            assert len(encode_json(data)) < 2048, name
+        kept = await store.jobs.get_job(job.id)
+        assert kept is not None and len(kept.error["traceback"]) > 8 * 1024
+
+    run(make_store, body)
+
+
+def test_a_stored_error_is_bounded_whole(make_store):
+    """A huge message keeps its first 4 KiB; extra keys that would take the error past
+    8 KiB are left out with a note; a value that is not an object becomes a bounded
+    message; a null traceback is no traceback."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        a, _ = await svc.submit("t", max_attempts=1)
+        b, _ = await svc.submit("t", max_attempts=1)
+        c, _ = await svc.submit("t", max_attempts=1)
+        leased = {j.id: j for j in await svc.lease(["t"], 3, 0, 30.0)}
+        huge = {"type": "E", "message": "m" * 100_000, "ctx": ["x" * 1000] * 50, "traceback": None}
+        await svc.fail(a.id, leased[a.id].lease_token, huge)
+        await svc.report([JobOutcome(b.id, leased[b.id].lease_token, False, ["y" * 50_000])])
+        await svc.fail(c.id, leased[c.id].lease_token, {"type": "E", "message": "m", "n": 1})
+        got_a, got_b, got_c = [await store.jobs.get_job(j.id) for j in (a, b, c)]
+        assert got_a is not None and got_b is not None and got_c is not None
+        assert "traceback" not in got_a.error and "ctx" not in got_a.error
+        assert "left out" in got_a.error["note"]
+        assert len(encode_json(got_a.error)) <= 8 * 1024
+        assert got_a.error["message"].startswith("mmm")
+        assert len(got_a.error["message"]) <= 4 * 1024
+        assert got_b.error["type"] == "Error" and len(got_b.error["message"]) <= 4 * 1024
+        assert got_c.error == {"type": "E", "message": "m", "n": 1, "attempt": 1}
 
     run(make_store, body)
 
@@ -554,6 +612,56 @@ def test_served_marks_move_forward_only_and_answer_the_latest_of_the_types(make_
         await jobs.mark_served(["*"], 2000.25)
         assert await jobs.served_at(["b", "*"]) == 2000.25
         assert await jobs.served_at(["c"]) is None
+
+    run(make_store, body)
+
+
+def test_a_store_keeps_at_most_served_marks_types_forgetting_the_oldest(make_store):
+    """Past SERVED_MARKS types, the oldest mark goes (any number of job types may be
+    asked for); the newest stay."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        now = time.time()
+        await store.jobs.mark_served(["oldest"], now - 10)
+        await store.jobs.mark_served(["older"], now - 5)
+        many = [f"type{n}" for n in range(SERVED_MARKS)]
+        await store.jobs.mark_served(many, now)
+        assert await store.jobs.served_at(["oldest"]) is None
+        assert await store.jobs.served_at(["older"]) is None
+        assert await store.jobs.served_at([many[0]]) == now
+        assert await store.jobs.served_at([many[-1]]) == now
+        await store.jobs.mark_served(["newest"], now + 1)
+        assert await store.jobs.served_at(["newest"]) == now + 1
+        assert sum([await store.jobs.served_at([t]) is not None for t in many]) == (
+            SERVED_MARKS - 1
+        )
+
+    run(make_store, body)
+
+
+def test_a_node_remembers_at_most_served_memory_types(make_store):
+    """A node's memory of the marks it wrote and read is bounded by count, not only by
+    age: a worker naming ever new types cannot grow it."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        async def mark(first: int, count: int) -> None:
+            for n in range(first, first + count, 100):
+                await svc.mark_served([f"t{n + k}" for k in range(100)])
+
+        await mark(0, SERVED_MEMORY + 500)
+        assert len(svc._marked) <= SERVED_MEMORY
+        assert await svc.served(f"t{SERVED_MEMORY + 499}")
+        # Another node learns the marks by reading them from the store.
+        other = JobService(store, Hub(store.channels.cursor_key))
+        try:
+            for n in range(500, SERVED_MEMORY + 500):
+                assert await other.served(f"t{n}")
+            await mark(SERVED_MEMORY + 500, 500)
+            for n in range(SERVED_MEMORY + 500, SERVED_MEMORY + 1000):
+                assert await other.served(f"t{n}")
+            assert len(other._seen) <= SERVED_MEMORY
+        finally:
+            other.close()
 
     run(make_store, body)
 

@@ -9,8 +9,10 @@ is killed at the end of its test.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -300,7 +302,9 @@ def test_failing_job_is_retried_then_ends_failed_with_its_error(
             (1, "failing on purpose (attempt 1)"),
             (2, "failing on purpose (attempt 2)"),
         ]
-        assert got["errors"][0]["traceback"].rstrip().endswith("(attempt 1)")
+        # Only the last failure keeps its traceback; `errors` holds each without one.
+        assert got["error"]["traceback"].rstrip().endswith("(attempt 2)")
+        assert all("traceback" not in e for e in got["errors"])
         # The dead job can be retried by hand.
         assert client.retry_job(handle.id).status == "queued"
     # The worker logged each failure with its traceback: a warning, then an error.
@@ -311,6 +315,29 @@ def test_failing_job_is_retried_then_ends_failed_with_its_error(
     assert "WARNING" in first.upper() and "to be retried" in first, log
     assert "ERROR" in last.upper() and "not retried" in last, log
     assert log.count("Traceback (most recent call last)") >= 2, log
+
+
+@pytest.mark.timeout(60)
+def test_under_json_logs_a_failures_traceback_is_the_exception_field(
+    tidings_server: ServerFactory, worker_process: WorkerFactory
+) -> None:
+    """`tidings worker --log-format json`: a failed attempt's line has the handler's
+    traceback in `exception`, and its `message` is the one line saying what failed."""
+    server = tidings_server()
+    worker = worker_process(server.url, ["--log-format", "json"])
+    with Client(server.url) as client:
+        info = client.submit("fail", {}, max_attempts=1).wait(timeout=40)
+        assert info.status == "failed", worker.log()
+    deadline = time.monotonic() + 10
+    while "attempt 1: failed" not in worker.log():
+        assert time.monotonic() < deadline, worker.log()
+        time.sleep(0.05)
+    entries = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+    [failed] = [e for e in entries if "attempt 1: failed" in e["message"]]
+    assert failed["level"] == "ERROR", failed
+    assert "\n" not in failed["message"] and "Traceback" not in failed["message"], failed
+    assert failed["exception"].startswith("Traceback (most recent call last):"), failed
+    assert failed["exception"].endswith("RuntimeError: failing on purpose (attempt 1)"), failed
 
 
 @pytest.mark.timeout(60)
@@ -520,6 +547,31 @@ def test_a_submit_says_whether_a_worker_serves_its_type(
     assert "served" not in httpx.get(f"{url}/v1/jobs/{typo.json()['id']}", timeout=10).json()
 
 
+@pytest.mark.timeout(60)
+def test_a_worker_refused_by_the_host_gate_is_told_what_the_server_said(
+    tidings_server: ServerFactory,
+) -> None:
+    """A loopback server refuses a Host it does not know (403): the worker stops with the
+    server's words first (`--allowed-hosts`), not with advice to grant work."""
+    name = socket.gethostname()
+    try:
+        address = socket.gethostbyname(name)
+    except OSError:
+        address = ""
+    if not address.startswith("127.") or name.lower() == "localhost":
+        pytest.skip(f"this host's name {name!r} does not resolve to loopback")
+    server = tidings_server()
+    done = subprocess.run(
+        worker_command(f"http://{name}:{server.port}", None), cwd=ROOT, env=worker_env(),
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    said = " ".join(done.stderr.split())
+    assert "is not this loopback server's" in said and "--allowed-hosts" in said, done.stderr
+    assert said.index("is not this loopback server's") < said.index("the server at"), said
+    assert "--work" not in said and "grant" not in said, done.stderr
+
+
 def worker_command(url: str, token: str | None) -> list[str]:
     cmd = [sys.executable, "-m", "tidings", "worker", WORKER_APP, "--url", url]
     return cmd if token is None else [*cmd, "--token", token]
@@ -565,8 +617,8 @@ def test_a_worker_the_server_refuses_exits_with_what_to_do(
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     said = " ".join(done.stderr.split())
-    assert "refuses to lease jobs of" in said and "echo" in said, done.stderr
-    assert "may not work" in said, done.stderr
+    assert "may not work" in said and "echo" in said, done.stderr
+    assert "tidings users grant USER --work TYPE" in said, done.stderr
 
     log_path = tmp_path / "robot.log"
     with log_path.open("w") as log:

@@ -349,38 +349,53 @@ def jobs_dead(
         bool,
         typer.Option(
             "--traceback",
-            help="Also print each job's traceback on stderr, newest first. Default: off.",
+            help="Also fetch each listed job (one request each, at most --limit) and print"
+            " its traceback on stderr, in the list's order. Default: off.",
         ),
     ] = False,
     json_out: JsonOption = False,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
-    """Dead letters: the jobs that failed for good, newest first, with their error.
+    """Dead letters: the jobs that failed for good, with their error.
 
-    `tidings jobs retry ID` runs one again; --traceback (or `tidings jobs get ID
-    --traceback`) shows where it failed.
+    The server picks the newest failed jobs by creation (at most --limit); they are shown
+    by when they failed, the latest first. `tidings jobs retry ID` runs one again;
+    --traceback (or `tidings jobs get ID --traceback`) shows where it failed.
     """
     from rich.table import Table
 
+    from tidings.sdk.common import TidingsHTTPError
+
     with connect("jobs dead", url, token) as client:
         jobs = client.list_jobs(status="failed", type=type, limit=limit)
-    # Newest end first (the server lists by creation); a job without an end time last.
+        # A listing leaves tracebacks out: each job's own answer has it.
+        if traceback:
+            full = []
+            for job in jobs:
+                try:
+                    full.append(client.get_job(job.id))
+                except TidingsHTTPError as exc:
+                    if exc.status != 404:  # a job removed meanwhile is shown as listed
+                        raise
+                    full.append(job)
+            jobs = full
+    # Latest end first (the server lists by creation); a job without an end time last.
     jobs.sort(key=lambda j: j.finished_at or 0.0, reverse=True)
     if json_out:
         print_json([_job_obj(j) for j in jobs])
-        return
-    table = Table("finished", "type", "attempts", "error")
-    table.add_column("id", no_wrap=True)
-    for job in jobs:
-        table.add_row(
-            table_time(job.finished_at),
-            job.type,
-            f"{job.attempt}/{job.max_attempts}",
-            _error_cell(job.error),
-            job.id,
-        )
-    print_table(table)
+    else:
+        table = Table("finished", "type", "attempts", "error")
+        table.add_column("id", no_wrap=True)
+        for job in jobs:
+            table.add_row(
+                table_time(job.finished_at),
+                job.type,
+                f"{job.attempt}/{job.max_attempts}",
+                _error_cell(job.error),
+                job.id,
+            )
+        print_table(table)
     for job in jobs:
         _show_traceback(job, traceback, on_terminal=False)
 

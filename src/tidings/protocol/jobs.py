@@ -40,6 +40,14 @@ MAX_TRACEBACK_BYTES = 16 * 1024
 KEPT_ERRORS = 5
 
 
+def without_traceback(error: Any) -> Any:
+    """An error object without its `traceback` (any other value as it is): what job events,
+    listings, `errors` and those who may not see tracebacks get."""
+    if isinstance(error, dict) and "traceback" in error:
+        return {k: v for k, v in error.items() if k != "traceback"}
+    return error
+
+
 def job_channel(job_id: str) -> str:
     """The channel every state change and progress report of a job is published on."""
     return JOB_CHANNEL_PREFIX + job_id
@@ -75,10 +83,12 @@ class JobLinks(msgspec.Struct, frozen=True, gc=False):
 class JobWire(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """A job's public form: everything but the lease token, with links.
 
-    Job events (the messages of the job's channel) carry it without `payload` and
-    `errors`. `error` is the last failed attempt's `{"type", "message", "traceback"?,
-    "attempt"}`; `errors` the last `KEPT_ERRORS` of them, oldest first. `served` is in the
-    answer of `POST /v1/jobs` only: whether a worker asked for jobs of this type lately.
+    `error` is the last failed attempt's `{"type", "message", "traceback"?, "attempt"}`;
+    `errors` the last `KEPT_ERRORS` of them, oldest first, without their tracebacks. Job
+    events (the messages of the job's channel) carry it without `payload`, `errors` and
+    the traceback; listings and answers to workers without `errors` and the traceback.
+    `served` is in the answer of `POST /v1/jobs` only: whether a worker asked for jobs of
+    this type lately.
     """
 
     id: str
@@ -125,8 +135,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     `run_at` is when a queued job may next be leased (its delay or retry backoff);
     `lease_token` and `lease_expires_at` belong to the worker holding it while running.
     `error` is the last failed attempt's error, `errors` the last `KEPT_ERRORS` (oldest
-    first, `error` last): a retry that is queued or running still shows why the attempts
-    before it failed.
+    first, `error` last, without tracebacks): a retry that is queued or running still
+    shows why the attempts before it failed.
     """
 
     id: str
@@ -159,9 +169,16 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
         """True once the job has ended (succeeded, failed or cancelled)."""
         return self.status in TERMINAL_STATUSES
 
-    def to_wire(self, *, with_payload: bool = True, served: bool | UnsetType = UNSET) -> JobWire:
-        """The public form; job events carry it without the payload and the earlier errors.
-        `served` is given by the answer of a submit."""
+    def to_wire(
+        self,
+        *,
+        with_payload: bool = True,
+        with_errors: bool = True,
+        with_traceback: bool = True,
+        served: bool | UnsetType = UNSET,
+    ) -> JobWire:
+        """The public form: with or without the payload, `errors` and the last error's
+        traceback. `served` is given by the answer of a submit."""
         job_id = self.id
         return JobWire(
             id=job_id,
@@ -171,8 +188,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             progress=self.progress,
             message=self.message,
             result=self.result,
-            error=self.error,
-            errors=self.errors if with_payload else UNSET,
+            error=self.error if with_traceback else without_traceback(self.error),
+            errors=self.errors if with_errors else UNSET,
             attempt=self.attempt,
             max_attempts=self.max_attempts,
             priority=self.priority,
@@ -193,6 +210,12 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             ),
             served=served,
         )
+
+    def event_wire(self) -> JobWire:
+        """What a job event (a message of the job's channel) carries: the public form
+        without the payload, `errors` and the traceback, so that a large payload or
+        traceback is not copied into every later event of the job."""
+        return self.to_wire(with_payload=False, with_errors=False, with_traceback=False)
 
     def lease_to_wire(self) -> LeasedJobWire:
         """What a worker receives for a leased job."""

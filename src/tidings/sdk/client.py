@@ -196,14 +196,14 @@ class ChannelInfo(msgspec.Struct, frozen=True, kw_only=True):
     subscribers: dict[str, int] = msgspec.field(default_factory=dict)
 
 
-class _ChannelWire(msgspec.Struct, frozen=True):
-    """`ChannelInfo` as served: `created` is RFC 3339 (older servers sent epoch seconds)."""
+class _ChannelWire(msgspec.Struct, frozen=True, kw_only=True):
+    """`ChannelInfo` as served: `created` is RFC 3339."""
 
     name: str
+    created: str
     first_id: str | None = None
     last_id: str | None = None
     messages: int = 0
-    created: str | float | None = None
     retention: ChannelRetention | None = None
     subscribers: dict[str, int] = msgspec.field(default_factory=dict)
 
@@ -219,7 +219,7 @@ _CHANNELS = msgspec.json.Decoder(_ChannelListWire)
 def _channel_info(wire: _ChannelWire) -> ChannelInfo:
     created = wire.created
     try:
-        when = parse_time(created) if isinstance(created, str) else created
+        when = parse_time(created)
     except ValueError as exc:
         raise ClientError(f"malformed channel object from the server: {exc}") from exc
     return ChannelInfo(

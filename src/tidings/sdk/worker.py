@@ -153,6 +153,11 @@ class WorkerRefused(ValueError):
         self.status = status
 
 
+# What the server's 403 says when the principal lacks a grant to work a job type (or any):
+# "NAME may not work 'TYPE': ask for a grant", "NAME may not work jobs: ask for a work grant".
+_NO_WORK_GRANT = " may not work "
+
+
 def _refusal(exc: BaseException, url: str, types: list[str] | None) -> WorkerRefused | None:
     """The WorkerRefused a lease's failure `exc` stands for, or None (worth retrying)."""
     if not isinstance(exc, TidingsHTTPError) or exc.status not in (401, 403):
@@ -166,10 +171,16 @@ def _refusal(exc: BaseException, url: str, types: list[str] | None) -> WorkerRef
             f"(`tidings users add USER --work TYPE --store STORE`); job types: {wanted}",
             401,
         )
+    if _NO_WORK_GRANT in exc.message:
+        return WorkerRefused(
+            f"{exc.message} (the server at {url}, asked to lease jobs of {wanted}): grant "
+            "this token's user the work of each type (`tidings users grant USER --work TYPE "
+            "--store STORE`), or have the Worker lease fewer types",
+            403,
+        )
+    # Another gate of the server (its Host or Origin checks): what it says is what to fix.
     return WorkerRefused(
-        f"the server at {url} refuses to lease jobs of {wanted} to this token "
-        f"({exc.message}): grant its user the work of each type (`tidings users grant USER "
-        "--work TYPE --store STORE`), or have the Worker lease fewer types",
+        f"{exc.message} (the server at {url} refused a lease request for jobs of {wanted})",
         403,
     )
 
@@ -1293,16 +1304,30 @@ class _Outcome:
             value = self.outcome.value
             err = value if isinstance(value, dict) else {}
             tb = err.get("traceback")
-            log.log(
-                logging.ERROR if self.last else logging.WARNING,
-                "%s: failed after %.2fs (%s: %s)%s%s",
-                self.label,
-                self.took,
-                err.get("type"),
-                err.get("message"),
-                ", not retried" if self.last else ", to be retried",
-                f"\n{tb.rstrip()}" if isinstance(tb, str) else "",
+            level = logging.ERROR if self.last else logging.WARNING
+            if not log.isEnabledFor(level):
+                return
+            record = log.makeRecord(
+                log.name,
+                level,
+                __file__,
+                0,
+                "%s: failed after %.2fs (%s: %s)%s",
+                (
+                    self.label,
+                    self.took,
+                    err.get("type"),
+                    err.get("message"),
+                    ", not retried" if self.last else ", to be retried",
+                ),
+                None,
+                func="log_reported",
             )
+            # The traceback as the handler's text: formatters put `exc_text` where they put
+            # an exception (after the line, or the JSON format's `exception` field).
+            if isinstance(tb, str):
+                record.exc_text = tb.rstrip()
+            log.handle(record)
 
 
 class _Reporter:

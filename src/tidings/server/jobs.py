@@ -24,6 +24,7 @@ from tidings.server.constants import DEFAULT_MAX_DEPTH, SERVED_MARK_INTERVAL, SE
 from tidings.server.depth import check_storable
 from tidings.server.hub import Hub
 from tidings.server.stores.base import JobChange, JobStep, Store, Transition
+from tidings.server.stores.common import ServedMarks
 from tidings.server.transitions import MIN_LEASE
 
 __all__ = ["ANY_TYPE", "MIN_LEASE", "JobService", "error_object", "new_job_id"]
@@ -37,8 +38,15 @@ MAX_REPORT_BATCH = 100
 MAX_LEASE_TYPES = 100
 # The served mark of a lease request that names no types: it serves every type.
 ANY_TYPE = "*"
-# Types whose served marks a node remembers; past it, those older than the window go.
+# Types whose served marks a node remembers (the oldest go first).
 SERVED_MEMORY = 10_000
+# A failed attempt's error: its message is cut to its first MAX_ERROR_MESSAGE_BYTES and its
+# type to MAX_ERROR_TYPE_BYTES; its other keys are kept while the whole, traceback aside,
+# takes at most MAX_ERROR_BYTES (its traceback is bounded on its own: MAX_TRACEBACK_BYTES).
+MAX_ERROR_MESSAGE_BYTES = 4 * 1024
+MAX_ERROR_TYPE_BYTES = 200
+MAX_ERROR_BYTES = 8 * 1024
+_ERROR_KEYS = frozenset({"type", "message", "traceback", "attempt"})
 # Parked lease requests re-check the store at least this often (delays set by another
 # process, or before a restart, have no local timer).
 LEASE_RECHECK = 5.0
@@ -46,26 +54,62 @@ LEASE_RECHECK = 5.0
 TIMER_SLACK = 0.005
 
 
-def error_object(error: Any) -> dict[str, Any]:
-    """A worker's `error` as the job keeps it: an object with `type` and `message`.
+def _cut_start(text: str, limit: int, what: str) -> str:
+    """`text` if it fits in `limit` bytes of UTF-8, else its start and a note of the cut
+    (together at most `limit` bytes)."""
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
+        return text
+    note = f" [{what} cut to its first {limit} bytes]"
+    return raw[: limit - len(note)].decode("utf-8", "ignore") + note
 
-    An object is kept as sent (its `traceback`, which must be a string, bounded to its
-    last 16 KiB); a string becomes the message of an `Error`; any other value, its JSON
-    text. InvalidBody for a traceback that is not a string.
+
+def _text(value: Any) -> str:
+    """A string as it is, any other value as its JSON text."""
+    return value if isinstance(value, str) else encode_json(value).decode()
+
+
+def error_object(error: Any) -> dict[str, Any]:
+    """A worker's `error` as the job keeps it: an object, bounded.
+
+    An object keeps its `type` (cut to MAX_ERROR_TYPE_BYTES) and its `message` (cut to
+    its first MAX_ERROR_MESSAGE_BYTES), any value of theirs but a string as its JSON
+    text. Its other keys are kept only while the whole object (its
+    traceback aside) encodes to at most MAX_ERROR_BYTES; else they are left out, and a
+    `note` says so. Its `traceback` must be a string (InvalidBody otherwise; null is no
+    traceback) and is kept to its last 16 KiB. A string becomes the message of an
+    `Error`; any other value its JSON text.
     """
-    if isinstance(error, dict):
-        out = dict(error)
-        if "traceback" in out:
-            tb = out["traceback"]
-            if not isinstance(tb, str):
-                raise InvalidBody('"error.traceback" must be a string (the formatted traceback)')
-            out["traceback"] = bound_traceback(tb)
-        return out
-    if error is None:
-        return {"type": "Error", "message": "the worker gave no error"}
-    if isinstance(error, str):
-        return {"type": "Error", "message": error}
-    return {"type": "Error", "message": encode_json(error).decode()}
+    if not isinstance(error, dict):
+        if error is None:
+            return {"type": "Error", "message": "the worker gave no error"}
+        return {
+            "type": "Error",
+            "message": _cut_start(_text(error), MAX_ERROR_MESSAGE_BYTES, "message"),
+        }
+    tb = error.get("traceback")
+    if tb is not None and not isinstance(tb, str):
+        raise InvalidBody('"error.traceback" must be a string (the formatted traceback) or null')
+    out: dict[str, Any] = {}
+    if "type" in error:
+        out["type"] = _cut_start(_text(error["type"]), MAX_ERROR_TYPE_BYTES, "type")
+    if "message" in error:
+        out["message"] = _cut_start(_text(error["message"]), MAX_ERROR_MESSAGE_BYTES, "message")
+    # `attempt` is the server's to set (transitions.stamp_error).
+    extras = {k: v for k, v in error.items() if k not in _ERROR_KEYS}
+    if extras:
+        size = len(encode_json({**out, **extras}))
+        if size <= MAX_ERROR_BYTES:
+            out.update(extras)
+        else:
+            out["note"] = (
+                f"{len(extras)} other key(s) of this error were left out: with them it took"
+                f" {size} bytes, over the {MAX_ERROR_BYTES // 1024} KiB an error may take"
+                " (its traceback aside)"
+            )
+    if tb is not None:
+        out["traceback"] = bound_traceback(tb)
+    return out
 
 
 def new_job_id() -> str:
@@ -110,8 +154,8 @@ class JobService:
         # Served marks: when this node last wrote each type's to the store, and the latest
         # mark it read from the store (a mark only moves forward, so either one that is
         # within the window answers `served` without a store read).
-        self._marked: dict[str, float] = {}
-        self._seen: dict[str, float] = {}
+        self._marked = ServedMarks(SERVED_MEMORY, SERVED_WINDOW)
+        self._seen = ServedMarks(SERVED_MEMORY, SERVED_WINDOW)
 
     # -- fan-out and wake-ups ---------------------------------------------------------
 
@@ -162,14 +206,13 @@ class JobService:
         once per type every SERVED_MARK_INTERVAL seconds from this node."""
         now = time.time()
         marked = self._marked
-        due = [t for t in (types or [ANY_TYPE]) if now - marked.get(t, 0.0) >= SERVED_MARK_INTERVAL]
+        due = [
+            t for t in (types or [ANY_TYPE]) if now - (marked.get(t) or 0.0) >= SERVED_MARK_INTERVAL
+        ]
         if not due:
             return
         await self.store.jobs.mark_served(due, now)
-        if len(marked) > SERVED_MEMORY:
-            self._marked = marked = _recent(marked, now)
-        for t in due:
-            marked[t] = now
+        marked.mark(due, now)
 
     async def served(self, type_: str) -> bool:
         """True when a worker asked to lease jobs of `type_` (or of any type) within the
@@ -177,15 +220,13 @@ class JobService:
         now = time.time()
         since = now - SERVED_WINDOW
         for known in (self._marked, self._seen):
-            if known.get(type_, 0.0) > since or known.get(ANY_TYPE, 0.0) > since:
+            if (known.latest((type_, ANY_TYPE)) or 0.0) > since:
                 return True
         last = await self.store.jobs.served_at([type_, ANY_TYPE])
-        if last is None:
+        if last is None or last <= since:
             return False
-        if len(self._seen) > SERVED_MEMORY:
-            self._seen = _recent(self._seen, now)
-        self._seen[type_] = max(last, self._seen.get(type_, 0.0))
-        return last > since
+        self._seen.mark((type_,), last)
+        return True
 
     # -- submit and follow ------------------------------------------------------------
 
@@ -435,6 +476,12 @@ class JobService:
         """Cancel a queued job at once; ask a running one's worker to stop."""
         return self._announce(await self.store.jobs.transition_job(job_id, transitions.cancel))
 
+    async def cancel_queued(self, job_id: str) -> Job:
+        """Cancel a job if it is still queued; a running or ended one is left as it is."""
+        return self._announce(
+            await self.store.jobs.transition_job(job_id, transitions.cancel_queued)
+        )
+
     async def retry(self, job_id: str) -> Job:
         """Requeue a failed (dead) or cancelled job with a fresh set of attempts."""
         return self._announce(await self.store.jobs.transition_job(job_id, transitions.retry))
@@ -456,9 +503,3 @@ class JobService:
     def close(self) -> None:
         """Answer every parked lease request (shutdown)."""
         self._wake(None)
-
-
-def _recent(marks: dict[str, float], now: float) -> dict[str, float]:
-    """The marks still within the served window."""
-    since = now - SERVED_WINDOW
-    return {t: at for t, at in marks.items() if at > since}

@@ -24,7 +24,7 @@ from typing import Any
 from msgspec.structs import replace
 
 from tidings.protocol.errors import Conflict
-from tidings.protocol.jobs import KEPT_ERRORS, Job
+from tidings.protocol.jobs import KEPT_ERRORS, Job, without_traceback
 from tidings.server.stores.base import Transition
 
 # The shortest lease a worker may ask for (seconds); a heartbeat extends a lease by its
@@ -36,6 +36,7 @@ __all__ = [
     "Backoff",
     "after_failure",
     "cancel",
+    "cancel_queued",
     "check_lease",
     "complete",
     "expire",
@@ -164,9 +165,11 @@ def complete(token: str, result: Any) -> Transition:
 
 def stamp_error(job: Job, error: dict[str, Any]) -> Job:
     """`job` with `error` (an error object) as the failure of its current attempt: `error`
-    with `attempt` set, appended to `errors`, of which the last KEPT_ERRORS stay."""
+    with `attempt` set, and appended without its traceback to `errors`, of which the last
+    KEPT_ERRORS stay (only the last failure keeps its traceback)."""
     stamped = {**error, "attempt": job.attempt}
-    return replace(job, error=stamped, errors=[*job.errors, stamped][-KEPT_ERRORS:])
+    kept = [*job.errors, without_traceback(stamped)][-KEPT_ERRORS:]
+    return replace(job, error=stamped, errors=kept)
 
 
 def after_failure(
@@ -218,6 +221,13 @@ def cancel(job: Job, now: float) -> tuple[Job, str | None]:
             return job, None
         return replace(job, cancel_requested=True, updated_at=now), "cancel_requested"
     raise Conflict(f"job {job.id} already ended {job.status}: nothing to cancel")
+
+
+def cancel_queued(job: Job, now: float) -> tuple[Job, str | None]:
+    """A queued job ends cancelled; any other is left as it is (a running job goes on)."""
+    if job.status == "queued":
+        return replace(job, status="cancelled", finished_at=now, updated_at=now), "cancelled"
+    return job, None
 
 
 def retry(job: Job, now: float) -> tuple[Job, str | None]:

@@ -75,9 +75,41 @@ def test_a_job_links_to_itself_its_streams_and_its_channel():
 
 
 def test_a_job_event_carries_the_public_form_without_the_payload():
-    body = msgspec.json.decode(encode_json(RUNNING.to_wire(with_payload=False)))
+    body = msgspec.json.decode(encode_json(RUNNING.event_wire()))
     assert "payload" not in body
     assert body["status"] == "running"
+
+
+FAILED_TWICE = Job(
+    id="j3",
+    type="t",
+    status="queued",
+    attempt=2,
+    error={"type": "E", "message": "m", "traceback": "T" * 16_000, "attempt": 2},
+    errors=[
+        {"type": "E", "message": "m", "attempt": 1},
+        {"type": "E", "message": "m", "attempt": 2},
+    ],
+)
+
+
+def test_a_job_event_carries_the_last_error_without_its_traceback_nor_the_errors():
+    """A retried job's events must not each copy a 16 KiB traceback."""
+    body = msgspec.json.decode(encode_json(FAILED_TWICE.event_wire()))
+    assert body["error"] == {"type": "E", "message": "m", "attempt": 2}
+    assert "errors" not in body and "payload" not in body
+    assert len(encode_json(body)) < 2048
+    assert FAILED_TWICE.error["traceback"]  # the job itself keeps it
+
+
+def test_the_public_form_shows_the_traceback_and_errors_unless_left_out():
+    whole = msgspec.json.decode(encode_json(FAILED_TWICE.to_wire()))
+    assert whole["error"]["traceback"] == "T" * 16_000 and len(whole["errors"]) == 2
+    listed = msgspec.json.decode(
+        encode_json(FAILED_TWICE.to_wire(with_errors=False, with_traceback=False))
+    )
+    assert "errors" not in listed and "traceback" not in listed["error"]
+    assert "payload" in listed
 
 
 @pytest.mark.parametrize("job", [QUEUED, RUNNING], ids=["queued", "running"])
@@ -111,7 +143,7 @@ def test_the_sdk_job_has_every_field_of_the_public_form():
 
 
 def test_a_job_event_decodes_with_no_payload():
-    wire = msgspec.json.decode(encode_json(RUNNING.to_wire(with_payload=False)), type=JobWire)
+    wire = msgspec.json.decode(encode_json(RUNNING.event_wire()), type=JobWire)
     assert wire.payload is msgspec.UNSET
     assert JobInfo.from_wire(wire).payload is None
 

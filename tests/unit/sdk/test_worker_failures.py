@@ -118,7 +118,12 @@ def test_a_failure_is_logged_with_its_traceback_warning_then_error_on_the_last_a
     assert levels == [logging.WARNING, logging.ERROR, logging.ERROR]
     first, second, third = (r.getMessage() for r in caplog.records)
     assert "to be retried" in first and "not retried" in second and "not retried" in third
-    assert all(m.endswith("Traceback ...\nValueError: bad") for m in (first, second, third))
+    # The traceback is the record's exception text (the JSON format's `exception`), not
+    # part of its message.
+    assert all("Traceback" not in m for m in (first, second, third))
+    assert all(r.exc_text == "Traceback ...\nValueError: bad" for r in caplog.records)
+    assert caplog.text.count("failed after 0.50s (ValueError: bad)") == 3
+    assert caplog.text.count("Traceback ...\nValueError: bad") == 3
 
 
 def test_a_401_on_lease_says_to_pass_a_token_made_for_a_worker_user() -> None:
@@ -144,6 +149,18 @@ def test_a_403_on_lease_names_the_types_it_may_not_work() -> None:
     assert refused is not None and refused.status == 403
     assert "resize, crop" in str(refused) and "'crop'" in str(refused)
     assert "tidings users grant USER --work TYPE" in str(refused)
+
+
+def test_a_403_of_another_gate_puts_the_servers_words_first_without_work_advice() -> None:
+    said = "Host 'box:8000' is not this loopback server's: ... list the name in --allowed-hosts"
+    refused = _refusal(TidingsHTTPError(403, "forbidden", said), "http://box:8000", ["a"])
+    assert refused is not None and refused.status == 403
+    assert str(refused).startswith(said)
+    assert "--work" not in str(refused) and "grant" not in str(refused)
+    jobs = "bob may not work jobs: ask for a work grant"
+    refused = _refusal(TidingsHTTPError(403, "forbidden", jobs), "http://h:1", None)
+    assert refused is not None and str(refused).startswith(jobs)
+    assert "--work TYPE" in str(refused)
 
 
 def test_other_failures_are_not_refusals() -> None:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import pytest
 from msgspec.structs import replace
 
+from tidings.protocol.codecs import encode_json
 from tidings.protocol.errors import Conflict, InvalidBody
 from tidings.protocol.jobs import KEPT_ERRORS, Job, bound_traceback
-from tidings.server.jobs import error_object
+from tidings.server.jobs import MAX_ERROR_BYTES, MAX_ERROR_MESSAGE_BYTES, error_object
 from tidings.server.transitions import (
     MIN_LEASE,
     Backoff,
     after_failure,
     cancel,
+    cancel_queued,
     check_lease,
     complete,
     expire,
@@ -438,15 +440,71 @@ def test_a_traceback_of_wide_characters_is_cut_on_a_character() -> None:
 
 
 def test_what_a_worker_sends_as_error_becomes_an_error_object() -> None:
-    """tidings.server.jobs.error_object, applied before a fail transition: an object is kept
-    (its traceback bounded), a string is its message, other values their JSON text; a
-    traceback that is not a string is refused."""
+    """tidings.server.jobs.error_object, applied before a fail transition: an object keeps
+    its keys (its traceback bounded), a string is its message,
+    other values their JSON text; a traceback that is not a string is refused, a null one
+    is no traceback."""
     assert error_object({"type": "E", "x": [1]}) == {"type": "E", "x": [1]}
+    assert error_object({"msg": "m"}) == {"msg": "m"}
     assert error_object("disk full") == {"type": "Error", "message": "disk full"}
     assert error_object([1, "a"]) == {"type": "Error", "message": '[1,"a"]'}
     assert error_object(None)["message"] == "the worker gave no error"
     long = error_object({"type": "E", "traceback": "x\n" * 20_000})
     assert len(long["traceback"].encode()) <= 16 * 1024
-    for bad in (None, 1, ["a"], {"f": 1}):
+    for bad in (1, ["a"], {"f": 1}):
         with pytest.raises(InvalidBody, match="traceback"):
             error_object({"type": "E", "traceback": bad})
+    assert error_object({"type": "E", "message": "m", "traceback": None}) == {
+        "type": "E",
+        "message": "m",
+    }
+
+
+def test_an_error_is_bounded_whole_its_message_cut_at_its_start_its_extras_dropped() -> None:
+    """The message keeps its first 4 KiB behind a note of the cut; other keys stay while
+    the whole (traceback aside) fits in 8 KiB, else they go and a note says so; a value
+    that is not an object becomes a message cut the same way."""
+    err = error_object({"type": "E", "message": "é" * 10_000, "code": 7})
+    assert len(err["message"].encode()) <= MAX_ERROR_MESSAGE_BYTES
+    assert err["message"].startswith("ééé") and err["message"].endswith(
+        "cut to its first 4096 bytes]"
+    )
+    assert err["code"] == 7 and "note" not in err
+    fits = {"type": "E", "message": "m", "ctx": "x" * 7000}
+    assert error_object(fits)["ctx"] == fits["ctx"]
+    big = error_object(
+        {"type": "E", "message": "m" * 5000, "ctx": "x" * 9000, "more": 1, "traceback": "tb"}
+    )
+    assert "ctx" not in big and "more" not in big and big["traceback"] == "tb"
+    assert "2 other key(s)" in big["note"] and "8 KiB" in big["note"]
+    assert len(encode_json({k: v for k, v in big.items() if k != "traceback"})) <= MAX_ERROR_BYTES
+    assert error_object({"type": "T" * 1000})["type"].startswith("TTT")
+    assert len(error_object({"type": "T" * 1000})["type"]) <= 200
+    assert len(error_object(["x" * 10_000])["message"].encode()) <= MAX_ERROR_MESSAGE_BYTES
+    assert len(error_object("y" * 10_000)["message"].encode()) <= MAX_ERROR_MESSAGE_BYTES
+    assert error_object({"type": 3, "message": {"a": 1}}) == {"type": "3", "message": '{"a":1}'}
+
+
+def test_only_the_last_failure_keeps_its_traceback_the_earlier_ones_do_not() -> None:
+    job = running(max_attempts=3)
+    assert job.lease_token is not None
+    first = {"type": "E", "message": "one", "traceback": "tb1"}
+    job, _ = fail(job.lease_token, first, True, BACKOFF)(job, NOW)
+    assert job.error["traceback"] == "tb1"
+    assert job.errors == [{"type": "E", "message": "one", "attempt": 1}]
+    job, _ = lease(30.0)(job, job.run_at)
+    assert job.lease_token is not None
+    second = {"type": "E", "message": "two", "traceback": "tb2"}
+    job, _ = fail(job.lease_token, second, True, BACKOFF)(job, NOW + 5)
+    assert job.error == {**second, "attempt": 2}
+    assert all("traceback" not in e for e in job.errors)
+    assert [e["message"] for e in job.errors] == ["one", "two"]
+
+
+def test_cancel_queued_cancels_a_queued_job_and_leaves_any_other_as_it_is() -> None:
+    job, event = cancel_queued(queued(), NOW)
+    assert (job.status, event, job.finished_at) == ("cancelled", "cancelled", NOW)
+    busy = running()
+    assert cancel_queued(busy, NOW) == (busy, None)
+    done, _ = complete(busy.lease_token or "", 1)(busy, NOW)
+    assert cancel_queued(done, NOW) == (done, None)

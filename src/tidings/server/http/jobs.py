@@ -122,6 +122,18 @@ def _may_follow(principal: Principal, job: Job) -> Job:
     return job
 
 
+def _public(principal: Principal, job: Job, **extra: Any) -> Any:
+    """A job's public form for `principal`: the last error's traceback only for those who
+    may work its type (admins too), not for a submitter who may not (a browser's end user)."""
+    return job.to_wire(with_traceback=principal.may("work", job.type), **extra)
+
+
+def _to_worker(job: Job) -> Any:
+    """A job as the answer to a worker's complete or fail: without `errors` and the
+    traceback, which the worker sent itself."""
+    return job.to_wire(with_errors=False, with_traceback=False)
+
+
 def _is_worker(request: Request) -> None:
     """Forbidden unless the principal may work some job type (lease tokens do the rest)."""
     principal = principal_of(request)
@@ -157,7 +169,16 @@ async def submit(request: Request) -> Response:
         submitted_by=None if principal.session is None else principal.name,
     )
     # Whether a worker asked for this type lately: false warns of a typo or a worker down.
-    served = await svc.served(body.type)
+    # The job is queued already: a store that cannot answer this leaves `served` out rather
+    # than have the client submit the job again.
+    served: bool | msgspec.UnsetType
+    try:
+        served = await svc.served(body.type)
+    except TidingsError as exc:
+        log.warning(
+            "job %s queued; whether type %r is served is unknown: %s", job.id, body.type, exc
+        )
+        served = msgspec.UNSET
     wait = _wait_of(request)
     if wait and not job.terminal:
         job = await unless_revoked(request, svc.wait(job, wait))
@@ -165,7 +186,7 @@ async def submit(request: Request) -> Response:
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if wait and status == 200:
         headers["Preference-Applied"] = f"wait={wait:g}"
-    return json_response(job.to_wire(served=served), status, headers)
+    return json_response(_public(principal, job, served=served), status, headers)
 
 
 async def get_job(request: Request) -> Response:
@@ -173,10 +194,11 @@ async def get_job(request: Request) -> Response:
     job_id = request.path_params["job_id"]
     wait = query_float(request, "wait")
     job = await svc.get(job_id)
-    _may_follow(principal_of(request), job)
+    principal = principal_of(request)
+    _may_follow(principal, job)
     if wait and not job.terminal:
         job = await unless_revoked(request, svc.wait(job, wait))
-    return json_response(job.to_wire())
+    return json_response(_public(principal, job))
 
 
 async def list_jobs(request: Request) -> Response:
@@ -189,7 +211,10 @@ async def list_jobs(request: Request) -> Response:
     principal = principal_of(request)
     if not principal.admin:
         jobs = [j for j in jobs if principal.may_follow_job(j.submitted_by, j.type)]
-    return json_response({"jobs": [j.to_wire() for j in jobs]})
+    # A listing leaves out `errors` and the traceback: GET /v1/jobs/{id} has them.
+    return json_response(
+        {"jobs": [j.to_wire(with_errors=False, with_traceback=False) for j in jobs]}
+    )
 
 
 async def queues(request: Request) -> Response:
@@ -217,24 +242,26 @@ async def _own(request: Request) -> None:
 async def cancel(request: Request) -> Response:
     await _own(request)
     job = await _svc(request).cancel(request.path_params["job_id"])
-    return json_response(job.to_wire())
+    return json_response(_public(principal_of(request), job))
 
 
 async def retry(request: Request) -> Response:
     await _own(request)
     job = await _svc(request).retry(request.path_params["job_id"])
-    return json_response(job.to_wire())
+    return json_response(_public(principal_of(request), job))
 
 
 async def lease(request: Request) -> Response:
     body: LeaseBody = await _body(request, LeaseBody, REPORT_BODY_MESSAGES)
     svc = _svc(request)
     _is_worker(request)
+    # A malformed request (`types` empty or too long, ...) is refused as such (422) before
+    # its types are checked one by one, and before any outcome it carries is applied.
+    svc.check_lease(body.types, body.max, body.lease)
     for type_ in body.types or ["*"]:  # no types: every type, which needs a "*" grant
         require(request, "work", type_)
     reporting = None
     if body.results is not None:
-        svc.check_lease(body.types, body.max, body.lease)  # refuse before applying anything
         # Started together, the report and the lease share one store transaction.
         reporting = asyncio.ensure_future(_report(svc, body.results))
     # A worker that stops closes its parked lease request: it must not be handed jobs.
@@ -298,7 +325,7 @@ async def complete(request: Request) -> Response:
     _is_worker(request)
     body: CompleteBody = await _body(request, CompleteBody)
     job = await _svc(request).complete(request.path_params["job_id"], body.lease_token, body.result)
-    return json_response(job.to_wire())
+    return json_response(_to_worker(job))
 
 
 async def fail(request: Request) -> Response:
@@ -307,7 +334,7 @@ async def fail(request: Request) -> Response:
     job = await _svc(request).fail(
         request.path_params["job_id"], body.lease_token, body.error, body.retry
     )
-    return json_response(job.to_wire())
+    return json_response(_to_worker(job))
 
 
 async def _report(svc: JobService, items: list[ReportItem]) -> list[dict[str, Any]]:

@@ -3,16 +3,18 @@
 A call submits a job and waits for it; its result is the job's result. Notifications
 (no `id`) submit and return nothing. Batches run concurrently.
 
-A method no worker serves — no worker asked to lease jobs of that type in the last
-SERVED_WINDOW seconds (`JobService.served`) — is not found (-32601, `data.reason` says
-so): no job is queued, for a call or a notification, since nobody would run it.
+A call to a method no worker serves — no worker asked to lease jobs of that type in the
+last SERVED_WINDOW seconds (`JobService.served`) — is not found (-32601, `data.reason`
+says so) and queues nothing: its caller waits for an answer nobody would give. A
+notification is queued all the same: nobody waits for it, and a worker may start later.
 
 Error codes: the JSON-RPC ones (-32700 parse, -32600 invalid request, -32601 method not
 found, -32602 invalid params) and -32000 job failed, -32001 job cancelled, -32002 timed
-out waiting: the job is then cancelled (a queued one at once, a running one's worker is
-asked to stop), so that it does not run later for a caller who has gone; `data.job_id`
-says which. A request nested deeper than the server's `max_depth` is an invalid request
-(-32600, `data.error.code` `nested_too_deep`).
+out waiting (the wait capped by the server's long-poll cap): a job still queued is then
+cancelled, so that it does not run later for a caller who has gone, while a running one
+goes on; `data.job_id` says which. `data.error` holds the job's error, its traceback only
+for a caller who may work the type. A request nested deeper than the server's
+`max_depth` is an invalid request (-32600, `data.error.code` `nested_too_deep`).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tidings.protocol.codecs import JSON_DECODER
-from tidings.protocol.errors import Conflict, TidingsError
-from tidings.protocol.jobs import Job
+from tidings.protocol.errors import TidingsError
+from tidings.protocol.jobs import without_traceback
 from tidings.protocol.messages import CHANNEL_RE
 from tidings.server.constants import SERVED_WINDOW
 from tidings.server.depth import NestedTooDeep, decode_limited
@@ -73,9 +75,7 @@ async def _call(
         return rpc_error(id_, INVALID_PARAMS, '"params" must be an object or an array')
     if not principal.may("submit", method):
         return rpc_error(id_, METHOD_NOT_FOUND, f"{principal.name} may not call {method!r}")
-    if not await svc.served(method):
-        if notification:
-            return None
+    if not notification and not await svc.served(method):
         reason = (
             f"no worker has asked for jobs of type {method!r} in the last {SERVED_WINDOW:g} s:"
             " start one that handles it (tidings worker MODULE:OBJ, or serve --handlers)"
@@ -91,24 +91,23 @@ async def _call(
     job = await unless_revoked(request, svc.wait(job, wait))
     timed_out = not job.terminal
     if timed_out:
-        job = await _cancel(svc, job)
+        # Nobody would get the result of a job that has not started; one that has goes on.
+        job = await svc.cancel_queued(job.id)
     if job.status == "succeeded":
         return {"jsonrpc": "2.0", "result": job.result, "id": id_}
-    data = {"job_id": job.id, "status": job.status, "error": job.error}
+    error = job.error if principal.may("work", method) else without_traceback(job.error)
+    data = {"job_id": job.id, "status": job.status, "error": error}
     if job.status == "failed":
         return rpc_error(id_, JOB_FAILED, "job failed", data)
     if job.status == "cancelled" and not timed_out:
         return rpc_error(id_, JOB_CANCELLED, "job cancelled", data)
-    return rpc_error(id_, TIMED_OUT, f"no result within {wait:g} s; the job is cancelled", data)
-
-
-async def _cancel(svc: JobService, job: Job) -> Job:
-    """Cancel a job whose caller stops waiting: nobody would get its result. A job that
-    ended meanwhile is answered as it ended."""
-    try:
-        return await svc.cancel(job.id)
-    except Conflict:
-        return await svc.get(job.id)
+    waited = max(0.0, min(wait, svc.long_poll_cap))
+    fate = (
+        "it was still queued and is cancelled"
+        if job.status == "cancelled"
+        else (f"it is {job.status} and goes on")
+    )
+    return rpc_error(id_, TIMED_OUT, f"no result within {waited:g} s; {fate}", data)
 
 
 async def rpc(request: Request) -> Response:

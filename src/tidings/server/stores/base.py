@@ -246,7 +246,8 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def mark_served(self, types: list[str], now: float) -> None:
         """Record that a worker asked for jobs of `types` at `now` (a mark never moves back;
-        marks a day old may be forgotten). Seen by every node sharing the store."""
+        marks a day old may be forgotten, and past `common.SERVED_MARKS` types the oldest
+        are). Seen by every node sharing the store."""
 
     @abc.abstractmethod
     async def served_at(self, types: list[str]) -> float | None:
@@ -280,8 +281,9 @@ def apply_steps(steps: list[JobStep], jobs: dict[str, Job], now: float) -> list[
 
 
 def job_event_data(job: Job) -> dict[str, Any]:
-    """The data of a job-channel message: the public job without its payload."""
-    data: dict[str, Any] = msgspec.to_builtins(job.to_wire(with_payload=False))
+    """The data of a job-channel message: the public job without its payload, `errors`
+    and the traceback (`Job.event_wire`)."""
+    data: dict[str, Any] = msgspec.to_builtins(job.event_wire())
     return data
 
 

@@ -1,9 +1,11 @@
-"""What every store engine shares: message ids, the codecs of stored values, and the
-translation of a driver's errors into StoreError at the store boundary."""
+"""What every store engine shares: message ids, the codecs of stored values, the served
+marks of the engines that keep them in process, and the translation of a driver's errors
+into StoreError at the store boundary."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from types import TracebackType
 
 import msgspec
@@ -14,6 +16,9 @@ from tidings.protocol.jobs import Job
 from tidings.server.principals import Credential, User
 
 __all__ = [
+    "SERVED_MARKS",
+    "SERVED_MARK_TTL",
+    "ServedMarks",
     "decode_credential",
     "decode_job",
     "decode_json",
@@ -31,6 +36,53 @@ encode_msgpack = msgspec.msgpack.Encoder().encode
 decode_job = msgspec.msgpack.Decoder(Job).decode
 decode_user = msgspec.msgpack.Decoder(User).decode
 decode_credential = msgspec.msgpack.Decoder(Credential).decode
+
+
+# Job types whose served marks a store keeps (the oldest are forgotten first), and the age
+# past which a mark may be forgotten (JobStore.mark_served).
+SERVED_MARKS = 10_000
+SERVED_MARK_TTL = 86_400.0
+
+
+class ServedMarks:
+    """When a worker last asked for each job type: at most `cap` types, none older than
+    `ttl` seconds, the oldest forgotten first.
+
+    Kept in write order (a mark moves to the end when written), so the oldest are at the
+    front: bounding costs O(1) amortised per write, never a rebuild.
+    """
+
+    __slots__ = ("_at", "cap", "ttl")
+
+    def __init__(self, cap: int = SERVED_MARKS, ttl: float = SERVED_MARK_TTL) -> None:
+        self.cap = cap
+        self.ttl = ttl
+        self._at: OrderedDict[str, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def mark(self, types: Iterable[str], at: float) -> None:
+        """Record a mark at `at` for each of `types`; a mark never moves back."""
+        marks = self._at
+        for t in types:
+            if marks.get(t, at) <= at:
+                marks[t] = at
+                marks.move_to_end(t)
+        while len(marks) > self.cap:
+            marks.popitem(last=False)
+        since = at - self.ttl
+        while marks and next(iter(marks.values())) <= since:
+            marks.popitem(last=False)
+
+    def get(self, type_: str) -> float | None:
+        """The mark of `type_`, or None."""
+        return self._at.get(type_)
+
+    def latest(self, types: Iterable[str]) -> float | None:
+        """The latest mark of any of `types`, or None when none has one."""
+        marks = self._at
+        return max((marks[t] for t in types if t in marks), default=None)
 
 
 def parse_seq(message_id: str) -> int:

@@ -15,13 +15,10 @@ from tidings.server.stores.base import (
     apply_steps,
     job_event_data,
 )
+from tidings.server.stores.common import ServedMarks
 from tidings.server.stores.memory.core import MemoryCore, MemoryLog
 
 __all__ = ["MemoryJobs"]
-
-# Served marks kept before those a day old are dropped.
-SERVED_MARKS = 10_000
-SERVED_MARK_TTL = 86_400.0
 
 
 class MemoryJobs(JobStore):
@@ -41,7 +38,7 @@ class MemoryJobs(JobStore):
         self._delayed: list[tuple[float, str]] = []
         self._due: dict[str, list[tuple[int, float, str]]] = {}
         # When a worker last asked for each job type (see JobStore.mark_served).
-        self._served: dict[str, float] = {}
+        self._served = ServedMarks()
 
     def _save(self, job: Job, event: str | None, now: float) -> JobChange:
         self._jobs[job.id] = job
@@ -168,14 +165,8 @@ class MemoryJobs(JobStore):
 
     async def mark_served(self, types: list[str], now: float) -> None:
         self._core.check()
-        served = self._served
-        if len(served) > SERVED_MARKS:
-            self._served = served = {
-                t: at for t, at in served.items() if at > now - SERVED_MARK_TTL
-            }
-        for t in types:
-            served[t] = max(now, served.get(t, now))
+        self._served.mark(types, now)
 
     async def served_at(self, types: list[str]) -> float | None:
         self._core.check()
-        return max((self._served[t] for t in types if t in self._served), default=None)
+        return self._served.latest(types)

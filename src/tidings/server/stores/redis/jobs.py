@@ -128,7 +128,13 @@ from tidings.server.stores.base import (
     apply_steps,
     job_event_data,
 )
-from tidings.server.stores.common import decode_job, encode_json, encode_msgpack
+from tidings.server.stores.common import (
+    SERVED_MARK_TTL,
+    SERVED_MARKS,
+    decode_job,
+    encode_json,
+    encode_msgpack,
+)
 from tidings.server.stores.redis.channels import RedisChannels
 from tidings.server.stores.redis.core import RedisCore, lua
 
@@ -156,9 +162,6 @@ PRIORITY_CACHE_MAX = 200_000
 # Bodies of unfinished jobs this process wrote last, remembered so a lease or a report can
 # skip reading them (cleared when full; see `_read_known`).
 BODY_CACHE_MAX = 100_000
-
-# Served marks older than this are dropped when marks are written.
-SERVED_MARK_TTL = 86_400.0
 
 # The first element of the write script's reply.
 _DIFFERS, _WRITTEN, _KNOWN = 0, 1, 2
@@ -728,7 +731,9 @@ class RedisJobs(JobStore):
         with self._errors:
             async with self._core.client.pipeline(transaction=False) as pipe:
                 pipe.zadd(key, dict.fromkeys(types, now), gt=True)
+                # A day-old mark goes, and past SERVED_MARKS types the oldest do.
                 pipe.zremrangebyscore(key, "-inf", f"({now - SERVED_MARK_TTL!r}")
+                pipe.zremrangebyrank(key, 0, -(SERVED_MARKS + 1))
                 await pipe.execute()
 
     async def served_at(self, types: list[str]) -> float | None:

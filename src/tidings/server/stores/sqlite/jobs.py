@@ -17,14 +17,10 @@ from tidings.server.stores.base import (
     apply_steps,
     job_event_data,
 )
-from tidings.server.stores.common import decode_job, encode_json, encode_msgpack
+from tidings.server.stores.common import ServedMarks, decode_job, encode_json, encode_msgpack
 from tidings.server.stores.sqlite.core import ChannelLog, SQLiteCore
 
 __all__ = ["SQLiteJobs"]
-
-# Served marks kept before those a day old are dropped.
-SERVED_MARKS = 10_000
-SERVED_MARK_TTL = 86_400.0
 
 
 class SQLiteJobs(JobStore):
@@ -37,7 +33,7 @@ class SQLiteJobs(JobStore):
         # When a worker last asked for each job type (see JobStore.mark_served). In memory:
         # one server holds the file (tidings.server.stores.lockfile), and a restart forgets
         # the marks only until the workers' next lease requests, seconds later.
-        self._served: dict[str, float] = {}
+        self._served = ServedMarks()
 
     def _save_job(
         self, conn: sqlite3.Connection, job: Job, event: str | None, now: float, insert: bool
@@ -231,13 +227,7 @@ class SQLiteJobs(JobStore):
         return await self._core.write(op)
 
     async def mark_served(self, types: list[str], now: float) -> None:
-        served = self._served
-        if len(served) > SERVED_MARKS:
-            self._served = served = {
-                t: at for t, at in served.items() if at > now - SERVED_MARK_TTL
-            }
-        for t in types:
-            served[t] = max(now, served.get(t, now))
+        self._served.mark(types, now)
 
     async def served_at(self, types: list[str]) -> float | None:
-        return max((self._served[t] for t in types if t in self._served), default=None)
+        return self._served.latest(types)
