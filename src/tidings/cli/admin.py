@@ -16,7 +16,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from tidings.cli.common import JsonOption, fail, print_json, print_table
+from tidings.cli.common import JsonOption, fail, print_json, print_table, table_time
+from tidings.protocol.codecs import format_time
 from tidings.server import constants as C
 from tidings.server.auth import hash_password, new_api_token, token_key
 from tidings.server.principals import KIND_TOKEN, Credential, Permissions, User
@@ -85,12 +86,6 @@ def _run(command: str, url: str, fn: Callable[[Store], Awaitable[T]]) -> T:
         return asyncio.run(go())
     except ValueError as exc:
         fail(command, str(exc), 2)
-
-
-def _rfc3339(ts: float) -> str:
-    from tidings.protocol.codecs import format_time
-
-    return format_time(ts)
 
 
 def _perms(
@@ -217,7 +212,7 @@ def users_list(store: StoreOption, json_out: JsonOption = False) -> None:
                     "submit": list(u.permissions.submit),
                     "work": list(u.permissions.work),
                     "admin": u.permissions.admin,
-                    "created": _rfc3339(u.created),
+                    "created": format_time(u.created),
                 }
                 for u in users
             ]
@@ -296,8 +291,8 @@ def tokens_list(
                     "kind": c.kind,
                     "user": c.user,
                     "name": c.name,
-                    "created": _rfc3339(c.created),
-                    "expires": None if c.expires is None else _rfc3339(c.expires),
+                    "created": format_time(c.created),
+                    "expires": None if c.expires is None else format_time(c.expires),
                 }
                 for c in creds
             ]
@@ -310,10 +305,8 @@ def tokens_list(
             c.kind,
             c.user,
             c.name,
-            time.strftime("%Y-%m-%d %H:%M", time.gmtime(c.created)),
-            "never"
-            if c.expires is None
-            else time.strftime("%Y-%m-%d %H:%M", time.gmtime(c.expires)),
+            table_time(c.created),
+            "never" if c.expires is None else table_time(c.expires),
         )
     print_table(table)
 

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tidings.cli.common import err
+from tidings.cli.common import fail, print_json, print_table
 from tidings.server import constants as C
 
 __all__ = ["EPILOG", "doctor"]
@@ -70,13 +69,10 @@ def doctor(
         else:
             parsed, notes = doc.store_targets(store)
     except ValueError as exc:
-        err.print(f"[red]tidings doctor:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+        fail("doctor", str(exc), 2)
     report = doc.run(parsed, tries, timeout, state_file, notes)
     if json_out:
-        from tidings.protocol.codecs import encode_json
-
-        typer.echo(encode_json(report).decode())
+        print_json(report)
     else:
         _print_report(report)
     if any(not t["reachable"] for t in report["targets"]):
@@ -88,7 +84,8 @@ def _num(value: Any) -> str:
 
 
 def _print_report(report: dict[str, Any]) -> None:
-    out = Console()
+    """The report for people: the targets' table, then the gateway, warnings and notes
+    as plain lines (coloured on a terminal only, never wrapped)."""
     table = Table(title="tidings doctor", title_justify="left")
     for column in ("target", "address", "route", "interface", "gateway", "reachable"):
         table.add_column(column)
@@ -106,21 +103,18 @@ def _print_report(report: dict[str, Any]) -> None:
             _num(t["rtt_ms"]["p95"]),
         )
     if report["targets"]:
-        out.print(table)
+        print_table(table)
     gw = report["gateway"]
     if gw["address"] is None:
-        out.print("gateway: none (no default route)")
+        typer.echo("gateway: none (no default route)")
     else:
         mac = gw["mac"] or "not in the neighbour table"
-        out.print(f"gateway: {gw['address']} on {gw['interface']}, MAC {mac}")
+        typer.echo(f"gateway: {gw['address']} on {gw['interface']}, MAC {mac}")
+    warning = typer.style("warning", fg="yellow")
     for t in report["targets"]:
-        for warning in t["warnings"]:
-            out.print(
-                f"[yellow]warning[/yellow] {escape(t['target'])}: {escape(warning)}",
-                highlight=False,
-                soft_wrap=True,
-            )
-    for warning in report["warnings"]:
-        out.print(f"[yellow]warning[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+        for said in t["warnings"]:
+            typer.echo(f"{warning} {t['target']}: {said}")
+    for said in report["warnings"]:
+        typer.echo(f"{warning} {said}")
     for note in report["notes"]:
-        out.print(f"[dim]{escape(note)}[/dim]", highlight=False, soft_wrap=True)
+        typer.echo(typer.style(note, dim=True))
