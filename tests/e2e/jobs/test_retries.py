@@ -101,12 +101,13 @@ def test_failed_attempt_is_retried_after_backoff(http, jtype):
 
 
 @pytest.mark.timeout(30)
-def test_a_failure_traceback_is_shown_bounded_by_get_and_by_the_job_events(
+def test_a_failure_traceback_is_shown_bounded_by_get_but_not_copied_into_events(
     server: ServerProcess, http, jtype
 ):
     """Any HTTP worker may send a traceback: the server keeps its last 16 KiB (a line says
     it was cut), numbered by the attempt; GET shows it while the retry is queued, then
-    running, and the event of the failure carries it."""
+    running. The job's events, its listing and the answer to the worker carry the error
+    without it (and `errors` entries never hold one)."""
     job = submit(http, jtype, max_attempts=2)
     leased = lease_one(http, jtype)
     frames = "".join(f'  File "w.py", line {n}, in step{n}\n    go()\n' for n in range(3000))
@@ -116,18 +117,61 @@ def test_a_failure_traceback_is_shown_bounded_by_get_and_by_the_job_events(
         f"/v1/jobs/{job['id']}/fail", json={"lease_token": leased["lease_token"], "error": error}
     )
     assert r.status_code == 200, r.text
+    assert r.json()["error"] == {"type": "OSError", "message": "full", "attempt": 1}
+    assert "errors" not in r.json()
     queued = get(http, job["id"])
     assert queued["status"] == "queued"
     kept = queued["error"]["traceback"]
     assert len(kept.encode()) <= 16 * 1024 and len(tb) > 64 * 1024
     assert kept.startswith("[traceback cut to its last 16 KiB: the outer frames are left out]\n")
     assert kept.endswith("in handle\nOSError: full\n")
-    assert (queued["error"]["attempt"], queued["errors"]) == (1, [queued["error"]])
+    short = {"type": "OSError", "message": "full", "attempt": 1}
+    assert (queued["error"]["attempt"], queued["errors"]) == (1, [short])
+    [listed] = http.get("/v1/jobs", params={"type": jtype}).json()["jobs"]
+    assert listed["error"] == short and "errors" not in listed
     again = lease_one(http, jtype, wait=5)
     running = get(http, job["id"])
     assert running["status"] == "running" and running["error"]["traceback"] == kept
+    beat = http.post(
+        f"/v1/jobs/{job['id']}/heartbeat", json={"lease_token": again["lease_token"], "progress": 5}
+    )
+    assert beat.status_code == 200, beat.text
     complete(http, job["id"], again["lease_token"], "ok")
     events = job_events(read_sse(f"{server.url}/v1/jobs/{job['id']}/events"))
-    assert [e for e, _ in events] == ["queued", "running", "queued", "running", "succeeded"]
-    assert events[2][1]["error"]["traceback"] == kept
-    assert "errors" not in events[2][1]  # events carry the last error, GET all of them
+    assert [e for e, _ in events] == [
+        "queued", "running", "queued", "running", "progress", "succeeded",
+    ]  # fmt: skip
+    for name, data in events[2:]:
+        assert data["error"] == short, name  # the last error, without its traceback
+        assert "errors" not in data, name
+
+
+@pytest.mark.timeout(30)
+def test_a_null_traceback_is_no_traceback(http, jtype):
+    """`"traceback": null` (a worker with nothing to send) fails the attempt like no
+    traceback at all, not 422."""
+    job = submit(http, jtype, max_attempts=1)
+    leased = lease_one(http, jtype)
+    error = {"type": "E", "message": "m", "traceback": None}
+    r = http.post(
+        f"/v1/jobs/{job['id']}/fail", json={"lease_token": leased["lease_token"], "error": error}
+    )
+    assert r.status_code == 200, r.text
+    assert get(http, job["id"])["error"] == {"type": "E", "message": "m", "attempt": 1}
+
+
+@pytest.mark.timeout(30)
+def test_a_huge_error_is_stored_bounded(http, jtype):
+    """Its message keeps its first 4 KiB; other keys that would take it past 8 KiB are
+    left out with a note."""
+    job = submit(http, jtype, max_attempts=1)
+    leased = lease_one(http, jtype)
+    error = {"type": "E", "message": "m" * 50_000, "context": ["x" * 1000] * 20}
+    r = http.post(
+        f"/v1/jobs/{job['id']}/fail", json={"lease_token": leased["lease_token"], "error": error}
+    )
+    assert r.status_code == 200, r.text
+    kept = get(http, job["id"])["error"]
+    assert kept["message"].startswith("mmm") and kept["message"].endswith("bytes]")
+    assert len(kept["message"]) <= 4096
+    assert "context" not in kept and "left out" in kept["note"]

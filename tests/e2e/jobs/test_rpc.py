@@ -6,11 +6,13 @@ from __future__ import annotations
 import threading
 import time
 
+import httpx
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerFactory, ServerProcess
 from tests.e2e.jobs.helpers import (
     HttpWorker,
+    complete,
     get,
     lease,
     lease_one,
@@ -90,7 +92,8 @@ def test_rpc_to_a_method_no_worker_serves_is_not_found_at_once_and_queues_nothin
     server: ServerProcess, http, jtype
 ):
     """-32601 at once (well within the call's wait), `data.reason` naming the type and the
-    window; neither the call nor a notification leaves a job behind."""
+    window, and the call leaves no job behind; a notification, which nobody waits for, is
+    queued all the same (a worker may start later)."""
     unserved = f"{jtype}X"  # the typo of a type that has a worker
     with HttpWorker(server.url, jtype, rpc_handler):
         started = time.monotonic()
@@ -106,6 +109,8 @@ def test_rpc_to_a_method_no_worker_serves_is_not_found_at_once_and_queues_nothin
         )
         r = http.post("/v1/rpc", json={"jsonrpc": "2.0", "method": unserved, "params": [1]})
         assert r.status_code == 204, r.text
+        [noted] = http.get("/v1/jobs", params={"type": unserved}).json()["jobs"]
+        assert (noted["status"], noted["payload"]) == ("queued", [1])
         # In a batch, the served call runs and the other is not found.
         r = http.post(
             "/v1/rpc",
@@ -117,14 +122,14 @@ def test_rpc_to_a_method_no_worker_serves_is_not_found_at_once_and_queues_nothin
         by_id = {a["id"]: a for a in r.json()}
         assert by_id["a"]["result"] == 5
         assert by_id["b"]["error"]["code"] == -32601
-    assert http.get("/v1/jobs", params={"type": unserved}).json()["jobs"] == []
-    assert unserved not in http.get("/v1/queues").json()["queues"]
+    # Only the notification's job: neither call queued one.
+    assert http.get("/v1/jobs", params={"type": unserved}).json()["jobs"] == [noted]
 
 
 @pytest.mark.timeout(30)
-def test_rpc_that_times_out_cancels_its_job(server: ServerProcess, http, jtype):
-    """-32002 after the wait; the job does not run later for nobody: a queued one ends
-    cancelled, a running one's worker is asked to stop."""
+def test_rpc_that_times_out_cancels_its_job_if_still_queued(server: ServerProcess, http, jtype):
+    """-32002 after the wait; a job still queued does not run later for nobody: it ends
+    cancelled; a running one goes on (its id in `data.job_id`)."""
     with HttpWorker(server.url, jtype, rpc_handler):
         pass  # served, but nobody leases now: the call's job stays queued
     started = time.monotonic()
@@ -141,7 +146,7 @@ def test_rpc_that_times_out_cancels_its_job(server: ServerProcess, http, jtype):
     assert get(http, error["data"]["job_id"])["status"] == "cancelled"
     assert lease(http, jtype, wait=0) == []
 
-    # Running when the wait ends: its worker is told at its next heartbeat.
+    # Running when the wait ends: it goes on, and its worker finishes it.
     answered: list[dict] = []
     caller = threading.Thread(
         target=lambda: answered.append(
@@ -157,12 +162,36 @@ def test_rpc_that_times_out_cancels_its_job(server: ServerProcess, http, jtype):
     caller.join(10)
     error = answered[0]["error"]
     assert error["code"] == -32002 and error["data"]["job_id"] == leased["id"]
+    assert error["data"]["status"] == "running" and "goes on" in error["message"]
     running = get(http, leased["id"])
-    assert (running["status"], running["cancel_requested"]) == ("running", True)
+    assert (running["status"], running["cancel_requested"]) == ("running", False)
     beat = http.post(
         f"/v1/jobs/{leased['id']}/heartbeat", json={"lease_token": leased["lease_token"]}
     )
-    assert beat.json()["cancel_requested"] is True
+    assert beat.json()["cancel_requested"] is False
+    complete(http, leased["id"], leased["lease_token"], 2)
+    assert get(http, leased["id"])["status"] == "succeeded"
+
+
+@pytest.mark.timeout(30)
+def test_rpc_timeout_message_names_the_wait_the_server_kept(
+    tidings_server: ServerFactory,
+) -> None:
+    """A call asking to wait longer than the server's long-poll cap waits the cap, and its
+    -32002 says so (not the wait it asked for)."""
+    url = tidings_server(args=["--long-poll-cap", "1"]).url
+    with httpx.Client(base_url=url, timeout=30) as http:
+        with HttpWorker(url, "capped", rpc_handler):
+            pass  # served, but nobody leases now
+        r = http.post(
+            "/v1/rpc",
+            params={"wait": 600},
+            json={"jsonrpc": "2.0", "method": "capped", "params": [1], "id": 1},
+        )
+        error = r.json()["error"]
+        assert error["code"] == -32002
+        assert error["message"].startswith("no result within 1 s;"), error
+        assert "600" not in error["message"]
 
 
 @pytest.mark.timeout(30)
