@@ -157,6 +157,7 @@ class Settings:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.ssl_keyfile and not self.ssl_certfile:
             raise ValueError("ssl_keyfile needs ssl_certfile: pass the certificate too")
+        _check_proxies(self.forwarded_allow_ips)
         if self.max_depth > DEPTH_CEILING:
             raise ValueError(
                 f"max_depth may be at most {DEPTH_CEILING} (deeper values exhaust the "
@@ -243,6 +244,22 @@ def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
         hint = f" (did you mean {suffixes[close[0]]}?)" if close else ""
         warnings.append(f"unknown environment variable {name} is ignored{hint}")
     return warnings
+
+
+def _check_proxies(value: str) -> None:
+    """ValueError unless `value` is empty, `*`, or comma-separated addresses and networks
+    (uvicorn would take anything else as a name that never matches, trusting no one)."""
+    entries = [e.strip() for e in value.split(",") if e.strip()]
+    if entries == ["*"]:
+        return
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"forwarded_allow_ips: {entry!r} is not an address or network; name the "
+                "proxies as 127.0.0.1,10.0.0.0/8,… or give * alone for every peer"
+            ) from None
 
 
 def _parse_bool(raw: str) -> bool:

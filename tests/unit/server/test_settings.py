@@ -55,6 +55,7 @@ OTHER_VALUE: dict[str, tuple[str, dict[str, str]]] = {
     "log_level": ("debug", {}),
     "log_format": ("json", {}),
     "ssl_keyfile": ("key.pem", {"TIDINGS_SSL_CERTFILE": "cert.pem"}),
+    "forwarded_allow_ips": ("10.0.0.2", {}),
 }
 
 
@@ -285,3 +286,15 @@ def test_loopback_is_true_only_for_loopback_addresses_and_localhost(
 
 def test_the_default_host_is_loopback() -> None:
     assert Settings().loopback
+
+
+@pytest.mark.parametrize("value", ["", "*", "127.0.0.1", "127.0.0.1, 10.0.0.0/8", "::1,fd00::/8"])
+def test_trusted_proxies_are_addresses_networks_or_a_lone_star(value: str) -> None:
+    assert Settings(forwarded_allow_ips=value).forwarded_allow_ips == value
+
+
+@pytest.mark.parametrize("value", ["proxy.internal", "10.0.0.1,*", "10.0.0.300"])
+def test_a_trusted_proxy_that_is_no_address_is_refused(value: str) -> None:
+    """uvicorn would take it as a name that never matches: the proxy would not be trusted."""
+    with pytest.raises(ValueError, match="forwarded_allow_ips"):
+        Settings(forwarded_allow_ips=value)
