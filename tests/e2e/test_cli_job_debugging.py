@@ -122,3 +122,22 @@ def test_a_real_handlers_traceback_shows_on_jobs_get_and_in_the_dead_letters(
     dead = piped("jobs", "dead", "--url", srv.url)
     (row,) = (line for line in dead.stdout.splitlines() if job_id in line)
     assert "RuntimeError: failing on purpose (attempt 1)" in row
+
+    # Listings leave tracebacks out: `--traceback` fetches each listed job for its own.
+    assert (
+        "traceback"
+        not in json.loads(piped("jobs", "dead", "--json", "--url", srv.url).stdout)[0]["error"]
+    )
+    second = piped(
+        "jobs", "submit", "fail", "--max-attempts", "1", "--wait", "20", "--url", srv.url
+    )
+    assert second.returncode == 1, second
+    traced = piped("jobs", "dead", "--traceback", "--limit", "2", "--url", srv.url)
+    assert traced.returncode == 0, traced
+    assert traced.stderr.count("attempt 1 raised\n") == 2, traced.stderr
+    assert traced.stderr.count("RuntimeError: failing on purpose (attempt 1)") == 2
+    assert f"job {job_id} (fail) failed: attempt 1 raised\n" in traced.stderr
+    as_json = piped("jobs", "dead", "--traceback", "--json", "--limit", "1", "--url", srv.url)
+    [newest] = json.loads(as_json.stdout)
+    assert "Traceback (most recent call last):" in newest["error"]["traceback"]
+    assert as_json.stderr.count("attempt 1 raised\n") == 1, as_json.stderr
