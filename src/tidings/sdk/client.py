@@ -600,7 +600,8 @@ _SERVED = msgspec.json.Decoder(_Served)
 
 def _parse_submitted(response: httpx.Response) -> tuple[JobInfo, bool | None]:
     """A submit answer: the job, and whether a worker or handler has asked for its type
-    lately (`served`; None from a server that does not say)."""
+    lately (`served`; None when the answer does not say: the server queued the job but
+    could not read whether its type is served)."""
     job = _parse_job(response)
     try:
         served = _SERVED.decode(response.content).served
@@ -942,7 +943,7 @@ class Client:
 
         The handle's `served` is False when no worker (nor in-server handler) has asked
         for jobs of this type lately: the job waits until one does, which may mean a
-        typo in `type` or no worker running.
+        typo in `type` or no worker running; None when the server could not tell.
 
         Raises:
             TidingsHTTPError: the server refused the job (e.g. 422 for a bad field).
