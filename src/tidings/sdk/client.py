@@ -478,8 +478,9 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
     `payload` is None in job events (they carry the job without its payload);
     `JobHandle.events()` fills it in from the handle's last known job. `error` is the last
     failed attempt's error (`{"type", "message", "traceback"?, "attempt"?}` from the SDK's
-    worker), `errors` the last few attempts' errors, oldest first, where the server keeps
-    them (empty in job events).
+    worker; the traceback only in the job's own answer, and only for a principal who may
+    work its type or an admin), `errors` the last few attempts' errors without their
+    tracebacks, oldest first (empty in job events and listings).
     """
 
     id: str
