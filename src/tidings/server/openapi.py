@@ -44,6 +44,7 @@ from tidings.server.jobs import (
     MAX_DELAY,
     MAX_LEASE,
     MAX_LEASE_BATCH,
+    MAX_LEASE_TYPES,
     MAX_REPORT_BATCH,
     MIN_LEASE,
 )
@@ -712,8 +713,9 @@ _OPS: list[_Op] = [
                 "properties": {
                     "types": {
                         "type": ["array", "null"],
-                        "items": {"type": "string"},
+                        "items": _CHANNEL_NAME,
                         "minItems": 1,
+                        "maxItems": MAX_LEASE_TYPES,
                         "description": "job types to lease; absent: every type",
                     },
                     "max": {"type": "integer", "minimum": 1, "maximum": MAX_LEASE_BATCH},
