@@ -22,6 +22,7 @@ from tidings.cli.common import (
     warn,
 )
 from tidings.protocol.codecs import encode_json
+from tidings.protocol.jobs import JOB_TIME_FIELDS
 
 __all__ = ["jobs_app"]
 
@@ -29,14 +30,6 @@ jobs_app = typer.Typer(
     name="jobs", help="Submit and follow jobs.", no_args_is_help=True, rich_markup_mode=None
 )
 
-_TIME_FIELDS = (
-    "created_at",
-    "updated_at",
-    "run_at",
-    "started_at",
-    "finished_at",
-    "lease_expires_at",
-)
 # Characters of an error's message a table shows (its first line); --json has it whole.
 _ERROR_CELL = 100
 
@@ -57,7 +50,7 @@ def _job_obj(info: Any) -> dict[str, Any]:
     from tidings.protocol.codecs import format_time
 
     obj = msgspec.structs.asdict(info)
-    for name in _TIME_FIELDS:
+    for name in JOB_TIME_FIELDS:
         if obj.get(name) is not None:
             obj[name] = format_time(obj[name])
     return obj
