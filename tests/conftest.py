@@ -15,6 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import sync_playwright
+
+from tests.hostile.browser import LoopbackPage, launch
 
 
 def free_port() -> int:
@@ -216,3 +219,20 @@ def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProces
 def redis_url(redis_proc: RedisProcess) -> str:
     """A store URL on the private Redis with a key prefix of this test's own."""
     return f"{redis_proc.url}?prefix=t{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def browser_page() -> Iterator[LoopbackPage]:
+    """A page of Debian's chromium (headless) that may only reach loopback.
+
+    The test fails if chromium is missing, or if the page tried to reach another host
+    (such requests are aborted). A fresh browser per test: nothing is shared between them.
+    """
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            page = LoopbackPage(browser.new_context())
+            yield page
+        finally:
+            browser.close()
+    page.check()

@@ -220,9 +220,9 @@ def test_a_busy_port_is_one_line_and_nothing_says_ready() -> None:
 
 
 def _without_bind_capability() -> list[str]:
-    """A prefix that runs a command unable to bind ports below 1024, or skip when no
-    command here can be (port 1 is open to all, or root has no setpriv to give up the
-    capability)."""
+    """A prefix that runs a command unable to bind ports below 1024 (as root: setpriv gives
+    up the capability). Skipped only where the kernel lets anyone bind port 1
+    (`ip_unprivileged_port_start` 0 or 1): no port is privileged, so nothing to test."""
     # Below this port binding needs CAP_NET_BIND_SERVICE, for root as for anyone.
     start = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
     if start.exists() and int(start.read_text()) <= 1:
@@ -231,7 +231,7 @@ def _without_bind_capability() -> list[str]:
         return []
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        pytest.skip("root, and no setpriv to drop CAP_NET_BIND_SERVICE")
+        pytest.fail("setpriv is missing: install the Debian package util-linux")
     return [setpriv, "--bounding-set", "-net_bind_service", "--inh-caps", "-net_bind_service"]
 
 

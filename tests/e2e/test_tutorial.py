@@ -16,10 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from tests.conftest import ServerFactory, free_port
-from tests.hostile.browser import LoopbackPage, launch
+from tests.hostile.browser import LoopbackPage
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -70,18 +70,6 @@ def page_server(tmp_path: Path) -> Iterator[str]:
 
 def _tail(folder: Path) -> str:
     return "\n".join(p.read_text(errors="replace")[-2000:] for p in folder.glob("*.log"))
-
-
-@pytest.fixture
-def browser_page() -> Iterator[LoopbackPage]:
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        try:
-            page = LoopbackPage(browser.new_context())
-            yield page
-        finally:
-            browser.close()
-    page.check()
 
 
 def test_the_page_shows_progress_and_result(

@@ -417,8 +417,8 @@ def worker(
         obj.concurrency = concurrency
     # The worker's own log lines are the point; httpx's per-request lines are noise.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    # Sync handlers run in threads that hand results back to the loop: the default 5 ms
-    # GIL hand-over would add up to that much to every job (docs/decisions/0007).
+    # Sync handlers run in threads that hand results back to the loop: a short GIL
+    # switch interval lets the loop take them at once (docs/decisions/0007).
     sys.setswitchinterval(C.SWITCH_INTERVAL)
     try:
         obj.run(url, token=token)

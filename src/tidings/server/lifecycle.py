@@ -150,7 +150,7 @@ class Lifecycle:
                 self.handlers.run_local(self.jobs, self._handlers_stop), name="tidings-handlers"
             )
         self.ready = True
-        # The port was bound and listening before the app started (runner.listen).
+        # The port is already listening (runner.listen binds it first): this line means accepting.
         scheme = "https" if settings.ssl_certfile else "http"
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         log.info(
