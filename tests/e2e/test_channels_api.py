@@ -301,6 +301,45 @@ def test_sse_without_cursor_gets_only_new_messages_and_after_param_resumes(
             resumed.close()
 
 
+@pytest.mark.timeout(30)
+def test_sse_format_json_carries_whole_typed_messages_and_text_stays_plain(
+    server: ServerProcess,
+) -> None:
+    """By default a text message's data is itself (what a plain EventSource shows), so the
+    string "1" and the number 1 look alike; `?format=json` sends the whole message as
+    JSON, as WebSocket frames do, with its type, event and time; another format is a 400."""
+    srv = server
+    ch = "typed"
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        bad = http.get(f"/v1/channels/{ch}/events?format=xml")
+        assert bad.status_code == 400, bad.text
+        assert "format=json" in bad.json()["error"]["message"]
+        ids = [publish(http, ch, "1"), publish(http, ch, 1, event="n")]
+        plain = RawSSE(srv.port, f"/v1/channels/{ch}/events?after=0")
+        typed = RawSSE(srv.port, f"/v1/channels/{ch}/events?after=0&format=json")
+        try:
+            assert [plain.event(), plain.event()] == [
+                f"id: {ids[0]}\ndata: 1\n\n".encode(),
+                f"id: {ids[1]}\nevent: n\ndata: 1\n\n".encode(),
+            ]
+            frames = [parse_frame(typed.event()) for _ in ids]
+            assert [f["id"] for f in frames] == ids
+            assert [f.get("event") for f in frames] == [None, "n"]
+            bodies = [json.loads(f["data"]) for f in frames]
+            assert [b["data"] for b in bodies] == ["1", 1]
+            assert [b["id"] for b in bodies] == ids
+            assert [b["event"] for b in bodies] == [None, "n"]
+            assert all(b["channel"] == ch for b in bodies)
+            assert all(abs(parse_time(b["time"]) - time.time()) < 60 for b in bodies)
+            live = publish(http, ch, {"k": [1]})  # live fan-out, encoded once per kind
+            assert parse_frame(plain.event())["data"] == '{"k":[1]}'
+            assert json.loads(parse_frame(typed.event())["data"])["data"] == {"k": [1]}
+            assert live
+        finally:
+            plain.close()
+            typed.close()
+
+
 @pytest.mark.timeout(40)
 def test_every_transport_without_a_cursor_starts_from_now(server: ServerProcess) -> None:
     """Without `after`, a short poll answers no messages and the channel's last id as

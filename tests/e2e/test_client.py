@@ -22,7 +22,7 @@ from tidings.sdk.client import AsyncClient, Client, TidingsHTTPError
 
 VIAS = ["sse", "ws", "longpoll", "poll"]
 
-# Values whose exact type survives every transport but SSE.
+# Values whose exact type survives every transport (SSE streams are asked for format=json).
 EXACT_VALUES: list[Any] = [
     "plain text",
     "123",
@@ -39,23 +39,7 @@ EXACT_VALUES: list[Any] = [
     False,
     None,
 ]
-# Over SSE, only text, objects and arrays come back with their type (documented limitation).
-SSE_VALUES: list[Any] = [
-    "plain text",
-    "",
-    "ünïcødé ✓ 🚀",
-    "line one\nline two",
-    {"a": 1, "b": [1, 2, {"c": None}], "d": "x"},
-    [1, "two", 3.5, None],
-    {},
-    [],
-]
-
 FAST = {"poll_interval": 0.05, "reconnect_delay": 0.1}
-
-
-def values_for(via: str) -> list[Any]:
-    return SSE_VALUES if via == "sse" else EXACT_VALUES
 
 
 class Background:
@@ -219,7 +203,7 @@ def test_publish_errors_carry_the_server_code(server: Any) -> None:
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("via", VIAS)
 def test_subscribe_receives_later_messages_in_order_with_exact_data(server: Any, via: str) -> None:
-    values = values_for(via)
+    values = EXACT_VALUES
     with Client(server.url) as client:
         marker = client.publish("sub", "marker")
         it = client.subscribe("sub", via=via, after=marker.id, **FAST)
@@ -235,6 +219,7 @@ def test_subscribe_receives_later_messages_in_order_with_exact_data(server: Any,
     assert [type(m.data) for m in got] == [type(v) for v in values]
     assert [m.event for m in got] == ["ev" if v == "plain text" else None for v in values]
     assert all(m.channel == "sub" for m in got)
+    assert all(abs(m.time - time.time()) < 60 for m in got)  # every transport carries the time
     assert len({m.id for m in got}) == len(got)
 
 
@@ -279,13 +264,16 @@ def test_subscribe_after_an_id_resumes_right_after_it(server: Any, via: str) -> 
 
 
 @pytest.mark.timeout(20)
-def test_sse_delivers_scalars_as_text(server: Any) -> None:
-    """SSE does not say whether `123` was text or a number: the SDK keeps it as text."""
+def test_sse_keeps_scalars_apart_from_their_text(server: Any) -> None:
+    """The SDK's SSE stream carries whole messages (format=json): `123` the number and
+    "123" the text arrive as they were published."""
+    values: list[Any] = [123, "123", True, "true", None, "null", '"quoted"']
     with Client(server.url) as client:
-        for v in [123, "123", True, None, '"quoted"']:
+        for v in values:
             client.publish("scalars", v)
-        got = messages_only(take(client.subscribe("scalars", via="sse", after="0"), 5))
-    assert [m.data for m in got] == ["123", "123", "true", "null", '"quoted"']
+        got = messages_only(take(client.subscribe("scalars", via="sse", after="0"), len(values)))
+    assert [m.data for m in got] == values
+    assert [type(m.data) for m in got] == [type(v) for v in values]
 
 
 @pytest.mark.timeout(20)
@@ -369,7 +357,7 @@ def test_async_publish_then_read_round_trip(server: Any) -> None:
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("via", VIAS)
 def test_async_subscribe_receives_later_messages_in_order(server: Any, via: str) -> None:
-    values = values_for(via)
+    values = EXACT_VALUES
 
     async def main() -> list[Message | Reset]:
         async with AsyncClient(server.url) as client:

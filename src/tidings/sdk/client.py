@@ -113,6 +113,7 @@ class _StreamClosedError(Exception):
 _PAGE = msgspec.json.Decoder(PageWire)
 _ACK = msgspec.json.Decoder(PublishAckWire)
 _JOB = msgspec.json.Decoder(JobWire)
+_MESSAGE = msgspec.json.Decoder(MessageWire)
 _JOBS = msgspec.json.Decoder(JobListWire)
 
 
@@ -276,20 +277,6 @@ def _reset_from(obj: Any, channel: str) -> Reset:
         return Reset(channel=channel, first=None)
 
 
-def _sse_data(text: str) -> Any:
-    """SSE carries text as itself and other JSON values as their JSON encoding, so the two
-    cannot always be told apart: objects and arrays are decoded, everything else (including
-    `123`, `true` or `"quoted"`) stays text. WebSocket and polling keep exact types."""
-    if text[:1] in ("{", "["):
-        try:
-            value = JSON_DECODER.decode(text)
-        except msgspec.DecodeError:
-            return text
-        if isinstance(value, dict | list):
-            return value
-    return text
-
-
 class _Subscription:
     """The I/O-free half of a subscribe iterator: cursor, frame parsing, reconnect policy."""
 
@@ -320,8 +307,15 @@ class _Subscription:
         self._sse_last_id = ""
 
     def sse_request(self) -> dict[str, Any]:
+        # format=json: each event carries the whole message, so its data keeps its type
+        # (the string "1" and the number 1 differ) and it has its time.
         headers = {"Last-Event-ID": self.cursor} if self.cursor is not None else {}
-        return {"method": "GET", "url": channel_path(self.channel, "/events"), "headers": headers}
+        return {
+            "method": "GET",
+            "url": channel_path(self.channel, "/events"),
+            "params": {"format": "json"},
+            "headers": headers,
+        }
 
     def ws_url(self, base_url: str) -> str:
         base = httpx.URL(base_url)
@@ -356,10 +350,11 @@ class _Subscription:
                 raise _StreamClosedError(sse.data)
             return None  # e.g. a `retry:`-only frame
         self._sse_last_id = sse.id
-        event = None if sse.event == "message" else sse.event
-        return self._accept(
-            Message(id=sse.id, channel=self.channel, data=_sse_data(sse.data), event=event)
-        )
+        try:
+            message = Message.from_wire(_MESSAGE.decode(sse.data))
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise ClientError(f"malformed message event from the server: {exc}") from exc
+        return self._accept(message)
 
     def ws_item(self, frame: str | bytes) -> Message | Reset | None:
         """The item a WebSocket frame stands for, or None for acks and errors."""

@@ -66,6 +66,7 @@ HEARTBEAT = b": ping\nretry: %d\n\n" % SSE_RETRY_MS
 # The kinds as module names: compared per subscriber per batch, and a member looked up
 # on the enum class costs a descriptor call.
 _SSE, _SSE_MULTI, _WS = StreamKind.SSE, StreamKind.SSE_MULTI, StreamKind.WS
+_SSE_JSON = StreamKind.SSE_JSON
 
 
 @types.coroutine
@@ -332,6 +333,8 @@ def _encode(kind: StreamKind, msg: Message) -> bytes | str:
     try:
         if kind is _SSE:
             return sse_frame(msg.id, msg.event, data_text(msg.data))
+        if kind is _SSE_JSON:
+            return sse_frame(msg.id, msg.event, encode_json(msg.to_wire()).decode())
         return encode_json(msg.to_wire()).decode()
     except Exception as exc:
         note = _skipped(msg, exc, ws=kind is _WS)
@@ -358,7 +361,7 @@ def _skipped(msg: Message, exc: Exception, ws: bool = False) -> str:
 
 def _as_asgi(kind: StreamKind, encoded: list[bytes | str]) -> list[dict[str, Any]]:
     """ASGI messages for encoded messages: SSE frames share one write, WS texts cannot."""
-    if kind is _SSE:
+    if kind is not _WS:
         body = b"".join(encoded)  # type: ignore[arg-type]
         return [{"type": "http.response.body", "body": body, "more_body": True}]
     return [{"type": "websocket.send", "text": text} for text in encoded]
@@ -551,7 +554,7 @@ class Hub:
                 if id(sub) in seen:
                     continue
                 seen.add(id(sub))
-                counts[_SSE if sub.kind is _SSE_MULTI else sub.kind] += 1
+                counts[_WS if sub.kind is _WS else _SSE] += 1
         wchans: Iterable[str] = self._waiters if channel is None else (channel,)
         counts["longpoll"] = sum(len(self._waiters.get(ch, ())) for ch in wchans)
         return counts

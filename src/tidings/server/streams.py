@@ -5,6 +5,11 @@ The streams are `GET /v1/channels/{c}/events` and `GET /v1/jobs/{id}/events` (SS
 WebSockets `/v1/channels/{c}/ws` and `/v1/jobs/{id}/ws`. The dispatcher hands them here
 with the server's own `send`, so the hub's fan-out writes through no middleware wrapper.
 
+A single channel's or job's SSE stream sends each message's data as itself by default
+(text as text, any other JSON value as its JSON: what a plain EventSource shows);
+`?format=json` makes each event's data the whole message as JSON, typed and timed, as
+WebSocket frames and multiplexed streams carry it (docs/decisions/0019).
+
 A stream resumes from the `Last-Event-ID` header (what an EventSource sends when it
 reconnects) or, failing that, the `after` query parameter; an `after` that is malformed
 is refused even when `Last-Event-ID` wins. The parsing is pure (`stream_query`,
@@ -43,6 +48,7 @@ __all__ = [
     "multiplexed_channels",
     "multiplexed_positions",
     "stream_query",
+    "whole_messages",
 ]
 
 # A stream of one channel or one job: (channels|jobs, the name or id, events|ws).
@@ -66,6 +72,21 @@ def stream_query(scope: Scope) -> StreamQuery:
             last_event_id = value.decode("latin-1").strip() or None
     after = next((v for k, v in query if k == "after"), None) or None
     return StreamQuery(query, last_event_id or after, after)
+
+
+FORMATS = ("text", "json")
+
+
+def whole_messages(query: list[tuple[str, str]]) -> bool:
+    """Whether an SSE stream's events carry whole messages as JSON (`format=json`);
+    BadRequest for a format that is neither."""
+    given = next((v for k, v in query if k == "format"), "text")
+    if given not in FORMATS:
+        raise BadRequest(
+            f"format is {given!r}: use format=text (each event's data as itself, the "
+            "default) or format=json (each event's data the whole message as JSON)"
+        )
+    return given == "json"
 
 
 def multiplexed_channels(query: list[tuple[str, str]], cap: int) -> list[str]:
@@ -175,6 +196,7 @@ class Streams:
         self.policy.admit(scope, principal)
         session = principal.session
         query, cursor, after = stream_query(scope)
+        whole = websocket or whole_messages(query)
         if channel is None:
             names = multiplexed_channels(query, settings.max_stream_channels)
             positions = multiplexed_positions(cursor, after, names)
@@ -234,4 +256,5 @@ class Streams:
             settings.subscriber_buffer,
             until,
             session,
+            whole,
         )

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from httpx_sse import ServerSentEvent
 
@@ -18,8 +20,10 @@ def sub(via: str = "sse", after: str | None = "0", reconnect_delay: float = 0.5)
     return _Subscription("news", via, after, poll_interval=1.0, reconnect_delay=reconnect_delay)
 
 
-def sse(id: str, data: str, event: str = "message") -> ServerSentEvent:
-    return ServerSentEvent(event=event, data=data, id=id)
+def sse(id: str, data: Any, event: str = "message") -> ServerSentEvent:
+    """A message event as a format=json stream sends it: the whole message as JSON."""
+    wire = Message(id, "news", data, None if event == "message" else event).to_wire()
+    return ServerSentEvent(event=event, data=encode_json(wire).decode(), id=id)
 
 
 def items(s: _Subscription, events: list[ServerSentEvent]) -> list[Message | Reset]:
@@ -38,7 +42,7 @@ def test_an_unknown_transport_is_refused():
 
 def test_sse_messages_come_in_order_and_move_the_cursor():
     s = sub()
-    got = items(s, [sse("1", "a"), sse("2", '{"n":2}', "up"), sse("3", "[1]")])
+    got = items(s, [sse("1", "a"), sse("2", {"n": 2}, "up"), sse("3", [1])])
     assert got == [
         Message("1", "news", "a"),
         Message("2", "news", {"n": 2}, "up"),
@@ -46,6 +50,7 @@ def test_sse_messages_come_in_order_and_move_the_cursor():
     ]
     assert s.cursor == "3"
     assert s.sse_request()["headers"] == {"Last-Event-ID": "3"}
+    assert s.sse_request()["params"] == {"format": "json"}
 
 
 def test_after_a_drop_the_stream_resumes_after_the_last_message_without_a_duplicate():

@@ -16,5 +16,8 @@ class StreamKind(enum.StrEnum):
     `tidings_open_streams` metric's `transport` label show (`sse`, `ws`)."""
 
     SSE = "sse"  # one channel's Server-Sent Events; each `id:` is the message id
+    # The same, each event's `data:` the whole message as JSON (`?format=json`): a
+    # client learns the data's type (the string "1" and the number 1 differ) and its time.
+    SSE_JSON = "sse-json"
     SSE_MULTI = "sse-multi"  # several channels' SSE; each `id:` is the stream's cursor
     WS = "ws"  # WebSocket text frames, one message each

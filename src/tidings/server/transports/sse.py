@@ -47,12 +47,15 @@ def serve_sse(
     buffer_limit: int,
     until: frozenset[str] | None = None,
     session: str | None = None,
+    whole: bool = False,
 ) -> Coroutine[Any, Any, None]:
     """The coroutine serving one SSE stream until the client leaves or the server ends it.
 
+    `whole` (`?format=json`): each event's data is the whole message as JSON, as a
+    multiplexed stream's always is.
     Must be called from the stream's own task (its subscriber belongs to that task).
     """
-    kind = StreamKind.SSE_MULTI if multi else StreamKind.SSE
+    kind = StreamKind.SSE_MULTI if multi else StreamKind.SSE_JSON if whole else StreamKind.SSE
     sub = Subscriber(svc.hub, kind, send, dict.fromkeys(requested), buffer_limit, until, session)
     # Headers only: the `retry:` hint rides on the first heartbeat, saving a write per connect.
     return run_stream(svc, sub, requested, _START, receive, control_frame, _closing)
