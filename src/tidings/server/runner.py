@@ -67,9 +67,15 @@ class TidingsServer(uvicorn.Server):
 
 
 class TidingsConfig(uvicorn.Config):
-    """uvicorn's config, carrying the server's connection limits to its protocols."""
+    """uvicorn's config, carrying the server's connection limits to its protocols; with
+    TLS, it offers HTTP/2 by ALPN before HTTP/1.1 (http/h2_protocol.py)."""
 
     tidings_limits: ConnectionLimits
+
+    def load(self) -> None:
+        super().load()
+        if self.ssl is not None:
+            self.ssl.set_alpn_protocols(["h2", "http/1.1"])
 
 
 def uvicorn_config(

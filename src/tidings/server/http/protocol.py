@@ -35,6 +35,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tidings.server import constants as C
+from tidings.server.http.h2_protocol import PREFACE, TidingsH2Protocol
 from tidings.server.http.limits import ConnectionLimits, Wait
 from tidings.server.http.ws_protocol import TidingsWebSocketProtocol
 
@@ -162,6 +163,7 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         "deadline",
         "field_bytes",
         "fields",
+        "fresh",
         "head_bytes",
         "in_head",
         "limits",
@@ -187,6 +189,7 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         # The answer for a limit a parser callback found passed.
         self.over: bytes | None = None
         self.url = b""  # uvicorn sets it when a request begins
+        self.fresh = True  # nothing read yet: the bytes may be HTTP/2's preface
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         held = HeadHoldingTransport(
@@ -204,6 +207,10 @@ class TidingsHttpProtocol(HttpToolsProtocol):
             self._close_lingering()
             return
         self.admitted = True
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            self._become_h2(b"")  # TLS chose HTTP/2
+            return
         limits.swept.add(self)
         limits.start_sweeping(self.loop)
         self.wait = Wait.HEAD
@@ -218,6 +225,11 @@ class TidingsHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if not self.admitted:
             return  # refused, or closed by a limit: nothing more is read
+        if self.fresh:
+            self.fresh = False
+            if data.startswith(PREFACE[: len(data)]) and len(data) >= 4:
+                self._become_h2(data)  # cleartext HTTP/2 with prior knowledge
+                return
         if self.wait is Wait.IDLE:  # a keep-alive connection's next request begins
             self.wait = Wait.HEAD
             self.deadline = self.loop.time() + self.limits.header_timeout
@@ -409,6 +421,25 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         else:
             self._stop_reading()
             self.transport.close()
+
+    def _become_h2(self, data: bytes) -> None:
+        """Hand this connection to the HTTP/2 protocol, with its place in the limits."""
+        held: Any = self.transport
+        transport = held.real if isinstance(held, HeadHoldingTransport) else held
+        limits, address = self.limits, self.address
+        limits.swept.discard(self)
+        self.admitted = False
+        self.address = None
+        self.deadline = 0.0
+        self.wait = Wait.NOTHING
+        self.connections.discard(self)
+        protocol = TidingsH2Protocol(
+            self.config, self.server_state, self.app_state, limits, address
+        )
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if data:
+            protocol.data_received(data)
 
     def handle_websocket_upgrade(self) -> None:
         # A WebSocket writes frames, not responses: hand it the real transport, so its
