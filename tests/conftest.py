@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -38,8 +39,17 @@ class ServerProcess:
     ) -> None:
         self.store = store
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        # With --ssl-certfile the server speaks TLS: clients trust that certificate.
+        cert = next(
+            (extra_args[i + 1] for i, a in enumerate(extra_args[:-1]) if a == "--ssl-certfile"),
+            None,
+        )
+        self.verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=cert) if cert else True
+        )
+        tls = "s" if cert else ""
+        self.url = f"http{tls}://127.0.0.1:{self.port}"
+        self.ws_url = f"ws{tls}://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.extra_args = extra_args
         self.env = env
@@ -61,7 +71,8 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                ready = httpx.get(f"{self.url}/readyz", timeout=1.0, verify=self.verify)
+                if ready.status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -105,6 +116,27 @@ class ServerProcess:
 
 
 ServerFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture(scope="session")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (and localhost) and its key, made by openssl."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is missing: install the Debian package openssl")
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(
+        [
+            openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )  # fmt: skip
+    return cert, key
 
 
 @pytest.fixture
