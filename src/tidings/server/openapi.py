@@ -249,6 +249,13 @@ _JOB_AFTER = _query(
 _LAST_EVENT_ID = _header(
     "Last-Event-ID", _CURSOR, "cursor, as EventSource resends it; wins over `after`"
 )
+_FORMAT = _query(
+    "format",
+    {"type": "string", "enum": ["text", "json"], "default": "text"},
+    "text: each event's data is the message's data (text as itself, any other JSON value "
+    "as its JSON: what a plain EventSource shows); json: the whole message as JSON "
+    "(id, channel, event, data, time), so the data keeps its type",
+)
 _WAIT = _query(
     "wait",
     _SECONDS,
@@ -507,7 +514,7 @@ _OPS: list[_Op] = [
         "/v1/channels/{channel}/events",
         "get",
         "Server-Sent Events; resume with Last-Event-ID or after=",
-        [_CHANNEL, _AFTER, _LAST_EVENT_ID],
+        [_CHANNEL, _AFTER, _LAST_EVENT_ID, _FORMAT],
         None,
         {"200": _STREAM},
         (400,),
@@ -668,7 +675,7 @@ _OPS: list[_Op] = [
         "get",
         "SSE of the job's events from its first, ending after the terminal one (`close`). "
         "Resumed at or after the terminal event: 204, so that EventSource stops.",
-        [_JOB_ID, _JOB_AFTER, _LAST_EVENT_ID],
+        [_JOB_ID, _JOB_AFTER, _LAST_EVENT_ID, _FORMAT],
         None,
         {"200": _STREAM, "204": _ok("the stream is complete: the job ended before the cursor")},
         (400, 404),
