@@ -173,6 +173,14 @@ def serve(
             default="none (the headers are ignored)",
         ),
     ] = None,
+    static: Annotated[
+        str | None,
+        _option(
+            "static",
+            "A directory served under /static/ on the API's origin (your page's files).",
+            default="none",
+        ),
+    ] = None,
     max_depth: Annotated[
         int | None,
         _option("max_depth", "Deepest nesting of arrays/objects accepted (400 above)."),

@@ -35,6 +35,7 @@ from tidings.server.ops import Ops
 from tidings.server.policy import AccessPolicy
 from tidings.server.relay import Followable, Relay
 from tidings.server.settings import Settings
+from tidings.server.static import static_routes
 from tidings.server.stores import open_store
 from tidings.server.stores.base import Retention, Store
 from tidings.server.streams import Streams
@@ -91,6 +92,7 @@ class TidingsApp:
             *auth_routes.routes,
             *admin_routes.routes,
             *ops.routes,
+            *static_routes(settings.static),
         ]
         self.router = router = Router(routes)
 

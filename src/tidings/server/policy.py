@@ -32,9 +32,20 @@ from tidings.server.settings import Settings
 __all__ = ["PUBLIC_PATHS", "AccessPolicy", "loopback_host"]
 
 # Endpoints anyone may call, whatever --require-auth says (route templates): the index,
-# health, the API's description and its page's files, and login.
+# health, the API's description and its page's files, login, and the files of --static
+# (an application's page must load before its user logs in).
 PUBLIC_PATHS = frozenset(
-    {"/", "/healthz", "/readyz", "/openapi.json", "/docs", "/docs/{asset}", "/v1/auth/login"}
+    {
+        "/",
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+        "/docs",
+        "/docs/{asset}",
+        "/v1/auth/login",
+        "/static",
+        "/static/{path:path}",
+    }
 )
 
 # Methods that change nothing: a cookie may authenticate them from any page.

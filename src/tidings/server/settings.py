@@ -93,6 +93,8 @@ class Settings:
         ssl_certfile: TLS certificate chain (PEM); empty: plain HTTP.
         ssl_keyfile: TLS private key (PEM); empty: the key is in `ssl_certfile`.
         log_format: `text` (a timestamped line) or `json` (one object per line).
+        static: a directory whose files are served under /static/ (an application's page,
+            on the API's origin); empty: none.
         forwarded_allow_ips: comma-separated addresses or networks of trusted reverse
             proxies (`*`: any peer); a request from one of them is taken to come from the
             client and scheme its X-Forwarded-For / X-Forwarded-Proto name: the address
@@ -147,6 +149,7 @@ class Settings:
     ssl_keyfile: str = ""
     log_format: str = "text"
     forwarded_allow_ips: str = ""
+    static: str = ""
 
     def __post_init__(self) -> None:
         if self.log_level.lower() not in LOG_LEVELS:
