@@ -1,4 +1,5 @@
-"""The operational endpoints: `/`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`.
+"""The operational endpoints: `/`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`,
+and the JavaScript client's files under `/client/`.
 
 `/healthz` says the process answers; `/readyz` that it has started, is not draining and
 reaches its store (what a load balancer should route by); `/metrics` is the Prometheus
@@ -9,6 +10,11 @@ The `/docs` page's files (Swagger UI, pinned in web/package-lock.json, and our i
 are package data under `assets/docs/`, copied there by `make assets`: the page asks nothing
 of any other host (its Content-Security-Policy allows only this origin). Without them the
 page answers 503 saying how to build them.
+
+`/client/tidings.js` is the JavaScript client (clients/js, built by `make client` into
+`assets/client/`), so a page imports it from the server it talks to without npm;
+`/client/tidings.d.ts` its types. Both are public and answered with an ETag and
+`Cache-Control: no-cache`: a browser revalidates and picks up a new version at once.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from tidings.server.openapi import openapi_document
 from tidings.server.settings import Settings
 from tidings.server.stores.base import Store
 
-__all__ = ["DOCS_ASSETS", "DOCS_CSP", "Ops"]
+__all__ = ["CLIENT_ASSETS", "DOCS_ASSETS", "DOCS_CSP", "Ops"]
 
 log = logging.getLogger("tidings.server")
 
@@ -44,6 +50,12 @@ _DOCS_FILES = {
     "swagger-ui.css": "text/css; charset=utf-8",
     "docs-init.js": "text/javascript; charset=utf-8",
     "favicon-32x32.png": "image/png",
+}
+CLIENT_ASSETS = Path(__file__).with_name("assets") / "client"
+# The JavaScript client's files, by name, with their media types.
+_CLIENT_FILES = {
+    "tidings.js": "text/javascript; charset=utf-8",
+    "tidings.d.ts": "application/typescript; charset=utf-8",
 }
 # Only this origin, for everything; Swagger UI's icons are data: images in its CSS, which
 # make no request.
@@ -107,6 +119,18 @@ def _assets_missing() -> AssetsMissing:
     )
 
 
+def _client_missing(name: str) -> AssetsMissing:
+    return AssetsMissing(
+        f"the JavaScript client ({name}) is not built: run `make client` in the tidings "
+        "source tree (it needs node and npm), or install a tidings wheel built after it"
+    )
+
+
+def _etag_matches(request: Request, etag: str) -> bool:
+    matches = request.headers.get("if-none-match", "")
+    return etag in (t.strip() for t in matches.split(",")) or matches.strip() == "*"
+
+
 def _prefers_json(accept: str) -> bool:
     """True when `accept` ranks application/json above text/html (or names only it)."""
     weights = {"application/json": -1.0, "text/html": -1.0}
@@ -135,6 +159,7 @@ class Ops:
         lifecycle: whether the server is ready (started, not draining).
         metrics: what `/metrics` renders.
         docs_assets: where the `/docs` page's files are.
+        client_assets: where the JavaScript client's files are.
     """
 
     def __init__(
@@ -144,6 +169,7 @@ class Ops:
         lifecycle: Lifecycle,
         metrics: Metrics,
         docs_assets: Path = DOCS_ASSETS,
+        client_assets: Path = CLIENT_ASSETS,
     ) -> None:
         self.store = store
         self.lifecycle = lifecycle
@@ -151,6 +177,8 @@ class Ops:
         self.store_kind = settings.store.split("://")[0]
         self.docs_assets = docs_assets
         self._docs: _DocsPage | None = None
+        self.client_assets = client_assets
+        self._client: dict[str, _Asset] = {}
         self.routes = [
             Route("/", self.root, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
@@ -159,6 +187,7 @@ class Ops:
             Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/docs", self.docs, methods=["GET"]),
             Route("/docs/{asset}", self.docs_asset, methods=["GET"]),
+            Route("/client/{asset}", self.client_asset, methods=["GET"]),
         ]
 
     async def root(self, request: Request) -> Response:
@@ -253,7 +282,43 @@ class Ops:
             "cache-control": _IMMUTABLE if fresh else "no-cache",
             "x-content-type-options": "nosniff",
         }
-        matches = request.headers.get("if-none-match", "")
-        if etag in (t.strip() for t in matches.split(",")) or matches.strip() == "*":
+        if _etag_matches(request, etag):
+            return Response(status_code=304, headers=headers)
+        return Response(asset.body, media_type=asset.media_type, headers=headers)
+
+    def _client_file(self, name: str) -> _Asset | None:
+        # Read once; while missing, looked for again at each request (`make client` may
+        # run while the server does).
+        asset = self._client.get(name)
+        if asset is None:
+            try:
+                body = (self.client_assets / name).read_bytes()
+            except FileNotFoundError:
+                return None
+            version = hashlib.sha256(body).hexdigest()[:16]
+            asset = self._client[name] = _Asset(body, _CLIENT_FILES[name], version)
+        return asset
+
+    async def client_asset(self, request: Request) -> Response:
+        name = request.path_params["asset"]
+        if name not in _CLIENT_FILES:
+            raise NotFound(
+                f"no file {name[:100]!r} under /client: the JavaScript client is "
+                "/client/tidings.js, its types /client/tidings.d.ts"
+            )
+        asset = self._client_file(name)
+        if asset is None:
+            raise _client_missing(name)
+        etag = f'"{asset.version}"'
+        headers = {
+            "etag": etag,
+            # Revalidated at each use (a 304 while unchanged): a new build is seen at once.
+            "cache-control": "no-cache",
+            "x-content-type-options": "nosniff",
+            # Public code: a page of another origin may import it (its calls to the API
+            # still need --cors-origins).
+            "access-control-allow-origin": "*",
+        }
+        if _etag_matches(request, etag):
             return Response(status_code=304, headers=headers)
         return Response(asset.body, media_type=asset.media_type, headers=headers)

@@ -32,8 +32,8 @@ from tidings.server.settings import Settings
 __all__ = ["PUBLIC_PATHS", "AccessPolicy", "loopback_host"]
 
 # Endpoints anyone may call, whatever --require-auth says (route templates): the index,
-# health, the API's description and its page's files, login, and the files of --static
-# (an application's page must load before its user logs in).
+# health, the API's description and its page's files, the JavaScript client, login, and
+# the files of --static (an application's page must load before its user logs in).
 PUBLIC_PATHS = frozenset(
     {
         "/",
@@ -42,6 +42,7 @@ PUBLIC_PATHS = frozenset(
         "/openapi.json",
         "/docs",
         "/docs/{asset}",
+        "/client/{asset}",
         "/v1/auth/login",
         "/static",
         "/static/{path:path}",
