@@ -8,7 +8,7 @@ TIDINGS_STORE ?= sqlite:///tidings.db
 export TIDINGS_HOST TIDINGS_PORT TIDINGS_STORE
 LINT_PATHS := src tests examples $(wildcard bench)
 
-.PHONY: run test lint typecheck unit venv dev clean bench redis-server chromium nginx assets
+.PHONY: run test lint typecheck unit venv dev clean bench redis-server chromium nginx assets client client-test
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tidings needs Python >= 3.11 (set PYTHON=...)")'
@@ -32,23 +32,50 @@ run: $(VENV)/.installed
 
 ## make assets: the /docs page's files, Swagger UI at the version web/package-lock.json pins
 ## (npm ci; --ignore-scripts: no package's install script runs, none phones home), copied
-## into the package with our own init script; node and npm installed if missing
+## into the package with our own init script, and the JavaScript client (make client);
+## node and npm installed if missing
 DOCS_ASSETS := src/tidings/server/assets/docs
 DOCS_FILES  := $(addprefix $(DOCS_ASSETS)/,swagger-ui-bundle.js swagger-ui.css favicon-32x32.png LICENSE NOTICE docs-init.js)
-assets: $(DOCS_FILES)
+assets: $(DOCS_FILES) client
 
-$(DOCS_FILES) &: web/package.json web/package-lock.json web/src/docs-init.js
+# npm, installed from Debian when missing; $(1) says what needs it.
+define need_npm
 	@command -v npm >/dev/null 2>&1 || { \
 	  echo "npm is missing: installing the Debian packages nodejs and npm"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }
-	@command -v npm >/dev/null 2>&1 || { echo "npm could not be installed: make assets needs node and npm to build the /docs page (Debian packages nodejs, npm)" >&2; exit 1; }
+	@command -v npm >/dev/null 2>&1 || { echo "npm could not be installed: $(1) needs node and npm (Debian packages nodejs, npm)" >&2; exit 1; }
+endef
+
+$(DOCS_FILES) &: web/package.json web/package-lock.json web/src/docs-init.js
+	$(call need_npm,make assets (the /docs page))
 	cd web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	mkdir -p $(DOCS_ASSETS)
 	cp web/node_modules/swagger-ui-dist/swagger-ui-bundle.js web/node_modules/swagger-ui-dist/swagger-ui.css \
 	  web/node_modules/swagger-ui-dist/favicon-32x32.png web/node_modules/swagger-ui-dist/LICENSE \
 	  web/node_modules/swagger-ui-dist/NOTICE web/src/docs-init.js $(DOCS_ASSETS)/
 	touch $(DOCS_FILES)
+
+## make client: the JavaScript client (clients/js) compiled by the TypeScript its
+## package-lock.json pins (npm ci --ignore-scripts) into one ES module with its types,
+## copied into the package, which serves it at /client/tidings.js
+CLIENT_ASSETS := src/tidings/server/assets/client
+CLIENT_FILES  := $(CLIENT_ASSETS)/tidings.js $(CLIENT_ASSETS)/tidings.d.ts
+client: $(CLIENT_FILES)
+
+$(CLIENT_FILES) &: clients/js/package.json clients/js/package-lock.json clients/js/tsconfig.json clients/js/src/tidings.ts
+	$(call need_npm,make client (the JavaScript client))
+	cd clients/js && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	cd clients/js && node_modules/.bin/tsc -p .
+	mkdir -p $(CLIENT_ASSETS)
+	cp clients/js/dist/tidings.js clients/js/dist/tidings.d.ts $(CLIENT_ASSETS)/
+	touch $(CLIENT_FILES)
+
+## make client-test: the JavaScript client's node suite; it starts its own tidings servers
+## (from $(BIN)) on free loopback ports and stops them by PID
+CLIENT_TEST = cd clients/js && TIDINGS_BIN=$(abspath $(BIN))/tidings node --test --test-reporter=spec test/*.test.mjs
+client-test: $(VENV)/.installed-dev client
+	$(CLIENT_TEST)
 
 ## redis-server for the tests (each run starts its own on a free port): install if missing
 redis-server:
@@ -80,6 +107,7 @@ test: $(VENV)/.installed-dev redis-server chromium nginx
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(CLIENT_TEST)
 	$(BIN)/python -m pytest -q
 
 lint: dev
