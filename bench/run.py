@@ -2,16 +2,16 @@
 """tidings benchmarks, side by side with a named peer, alternating A B A B in one run.
 
 Usage: `.venv/bin/python bench/run.py [--quick] [--rounds N] [--only NAME,...]`
-(`make bench`). NAMEs: sse, publish, jobs, longpoll, ws, msgpack, attack.
+(`make bench`). NAMEs: sse, publish, jobs, longpoll, ws, msgpack, attack, h2.
 
 It installs what it compares with when missing (Debian `nginx`, `libnginx-mod-nchan`,
-`wrk`, `redis-server`; a separate venv bench/.peers-venv with sse-starlette, uvicorn,
-starlette, celery and redis), compiles the C load client (bench/sseload.c) into
-bench/.build/, starts every server on a free loopback port, and stops everything it
-started. Each round starts fresh server processes, so memory is measured on a fresh
-process. Where it may, it raises net.core.somaxconn to 8192 for the run and restores it
-after (see `accept_queue`). The machine is shared: only ratios measured in the same run
-mean anything.
+`wrk`, `redis-server`, `nghttp2-client` for h2load; a separate venv bench/.peers-venv
+with sse-starlette, uvicorn, starlette, celery and redis), compiles the C load client
+(bench/sseload.c) into bench/.build/, starts every server on a free loopback port, and
+stops everything it started. Each round starts fresh server processes, so memory is
+measured on a fresh process. Where it may, it raises net.core.somaxconn to 8192 for the
+run and restores it after (see `accept_queue`). The machine is shared: only ratios
+measured in the same run mean anything.
 
 Prints one table per measurement (`measure | tidings | peer | ratio | target | ok?`, the
 figures being medians over the rounds) and the raw per-round figures, and writes them to
@@ -27,9 +27,11 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -263,6 +265,7 @@ class Tools:
     wrk: bool
     redis: bool
     peers: bool
+    h2load: bool
 
 
 def setup() -> Tools:
@@ -273,6 +276,7 @@ def setup() -> Tools:
             "libnginx-mod-nchan": NCHAN_MODULE.exists,
             "wrk": lambda: shutil.which("wrk") is not None,
             "redis-server": lambda: shutil.which("redis-server") is not None,
+            "nghttp2-client": lambda: shutil.which("h2load") is not None,
         }
     )
     tools = Tools(
@@ -281,8 +285,9 @@ def setup() -> Tools:
         wrk=shutil.which("wrk") is not None,
         redis=shutil.which("redis-server") is not None,
         peers=ensure_peers_venv(),
+        h2load=shutil.which("h2load") is not None,
     )
-    for name in ("nchan", "wrk", "redis", "peers"):
+    for name in ("nchan", "wrk", "redis", "peers", "h2load"):
         if not getattr(tools, name):
             print(f"  ! {name} unavailable: its comparisons are skipped")
     return tools
@@ -410,9 +415,20 @@ def uvicorn_peer(module: str, name: str) -> Iterator[Server]:
 # ---------------------------------------------------------------------------- clients
 
 
-def publish(port: int, path: str, count: int, template: str = "msg {i} ts={ts}") -> str:
-    """POST `count` bodies back to back on one keep-alive connection; the last answer."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=60)
+def publish(
+    port: int,
+    path: str,
+    count: int,
+    template: str = "msg {i} ts={ts}",
+    context: ssl.SSLContext | None = None,
+) -> str:
+    """POST `count` bodies back to back on one keep-alive connection (HTTP/1.1; over TLS
+    with `context`); the last answer."""
+    conn = (
+        http.client.HTTPSConnection(HOST, port, timeout=60, context=context)
+        if context is not None
+        else http.client.HTTPConnection(HOST, port, timeout=60)
+    )
     answer = b""
     try:
         for i in range(count):
@@ -447,8 +463,16 @@ def start_load(
     timeout: float,
     env: dict[str, str] | None = None,
 ) -> Load:
+    argv = [str(tools.sseload), HOST, str(port), path, str(conns), str(events), str(timeout)]
+    return start_load_argv(argv, env)
+
+
+def start_load_argv(
+    argv: list[str], env: dict[str, str] | None = None, name: str = "sseload"
+) -> Load:
+    """Start a load client that prints `READY <ms>` then a `DONE` line (sseload, h2sse)."""
     proc = subprocess.Popen(
-        [str(tools.sseload), HOST, str(port), path, str(conns), str(events), str(timeout)],
+        argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -459,7 +483,7 @@ def start_load(
     if not line.startswith("READY"):
         proc.wait(5)
         err = proc.stderr.read() if proc.stderr else ""
-        raise RuntimeError(f"sseload did not get ready: {line!r} {err[-500:]!r}")
+        raise RuntimeError(f"{name} did not get ready: {line!r} {err[-500:]!r}")
     return Load(proc, float(line.split()[1]))
 
 
@@ -539,8 +563,13 @@ def target_text(m: Metric) -> str:
     return "all"
 
 
-def render(meas: Measurement, ours: list[str], expected: dict[str, float] | None = None) -> str:
-    rows = [["measure", "tidings", meas.peer, "ratio", "target", "ok?"]]
+def render(
+    meas: Measurement,
+    ours: list[str],
+    expected: dict[str, float] | None = None,
+    column: str = "tidings",
+) -> str:
+    rows = [["measure", column, meas.peer, "ratio", "target", "ok?"]]
     for system in ours:
         for m in meas.metrics:
             a, b = meas.median(system, m.name), meas.median(meas.peer, m.name)
@@ -1166,6 +1195,348 @@ def bench_attack(tools: Tools, cfg: Config) -> list[str]:
     return [render(meas, ["under-attack"])]
 
 
+# ---------------------------------------------------------------------------- HTTP/2
+
+
+# HTTP/2 streams per connection in the fan-out (within the server's h2_protocol.MAX_STREAMS),
+# and the processes the Python SSE client splits its subscribers across.
+H2_STREAMS = 100
+H2_CLIENT_PROCS = 2
+# Requests in flight in the publish rows, the same for both protocols: HTTP/1.1 on as
+# many connections, HTTP/2 on H2_PUB_CONNS connections of H2_PUB_STREAMS streams each.
+H2_PUB_CONNS = 8
+H2_PUB_STREAMS = 8
+H2_PUB_INFLIGHT = H2_PUB_CONNS * H2_PUB_STREAMS
+H2_LABEL, H1_LABEL = "tidings HTTP/2", "tidings HTTP/1.1"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's children that have been waited for."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def make_cert(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (openssl)."""
+    if shutil.which("openssl") is None:
+        raise RuntimeError("openssl is missing: the HTTP/2 measurement needs it for TLS")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@dataclass
+class Tls:
+    """The certificate the TLS servers present and the clients check."""
+
+    cert: Path
+    key: Path
+
+    def args(self) -> list[str]:
+        return ["--ssl-certfile", str(self.cert), "--ssl-keyfile", str(self.key)]
+
+    def context(self) -> ssl.SSLContext:
+        """A client context that trusts the certificate (no ALPN: HTTP/1.1)."""
+        return ssl.create_default_context(cafile=str(self.cert))
+
+
+def h2_fanout_round(
+    srv: Server, cfg: Config, argv: list[str], name: str, tls: Tls | None
+) -> dict[str, float]:
+    """One fan-out: the client `argv` subscribes, then the publisher (HTTP/1.1) sends
+    cfg.msgs messages; the figures, with the server's and the client's CPU."""
+    rss0, cpu0, client0 = rss_kib(srv.pid), cpu_seconds(srv.pid), children_cpu()
+    overflows = listen_overflows()
+    load = start_load_argv(argv, name=name)
+    try:
+        cpu1 = cpu_seconds(srv.pid)
+        overflows = listen_overflows() - overflows
+        time.sleep(0.5)  # let the server finish the last handshakes before reading its memory
+        rss1, cpu2 = rss_kib(srv.pid), cpu_seconds(srv.pid)
+        pub = time.perf_counter()
+        publish(srv.port, srv.pub_path, cfg.msgs, context=tls.context() if tls else None)
+        pub_secs = time.perf_counter() - pub
+        done = finish_load(load, 330)
+    finally:
+        if load.proc.poll() is None:
+            load.proc.kill()
+            load.proc.wait(5)
+    cpu3 = cpu_seconds(srv.pid)
+    figures = {
+        "deliveries_s": done["rate"],
+        "p50_ms": done["p50_ms"],
+        "p99_ms": done["p99_ms"],
+        "connect_ms": load.ready_ms,
+        "srv_cpu_connect_s": cpu1 - cpu0,
+        "srv_us_delivery": (cpu3 - cpu2) / max(done["events"], 1) * 1e6,
+        "rss_kib_sub": (rss1 - rss0) / cfg.subs,
+        "listen_overflows": overflows,
+        "delivered": done["events"],
+        "publish_s": pub_secs,
+    }
+    if "cpu_deliver_s" in done:
+        figures["client_cpu_connect_s"] = done["cpu_connect_s"]
+        figures["client_cpu_deliver_s"] = done["cpu_deliver_s"]
+    else:  # sseload reports no CPU: its whole run, read once it was waited for
+        figures["client_cpu_s"] = children_cpu() - client0
+    return figures
+
+
+def h2sse_argv(srv: Server, cfg: Config, proto: str, tls: Tls | None) -> list[str]:
+    argv = [sys.executable, str(BENCH / "h2sse.py"), HOST, str(srv.port), srv.sub_path]
+    argv += [str(cfg.subs), str(cfg.msgs), "--proto", proto, "--streams", str(H2_STREAMS)]
+    argv += ["--procs", str(H2_CLIENT_PROCS), "--timeout", "300"]
+    return argv + (["--tls", str(tls.cert)] if tls else [])
+
+
+H2_FANOUT_METRICS = [
+    Metric("deliveries_s", "/s"),
+    Metric("p50_ms", "ms", None, "{:,.1f}"),
+    Metric("p99_ms", "ms", None, "{:,.1f}"),
+    Metric("connect_ms", "ms"),
+    Metric("srv_cpu_connect_s", "s", None, "{:,.2f}"),
+    Metric("srv_us_delivery", "µs", None, "{:,.2f}"),
+    Metric("rss_kib_sub", "KiB", None, "{:,.1f}"),
+    Metric("client_cpu_connect_s", "s", None, "{:,.2f}"),
+    Metric("client_cpu_deliver_s", "s", None, "{:,.2f}"),
+    Metric("publish_s", "s", None, "{:,.2f}"),
+    Metric("delivered", "", ("all", None)),
+]
+
+
+def h2load_round(srv: Server, url: str, args: list[str], secs: int, body: Path) -> dict[str, float]:
+    """h2load POSTing `body` as JSON to `url` (1 s warm-up run, then `secs`): req/s,
+    latency percentiles from its request log, the server's and h2load's CPU per request."""
+    with tempfile.TemporaryDirectory(prefix="tidings-bench-h2load-") as tmp:
+        log = Path(tmp) / "requests.log"
+        argv = ["h2load", *args, "-d", str(body), "-H", "content-type: application/json"]
+        subprocess.run([*argv, "-D", "1", url], capture_output=True, check=True)
+        cpu0, client0 = cpu_seconds(srv.pid), children_cpu()
+        out = subprocess.run(
+            [*argv, "-D", str(secs), "--log-file", str(log), url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        cpu, client = cpu_seconds(srv.pid) - cpu0, children_cpu() - client0
+        rps = re.search(r"finished in [0-9.]+m?s, ([0-9.]+) req/s", out)
+        done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", out)
+        codes = re.search(r"status codes: (\d+) 2xx", out)
+        if rps is None or done is None or codes is None:
+            raise RuntimeError(f"h2load printed no figures: {out[-600:]!r}")
+        proto = re.search(r"Application protocol: (\S+)", out)
+        want = "http/1.1" if "--h1" in args else "h2" if url.startswith("https") else "h2c"
+        if proto is None or proto.group(1) != want:
+            raise RuntimeError(f"h2load spoke {proto.group(1) if proto else '?'}, not {want}")
+        micros = sorted(int(line.split()[2]) for line in log.read_text().splitlines() if line)
+    total = int(done.group(1))
+    n = max(len(micros), 1)
+    return {
+        "req_s": float(rps.group(1)),
+        "p50_ms": micros[n // 2] / 1000 if micros else 0.0,
+        "p99_ms": micros[min(n - 1, int(n * 0.99))] / 1000 if micros else 0.0,
+        "srv_us_req": cpu / max(total, 1) * 1e6,
+        "client_us_req": client / max(total, 1) * 1e6,
+        "failed": float(total - int(codes.group(1))),
+    }
+
+
+def h2_jobs_round(srv: Server, cfg: Config, proto: str, tls: Tls | None) -> dict[str, float]:
+    """bench/h2jobs.py's worker and client, both speaking `proto`, on one server."""
+    url = f"{'https' if tls else 'http'}://{HOST}:{srv.port}"
+    cafile = ["--cafile", str(tls.cert)] if tls else []
+    script = str(BENCH / "h2jobs.py")
+    worker = PROCS.start(
+        "h2jobs-worker", [sys.executable, script, "worker", url, "--proto", proto, *cafile]
+    )
+    try:
+        cpu0, wcpu0 = cpu_seconds(srv.pid), cpu_seconds(worker.pid)
+        got = run_json(
+            [sys.executable, script, "client", url, str(cfg.jobs), "--proto", proto, *cafile]
+        )
+        cpu, wcpu = cpu_seconds(srv.pid) - cpu0, cpu_seconds(worker.pid) - wcpu0
+    finally:
+        PROCS.stop(worker)
+    return {
+        "jobs_s": got["rate"],
+        "secs": got["secs"],
+        "srv_us_job": cpu / cfg.jobs * 1e6,
+        "worker_us_job": wcpu / cfg.jobs * 1e6,
+        "client_us_job": got["cpu_s"] / cfg.jobs * 1e6,
+    }
+
+
+def bench_h2(tools: Tools, cfg: Config) -> list[str]:
+    """tidings over HTTP/2 against tidings over HTTP/1.1: fan-out, publish, jobs; over
+    TLS (ALPN) and in cleartext (h2c with prior knowledge)."""
+    n_conns = -(-cfg.subs // H2_STREAMS)
+    sse_title = (
+        f"SSE fan-out: {cfg.subs:,} subscribers on one channel (HTTP/2: {n_conns} "
+        f"connections x {H2_STREAMS} streams; HTTP/1.1: {cfg.subs:,} connections), "
+        f"{cfg.msgs} back-to-back publishes over HTTP/1.1; one Python client for both "
+        f"(bench/h2sse.py, {H2_CLIENT_PROCS} processes)"
+    )
+    pub_title = (
+        f"Publish: h2load -D {cfg.wrk_secs}s, {H2_PUB_INFLIGHT} requests in flight (HTTP/2: "
+        f"-c {H2_PUB_CONNS} -m {H2_PUB_STREAMS}; HTTP/1.1: --h1 -c {H2_PUB_INFLIGHT}), "
+        "JSON {data} of ~40 bytes to one channel, memory store"
+    )
+    jobs_title = (
+        f"Jobs: {cfg.jobs:,} no-op jobs end to end (bench/h2jobs.py: httpx client, 4 tasks "
+        "submitting then awaiting; the SDK worker, --concurrency 16, on an httpx client), "
+        "both speaking the protocol named, memory store"
+    )
+    jobs_metrics = [
+        Metric("jobs_s", "/s"),
+        Metric("secs", "s", None, "{:,.2f}"),
+        Metric("srv_us_job", "µs", None, "{:,.0f}"),
+        Metric("worker_us_job", "µs", None, "{:,.0f}"),
+        Metric("client_us_job", "µs", None, "{:,.0f}"),
+    ]
+    pub_metrics = [
+        Metric("req_s", "/s"),
+        Metric("p50_ms", "ms", None, "{:,.2f}"),
+        Metric("p99_ms", "ms", None, "{:,.2f}"),
+        Metric("srv_us_req", "µs", None, "{:,.0f}"),
+        Metric("client_us_req", "µs", None, "{:,.1f}"),
+        Metric("failed", "", ("<=", 0)),
+    ]
+    tables: dict[str, Measurement] = {
+        "sse_tls": Measurement(f"8a. HTTP/2 vs HTTP/1.1 over TLS: {sse_title}", H1_LABEL, []),
+        "sse_clear": Measurement(f"8b. h2c vs HTTP/1.1, cleartext: {sse_title}", H1_LABEL, []),
+        "pub_tls": Measurement(f"8c. HTTP/2 vs HTTP/1.1 over TLS: {pub_title}", H1_LABEL, []),
+        "pub_clear": Measurement(f"8d. h2c vs HTTP/1.1, cleartext: {pub_title}", H1_LABEL, []),
+        "jobs_tls": Measurement(f"8e. HTTP/2 vs HTTP/1.1 over TLS: {jobs_title}", H1_LABEL, []),
+        "jobs_clear": Measurement(f"8f. h2c vs HTTP/1.1, cleartext: {jobs_title}", H1_LABEL, []),
+    }
+    for key, meas in tables.items():
+        meas.metrics = (
+            H2_FANOUT_METRICS
+            if key.startswith("sse")
+            else pub_metrics
+            if key.startswith("pub")
+            else jobs_metrics
+        )
+    c_ref = Measurement("C sseload, HTTP/1.1 cleartext", H1_LABEL, H2_FANOUT_METRICS)
+    print("== 8. HTTP/2 vs HTTP/1.1 (tidings on both)")
+    with tempfile.TemporaryDirectory(prefix="tidings-bench-tls-") as tmp:
+        tls = Tls(*make_cert(Path(tmp)))
+        body = Path(tmp) / "publish.json"
+        body.write_text(json.dumps({"data": "msg 0 ts=1700000000000000"}))
+        for r in range(cfg.rounds):
+            print(f"  round {r + 1}")
+            protos = ["h2", "h1"] if r % 2 == 0 else ["h1", "h2"]
+            for secure, suffix in ((tls, "tls"), (None, "clear")):
+                args = tls.args() if secure else []
+                label = "TLS" if secure else "cleartext"
+                print(f"   SSE fan-out, {label}")
+                for proto in protos:
+                    name = H2_LABEL if proto == "h2" else H1_LABEL
+                    with tidings_server("memory://", f"h2-sse-{proto}", args=args) as srv:
+                        argv = h2sse_argv(srv, cfg, proto, secure)
+                        tables[f"sse_{suffix}"].add(
+                            name, h2_fanout_round(srv, cfg, argv, "h2sse", secure)
+                        )
+                if secure is None:
+                    with tidings_server("memory://", "h2-sse-c") as srv:
+                        argv = [str(tools.sseload), HOST, str(srv.port), srv.sub_path]
+                        argv += [str(cfg.subs), str(cfg.msgs), "300"]
+                        c_ref.add("C sseload", h2_fanout_round(srv, cfg, argv, "sseload", None))
+            if tools.h2load:
+                for secure, suffix in ((tls, "tls"), (None, "clear")):
+                    print(f"   publish, {'TLS' if secure else 'cleartext'}")
+                    for proto in protos:
+                        args = tls.args() if secure else []
+                        with tidings_server("memory://", f"h2-pub-{proto}", args=args) as srv:
+                            scheme = "https" if secure else "http"
+                            url = f"{scheme}://{HOST}:{srv.port}{srv.pub_path}"
+                            load = (
+                                ["-c", str(H2_PUB_CONNS), "-m", str(H2_PUB_STREAMS)]
+                                if proto == "h2"
+                                else ["--h1", "-c", str(H2_PUB_INFLIGHT)]
+                            )
+                            tables[f"pub_{suffix}"].add(
+                                H2_LABEL if proto == "h2" else H1_LABEL,
+                                h2load_round(srv, url, load, cfg.wrk_secs, body),
+                            )
+            for secure, suffix in ((tls, "tls"), (None, "clear")):
+                print(f"   jobs, {'TLS' if secure else 'cleartext'}")
+                for proto in protos:
+                    args = tls.args() if secure else []
+                    with tidings_server("memory://", f"h2-jobs-{proto}", args=args) as srv:
+                        tables[f"jobs_{suffix}"].add(
+                            H2_LABEL if proto == "h2" else H1_LABEL,
+                            h2_jobs_round(srv, cfg, proto, secure),
+                        )
+    expected = {"delivered": float(cfg.subs * cfg.msgs)}
+    for meas in tables.values():
+        meas.notes.append(
+            "ratio = HTTP/2 / HTTP/1.1; alternating which goes first; a fresh server "
+            "(memory store) for every row of every round"
+        )
+    for key in ("sse_tls", "sse_clear"):
+        tables[key].notes += [
+            "srv_cpu_connect_s: the server's CPU while every stream was opened; "
+            f"srv_us_delivery: its CPU from the first publish to the last delivery (the {cfg.msgs} "
+            "publishes included) per delivery; client_cpu_*: the client's CPU, all its "
+            "processes (near the delivery window in seconds: the client, not the server, "
+            "sets deliveries/s and latency); publish_s: how long the publisher's "
+            "back-to-back POSTs (HTTP/1.1, one connection) took while the fan-out ran",
+            "each stream's HTTP/2 window is the protocol's 65,535 bytes and the connection's "
+            "16 MiB; the client gives every byte back as it parses it (WINDOW_UPDATE)",
+        ]
+    c_rounds = c_ref.rounds.get("C sseload", [])
+    if c_rounds:
+
+        def med(metric: str) -> float:
+            return statistics.median(r[metric] for r in c_rounds)
+
+        tables["sse_clear"].notes.append(
+            f"reference, the C client bench/sseload.c on HTTP/1.1 cleartext: "
+            f"{med('deliveries_s'):,.0f} deliveries/s, p50 {med('p50_ms'):,.1f} ms, p99 "
+            f"{med('p99_ms'):,.1f} ms, connected in {med('connect_ms'):,.0f} ms, server "
+            f"{med('srv_us_delivery'):,.2f} µs CPU per delivery, client CPU "
+            f"{med('client_cpu_s'):,.2f} s in all ({len(c_rounds)} rounds: "
+            + "; ".join(f"{x['deliveries_s']:,.0f}/s p99 {x['p99_ms']:,.1f} ms" for x in c_rounds)
+            + ")"
+        )
+    for key in ("pub_tls", "pub_clear"):
+        tables[key].notes.append(
+            "srv_us_req / client_us_req: CPU of the server / of h2load per request; "
+            "p50/p99 from h2load's per-request log"
+        )
+    for key in ("jobs_tls", "jobs_clear"):
+        tables[key].notes.append(
+            "*_us_job: CPU of the server, the worker process and the client per job "
+            "(the client's 20 warm-up jobs included in the server's and the worker's)"
+        )
+    RESULTS["h2"] = {key: meas.rounds for key, meas in tables.items()}
+    RESULTS["h2"]["sse_c_sseload"] = c_ref.rounds
+    out = []
+    for key, meas in tables.items():
+        if key.startswith("pub") and not tools.h2load:
+            out.append(f"### {meas.title}\n\nskipped: h2load (nghttp2-client) is unavailable")
+            continue
+        out.append(
+            render(meas, [H2_LABEL], expected if key.startswith("sse") else None, column=H2_LABEL)
+        )
+    return out
+
+
 BENCHES: dict[str, Callable[[Tools, Config], list[str]]] = {
     "sse": bench_sse,
     "publish": bench_publish,
@@ -1174,6 +1545,7 @@ BENCHES: dict[str, Callable[[Tools, Config], list[str]]] = {
     "ws": bench_ws,
     "msgpack": bench_msgpack,
     "attack": bench_attack,
+    "h2": bench_h2,
 }
 RESULTS: dict[str, Any] = {}
 
