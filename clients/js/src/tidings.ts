@@ -66,6 +66,12 @@ export interface TidingsOptions {
   WebSocket?: WebSocketConstructor | null;
   /** Seconds to wait for an answer to a request (long polls add their wait). Default 30. */
   timeout?: number;
+  /**
+   * Browsers: whether requests carry cookies (a session made by `login()`). Default
+   * "include", which a server on another origin must allow: `--cors-origins` naming this
+   * page's origin. With `--cors-origins '*'` use "same-origin" (and a token).
+   */
+  credentials?: RequestCredentials;
 }
 
 /** A channel's message. `time` is RFC 3339 (UTC), as the server writes it. */
@@ -535,7 +541,9 @@ export class Subscription<T = Item> implements AsyncIterable<T> {
     this.via = this.order[0];
     options.signal?.addEventListener("abort", () => this.close(), { once: true });
     if (options.signal?.aborted) this.close();
-    void this.run();
+    this.run().catch((exc) =>
+      this.finish(exc instanceof TidingsError ? exc : new TidingsError(0, "internal", `the subscription failed: ${exc}`)),
+    );
   }
 
   /** End the subscription: its connection closes and iteration stops. */
@@ -955,6 +963,7 @@ export class Subscription<T = Item> implements AsyncIterable<T> {
         ? `/v1/jobs/${encodeURIComponent(job)}/ws`
         : `/v1/channels/${encodeURIComponent(channel)}/ws`;
     const url = this.client.wsUrl(path, { after: this.cursor.get(channel) ?? "0" });
+    if (signal.aborted) return Promise.resolve(new Ended(false));
     return new Promise<Ended>((resolve, reject) => {
       let socket: WebSocketLike;
       try {
@@ -973,7 +982,9 @@ export class Subscription<T = Item> implements AsyncIterable<T> {
         settled = true;
         clearTimeout(openTimer);
         signal.removeEventListener("abort", onAbort);
-        socket.onopen = socket.onmessage = socket.onerror = socket.onclose = null;
+        // No-ops rather than null: the ws package throws an "error" nobody listens to.
+        const ignore = () => {};
+        socket.onopen = socket.onmessage = socket.onerror = socket.onclose = ignore;
       };
       const fail = (error: TidingsError) => {
         if (settled) return;
@@ -1233,6 +1244,7 @@ export class Tidings {
   private readonly fetchFn: typeof fetch;
   private readonly wsCtor: WebSocketConstructor | null;
   private readonly wsGiven: boolean;
+  private readonly credentials: RequestCredentials;
   private tokenFromLogin = false;
 
   constructor(options: TidingsOptions) {
@@ -1251,6 +1263,7 @@ export class Tidings {
     this.base = base;
     this.url = base.href.replace(/\/+$/, "");
     this.timeout = options.timeout ?? 30;
+    this.credentials = options.credentials ?? "include";
     this.token = options.token ?? null;
     const f = options.fetch ?? (globalThis.fetch as typeof fetch | undefined);
     if (!f) throw new TidingsError(0, "unsupported", "this runtime has no fetch(): give one as the `fetch` option");
@@ -1325,7 +1338,7 @@ export class Tidings {
         body: init.body,
         signal: init.signal,
         // Browsers: a session cookie goes along, to another origin too (CORS permitting).
-        credentials: "include",
+        credentials: this.credentials,
       });
     } catch (exc) {
       if (init.signal?.aborted) throw exc;

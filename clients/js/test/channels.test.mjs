@@ -220,6 +220,26 @@ describe("subscribe", () => {
     assert.equal(sub.status.state, "closed");
   });
 
+  for (const when of ["before", "while"]) {
+    test(`close() ${when} a WebSocket connects leaves no socket and no stray error`, T, async () => {
+      const t = client();
+      const ch = fresh("ws-close");
+      const sub = t.subscribe(ch, {
+        via: "ws",
+        after: "0",
+        onStatus: (s) => {
+          if (s.state !== "connecting") return;
+          if (when === "before") sub.close();
+          else setTimeout(() => sub.close(), 0);
+        },
+      });
+      assert.equal(await sub.ended, null);
+      await delay(300);
+      const info = await http(server.url, "GET", `/v1/channels/${ch}`).catch(() => null);
+      assert.equal(info?.subscribers?.ws ?? 0, 0);
+    });
+  }
+
   test("an AbortSignal ends a subscription", T, async () => {
     const controller = new AbortController();
     const sub = client().subscribe(fresh("abort"), { via: "sse", signal: controller.signal });
