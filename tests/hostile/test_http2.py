@@ -609,6 +609,25 @@ def test_a_head_past_what_hpack_decodes_closes_that_connection_with_enhance_your
 
 
 @pytest.mark.timeout(30)
+def test_a_head_under_a_raised_header_limit_is_served_over_http2_as_over_http11(
+    tidings_server: ServerFactory,
+) -> None:
+    """With --max-header-bytes 100000, an 80 kB head is served over HTTP/1.1 and must be
+    over HTTP/2 too: the server's limit, not the HPACK decoder's default, decides."""
+    srv = tidings_server(args=["--max-header-bytes", "100000"])
+    big = {"x-big": "a" * 80_000}
+    assert httpx.get(f"{srv.url}/healthz", headers=big, timeout=5).status_code == 200
+    client = H2Client(srv).ready()
+    try:
+        stream = client.streams[client.request("GET", "/healthz", big_header(80_000))]
+        client.until(lambda: stream.ended or client.closed, what="the answer")
+        assert client.terminated is None, f"connection closed: {client.terminated}"
+        assert stream.status == 200
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(30)
 def test_too_many_header_fields_get_431_and_a_long_path_414_on_their_stream(
     tidings_server: ServerFactory,
 ) -> None:
@@ -631,6 +650,34 @@ def test_too_many_header_fields_get_431_and_a_long_path_414_on_their_stream(
         assert long_path.status == 414
         assert client.serves()
         assert not client.goaways
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(30)
+def test_http2_limit_answers_carry_the_same_error_codes_as_http11(
+    tidings_server: ServerFactory,
+) -> None:
+    """A client keys on the error code, whatever the transport: 414, 431 and 408 say the
+    same over HTTP/2 as over HTTP/1.1."""
+    srv = tidings_server(args=["--body-timeout", "1"])
+    client = H2Client(srv)
+    try:
+        over = client.streams[client.request("GET", "/healthz", big_header(40_000))]
+        client.until(lambda: over.ended, what="the 431")
+        assert over.json()["error"]["code"] == "headers_too_large"
+        fields = [(b"x-%d" % i, b"1") for i in range(101)]
+        too_many = client.streams[client.request("GET", "/healthz", fields)]
+        client.until(lambda: too_many.ended, what="101 fields")
+        assert too_many.status == 431
+        assert too_many.json()["error"]["code"] == "too_many_headers"
+        long_path = client.get("/healthz?q=" + "a" * 9000)
+        assert long_path.status == 414
+        assert long_path.json()["error"]["code"] == "request_line_too_long"
+        slow = client.streams[client.request("POST", "/v1/channels/c/messages", end=False)]
+        client.until(lambda: slow.ended, what="the 408")
+        assert slow.status == 408
+        assert slow.json()["error"]["code"] == "request_timeout"
     finally:
         client.close()
 
@@ -754,6 +801,32 @@ def test_garbage_after_the_preface_gets_goaway_and_nothing_else_is_hurt(
             bystander.until(lambda: len(watch.events) == len(sent), what="the bystander")
         assert [e["id"] for e in watch.events] == sent
         assert healthy(srv)
+
+
+@pytest.mark.timeout(30)
+def test_a_frame_announcing_more_than_the_max_frame_size_is_refused_at_its_header(
+    tidings_server: ServerFactory,
+) -> None:
+    """A frame header that announces 16 MiB (over the 16 KiB SETTINGS_MAX_FRAME_SIZE;
+    or text where frames belong, read as such a header) closes the connection with
+    GOAWAY FRAME_SIZE_ERROR at once, without the server waiting for, and holding, the
+    megabytes announced."""
+    srv = tidings_server()
+    for garbage in (
+        frame_head(2**24 - 16, 0x0, 1) + b"\x00" * 1024,  # DATA announcing 16 MiB
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    ):
+        client = H2Client(srv).ready()
+        try:
+            client.send_raw(garbage)
+            started = time.monotonic()
+            client.drain_to_close(timeout=3)
+            assert time.monotonic() - started < 1, "the server waited for the frame"
+            assert client.terminated is not None, "closed without a GOAWAY"
+            assert client.terminated.error_code == ErrorCodes.FRAME_SIZE_ERROR
+        finally:
+            client.close()
+    assert healthy(srv)
 
 
 # -- 8. a body over the size limit -------------------------------------------------------

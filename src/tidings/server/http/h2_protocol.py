@@ -23,9 +23,12 @@ most MAX_STREAMS streams at once; a request head is held to the server's header 
 only as the app reads it; a stream waiting for its body past --body-timeout is answered
 408; a connection with no stream is closed after --keep-alive-timeout (--header-timeout
 before its first request). A client that resets streams faster than RESET_BUDGET per
-RESET_PERIOD (the "rapid reset" attack) is told to go away, and one whose socket is
-backed up is not read until it drains, so frames the server must answer (PING,
-SETTINGS) cannot pile up.
+RESET_PERIOD (the "rapid reset" attack) is told to go away; a frame whose header announces
+more than the frame size is refused at its header (FRAME_SIZE_ERROR), not buffered; a
+head over the limit gets 431 on its stream and one past twice the limit costs the
+connection (ENHANCE_YOUR_CALM); a stream past MAX_STREAMS is a connection error; and a
+connection whose socket is backed up is not read until it drains, so frames the server
+must answer (PING, SETTINGS) cannot pile up.
 """
 
 from __future__ import annotations
@@ -319,6 +322,11 @@ class TidingsH2Protocol(asyncio.Protocol):
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_header,
             },
         )
+        # The settings above take effect without an acknowledgement, so h2 leaves its
+        # HPACK decoder at its own default list size: set it above the server's check
+        # (HPACK counts 32 bytes more per field), so a head over the limit gets 431 on its
+        # stream, and only one far beyond it costs the connection.
+        self.h2.decoder.max_header_list_size = 2 * max_header + 32 * (C.MAX_HEADER_FIELDS + 8)
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.flush()
@@ -419,7 +427,14 @@ class TidingsH2Protocol(asyncio.Protocol):
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             log.debug("HTTP/2 protocol error from %s: %s", self.client, exc)
-            self._fail(ErrorCodes.PROTOCOL_ERROR)
+            self._fail(None)  # h2 queued a GOAWAY with the error's own code
+            return
+        # h2 checks a frame's length only once the whole frame has arrived: refuse at
+        # its header a frame over the size we allow, rather than hold its bytes first.
+        # The buffer is h2's own (a private name, pinned by tests/hostile/test_http2.py).
+        pending = getattr(self.h2.incoming_buffer, "_data", b"")
+        if len(pending) >= 9 and int.from_bytes(pending[:3]) > self.h2.max_inbound_frame_size:
+            self._fail(ErrorCodes.FRAME_SIZE_ERROR)
             return
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
@@ -452,10 +467,11 @@ class TidingsH2Protocol(asyncio.Protocol):
                 return
         self.flush()
 
-    def _fail(self, code: ErrorCodes) -> None:
-        """Close the connection with a GOAWAY saying why."""
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.h2.close_connection(code)
+    def _fail(self, code: ErrorCodes | None) -> None:
+        """Close the connection with a GOAWAY saying why (None: h2 queued it already)."""
+        if code is not None:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.close_connection(code)
         self.flush()
         if self.transport is not None:
             self.transport.close()
@@ -514,11 +530,28 @@ class TidingsH2Protocol(asyncio.Protocol):
         limits = self.limits
         if limits is not None:
             if len(raw_path) > C.MAX_REQUEST_LINE:
-                self._refuse(stream, 414, "uri_too_long", "the request target is too long")
-                return
-            if len(headers) > C.MAX_HEADER_FIELDS or size > limits.max_header_bytes:
                 self._refuse(
-                    stream, 431, "headers_too_large", "the request's header fields are too large"
+                    stream,
+                    414,
+                    "request_line_too_long",
+                    f"the request line is over the {C.MAX_REQUEST_LINE}-byte limit: "
+                    "shorten the URL",
+                )
+                return
+            if len(headers) > C.MAX_HEADER_FIELDS:
+                self._refuse(
+                    stream,
+                    431,
+                    "too_many_headers",
+                    f"the request has more than {C.MAX_HEADER_FIELDS} header fields",
+                )
+                return
+            if size > limits.max_header_bytes:
+                self._refuse(
+                    stream,
+                    431,
+                    "headers_too_large",
+                    f"the request's headers are over the {limits.max_header_bytes}-byte limit",
                 )
                 return
         if event.stream_ended is None:
@@ -623,7 +656,12 @@ class TidingsH2Protocol(asyncio.Protocol):
                 if limits is not None:
                     limits.refused["timed_out"] += 1
                 if not stream.started:
-                    self._refuse(stream, 408, "timeout", "the request body did not arrive in time")
+                    self._refuse(
+                        stream,
+                        408,
+                        "request_timeout",
+                        "the request was not received in time: send it whole, without pauses",
+                    )
                 # The app sees a client that left.
                 self.reset_stream(stream, ErrorCodes.CANCEL)
         self.flush()
