@@ -1,0 +1,1 @@
+"""The JavaScript client (clients/js) in Debian's chromium against real tidings servers."""
