@@ -827,34 +827,6 @@ export class Subscription<T = Item> implements AsyncIterable<T> {
       );
     };
     try {
-      const head = linked(conn.signal, this.client.timeout);
-      let response: Response;
-      try {
-        response = await this.client.send(this.ssePath(), {
-          headers: { Accept: "text/event-stream" },
-          signal: head.signal,
-        });
-      } catch (exc) {
-        if (head.timedOut()) {
-          throw new TidingsError(0, "timeout", `no answer to the SSE request within ${this.client.timeout} s`);
-        }
-        throw exc;
-      } finally {
-        head.dispose();
-      }
-      if (response.status === 204) return new Ended(true); // a job's stream with nothing left
-      if (!response.ok) throw await errorOf(response);
-      const type = response.headers.get("content-type") ?? "";
-      if (!type.startsWith("text/event-stream") || response.body === null) {
-        void response.body?.cancel().catch(() => {});
-        throw new TidingsError(
-          response.status,
-          "not_event_stream",
-          `expected an event stream, got ${type || "no content type"}: does a proxy answer for the server?`,
-        );
-      }
-      this.opened("sse", opened, !probing);
-      armStall();
       let gotBytes = false;
       let strikes = 0;
       const probe = async () => {
@@ -878,7 +850,37 @@ export class Subscription<T = Item> implements AsyncIterable<T> {
         }
         probeTimer = setTimeout(probe, probeEvery);
       };
+      // From the request on: a proxy may hold back the head of the answer as well as its events.
       if (probing) probeTimer = setTimeout(probe, probeEvery);
+      const head = linked(conn.signal, this.client.timeout);
+      let response: Response;
+      try {
+        response = await this.client.send(this.ssePath(), {
+          headers: { Accept: "text/event-stream" },
+          signal: head.signal,
+        });
+      } catch (exc) {
+        if (why) throw why;
+        if (head.timedOut()) {
+          throw new TidingsError(0, "timeout", `no answer to the SSE request within ${this.client.timeout} s`);
+        }
+        throw exc;
+      } finally {
+        head.dispose();
+      }
+      if (response.status === 204) return new Ended(true); // a job's stream with nothing left
+      if (!response.ok) throw await errorOf(response);
+      const type = response.headers.get("content-type") ?? "";
+      if (!type.startsWith("text/event-stream") || response.body === null) {
+        void response.body?.cancel().catch(() => {});
+        throw new TidingsError(
+          response.status,
+          "not_event_stream",
+          `expected an event stream, got ${type || "no content type"}: does a proxy answer for the server?`,
+        );
+      }
+      this.opened("sse", opened, !probing);
+      armStall();
       const reader = response.body.getReader();
       // Cancelling ends a pending read() with `done`.
       conn.signal.addEventListener("abort", () => void reader.cancel().catch(() => {}), { once: true });
