@@ -1493,8 +1493,9 @@ def bench_h2(tools: Tools, cfg: Config) -> list[str]:
             "srv_cpu_connect_s: the server's CPU while every stream was opened; "
             f"srv_us_delivery: its CPU from the first publish to the last delivery (the {cfg.msgs} "
             "publishes included) per delivery; client_cpu_*: the client's CPU, all its "
-            "processes (near the delivery window in seconds: the client, not the server, "
-            "sets deliveries/s and latency); publish_s: how long the publisher's "
+            "processes (where client_cpu_deliver_s nears the delivery window, delivered / "
+            "deliveries_s, times its processes, the client sets the pace); publish_s: how "
+            "long the publisher's "
             "back-to-back POSTs (HTTP/1.1, one connection) took while the fan-out ran",
             "each stream's HTTP/2 window is the protocol's 65,535 bytes and the connection's "
             "16 MiB; the client gives every byte back as it parses it (WINDOW_UPDATE)",
