@@ -18,8 +18,8 @@ memory store:
   `keep_alive_max_requests` lifted (by default it closes a connection after 1,000);
 - granian: `granian --interface asgi --http auto` running its `app_coro_send` (the app
   as is fails every live delivery under Granian: the compatibility check shows it), with
-  `--backpressure` raised above the subscribers (its default, 1,024 requests in progress
-  per worker, would leave the rest of the streams unanswered).
+  `--backpressure` (its cap on work in progress per worker, by default backlog/workers
+  = 1,024) set above the largest fan-out so that it cannot be what limits one.
 
 For each server, in an order that alternates between rounds (the machine is shared):
 
@@ -84,7 +84,7 @@ SERVERS = ("tidings", "hypercorn", "granian")
 # (tidings 128, Hypercorn 100, Granian 200).
 STREAMS_PER_CONN = 100
 CLIENT_PROCS = 2
-# Granian's cap on requests in progress per worker: above the largest fan-out.
+# Granian's cap on work in progress per worker: above the largest fan-out.
 GRANIAN_BACKPRESSURE = 20000
 
 
