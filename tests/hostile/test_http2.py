@@ -10,6 +10,7 @@ garbage frames each meet their limit, and other clients are served throughout.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import ssl
 import threading
@@ -27,6 +28,7 @@ import hpack
 import httpx
 import pytest
 from h2.errors import ErrorCodes
+from hyperframe.frame import DataFrame
 
 from tests.conftest import ServerFactory, ServerProcess
 from tests.e2e.test_channels_api import parse_frame, publish, wait_for
@@ -256,8 +258,15 @@ class H2Client:
         return stream
 
     def serves(self) -> bool:
-        """Whether a new stream on this connection is answered 200."""
-        return self.get("/healthz").status == 200
+        """Whether a new stream on this connection is answered 200. A stream refused
+        (REFUSED_STREAM: not processed, safe to retry, as clients do) while the server
+        winds down streams just reset is asked again for a few seconds."""
+        deadline = time.monotonic() + 5
+        while True:
+            stream = self.get("/healthz")
+            if stream.reset != ErrorCodes.REFUSED_STREAM or time.monotonic() > deadline:
+                return stream.status == 200
+            time.sleep(0.1)
 
     def drain_to_close(self, timeout: float = 10.0) -> None:
         """Read until the server closes the connection."""
@@ -866,3 +875,119 @@ def test_a_body_over_the_size_limit_gets_413_and_the_connection_serves_on(
         client.close()
     page = httpx.get(f"{srv.url}/v1/channels/{ch}/messages?after=0", timeout=5).json()
     assert [m["data"] for m in page["messages"]] == ["small"]
+
+
+@pytest.mark.timeout(60)
+def test_bodies_answered_unread_give_the_connection_window_back(
+    tidings_server: ServerFactory,
+) -> None:
+    """Six 200 KB bodies answered 413 without being read, more than the server's 1 MiB
+    connection window in all: the window is given back each time, so a later publish on
+    the same connection goes through instead of waiting for window forever."""
+    srv = tidings_server(args=["--max-message-bytes", "1000"])
+    client = H2Client(srv).ready()
+    try:
+        body = b"x" * 200_000
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        for _ in range(6):
+            big = client.streams[client.request("POST", "/v1/channels/w/messages", headers, body)]
+            client.until(lambda big=big: big.ended or big.reset is not None, what="the 413")
+            assert big.status == 413
+        small = client.streams[
+            client.request(
+                "POST", "/v1/channels/w/messages", [(b"content-type", b"application/json")],
+                b'{"data": 1}',
+            )
+        ]  # fmt: skip
+        client.until(lambda: small.ended, timeout=10, what="the small publish")
+        assert small.status == 201
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(30)
+def test_an_encoded_path_is_decoded_as_over_http11(tidings_server: ServerFactory) -> None:
+    """`user%3A42` is the channel `user:42` over HTTP/2 as over HTTP/1.1."""
+    srv = tidings_server()
+    client = H2Client(srv).ready()
+    try:
+        sid = client.request(
+            "POST", "/v1/channels/user%3A42/messages", [(b"content-type", b"application/json")],
+            b'{"data": "h2"}',
+        )  # fmt: skip
+        stream = client.streams[sid]
+        client.until(lambda: stream.ended, what="the publish")
+        assert stream.status == 201, bytes(stream.body)
+        assert stream.json()["channel"] == "user:42"
+    finally:
+        client.close()
+    page = httpx.get(f"{srv.url}/v1/channels/user:42/messages?after=0", timeout=5).json()
+    assert [m["data"] for m in page["messages"]] == ["h2"]
+
+
+@pytest.mark.timeout(60)
+def test_reset_long_polls_still_count_against_the_stream_limit(
+    tidings_server: ServerFactory,
+) -> None:
+    """Long polls opened and reset at once (under the reset budget) close for h2 but their
+    work may go on: a connection never has more than MAX_STREAMS of them at once."""
+    srv = tidings_server()
+    client = H2Client(srv, ignore_stream_limit=True).ready()
+    try:
+        for i in range(400):
+            sid = client.request("GET", f"/v1/channels/r{i}/messages?wait=30", send=False)
+            client.conn.reset_stream(sid, ErrorCodes.CANCEL)
+            if i % 50 == 49:
+                client.flush()
+                client.pump(0.05)
+        client.flush()
+        client.pump(1.0)
+        assert not client.goaways
+        text = httpx.get(f"{srv.url}/metrics", timeout=10).text
+        parked = next(
+            float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith('tidings_open_streams{transport="longpoll"}')
+        )
+        assert parked <= MAX_STREAMS, parked
+    finally:
+        client.close()
+    assert healthy(srv)
+
+
+@pytest.mark.timeout(60)
+def test_a_request_in_flight_at_shutdown_is_answered(tidings_server: ServerFactory) -> None:
+    """SIGTERM while a POST's body is still to come: the client is told GOAWAY (no new
+    streams), may still send that body, and gets its answer before the server exits.
+    (h2 as a client closes its own state on a GOAWAY, so the rest is raw frames.)"""
+    srv = tidings_server()
+    client = H2Client(srv).ready()
+    try:
+        sid = client.request(
+            "POST", "/v1/channels/bye/messages", [(b"content-type", b"application/json")],
+            end=False,
+        )  # fmt: skip
+        time.sleep(0.5)  # the server has read the request's head (no answer tells it)
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGTERM)
+        client.until(lambda: bool(client.goaways), what="the GOAWAY")
+        assert client.goaways[0].error_code == 0
+        data = DataFrame(sid, data=b'{"data": "last"}', flags=["END_STREAM"])
+        client.send_raw(data.serialize())
+        received = b""
+        client.sock.settimeout(10)
+        try:
+            while chunk := client.sock.recv(1 << 16):
+                received += chunk
+        except ConnectionResetError:
+            pass  # the answer, if it came, was read before the reset
+        # The answer's body (a DATA frame's payload is sent as is), and no second GOAWAY
+        # (type 7) saying the client's frame was an error.
+        assert b'"channel":"bye"' in received, received
+        assert b"\x07\x00\x00\x00\x00\x00" not in received, received
+    finally:
+        client.close()
+    assert srv.stop() in (0, -signal.SIGTERM)

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 from typing import Any
+from urllib.parse import unquote
 
 import h2.config
 import h2.connection
@@ -44,6 +45,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
 
 from tidings.protocol.codecs import encode_json
 from tidings.server import constants as C
@@ -286,7 +288,14 @@ class TidingsH2Protocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.access_log = bool(config.access_log)
         self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, header_encoding=None)
+            # What the client sends is checked; the app's own response headers are not
+            # checked and normalised again (half of h2's cost per request).
+            h2.config.H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
         )
         self.streams: dict[int, _Stream] = {}
         self.transport: asyncio.Transport | None = None
@@ -377,10 +386,18 @@ class TidingsH2Protocol(asyncio.Protocol):
         if self.closing:
             return
         self.closing = True
-        self.h2.close_connection()
-        self.flush()
+        self._goaway()
         if not self.streams and self.transport is not None:
             self.transport.close()
+
+    def _goaway(self) -> None:
+        """Tell the client no new stream will be served (GOAWAY, NO_ERROR), while the
+        open ones go on. Written by hand: h2's close_connection() would also close its
+        own state, and every frame of a stream still in flight would then be refused."""
+        self.flush()
+        if self.transport is not None and not self.transport.is_closing():
+            last = self.h2.highest_inbound_stream_id
+            self.transport.write(GoAwayFrame(0, last_stream_id=last, error_code=0).serialize())
 
     # -- writing ------------------------------------------------------------------------
 
@@ -461,9 +478,7 @@ class TidingsH2Protocol(asyncio.Protocol):
                 for stream in self.streams.values():
                     stream.wake()
             elif isinstance(event, h2.events.ConnectionTerminated):
-                self.closing = True
-                if self.transport is not None:
-                    self.transport.close()
+                self._end()
                 return
         self.flush()
 
@@ -473,14 +488,27 @@ class TidingsH2Protocol(asyncio.Protocol):
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.close_connection(code)
         self.flush()
-        if self.transport is not None:
-            self.transport.close()
+        self._end()
+
+    def _end(self) -> None:
+        """The connection is over: its streams see a client that left (the hub lets their
+        subscribers go now, not when the socket is gone), and a socket the client does not
+        read is dropped rather than waited on."""
+        self.closing = True
+        for stream in list(self.streams.values()):
+            stream.gone()
+        transport = self.transport
+        if transport is not None:
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
 
     def _reset(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
-        if stream is None:
-            return
-        stream.gone()
+        if stream is not None:
+            stream.gone()
+        # Every reset the client sends counts, of a stream served or refused.
         now = self.loop.time()
         resets = self.resets
         resets.append(now)
@@ -492,8 +520,12 @@ class TidingsH2Protocol(asyncio.Protocol):
 
     def _request(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
-        if self.closing:
-            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+        # A stream the client reset is closed for h2 at once but its task may still run:
+        # the streams held here, not h2's count of open ones, bound a connection's work.
+        if self.closing or len(self.streams) >= MAX_STREAMS:
+            # (Already closed when the client reset it in the same read.)
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         pseudo: dict[bytes, bytes] = {}
         headers: list[tuple[bytes, bytes]] = []
@@ -516,7 +548,7 @@ class TidingsH2Protocol(asyncio.Protocol):
             "http_version": "2",
             "method": pseudo.get(b":method", b"GET").decode("ascii", "replace"),
             "scheme": self.scheme,
-            "path": path.decode("utf-8", "surrogateescape"),
+            "path": unquote(path.decode("ascii", "surrogateescape")),
             "raw_path": path,
             "query_string": query,
             "root_path": self.config.root_path,
@@ -625,6 +657,12 @@ class TidingsH2Protocol(asyncio.Protocol):
 
     def _forget(self, stream: _Stream) -> None:
         self.streams.pop(stream.id, None)
+        if stream.unacked:
+            # Body the app never read (answered without it, or reset): the connection's
+            # receive window gets it back, or later uploads would wait for it forever.
+            self.grant(stream, stream.unacked)
+            stream.unacked = 0
+            stream.body.clear()
         if self.streams:
             return
         if self.closing and self.transport is not None:
@@ -640,14 +678,8 @@ class TidingsH2Protocol(asyncio.Protocol):
         body is overdue with 408 and look again in a second."""
         if not self.streams:
             self.deadline = 0.0
-            self.closing = True
-            self.h2.close_connection()
-            self.flush()
-            if self.transport is not None:
-                if self.transport.get_write_buffer_size():
-                    self.transport.abort()  # a client that reads nothing is not waited on
-                else:
-                    self.transport.close()
+            self._goaway()
+            self._end()  # a client that reads nothing is not waited on
             return
         limits = self.limits
         for stream in list(self.streams.values()):
