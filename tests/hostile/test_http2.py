@@ -745,8 +745,9 @@ def test_an_idle_connection_gets_goaway_and_is_closed_after_the_keep_alive_timeo
         used_after = time.monotonic() - started
         silent.drain_to_close()
         silent_after = time.monotonic() - started
-        assert 0.9 < used_after < 3, used_after
-        assert 3.9 < silent_after < 7, silent_after
+        # The sweep runs once a second; a loaded machine adds its delay.
+        assert 0.9 < used_after < 3.5, used_after
+        assert 3.9 < silent_after < 8, silent_after
         for client in (used, silent):
             assert client.terminated is not None, "closed without a GOAWAY"
             assert client.terminated.error_code == ErrorCodes.NO_ERROR
@@ -829,8 +830,9 @@ def test_a_frame_announcing_more_than_the_max_frame_size_is_refused_at_its_heade
         try:
             client.send_raw(garbage)
             started = time.monotonic()
-            client.drain_to_close(timeout=3)
-            assert time.monotonic() - started < 1, "the server waited for the frame"
+            client.drain_to_close(timeout=9)
+            # Well before the header timeout (10 s), when a waiting server would close.
+            assert time.monotonic() - started < 5, "the server waited for the frame"
             assert client.terminated is not None, "closed without a GOAWAY"
             assert client.terminated.error_code == ErrorCodes.FRAME_SIZE_ERROR
         finally:
