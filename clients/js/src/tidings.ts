@@ -130,7 +130,12 @@ export interface SubscribeOptions {
   reconnectDelay?: number;
   /** Longest wait between reconnects, seconds. Default 30. */
   maxReconnectDelay?: number;
-  /** An SSE stream silent this many seconds is reconnected (the server pings every 15 s). Default 45; 0: never. */
+  /**
+   * An SSE stream silent this many seconds is reconnected; time spent waiting for a slow
+   * reader does not count. The server sends a heartbeat every `--heartbeat` seconds (15 by
+   * default) and does not announce that interval: against a server run with a longer
+   * `--heartbeat`, set this to about three heartbeats. Default 45; 0: never.
+   */
   stallTimeout?: number;
   /** With "auto": seconds between checks that an SSE stream which has sent nothing yet is not held back by a buffering proxy. Default 3. */
   probeInterval?: number;
@@ -281,6 +286,9 @@ const LONG_POLL_WAIT = 25;
 const LONG_POLL_MARGIN = 10;
 // Items a subscription holds for a slow reader before it stops reading its stream.
 const HIGH_WATER = 1000;
+// A WebSocket cannot be paused: past this many items held for a slow reader, its socket is
+// closed, and the subscription reconnects from its cursor once the reader has caught up.
+const WS_HIGH_WATER = 2 * HIGH_WATER;
 const RESET_BEHIND = "cursor is older than the retained history of the channel";
 const RESET_AHEAD =
   "cursor is ahead of the channel's newest message (the channel was deleted or recreated)";
@@ -505,7 +513,8 @@ export class Subscription<T = Item> implements AsyncIterable<T> {
   private readonly last = new Map<string, string | null>();
   private readonly queue: T[] = [];
   private waiters: (() => void)[] = [];
-  private drained: (() => void) | null = null;
+  // Settles once the reader has caught up; every loop held back by a full queue waits on it.
+  private drain: { promise: Promise<void>; resolve: () => void } | null = null;
   private queueing: boolean;
   private closed = false;
   private error: TidingsError | null = null;
@@ -515,6 +524,8 @@ export class Subscription<T = Item> implements AsyncIterable<T> {
   private readonly order: Transport[];
   private proven: Transport | null = null;
   private attempt = 0;
+  // Removed from the caller's signal when the subscription ends, which may share it.
+  private readonly onAbort = () => this.close();
 
   /** @internal */
   constructor(
@@ -539,7 +550,7 @@ export class Subscription<T = Item> implements AsyncIterable<T> {
       this.order = [via];
     }
     this.via = this.order[0];
-    options.signal?.addEventListener("abort", () => this.close(), { once: true });
+    options.signal?.addEventListener("abort", this.onAbort, { once: true });
     if (options.signal?.aborted) this.close();
     this.run().catch((exc) =>
       this.finish(exc instanceof TidingsError ? exc : new TidingsError(0, "internal", `the subscription failed: ${exc}`)),
@@ -566,10 +577,7 @@ export class Subscription<T = Item> implements AsyncIterable<T> {
     for (;;) {
       if (this.queue.length > 0) {
         const value = this.queue.shift() as T;
-        if (this.drained && this.queue.length <= HIGH_WATER / 2) {
-          this.drained();
-          this.drained = null;
-        }
+        if (this.drain && this.queue.length <= HIGH_WATER / 2) this.drained();
         return { value, done: false };
       }
       if (this.closed) {
@@ -582,6 +590,13 @@ export class Subscription<T = Item> implements AsyncIterable<T> {
       }
       await new Promise<void>((resolve) => this.waiters.push(resolve));
     }
+  }
+
+  /** Let every loop held back by the reader go on. */
+  private drained(): void {
+    const drain = this.drain;
+    this.drain = null;
+    drain?.resolve();
   }
 
   private wake(): void {
@@ -603,7 +618,8 @@ export class Subscription<T = Item> implements AsyncIterable<T> {
         report(exc);
       }
     }
-    if (this.drained) this.drained();
+    this.options.signal?.removeEventListener("abort", this.onAbort);
+    this.drained();
     this.settle(error);
     this.wake();
   }
@@ -641,7 +657,12 @@ export class Subscription<T = Item> implements AsyncIterable<T> {
     this.queue.push(converted);
     this.wake();
     if (this.queue.length < HIGH_WATER) return null;
-    return new Promise<void>((resolve) => (this.drained = resolve));
+    if (this.drain === null) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => (resolve = r));
+      this.drain = { promise, resolve };
+    }
+    return this.drain.promise;
   }
 
   /** Take a message if it follows the channel's last one; true when it was new. */
@@ -900,7 +921,12 @@ export class Subscription<T = Item> implements AsyncIterable<T> {
           for (const ev of parser.push(decoder.decode(value, { stream: true }))) {
             const wait = this.sseEvent(ev);
             if (wait === "close") closedByServer = true;
-            else if (wait) await wait;
+            else if (wait) {
+              // The stream is not read meanwhile: its silence is the reader's, not the server's.
+              clearTimeout(stallTimer);
+              await wait;
+              armStall();
+            }
           }
         }
       } catch (exc) {
@@ -910,6 +936,8 @@ export class Subscription<T = Item> implements AsyncIterable<T> {
       if (why) throw why;
       return new Ended(closedByServer && this.complete);
     } finally {
+      // Ends a probe still in flight too, which would otherwise schedule the next one.
+      conn.abort();
       conn.dispose();
       clearTimeout(stallTimer);
       clearTimeout(probeTimer);
@@ -1008,6 +1036,22 @@ export class Subscription<T = Item> implements AsyncIterable<T> {
         }
         resolve(new Ended(false));
       };
+      // The reader lags too far behind: stop taking frames, and end this connection once it
+      // has caught up (or the subscription ends); the next one resumes from the cursor.
+      const overflow = (drained: Promise<void>) => {
+        done();
+        try {
+          socket.close(1000);
+        } catch {
+          // already closed
+        }
+        const end = () => {
+          signal.removeEventListener("abort", end);
+          resolve(new Ended(this.complete));
+        };
+        signal.addEventListener("abort", end, { once: true });
+        void drained.then(end);
+      };
       signal.addEventListener("abort", onAbort, { once: true });
       socket.onopen = () => {
         isOpen = true;
@@ -1025,15 +1069,17 @@ export class Subscription<T = Item> implements AsyncIterable<T> {
         }
         if (typeof obj !== "object" || obj === null) return;
         const kind = (obj as { type?: unknown }).type;
+        let wait: Promise<void> | null = null;
         if (kind === undefined) {
           const message = asMessage(obj);
-          if (message) this.accept(message);
+          if (message) wait = this.accept(message);
         } else if (kind === "reset") {
-          this.reset(asReset(obj, channel));
+          wait = this.reset(asReset(obj, channel));
         } else if (kind === "close") {
           closing = true;
         }
         // "ack" and "error" answer publishes through the socket, which this client does not make.
+        if (wait && this.queue.length >= WS_HIGH_WATER) overflow(wait);
       };
       socket.onerror = () => {
         // The close event follows with the code; a socket that never opened says no more.

@@ -1,5 +1,6 @@
 // Publish and subscribe against a real server, on every transport Node can use.
 import assert from "node:assert/strict";
+import { getEventListeners } from "node:events";
 import { after, before, describe, test } from "node:test";
 import WebSocketPackage from "ws";
 
@@ -246,6 +247,24 @@ describe("subscribe", () => {
     await opened(sub);
     controller.abort();
     assert.equal(await sub.ended, null);
+  });
+
+  test("a subscription that ended lets go of the AbortSignal it shares with others", T, async () => {
+    const controller = new AbortController();
+    const t = client();
+    const listeners = () => getEventListeners(controller.signal, "abort").length;
+    const refused = t.subscribe("bad name!", { via: "longpoll", after: "0", signal: controller.signal });
+    assert.equal((await refused.ended)?.status, 400);
+    const closed = t.subscribe(fresh("shared-signal"), { via: "sse", signal: controller.signal });
+    await opened(closed);
+    closed.close();
+    await closed.ended;
+    assert.equal(listeners(), 0);
+    const live = t.subscribe(fresh("shared-signal"), { via: "sse", signal: controller.signal });
+    await opened(live);
+    assert.equal(listeners(), 1);
+    controller.abort();
+    assert.equal(await live.ended, null);
   });
 
   test("a subscription to a server that went away says it reconnects, with growing delays", T, async () => {

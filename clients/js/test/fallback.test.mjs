@@ -7,7 +7,7 @@ import { after, before, describe, test } from "node:test";
 import WebSocketPackage from "ws";
 
 import { Tidings } from "../dist/tidings.js";
-import { startServer, take, until } from "./helpers.mjs";
+import { delay, startServer, take, until } from "./helpers.mjs";
 
 const T = { timeout: 20_000 };
 let server;
@@ -103,6 +103,54 @@ describe("auto fallback", () => {
       sub.close();
     } finally {
       await p.close();
+    }
+  });
+
+  test("a stream refused while a probe is on its way leaves no probe running", T, async () => {
+    // A proxy that holds the event stream's request until a probe read is on its way, then
+    // refuses the stream (503) while that read is still held.
+    const upstream = new URL(server.url);
+    const probes = [];
+    let stream = null;
+    const srv = http.createServer((req, res) => {
+      const url = new URL(req.url, "http://proxy");
+      if (url.pathname.endsWith("/events")) {
+        stream = res;
+        return;
+      }
+      const probe = url.searchParams.get("limit") === "1" && !url.searchParams.has("wait");
+      const forward = () => {
+        const f = http.request(
+          { host: upstream.hostname, port: upstream.port, method: req.method, path: req.url, headers: req.headers },
+          (answer) => {
+            res.writeHead(answer.statusCode, answer.headers);
+            answer.pipe(res);
+          },
+        );
+        f.on("error", () => res.destroy());
+        req.pipe(f);
+      };
+      if (!probe) return forward();
+      probes.push(Date.now());
+      stream?.writeHead(503, { "content-type": "application/json" });
+      stream?.end(JSON.stringify({ error: { code: "busy", message: "busy" } }));
+      stream = null;
+      setTimeout(forward, 500);
+    });
+    await new Promise((resolve) => srv.listen(0, "127.0.0.1", resolve));
+    try {
+      const t = new Tidings({ url: `http://127.0.0.1:${srv.address().port}`, WebSocket: null, timeout: 5 });
+      const states = [];
+      const sub = t.subscribe("fallback.probe", { after: "0", probeInterval: 0.2, onStatus: (s) => states.push(s.state) });
+      await until(() => states.includes("fallback"), 10_000, "the refused stream to give way");
+      const closedAt = Date.now();
+      sub.close();
+      await delay(1500);
+      assert.ok(probes.length >= 1);
+      assert.deepEqual(probes.filter((at) => at >= closedAt), [], "no probe read after close()");
+    } finally {
+      srv.closeAllConnections();
+      await new Promise((resolve) => srv.close(resolve));
     }
   });
 });

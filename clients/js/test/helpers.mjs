@@ -7,6 +7,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import WebSocket from "ws";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const TIDINGS = process.env.TIDINGS_BIN ?? path.resolve(here, "../../../.venv/bin/tidings");
@@ -139,7 +140,10 @@ export async function take(iterable, n, ms = 10_000) {
   const iterator = iterable[Symbol.asyncIterator]();
   let timer;
   const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`got ${items.length} of ${n} items within ${ms} ms: ${JSON.stringify(items)}`)), ms);
+    timer = setTimeout(() => {
+      const shown = items.length > 10 ? `the last 10: ${JSON.stringify(items.slice(-10))}` : JSON.stringify(items);
+      reject(new Error(`got ${items.length} of ${n} items within ${ms} ms; ${shown}`));
+    }, ms);
   });
   try {
     while (items.length < n) {
@@ -170,4 +174,28 @@ export async function http(url, method, path, body, headers = {}) {
   }
   if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
   return json;
+}
+
+/** Publish `n` messages (data 0, 1, ... n-1, in that order) to a channel through one
+ * WebSocket, outside the client under test: quicker than a request each. */
+export async function publishMany(url, channel, n) {
+  const ws = new WebSocket(`${url.replace(/^http/, "ws")}/v1/channels/${encodeURIComponent(channel)}/ws`);
+  await new Promise((resolve, reject) => {
+    ws.once("open", resolve);
+    ws.once("error", reject);
+  });
+  try {
+    await new Promise((resolve, reject) => {
+      let acks = 0;
+      ws.on("message", (raw) => {
+        const frame = JSON.parse(raw.toString());
+        if (frame.type === "error") reject(new Error(`publishing to ${channel}: ${raw}`));
+        else if (frame.type === "ack" && ++acks === n) resolve();
+      });
+      ws.once("close", (code) => reject(new Error(`the publishing socket closed (${code}) after ${acks} of ${n}`)));
+      for (let i = 0; i < n; i++) ws.send(JSON.stringify({ data: i, ref: i }));
+    });
+  } finally {
+    ws.close();
+  }
 }
