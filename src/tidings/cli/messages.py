@@ -136,10 +136,7 @@ def subscribe(
                 if isinstance(item, Reset):
                     warn("subscribe", f"reset: {item.reason} (oldest kept: {item.first})")
                     continue
-                line = msgspec.structs.asdict(item.to_wire())
-                if not item.time:  # single-channel SSE frames carry no time: leave it out
-                    del line["time"]
-                print_json(line)
+                print_json(msgspec.structs.asdict(item.to_wire()))
                 seen += 1
                 if count is not None and seen >= count:
                     return
