@@ -108,7 +108,7 @@ test: $(VENV)/.installed-dev redis-server chromium nginx
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(CLIENT_TEST)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 4 --dist loadfile
 
 lint: dev
 	$(BIN)/ruff check $(LINT_PATHS)
