@@ -28,6 +28,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class _PortTaken(Exception):
+    """The port chosen for a server was bound by someone else before it started."""
+
+
 class ServerProcess:
     """A `tidings serve` subprocess: start, stop with a signal, kill, start again.
 
@@ -47,17 +51,39 @@ class ServerProcess:
         self.verify: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=cert) if cert else True
         )
-        tls = "s" if cert else ""
-        self.url = f"http{tls}://127.0.0.1:{self.port}"
-        self.ws_url = f"ws{tls}://127.0.0.1:{self.port}"
+        self._tls = "s" if cert else ""
+        self._use_port(self.port)
+        self.started_once = False
         self.log_path = log_path
         self.extra_args = extra_args
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def _use_port(self, port: int) -> None:
+        self.port = port
+        self.url = f"http{self._tls}://127.0.0.1:{port}"
+        self.ws_url = f"ws{self._tls}://127.0.0.1:{port}"
+
     def start(self, timeout: float = 15.0) -> ServerProcess:
-        """Start the server and wait until /healthz answers."""
+        """Start the server and wait until /healthz answers.
+
+        A first start whose free port was taken meanwhile (by another test process, or
+        an outgoing connection's ephemeral port) tries again on another; a restart keeps
+        its port, which its clients reconnect to.
+        """
+        for _ in range(4):
+            try:
+                self._start(timeout)
+            except _PortTaken:
+                self._use_port(free_port())
+                continue
+            self.started_once = True
+            return self
+        raise RuntimeError(f"no free port could be bound:\n{self.log()}")
+
+    def _start(self, timeout: float) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
+        logged = self.log_path.stat().st_size if self.log_path.exists() else 0
         cmd = [
             sys.executable, "-m", "tidings", "serve",
             "--host", "127.0.0.1", "--port", str(self.port), "--store", self.store,
@@ -69,11 +95,16 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                with self.log_path.open("rb") as log:
+                    log.seek(logged)
+                    said = log.read().decode(errors="replace")
+                if not self.started_once and f"port {self.port} on 127.0.0.1 is in use" in said:
+                    raise _PortTaken
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 ready = httpx.get(f"{self.url}/readyz", timeout=1.0, verify=self.verify)
                 if ready.status_code == 200:
-                    return self
+                    return
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
