@@ -113,7 +113,7 @@ def test_submit_rejects_bad_arguments(make_store):
                 await svc.submit("t", None, **kwargs)
         with pytest.raises(InvalidBody):
             await svc.submit("bad type!", None)
-        assert await store.jobs.list_jobs(None, None, 100) == []
+        assert (await store.jobs.list_jobs(None, None, 100)).jobs == []
 
     run(make_store, body)
 
@@ -129,7 +129,7 @@ def test_same_idempotency_key_gives_the_same_job_once(make_store):
         assert again.id == first.id
         assert again.payload == 1
         assert other.id != first.id
-        assert len(await store.jobs.list_jobs(None, None, 100)) == 2
+        assert len((await store.jobs.list_jobs(None, None, 100)).jobs) == 2
         assert await names(store, first.id) == ["queued"]
 
     run(make_store, body)
@@ -367,7 +367,7 @@ def test_fail_with_retry_requeues_after_backoff_then_fails_when_attempts_are_use
         assert dead.status == "failed"
         assert dead.finished_at is not None
         assert await svc.lease(None, 1, 0, 30.0) == []
-        assert [j.id for j in await svc.list_jobs("failed", None, 10)] == [job.id]
+        assert [j.id for j in (await svc.list_jobs("failed", None, 10)).jobs] == [job.id]
         evs = await events(store, job.id)
         assert [e for e, _ in evs] == ["queued", "running", "queued", "running", "failed"]
         assert evs[2][1]["error"] == {"msg": "boom", "attempt": 1}
@@ -827,12 +827,12 @@ def test_list_jobs_and_queue_counts(make_store):
         assert leased.id == a1.id
         await svc.complete(a1.id, leased.lease_token, None)
         await svc.cancel(b1.id)
-        assert [j.id for j in await svc.list_jobs(None, None, 10)] == [b1.id, a2.id, a1.id]
-        assert [j.id for j in await svc.list_jobs(None, None, 2)] == [b1.id, a2.id]
-        assert [j.id for j in await svc.list_jobs(None, "a", 10)] == [a2.id, a1.id]
-        assert [j.id for j in await svc.list_jobs("queued", None, 10)] == [a2.id]
-        assert [j.id for j in await svc.list_jobs("succeeded", "a", 10)] == [a1.id]
-        assert await svc.list_jobs("succeeded", "b", 10) == []
+        assert [j.id for j in (await svc.list_jobs(None, None, 10)).jobs] == [b1.id, a2.id, a1.id]
+        assert [j.id for j in (await svc.list_jobs(None, None, 2)).jobs] == [b1.id, a2.id]
+        assert [j.id for j in (await svc.list_jobs(None, "a", 10)).jobs] == [a2.id, a1.id]
+        assert [j.id for j in (await svc.list_jobs("queued", None, 10)).jobs] == [a2.id]
+        assert [j.id for j in (await svc.list_jobs("succeeded", "a", 10)).jobs] == [a1.id]
+        assert (await svc.list_jobs("succeeded", "b", 10)).jobs == []
         assert await svc.queues() == {
             "a": {"queued": 1, "succeeded": 1},
             "b": {"cancelled": 1},

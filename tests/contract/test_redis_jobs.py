@@ -190,7 +190,7 @@ def test_same_idempotency_key_on_two_nodes_at_once_makes_one_job(redis_url):
             assert created_a != created_b
             assert ja.id == jb.id
             assert await names(store_b, ja.id) == ["queued"]
-        assert len(await store_a.jobs.list_jobs(None, None, 100)) == 20
+        assert len((await store_a.jobs.list_jobs(None, None, 100)).jobs) == 20
         assert await store_b.jobs.queue_counts() == {"t": {"queued": 20}}
 
     two_nodes(redis_url, body)

@@ -232,9 +232,11 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class JobListWire(msgspec.Struct, frozen=True, gc=False):
-    """The answer of `GET /v1/jobs`."""
+    """The answer of `GET /v1/jobs`: a page, and the `before` cursor of the next (null:
+    this is the last)."""
 
     jobs: list[JobWire]
+    next: str | None = None
 
 
 class OutcomeWire(msgspec.Struct, frozen=True, gc=False):

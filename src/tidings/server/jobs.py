@@ -23,7 +23,7 @@ from tidings.server import transitions
 from tidings.server.constants import DEFAULT_MAX_DEPTH, SERVED_MARK_INTERVAL, SERVED_WINDOW
 from tidings.server.depth import check_storable
 from tidings.server.hub import Hub
-from tidings.server.stores.base import JobChange, JobStep, Store, Transition
+from tidings.server.stores.base import JobChange, JobCursor, JobPage, JobStep, Store, Transition
 from tidings.server.stores.common import ServedMarks
 from tidings.server.transitions import MIN_LEASE
 
@@ -303,9 +303,11 @@ class JobService:
             finally:
                 self.hub.drop_waiter(channel, fut)
 
-    async def list_jobs(self, status: str | None, type_: str | None, limit: int) -> list[Job]:
-        """Jobs, newest first."""
-        return await self.store.jobs.list_jobs(status, type_, limit)
+    async def list_jobs(
+        self, status: str | None, type_: str | None, limit: int, before: JobCursor | None = None
+    ) -> JobPage:
+        """A page of jobs, newest first, older than `before` when given."""
+        return await self.store.jobs.list_jobs(status, type_, limit, before)
 
     async def queues(self) -> dict[str, dict[str, int]]:
         """Counts per type and status."""

@@ -392,15 +392,29 @@ _OPS: list[_Op] = [
         "/v1/channels",
         "get",
         "List channels (those this principal may subscribe to; no job channels unless admin)",
-        [_query("prefix", {"type": "string"}, "name prefix"), _limit(1, 10_000, 1000)],
+        [
+            _query("prefix", {"type": "string"}, "name prefix"),
+            _query(
+                "after",
+                {"type": "string"},
+                "the `next` of the page before: names after this one",
+            ),
+            _limit(1, 10_000, 1000),
+        ],
         None,
         {
             "200": _negotiated(
                 "channels",
                 {
                     "type": "object",
-                    "properties": {"channels": {"type": "array", "items": _CHANNEL_INFO}},
-                    "required": ["channels"],
+                    "properties": {
+                        "channels": {"type": "array", "items": _CHANNEL_INFO},
+                        "next": {
+                            "type": ["string", "null"],
+                            "description": "`after` for the next page; null: the last page",
+                        },
+                    },
+                    "required": ["channels", "next"],
                 },
             )
         },
@@ -629,6 +643,11 @@ _OPS: list[_Op] = [
                 "only jobs in this state",
             ),
             _query("type", {"type": "string"}, "only jobs of this type"),
+            _query(
+                "before",
+                {"type": "string"},
+                "the `next` of the page before: jobs older than it",
+            ),
             _limit(1, 1000, 100),
         ],
         None,

@@ -184,20 +184,43 @@ async def delete_channel(request: Request) -> Response:
     return Response(status_code=204)
 
 
+# Above the name of every job channel (names hold no character after '~'): a non-admin's
+# listing, which never shows job channels, goes on from here past them.
+_PAST_JOB_CHANNELS = JOB_CHANNEL_PREFIX + "~"
+
+
 async def list_channels(request: Request) -> Response:
+    """A page of channels by name; `?after=` is the `next` of the page before. A
+    non-admin's page holds only the channels they may read, so it may be short: `next`
+    null alone says it is the last."""
     svc = _svc(request)
+    store = svc.store.channels
     prefix = request.query_params.get("prefix", "")
+    after = request.query_params.get("after", "")
     limit = query_int(request, "limit", 1000, 1, 10_000)
-    infos = await svc.store.channels.list_channels(prefix, limit)
     principal = principal_of(request)
-    if not principal.admin:  # only the channels this principal may read; no job channels
-        infos = [
-            i
-            for i in infos
-            if principal.may("subscribe", i.name) and not i.name.startswith(JOB_CHANNEL_PREFIX)
-        ]
+    admin = principal.admin
+    if not admin:
+        if prefix.startswith(JOB_CHANNEL_PREFIX):
+            return respond(request, {"channels": [], "next": None})
+        if JOB_CHANNEL_PREFIX <= after < _PAST_JOB_CHANNELS:
+            after = _PAST_JOB_CHANNELS
+    # One channel past the page says whether another page follows.
+    infos = await store.list_channels(prefix, limit + 1, after)
+    if not admin:
+        # No job channels (one per job: there may be many): a page that ends among them
+        # goes on past them.
+        shown = [i for i in infos if not i.name.startswith(JOB_CHANNEL_PREFIX)]
+        if len(infos) == limit + 1 and infos[-1].name.startswith(JOB_CHANNEL_PREFIX):
+            shown += await store.list_channels(prefix, limit + 1 - len(shown), _PAST_JOB_CHANNELS)
+        infos = shown
+    nxt = infos[limit - 1].name if len(infos) > limit else None
+    infos = infos[:limit]
+    if not admin:  # only the channels this principal may read
+        infos = [i for i in infos if principal.may("subscribe", i.name)]
     return respond(
-        request, {"channels": [info_to_wire(i, svc.hub.subscribers(i.name)) for i in infos]}
+        request,
+        {"channels": [info_to_wire(i, svc.hub.subscribers(i.name)) for i in infos], "next": nxt},
     )
 
 

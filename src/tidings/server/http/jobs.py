@@ -32,6 +32,7 @@ from tidings.server.http.common import (
 )
 from tidings.server.jobs import JobService
 from tidings.server.principals import Principal
+from tidings.server.stores.base import JobCursor
 
 __all__ = ["routes"]
 
@@ -202,18 +203,31 @@ async def get_job(request: Request) -> Response:
 
 
 async def list_jobs(request: Request) -> Response:
+    """A page of jobs, newest first; `?before=` is the `next` of the page before. A page
+    may hold fewer than `limit` jobs (a store looks at a bounded number per request, and
+    a non-admin sees only the jobs they may follow): `next` null alone says it is the
+    last."""
     status = request.query_params.get("status") or None
     if status is not None and status not in JOB_STATUSES:
         raise BadRequest(f"status={status!r}: use one of {', '.join(JOB_STATUSES)}")
     type_ = request.query_params.get("type") or None
     limit = query_int(request, "limit", 100, 1, 1000)
-    jobs = await _svc(request).list_jobs(status, type_, limit)
+    before_text = request.query_params.get("before") or None
+    try:
+        before = None if before_text is None else JobCursor.from_text(before_text)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    page = await _svc(request).list_jobs(status, type_, limit, before)
+    jobs = page.jobs
     principal = principal_of(request)
     if not principal.admin:
         jobs = [j for j in jobs if principal.may_follow_job(j.submitted_by, j.type)]
     # A listing leaves out `errors` and the traceback: GET /v1/jobs/{id} has them.
     return json_response(
-        {"jobs": [j.to_wire(with_errors=False, with_traceback=False) for j in jobs]}
+        {
+            "jobs": [j.to_wire(with_errors=False, with_traceback=False) for j in jobs],
+            "next": None if page.next is None else page.next.to_text(),
+        }
     )
 
 

@@ -1,11 +1,11 @@
 """The store interface: what the services need from any storage engine.
 
-A `Store` is what a store URL opens: its life cycle (start, close, ping) and three parts,
+A `Store` is what a store URL opens: its life cycle (start, close, ping) and four parts,
 each its own object with its own small interface — `channels` (ChannelStore: durable
-ordered logs with retention and idempotency keys), `jobs` (JobStore) and `auth`
-(AuthStore). A store knows nothing of HTTP or subscribers; the hub does fan-out. Message
-ids are opaque strings to everyone but the store, which also defines their order
-(`cursor_key`).
+ordered logs with retention and idempotency keys), `jobs` (JobStore), `auth`
+(AuthStore) and `workers` (WorkerStore: the workers seen lately). A store knows nothing
+of HTTP or subscribers; the hub does fan-out. Message ids are opaque strings to everyone
+but the store, which also defines their order (`cursor_key`).
 
 Every engine is a package built the same way (memory/, sqlite/, redis/): `core` holds
 what its parts share, `channels`, `jobs` and `auth` implement one part each, and the
@@ -15,6 +15,7 @@ package's Store builds them; helpers every engine shares are in `stores/common.p
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,8 @@ __all__ = [
     "ChannelInfo",
     "ChannelStore",
     "JobChange",
+    "JobCursor",
+    "JobPage",
     "JobStep",
     "JobStore",
     "Published",
@@ -38,6 +41,8 @@ __all__ = [
     "StepResult",
     "Store",
     "Transition",
+    "WorkerSeen",
+    "WorkerStore",
     "apply_steps",
     "is_reset",
     "job_event_data",
@@ -138,8 +143,11 @@ class ChannelStore(abc.ABC):
         """A channel's state, or None when it does not exist."""
 
     @abc.abstractmethod
-    async def list_channels(self, prefix: str = "", limit: int = 1000) -> list[ChannelInfo]:
-        """Channels whose names start with `prefix`, by name."""
+    async def list_channels(
+        self, prefix: str = "", limit: int = 1000, after: str = ""
+    ) -> list[ChannelInfo]:
+        """Up to `limit` channels whose names start with `prefix` and sort after `after`
+        (a name: the last of the page before), by name."""
 
     @abc.abstractmethod
     async def delete(self, channel: str) -> bool:
@@ -181,6 +189,46 @@ class JobChange(msgspec.Struct, frozen=True):
     published: Published | None
 
 
+class JobCursor(msgspec.Struct, frozen=True):
+    """Where a page of jobs ends: jobs older than this (`created_at`, then `id`) follow.
+    On the wire it is the text `"<created_at>~<id>"` (`to_text` / `from_text`)."""
+
+    created_at: float
+    id: str
+
+    def to_text(self) -> str:
+        """The cursor as a `next` says it."""
+        return f"{self.created_at!r}~{self.id}"
+
+    @classmethod
+    def from_text(cls, text: str) -> JobCursor:
+        """The cursor a `next` said; ValueError when `text` is not one."""
+        created, sep, job_id = text.partition("~")
+        try:
+            at = float(created) if sep and job_id and len(text) <= 200 else math.nan
+        except ValueError:
+            at = math.nan
+        if not math.isfinite(at):
+            raise ValueError(f"{text[:64]!r} is not a job list cursor: send back a `next`")
+        return cls(at, job_id)
+
+    @classmethod
+    def of(cls, job: Job) -> JobCursor:
+        """The cursor right after `job`: the jobs older than it follow."""
+        return cls(job.created_at, job.id)
+
+    def key(self) -> tuple[float, str]:
+        """What jobs are ordered by: a job precedes the cursor when its own is smaller."""
+        return (self.created_at, self.id)
+
+
+class JobPage(msgspec.Struct, frozen=True):
+    """A page of `list_jobs`, and where the next one starts (None: there is none)."""
+
+    jobs: list[Job]
+    next: JobCursor | None
+
+
 class JobStore(abc.ABC):
     """Jobs, with atomic transitions that also append to the job's channel.
 
@@ -198,8 +246,17 @@ class JobStore(abc.ABC):
         """One job, or None."""
 
     @abc.abstractmethod
-    async def list_jobs(self, status: str | None, type_: str | None, limit: int) -> list[Job]:
-        """Jobs, newest first, filtered by status and type."""
+    async def list_jobs(
+        self,
+        status: str | None,
+        type_: str | None,
+        limit: int,
+        before: JobCursor | None = None,
+    ) -> JobPage:
+        """Jobs, newest first (by `created_at`, then `id`), filtered by status and type,
+        older than `before` when given. A store may look at a bounded number of jobs per
+        call and answer fewer than `limit` with a `next` cursor to go on from; `next` is
+        None only when no older job matches."""
 
     @abc.abstractmethod
     async def queue_counts(self) -> dict[str, dict[str, int]]:
@@ -339,10 +396,41 @@ class AuthStore(abc.ABC):
         """Delete credentials that expired before `now`; how many."""
 
 
+class WorkerSeen(msgspec.Struct, frozen=True):
+    """A worker process as its lease requests and heartbeats describe it.
+
+    `id` is the worker's own (random, one per process run); `name` is for people
+    (`host:pid` by default); `types` None means every type; `user` the principal it
+    authenticates as (None: anonymous)."""
+
+    id: str
+    name: str
+    types: list[str] | None
+    concurrency: int | None
+    user: str | None
+    first_seen: float
+    last_seen: float
+
+
+class WorkerStore(abc.ABC):
+    """The workers seen lately, seen by every node sharing the store."""
+
+    @abc.abstractmethod
+    async def record_worker(self, worker: WorkerSeen) -> None:
+        """Insert or refresh a worker by `id`: a refresh keeps the first record's
+        `first_seen`; `last_seen` never moves back. The store keeps a bounded number
+        of workers, forgetting the least recently seen first."""
+
+    @abc.abstractmethod
+    async def list_workers(self, since: float) -> list[WorkerSeen]:
+        """Workers last seen at or after `since`, most recently seen first; records
+        seen before `since` may be forgotten."""
+
+
 class Store(abc.ABC):
     """What a store URL opens: channels, jobs and principals in one engine, as three part
     objects callers reach by name (`store.channels.publish`, `store.jobs.get_job`,
-    `store.auth.get_user`), plus the life cycle they share."""
+    `store.auth.get_user`, `store.workers.list_workers`), plus the life cycle they share."""
 
     # True for a store several server processes share (Redis): live messages then reach
     # each process's hub through its relay, not straight from the publish path.
@@ -351,6 +439,7 @@ class Store(abc.ABC):
     channels: ChannelStore
     jobs: JobStore
     auth: AuthStore
+    workers: WorkerStore
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -16,6 +16,7 @@ from tidings.protocol.jobs import Job
 from tidings.server.principals import Credential, User
 
 __all__ = [
+    "JOB_LIST_SCAN",
     "SERVED_MARKS",
     "SERVED_MARK_TTL",
     "ServedMarks",
@@ -37,6 +38,10 @@ decode_job = msgspec.msgpack.Decoder(Job).decode
 decode_user = msgspec.msgpack.Decoder(User).decode
 decode_credential = msgspec.msgpack.Decoder(Credential).decode
 
+
+# Jobs one filtered list_jobs call of an engine without an index per filter (memory,
+# Redis) examines at most: past it, the page ends short with a `next` where it stopped.
+JOB_LIST_SCAN = 10_000
 
 # Job types whose served marks a store keeps (the oldest are forgotten first), and the age
 # past which a mark may be forgotten (JobStore.mark_served).

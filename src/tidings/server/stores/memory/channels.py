@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import time
 from typing import Any
 
@@ -79,10 +80,14 @@ class MemoryChannels(ChannelStore):
         ch = self._log.channels.get(channel)
         return None if ch is None else self._log.info(channel, ch)
 
-    async def list_channels(self, prefix: str = "", limit: int = 1000) -> list[ChannelInfo]:
+    async def list_channels(
+        self, prefix: str = "", limit: int = 1000, after: str = ""
+    ) -> list[ChannelInfo]:
         self._core.check()
         channels = self._log.channels
-        names = sorted(n for n in channels if n.startswith(prefix))[:limit]
+        names = heapq.nsmallest(
+            max(0, limit), (n for n in channels if n > after and n.startswith(prefix))
+        )
         return [self._log.info(n, channels[n]) for n in names]
 
     async def delete(self, channel: str) -> bool:

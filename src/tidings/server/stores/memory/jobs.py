@@ -1,7 +1,9 @@
-"""The memory store's jobs: a dictionary with heaps for the lease order."""
+"""The memory store's jobs: a dictionary with heaps for the lease order and a sorted list
+for the listing order."""
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import time
 
@@ -9,13 +11,15 @@ from tidings.protocol.errors import NotFound, TidingsError
 from tidings.protocol.jobs import Job, job_channel
 from tidings.server.stores.base import (
     JobChange,
+    JobCursor,
+    JobPage,
     JobStep,
     JobStore,
     Transition,
     apply_steps,
     job_event_data,
 )
-from tidings.server.stores.common import ServedMarks
+from tidings.server.stores.common import JOB_LIST_SCAN, ServedMarks
 from tidings.server.stores.memory.core import MemoryCore, MemoryLog
 
 __all__ = ["MemoryJobs"]
@@ -29,6 +33,10 @@ class MemoryJobs(JobStore):
         self._log = log
         self._jobs: dict[str, Job] = {}
         self._job_keys: dict[str, str] = {}
+        # Every job's (created_at, id), ascending: the listing order, newest last.
+        self._order: list[tuple[float, str]] = []
+        # Jobs a filtered list_jobs call examines at most.
+        self.list_scan = JOB_LIST_SCAN
         self._queued: set[str] = set()
         self._running: set[str] = set()
         # Queued jobs by when they are due, and the due ones per type by lease order
@@ -61,21 +69,39 @@ class MemoryJobs(JobStore):
             return JobChange(self._jobs[self._job_keys[key]], None), False
         if key is not None:
             self._job_keys[key] = job.id
+        # Jobs arrive about in creation order: the insertion point is at or near the end.
+        bisect.insort(self._order, (job.created_at, job.id))
         return self._save(job, event, job.created_at), True
 
     async def get_job(self, job_id: str) -> Job | None:
         self._core.check()
         return self._jobs.get(job_id)
 
-    async def list_jobs(self, status: str | None, type_: str | None, limit: int) -> list[Job]:
+    async def list_jobs(
+        self,
+        status: str | None,
+        type_: str | None,
+        limit: int,
+        before: JobCursor | None = None,
+    ) -> JobPage:
         self._core.check()
-        jobs = [
-            j
-            for j in self._jobs.values()
-            if (status is None or j.status == status) and (type_ is None or j.type == type_)
-        ]
-        jobs.sort(key=lambda j: (j.created_at, j.id), reverse=True)
-        return jobs[:limit]
+        order = self._order
+        at = len(order) if before is None else bisect.bisect_left(order, before.key())
+        # Unfiltered, every job matches: the scan ends after limit + 1 of them.
+        budget = self.list_scan if status is not None or type_ is not None else limit + 1
+        stop = max(0, at - max(budget, limit + 1))
+        out: list[Job] = []
+        while at > stop:
+            at -= 1
+            job = self._jobs[order[at][1]]
+            if (status is None or job.status == status) and (type_ is None or job.type == type_):
+                if len(out) == limit:  # one more exists: the page is full and not the last
+                    return JobPage(out, JobCursor.of(out[-1]))
+                out.append(job)
+        if at == 0:
+            return JobPage(out, None)
+        # The scan stopped first: the jobs older than the last one examined follow.
+        return JobPage(out, JobCursor(*order[at]))
 
     async def queue_counts(self) -> dict[str, dict[str, int]]:
         self._core.check()
@@ -156,6 +182,9 @@ class MemoryJobs(JobStore):
             for j in self._jobs.values()
             if j.finished_at is not None and j.finished_at < finished_before
         ]
+        if gone:
+            swept = set(gone)
+            self._order = [entry for entry in self._order if entry[1] not in swept]
         for job_id in gone:
             job = self._jobs.pop(job_id)
             if job.idempotency_key is not None:

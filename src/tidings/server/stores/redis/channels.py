@@ -245,16 +245,31 @@ class RedisChannels(ChannelStore):
         found = await self._infos([channel])
         return found[0] if found else None
 
-    async def list_channels(self, prefix: str = "", limit: int = 1000) -> list[ChannelInfo]:
+    async def list_channels(
+        self, prefix: str = "", limit: int = 1000, after: str = ""
+    ) -> list[ChannelInfo]:
+        # One ZRANGEBYLEX of the name index `{p}channels` from the later of `prefix` and
+        # `after`; a name whose channel was deleted between the two reads is passed over,
+        # and the page filled from the names after it.
+        out: list[ChannelInfo] = []
         if limit <= 0:
-            return []
+            return out
         client = self._core.client
-        low = b"[" + prefix.encode() if prefix else b"-"
+        if after >= prefix:
+            low = b"(" + after.encode() if after else b"-"
+        else:
+            low = b"[" + prefix.encode()
         # UTF-8 never holds 0xff: every name starting with `prefix` sorts below this.
         high = b"(" + prefix.encode() + b"\xff" if prefix else b"+"
-        with self._errors:
-            raw = await client.zrangebylex(self._key("channels"), low, high, start=0, num=limit)
-        return await self._infos([name.decode() for name in raw])
+        while len(out) < limit:
+            want = limit - len(out)
+            with self._errors:
+                raw = await client.zrangebylex(self._key("channels"), low, high, start=0, num=want)
+            out.extend(await self._infos([name.decode() for name in raw]))
+            if len(raw) < want:
+                break
+            low = b"(" + raw[-1]
+        return out
 
     # -- changes ------------------------------------------------------------------------
 

@@ -96,8 +96,12 @@ Limits, stated:
   a negative priority is ordered exactly only among the jobs read. Priorities (which no
   transition of tidings.server.transitions changes) are cached per process, so a lease reads
   ids, not bodies.
-* list_jobs with a filter scans at most LIST_SCAN jobs newest first, so it may return
-  fewer matches than exist when they are older than that.
+* list_jobs pages newest first through `{p}jobs` after a (created_at, id) cursor. With a
+  filter it first reads `{p}jobcounts` (no match anywhere: an empty last page at once);
+  queued or running jobs are then read from their state's index when that holds at most
+  JOB_LIST_SCAN jobs (an exact page); otherwise it examines at most JOB_LIST_SCAN jobs
+  (their type and status only) and may answer a short page, even an empty one, with a
+  `next` cursor where it stopped.
 * The write script declares in KEYS the keys every call writes (indexes, counts, wake
   stream), and names the keys of each job (body, queue of its type, channel) from the
   store's prefix, as the auth part's prune script does. Like the store's multi-key
@@ -122,6 +126,8 @@ from tidings.protocol.errors import NotFound, StoreError, TidingsError
 from tidings.protocol.jobs import Job, job_channel
 from tidings.server.stores.base import (
     JobChange,
+    JobCursor,
+    JobPage,
     JobStep,
     JobStore,
     Transition,
@@ -129,6 +135,7 @@ from tidings.server.stores.base import (
     job_event_data,
 )
 from tidings.server.stores.common import (
+    JOB_LIST_SCAN,
     SERVED_MARK_TTL,
     SERVED_MARKS,
     decode_job,
@@ -152,8 +159,7 @@ LEASE_SCAN = 1000
 LEASE_MIN_SCAN = 64
 # Jobs per script call (or transaction) in expire_jobs and sweep_jobs.
 BATCH = 100
-# Jobs a filtered list_jobs examines at most, and per round trip.
-LIST_SCAN = 10_000
+# Jobs a filtered list_jobs reads per round trip (it examines at most JOB_LIST_SCAN).
 LIST_PAGE = 500
 # Approximate length the wake stream is trimmed to.
 WAKE_MAXLEN = 10_000
@@ -179,6 +185,16 @@ class _Head(msgspec.Struct):
 
 
 _decode_head = msgspec.msgpack.Decoder(_Head).decode
+
+
+class _ListHead(msgspec.Struct):
+    """The part of a job body a filtered listing looks at."""
+
+    type: str = ""
+    status: str = ""
+
+
+_decode_list_head = msgspec.msgpack.Decoder(_ListHead).decode
 
 # A job change to write: (job before, None for a new one; job after; event or None).
 _Change = tuple[Job | None, Job, str | None]
@@ -232,6 +248,8 @@ class RedisJobs(JobStore):
         self._expire_lock = asyncio.Lock()
         self._priorities: dict[str, int] = {}
         self._bodies: dict[str, bytes] = {}
+        # Jobs a filtered list_jobs call examines at most.
+        self.list_scan = JOB_LIST_SCAN
 
     def register_scripts(self) -> None:
         """Register this part's Lua script (once the core is open)."""
@@ -428,35 +446,150 @@ class RedisJobs(JobStore):
             body = await self._core.client.get(self._job_key(job_id))
         return None if body is None else decode_job(body)
 
-    async def list_jobs(self, status: str | None, type_: str | None, limit: int) -> list[Job]:
+    async def list_jobs(
+        self,
+        status: str | None,
+        type_: str | None,
+        limit: int,
+        before: JobCursor | None = None,
+    ) -> JobPage:
         if limit <= 0:
-            return []
-        out: list[Job] = []
-        filtered = status is not None or type_ is not None
-        page = LIST_PAGE if filtered else limit
-        scanned = 0
+            return JobPage([], None)
         with self._errors:
-            while len(out) < limit and scanned < (LIST_SCAN if filtered else limit):
-                ids = await self._core.client.zrevrange(
-                    self._key("jobs"), scanned, scanned + page - 1
+            if status is None and type_ is None:
+                return await self._scan_jobs(None, None, limit, before, limit + 1)
+            counts = await self.queue_counts()
+            matching = sum(
+                count
+                for job_type, per in counts.items()
+                if type_ is None or job_type == type_
+                for job_status, count in per.items()
+                if status is None or job_status == status
+            )
+            if matching == 0:
+                return JobPage([], None)
+            if status in ("queued", "running"):
+                # The state's own index (`running` holds every type) read whole, when it
+                # is small, makes the page exact.
+                size = sum(
+                    per.get(status, 0)
+                    for job_type, per in counts.items()
+                    if status == "running" or type_ is None or job_type == type_
                 )
-                if not ids:
-                    break
-                scanned += len(ids)
-                bodies = await self._core.client.mget(
-                    [self._job_key(job_id.decode()) for job_id in ids]
-                )
-                for body in bodies:
-                    if body is None:
-                        continue
-                    job = decode_job(body)
-                    if (status is None or job.status == status) and (
-                        type_ is None or job.type == type_
+                if size <= self.list_scan:
+                    return await self._list_state(status, type_, limit, before)
+            return await self._scan_jobs(status, type_, limit, before, self.list_scan)
+
+    async def _older(self, before: JobCursor | None, count: int) -> list[tuple[str, float]]:
+        """Up to `count` (id, created_at) of `{p}jobs`, newest first, older than `before`;
+        fewer only when no more exist.
+
+        Members of equal score sort by id, as the listing orders jobs: the ones at the
+        cursor's own score that are not older than it come first, and are passed over.
+        """
+        client = self._core.client
+        top = "+inf" if before is None else repr(before.created_at)
+        out: list[tuple[str, float]] = []
+        passing = before is not None
+        offset = 0
+        while len(out) < count:
+            want = count - len(out)
+            rows = await client.zrevrangebyscore(
+                self._key("jobs"), top, "-inf", start=offset, num=want, withscores=True
+            )
+            offset += len(rows)
+            for member, score in rows:
+                entry = (member.decode(), float(score))
+                if passing and before is not None and (entry[1], entry[0]) >= before.key():
+                    continue
+                passing = False
+                out.append(entry)
+            if len(rows) < want:
+                break
+        return out
+
+    async def _scan_jobs(
+        self,
+        status: str | None,
+        type_: str | None,
+        limit: int,
+        before: JobCursor | None,
+        budget: int,
+    ) -> JobPage:
+        """A page read from `{p}jobs` newest first, examining at most `budget` jobs (at
+        least limit + 1); short, with a `next` where it stopped, when the budget ran out."""
+        filtered = status is not None or type_ is not None
+        budget = max(budget, limit + 1)
+        out: list[Job] = []
+        cursor = before
+        examined = 0
+        while examined < budget:
+            want = min(LIST_PAGE if filtered else limit + 1 - len(out), budget - examined)
+            rows = await self._older(cursor, want)
+            examined += len(rows)
+            bodies = await self._core.client.mget([self._job_key(job_id) for job_id, _ in rows])
+            for (job_id, created_at), body in zip(rows, bodies, strict=True):
+                cursor = JobCursor(created_at, job_id)
+                if body is None:
+                    continue  # swept since the index was read
+                if filtered:
+                    head = _decode_list_head(body)
+                    if (status is not None and head.status != status) or (
+                        type_ is not None and head.type != type_
                     ):
-                        out.append(job)
-                if len(ids) < page:
-                    break
-        return out[:limit]
+                        continue
+                if len(out) == limit:  # one more exists: the page is full and not the last
+                    return JobPage(out, JobCursor.of(out[-1]))
+                out.append(decode_job(body))
+            if len(rows) < want:
+                return JobPage(out, None)
+        return JobPage(out, cursor)
+
+    async def _list_state(
+        self, status: str, type_: str | None, limit: int, before: JobCursor | None
+    ) -> JobPage:
+        """A page of the queued or running jobs from their state's index (small: see
+        list_jobs), ordered by the creation times of `{p}jobs`."""
+        client = self._core.client
+        if status == "running":
+            keys = [self._key("running")]
+        else:
+            if type_ is not None:
+                types = [type_]
+            else:
+                types = sorted(t.decode() for t in await client.smembers(self._key("jobtypes")))
+            keys = [self._key("queued", t) for t in types]
+        async with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zrange(key, 0, self.list_scan)
+            ids = list(dict.fromkeys(m.decode() for rows in await pipe.execute() for m in rows))
+        if not ids:
+            return JobPage([], None)
+        scores = await client.zmscore(self._key("jobs"), ids)
+        entries = sorted(
+            (
+                (float(score), job_id)
+                for job_id, score in zip(ids, scores, strict=True)
+                if score is not None
+            ),
+            reverse=True,
+        )
+        if before is not None:
+            entries = [entry for entry in entries if entry < before.key()]
+        out: list[Job] = []
+        for at in range(0, len(entries), LIST_PAGE):
+            chunk = entries[at : at + LIST_PAGE]
+            bodies = await client.mget([self._job_key(job_id) for _, job_id in chunk])
+            for body in bodies:
+                if body is None:
+                    continue
+                job = decode_job(body)  # re-checked: it may have moved on since
+                if job.status != status or (type_ is not None and job.type != type_):
+                    continue
+                if len(out) == limit:
+                    return JobPage(out, JobCursor.of(out[-1]))
+                out.append(job)
+        return JobPage(out, None)
 
     async def queue_counts(self) -> dict[str, dict[str, int]]:
         with self._errors:

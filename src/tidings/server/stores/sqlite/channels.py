@@ -118,22 +118,24 @@ class SQLiteChannels(ChannelStore):
     def _info_rows(
         self, conn: sqlite3.Connection, where: str, args: tuple[Any, ...]
     ) -> list[ChannelInfo]:
+        # A channel's retained sequence numbers are contiguous up to its last_seq (messages
+        # leave from the front only: by count in ChannelLog.flush, by age in `sweep`), so
+        # its oldest one gives the count without reading the others.
         rows = conn.execute(
             "SELECT c.name, c.last_seq, c.created, c.max_messages, c.max_age,"
-            " (SELECT min(seq) FROM messages m WHERE m.channel = c.name),"
-            " (SELECT count(*) FROM messages m WHERE m.channel = c.name)"
+            " (SELECT min(seq) FROM messages m WHERE m.channel = c.name)"
             f" FROM channels c {where}",
             args,
         ).fetchall()
         out = []
-        for name, last, created, max_messages, max_age, low, count in rows:
+        for name, last, created, max_messages, max_age, low in rows:
             custom = max_messages is not None
             out.append(
                 ChannelInfo(
                     name=name,
                     first_id=str(low) if low is not None else None,
                     last_id=str(last) if last else None,
-                    messages=count,
+                    messages=0 if low is None else last - low + 1,
                     created=created,
                     retention=Retention(max_messages, max_age)
                     if custom
@@ -147,13 +149,17 @@ class SQLiteChannels(ChannelStore):
         rows = await self._core.read(lambda c: self._info_rows(c, "WHERE c.name = ?", (channel,)))
         return rows[0] if rows else None
 
-    async def list_channels(self, prefix: str = "", limit: int = 1000) -> list[ChannelInfo]:
-        # Range scan on the primary key: names >= prefix and < prefix + U+10FFFF.
+    async def list_channels(
+        self, prefix: str = "", limit: int = 1000, after: str = ""
+    ) -> list[ChannelInfo]:
+        # One range of the primary key: from the later of `prefix` and `after` (one lower
+        # bound, so the search starts there) to below prefix + U+10FFFF.
+        low = "c.name > ?" if after >= prefix else "c.name >= ?"
         return await self._core.read(
             lambda c: self._info_rows(
                 c,
-                "WHERE c.name >= ? AND c.name < ? ORDER BY c.name LIMIT ?",
-                (prefix, prefix + "\U0010ffff", limit),
+                f"WHERE {low} AND c.name < ? ORDER BY c.name LIMIT ?",
+                (max(after, prefix), prefix + "\U0010ffff", max(0, limit)),
             )
         )
 
@@ -185,9 +191,14 @@ class SQLiteChannels(ChannelStore):
             ).fetchall()
             for name, max_age, oldest in rows:
                 if oldest is not None and oldest < now - max_age:
+                    # From the front up to the first message young enough (as Redis's
+                    # sweep does): the retained ids stay contiguous even when the clock
+                    # stepped back between two publishes.
                     conn.execute(
-                        "DELETE FROM messages WHERE channel = ? AND time < ?",
-                        (name, now - max_age),
+                        "DELETE FROM messages WHERE channel = ? AND seq < coalesce("
+                        "(SELECT seq FROM messages WHERE channel = ? AND time >= ?"
+                        " ORDER BY seq LIMIT 1), 9223372036854775807)",
+                        (name, name, now - max_age),
                     )
                     trimmed.append(name)
             conn.execute("DELETE FROM idempotency WHERE expires <= ?", (now,))

@@ -74,7 +74,14 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (priority DESC, run_at, id)
     WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS jobs_running ON jobs (lease_expires_at) WHERE status = 'running';
+-- The listing, newest first, after a (created_at, id) cursor: one index range per filter
+-- (none, status, type, both); the last also answers the counts per type and status
+-- without reading a row. An update names `status` only when it changes and never names
+-- `type` (which no transition changes), so a heartbeat leaves these alone.
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_type_created ON jobs (type, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_type_status_created ON jobs (type, status, created_at, id);
 CREATE INDEX IF NOT EXISTS jobs_done ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idem ON jobs (idempotency_key)
     WHERE idempotency_key IS NOT NULL;

@@ -11,6 +11,8 @@ from tidings.protocol.errors import NotFound, TidingsError
 from tidings.protocol.jobs import Job, job_channel
 from tidings.server.stores.base import (
     JobChange,
+    JobCursor,
+    JobPage,
     JobStep,
     JobStore,
     Transition,
@@ -36,37 +38,54 @@ class SQLiteJobs(JobStore):
         self._served = ServedMarks()
 
     def _save_job(
-        self, conn: sqlite3.Connection, job: Job, event: str | None, now: float, insert: bool
+        self, conn: sqlite3.Connection, job: Job, event: str | None, now: float, old: Job | None
     ) -> JobChange:
-        """Writer thread: store a job and append its event to the job's channel."""
-        # The columns a transition may change, in the order both statements name them.
-        changing = (
-            job.type,
-            job.status,
-            job.priority,
-            job.run_at,
-            job.lease_expires_at,
-            job.finished_at,
-            encode_msgpack(job),
-        )
-        if insert:
+        """Writer thread: store a job (`old`: as it was; None for a new one) and append its
+        event to the job's channel."""
+        if old is None:
             conn.execute(
-                "INSERT INTO jobs (type, status, priority, run_at, lease_expires_at,"
-                " finished_at, body, id, created_at, idempotency_key)"
+                "INSERT INTO jobs (status, priority, run_at, lease_expires_at, finished_at,"
+                " body, id, type, created_at, idempotency_key)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*changing, job.id, job.created_at, job.idempotency_key),
+                (
+                    job.status,
+                    job.priority,
+                    job.run_at,
+                    job.lease_expires_at,
+                    job.finished_at,
+                    encode_msgpack(job),
+                    job.id,
+                    job.type,
+                    job.created_at,
+                    job.idempotency_key,
+                ),
             )
             # A new job's channel is new too (job.* is written by the job system only, and
             # a job's channel is removed with it): no lookup.
             self._log.new_channel(job_channel(job.id), now)
         else:
-            # A job's creation time and idempotency key never change: an UPDATE of the
-            # other columns leaves their indexes alone.
-            conn.execute(
-                "UPDATE jobs SET type = ?, status = ?, priority = ?, run_at = ?,"
-                " lease_expires_at = ?, finished_at = ?, body = ? WHERE id = ?",
-                (*changing, job.id),
+            # SQLite rewrites the entries of every index holding a column the UPDATE names,
+            # changed or not: `status` is named only when it changes, and the columns no
+            # transition changes (type, created_at, idempotency_key) never are.
+            changing = (
+                job.priority,
+                job.run_at,
+                job.lease_expires_at,
+                job.finished_at,
+                encode_msgpack(job),
             )
+            if job.status != old.status:
+                conn.execute(
+                    "UPDATE jobs SET priority = ?, run_at = ?, lease_expires_at = ?,"
+                    " finished_at = ?, body = ?, status = ? WHERE id = ?",
+                    (*changing, job.status, job.id),
+                )
+            else:
+                conn.execute(
+                    "UPDATE jobs SET priority = ?, run_at = ?, lease_expires_at = ?,"
+                    " finished_at = ?, body = ? WHERE id = ?",
+                    (*changing, job.id),
+                )
         published = None
         if event is not None:
             data = job_event_data(job)
@@ -80,8 +99,9 @@ class SQLiteJobs(JobStore):
     ) -> list[JobChange]:
         out = []
         for (body,) in rows:
-            new, event = fn(decode_job(body), now)
-            out.append(self._save_job(conn, new, event, now, insert=False))
+            job = decode_job(body)
+            new, event = fn(job, now)
+            out.append(self._save_job(conn, new, event, now, job))
         return out
 
     async def submit_job(self, job: Job, event: str) -> tuple[JobChange, bool]:
@@ -92,7 +112,7 @@ class SQLiteJobs(JobStore):
                 ).fetchone()
                 if row is not None:
                     return JobChange(decode_job(row[0]), None), False
-            return self._save_job(conn, job, event, job.created_at, insert=True), True
+            return self._save_job(conn, job, event, job.created_at, None), True
 
         return await self._core.write(op)
 
@@ -103,22 +123,36 @@ class SQLiteJobs(JobStore):
             row = point.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else decode_job(row[0])
 
-    async def list_jobs(self, status: str | None, type_: str | None, limit: int) -> list[Job]:
-        where, args = [], []
+    async def list_jobs(
+        self,
+        status: str | None,
+        type_: str | None,
+        limit: int,
+        before: JobCursor | None = None,
+    ) -> JobPage:
+        # Each filter has its index ending in (created_at, id) (see core.SCHEMA): the page
+        # is one range of it, read backwards from the cursor. One row past the page says
+        # whether another page follows.
+        where: list[str] = []
+        args: list[Any] = []
         if status is not None:
             where.append("status = ?")
             args.append(status)
         if type_ is not None:
             where.append("type = ?")
             args.append(type_)
+        if before is not None:
+            where.append("(created_at, id) < (?, ?)")
+            args.extend(before.key())
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._core.read(
             lambda c: c.execute(
                 f"SELECT body FROM jobs {clause} ORDER BY created_at DESC, id DESC LIMIT ?",
-                (*args, limit),
+                (*args, max(0, limit) + 1),
             ).fetchall()
         )
-        return [decode_job(r[0]) for r in rows]
+        jobs = [decode_job(r[0]) for r in rows[:limit]]
+        return JobPage(jobs, JobCursor.of(jobs[-1]) if jobs and len(rows) > limit else None)
 
     async def queue_counts(self) -> dict[str, dict[str, int]]:
         rows = await self._core.read(
@@ -159,7 +193,7 @@ class SQLiteJobs(JobStore):
                     jobs[found.id] = found
             # A refusal is computed before anything is written, so it changes nothing.
             return [
-                r if isinstance(r, TidingsError) else self._save_job(conn, r[1], r[2], now, False)
+                r if isinstance(r, TidingsError) else self._save_job(conn, r[1], r[2], now, r[0])
                 for r in apply_steps(steps, jobs, now)
             ]
 
