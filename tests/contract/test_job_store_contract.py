@@ -22,9 +22,9 @@ from tidings.protocol.jobs import Job, JobOutcome, job_channel
 from tidings.server import transitions
 from tidings.server.constants import SERVED_MARK_INTERVAL, SERVED_WINDOW
 from tidings.server.hub import Hub
-from tidings.server.jobs import SERVED_MEMORY, JobService
+from tidings.server.jobs import SERVED_MEMORY, JobService, new_job_id
 from tidings.server.stores import open_store
-from tidings.server.stores.base import JobChange, Retention, Store
+from tidings.server.stores.base import JobChange, JobCursor, Retention, Store
 from tidings.server.stores.common import SERVED_MARKS
 from tidings.server.stores.sqlite import SQLiteStore
 
@@ -1065,3 +1065,126 @@ def test_sqlite_reopen_keeps_jobs_and_their_events(tmp_path):
 
     done, waiting, ids = asyncio.run(first_life())
     asyncio.run(second_life(done, waiting, ids))
+
+
+# -- paging -------------------------------------------------------------------------------
+
+STATUSES = [None, "queued", "running", "succeeded", "failed", "cancelled"]
+
+
+async def every_page(
+    store: Store, status: str | None, type_: str | None, limit: int
+) -> tuple[list[str], int]:
+    """The ids of every page of a listing, following `next` to the end; and how many pages
+    were short (fewer than `limit`) while another followed."""
+    seen: list[str] = []
+    short = 0
+    cursor: JobCursor | None = None
+    for _ in range(1000):
+        page = await store.jobs.list_jobs(status, type_, limit, cursor)
+        assert len(page.jobs) <= limit
+        seen += [j.id for j in page.jobs]
+        if page.next is None:
+            return seen, short
+        short += len(page.jobs) < limit
+        # Each cursor is older than the one before: a listing never goes round in circles.
+        assert cursor is None or page.next.key() < cursor.key()
+        cursor = JobCursor.from_text(page.next.to_text())  # as a client sends it back
+    raise AssertionError("the listing did not end")
+
+
+async def mixed_jobs(store: Store, svc: JobService) -> list[Job]:
+    """Jobs of types a, b and c in every state, several created at the very same time."""
+    for i in range(18):
+        await svc.submit("abc"[i % 3], i, max_attempts=1)
+    # Six more at the creation time of an existing job: they sort by id among themselves.
+    (twin,) = [j for j in (await svc.list_jobs(None, None, 18)).jobs if j.payload == 9]
+    for i in range(6):
+        copy = replace(twin, id=new_job_id(), payload=100 + i, type="ab"[i % 2])
+        _, created = await store.jobs.submit_job(copy, "queued")
+        assert created
+    for leased in await svc.lease(["a"], 5, 0, 30.0):
+        await svc.complete(leased.id, leased.lease_token, None)
+    for leased in await svc.lease(["b"], 3, 0, 30.0):
+        await svc.fail(leased.id, leased.lease_token, "boom", retry=False)
+    await svc.lease(["c"], 2, 0, 30.0)
+    queued = (await svc.list_jobs("queued", None, 100)).jobs
+    for job in queued[:4]:
+        await svc.cancel(job.id)
+    return (await svc.list_jobs(None, None, 100)).jobs
+
+
+def test_job_pages_list_every_match_once_newest_first(make_store):
+    """Following `next` lists every job matching each filter (none, status, type, both)
+    exactly once, newest first by (created_at, id), jobs created at the same time
+    included; the same with a store's scan bound lowered so pages end short."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        jobs = await mixed_jobs(store, svc)
+        assert len(jobs) == 24
+        assert {j.status for j in jobs} == set(STATUSES[1:])
+        newest_first = sorted(jobs, key=lambda j: (j.created_at, j.id), reverse=True)
+        assert [j.id for j in jobs] == [j.id for j in newest_first]
+        bounded = hasattr(store.jobs, "list_scan")
+        short_pages = 0
+        for scan in [None, 3] if bounded else [None]:
+            if scan is not None:
+                store.jobs.list_scan = scan  # type: ignore[attr-defined]
+            for status in STATUSES:
+                for type_ in [None, "a", "b", "none"]:
+                    expected = [
+                        j.id
+                        for j in newest_first
+                        if status in (None, j.status) and type_ in (None, j.type)
+                    ]
+                    for limit in (1, 4, 100):
+                        seen, short = await every_page(store, status, type_, limit)
+                        assert seen == expected, (status, type_, limit, scan)
+                        short_pages += short
+        # A bounded scan did end pages short (and the listing went on after them).
+        assert short_pages > 0 if bounded else short_pages == 0
+
+    run(make_store, body)
+
+
+def test_a_full_last_page_says_it_is_the_last(make_store):
+    """A page holding exactly the last `limit` jobs answers no `next`."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        for _ in range(4):
+            await svc.submit("t")
+        first = await store.jobs.list_jobs(None, None, 2)
+        assert first.next is not None
+        last = await store.jobs.list_jobs(None, None, 2, first.next)
+        assert len(last.jobs) == 2
+        assert last.next is None
+        assert (await store.jobs.list_jobs("queued", "t", 4)).next is None
+
+    run(make_store, body)
+
+
+def test_a_cursor_whose_job_was_swept_still_pages_on(make_store):
+    """The cursor is a position (created_at, id), not a job: after its job is removed,
+    the next page starts at the jobs older than it."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        ids = [(await svc.submit("t"))[0].id for _ in range(6)]
+        await svc.cancel(ids[3])
+        await svc.cancel(ids[2])
+        page = await store.jobs.list_jobs(None, None, 3)
+        assert [j.id for j in page.jobs] == ids[:2:-1]
+        assert page.next is not None
+        swept = await store.jobs.sweep_jobs(time.time() + 1)
+        assert sorted(swept) == sorted(ids[2:4])
+        for status in (None, "queued"):
+            rest = await store.jobs.list_jobs(status, None, 3, page.next)
+            assert [j.id for j in rest.jobs] == [ids[1], ids[0]]
+            assert rest.next is None
+        # Nor need a cursor name any job that ever existed.
+        between = JobCursor(page.jobs[-1].created_at, "0")
+        assert [j.id for j in (await store.jobs.list_jobs(None, "t", 5, between)).jobs] == [
+            ids[1],
+            ids[0],
+        ]
+
+    run(make_store, body)

@@ -184,6 +184,64 @@ def test_info_and_listing(make_store):
     run(make_store, body)
 
 
+def test_listing_pages_by_name_after_the_last_name_of_the_page_before(make_store):
+    """`after` continues a listing: with a prefix, every channel comes once, in name order,
+    whatever the page size; names outside the prefix never come."""
+
+    async def body(store: Store) -> None:
+        inside = [f"p.{i:03d}" for i in range(23)] + ["p.", "p.~", "p.a:b", "p.a-b"]
+        outside = ["p", "o.zz", "p-", "p/", "q", "p0"]
+        await asyncio.gather(*(store.channels.publish(n, n) for n in inside + outside))
+        for limit in (1, 4, 27, 100):
+            seen: list[str] = []
+            after = ""
+            while True:
+                page = await store.channels.list_channels("p.", limit, after)
+                assert len(page) <= limit
+                seen += [i.name for i in page]
+                if len(page) < limit:
+                    break
+                after = page[-1].name
+            assert seen == sorted(inside), limit
+        everything = sorted(inside + outside)
+        assert [i.name for i in await store.channels.list_channels("", 100)] == everything
+        # `after` is any name, listed or not, inside the prefix or before it.
+        names = [i.name for i in await store.channels.list_channels("p.", 3, "p.0105")]
+        assert names == ["p.011", "p.012", "p.013"]
+        names = [i.name for i in await store.channels.list_channels("p.", 2, "o")]
+        assert names == ["p.", "p.000"]
+        assert await store.channels.list_channels("p.", 5, "p.~") == []
+        assert await store.channels.list_channels("p.", 5, "q") == []
+        names = [i.name for i in await store.channels.list_channels("", 3, "p.~")]
+        assert names == ["p/", "p0", "q"]
+        page = await store.channels.list_channels("p.0", 1, "p.021")
+        assert [(i.name, i.messages, i.last_id) for i in page] == [("p.022", 1, "1")]
+
+    run(make_store, body)
+
+
+def test_info_counts_exactly_the_retained_messages(make_store):
+    """What info and the listing say a channel holds agrees with what a read returns,
+    after retention by count and by age took some."""
+
+    async def body(store: Store) -> None:
+        first = (await store.channels.publish("by-age", 1)).message
+        await asyncio.sleep(0.02)
+        second = (await store.channels.publish("by-age", 2)).message
+        assert second.time > first.time
+        for i in range(5):
+            await store.channels.publish("by-count", i)
+        await store.channels.sweep((first.time + second.time) / 2 + 60)
+        for name, first_id, count in [("by-count", "3", 3), ("by-age", "2", 1)]:
+            info = await store.channels.info(name)
+            assert info is not None
+            assert (info.first_id, info.messages) == (first_id, count)
+            assert len((await store.channels.read(name, "0", 10)).messages) == count
+            assert await store.channels.list_channels(name, 1) == [info]
+
+    run(make_store, body, Retention(max_messages=3, max_age=60))
+
+
 def test_concurrent_publishes_get_distinct_contiguous_ids(make_store):
     async def body(store: Store) -> None:
         acks = await asyncio.gather(*(store.channels.publish("c", i) for i in range(200)))
