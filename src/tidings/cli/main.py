@@ -13,6 +13,8 @@ from tidings.cli.doctor import doctor
 from tidings.cli.jobs import jobs_app
 from tidings.cli.messages import publish, subscribe
 from tidings.cli.processes import serve, worker
+from tidings.cli.workers import EPILOG as WORKERS_EPILOG
+from tidings.cli.workers import workers
 
 __all__ = ["main"]
 
@@ -52,6 +54,7 @@ app.add_typer(jobs_app)
 app.add_typer(channels_app)
 app.add_typer(users_app)
 app.add_typer(tokens_app)
+app.command(epilog=WORKERS_EPILOG)(workers)
 app.command(epilog=DOCTOR_EPILOG)(doctor)
 
 

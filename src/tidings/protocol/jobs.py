@@ -5,10 +5,15 @@ public form every job answer and job event carries) and `LeasedJobWire` (what a 
 receives for a leased job). The server encodes them, the SDK decodes them and the OpenAPI
 document describes them, as it does the answers built around them (`JobListWire`,
 `LeaseAnswerWire`, `ReportAnswerWire`, `HeartbeatAnswerWire`).
+
+A worker says who it is in its lease requests (`WorkerIdentity`); the worker list
+(`GET /v1/workers`) answers `WorkerListWire`: each worker (`WorkerWire`) with the jobs it
+is running (`RunningJobWire`).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, get_args
 
 import msgspec
@@ -38,6 +43,16 @@ JOB_CHANNEL_PREFIX = "job."
 MAX_TRACEBACK_BYTES = 16 * 1024
 # The failures a job keeps in `errors`: the last attempts', oldest first.
 KEPT_ERRORS = 5
+
+# A worker's identity (`WorkerIdentity`): its id is 1-64 of these characters, its name at
+# most MAX_WORKER_NAME printable characters (none of the control characters and line
+# separators of WORKER_NAME_UNPRINTABLE, a regex character class body), its concurrency 1
+# to MAX_WORKER_CONCURRENCY.
+WORKER_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+WORKER_NAME_UNPRINTABLE = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+_UNPRINTABLE_RE = re.compile(f"[{WORKER_NAME_UNPRINTABLE}]")
+MAX_WORKER_NAME = 128
+MAX_WORKER_CONCURRENCY = 10_000
 
 
 def without_traceback(error: Any) -> Any:
@@ -88,7 +103,8 @@ class JobWire(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     events (the messages of the job's channel) carry it without `payload`, `errors` and
     the traceback; listings and answers to workers without `errors` and the traceback.
     `served` is in the answer of `POST /v1/jobs` only: whether a worker asked for jobs of
-    this type lately.
+    this type lately. `worker` is the id of the worker holding the job, or that last held
+    it (null: none did, or it did not say who it is).
     """
 
     id: str
@@ -106,6 +122,7 @@ class JobWire(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     timeout: float | None
     cancel_requested: bool
     submitted_by: str | None
+    worker: str | None = None
     created_at: Time
     updated_at: Time
     run_at: Time
@@ -163,6 +180,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     lease_expires_at: float | None = None
     lease_seconds: float | None = None
     submitted_by: str | None = None  # the principal that submitted it (None: anonymous)
+    # The id of the worker that leased it last (None: none, or one that did not say).
+    worker: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -196,6 +215,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             timeout=self.timeout,
             cancel_requested=self.cancel_requested,
             submitted_by=self.submitted_by,
+            worker=self.worker,
             created_at=format_time(self.created_at),
             updated_at=format_time(self.updated_at),
             run_at=format_time(self.run_at),
@@ -217,6 +237,18 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
         traceback is not copied into every later event of the job."""
         return self.to_wire(with_payload=False, with_errors=False, with_traceback=False)
 
+    def running_wire(self) -> RunningJobWire:
+        """A running job as the worker list shows it."""
+        return RunningJobWire(
+            self.id,
+            self.type,
+            self.attempt,
+            _opt_time(self.started_at),
+            _opt_time(self.lease_expires_at),
+            self.progress,
+            self.message,
+        )
+
     def lease_to_wire(self) -> LeasedJobWire:
         """What a worker receives for a leased job."""
         return LeasedJobWire(
@@ -229,6 +261,66 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             self.lease_token or "",
             _opt_time(self.lease_expires_at),
         )
+
+
+class WorkerIdentity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Who a worker is, as its lease requests say (`worker`): `id` its own, random per
+    run (1-64 of A-Z a-z 0-9 . _ : -); `name` for people (`host:pid` by default, at most
+    128 printable characters); `concurrency` the jobs it runs at once (1 to 10,000; null:
+    not said)."""
+
+    id: str
+    name: str = ""
+    concurrency: int | None = None
+
+    def problem(self) -> str | None:
+        """What is wrong with this identity, said as what to fix; None when it is valid."""
+        if WORKER_ID_RE.fullmatch(self.id) is None:
+            return f'"id" must be 1-64 characters of A-Z a-z 0-9 . _ : -, got {self.id[:80]!r}'
+        if len(self.name) > MAX_WORKER_NAME or _UNPRINTABLE_RE.search(self.name):
+            return (
+                f'"name" must be at most {MAX_WORKER_NAME} printable characters (no control '
+                f"characters or line breaks), got {self.name[:80]!r}"
+            )
+        c = self.concurrency
+        if c is not None and not 1 <= c <= MAX_WORKER_CONCURRENCY:
+            return f'"concurrency" must be 1 to {MAX_WORKER_CONCURRENCY}, or null; got {c}'
+        return None
+
+
+class RunningJobWire(msgspec.Struct, frozen=True, gc=False):
+    """A running job as the worker list shows it."""
+
+    id: str
+    type: str
+    attempt: int
+    started_at: Time | None
+    lease_expires_at: Time | None
+    progress: float | None
+    message: str | None
+
+
+class WorkerWire(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A worker of the worker list: who it says it is (`types` null: every type), the
+    principal it authenticates as (`user` null: anonymous), when it was first and last seen
+    (a lease request or a heartbeat), and the jobs it is running."""
+
+    id: str
+    name: str
+    user: str | None
+    types: list[str] | None
+    concurrency: int | None
+    first_seen: Time
+    last_seen: Time
+    running: list[RunningJobWire]
+
+
+class WorkerListWire(msgspec.Struct, frozen=True, gc=False):
+    """The answer of `GET /v1/workers`: the workers seen lately, most recently seen first,
+    and `unidentified`: the running jobs of no listed worker."""
+
+    workers: list[WorkerWire]
+    unidentified: list[RunningJobWire]
 
 
 class JobListWire(msgspec.Struct, frozen=True, gc=False):

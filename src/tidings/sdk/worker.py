@@ -35,6 +35,10 @@ serve`). The runtime is one lease loop and one task per running job:
   request, and what finishes meanwhile in the next. Transport failures are retried with
   backoff until the job's lease ends; a drain waits for every outcome to be sent.
 
+Every lease request says who the worker is (`WorkerIdentity`: an id random per run, a
+name — `host:pid` unless `Worker(name=...)` — and its concurrency), so the server lists it
+(`GET /v1/workers`, `tidings workers`) with its types and running jobs.
+
 A handler's exception fails the attempt with `{"type", "message", "traceback"}` (the
 formatted traceback, its last 16 KiB); the worker logs it with its traceback, as a
 WARNING while attempts remain and an ERROR on the last one.
@@ -59,6 +63,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -72,6 +77,8 @@ import msgspec
 from tidings.protocol.codecs import encode_json, parse_optional_time, parse_time
 from tidings.protocol.errors import Conflict, ErrorCode, NotFound, StoreError, TidingsError
 from tidings.protocol.jobs import (
+    MAX_WORKER_CONCURRENCY,
+    MAX_WORKER_NAME,
     HeartbeatAnswerWire,
     Job,
     JobOutcome,
@@ -79,6 +86,7 @@ from tidings.protocol.jobs import (
     LeasedJobWire,
     OutcomeWire,
     ReportAnswerWire,
+    WorkerIdentity,
     bound_traceback,
 )
 from tidings.sdk.common import (
@@ -103,6 +111,7 @@ __all__ = [
     "LocalBackend",
     "Worker",
     "WorkerBackend",
+    "WorkerIdentity",
     "WorkerRefused",
 ]
 
@@ -273,7 +282,12 @@ class JobServiceLike(Protocol):
     """The part of the server's `tidings.server.jobs.JobService` that `LocalBackend` uses."""
 
     async def lease(
-        self, types: list[str] | None, max_jobs: int, wait: float, lease: float
+        self,
+        types: list[str] | None,
+        max_jobs: int,
+        wait: float,
+        lease: float,
+        worker: WorkerIdentity | None = None,
     ) -> list[Job]: ...
 
     async def heartbeat(
@@ -293,15 +307,19 @@ class JobServiceLike(Protocol):
 
 
 class LocalBackend:
-    """The worker protocol as direct calls on the server's job service (in-process)."""
+    """The worker protocol as direct calls on the server's job service (in-process).
 
-    def __init__(self, service: JobServiceLike) -> None:
+    `worker` is who the worker says it is at each lease (None: it does not say).
+    """
+
+    def __init__(self, service: JobServiceLike, *, worker: WorkerIdentity | None = None) -> None:
         self.service = service
+        self.worker = worker
 
     async def lease(
         self, types: list[str] | None, max_jobs: int, wait: float, lease: float
     ) -> list[LeasedJob]:
-        jobs = await self.service.lease(types, max_jobs, wait, lease)
+        jobs = await self.service.lease(types, max_jobs, wait, lease, worker=self.worker)
         return [
             LeasedJob(
                 id=job.id,
@@ -369,16 +387,26 @@ class HttpBackend:
     error answers and `TidingsConnectionError` when the server cannot be reached.
     """
 
-    def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        worker: WorkerIdentity | None = None,
+    ) -> None:
         """
         Args:
             url: Base URL of the server, e.g. `http://127.0.0.1:8000`.
             token: API token sent as `Authorization: Bearer <token>`; None sends none.
             timeout: Seconds for connecting and for each read (long polls add their wait).
+            worker: Who this worker is, sent with every lease request (the server lists
+                it at `GET /v1/workers`); None says nothing.
         """
         check_url(url)
         self.url = url
         self.timeout = timeout
+        self.worker = worker
         # One connection per running job plus the lease loop's: no waiting on the pool.
         self._http = httpx.AsyncClient(
             base_url=url,
@@ -420,6 +448,8 @@ class HttpBackend:
         body: dict[str, Any] = {"max": max_jobs, "wait": wait, "lease": lease}
         if types is not None:
             body["types"] = types
+        if self.worker is not None:
+            body["worker"] = self.worker
         answer = await self._lease_post(body, max(self.timeout, wait + LEASE_WAIT_MARGIN), types)
         return _leased_jobs(answer)
 
@@ -504,6 +534,8 @@ class HttpBackend:
         body: dict[str, Any] = {"max": max_jobs, "wait": 0, "lease": lease}
         if types is not None:
             body["types"] = types
+        if self.worker is not None:
+            body["worker"] = self.worker
         body["results"] = _json_array(parts)
         answer = await self._lease_post(body, self.timeout, types)
         results = answer.results
@@ -765,6 +797,7 @@ class Worker:
         *,
         drain_timeout: float = 30.0,
         lease_wait: float = LEASE_WAIT,
+        name: str | None = None,
     ) -> None:
         """
         Args:
@@ -778,6 +811,8 @@ class Worker:
                 before they are abandoned (failed with `retry`, so they run again).
             lease_wait: Seconds each lease request may be held by the server when no job
                 is ready (a long poll).
+            name: What the server's worker list (`tidings workers`) calls this worker: at
+                most 128 printable characters. None: `host:pid` of the process it runs in.
         """
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -788,6 +823,11 @@ class Worker:
         self.types = None if types is None else list(types)
         self.drain_timeout = drain_timeout
         self.lease_wait = lease_wait
+        if name is not None:
+            problem = WorkerIdentity(id="-", name=name).problem()
+            if problem is not None:
+                raise ValueError(f"name: {problem}")
+        self.name = name
         self.handlers: dict[str, SyncHandler | AsyncHandler] = {}
 
     def handler(self, type: str) -> Callable[[H], H]:
@@ -856,25 +896,44 @@ class Worker:
             stop: Set it to stop leasing and drain; None runs until cancelled.
             force: Set it (after `stop`) to abandon running jobs without waiting.
         """
-        backend = HttpBackend(url, token=token)
+        identity = self.identity()
+        backend = HttpBackend(url, token=token, worker=identity)
         try:
-            await self.run_backend(backend, stop or asyncio.Event(), force)
+            await self.run_backend(backend, stop or asyncio.Event(), force, identity=identity)
         finally:
             await backend.aclose()
 
     async def run_local(self, service: JobServiceLike, stop: asyncio.Event) -> None:
         """Work inside the server: lease from its job service until `stop` is set, then drain."""
-        await self.run_backend(LocalBackend(service), stop)
+        identity = self.identity()
+        await self.run_backend(LocalBackend(service, worker=identity), stop, identity=identity)
 
     async def run_backend(
-        self, backend: WorkerBackend, stop: asyncio.Event, force: asyncio.Event | None = None
+        self,
+        backend: WorkerBackend,
+        stop: asyncio.Event,
+        force: asyncio.Event | None = None,
+        *,
+        identity: WorkerIdentity | None = None,
     ) -> None:
-        """The runtime itself, on any backend: lease, run, drain once `stop` is set."""
-        runner = _Runner(self, backend, stop, force or asyncio.Event())
+        """The runtime itself, on any backend: lease, run, drain once `stop` is set.
+        `identity` is who the backend tells the server this worker is (for the log)."""
+        runner = _Runner(self, backend, stop, force or asyncio.Event(), identity)
         try:
             await runner.run()
         finally:
             runner.threads.shutdown()
+
+    def identity(self) -> WorkerIdentity:
+        """Who this worker says it is for one run: a new random id each call, its `name`
+        (`host:pid` by default) and its concurrency (left unsaid past the 10,000 the
+        server accepts)."""
+        name = self.name
+        if name is None:
+            pid = f":{os.getpid()}"
+            name = socket.gethostname()[: MAX_WORKER_NAME - len(pid)] + pid
+        concurrency = self.concurrency if self.concurrency <= MAX_WORKER_CONCURRENCY else None
+        return WorkerIdentity(id=os.urandom(8).hex(), name=name, concurrency=concurrency)
 
     def _leased_types(self) -> list[str] | None:
         if self.types is not None:
@@ -886,9 +945,15 @@ class _Runner:
     """One run of a `Worker` on one backend: the lease loop and the running jobs."""
 
     def __init__(
-        self, worker: Worker, backend: WorkerBackend, stop: asyncio.Event, force: asyncio.Event
+        self,
+        worker: Worker,
+        backend: WorkerBackend,
+        stop: asyncio.Event,
+        force: asyncio.Event,
+        identity: WorkerIdentity | None = None,
     ) -> None:
         self.worker = worker
+        self.identity = identity
         self.backend = backend
         self.stop = stop
         self.force = force
@@ -901,11 +966,13 @@ class _Runner:
 
     async def run(self) -> None:
         types = self.worker._leased_types()
+        identity = self.identity
         log.info(
-            "worker started: types %s, concurrency %d, lease %gs",
+            "worker started: types %s, concurrency %d, lease %gs%s",
             ", ".join(types) if types else "(any)",
             self.worker.concurrency,
             self.worker.lease,
+            "" if identity is None else f"; listed as {identity.name}, id {identity.id}",
         )
         try:
             await self._lease_loop(types)

@@ -25,6 +25,7 @@ from tidings.server.http import auth as auth_routes
 from tidings.server.http import channels as channel_routes
 from tidings.server.http import jobs as job_routes
 from tidings.server.http import rpc as rpc_routes
+from tidings.server.http import workers as worker_routes
 from tidings.server.http.errors import exception_handlers
 from tidings.server.http.router import Router
 from tidings.server.hub import Hub
@@ -74,6 +75,7 @@ class TidingsApp:
         self.auth = AuthService(self.store.auth, settings)
         self.relay = self._relay() if self.store.shared else None
         self.metrics = Metrics(self.hub, self.store, self.auth)
+        self.metrics.watch_jobs(self.jobs.counters)
         self.lifecycle = Lifecycle(
             settings,
             self.store,
@@ -88,6 +90,7 @@ class TidingsApp:
         routes = [
             *channel_routes.routes,
             *job_routes.routes,
+            *worker_routes.routes,
             *rpc_routes.routes,
             *auth_routes.routes,
             *admin_routes.routes,

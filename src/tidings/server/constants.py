@@ -67,6 +67,14 @@ JOB_SWEEP_INTERVAL = 60.0
 # most once per SERVED_MARK_INTERVAL seconds.
 SERVED_WINDOW = 60.0
 SERVED_MARK_INTERVAL = 5.0
+# The worker list (GET /v1/workers): a worker is listed while it asked to lease, or
+# heartbeat a job it holds, within the last WORKER_WINDOW seconds — longer than the SDK's
+# parked lease request (20 s), so a worker waiting for work stays listed. Each node writes
+# a worker's record to the store at most once per WORKER_MARK_INTERVAL seconds (the lease
+# path is hot); a store keeps at most MAX_WORKERS records, the least recently seen go first.
+WORKER_WINDOW = 60.0
+WORKER_MARK_INTERVAL = 5.0
+MAX_WORKERS = 10_000
 
 # Cyclic GC thresholds for `tidings serve` (CPython's default is 700, 10, 10): with
 # thousands of connections alive, each collection sweeps all of their objects; cycles are

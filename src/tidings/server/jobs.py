@@ -5,6 +5,12 @@ It checks each request, picks the pure transition that carries it out
 atomically together with the message it publishes on the job's channel `job.{id}` (so
 every transport that serves channels serves jobs too), then hands that message to the hub
 and wakes the lease requests parked for a queued job.
+
+It also keeps the worker list: each lease request that says who its worker is, and each
+heartbeat of a job such a worker holds, records the worker in the store (`store.workers`)
+— at most once per worker every WORKER_MARK_INTERVAL seconds from this node, since the
+lease path is hot — and counts the jobs submitted and finished here (`JobCounters`, for
+/metrics).
 """
 
 from __future__ import annotations
@@ -12,22 +18,55 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from msgspec.structs import replace
+
 from tidings.protocol.codecs import encode_json
 from tidings.protocol.errors import BadRequest, InvalidBody, NotFound, TidingsError
-from tidings.protocol.jobs import Job, JobOutcome, bound_traceback, job_channel
+from tidings.protocol.jobs import (
+    TERMINAL_STATUSES,
+    Job,
+    JobOutcome,
+    WorkerIdentity,
+    bound_traceback,
+    job_channel,
+)
 from tidings.protocol.messages import CHANNEL_RE
 from tidings.server import transitions
-from tidings.server.constants import DEFAULT_MAX_DEPTH, SERVED_MARK_INTERVAL, SERVED_WINDOW
+from tidings.server.constants import (
+    DEFAULT_MAX_DEPTH,
+    MAX_WORKERS,
+    SERVED_MARK_INTERVAL,
+    SERVED_WINDOW,
+    WORKER_MARK_INTERVAL,
+    WORKER_WINDOW,
+)
 from tidings.server.depth import check_storable
 from tidings.server.hub import Hub
-from tidings.server.stores.base import JobChange, JobCursor, JobPage, JobStep, Store, Transition
+from tidings.server.stores.base import (
+    JobChange,
+    JobCursor,
+    JobPage,
+    JobStep,
+    Store,
+    Transition,
+    WorkerSeen,
+)
 from tidings.server.stores.common import ServedMarks
 from tidings.server.transitions import MIN_LEASE
 
-__all__ = ["ANY_TYPE", "MIN_LEASE", "JobService", "error_object", "new_job_id"]
+__all__ = [
+    "ANY_TYPE",
+    "FINISHED_STATUSES",
+    "MIN_LEASE",
+    "JobCounters",
+    "JobService",
+    "error_object",
+    "new_job_id",
+]
 
 MAX_ATTEMPTS_LIMIT = 100
 MAX_DELAY = 365 * 24 * 3600.0
@@ -52,6 +91,13 @@ _ERROR_KEYS = frozenset({"type", "message", "traceback", "attempt"})
 LEASE_RECHECK = 5.0
 # Seconds added to wake-up timers for delayed jobs (see `_work_ready`).
 TIMER_SLACK = 0.005
+# The worker list shows at most MAX_RUNNING_LISTED running jobs, read RUNNING_PAGE at a
+# time in at most RUNNING_PAGES store calls (a store may answer short pages).
+MAX_RUNNING_LISTED = 10_000
+RUNNING_PAGE = 1000
+RUNNING_PAGES = 50
+# The statuses a job ends in, in the order /metrics lists them.
+FINISHED_STATUSES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 
 
 def _cut_start(text: str, limit: int, what: str) -> str:
@@ -112,6 +158,39 @@ def error_object(error: Any) -> dict[str, Any]:
     return out
 
 
+class JobCounters:
+    """The jobs this process saw submitted (new ones, not idempotent repeats) and end, by
+    status: plain integers, read by /metrics at scrape time."""
+
+    __slots__ = ("finished", "submitted")
+
+    def __init__(self) -> None:
+        self.submitted = 0
+        self.finished: dict[str, int] = dict.fromkeys(FINISHED_STATUSES, 0)
+
+
+class _WorkersNoted:
+    """The workers this node recorded lately: the record it last wrote of each (what a
+    heartbeat of the worker's jobs refreshes) and when. At most `cap`, the least recently
+    written forgotten first."""
+
+    __slots__ = ("_noted", "cap")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._noted: OrderedDict[str, tuple[WorkerSeen, float]] = OrderedDict()
+
+    def get(self, worker_id: str) -> tuple[WorkerSeen, float] | None:
+        return self._noted.get(worker_id)
+
+    def note(self, seen: WorkerSeen, at: float) -> None:
+        noted = self._noted
+        noted[seen.id] = (seen, at)
+        noted.move_to_end(seen.id)
+        while len(noted) > self.cap:
+            noted.popitem(last=False)
+
+
 def new_job_id() -> str:
     """Time-ordered, unguessable: 12 hex digits of milliseconds, then 12 random ones."""
     return f"{int(time.time() * 1000):012x}{os.urandom(6).hex()}"
@@ -156,6 +235,8 @@ class JobService:
         # within the window answers `served` without a store read).
         self._marked = ServedMarks(SERVED_MEMORY, SERVED_WINDOW)
         self._seen = ServedMarks(SERVED_MEMORY, SERVED_WINDOW)
+        self._workers = _WorkersNoted(MAX_WORKERS)
+        self.counters = JobCounters()
 
     # -- fan-out and wake-ups ---------------------------------------------------------
 
@@ -167,6 +248,10 @@ class JobService:
         job = change.job
         if job.status == "queued":
             self._work_ready(job)
+        elif change.published is not None:
+            event = change.published.message.event
+            if event in TERMINAL_STATUSES:  # the change that ended the job
+                self.counters.finished[event] += 1
         return job
 
     def parked(self) -> bool:
@@ -228,6 +313,53 @@ class JobService:
         self._seen.mark((type_,), last)
         return True
 
+    # -- the worker list ---------------------------------------------------------------
+
+    async def note_worker(
+        self, worker: WorkerIdentity, types: list[str] | None, user: str | None
+    ) -> None:
+        """A worker asked to lease `types`: record it in the store, unless this node wrote
+        the same description of it less than WORKER_MARK_INTERVAL seconds ago."""
+        now = time.time()
+        noted = self._workers.get(worker.id)
+        if noted is not None and now - noted[1] < WORKER_MARK_INTERVAL:
+            seen = noted[0]
+            if (seen.name, seen.concurrency, seen.user, seen.types) == (
+                worker.name,
+                worker.concurrency,
+                user,
+                types,
+            ):
+                return
+        seen = WorkerSeen(worker.id, worker.name, types, worker.concurrency, user, now, now)
+        await self.store.workers.record_worker(seen)
+        self._workers.note(seen, now)
+
+    async def _refresh_worker(self, worker_id: str) -> None:
+        """A worker heartbeat a job: refresh its record, as `note_worker` would, when this
+        node knows it (it wrote its record from a lease request)."""
+        noted = self._workers.get(worker_id)
+        now = time.time()
+        if noted is None or now - noted[1] < WORKER_MARK_INTERVAL:
+            return
+        seen = replace(noted[0], first_seen=now, last_seen=now)
+        await self.store.workers.record_worker(seen)
+        self._workers.note(seen, now)
+
+    async def workers(self) -> tuple[list[WorkerSeen], list[Job]]:
+        """The workers seen within the last WORKER_WINDOW seconds (most recently seen
+        first), and the running jobs (newest first, at most MAX_RUNNING_LISTED)."""
+        seen = await self.store.workers.list_workers(time.time() - WORKER_WINDOW)
+        running: list[Job] = []
+        before: JobCursor | None = None
+        for _ in range(RUNNING_PAGES):
+            page = await self.store.jobs.list_jobs("running", None, RUNNING_PAGE, before)
+            running.extend(page.jobs)
+            if page.next is None or len(running) >= MAX_RUNNING_LISTED:
+                break
+            before = page.next
+        return seen, running[:MAX_RUNNING_LISTED]
+
     # -- submit and follow ------------------------------------------------------------
 
     async def submit(
@@ -271,6 +403,8 @@ class JobService:
             run_at=now + delay,
         )
         change, created = await self.store.jobs.submit_job(job, "queued")
+        if created:
+            self.counters.submitted += 1
         return self._announce(change), created
 
     async def get(self, job_id: str) -> Job:
@@ -315,8 +449,18 @@ class JobService:
 
     # -- workers ----------------------------------------------------------------------
 
-    def check_lease(self, types: list[str] | None, max_jobs: int, lease: float) -> None:
+    def check_lease(
+        self,
+        types: list[str] | None,
+        max_jobs: int,
+        lease: float,
+        worker: WorkerIdentity | None = None,
+    ) -> None:
         """InvalidBody unless these are valid arguments of `lease`."""
+        if worker is not None:
+            problem = worker.problem()
+            if problem is not None:
+                raise InvalidBody(f'"worker": {problem}')
         if types is not None:
             if not 1 <= len(types) <= MAX_LEASE_TYPES:
                 raise InvalidBody(
@@ -333,15 +477,23 @@ class JobService:
             raise InvalidBody(f'"lease" must be between {MIN_LEASE} and {MAX_LEASE} seconds')
 
     async def lease(
-        self, types: list[str] | None, max_jobs: int, wait: float, lease: float
+        self,
+        types: list[str] | None,
+        max_jobs: int,
+        wait: float,
+        lease: float,
+        worker: WorkerIdentity | None = None,
+        user: str | None = None,
     ) -> list[Job]:
         """Lease up to `max_jobs` ready jobs, long-polling up to `wait` seconds for one.
 
         Each look at the store (the first, and one per wake-up or LEASE_RECHECK while
-        parked) marks the types served (`mark_served`)."""
-        self.check_lease(types, max_jobs, lease)
+        parked) marks the types served (`mark_served`) and, when the request says who its
+        `worker` is (authenticated as `user`, None: anonymous), records the worker
+        (`note_worker`). The leased jobs record the worker's id."""
+        self.check_lease(types, max_jobs, lease, worker)
         wanted = None if types is None else frozenset(types)
-        take = transitions.lease(lease)
+        take = transitions.lease(lease, None if worker is None else worker.id)
         deadline = time.monotonic() + max(0.0, min(wait, self.long_poll_cap))
         while True:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -350,6 +502,8 @@ class JobService:
             if self.on_park is not None and deadline > time.monotonic():
                 self.on_park()  # before the store is read: no wake-up after it is missed
             await self.mark_served(types)
+            if worker is not None:
+                await self.note_worker(worker, types, user)
             changes = await self._take(types, max_jobs, take)
             remaining = deadline - time.monotonic()
             if changes or remaining <= 0 or self.hub.closing:
@@ -415,8 +569,11 @@ class JobService:
         # Not durable: a lost heartbeat costs, at worst, a replay of the job.
         change = await self.store.jobs.transition_job(job_id, beat, durable=False)
         job = self._announce(change)
-        # A worker whose slots are all busy asks for no lease, yet serves this type.
+        # A worker whose slots are all busy asks for no lease, yet serves this type, and
+        # is still there.
         await self.mark_served([job.type])
+        if job.worker is not None:
+            await self._refresh_worker(job.worker)
         return job.cancel_requested, job.lease_expires_at or 0.0
 
     async def complete(self, job_id: str, token: str, result: Any) -> Job:

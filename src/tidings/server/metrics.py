@@ -8,6 +8,10 @@ Job counts (`tidings_jobs{type,status}`) are the store's queue counts, read at s
 name a client submits, so the series are capped: the MAX_JOB_TYPE_SERIES types with the
 most unfinished jobs get their own, the rest are summed under `type="~other"` (`~` is in
 no job type), and `tidings_job_types` says how many types there are.
+
+Job outcomes (`tidings_jobs_submitted_total`, `tidings_jobs_finished_total{status}`) are
+this process's: counted by its job service as it applies each change (`JobCounters`), so
+a cluster's totals are the sum over its nodes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from tidings.protocol.jobs import JOB_STATUSES, TERMINAL_STATUSES
 from tidings.server.auth import AuthService
 from tidings.server.http.limits import ConnectionLimits
 from tidings.server.hub import Hub
+from tidings.server.jobs import FINISHED_STATUSES, JobCounters
 from tidings.server.stores.base import Store
 
 __all__ = ["MAX_JOB_TYPE_SERIES", "OTHER_TYPES", "Metrics", "job_series"]
@@ -67,6 +72,8 @@ class _HubCollector(Collector):
         self.connections: ConnectionLimits | None = None
         # The store's job counts for the scrape being rendered (None: not read).
         self.job_counts: JobCounts | None = None
+        # The job service's outcome counters, once the app joins them (None: none).
+        self.job_counters: JobCounters | None = None
 
     def collect(self) -> Iterable[Metric]:
         yield from self._limits()
@@ -106,6 +113,21 @@ class _HubCollector(Collector):
         yield streams
 
     def _jobs(self) -> Iterable[Metric]:
+        counters = self.job_counters
+        if counters is not None:
+            submitted = CounterMetricFamily(
+                "tidings_jobs_submitted", "Jobs submitted to this process (new ones, not repeats)"
+            )
+            submitted.add_metric([], counters.submitted)
+            yield submitted
+            finished = CounterMetricFamily(
+                "tidings_jobs_finished",
+                "Jobs this process saw end, by status (succeeded, failed, cancelled)",
+                labels=["status"],
+            )
+            for status in FINISHED_STATUSES:
+                finished.add_metric([status], counters.finished[status])
+            yield finished
         counts = self.job_counts
         if counts is None:
             return
@@ -171,6 +193,10 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self._children: dict[tuple[str, str, int], Any] = {}
+
+    def watch_jobs(self, counters: JobCounters) -> None:
+        """Report the job outcomes a job service counts."""
+        self._collector.job_counters = counters
 
     def watch_connections(self, limits: ConnectionLimits) -> None:
         """Report the connection counts of the server running the app."""

@@ -25,12 +25,16 @@ from tidings._version import __version__
 from tidings.protocol.errors import ErrorBody
 from tidings.protocol.jobs import (
     JOB_STATUSES,
+    MAX_WORKER_CONCURRENCY,
+    MAX_WORKER_NAME,
+    WORKER_NAME_UNPRINTABLE,
     HeartbeatAnswerWire,
     JobListWire,
     JobWire,
     LeaseAnswerWire,
     LeasedJobWire,
     ReportAnswerWire,
+    WorkerListWire,
 )
 from tidings.protocol.messages import MessageWire, PageWire, PublishAckWire, ResetWire
 from tidings.server import constants as C
@@ -100,6 +104,7 @@ _INT32 = 2**31
         _LEASE_ANSWER,
         _REPORT_ANSWER,
         _HEARTBEAT_ANSWER,
+        _WORKER_LIST,
     ),
     _WIRE_SCHEMAS,
 ) = msgspec.json.schema_components(
@@ -115,9 +120,74 @@ _INT32 = 2**31
         LeaseAnswerWire,
         ReportAnswerWire,
         HeartbeatAnswerWire,
+        WorkerListWire,
     ),
     ref_template="#/components/schemas/{name}",
 )
+# The `worker` of a lease request (tidings.protocol.jobs.WorkerIdentity, its rules spelled
+# out: msgspec's own schema of it has no patterns).
+_WORKER_IDENTITY: Schema = {
+    "type": ["object", "null"],
+    "description": "who this worker is, for the worker list (GET /v1/workers); absent or "
+    "null: it does not say",
+    "properties": {
+        "id": {
+            "type": "string",
+            "pattern": f"^[{_NAME_CHARS}]{{1,64}}$",
+            "description": "the worker's own id, random per run",
+        },
+        "name": {
+            "type": "string",
+            "maxLength": MAX_WORKER_NAME,
+            "pattern": f"^[^{WORKER_NAME_UNPRINTABLE}]*$",
+            "default": "",
+            "description": f"for people (`host:pid`): at most {MAX_WORKER_NAME} printable "
+            "characters",
+        },
+        "concurrency": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "maximum": MAX_WORKER_CONCURRENCY,
+            "description": "the jobs it runs at once; null: not said",
+        },
+    },
+    "required": ["id"],
+    "additionalProperties": False,
+}
+_CREDENTIAL: Schema = {
+    "type": "object",
+    "properties": {
+        "key": {"type": "string", "description": "what DELETE /v1/admin/tokens/{key} takes"},
+        "kind": {"enum": ["token", "session"]},
+        "name": {"type": "string"},
+        "created": _TIME,
+        "expires": {**_OPT_TIME, "description": "null: never"},
+    },
+    "required": ["key", "kind", "name", "created", "expires"],
+}
+_SERVER_INFO: Schema = {
+    "type": "object",
+    "properties": {
+        "version": {"type": "string"},
+        "python": {"type": "string"},
+        "pid": {"type": "integer"},
+        "started_at": _TIME,
+        "uptime": {"type": "number", "minimum": 0, "description": "seconds"},
+        "store": {
+            "type": "object",
+            "properties": {
+                "engine": {"enum": ["memory", "sqlite", "redis"]},
+                "url": {"type": "string", "description": "without its password"},
+            },
+            "required": ["engine", "url"],
+        },
+        "settings": {
+            "type": "object",
+            "description": "every setting by name; a secret that is set reads `***`",
+        },
+    },
+    "required": ["version", "python", "pid", "started_at", "uptime", "store", "settings"],
+}
 _CHANNEL_INFO: Schema = {
     "type": "object",
     "properties": {
@@ -751,6 +821,7 @@ _OPS: list[_Op] = [
                     },
                     "lease": {"type": "number", "minimum": MIN_LEASE, "maximum": MAX_LEASE},
                     "results": {**_REPORT_ITEMS, "type": ["array", "null"]},
+                    "worker": _WORKER_IDENTITY,
                 },
                 "additionalProperties": False,
             },
@@ -763,6 +834,18 @@ _OPS: list[_Op] = [
             )
         },
         (400, 413, 422),
+    ),
+    _Op(
+        "/v1/workers",
+        "get",
+        "The workers that asked for jobs or heartbeat one within the last "
+        f"{C.WORKER_WINDOW:g} s, with the jobs each is running, then the running jobs of no "
+        "listed worker (`unidentified`). An admin sees every worker; a principal with a "
+        "work grant the workers that authenticate as itself",
+        [],
+        None,
+        {"200": _ok("the workers, most recently seen first", _WORKER_LIST)},
+        (),
     ),
     _Op(
         "/v1/workers/report",
@@ -1030,6 +1113,35 @@ _OPS: list[_Op] = [
             )
         },
         (400, 404, 413, 422),
+    ),
+    _Op(
+        "/v1/admin/users/{name}/credentials",
+        "get",
+        "Admin: a user's API tokens and login sessions (their keys, never their secrets), "
+        "oldest first",
+        [_path("name", {"type": "string"}, "the user's name")],
+        None,
+        {
+            "200": _ok(
+                "the credentials",
+                {
+                    "type": "object",
+                    "properties": {"credentials": {"type": "array", "items": _CREDENTIAL}},
+                    "required": ["credentials"],
+                },
+            )
+        },
+        (404,),
+    ),
+    _Op(
+        "/v1/admin/server",
+        "get",
+        "Admin: this server process (version, Python, pid, start, store) and every setting, "
+        "secrets replaced by ***",
+        [],
+        None,
+        {"200": _ok("the server", _SERVER_INFO)},
+        (),
     ),
     _Op(
         "/v1/admin/tokens/{key}",

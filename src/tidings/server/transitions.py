@@ -82,8 +82,10 @@ def lease_end(job: Job, now: float, seconds: float) -> float:
     return end
 
 
-def lease(seconds: float) -> Transition:
-    """A queued job handed to a worker for `seconds`: a new attempt under a new token."""
+def lease(seconds: float, worker: str | None = None) -> Transition:
+    """A queued job handed to a worker for `seconds`: a new attempt under a new token. The
+    job records `worker` (the id the worker gave, None if it gave none) and keeps it after
+    it ends: who held it last."""
 
     def take(job: Job, now: float) -> tuple[Job, str | None]:
         started = replace(job, started_at=now)
@@ -91,6 +93,7 @@ def lease(seconds: float) -> Transition:
             started,
             status="running",
             attempt=job.attempt + 1,
+            worker=worker,
             lease_token=secrets.token_urlsafe(18),
             lease_seconds=seconds,
             lease_expires_at=lease_end(started, now, seconds),

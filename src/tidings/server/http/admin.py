@@ -5,20 +5,35 @@ server): `GET /v1/admin/users`, `PUT /v1/admin/users/{name}` `{"password"?, "per
 `DELETE /v1/admin/users/{name}`, `POST /v1/admin/users/{name}/tokens` `{"name"?,
 "expires"?}` (the secret is in this answer only), `DELETE /v1/admin/tokens/{key}`.
 
+`GET /v1/admin/users/{name}/credentials` lists a user's API tokens and login sessions
+(their keys, never their secrets); `DELETE /v1/admin/tokens/{key}` revokes either.
+
 `GET /v1/admin/network` is `tidings doctor` run by the server, for its own store's host:
 the route the kernel takes to it, TCP connect times, and the default gateway's MAC.
+
+`GET /v1/admin/server` describes this server process: version, Python, pid, start time,
+store engine and URL, and every setting — with each secret replaced by `***`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
+import platform
 import time
+from dataclasses import fields
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import msgspec
+from prometheus_client import ProcessCollector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tidings._version import __version__
+from tidings.protocol.codecs import format_time
 from tidings.protocol.errors import InvalidBody, NotFound
 from tidings.server import doctor
 from tidings.server.auth import hash_password, new_api_token, token_key
@@ -29,11 +44,16 @@ from tidings.server.http.common import (
     read_body,
     require_admin,
 )
-from tidings.server.principals import KIND_TOKEN, Credential, Permissions, User
+from tidings.server.principals import KIND_SESSION, KIND_TOKEN, Credential, Permissions, User
 from tidings.server.settings import Settings
 from tidings.server.stores.base import Store
 
-__all__ = ["routes"]
+__all__ = ["REDACTED", "redacted_settings", "redacted_url", "routes"]
+
+# What a secret's value is replaced by in GET /v1/admin/server.
+REDACTED = "***"
+# A setting or URL query parameter whose name holds one of these is a secret.
+_SECRET_WORDS = ("secret", "password", "passwd", "token", "key")
 
 
 async def network(request: Request) -> Response:
@@ -44,6 +64,81 @@ async def network(request: Request) -> Response:
     # Netlink reads and blocking connects: off the event loop.
     report = await asyncio.to_thread(doctor.store_report, settings.store, tries)
     return json_response(report)
+
+
+def _secret_name(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def redacted_url(url: str) -> str:
+    """`url` without its secrets: the password of its user part and the value of each
+    query parameter named like a secret replaced by `***` (a URL that does not parse is
+    replaced whole)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return REDACTED
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:{REDACTED}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, REDACTED if _secret_name(k) else v) for k, v in pairs], safe="*:/")
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def redacted_settings(settings: Settings) -> dict[str, Any]:
+    """Every setting by name: a secret (a setting named like one: `jwt_secret`,
+    `app_jwt_key`, `ssl_keyfile`, ...) as `***` when it is set, and every URL without its
+    password (`redacted_url`)."""
+    out: dict[str, Any] = {}
+    for field in fields(settings):
+        value = getattr(settings, field.name)
+        if isinstance(value, str) and value:
+            if _secret_name(field.name):
+                value = REDACTED
+            elif "://" in value or "@" in value:
+                value = redacted_url(value)
+        out[field.name] = value
+    return out
+
+
+@functools.cache
+def process_started() -> float:
+    """When this process started (Unix time): the kernel's word where Prometheus' process
+    collector reads it (Linux), else when this was first asked."""
+    for metric in ProcessCollector(registry=None).collect():
+        if metric.name == "process_start_time_seconds" and metric.samples:
+            return float(metric.samples[0].value)
+    return time.time()
+
+
+def _engine(url: str) -> str:
+    scheme = url.partition("://")[0].lower()
+    return "redis" if scheme == "rediss" else scheme
+
+
+async def server_info(request: Request) -> Response:
+    """This server process and its settings, secrets replaced by `***`."""
+    require_admin(request)
+    settings: Settings = request.app.state.settings
+    started = process_started()
+    return json_response(
+        {
+            "version": __version__,
+            "python": platform.python_version(),
+            "pid": os.getpid(),
+            "started_at": format_time(started),
+            "uptime": max(0.0, time.time() - started),
+            "store": {"engine": _engine(settings.store), "url": redacted_url(settings.store)},
+            "settings": redacted_settings(settings),
+        },
+        headers={"cache-control": "no-store"},
+    )
 
 
 class UserBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -131,6 +226,28 @@ async def create_token(request: Request) -> Response:
     )
 
 
+async def list_credentials(request: Request) -> Response:
+    """A user's live API tokens and login sessions, oldest first: each one's key (what
+    `DELETE /v1/admin/tokens/{key}` takes), never its secret."""
+    require_admin(request)
+    name = request.path_params["name"]
+    store = _store(request)
+    if await store.auth.get_user(name) is None:
+        raise NotFound(f"no user {name!r}")
+    credentials = [
+        {
+            "key": c.key,
+            "kind": c.kind,
+            "name": c.name,
+            "created": format_time(c.created),
+            "expires": None if c.expires is None else format_time(c.expires),
+        }
+        for c in await store.auth.list_credentials(name)
+        if c.kind in (KIND_TOKEN, KIND_SESSION)
+    ]
+    return json_response({"credentials": credentials}, headers={"cache-control": "no-store"})
+
+
 async def revoke_token(request: Request) -> Response:
     require_admin(request)
     if not await _store(request).auth.delete_credential(request.path_params["key"]):
@@ -140,9 +257,11 @@ async def revoke_token(request: Request) -> Response:
 
 routes = [
     Route("/v1/admin/network", network, methods=["GET"]),
+    Route("/v1/admin/server", server_info, methods=["GET"]),
     Route("/v1/admin/users", list_users, methods=["GET"]),
     Route("/v1/admin/users/{name}", put_user, methods=["PUT"]),
     Route("/v1/admin/users/{name}", delete_user, methods=["DELETE"]),
     Route("/v1/admin/users/{name}/tokens", create_token, methods=["POST"]),
+    Route("/v1/admin/users/{name}/credentials", list_credentials, methods=["GET"]),
     Route("/v1/admin/tokens/{key}", revoke_token, methods=["DELETE"]),
 ]

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from tidings.protocol.codecs import encode_json, format_time
 from tidings.protocol.errors import BadRequest, Forbidden, InvalidBody, TidingsError
-from tidings.protocol.jobs import JOB_STATUSES, Job, JobOutcome
+from tidings.protocol.jobs import JOB_STATUSES, Job, JobOutcome, WorkerIdentity
 from tidings.server.http.common import (
     decode_body,
     json_response,
@@ -74,6 +74,8 @@ class LeaseBody(msgspec.Struct, forbid_unknown_fields=True):
     lease: float = 30.0
     # Outcomes to apply first, as in a report: a worker reports and asks for more at once.
     results: list[ReportItem] | None = None
+    # Who the worker is, for the worker list (GET /v1/workers); None: it does not say.
+    worker: WorkerIdentity | None = None
 
 
 class HeartbeatBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -271,7 +273,7 @@ async def lease(request: Request) -> Response:
     _is_worker(request)
     # A malformed request (`types` empty or too long, ...) is refused as such (422) before
     # its types are checked one by one, and before any outcome it carries is applied.
-    svc.check_lease(body.types, body.max, body.lease)
+    svc.check_lease(body.types, body.max, body.lease, body.worker)
     for type_ in body.types or ["*"]:  # no types: every type, which needs a "*" grant
         require(request, "work", type_)
     reporting = None
@@ -279,7 +281,9 @@ async def lease(request: Request) -> Response:
         # Started together, the report and the lease share one store transaction.
         reporting = asyncio.ensure_future(_report(svc, body.results))
     # A worker that stops closes its parked lease request: it must not be handed jobs.
-    leasing = svc.lease(body.types, body.max, body.wait, body.lease)
+    principal = principal_of(request)
+    user = None if principal.session is None else principal.name
+    leasing = svc.lease(body.types, body.max, body.wait, body.lease, body.worker, user)
     jobs: list[Job] = []
     try:
         try:

@@ -1,9 +1,10 @@
-"""`memory://` — volatile channels, jobs and principals in this process, for tests and
-throwaway runs; the same semantics as the SQLite store, no durability."""
+"""`memory://` — volatile channels, jobs, principals and workers in this process, for tests
+and throwaway runs; the same semantics as the SQLite store, no durability."""
 
 from __future__ import annotations
 
 from tidings.server.stores.base import Retention, Store
+from tidings.server.stores.local_workers import LocalWorkers
 from tidings.server.stores.memory.auth import MemoryAuth
 from tidings.server.stores.memory.channels import MemoryChannels
 from tidings.server.stores.memory.core import MemoryCore
@@ -13,13 +14,14 @@ __all__ = ["MemoryStore"]
 
 
 class MemoryStore(Store):
-    """Channels, jobs, users and credentials in dictionaries."""
+    """Channels, jobs, users, credentials and the workers seen lately in dictionaries."""
 
     def __init__(self, default_retention: Retention) -> None:
         self._core = core = MemoryCore(default_retention)
         self.channels = MemoryChannels(core, core.log)
         self.jobs = MemoryJobs(core, core.log)
         self.auth = MemoryAuth(core)
+        self.workers = LocalWorkers(core.check)
 
     async def start(self) -> None:
         self._core.open = True

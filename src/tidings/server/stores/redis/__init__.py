@@ -1,10 +1,10 @@
 """`redis://host:port/db` — the shared store: many tidings nodes act as one.
 
 Channels are Redis Streams, jobs are msgpack bodies with sorted-set indexes, users and
-credentials are plain keys; every node sharing the Redis sees the same state. `core`
-holds what the parts share (connections, key names, Lua, error translation), `channels`,
-`jobs` and `auth` are one part each, and their Lua scripts are files of `lua/`;
-`RedisStore` builds them.
+credentials are plain keys, the workers seen lately two sorted sets and a hash; every node
+sharing the Redis sees the same state. `core` holds what the parts share (connections,
+key names, Lua, error translation), `channels`, `jobs`, `auth` and `workers` are one part
+each, and their Lua scripts are files of `lua/`; `RedisStore` builds them.
 
 Live delivery across nodes does not go through the store's write path: every node runs
 one relay (tidings.server.relay) that follows, with one blocking XREAD, the streams of the
@@ -19,12 +19,13 @@ from tidings.server.stores.redis.auth import RedisAuth
 from tidings.server.stores.redis.channels import RedisChannels
 from tidings.server.stores.redis.core import RedisCore
 from tidings.server.stores.redis.jobs import RedisJobs
+from tidings.server.stores.redis.workers import RedisWorkers
 
 __all__ = ["RedisStore"]
 
 
 class RedisStore(Store):
-    """Channels, jobs and principals in one Redis (or a Sentinel-managed primary).
+    """Channels, jobs, principals and workers in one Redis (or a Sentinel-managed primary).
 
     Args:
         url: `redis://[user:password@]host:port/db[?prefix=tidings:]` (or `rediss://`).
@@ -38,18 +39,21 @@ class RedisStore(Store):
     channels: RedisChannels
     jobs: RedisJobs
     auth: RedisAuth
+    workers: RedisWorkers
 
     def __init__(self, url: str, default_retention: Retention) -> None:
         self.core = RedisCore(url, default_retention)
         self.channels = RedisChannels(self.core)
         self.jobs = RedisJobs(self.core, self.channels)
         self.auth = RedisAuth(self.core)
+        self.workers = RedisWorkers(self.core)
 
     async def start(self) -> None:
         await self.core.open()
         self.channels.register_scripts()
         self.jobs.register_scripts()
         self.auth.register_scripts()
+        self.workers.register_scripts()
 
     async def close(self) -> None:
         await self.core.close()

@@ -25,6 +25,10 @@ Key layout (prefix `tidings:` by default, `?prefix=` in the URL to change it):
                           channel was deleted (field `deleted`); the relay of every node
                           follows it to wake its parked lease requests and end the streams
                           of a deleted channel
+    {p}workers            sorted set: worker ids by when each was last seen (a lease
+                          request or a heartbeat), at most MAX_WORKERS of them
+    {p}workerfirst        sorted set: worker ids by when each was first seen
+    {p}workerinfo         hash: worker id -> msgpack (name, types, concurrency, user)
     {p}user:{name}        msgpack User;   {p}users: set of user names
     {p}cred:{key}         msgpack Credential (expiring with the credential)
     {p}creds:{user}       set of the credential keys of a user

@@ -1,12 +1,15 @@
 """`sqlite:///path` — the embedded default: WAL, group commit, durable acknowledgements.
 
 `core` holds the connections and the writer thread (see its docstring for the group
-commit); `channels`, `jobs` and `auth` hold the SQL of one part each.
+commit); `channels`, `jobs` and `auth` hold the SQL of one part each. The workers seen
+lately are kept in the server's process (`stores/local_workers.py`), not in the file: one
+server process serves a file, so it sees every worker.
 """
 
 from __future__ import annotations
 
 from tidings.server.stores.base import Retention, Store
+from tidings.server.stores.local_workers import LocalWorkers
 from tidings.server.stores.lockfile import StoreLocked
 from tidings.server.stores.sqlite.auth import SQLiteAuth
 from tidings.server.stores.sqlite.channels import SQLiteChannels
@@ -46,6 +49,7 @@ class SQLiteStore(Store):
         self.channels = SQLiteChannels(core, core.log)
         self.jobs = SQLiteJobs(core, core.log)
         self.auth = SQLiteAuth(core)
+        self.workers = LocalWorkers(self._check_open)
 
     @property
     def synchronous(self) -> str:
@@ -88,6 +92,10 @@ class SQLiteStore(Store):
 
     async def ping(self) -> None:
         await self._core.read(lambda c: c.execute("SELECT 1").fetchone())
+
+    def _check_open(self) -> None:
+        """StoreClosed unless the store is open."""
+        self._core.point()
 
     def _release(self) -> None:
         if self._core.server_lock is not None:
