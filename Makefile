@@ -8,7 +8,7 @@ TIDINGS_STORE ?= sqlite:///tidings.db
 export TIDINGS_HOST TIDINGS_PORT TIDINGS_STORE
 LINT_PATHS := src tests examples $(wildcard bench)
 
-.PHONY: run test lint typecheck unit venv dev clean bench redis-server chromium nginx assets client client-test
+.PHONY: run test lint typecheck unit venv dev clean bench redis-server chromium nginx assets client console client-test
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tidings needs Python >= 3.11 (set PYTHON=...)")'
@@ -32,11 +32,11 @@ run: $(VENV)/.installed
 
 ## make assets: the /docs page's files, Swagger UI at the version web/package-lock.json pins
 ## (npm ci; --ignore-scripts: no package's install script runs, none phones home), copied
-## into the package with our own init script, and the JavaScript client (make client);
-## node and npm installed if missing
+## into the package with our own init script, the JavaScript client (make client) and the
+## console (make console); node and npm installed if missing
 DOCS_ASSETS := src/tidings/server/assets/docs
 DOCS_FILES  := $(addprefix $(DOCS_ASSETS)/,swagger-ui-bundle.js swagger-ui.css favicon-32x32.png LICENSE NOTICE docs-init.js)
-assets: $(DOCS_FILES) client
+assets: $(DOCS_FILES) client console
 
 # npm, installed from Debian when missing; $(1) says what needs it.
 define need_npm
@@ -70,6 +70,27 @@ $(CLIENT_FILES) &: clients/js/package.json clients/js/package-lock.json clients/
 	mkdir -p $(CLIENT_ASSETS)
 	cp clients/js/dist/tidings.js clients/js/dist/tidings.d.ts $(CLIENT_ASSETS)/
 	touch $(CLIENT_FILES)
+
+## make console: the console (console/: TypeScript, no framework) compiled by the TypeScript
+## its package-lock.json pins (npm ci --ignore-scripts) into ES modules, copied into the
+## package with its page and stylesheet, which the server serves at /console; its modules
+## import the client from /client/tidings.js, whose types it is checked against
+CONSOLE_ASSETS  := src/tidings/server/assets/console
+CONSOLE_SOURCES := $(wildcard console/src/*.ts)
+CONSOLE_FILES   := $(CONSOLE_ASSETS)/index.html $(CONSOLE_ASSETS)/console.css \
+  $(patsubst console/src/%.ts,$(CONSOLE_ASSETS)/%.js,$(CONSOLE_SOURCES))
+console: $(CONSOLE_FILES)
+
+$(CONSOLE_FILES) &: console/package.json console/package-lock.json console/tsconfig.json \
+  console/client/tidings.d.ts $(CONSOLE_SOURCES) console/src/index.html console/src/console.css $(CLIENT_FILES)
+	$(call need_npm,make console (the web console))
+	cd console && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	rm -rf console/dist
+	cd console && node_modules/.bin/tsc -p .
+	rm -rf $(CONSOLE_ASSETS)
+	mkdir -p $(CONSOLE_ASSETS)
+	cp console/dist/*.js console/src/index.html console/src/console.css $(CONSOLE_ASSETS)/
+	touch $(CONSOLE_FILES)
 
 ## make client-test: the JavaScript client's node suite; it starts its own tidings servers
 ## (from $(BIN)) on free loopback ports and stops them by PID

@@ -1,5 +1,5 @@
 """The operational endpoints: `/`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`,
-and the JavaScript client's files under `/client/`.
+the JavaScript client's files under `/client/`, and the console at `/console`.
 
 `/healthz` says the process answers; `/readyz` that it has started, is not draining and
 reaches its store (what a load balancer should route by); `/metrics` is the Prometheus
@@ -15,6 +15,14 @@ page answers 503 saying how to build them.
 `assets/client/`), so a page imports it from the server it talks to without npm;
 `/client/tidings.d.ts` its types. Both are public and answered with an ETag and
 `Cache-Control: no-cache`: a browser revalidates and picks up a new version at once.
+
+`/console` is the console (console/, built by `make console` into `assets/console/`): its
+page, whose modules and stylesheet are `/console/{asset}` and whose client is
+`/client/tidings.js`. Public like the client (the page asks for a login itself), answered
+with an ETag and `no-cache`, the page under a Content-Security-Policy that allows nothing
+but this origin's scripts, styles and connections: no inline script or style, no other
+host. The files are read again when `index.html` changes (`make console` while the server
+runs); without them `/console` answers 503 saying how to build them.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from tidings.server.openapi import openapi_document
 from tidings.server.settings import Settings
 from tidings.server.stores.base import Store
 
-__all__ = ["CLIENT_ASSETS", "DOCS_ASSETS", "DOCS_CSP", "Ops"]
+__all__ = ["CLIENT_ASSETS", "CONSOLE_ASSETS", "CONSOLE_CSP", "DOCS_ASSETS", "DOCS_CSP", "Ops"]
 
 log = logging.getLogger("tidings.server")
 
@@ -57,6 +65,19 @@ _CLIENT_FILES = {
     "tidings.js": "text/javascript; charset=utf-8",
     "tidings.d.ts": "application/typescript; charset=utf-8",
 }
+CONSOLE_ASSETS = Path(__file__).with_name("assets") / "console"
+# The console's files are served by suffix: its ES modules and its stylesheet.
+_CONSOLE_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
+# The console page: scripts, styles and connections (fetch, WebSocket) of this origin only;
+# no inline script or style, no plugin, no frame, no form posting elsewhere. Its icon is a
+# data: URL, which makes no request.
+CONSOLE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 # Only this origin, for everything; Swagger UI's icons are data: images in its CSS, which
 # make no request.
 DOCS_CSP = (
@@ -111,6 +132,38 @@ def _load_docs(directory: Path) -> _DocsPage | None:
     return _DocsPage(page, assets)
 
 
+class _Console(NamedTuple):
+    page: _Asset
+    assets: dict[str, _Asset]  # by file name: the modules and the stylesheet
+    stamp: int  # index.html's mtime (ns) when read
+
+
+def _digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()[:16]
+
+
+def _load_console(directory: Path, stamp: int) -> _Console | None:
+    """The console's page and files, or None when the page is missing (not built)."""
+    try:
+        page = (directory / "index.html").read_bytes()
+        assets = {}
+        for path in sorted(directory.iterdir()):
+            media_type = _CONSOLE_TYPES.get(path.suffix)
+            if media_type is not None and path.is_file():
+                body = path.read_bytes()
+                assets[path.name] = _Asset(body, media_type, _digest(body))
+    except FileNotFoundError:  # not built, or being rebuilt right now
+        return None
+    return _Console(_Asset(page, "text/html; charset=utf-8", _digest(page)), assets, stamp)
+
+
+def _console_missing() -> AssetsMissing:
+    return AssetsMissing(
+        "the console's files are not built: run `make console` (or `make assets`) in the "
+        "tidings source tree (it needs node and npm), or install a tidings wheel built after it"
+    )
+
+
 def _assets_missing() -> AssetsMissing:
     return AssetsMissing(
         "the /docs page's files are not built: run `make assets` in the tidings source tree "
@@ -160,6 +213,7 @@ class Ops:
         metrics: what `/metrics` renders.
         docs_assets: where the `/docs` page's files are.
         client_assets: where the JavaScript client's files are.
+        console_assets: where the console's files are.
     """
 
     def __init__(
@@ -170,6 +224,7 @@ class Ops:
         metrics: Metrics,
         docs_assets: Path = DOCS_ASSETS,
         client_assets: Path = CLIENT_ASSETS,
+        console_assets: Path = CONSOLE_ASSETS,
     ) -> None:
         self.store = store
         self.lifecycle = lifecycle
@@ -179,6 +234,8 @@ class Ops:
         self._docs: _DocsPage | None = None
         self.client_assets = client_assets
         self._client: dict[str, _Asset] = {}
+        self.console_assets = console_assets
+        self._console: _Console | None = None
         self.routes = [
             Route("/", self.root, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
@@ -188,10 +245,13 @@ class Ops:
             Route("/docs", self.docs, methods=["GET"]),
             Route("/docs/{asset}", self.docs_asset, methods=["GET"]),
             Route("/client/{asset}", self.client_asset, methods=["GET"]),
+            Route("/console", self.console, methods=["GET"]),
+            Route("/console/{asset}", self.console_asset, methods=["GET"]),
         ]
 
     async def root(self, request: Request) -> Response:
         links = {
+            "console": "/console",
             "docs": "/docs",
             "openapi": "/openapi.json",
             "healthz": "/healthz",
@@ -202,6 +262,7 @@ class Ops:
             response = json_response({"name": "tidings", "version": __version__, "links": links})
         else:
             what = {
+                "console": "the console: channels, jobs, workers, the server and its users",
                 "docs": "the API, to read and try",
                 "openapi": "the API as OpenAPI 3.1",
                 "healthz": "liveness",
@@ -309,16 +370,55 @@ class Ops:
         asset = self._client_file(name)
         if asset is None:
             raise _client_missing(name)
+        # Public code: a page of another origin may import it (its calls to the API still
+        # need --cors-origins).
+        return self._revalidated(request, asset, {"access-control-allow-origin": "*"})
+
+    def _console_site(self) -> _Console | None:
+        # Read again whenever index.html changes (`make console` writes it with the rest);
+        # looked for at each request while missing.
+        try:
+            stamp = (self.console_assets / "index.html").stat().st_mtime_ns
+        except FileNotFoundError:
+            self._console = None
+            return None
+        if self._console is None or self._console.stamp != stamp:
+            self._console = _load_console(self.console_assets, stamp)
+        return self._console
+
+    @staticmethod
+    def _revalidated(request: Request, asset: _Asset, headers: dict[str, str]) -> Response:
+        """`asset` with its ETag and `no-cache` (and `headers`); 304 when the browser has it.
+        Revalidated at each use (a 304 while unchanged), so a new build is seen at once."""
         etag = f'"{asset.version}"'
         headers = {
             "etag": etag,
-            # Revalidated at each use (a 304 while unchanged): a new build is seen at once.
             "cache-control": "no-cache",
             "x-content-type-options": "nosniff",
-            # Public code: a page of another origin may import it (its calls to the API
-            # still need --cors-origins).
-            "access-control-allow-origin": "*",
+            **headers,
         }
         if _etag_matches(request, etag):
             return Response(status_code=304, headers=headers)
         return Response(asset.body, media_type=asset.media_type, headers=headers)
+
+    async def console(self, request: Request) -> Response:
+        site = self._console_site()
+        if site is None:
+            raise _console_missing()
+        return self._revalidated(
+            request,
+            site.page,
+            {"content-security-policy": CONSOLE_CSP, "referrer-policy": "same-origin"},
+        )
+
+    async def console_asset(self, request: Request) -> Response:
+        name: str = request.path_params["asset"]
+        if Path(name).suffix not in _CONSOLE_TYPES:
+            raise NotFound(f"no file {name[:100]!r} under /console: the console is /console")
+        site = self._console_site()
+        if site is None:
+            raise _console_missing()
+        asset = site.assets.get(name)
+        if asset is None:
+            raise NotFound(f"no file {name[:100]!r} under /console: the console is /console")
+        return self._revalidated(request, asset, {})

@@ -32,8 +32,9 @@ from tidings.server.settings import Settings
 __all__ = ["PUBLIC_PATHS", "AccessPolicy", "loopback_host"]
 
 # Endpoints anyone may call, whatever --require-auth says (route templates): the index,
-# health, the API's description and its page's files, the JavaScript client, login, and
-# the files of --static (an application's page must load before its user logs in).
+# health, the API's description and its page's files, the JavaScript client, the console's
+# page and files (it asks for a login itself), login, and the files of --static (an
+# application's page must load before its user logs in).
 PUBLIC_PATHS = frozenset(
     {
         "/",
@@ -43,6 +44,8 @@ PUBLIC_PATHS = frozenset(
         "/docs",
         "/docs/{asset}",
         "/client/{asset}",
+        "/console",
+        "/console/{asset}",
         "/v1/auth/login",
         "/static",
         "/static/{path:path}",
