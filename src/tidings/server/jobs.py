@@ -315,11 +315,12 @@ class JobService:
 
     # -- the worker list ---------------------------------------------------------------
 
-    async def note_worker(
+    def worker_due(
         self, worker: WorkerIdentity, types: list[str] | None, user: str | None
-    ) -> None:
-        """A worker asked to lease `types`: record it in the store, unless this node wrote
-        the same description of it less than WORKER_MARK_INTERVAL seconds ago."""
+    ) -> WorkerSeen | None:
+        """The record to write of a worker that asks to lease `types` now (`record_worker`),
+        or None when this node wrote the same description of it less than
+        WORKER_MARK_INTERVAL seconds ago."""
         now = time.time()
         noted = self._workers.get(worker.id)
         if noted is not None and now - noted[1] < WORKER_MARK_INTERVAL:
@@ -330,21 +331,22 @@ class JobService:
                 user,
                 types,
             ):
-                return
-        seen = WorkerSeen(worker.id, worker.name, types, worker.concurrency, user, now, now)
+                return None
+        return WorkerSeen(worker.id, worker.name, types, worker.concurrency, user, now, now)
+
+    async def record_worker(self, seen: WorkerSeen) -> None:
+        """Write a worker's record to the store, and remember it as written now."""
         await self.store.workers.record_worker(seen)
-        self._workers.note(seen, now)
+        self._workers.note(seen, seen.last_seen)
 
     async def _refresh_worker(self, worker_id: str) -> None:
-        """A worker heartbeat a job: refresh its record, as `note_worker` would, when this
-        node knows it (it wrote its record from a lease request)."""
+        """A worker heartbeat a job: refresh its record, at most as often as a lease
+        request would, when this node knows it (it wrote its record from a lease request)."""
         noted = self._workers.get(worker_id)
         now = time.time()
         if noted is None or now - noted[1] < WORKER_MARK_INTERVAL:
             return
-        seen = replace(noted[0], first_seen=now, last_seen=now)
-        await self.store.workers.record_worker(seen)
-        self._workers.note(seen, now)
+        await self.record_worker(replace(noted[0], first_seen=now, last_seen=now))
 
     async def workers(self) -> tuple[list[WorkerSeen], list[Job]]:
         """The workers seen within the last WORKER_WINDOW seconds (most recently seen
@@ -490,7 +492,7 @@ class JobService:
         Each look at the store (the first, and one per wake-up or LEASE_RECHECK while
         parked) marks the types served (`mark_served`) and, when the request says who its
         `worker` is (authenticated as `user`, None: anonymous), records the worker
-        (`note_worker`). The leased jobs record the worker's id."""
+        (`worker_due`). The leased jobs record the worker's id."""
         self.check_lease(types, max_jobs, lease, worker)
         wanted = None if types is None else frozenset(types)
         take = transitions.lease(lease, None if worker is None else worker.id)
@@ -503,7 +505,9 @@ class JobService:
                 self.on_park()  # before the store is read: no wake-up after it is missed
             await self.mark_served(types)
             if worker is not None:
-                await self.note_worker(worker, types, user)
+                seen = self.worker_due(worker, types, user)
+                if seen is not None:  # checked here, not in a coroutine: the lease path is hot
+                    await self.record_worker(seen)
             changes = await self._take(types, max_jobs, take)
             remaining = deadline - time.monotonic()
             if changes or remaining <= 0 or self.hub.closing:

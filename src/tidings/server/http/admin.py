@@ -80,14 +80,15 @@ def redacted_url(url: str) -> str:
         password = parts.password
     except ValueError:
         return REDACTED
-    netloc = parts.netloc
+    netloc, query = parts.netloc, parts.query
     if password is not None:
         userinfo, _, host = netloc.rpartition("@")
         netloc = f"{userinfo.partition(':')[0]}:{REDACTED}@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(_secret_name(k) for k, _ in pairs):
         query = urlencode([(k, REDACTED if _secret_name(k) else v) for k, v in pairs], safe="*:/")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # as given: a rebuilt `memory://` would lose its `//`
     return parts._replace(netloc=netloc, query=query).geturl()
 
 
