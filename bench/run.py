@@ -2,7 +2,7 @@
 """tidings benchmarks, side by side with a named peer, alternating A B A B in one run.
 
 Usage: `.venv/bin/python bench/run.py [--quick] [--rounds N] [--only NAME,...]`
-(`make bench`). NAMEs: sse, publish, jobs, longpoll, ws, msgpack, attack, h2.
+(`make bench`). NAMEs: sse, publish, jobs, longpoll, ws, msgpack, attack, h2, lists.
 
 It installs what it compares with when missing (Debian `nginx`, `libnginx-mod-nchan`,
 `wrk`, `redis-server`, `nghttp2-client` for h2load; a separate venv bench/.peers-venv
@@ -1538,6 +1538,27 @@ def bench_h2(tools: Tools, cfg: Config) -> list[str]:
     return out
 
 
+def bench_lists(tools: Tools, cfg: Config) -> list[str]:
+    """Pages of the channel and job lists on SQLite and Redis (bench/lists.py: its own
+    table; smaller with --quick or --rounds 1)."""
+    title = "### Lists: pages of GET /v1/channels and GET /v1/jobs"
+    if not tools.redis:
+        return [f"{title}\n\nskipped: redis-server is unavailable"]
+    sizes = ["--channels", "2000", "--jobs", "20000"] if cfg.rounds == 1 else []
+    res = subprocess.run(
+        [sys.executable, str(BENCH / "lists.py"), "--json", *sizes],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"lists.py failed: {res.stderr[-800:]}")
+    data = json.loads(res.stdout.strip().splitlines()[-1])
+    RESULTS["lists"] = data["results"]
+    return [str(data["table"])]
+
+
 BENCHES: dict[str, Callable[[Tools, Config], list[str]]] = {
     "sse": bench_sse,
     "publish": bench_publish,
@@ -1547,6 +1568,7 @@ BENCHES: dict[str, Callable[[Tools, Config], list[str]]] = {
     "msgpack": bench_msgpack,
     "attack": bench_attack,
     "h2": bench_h2,
+    "lists": bench_lists,
 }
 RESULTS: dict[str, Any] = {}
 

@@ -9,6 +9,7 @@ what every transport serves to the job's followers.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -1188,3 +1189,58 @@ def test_a_cursor_whose_job_was_swept_still_pages_on(make_store):
         ]
 
     run(make_store, body)
+
+
+def test_sqlite_job_queries_each_read_a_range_of_their_own_index(tmp_path):
+    """No job query of the SQLite store sorts jobs or reads the whole table: the lease,
+    expiry, due time and sweep read their partial index (the planner, which has no
+    statistics, would otherwise take a listing index on `status` and sort every queued
+    job); each listing reads one range of the index of its filter."""
+
+    async def main() -> list[str]:
+        path = str(tmp_path / "plans.db")
+        store = SQLiteStore(path, DEFAULT)
+        await store.start()
+        svc = JobService(store, Hub(store.channels.cursor_key), retry_backoff=BACKOFF)
+        seen: list[str] = []
+        try:
+            for i in range(30):
+                await svc.submit("ab"[i % 2])
+            # Every statement the store runs from here on, with its values (the
+            # connections are the store's own: this test is about its SQL).
+            core = store._core
+            for conn in (core._writer, core._reader, core._point):
+                conn.set_trace_callback(seen.append)
+            leased = await svc.lease(["a"], 3, 0, 30.0)
+            await svc.lease(None, 2, 0, 30.0)
+            await svc.complete(leased[0].id, leased[0].lease_token, None)
+            await svc.heartbeat(leased[1].id, leased[1].lease_token)
+            await store.jobs.expire_jobs(time.time() + 60, transitions.expire(svc.backoff))
+            await store.jobs.next_run_at()
+            await store.jobs.sweep_jobs(time.time() + 60)
+            for status in (None, "queued"):
+                for type_ in (None, "a"):
+                    page = await store.jobs.list_jobs(status, type_, 2)
+                    await store.jobs.list_jobs(status, type_, 2, page.next)
+            await store.jobs.queue_counts()
+        finally:
+            svc.close()
+            await store.close()
+        return seen
+
+    statements = [s for s in asyncio.run(main()) if s.lstrip().upper().startswith("SELECT")]
+    with sqlite3.connect(str(tmp_path / "plans.db")) as conn:
+        plans = {
+            s: " / ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {s}"))
+            for s in statements
+            if "FROM jobs" in s
+        }
+    assert len(plans) >= 10, plans
+    for sql, plan in plans.items():
+        assert "TEMP B-TREE" not in plan, (sql, plan)
+        assert all("USING" in step for step in plan.split(" / ")), (sql, plan)
+        for index in ("queued", "running", "done"):
+            if f"INDEXED BY jobs_{index}" in sql:
+                assert f"jobs_{index}" in plan, (sql, plan)
+        if "ORDER BY created_at" in sql:
+            assert "SEARCH jobs USING INDEX jobs_" in plan or "jobs_created" in plan, (sql, plan)
