@@ -1,7 +1,7 @@
 // Channels: the list (paged by the server, searched by prefix) and one channel's page
 // (its stats, a live tail, publishing, retention and deletion).
 
-import { TidingsError, api, client, query, seg } from "./api.js";
+import { api, client, query, seg } from "./api.js";
 import type { Message, Reset, Status, Subscription } from "../client/tidings.js";
 import { add, brief, duration, fill, h, num, short, when } from "./dom.js";
 import type { Ctx } from "./main.js";
@@ -148,16 +148,18 @@ export function channelPage(view: HTMLElement, ctx: Ctx): void {
       ]),
     );
   };
+  const readable = may(me, "subscribe", name);
+  // Read from the list (this name as the prefix, one entry: the name itself sorts first)
+  // rather than GET /v1/channels/{c}: a channel not created yet is then an empty list, not
+  // a 404 that the browser would log as an error every poll.
   const infoPoll = scope.poll(async (signal) => {
-    try {
-      info = await api<ChannelInfo>("GET", `/v1/channels/${seg(name)}`, undefined, signal);
-    } catch (exc) {
-      if (!(exc instanceof TidingsError && exc.status === 404)) throw exc;
-      info = null;
-    }
+    if (!readable) return;
+    const page = await api<ChannelPage>("GET", `/v1/channels${query({ prefix: name, limit: 1 })}`, undefined, signal);
+    info = page.channels[0]?.name === name ? page.channels[0] : null;
     renderInfo();
     fillRetention();
   }, INFO_POLL);
+  if (!readable) fill(infoBox, h("p", { class: "muted", "data-testid": "channel-unreadable" }, `${me.user} may not read this channel's stats.`));
 
   // Publish ------------------------------------------------------------------------------
   let publishCard: HTMLElement | null = null;
