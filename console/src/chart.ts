@@ -1,7 +1,7 @@
 // A small SVG line chart of the last few minutes, and the Prometheus text parser that
 // feeds the server page.
 
-import { fill, h, rate, s } from "./dom.js";
+import { fill, h, num, rate, s } from "./dom.js";
 
 // ---------------------------------------------------------------------------------------
 // Prometheus exposition text (version 0.0.4)
@@ -130,7 +130,7 @@ export class LineChart {
           { class: "legend-item", "data-series": name },
           h("span", { class: `swatch series-${i % 8}` }),
           `${name} `,
-          h("strong", { "data-testid": "legend-value" }, lastValue === null ? "—" : rate(lastValue)),
+          h("strong", { "data-testid": "legend-value" }, lastValue === null ? "—" : Number.isInteger(lastValue) ? num(lastValue) : rate(lastValue)),
         );
       }),
     );

@@ -2,11 +2,11 @@
 // dead letters, retry), the submit form, and one job's page followed live on `job.<id>`.
 
 import { TidingsError, api, client, query, seg } from "./api.js";
-import type { JobEvent, JobInfo, Subscription } from "../client/tidings.js";
+import type { JobInfo, Message, Subscription } from "../client/tidings.js";
 import { add, brief, fill, h, num, rate, short, show, when } from "./dom.js";
 import type { Ctx } from "./main.js";
 import { may, mayAny, mayOwn, type Me } from "./perms.js";
-import { type Scope, button, emptyRow, facts, field, refusal, section, statusBadge, table, title } from "./ui.js";
+import { type Scope, button, emptyRow, facts, field, refusal, section, showError, statusBadge, table, title } from "./ui.js";
 
 /** A job as the API serves it, with the worker that holds (or last held) it. */
 export type Job = JobInfo & { worker?: string | null };
@@ -306,7 +306,7 @@ export function jobPage(view: HTMLElement, ctx: Ctx): void {
   add(view, head, body);
 
   let job: Job | null = null;
-  let sub: Subscription<JobEvent> | null = null;
+  let sub: Subscription | null = null;
   scope.defer(() => sub?.close());
 
   const badge = h("span", { "data-testid": "job-status-box" });
@@ -354,7 +354,7 @@ export function jobPage(view: HTMLElement, ctx: Ctx): void {
     payloadBox.textContent = show(j.payload);
   };
 
-  const addEvent = (e: JobEvent) => {
+  const addEvent = (e: { event: string; job: Job; time: string }) => {
     ebody.prepend(
       h(
         "tr",
@@ -373,32 +373,26 @@ export function jobPage(view: HTMLElement, ctx: Ctx): void {
     job = await api<Job>("GET", `/v1/jobs/${seg(id)}`, undefined, scope.signal);
     render();
   };
-  const follow = async (): Promise<void> => {
-    sub?.close();
-    fill(ebody);
-    const handle = await client.job(id);
-    sub = handle.events();
-    const mine = sub;
-    try {
-      for await (const e of mine) {
-        if (scope.closed) return;
-        addEvent(e);
-        // An event carries no payload, errors nor traceback: those of the last GET stay
-        // while its error is the same one.
-        const keep = job;
-        job = { ...(e.job as Job), payload: keep?.payload, errors: keep?.errors };
-        if (keep && errorLine(keep.error) === errorLine(e.job.error)) job.error = keep.error;
-        render();
-        if (TERMINAL.has(e.job.status)) await load();
-      }
-    } catch (exc) {
-      if (!scope.closed) throw exc;
-    }
+  // The job's channel, from its first event, for as long as the page shows it: a retry
+  // (from here or elsewhere) goes on in the same view.
+  const onMessage = (m: Message) => {
+    if (scope.closed) return;
+    const data = (m.data ?? {}) as Job;
+    addEvent({ event: m.event ?? data.status, job: data, time: m.time });
+    // An event carries no payload, errors nor traceback: those of the last GET stay while
+    // its error is the same one.
+    const keep = job;
+    job = { ...data, payload: keep?.payload, errors: keep?.errors };
+    if (keep && errorLine(keep.error) === errorLine(data.error)) job.error = keep.error;
+    render();
+    if (TERMINAL.has(data.status)) void scope.act(load);
+  };
+  const follow = () => {
+    sub = client.subscribe(`job.${id}`, { via: "auto", after: "0", onMessage, onError: (e) => showError(e, "job-live") });
   };
   const restart = (changed: Job) => {
-    job = { ...changed, payload: changed.payload ?? job?.payload };
+    job = { ...changed, payload: changed.payload ?? job?.payload, errors: changed.errors ?? job?.errors };
     render();
-    void scope.act(follow);
   };
 
   void (async () => {
@@ -422,6 +416,6 @@ export function jobPage(view: HTMLElement, ctx: Ctx): void {
       h("div", { class: "grid" }, section("Result", "job-result-card", resultBox), section("Payload", "job-payload-card", payloadBox)),
       section("Events", "job-events-card", h("div", { class: "scroll" }, et)),
     );
-    await scope.act(follow);
+    follow();
   })();
 }
