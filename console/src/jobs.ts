@@ -8,8 +8,8 @@ import type { Ctx } from "./main.js";
 import { may, mayAny, mayOwn, type Me } from "./perms.js";
 import { type Scope, button, emptyRow, facts, field, refusal, section, showError, statusBadge, table, title } from "./ui.js";
 
-/** A job as the API serves it, with the worker that holds (or last held) it. */
-export type Job = JobInfo & { worker?: string | null };
+/** A job as the API serves it. */
+export type Job = JobInfo;
 
 interface JobList {
   jobs: Job[];

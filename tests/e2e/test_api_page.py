@@ -41,7 +41,7 @@ def test_the_root_points_to_docs_openapi_health_and_metrics(tidings_server: Serv
         assert page.headers["content-type"].startswith("text/html")
         assert page.headers["vary"] == "Accept"
         assert "default-src 'none'" in page.headers["content-security-policy"]
-        for target in ("docs", "openapi.json", "healthz", "readyz", "metrics"):
+        for target in ("console", "docs", "openapi.json", "healthz", "readyz", "metrics"):
             assert f'href="{target}"' in page.text, target
             assert http.get(f"/{target}").status_code == 200, target
 
@@ -52,6 +52,7 @@ def test_the_root_points_to_docs_openapi_health_and_metrics(tidings_server: Serv
         assert body["name"] == "tidings"
         assert body["version"] == tidings.__version__
         assert body["links"] == {
+            "console": "/console",
             "docs": "/docs",
             "openapi": "/openapi.json",
             "healthz": "/healthz",

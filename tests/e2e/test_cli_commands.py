@@ -283,6 +283,7 @@ OWN_COMMANDS = [
     *(("channels", c) for c in ("list", "get", "retention", "delete")),
     *(("users", c) for c in ("add", "grant", "remove", "list")),
     *(("tokens", c) for c in ("create", "list", "revoke")),
+    ("workers",),
 ]
 
 

@@ -187,6 +187,8 @@ export interface JobInfo {
   timeout: number | null;
   cancel_requested: boolean;
   submitted_by: string | null;
+  /** The id of the worker holding the job, or that last held it (null: never leased). */
+  worker: string | null;
   created_at: string;
   updated_at: string;
   run_at: string;

@@ -493,6 +493,7 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
     timeout: float | None = None
     cancel_requested: bool = False
     submitted_by: str | None = None
+    worker: str | None = None
     created_at: float | None = None
     updated_at: float | None = None
     run_at: float | None = None
