@@ -715,7 +715,10 @@ _OPS: list[_Op] = [
             _query("type", {"type": "string"}, "only jobs of this type"),
             _query(
                 "before",
-                {"type": "string", "pattern": "^([0-9]{1,12}(\\.[0-9]{1,9})?~[A-Za-z0-9_-]{1,64})?$"},
+                {
+                    "type": "string",
+                    "pattern": "^([0-9]{1,12}(\\.[0-9]{1,9})?~[A-Za-z0-9_-]{1,64})?$",
+                },
                 "the `next` of the page before: jobs older than it",
             ),
             _limit(1, 1000, 100),

@@ -21,8 +21,15 @@ def test_every_route_is_documented():
     missing = []
     for route in app.starlette.routes:
         assert isinstance(route, Route)
-        if route.path in ("/", "/openapi.json", "/docs", "/docs/{asset}", "/client/{asset}",
-                          "/console", "/console/{asset}"):
+        if route.path in (
+            "/",
+            "/openapi.json",
+            "/docs",
+            "/docs/{asset}",
+            "/client/{asset}",
+            "/console",
+            "/console/{asset}",
+        ):
             continue  # the pages that describe the API, not the API
         for method in route.methods or ():
             if method == "HEAD":
