@@ -14,12 +14,14 @@ import pytest
 
 from tidings.protocol.errors import StoreClosed
 from tidings.server.constants import MAX_WORKERS, WORKER_WINDOW
-from tidings.server.stores.base import Store, WorkerSeen
+from tidings.server.stores import open_store
+from tidings.server.stores.base import Retention, Store, WorkerSeen
 
 pytestmark = pytest.mark.timeout(60)
 
 Body = Callable[[Store], Coroutine[Any, Any, None]]
 T0 = 1_700_000_000.0
+DEFAULT = Retention(max_messages=100, max_age=3600.0)
 
 
 def run(make_store: Callable[[], Store], body: Body) -> None:
@@ -138,12 +140,12 @@ def test_a_worker_store_refuses_to_work_before_start(make_store):
     asyncio.run(main())
 
 
-def test_on_a_shared_store_every_node_lists_the_workers_another_recorded(make_store):
-    if make_store.kind != "redis":
-        pytest.skip("memory and SQLite are served by one process: its registry is all there is")
+def test_on_a_shared_redis_every_node_lists_the_workers_another_recorded(redis_url):
+    """Redis only: memory and SQLite are served by one process, whose registry is all
+    there is; nodes sharing a Redis share its worker list."""
 
     async def main() -> None:
-        one, two = make_store(), make_store()
+        one, two = open_store(redis_url, DEFAULT), open_store(redis_url, DEFAULT)
         await one.start()
         await two.start()
         try:
