@@ -37,12 +37,20 @@ APP_TYPES = ["noop", "progressive", "sleepy"]
 class WorkerProcess:
     """One `python -m tidings worker` process, its output in a log file."""
 
-    def __init__(self, url: str, log_path: Path, concurrency: int, token: str | None) -> None:
+    def __init__(
+        self,
+        url: str,
+        log_path: Path,
+        concurrency: int,
+        token: str | None,
+        env_extra: dict[str, str] | None = None,
+    ) -> None:
         cmd = [
             sys.executable, "-m", "tidings", "worker", APP,
             "--url", url, "--concurrency", str(concurrency), "--log-level", "info",
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+        env.update(env_extra or {})
         if token is not None:
             env["TIDINGS_TOKEN"] = token
         self.log_path = log_path
@@ -72,11 +80,15 @@ class WorkerProcess:
 
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Factory: `start_worker(url, concurrency=2, token=None)`; all are killed after."""
+    """Factory: `start_worker(url, concurrency=2, token=None, env=None)`; all are killed
+    after."""
     started: list[WorkerProcess] = []
 
-    def start(url: str, concurrency: int = 2, token: str | None = None) -> WorkerProcess:
-        w = WorkerProcess(url, tmp_path / f"worker-{len(started)}.log", concurrency, token)
+    def start(
+        url: str, concurrency: int = 2, token: str | None = None, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        log = tmp_path / f"worker-{len(started)}.log"
+        w = WorkerProcess(url, log, concurrency, token, env)
         started.append(w)
         return w
 
@@ -161,6 +173,27 @@ def test_a_running_worker_is_listed_with_its_types_concurrency_and_running_job(
         # Stopped: listed until the window ends, no longer seen meanwhile.
         assert still is not None
         assert still["last_seen"] == gone["last_seen"]
+
+
+@pytest.mark.timeout(60)
+def test_tidings_worker_is_listed_under_the_name_it_was_given(
+    tidings_server: ServerFactory, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """`TIDINGS_WORKER_NAME` (the twin of `tidings worker --name`) names the worker in the
+    list; a name the server would refuse stops the command before it leases anything."""
+    srv = tidings_server()
+    with httpx.Client(base_url=srv.url, timeout=30) as http:
+        worker = start_worker(srv.url, env={"TIDINGS_WORKER_NAME": "encoder on gpu-3"})
+        named = wait_until(
+            lambda: [w for w in listed(http)["workers"] if w["name"] == "encoder on gpu-3"],
+            15,
+            f"the named worker:\n{worker.log()}",
+        )
+        assert named[0]["types"] == APP_TYPES
+
+        bad = start_worker(srv.url, env={"TIDINGS_WORKER_NAME": "two\nlines"})
+        assert bad.proc.wait(20) == 2
+        assert "--name:" in bad.log() and "printable" in bad.log()
 
 
 @pytest.mark.slow

@@ -367,6 +367,17 @@ def worker(
             f"Worker(concurrency=4) unless set] [env {env_name('concurrency')}]",
         ),
     ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            envvar=env_name("worker_name"),
+            show_default=False,
+            show_envvar=False,
+            help="What the worker list (tidings workers) calls this worker, overriding "
+            "the Worker's. [default: the Worker's own, host:pid unless set] "
+            f"[env {env_name('worker_name')}]",
+        ),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -404,9 +415,11 @@ def worker(
     Examples:
       tidings worker myapp.jobs:worker
       tidings worker myapp.jobs:worker --url https://push.example.com --token tdt_...
+      tidings worker myapp.jobs:worker --name "encoder on gpu-3"
       TIDINGS_CONCURRENCY=16 TIDINGS_LOG_FORMAT=json tidings worker myapp.jobs:worker
     """
     from tidings.loader import load_object
+    from tidings.protocol.jobs import WorkerIdentity
     from tidings.sdk.worker import Worker
     from tidings.server.logs import configure_logging
 
@@ -423,6 +436,11 @@ def worker(
         fail("worker", f"{target} is a {type(obj).__name__}, not a tidings.Worker", 2)
     if concurrency is not None:
         obj.concurrency = concurrency
+    if name is not None:
+        problem = WorkerIdentity(id="-", name=name).problem()
+        if problem is not None:
+            fail("worker", f"--name: {problem}", 2)
+        obj.name = name
     # The worker's own log lines are the point; httpx's per-request lines are noise.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # Sync handlers run in threads that hand results back to the loop: a short GIL

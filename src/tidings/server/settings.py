@@ -24,6 +24,7 @@ OTHER_ENV: dict[str, str] = {
     "TIDINGS_URL": "the server's base URL, for every client command and the worker",
     "TIDINGS_TOKEN": "an API or session token, for every client command and the worker",
     "TIDINGS_CONCURRENCY": "jobs a `tidings worker` runs at once",
+    "TIDINGS_WORKER_NAME": "what the worker list calls a `tidings worker`",
     "TIDINGS_DOCTOR_STATE_FILE": "where `tidings doctor` keeps its state",
     "TIDINGS_BRIDGES": "reserved for bridges to other brokers",
 }
