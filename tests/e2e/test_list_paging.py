@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import ServerFactory, ServerProcess
 from tests.e2e.helpers import cli_ok
+from tidings import Client
 from tidings.server.hub import Hub
 from tidings.server.jobs import JobService
 from tidings.server.stores import open_store
@@ -100,6 +101,12 @@ def test_job_pages_list_every_match_once_newest_first(
                 params = {k: v for k, v in (("status", status), ("type", type_)) if v}
                 for limit in (1, 4, 100):
                     assert job_ids(http, **params, limit=limit) == expected, (params, limit)
+        with Client(srv.url) as sdk:
+            assert [j.id for j in sdk.list_jobs(status="queued", type="x", limit=2)] == [
+                j["id"] for j in newest_first if j["type"] == "x" and j["id"] not in cancelled
+            ][:2]
+            assert len(sdk.list_jobs(limit=5)) == 5
+            assert len(sdk.list_jobs()) == 14
         page = http.get("/v1/jobs", params={"limit": 14}).json()
         assert len(page["jobs"]) == 14
         assert page["next"] is None
@@ -196,6 +203,12 @@ def test_a_non_admins_channel_pages_hold_what_they_may_read_and_no_job_channels(
         assert channel_names(alice, after="secret") == readable[5:]
         assert channel_names(alice, prefix="job.") == []
         assert channel_names(alice, prefix="secret.") == []
+        # The SDK follows `next` past short pages until it has what was asked for.
+        token = alice.headers["Authorization"].removeprefix("Bearer ")
+        with Client(srv.url, token=token) as sdk:
+            assert [c.name for c in sdk.list_channels(limit=3)] == readable[:3]
+            assert [c.name for c in sdk.list_channels()] == readable
+            assert [c.name for c in sdk.list_channels(prefix="zz.", limit=2)] == readable[5:7]
         everything = channel_names(root, limit=7)
         assert len(everything) == 60
         assert sum(name.startswith("job.") for name in everything) == 40

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Generic, Literal, Self, TypeVar
 
 import httpx
 import msgspec
@@ -211,6 +211,7 @@ class _ChannelWire(msgspec.Struct, frozen=True, kw_only=True):
 
 class _ChannelListWire(msgspec.Struct, frozen=True):
     channels: list[_ChannelWire]
+    next: str | None = None
 
 
 _CHANNEL = msgspec.json.Decoder(_ChannelWire)
@@ -234,15 +235,6 @@ def _channel_info(wire: _ChannelWire) -> ChannelInfo:
     )
 
 
-def _list_channels_request(prefix: str, limit: int | None) -> dict[str, Any]:
-    params: dict[str, str | int] = {}
-    if prefix:
-        params["prefix"] = prefix
-    if limit is not None:
-        params["limit"] = limit
-    return {"method": "GET", "url": "/v1/channels", "params": params}
-
-
 def _retention_request(
     channel: str, max_messages: int | None, max_age: float | None
 ) -> dict[str, Any]:
@@ -259,10 +251,6 @@ def _retention_request(
 
 def _parse_channel(response: httpx.Response) -> ChannelInfo:
     return _channel_info(decode(response, _CHANNEL))
-
-
-def _parse_channels(response: httpx.Response) -> list[ChannelInfo]:
-    return [_channel_info(c) for c in decode(response, _CHANNELS).channels]
 
 
 def _parse_deleted(response: httpx.Response) -> None:
@@ -569,15 +557,63 @@ def _get_job_request(job_id: str, wait: float | None, http_timeout: float) -> di
     return {"method": "GET", "url": job_path(job_id), "params": params, "timeout": http_timeout}
 
 
-def _list_jobs_request(status: str | None, type: str | None, limit: int | None) -> dict[str, Any]:
+T = TypeVar("T")
+
+
+class _Pages(Generic[T]):
+    """Sans-I/O: the requests of a paged listing and what its pages add up to. A page may
+    come back short, even empty, with a `next` (a non-admin's channel page skips what it
+    may not read; a Redis job page filtered by status or type scans a bounded stretch), so
+    pages are followed until `limit` items are in hand or `next` is null. Each asks for
+    what is missing, at most `page_max` (the server's cap)."""
+
+    def __init__(
+        self,
+        url: str,
+        params: dict[str, str | int],
+        cursor: str,
+        limit: int,
+        page_max: int,
+        parse: Callable[[httpx.Response], tuple[list[T], str | None]],
+    ) -> None:
+        self.url, self.params, self.cursor, self.limit = url, params, cursor, limit
+        self.page_max, self.parse = page_max, parse
+        self.items: list[T] = []
+        self.next: str | None = None
+
+    def request(self) -> dict[str, Any]:
+        params = {**self.params, "limit": min(self.limit - len(self.items), self.page_max)}
+        if self.next is not None:
+            params[self.cursor] = self.next
+        return {"method": "GET", "url": self.url, "params": params}
+
+    def add(self, response: httpx.Response) -> bool:
+        """Take a page in; True when the list is whole."""
+        items, self.next = self.parse(response)
+        self.items += items
+        return self.next is None or len(self.items) >= self.limit
+
+
+def _channel_pages(prefix: str, limit: int | None) -> _Pages[ChannelInfo]:
+    def parse(response: httpx.Response) -> tuple[list[ChannelInfo], str | None]:
+        page = decode(response, _CHANNELS)
+        return [_channel_info(c) for c in page.channels], page.next
+
+    params: dict[str, str | int] = {"prefix": prefix} if prefix else {}
+    return _Pages("/v1/channels", params, "after", 1000 if limit is None else limit, 10_000, parse)
+
+
+def _job_pages(status: str | None, type: str | None, limit: int | None) -> _Pages[JobInfo]:
+    def parse(response: httpx.Response) -> tuple[list[JobInfo], str | None]:
+        page = decode(response, _JOBS)
+        return [_job_info(j) for j in page.jobs], page.next
+
     params: dict[str, str | int] = {}
     if status is not None:
         params["status"] = status
     if type is not None:
         params["type"] = type
-    if limit is not None:
-        params["limit"] = limit
-    return {"method": "GET", "url": "/v1/jobs", "params": params}
+    return _Pages("/v1/jobs", params, "before", 100 if limit is None else limit, 1000, parse)
 
 
 def _job_action_request(job_id: str, action: str) -> dict[str, Any]:
@@ -605,10 +641,6 @@ def _parse_submitted(response: httpx.Response) -> tuple[JobInfo, bool | None]:
     except (msgspec.DecodeError, msgspec.ValidationError):
         served = None
     return job, served
-
-
-def _parse_jobs(response: httpx.Response) -> list[JobInfo]:
-    return [_job_info(j) for j in decode(response, _JOBS).jobs]
 
 
 def _job_info(wire: JobWire) -> JobInfo:
@@ -971,8 +1003,13 @@ class Client:
     def list_jobs(
         self, *, status: str | None = None, type: str | None = None, limit: int | None = None
     ) -> list[JobInfo]:
-        """Jobs, optionally only those of a `status` and/or `type` (at most `limit`)."""
-        return _parse_jobs(self._request(_list_jobs_request(status, type, limit)))
+        """Jobs, newest first, optionally only those of a `status` and/or `type`: `limit`
+        of them (default 100) or as many as there are; the server's pages are followed
+        until then."""
+        pages = _job_pages(status, type, limit)
+        while not pages.add(self._request(pages.request())):
+            pass
+        return pages.items
 
     def cancel_job(self, job_id: str) -> JobInfo:
         """Cancel a job: a queued one at once, a running one at its next heartbeat.
@@ -997,12 +1034,16 @@ class Client:
 
         Args:
             prefix: Only channels whose name starts with it.
-            limit: At most this many (the server's default is 1000, its cap 10,000).
+            limit: At most this many (default 1000); the server's pages are followed
+                until then.
 
         Raises:
             TidingsHTTPError: e.g. 400 for a limit out of range.
         """
-        return _parse_channels(self._request(_list_channels_request(prefix, limit)))
+        pages = _channel_pages(prefix, limit)
+        while not pages.add(self._request(pages.request())):
+            pass
+        return pages.items
 
     def channel_info(self, channel: str) -> ChannelInfo:
         """One channel: its ids, message count, creation time, retention and subscribers.
@@ -1278,8 +1319,11 @@ class AsyncClient:
     async def list_jobs(
         self, *, status: str | None = None, type: str | None = None, limit: int | None = None
     ) -> list[JobInfo]:
-        """Jobs, optionally only those of a `status` and/or `type` (at most `limit`)."""
-        return _parse_jobs(await self._request(_list_jobs_request(status, type, limit)))
+        """Jobs, newest first; see `Client.list_jobs`."""
+        pages = _job_pages(status, type, limit)
+        while not pages.add(await self._request(pages.request())):
+            pass
+        return pages.items
 
     async def cancel_job(self, job_id: str) -> JobInfo:
         """Cancel a job; see `Client.cancel_job`."""
@@ -1299,7 +1343,10 @@ class AsyncClient:
         self, *, prefix: str = "", limit: int | None = None
     ) -> list[ChannelInfo]:
         """The channels this principal may read; see `Client.list_channels`."""
-        return _parse_channels(await self._request(_list_channels_request(prefix, limit)))
+        pages = _channel_pages(prefix, limit)
+        while not pages.add(await self._request(pages.request())):
+            pass
+        return pages.items
 
     async def channel_info(self, channel: str) -> ChannelInfo:
         """One channel's ids, counts, retention and subscribers; see `Client.channel_info`."""
