@@ -70,13 +70,32 @@ def test_a_recorded_worker_is_listed_as_it_was_described(make_store):
 
 def test_a_refresh_keeps_first_seen_and_takes_the_new_description(make_store):
     async def body(store: Store) -> None:
-        await store.workers.record_worker(seen("w1", T0, types=["a"]))
-        later = seen("w1", T0 + 5, types=["a", "b"], concurrency=None, user="bob")
+        await store.workers.record_worker(seen("w1", T0, types=["a"], user="bob"))
+        later = seen("w1", T0 + 5, name="box:7", types=["a", "b"], concurrency=None, user="bob")
         await store.workers.record_worker(later)
         [w] = await store.workers.list_workers(T0 - 1)
         assert w.first_seen == T0
         assert w.last_seen == T0 + 5
-        assert (w.types, w.concurrency, w.user) == (["a", "b"], None, "bob")
+        assert (w.name, w.types, w.concurrency, w.user) == ("box:7", ["a", "b"], None, "bob")
+
+    run(make_store, body)
+
+
+def test_another_users_record_of_an_id_in_use_is_ignored_until_the_id_is_forgotten(make_store):
+    """Worker ids are no secret (jobs show them): a record by another principal (or by
+    anonymous) does not take over an id seen within the window."""
+
+    async def body(store: Store) -> None:
+        await store.workers.record_worker(seen("w1", T0, types=["a"], user="alice"))
+        for user in ("carol", None):
+            await store.workers.record_worker(seen("w1", T0 + 5, types=["b"], user=user))
+            [w] = await store.workers.list_workers(T0 - 1)
+            assert (w.user, w.types, w.last_seen) == ("alice", ["a"], T0)
+        # Once alice's record is older than the window, the id is free again.
+        late = T0 + WORKER_WINDOW + 1
+        await store.workers.record_worker(seen("w1", late, types=["b"], user="carol"))
+        [w] = await store.workers.list_workers(T0 - 1)
+        assert (w.user, w.types, w.first_seen, w.last_seen) == ("carol", ["b"], late, late)
 
     run(make_store, body)
 

@@ -190,7 +190,7 @@ def test_a_non_admins_channel_pages_hold_what_they_may_read_and_no_job_channels(
 
     readable = [f"news.{i}" for i in range(5)] + [f"zz.{i}" for i in range(5)]
     with client("alice", alice_pw) as alice, client("root", root_pw) as root:
-        for limit in (1, 3, 4, 1000):
+        for limit in (1, 3, 4, 11, 50, 1000):
             found = pages(alice, "/v1/channels", "after", {"limit": limit})
             assert [c["name"] for p in found for c in p["channels"]] == readable, limit
             # Pages that reach the job channels go on past them: the 40 of them cost

@@ -299,6 +299,34 @@ def make_user(http: httpx.Client, name: str, **permissions: list[str]) -> str:
 
 
 @pytest.mark.timeout(60)
+def test_a_worker_id_in_use_is_not_another_users_to_take(tidings_server: ServerFactory) -> None:
+    """Jobs show their worker's id. Carol leasing under the id of alice's worker neither
+    takes over its record nor sees alice's running job through it."""
+    srv = tidings_server()
+    with httpx.Client(base_url=srv.url, timeout=30) as admin:
+        alice = {"Authorization": f"Bearer {make_user(admin, 'alice', work=['t.a'])}"}
+        carol = {"Authorization": f"Bearer {make_user(admin, 'carol', work=['t.c'])}"}
+        job = submit(admin, "t.a", {"secret": 1})
+        ident = {"id": "shared-1", "name": "alice's box", "concurrency": 1}
+        r = lease(admin, {"types": ["t.a"], "worker": ident}, headers=alice)
+        assert [j["id"] for j in r.json()["jobs"]] == [job["id"]], r.text
+        assert admin.get(f"/v1/jobs/{job['id']}").json()["worker"] == "shared-1"
+
+        theirs = submit(admin, "t.c", None)
+        taken = {**ident, "name": "carol's box"}
+        r = lease(admin, {"types": ["t.c"], "worker": taken}, headers=carol)
+        assert [j["id"] for j in r.json()["jobs"]] == [theirs["id"]], r.text
+
+        [w] = listed(admin)["workers"]
+        assert (w["id"], w["user"], w["name"]) == ("shared-1", "alice", "alice's box")
+        assert {j["id"] for j in w["running"]} == {job["id"], theirs["id"]}
+        # Alice sees her worker with her job only: carol's job is not hers to follow.
+        [mine] = listed(admin, headers=alice)["workers"]
+        assert [j["id"] for j in mine["running"]] == [job["id"]]
+        assert listed(admin, headers=carol)["workers"] == []
+
+
+@pytest.mark.timeout(60)
 def test_admins_see_every_worker_a_work_grant_its_own_and_others_are_refused(
     tidings_server: ServerFactory, start_worker: Callable[..., WorkerProcess]
 ) -> None:

@@ -206,14 +206,23 @@ async def list_channels(request: Request) -> Response:
         if JOB_CHANNEL_PREFIX <= after < _PAST_JOB_CHANNELS:
             after = _PAST_JOB_CHANNELS
     # One channel past the page says whether another page follows.
-    infos = await store.list_channels(prefix, limit + 1, after)
-    if not admin:
-        # No job channels (one per job: there may be many): a page that ends among them
-        # goes on past them.
-        shown = [i for i in infos if not i.name.startswith(JOB_CHANNEL_PREFIX)]
-        if len(infos) == limit + 1 and infos[-1].name.startswith(JOB_CHANNEL_PREFIX):
-            shown += await store.list_channels(prefix, limit + 1 - len(shown), _PAST_JOB_CHANNELS)
-        infos = shown
+    want = limit + 1
+    if admin:
+        infos = await store.list_channels(prefix, want, after)
+    else:
+        # No job channels (one per job: there may be many). Reads go on until the page is
+        # full or the store has no more; a read that reaches the job channels goes on past
+        # them all, so this takes at most three reads.
+        infos = []
+        while len(infos) < want:
+            asked = want - len(infos)
+            read = await store.list_channels(prefix, asked, after)
+            infos += [i for i in read if not i.name.startswith(JOB_CHANNEL_PREFIX)]
+            if len(read) < asked:
+                break
+            after = read[-1].name
+            if after.startswith(JOB_CHANNEL_PREFIX):
+                after = _PAST_JOB_CHANNELS
     nxt = infos[limit - 1].name if len(infos) > limit else None
     infos = infos[:limit]
     if not admin:  # only the channels this principal may read

@@ -40,7 +40,10 @@ async def list_workers(request: Request) -> Response:
     for job in running:
         worker = job.worker
         if worker is not None and worker in held:
-            held[worker].append(job.running_wire())
+            # A worker's id is no secret (jobs show it): a non-admin sees, of the jobs
+            # under its workers' ids, only those it may follow.
+            if principal.admin or principal.may_follow_job(job.submitted_by, job.type):
+                held[worker].append(job.running_wire())
         elif (worker is None or worker not in listed) and principal.may_follow_job(
             job.submitted_by, job.type
         ):

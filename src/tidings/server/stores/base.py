@@ -418,8 +418,10 @@ class WorkerStore(abc.ABC):
     @abc.abstractmethod
     async def record_worker(self, worker: WorkerSeen) -> None:
         """Insert or refresh a worker by `id`: a refresh keeps the first record's
-        `first_seen`; `last_seen` never moves back. The store keeps a bounded number
-        of workers, forgetting the least recently seen first."""
+        `first_seen`; `last_seen` never moves back. A record by another `user` than the
+        one of an id seen within WORKER_WINDOW is ignored (ids are not secret: jobs show
+        them). The store keeps a bounded number of workers, forgetting the least
+        recently seen first."""
 
     @abc.abstractmethod
     async def list_workers(self, since: float) -> list[WorkerSeen]:

@@ -42,7 +42,10 @@ class LocalWorkers(WorkerStore):
         if known is not None:
             if worker.last_seen < known.last_seen:
                 return  # an older word: the record stays as the newer one left it
-            worker = replace(worker, first_seen=known.first_seen)
+            if known.last_seen >= worker.last_seen - WORKER_WINDOW:  # a refresh
+                if worker.user != known.user:
+                    return  # another user's id, still in use: it is not theirs to take
+                worker = replace(worker, first_seen=known.first_seen)
         seen[worker.id] = worker
         seen.move_to_end(worker.id)
         while len(seen) > self.cap:

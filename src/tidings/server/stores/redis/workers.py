@@ -74,6 +74,7 @@ class RedisWorkers(WorkerStore):
             encode_msgpack(description),
             repr(worker.last_seen - WORKER_WINDOW),
             self.cap,
+            worker.user or "",
         ]
         client = self._core.client  # StoreClosed before start
         with self._errors:

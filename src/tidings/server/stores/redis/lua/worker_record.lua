@@ -3,15 +3,27 @@
 -- past ARGV[6] workers, the least recently seen.
 -- KEYS: {p}workers (ids by last_seen), {p}workerfirst (ids by first_seen),
 --       {p}workerinfo (hash: id -> msgpack description).
--- ARGV: id, first_seen, last_seen, description, forget_before, cap.
--- Reply: 1 when recorded, 0 when the store holds a later word of this worker.
+-- ARGV: id, first_seen, last_seen, description, forget_before, cap, user ('' anonymous).
+-- Reply: 1 when recorded, 0 when the store holds a later word of this worker, or a
+-- record of this id by another user seen since forget_before (not theirs to take).
 local id = ARGV[1]
 local known = redis.call('ZSCORE', KEYS[1], id)
 if known and tonumber(known) > tonumber(ARGV[3]) then
   return 0
 end
+-- A record seen since forget_before is refreshed; an older one is replaced whole.
+local live = known and tonumber(known) >= tonumber(ARGV[5])
+if live then
+  local body = redis.call('HGET', KEYS[3], id)
+  -- The description is msgpack [name, types, concurrency, user].
+  if body and (cmsgpack.unpack(body)[4] or '') ~= ARGV[7] then
+    return 0
+  end
+  redis.call('ZADD', KEYS[2], 'NX', ARGV[2], id)
+else
+  redis.call('ZADD', KEYS[2], ARGV[2], id)
+end
 redis.call('ZADD', KEYS[1], ARGV[3], id)
-redis.call('ZADD', KEYS[2], 'NX', ARGV[2], id)
 redis.call('HSET', KEYS[3], id, ARGV[4])
 
 local function forget(ids)
