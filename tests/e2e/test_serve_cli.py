@@ -200,6 +200,16 @@ def test_a_bad_store_url_is_one_paragraph_with_the_right_form(
     assert list(tmp_path.iterdir()) == []  # no ./x.db made on the way
 
 
+def test_an_unreachable_redis_is_named_without_its_password() -> None:
+    nobody = free_port()  # nothing listens on it
+    url = f"redis://:hunter2-secret@127.0.0.1:{nobody}/0"
+    done = _tidings("serve", "--store", url, "--port", str(free_port()))
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert f"127.0.0.1:{nobody}" in output, output
+    assert "hunter2" not in output
+
+
 # -- the port ----------------------------------------------------------------------------------
 
 

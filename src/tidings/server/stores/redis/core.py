@@ -184,7 +184,7 @@ class RedisCore:
         try:
             await self._client.ping()
         except Exception as exc:
-            raise StoreError(f"cannot reach Redis at {self.url}: {exc}") from exc
+            raise StoreError(f"cannot reach Redis at {_where(self.url)}: {exc}") from exc
 
     async def close(self) -> None:
         if self._closed:
