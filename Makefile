@@ -89,7 +89,9 @@ $(CONSOLE_FILES) &: console/package.json console/package-lock.json console/tscon
 	cd console && node_modules/.bin/tsc -p .
 	rm -rf $(CONSOLE_ASSETS)
 	mkdir -p $(CONSOLE_ASSETS)
-	cp console/dist/*.js console/src/index.html console/src/console.css $(CONSOLE_ASSETS)/
+	cp console/dist/*.js console/src/console.css $(CONSOLE_ASSETS)/
+	# index.html last: the server reloads the console when it changes (ops.py).
+	cp console/src/index.html $(CONSOLE_ASSETS)/
 	touch $(CONSOLE_FILES)
 
 ## make client-test: the JavaScript client's node suite; it starts its own tidings servers

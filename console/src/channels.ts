@@ -326,7 +326,7 @@ function tail(name: string, ctx: Ctx): HTMLElement {
 
   const pause = button("Pause", "tail-pause", () => {
     if (paused) {
-      start(lastId ?? "0");
+      start(lastId ?? undefined);
     } else {
       lastId = sub?.lastId ?? lastId;
       stop();
@@ -334,6 +334,15 @@ function tail(name: string, ctx: Ctx): HTMLElement {
       pause.textContent = "Resume";
       status.textContent = "paused";
       status.dataset.state = "paused";
+      if (lastId === null) {
+        // Nothing received yet: resume after what the channel holds now, not from its
+        // oldest message.
+        void scope.act(async () => {
+          const page = await api<ChannelPage>("GET", `/v1/channels${query({ prefix: name, limit: 1 })}`, undefined, scope.signal);
+          const held = page.channels[0];
+          if (lastId === null) lastId = held?.name === name ? (held.last_id ?? "0") : "0";
+        });
+      }
     }
   });
   const from = h("input", { placeholder: "id, or 0 for the oldest", "data-testid": "tail-from", "aria-label": "Resume from id" });

@@ -20,6 +20,8 @@ const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"] as co
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const POLL = 2000;
 const PAGE_SIZE = 50;
+/** The most events a job's page shows (newest first); older ones leave the table. */
+const EVENT_ROWS = 200;
 
 export const jobHref = (id: string): string => `#/jobs/${seg(id)}`;
 
@@ -366,6 +368,7 @@ export function jobPage(view: HTMLElement, ctx: Ctx): void {
         h("td", null, e.job.message ?? ""),
       ),
     );
+    while (ebody.rows.length > EVENT_ROWS) ebody.deleteRow(-1);
   };
 
   // The full job (payload, errors, traceback) from GET; live changes from its channel.
@@ -375,6 +378,7 @@ export function jobPage(view: HTMLElement, ctx: Ctx): void {
   };
   // The job's channel, from its first event, for as long as the page shows it: a retry
   // (from here or elsewhere) goes on in the same view.
+  let reloading = false;
   const onMessage = (m: Message) => {
     if (scope.closed) return;
     const data = (m.data ?? {}) as Job;
@@ -385,7 +389,15 @@ export function jobPage(view: HTMLElement, ctx: Ctx): void {
     job = { ...data, payload: keep?.payload, errors: keep?.errors };
     if (keep && errorLine(keep.error) === errorLine(data.error)) job.error = keep.error;
     render();
-    if (TERMINAL.has(data.status)) void scope.act(load);
+    // One GET for any number of terminal events close together (a replay of several
+    // attempts brings one each).
+    if (TERMINAL.has(data.status) && !reloading) {
+      reloading = true;
+      scope.later(() => {
+        reloading = false;
+        void scope.act(load);
+      }, 200);
+    }
   };
   const follow = () => {
     sub = client.subscribe(`job.${id}`, { via: "auto", after: "0", onMessage, onError: (e) => showError(e, "job-live") });

@@ -90,6 +90,14 @@ export class Scope {
     else this.cleanups.push(fn);
   }
 
+  /** Run `fn` once after `ms` milliseconds, unless the page is left first. */
+  later(fn: () => void, ms: number): void {
+    const timer = setTimeout(() => {
+      if (!this.closed) fn();
+    }, ms);
+    this.defer(() => clearTimeout(timer));
+  }
+
   close(): void {
     if (this.closed) return;
     this.controller.abort();

@@ -96,8 +96,9 @@ export function usersPage(view: HTMLElement, ctx: Ctx): void {
                 "td",
                 { class: "actions" },
                 confirmButton("Delete", `Delete ${u.name}?`, "user-delete", async () => {
-                  await scope.act(() => api("DELETE", `/v1/admin/users/${seg(u.name)}`));
-                  await scope.act(load);
+                  // Reloaded only when the delete went through: a reload would clear its error.
+                  const done = await scope.act(async () => (await api("DELETE", `/v1/admin/users/${seg(u.name)}`), true));
+                  if (done) await scope.act(load);
                 }),
               ),
             ),
@@ -138,8 +139,8 @@ export function userPage(view: HTMLElement, ctx: Ctx): void {
                 "td",
                 { class: "actions" },
                 confirmButton("Revoke", `Revoke this ${c.kind}?`, "credential-revoke", async () => {
-                  await scope.act(() => api("DELETE", `/v1/admin/tokens/${seg(c.key)}`));
-                  await scope.act(loadCredentials);
+                  const done = await scope.act(async () => (await api("DELETE", `/v1/admin/tokens/${seg(c.key)}`), true));
+                  if (done) await scope.act(loadCredentials);
                 }),
               ),
             ),
