@@ -20,6 +20,8 @@ const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"] as co
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const POLL = 2000;
 const PAGE_SIZE = 50;
+/** How many further stretches the job list reads while a filtered page comes back empty. */
+const EMPTY_STRETCHES = 10;
 /** The most events a job's page shows (newest first); older ones leave the table. */
 const EVENT_ROWS = 200;
 
@@ -244,8 +246,16 @@ export function jobsPage(view: HTMLElement, ctx: Ctx): void {
     );
   };
   const listPoll = scope.poll(async (signal) => {
-    const path = `/v1/jobs${query({ type, status, before: befores[befores.length - 1], limit: PAGE_SIZE })}`;
-    renderList(await api<JobList>("GET", path, undefined, signal));
+    // A filtered page may come back empty with a `next` (the Redis store scans a bounded
+    // stretch of jobs per page): a few more stretches are read before showing it so.
+    let before = befores[befores.length - 1];
+    let page: JobList;
+    for (let stretch = 0; ; stretch++) {
+      page = await api<JobList>("GET", `/v1/jobs${query({ type, status, before, limit: PAGE_SIZE })}`, undefined, signal);
+      if (page.jobs.length > 0 || page.next === null || stretch >= EMPTY_STRETCHES) break;
+      before = page.next;
+    }
+    renderList(page);
   }, POLL);
 
   function go(stack: string[]): void {
