@@ -212,7 +212,7 @@ async def list_channels(request: Request) -> Response:
     else:
         # No job channels (one per job: there may be many). Reads go on until the page is
         # full or the store has no more; a read that reaches the job channels goes on past
-        # them all, so this takes at most three reads.
+        # them all, so this takes at most two reads.
         infos = []
         while len(infos) < want:
             asked = want - len(infos)
