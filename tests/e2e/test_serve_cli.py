@@ -107,9 +107,11 @@ def test_every_option_shows_its_default_and_its_variable(command: str) -> None:
     entries = _option_entries(done.stdout)
     entries.pop("--help")
     assert len(entries) >= (40 if command == "serve" else 5), entries
+    # `tidings worker --name`: a bare TIDINGS_NAME would say nothing of what it names.
+    variables = {"--name": "TIDINGS_WORKER_NAME"} if command == "worker" else {}
     for flag, entry in entries.items():
         name = flag.removeprefix("--").replace("-", "_").upper()
-        assert f"[env TIDINGS_{name}]" in entry, entry
+        assert f"[env {variables.get(flag, f'TIDINGS_{name}')}]" in entry, entry
         default = re.search(r"\[default: ([^\]]+)\]", entry)
         assert default, entry
         assert default.group(1) not in ("None", "", '""'), entry
