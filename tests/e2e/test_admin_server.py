@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ServerFactory, free_port
 from tests.e2e.helpers import cli_ok
@@ -246,3 +247,45 @@ def test_metrics_count_the_jobs_this_process_saw_submitted_and_finished(
             'tidings_jobs_finished_total{status="failed"}': 1,
             'tidings_jobs_finished_total{status="cancelled"}': 1,
         }
+
+
+def samples(metrics: str, name: str) -> dict[tuple[str, str, str], float]:
+    """The samples of histogram `name`: (sample name, type, le) -> value."""
+    out: dict[tuple[str, str, str], float] = {}
+    for family in text_string_to_metric_families(metrics):
+        if family.name == name:
+            for s in family.samples:
+                out[(s.name, s.labels["type"], s.labels.get("le", ""))] = s.value
+    return out
+
+
+@pytest.mark.timeout(60)
+def test_metrics_time_how_long_jobs_waited_ready_and_ran_by_type(
+    tidings_server: ServerFactory, store_url: str
+) -> None:
+    srv = tidings_server(store=store_url)
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        for type_ in ("slow", "never"):
+            r = http.post("/v1/jobs", json={"type": type_, "max_attempts": 1})
+            assert r.status_code == 202, r.text
+        time.sleep(0.3)  # ready, not leased
+        [job] = http.post(
+            "/v1/workers/lease", json={"types": ["slow"], "lease": 30, "wait": 0}
+        ).json()["jobs"]
+        time.sleep(0.2)  # at work
+        r = http.post(
+            f"/v1/jobs/{job['id']}/complete", json={"lease_token": job["lease_token"], "result": 1}
+        )
+        assert r.status_code == 200, r.text
+        never = http.get("/v1/jobs", params={"type": "never"}).json()["jobs"][0]
+        assert http.post(f"/v1/jobs/{never['id']}/cancel").status_code == 200
+
+        text = http.get("/metrics").text
+        for name, least in (("tidings_job_wait_seconds", 0.3), ("tidings_job_run_seconds", 0.2)):
+            timings = samples(text, name)
+            assert timings[(f"{name}_count", "slow", "")] == 1, timings
+            assert least <= timings[(f"{name}_sum", "slow", "")] < 30
+            assert timings[(f"{name}_bucket", "slow", "0.1")] == 0
+            assert timings[(f"{name}_bucket", "slow", "+Inf")] == 1
+            # Never leased, never run: the cancelled job is in neither.
+            assert not any(key[1] == "never" for key in timings)

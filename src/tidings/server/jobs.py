@@ -46,6 +46,7 @@ from tidings.server.constants import (
 )
 from tidings.server.depth import check_storable
 from tidings.server.hub import Hub
+from tidings.server.job_timings import JobTimings
 from tidings.server.stores.base import (
     JobChange,
     JobCursor,
@@ -160,13 +161,17 @@ def error_object(error: Any) -> dict[str, Any]:
 
 class JobCounters:
     """The jobs this process saw submitted (new ones, not idempotent repeats) and end, by
-    status: plain integers, read by /metrics at scrape time."""
+    status; how long the jobs it leased had waited ready (from `run_at` to the lease), and
+    how long those that succeeded or failed ran (from the lease to the end). Read by
+    /metrics at scrape time."""
 
-    __slots__ = ("finished", "submitted")
+    __slots__ = ("finished", "run", "submitted", "wait")
 
     def __init__(self) -> None:
         self.submitted = 0
         self.finished: dict[str, int] = dict.fromkeys(FINISHED_STATUSES, 0)
+        self.wait = JobTimings()
+        self.run = JobTimings()
 
 
 class _WorkersNoted:
@@ -250,8 +255,16 @@ class JobService:
             self._work_ready(job)
         elif change.published is not None:
             event = change.published.message.event
-            if event in TERMINAL_STATUSES:  # the change that ended the job
-                self.counters.finished[event] += 1
+            counters = self.counters
+            if event == "running" and job.started_at is not None:  # a lease
+                counters.wait.observe(job.type, job.started_at - job.run_at)
+            elif event in TERMINAL_STATUSES:  # the change that ended the job
+                counters.finished[event] += 1
+                # Cancelled jobs are left out: a queued one may carry an earlier attempt's
+                # start.
+                if event != "cancelled" and job.started_at is not None:
+                    end = job.finished_at if job.finished_at is not None else job.updated_at
+                    counters.run.observe(job.type, end - job.started_at)
         return job
 
     def parked(self) -> bool:

@@ -11,7 +11,8 @@ no job type), and `tidings_job_types` says how many types there are.
 
 Job outcomes (`tidings_jobs_submitted_total`, `tidings_jobs_finished_total{status}`) are
 this process's: counted by its job service as it applies each change (`JobCounters`), so
-a cluster's totals are the sum over its nodes.
+a cluster's totals are the sum over its nodes. So are the job timings
+(`tidings_job_wait_seconds{type}`, `tidings_job_run_seconds{type}`: tidings.server.job_timings).
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -128,6 +134,24 @@ class _HubCollector(Collector):
             for status in FINISHED_STATUSES:
                 finished.add_metric([status], counters.finished[status])
             yield finished
+            for name, text, timings in (
+                (
+                    "tidings_job_wait_seconds",
+                    "Time a job leased by this process had been ready (since run_at), by type",
+                    counters.wait,
+                ),
+                (
+                    "tidings_job_run_seconds",
+                    "Time from lease to end of the jobs that succeeded or failed here, by type",
+                    counters.run,
+                ),
+            ):
+                histogram = HistogramMetricFamily(name, text, labels=["type"])
+                for type_ in sorted(timings.counts):
+                    histogram.add_metric(
+                        [type_], timings.cumulative(type_), sum_value=timings.sums[type_]
+                    )
+                yield histogram
         counts = self.job_counts
         if counts is None:
             return
