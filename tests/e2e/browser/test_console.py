@@ -33,22 +33,18 @@ import httpx
 import pytest
 from playwright.sync_api import (
     Browser,
-    ConsoleMessage,
     Page,
-    ViewportSize,
     expect,
-    sync_playwright,
 )
 
 from tests.conftest import ServerProcess
+from tests.e2e.browser.console_page import Console
 from tests.e2e.browser.harness import ROOT, start_worker, stop_process
-from tests.hostile.browser import LoopbackPage, launch
 
 pytestmark = pytest.mark.timeout(120)
 
 TRANSCODE = "examples.transcode.workers:worker"  # "transcode": ten progress steps of 0.2 s
 FAILING = "tests.e2e.worker_app:worker"  # "fail": raises on every attempt
-VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
 SCREENSHOTS = Path(__file__).resolve().parents[3] / "build" / "screenshots"
 # The channel list's page size, as the console asks for it.
 CHANNELS_PAGE = int(
@@ -71,16 +67,6 @@ class Site(NamedTuple):
     server: ServerProcess
     http: httpx.Client
     transcoder: int  # the pid of the transcode worker
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture(scope="module")
@@ -116,60 +102,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         for worker in workers:
             stop_process(worker)
         server.kill()
-
-
-class Console:
-    """A fresh browser context (1280x800) on the console that records console errors and
-    uncaught exceptions, and (LoopbackPage) every request, aborting any beyond loopback.
-
-    `refusals`: (status, path) of the answers the test expects to be refused, each logged
-    by Chrome as a console error that names the status and the URL: only those pass."""
-
-    def __init__(
-        self, browser: Browser, origin: str, refusals: tuple[tuple[int, str], ...] = ()
-    ) -> None:
-        self.origin = origin
-        self.refusals = refusals
-        self.loopback = LoopbackPage(browser.new_context(viewport=VIEWPORT))
-        self.page: Page = self.loopback.page
-        self.errors: list[str] = []
-        self.page.on("console", self._console)
-        self.page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
-
-    def _refused(self, message: ConsoleMessage) -> bool:
-        url = urlsplit(message.location.get("url", ""))
-        return any(
-            message.text.startswith(
-                f"Failed to load resource: the server responded with a status of {status} "
-            )
-            and f"{url.scheme}://{url.netloc}" == self.origin
-            and url.path == path
-            for status, path in self.refusals
-        )
-
-    def _console(self, message: ConsoleMessage) -> None:
-        if message.type == "error" and not self._refused(message):
-            self.errors.append(f"{message.text} ({message.location.get('url')})")
-
-    def open(self, route: str) -> Page:
-        self.page.goto(f"{self.origin}/console{route}")
-        return self.page
-
-    def check(self) -> None:
-        """No console error, nothing uncaught, no error banner, every request to the origin."""
-        self.loopback.check()
-        assert self.errors == []
-        expect(self.page.get_by_test_id("error-banner")).to_have_count(0)
-        host = urlsplit(self.origin).netloc
-        foreign = [
-            url
-            for url in self.loopback.requests
-            if urlsplit(url).scheme not in ("http", "ws") or urlsplit(url).netloc != host
-        ]
-        assert foreign == []
-
-    def close(self) -> None:
-        self.page.context.close()
 
 
 @pytest.fixture

@@ -16,44 +16,29 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from playwright.sync_api import (
     Browser,
-    ConsoleMessage,
     Page,
-    ViewportSize,
     expect,
-    sync_playwright,
 )
 
 from tests.conftest import ServerProcess
+from tests.e2e.browser.console_page import Console
 from tests.e2e.browser.harness import start_worker, stop_process
-from tests.hostile.browser import LoopbackPage, launch
 
 pytestmark = pytest.mark.timeout(90)
 
 WORKER = "examples.transcode.workers:worker"
 CHANNELS = ("news", "news.sport", "chat.lobby")
-VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
 
 
 class Site(NamedTuple):
     server: ServerProcess
     job: str  # a transcode job the worker finished
     folder: Path
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture(scope="module")
@@ -84,49 +69,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     finally:
         stop_process(worker)
         server.kill()
-
-
-class Console:
-    """A fresh browser context on the console: it records console errors and uncaught
-    exceptions, and (LoopbackPage) every request, aborting any beyond loopback."""
-
-    def __init__(self, browser: Browser, origin: str, refusals: tuple[int, ...] = ()) -> None:
-        self.origin = origin
-        # Chrome logs every answer of 400 or more as a console error ("Failed to load
-        # resource"): those of these statuses are expected (a 401 before a login).
-        self.refusals = tuple(
-            f"Failed to load resource: the server responded with a status of {status} "
-            for status in refusals
-        )
-        self.loopback = LoopbackPage(browser.new_context(viewport=VIEWPORT))
-        self.page: Page = self.loopback.page
-        self.errors: list[str] = []
-        self.page.on("console", self._console)
-        self.page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
-
-    def _console(self, message: ConsoleMessage) -> None:
-        if message.type == "error" and not message.text.startswith(self.refusals or ("\0",)):
-            self.errors.append(message.text)
-
-    def open(self, route: str) -> Page:
-        self.page.goto(f"{self.origin}/console{route}")
-        return self.page
-
-    def check(self) -> None:
-        """No console error, nothing uncaught, no error banner, every request to the origin."""
-        self.loopback.check()
-        assert self.errors == []
-        expect(self.page.get_by_test_id("error-banner")).to_have_count(0)
-        host = urlsplit(self.origin).netloc
-        foreign = [
-            url
-            for url in self.loopback.requests
-            if urlsplit(url).scheme not in ("http", "ws") or urlsplit(url).netloc != host
-        ]
-        assert foreign == []
-
-    def close(self) -> None:
-        self.page.context.close()
 
 
 @pytest.fixture
@@ -243,7 +185,7 @@ def test_under_require_auth_the_console_asks_for_a_login_and_shows_a_limited_use
     add_user(store, "pub", publisher, "--publish", "*")
     server = ServerProcess(store, tmp_path / "server.log", ["--require-auth"], {}).start()
     # 401: who-am-I before the login and after the logout, and the wrong password.
-    console = Console(browser, server.url, refusals=(401,))
+    console = Console(browser, server.url, ((401, "/v1/auth/me"), (401, "/v1/auth/login")))
     try:
         with httpx.Client(base_url=server.url, timeout=10) as http:
             login = http.post("/v1/auth/login", json={"username": "pub", "password": publisher})

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, FilePayload, expect, sync_playwright
+from playwright.sync_api import Browser, FilePayload, expect
 
 from tests.conftest import ServerProcess
 from tests.e2e.browser.harness import (
@@ -30,7 +30,7 @@ from tests.e2e.browser.harness import (
     start_worker,
     stop_process,
 )
-from tests.hostile.browser import LoopbackPage, launch
+from tests.hostile.browser import LoopbackPage
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,16 +44,6 @@ PageFactory = Callable[..., LoopbackPage]
 
 # ---------------------------------------------------------------------------------------
 # Fixtures: one browser and the servers per module, a fresh browser context per page
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture
