@@ -419,8 +419,7 @@ def worker(
       TIDINGS_CONCURRENCY=16 TIDINGS_LOG_FORMAT=json tidings worker myapp.jobs:worker
     """
     from tidings.loader import load_object
-    from tidings.protocol.jobs import WorkerIdentity
-    from tidings.sdk.worker import Worker
+    from tidings.sdk.worker import Worker, checked_name
     from tidings.server.logs import configure_logging
 
     try:
@@ -437,10 +436,10 @@ def worker(
     if concurrency is not None:
         obj.concurrency = concurrency
     if name is not None:
-        problem = WorkerIdentity(id="-", name=name).problem()
-        if problem is not None:
-            fail("worker", f"--name: {problem}", 2)
-        obj.name = name
+        try:
+            obj.name = checked_name(name)
+        except ValueError as exc:
+            fail("worker", f"--{exc}", 2)
     # The worker's own log lines are the point; httpx's per-request lines are noise.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # Sync handlers run in threads that hand results back to the loop: a short GIL

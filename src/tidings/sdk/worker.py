@@ -152,6 +152,16 @@ class LeaseLost(Exception):
     """The server no longer knows this lease (expired, or given to another worker)."""
 
 
+def checked_name(name: str | None) -> str | None:
+    """`name` as a worker may give it to the server (None: none); ValueError saying what
+    is wrong otherwise."""
+    if name is not None:
+        problem = WorkerIdentity(id="-", name=name).problem()
+        if problem is not None:
+            raise ValueError(f"name: {problem}")
+    return name
+
+
 class WorkerRefused(ValueError):
     """The server refuses this worker: no valid token (401) or no grant to work the job
     types it asks for (403). Raised by `Worker.run` with what to do about it; `status` is
@@ -823,11 +833,7 @@ class Worker:
         self.types = None if types is None else list(types)
         self.drain_timeout = drain_timeout
         self.lease_wait = lease_wait
-        if name is not None:
-            problem = WorkerIdentity(id="-", name=name).problem()
-            if problem is not None:
-                raise ValueError(f"name: {problem}")
-        self.name = name
+        self.name = checked_name(name)
         self.handlers: dict[str, SyncHandler | AsyncHandler] = {}
 
     def handler(self, type: str) -> Callable[[H], H]:
