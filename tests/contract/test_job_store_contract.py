@@ -28,6 +28,7 @@ from tidings.server.stores import open_store
 from tidings.server.stores.base import JobChange, JobCursor, Retention, Store
 from tidings.server.stores.common import SERVED_MARKS
 from tidings.server.stores.sqlite import SQLiteStore
+from tidings.server.stores.sqlite.core import SCHEMA
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -1244,3 +1245,130 @@ def test_sqlite_job_queries_each_read_a_range_of_their_own_index(tmp_path):
                 assert f"jobs_{index}" in plan, (sql, plan)
         if "ORDER BY created_at" in sql:
             assert "SEARCH jobs USING INDEX jobs_" in plan or "jobs_created" in plan, (sql, plan)
+
+
+# -- unique keys --------------------------------------------------------------------------
+
+
+def test_a_unique_key_gives_the_queued_or_running_job_until_it_ends(make_store):
+    """While a job holding a unique key is queued or running, a submit of its type with the
+    key returns it and stores nothing; another type, or the key once the job has ended,
+    makes a new job."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        first, created = await svc.submit("t", 1, unique_key="shop-42")
+        assert created and first.unique_key == "shop-42"
+        again, created = await svc.submit("t", 2, unique_key="shop-42")
+        assert not created and again == first
+        assert svc.deduplicated(again, created, None)
+        other, created = await svc.submit("u", 3, unique_key="shop-42")
+        assert created and other.id != first.id
+        leased = await lease_one(svc, types=["t"])
+        running, created = await svc.submit("t", 4, unique_key="shop-42")
+        assert not created and running.id == first.id and running.status == "running"
+        await svc.complete(first.id, leased.lease_token, "ok")
+        fresh, created = await svc.submit("t", 5, unique_key="shop-42")
+        assert created and fresh.id != first.id
+        assert await names(store, first.id) == ["queued", "running", "succeeded"]
+        counts = await store.jobs.queue_counts()
+        assert counts == {"t": {"succeeded": 1, "queued": 1}, "u": {"queued": 1}}
+        # A cancelled job lets go of its key too.
+        await svc.cancel(fresh.id)
+        after, created = await svc.submit("t", 6, unique_key="shop-42")
+        assert created and after.id not in (first.id, fresh.id)
+
+    run(make_store, body)
+
+
+def test_an_idempotent_repeat_is_not_a_deduplication(make_store):
+    """A submit repeated with its idempotency key gets its own job back, which is not
+    deduplicated; a different idempotency key with a held unique key is."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        job, created = await svc.submit("t", idempotency_key="i-1", unique_key="u")
+        again, created = await svc.submit("t", idempotency_key="i-1", unique_key="u")
+        assert again.id == job.id and not svc.deduplicated(again, created, "i-1")
+        other, created = await svc.submit("t", idempotency_key="i-2", unique_key="u")
+        assert other.id == job.id and svc.deduplicated(other, created, "i-2")
+
+    run(make_store, body)
+
+
+def test_concurrent_submits_of_one_unique_key_make_one_job(make_store):
+    """Twenty submits of one type and key at once: one job is made, all get it."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        answers = await asyncio.gather(*(svc.submit("t", n, unique_key="once") for n in range(20)))
+        assert sum(created for _, created in answers) == 1
+        assert len({job.id for job, _ in answers}) == 1
+        assert await store.jobs.queue_counts() == {"t": {"queued": 1}}
+
+    run(make_store, body)
+
+
+def test_retry_while_another_job_holds_the_unique_key_is_a_conflict(make_store):
+    """A failed job retried while a newer job of its type holds its unique key is refused
+    with a Conflict naming that job, and stays failed; once the holder ended it retries."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        old, _ = await svc.submit("t", max_attempts=1, unique_key="k")
+        leased = await lease_one(svc)
+        await svc.fail(old.id, leased.lease_token, "boom", retry=False)
+        holder, created = await svc.submit("t", unique_key="k")
+        assert created
+        with pytest.raises(Conflict, match=holder.id):
+            await svc.retry(old.id)
+        assert (await svc.get(old.id)).status == "failed"
+        assert await names(store, old.id) == ["queued", "running", "failed"]
+        # A step of a batch is refused on its own; the other steps apply.
+        out = await store.jobs.transition_jobs(
+            [(old.id, transitions.retry, True), (holder.id, transitions.cancel, True)]
+        )
+        assert isinstance(out[0], Conflict) and isinstance(out[1], JobChange)
+        assert (await svc.get(old.id)).status == "failed"
+        again = await svc.retry(old.id)  # the holder is cancelled: the key is free
+        assert again.status == "queued"
+        dup, created = await svc.submit("t", unique_key="k")
+        assert not created and dup.id == old.id
+
+    run(make_store, body)
+
+
+def test_a_bad_unique_key_is_refused_before_anything_is_stored(make_store):
+    """An empty, overlong or unprintable unique key is InvalidBody; nothing is stored."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        for bad in ("", "k" * 201, "a\nb", "\x00"):
+            with pytest.raises(InvalidBody, match="unique_key"):
+                await svc.submit("t", unique_key=bad)
+        assert await store.jobs.queue_counts() == {}
+        _job, created = await svc.submit("t", unique_key="k" * 200)
+        assert created
+
+    run(make_store, body)
+
+
+def test_sqlite_opens_a_file_whose_jobs_table_lacks_the_newer_columns(tmp_path):
+    """A file written before jobs had a unique key is upgraded on open: its jobs stay, and
+    unique keys work on it."""
+    path = tmp_path / "old.db"
+    old_schema = SCHEMA.replace(",\n    unique_key TEXT", "")
+    assert "unique_key" not in old_schema
+    conn = sqlite3.connect(path)
+    conn.executescript(old_schema)
+    conn.close()
+    url = f"sqlite:///{path}"
+
+    async def main() -> None:
+        store = open_store(url, DEFAULT)
+        await store.start()
+        svc = JobService(store, Hub(store.channels.cursor_key))
+        try:
+            job, created = await svc.submit("t", unique_key="k")
+            again, created_again = await svc.submit("t", unique_key="k")
+            assert created and not created_again and again.id == job.id
+        finally:
+            svc.close()
+            await store.close()
+
+    asyncio.run(main())

@@ -196,6 +196,41 @@ def test_same_idempotency_key_on_two_nodes_at_once_makes_one_job(redis_url):
     two_nodes(redis_url, body)
 
 
+def test_same_unique_key_on_two_nodes_at_once_makes_one_job(redis_url):
+    """Twenty submits of one type and unique key, half on each node, at once: one job; a
+    retry racing a submit of its key on the other node either retries or is refused, never
+    leaving two jobs holding the key."""
+
+    async def body(a: Node, b: Node) -> None:
+        (store_a, svc_a), (store_b, svc_b) = a, b
+        answers = await asyncio.gather(
+            *((svc_a if n % 2 else svc_b).submit("t", n, unique_key="only-one") for n in range(20))
+        )
+        assert sum(created for _, created in answers) == 1
+        assert len({job.id for job, _ in answers}) == 1
+        assert await store_b.jobs.queue_counts() == {"t": {"queued": 1}}
+
+        [leased] = await svc_a.lease(["t"], 1, 0, 30.0)
+        await svc_a.fail(leased.id, leased.lease_token or "", "x", retry=False)
+        for n in range(10):
+            retried, submitted = await asyncio.gather(
+                svc_a.retry(leased.id),
+                svc_b.submit("t", n, unique_key="only-one"),
+                return_exceptions=True,
+            )
+            queued = (await store_a.jobs.list_jobs("queued", "t", 100)).jobs
+            assert len(queued) == 1, (retried, submitted)
+            assert isinstance(submitted, tuple)
+            if isinstance(retried, Exception):  # the submit came first: a new job holds it
+                assert isinstance(retried, Conflict)
+                assert submitted[1] and queued[0].id == submitted[0].id
+            else:  # the retry came first: the submit got the retried job
+                assert not submitted[1] and queued[0].id == submitted[0].id == leased.id
+            await svc_b.cancel(queued[0].id)
+
+    two_nodes(redis_url, body)
+
+
 @pytest.mark.timeout(30)
 def test_submit_on_one_node_adds_a_wake_entry_with_its_type(redis_url):
     """A submit (and a requeue) on node A appends `type` and `run_at` to the wake stream

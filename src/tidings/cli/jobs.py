@@ -121,7 +121,8 @@ def _finish(command: str, info: Any) -> None:
 Examples:
   tidings jobs submit transcode '{"video": "v1.mp4"}'
   tidings jobs submit transcode '{"video": "v1.mp4"}' --wait 60
-  tidings jobs submit report - --priority 5 < payload.json""",
+  tidings jobs submit report - --priority 5 < payload.json
+  tidings jobs submit reindex '{"shop": 42}' --unique-key shop-42""",
 )
 def jobs_submit(
     type: Annotated[str, typer.Argument(help="Job type.")],
@@ -153,6 +154,13 @@ def jobs_submit(
         str | None,
         typer.Option(help="Dedup key: submitting again returns the same job. Default: none."),
     ] = None,
+    unique_key: Annotated[
+        str | None,
+        typer.Option(
+            help="While a queued or running job of this type holds this key, print that "
+            "job's id (and say so on stderr) instead of queuing another. Default: none."
+        ),
+    ] = None,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
@@ -174,7 +182,14 @@ def jobs_submit(
             delay=delay,
             priority=priority,
             idempotency_key=idempotency_key,
+            unique_key=unique_key,
             wait=wait,
+        )
+    if handle.deduplicated:
+        warn(
+            "jobs submit",
+            f"job {handle.id} ({handle.job.status}) holds unique key {unique_key!r}: "
+            "nothing new was queued",
         )
     if handle.served is False:
         warn(

@@ -25,6 +25,7 @@ from tidings.protocol.errors import ErrorDetail
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+ACTIVE_STATUSES = frozenset({"queued", "running"})
 # The fields of `JobWire` that hold a time (`Time`, or null where the job has none yet).
 JOB_TIME_FIELDS = (
     "created_at",
@@ -53,6 +54,19 @@ WORKER_NAME_UNPRINTABLE = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
 _UNPRINTABLE_RE = re.compile(f"[{WORKER_NAME_UNPRINTABLE}]")
 MAX_WORKER_NAME = 128
 MAX_WORKER_CONCURRENCY = 10_000
+# A job's `unique_key` (at most one queued or running job of a type holds each) is 1 to
+# MAX_UNIQUE_KEY printable characters.
+MAX_UNIQUE_KEY = 200
+
+
+def unique_key_problem(key: str) -> str | None:
+    """What is wrong with a `unique_key`, said as what to fix; None when it is valid."""
+    if not 0 < len(key) <= MAX_UNIQUE_KEY or _UNPRINTABLE_RE.search(key):
+        return (
+            f'"unique_key" must be 1-{MAX_UNIQUE_KEY} printable characters (no control '
+            f"characters or line breaks), got {key[:80]!r}"
+        )
+    return None
 
 
 def without_traceback(error: Any) -> Any:
@@ -103,8 +117,9 @@ class JobWire(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     events (the messages of the job's channel) carry it without `payload`, `errors` and
     the traceback; listings and answers to workers without `errors` and the traceback.
     `served` is in the answer of `POST /v1/jobs` only: whether a worker asked for jobs of
-    this type lately. `worker` is the id of the worker holding the job, or that last held
-    it (null: none did, or it did not say who it is).
+    this type lately; so is `deduplicated`: true when the submit made no job because this
+    queued or running one holds its `unique_key`. `worker` is the id of the worker
+    holding the job, or that last held it (null: none did, or it did not say who it is).
     """
 
     id: str
@@ -123,6 +138,7 @@ class JobWire(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     cancel_requested: bool
     submitted_by: str | None
     worker: str | None = None
+    unique_key: str | None = None
     created_at: Time
     updated_at: Time
     run_at: Time
@@ -131,6 +147,7 @@ class JobWire(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     lease_expires_at: Time | None
     links: JobLinks
     served: bool | UnsetType = UNSET
+    deduplicated: bool | UnsetType = UNSET
 
 
 class LeasedJobWire(msgspec.Struct, frozen=True, gc=False):
@@ -153,7 +170,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     `lease_token` and `lease_expires_at` belong to the worker holding it while running.
     `error` is the last failed attempt's error, `errors` the last `KEPT_ERRORS` (oldest
     first, `error` last, without tracebacks): a retry that is queued or running still
-    shows why the attempts before it failed.
+    shows why the attempts before it failed. `unique_key`: while this job is queued or
+    running, no other job of its type holds the same key (stores enforce it).
     """
 
     id: str
@@ -182,11 +200,17 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     submitted_by: str | None = None  # the principal that submitted it (None: anonymous)
     # The id of the worker that leased it last (None: none, or one that did not say).
     worker: str | None = None
+    unique_key: str | None = None
 
     @property
     def terminal(self) -> bool:
         """True once the job has ended (succeeded, failed or cancelled)."""
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def active(self) -> bool:
+        """True while the job is queued or running: when its `unique_key` is held."""
+        return self.status in ACTIVE_STATUSES
 
     def to_wire(
         self,
@@ -195,9 +219,10 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
         with_errors: bool = True,
         with_traceback: bool = True,
         served: bool | UnsetType = UNSET,
+        deduplicated: bool | UnsetType = UNSET,
     ) -> JobWire:
         """The public form: with or without the payload, `errors` and the last error's
-        traceback. `served` is given by the answer of a submit."""
+        traceback. `served` and `deduplicated` are given by the answer of a submit."""
         job_id = self.id
         return JobWire(
             id=job_id,
@@ -216,6 +241,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             cancel_requested=self.cancel_requested,
             submitted_by=self.submitted_by,
             worker=self.worker,
+            unique_key=self.unique_key,
             created_at=format_time(self.created_at),
             updated_at=format_time(self.updated_at),
             run_at=format_time(self.run_at),
@@ -229,6 +255,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
                 f"/v1/channels/{JOB_CHANNEL_PREFIX}{job_id}/messages",
             ),
             served=served,
+            deduplicated=deduplicated,
         )
 
     def event_wire(self) -> JobWire:

@@ -482,6 +482,7 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
     cancel_requested: bool = False
     submitted_by: str | None = None
     worker: str | None = None
+    unique_key: str | None = None
     created_at: float | None = None
     updated_at: float | None = None
     run_at: float | None = None
@@ -499,7 +500,8 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
     def from_wire(cls, wire: JobWire) -> JobInfo:
         """The job a decoded `JobWire` stands for (RFC 3339 times become epoch seconds);
         raises ValueError on a time that is not RFC 3339."""
-        # Only the fields a JobInfo has: a submit answer's `served` goes to the handle.
+        # Only the fields a JobInfo has: a submit answer's `served` and `deduplicated` go
+        # to the handle.
         fields = {
             name: value
             for name, value in msgspec.structs.asdict(wire).items()
@@ -520,6 +522,7 @@ def _submit_request(
     delay: float | None,
     priority: int | None,
     idempotency_key: str | None,
+    unique_key: str | None,
     wait: float | None,
     http_timeout: float,
 ) -> dict[str, Any]:
@@ -529,6 +532,7 @@ def _submit_request(
         ("timeout", timeout),
         ("delay", delay),
         ("priority", priority),
+        ("unique_key", unique_key),
     ):
         if value is not None:
             body[name] = value
@@ -626,21 +630,23 @@ def _parse_job(response: httpx.Response) -> JobInfo:
 
 class _Served(msgspec.Struct, frozen=True):
     served: bool | None = None
+    deduplicated: bool = False
 
 
 _SERVED = msgspec.json.Decoder(_Served)
 
 
-def _parse_submitted(response: httpx.Response) -> tuple[JobInfo, bool | None]:
-    """A submit answer: the job, and whether a worker or handler has asked for its type
+def _parse_submitted(response: httpx.Response) -> tuple[JobInfo, _Served]:
+    """A submit answer: the job, whether a worker or handler has asked for its type
     lately (`served`; None when the answer does not say: the server queued the job but
-    could not read whether its type is served)."""
+    could not read whether its type is served) and whether the job is one that held the
+    submit's unique key (`deduplicated`)."""
     job = _parse_job(response)
     try:
-        served = _SERVED.decode(response.content).served
+        said = _SERVED.decode(response.content)
     except (msgspec.DecodeError, msgspec.ValidationError):
-        served = None
-    return job, served
+        said = _Served()
+    return job, said
 
 
 def _job_info(wire: JobWire) -> JobInfo:
@@ -955,6 +961,7 @@ class Client:
         delay: float | None = None,
         priority: int | None = None,
         idempotency_key: str | None = None,
+        unique_key: str | None = None,
         wait: float | None = None,
     ) -> JobHandle:
         """Submit a job and return a handle to follow it.
@@ -967,6 +974,9 @@ class Client:
             delay: Seconds before the job may first run.
             priority: Higher runs first among ready jobs of a type.
             idempotency_key: Submitting again with the same key returns the same job.
+            unique_key: While a queued or running job of this type holds this key, the
+                submit returns that job (the handle's `deduplicated` is True) instead of
+                queuing another.
             wait: Seconds the server may hold the answer until the job ends; the handle's
                 `job` is then already terminal (check `handle.job.terminal`).
 
@@ -986,11 +996,12 @@ class Client:
             delay=delay,
             priority=priority,
             idempotency_key=idempotency_key,
+            unique_key=unique_key,
             wait=wait,
             http_timeout=self.timeout,
         )
-        job, served = _parse_submitted(self._request(spec))
-        return JobHandle(self, job, served=served)
+        job, said = _parse_submitted(self._request(spec))
+        return JobHandle(self, job, served=said.served, deduplicated=said.deduplicated)
 
     def job(self, job_id: str) -> JobHandle:
         """A handle on an existing job (fetched once: 404 raises `TidingsHTTPError`)."""
@@ -1291,6 +1302,7 @@ class AsyncClient:
         delay: float | None = None,
         priority: int | None = None,
         idempotency_key: str | None = None,
+        unique_key: str | None = None,
         wait: float | None = None,
     ) -> AsyncJobHandle:
         """Submit a job and return a handle to follow it; see `Client.submit`."""
@@ -1302,11 +1314,12 @@ class AsyncClient:
             delay=delay,
             priority=priority,
             idempotency_key=idempotency_key,
+            unique_key=unique_key,
             wait=wait,
             http_timeout=self.timeout,
         )
-        job, served = _parse_submitted(await self._request(spec))
-        return AsyncJobHandle(self, job, served=served)
+        job, said = _parse_submitted(await self._request(spec))
+        return AsyncJobHandle(self, job, served=said.served, deduplicated=said.deduplicated)
 
     async def job(self, job_id: str) -> AsyncJobHandle:
         """A handle on an existing job (fetched once: 404 raises `TidingsHTTPError`)."""
@@ -1415,13 +1428,23 @@ class JobHandle:
         served: From `submit`: True when a worker or in-server handler has asked for jobs
             of this type lately, False when none has (the job waits for one), None when
             the server did not say (and for handles from `Client.job`).
+        deduplicated: From `submit` with a `unique_key`: True when no job was queued
+            because this one, queued or running, holds the key.
     """
 
-    def __init__(self, client: Client, job: JobInfo, *, served: bool | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        job: JobInfo,
+        *,
+        served: bool | None = None,
+        deduplicated: bool = False,
+    ) -> None:
         self.client = client
         self.id = job.id
         self.job = job
         self.served = served
+        self.deduplicated = deduplicated
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.job.type} {self.id} {self.job.status}>"
@@ -1465,11 +1488,19 @@ class JobHandle:
 class AsyncJobHandle:
     """A submitted job, for `AsyncClient`; see `JobHandle`."""
 
-    def __init__(self, client: AsyncClient, job: JobInfo, *, served: bool | None = None) -> None:
+    def __init__(
+        self,
+        client: AsyncClient,
+        job: JobInfo,
+        *,
+        served: bool | None = None,
+        deduplicated: bool = False,
+    ) -> None:
         self.client = client
         self.id = job.id
         self.job = job
         self.served = served
+        self.deduplicated = deduplicated
 
     def __repr__(self) -> str:
         return f"<AsyncJobHandle {self.job.type} {self.id} {self.job.status}>"

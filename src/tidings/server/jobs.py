@@ -33,6 +33,7 @@ from tidings.protocol.jobs import (
     WorkerIdentity,
     bound_traceback,
     job_channel,
+    unique_key_problem,
 )
 from tidings.protocol.messages import CHANNEL_RE
 from tidings.server import transitions
@@ -387,9 +388,12 @@ class JobService:
         delay: float = 0.0,
         priority: int = 0,
         idempotency_key: str | None = None,
+        unique_key: str | None = None,
         submitted_by: str | None = None,
     ) -> tuple[Job, bool]:
-        """Queue a job; returns it and whether it is new (False: the idempotency key matched)."""
+        """Queue a job; returns it and whether it is new (False: the idempotency key
+        matched, or the returned job, queued or running, holds `unique_key`: see
+        `deduplicated`)."""
         if not isinstance(type_, str) or CHANNEL_RE.fullmatch(type_) is None:
             raise InvalidBody('"type" must be 1-200 characters of A-Z a-z 0-9 . _ : -')
         if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
@@ -402,6 +406,10 @@ class JobService:
             raise InvalidBody('"priority" must fit in 32 bits')
         if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
             raise BadRequest("Idempotency-Key must be 1-200 characters")
+        if unique_key is not None:
+            problem = unique_key_problem(unique_key)
+            if problem is not None:
+                raise InvalidBody(problem)
         check_storable(payload, '"payload"', self.max_depth)
         now = time.time()
         job = Job(
@@ -412,6 +420,7 @@ class JobService:
             timeout=timeout,
             priority=priority,
             idempotency_key=idempotency_key,
+            unique_key=unique_key,
             submitted_by=submitted_by,
             created_at=now,
             updated_at=now,
@@ -421,6 +430,12 @@ class JobService:
         if created:
             self.counters.submitted += 1
         return self._announce(change), created
+
+    @staticmethod
+    def deduplicated(job: Job, created: bool, idempotency_key: str | None) -> bool:
+        """Whether `submit` answered (`job`, `created`) because `job` holds the unique key:
+        not new, and not the job of the submit's idempotency key."""
+        return not created and (idempotency_key is None or job.idempotency_key != idempotency_key)
 
     async def get(self, job_id: str) -> Job:
         """One job; NotFound when it does not exist (or was swept)."""
@@ -659,7 +674,8 @@ class JobService:
         )
 
     async def retry(self, job_id: str) -> Job:
-        """Requeue a failed (dead) or cancelled job with a fresh set of attempts."""
+        """Requeue a failed (dead) or cancelled job with a fresh set of attempts; Conflict
+        while another queued or running job of its type holds its unique key."""
         return self._announce(await self.store.jobs.transition_job(job_id, transitions.retry))
 
     # -- housekeeping -----------------------------------------------------------------

@@ -25,6 +25,7 @@ from tidings._version import __version__
 from tidings.protocol.errors import ErrorBody
 from tidings.protocol.jobs import (
     JOB_STATUSES,
+    MAX_UNIQUE_KEY,
     MAX_WORKER_CONCURRENCY,
     MAX_WORKER_NAME,
     WORKER_NAME_UNPRINTABLE,
@@ -650,7 +651,10 @@ _OPS: list[_Op] = [
         "/v1/jobs",
         "post",
         "Submit a job: 202 queued; with ?wait=S or Prefer: wait=S, 200 with the finished job "
-        "if it ends in time",
+        "if it ends in time. With `unique_key`, while a queued or running job of the type "
+        "holds that key: 200 with that job, `deduplicated: true` and the header "
+        "Tidings-Deduplicated: true, and nothing is queued (409 when that job is not the "
+        "caller's to follow)",
         [
             _WAIT,
             _header(
@@ -686,6 +690,14 @@ _OPS: list[_Op] = [
                         "maximum": _INT32 - 1,
                         "default": 0,
                     },
+                    "unique_key": {
+                        "type": ["string", "null"],
+                        "minLength": 1,
+                        "maxLength": MAX_UNIQUE_KEY,
+                        "pattern": f"^[^{WORKER_NAME_UNPRINTABLE}]*$",
+                        "description": "while a queued or running job of this type holds "
+                        "this key, a submit answers that job instead of queuing another",
+                    },
                 },
                 "required": ["type"],
                 "additionalProperties": False,
@@ -698,9 +710,17 @@ _OPS: list[_Op] = [
                 "headers": {"Location": {"schema": {"type": "string"}}},
                 "content": {"application/json": {"schema": _JOB}},
             },
-            "200": _ok("finished within the wait", _JOB),
+            "200": {
+                "description": "finished within the wait, or deduplicated to the queued or "
+                "running job holding `unique_key` (then with Tidings-Deduplicated: true)",
+                "headers": {
+                    "Location": {"schema": {"type": "string"}},
+                    "Tidings-Deduplicated": {"schema": {"type": "string", "enum": ["true"]}},
+                },
+                "content": {"application/json": {"schema": _JOB}},
+            },
         },
-        (400, 413, 422),
+        (400, 409, 413, 422),
     ),
     _Op(
         "/v1/jobs",
@@ -794,7 +814,8 @@ _OPS: list[_Op] = [
     _Op(
         "/v1/jobs/{job_id}/retry",
         "post",
-        "Requeue a failed (dead) or cancelled job (its submitter or an admin)",
+        "Requeue a failed (dead) or cancelled job (its submitter or an admin); 409 while "
+        "another queued or running job of its type holds its unique key",
         [_JOB_ID],
         None,
         {"200": _ok("job", _JOB)},

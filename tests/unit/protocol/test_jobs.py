@@ -56,8 +56,8 @@ def test_the_public_form_keeps_nulls_and_the_field_order_and_leaves_out_the_leas
     assert list(body) == [
         "id", "type", "status", "payload", "progress", "message", "result", "error",
         "errors", "attempt", "max_attempts", "priority", "timeout", "cancel_requested",
-        "submitted_by", "worker", "created_at", "updated_at", "run_at", "started_at",
-        "finished_at", "lease_expires_at", "links",
+        "submitted_by", "worker", "unique_key", "created_at", "updated_at", "run_at",
+        "started_at", "finished_at", "lease_expires_at", "links",
     ]  # fmt: skip
     assert body["progress"] is None and body["started_at"] is None
     assert body["created_at"] == "1970-01-01T00:00:01.500000Z"
@@ -138,8 +138,10 @@ def test_a_job_encoded_as_the_server_does_decodes_in_the_sdk_to_the_same_values(
 
 
 def test_the_sdk_job_has_every_field_of_the_public_form():
-    # `served` belongs to a submit's answer, not to the job: the SDK keeps it on the handle.
-    assert set(JobInfo.__struct_fields__) == set(JobWire.__struct_fields__) - {"served"}
+    # `served` and `deduplicated` belong to a submit's answer, not to the job: the SDK
+    # keeps them on the handle.
+    answer_only = {"served", "deduplicated"}
+    assert set(JobInfo.__struct_fields__) == set(JobWire.__struct_fields__) - answer_only
 
 
 def test_a_job_event_decodes_with_no_payload():

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tidings.protocol.codecs import encode_json, format_time
-from tidings.protocol.errors import BadRequest, Forbidden, InvalidBody, TidingsError
+from tidings.protocol.errors import BadRequest, Conflict, Forbidden, InvalidBody, TidingsError
 from tidings.protocol.jobs import JOB_STATUSES, Job, JobOutcome, WorkerIdentity
 from tidings.server.http.common import (
     decode_body,
@@ -41,6 +41,9 @@ log = logging.getLogger("tidings.jobs")
 BODY_LIMIT_SLACK = 64 * 1024
 # A report carries many results: its body may be this many messages long.
 REPORT_BODY_MESSAGES = 4
+# Set (to "true") on a submit's answer when the unique key deduplicated it to a queued or
+# running job instead of queuing another.
+DEDUPLICATED_HEADER = "Tidings-Deduplicated"
 _PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*([0-9.]+)", re.IGNORECASE)
 
 
@@ -51,6 +54,7 @@ class SubmitBody(msgspec.Struct, forbid_unknown_fields=True):
     timeout: float | None = None
     delay: float = 0.0
     priority: int = 0
+    unique_key: str | None = None
 
 
 class ReportItem(msgspec.Struct, forbid_unknown_fields=True):
@@ -161,16 +165,25 @@ async def submit(request: Request) -> Response:
     svc = _svc(request)
     body: SubmitBody = await _body(request, SubmitBody)
     principal = require(request, "submit", body.type)
-    job, _created = await svc.submit(
+    idempotency_key = request.headers.get("idempotency-key")
+    job, created = await svc.submit(
         body.type,
         body.payload,
         max_attempts=body.max_attempts,
         timeout=body.timeout,
         delay=body.delay,
         priority=body.priority,
-        idempotency_key=request.headers.get("idempotency-key"),
+        idempotency_key=idempotency_key,
+        unique_key=body.unique_key,
         submitted_by=None if principal.session is None else principal.name,
     )
+    deduplicated = svc.deduplicated(job, created, idempotency_key)
+    if deduplicated and not principal.may_follow_job(job.submitted_by, job.type):
+        # Someone else's job: its payload and result are not this principal's to see.
+        raise Conflict(
+            f"a queued or running job of type {body.type!r} holds unique key "
+            f"{body.unique_key!r}, and it is not yours: submit again once it has ended"
+        )
     # Whether a worker asked for this type lately: false warns of a typo or a worker down.
     # The job is queued already: a store that cannot answer this leaves `served` out rather
     # than have the client submit the job again.
@@ -185,11 +198,17 @@ async def submit(request: Request) -> Response:
     wait = _wait_of(request)
     if wait and not job.terminal:
         job = await unless_revoked(request, svc.wait(job, wait))
-    status = 200 if job.terminal else 202
+    # A job the unique key deduplicated to is answered 200 (nothing was queued), as is one
+    # that ended within the wait.
+    status = 200 if job.terminal or deduplicated else 202
     headers = {"Location": f"/v1/jobs/{job.id}"}
-    if wait and status == 200:
+    if wait and job.terminal:
         headers["Preference-Applied"] = f"wait={wait:g}"
-    return json_response(_public(principal, job, served=served), status, headers)
+    if deduplicated:
+        headers[DEDUPLICATED_HEADER] = "true"
+    return json_response(
+        _public(principal, job, served=served, deduplicated=deduplicated), status, headers
+    )
 
 
 async def get_job(request: Request) -> Response:

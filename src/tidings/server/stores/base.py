@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from tidings.protocol.errors import NotFound, TidingsError
+from tidings.protocol.errors import Conflict, NotFound, TidingsError
 from tidings.protocol.jobs import Job
 from tidings.protocol.messages import RESET_AHEAD, RESET_BEHIND, Message
 from tidings.server.principals import Credential, User
@@ -44,9 +44,11 @@ __all__ = [
     "WorkerSeen",
     "WorkerStore",
     "apply_steps",
+    "claims_unique",
     "is_reset",
     "job_event_data",
     "reset_reason",
+    "unique_held",
 ]
 
 
@@ -239,7 +241,9 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def submit_job(self, job: Job, event: str) -> tuple[JobChange, bool]:
         """Insert a job (publishing `event`); with an idempotency key already used, return
-        the existing job and False instead."""
+        the existing job and False instead; and so with a `unique_key` that a queued or
+        running job of the same type holds (checked in the same atomic step as the insert:
+        of concurrent submits of one type and key, one inserts)."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> Job | None:
@@ -265,6 +269,10 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def transition_job(self, job_id: str, fn: Transition, durable: bool = True) -> JobChange:
         """Apply `fn` to one job atomically; NotFound when there is no such job.
+
+        A change that makes a job with a `unique_key` queued or running again (a retry)
+        while another queued or running job of its type holds that key is refused with
+        Conflict (`unique_held`), and so is such a step of `transition_jobs`.
 
         `durable=False` (heartbeats, give-backs) lets a store skip the flush to stable
         storage for this change alone: losing it to a power cut only replays work, which
@@ -315,12 +323,18 @@ class JobStore(abc.ABC):
 StepResult = tuple[Job, Job, str | None] | TidingsError
 
 
-def apply_steps(steps: list[JobStep], jobs: dict[str, Job], now: float) -> list[StepResult]:
+def apply_steps(
+    steps: list[JobStep],
+    jobs: dict[str, Job],
+    now: float,
+    check: Callable[[Job, Job], None] | None = None,
+) -> list[StepResult]:
     """Compute each step's transition in order, for any store's `transition_jobs`.
 
     `jobs` holds the jobs as stored (by id) and is updated in place, so each step sees the
     steps before it. A refused step — its transition raised a TidingsError, or there is no
-    such job (NotFound) — takes its place in the answer as that error and changes nothing.
+    such job (NotFound), or `check(job, new)` raised one (a store's own rule, such as a
+    unique key held) — takes its place in the answer as that error and changes nothing.
     """
     out: list[StepResult] = []
     for job_id, fn, _durable in steps:
@@ -329,12 +343,29 @@ def apply_steps(steps: list[JobStep], jobs: dict[str, Job], now: float) -> list[
             if job is None:
                 raise NotFound(f"no job {job_id!r}")
             new, event = fn(job, now)
+            if check is not None:
+                check(job, new)
         except TidingsError as exc:
             out.append(exc)
             continue
         jobs[job_id] = new
         out.append((job, new, event))
     return out
+
+
+def claims_unique(old: Job | None, new: Job) -> bool:
+    """True when `new` takes its `unique_key`: it has one and becomes queued or running
+    from no job (a submit) or from a state that did not hold it (a retry)."""
+    return new.unique_key is not None and new.active and (old is None or not old.active)
+
+
+def unique_held(job: Job, holder: str) -> Conflict:
+    """The refusal of a change that would make `job` hold its unique key while job
+    `holder` does."""
+    return Conflict(
+        f"job {holder} of type {job.type!r} holds unique key {job.unique_key!r} while it is "
+        f"queued or running: job {job.id} can be retried once that one has ended"
+    )
 
 
 def job_event_data(job: Job) -> dict[str, Any]:

@@ -17,7 +17,9 @@ from tidings.server.stores.base import (
     JobStore,
     Transition,
     apply_steps,
+    claims_unique,
     job_event_data,
+    unique_held,
 )
 from tidings.server.stores.common import JOB_LIST_SCAN, ServedMarks
 from tidings.server.stores.memory.core import MemoryCore, MemoryLog
@@ -33,6 +35,8 @@ class MemoryJobs(JobStore):
         self._log = log
         self._jobs: dict[str, Job] = {}
         self._job_keys: dict[str, str] = {}
+        # (type, unique_key) -> the id of the queued or running job holding it.
+        self._unique: dict[tuple[str, str], str] = {}
         # Every job's (created_at, id), ascending: the listing order, newest last.
         self._order: list[tuple[float, str]] = []
         # Jobs a filtered list_jobs call examines at most.
@@ -50,6 +54,12 @@ class MemoryJobs(JobStore):
 
     def _save(self, job: Job, event: str | None, now: float) -> JobChange:
         self._jobs[job.id] = job
+        if job.unique_key is not None:
+            held = (job.type, job.unique_key)
+            if job.active:
+                self._unique[held] = job.id
+            elif self._unique.get(held) == job.id:
+                del self._unique[held]
         self._queued.discard(job.id)
         self._running.discard(job.id)
         if job.status == "queued":
@@ -67,6 +77,10 @@ class MemoryJobs(JobStore):
         key = job.idempotency_key
         if key is not None and key in self._job_keys:
             return JobChange(self._jobs[self._job_keys[key]], None), False
+        if job.unique_key is not None:
+            holder = self._unique.get((job.type, job.unique_key))
+            if holder is not None:
+                return JobChange(self._jobs[holder], None), False
         if key is not None:
             self._job_keys[key] = job.id
         # Jobs arrive about in creation order: the insertion point is at or near the end.
@@ -118,15 +132,30 @@ class MemoryJobs(JobStore):
             raise NotFound(f"no job {job_id!r}")
         now = time.time()
         new, event = fn(job, now)
+        self._check_unique({}, job, new)
         return self._save(new, event, now)
 
     async def transition_jobs(self, steps: list[JobStep]) -> list[JobChange | TidingsError]:
         self._core.check()
         now = time.time()
+        claimed: dict[tuple[str, str], str] = {}
         return [
             r if isinstance(r, TidingsError) else self._save(r[1], r[2], now)
-            for r in apply_steps(steps, self._jobs, now)
+            for r in apply_steps(
+                steps, self._jobs, now, lambda old, new: self._check_unique(claimed, old, new)
+            )
         ]
+
+    def _check_unique(self, claimed: dict[tuple[str, str], str], old: Job, new: Job) -> None:
+        """Conflict when `new` would take a unique key another job holds (or an earlier
+        step of the same batch took: `claimed`)."""
+        if not claims_unique(old, new):
+            return
+        held = (new.type, new.unique_key or "")
+        holder = claimed.get(held) or self._unique.get(held)
+        if holder is not None and holder != new.id:
+            raise unique_held(new, holder)
+        claimed[held] = new.id
 
     async def lease_jobs(
         self, types: list[str] | None, max_jobs: int, now: float, fn: Transition

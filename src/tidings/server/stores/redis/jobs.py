@@ -4,7 +4,9 @@ Keys (see tidings.server.stores.redis.core): `{p}job:{id}` holds the msgpack bod
 sits in exactly one of `{p}queued:{type}` (by run_at), `{p}running` (by lease_expires_at)
 or `{p}finished` (by finished_at) according to its status, and in `{p}jobs` (by created_at);
 `{p}jobcounts` counts jobs per type and status; `{p}jobidem:{key}` maps an idempotency key
-to its job; `{p}wake` announces every job that becomes queued to the relays of all nodes;
+to its job; `{p}jobuniq:{type}|{unique_key}` names the queued or running job holding a
+unique key (set by the write that makes the job queued or running, deleted by the one that
+ends that); `{p}wake` announces every job that becomes queued to the relays of all nodes;
 `{p}served` is a sorted set of job types by when a worker last asked for them (the served
 marks, written by each node at most once per type every few seconds, so every node answers
 `served` alike).
@@ -54,7 +56,7 @@ to exactly the state it was computed from. Two changes of one job in one batch
 
 Redis does not roll back a script that fails midway, so the script does every check
 first — the argument count, each fingerprint, each number it will hand to ZADD, the
-idempotency key — and writes only after all passed. What remains that could fail at
+idempotency key, the unique keys — and writes only after all passed. What remains that could fail at
 run time is a wrong key type or an out-of-order XADD id, which this layout never creates
 (only a foreign writer under the same prefix could), or the memory limit, which Redis
 checks at a script's first write.
@@ -132,7 +134,9 @@ from tidings.server.stores.base import (
     JobStore,
     Transition,
     apply_steps,
+    claims_unique,
     job_event_data,
+    unique_held,
 )
 from tidings.server.stores.common import (
     JOB_LIST_SCAN,
@@ -170,7 +174,7 @@ PRIORITY_CACHE_MAX = 200_000
 BODY_CACHE_MAX = 100_000
 
 # The first element of the write script's reply.
-_DIFFERS, _WRITTEN, _KNOWN = 0, 1, 2
+_DIFFERS, _WRITTEN, _KNOWN, _HELD = 0, 1, 2, 3
 
 # The compare-and-set write of a batch of job changes (KEYS, ARGV and reply described in
 # lua/job_write.lua); it starts with the channel part's append function (lua/append.lua),
@@ -212,6 +216,16 @@ def _num(value: float | None) -> str:
 
 class _Differs(Exception):
     """The write script found a job's body changed since it was read: it wrote nothing."""
+
+
+class _Held(Exception):
+    """The write script found that a change would take a unique key another job holds:
+    it wrote nothing. `index` is the change's place in the call, `holder` that job."""
+
+    def __init__(self, index: int, holder: Job) -> None:
+        super().__init__(f"unique key held by job {holder.id}")
+        self.index = index
+        self.holder = holder
 
 
 @dataclass(frozen=True)
@@ -383,7 +397,19 @@ class RedisJobs(JobStore):
             self._count_field(new),
             job_channel(new.id),
             event or "",
+            "" if new.unique_key is None else f"{new.type}|{new.unique_key}",
+            self._unique_op(old, new),
         )
+
+    @staticmethod
+    def _unique_op(old: Job | None, new: Job) -> str:
+        """What a change does with its job's unique key: "claim" (it becomes queued or
+        running), "release" (it stops being either) or nothing ("")."""
+        if claims_unique(old, new):
+            return "claim"
+        if new.unique_key is not None and old is not None and old.active and not new.active:
+            return "release"
+        return ""
 
     def _changes(self, written: list[_Written], reply: list[Any], now: float) -> list[JobChange]:
         """The JobChange of each written change, from the script's reply."""
@@ -416,6 +442,8 @@ class RedisJobs(JobStore):
         if reply[0] == _DIFFERS:
             self._forget_bodies(change.job.id for change in written)
             raise _Differs(f"job {written[int(reply[1]) - 1].job.id} changed")
+        if reply[0] == _HELD:
+            raise _Held(int(reply[1]) - 1, decode_job(reply[2]))
         return self._changes(written, reply, now)
 
     # -- JobStore -----------------------------------------------------------------------
@@ -433,6 +461,11 @@ class RedisJobs(JobStore):
                 # a lost reply finds its first sending committed (its event is published).
                 known = decode_job(reply[1])
                 return JobChange(known, None), known.id == job.id
+            if reply[0] == _HELD:
+                # The job holding the unique key; this very job when a call sent again
+                # after a lost reply finds its first sending committed.
+                holder = decode_job(reply[2])
+                return JobChange(holder, None), holder.id == job.id
             if reply[0] == _DIFFERS:
                 if await self._core.client.get(self._job_key(job.id)) == written[0].body:
                     return JobChange(job, None), True  # the same: this call committed it
@@ -611,7 +644,10 @@ class RedisJobs(JobStore):
                 raise NotFound(f"no job {job_id!r}")
             now = time.time()
             new, event = fn(job, now)
-            [change] = await self._write([(job, new, event)], prints, now)
+            try:
+                [change] = await self._write([(job, new, event)], prints, now)
+            except _Held as held:
+                raise unique_held(new, held.holder.id) from None
             return change
 
         with self._errors:
@@ -621,27 +657,45 @@ class RedisJobs(JobStore):
         if not steps:
             return []
         ids = list(dict.fromkeys(job_id for job_id, _, _ in steps))
+        # Steps refused because the unique key they would take is held (found by the write
+        # script): the next attempt leaves them out. Keyed by their place in `steps`.
+        held: dict[int, TidingsError] = {}
 
         async def attempt() -> list[JobChange | TidingsError]:
             now = time.time()
+            todo = [step for n, step in enumerate(steps) if n not in held]
             known = self._read_known(ids)
             answers = None
             if known is not None:
                 jobs, prints = known
-                answers = apply_steps(steps, dict(jobs), now)
+                answers = apply_steps(todo, dict(jobs), now)
                 if any(isinstance(answer, TidingsError) for answer in answers):
                     answers = None  # a refusal is decided on what Redis holds, never a copy
             if answers is None:
                 jobs, prints = await self._read(ids)
                 # Steps are computed before anything is sent: a refusal changes nothing.
-                answers = apply_steps(steps, jobs, now)
-            changes = [answer for answer in answers if not isinstance(answer, TidingsError)]
-            if not changes:
-                return [answer for answer in answers if isinstance(answer, TidingsError)]
-            written = iter(await self._write(changes, prints, now))
-            return [
-                answer if isinstance(answer, TidingsError) else next(written) for answer in answers
-            ]
+                answers = apply_steps(todo, jobs, now)
+            places = [n for n in range(len(steps)) if n not in held]
+            changes: list[_Change] = []
+            changed_at: list[int] = []  # the place in `steps` of each change
+            for n, answer in zip(places, answers, strict=True):
+                if not isinstance(answer, TidingsError):
+                    changes.append(answer)
+                    changed_at.append(n)
+            written: list[JobChange] = []
+            if changes:
+                try:
+                    written = await self._write(changes, prints, now)
+                except _Held as refused:
+                    new = changes[refused.index][1]
+                    held[changed_at[refused.index]] = unique_held(new, refused.holder.id)
+                    raise _Differs("a unique key is held: again without that step") from None
+            out: dict[int, JobChange | TidingsError] = dict(held)
+            out.update(zip(changed_at, written, strict=True))
+            for n, answer in zip(places, answers, strict=True):
+                if isinstance(answer, TidingsError):
+                    out[n] = answer
+            return [out[n] for n in range(len(steps))]
 
         with self._errors:
             return await self._retrying("job transitions", attempt)

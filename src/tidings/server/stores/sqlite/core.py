@@ -41,6 +41,15 @@ STATE_CACHE_MAX = 10_000
 
 NOT_OPEN = "store is not open: call `await store.start()` first"
 
+# Columns of `jobs` a file written by an older tidings lacks: added (NULL in every row)
+# before JOB_INDEXES, which index them, is run.
+JOB_COLUMNS = {"unique_key": "TEXT"}
+# At most one queued or running job of a type holds each unique key.
+JOB_INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (type, unique_key)
+    WHERE unique_key IS NOT NULL AND status IN ('queued', 'running');
+"""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS channels (
     name TEXT PRIMARY KEY,
@@ -67,7 +76,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     created_at REAL NOT NULL,
     idempotency_key TEXT,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    unique_key TEXT
 );
 -- Partial indexes: a job is in the index of its state only, so a change touches the
 -- pages of the indexes it leaves and enters.
@@ -321,6 +331,7 @@ class SQLiteCore:
         try:
             self._writer = await asyncio.to_thread(self._connect)
             await asyncio.to_thread(self._writer.executescript, SCHEMA)
+            await asyncio.to_thread(self._upgrade, self._writer)
             self._reader = await loop.run_in_executor(self._rexec, self._connect)
             self._point = self._connect()
         except sqlite3.Error as exc:
@@ -329,6 +340,15 @@ class SQLiteCore:
             target=self._writer_loop, args=(loop,), name="tidings-sqlite-writer", daemon=True
         )
         self._writer_thread.start()
+
+    @staticmethod
+    def _upgrade(conn: sqlite3.Connection) -> None:
+        """Add the job columns a file written by an older tidings lacks, then their indexes."""
+        have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        for name, kind in JOB_COLUMNS.items():
+            if name not in have:
+                conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+        conn.executescript(JOB_INDEXES)
 
     async def close(self) -> None:
         """Commit what is queued, stop the writer thread and close every connection."""

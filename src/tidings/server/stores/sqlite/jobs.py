@@ -17,7 +17,9 @@ from tidings.server.stores.base import (
     JobStore,
     Transition,
     apply_steps,
+    claims_unique,
     job_event_data,
+    unique_held,
 )
 from tidings.server.stores.common import ServedMarks, decode_job, encode_json, encode_msgpack
 from tidings.server.stores.sqlite.core import ChannelLog, SQLiteCore
@@ -51,8 +53,8 @@ class SQLiteJobs(JobStore):
         if old is None:
             conn.execute(
                 "INSERT INTO jobs (status, priority, run_at, lease_expires_at, finished_at,"
-                " body, id, type, created_at, idempotency_key)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " body, id, type, created_at, idempotency_key, unique_key)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.status,
                     job.priority,
@@ -64,6 +66,7 @@ class SQLiteJobs(JobStore):
                     job.type,
                     job.created_at,
                     job.idempotency_key,
+                    job.unique_key,
                 ),
             )
             # A new job's channel is new too (job.* is written by the job system only, and
@@ -72,7 +75,7 @@ class SQLiteJobs(JobStore):
         else:
             # SQLite rewrites the entries of every index holding a column the UPDATE names,
             # changed or not: `status` is named only when it changes, and the columns no
-            # transition changes (type, created_at, idempotency_key) never are.
+            # transition changes (type, created_at, idempotency_key, unique_key) never are.
             changing = (
                 job.priority,
                 job.run_at,
@@ -107,8 +110,33 @@ class SQLiteJobs(JobStore):
         for (body,) in rows:
             job = decode_job(body)
             new, event = fn(job, now)
+            self._check_unique(conn, {}, job, new)
             out.append(self._save_job(conn, new, event, now, job))
         return out
+
+    @staticmethod
+    def _unique_holder(conn: sqlite3.Connection, job: Job) -> str | None:
+        """Writer thread: the id of the queued or running job holding `job`'s unique key."""
+        row = conn.execute(
+            "SELECT id FROM jobs WHERE type = ? AND unique_key = ?"
+            " AND unique_key IS NOT NULL AND status IN ('queued', 'running')",
+            (job.type, job.unique_key),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _check_unique(
+        self, conn: sqlite3.Connection, claimed: dict[tuple[str, str], str], old: Job, new: Job
+    ) -> None:
+        """Writer thread: Conflict, before anything is written, when `new` would take a
+        unique key another job holds (or an earlier step of the same batch took:
+        `claimed`); the index `jobs_unique` would refuse it, rolling back the batch."""
+        if not claims_unique(old, new):
+            return
+        held = (new.type, new.unique_key or "")
+        holder = claimed.get(held) or self._unique_holder(conn, new)
+        if holder is not None and holder != new.id:
+            raise unique_held(new, holder)
+        claimed[held] = new.id
 
     async def submit_job(self, job: Job, event: str) -> tuple[JobChange, bool]:
         def op(conn: sqlite3.Connection) -> tuple[JobChange, bool]:
@@ -117,6 +145,11 @@ class SQLiteJobs(JobStore):
                     "SELECT body FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
                 ).fetchone()
                 if row is not None:
+                    return JobChange(decode_job(row[0]), None), False
+            if job.unique_key is not None:
+                holder = self._unique_holder(conn, job)
+                if holder is not None:
+                    row = conn.execute("SELECT body FROM jobs WHERE id = ?", (holder,)).fetchone()
                     return JobChange(decode_job(row[0]), None), False
             return self._save_job(conn, job, event, job.created_at, None), True
 
@@ -198,9 +231,15 @@ class SQLiteJobs(JobStore):
                     found = decode_job(body)
                     jobs[found.id] = found
             # A refusal is computed before anything is written, so it changes nothing.
+            claimed: dict[tuple[str, str], str] = {}
             return [
                 r if isinstance(r, TidingsError) else self._save_job(conn, r[1], r[2], now, r[0])
-                for r in apply_steps(steps, jobs, now)
+                for r in apply_steps(
+                    steps,
+                    jobs,
+                    now,
+                    lambda old, new: self._check_unique(conn, claimed, old, new),
+                )
             ]
 
         return await self._core.write(op, any(durable for _, _, durable in steps))

@@ -11,7 +11,9 @@
 --       arguments per job instead of twenty keep the call cheap for redis-py to encode.
 -- Reply: {1, then seq, prev_seq, keep of each job's append (0, 0, 0: none)} when written;
 --        {0, n} when the n-th job's body differs (nothing written);
---        {2, body} when the idempotency key names a job that exists (nothing written).
+--        {2, body} when the idempotency key names a job that exists (nothing written);
+--        {3, n, body} when the n-th job would take a unique key that another job (whose
+--        body this is) holds (nothing written).
 local now, default_keep, wake_max, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local JOBS, JOBTYPES, JOBCOUNTS, RUNNING, FINISHED, WAKE, CHANNELS, IDEM =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -19,10 +21,10 @@ local JOBS, JOBTYPES, JOBCOUNTS, RUNNING, FINISHED, WAKE, CHANNELS, IDEM =
 -- One job change, from its fields as `_change_fields` packs them; nil when malformed.
 local function parse_change(packed, body, data)
   local ok, fields = pcall(cmsgpack.unpack, packed)
-  if not ok or type(fields) ~= 'table' or #fields ~= 13 then
+  if not ok or type(fields) ~= 'table' or #fields ~= 15 then
     return nil
   end
-  for i = 1, 13 do
+  for i = 1, 15 do
     if type(fields[i]) ~= 'string' then
       return nil
     end
@@ -31,13 +33,16 @@ local function parse_change(packed, body, data)
                   type = fields[4], status = fields[5], score = fields[6], prio = fields[7],
                   finished = fields[8], created = fields[9], counted = fields[10],
                   count = fields[11], channel = fields[12], event = fields[13],
-                  body = body, data = data}
+                  unique = fields[14], unique_op = fields[15], body = body, data = data}
   for _, number in ipairs({change.score, change.prio, change.finished, change.created}) do
     if number ~= '' and not tonumber(number) then
       return nil
     end
   end
   change.key = prefix .. 'job:' .. change.id
+  if change.unique ~= '' then
+    change.unique_key = prefix .. 'jobuniq:' .. change.unique
+  end
   return change
 end
 
@@ -77,6 +82,27 @@ for i, change in ipairs(changes) do
   end
   -- A later change of the same job in this batch is compared with this one's body.
   staged[change.key] = change.body
+end
+-- A job that becomes queued or running takes its unique key (`unique_op` 'claim') unless
+-- another job that exists holds it; one that stops being either lets go of it ('release').
+local holders = {}
+for i, change in ipairs(changes) do
+  if change.unique_op == 'claim' then
+    local holder = holders[change.unique_key]
+    if holder == nil then
+      holder = redis.call('GET', change.unique_key)
+    end
+    if holder and holder ~= change.id then
+      local holder_key = prefix .. 'job:' .. holder
+      local body = staged[holder_key] or redis.call('GET', holder_key)
+      if body then
+        return {3, i, body}
+      end
+    end
+    holders[change.unique_key] = change.id
+  elseif change.unique_op == 'release' then
+    holders[change.unique_key] = false
+  end
 end
 
 local reply = {1}
@@ -126,6 +152,11 @@ for _, change in ipairs(changes) do
     reply[#reply + 1] = 0
     reply[#reply + 1] = 0
     reply[#reply + 1] = 0
+  end
+  if change.unique_op == 'claim' then
+    redis.call('SET', change.unique_key, id)
+  elseif change.unique_op == 'release' and redis.call('GET', change.unique_key) == id then
+    redis.call('DEL', change.unique_key)
   end
   if change.status == 'queued' then
     redis.call('XADD', WAKE, 'MAXLEN', '~', wake_max, '*', 'type', change.type,
