@@ -9,6 +9,8 @@ what every transport serves to the job's followers.
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine
@@ -19,7 +21,7 @@ from msgspec.structs import replace
 
 from tidings.protocol.codecs import encode_json
 from tidings.protocol.errors import Conflict, InvalidBody, NotFound
-from tidings.protocol.jobs import Job, JobOutcome, job_channel
+from tidings.protocol.jobs import Job, JobOutcome, QueueLimits, RateLimit, job_channel
 from tidings.server import transitions
 from tidings.server.constants import SERVED_MARK_INTERVAL, SERVED_WINDOW
 from tidings.server.hub import Hub
@@ -1352,7 +1354,7 @@ def test_sqlite_opens_a_file_whose_jobs_table_lacks_the_newer_columns(tmp_path):
     """A file written before jobs had a unique key is upgraded on open: its jobs stay, and
     unique keys work on it."""
     path = tmp_path / "old.db"
-    old_schema = SCHEMA.replace(",\n    unique_key TEXT", "")
+    old_schema = SCHEMA.replace(",\n    unique_key TEXT,\n    grp TEXT", "")
     assert "unique_key" not in old_schema
     conn = sqlite3.connect(path)
     conn.executescript(old_schema)
@@ -1372,3 +1374,142 @@ def test_sqlite_opens_a_file_whose_jobs_table_lacks_the_newer_columns(tmp_path):
             await store.close()
 
     asyncio.run(main())
+
+
+# -- queue limits -------------------------------------------------------------------------
+
+
+async def leased_ids(svc: JobService, types: list[str] | None, count: int = 100) -> list[str]:
+    return [job.id for job in await svc.lease(types, count, 0, 30.0)]
+
+
+def test_a_concurrency_limit_holds_leases_back_until_a_running_job_ends(make_store):
+    """With concurrency 2, leases take two jobs of the type and no more until one ends;
+    the others stay queued and are counted as waiting on the concurrency; lifting the
+    limit lets them all go."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        await svc.set_limits("t", QueueLimits(concurrency=2))
+        ids = [(await svc.submit("t", n))[0].id for n in range(5)]
+        first = await leased_ids(svc, ["t"])
+        assert first == ids[:2]
+        assert await leased_ids(svc, None) == []
+        waiting = (await svc.limits())["t"][1]
+        assert waiting == {"concurrency": 3, "rate": 0, "group": 0}
+        running = await store.jobs.get_job(first[0])
+        assert running is not None
+        await svc.complete(first[0], running.lease_token or "", "ok")
+        assert await leased_ids(svc, ["t"]) == [ids[2]]
+        assert await svc.set_limits("t", QueueLimits()) is None  # every limit null: lifted
+        assert await leased_ids(svc, ["t"]) == ids[3:]
+        assert await store.jobs.queue_limits() == {}
+
+    run(make_store, body)
+
+
+def test_a_group_concurrency_limit_holds_back_only_that_groups_jobs(make_store):
+    """With group_concurrency 1, a lease takes one job per group, passing over the rest of
+    a busy group to the jobs of other groups and those with no group."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        await svc.set_limits("t", QueueLimits(group_concurrency=1))
+        a1, _ = await svc.submit("t", group="tenant-a")
+        a2, _ = await svc.submit("t", group="tenant-a")
+        b1, _ = await svc.submit("t", group="tenant-b")
+        free, _ = await svc.submit("t")
+        a3, _ = await svc.submit("t", group="tenant-a")
+        assert a1.group == "tenant-a"
+        taken = await svc.lease(["t"], 10, 0, 30.0)
+        assert [j.id for j in taken] == [a1.id, b1.id, free.id]
+        assert (await svc.limits())["t"][1] == {"concurrency": 0, "rate": 0, "group": 2}
+        assert await leased_ids(svc, ["t"]) == []
+        await svc.fail(a1.id, taken[0].lease_token or "", "x", retry=False)
+        assert await leased_ids(svc, ["t"]) == [a2.id]
+        assert (await svc.limits())["t"][1]["group"] == 1  # a3 waits on a2
+        assert a3.id not in await leased_ids(svc, None)
+
+    run(make_store, body)
+
+
+def test_a_rate_limit_lets_a_burst_of_limit_then_one_per_interval(make_store):
+    """With 5 per second: a burst of 5 leases at once, then one per 0.2 s; the others
+    wait on the rate."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        await svc.set_limits("t", QueueLimits(rate=RateLimit(5, 1.0)))
+        for n in range(20):
+            await svc.submit("t", n)
+        started = time.monotonic()
+        assert len(await leased_ids(svc, ["t"])) == 5
+        assert await leased_ids(svc, ["t"]) == []
+        waiting = (await svc.limits())["t"][1]
+        assert waiting == {"concurrency": 0, "rate": 15, "group": 0}
+        await asyncio.sleep(0.3 - (time.monotonic() - started))
+        assert len(await leased_ids(svc, ["t"])) == 1
+        await asyncio.sleep(0.65 - (time.monotonic() - started))
+        assert len(await leased_ids(svc, ["t"])) == 2
+
+    run(make_store, body)
+
+
+def test_limits_of_one_type_leave_the_other_types_alone(make_store):
+    """A lease of every type takes one job of a type limited to one running job and every
+    job of the types without limits, in lease order."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        await svc.set_limits("slow", QueueLimits(concurrency=1))
+        slow = [(await svc.submit("slow", n))[0].id for n in range(3)]
+        fast = [(await svc.submit("fast", n))[0].id for n in range(3)]
+        assert await leased_ids(svc, None) == [slow[0], *fast]
+        assert await leased_ids(svc, ["slow", "fast"]) == []
+
+    run(make_store, body)
+
+
+def test_bad_queue_limits_are_refused_saying_what_to_fix(make_store, monkeypatch):
+    """A rate of 0, a negative or absurd value, a bad type: InvalidBody saying what to fix,
+    nothing set; past MAX_QUEUE_LIMITS types with limits, a new one is a Conflict."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        bad = [
+            (QueueLimits(rate=RateLimit(0, 1.0)), '"rate.limit" must be 1 to'),
+            (QueueLimits(rate=RateLimit(10, 0.0)), '"rate.per" must be'),
+            (QueueLimits(rate=RateLimit(10, math.inf)), '"rate.per" must be'),
+            (QueueLimits(rate=RateLimit(10, math.nan)), '"rate.per" must be'),
+            (QueueLimits(rate=RateLimit(10**9, 1.0)), '"rate.limit" must be 1 to'),
+            (QueueLimits(concurrency=0), '"concurrency" must be 1 to'),
+            (QueueLimits(group_concurrency=-3), '"group_concurrency" must be 1 to'),
+        ]
+        for limits, message in bad:
+            with pytest.raises(InvalidBody, match=re.escape(message)):
+                await svc.set_limits("t", limits)
+        with pytest.raises(InvalidBody, match="not a job type"):
+            await svc.set_limits("no spaces", QueueLimits(concurrency=1))
+        assert await store.jobs.queue_limits() == {}
+        monkeypatch.setattr("tidings.server.jobs.MAX_QUEUE_LIMITS", 2)
+        await svc.set_limits("a", QueueLimits(concurrency=1))
+        await svc.set_limits("b", QueueLimits(concurrency=1))
+        with pytest.raises(Conflict, match="2 job types have limits"):
+            await svc.set_limits("c", QueueLimits(concurrency=1))
+        await svc.set_limits("b", QueueLimits(concurrency=5))  # a type that has some: fine
+        await svc.set_limits("a", QueueLimits())
+        await svc.set_limits("c", QueueLimits(concurrency=1))
+        assert set(await store.jobs.queue_limits()) == {"b", "c"}
+
+    run(make_store, body)
+
+
+@pytest.mark.parametrize("make_store", ["sqlite", "redis"], indirect=True)
+def test_queue_limits_outlive_the_store_object(make_store):
+    """Limits set through one store object are read by the next opened on the same file or
+    Redis prefix (a restart, or another node)."""
+    kept = QueueLimits(RateLimit(50, 2.5), 7, 3)
+
+    async def first(store: Store, svc: JobService) -> None:
+        assert await svc.set_limits("t", kept) == kept
+
+    async def second(store: Store, svc: JobService) -> None:
+        assert await store.jobs.queue_limits() == {"t": kept}
+
+    run(make_store, first)
+    run(make_store, second)

@@ -21,7 +21,7 @@ from msgspec.structs import replace
 from redis.exceptions import ResponseError
 
 from tidings.protocol.errors import Conflict, StoreError
-from tidings.protocol.jobs import Job, JobOutcome, job_channel
+from tidings.protocol.jobs import Job, JobOutcome, QueueLimits, RateLimit, job_channel
 from tidings.server.hub import Hub
 from tidings.server.jobs import JobService
 from tidings.server.stores.base import Retention
@@ -442,5 +442,65 @@ def test_a_node_decides_on_redis_not_on_its_own_copy_of_a_job_changed_elsewhere(
         await asyncio.sleep(BACKOFF * 2)
         [again] = await svc_a.lease(None, 1, 0, 30.0)
         assert (again.id, again.attempt) == (other.id, 2)
+
+    two_nodes(redis_url, body)
+
+
+@pytest.mark.timeout(60)
+def test_two_nodes_racing_leases_never_pass_a_concurrency_or_group_limit(redis_url):
+    """Both nodes lease and complete as fast as they can a type limited to 3 running jobs
+    and 1 per group: the running jobs, counted after every lease, never pass 3 nor 1 of a
+    group, and every job runs once."""
+
+    async def body(a: Node, b: Node) -> None:
+        (store_a, svc_a), (_, svc_b) = a, b
+        await svc_a.set_limits("t", QueueLimits(concurrency=3, group_concurrency=1))
+        ids = {(await svc_a.submit("t", n, group=f"g{n % 5}"))[0].id for n in range(60)}
+        done: list[str] = []
+        seen_running: list[int] = []
+
+        async def work(svc: JobService) -> None:
+            while len(done) < len(ids):
+                jobs = await svc.lease(["t"], 3, 0, 30.0)
+                running = (await store_a.jobs.list_jobs("running", "t", 100)).jobs
+                seen_running.append(len(running))
+                groups = [job.group for job in running]
+                assert len(groups) == len(set(groups)), groups
+                for job in jobs:
+                    await asyncio.sleep(0.001)
+                    await svc.complete(job.id, job.lease_token or "", None)
+                    done.append(job.id)
+                if not jobs:
+                    await asyncio.sleep(0.001)
+
+        await asyncio.gather(work(svc_a), work(svc_b), work(svc_a), work(svc_b))
+        assert sorted(done) == sorted(ids)
+        assert max(seen_running) <= 3
+
+    two_nodes(redis_url, body)
+
+
+@pytest.mark.timeout(60)
+def test_two_nodes_racing_leases_never_pass_a_rate_limit(redis_url):
+    """Both nodes lease a type limited to 20 per second for 1.5 s: at most 20 (the burst)
+    plus 20 per second elapsed are leased, and about that many."""
+
+    async def body(a: Node, b: Node) -> None:
+        (_, svc_a), (_, svc_b) = a, b
+        await svc_a.set_limits("t", QueueLimits(rate=RateLimit(20, 1.0)))
+        for n in range(200):
+            await svc_a.submit("t", n)
+        leased: list[float] = []
+        started = time.monotonic()
+
+        async def work(svc: JobService) -> None:
+            while time.monotonic() - started < 1.5:
+                jobs = await svc.lease(["t"], 10, 0, 30.0)
+                leased.extend(time.monotonic() for _ in jobs)
+                await asyncio.sleep(0.002)
+
+        await asyncio.gather(work(svc_a), work(svc_b), work(svc_a), work(svc_b))
+        elapsed = max(leased) - started
+        assert 20 + 20 * elapsed * 0.9 <= len(leased) <= 20 + 20 * elapsed + 1
 
     two_nodes(redis_url, body)

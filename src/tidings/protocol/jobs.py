@@ -59,14 +59,25 @@ MAX_WORKER_CONCURRENCY = 10_000
 MAX_UNIQUE_KEY = 200
 
 
-def unique_key_problem(key: str) -> str | None:
-    """What is wrong with a `unique_key`, said as what to fix; None when it is valid."""
-    if not 0 < len(key) <= MAX_UNIQUE_KEY or _UNPRINTABLE_RE.search(key):
+# A job's `group` (what a queue's `group_concurrency` counts by) is 1 to MAX_GROUP
+# printable characters.
+MAX_GROUP = 200
+
+
+def key_problem(name: str, key: str, longest: int = MAX_UNIQUE_KEY) -> str | None:
+    """What is wrong with a `unique_key` or `group` (`name`), said as what to fix; None
+    when it is valid: 1 to `longest` printable characters."""
+    if not 0 < len(key) <= longest or _UNPRINTABLE_RE.search(key):
         return (
-            f'"unique_key" must be 1-{MAX_UNIQUE_KEY} printable characters (no control '
-            f"characters or line breaks), got {key[:80]!r}"
+            f'"{name}" must be 1-{longest} printable characters (no control characters or '
+            f"line breaks), got {key[:80]!r}"
         )
     return None
+
+
+def unique_key_problem(key: str) -> str | None:
+    """What is wrong with a `unique_key`, said as what to fix; None when it is valid."""
+    return key_problem("unique_key", key)
 
 
 def without_traceback(error: Any) -> Any:
@@ -139,6 +150,7 @@ class JobWire(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     submitted_by: str | None
     worker: str | None = None
     unique_key: str | None = None
+    group: str | None = None
     created_at: Time
     updated_at: Time
     run_at: Time
@@ -201,6 +213,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     # The id of the worker that leased it last (None: none, or one that did not say).
     worker: str | None = None
     unique_key: str | None = None
+    # What its queue's `group_concurrency` counts it by (None: no group).
+    group: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -242,6 +256,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             submitted_by=self.submitted_by,
             worker=self.worker,
             unique_key=self.unique_key,
+            group=self.group,
             created_at=format_time(self.created_at),
             updated_at=format_time(self.updated_at),
             run_at=format_time(self.run_at),
@@ -288,6 +303,65 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             self.lease_token or "",
             _opt_time(self.lease_expires_at),
         )
+
+
+# Bounds of a queue's limits (`QueueLimits`).
+MAX_RATE_LIMIT = 1_000_000
+MIN_RATE_PER = 0.001
+MAX_RATE_PER = 7 * 24 * 3600.0
+MAX_QUEUE_CONCURRENCY = 1_000_000
+
+
+class RateLimit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """At most `limit` leases of a job type per `per` seconds on average: a token bucket
+    of `limit` tokens refilled at limit/per (GCRA), so a burst takes at most `limit` at
+    once after an idle spell."""
+
+    limit: int
+    per: float = 1.0
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two leases at the steady rate."""
+        return self.per / self.limit
+
+
+class QueueLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=False):
+    """What `PUT /v1/queues/{type}` sets on a job type, each null for no limit: `rate`
+    (leases per time), `concurrency` (its running jobs at once, across nodes) and
+    `group_concurrency` (its running jobs at once per `group` given on submit)."""
+
+    rate: RateLimit | None = None
+    concurrency: int | None = None
+    group_concurrency: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        """True when no limit is set (PUT with every limit null lifts them all)."""
+        return self.rate is None and self.concurrency is None and self.group_concurrency is None
+
+    def problem(self) -> str | None:
+        """What is wrong with these limits, said as what to fix; None when they are valid."""
+        rate = self.rate
+        if rate is not None:
+            if not 1 <= rate.limit <= MAX_RATE_LIMIT:
+                return (
+                    f'"rate.limit" must be 1 to {MAX_RATE_LIMIT} (jobs per "per" seconds), got '
+                    f'{rate.limit}; to lift the rate limit send "rate": null'
+                )
+            if not MIN_RATE_PER <= rate.per <= MAX_RATE_PER:
+                return (
+                    f'"rate.per" must be {MIN_RATE_PER} to {MAX_RATE_PER:.0f} seconds, got '
+                    f"{rate.per!r}"
+                )
+        for name in ("concurrency", "group_concurrency"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= MAX_QUEUE_CONCURRENCY:
+                return (
+                    f'"{name}" must be 1 to {MAX_QUEUE_CONCURRENCY} running jobs, got {value}; '
+                    f'to lift it send "{name}": null'
+                )
+        return None
 
 
 class WorkerIdentity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -483,6 +483,7 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
     submitted_by: str | None = None
     worker: str | None = None
     unique_key: str | None = None
+    group: str | None = None
     created_at: float | None = None
     updated_at: float | None = None
     run_at: float | None = None
@@ -523,6 +524,7 @@ def _submit_request(
     priority: int | None,
     idempotency_key: str | None,
     unique_key: str | None,
+    group: str | None,
     wait: float | None,
     http_timeout: float,
 ) -> dict[str, Any]:
@@ -533,6 +535,7 @@ def _submit_request(
         ("delay", delay),
         ("priority", priority),
         ("unique_key", unique_key),
+        ("group", group),
     ):
         if value is not None:
             body[name] = value
@@ -962,6 +965,7 @@ class Client:
         priority: int | None = None,
         idempotency_key: str | None = None,
         unique_key: str | None = None,
+        group: str | None = None,
         wait: float | None = None,
     ) -> JobHandle:
         """Submit a job and return a handle to follow it.
@@ -977,6 +981,8 @@ class Client:
             unique_key: While a queued or running job of this type holds this key, the
                 submit returns that job (the handle's `deduplicated` is True) instead of
                 queuing another.
+            group: What the type's `group_concurrency` (PUT /v1/queues/{type}) counts the
+                job by, e.g. a tenant: at most that many jobs of a group run at once.
             wait: Seconds the server may hold the answer until the job ends; the handle's
                 `job` is then already terminal (check `handle.job.terminal`).
 
@@ -997,6 +1003,7 @@ class Client:
             priority=priority,
             idempotency_key=idempotency_key,
             unique_key=unique_key,
+            group=group,
             wait=wait,
             http_timeout=self.timeout,
         )
@@ -1303,6 +1310,7 @@ class AsyncClient:
         priority: int | None = None,
         idempotency_key: str | None = None,
         unique_key: str | None = None,
+        group: str | None = None,
         wait: float | None = None,
     ) -> AsyncJobHandle:
         """Submit a job and return a handle to follow it; see `Client.submit`."""
@@ -1315,6 +1323,7 @@ class AsyncClient:
             priority=priority,
             idempotency_key=idempotency_key,
             unique_key=unique_key,
+            group=group,
             wait=wait,
             http_timeout=self.timeout,
         )

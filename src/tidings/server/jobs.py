@@ -16,6 +16,7 @@ lease path is hot — and counts the jobs submitted and finished here (`JobCount
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections import OrderedDict
@@ -25,14 +26,17 @@ from typing import Any
 from msgspec.structs import replace
 
 from tidings.protocol.codecs import encode_json
-from tidings.protocol.errors import BadRequest, InvalidBody, NotFound, TidingsError
+from tidings.protocol.errors import BadRequest, Conflict, InvalidBody, NotFound, TidingsError
 from tidings.protocol.jobs import (
+    MAX_GROUP,
     TERMINAL_STATUSES,
     Job,
     JobOutcome,
+    QueueLimits,
     WorkerIdentity,
     bound_traceback,
     job_channel,
+    key_problem,
     unique_key_problem,
 )
 from tidings.protocol.messages import CHANNEL_RE
@@ -58,6 +62,7 @@ from tidings.server.stores.base import (
     WorkerSeen,
 )
 from tidings.server.stores.common import ServedMarks
+from tidings.server.stores.limits import MAX_QUEUE_LIMITS
 from tidings.server.transitions import MIN_LEASE
 
 __all__ = [
@@ -91,6 +96,14 @@ _ERROR_KEYS = frozenset({"type", "message", "traceback", "attempt"})
 # Parked lease requests re-check the store at least this often (delays set by another
 # process, or before a restart, have no local timer).
 LEASE_RECHECK = 5.0
+# A node reads the queue limits (set on any node) again after this many seconds, for its
+# wake-ups: the store enforces them, always as they are now.
+LIMITS_REFRESH = 5.0
+# A parked lease request for a rate-limited type leased from lately (within the rate's
+# `per` and this many seconds) re-checks the store once per rate interval, when its next
+# token is due — but at most this often (a faster rate is leased in batches).
+RATE_RECHECK_ACTIVE = 1.0
+MIN_RATE_RECHECK = 0.02
 # Seconds added to wake-up timers for delayed jobs (see `_work_ready`).
 TIMER_SLACK = 0.005
 # The worker list shows at most MAX_RUNNING_LISTED running jobs, read RUNNING_PAGE at a
@@ -243,6 +256,11 @@ class JobService:
         self._seen = ServedMarks(SERVED_MEMORY, SERVED_WINDOW)
         self._workers = _WorkersNoted(MAX_WORKERS)
         self.counters = JobCounters()
+        # The queue limits as last read (for wake-ups), when, and when a job of each
+        # rate-limited type was last leased here.
+        self._limits: dict[str, QueueLimits] = {}
+        self._limits_read = -math.inf
+        self._rate_leased: dict[str, float] = {}
 
     # -- fan-out and wake-ups ---------------------------------------------------------
 
@@ -252,6 +270,8 @@ class JobService:
             p = change.published
             self.hub.publish(p.message, p.prev_id, p.keep)
         job = change.job
+        if job.type in self._limits and change.published is not None:
+            self._limited_change(job, change.published.message.event)
         if job.status == "queued":
             self._work_ready(job)
         elif change.published is not None:
@@ -267,6 +287,41 @@ class JobService:
                     end = job.finished_at if job.finished_at is not None else job.updated_at
                     counters.run.observe(job.type, end - job.started_at)
         return job
+
+    def _limited_change(self, job: Job, event: str | None) -> None:
+        """A job of a type with limits changed: one that stopped running may let a held
+        job of its type go (wake the lease requests for it); a lease is noted for the rate
+        re-checks (`_recheck_after`)."""
+        if event == "running":
+            if self._limits[job.type].rate is not None:
+                self._rate_leased[job.type] = time.monotonic()
+        elif event in TERMINAL_STATUSES or event == "queued":
+            self._wake(job.type)
+
+    def _recheck_after(self, types: list[str] | None) -> float:
+        """How soon a parked lease request for `types` looks at the store again by itself:
+        once per rate interval of a rate-limited type leased from lately (its next token),
+        else LEASE_RECHECK."""
+        now = time.monotonic()
+        out = LEASE_RECHECK
+        for type_ in self._limits if types is None else types:
+            limits = self._limits.get(type_)
+            if limits is None or limits.rate is None:
+                continue
+            leased = self._rate_leased.get(type_)
+            if leased is not None and now - leased <= limits.rate.per + RATE_RECHECK_ACTIVE:
+                out = min(out, max(MIN_RATE_RECHECK, limits.rate.interval))
+        return out
+
+    async def _refresh_limits(self) -> None:
+        """Read the queue limits again when the copy is LIMITS_REFRESH seconds old."""
+        now = time.monotonic()
+        if now - self._limits_read >= LIMITS_REFRESH:
+            self._limits_read = now
+            self._limits = await self.store.jobs.queue_limits()
+            for type_ in list(self._rate_leased):
+                if type_ not in self._limits:
+                    del self._rate_leased[type_]
 
     def parked(self) -> bool:
         """True while a lease request waits here for a job."""
@@ -389,6 +444,7 @@ class JobService:
         priority: int = 0,
         idempotency_key: str | None = None,
         unique_key: str | None = None,
+        group: str | None = None,
         submitted_by: str | None = None,
     ) -> tuple[Job, bool]:
         """Queue a job; returns it and whether it is new (False: the idempotency key
@@ -410,6 +466,10 @@ class JobService:
             problem = unique_key_problem(unique_key)
             if problem is not None:
                 raise InvalidBody(problem)
+        if group is not None:
+            problem = key_problem("group", group, MAX_GROUP)
+            if problem is not None:
+                raise InvalidBody(problem)
         check_storable(payload, '"payload"', self.max_depth)
         now = time.time()
         job = Job(
@@ -421,6 +481,7 @@ class JobService:
             priority=priority,
             idempotency_key=idempotency_key,
             unique_key=unique_key,
+            group=group,
             submitted_by=submitted_by,
             created_at=now,
             updated_at=now,
@@ -477,6 +538,40 @@ class JobService:
         """Counts per type and status."""
         return await self.store.jobs.queue_counts()
 
+    # -- queue limits -----------------------------------------------------------------
+
+    async def set_limits(self, type_: str, limits: QueueLimits) -> QueueLimits | None:
+        """Set the limits of a job type (every one null: lift them all); returns them
+        (None: lifted). InvalidBody for a bad type or value; Conflict when MAX_QUEUE_LIMITS
+        other types have limits already."""
+        if CHANNEL_RE.fullmatch(type_) is None:
+            raise InvalidBody(f"{type_[:80]!r} is not a job type (1-200 of A-Z a-z 0-9 . _ : -)")
+        problem = limits.problem()
+        if problem is not None:
+            raise InvalidBody(problem)
+        kept: QueueLimits | None = None if limits.empty else limits
+        if kept is not None:
+            known = await self.store.jobs.queue_limits()
+            if type_ not in known and len(known) >= MAX_QUEUE_LIMITS:
+                raise Conflict(
+                    f"{len(known)} job types have limits, the most there may be: lift some "
+                    "(DELETE /v1/queues/{type}) first"
+                )
+        await self.store.jobs.set_queue_limits(type_, kept)
+        self._limits_read = -math.inf  # read them again at the next lease
+        self._wake(type_)  # raised or lifted: held jobs may go now
+        return kept
+
+    async def limits(self) -> dict[str, tuple[QueueLimits, dict[str, int]]]:
+        """Each job type with limits: its limits and, per limit, the jobs it holds back
+        now (stores.limits.LimitCounters.waiting)."""
+        limits = await self.store.jobs.queue_limits()
+        now = time.time()
+        counters = await self.store.jobs.limit_counters(limits, now)
+        return {
+            type_: (limit, counters[type_].waiting(limit, now)) for type_, limit in limits.items()
+        }
+
     # -- workers ----------------------------------------------------------------------
 
     def check_lease(
@@ -531,6 +626,7 @@ class JobService:
             self._work_waiters.append((wanted, fut))
             if self.on_park is not None and deadline > time.monotonic():
                 self.on_park()  # before the store is read: no wake-up after it is missed
+            await self._refresh_limits()
             await self.mark_served(types)
             if worker is not None:
                 seen = self.worker_due(worker, types, user)
@@ -542,7 +638,7 @@ class JobService:
                 if not fut.done():
                     fut.cancel()
                 return [self._announce(c) for c in changes]
-            await asyncio.wait((fut,), timeout=min(remaining, LEASE_RECHECK))
+            await asyncio.wait((fut,), timeout=min(remaining, self._recheck_after(types)))
             if not fut.done():
                 fut.cancel()
 

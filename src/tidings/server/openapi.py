@@ -25,9 +25,14 @@ from tidings._version import __version__
 from tidings.protocol.errors import ErrorBody
 from tidings.protocol.jobs import (
     JOB_STATUSES,
+    MAX_GROUP,
+    MAX_QUEUE_CONCURRENCY,
+    MAX_RATE_LIMIT,
+    MAX_RATE_PER,
     MAX_UNIQUE_KEY,
     MAX_WORKER_CONCURRENCY,
     MAX_WORKER_NAME,
+    MIN_RATE_PER,
     WORKER_NAME_UNPRINTABLE,
     HeartbeatAnswerWire,
     JobListWire,
@@ -300,6 +305,49 @@ def _header(name: str, schema: Schema, desc: str) -> Schema:
 
 _CHANNEL = _path("channel", _CHANNEL_NAME, f"1-200 characters of {_NAME_CHARS}")
 _JOB_ID = _path("job_id", {"type": "string", "minLength": 1}, "the id /v1/jobs gave")
+_JOB_TYPE = _path("type", _CHANNEL_NAME, f"a job type: 1-200 characters of {_NAME_CHARS}")
+# A job type's limits, as PUT /v1/queues/{type} takes them and the queue answers show them.
+_RUNNING_CAP: Schema = {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_QUEUE_CONCURRENCY}
+_QUEUE_LIMITS_PROPERTIES: dict[str, Schema] = {
+    "rate": {
+        "type": ["object", "null"],
+        "description": "at most `limit` leases per `per` seconds on average; a burst takes "
+        "at most `limit` at once (a token bucket)",
+        "properties": {
+            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_RATE_LIMIT},
+            "per": {
+                "type": "number",
+                "minimum": MIN_RATE_PER,
+                "maximum": MAX_RATE_PER,
+                "default": 1.0,
+            },
+        },
+        "required": ["limit"],
+        "additionalProperties": False,
+    },
+    "concurrency": {
+        **_RUNNING_CAP,
+        "description": "running jobs of the type at once, across nodes",
+    },
+    "group_concurrency": {
+        **_RUNNING_CAP,
+        "description": "running jobs of the type at once per `group` given on submit",
+    },
+}
+_WAITING: Schema = {
+    "type": "object",
+    "description": "the jobs each limit holds back now: the due jobs by `concurrency` "
+    "when the type runs as many as it may, else by `rate` when its bucket is empty; by "
+    "`group` the queued jobs of the groups at their limit",
+    "properties": {k: {"type": "integer"} for k in ("concurrency", "rate", "group")},
+    "required": ["concurrency", "rate", "group"],
+}
+_QUEUE_LIMITS_VIEW: Schema = {
+    "type": ["object", "null"],
+    "properties": {**_QUEUE_LIMITS_PROPERTIES, "waiting": _WAITING},
+    "required": ["rate", "concurrency", "group_concurrency", "waiting"],
+}
+_COUNTS: Schema = {"type": "object", "additionalProperties": {"type": "integer"}}
 _USER_NAME = _path(
     "name",
     {"type": "string", "pattern": "^[A-Za-z0-9_@-]{1,64}$", "minLength": 1, "maxLength": 64},
@@ -698,6 +746,14 @@ _OPS: list[_Op] = [
                         "description": "while a queued or running job of this type holds "
                         "this key, a submit answers that job instead of queuing another",
                     },
+                    "group": {
+                        "type": ["string", "null"],
+                        "minLength": 1,
+                        "maxLength": MAX_GROUP,
+                        "pattern": f"^[^{WORKER_NAME_UNPRINTABLE}]*$",
+                        "description": "what the type's group_concurrency counts this job "
+                        "by (e.g. a tenant)",
+                    },
                 },
                 "required": ["type"],
                 "additionalProperties": False,
@@ -750,28 +806,88 @@ _OPS: list[_Op] = [
     _Op(
         "/v1/queues",
         "get",
-        "Job counts per type and status (the types this principal submits or works)",
+        "Job counts per type and status, and each limited type's limits with the jobs "
+        "each holds back (the types this principal submits or works)",
         [],
         None,
         {
             "200": _ok(
-                "counts",
+                "counts and limits",
                 {
                     "type": "object",
                     "properties": {
-                        "queues": {
-                            "type": "object",
-                            "additionalProperties": {
-                                "type": "object",
-                                "additionalProperties": {"type": "integer"},
-                            },
-                        }
+                        "queues": {"type": "object", "additionalProperties": _COUNTS},
+                        "limits": {"type": "object", "additionalProperties": _QUEUE_LIMITS_VIEW},
                     },
-                    "required": ["queues"],
+                    "required": ["queues", "limits"],
                 },
             )
         },
         (),
+    ),
+    _Op(
+        "/v1/queues/{type}",
+        "get",
+        "A job type's counts per status, and its limits (null: none) with the jobs each "
+        "holds back (those who submit or work the type)",
+        [_JOB_TYPE],
+        None,
+        {
+            "200": _ok(
+                "the queue",
+                {
+                    "type": "object",
+                    "properties": {
+                        "type": {"type": "string"},
+                        "counts": _COUNTS,
+                        "limits": _QUEUE_LIMITS_VIEW,
+                    },
+                    "required": ["type", "counts", "limits"],
+                },
+            )
+        },
+        (400,),
+    ),
+    _Op(
+        "/v1/queues/{type}",
+        "put",
+        "Set a job type's limits (admins): leases never pass them, across nodes. Each null "
+        "or left out: no such limit; all null lifts them",
+        [_JOB_TYPE],
+        _json_body(
+            {
+                "type": "object",
+                "properties": _QUEUE_LIMITS_PROPERTIES,
+                "additionalProperties": False,
+            },
+            msgpack=False,
+        ),
+        {
+            "200": _ok(
+                "the limits now",
+                {
+                    "type": "object",
+                    "properties": {
+                        "type": {"type": "string"},
+                        "limits": {
+                            "type": ["object", "null"],
+                            "properties": _QUEUE_LIMITS_PROPERTIES,
+                        },
+                    },
+                    "required": ["type", "limits"],
+                },
+            )
+        },
+        (400, 409, 413, 422),
+    ),
+    _Op(
+        "/v1/queues/{type}",
+        "delete",
+        "Lift a job type's limits (admins)",
+        [_JOB_TYPE],
+        None,
+        {"204": _ok("lifted")},
+        (400,),
     ),
     _Op(
         "/v1/jobs/{job_id}",

@@ -56,8 +56,8 @@ def test_the_public_form_keeps_nulls_and_the_field_order_and_leaves_out_the_leas
     assert list(body) == [
         "id", "type", "status", "payload", "progress", "message", "result", "error",
         "errors", "attempt", "max_attempts", "priority", "timeout", "cancel_requested",
-        "submitted_by", "worker", "unique_key", "created_at", "updated_at", "run_at",
-        "started_at", "finished_at", "lease_expires_at", "links",
+        "submitted_by", "worker", "unique_key", "group", "created_at", "updated_at",
+        "run_at", "started_at", "finished_at", "lease_expires_at", "links",
     ]  # fmt: skip
     assert body["progress"] is None and body["started_at"] is None
     assert body["created_at"] == "1970-01-01T00:00:01.500000Z"

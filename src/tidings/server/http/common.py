@@ -248,14 +248,15 @@ def decode_body(kind: type[Any], body: bytes, content_type: str | None = None) -
     try:
         return decode_limited(json_decoder.decode, body, limit)
     except msgspec.ValidationError as exc:
-        if _FLOAT_FOR_INT in str(exc):
+        if _FLOAT_FOR_INT.search(str(exc)):
             return _with_whole_floats_as_ints(kind, body, str(exc), limit)
         raise InvalidBody(f"body does not fit: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON (UTF-8): {exc}") from None
 
 
-_FLOAT_FOR_INT = "Expected `int`, got `float` - at `$"
+# msgspec's word for a float where an integer (or an optional one) was expected.
+_FLOAT_FOR_INT = re.compile(r"Expected `int(?: \| null)?`, got `float` - at `\$")
 _PATH_STEP = re.compile(r"\.([^.\[`]+)|\[(\d+)\]")
 
 
@@ -284,7 +285,7 @@ def _with_whole_floats_as_ints(kind: type[Any], body: bytes, error: str, limit: 
             return msgspec.convert(value, kind)
         except msgspec.ValidationError as exc:
             error = str(exc)
-            if _FLOAT_FOR_INT not in error:
+            if not _FLOAT_FOR_INT.search(error):
                 break
     raise InvalidBody(f"body does not fit: {error}")
 

@@ -1,4 +1,5 @@
-"""Job resources: submit, follow, list, queues, cancel, retry — and the worker protocol.
+"""Job resources: submit, follow, list, queues and their limits, cancel, retry — and the
+worker protocol.
 
 A job's SSE and WebSocket streams are raw ASGI, served by tidings.server.transports like any
 channel's (the job's channel is `job.{id}`).
@@ -18,7 +19,8 @@ from starlette.routing import Route
 
 from tidings.protocol.codecs import encode_json, format_time
 from tidings.protocol.errors import BadRequest, Conflict, Forbidden, InvalidBody, TidingsError
-from tidings.protocol.jobs import JOB_STATUSES, Job, JobOutcome, WorkerIdentity
+from tidings.protocol.jobs import JOB_STATUSES, Job, JobOutcome, QueueLimits, WorkerIdentity
+from tidings.protocol.messages import CHANNEL_RE
 from tidings.server.http.common import (
     decode_body,
     json_response,
@@ -27,6 +29,7 @@ from tidings.server.http.common import (
     query_int,
     read_body,
     require,
+    require_admin,
     unless_disconnected,
     unless_revoked,
 )
@@ -55,6 +58,7 @@ class SubmitBody(msgspec.Struct, forbid_unknown_fields=True):
     delay: float = 0.0
     priority: int = 0
     unique_key: str | None = None
+    group: str | None = None
 
 
 class ReportItem(msgspec.Struct, forbid_unknown_fields=True):
@@ -175,6 +179,7 @@ async def submit(request: Request) -> Response:
         priority=body.priority,
         idempotency_key=idempotency_key,
         unique_key=body.unique_key,
+        group=body.group,
         submitted_by=None if principal.session is None else principal.name,
     )
     deduplicated = svc.deduplicated(job, created, idempotency_key)
@@ -252,16 +257,78 @@ async def list_jobs(request: Request) -> Response:
     )
 
 
+def _sees_queue(principal: Principal, type_: str) -> bool:
+    """Whether `principal` sees a job type's queue: it submits or works it (admins all)."""
+    return principal.may("work", type_) or principal.may("submit", type_)
+
+
+def _limits_view(limits: QueueLimits | None, waiting: dict[str, int] | None) -> Any:
+    """A type's limits as the queue answers show them, with what each holds back now."""
+    if limits is None:
+        return None
+    return {**msgspec.to_builtins(limits), "waiting": waiting}
+
+
 async def queues(request: Request) -> Response:
-    counts = await _svc(request).queues()
+    """Job counts per type and status, and each limited type's limits with the jobs each
+    limit holds back (`limits`), for the types this principal submits or works."""
+    svc = _svc(request)
+    counts = await svc.queues()
+    limits = await svc.limits()
     principal = principal_of(request)
-    if not principal.admin:  # the types this principal submits or works
-        counts = {
-            t: c
-            for t, c in counts.items()
-            if principal.may("work", t) or principal.may("submit", t)
+    return json_response(
+        {
+            "queues": {t: c for t, c in counts.items() if _sees_queue(principal, t)},
+            "limits": {
+                t: _limits_view(*view) for t, view in limits.items() if _sees_queue(principal, t)
+            },
         }
-    return json_response({"queues": counts})
+    )
+
+
+def _queue_type(request: Request) -> str:
+    """The job type of a /v1/queues/{type} path; 400 when it is none."""
+    type_: str = request.path_params["type"]
+    if CHANNEL_RE.fullmatch(type_) is None:
+        raise BadRequest(f"{type_[:80]!r} is not a job type (1-200 of A-Z a-z 0-9 . _ : -)")
+    return type_
+
+
+async def get_queue(request: Request) -> Response:
+    """One job type's counts per status, and its limits (null: none) with what they hold."""
+    type_ = _queue_type(request)
+    principal = principal_of(request)
+    if not _sees_queue(principal, type_):
+        raise Forbidden(f"{principal.name} may neither submit nor work {type_!r}")
+    svc = _svc(request)
+    counts = await svc.queues()
+    view = (await svc.limits()).get(type_)
+    return json_response(
+        {
+            "type": type_,
+            "counts": counts.get(type_, {}),
+            "limits": None if view is None else _limits_view(*view),
+        }
+    )
+
+
+async def put_queue(request: Request) -> Response:
+    """Set a job type's limits (admins): `{"rate": {"limit", "per"}, "concurrency",
+    "group_concurrency"}`, each null or left out for none; all none lifts them."""
+    require_admin(request)
+    type_ = _queue_type(request)
+    body: QueueLimits = await _body(request, QueueLimits)
+    kept = await _svc(request).set_limits(type_, body)
+    return json_response(
+        {"type": type_, "limits": None if kept is None else msgspec.to_builtins(kept)}
+    )
+
+
+async def delete_queue(request: Request) -> Response:
+    """Lift a job type's limits (admins)."""
+    require_admin(request)
+    await _svc(request).set_limits(_queue_type(request), QueueLimits())
+    return Response(status_code=204)
 
 
 async def _own(request: Request) -> None:
@@ -396,6 +463,9 @@ routes = [
     Route("/v1/jobs", submit, methods=["POST"]),
     Route("/v1/jobs", list_jobs, methods=["GET"]),
     Route("/v1/queues", queues, methods=["GET"]),
+    Route("/v1/queues/{type}", get_queue, methods=["GET"]),
+    Route("/v1/queues/{type}", put_queue, methods=["PUT"]),
+    Route("/v1/queues/{type}", delete_queue, methods=["DELETE"]),
     Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/v1/jobs/{job_id}/cancel", cancel, methods=["POST"]),
     Route("/v1/jobs/{job_id}/retry", retry, methods=["POST"]),

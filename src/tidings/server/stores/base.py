@@ -22,9 +22,10 @@ from typing import Any
 import msgspec
 
 from tidings.protocol.errors import Conflict, NotFound, TidingsError
-from tidings.protocol.jobs import Job
+from tidings.protocol.jobs import Job, QueueLimits
 from tidings.protocol.messages import RESET_AHEAD, RESET_BEHIND, Message
 from tidings.server.principals import Credential, User
+from tidings.server.stores.limits import LimitCounters
 
 __all__ = [
     "AuthStore",
@@ -294,7 +295,29 @@ class JobStore(abc.ABC):
         self, types: list[str] | None, max_jobs: int, now: float, fn: Transition
     ) -> list[JobChange]:
         """Apply `fn` to up to `max_jobs` queued jobs of `types` whose `run_at` has come,
-        highest priority first, then oldest `run_at` — atomically, each job to one caller."""
+        highest priority first, then oldest `run_at` — atomically, each job to one caller.
+
+        A job of a type with limits (`set_queue_limits`) is leased only while its type's
+        concurrency, its group's and its rate let it go (stores.limits.Allowance), checked
+        in the same atomic step, so leases never exceed them, across nodes; the others
+        stay queued. A store looks at a bounded number of due jobs per type for jobs of
+        groups not at their limit."""
+
+    @abc.abstractmethod
+    async def set_queue_limits(self, type_: str, limits: QueueLimits | None) -> None:
+        """Set the limits of a job type (None: lift them), seen by every node sharing the
+        store; its rate state is kept."""
+
+    @abc.abstractmethod
+    async def queue_limits(self) -> dict[str, QueueLimits]:
+        """The limits of every job type that has some."""
+
+    @abc.abstractmethod
+    async def limit_counters(
+        self, limits: dict[str, QueueLimits], now: float
+    ) -> dict[str, LimitCounters]:
+        """The counters of each type of `limits` (as `queue_limits` answered), for telling
+        what its jobs wait on (stores.limits.LimitCounters)."""
 
     @abc.abstractmethod
     async def expire_jobs(self, now: float, fn: Transition) -> list[JobChange]:

@@ -8,7 +8,7 @@ import heapq
 import time
 
 from tidings.protocol.errors import NotFound, TidingsError
-from tidings.protocol.jobs import Job, job_channel
+from tidings.protocol.jobs import Job, QueueLimits, job_channel
 from tidings.server.stores.base import (
     JobChange,
     JobCursor,
@@ -22,9 +22,13 @@ from tidings.server.stores.base import (
     unique_held,
 )
 from tidings.server.stores.common import JOB_LIST_SCAN, ServedMarks
+from tidings.server.stores.limits import Allowance, LimitCounters
 from tidings.server.stores.memory.core import MemoryCore, MemoryLog
 
-__all__ = ["MemoryJobs"]
+__all__ = ["LEASE_GROUP_SCAN", "MemoryJobs"]
+
+# Due jobs of a type one lease passes over at most because their group is at its limit.
+LEASE_GROUP_SCAN = 1000
 
 
 class MemoryJobs(JobStore):
@@ -51,9 +55,32 @@ class MemoryJobs(JobStore):
         self._due: dict[str, list[tuple[int, float, str]]] = {}
         # When a worker last asked for each job type (see JobStore.mark_served).
         self._served = ServedMarks()
+        # Queue limits per type, the rate state (GCRA tat) of each rate-limited type, the
+        # running jobs per type, and per type the [queued, running] jobs of each group (a
+        # group goes when both are 0).
+        self._limits: dict[str, QueueLimits] = {}
+        self._tat: dict[str, float] = {}
+        self._type_running: dict[str, int] = {}
+        self._groups: dict[str, dict[str, list[int]]] = {}
 
-    def _save(self, job: Job, event: str | None, now: float) -> JobChange:
+    def _count(self, job: Job, delta: int) -> None:
+        """Count `job` (delta 1) or uncount it (-1) in the running and group counters."""
+        if job.status == "running":
+            self._type_running[job.type] = self._type_running.get(job.type, 0) + delta
+        if job.group is not None and job.active:
+            groups = self._groups.setdefault(job.type, {})
+            counts = groups.setdefault(job.group, [0, 0])
+            counts[job.status == "running"] += delta
+            if counts == [0, 0]:
+                del groups[job.group]
+                if not groups:
+                    del self._groups[job.type]
+
+    def _save(self, old: Job | None, job: Job, event: str | None, now: float) -> JobChange:
         self._jobs[job.id] = job
+        if old is not None:
+            self._count(old, -1)
+        self._count(job, 1)
         if job.unique_key is not None:
             held = (job.type, job.unique_key)
             if job.active:
@@ -85,7 +112,7 @@ class MemoryJobs(JobStore):
             self._job_keys[key] = job.id
         # Jobs arrive about in creation order: the insertion point is at or near the end.
         bisect.insort(self._order, (job.created_at, job.id))
-        return self._save(job, event, job.created_at), True
+        return self._save(None, job, event, job.created_at), True
 
     async def get_job(self, job_id: str) -> Job | None:
         self._core.check()
@@ -133,14 +160,14 @@ class MemoryJobs(JobStore):
         now = time.time()
         new, event = fn(job, now)
         self._check_unique({}, job, new)
-        return self._save(new, event, now)
+        return self._save(job, new, event, now)
 
     async def transition_jobs(self, steps: list[JobStep]) -> list[JobChange | TidingsError]:
         self._core.check()
         now = time.time()
         claimed: dict[tuple[str, str], str] = {}
         return [
-            r if isinstance(r, TidingsError) else self._save(r[1], r[2], now)
+            r if isinstance(r, TidingsError) else self._save(r[0], r[1], r[2], now)
             for r in apply_steps(
                 steps, self._jobs, now, lambda old, new: self._check_unique(claimed, old, new)
             )
@@ -168,22 +195,52 @@ class MemoryJobs(JobStore):
             if job is not None and job.status == "queued" and job.run_at == run_at:
                 entry = (-job.priority, run_at, job_id)
                 heapq.heappush(self._due.setdefault(job.type, []), entry)
-        names = self._due if types is None else [t for t in types if t in self._due]
-        heaps = [self._due[t] for t in names]
+        names = list(self._due) if types is None else [t for t in types if t in self._due]
+        heaps = {t: self._due[t] for t in names}
+        allowances = {t: self._allowance(t, now) for t in names if t in self._limits}
+        # Entries of jobs whose group is at its limit, pushed back after this lease.
+        passed: dict[str, list[tuple[int, float, str]]] = {}
         out: list[JobChange] = []
         while len(out) < max_jobs:
-            best = None
-            for heap in heaps:
+            best: str | None = None
+            for type_, heap in heaps.items():
                 while heap and not self._due_entry(heap[0]):
                     heapq.heappop(heap)
-                if heap and (best is None or heap[0] < best[0]):
-                    best = heap
+                if heap and (best is None or heap[0] < heaps[best][0]):
+                    best = type_
             if best is None:
                 break
-            job = self._jobs[heapq.heappop(best)[2]]
+            allowance = allowances.get(best)
+            if allowance is not None and not allowance.open():
+                del heaps[best]  # its concurrency or rate is used up: none of it goes
+                continue
+            entry = heapq.heappop(heaps[best])
+            job = self._jobs[entry[2]]
+            if allowance is not None and not allowance.take(job.group):
+                held = passed.setdefault(best, [])
+                held.append(entry)
+                if len(held) >= LEASE_GROUP_SCAN:
+                    del heaps[best]
+                continue
             new, event = fn(job, now)
-            out.append(self._save(new, event, now))
+            out.append(self._save(job, new, event, now))
+        for type_, held in passed.items():
+            for entry in held:
+                heapq.heappush(self._due[type_], entry)
+        for type_, allowance in allowances.items():
+            if allowance.limits.rate is not None:
+                self._tat[type_] = allowance.tat
         return out
+
+    def _allowance(self, type_: str, now: float) -> Allowance:
+        groups = self._groups.get(type_, {})
+        return Allowance(
+            self._limits[type_],
+            self._type_running.get(type_, 0),
+            lambda group: groups.get(group, (0, 0))[1],
+            self._tat.get(type_, 0.0),
+            now,
+        )
 
     def _due_entry(self, entry: tuple[int, float, str]) -> bool:
         """True while the job of a due-heap entry is still queued as the entry says."""
@@ -197,7 +254,40 @@ class MemoryJobs(JobStore):
             job = self._jobs[job_id]
             if job.lease_expires_at is not None and job.lease_expires_at < now:
                 new, event = fn(job, now)
-                out.append(self._save(new, event, now))
+                out.append(self._save(job, new, event, now))
+        return out
+
+    async def set_queue_limits(self, type_: str, limits: QueueLimits | None) -> None:
+        self._core.check()
+        if limits is None:
+            self._limits.pop(type_, None)
+        else:
+            self._limits[type_] = limits
+
+    async def queue_limits(self) -> dict[str, QueueLimits]:
+        self._core.check()
+        return dict(self._limits)
+
+    async def limit_counters(
+        self, limits: dict[str, QueueLimits], now: float
+    ) -> dict[str, LimitCounters]:
+        self._core.check()
+        due: dict[str, int] = dict.fromkeys(limits, 0)
+        for job_id in self._queued:
+            job = self._jobs[job_id]
+            if job.type in due and job.run_at <= now:
+                due[job.type] += 1
+        out = {}
+        for type_, limit in limits.items():
+            cap = limit.group_concurrency
+            full = sum(
+                counts[0]
+                for counts in self._groups.get(type_, {}).values()
+                if cap is not None and counts[1] >= cap
+            )
+            out[type_] = LimitCounters(
+                due[type_], self._type_running.get(type_, 0), self._tat.get(type_, 0.0), full
+            )
         return out
 
     async def next_run_at(self) -> float | None:

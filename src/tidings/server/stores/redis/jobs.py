@@ -6,10 +6,15 @@ or `{p}finished` (by finished_at) according to its status, and in `{p}jobs` (by 
 `{p}jobcounts` counts jobs per type and status; `{p}jobidem:{key}` maps an idempotency key
 to its job; `{p}jobuniq:{type}|{unique_key}` names the queued or running job holding a
 unique key (set by the write that makes the job queued or running, deleted by the one that
-ends that); `{p}wake` announces every job that becomes queued to the relays of all nodes;
-`{p}served` is a sorted set of job types by when a worker last asked for them (the served
-marks, written by each node at most once per type every few seconds, so every node answers
-`served` alike).
+ends that); `{p}qlimits` holds each job type's limits (a hash: type -> "concurrency|group
+concurrency|rate limit|rate per"), `{p}qrate` each rate-limited type's GCRA state (type ->
+tat), `{p}grun:{type}` and `{p}gq:{type}` the running and queued jobs of each group of a
+type (group -> count, a group gone at 0), all kept by the write script; `{p}wake`
+announces to the relays of all nodes every job that becomes queued, and every running job
+of a type with limits that stops running (it may let a held job go); `{p}served` is a
+sorted set of job types by when a worker last asked for them (the served marks, written
+by each node at most once per type every few seconds, so every node answers `served`
+alike).
 
 Why every change is applied once, whichever node attempts it
 ------------------------------------------------------------
@@ -38,7 +43,11 @@ fresh body and re-checks its precondition, so a change whose reason went away is
 rather than applied twice:
 
 * lease_jobs: a job handed out by another node is no longer queued at the re-check, so
-  it is skipped — no job goes to two callers;
+  it is skipped — no job goes to two callers. A lease of a type with limits is picked
+  within them from the counters as read, and the script checks them again against the
+  counters it holds (running jobs per type and group, the rate's tat) before it writes:
+  when another node's lease used them up meanwhile, it writes nothing and the lease
+  picks again — so leases never pass a limit, whichever nodes take them;
 * expire_jobs: an expired lease that another node already took back is no longer running
   with an expired lease, so it is skipped — it is requeued (its attempt counted, its
   event published) once;
@@ -113,6 +122,7 @@ Limits, stated:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import random
 import time
@@ -125,7 +135,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import WatchError
 
 from tidings.protocol.errors import NotFound, StoreError, TidingsError
-from tidings.protocol.jobs import Job, job_channel
+from tidings.protocol.jobs import Job, QueueLimits, RateLimit, job_channel
 from tidings.server.stores.base import (
     JobChange,
     JobCursor,
@@ -146,6 +156,7 @@ from tidings.server.stores.common import (
     encode_json,
     encode_msgpack,
 )
+from tidings.server.stores.limits import Allowance, LimitCounters
 from tidings.server.stores.redis.channels import RedisChannels
 from tidings.server.stores.redis.core import RedisCore, lua
 
@@ -174,7 +185,7 @@ PRIORITY_CACHE_MAX = 200_000
 BODY_CACHE_MAX = 100_000
 
 # The first element of the write script's reply.
-_DIFFERS, _WRITTEN, _KNOWN, _HELD = 0, 1, 2, 3
+_DIFFERS, _WRITTEN, _KNOWN, _HELD, _LIMITED = 0, 1, 2, 3, 4
 
 # The compare-and-set write of a batch of job changes (KEYS, ARGV and reply described in
 # lua/job_write.lua); it starts with the channel part's append function (lua/append.lua),
@@ -183,9 +194,10 @@ _WRITE = lua("append.lua", "job_write.lua")
 
 
 class _Head(msgspec.Struct):
-    """The part of a job body a lease orders by (decoding skips the rest)."""
+    """The part of a job body a lease orders and limits by (decoding skips the rest)."""
 
     priority: int = 0
+    group: str | None = None
 
 
 _decode_head = msgspec.msgpack.Decoder(_Head).decode
@@ -216,6 +228,38 @@ def _num(value: float | None) -> str:
 
 class _Differs(Exception):
     """The write script found a job's body changed since it was read: it wrote nothing."""
+
+
+class _Limited(_Differs):
+    """The write script found that a lease would pass a limit of its type (other nodes
+    leased meanwhile): it wrote nothing, and the lease picks again."""
+
+
+def _count_of(counts: dict[str, int], name: str) -> int:
+    return counts.get(name, 0)
+
+
+def _pack_limits(limits: QueueLimits) -> str:
+    """A type's limits as `{p}qlimits` holds them (the write script unpacks them)."""
+    rate = limits.rate
+    return "|".join(
+        "" if value is None else repr(value)
+        for value in (
+            limits.concurrency,
+            limits.group_concurrency,
+            None if rate is None else rate.limit,
+            None if rate is None else float(rate.per),
+        )
+    )
+
+
+def _unpack_limits(packed: str) -> QueueLimits:
+    concurrency, group, limit, per = (part or None for part in packed.split("|"))
+    return QueueLimits(
+        RateLimit(int(limit), float(per)) if limit is not None and per is not None else None,
+        None if concurrency is None else int(concurrency),
+        None if group is None else int(group),
+    )
 
 
 class _Held(Exception):
@@ -260,7 +304,8 @@ class RedisJobs(JobStore):
         # The lease_jobs calls of this process take turns, and so do its expire_jobs calls.
         self._lease_lock = asyncio.Lock()
         self._expire_lock = asyncio.Lock()
-        self._priorities: dict[str, int] = {}
+        # Per job id, its priority and group (neither changes after the submit).
+        self._heads: dict[str, tuple[int, str | None]] = {}
         self._bodies: dict[str, bytes] = {}
         # Jobs a filtered list_jobs call examines at most.
         self.list_scan = JOB_LIST_SCAN
@@ -276,10 +321,10 @@ class RedisJobs(JobStore):
             self._bodies = {}
         return self._bodies
 
-    def _priority_cache(self) -> dict[str, int]:
-        if len(self._priorities) > PRIORITY_CACHE_MAX:
-            self._priorities = {}
-        return self._priorities
+    def _head_cache(self) -> dict[str, tuple[int, str | None]]:
+        if len(self._heads) > PRIORITY_CACHE_MAX:
+            self._heads = {}
+        return self._heads
 
     def _job_key(self, job_id: str) -> str:
         return self._key("job", job_id)
@@ -357,6 +402,8 @@ class RedisJobs(JobStore):
             self._key("finished"),
             self._key("wake"),
             self._key("channels"),
+            self._key("qlimits"),
+            self._key("qrate"),
         ]
         args: list[Any] = [repr(now), self._default_keep, WAKE_MAXLEN, self._core.prefix]
         written: list[_Written] = []
@@ -399,6 +446,7 @@ class RedisJobs(JobStore):
             event or "",
             "" if new.unique_key is None else f"{new.type}|{new.unique_key}",
             self._unique_op(old, new),
+            new.group or "",
         )
 
     @staticmethod
@@ -414,11 +462,11 @@ class RedisJobs(JobStore):
     def _changes(self, written: list[_Written], reply: list[Any], now: float) -> list[JobChange]:
         """The JobChange of each written change, from the script's reply."""
         out = []
-        priorities = self._priority_cache()
+        heads = self._head_cache()
         bodies = self._body_cache()
         for n, change in enumerate(written):
             job = change.job
-            priorities[job.id] = job.priority
+            heads[job.id] = (job.priority, job.group)
             if job.finished_at is None:
                 bodies[job.id] = change.body
             else:
@@ -444,6 +492,8 @@ class RedisJobs(JobStore):
             raise _Differs(f"job {written[int(reply[1]) - 1].job.id} changed")
         if reply[0] == _HELD:
             raise _Held(int(reply[1]) - 1, decode_job(reply[2]))
+        if reply[0] == _LIMITED:
+            raise _Limited(f"leasing job {written[int(reply[1]) - 1].job.id} passes a limit")
         return self._changes(written, reply, now)
 
     # -- JobStore -----------------------------------------------------------------------
@@ -740,19 +790,38 @@ class RedisJobs(JobStore):
             types = sorted(type_.decode() for type_ in known_types)
         if not types:
             return []
-        # The oldest due jobs of each type (enough for this lease), and every queued job
-        # with a priority (few, usually none), so a high priority is never missed.
+        # The limits of these types decide how many of the oldest due jobs of each to read.
+        packed = await self._core.client.hmget(self._key("qlimits"), types)
+        limited = {
+            type_: _unpack_limits(raw.decode())
+            for type_, raw in zip(types, packed, strict=True)
+            if raw is not None
+        }
+        # The oldest due jobs of each type (enough for this lease, or for a type with a
+        # group_concurrency LEASE_SCAN, to find jobs of groups not at their limit), and
+        # every queued job with a priority (few, usually none), so a high priority is never
+        # missed.
         scan = min(LEASE_SCAN, max(LEASE_MIN_SCAN, 4 * count + len(passed)))
         async with self._core.client.pipeline(transaction=False) as pipe:
             for type_ in types:
+                grouped = type_ in limited and limited[type_].group_concurrency is not None
                 pipe.zrangebyscore(
-                    self._key("queued", type_), "-inf", repr(now), 0, scan, withscores=True
+                    self._key("queued", type_),
+                    "-inf",
+                    repr(now),
+                    0,
+                    LEASE_SCAN if grouped else scan,
+                    withscores=True,
                 )
                 pipe.zrange(self._key("qprio", type_), 0, LEASE_SCAN - 1)
             replies = await pipe.execute()
-        due_by_id = {
-            job_id.decode(): float(run_at) for rows in replies[0::2] for job_id, run_at in rows
-        }
+        due_by_id: dict[str, float] = {}
+        types_of: dict[str, str] = {}
+        for type_, rows in zip(types, replies[0::2], strict=True):
+            for member, run_at in rows:
+                job_id = member.decode()
+                due_by_id[job_id] = float(run_at)
+                types_of[job_id] = type_
         ranked = [job_id.decode() for rows in replies[1::2] for job_id in rows]
         if ranked:
             async with self._core.client.pipeline(transaction=False) as pipe:
@@ -760,22 +829,102 @@ class RedisJobs(JobStore):
                     if rows:
                         pipe.zmscore(self._key("queued", type_), rows)
                 run_ats = [run_at for part in await pipe.execute() for run_at in part]
-            for job_id, run_at in zip(ranked, run_ats, strict=True):
+            ranked_types = [t for t, rows in zip(types, replies[1::2], strict=True) for _ in rows]
+            for job_id, run_at, type_ in zip(ranked, run_ats, ranked_types, strict=True):
                 if run_at is not None and float(run_at) <= now:
                     due_by_id[job_id] = float(run_at)
+                    types_of[job_id] = type_
         due = [(job_id, run_at) for job_id, run_at in due_by_id.items() if job_id not in passed]
         if not due:
             return []
-        priorities = self._priority_cache()
-        unknown = [job_id for job_id, _ in due if job_id not in priorities]
+        heads = self._head_cache()
+        unknown = [job_id for job_id, _ in due if job_id not in heads]
         for at in range(0, len(unknown), LIST_PAGE):
             chunk = unknown[at : at + LIST_PAGE]
             bodies = await self._core.client.mget([self._job_key(job_id) for job_id in chunk])
             for job_id, body in zip(chunk, bodies, strict=True):
                 if body is not None:
-                    priorities[job_id] = _decode_head(body).priority
-        due.sort(key=lambda pick: (-priorities.get(pick[0], 0), pick[1], pick[0]))
-        return [job_id for job_id, _ in due[:count]]
+                    head = _decode_head(body)
+                    heads[job_id] = (head.priority, head.group)
+        due.sort(key=lambda pick: (-heads.get(pick[0], (0, None))[0], pick[1], pick[0]))
+        if not limited:
+            return [job_id for job_id, _ in due[:count]]
+        # Within the limits as read (the write script checks them again).
+        allowances = await self._allowances(limited, now)
+        picks: list[str] = []
+        for job_id, _ in due:
+            if len(picks) >= count:
+                break
+            allowance = allowances.get(types_of.get(job_id, ""))
+            if allowance is not None and not allowance.take(heads.get(job_id, (0, None))[1]):
+                continue
+            picks.append(job_id)
+        return picks
+
+    async def _allowances(
+        self, limited: dict[str, QueueLimits], now: float
+    ) -> dict[str, Allowance]:
+        """What a lease may take of each limited type, from the counters in Redis."""
+        names = list(limited)
+        async with self._core.client.pipeline(transaction=False) as pipe:
+            pipe.hmget(self._key("jobcounts"), [f"{t}\x00running" for t in names])
+            pipe.hmget(self._key("qrate"), names)
+            for type_ in names:
+                pipe.hgetall(self._key("grun", type_))
+            replies = await pipe.execute()
+        out = {}
+        for n, type_ in enumerate(names):
+            groups: dict[str, int] = {g.decode(): int(c) for g, c in replies[2 + n].items()}
+            out[type_] = Allowance(
+                limited[type_],
+                int(replies[0][n] or 0),
+                functools.partial(_count_of, groups),
+                float(replies[1][n] or 0.0),
+                now,
+            )
+        return out
+
+    async def set_queue_limits(self, type_: str, limits: QueueLimits | None) -> None:
+        key = self._key("qlimits")
+        with self._errors:
+            if limits is None:
+                await self._core.client.hdel(key, type_)
+            else:
+                await self._core.client.hset(key, type_, _pack_limits(limits))
+
+    async def queue_limits(self) -> dict[str, QueueLimits]:
+        with self._errors:
+            raw = await self._core.client.hgetall(self._key("qlimits"))
+        return {type_.decode(): _unpack_limits(packed.decode()) for type_, packed in raw.items()}
+
+    async def limit_counters(
+        self, limits: dict[str, QueueLimits], now: float
+    ) -> dict[str, LimitCounters]:
+        names = list(limits)
+        if not names:
+            return {}
+        client = self._core.client
+        with self._errors:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.hmget(self._key("jobcounts"), [f"{t}\x00running" for t in names])
+                pipe.hmget(self._key("qrate"), names)
+                for type_ in names:
+                    pipe.zcount(self._key("queued", type_), "-inf", repr(now))
+                    pipe.hgetall(self._key("grun", type_))
+                replies = await pipe.execute()
+            out = {}
+            for n, type_ in enumerate(names):
+                cap = limits[type_].group_concurrency
+                running = replies[3 + 2 * n]
+                full = [g for g, c in running.items() if cap is not None and int(c) >= cap]
+                queued = await client.hmget(self._key("gq", type_), full) if full else []
+                out[type_] = LimitCounters(
+                    int(replies[2 + 2 * n]),
+                    int(replies[0][n] or 0),
+                    float(replies[1][n] or 0.0),
+                    sum(int(c or 0) for c in queued),
+                )
+        return out
 
     async def _lease_round(
         self, picks: list[str], wanted: set[str] | None, now: float, fn: Transition
@@ -905,7 +1054,7 @@ class RedisJobs(JobStore):
                     if owner is not None and owner.decode() in gone_ids:
                         pipe.delete(key)  # still this job's key (not yet reused)
                 await pipe.execute()
-                cache = self._priority_cache()
+                cache = self._head_cache()
                 for job in gone:
                     cache.pop(job.id, None)
                 self._forget_bodies(job.id for job in gone)

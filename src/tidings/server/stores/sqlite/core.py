@@ -43,11 +43,19 @@ NOT_OPEN = "store is not open: call `await store.start()` first"
 
 # Columns of `jobs` a file written by an older tidings lacks: added (NULL in every row)
 # before JOB_INDEXES, which index them, is run.
-JOB_COLUMNS = {"unique_key": "TEXT"}
-# At most one queued or running job of a type holds each unique key.
+JOB_COLUMNS = {"unique_key": "TEXT", "grp": "TEXT"}
+# At most one queued or running job of a type holds each unique key; the queued and
+# running jobs of each group (a job's `group`) are counted by their own index; each job
+# type's limits are a row of `queue_limits` (a msgpack QueueLimits).
 JOB_INDEXES = """
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (type, unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS jobs_group ON jobs (type, grp, status)
+    WHERE grp IS NOT NULL AND status IN ('queued', 'running');
+CREATE TABLE IF NOT EXISTS queue_limits (
+    type TEXT PRIMARY KEY,
+    body BLOB NOT NULL
+) WITHOUT ROWID;
 """
 
 SCHEMA = """
@@ -77,7 +85,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     idempotency_key TEXT,
     body BLOB NOT NULL,
-    unique_key TEXT
+    unique_key TEXT,
+    grp TEXT
 );
 -- Partial indexes: a job is in the index of its state only, so a change touches the
 -- pages of the indexes it leaves and enters.

@@ -7,8 +7,10 @@ import sqlite3
 import time
 from typing import Any
 
+import msgspec
+
 from tidings.protocol.errors import NotFound, TidingsError
-from tidings.protocol.jobs import Job, job_channel
+from tidings.protocol.jobs import Job, QueueLimits, job_channel
 from tidings.server.stores.base import (
     JobChange,
     JobCursor,
@@ -22,9 +24,16 @@ from tidings.server.stores.base import (
     unique_held,
 )
 from tidings.server.stores.common import ServedMarks, decode_job, encode_json, encode_msgpack
+from tidings.server.stores.limits import Allowance, LimitCounters
 from tidings.server.stores.sqlite.core import ChannelLog, SQLiteCore
 
-__all__ = ["SQLiteJobs"]
+__all__ = ["LEASE_GROUP_SCAN", "SQLiteJobs"]
+
+# Due jobs of a type with a group_concurrency one lease reads at most, to find those of
+# groups not at their limit.
+LEASE_GROUP_SCAN = 1000
+
+_decode_limits = msgspec.msgpack.Decoder(QueueLimits).decode
 
 
 class SQLiteJobs(JobStore):
@@ -44,6 +53,12 @@ class SQLiteJobs(JobStore):
         # one server holds the file (tidings.server.stores.lockfile), and a restart forgets
         # the marks only until the workers' next lease requests, seconds later.
         self._served = ServedMarks()
+        # The queue limits (read from `queue_limits` by the writer thread at its first
+        # lease, then kept by set_queue_limits) and the rate state (GCRA tat) of each
+        # rate-limited type. In memory, as the served marks: one server holds the file, and
+        # a restart starts each rate's bucket full.
+        self._limits: dict[str, QueueLimits] | None = None
+        self._tat: dict[str, float] = {}
 
     def _save_job(
         self, conn: sqlite3.Connection, job: Job, event: str | None, now: float, old: Job | None
@@ -53,8 +68,8 @@ class SQLiteJobs(JobStore):
         if old is None:
             conn.execute(
                 "INSERT INTO jobs (status, priority, run_at, lease_expires_at, finished_at,"
-                " body, id, type, created_at, idempotency_key, unique_key)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " body, id, type, created_at, idempotency_key, unique_key, grp)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.status,
                     job.priority,
@@ -67,6 +82,7 @@ class SQLiteJobs(JobStore):
                     job.created_at,
                     job.idempotency_key,
                     job.unique_key,
+                    job.group,
                 ),
             )
             # A new job's channel is new too (job.* is written by the job system only, and
@@ -75,7 +91,8 @@ class SQLiteJobs(JobStore):
         else:
             # SQLite rewrites the entries of every index holding a column the UPDATE names,
             # changed or not: `status` is named only when it changes, and the columns no
-            # transition changes (type, created_at, idempotency_key, unique_key) never are.
+            # transition changes (type, created_at, idempotency_key, unique_key, grp) never
+            # are.
             changing = (
                 job.priority,
                 job.run_at,
@@ -248,20 +265,158 @@ class SQLiteJobs(JobStore):
         self, types: list[str] | None, max_jobs: int, now: float, fn: Transition
     ) -> list[JobChange]:
         def op(conn: sqlite3.Connection) -> list[JobChange]:
-            type_clause = ""
-            args: list[Any] = [now]
-            if types is not None:
-                type_clause = f" AND type IN ({', '.join('?' * len(types))})"
-                args.extend(types)
-            rows = conn.execute(
-                "SELECT body FROM jobs INDEXED BY jobs_queued"
-                " WHERE status = 'queued' AND run_at <= ?"
-                f"{type_clause} ORDER BY priority DESC, run_at, id LIMIT ?",
-                (*args, max_jobs),
-            ).fetchall()
-            return self._apply_all(conn, rows, now, fn)
+            limits = self._read_limits(conn)
+            limited = [t for t in (limits if types is None else types) if t in limits]
+            if not limited:
+                return self._apply_all(conn, self._due(conn, types, (), max_jobs, now), now, fn)
+            return self._lease_limited(conn, types, limited, max_jobs, now, fn)
 
         return await self._core.write(op, durable=False)
+
+    @staticmethod
+    def _due(
+        conn: sqlite3.Connection,
+        types: list[str] | None,
+        excluded: list[str] | tuple[()],
+        count: int,
+        now: float,
+    ) -> list[tuple[bytes]]:
+        """Writer thread: up to `count` due queued jobs of `types` (None: all) but those of
+        `excluded`, in lease order."""
+        clause = ""
+        args: list[Any] = [now]
+        if types is not None:
+            clause += f" AND type IN ({', '.join('?' * len(types))})"
+            args.extend(types)
+        if excluded:
+            clause += f" AND type NOT IN ({', '.join('?' * len(excluded))})"
+            args.extend(excluded)
+        rows: list[tuple[bytes]] = conn.execute(
+            "SELECT body FROM jobs INDEXED BY jobs_queued"
+            " WHERE status = 'queued' AND run_at <= ?"
+            f"{clause} ORDER BY priority DESC, run_at, id LIMIT ?",
+            (*args, count),
+        ).fetchall()
+        return rows
+
+    def _lease_limited(
+        self,
+        conn: sqlite3.Connection,
+        types: list[str] | None,
+        limited: list[str],
+        max_jobs: int,
+        now: float,
+        fn: Transition,
+    ) -> list[JobChange]:
+        """Writer thread: a lease among types some of which (`limited`) have limits: the
+        due jobs of the others, and of each limited type as many as its allowance may
+        take (more when its groups may be full), taken in lease order while allowed."""
+        limits = self._read_limits(conn)
+        free = None if types is None else [t for t in types if t not in limits]
+        rows = [] if free == [] else self._due(conn, free, limited, max_jobs, now)
+        allowances: dict[str, Allowance] = {}
+        for type_ in limited:
+            allowance = self._allowance(conn, type_, limits[type_], now)
+            if allowance.open():
+                allowances[type_] = allowance
+                grouped = limits[type_].group_concurrency is not None
+                rows += self._due(conn, [type_], (), LEASE_GROUP_SCAN if grouped else max_jobs, now)
+        jobs = sorted(
+            (decode_job(body) for (body,) in rows),
+            key=lambda job: (-job.priority, job.run_at, job.id),
+        )
+        out: list[JobChange] = []
+        for job in jobs:
+            if len(out) >= max_jobs:
+                break
+            held = allowances.get(job.type)
+            if held is not None and not held.take(job.group):
+                continue
+            new, event = fn(job, now)
+            out.append(self._save_job(conn, new, event, now, job))
+        for type_, allowance in allowances.items():
+            if allowance.limits.rate is not None:
+                self._tat[type_] = allowance.tat
+        return out
+
+    def _allowance(
+        self, conn: sqlite3.Connection, type_: str, limits: QueueLimits, now: float
+    ) -> Allowance:
+        """Writer thread: what a lease may take of a limited type, from its counts."""
+        (running,) = conn.execute(
+            "SELECT count(*) FROM jobs WHERE type = ? AND status = 'running'", (type_,)
+        ).fetchone()
+
+        def group_running(group: str) -> int:
+            (count,) = conn.execute(
+                "SELECT count(*) FROM jobs INDEXED BY jobs_group WHERE type = ? AND grp = ?"
+                " AND grp IS NOT NULL AND status IN ('queued', 'running')"
+                " AND status = 'running'",
+                (type_, group),
+            ).fetchone()
+            return int(count)
+
+        return Allowance(limits, int(running), group_running, self._tat.get(type_, 0.0), now)
+
+    def _read_limits(self, conn: sqlite3.Connection) -> dict[str, QueueLimits]:
+        """Writer thread: the queue limits, read from the file once."""
+        if self._limits is None:
+            rows = conn.execute("SELECT type, body FROM queue_limits").fetchall()
+            self._limits = {type_: _decode_limits(body) for type_, body in rows}
+        return self._limits
+
+    async def set_queue_limits(self, type_: str, limits: QueueLimits | None) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            known = self._read_limits(conn)
+            if limits is None:
+                conn.execute("DELETE FROM queue_limits WHERE type = ?", (type_,))
+                known.pop(type_, None)
+            else:
+                conn.execute(
+                    "INSERT INTO queue_limits (type, body) VALUES (?, ?)"
+                    " ON CONFLICT (type) DO UPDATE SET body = excluded.body",
+                    (type_, encode_msgpack(limits)),
+                )
+                known[type_] = limits
+
+        await self._core.write(op)
+
+    async def queue_limits(self) -> dict[str, QueueLimits]:
+        rows = await self._core.read(
+            lambda c: c.execute("SELECT type, body FROM queue_limits").fetchall()
+        )
+        return {type_: _decode_limits(body) for type_, body in rows}
+
+    async def limit_counters(
+        self, limits: dict[str, QueueLimits], now: float
+    ) -> dict[str, LimitCounters]:
+        def read(conn: sqlite3.Connection) -> dict[str, LimitCounters]:
+            out = {}
+            for type_, limit in limits.items():
+                (due,) = conn.execute(
+                    "SELECT count(*) FROM jobs WHERE type = ? AND status = 'queued'"
+                    " AND run_at <= ?",
+                    (type_, now),
+                ).fetchone()
+                (running,) = conn.execute(
+                    "SELECT count(*) FROM jobs WHERE type = ? AND status = 'running'", (type_,)
+                ).fetchone()
+                full = 0
+                cap = limit.group_concurrency
+                if cap is not None:
+                    (full,) = conn.execute(
+                        "SELECT coalesce(sum(queued), 0) FROM (SELECT"
+                        " sum(status = 'queued') AS queued, sum(status = 'running') AS running"
+                        " FROM jobs INDEXED BY jobs_group WHERE type = ? AND grp IS NOT NULL"
+                        " AND status IN ('queued', 'running') GROUP BY grp) WHERE running >= ?",
+                        (type_, cap),
+                    ).fetchone()
+                out[type_] = LimitCounters(
+                    int(due), int(running), self._tat.get(type_, 0.0), int(full)
+                )
+            return out
+
+        return await self._core.read(read)
 
     async def expire_jobs(self, now: float, fn: Transition) -> list[JobChange]:
         # A read first: the common answer is "nothing expired", which needs no write.

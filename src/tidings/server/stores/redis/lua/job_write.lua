@@ -1,8 +1,8 @@
 -- Applies a batch of job changes, each only against the body it was computed from (the
 -- compare-and-set of tidings.server.stores.redis.jobs; it starts with append.lua).
 --
--- KEYS: jobs, jobtypes, jobcounts, running, finished, wake, channels; for an idempotent
---       submit (one new job), its jobidem key.
+-- KEYS: jobs, jobtypes, jobcounts, running, finished, wake, channels, qlimits, qrate; for
+--       an idempotent submit (one new job), its jobidem key.
 -- ARGV: now, default max_messages, wake MAXLEN, the store's key prefix; then three per
 --       job change: its fields as a msgpack array of strings ("" for none; see
 --       `parse_change` below), its new body, its event data JSON ("": publish nothing).
@@ -13,18 +13,19 @@
 --        {0, n} when the n-th job's body differs (nothing written);
 --        {2, body} when the idempotency key names a job that exists (nothing written);
 --        {3, n, body} when the n-th job would take a unique key that another job (whose
---        body this is) holds (nothing written).
+--        body this is) holds (nothing written);
+--        {4, n} when leasing the n-th job would pass a limit of its type (nothing written).
 local now, default_keep, wake_max, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local JOBS, JOBTYPES, JOBCOUNTS, RUNNING, FINISHED, WAKE, CHANNELS, IDEM =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local JOBS, JOBTYPES, JOBCOUNTS, RUNNING, FINISHED, WAKE, CHANNELS, QLIMITS, QRATE, IDEM =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 
 -- One job change, from its fields as `_change_fields` packs them; nil when malformed.
 local function parse_change(packed, body, data)
   local ok, fields = pcall(cmsgpack.unpack, packed)
-  if not ok or type(fields) ~= 'table' or #fields ~= 15 then
+  if not ok or type(fields) ~= 'table' or #fields ~= 16 then
     return nil
   end
-  for i = 1, 15 do
+  for i = 1, 16 do
     if type(fields[i]) ~= 'string' then
       return nil
     end
@@ -33,13 +34,19 @@ local function parse_change(packed, body, data)
                   type = fields[4], status = fields[5], score = fields[6], prio = fields[7],
                   finished = fields[8], created = fields[9], counted = fields[10],
                   count = fields[11], channel = fields[12], event = fields[13],
-                  unique = fields[14], unique_op = fields[15], body = body, data = data}
+                  unique = fields[14], unique_op = fields[15], group = fields[16],
+                  body = body, data = data}
   for _, number in ipairs({change.score, change.prio, change.finished, change.created}) do
     if number ~= '' and not tonumber(number) then
       return nil
     end
   end
   change.key = prefix .. 'job:' .. change.id
+  change.was_running = change.counted == change.old_type .. '\0running'
+  change.is_running = change.status == 'running'
+  change.was_queued = change.counted == change.old_type .. '\0queued'
+  change.is_queued = change.status == 'queued'
+
   if change.unique ~= '' then
     change.unique_key = prefix .. 'jobuniq:' .. change.unique
   end
@@ -104,6 +111,69 @@ for i, change in ipairs(changes) do
     holders[change.unique_key] = false
   end
 end
+-- A job type's limits, as `_pack_limits` writes them in QLIMITS: "concurrency|group
+-- concurrency|rate limit|rate per" ("" for none); false when it has none.
+local function limits_of(job_type)
+  local packed = redis.call('HGET', QLIMITS, job_type)
+  if not packed then
+    return false
+  end
+  local parts, n = {}, 0
+  for part in string.gmatch(packed .. '|', '([^|]*)|') do
+    n = n + 1
+    parts[n] = tonumber(part)
+  end
+  return {concurrency = parts[1], group = parts[2], limit = parts[3], per = parts[4]}
+end
+-- A lease (a job that becomes running) passes only within its type's limits: running
+-- jobs per type and per group, and the rate (GCRA: see tidings.server.stores.limits).
+local limits, running, group_running, tats = {}, {}, {}, {}
+local t_now = tonumber(now)
+for i, change in ipairs(changes) do
+  if change.is_running and not change.was_running then
+    local job_type = change.type
+    local lim = limits[job_type]
+    if lim == nil then
+      lim = limits_of(job_type)
+      limits[job_type] = lim
+    end
+    if lim then
+      if lim.concurrency then
+        local n = running[job_type]
+        if n == nil then
+          n = tonumber(redis.call('HGET', JOBCOUNTS, job_type .. '\0running') or '0')
+        end
+        if n >= lim.concurrency then
+          return {4, i}
+        end
+        running[job_type] = n + 1
+      end
+      if lim.group and change.group ~= '' then
+        local key = job_type .. '\0' .. change.group
+        local n = group_running[key]
+        if n == nil then
+          n = tonumber(redis.call('HGET', prefix .. 'grun:' .. job_type, change.group) or '0')
+        end
+        if n >= lim.group then
+          return {4, i}
+        end
+        group_running[key] = n + 1
+      end
+      if lim.limit and lim.per then
+        local interval = lim.per / lim.limit
+        local tat = tats[job_type]
+        if tat == nil then
+          tat = tonumber(redis.call('HGET', QRATE, job_type) or '0')
+        end
+        tat = math.max(tat, t_now)
+        if tat - t_now > lim.per - interval + 1e-4 then
+          return {4, i}
+        end
+        tats[job_type] = tat + interval
+      end
+    end
+  end
+end
 
 local reply = {1}
 for _, change in ipairs(changes) do
@@ -153,6 +223,25 @@ for _, change in ipairs(changes) do
     reply[#reply + 1] = 0
     reply[#reply + 1] = 0
   end
+  -- The queued and running jobs of each group, per type (a group goes at 0).
+  if change.group ~= '' and (change.was_queued ~= change.is_queued
+                             or change.was_running ~= change.is_running) then
+    local counts = {{prefix .. 'gq:' .. change.old_type, change.was_queued, -1},
+                    {prefix .. 'grun:' .. change.old_type, change.was_running, -1},
+                    {prefix .. 'gq:' .. change.type, change.is_queued, 1},
+                    {prefix .. 'grun:' .. change.type, change.is_running, 1}}
+    for _, count in ipairs(counts) do
+      if count[2] and redis.call('HINCRBY', count[1], change.group, count[3]) <= 0 then
+        redis.call('HDEL', count[1], change.group)
+      end
+    end
+  end
+  -- A running job of a type with limits that stops running may let a held job go: the
+  -- relays wake the lease requests parked for its type.
+  if change.was_running and not change.is_running and change.status ~= 'queued'
+     and redis.call('HEXISTS', QLIMITS, change.type) == 1 then
+    redis.call('XADD', WAKE, 'MAXLEN', '~', wake_max, '*', 'type', change.type, 'run_at', now)
+  end
   if change.unique_op == 'claim' then
     redis.call('SET', change.unique_key, id)
   elseif change.unique_op == 'release' and redis.call('GET', change.unique_key) == id then
@@ -162,6 +251,9 @@ for _, change in ipairs(changes) do
     redis.call('XADD', WAKE, 'MAXLEN', '~', wake_max, '*', 'type', change.type,
                'run_at', change.score)
   end
+end
+for job_type, tat in pairs(tats) do
+  redis.call('HSET', QRATE, job_type, string.format('%.17g', tat))
 end
 if IDEM then
   redis.call('SET', IDEM, changes[1].id)
