@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerFactory, ServerProcess
-from tests.e2e.jobs.helpers import complete, lease
+from tests.e2e.jobs.helpers import InThread, complete, lease
 from tests.e2e.jobs.test_who_sees_tracebacks import _client, _user
 from tests.e2e.test_worker_sdk import WorkerFactory, worker_process  # noqa: F401 - a fixture
 from tidings.sdk.client import Client
@@ -165,3 +165,39 @@ def test_only_admins_set_limits_and_only_a_types_users_see_its_queue(
         assert user.get("/v1/queues/resize").json()["limits"]["concurrency"] == 1
         assert user.get("/v1/queues/secret").status_code == 403
         assert list(user.get("/v1/queues").json()["limits"]) == ["resize"]
+
+
+@pytest.mark.timeout(60)
+def test_a_lease_held_by_the_concurrency_limit_is_woken_when_a_job_ends(http, jtype):
+    """A lease request parked because the type runs as many jobs as it may is answered as
+    soon as the running job completes, not at its next periodic look (5 s)."""
+    http.put(f"/v1/queues/{jtype}", json={"concurrency": 1})
+    for n in range(2):
+        http.post("/v1/jobs", json={"type": jtype, "payload": n})
+    [first] = lease(http, jtype, wait=0)
+    parked = InThread(lambda: lease(http, jtype, wait=10))
+    time.sleep(0.3)
+    ended = time.monotonic()
+    assert complete(http, first["id"], first["lease_token"], None).status_code == 200
+    assert len(parked.join()) == 1
+    assert parked.ended_at is not None and parked.ended_at - ended < 1.0
+
+
+@pytest.mark.timeout(60)
+def test_two_redis_nodes_wake_each_others_leases_held_by_a_limit(
+    tidings_server: ServerFactory, redis_url: str
+):
+    """A lease parked on node A under a concurrency limit is answered as soon as the
+    running job completes through node B."""
+    a, b = tidings_server(redis_url).url, tidings_server(redis_url).url
+    with httpx.Client(base_url=a, timeout=30) as on_a, httpx.Client(base_url=b, timeout=30) as on_b:
+        on_a.put("/v1/queues/t", json={"concurrency": 1})
+        for n in range(2):
+            on_a.post("/v1/jobs", json={"type": "t", "payload": n})
+        [first] = lease(on_a, "t", wait=0)
+        parked = InThread(lambda: lease(on_a, "t", wait=10))
+        time.sleep(0.5)
+        ended = time.monotonic()
+        assert complete(on_b, first["id"], first["lease_token"], None).status_code == 200
+        assert len(parked.join()) == 1
+        assert parked.ended_at is not None and parked.ended_at - ended < 1.0
