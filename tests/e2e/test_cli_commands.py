@@ -279,7 +279,10 @@ def test_admin_errors_name_the_command_and_the_fix(tmp_path: Path) -> None:
 OWN_COMMANDS = [
     ("publish",),
     ("subscribe",),
-    *(("jobs", c) for c in ("submit", "get", "wait", "cancel", "retry", "list", "dead", "queues")),
+    *(
+        ("jobs", c)
+        for c in ("submit", "get", "wait", "cancel", "retry", "list", "dead", "queues", "limit")
+    ),
     *(("channels", c) for c in ("list", "get", "retention", "delete")),
     *(("users", c) for c in ("add", "grant", "remove", "list")),
     *(("tokens", c) for c in ("create", "list", "revoke")),

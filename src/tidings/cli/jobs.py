@@ -440,3 +440,73 @@ def jobs_queues(
     for name, counts in sorted(queues.items()):
         table.add_row(name, *(str(counts.get(s, 0)) for s in JOB_STATUSES))
     print_table(table)
+
+
+@jobs_app.command(
+    "limit",
+    epilog="""\b
+Examples:
+  tidings jobs limit email
+  tidings jobs limit email --rate 50 --concurrency 10
+  tidings jobs limit report --rate 100 --per 60 --group-concurrency 2
+  tidings jobs limit email --lift""",
+)
+def jobs_limit(
+    type: Annotated[str, typer.Argument(help="Job type.")],
+    rate: Annotated[
+        int | None,
+        typer.Option(help="At most N leases per --per seconds (a token bucket). Default: none."),
+    ] = None,
+    per: Annotated[float, typer.Option(help="The rate's time span, seconds. Default: 1.")] = 1.0,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(help="At most N jobs of the type running at once. Default: none."),
+    ] = None,
+    group_concurrency: Annotated[
+        int | None,
+        typer.Option(help="At most N running at once per `group` given on submit. Default: none."),
+    ] = None,
+    lift: Annotated[
+        bool, typer.Option("--lift", help="Lift every limit of the type. Default: keep them.")
+    ] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option("--json", help="Print the queue as the server answers it. Default: text."),
+    ] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Show a job type's limits and what they hold back; with --rate, --concurrency or
+    --group-concurrency, set them (admins; the ones not given are lifted); with --lift,
+    lift them all."""
+    setting = rate is not None or concurrency is not None or group_concurrency is not None
+    if lift and setting:
+        fail("jobs limit", "--lift sets no limit: give it alone, or set limits without it")
+    with connect("jobs limit", url, token) as client:
+        if lift:
+            client.lift_queue_limits(type)
+        elif setting:
+            client.set_queue_limits(
+                type,
+                rate=rate,
+                per=per,
+                concurrency=concurrency,
+                group_concurrency=group_concurrency,
+            )
+        queue = client.queue(type)
+    if json_out:
+        print_json(queue)
+        return
+    limits = queue.get("limits")
+    if not isinstance(limits, dict):
+        typer.echo(f"{type}: no limits")
+        return
+    said = []
+    if limits.get("rate"):
+        said.append(f"rate {limits['rate']['limit']} per {limits['rate']['per']:g} s")
+    for name in ("concurrency", "group_concurrency"):
+        if limits.get(name) is not None:
+            said.append(f"{name.replace('_', ' ')} {limits[name]}")
+    waiting = limits.get("waiting") or {}
+    held = ", ".join(f"{n} by {name}" for name, n in waiting.items() if n) or "none"
+    typer.echo(f"{type}: {'; '.join(said)}; held back now: {held}")

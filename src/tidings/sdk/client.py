@@ -22,6 +22,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeVar
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -659,6 +660,31 @@ def _job_info(wire: JobWire) -> JobInfo:
         raise ClientError(f"malformed job object from the server: {exc}") from exc
 
 
+def _queue_request(
+    type: str,
+    limits: dict[str, Any] | None = None,
+    *,
+    lift: bool = False,
+) -> dict[str, Any]:
+    """GET /v1/queues/{type}; with `limits`, PUT them; with `lift`, DELETE them."""
+    url = f"/v1/queues/{quote(type, safe='')}"
+    if lift:
+        return {"method": "DELETE", "url": url}
+    if limits is None:
+        return {"method": "GET", "url": url}
+    return {"method": "PUT", "url": url, "json": limits}
+
+
+def _limits_body(
+    rate: int | None, per: float, concurrency: int | None, group_concurrency: int | None
+) -> dict[str, Any]:
+    return {
+        "rate": None if rate is None else {"limit": rate, "per": per},
+        "concurrency": concurrency,
+        "group_concurrency": group_concurrency,
+    }
+
+
 def _parse_queues(response: httpx.Response) -> dict[str, dict[str, int]]:
     queues = json_object(response).get("queues")
     if not isinstance(queues, dict):
@@ -1044,6 +1070,35 @@ class Client:
         """Job counts per type and status: `{type: {status: count}}`."""
         return _parse_queues(self._request({"method": "GET", "url": "/v1/queues"}))
 
+    def queue(self, type: str) -> dict[str, Any]:
+        """One job type's queue: `{"type", "counts": {status: count}, "limits"}`, its
+        limits null when it has none, else with `waiting`: the jobs each holds back."""
+        return json_object(self._request(_queue_request(type)))
+
+    def set_queue_limits(
+        self,
+        type: str,
+        *,
+        rate: int | None = None,
+        per: float = 1.0,
+        concurrency: int | None = None,
+        group_concurrency: int | None = None,
+    ) -> dict[str, Any] | None:
+        """Limit a job type (admins): at most `rate` leases per `per` seconds, `concurrency`
+        running jobs at once, `group_concurrency` per group (each None: no such limit;
+        all None lifts them). Returns the limits now (None: none).
+
+        Raises:
+            TidingsHTTPError: 422 for a bad value (a rate of 0, ...), 403 for a non-admin.
+        """
+        body = _limits_body(rate, per, concurrency, group_concurrency)
+        limits = json_object(self._request(_queue_request(type, body))).get("limits")
+        return limits if isinstance(limits, dict) else None
+
+    def lift_queue_limits(self, type: str) -> None:
+        """Lift every limit of a job type (admins)."""
+        check(self._request(_queue_request(type, lift=True)))
+
     # Channels ---------------------------------------------------------------------------
 
     def list_channels(self, *, prefix: str = "", limit: int | None = None) -> list[ChannelInfo]:
@@ -1358,6 +1413,28 @@ class AsyncClient:
     async def queues(self) -> dict[str, dict[str, int]]:
         """Job counts per type and status: `{type: {status: count}}`."""
         return _parse_queues(await self._request({"method": "GET", "url": "/v1/queues"}))
+
+    async def queue(self, type: str) -> dict[str, Any]:
+        """One job type's queue; see `Client.queue`."""
+        return json_object(await self._request(_queue_request(type)))
+
+    async def set_queue_limits(
+        self,
+        type: str,
+        *,
+        rate: int | None = None,
+        per: float = 1.0,
+        concurrency: int | None = None,
+        group_concurrency: int | None = None,
+    ) -> dict[str, Any] | None:
+        """Limit a job type (admins); see `Client.set_queue_limits`."""
+        body = _limits_body(rate, per, concurrency, group_concurrency)
+        limits = json_object(await self._request(_queue_request(type, body))).get("limits")
+        return limits if isinstance(limits, dict) else None
+
+    async def lift_queue_limits(self, type: str) -> None:
+        """Lift every limit of a job type (admins)."""
+        check(await self._request(_queue_request(type, lift=True)))
 
     # Channels ---------------------------------------------------------------------------
 

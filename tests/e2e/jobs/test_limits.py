@@ -5,6 +5,8 @@ holds back, `DELETE` lifts them; bad values are 422 saying what to fix; leases, 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,11 @@ import httpx
 import pytest
 
 from tests.conftest import ServerFactory, ServerProcess
+from tests.e2e.helpers import cli_ok, tidings_cli
 from tests.e2e.jobs.helpers import InThread, complete, lease
 from tests.e2e.jobs.test_who_sees_tracebacks import _client, _user
 from tests.e2e.test_worker_sdk import WorkerFactory, worker_process  # noqa: F401 - a fixture
-from tidings.sdk.client import Client
+from tidings.sdk.client import AsyncClient, Client, TidingsHTTPError
 
 
 def _queue(http: Any, type_: str) -> Any:
@@ -201,3 +204,43 @@ def test_two_redis_nodes_wake_each_others_leases_held_by_a_limit(
         assert complete(on_b, first["id"], first["lease_token"], None).status_code == 200
         assert len(parked.join()) == 1
         assert parked.ended_at is not None and parked.ended_at - ended < 1.0
+
+
+@pytest.mark.timeout(60)
+def test_the_sdk_and_the_cli_set_show_and_lift_limits(server: ServerProcess, jtype):
+    """Client.set_queue_limits / queue / lift_queue_limits (and their async twins), and
+    `tidings jobs limit`, which says what to fix for a rate of 0."""
+    with Client(server.url) as client:
+        limits = client.set_queue_limits(jtype, rate=5, per=2, group_concurrency=1)
+        assert limits == {
+            "rate": {"limit": 5, "per": 2.0},
+            "concurrency": None,
+            "group_concurrency": 1,
+        }
+        assert client.queue(jtype)["limits"]["waiting"] == {"concurrency": 0, "rate": 0, "group": 0}
+        client.lift_queue_limits(jtype)
+        assert client.queue(jtype)["limits"] is None
+        assert client.set_queue_limits(jtype) is None
+        with pytest.raises(TidingsHTTPError) as refused:
+            client.set_queue_limits(jtype, rate=0)
+        assert refused.value.status == 422
+
+    async def async_calls() -> Any:
+        async with AsyncClient(server.url) as client:
+            await client.set_queue_limits(jtype, concurrency=3)
+            shown = await client.queue(jtype)
+            await client.lift_queue_limits(jtype)
+            return shown["limits"]["concurrency"]
+
+    assert asyncio.run(async_calls()) == 3
+
+    said = cli_ok("jobs", "limit", jtype, "--rate", "50", "--concurrency", "2", "--url", server.url)
+    assert said.strip() == f"{jtype}: rate 50 per 1 s; concurrency 2; held back now: none"
+    shown = json.loads(cli_ok("jobs", "limit", jtype, "--json", "--url", server.url))
+    assert shown["limits"]["rate"] == {"limit": 50, "per": 1.0}
+    assert cli_ok("jobs", "limit", jtype, "--lift", "--url", server.url).strip() == (
+        f"{jtype}: no limits"
+    )
+    bad = tidings_cli("jobs", "limit", jtype, "--rate", "0", "--url", server.url)
+    assert bad.returncode != 0
+    assert '"rate.limit" must be 1 to' in bad.stderr
