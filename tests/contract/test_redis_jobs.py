@@ -504,3 +504,20 @@ def test_two_nodes_racing_leases_never_pass_a_rate_limit(redis_url):
         assert 20 + 20 * elapsed * 0.9 <= len(leased) <= 20 + 20 * elapsed + 1
 
     two_nodes(redis_url, body)
+
+
+def test_a_node_leasing_on_an_old_copy_of_the_limits_still_keeps_them(redis_url):
+    """Node A read the limits (none) just before node B set a concurrency of 1: A's next
+    lease, picked on its old copy, is refused by the write script and picked again within
+    the limit."""
+
+    async def body(a: Node, b: Node) -> None:
+        (_, svc_a), (_, svc_b) = a, b
+        assert await svc_a.lease(["t"], 3, 0, 30.0) == []  # reads the limits: none
+        await svc_b.set_limits("t", QueueLimits(concurrency=1))
+        for n in range(3):
+            await svc_b.submit("t", n)
+        assert len(await svc_a.lease(["t"], 3, 0, 30.0)) == 1
+        assert await svc_a.lease(["t"], 3, 0, 30.0) == []
+
+    two_nodes(redis_url, body)

@@ -244,3 +244,23 @@ def test_the_sdk_and_the_cli_set_show_and_lift_limits(server: ServerProcess, jty
     bad = tidings_cli("jobs", "limit", jtype, "--rate", "0", "--url", server.url)
     assert bad.returncode != 0
     assert '"rate.limit" must be 1 to' in bad.stderr
+
+
+@pytest.mark.timeout(60)
+def test_lifting_a_limit_on_one_redis_node_wakes_the_leases_parked_on_the_other(
+    tidings_server: ServerFactory, redis_url: str
+):
+    """A lease parked on node B under a concurrency limit is answered as soon as node A
+    lifts the limit."""
+    a, b = tidings_server(redis_url).url, tidings_server(redis_url).url
+    with httpx.Client(base_url=a, timeout=30) as on_a, httpx.Client(base_url=b, timeout=30) as on_b:
+        on_a.put("/v1/queues/t", json={"concurrency": 1})
+        for n in range(2):
+            on_a.post("/v1/jobs", json={"type": "t", "payload": n})
+        assert len(lease(on_b, "t", wait=0)) == 1
+        parked = InThread(lambda: lease(on_b, "t", wait=10))
+        time.sleep(0.5)
+        lifted = time.monotonic()
+        assert on_a.delete("/v1/queues/t").status_code == 204
+        assert len(parked.join()) == 1
+        assert parked.ended_at is not None and parked.ended_at - lifted < 1.0

@@ -13,6 +13,13 @@ Key layout (prefix `tidings:` by default, `?prefix=` in the URL to change it):
                           BLAKE2b digest of the key keeps names with ':' from colliding
     {p}job:{id}           msgpack body of a job
     {p}jobidem:{key}      id of the job an Idempotency-Key made
+    {p}jobuniq:{type}|{key}
+                          id of the queued or running job holding a unique key
+    {p}qlimits            hash: job type -> its limits ("concurrency|group concurrency|
+                          rate limit|rate per")
+    {p}qrate              hash: job type -> its rate's GCRA tat
+    {p}grun:{type}        hash: group -> its running jobs of the type (gone at 0)
+    {p}gq:{type}          hash: group -> its queued jobs of the type (gone at 0)
     {p}queued:{type}      sorted set: queued job ids by run_at
     {p}qprio:{type}       sorted set: the queued jobs with a non-zero priority, by -priority
     {p}running            sorted set: running job ids by lease_expires_at
@@ -21,10 +28,11 @@ Key layout (prefix `tidings:` by default, `?prefix=` in the URL to change it):
     {p}jobtypes           set of job types ever submitted
     {p}jobcounts          hash "{type}\\x00{status}" -> count
     {p}served             sorted set: job types by when a worker last asked to lease them
-    {p}wake               stream: a job became queued (fields `type`, `run_at`) or a
-                          channel was deleted (field `deleted`); the relay of every node
-                          follows it to wake its parked lease requests and end the streams
-                          of a deleted channel
+    {p}wake               stream: a job became queued (fields `type`, `run_at`), a
+                          limited type's job stopped running or its limits changed (the
+                          same fields), or a channel was deleted (field `deleted`); the
+                          relay of every node follows it to wake its parked lease requests
+                          and end the streams of a deleted channel
     {p}workers            sorted set: worker ids by when each was last seen (a lease
                           request or a heartbeat), at most MAX_WORKERS of them
     {p}workerfirst        sorted set: worker ids by when each was first seen

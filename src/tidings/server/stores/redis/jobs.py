@@ -124,6 +124,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -180,6 +181,9 @@ LIST_PAGE = 500
 WAKE_MAXLEN = 10_000
 # Job priorities remembered per process (cleared when full).
 PRIORITY_CACHE_MAX = 200_000
+# Seconds a node keeps its copy of the queue limits for picking leases (the write script
+# checks the limits Redis holds).
+LIMITS_CACHE = 1.0
 # Bodies of unfinished jobs this process wrote last, remembered so a lease or a report can
 # skip reading them (cleared when full; see `_read_known`).
 BODY_CACHE_MAX = 100_000
@@ -309,6 +313,9 @@ class RedisJobs(JobStore):
         self._bodies: dict[str, bytes] = {}
         # Jobs a filtered list_jobs call examines at most.
         self.list_scan = JOB_LIST_SCAN
+        # The queue limits as last read, and when (see `_known_limits`).
+        self._limits: dict[str, QueueLimits] = {}
+        self._limits_at = -math.inf
 
     def register_scripts(self) -> None:
         """Register this part's Lua script (once the core is open)."""
@@ -766,7 +773,9 @@ class RedisJobs(JobStore):
                         return out
                     try:
                         changes, skipped = await self._lease_round(picks, wanted, now, fn)
-                    except _Differs:
+                    except _Differs as exc:
+                        if isinstance(exc, _Limited):
+                            self._limits_at = -math.inf  # picked on limits since changed
                         await asyncio.sleep(random.uniform(0, RETRY_JITTER * (n + 1)))  # noqa: S311
                         continue
                     out.extend(changes)
@@ -791,12 +800,8 @@ class RedisJobs(JobStore):
         if not types:
             return []
         # The limits of these types decide how many of the oldest due jobs of each to read.
-        packed = await self._core.client.hmget(self._key("qlimits"), types)
-        limited = {
-            type_: _unpack_limits(raw.decode())
-            for type_, raw in zip(types, packed, strict=True)
-            if raw is not None
-        }
+        known = await self._known_limits()
+        limited = {type_: known[type_] for type_ in types if type_ in known}
         # The oldest due jobs of each type (enough for this lease, or for a type with a
         # group_concurrency LEASE_SCAN, to find jobs of groups not at their limit), and
         # every queued job with a priority (few, usually none), so a high priority is never
@@ -861,12 +866,26 @@ class RedisJobs(JobStore):
             picks.append(job_id)
         return picks
 
+    async def _known_limits(self) -> dict[str, QueueLimits]:
+        """The queue limits, read again when LIMITS_CACHE seconds old (or after a write
+        refused a lease on limits since changed). A lease picks within them; the write
+        script checks the limits Redis holds, whatever this copy says."""
+        now = time.monotonic()
+        if now - self._limits_at >= LIMITS_CACHE:
+            raw = await self._core.client.hgetall(self._key("qlimits"))
+            self._limits = {t.decode(): _unpack_limits(p.decode()) for t, p in raw.items()}
+            self._limits_at = now
+        return self._limits
+
     async def _allowances(
         self, limited: dict[str, QueueLimits], now: float
     ) -> dict[str, Allowance]:
-        """What a lease may take of each limited type, from the counters in Redis."""
+        """What a lease may take of each type `limited` (as this node's copy says), from
+        the limits and counters in Redis now: a copy older than a lift or a raise holds
+        back nothing it should not."""
         names = list(limited)
         async with self._core.client.pipeline(transaction=False) as pipe:
+            pipe.hmget(self._key("qlimits"), names)
             pipe.hmget(self._key("jobcounts"), [f"{t}\x00running" for t in names])
             pipe.hmget(self._key("qrate"), names)
             for type_ in names:
@@ -874,12 +893,15 @@ class RedisJobs(JobStore):
             replies = await pipe.execute()
         out = {}
         for n, type_ in enumerate(names):
-            groups: dict[str, int] = {g.decode(): int(c) for g, c in replies[2 + n].items()}
+            packed = replies[0][n]
+            if packed is None:
+                continue  # lifted since the copy was read
+            groups: dict[str, int] = {g.decode(): int(c) for g, c in replies[3 + n].items()}
             out[type_] = Allowance(
-                limited[type_],
-                int(replies[0][n] or 0),
+                _unpack_limits(packed.decode()),
+                int(replies[1][n] or 0),
                 functools.partial(_count_of, groups),
-                float(replies[1][n] or 0.0),
+                float(replies[2][n] or 0.0),
                 now,
             )
         return out
@@ -887,10 +909,21 @@ class RedisJobs(JobStore):
     async def set_queue_limits(self, type_: str, limits: QueueLimits | None) -> None:
         key = self._key("qlimits")
         with self._errors:
-            if limits is None:
-                await self._core.client.hdel(key, type_)
-            else:
-                await self._core.client.hset(key, type_, _pack_limits(limits))
+            async with self._core.client.pipeline(transaction=True) as pipe:
+                if limits is None:
+                    pipe.hdel(key, type_)
+                else:
+                    pipe.hset(key, type_, _pack_limits(limits))
+                # Raised or lifted, they may let held jobs go: every node's relay wakes
+                # the lease requests parked for the type.
+                pipe.xadd(
+                    self._key("wake"),
+                    {"type": type_, "run_at": repr(time.time())},
+                    maxlen=WAKE_MAXLEN,
+                    approximate=True,
+                )
+                await pipe.execute()
+        self._limits_at = -math.inf
 
     async def queue_limits(self) -> dict[str, QueueLimits]:
         with self._errors:
