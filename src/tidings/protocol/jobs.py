@@ -6,9 +6,10 @@ receives for a leased job). The server encodes them, the SDK decodes them and th
 document describes them, as it does the answers built around them (`JobListWire`,
 `LeaseAnswerWire`, `ReportAnswerWire`, `HeartbeatAnswerWire`).
 
-A worker says who it is in its lease requests (`WorkerIdentity`); the worker list
-(`GET /v1/workers`) answers `WorkerListWire`: each worker (`WorkerWire`) with the jobs it
-is running (`RunningJobWire`).
+A job type's limits, as `PUT /v1/queues/{type}` takes them, are `QueueLimits` (with its
+`RateLimit`). A worker says who it is in its lease requests (`WorkerIdentity`); the
+worker list (`GET /v1/workers`) answers `WorkerListWire`: each worker (`WorkerWire`) with
+the jobs it is running (`RunningJobWire`).
 """
 
 from __future__ import annotations

@@ -11,6 +11,12 @@ heartbeat of a job such a worker holds, records the worker in the store (`store.
 — at most once per worker every WORKER_MARK_INTERVAL seconds from this node, since the
 lease path is hot — and counts the jobs submitted and finished here (`JobCounters`, for
 /metrics).
+
+Queue limits (rate, concurrency, group concurrency per job type) are the store's to keep,
+in the atomic step of each lease (tidings.server.stores.limits); the service checks them
+when they are set, and wakes the parked lease requests a held job may now go to: when a
+running job of a limited type ends, and once per rate interval while a rate-limited type
+is being leased.
 """
 
 from __future__ import annotations
