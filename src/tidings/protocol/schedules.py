@@ -71,7 +71,7 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
 
     Exactly one of `cron` (five fields, in `timezone`) and `every` (whole seconds) is set.
     `next_run_at` is the next slot to fire; `last_run_at` the slot fired last and
-    `last_job_id` its job. `created_by` is the principal that put it (None: anonymous):
+    `last_job_id` its job. `owner` is the principal that put it (None: anonymous):
     its firings are submitted as that principal's jobs.
     """
 
@@ -90,7 +90,7 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
     last_job_id: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
-    created_by: str | None = None
+    owner: str | None = None
 
     def to_wire(self) -> ScheduleWire:
         """The public form."""
@@ -110,7 +110,7 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
             last_job_id=self.last_job_id,
             created_at=format_time(self.created_at),
             updated_at=format_time(self.updated_at),
-            created_by=self.created_by,
+            owner=self.owner,
             links=ScheduleLinks(f"/v1/schedules/{self.name}", f"/v1/jobs?type={self.type}"),
         )
 
@@ -141,7 +141,7 @@ class ScheduleWire(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     last_job_id: str | None
     created_at: Time
     updated_at: Time
-    created_by: str | None
+    owner: str | None
     links: ScheduleLinks
 
 
