@@ -138,6 +138,17 @@ def test_an_advance_of_a_schedule_replaced_or_deleted_since_it_was_read_changes_
     run(make_store, body)
 
 
+def test_a_schedule_put_with_whole_number_times_is_advanced_as_read_back(make_store):
+    async def body(store: Store) -> None:
+        put = sched("a", int(T0))  # type: ignore[arg-type]
+        await store.schedules.put_schedule(put)
+        [read] = await store.schedules.due_schedules(T0, 10)
+        assert await store.schedules.advance_schedule(read, replace(read, next_run_at=T0 + 60))
+        assert await store.schedules.next_schedule_at() == T0 + 60
+
+    run(make_store, body)
+
+
 def test_of_several_advances_of_one_slot_at_once_exactly_one_wins(make_store):
     """As nodes firing one slot do: each read the schedule, each tries to advance it."""
 

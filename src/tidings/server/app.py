@@ -79,6 +79,7 @@ class TidingsApp:
         self.relay = self._relay() if self.store.shared else None
         self.metrics = Metrics(self.hub, self.store, self.auth)
         self.metrics.watch_jobs(self.jobs.counters)
+        self.metrics.watch_schedules(self.schedules.counters)
         self.lifecycle = Lifecycle(
             settings,
             self.store,

@@ -246,7 +246,7 @@ class ScheduleService:
             cron = slots.expression
             first = slots.next_after(now)
         else:
-            first = math.floor(now) + (every or 1)
+            first = float(math.floor(now) + (every or 1))
         return Schedule(
             name=name,
             type=type_,

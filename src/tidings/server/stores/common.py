@@ -28,6 +28,7 @@ __all__ = [
     "decode_user",
     "encode_json",
     "encode_msgpack",
+    "encode_schedule",
     "parse_seq",
     "schedules_full",
     "store_errors",
@@ -41,6 +42,13 @@ decode_job = msgspec.msgpack.Decoder(Job).decode
 decode_user = msgspec.msgpack.Decoder(User).decode
 decode_credential = msgspec.msgpack.Decoder(Credential).decode
 decode_schedule = msgspec.msgpack.Decoder(Schedule).decode
+
+
+def encode_schedule(schedule: Schedule) -> bytes:
+    """A schedule's stored body as reading it back and encoding it again gives it (an
+    integer given for a float field becomes a float): the compare-and-set of
+    `advance_schedule` compares the bodies of schedules read back."""
+    return encode_msgpack(decode_schedule(encode_msgpack(schedule)))
 
 
 def schedules_full(cap: int) -> Conflict:

@@ -431,8 +431,13 @@ class RedisJobs(JobStore):
             if reply[0] == _KNOWN:
                 # The key's job; this very job when a call that redis-py sent again after
                 # a lost reply finds its first sending committed (its event is published).
+                # Another submit of the same id (a schedule's slot fired by two nodes) made
+                # the job at another time.
                 known = decode_job(reply[1])
-                return JobChange(known, None), known.id == job.id
+                return JobChange(known, None), (known.id, known.created_at) == (
+                    job.id,
+                    job.created_at,
+                )
             if reply[0] == _DIFFERS:
                 if await self._core.client.get(self._job_key(job.id)) == written[0].body:
                     return JobChange(job, None), True  # the same: this call committed it

@@ -19,7 +19,7 @@ from redis.commands.core import AsyncScript
 from tidings.protocol.schedules import Schedule
 from tidings.server.constants import MAX_SCHEDULES
 from tidings.server.stores.base import ScheduleStore
-from tidings.server.stores.common import decode_schedule, encode_msgpack, schedules_full
+from tidings.server.stores.common import decode_schedule, encode_schedule, schedules_full
 from tidings.server.stores.redis.core import RedisCore, lua
 
 __all__ = ["RedisSchedules"]
@@ -68,7 +68,7 @@ class RedisSchedules(ScheduleStore):
         keys = [self._bodies, self._due, self._names]
         args: list[str | bytes | int] = [
             schedule.name,
-            encode_msgpack(schedule),
+            encode_schedule(schedule),
             repr(schedule.next_run_at),
             self.cap,
         ]
@@ -119,8 +119,8 @@ class RedisSchedules(ScheduleStore):
 
     async def advance_schedule(self, read: Schedule, new: Schedule) -> bool:
         client = self._core.client
-        expected = hashlib.sha1(encode_msgpack(read), usedforsecurity=False).hexdigest()
-        args: list[str | bytes] = [read.name, expected, encode_msgpack(new), repr(new.next_run_at)]
+        expected = hashlib.sha1(encode_schedule(read), usedforsecurity=False).hexdigest()
+        args: list[str | bytes] = [read.name, expected, encode_schedule(new), repr(new.next_run_at)]
         with self._errors:
             reply = await self._advance(keys=[self._bodies, self._due], args=args, client=client)
         return bool(reply == 1)

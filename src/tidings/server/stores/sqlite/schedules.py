@@ -13,7 +13,7 @@ import sqlite3
 from tidings.protocol.schedules import Schedule
 from tidings.server.constants import MAX_SCHEDULES
 from tidings.server.stores.base import ScheduleStore
-from tidings.server.stores.common import decode_schedule, encode_msgpack, schedules_full
+from tidings.server.stores.common import decode_schedule, encode_schedule, schedules_full
 from tidings.server.stores.sqlite.core import SQLiteCore
 
 __all__ = ["SQLiteSchedules"]
@@ -32,7 +32,7 @@ class SQLiteSchedules(ScheduleStore):
         self.cap = cap
 
     async def put_schedule(self, schedule: Schedule) -> bool:
-        body = encode_msgpack(schedule)
+        body = encode_schedule(schedule)
         cap = self.cap
 
         def op(conn: sqlite3.Connection) -> bool:
@@ -89,7 +89,7 @@ class SQLiteSchedules(ScheduleStore):
         return None if row is None or row[0] is None else float(row[0])
 
     async def advance_schedule(self, read: Schedule, new: Schedule) -> bool:
-        expected, body = encode_msgpack(read), encode_msgpack(new)
+        expected, body = encode_schedule(read), encode_schedule(new)
 
         def op(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
