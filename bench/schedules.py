@@ -13,7 +13,8 @@ second, half a second after the last. Then it reads:
   slots of the run that have no job (missed);
 * duplicates: slots whose job channel holds more than one `queued` event (the job written
   twice), and firings the nodes counted beyond the jobs (`tidings_schedule_firings_total`
-  of both: a slot submitted as new by both nodes);
+  of both: a node counts a slot when its compare-and-set advanced the schedule past it,
+  so a slot counted by both was advanced twice);
 * drift: each job's `created_at` (when a node submitted it) minus its slot: p50, p99, max.
 
 Prints a table; with --json, also one JSON line of every figure last. Exits 1 unless every
@@ -115,7 +116,7 @@ def tidings_server(store: str) -> Iterator[str]:
 
 
 def firings_counted(base: str) -> int:
-    """The firings a node counted as new jobs (`tidings_schedule_firings_total`)."""
+    """The slots a node fired (`tidings_schedule_firings_total`)."""
     text = httpx.get(f"{base}/metrics", timeout=10).text
     m = re.search(r"^tidings_schedule_firings_total ([0-9.e+]+)$", text, re.MULTILINE)
     return 0 if m is None else int(float(m.group(1)))
@@ -189,7 +190,7 @@ def render(f: dict[str, Any]) -> str:
         ("slots due in the run", f"{f['expected slots']}"),
         ("missed slots", f"{f['missed']}"),
         ("jobs written twice", f"{f['written twice']}"),
-        ("slots counted as new by both nodes", f"{f['counted twice']}"),
+        ("slots both nodes counted as fired", f"{f['counted twice']}"),
         ("firings by node", by_node),
         ("drift p50", f"{f['drift p50 ms']:.1f} ms"),
         ("drift p99", f"{f['drift p99 ms']:.1f} ms"),

@@ -130,8 +130,8 @@ class _HubCollector(Collector):
             return
         fired = CounterMetricFamily(
             "tidings_schedule_firings",
-            "Schedule slots this process fired (new jobs; a slot another node fired first "
-            "is not counted)",
+            "Schedule slots this process fired (it advanced the schedule past the slot's job: "
+            "one node per slot)",
         )
         fired.add_metric([], counters.fired)
         yield fired
@@ -143,7 +143,8 @@ class _HubCollector(Collector):
         yield skipped
         drift = HistogramMetricFamily(
             "tidings_schedule_drift_seconds",
-            "Time from a schedule's slot to the submit of its job here, by job type",
+            "Time from a schedule's slot to the creation of its job, by job type (counted by "
+            "the node that fired the slot)",
             labels=["type"],
         )
         timings = counters.drift

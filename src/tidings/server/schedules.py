@@ -166,8 +166,9 @@ def plan(
 
 
 class ScheduleCounters:
-    """The firings this node submitted (new jobs, not repeats of another node's), and how
-    late each was (submit time minus slot time). Read by /metrics at scrape time."""
+    """The slots this node fired and skipped (those it advanced the schedule past: one node
+    per slot), and how late each firing's job was made (its creation minus its slot). Read
+    by /metrics at scrape time."""
 
     __slots__ = ("drift", "fired", "skipped")
 
@@ -326,13 +327,18 @@ class ScheduleService:
         """Submit the job of a due schedule's slot (none for a slot skipped), then advance
         the schedule past it; True when this call advanced it (False: another node did, or
         it was replaced or deleted meanwhile). StoreError when the store failed: nothing
-        is advanced, and the next look fires the same slot."""
+        is advanced, and the next look fires the same slot.
+
+        The node whose advance wins counts the firing (or the skip) and its drift: the
+        store's answer to a submit cannot tell which of several nodes submitting the same
+        job at the same instant wrote it, the compare-and-set can."""
         slot, following = plan(schedule, now)
         job_id = None
+        created_at = None
         if slot is not None:
             job_id = slot_job_id(schedule.name, slot)
             try:
-                job, created = await self.jobs.submit(
+                job, _created = await self.jobs.submit(
                     schedule.type,
                     schedule.payload,
                     max_attempts=schedule.max_attempts,
@@ -350,15 +356,18 @@ class ScheduleService:
                 log.warning("schedule %s: slot %s not fired: %s", schedule.name, job_id, exc)
                 slot = job_id = None
             else:
-                if created:
-                    self.counters.fired += 1
-                    self.counters.drift.observe(schedule.type, job.created_at - slot)
-        else:
-            self.counters.skipped += 1
+                created_at = job.created_at
         advanced = replace(
             schedule,
             next_run_at=following,
             last_run_at=schedule.last_run_at if slot is None else slot,
             last_job_id=schedule.last_job_id if job_id is None else job_id,
         )
-        return await self.store.schedules.advance_schedule(schedule, advanced)
+        if not await self.store.schedules.advance_schedule(schedule, advanced):
+            return False
+        if slot is None or created_at is None:
+            self.counters.skipped += 1
+        else:
+            self.counters.fired += 1
+            self.counters.drift.observe(schedule.type, created_at - slot)
+        return True

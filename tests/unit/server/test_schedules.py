@@ -3,6 +3,7 @@ schedule fires (catch-up policies), ids of firings, and the refusals of bad sche
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -132,3 +133,32 @@ def test_a_replacement_keeps_its_creation_time_and_history_and_starts_from_now()
     assert (again.last_run_at, again.last_job_id) == (T0 + 60, "sched:s:x")
     assert again.next_run_at == T0 + 3600
     assert again.timezone == "UTC"
+
+
+def test_two_schedulers_firing_one_slot_make_one_job_and_one_advance():
+    """As two nodes on one store: both submit the slot's job, one advances the schedule."""
+
+    async def main() -> None:
+        store = MemoryStore(Retention(100, 3600.0))
+        await store.start()
+        hub = Hub(store.channels.cursor_key)
+        jobs = JobService(store, hub)
+        a, b = ScheduleService(store, jobs), ScheduleService(store, jobs)
+        made = a.build("s", "t", every=5, payload={"k": 1}, now=T0)
+        await a.put(made)
+        [due] = await store.schedules.due_schedules(T0 + 5.01, 10)
+        won = await asyncio.gather(a.fire(due, T0 + 5.01), b.fire(due, T0 + 5.02))
+        assert sorted(won) == [False, True]
+        assert a.counters.fired + b.counters.fired == 1
+        page = await store.jobs.list_jobs(None, "t", 10)
+        assert [j.id for j in page.jobs] == [slot_job_id("s", T0 + 5)]
+        assert page.jobs[0].payload == {"k": 1}
+        after = await store.schedules.get_schedule("s")
+        assert after is not None
+        assert (after.next_run_at, after.last_run_at) == (T0 + 10, T0 + 5)
+        assert after.last_job_id == slot_job_id("s", T0 + 5)
+        # The loser firing the same slot again (a crash before its advance) changes nothing.
+        assert await b.fire(due, T0 + 6) is False
+        assert len((await store.jobs.list_jobs(None, "t", 10)).jobs) == 1
+
+    asyncio.run(main())
