@@ -1020,8 +1020,10 @@ _OPS: list[_Op] = [
                     "cron": {
                         "type": ["string", "null"],
                         "maxLength": MAX_CRON_LEN,
+                        "pattern": "^\\s*\\S+(\\s+\\S+){4}\\s*$",
                         "description": "five fields: minute hour day-of-month month "
-                        'day-of-week, e.g. "*/5 * * * *"; exactly one of cron and every',
+                        'day-of-week, e.g. "*/5 * * * *" (croniter\'s syntax; an expression '
+                        "out of range or naming no date is 422); exactly one of cron and every",
                     },
                     "every": {
                         "type": ["integer", "null"],
@@ -1033,8 +1035,9 @@ _OPS: list[_Op] = [
                     "timezone": {
                         "type": ["string", "null"],
                         "maxLength": MAX_TIMEZONE_LEN,
-                        "description": "IANA time zone the cron expression is read in "
-                        "(default UTC); cron only",
+                        "description": "IANA time zone the cron expression is read in, "
+                        "e.g. Europe/Paris (default UTC; a name the server's time zone "
+                        "database lacks is 422); cron only",
                     },
                     "max_attempts": {
                         "type": "integer",
@@ -1065,6 +1068,14 @@ _OPS: list[_Op] = [
                 },
                 "required": ["type"],
                 "additionalProperties": False,
+                # Exactly one of cron and every; a time zone with cron only.
+                "oneOf": [
+                    {"required": ["cron"], "properties": {"every": {"type": "null"}}},
+                    {
+                        "required": ["every"],
+                        "properties": {"cron": {"type": "null"}, "timezone": {"type": "null"}},
+                    },
+                ],
             }
         ),
         {
