@@ -72,7 +72,9 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
     Exactly one of `cron` (five fields, in `timezone`) and `every` (whole seconds) is set.
     `next_run_at` is the next slot to fire; `last_run_at` the slot fired last and
     `last_job_id` its job. `owner` is the principal that put it (None: anonymous):
-    its firings are submitted as that principal's jobs.
+    its firings are submitted as that principal's jobs. `owner_is_user` says the owner is
+    a user of the store (not an application JWT's subject), whose grant to submit `type`
+    is checked again at each firing.
     """
 
     name: str
@@ -91,6 +93,7 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float = 0.0
     updated_at: float = 0.0
     owner: str | None = None
+    owner_is_user: bool = False
 
     def to_wire(self) -> ScheduleWire:
         """The public form."""

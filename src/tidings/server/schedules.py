@@ -53,6 +53,7 @@ from tidings.server.constants import (
 from tidings.server.depth import check_storable
 from tidings.server.job_timings import JobTimings
 from tidings.server.jobs import MAX_ATTEMPTS_LIMIT, MAX_LEASE, JobService
+from tidings.server.principals import Principal
 from tidings.server.stores.base import Store
 
 __all__ = ["CronSlots", "ScheduleCounters", "ScheduleService", "check_name", "plan"]
@@ -211,6 +212,7 @@ class ScheduleService:
         priority: int = 0,
         catch_up: str = "latest",
         owner: str | None = None,
+        owner_is_user: bool = False,
         now: float | None = None,
         known: Schedule | None = None,
     ) -> Schedule:
@@ -265,6 +267,7 @@ class ScheduleService:
             created_at=now if known is None else known.created_at,
             updated_at=now,
             owner=owner,
+            owner_is_user=owner_is_user,
         )
 
     async def find(self, name: str) -> Schedule | None:
@@ -284,7 +287,7 @@ class ScheduleService:
         self._changed.set()
         return created
 
-    async def list(self, after: str = "", limit: int = 1000) -> list[Schedule]:
+    async def list_schedules(self, after: str = "", limit: int = 1000) -> list[Schedule]:
         """Up to `limit` schedules whose names sort after `after`, by name."""
         return await self.store.schedules.list_schedules(after, limit)
 
@@ -323,6 +326,17 @@ class ScheduleService:
             return SCHEDULE_POLL
         return min(SCHEDULE_POLL, max(0.0, first - time.time()) + TIMER_SLACK)
 
+    async def _owner_may_submit(self, schedule: Schedule) -> bool:
+        """Whether the schedule's owner, when a user of the store, still exists and may
+        submit its type (a grant revoked or a user removed stops their schedules' firings);
+        an anonymous owner or an application JWT's subject keeps the right it put it with."""
+        if not schedule.owner_is_user or schedule.owner is None:
+            return True
+        user = await self.store.auth.get_user(schedule.owner)
+        return user is not None and Principal(user.name, user.permissions).may(
+            "submit", schedule.type
+        )
+
     async def fire(self, schedule: Schedule, now: float) -> bool:
         """Submit the job of a due schedule's slot (none for a slot skipped), then advance
         the schedule past it; True when this call advanced it (False: another node did, or
@@ -335,6 +349,14 @@ class ScheduleService:
         slot, following = plan(schedule, now)
         job_id = None
         created_at = None
+        if slot is not None and not await self._owner_may_submit(schedule):
+            log.warning(
+                "schedule %s: slot skipped: its owner %s may no longer submit jobs of type %r",
+                schedule.name,
+                schedule.owner,
+                schedule.type,
+            )
+            slot = None
         if slot is not None:
             job_id = slot_job_id(schedule.name, slot)
             try:

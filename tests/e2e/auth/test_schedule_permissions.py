@@ -67,3 +67,28 @@ def test_one_who_may_submit_the_type_sees_a_schedule_but_may_not_change_anothers
         assert "owner" in refused.json()["error"]["message"]
         assert_error(http.delete("/v1/schedules/r", headers=bob), 403)
         assert http.put("/v1/schedules/r", json=body, headers=alice).status_code == 200
+
+
+def test_removing_the_owner_stops_the_firings_of_their_schedules(
+    tidings_server: ServerFactory, store: str
+) -> None:
+    cli_ok("users", "grant", "alice", "--store", store, "--submit", "report")
+    cli_ok("users", "add", "root", "--store", store, "--admin")
+    root = bearer(cli_ok("tokens", "create", "root", "--store", store).strip().split()[-1])
+    srv = auth_server(tidings_server, store, "database")
+    alice = bearer(login(srv))
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        made = http.put("/v1/schedules/r", json={"type": "report", "every": 1}, headers=alice)
+        assert made.status_code == 201, made.text
+        time.sleep(max(0.0, parse_time(made.json()["next_run_at"]) + 0.5 - time.time()))
+        before = http.get("/v1/jobs", params={"type": "report"}, headers=root).json()["jobs"]
+        assert len(before) >= 1
+        cli_ok("users", "remove", "alice", "--store", store)
+        removed = time.time()
+        time.sleep(2.5)
+        jobs = http.get("/v1/jobs", params={"type": "report"}, headers=root).json()["jobs"]
+        late = [j for j in jobs if parse_time(j["created_at"]) > removed + 0.1]
+        assert late == []
+        # The schedule is still there, moved past the skipped slots, for an admin to see.
+        shown = http.get("/v1/schedules/r", headers=root).json()
+        assert parse_time(shown["next_run_at"]) > removed + 1

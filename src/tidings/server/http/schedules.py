@@ -4,7 +4,8 @@ Who may do what: a schedule submits jobs of its type as its owner (the principal
 it last), so putting one needs the right to submit jobs of its type; replacing or deleting
 one needs, besides, to be its owner or an admin (as cancelling a job needs to be its
 submitter). A schedule is seen by its owner, by those who may submit its type, and by
-admins; a listing shows those.
+admins; a listing shows those. An owner that is a user of the store is checked again at
+each firing: removing the user, or their grant, stops the firings (the slots are skipped).
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ async def put_schedule(request: Request) -> Response:
         priority=body.priority,
         catch_up=body.catch_up,
         owner=_owner(principal),
+        # An application JWT's subject is no user of the store: its grants are in its token.
+        owner_is_user=principal.session is not None and not principal.session.startswith("app:"),
         known=known,
     )
     created = await svc.put(schedule)
@@ -141,7 +144,7 @@ async def list_schedules(request: Request) -> Response:
         raise BadRequest("after must be a schedule name: the `next` of the page before")
     limit = query_int(request, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
     # One past the page says whether another follows.
-    read = await _svc(request).list(after, limit + 1)
+    read = await _svc(request).list_schedules(after, limit + 1)
     more = len(read) > limit
     read = read[:limit]
     principal = principal_of(request)
