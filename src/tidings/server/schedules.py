@@ -96,7 +96,7 @@ class CronSlots:
             raise InvalidBody(f'"timezone" must be at most {MAX_TIMEZONE_LEN} characters')
         try:
             self.zone = ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe", a folder
             raise InvalidBody(
                 f'"timezone": {timezone[:80]!r} is not a time zone this server knows: use an '
                 "IANA name such as UTC, Europe/Paris or America/New_York"

@@ -102,6 +102,8 @@ def test_the_job_id_of_a_firing_names_the_schedule_and_the_slot_and_is_a_channel
         ({"cron": "0 0 31 2 *"}, "never fires"),
         ({"cron": "* * * * *", "timezone": "Mars/Olympus"}, "time zone"),
         ({"cron": "* * * * *", "timezone": "../../etc/passwd"}, "time zone"),
+        ({"cron": "* * * * *", "timezone": "Europe"}, "time zone"),
+        ({"cron": "* * 31 4,6,9,11 *"}, "never fires"),
         ({}, "exactly one"),
         ({"cron": "* * * * *", "every": 5}, "exactly one"),
         ({"every": 0}, '"every" must be'),
