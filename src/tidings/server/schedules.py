@@ -317,8 +317,25 @@ class ScheduleService:
         """Fire the schedules due now; the seconds until the scheduler should look again."""
         now = time.time()
         due = await self.store.schedules.due_schedules(now, SCHEDULE_BATCH)
-        for schedule in due:
-            await self.fire(schedule, now)
+        # Fired together: a store's writes share transactions (SQLite's group commit) and
+        # round trips, so a hundred schedules due at one minute are not fired one by one.
+        outcomes = await asyncio.gather(
+            *(self.fire(schedule, now) for schedule in due), return_exceptions=True
+        )
+        failed = False
+        for schedule, outcome in zip(due, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):
+                    raise outcome  # cancelled: the server stops
+                failed = True
+                log.error(
+                    "schedule %s: firing failed; the scheduler tries again in %g s: %r",
+                    schedule.name,
+                    SCHEDULE_POLL,
+                    outcome,
+                )
+        if failed:
+            return SCHEDULE_POLL
         if len(due) == SCHEDULE_BATCH:
             return 0.0
         first = await self.store.schedules.next_schedule_at()
