@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         JobInfo,
         JobTimeout,
         Page,
+        ScheduleInfo,
         TidingsConnectionError,
         TidingsHTTPError,
     )
@@ -41,6 +42,7 @@ __all__ = [
     "Message",
     "Page",
     "Reset",
+    "ScheduleInfo",
     "TidingsApp",
     "TidingsConnectionError",
     "TidingsHTTPError",
@@ -63,6 +65,7 @@ _CLIENT = {
     "AsyncJobHandle",
     "JobInfo",
     "JobTimeout",
+    "ScheduleInfo",
 }
 _WORKER = {"Worker", "JobContext", "JobCancelled", "WorkerRefused"}
 _WIRE = {"Message", "Reset"}

@@ -284,6 +284,7 @@ OWN_COMMANDS = [
         for c in ("submit", "get", "wait", "cancel", "retry", "list", "dead", "queues", "limit")
     ),
     *(("channels", c) for c in ("list", "get", "retention", "delete")),
+    *(("schedules", c) for c in ("add", "list", "remove")),
     *(("users", c) for c in ("add", "grant", "remove", "list")),
     *(("tokens", c) for c in ("create", "list", "revoke")),
     ("workers",),

@@ -13,6 +13,7 @@ from tidings.cli.doctor import doctor
 from tidings.cli.jobs import jobs_app
 from tidings.cli.messages import publish, subscribe
 from tidings.cli.processes import serve, worker
+from tidings.cli.schedules import schedules_app
 from tidings.cli.workers import EPILOG as WORKERS_EPILOG
 from tidings.cli.workers import workers
 
@@ -52,6 +53,7 @@ for command in (serve, publish, subscribe, worker):
     app.command()(command)
 app.add_typer(jobs_app)
 app.add_typer(channels_app)
+app.add_typer(schedules_app)
 app.add_typer(users_app)
 app.add_typer(tokens_app)
 app.command(epilog=WORKERS_EPILOG)(workers)

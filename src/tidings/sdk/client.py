@@ -48,6 +48,7 @@ from tidings.protocol.messages import (
     Reset,
     ResetWire,
 )
+from tidings.protocol.schedules import ScheduleListWire, ScheduleWire
 from tidings.sdk.common import (
     ClientError,
     TidingsConnectionError,
@@ -60,6 +61,7 @@ from tidings.sdk.common import (
     error_from,
     job_path,
     json_object,
+    schedule_path,
 )
 
 __all__ = [
@@ -73,6 +75,7 @@ __all__ = [
     "JobInfo",
     "JobTimeout",
     "Page",
+    "ScheduleInfo",
     "TidingsConnectionError",
     "TidingsHTTPError",
     "Via",
@@ -624,6 +627,101 @@ def _job_pages(status: str | None, type: str | None, limit: int | None) -> _Page
     return _Pages("/v1/jobs", params, "before", 100 if limit is None else limit, 1000, parse)
 
 
+class ScheduleInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A schedule as the server describes it (`ScheduleWire`), with times as seconds since
+    the epoch: what was put (exactly one of `cron`, read in `timezone`, and `every`
+    seconds), the next slot to fire (`next_run_at`), the slot fired last (`last_run_at`)
+    and its job (`last_job_id`: `sched:{name}:{slot}`), and the principal whose jobs its
+    firings are (`owner`; None: anonymous)."""
+
+    name: str
+    type: str
+    payload: Any = None
+    cron: str | None = None
+    every: int | None = None
+    timezone: str | None = None
+    max_attempts: int = 3
+    timeout: float | None = None
+    priority: int = 0
+    catch_up: str = "latest"
+    next_run_at: float
+    last_run_at: float | None = None
+    last_job_id: str | None = None
+    created_at: float
+    updated_at: float
+    owner: str | None = None
+
+    @classmethod
+    def from_wire(cls, wire: ScheduleWire) -> ScheduleInfo:
+        """The schedule a decoded `ScheduleWire` stands for; ValueError on a time that is
+        not RFC 3339."""
+        fields = {
+            name: value
+            for name, value in msgspec.structs.asdict(wire).items()
+            if name in cls.__struct_fields__
+        }
+        for name in ("next_run_at", "created_at", "updated_at", "last_run_at"):
+            fields[name] = parse_optional_time(fields[name])
+        return cls(**fields)
+
+
+_SCHEDULE = msgspec.json.Decoder(ScheduleWire)
+_SCHEDULES = msgspec.json.Decoder(ScheduleListWire)
+
+
+def _schedule_request(
+    name: str,
+    type: str,
+    payload: Any,
+    cron: str | None,
+    every: int | None,
+    timezone: str | None,
+    max_attempts: int,
+    timeout: float | None,
+    priority: int,
+    catch_up: str,
+) -> dict[str, Any]:
+    if (cron is None) == (every is None):
+        raise ValueError("give exactly one of cron (five fields) or every (seconds)")
+    body: dict[str, Any] = {
+        "type": type,
+        "payload": payload,
+        "max_attempts": max_attempts,
+        "priority": priority,
+        "catch_up": catch_up,
+    }
+    for key, value in (("cron", cron), ("every", every), ("timezone", timezone)):
+        if value is not None:
+            body[key] = value
+    if timeout is not None:
+        body["timeout"] = timeout
+    return {
+        "method": "PUT",
+        "url": schedule_path(name),
+        "content": encode_json(body),
+        "headers": {"Content-Type": "application/json"},
+    }
+
+
+def _schedule_info(wire: ScheduleWire) -> ScheduleInfo:
+    try:
+        return ScheduleInfo.from_wire(wire)
+    except ValueError as exc:
+        raise ClientError(f"malformed schedule object from the server: {exc}") from exc
+
+
+def _parse_schedule(response: httpx.Response) -> ScheduleInfo:
+    return _schedule_info(decode(response, _SCHEDULE))
+
+
+def _schedule_pages(limit: int | None) -> _Pages[ScheduleInfo]:
+    def parse(response: httpx.Response) -> tuple[list[ScheduleInfo], str | None]:
+        page = decode(response, _SCHEDULES)
+        return [_schedule_info(s) for s in page.schedules], page.next
+
+    return _Pages("/v1/schedules", {}, "after", 1000 if limit is None else limit, 1000, parse)
+
+
 def _job_action_request(job_id: str, action: str) -> dict[str, Any]:
     return {"method": "POST", "url": job_path(job_id, f"/{action}")}
 
@@ -1147,6 +1245,73 @@ class Client:
         """
         _parse_deleted(self._request({"method": "DELETE", "url": channel_path(channel)}))
 
+    # Schedules --------------------------------------------------------------------------
+
+    def put_schedule(
+        self,
+        name: str,
+        type: str,
+        payload: Any = None,
+        *,
+        cron: str | None = None,
+        every: int | None = None,
+        timezone: str | None = None,
+        max_attempts: int = 3,
+        timeout: float | None = None,
+        priority: int = 0,
+        catch_up: Literal["latest", "skip"] = "latest",
+    ) -> ScheduleInfo:
+        """Create or replace the schedule `name`: a job of `type` with `payload` at each
+        slot. Each firing's job id is `sched:{name}:{slot as YYYYmmddTHHMMSSZ}`, and it is
+        submitted once however many servers share the store.
+
+        Args:
+            name: 1-128 characters of A-Z a-z 0-9 . _ : -
+            type: The job type each firing submits (needs the right to submit it).
+            payload: Each job's payload (any JSON value).
+            cron: Five fields (minute hour day-of-month month day-of-week), read in
+                `timezone`; exactly one of `cron` and `every`.
+            every: Whole seconds between firings, the first `every` from now.
+            timezone: IANA name of the time zone `cron` is read in (default UTC).
+            max_attempts, timeout, priority: Each job's, as in `submit`.
+            catch_up: After downtime, "latest" fires the most recent missed slot once;
+                "skip" fires no slot more than a minute late.
+
+        Raises:
+            ValueError: both or neither of `cron` and `every`.
+            TidingsHTTPError: 422 saying what to fix (a bad cron expression, an unknown
+                time zone, ...), 403 without the right to submit `type` or to replace
+                another's schedule, 409 past the server's number of schedules.
+        """
+        spec = _schedule_request(
+            name, type, payload, cron, every, timezone, max_attempts, timeout, priority, catch_up
+        )
+        return _parse_schedule(self._request(spec))
+
+    def get_schedule(self, name: str) -> ScheduleInfo:
+        """One schedule, with its next slot and its last firing's job.
+
+        Raises:
+            TidingsHTTPError: 404 when there is no such schedule.
+        """
+        return _parse_schedule(self._request({"method": "GET", "url": schedule_path(name)}))
+
+    def list_schedules(self, *, limit: int | None = None) -> list[ScheduleInfo]:
+        """The schedules this principal may see, by name: at most `limit` (default 1000);
+        the server's pages are followed until then."""
+        pages = _schedule_pages(limit)
+        while not pages.add(self._request(pages.request())):
+            pass
+        return pages.items
+
+    def delete_schedule(self, name: str) -> None:
+        """Remove a schedule (its owner or an admin); the jobs it submitted stay.
+
+        Raises:
+            TidingsHTTPError: 404 when there is no such schedule.
+        """
+        _parse_deleted(self._request({"method": "DELETE", "url": schedule_path(name)}))
+
     def _wait_job(self, job_id: str, limit: float | None) -> JobInfo:
         state = _JobWait(limit)
         while True:
@@ -1461,6 +1626,44 @@ class AsyncClient:
     async def delete_channel(self, channel: str) -> None:
         """Delete a channel (admin); see `Client.delete_channel`."""
         _parse_deleted(await self._request({"method": "DELETE", "url": channel_path(channel)}))
+
+    # Schedules --------------------------------------------------------------------------
+
+    async def put_schedule(
+        self,
+        name: str,
+        type: str,
+        payload: Any = None,
+        *,
+        cron: str | None = None,
+        every: int | None = None,
+        timezone: str | None = None,
+        max_attempts: int = 3,
+        timeout: float | None = None,  # noqa: ASYNC109 - each job's time limit
+        priority: int = 0,
+        catch_up: Literal["latest", "skip"] = "latest",
+    ) -> ScheduleInfo:
+        """Create or replace a schedule; see `Client.put_schedule`."""
+        spec = _schedule_request(
+            name, type, payload, cron, every, timezone, max_attempts, timeout, priority, catch_up
+        )
+        return _parse_schedule(await self._request(spec))
+
+    async def get_schedule(self, name: str) -> ScheduleInfo:
+        """One schedule; see `Client.get_schedule`."""
+        spec = {"method": "GET", "url": schedule_path(name)}
+        return _parse_schedule(await self._request(spec))
+
+    async def list_schedules(self, *, limit: int | None = None) -> list[ScheduleInfo]:
+        """The schedules this principal may see; see `Client.list_schedules`."""
+        pages = _schedule_pages(limit)
+        while not pages.add(await self._request(pages.request())):
+            pass
+        return pages.items
+
+    async def delete_schedule(self, name: str) -> None:
+        """Remove a schedule; see `Client.delete_schedule`."""
+        _parse_deleted(await self._request({"method": "DELETE", "url": schedule_path(name)}))
 
     async def _wait_job(self, job_id: str, limit: float | None) -> JobInfo:
         state = _JobWait(limit)

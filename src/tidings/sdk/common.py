@@ -31,6 +31,7 @@ __all__ = [
     "error_from",
     "job_path",
     "json_object",
+    "schedule_path",
 ]
 
 T = TypeVar("T")
@@ -91,6 +92,11 @@ def channel_path(channel: str, suffix: str = "") -> str:
 def job_path(job_id: str, suffix: str = "") -> str:
     """The path of a job's resource, e.g. `/v1/jobs/7/heartbeat`."""
     return f"/v1/jobs/{quote(job_id, safe='')}{suffix}"
+
+
+def schedule_path(name: str) -> str:
+    """The path of a schedule, e.g. `/v1/schedules/nightly`."""
+    return f"/v1/schedules/{quote(name, safe='')}"
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -25,6 +25,7 @@ from tidings.server.http import auth as auth_routes
 from tidings.server.http import channels as channel_routes
 from tidings.server.http import jobs as job_routes
 from tidings.server.http import rpc as rpc_routes
+from tidings.server.http import schedules as schedule_routes
 from tidings.server.http import workers as worker_routes
 from tidings.server.http.errors import exception_handlers
 from tidings.server.http.router import Router
@@ -35,6 +36,7 @@ from tidings.server.metrics import Metrics
 from tidings.server.ops import Ops
 from tidings.server.policy import AccessPolicy
 from tidings.server.relay import Followable, Relay
+from tidings.server.schedules import ScheduleService
 from tidings.server.settings import Settings
 from tidings.server.static import static_routes
 from tidings.server.stores import open_store
@@ -72,10 +74,12 @@ class TidingsApp:
             long_poll_cap=settings.long_poll_cap,
             max_depth=settings.max_depth,
         )
+        self.schedules = ScheduleService(self.store, self.jobs, settings.max_depth)
         self.auth = AuthService(self.store.auth, settings)
         self.relay = self._relay() if self.store.shared else None
         self.metrics = Metrics(self.hub, self.store, self.auth)
         self.metrics.watch_jobs(self.jobs.counters)
+        self.metrics.watch_schedules(self.schedules.counters)
         self.lifecycle = Lifecycle(
             settings,
             self.store,
@@ -85,12 +89,14 @@ class TidingsApp:
             self.auth,
             self.relay,
             handlers,
+            self.schedules,
         )
         ops = Ops(settings, self.store, self.lifecycle, self.metrics)
         routes = [
             *channel_routes.routes,
             *job_routes.routes,
             *worker_routes.routes,
+            *schedule_routes.routes,
             *rpc_routes.routes,
             *auth_routes.routes,
             *admin_routes.routes,
@@ -112,6 +118,7 @@ class TidingsApp:
         self.starlette.state.settings = settings
         self.starlette.state.channels = self.channels
         self.starlette.state.jobs = self.jobs
+        self.starlette.state.schedules = self.schedules
         self.starlette.state.auth = self.auth
         policy = AccessPolicy(settings)
         streams = Streams(

@@ -46,6 +46,7 @@ from tidings.protocol.jobs import (
     unique_key_problem,
 )
 from tidings.protocol.messages import CHANNEL_RE
+from tidings.protocol.schedules import SCHEDULE_JOB_PREFIX
 from tidings.server import transitions
 from tidings.server.constants import (
     DEFAULT_MAX_DEPTH,
@@ -452,10 +453,15 @@ class JobService:
         unique_key: str | None = None,
         group: str | None = None,
         submitted_by: str | None = None,
+        job_id: str | None = None,
     ) -> tuple[Job, bool]:
         """Queue a job; returns it and whether it is new (False: the idempotency key
         matched, or the returned job, queued or running, holds `unique_key`: see
-        `deduplicated`)."""
+        `deduplicated`).
+
+        `job_id` names the job (a schedule's firing, whose idempotency key is that id);
+        by default it gets a new random id. Idempotency keys starting with `sched:` are
+        those of firings: any other submit is refused one (BadRequest)."""
         if not isinstance(type_, str) or CHANNEL_RE.fullmatch(type_) is None:
             raise InvalidBody('"type" must be 1-200 characters of A-Z a-z 0-9 . _ : -')
         if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
@@ -476,10 +482,15 @@ class JobService:
             problem = key_problem("group", group, MAX_GROUP)
             if problem is not None:
                 raise InvalidBody(problem)
+        if job_id != idempotency_key and (idempotency_key or "").startswith(SCHEDULE_JOB_PREFIX):
+            raise BadRequest(
+                f"Idempotency-Key values starting with {SCHEDULE_JOB_PREFIX} are "
+                "reserved for schedules' firings: use another key"
+            )
         check_storable(payload, '"payload"', self.max_depth)
         now = time.time()
         job = Job(
-            id=new_job_id(),
+            id=job_id or new_job_id(),
             type=type_,
             payload=payload,
             max_attempts=max_attempts,

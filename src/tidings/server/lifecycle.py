@@ -2,7 +2,7 @@
 
 Start (the ASGI lifespan): open the store, start the relay and the job service, start
 the background loops (retention sweep, heartbeats, lease expiry, job, session and
-credential sweeps) and the in-process handlers, then report ready. Stop: end every
+credential sweeps, the scheduler) and the in-process handlers, then report ready. Stop: end every
 stream and parked long poll (`drain`), let in-process handlers finish their jobs, cancel
 the loops, stop the relay, close the store.
 """
@@ -23,6 +23,7 @@ from tidings.server.channels import ChannelService
 from tidings.server.hub import Hub
 from tidings.server.jobs import JobService
 from tidings.server.relay import Relay
+from tidings.server.schedules import ScheduleService
 from tidings.server.settings import Settings
 from tidings.server.stores.base import Store
 
@@ -96,6 +97,7 @@ class Lifecycle:
         auth: the session and credential sweeps.
         relay: the cross-node follower of a shared store (None otherwise).
         handlers: in-process job handlers to run while the server runs (None: none).
+        schedules: the scheduler, run on every node (None: schedules do not fire here).
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class Lifecycle:
         auth: AuthService,
         relay: Relay | None,
         handlers: LocalHandlers | None,
+        schedules: ScheduleService | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -117,6 +120,7 @@ class Lifecycle:
         self.auth = auth
         self.relay = relay
         self.handlers = handlers
+        self.schedules = schedules
         self.open_streams = OpenStreams()
         self.ready = False
         self._handlers_stop = asyncio.Event()
@@ -139,6 +143,10 @@ class Lifecycle:
             loop.create_task(_every(C.SESSION_SWEEP_INTERVAL, self._sweep_sessions)),
             loop.create_task(_every(C.JOB_SWEEP_INTERVAL, self._sweep_credentials)),
         ]
+        if self.schedules is not None:
+            self._background.append(
+                loop.create_task(self.schedules.run(), name="tidings-scheduler")
+            )
         if settings.sessions == "memory":
             log.warning(
                 "sessions are kept in this process only (--sessions memory): a restart logs "

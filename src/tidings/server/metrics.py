@@ -12,7 +12,9 @@ no job type), and `tidings_job_types` says how many types there are.
 Job outcomes (`tidings_jobs_submitted_total`, `tidings_jobs_finished_total{status}`) are
 this process's: counted by its job service as it applies each change (`JobCounters`), so
 a cluster's totals are the sum over its nodes. So are the job timings
-(`tidings_job_wait_seconds{type}`, `tidings_job_run_seconds{type}`: tidings.server.job_timings).
+(`tidings_job_wait_seconds{type}`, `tidings_job_run_seconds{type}`: tidings.server.job_timings),
+and the scheduler's firings, skips and drift (`tidings_schedule_firings_total`,
+`tidings_schedule_skipped_total`, `tidings_schedule_drift_seconds{type}`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from tidings.server.auth import AuthService
 from tidings.server.http.limits import ConnectionLimits
 from tidings.server.hub import Hub
 from tidings.server.jobs import FINISHED_STATUSES, JobCounters
+from tidings.server.schedules import ScheduleCounters
 from tidings.server.stores.base import Store
 
 __all__ = ["MAX_JOB_TYPE_SERIES", "OTHER_TYPES", "Metrics", "job_series"]
@@ -80,10 +83,13 @@ class _HubCollector(Collector):
         self.job_counts: JobCounts | None = None
         # The job service's outcome counters, once the app joins them (None: none).
         self.job_counters: JobCounters | None = None
+        # The scheduler's firings, once the app joins them (None: none).
+        self.schedule_counters: ScheduleCounters | None = None
 
     def collect(self) -> Iterable[Metric]:
         yield from self._limits()
         yield from self._jobs()
+        yield from self._schedules()
         counters = None if self.store is None else self.store.write_counters()
         if counters is not None:
             commits, writes = counters
@@ -117,6 +123,34 @@ class _HubCollector(Collector):
         for transport, count in hub.subscribers().items():
             streams.add_metric([transport], count)
         yield streams
+
+    def _schedules(self) -> Iterable[Metric]:
+        counters = self.schedule_counters
+        if counters is None:
+            return
+        fired = CounterMetricFamily(
+            "tidings_schedule_firings",
+            "Schedule slots this process fired (it advanced the schedule past the slot's job: "
+            "one node per slot)",
+        )
+        fired.add_metric([], counters.fired)
+        yield fired
+        skipped = CounterMetricFamily(
+            "tidings_schedule_skipped",
+            "Schedule slots this process skipped (catch_up skip, or a payload refused)",
+        )
+        skipped.add_metric([], counters.skipped)
+        yield skipped
+        drift = HistogramMetricFamily(
+            "tidings_schedule_drift_seconds",
+            "Time from a schedule's slot to the creation of its job, by job type (counted by "
+            "the node that fired the slot)",
+            labels=["type"],
+        )
+        timings = counters.drift
+        for type_ in sorted(timings.counts):
+            drift.add_metric([type_], timings.cumulative(type_), sum_value=timings.sums[type_])
+        yield drift
 
     def _jobs(self) -> Iterable[Metric]:
         counters = self.job_counters
@@ -221,6 +255,10 @@ class Metrics:
     def watch_jobs(self, counters: JobCounters) -> None:
         """Report the job outcomes a job service counts."""
         self._collector.job_counters = counters
+
+    def watch_schedules(self, counters: ScheduleCounters) -> None:
+        """Report the firings a scheduler counts."""
+        self._collector.schedule_counters = counters
 
     def watch_connections(self, limits: ConnectionLimits) -> None:
         """Report the connection counts of the server running the app."""

@@ -43,12 +43,19 @@ from tidings.protocol.jobs import (
     WorkerListWire,
 )
 from tidings.protocol.messages import MessageWire, PageWire, PublishAckWire, ResetWire
+from tidings.protocol.schedules import (
+    CATCH_UP_POLICIES,
+    MAX_SCHEDULE_NAME,
+    ScheduleListWire,
+    ScheduleWire,
+)
 from tidings.server import constants as C
 from tidings.server import doctor
 from tidings.server.auth import COOKIE
 from tidings.server.channels import MAX_EVENT_LEN
 from tidings.server.http.jobs import BODY_LIMIT_SLACK, REPORT_BODY_MESSAGES
 from tidings.server.http.rpc import MAX_BATCH
+from tidings.server.http.schedules import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from tidings.server.jobs import (
     MAX_ATTEMPTS_LIMIT,
     MAX_DELAY,
@@ -58,6 +65,7 @@ from tidings.server.jobs import (
     MAX_REPORT_BATCH,
     MIN_LEASE,
 )
+from tidings.server.schedules import MAX_CRON_LEN, MAX_TIMEZONE_LEN
 
 __all__ = ["openapi_document"]
 
@@ -111,6 +119,8 @@ _INT32 = 2**31
         _REPORT_ANSWER,
         _HEARTBEAT_ANSWER,
         _WORKER_LIST,
+        _SCHEDULE,
+        _SCHEDULES,
     ),
     _WIRE_SCHEMAS,
 ) = msgspec.json.schema_components(
@@ -127,6 +137,8 @@ _INT32 = 2**31
         ReportAnswerWire,
         HeartbeatAnswerWire,
         WorkerListWire,
+        ScheduleWire,
+        ScheduleListWire,
     ),
     ref_template="#/components/schemas/{name}",
 )
@@ -348,6 +360,16 @@ _QUEUE_LIMITS_VIEW: Schema = {
     "required": ["rate", "concurrency", "group_concurrency", "waiting"],
 }
 _COUNTS: Schema = {"type": "object", "additionalProperties": {"type": "integer"}}
+_SCHEDULE_NAME = _path(
+    "name",
+    {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_SCHEDULE_NAME,
+        "pattern": f"^[{_NAME_CHARS}]{{1,{MAX_SCHEDULE_NAME}}}$",
+    },
+    f"1-{MAX_SCHEDULE_NAME} characters of {_NAME_CHARS}",
+)
 _USER_NAME = _path(
     "name",
     {"type": "string", "pattern": "^[A-Za-z0-9_@-]{1,64}$", "minLength": 1, "maxLength": 64},
@@ -409,10 +431,13 @@ _ERRORS = {
         "Not allowed: no grant for this channel or job type; or an anonymous request from "
         "another web origin, or to a loopback server under a host name it does not know"
     ),
-    404: "No such channel, job, user or token",
+    404: "No such channel, job, schedule, user or token",
     405: "Method not allowed on this path (the `Allow` header lists the methods)",
     408: "The request's line, headers or body did not arrive in time (the connection closes)",
-    409: "Conflict with the resource's state (a stale lease token, a finished job)",
+    409: (
+        "Conflict with the resource's state (a stale lease token, a finished job, a new "
+        f"schedule past the {C.MAX_SCHEDULES} a server keeps)"
+    ),
     413: "Body over its limit (--max-message-bytes for messages and jobs)",
     414: f"Request line over {C.MAX_REQUEST_LINE} bytes (the connection closes)",
     415: "Unsupported Content-Type",
@@ -1098,6 +1123,125 @@ _OPS: list[_Op] = [
             "204": _ok("notifications only: nothing to answer"),
         },
         (400, 413),
+    ),
+    _Op(
+        "/v1/schedules",
+        "get",
+        "List schedules by name (those this principal owns or may submit the type of)",
+        [
+            _query(
+                "after",
+                {"type": "string", "maxLength": 200},
+                "the `next` of the page before: names after this one",
+            ),
+            _limit(1, MAX_LIST_LIMIT, DEFAULT_LIST_LIMIT),
+        ],
+        None,
+        {"200": _negotiated("schedules", _SCHEDULES)},
+        (400,),
+    ),
+    _Op(
+        "/v1/schedules/{name}",
+        "put",
+        "Create (201) or replace (200) a schedule: a job of `type` at each slot of `cron` "
+        "(five fields in `timezone`) or every `every` seconds; each firing's job id is "
+        "sched:{name}:{slot as YYYYmmddTHHMMSSZ}. Needs the right to submit `type`; "
+        "replacing needs to be its owner or an admin. The next slot is computed from now.",
+        [_SCHEDULE_NAME],
+        _json_body(
+            {
+                "type": "object",
+                "properties": {
+                    "type": _CHANNEL_NAME,
+                    "payload": _JOB_VALUE,
+                    "cron": {
+                        "type": ["string", "null"],
+                        "maxLength": MAX_CRON_LEN,
+                        "pattern": "^\\s*\\S+(\\s+\\S+){4}\\s*$",
+                        "description": "five fields: minute hour day-of-month month "
+                        'day-of-week, e.g. "*/5 * * * *" (croniter\'s syntax; an expression '
+                        "out of range or naming no date is 422); exactly one of cron and every",
+                    },
+                    "every": {
+                        "type": ["integer", "null"],
+                        "minimum": 1,
+                        "maximum": C.MAX_SCHEDULE_EVERY,
+                        "description": "whole seconds between firings; exactly one of cron "
+                        "and every",
+                    },
+                    "timezone": {
+                        "type": ["string", "null"],
+                        "maxLength": MAX_TIMEZONE_LEN,
+                        "description": "IANA time zone the cron expression is read in, "
+                        "e.g. Europe/Paris (default UTC; a name the server's time zone "
+                        "database lacks is 422); cron only",
+                    },
+                    "max_attempts": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": MAX_ATTEMPTS_LIMIT,
+                        "default": 3,
+                    },
+                    "timeout": {
+                        "type": ["number", "null"],
+                        "exclusiveMinimum": 0,
+                        "maximum": MAX_LEASE * 24,
+                        "description": "seconds one attempt of each job may run",
+                    },
+                    "priority": {
+                        "type": "integer",
+                        "minimum": -_INT32,
+                        "maximum": _INT32 - 1,
+                        "default": 0,
+                    },
+                    "catch_up": {
+                        "type": "string",
+                        "enum": list(CATCH_UP_POLICIES),
+                        "default": "latest",
+                        "description": "after downtime: latest fires the most recent "
+                        f"missed slot once; skip fires no slot more than {C.SCHEDULE_GRACE:g} "
+                        "s late",
+                    },
+                },
+                "required": ["type"],
+                "additionalProperties": False,
+                # Exactly one of cron and every; a time zone with cron only.
+                "oneOf": [
+                    {"required": ["cron"], "properties": {"every": {"type": "null"}}},
+                    {
+                        "required": ["every"],
+                        "properties": {"cron": {"type": "null"}, "timezone": {"type": "null"}},
+                    },
+                ],
+            }
+        ),
+        {
+            "201": {
+                "description": "created",
+                "headers": {"Location": {"schema": {"type": "string"}}},
+                "content": {"application/json": {"schema": _SCHEDULE}, "application/msgpack": {}},
+            },
+            "200": _negotiated("replaced", _SCHEDULE),
+        },
+        (400, 409, 413, 422),
+    ),
+    _Op(
+        "/v1/schedules/{name}",
+        "get",
+        "A schedule, with its next slot and the job of its last firing",
+        [_SCHEDULE_NAME],
+        None,
+        {"200": _negotiated("schedule", _SCHEDULE)},
+        (400, 404),
+    ),
+    _Op(
+        "/v1/schedules/{name}",
+        "delete",
+        "Remove a schedule (its owner or an admin); jobs it submitted stay",
+        [_SCHEDULE_NAME],
+        None,
+        {"204": _ok("deleted")},
+        (400, 404),
     ),
     _Op(
         "/v1/auth/login",

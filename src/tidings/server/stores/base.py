@@ -1,14 +1,15 @@
 """The store interface: what the services need from any storage engine.
 
-A `Store` is what a store URL opens: its life cycle (start, close, ping) and four parts,
+A `Store` is what a store URL opens: its life cycle (start, close, ping) and five parts,
 each its own object with its own small interface — `channels` (ChannelStore: durable
 ordered logs with retention and idempotency keys), `jobs` (JobStore), `auth`
-(AuthStore) and `workers` (WorkerStore: the workers seen lately). A store knows nothing
-of HTTP or subscribers; the hub does fan-out. Message ids are opaque strings to everyone
-but the store, which also defines their order (`cursor_key`).
+(AuthStore), `workers` (WorkerStore: the workers seen lately) and `schedules`
+(ScheduleStore: jobs submitted at times a cron expression or an interval names). A store
+knows nothing of HTTP or subscribers; the hub does fan-out. Message ids are opaque strings
+to everyone but the store, which also defines their order (`cursor_key`).
 
 Every engine is a package built the same way (memory/, sqlite/, redis/): `core` holds
-what its parts share, `channels`, `jobs` and `auth` implement one part each, and the
+what its parts share, `channels`, `jobs`, `auth` and `schedules` implement one part each, and the
 package's Store builds them; helpers every engine shares are in `stores/common.py`.
 """
 
@@ -24,6 +25,7 @@ import msgspec
 from tidings.protocol.errors import Conflict, NotFound, TidingsError
 from tidings.protocol.jobs import Job, QueueLimits
 from tidings.protocol.messages import RESET_AHEAD, RESET_BEHIND, Message
+from tidings.protocol.schedules import Schedule
 from tidings.server.principals import Credential, User
 from tidings.server.stores.limits import LimitCounters
 
@@ -39,6 +41,7 @@ __all__ = [
     "Published",
     "ReadResult",
     "Retention",
+    "ScheduleStore",
     "StepResult",
     "Store",
     "Transition",
@@ -483,10 +486,54 @@ class WorkerStore(abc.ABC):
         seen before `since` may be forgotten."""
 
 
+class ScheduleStore(abc.ABC):
+    """Schedules by name, and which are due, seen by every node sharing the store.
+
+    A firing is submit-then-advance: a node submits the slot's job (its id names the
+    slot, so a repeat is idempotent), then `advance_schedule` moves the schedule to its
+    next slot only if it is still exactly as the node read it — of several nodes firing
+    one slot, one advances it; a crash between the two fires the same slot again.
+    A store keeps at most `cap` schedules.
+    """
+
+    cap: int
+
+    @abc.abstractmethod
+    async def put_schedule(self, schedule: Schedule) -> bool:
+        """Create or replace the schedule of `schedule.name` (durable before it returns);
+        True when it is new. Conflict when it is new and `cap` schedules exist."""
+
+    @abc.abstractmethod
+    async def get_schedule(self, name: str) -> Schedule | None:
+        """One schedule, or None."""
+
+    @abc.abstractmethod
+    async def list_schedules(self, after: str = "", limit: int = 1000) -> list[Schedule]:
+        """Up to `limit` schedules whose names sort after `after`, by name."""
+
+    @abc.abstractmethod
+    async def delete_schedule(self, name: str) -> bool:
+        """Remove a schedule; False when there was none."""
+
+    @abc.abstractmethod
+    async def due_schedules(self, now: float, limit: int) -> list[Schedule]:
+        """Up to `limit` schedules whose `next_run_at` is at or before `now`, earliest first."""
+
+    @abc.abstractmethod
+    async def next_schedule_at(self) -> float | None:
+        """The earliest `next_run_at` of any schedule, or None when there is none."""
+
+    @abc.abstractmethod
+    async def advance_schedule(self, read: Schedule, new: Schedule) -> bool:
+        """Replace the stored schedule of `read.name` by `new` only if it is still exactly
+        `read` (not advanced, replaced or deleted since it was read); True when replaced."""
+
+
 class Store(abc.ABC):
-    """What a store URL opens: channels, jobs and principals in one engine, as three part
-    objects callers reach by name (`store.channels.publish`, `store.jobs.get_job`,
-    `store.auth.get_user`, `store.workers.list_workers`), plus the life cycle they share."""
+    """What a store URL opens: channels, jobs, principals, workers and schedules in one
+    engine, as part objects callers reach by name (`store.channels.publish`,
+    `store.jobs.get_job`, `store.auth.get_user`, `store.workers.list_workers`,
+    `store.schedules.get_schedule`), plus the life cycle they share."""
 
     # True for a store several server processes share (Redis): live messages then reach
     # each process's hub through its relay, not straight from the publish path.
@@ -496,6 +543,7 @@ class Store(abc.ABC):
     jobs: JobStore
     auth: AuthStore
     workers: WorkerStore
+    schedules: ScheduleStore
 
     @abc.abstractmethod
     async def start(self) -> None:

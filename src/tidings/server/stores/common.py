@@ -11,8 +11,9 @@ from types import TracebackType
 import msgspec
 
 from tidings.protocol.codecs import JSON_DECODER, encode_json
-from tidings.protocol.errors import InvalidCursor, StoreError
+from tidings.protocol.errors import Conflict, InvalidCursor, StoreError
 from tidings.protocol.jobs import Job
+from tidings.protocol.schedules import Schedule
 from tidings.server.principals import Credential, User
 
 __all__ = [
@@ -23,20 +24,39 @@ __all__ = [
     "decode_credential",
     "decode_job",
     "decode_json",
+    "decode_schedule",
     "decode_user",
     "encode_json",
     "encode_msgpack",
+    "encode_schedule",
     "parse_seq",
+    "schedules_full",
     "store_errors",
 ]
 
-# Message data is stored as JSON (what clients sent, read back as it was); jobs, users and
-# credentials as msgpack bodies of their Structs.
+# Message data is stored as JSON (what clients sent, read back as it was); jobs, users,
+# credentials and schedules as msgpack bodies of their Structs.
 decode_json = JSON_DECODER.decode
 encode_msgpack = msgspec.msgpack.Encoder().encode
 decode_job = msgspec.msgpack.Decoder(Job).decode
 decode_user = msgspec.msgpack.Decoder(User).decode
 decode_credential = msgspec.msgpack.Decoder(Credential).decode
+decode_schedule = msgspec.msgpack.Decoder(Schedule).decode
+
+
+def encode_schedule(schedule: Schedule) -> bytes:
+    """A schedule's stored body as reading it back and encoding it again gives it (an
+    integer given for a float field becomes a float): the compare-and-set of
+    `advance_schedule` compares the bodies of schedules read back."""
+    return encode_msgpack(decode_schedule(encode_msgpack(schedule)))
+
+
+def schedules_full(cap: int) -> Conflict:
+    """The refusal of a new schedule in a store that holds `cap` of them."""
+    return Conflict(
+        f"there are {cap} schedules already, the most a server keeps: delete one "
+        "(DELETE /v1/schedules/{name}) before adding another"
+    )
 
 
 # Jobs one filtered list_jobs call of an engine without an index per filter (memory,

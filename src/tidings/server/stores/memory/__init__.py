@@ -1,5 +1,6 @@
-"""`memory://` — volatile channels, jobs, principals and workers in this process, for tests
-and throwaway runs; the same semantics as the SQLite store, no durability."""
+"""`memory://` — volatile channels, jobs, principals, workers and schedules in this
+process, for tests and throwaway runs; the same semantics as the SQLite store, no
+durability."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from tidings.server.stores.memory.auth import MemoryAuth
 from tidings.server.stores.memory.channels import MemoryChannels
 from tidings.server.stores.memory.core import MemoryCore
 from tidings.server.stores.memory.jobs import MemoryJobs
+from tidings.server.stores.memory.schedules import MemorySchedules
 
 __all__ = ["MemoryStore"]
 
 
 class MemoryStore(Store):
-    """Channels, jobs, users, credentials and the workers seen lately in dictionaries."""
+    """Channels, jobs, users, credentials, the workers seen lately and schedules in
+    dictionaries."""
 
     def __init__(self, default_retention: Retention) -> None:
         self._core = core = MemoryCore(default_retention)
@@ -22,6 +25,7 @@ class MemoryStore(Store):
         self.jobs = MemoryJobs(core, core.log)
         self.auth = MemoryAuth(core)
         self.workers = LocalWorkers(core.check)
+        self.schedules = MemorySchedules(core.check)
 
     async def start(self) -> None:
         self._core.open = True

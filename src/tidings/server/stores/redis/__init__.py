@@ -1,10 +1,11 @@
 """`redis://host:port/db` — the shared store: many tidings nodes act as one.
 
 Channels are Redis Streams, jobs are msgpack bodies with sorted-set indexes, users and
-credentials are plain keys, the workers seen lately two sorted sets and a hash; every node
-sharing the Redis sees the same state. `core` holds what the parts share (connections,
-key names, Lua, error translation), `channels`, `jobs`, `auth` and `workers` are one part
-each, and their Lua scripts are files of `lua/`; `RedisStore` builds them.
+credentials are plain keys, the workers seen lately two sorted sets and a hash, schedules
+a hash and two sorted sets; every node sharing the Redis sees the same state. `core` holds
+what the parts share (connections, key names, Lua, error translation), `channels`, `jobs`,
+`auth`, `workers` and `schedules` are one part each, and their Lua scripts are files of
+`lua/`; `RedisStore` builds them.
 
 Live delivery across nodes does not go through the store's write path: every node runs
 one relay (tidings.server.relay) that follows, with one blocking XREAD, the streams of the
@@ -19,13 +20,15 @@ from tidings.server.stores.redis.auth import RedisAuth
 from tidings.server.stores.redis.channels import RedisChannels
 from tidings.server.stores.redis.core import RedisCore
 from tidings.server.stores.redis.jobs import RedisJobs
+from tidings.server.stores.redis.schedules import RedisSchedules
 from tidings.server.stores.redis.workers import RedisWorkers
 
 __all__ = ["RedisStore"]
 
 
 class RedisStore(Store):
-    """Channels, jobs, principals and workers in one Redis (or a Sentinel-managed primary).
+    """Channels, jobs, principals, workers and schedules in one Redis (or a
+    Sentinel-managed primary).
 
     Args:
         url: `redis://[user:password@]host:port/db[?prefix=tidings:]` (or `rediss://`).
@@ -40,6 +43,7 @@ class RedisStore(Store):
     jobs: RedisJobs
     auth: RedisAuth
     workers: RedisWorkers
+    schedules: RedisSchedules
 
     def __init__(self, url: str, default_retention: Retention) -> None:
         self.core = RedisCore(url, default_retention)
@@ -47,6 +51,7 @@ class RedisStore(Store):
         self.jobs = RedisJobs(self.core, self.channels)
         self.auth = RedisAuth(self.core)
         self.workers = RedisWorkers(self.core)
+        self.schedules = RedisSchedules(self.core)
 
     async def start(self) -> None:
         await self.core.open()
@@ -54,6 +59,7 @@ class RedisStore(Store):
         self.jobs.register_scripts()
         self.auth.register_scripts()
         self.workers.register_scripts()
+        self.schedules.register_scripts()
 
     async def close(self) -> None:
         await self.core.close()

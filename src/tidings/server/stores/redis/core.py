@@ -37,6 +37,9 @@ Key layout (prefix `tidings:` by default, `?prefix=` in the URL to change it):
                           request or a heartbeat), at most MAX_WORKERS of them
     {p}workerfirst        sorted set: worker ids by when each was first seen
     {p}workerinfo         hash: worker id -> msgpack (name, types, concurrency, user)
+    {p}sched              hash: schedule name -> msgpack Schedule
+    {p}scheddue           sorted set: schedule names by next_run_at
+    {p}schednames         sorted set: schedule names (all scores 0: ordered by name)
     {p}user:{name}        msgpack User;   {p}users: set of user names
     {p}cred:{key}         msgpack Credential (expiring with the credential)
     {p}creds:{user}       set of the credential keys of a user

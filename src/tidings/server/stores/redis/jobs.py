@@ -516,13 +516,21 @@ class RedisJobs(JobStore):
             if reply[0] == _KNOWN:
                 # The key's job; this very job when a call that redis-py sent again after
                 # a lost reply finds its first sending committed (its event is published).
+                # Another submit of the same id (a schedule's slot fired by two nodes) made
+                # the job at another time.
                 known = decode_job(reply[1])
-                return JobChange(known, None), known.id == job.id
+                return JobChange(known, None), (known.id, known.created_at) == (
+                    job.id,
+                    job.created_at,
+                )
             if reply[0] == _HELD:
                 # The job holding the unique key; this very job when a call sent again
                 # after a lost reply finds its first sending committed.
                 holder = decode_job(reply[2])
-                return JobChange(holder, None), holder.id == job.id
+                return JobChange(holder, None), (holder.id, holder.created_at) == (
+                    job.id,
+                    job.created_at,
+                )
             if reply[0] == _DIFFERS:
                 if await self._core.client.get(self._job_key(job.id)) == written[0].body:
                     return JobChange(job, None), True  # the same: this call committed it

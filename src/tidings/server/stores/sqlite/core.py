@@ -124,6 +124,12 @@ CREATE TABLE IF NOT EXISTS credentials (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS credentials_user ON credentials (user);
+CREATE TABLE IF NOT EXISTS schedules (
+    name TEXT PRIMARY KEY,
+    next_run_at REAL NOT NULL,
+    body BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS schedules_due ON schedules (next_run_at);
 """
 
 

@@ -1,0 +1,94 @@
+"""Who may manage and see schedules (a real `--require-auth` server on a SQLite file):
+putting one needs the right to submit its type, replacing or deleting one needs to be its
+owner (or an admin), seeing one needs either; its firings are its owner's jobs."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ServerFactory
+from tests.e2e.auth.helpers import BOB_PASSWORD, assert_error, auth_server, bearer, login
+from tests.e2e.helpers import cli_ok
+from tidings.protocol.codecs import parse_time
+
+pytestmark = pytest.mark.timeout(40)
+
+
+def test_schedules_need_the_submit_grant_of_their_type_and_belong_to_their_owner(
+    tidings_server: ServerFactory, store: str
+) -> None:
+    cli_ok("users", "grant", "alice", "--store", store, "--submit", "report")
+    srv = auth_server(tidings_server, store, "database")
+    alice, bob = bearer(login(srv)), bearer(login(srv, "bob", BOB_PASSWORD))
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        assert_error(http.put("/v1/schedules/r", json={"type": "report", "every": 1}), 401)
+        made = http.put("/v1/schedules/r", json={"type": "report", "every": 1}, headers=alice)
+        assert made.status_code == 201, made.text
+        assert made.json()["owner"] == "alice"
+        assert_error(
+            http.put("/v1/schedules/o", json={"type": "other", "every": 60}, headers=alice), 403
+        )
+        # bob may not submit reports: he neither sees nor lists alice's schedule.
+        assert_error(http.get("/v1/schedules/r", headers=bob), 403)
+        assert http.get("/v1/schedules", headers=bob).json()["schedules"] == []
+        assert_error(
+            http.put("/v1/schedules/r", json={"type": "report", "every": 5}, headers=bob), 403
+        )
+        assert_error(http.delete("/v1/schedules/r", headers=bob), 403)
+        # The firings are alice's jobs: she follows them.
+        time.sleep(max(0.0, parse_time(made.json()["next_run_at"]) + 0.6 - time.time()))
+        shown = http.get("/v1/schedules/r", headers=alice).json()
+        job = http.get(f"/v1/jobs/{shown['last_job_id']}", headers=alice)
+        assert job.status_code == 200, job.text
+        assert job.json()["submitted_by"] == "alice"
+        assert_error(http.get(f"/v1/jobs/{shown['last_job_id']}", headers=bob), 403)
+        assert http.delete("/v1/schedules/r", headers=alice).status_code == 204
+
+
+def test_one_who_may_submit_the_type_sees_a_schedule_but_may_not_change_anothers(
+    tidings_server: ServerFactory, store: str
+) -> None:
+    cli_ok("users", "grant", "alice", "--store", store, "--submit", "report")
+    cli_ok("users", "grant", "bob", "--store", store, "--submit", "report")
+    srv = auth_server(tidings_server, store, "database")
+    alice, bob = bearer(login(srv)), bearer(login(srv, "bob", BOB_PASSWORD))
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        body = {"type": "report", "cron": "0 3 * * *"}
+        assert http.put("/v1/schedules/r", json=body, headers=alice).status_code == 201
+        assert http.get("/v1/schedules/r", headers=bob).json()["owner"] == "alice"
+        assert [s["name"] for s in http.get("/v1/schedules", headers=bob).json()["schedules"]] == [
+            "r"
+        ]
+        refused = http.put("/v1/schedules/r", json=body, headers=bob)
+        assert_error(refused, 403)
+        assert "owner" in refused.json()["error"]["message"]
+        assert_error(http.delete("/v1/schedules/r", headers=bob), 403)
+        assert http.put("/v1/schedules/r", json=body, headers=alice).status_code == 200
+
+
+def test_removing_the_owner_stops_the_firings_of_their_schedules(
+    tidings_server: ServerFactory, store: str
+) -> None:
+    cli_ok("users", "grant", "alice", "--store", store, "--submit", "report")
+    cli_ok("users", "add", "root", "--store", store, "--admin")
+    root = bearer(cli_ok("tokens", "create", "root", "--store", store).strip().split()[-1])
+    srv = auth_server(tidings_server, store, "database")
+    alice = bearer(login(srv))
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        made = http.put("/v1/schedules/r", json={"type": "report", "every": 1}, headers=alice)
+        assert made.status_code == 201, made.text
+        time.sleep(max(0.0, parse_time(made.json()["next_run_at"]) + 0.5 - time.time()))
+        before = http.get("/v1/jobs", params={"type": "report"}, headers=root).json()["jobs"]
+        assert len(before) >= 1
+        cli_ok("users", "remove", "alice", "--store", store)
+        removed = time.time()
+        time.sleep(2.5)
+        jobs = http.get("/v1/jobs", params={"type": "report"}, headers=root).json()["jobs"]
+        late = [j for j in jobs if parse_time(j["created_at"]) > removed + 0.1]
+        assert late == []
+        # The schedule is still there, moved past the skipped slots, for an admin to see.
+        shown = http.get("/v1/schedules/r", headers=root).json()
+        assert parse_time(shown["next_run_at"]) > removed + 1
