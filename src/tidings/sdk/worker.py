@@ -40,8 +40,9 @@ Unless given, the concurrency follows the handlers' kind: `ASYNC_CONCURRENCY` (6
 once when every handler is an `async def` (each running job is a coroutine on the loop),
 `SYNC_CONCURRENCY` (32, the most threads `ThreadPoolExecutor` starts by default) as soon as
 one handler is a plain function (each of its jobs holds a thread while it runs). Jobs are
-leased in batches of up to the free slots, so the concurrency is also how many jobs one
-round trip carries: short jobs run fastest at these values (docs/decisions/0014).
+leased in batches of up to the free slots, so the concurrency also bounds how many jobs
+one round trip carries: below about 16, short jobs pay for a round trip every few jobs
+(docs/decisions/0014).
 
 Every lease request says who the worker is (`WorkerIdentity`: an id random per run, a
 name — `host:pid` unless `Worker(name=...)` — and its concurrency), so the server lists it
