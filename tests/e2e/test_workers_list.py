@@ -455,7 +455,7 @@ def test_tidings_workers_prints_a_table_and_json(
     with httpx.Client(base_url=srv.url, timeout=30) as http:
         worker = start_worker(srv.url, concurrency=2)
         w = wait_until(lambda: by_pid(http, worker.pid), 15, f"the worker:\n{worker.log()}")
-        job = submit(http, "sleepy", 3)
+        job = submit(http, "sleepy", 20)  # still running when the slow CLI starts
         wait_until(lambda: by_pid(http, worker.pid)["running"], 10, "the job to run")
 
         done = tidings_cli("workers", "--url", srv.url, "--json")
