@@ -12,7 +12,8 @@ of bench/run.py's measurement, taken apart on one server:
    them all (nothing else talks to the server);
 3. read: the 4 threads ask `GET /v1/jobs/{id}?wait=30` for each (all finished).
 
-Prints one JSON line per phase: its seconds, requests per route, and the CPU µs per job
+Prints one JSON line per phase: its seconds, requests per route (and the SQLite store's
+commits: each durable one is an fsync), and the CPU µs per job
 of the server's event loop thread, of its other threads (the SQLite writer), of the
 worker and of the client. The three phases' server figures add up to what one job costs
 the server in the measurement, where they overlap.
@@ -59,10 +60,13 @@ def threads_cpu(pid: int) -> tuple[float, float]:
 
 
 def route_counts(port: int) -> dict[str, float]:
+    """Requests per route so far (`/metrics`), and the store's commits (SQLite)."""
     with urllib.request.urlopen(f"http://{HOST}:{port}/metrics") as resp:
         text = resp.read().decode()
     counts: dict[str, float] = {}
     for line in text.splitlines():
+        if line.startswith("tidings_store_commits_total "):
+            counts["store commits"] = float(line.rsplit(" ", 1)[1])
         if line.startswith("tidings_request_duration_seconds_count"):
             labels, value = line.rsplit(" ", 1)
             route = labels.split('route="', 1)[1].split('"', 1)[0]
