@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
 import signal
 import ssl
@@ -74,8 +73,9 @@ class ProtoBackend(HttpBackend):
 
 async def work(url: str, proto: str, cafile: str | None, concurrency: int) -> None:
     sys.path.insert(0, str(BENCH))
-    os.environ["BENCH_WORKER_CONCURRENCY"] = str(concurrency)  # read by noop_worker
     from noop_worker import worker
+
+    worker.concurrency = concurrency
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -2,10 +2,12 @@
 
 Usage (from a checkout whose .venv has tidings installed):
 
-    .venv/bin/python bench/jobs_harness.py STORE [JOBS] [CONCURRENCY] [--metrics]
+    .venv/bin/python bench/jobs_harness.py STORE [JOBS] [CONCURRENCY] [--async] [--metrics]
 
 STORE is a store URL; `@TMP@` in it becomes a fresh temporary folder (for
 `sqlite:///@TMP@/jobs.db`). Set TIDINGS_SQLITE_SYNCHRONOUS=NORMAL for the non-fsync row.
+CONCURRENCY is the worker's `--concurrency`; `default` (the default) passes none, as
+bench/run.py does. `--async` runs the `async def` no-op handler instead of the plain one.
 Prints one JSON line — rate, seconds, and the CPU seconds the server, the worker and the
 client spent on the measured run — then, with --metrics, the server's request counts and
 latency sums per route (from /metrics) and its store commit counters. `make bench`
@@ -62,7 +64,9 @@ def main() -> None:
         raise SystemExit(__doc__)
     store = args[0]
     jobs = int(args[1]) if len(args) > 1 else 4000
-    concurrency = args[2] if len(args) > 2 else "16"  # as bench/run.py
+    concurrency = args[2] if len(args) > 2 else "default"  # as bench/run.py
+    target = "noop_worker:async_worker" if "--async" in sys.argv else "noop_worker:worker"
+    flags = [] if concurrency == "default" else ["--concurrency", concurrency]
     tidings = str(Path(sys.executable).parent / "tidings")
     sys.path.insert(0, str(BENCH))
     import jobs_client
@@ -75,9 +79,9 @@ def main() -> None:
         worker = None
         try:
             wait_port(port, server)
-            work = ["worker", "noop_worker:worker", "--url", f"http://{HOST}:{port}"]
+            work = ["worker", target, "--url", f"http://{HOST}:{port}", *flags]
             worker = subprocess.Popen(
-                [tidings, *work, "--concurrency", concurrency, "--log-level", "warning"],
+                [tidings, *work, "--log-level", "warning"],
                 env={**os.environ, "PYTHONPATH": str(BENCH)},
             )
             jobs_client.run(HOST, port, 40, 4)  # warm-up: both processes are up and leasing

@@ -767,7 +767,8 @@ def bench_publish(tools: Tools, cfg: Config) -> list[str]:
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[int]:
+def redis_server() -> Iterator[tuple[int, int]]:
+    """A private redis-server that keeps nothing on disk: (its port, its pid)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="tidings-bench-redis-") as tmp:
         proc = PROCS.start(
@@ -788,7 +789,7 @@ def redis_server() -> Iterator[int]:
         )
         try:
             wait_port(port, proc)
-            yield port
+            yield port, proc.pid
         finally:
             PROCS.stop(proc)
 
@@ -814,37 +815,115 @@ def run_json(
     return data
 
 
+def wait_for_worker(port: int, proc: subprocess.Popen[Any], timeout: float = 30) -> None:
+    """Return once the server lists a worker (`GET /v1/workers`): it has started leasing,
+    so its start-up is not counted in the measured run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker exited with {proc.returncode} (logs in {PROCS.logs})")
+        with contextlib.suppress(OSError, ValueError):
+            conn = http.client.HTTPConnection(HOST, port, timeout=5)
+            try:
+                conn.request("GET", "/v1/workers")
+                if json.loads(conn.getresponse().read())["workers"]:
+                    return
+            finally:
+                conn.close()
+        time.sleep(0.05)
+    raise RuntimeError(f"no worker was listed after {timeout}s (logs in {PROCS.logs})")
+
+
+def cpu_pids(**named: list[int]) -> dict[str, str]:
+    """The environment that has a jobs client report the CPU of these processes."""
+    return {"BENCH_CPU_PIDS": ",".join(f"{k}={p}" for k, pids in named.items() for p in pids)}
+
+
+def jobs_figures(got: dict[str, float], jobs: int) -> dict[str, float]:
+    """A jobs client's answer as the table's figures: rate, seconds, CPU µs per job."""
+    per_job = {
+        f"{name}_us": got.get(f"cpu_{name}", 0.0) / jobs * 1e6
+        for name in ("server", "worker", "redis")
+    }
+    per_job["client_us"] = got["cpu_s"] / jobs * 1e6
+    return {"jobs_s": got["rate"], "secs": got["secs"], "cpu_us": sum(per_job.values()), **per_job}
+
+
 def tidings_jobs_round(
-    store: str, name: str, cfg: Config, concurrency: str, env: dict[str, str] | None
+    store: str,
+    name: str,
+    cfg: Config,
+    redis_pid: int,
+    env: dict[str, str] | None = None,
+    target: str = "noop_worker:worker",
 ) -> dict[str, float]:
-    """One tidings server on `store`, one `tidings worker`, the jobs client; its figures."""
+    """One tidings server on `store`, one default `tidings worker` (`--concurrency` only
+    when BENCH_WORKER_CONCURRENCY is set), the jobs client; its figures."""
+    concurrency = os.environ.get("BENCH_WORKER_CONCURRENCY")
+    flags = ["--concurrency", concurrency] if concurrency else []
     with tidings_server(store, name, env) as srv:
         worker = PROCS.start(
             "tidings-worker",
             [
                 tidings_bin(),
                 "worker",
-                "noop_worker:worker",
+                target,
                 "--url",
                 f"http://{HOST}:{srv.port}",
-                "--concurrency",
-                concurrency,
+                *flags,
                 "--log-level",
                 "warning",
             ],
             env={"PYTHONPATH": str(BENCH)},
         )
         try:
-            return run_json(
-                [sys.executable, str(BENCH / "jobs_client.py"), HOST, str(srv.port), str(cfg.jobs)]
-            )
+            wait_for_worker(srv.port, worker)
+            client = [sys.executable, str(BENCH / "jobs_client.py"), HOST, str(srv.port)]
+            pids = cpu_pids(server=[srv.pid], worker=[worker.pid], redis=[redis_pid])
+            return jobs_figures(run_json([*client, str(cfg.jobs)], env=pids), cfg.jobs)
         finally:
             PROCS.stop(worker)
 
 
-# Jobs a tidings worker runs at once in the jobs measurement (and leases per round trip):
-# past the knee of the 8 / 16 / 32 sweep in BENCHMARKS.md. BENCH_WORKER_CONCURRENCY overrides.
-WORKER_CONCURRENCY = "16"
+def celery_jobs_round(cfg: Config, renv: dict[str, str], redis_pid: int) -> dict[str, float]:
+    """Celery's worker (prefork, 2 processes) and its client on the private Redis."""
+    celery = PROCS.start(
+        "celery",
+        [
+            str(PEERS_BIN / "celery"),
+            "-A",
+            "celery_app",
+            "worker",
+            "--pool",
+            "prefork",
+            "-c",
+            "2",
+            "--loglevel",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        env=renv,
+        cwd=PEERS,
+    )
+    try:
+        # Its two pool processes, forked at start: their CPU is the worker's too.
+        deadline = time.monotonic() + 30
+        while len(child_pids(celery.pid)) < 2:
+            if celery.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"celery did not start its pool (logs in {PROCS.logs})")
+            time.sleep(0.05)
+        pids = cpu_pids(worker=[celery.pid, *child_pids(celery.pid)], redis=[redis_pid])
+        got = run_json(
+            [str(PEERS_BIN / "python"), str(PEERS / "celery_client.py"), str(cfg.jobs)],
+            env={**renv, **pids},
+            cwd=PEERS,
+        )
+    finally:
+        PROCS.stop(celery)
+    return jobs_figures(got, cfg.jobs)
+
 
 # Fewest rounds of the jobs measurement in a full run.
 JOBS_MIN_ROUNDS = 3
@@ -856,10 +935,18 @@ NORMAL_SYNC = {"TIDINGS_SQLITE_SYNCHRONOUS": "NORMAL"}
 def bench_jobs(tools: Tools, cfg: Config) -> list[str]:
     meas = Measurement(
         f"3. Jobs: {cfg.jobs:,} no-op jobs end to end, submitted from 4 threads then each "
-        "result awaited; one tidings worker (SQLite store, then Redis store) vs Celery, 2 "
-        "prefork workers; all on one private Redis",
+        "result awaited; one default `tidings worker` (SQLite store, then Redis store) vs "
+        "Celery, 2 prefork workers; all on one private Redis",
         "celery",
-        [Metric("jobs_s", "/s", ("ratio>=", 2.0)), Metric("secs", "s", None, "{:,.2f}")],
+        [
+            Metric("jobs_s", "/s", ("ratio>=", 3.0)),
+            Metric("secs", "s", None, "{:,.2f}"),
+            Metric("cpu_us", "µs/job"),
+            Metric("server_us", "µs/job"),
+            Metric("worker_us", "µs/job"),
+            Metric("client_us", "µs/job"),
+            Metric("redis_us", "µs/job"),
+        ],
     )
     if not (tools.redis and tools.peers):
         return [f"### {meas.title}\n\nskipped: redis-server or the peers' venv is unavailable"]
@@ -872,11 +959,18 @@ def bench_jobs(tools: Tools, cfg: Config) -> list[str]:
     except subprocess.CalledProcessError:
         return [f"### {meas.title}\n\nskipped: tidings.Worker is not importable yet"]
     print(f"== {meas.title}")
-    concurrency = os.environ.get("BENCH_WORKER_CONCURRENCY", WORKER_CONCURRENCY)
+    concurrency = os.environ.get("BENCH_WORKER_CONCURRENCY")
     meas.notes.append(
-        f"tidings worker --concurrency {concurrency} (one process: jobs leased in batches of "
-        "up to that many per round trip); Celery: --pool prefork -c 2, default prefetch (-c 4 "
-        "or --prefetch-multiplier 16 made it slower here: BENCHMARKS.md)"
+        "tidings worker as the README runs it, no flags: "
+        + (
+            f"--concurrency {concurrency} (BENCH_WORKER_CONCURRENCY)"
+            if concurrency
+            else "its default concurrency (a plain-function handler: 32; an async one: 64)"
+        )
+        + ", jobs leased in batches of up to that many per round trip; tidings-sqlite-async "
+        "runs an `async def` no-op handler (bench/noop_worker.py). Celery: --pool prefork "
+        "-c 2, default prefetch (-c 4 or --prefetch-multiplier 16 made it slower here: "
+        "BENCHMARKS.md)"
     )
     meas.notes.append(
         "durability: tidings-sqlite acknowledges a job once it is fsynced (synchronous=FULL, "
@@ -884,55 +978,35 @@ def bench_jobs(tools: Tools, cfg: Config) -> list[str]:
         "survives the server's crash, not the machine's); the Redis of Celery and of "
         "tidings-redis keeps nothing on disk (--save '' --appendonly no)"
     )
-    # A jobs round is short (~25 s for all four rows) and moves by a third with the
+    meas.notes.append(
+        "CPU per job over the measured run (the client's 20 warm-up jobs excluded): server = "
+        "tidings serve; worker = tidings worker, or Celery's main process and its 2 pool "
+        "processes; client = the jobs client; redis = the private redis-server (Celery's "
+        "broker and results; tidings-redis's store)"
+    )
+    # A jobs round is short (~30 s for all five rows) and moves by a third with the
     # machine: at least 3 rounds, so the median is not the mean of two.
     rounds = cfg.rounds if cfg.rounds == 1 else max(cfg.rounds, JOBS_MIN_ROUNDS)
     meas.notes.append(f"{rounds} rounds (jobs rounds: at least {JOBS_MIN_ROUNDS} unless --quick)")
-    with redis_server() as rport:
+    with redis_server() as (rport, rpid):
         renv = {"BENCH_REDIS_URL": f"redis://{HOST}:{rport}/0", "PYTHONPATH": str(PEERS)}
         for r in range(rounds):
             print(f"  round {r + 1}")
-            for system, store, env in (
-                ("tidings-sqlite", "sqlite:///@TMP@/bench.db", None),
-                ("tidings-sqlite-normal", "sqlite:///@TMP@/bench.db", NORMAL_SYNC),
-                ("tidings-redis", f"redis://{HOST}:{rport}/0?prefix=bench{r}:", None),
+            sqlite, sync = "sqlite:///@TMP@/bench.db", "noop_worker:worker"
+            for system, store, env, target in (
+                ("tidings-sqlite", sqlite, None, sync),
+                ("tidings-sqlite-async", sqlite, None, "noop_worker:async_worker"),
+                ("tidings-sqlite-normal", sqlite, NORMAL_SYNC, sync),
+                ("tidings-redis", f"redis://{HOST}:{rport}/0?prefix=bench{r}:", None, sync),
             ):
-                got = tidings_jobs_round(store, system, cfg, concurrency, env)
-                meas.add(system, {"jobs_s": got["rate"], "secs": got["secs"]})
+                meas.add(system, tidings_jobs_round(store, system, cfg, rpid, env, target))
             subprocess.run(
                 ["redis-cli", "-p", str(rport), "flushall"], capture_output=True, check=False
             )
-            celery = PROCS.start(
-                "celery",
-                [
-                    str(PEERS_BIN / "celery"),
-                    "-A",
-                    "celery_app",
-                    "worker",
-                    "--pool",
-                    "prefork",
-                    "-c",
-                    "2",
-                    "--loglevel",
-                    "WARNING",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--without-heartbeat",
-                ],
-                env=renv,
-                cwd=PEERS,
-            )
-            try:
-                got = run_json(
-                    [str(PEERS_BIN / "python"), str(PEERS / "celery_client.py"), str(cfg.jobs)],
-                    env=renv,
-                    cwd=PEERS,
-                )
-            finally:
-                PROCS.stop(celery)
-            meas.add("celery", {"jobs_s": got["rate"], "secs": got["secs"]})
+            meas.add("celery", celery_jobs_round(cfg, renv, rpid))
     RESULTS["jobs"] = meas.rounds
-    return [render(meas, ["tidings-sqlite", "tidings-sqlite-normal", "tidings-redis"])]
+    systems = ["tidings-sqlite", "tidings-sqlite-async", "tidings-sqlite-normal", "tidings-redis"]
+    return [render(meas, systems)]
 
 
 def longpoll_round(tools: Tools, srv: Server, n: int) -> dict[str, float]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tidings.sdk.worker import ASYNC_CONCURRENCY, SYNC_CONCURRENCY
 from tidings.server.settings import Settings
 
 pytestmark = pytest.mark.timeout(30)
@@ -123,6 +124,14 @@ def test_every_option_shows_its_default_and_its_variable(command: str) -> None:
         assert "[default: text] [env TIDINGS_LOG_FORMAT]" in entries["--log-format"]
     else:
         assert "[default: http://127.0.0.1:8000] [env TIDINGS_URL]" in entries["--url"]
+
+
+def test_worker_concurrency_help_states_the_defaults_by_handler_kind() -> None:
+    entry = _option_entries(_tidings("worker", "--help").stdout)["--concurrency"]
+    assert (
+        f"[default: the Worker's own: Worker(concurrency=N) if set, else {ASYNC_CONCURRENCY} "
+        f"when every handler is async def, {SYNC_CONCURRENCY} when any is a plain function"
+    ) in entry, entry
 
 
 def test_every_setting_but_the_secrets_is_a_serve_option() -> None:

@@ -26,6 +26,7 @@ import pytest
 from tests.conftest import ServerFactory, ServerProcess
 from tests.e2e.helpers import tidings_cli
 from tidings.protocol.codecs import parse_time
+from tidings.sdk.worker import ASYNC_CONCURRENCY, MAX_LEASE_BATCH, SYNC_CONCURRENCY
 from tidings.server.constants import WORKER_MARK_INTERVAL, WORKER_WINDOW
 
 Json = dict[str, Any]
@@ -41,14 +42,16 @@ class WorkerProcess:
         self,
         url: str,
         log_path: Path,
-        concurrency: int,
+        concurrency: int | None,
         token: str | None,
         env_extra: dict[str, str] | None = None,
+        app: str = APP,
     ) -> None:
         cmd = [
-            sys.executable, "-m", "tidings", "worker", APP,
-            "--url", url, "--concurrency", str(concurrency), "--log-level", "info",
+            sys.executable, "-m", "tidings", "worker", app, "--url", url, "--log-level", "info",
         ]  # fmt: skip
+        if concurrency is not None:
+            cmd += ["--concurrency", str(concurrency)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
         env.update(env_extra or {})
         if token is not None:
@@ -80,15 +83,19 @@ class WorkerProcess:
 
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Factory: `start_worker(url, concurrency=2, token=None, env=None)`; all are killed
-    after."""
+    """Factory: `start_worker(url, concurrency=2, token=None, env=None, app=APP)`
+    (concurrency None: no --concurrency); all are killed after."""
     started: list[WorkerProcess] = []
 
     def start(
-        url: str, concurrency: int = 2, token: str | None = None, env: dict[str, str] | None = None
+        url: str,
+        concurrency: int | None = 2,
+        token: str | None = None,
+        env: dict[str, str] | None = None,
+        app: str = APP,
     ) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started)}.log"
-        w = WorkerProcess(url, log, concurrency, token, env)
+        w = WorkerProcess(url, log, concurrency, token, env, app)
         started.append(w)
         return w
 
@@ -194,6 +201,78 @@ def test_tidings_worker_is_listed_under_the_name_it_was_given(
         bad = start_worker(srv.url, env={"TIDINGS_WORKER_NAME": "two\nlines"})
         assert bad.proc.wait(20) == 2
         assert "--name:" in bad.log() and "printable" in bad.log()
+
+
+DEFAULTS_APP = "tests.e2e.default_worker_app"
+
+
+def naps(http: httpx.Client, n: int, seconds: float) -> list[str]:
+    """Submit `n` jobs of `nap` (the defaults app's handler); their ids."""
+    return [submit(http, "nap", seconds)["id"] for _ in range(n)]
+
+
+def most_at_once(http: httpx.Client, ids: list[str]) -> int:
+    """Wait for these `nap` jobs to succeed; how many of them ran at the same moment."""
+    edges = []
+    for job_id in ids:
+        job = http.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()
+        assert job["status"] == "succeeded", job
+        edges += [(job["result"]["started"], 1), (job["result"]["ended"], -1)]
+    depth = deepest = 0
+    for _, step in sorted(edges):  # an end sorts before a start at the same instant
+        depth += step
+        deepest = max(deepest, depth)
+    return deepest
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("app", "expected"),
+    [("sync_worker", SYNC_CONCURRENCY), ("async_worker", ASYNC_CONCURRENCY)],
+)
+def test_tidings_worker_without_concurrency_runs_as_many_jobs_as_its_handlers_kind_allows(
+    tidings_server: ServerFactory,
+    start_worker: Callable[..., WorkerProcess],
+    app: str,
+    expected: int,
+) -> None:
+    """No `--concurrency`, no `Worker(concurrency=)`: plain-function handlers run
+    SYNC_CONCURRENCY jobs at once (a thread each), `async def` ones ASYNC_CONCURRENCY; the
+    worker list shows that number, and that many jobs do run at once."""
+    srv = tidings_server()
+    with httpx.Client(base_url=srv.url, timeout=40) as http:
+        ids = naps(http, expected + 8, 2.0)
+        worker = start_worker(srv.url, concurrency=None, app=f"{DEFAULTS_APP}:{app}")
+        w = wait_until(lambda: by_pid(http, worker.pid), 15, f"the worker:\n{worker.log()}")
+        assert w["concurrency"] == expected
+        assert most_at_once(http, ids) == expected
+        assert f"concurrency {expected}," in worker.log_path.read_text()
+
+
+@pytest.mark.timeout(60)
+def test_tidings_worker_concurrency_overrides_the_default_even_past_one_lease_batch(
+    tidings_server: ServerFactory, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """`--concurrency` (and TIDINGS_CONCURRENCY) win over the default, also past the jobs
+    one lease may carry (MAX_LEASE_BATCH, the server's limit: the worker leases the rest
+    in the next round trip); a worker with both kinds of handlers takes the sync default."""
+    srv = tidings_server()
+    wide = MAX_LEASE_BATCH + 50
+    with httpx.Client(base_url=srv.url, timeout=40) as http:
+        ids = naps(http, wide, 3.0)
+        worker = start_worker(srv.url, concurrency=wide, app=f"{DEFAULTS_APP}:async_worker")
+        w = wait_until(lambda: by_pid(http, worker.pid), 15, f"the worker:\n{worker.log()}")
+        assert w["concurrency"] == wide
+        assert most_at_once(http, ids) == wide
+        assert "lease failed" not in worker.log()
+        worker.stop()
+
+        mixed = f"{DEFAULTS_APP}:mixed_worker"
+        told = start_worker(srv.url, concurrency=None, app=mixed, env={"TIDINGS_CONCURRENCY": "3"})
+        plain = start_worker(srv.url, concurrency=None, app=mixed)
+        for proc, expected in ((told, 3), (plain, SYNC_CONCURRENCY)):
+            w = wait_until(lambda p=proc: by_pid(http, p.pid), 15, f"the worker:\n{proc.log()}")
+            assert (w["concurrency"], w["types"]) == (expected, ["nap", "sync_nap"])
 
 
 @pytest.mark.slow
@@ -376,7 +455,7 @@ def test_tidings_workers_prints_a_table_and_json(
     with httpx.Client(base_url=srv.url, timeout=30) as http:
         worker = start_worker(srv.url, concurrency=2)
         w = wait_until(lambda: by_pid(http, worker.pid), 15, f"the worker:\n{worker.log()}")
-        job = submit(http, "sleepy", 3)
+        job = submit(http, "sleepy", 20)  # still running when the slow CLI starts
         wait_until(lambda: by_pid(http, worker.pid)["running"], 10, "the job to run")
 
         done = tidings_cli("workers", "--url", srv.url, "--json")

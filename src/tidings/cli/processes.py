@@ -363,8 +363,9 @@ def worker(
             envvar=env_name("concurrency"),
             show_default=False,
             show_envvar=False,
-            help="Jobs run at once, overriding the Worker's. [default: the Worker's own, "
-            f"Worker(concurrency=4) unless set] [env {env_name('concurrency')}]",
+            help="Jobs run at once, overriding the Worker's. [default: the Worker's own: "
+            "Worker(concurrency=N) if set, else 64 when every handler is async def, 32 "
+            f"when any is a plain function (run in a thread)] [env {env_name('concurrency')}]",
         ),
     ] = None,
     name: Annotated[

@@ -1,6 +1,6 @@
 """The Worker runtime: lease jobs, run their handlers, keep their leases, report outcomes.
 
-    worker = Worker(concurrency=4)
+    worker = Worker()                       # concurrency by handler kind (see below)
 
     @worker.handler("resize")
     def resize(job: JobContext) -> dict[str, int]:
@@ -17,8 +17,9 @@ One runtime serves two backends, both behind the small `WorkerBackend` protocol:
 `LocalBackend` calls the server's own job service (handlers running inside `tidings
 serve`). The runtime is one lease loop and one task per running job:
 
-- the lease loop long-polls for up to `concurrency - running` jobs at a time (batches);
-  before each refill it lets the running jobs end (a 2 ms linger at most);
+- the lease loop long-polls for up to `concurrency - running` jobs at a time (batches of
+  at most `MAX_LEASE_BATCH`); before each refill it lets the running jobs end (a 2 ms
+  linger at most);
 - each job task runs its handler (async handlers on the loop, sync ones in a thread) next
   to a heartbeat that extends the lease every `lease / 3` seconds, and soon after a
   `progress()` call (at most `MAX_HEARTBEATS_PER_SECOND` a second), carrying progress and
@@ -34,6 +35,14 @@ serve`). The runtime is one lease loop and one task per running job:
   that loop is parked in a long poll, a reporter task sends whatever is queued in one
   request, and what finishes meanwhile in the next. Transport failures are retried with
   backoff until the job's lease ends; a drain waits for every outcome to be sent.
+
+Unless given, the concurrency follows the handlers' kind: `ASYNC_CONCURRENCY` (64) jobs at
+once when every handler is an `async def` (each running job is a coroutine on the loop),
+`SYNC_CONCURRENCY` (32, the most threads `ThreadPoolExecutor` starts by default) as soon as
+one handler is a plain function (each of its jobs holds a thread while it runs). Jobs are
+leased in batches of up to the free slots, so the concurrency also bounds how many jobs
+one round trip carries: below about 16, short jobs pay for a round trip every few jobs
+(docs/decisions/0014).
 
 Every lease request says who the worker is (`WorkerIdentity`: an id random per run, a
 name — `host:pid` unless `Worker(name=...)` — and its concurrency), so the server lists it
@@ -123,6 +132,12 @@ T = TypeVar("T")
 LEASE_WAIT = 20.0
 # Added to a long poll's `wait` for the HTTP read timeout, so the server answers first.
 LEASE_WAIT_MARGIN = 10.0
+# Jobs run at once when `Worker(concurrency=...)` is not given (see `default_concurrency`):
+# a worker whose handlers are all coroutines, and one with any handler run in a thread.
+ASYNC_CONCURRENCY = 64
+SYNC_CONCURRENCY = 32
+# Jobs one lease request asks for at most: the server's limit on a lease's "max".
+MAX_LEASE_BATCH = 100
 # Before it reports and leases again, the lease loop waits at most this long for the
 # running jobs to end: short jobs then travel in full batches instead of one (or half the
 # slots) per round trip (see `_refill_wait`).
@@ -707,6 +722,15 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     )
 
 
+def default_concurrency(handlers: Iterable[Callable[..., Any]]) -> int:
+    """Jobs a worker with these handlers runs at once unless told: `ASYNC_CONCURRENCY` when
+    every handler is a coroutine function (and when there is none), `SYNC_CONCURRENCY` as
+    soon as one runs in a thread."""
+    if all(_is_async(fn) for fn in handlers):
+        return ASYNC_CONCURRENCY
+    return SYNC_CONCURRENCY
+
+
 class _Threads:
     """Daemon threads for sync handlers.
 
@@ -801,7 +825,7 @@ class Worker:
 
     def __init__(
         self,
-        concurrency: int = 4,
+        concurrency: int | None = None,
         lease: float = 30.0,
         types: Iterable[str] | None = None,
         *,
@@ -812,7 +836,9 @@ class Worker:
         """
         Args:
             concurrency: Jobs run at once; the lease loop asks for at most this many
-                minus those running.
+                minus those running. None: by the handlers' kind when the worker starts,
+                `ASYNC_CONCURRENCY` (64) if every handler is `async def`, else
+                `SYNC_CONCURRENCY` (32) (see `Worker.concurrency`).
             lease: Seconds each lease lasts; the runtime heartbeats every `lease / 3` s,
                 so a worker that dies loses its jobs to others after at most `lease` s.
             types: Job types to lease; None leases every type that has a handler. A
@@ -824,17 +850,31 @@ class Worker:
             name: What the server's worker list (`tidings workers`) calls this worker: at
                 most 128 printable characters. None: `host:pid` of the process it runs in.
         """
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         if not lease > 0:
             raise ValueError(f"lease must be a positive number of seconds, got {lease}")
-        self.concurrency = concurrency
+        self._concurrency: int | None = None
+        if concurrency is not None:
+            self.concurrency = concurrency
         self.lease = lease
         self.types = None if types is None else list(types)
         self.drain_timeout = drain_timeout
         self.lease_wait = lease_wait
         self.name = checked_name(name)
         self.handlers: dict[str, SyncHandler | AsyncHandler] = {}
+
+    @property
+    def concurrency(self) -> int:
+        """Jobs run at once: as given (`Worker(concurrency=N)`, or set), else by the kind
+        of the handlers registered so far (`default_concurrency`)."""
+        if self._concurrency is not None:
+            return self._concurrency
+        return default_concurrency(self.handlers.values())
+
+    @concurrency.setter
+    def concurrency(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"concurrency must be a whole number of at least 1, got {value!r}")
+        self._concurrency = value
 
     def handler(self, type: str) -> Callable[[H], H]:
         """Decorator: register `fn(job: JobContext) -> result` for jobs of `type`."""
@@ -959,6 +999,8 @@ class _Runner:
         identity: WorkerIdentity | None = None,
     ) -> None:
         self.worker = worker
+        # Resolved once per run: handlers registered later do not change it.
+        self.concurrency = worker.concurrency
         self.identity = identity
         self.backend = backend
         self.stop = stop
@@ -976,7 +1018,7 @@ class _Runner:
         log.info(
             "worker started: types %s, concurrency %d, lease %gs%s",
             ", ".join(types) if types else "(any)",
-            self.worker.concurrency,
+            self.concurrency,
             self.worker.lease,
             "" if identity is None else f"; listed as {identity.name}, id {identity.id}",
         )
@@ -1020,12 +1062,12 @@ class _Runner:
                     # A job that ends frees a slot and wakes this loop, which carries its
                     # outcome with the next lease; the others get a moment to end too.
                     reporter.deferred = True
-                    if len(self.running) >= self.worker.concurrency:
+                    if len(self.running) >= self.concurrency:
                         await self._until_stopped(
                             asyncio.wait(set(self.running), return_when=asyncio.FIRST_COMPLETED)
                         )
                     await self._refill_wait()
-                free = self.worker.concurrency - len(self.running)
+                free = min(self.concurrency - len(self.running), MAX_LEASE_BATCH)
                 if free <= 0:
                     continue
                 outcomes = reporter.take()
