@@ -2,7 +2,8 @@
 """tidings benchmarks, side by side with a named peer, alternating A B A B in one run.
 
 Usage: `.venv/bin/python bench/run.py [--quick] [--rounds N] [--only NAME,...]`
-(`make bench`). NAMEs: sse, publish, jobs, longpoll, ws, msgpack, attack, h2, lists.
+(`make bench`). NAMEs: sse, publish, jobs, longpoll, ws, msgpack, attack, h2, lists,
+schedules, limits.
 
 It installs what it compares with when missing (Debian `nginx`, `libnginx-mod-nchan`,
 `wrk`, `redis-server`, `nghttp2-client` for h2load; a separate venv bench/.peers-venv
@@ -1612,25 +1613,47 @@ def bench_h2(tools: Tools, cfg: Config) -> list[str]:
     return out
 
 
-def bench_lists(tools: Tools, cfg: Config) -> list[str]:
-    """Pages of the channel and job lists on SQLite and Redis (bench/lists.py: its own
-    table; smaller with --quick or --rounds 1)."""
-    title = "### Lists: pages of GET /v1/channels and GET /v1/jobs"
-    if not tools.redis:
-        return [f"{title}\n\nskipped: redis-server is unavailable"]
-    sizes = ["--channels", "2000", "--jobs", "20000"] if cfg.rounds == 1 else []
+def _own_table(script: str, args: list[str]) -> list[str]:
+    """Run bench/`script` with --json (it starts its own servers and prints its own table,
+    titled) and keep its results."""
     res = subprocess.run(
-        [sys.executable, str(BENCH / "lists.py"), "--json", *sizes],
+        [sys.executable, str(BENCH / script), "--json", *args],
         capture_output=True,
         text=True,
         timeout=3600,
         check=False,
     )
     if res.returncode != 0:
-        raise RuntimeError(f"lists.py failed: {res.stderr[-800:]}")
+        raise RuntimeError(f"{script} failed: {res.stderr[-800:]}")
     data = json.loads(res.stdout.strip().splitlines()[-1])
-    RESULTS["lists"] = data["results"]
+    RESULTS[script.removesuffix(".py")] = data["results"]
     return [str(data["table"])]
+
+
+def bench_lists(tools: Tools, cfg: Config) -> list[str]:
+    """Pages of the channel and job lists on SQLite and Redis (bench/lists.py; smaller with
+    --quick or --rounds 1)."""
+    if not tools.redis:
+        return ["### Lists\n\nskipped: redis-server is unavailable"]
+    return _own_table(
+        "lists.py", ["--channels", "2000", "--jobs", "20000"] if cfg.rounds == 1 else []
+    )
+
+
+def bench_schedules(tools: Tools, cfg: Config) -> list[str]:
+    """A schedule every second on two nodes sharing Redis (bench/schedules.py): firings,
+    none twice, drift; 60 s, 10 s with --quick or --rounds 1."""
+    if not tools.redis:
+        return ["### Schedules\n\nskipped: redis-server is unavailable"]
+    return _own_table("schedules.py", ["--seconds", "10" if cfg.rounds == 1 else "60"])
+
+
+def bench_limits(tools: Tools, cfg: Config) -> list[str]:
+    """A type limited to 50 jobs/s under a backlog of 2,000, on SQLite and on Redis with
+    two nodes (bench/limits.py)."""
+    if not tools.redis:
+        return ["### Limits\n\nskipped: redis-server is unavailable"]
+    return _own_table("limits.py", [])
 
 
 BENCHES: dict[str, Callable[[Tools, Config], list[str]]] = {
@@ -1643,6 +1666,8 @@ BENCHES: dict[str, Callable[[Tools, Config], list[str]]] = {
     "attack": bench_attack,
     "h2": bench_h2,
     "lists": bench_lists,
+    "schedules": bench_schedules,
+    "limits": bench_limits,
 }
 RESULTS: dict[str, Any] = {}
 
