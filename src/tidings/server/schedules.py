@@ -15,9 +15,12 @@ as it read it (`ScheduleStore.advance_schedule`): one node moves it to its next 
 others find it moved. A crash between the two fires the same slot again, which again
 answers the same job.
 
-After downtime (no node ran for several slots) the policy is the schedule's `catch_up`:
-"latest" fires the most recent missed slot once, then goes on at the next; "skip" fires
-no slot more than SCHEDULE_GRACE seconds late and goes on at the next.
+A look at most SCHEDULE_GRACE seconds after a slot fires it, and each later due slot in
+order at the looks that follow (a loaded machine delays looks; it loses no slot). A slot
+more than SCHEDULE_GRACE late means downtime (no node ran the schedule): the schedule's
+`catch_up` decides, "latest" firing the most recent slot once for all the missed ones,
+"skip" firing none of those more than SCHEDULE_GRACE late and going on at the first that
+is not. The slots passed over are counted in `tidings_schedule_skipped_total`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import logging
 import math
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, CroniterError, croniter
@@ -56,7 +59,7 @@ from tidings.server.jobs import MAX_ATTEMPTS_LIMIT, MAX_LEASE, JobService
 from tidings.server.principals import Principal
 from tidings.server.stores.base import Store
 
-__all__ = ["CronSlots", "ScheduleCounters", "ScheduleService", "check_name", "plan"]
+__all__ = ["CronSlots", "Plan", "ScheduleCounters", "ScheduleService", "check_name", "plan"]
 
 log = logging.getLogger("tidings.schedules")
 
@@ -66,6 +69,9 @@ MAX_TIMEZONE_LEN = 64
 # Seconds added to the scheduler's sleep: the loop's timers may fire before the wall
 # clock reaches the slot, and a look too early finds nothing due.
 TIMER_SLACK = 0.002
+# The most slots of a cron schedule counted as skipped by one catch-up (counted one by
+# one: a year of minutes would take seconds).
+MAX_COUNTED_SLOTS = 10_000
 
 
 def check_name(name: str) -> str:
@@ -142,28 +148,64 @@ def _slots(schedule: Schedule) -> CronSlots | None:
     return CronSlots(schedule.cron, schedule.timezone or "UTC")
 
 
-def plan(
-    schedule: Schedule, now: float, grace: float = SCHEDULE_GRACE
-) -> tuple[float | None, float]:
-    """What a due schedule does at `now`: (the slot to fire, or None to fire none; the
-    next slot after it).
+class Plan(NamedTuple):
+    """What a due schedule does at one look: fire `slot` (None: none), move on to
+    `following`, and count `skipped` slots as never fired."""
 
-    The slot fired is the latest at or before `now` (the stored one, unless later ones
-    went by unfired: downtime); with `catch_up` "skip" it is not fired when more than
-    `grace` seconds late.
+    slot: float | None
+    following: float
+    skipped: int
+
+
+def _count_slots(schedule: Schedule, cron: CronSlots | None, start: float, end: float) -> int:
+    """How many slots of `schedule` fall in [start, end): exact for an interval; for a cron
+    expression at most MAX_COUNTED_SLOTS (counted one by one)."""
+    if end <= start:
+        return 0
+    if cron is None:
+        return math.ceil((end - start) / (schedule.every or 1))
+    count, t = 0, start
+    while t < end and count < MAX_COUNTED_SLOTS:
+        count += 1
+        t = cron.next_after(t)
+    return count
+
+
+def plan(schedule: Schedule, now: float, grace: float = SCHEDULE_GRACE) -> Plan:
+    """What a due schedule does at `now`.
+
+    A slot at most `grace` seconds late (a look delayed by a loaded machine or a slow
+    store) is fired: the schedule's stored slot, then at the following looks each later
+    due slot in order, each once. When the stored slot is more than `grace` late, no node
+    ran the schedule for a while (downtime): with `catch_up` "latest" the most recent slot
+    at or before `now` is fired once for all of them and the older ones are counted as
+    skipped; with "skip" the slots more than `grace` late are skipped and the schedule
+    goes on at the first slot that is not (fired at once when already due).
     """
     due = schedule.next_run_at
     cron = _slots(schedule)
+
+    def after(ts: float) -> float:
+        return ts + (schedule.every or 1) if cron is None else cron.next_after(ts)
+
+    if now - due <= grace:
+        return Plan(due, after(due), 0)
+    if schedule.catch_up == "skip":
+        # The first slot not more than `grace` late.
+        horizon = now - grace
+        if cron is None:
+            every = schedule.every or 1
+            resume = due + math.ceil((horizon - due) / every) * every
+        else:
+            on = cron.latest_at_or_before(horizon) == horizon
+            resume = horizon if on else cron.next_after(horizon)
+        return Plan(None, resume, _count_slots(schedule, cron, due, resume))
     if cron is None:
         every = schedule.every or 1
-        latest = due + math.floor(max(0.0, now - due) / every) * every
-        following = latest + every
+        latest = due + math.floor((now - due) / every) * every
     else:
-        latest = max(due, cron.latest_at_or_before(now)) if cron.next_after(due) <= now else due
-        following = cron.next_after(latest)
-    if schedule.catch_up == "skip" and now - latest > grace:
-        return None, following
-    return latest, following
+        latest = max(due, cron.latest_at_or_before(now))
+    return Plan(latest, after(latest), _count_slots(schedule, cron, due, latest))
 
 
 class ScheduleCounters:
@@ -363,7 +405,8 @@ class ScheduleService:
         The node whose advance wins counts the firing (or the skip) and its drift: the
         store's answer to a submit cannot tell which of several nodes submitting the same
         job at the same instant wrote it, the compare-and-set can."""
-        slot, following = plan(schedule, now)
+        planned, following, skipped = plan(schedule, now)
+        slot = planned
         job_id = None
         created_at = None
         if slot is not None and not await self._owner_may_submit(schedule):
@@ -404,9 +447,9 @@ class ScheduleService:
         )
         if not await self.store.schedules.advance_schedule(schedule, advanced):
             return False
-        if slot is None or created_at is None:
-            self.counters.skipped += 1
-        else:
+        # The slots a catch-up passed over, and the planned slot when it was not fired.
+        self.counters.skipped += skipped + (planned is not None and created_at is None)
+        if slot is not None and created_at is not None:
             self.counters.fired += 1
             self.counters.drift.observe(schedule.type, created_at - slot)
         return True

@@ -70,19 +70,48 @@ def test_an_autumn_dst_change_gives_distinct_increasing_slots():
 
 
 def test_a_due_interval_schedule_fires_its_slot_and_moves_one_interval_on():
-    assert plan(every(10, T0), T0 + 0.003) == (T0, T0 + 10)
+    assert plan(every(10, T0), T0 + 0.003) == (T0, T0 + 10, 0)
 
 
-def test_after_downtime_latest_fires_the_most_recent_missed_slot_once():
-    assert plan(every(10, T0), T0 + 35) == (T0 + 30, T0 + 40)
+@pytest.mark.parametrize("catch_up", ["latest", "skip"])
+def test_a_late_look_fires_every_slot_it_missed_in_order_each_once(catch_up):
+    # A look 1.2 s late on a loaded machine: slot T0, then at once T0 + 1, then T0 + 2.
+    s = every(1, T0, catch_up)
+    assert plan(s, T0 + 1.2) == (T0, T0 + 1, 0)
+    assert plan(replace(s, next_run_at=T0 + 1), T0 + 1.21) == (T0 + 1, T0 + 2, 0)
+    # As late as the grace: still fired.
+    assert plan(s, T0 + 9.9, grace=10) == (T0, T0 + 1, 0)
+    c = cron("* * * * *", T0, catch_up=catch_up)
+    assert plan(c, T0 + 5, grace=10) == (T0, T0 + 60, 0)
+
+
+def test_a_scheduler_running_late_fires_each_slot_of_a_backlog_once_then_catches_up():
+    s, now, fired = every(1, T0), T0 + 4.5, []
+    while s.next_run_at <= now:
+        slot, following, skipped = plan(s, now, grace=10)
+        assert skipped == 0
+        fired.append(slot)
+        s = replace(s, next_run_at=following)
+        now += 0.01
+    assert fired == [T0 + i for i in range(5)]
+
+
+def test_after_downtime_latest_fires_the_most_recent_missed_slot_once_counting_the_rest():
+    assert plan(every(10, T0), T0 + 35, grace=5) == (T0 + 30, T0 + 40, 3)
     s = cron("*/5 * * * *", T0)
-    assert plan(s, T0 + 3600 + 60) == (T0 + 3600, T0 + 3600 + 300)
+    assert plan(s, T0 + 3600 + 60, grace=10) == (T0 + 3600, T0 + 3600 + 300, 12)
 
 
-def test_after_downtime_skip_fires_nothing_late_and_resumes_at_the_next_slot():
-    assert plan(every(600, T0, "skip"), T0 + 3 * 600 + 100) == (None, T0 + 4 * 600)
+def test_after_downtime_skip_fires_nothing_late_and_resumes_at_the_first_slot_in_grace():
+    # 1900 s late, grace 60: slots T0..T0+1800 are more than 60 s late.
+    assert plan(every(600, T0, "skip"), T0 + 3 * 600 + 100, grace=60) == (None, T0 + 2400, 4)
+    # Slots in the grace are then fired one by one: here T0+30 s and T0+35 s.
+    assert plan(every(5, T0, "skip"), T0 + 40, grace=10) == (None, T0 + 30, 6)
+    s = cron("* * * * *", T0, catch_up="skip")
+    assert plan(s, T0 + 300, grace=60) == (None, T0 + 240, 4)
+    assert plan(s, T0 + 301, grace=60) == (None, T0 + 300, 5)
     # Late by less than the grace: fired.
-    assert plan(every(600, T0, "skip"), T0 + 5) == (T0, T0 + 600)
+    assert plan(every(600, T0, "skip"), T0 + 5, grace=60) == (T0, T0 + 600, 0)
 
 
 def test_the_job_id_of_a_firing_names_the_schedule_and_the_slot_and_is_a_channel_name():
