@@ -37,7 +37,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadDateError, CroniterError, croniter
 from msgspec.structs import replace
 
-from tidings.protocol.errors import BadRequest, InvalidBody, NotFound, StoreError, TidingsError
+from tidings.protocol.errors import (
+    BadRequest,
+    Conflict,
+    InvalidBody,
+    NotFound,
+    StoreError,
+    TidingsError,
+)
 from tidings.protocol.messages import CHANNEL_RE
 from tidings.protocol.schedules import (
     CATCH_UP_POLICIES,
@@ -323,11 +330,18 @@ class ScheduleService:
             raise NotFound(f"no schedule {name!r}: PUT /v1/schedules/{name} creates it")
         return schedule
 
-    async def put(self, schedule: Schedule) -> bool:
-        """Create or replace a schedule (`build` made it); True when it is new."""
-        created = await self.store.schedules.put_schedule(schedule)
+    async def put(self, schedule: Schedule, known: Schedule | None) -> bool:
+        """Create or replace a schedule (`build` made it) if the stored one is still `known`
+        (None: there is none), the one the caller read and checked; True when it is new.
+        Conflict when another request created, replaced or deleted it since."""
+        if not await self.store.schedules.put_schedule(schedule, known):
+            verb = "created" if known is None else "replaced or deleted"
+            raise Conflict(
+                f"schedule {schedule.name!r} was {verb} by another request while this one "
+                f"was handled: read it (GET /v1/schedules/{schedule.name}) and put it again"
+            )
         self._changed.set()
-        return created
+        return known is None
 
     async def list_schedules(self, after: str = "", limit: int = 1000) -> list[Schedule]:
         """Up to `limit` schedules whose names sort after `after`, by name."""

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from msgspec.structs import replace
 
-from tidings.protocol.errors import BadRequest, InvalidBody
+from tidings.protocol.errors import BadRequest, Conflict, InvalidBody
 from tidings.protocol.messages import CHANNEL_RE
 from tidings.protocol.schedules import Schedule, slot_job_id, slot_of_job_id
 from tidings.server.hub import Hub
@@ -23,9 +23,12 @@ from tidings.server.stores.memory import MemoryStore
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC).timestamp()  # a Monday, 10:00 UTC
 
 
-def service() -> ScheduleService:
-    store = MemoryStore(Retention(100, 3600.0))
+def service_on(store: MemoryStore) -> ScheduleService:
     return ScheduleService(store, JobService(store, Hub(store.channels.cursor_key)))
+
+
+def service() -> ScheduleService:
+    return service_on(MemoryStore(Retention(100, 3600.0)))
 
 
 def at(*args: int, tz: str = "UTC") -> float:
@@ -176,7 +179,7 @@ def test_two_schedulers_firing_one_slot_make_one_job_and_one_advance():
         jobs = JobService(store, hub)
         a, b = ScheduleService(store, jobs), ScheduleService(store, jobs)
         made = a.build("s", "t", every=5, payload={"k": 1}, now=T0)
-        await a.put(made)
+        await a.put(made, None)
         [due] = await store.schedules.due_schedules(T0 + 5.01, 10)
         won = await asyncio.gather(a.fire(due, T0 + 5.01), b.fire(due, T0 + 5.02))
         assert sorted(won) == [False, True]
@@ -191,5 +194,28 @@ def test_two_schedulers_firing_one_slot_make_one_job_and_one_advance():
         # The loser firing the same slot again (a crash before its advance) changes nothing.
         assert await b.fire(due, T0 + 6) is False
         assert len((await store.jobs.list_jobs(None, "t", 10)).jobs) == 1
+
+    asyncio.run(main())
+
+
+def test_a_put_that_lost_a_race_to_another_put_is_a_conflict_and_writes_nothing():
+    """Two PUTs of a new name that both found none: the second is refused, not written
+    over the first user's schedule."""
+
+    async def main() -> None:
+        store = MemoryStore(Retention(100, 3600.0))
+        await store.start()
+        svc = service_on(store)
+        ann = svc.build("s", "t", every=5, owner="ann", now=T0)
+        bob = svc.build("s", "t", every=7, owner="bob", now=T0)
+        assert await svc.put(ann, None) is True
+        with pytest.raises(Conflict, match="created by another request"):
+            await svc.put(bob, None)
+        assert await store.schedules.get_schedule("s") == ann
+        # A replacement built from a read the schedule has moved on from: refused too.
+        stale = svc.build("s", "t", every=9, owner="ann", now=T0 + 1, known=bob)
+        with pytest.raises(Conflict, match="replaced or deleted"):
+            await svc.put(stale, bob)
+        assert await svc.put(svc.build("s", "t", every=9, now=T0 + 1, known=ann), ann) is False
 
     asyncio.run(main())

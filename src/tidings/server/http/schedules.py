@@ -110,7 +110,7 @@ async def put_schedule(request: Request) -> Response:
         owner_is_user=principal.session is not None and not principal.session.startswith("app:"),
         known=known,
     )
-    created = await svc.put(schedule)
+    created = await svc.put(schedule, known)
     headers = {"Location": f"/v1/schedules/{name}"}
     return respond(request, schedule.to_wire(), 201 if created else 200, headers)
 

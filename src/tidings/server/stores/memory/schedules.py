@@ -26,13 +26,15 @@ class MemorySchedules(ScheduleStore):
         self.cap = cap
         self._by_name: dict[str, Schedule] = {}
 
-    async def put_schedule(self, schedule: Schedule) -> bool:
+    async def put_schedule(self, schedule: Schedule, read: Schedule | None) -> bool:
         self._check()
-        new = schedule.name not in self._by_name
-        if new and len(self._by_name) >= self.cap:
+        stored = self._by_name.get(schedule.name)
+        if stored != read:
+            return False
+        if stored is None and len(self._by_name) >= self.cap:
             raise schedules_full(self.cap)
         self._by_name[schedule.name] = schedule
-        return new
+        return True
 
     async def get_schedule(self, name: str) -> Schedule | None:
         self._check()

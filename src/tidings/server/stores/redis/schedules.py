@@ -4,10 +4,11 @@
     {p}scheddue     sorted set: names by next_run_at (which are due, and the earliest)
     {p}schednames   sorted set: names, all scores 0 (the listing, by name)
 
-A put is one script call (lua/schedule_put.lua), which refuses a new schedule past the
-cap; an advance is one script call too (lua/schedule_advance.lua): it writes only when
-the stored body's SHA-1 is that of the body the node read, so of several nodes that fire
-one slot, exactly one moves the schedule on. A delete is one MULTI/EXEC.
+A put is one script call (lua/schedule_put.lua), and so is an advance
+(lua/schedule_advance.lua): each writes only when the stored body's SHA-1 is that of the
+body the caller read (a put of a new name: only when there is none), so of two requests
+putting one name, or several nodes firing one slot, exactly one writes. A put refuses a
+new schedule past the cap. A delete is one MULTI/EXEC.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ _ADVANCE = lua("schedule_advance.lua")
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _digest(schedule: Schedule) -> str:
+    """The SHA-1 (hex) of a schedule's stored body: what the scripts compare."""
+    return hashlib.sha1(encode_schedule(schedule), usedforsecurity=False).hexdigest()
 
 
 class RedisSchedules(ScheduleStore):
@@ -63,7 +69,7 @@ class RedisSchedules(ScheduleStore):
         bodies = await self._core.client.hmget(self._bodies, names)
         return [decode_schedule(b) for b in bodies if b is not None]
 
-    async def put_schedule(self, schedule: Schedule) -> bool:
+    async def put_schedule(self, schedule: Schedule, read: Schedule | None) -> bool:
         client = self._core.client  # StoreClosed before start
         keys = [self._bodies, self._due, self._names]
         args: list[str | bytes | int] = [
@@ -71,6 +77,7 @@ class RedisSchedules(ScheduleStore):
             encode_schedule(schedule),
             repr(schedule.next_run_at),
             self.cap,
+            "" if read is None else _digest(read),
         ]
         with self._errors:
             reply = await self._put(keys=keys, args=args, client=client)
@@ -119,8 +126,12 @@ class RedisSchedules(ScheduleStore):
 
     async def advance_schedule(self, read: Schedule, new: Schedule) -> bool:
         client = self._core.client
-        expected = hashlib.sha1(encode_schedule(read), usedforsecurity=False).hexdigest()
-        args: list[str | bytes] = [read.name, expected, encode_schedule(new), repr(new.next_run_at)]
+        args: list[str | bytes] = [
+            read.name,
+            _digest(read),
+            encode_schedule(new),
+            repr(new.next_run_at),
+        ]
         with self._errors:
             reply = await self._advance(keys=[self._bodies, self._due], args=args, client=client)
         return bool(reply == 1)

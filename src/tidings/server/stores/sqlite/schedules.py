@@ -31,15 +31,18 @@ class SQLiteSchedules(ScheduleStore):
         self._core = core
         self.cap = cap
 
-    async def put_schedule(self, schedule: Schedule) -> bool:
+    async def put_schedule(self, schedule: Schedule, read: Schedule | None) -> bool:
         body = encode_schedule(schedule)
+        expected = None if read is None else encode_schedule(read)
         cap = self.cap
 
         def op(conn: sqlite3.Connection) -> bool:
-            known = conn.execute(
-                "SELECT 1 FROM schedules WHERE name = ?", (schedule.name,)
+            row = conn.execute(
+                "SELECT body FROM schedules WHERE name = ?", (schedule.name,)
             ).fetchone()
-            if known is None:
+            if (None if row is None else bytes(row[0])) != expected:
+                return False
+            if row is None:
                 (count,) = conn.execute("SELECT count(*) FROM schedules").fetchone()
                 if count >= cap:
                     raise schedules_full(cap)
@@ -47,7 +50,7 @@ class SQLiteSchedules(ScheduleStore):
                 "INSERT OR REPLACE INTO schedules (name, next_run_at, body) VALUES (?, ?, ?)",
                 (schedule.name, schedule.next_run_at, body),
             )
-            return known is None
+            return True
 
         return await self._core.write(op)
 
