@@ -210,6 +210,33 @@ def test_of_several_creates_of_one_name_at_once_exactly_one_writes(make_store):
     run(make_store, body)
 
 
+def test_a_schedule_new_to_an_owner_past_the_owners_cap_is_refused(make_store):
+    async def body(store: Store) -> None:
+        put = store.schedules.put_schedule
+        for name in ("a1", "a2"):
+            assert await put(sched(name, owner="ann"), None, 2) is True
+        with pytest.raises(Conflict, match="ann has 2 schedules"):
+            await put(sched("a3", owner="ann"), None, 2)
+        assert await store.schedules.get_schedule("a3") is None
+        # Taking over another owner's schedule counts as a new one to ann.
+        assert await put(sched("b1", owner="bob"), None, 2) is True
+        with pytest.raises(Conflict, match="ann has 2"):
+            await put(sched("b1", owner="ann"), sched("b1", owner="bob"), 2)
+        # Replacing one of hers does not; other owners, no cap, or no owner are not held.
+        assert await put(sched("a1", T0 + 5, owner="ann"), sched("a1", owner="ann"), 2)
+        assert await put(sched("b2", owner="bob"), None, 2) is True
+        assert await put(sched("a3", owner="ann"), None) is True
+        assert await put(sched("n1"), None, 2) is True
+        assert await put(sched("n2"), None, 2) is True
+        assert await put(sched("n3"), None, 2) is True
+        # Deleted ones free their places.
+        await store.schedules.delete_schedule("a3")
+        await store.schedules.delete_schedule("a2")
+        assert await put(sched("a4", owner="ann"), None, 2) is True
+
+    run(make_store, body)
+
+
 def test_a_closed_store_refuses_schedules(make_store):
     async def body(store: Store) -> None:
         await store.close()

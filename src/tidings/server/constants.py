@@ -83,6 +83,10 @@ MAX_WORKERS = 10_000
 # in a downtime and follow the schedule's catch_up. `every` is at most
 # MAX_SCHEDULE_EVERY seconds (a year).
 MAX_SCHEDULES = 10_000
+# The most schedules one owner (a user or an application JWT's subject) may have: one
+# grant to submit a type does not take the whole store. Admins, and the anonymous owner of
+# a server without auth, have only the store's MAX_SCHEDULES.
+MAX_SCHEDULES_PER_OWNER = 100
 SCHEDULE_POLL = 1.0
 SCHEDULE_BATCH = 100
 SCHEDULE_GRACE = 10.0

@@ -56,6 +56,7 @@ from tidings.protocol.schedules import (
 from tidings.server.constants import (
     DEFAULT_MAX_DEPTH,
     MAX_SCHEDULE_EVERY,
+    MAX_SCHEDULES_PER_OWNER,
     SCHEDULE_BATCH,
     SCHEDULE_GRACE,
     SCHEDULE_POLL,
@@ -330,11 +331,14 @@ class ScheduleService:
             raise NotFound(f"no schedule {name!r}: PUT /v1/schedules/{name} creates it")
         return schedule
 
-    async def put(self, schedule: Schedule, known: Schedule | None) -> bool:
+    async def put(self, schedule: Schedule, known: Schedule | None, *, admin: bool = False) -> bool:
         """Create or replace a schedule (`build` made it) if the stored one is still `known`
         (None: there is none), the one the caller read and checked; True when it is new.
-        Conflict when another request created, replaced or deleted it since."""
-        if not await self.store.schedules.put_schedule(schedule, known):
+        Conflict when another request created, replaced or deleted it since, or when it is
+        new to an owner who has MAX_SCHEDULES_PER_OWNER (`admin`: an admin put it, bounded
+        by the store's cap only)."""
+        owner_cap = None if admin else MAX_SCHEDULES_PER_OWNER
+        if not await self.store.schedules.put_schedule(schedule, known, owner_cap):
             verb = "created" if known is None else "replaced or deleted"
             raise Conflict(
                 f"schedule {schedule.name!r} was {verb} by another request while this one "

@@ -13,6 +13,7 @@ from tests.conftest import ServerFactory
 from tests.e2e.auth.helpers import BOB_PASSWORD, assert_error, auth_server, bearer, login
 from tests.e2e.helpers import cli_ok
 from tidings.protocol.codecs import parse_time
+from tidings.server.constants import MAX_SCHEDULES_PER_OWNER
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -92,3 +93,33 @@ def test_removing_the_owner_stops_the_firings_of_their_schedules(
         # The schedule is still there, moved past the skipped slots, for an admin to see.
         shown = http.get("/v1/schedules/r", headers=root).json()
         assert parse_time(shown["next_run_at"]) > removed + 1
+
+
+def test_one_owner_has_at_most_the_per_owner_cap_of_schedules_and_an_admin_is_not_held(
+    tidings_server: ServerFactory, store: str
+) -> None:
+    cli_ok("users", "grant", "alice", "--store", store, "--submit", "report")
+    cli_ok("users", "add", "root", "--store", store, "--admin")
+    root = bearer(cli_ok("tokens", "create", "root", "--store", store).strip().split()[-1])
+    srv = auth_server(tidings_server, store, "database")
+    alice = bearer(login(srv))
+    body = {"type": "report", "cron": "0 3 * * *"}
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        for i in range(MAX_SCHEDULES_PER_OWNER):
+            made = http.put(f"/v1/schedules/a{i}", json=body, headers=alice)
+            assert made.status_code == 201, made.text
+        refused = http.put("/v1/schedules/one-more", json=body, headers=alice)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "conflict"
+        assert (
+            f"alice has {MAX_SCHEDULES_PER_OWNER} schedules" in refused.json()["error"]["message"]
+        )
+        assert http.get("/v1/schedules/one-more", headers=alice).status_code == 404
+        # Replacing one of hers is no new one; deleting one frees a place.
+        assert http.put("/v1/schedules/a0", json=body, headers=alice).status_code == 200
+        assert http.delete("/v1/schedules/a0", headers=alice).status_code == 204
+        assert http.put("/v1/schedules/one-more", json=body, headers=alice).status_code == 201
+        # An admin is held by the store's cap only.
+        for i in range(MAX_SCHEDULES_PER_OWNER + 1):
+            made = http.put(f"/v1/schedules/r{i}", json=body, headers=root)
+            assert made.status_code == 201, made.text

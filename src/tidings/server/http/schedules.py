@@ -6,6 +6,8 @@ one needs, besides, to be its owner or an admin (as cancelling a job needs to be
 submitter). A schedule is seen by its owner, by those who may submit its type, and by
 admins; a listing shows those. An owner that is a user of the store is checked again at
 each firing: removing the user, or their grant, stops the firings (the slots are skipped).
+One owner has at most MAX_SCHEDULES_PER_OWNER schedules (409 past it); an admin, and the
+anonymous owner of a server without auth, only the store's MAX_SCHEDULES.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ async def put_schedule(request: Request) -> Response:
         owner_is_user=principal.session is not None and not principal.session.startswith("app:"),
         known=known,
     )
-    created = await svc.put(schedule, known)
+    created = await svc.put(schedule, known, admin=principal.admin)
     headers = {"Location": f"/v1/schedules/{name}"}
     return respond(request, schedule.to_wire(), 201 if created else 200, headers)
 
