@@ -7,20 +7,25 @@ time zone by croniter, daylight-saving changes included) or an interval of whole
 submits a normal job through the job service, whose id names the schedule and the slot
 (`sched:{name}:{YYYYmmddTHHMMSSZ}`) and whose idempotency key is that id.
 
-Exactly once, however many nodes share the store and across restarts: a firing is
-submit-then-advance. Every node that sees the slot due submits the same job (a repeat
-answers the job already there: idempotency keys live as long as their job, days after
-the schedule moved on), then advances the schedule with a compare-and-set on the schedule
-as it read it (`ScheduleStore.advance_schedule`): one node moves it to its next slot, the
-others find it moved. A crash between the two fires the same slot again, which again
-answers the same job.
+A firing is submit-then-advance. Every node that sees the slot due submits the same job
+(a repeat answers the job already there), then advances the schedule with a
+compare-and-set on the schedule as it read it (`ScheduleStore.advance_schedule`,
+recording the slot as `last_run_at`): one node moves it to its next slot, the others
+find it moved. A crash between the two leaves the slot due for the next look, whose
+submit again answers the same job. A slot at or before `last_run_at` is never submitted.
 
-A look at most SCHEDULE_GRACE seconds after a slot fires it, and each later due slot in
-order at the looks that follow (a loaded machine delays looks; it loses no slot). A slot
-more than SCHEDULE_GRACE late means downtime (no node ran the schedule): the schedule's
-`catch_up` decides, "latest" firing the most recent slot once for all the missed ones,
-"skip" firing none of those more than SCHEDULE_GRACE late and going on at the first that
-is not. The slots passed over are counted in `tidings_schedule_skipped_total`.
+The guarantee, however many nodes share the store and across restarts: each slot is
+written as at most one job, provided some node's scheduler advances the schedule past
+the slot within `--job-ttl` seconds of the slot's job finishing (a repeat finds the job
+by its id only while the job is kept). Every running node's scheduler looks at least
+every SCHEDULE_POLL seconds, and at start looks before its node's first job sweep
+(JOB_SWEEP_INTERVAL later), so even a restart after any downtime advances past the slot
+(firing it again, or passing over it in a catch-up) while its job is still there. A
+second job for one slot needs all of: a node stopping (or its advance failing) between
+the slot's submit and its advance, the job finishing, and then every scheduler's look
+failing for `--job-ttl` seconds while a node sweeps jobs. A slot is not written at all
+only when skipped: a downtime's catch-up, an owner who lost the grant, a payload the
+server no longer accepts.
 """
 
 from __future__ import annotations
@@ -180,6 +185,17 @@ def _count_slots(schedule: Schedule, cron: CronSlots | None, start: float, end: 
 
 
 def plan(schedule: Schedule, now: float, grace: float = SCHEDULE_GRACE) -> Plan:
+    """What a due schedule does at `now`: `_plan`, except that a slot at or before the
+    last slot fired (`last_run_at`) is skipped, never fired again (a schedule replaced
+    while a node's clock is behind the one that fired could name it)."""
+    planned = _plan(schedule, now, grace)
+    last = schedule.last_run_at
+    if planned.slot is not None and last is not None and planned.slot <= last:
+        return Plan(None, planned.following, planned.skipped + 1)
+    return planned
+
+
+def _plan(schedule: Schedule, now: float, grace: float) -> Plan:
     """What a due schedule does at `now`.
 
     A slot at most `grace` seconds late (a look delayed by a loaded machine or a slow

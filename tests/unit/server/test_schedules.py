@@ -219,3 +219,26 @@ def test_a_put_that_lost_a_race_to_another_put_is_a_conflict_and_writes_nothing(
         assert await svc.put(svc.build("s", "t", every=9, now=T0 + 1, known=ann), ann) is False
 
     asyncio.run(main())
+
+
+def test_a_slot_at_or_before_the_last_one_fired_is_never_fired_again():
+    # A schedule replaced on a node whose clock is behind the one that fired T0 + 10.
+    s = replace(every(10, T0 + 10), last_run_at=T0 + 10)
+    assert plan(s, T0 + 10.5) == (None, T0 + 20, 1)
+    assert plan(replace(s, next_run_at=T0 + 5), T0 + 5.5) == (None, T0 + 15, 1)
+    assert plan(replace(s, next_run_at=T0 + 20), T0 + 20.5) == (T0 + 20, T0 + 30, 0)
+
+    async def main() -> None:
+        store = MemoryStore(Retention(100, 3600.0))
+        await store.start()
+        svc = service_on(store)
+        fired = replace(svc.build("s", "t", every=10, now=T0), last_run_at=T0 + 10)
+        await svc.put(fired, None)
+        assert await svc.fire(fired, T0 + 10.5) is True
+        assert (await store.jobs.list_jobs(None, "t", 10)).jobs == []
+        after = await store.schedules.get_schedule("s")
+        assert after is not None
+        assert (after.next_run_at, after.last_run_at) == (T0 + 20, T0 + 10)
+        assert (svc.counters.fired, svc.counters.skipped) == (0, 1)
+
+    asyncio.run(main())
