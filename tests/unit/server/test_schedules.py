@@ -242,3 +242,19 @@ def test_a_slot_at_or_before_the_last_one_fired_is_never_fired_again():
         assert (svc.counters.fired, svc.counters.skipped) == (0, 1)
 
     asyncio.run(main())
+
+
+def test_a_catch_up_after_downtime_counts_the_slots_it_passed_over_as_skipped():
+    async def main() -> None:
+        store = MemoryStore(Retention(100, 3600.0))
+        await store.start()
+        svc = service_on(store)
+        made = svc.build("s", "t", every=1, now=T0)  # first slot T0 + 1
+        await svc.put(made, None)
+        # A minute with no scheduler: one catch-up firing (T0 + 61), 60 slots skipped.
+        assert await svc.fire(made, T0 + 61.5) is True
+        assert (svc.counters.fired, svc.counters.skipped) == (1, 60)
+        page = await store.jobs.list_jobs(None, "t", 10)
+        assert [j.id for j in page.jobs] == [slot_job_id("s", T0 + 61)]
+
+    asyncio.run(main())
