@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import ServerFactory
 from tidings.protocol.codecs import parse_time
 from tidings.protocol.schedules import slot_of_job_id
+from tidings.server.constants import SCHEDULE_GRACE
 
 
 def jobs_of(base: str, type_: str) -> list[dict[str, Any]]:
@@ -37,7 +38,7 @@ def firings(base: str) -> int:
     return int(float(m.group(1)))
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_after_downtime_a_schedule_fires_its_latest_missed_slot_once_then_goes_on(
     tidings_server: ServerFactory, tmp_path
 ) -> None:
@@ -48,11 +49,11 @@ def test_after_downtime_a_schedule_fires_its_latest_missed_slot_once_then_goes_o
     first = parse_time(r.json()["next_run_at"])
     srv.stop()
     stopped = time.time()
-    # Past two slots of no server at all.
-    time.sleep(max(0.0, first + 4.2 - time.time()))
+    # No server at all until every slot missed is more than the grace late: a downtime.
+    time.sleep(max(0.0, first + 2 + SCHEDULE_GRACE + 2.2 - time.time()))
     restarted = time.time()
     srv.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         jobs = jobs_of(srv.url, type_)
         if any(slot(j) > restarted for j in jobs):
@@ -64,9 +65,10 @@ def test_after_downtime_a_schedule_fires_its_latest_missed_slot_once_then_goes_o
     assert [s for s in fired if s <= stopped] in ([], [first])  # a slot before the stop
     after_stop = [s for s in fired if s > stopped]
     # The first firing after the restart is the catch-up: the latest slot when the
-    # scheduler first looked (however long the start took); then one every 2 s.
+    # scheduler first looked (after the restart, however long the start and the firing
+    # took); then one every 2 s.
     latest = after_stop[0]
-    assert restarted <= made[latest] < latest + 2, (fired, made, stopped, restarted)
+    assert made[latest] >= restarted > latest - 2, (fired, made, stopped, restarted)
     assert after_stop == [latest + 2 * i for i in range(len(after_stop))]
     # The slots it missed before that were not fired: one catch-up for the downtime.
     missed = [first + 2 * k for k in range(30) if stopped < first + 2 * k < latest]
@@ -85,15 +87,21 @@ def test_two_nodes_sharing_redis_fire_each_slot_exactly_once(
     r = httpx.put(f"{a.url}/v1/schedules/tick", json={"type": type_, "every": 1}, timeout=10)
     assert r.status_code == 201, r.text
     first = parse_time(r.json()["next_run_at"])
-    time.sleep(max(0.0, first + 4.5 - time.time()))
+    # Until five slots are fired, however loaded the machine.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(jobs_of(b.url, type_)) < 5:
+        time.sleep(0.2)
     assert httpx.delete(f"{b.url}/v1/schedules/tick", timeout=10).status_code == 204
+    # A firing that read the schedule before the delete ends within a moment.
+    time.sleep(1.0)
     fired = sorted(slot(j) for j in jobs_of(b.url, type_))
     # Every slot from the first on, none twice, none missed.
     assert fired == [first + i for i in range(len(fired))]
-    assert len(fired) >= 4
-    # Each slot's job was made by one node: the two nodes' firings add up to the jobs, and
-    # each job's channel holds one `queued` event (a second write would add another).
-    assert firings(a.url) + firings(b.url) == len(fired)
+    assert len(fired) >= 5
+    # Each slot's job was made by one node: the two nodes' firings add up to the jobs (but
+    # the last, when the delete came between its submit and its advance), and each job's
+    # channel holds one `queued` event (a second write would add another).
+    assert firings(a.url) + firings(b.url) in (len(fired), len(fired) - 1)
     for job in jobs_of(a.url, type_):
         events = httpx.get(
             f"{a.url}/v1/channels/job.{job['id']}/messages", params={"after": "0"}, timeout=10

@@ -98,8 +98,9 @@ def schedules_add(
         str,
         typer.Option(
             show_default=False,
-            help="After downtime: latest fires the most recent missed slot once; skip fires "
-            "no slot more than a minute late. Default: latest.",
+            help="Slots up to 10 s late are all fired, in order; after downtime (older "
+            "slots) latest fires the most recent slot once, skip none of the older ones. "
+            "Default: latest.",
         ),
     ] = "latest",
     url: UrlOption = DEFAULT_URL,

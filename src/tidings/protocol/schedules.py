@@ -40,9 +40,9 @@ SCHEDULE_NAME_RE = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_SCHEDULE_NAME}}}")
 SCHEDULE_JOB_PREFIX = "sched:"
 _SLOT_FORMAT = "%Y%m%dT%H%M%SZ"
 
-# What a schedule does about the slots it missed while no server ran it: "latest" fires
-# the most recent missed slot once, then goes on at the next; "skip" fires no slot more
-# than the server's grace late.
+# What a schedule does about the slots it missed while no server ran it (slots more than
+# the server's grace late; later ones are all fired): "latest" fires the most recent
+# missed slot once, then goes on at the next; "skip" fires none of them.
 CatchUp = Literal["latest", "skip"]
 CATCH_UP_POLICIES: tuple[str, ...] = get_args(CatchUp)
 

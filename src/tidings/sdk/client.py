@@ -1274,14 +1274,17 @@ class Client:
             every: Whole seconds between firings, the first `every` from now.
             timezone: IANA name of the time zone `cron` is read in (default UTC).
             max_attempts, timeout, priority: Each job's, as in `submit`.
-            catch_up: After downtime, "latest" fires the most recent missed slot once;
-                "skip" fires no slot more than a minute late.
+            catch_up: Slots at most the server's grace (10 s) late are all fired, in
+                order; after downtime (older slots) "latest" fires the most recent slot
+                once, "skip" none of the older ones.
 
         Raises:
             ValueError: both or neither of `cron` and `every`.
             TidingsHTTPError: 422 saying what to fix (a bad cron expression, an unknown
                 time zone, ...), 403 without the right to submit `type` or to replace
-                another's schedule, 409 past the server's number of schedules.
+                another's schedule, 409 past the server's number of schedules or the
+                number one owner may have, or when another request created or changed
+                the schedule meanwhile.
         """
         spec = _schedule_request(
             name, type, payload, cron, every, timezone, max_attempts, timeout, priority, catch_up

@@ -78,13 +78,18 @@ MAX_WORKERS = 10_000
 
 # Schedules: at most MAX_SCHEDULES in a store; each node's scheduler looks at the store at
 # least every SCHEDULE_POLL seconds (a schedule put on another node is seen within it) and
-# fires at most SCHEDULE_BATCH due schedules per look. A slot fired more than
-# SCHEDULE_GRACE seconds late is skipped by a schedule whose catch_up is "skip". `every`
-# is at most MAX_SCHEDULE_EVERY seconds (a year).
+# fires at most SCHEDULE_BATCH due schedules per look. Slots at most SCHEDULE_GRACE
+# seconds late (a look delayed by load) are all fired, in order; older ones were missed
+# in a downtime and follow the schedule's catch_up. `every` is at most
+# MAX_SCHEDULE_EVERY seconds (a year).
 MAX_SCHEDULES = 10_000
+# The most schedules one owner (a user or an application JWT's subject) may have: one
+# grant to submit a type does not take the whole store. Admins, and the anonymous owner of
+# a server without auth, have only the store's MAX_SCHEDULES.
+MAX_SCHEDULES_PER_OWNER = 100
 SCHEDULE_POLL = 1.0
 SCHEDULE_BATCH = 100
-SCHEDULE_GRACE = 60.0
+SCHEDULE_GRACE = 10.0
 MAX_SCHEDULE_EVERY = 366 * 86_400
 
 # Cyclic GC thresholds for `tidings serve` (CPython's default is 700, 10, 10): with

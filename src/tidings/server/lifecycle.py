@@ -144,6 +144,9 @@ class Lifecycle:
             loop.create_task(_every(C.JOB_SWEEP_INTERVAL, self._sweep_credentials)),
         ]
         if self.schedules is not None:
+            # Its first look comes at once, before the first job sweep (`_every` waits
+            # first): a slot submitted before a stop is advanced past while its job is
+            # still there to answer a repeat (schedules.py, the exactly-once guarantee).
             self._background.append(
                 loop.create_task(self.schedules.run(), name="tidings-scheduler")
             )

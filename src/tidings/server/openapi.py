@@ -1198,9 +1198,10 @@ _OPS: list[_Op] = [
                         "type": "string",
                         "enum": list(CATCH_UP_POLICIES),
                         "default": "latest",
-                        "description": "after downtime: latest fires the most recent "
-                        f"missed slot once; skip fires no slot more than {C.SCHEDULE_GRACE:g} "
-                        "s late",
+                        "description": "slots at most "
+                        f"{C.SCHEDULE_GRACE:g} s late are all fired, in order; after "
+                        "downtime (older slots) latest fires the most recent slot once, "
+                        "skip fires none of the older ones",
                     },
                 },
                 "required": ["type"],

@@ -7,17 +7,25 @@ time zone by croniter, daylight-saving changes included) or an interval of whole
 submits a normal job through the job service, whose id names the schedule and the slot
 (`sched:{name}:{YYYYmmddTHHMMSSZ}`) and whose idempotency key is that id.
 
-Exactly once, however many nodes share the store and across restarts: a firing is
-submit-then-advance. Every node that sees the slot due submits the same job (a repeat
-answers the job already there: idempotency keys live as long as their job, days after
-the schedule moved on), then advances the schedule with a compare-and-set on the schedule
-as it read it (`ScheduleStore.advance_schedule`): one node moves it to its next slot, the
-others find it moved. A crash between the two fires the same slot again, which again
-answers the same job.
+A firing is submit-then-advance. Every node that sees the slot due submits the same job
+(a repeat answers the job already there), then advances the schedule with a
+compare-and-set on the schedule as it read it (`ScheduleStore.advance_schedule`,
+recording the slot as `last_run_at`): one node moves it to its next slot, the others
+find it moved. A crash between the two leaves the slot due for the next look, whose
+submit again answers the same job. A slot at or before `last_run_at` is never submitted.
 
-After downtime (no node ran for several slots) the policy is the schedule's `catch_up`:
-"latest" fires the most recent missed slot once, then goes on at the next; "skip" fires
-no slot more than SCHEDULE_GRACE seconds late and goes on at the next.
+The guarantee, however many nodes share the store and across restarts: each slot is
+written as at most one job, provided some node's scheduler advances the schedule past
+the slot within `--job-ttl` seconds of the slot's job finishing (a repeat finds the job
+by its id only while the job is kept). Every running node's scheduler looks at least
+every SCHEDULE_POLL seconds, and at start looks before its node's first job sweep
+(JOB_SWEEP_INTERVAL later), so even a restart after any downtime advances past the slot
+(firing it again, or passing over it in a catch-up) while its job is still there. A
+second job for one slot needs all of: a node stopping (or its advance failing) between
+the slot's submit and its advance, the job finishing, and then every scheduler's look
+failing for `--job-ttl` seconds while a node sweeps jobs. A slot is not written at all
+only when skipped: a downtime's catch-up, an owner who lost the grant, a payload the
+server no longer accepts.
 """
 
 from __future__ import annotations
@@ -28,13 +36,20 @@ import logging
 import math
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 from msgspec.structs import replace
 
-from tidings.protocol.errors import BadRequest, InvalidBody, NotFound, StoreError, TidingsError
+from tidings.protocol.errors import (
+    BadRequest,
+    Conflict,
+    InvalidBody,
+    NotFound,
+    StoreError,
+    TidingsError,
+)
 from tidings.protocol.messages import CHANNEL_RE
 from tidings.protocol.schedules import (
     CATCH_UP_POLICIES,
@@ -46,6 +61,7 @@ from tidings.protocol.schedules import (
 from tidings.server.constants import (
     DEFAULT_MAX_DEPTH,
     MAX_SCHEDULE_EVERY,
+    MAX_SCHEDULES_PER_OWNER,
     SCHEDULE_BATCH,
     SCHEDULE_GRACE,
     SCHEDULE_POLL,
@@ -56,7 +72,7 @@ from tidings.server.jobs import MAX_ATTEMPTS_LIMIT, MAX_LEASE, JobService
 from tidings.server.principals import Principal
 from tidings.server.stores.base import Store
 
-__all__ = ["CronSlots", "ScheduleCounters", "ScheduleService", "check_name", "plan"]
+__all__ = ["CronSlots", "Plan", "ScheduleCounters", "ScheduleService", "check_name", "plan"]
 
 log = logging.getLogger("tidings.schedules")
 
@@ -66,6 +82,9 @@ MAX_TIMEZONE_LEN = 64
 # Seconds added to the scheduler's sleep: the loop's timers may fire before the wall
 # clock reaches the slot, and a look too early finds nothing due.
 TIMER_SLACK = 0.002
+# The most slots of a cron schedule counted as skipped by one catch-up (counted one by
+# one: a year of minutes would take seconds).
+MAX_COUNTED_SLOTS = 10_000
 
 
 def check_name(name: str) -> str:
@@ -142,28 +161,75 @@ def _slots(schedule: Schedule) -> CronSlots | None:
     return CronSlots(schedule.cron, schedule.timezone or "UTC")
 
 
-def plan(
-    schedule: Schedule, now: float, grace: float = SCHEDULE_GRACE
-) -> tuple[float | None, float]:
-    """What a due schedule does at `now`: (the slot to fire, or None to fire none; the
-    next slot after it).
+class Plan(NamedTuple):
+    """What a due schedule does at one look: fire `slot` (None: none), move on to
+    `following`, and count `skipped` slots as never fired."""
 
-    The slot fired is the latest at or before `now` (the stored one, unless later ones
-    went by unfired: downtime); with `catch_up` "skip" it is not fired when more than
-    `grace` seconds late.
+    slot: float | None
+    following: float
+    skipped: int
+
+
+def _count_slots(schedule: Schedule, cron: CronSlots | None, start: float, end: float) -> int:
+    """How many slots of `schedule` fall in [start, end): exact for an interval; for a cron
+    expression at most MAX_COUNTED_SLOTS (counted one by one)."""
+    if end <= start:
+        return 0
+    if cron is None:
+        return math.ceil((end - start) / (schedule.every or 1))
+    count, t = 0, start
+    while t < end and count < MAX_COUNTED_SLOTS:
+        count += 1
+        t = cron.next_after(t)
+    return count
+
+
+def plan(schedule: Schedule, now: float, grace: float = SCHEDULE_GRACE) -> Plan:
+    """What a due schedule does at `now`: `_plan`, except that a slot at or before the
+    last slot fired (`last_run_at`) is skipped, never fired again (a schedule replaced
+    while a node's clock is behind the one that fired could name it)."""
+    planned = _plan(schedule, now, grace)
+    last = schedule.last_run_at
+    if planned.slot is not None and last is not None and planned.slot <= last:
+        return Plan(None, planned.following, planned.skipped + 1)
+    return planned
+
+
+def _plan(schedule: Schedule, now: float, grace: float) -> Plan:
+    """What a due schedule does at `now`.
+
+    A slot at most `grace` seconds late (a look delayed by a loaded machine or a slow
+    store) is fired: the schedule's stored slot, then at the following looks each later
+    due slot in order, each once. When the stored slot is more than `grace` late, no node
+    ran the schedule for a while (downtime): with `catch_up` "latest" the most recent slot
+    at or before `now` is fired once for all of them and the older ones are counted as
+    skipped; with "skip" the slots more than `grace` late are skipped and the schedule
+    goes on at the first slot that is not (fired at once when already due).
     """
     due = schedule.next_run_at
     cron = _slots(schedule)
+
+    def after(ts: float) -> float:
+        return ts + (schedule.every or 1) if cron is None else cron.next_after(ts)
+
+    if now - due <= grace:
+        return Plan(due, after(due), 0)
+    if schedule.catch_up == "skip":
+        # The first slot not more than `grace` late.
+        horizon = now - grace
+        if cron is None:
+            every = schedule.every or 1
+            resume = due + math.ceil((horizon - due) / every) * every
+        else:
+            on = cron.latest_at_or_before(horizon) == horizon
+            resume = horizon if on else cron.next_after(horizon)
+        return Plan(None, resume, _count_slots(schedule, cron, due, resume))
     if cron is None:
         every = schedule.every or 1
-        latest = due + math.floor(max(0.0, now - due) / every) * every
-        following = latest + every
+        latest = due + math.floor((now - due) / every) * every
     else:
-        latest = max(due, cron.latest_at_or_before(now)) if cron.next_after(due) <= now else due
-        following = cron.next_after(latest)
-    if schedule.catch_up == "skip" and now - latest > grace:
-        return None, following
-    return latest, following
+        latest = max(due, cron.latest_at_or_before(now))
+    return Plan(latest, after(latest), _count_slots(schedule, cron, due, latest))
 
 
 class ScheduleCounters:
@@ -281,11 +347,21 @@ class ScheduleService:
             raise NotFound(f"no schedule {name!r}: PUT /v1/schedules/{name} creates it")
         return schedule
 
-    async def put(self, schedule: Schedule) -> bool:
-        """Create or replace a schedule (`build` made it); True when it is new."""
-        created = await self.store.schedules.put_schedule(schedule)
+    async def put(self, schedule: Schedule, known: Schedule | None, *, admin: bool = False) -> bool:
+        """Create or replace a schedule (`build` made it) if the stored one is still `known`
+        (None: there is none), the one the caller read and checked; True when it is new.
+        Conflict when another request created, replaced or deleted it since, or when it is
+        new to an owner who has MAX_SCHEDULES_PER_OWNER (`admin`: an admin put it, bounded
+        by the store's cap only)."""
+        owner_cap = None if admin else MAX_SCHEDULES_PER_OWNER
+        if not await self.store.schedules.put_schedule(schedule, known, owner_cap):
+            verb = "created" if known is None else "replaced or deleted"
+            raise Conflict(
+                f"schedule {schedule.name!r} was {verb} by another request while this one "
+                f"was handled: read it (GET /v1/schedules/{schedule.name}) and put it again"
+            )
         self._changed.set()
-        return created
+        return known is None
 
     async def list_schedules(self, after: str = "", limit: int = 1000) -> list[Schedule]:
         """Up to `limit` schedules whose names sort after `after`, by name."""
@@ -363,7 +439,8 @@ class ScheduleService:
         The node whose advance wins counts the firing (or the skip) and its drift: the
         store's answer to a submit cannot tell which of several nodes submitting the same
         job at the same instant wrote it, the compare-and-set can."""
-        slot, following = plan(schedule, now)
+        planned, following, skipped = plan(schedule, now)
+        slot = planned
         job_id = None
         created_at = None
         if slot is not None and not await self._owner_may_submit(schedule):
@@ -404,9 +481,9 @@ class ScheduleService:
         )
         if not await self.store.schedules.advance_schedule(schedule, advanced):
             return False
-        if slot is None or created_at is None:
-            self.counters.skipped += 1
-        else:
+        # The slots a catch-up passed over, and the planned slot when it was not fired.
+        self.counters.skipped += skipped + (planned is not None and created_at is None)
+        if slot is not None and created_at is not None:
             self.counters.fired += 1
             self.counters.drift.observe(schedule.type, created_at - slot)
         return True

@@ -12,6 +12,7 @@ import pytest
 
 from tidings.protocol.codecs import parse_time
 from tidings.protocol.schedules import slot_of_job_id
+from tidings.server.constants import SCHEDULE_GRACE
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -106,7 +107,7 @@ def test_a_schedule_every_second_fires_jobs_whose_ids_name_it_and_their_slot(htt
     made = put(http, name, {"type": jtype, "every": 1, "payload": {"n": 1}, "priority": 3}, 201)
     first = parse_time(made["next_run_at"])
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         jobs: list[dict[str, Any]] = []
         while time.monotonic() < deadline and len(jobs) < 3:
             time.sleep(0.2)
@@ -122,8 +123,9 @@ def test_a_schedule_every_second_fires_jobs_whose_ids_name_it_and_their_slot(htt
     for job in jobs:
         assert job["payload"] == {"n": 1}
         assert job["priority"] == 3
-        # Fired at its slot (drift well under a second on an idle loopback server).
-        assert 0 <= parse_time(job["created_at"]) - slot_of_job_id(job["id"])[1] < 1.0  # type: ignore[index]
+        # Fired at or after its slot, within the grace however loaded the machine.
+        drift = parse_time(job["created_at"]) - slot_of_job_id(job["id"])[1]  # type: ignore[index]
+        assert 0 <= drift <= SCHEDULE_GRACE
     shown = http.get(f"/v1/jobs/{jobs[0]['id']}").json()
     assert shown["status"] == "queued"
 

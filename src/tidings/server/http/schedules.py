@@ -3,9 +3,13 @@
 Who may do what: a schedule submits jobs of its type as its owner (the principal that put
 it last), so putting one needs the right to submit jobs of its type; replacing or deleting
 one needs, besides, to be its owner or an admin (as cancelling a job needs to be its
-submitter). A schedule is seen by its owner, by those who may submit its type, and by
-admins; a listing shows those. An owner that is a user of the store is checked again at
-each firing: removing the user, or their grant, stops the firings (the slots are skipped).
+submitter). A schedule is seen by those who may follow the jobs it fires: its owner (their
+submitter), those who may work its type, and admins (`Principal.may_follow_job`, as for
+the jobs themselves); a listing shows those. An owner that is a user of the store is
+checked again at each firing: removing the user, or their grant, stops the firings (the
+slots are skipped).
+One owner has at most MAX_SCHEDULES_PER_OWNER schedules (409 past it); an admin, and the
+anonymous owner of a server without auth, only the store's MAX_SCHEDULES.
 """
 
 from __future__ import annotations
@@ -60,11 +64,9 @@ def _owner(principal: Principal) -> str | None:
 
 
 def _may_see(principal: Principal, schedule: Schedule) -> bool:
-    return (
-        principal.admin
-        or (schedule.owner is not None and schedule.owner == _owner(principal))
-        or principal.may("submit", schedule.type)
-    )
+    """Whether `principal` may see `schedule`: whoever may follow the jobs it fires (their
+    payload is its payload), since they are its owner's jobs of its type."""
+    return principal.may_follow_job(schedule.owner, schedule.type)
 
 
 def _may_change(principal: Principal, schedule: Schedule) -> None:
@@ -110,7 +112,7 @@ async def put_schedule(request: Request) -> Response:
         owner_is_user=principal.session is not None and not principal.session.startswith("app:"),
         known=known,
     )
-    created = await svc.put(schedule)
+    created = await svc.put(schedule, known, admin=principal.admin)
     headers = {"Location": f"/v1/schedules/{name}"}
     return respond(request, schedule.to_wire(), 201 if created else 200, headers)
 
@@ -120,8 +122,8 @@ async def get_schedule(request: Request) -> Response:
     principal = principal_of(request)
     if not _may_see(principal, schedule):
         raise Forbidden(
-            f"{principal.name} may not see schedule {schedule.name!r}: it needs the right to "
-            f"submit jobs of type {schedule.type!r}"
+            f"{principal.name} may not see schedule {schedule.name!r}: it is seen by its "
+            f"owner, admins and those who may work jobs of type {schedule.type!r}"
         )
     return respond(request, schedule.to_wire())
 

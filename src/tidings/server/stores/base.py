@@ -499,9 +499,16 @@ class ScheduleStore(abc.ABC):
     cap: int
 
     @abc.abstractmethod
-    async def put_schedule(self, schedule: Schedule) -> bool:
-        """Create or replace the schedule of `schedule.name` (durable before it returns);
-        True when it is new. Conflict when it is new and `cap` schedules exist."""
+    async def put_schedule(
+        self, schedule: Schedule, read: Schedule | None, owner_cap: int | None = None
+    ) -> bool:
+        """Store `schedule` under its name (durable before it returns) only if the stored
+        one is still exactly `read` (None: only if there is none), as a compare-and-set:
+        of two requests that read the same state, one writes; True when written, False
+        when the stored schedule is not `read` (nothing written). Conflict when it is new
+        and `cap` schedules exist, or when `owner_cap` is given, `schedule.owner` is not
+        None and the schedule is new to that owner (new, or another's) who already has
+        `owner_cap` of them."""
 
     @abc.abstractmethod
     async def get_schedule(self, name: str) -> Schedule | None:

@@ -29,6 +29,7 @@ __all__ = [
     "encode_json",
     "encode_msgpack",
     "encode_schedule",
+    "owner_schedules_full",
     "parse_seq",
     "schedules_full",
     "store_errors",
@@ -49,6 +50,14 @@ def encode_schedule(schedule: Schedule) -> bytes:
     integer given for a float field becomes a float): the compare-and-set of
     `advance_schedule` compares the bodies of schedules read back."""
     return encode_msgpack(decode_schedule(encode_msgpack(schedule)))
+
+
+def owner_schedules_full(owner: str, cap: int) -> Conflict:
+    """The refusal of one more schedule to an owner who has `cap` of them."""
+    return Conflict(
+        f"{owner} has {cap} schedules, the most one owner may have: delete one "
+        "(DELETE /v1/schedules/{name}) before adding another"
+    )
 
 
 def schedules_full(cap: int) -> Conflict:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from tidings.protocol.schedules import Schedule
 from tidings.server.constants import MAX_SCHEDULES
 from tidings.server.stores.base import ScheduleStore
-from tidings.server.stores.common import schedules_full
+from tidings.server.stores.common import owner_schedules_full, schedules_full
 
 __all__ = ["MemorySchedules"]
 
@@ -26,13 +26,25 @@ class MemorySchedules(ScheduleStore):
         self.cap = cap
         self._by_name: dict[str, Schedule] = {}
 
-    async def put_schedule(self, schedule: Schedule) -> bool:
+    async def put_schedule(
+        self, schedule: Schedule, read: Schedule | None, owner_cap: int | None = None
+    ) -> bool:
         self._check()
-        new = schedule.name not in self._by_name
-        if new and len(self._by_name) >= self.cap:
+        stored = self._by_name.get(schedule.name)
+        if stored != read:
+            return False
+        if stored is None and len(self._by_name) >= self.cap:
             raise schedules_full(self.cap)
+        owner = schedule.owner
+        if (
+            owner_cap is not None
+            and owner is not None
+            and (stored is None or stored.owner != owner)
+            and sum(s.owner == owner for s in self._by_name.values()) >= owner_cap
+        ):
+            raise owner_schedules_full(owner, owner_cap)
         self._by_name[schedule.name] = schedule
-        return new
+        return True
 
     async def get_schedule(self, name: str) -> Schedule | None:
         self._check()

@@ -127,9 +127,11 @@ CREATE INDEX IF NOT EXISTS credentials_user ON credentials (user);
 CREATE TABLE IF NOT EXISTS schedules (
     name TEXT PRIMARY KEY,
     next_run_at REAL NOT NULL,
+    owner TEXT,
     body BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS schedules_due ON schedules (next_run_at);
+CREATE INDEX IF NOT EXISTS schedules_owner ON schedules (owner);
 """
 
 

@@ -1,6 +1,7 @@
 """The SQLite store's schedules: a table by name, with the next slot indexed.
 
-    schedules (name PRIMARY KEY, next_run_at REAL, body BLOB: the msgpack Schedule)
+    schedules (name PRIMARY KEY, next_run_at REAL, owner TEXT, body BLOB: the msgpack
+               Schedule), indexed by next_run_at and by owner (counted against a cap)
 
 One server process writes a file (stores/lockfile.py), through one writer thread: the
 compare-and-set of `advance_schedule` is an UPDATE whose WHERE names the body as read.
@@ -13,7 +14,12 @@ import sqlite3
 from tidings.protocol.schedules import Schedule
 from tidings.server.constants import MAX_SCHEDULES
 from tidings.server.stores.base import ScheduleStore
-from tidings.server.stores.common import decode_schedule, encode_schedule, schedules_full
+from tidings.server.stores.common import (
+    decode_schedule,
+    encode_schedule,
+    owner_schedules_full,
+    schedules_full,
+)
 from tidings.server.stores.sqlite.core import SQLiteCore
 
 __all__ = ["SQLiteSchedules"]
@@ -31,23 +37,39 @@ class SQLiteSchedules(ScheduleStore):
         self._core = core
         self.cap = cap
 
-    async def put_schedule(self, schedule: Schedule) -> bool:
+    async def put_schedule(
+        self, schedule: Schedule, read: Schedule | None, owner_cap: int | None = None
+    ) -> bool:
         body = encode_schedule(schedule)
-        cap = self.cap
+        expected = None if read is None else encode_schedule(read)
+        cap, owner = self.cap, schedule.owner
 
         def op(conn: sqlite3.Connection) -> bool:
-            known = conn.execute(
-                "SELECT 1 FROM schedules WHERE name = ?", (schedule.name,)
+            row = conn.execute(
+                "SELECT body FROM schedules WHERE name = ?", (schedule.name,)
             ).fetchone()
-            if known is None:
+            if (None if row is None else bytes(row[0])) != expected:
+                return False
+            if row is None:
                 (count,) = conn.execute("SELECT count(*) FROM schedules").fetchone()
                 if count >= cap:
                     raise schedules_full(cap)
+            if (
+                owner_cap is not None
+                and owner is not None
+                and (read is None or read.owner != owner)
+            ):
+                (owned,) = conn.execute(
+                    "SELECT count(*) FROM schedules WHERE owner = ?", (owner,)
+                ).fetchone()
+                if owned >= owner_cap:
+                    raise owner_schedules_full(owner, owner_cap)
             conn.execute(
-                "INSERT OR REPLACE INTO schedules (name, next_run_at, body) VALUES (?, ?, ?)",
-                (schedule.name, schedule.next_run_at, body),
+                "INSERT OR REPLACE INTO schedules (name, next_run_at, owner, body)"
+                " VALUES (?, ?, ?, ?)",
+                (schedule.name, schedule.next_run_at, owner, body),
             )
-            return known is None
+            return True
 
         return await self._core.write(op)
 
