@@ -1247,6 +1247,12 @@ def test_sqlite_job_queries_each_read_a_range_of_their_own_index(tmp_path):
                 assert f"jobs_{index}" in plan, (sql, plan)
         if "ORDER BY created_at" in sql:
             assert "SEARCH jobs USING INDEX jobs_" in plan or "jobs_created" in plan, (sql, plan)
+    # A lease of some types reads each one's own range of queued jobs, never those of
+    # other types (held back by a limit, or with no worker).
+    by_type = [sql for sql in plans if "INDEXED BY jobs_type_queued" in sql]
+    assert by_type, plans
+    for sql in by_type:
+        assert "SEARCH jobs USING INDEX jobs_type_queued (type=?" in plans[sql], (sql, plans[sql])
 
 
 # -- unique keys --------------------------------------------------------------------------
@@ -1427,6 +1433,38 @@ def test_a_group_concurrency_limit_holds_back_only_that_groups_jobs(make_store):
         assert await leased_ids(svc, ["t"]) == [a2.id]
         assert (await svc.limits())["t"][1]["group"] == 1  # a3 waits on a2
         assert a3.id not in await leased_ids(svc, None)
+
+    run(make_store, body)
+
+
+@pytest.mark.timeout(120)
+def test_a_full_groups_backlog_never_hides_the_jobs_of_other_groups(make_store):
+    """1,500 due jobs of group a ahead of one of group b, with group_concurrency 1: the
+    first lease takes a's first job and b's; the next takes nothing (a is full) and, once
+    a's job ends, a's next."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        await svc.set_limits("t", QueueLimits(group_concurrency=1))
+        a = [(await svc.submit("t", n, group="a"))[0].id for n in range(1500)]
+        b, _ = await svc.submit("t", group="b")
+        taken = await svc.lease(["t"], 10, 0, 30.0)
+        assert [job.id for job in taken] == [a[0], b.id]
+        assert await leased_ids(svc, ["t"]) == []
+        await svc.complete(a[0], taken[0].lease_token or "", None)
+        assert await leased_ids(svc, ["t"], 1) == [a[1]]
+
+    run(make_store, body)
+
+
+def test_one_lease_passes_a_group_filled_by_the_lease_itself(make_store):
+    """A lease of 2 on 1,500 due jobs of group a (none running) and one of group b behind
+    them, with group_concurrency 1: a's first job and b's."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        await svc.set_limits("t", QueueLimits(group_concurrency=1))
+        a = [(await svc.submit("t", n, group="a"))[0].id for n in range(1500)]
+        b, _ = await svc.submit("t", group="b")
+        assert await leased_ids(svc, ["t"], 2) == [a[0], b.id]
 
     run(make_store, body)
 

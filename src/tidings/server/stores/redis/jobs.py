@@ -810,21 +810,13 @@ class RedisJobs(JobStore):
         # The limits of these types decide how many of the oldest due jobs of each to read.
         known = await self._known_limits()
         limited = {type_: known[type_] for type_ in types if type_ in known}
-        # The oldest due jobs of each type (enough for this lease, or for a type with a
-        # group_concurrency LEASE_SCAN, to find jobs of groups not at their limit), and
-        # every queued job with a priority (few, usually none), so a high priority is never
-        # missed.
+        # The oldest due jobs of each type (enough for this lease), and every queued job
+        # with a priority (few, usually none), so a high priority is never missed.
         scan = min(LEASE_SCAN, max(LEASE_MIN_SCAN, 4 * count + len(passed)))
         async with self._core.client.pipeline(transaction=False) as pipe:
             for type_ in types:
-                grouped = type_ in limited and limited[type_].group_concurrency is not None
                 pipe.zrangebyscore(
-                    self._key("queued", type_),
-                    "-inf",
-                    repr(now),
-                    0,
-                    LEASE_SCAN if grouped else scan,
-                    withscores=True,
+                    self._key("queued", type_), "-inf", repr(now), 0, scan, withscores=True
                 )
                 pipe.zrange(self._key("qprio", type_), 0, LEASE_SCAN - 1)
             replies = await pipe.execute()
@@ -834,6 +826,11 @@ class RedisJobs(JobStore):
             for member, run_at in rows:
                 job_id = member.decode()
                 due_by_id[job_id] = float(run_at)
+                types_of[job_id] = type_
+        grouped = {t: lim for t, lim in limited.items() if lim.group_concurrency is not None}
+        for type_, rows in (await self._group_candidates(grouped, count, now)).items():
+            for job_id, run_at in rows:
+                due_by_id[job_id] = run_at
                 types_of[job_id] = type_
         ranked = [job_id.decode() for rows in replies[1::2] for job_id in rows]
         if ranked:
@@ -873,6 +870,52 @@ class RedisJobs(JobStore):
                 continue
             picks.append(job_id)
         return picks
+
+    async def _group_candidates(
+        self, grouped: dict[str, QueueLimits], count: int, now: float
+    ) -> dict[str, list[tuple[str, float]]]:
+        """Per type with a group_concurrency: the oldest due jobs of its groups below their
+        limit (those with the earliest due jobs first, at most `count` groups, each as
+        many as it may still run), read from the groups' own queues, so a full group's
+        backlog queued ahead hides none of them."""
+        if not grouped or count <= 0:
+            return {}
+        client = self._core.client
+        names = list(grouped)
+        async with client.pipeline(transaction=False) as pipe:
+            for type_ in names:
+                pipe.hgetall(self._key("grun", type_))
+            running = [
+                {g.decode(): int(c) for g, c in reply.items()} for reply in await pipe.execute()
+            ]
+        async with client.pipeline(transaction=False) as pipe:
+            for type_, counts in zip(names, running, strict=True):
+                cap = grouped[type_].group_concurrency or 0
+                full = sum(1 for c in counts.values() if c >= cap)
+                pipe.zrangebyscore(self._key("gheads", type_), "-inf", repr(now), 0, count + full)
+            heads = await pipe.execute()
+        wanted: list[tuple[str, str]] = []
+        async with client.pipeline(transaction=False) as pipe:
+            for type_, counts, groups in zip(names, running, heads, strict=True):
+                cap = grouped[type_].group_concurrency or 0
+                for raw in groups:
+                    group = raw.decode()
+                    room = cap - counts.get(group, 0)
+                    if room > 0:
+                        wanted.append((type_, group))
+                        pipe.zrangebyscore(
+                            self._key("gqz", f"{type_}\x00{group}"),
+                            "-inf",
+                            repr(now),
+                            0,
+                            min(room, count),
+                            withscores=True,
+                        )
+            replies = await pipe.execute() if wanted else []
+        out: dict[str, list[tuple[str, float]]] = {}
+        for (type_, _), rows in zip(wanted, replies, strict=True):
+            out.setdefault(type_, []).extend((m.decode(), float(s)) for m, s in rows)
+        return out
 
     async def _known_limits(self) -> dict[str, QueueLimits]:
         """The queue limits, read again when LIMITS_CACHE seconds old (or after a write

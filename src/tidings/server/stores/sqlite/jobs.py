@@ -27,11 +27,7 @@ from tidings.server.stores.common import ServedMarks, decode_job, encode_json, e
 from tidings.server.stores.limits import Allowance, LimitCounters
 from tidings.server.stores.sqlite.core import ChannelLog, SQLiteCore
 
-__all__ = ["LEASE_GROUP_SCAN", "SQLiteJobs"]
-
-# Due jobs of a type with a group_concurrency one lease reads at most, to find those of
-# groups not at their limit.
-LEASE_GROUP_SCAN = 1000
+__all__ = ["SQLiteJobs"]
 
 _decode_limits = msgspec.msgpack.Decoder(QueueLimits).decode
 
@@ -268,34 +264,83 @@ class SQLiteJobs(JobStore):
             limits = self._read_limits(conn)
             limited = [t for t in (limits if types is None else types) if t in limits]
             if not limited:
-                return self._apply_all(conn, self._due(conn, types, (), max_jobs, now), now, fn)
+                return self._apply_all(conn, self._due(conn, types, max_jobs, now), now, fn)
             return self._lease_limited(conn, types, limited, max_jobs, now, fn)
 
         return await self._core.write(op, durable=False)
 
     @staticmethod
     def _due(
-        conn: sqlite3.Connection,
-        types: list[str] | None,
-        excluded: list[str] | tuple[()],
-        count: int,
-        now: float,
+        conn: sqlite3.Connection, types: list[str] | None, count: int, now: float
     ) -> list[tuple[bytes]]:
-        """Writer thread: up to `count` due queued jobs of `types` (None: all) but those of
-        `excluded`, in lease order."""
-        clause = ""
-        args: list[Any] = [now]
-        if types is not None:
-            clause += f" AND type IN ({', '.join('?' * len(types))})"
-            args.extend(types)
-        if excluded:
-            clause += f" AND type NOT IN ({', '.join('?' * len(excluded))})"
-            args.extend(excluded)
-        rows: list[tuple[bytes]] = conn.execute(
-            "SELECT body FROM jobs INDEXED BY jobs_queued"
-            " WHERE status = 'queued' AND run_at <= ?"
-            f"{clause} ORDER BY priority DESC, run_at, id LIMIT ?",
-            (*args, count),
+        """Writer thread: up to `count` due queued jobs of `types` (None: all), in lease
+        order: one range of `jobs_queued` for all types, else one of `jobs_type_queued` per
+        type (the queued jobs of other types are never read), merged."""
+        if types is None:
+            rows: list[tuple[bytes]] = conn.execute(
+                "SELECT body FROM jobs INDEXED BY jobs_queued"
+                " WHERE status = 'queued' AND run_at <= ?"
+                " ORDER BY priority DESC, run_at, id LIMIT ?",
+                (now, count),
+            ).fetchall()
+            return rows
+        if len(types) == 1:
+            one: list[tuple[bytes]] = conn.execute(
+                "SELECT body FROM jobs INDEXED BY jobs_type_queued"
+                " WHERE type = ? AND status = 'queued' AND run_at <= ?"
+                " ORDER BY priority DESC, run_at, id LIMIT ?",
+                (types[0], now, count),
+            ).fetchall()
+            return one
+        found: list[tuple[int, float, str, bytes]] = []
+        for type_ in dict.fromkeys(types):
+            found += conn.execute(
+                "SELECT -priority, run_at, id, body FROM jobs INDEXED BY jobs_type_queued"
+                " WHERE type = ? AND status = 'queued' AND run_at <= ?"
+                " ORDER BY priority DESC, run_at, id LIMIT ?",
+                (type_, now, count),
+            ).fetchall()
+        found.sort(key=lambda row: row[:3])
+        return [(row[3],) for row in found[:count]]
+
+    @staticmethod
+    def _queued_types(conn: sqlite3.Connection) -> list[str]:
+        """Writer thread: the types with queued jobs, one index lookup per type."""
+        rows = conn.execute(
+            "WITH RECURSIVE queued(type) AS ("
+            " SELECT min(type) FROM jobs INDEXED BY jobs_type_queued WHERE status = 'queued'"
+            " UNION ALL SELECT (SELECT min(type) FROM jobs INDEXED BY jobs_type_queued"
+            " WHERE status = 'queued' AND type > queued.type)"
+            " FROM queued WHERE queued.type IS NOT NULL)"
+            " SELECT type FROM queued WHERE type IS NOT NULL"
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    @staticmethod
+    def _full_groups(conn: sqlite3.Connection, type_: str, cap: int) -> set[str]:
+        """Writer thread: the groups of `type_` running `cap` jobs or more (read from the
+        type's running jobs only, however many are queued)."""
+        rows = conn.execute(
+            "SELECT grp FROM jobs INDEXED BY jobs_type_status_created"
+            " WHERE type = ? AND status = 'running' AND grp IS NOT NULL"
+            " GROUP BY grp HAVING count(*) >= ?",
+            (type_, cap),
+        ).fetchall()
+        return {str(row[0]) for row in rows}
+
+    @staticmethod
+    def _grouped_due(
+        conn: sqlite3.Connection, type_: str, full: set[str], count: int, now: float
+    ) -> list[tuple[int, float, str, str | None]]:
+        """Writer thread: the (-priority, run_at, id, group) of up to `count` due queued
+        jobs of `type_` in lease order, but those of the `full` groups: read from
+        `jobs_type_queued` alone (no job row is read for a job passed over)."""
+        rows: list[tuple[int, float, str, str | None]] = conn.execute(
+            "SELECT -priority, run_at, id, grp FROM jobs INDEXED BY jobs_type_queued"
+            " WHERE type = ? AND status = 'queued' AND run_at <= ?"
+            " AND (grp IS NULL OR grp NOT IN (SELECT value FROM json_each(?)))"
+            " ORDER BY priority DESC, run_at, id LIMIT ?",
+            (type_, now, encode_json(sorted(full)), count),
         ).fetchall()
         return rows
 
@@ -310,30 +355,57 @@ class SQLiteJobs(JobStore):
     ) -> list[JobChange]:
         """Writer thread: a lease among types some of which (`limited`) have limits: the
         due jobs of the others, and of each limited type as many as its allowance may
-        take (more when its groups may be full), taken in lease order while allowed."""
+        take, taken in lease order while allowed. A type with a group_concurrency is read
+        without its full groups' jobs; a group that fills during the lease is left out of
+        the next read of its type, so no backlog of one group hides another's jobs."""
         limits = self._read_limits(conn)
-        free = None if types is None else [t for t in types if t not in limits]
-        rows = [] if free == [] else self._due(conn, free, limited, max_jobs, now)
+        free = [
+            t for t in (self._queued_types(conn) if types is None else types) if t not in limits
+        ]
+        # (-priority, run_at, id, type, group, body): bodies only for jobs always taken.
+        found: list[tuple[int, float, str, str, str | None, bytes | None]] = [
+            (-job.priority, job.run_at, job.id, job.type, job.group, body)
+            for (body,) in (self._due(conn, free, max_jobs, now) if free else [])
+            for job in (decode_job(body),)
+        ]
         allowances: dict[str, Allowance] = {}
+        full: dict[str, set[str]] = {}
         for type_ in limited:
             allowance = self._allowance(conn, type_, limits[type_], now)
             if allowance.open():
                 allowances[type_] = allowance
-                grouped = limits[type_].group_concurrency is not None
-                rows += self._due(conn, [type_], (), LEASE_GROUP_SCAN if grouped else max_jobs, now)
-        jobs = sorted(
-            (decode_job(body) for (body,) in rows),
-            key=lambda job: (-job.priority, job.run_at, job.id),
-        )
+                cap = limits[type_].group_concurrency
+                if cap is not None:
+                    full[type_] = self._full_groups(conn, type_, cap)
+        reading = list(allowances)
         out: list[JobChange] = []
-        for job in jobs:
-            if len(out) >= max_jobs:
-                break
-            held = allowances.get(job.type)
-            if held is not None and not held.take(job.group):
-                continue
-            new, event = fn(job, now)
-            out.append(self._save_job(conn, new, event, now, job))
+        while reading:
+            for type_ in reading:
+                keys = self._grouped_due(conn, type_, full.get(type_, set()), max_jobs, now)
+                found += ((p, r, i, type_, g, None) for p, r, i, g in keys)
+            found.sort(key=lambda row: row[:3])
+            filled: set[str] = set()
+            for *_, job_id, type_, group, known in found:
+                if len(out) >= max_jobs:
+                    break
+                held = allowances.get(type_)
+                if held is not None and not held.take(group):
+                    if held.open() and group is not None and type_ in full:
+                        full[type_].add(group)  # filled by this lease
+                        filled.add(type_)
+                    continue
+                body = known
+                if body is None:
+                    (body,) = conn.execute(
+                        "SELECT body FROM jobs WHERE id = ?", (job_id,)
+                    ).fetchone()
+                job = decode_job(body)
+                new, event = fn(job, now)
+                out.append(self._save_job(conn, new, event, now, job))
+            # Taken jobs are running now: a read again finds the rest of a type whose
+            # groups filled, without them.
+            reading = [] if len(out) >= max_jobs else sorted(filled)
+            found = []
         for type_, allowance in allowances.items():
             if allowance.limits.rate is not None:
                 self._tat[type_] = allowance.tat

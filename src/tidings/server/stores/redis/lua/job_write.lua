@@ -236,6 +236,31 @@ for _, change in ipairs(changes) do
       end
     end
   end
+  -- The queued jobs of each group by run_at (`gqz:{type}\0{group}`), and the groups of a
+  -- type by their earliest queued job (`gheads:{type}`): a lease finds the due jobs of
+  -- groups below their limit however many jobs of full groups are queued ahead.
+  if change.group ~= '' and (change.was_queued or change.is_queued) then
+    local touched = {}
+    if change.was_queued then
+      touched[change.old_type] = true
+      redis.call('ZREM', prefix .. 'gqz:' .. change.old_type .. '\0' .. change.group, id)
+    end
+    if change.status == 'queued' then
+      touched[change.type] = true
+      redis.call('ZADD', prefix .. 'gqz:' .. change.type .. '\0' .. change.group,
+                 change.score, id)
+    end
+    for job_type in pairs(touched) do
+      local heads = prefix .. 'gheads:' .. job_type
+      local first = redis.call('ZRANGE', prefix .. 'gqz:' .. job_type .. '\0' .. change.group,
+                               0, 0, 'WITHSCORES')
+      if first[2] then
+        redis.call('ZADD', heads, first[2], change.group)
+      else
+        redis.call('ZREM', heads, change.group)
+      end
+    end
+  end
   -- A running job of a type with limits that stops running may let a held job go: the
   -- relays wake the lease requests parked for its type.
   if change.was_running and not change.is_running and change.status ~= 'queued'
