@@ -1512,6 +1512,10 @@ def test_limits_of_one_type_leave_the_other_types_alone(make_store):
         fast = [(await svc.submit("fast", n))[0].id for n in range(3)]
         assert await leased_ids(svc, None) == [slow[0], *fast]
         assert await leased_ids(svc, ["slow", "fast"]) == []
+        # While "slow" runs all it may, the other types still go.
+        more = [(await svc.submit("fast", n))[0].id for n in range(2)]
+        assert await leased_ids(svc, ["slow", "fast"], 1) == more[:1]
+        assert await leased_ids(svc, None) == more[1:]
 
     run(make_store, body)
 

@@ -48,14 +48,15 @@ JOB_COLUMNS = {"unique_key": "TEXT", "grp": "TEXT"}
 # running jobs of each group (a job's `group`) are counted by their own index; the queued
 # jobs of each type in lease order, with their group, are a range of `jobs_type_queued`
 # (a lease of some types reads only theirs; one of a type with a group_concurrency
-# passes over the full groups' jobs in the index alone); each job type's limits are a row
-# of `queue_limits` (a msgpack QueueLimits).
+# passes over the full groups' jobs in the index alone: `status` in it makes it
+# covering); each job type's limits are a row of `queue_limits` (a msgpack QueueLimits).
 JOB_INDEXES = """
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (type, unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('queued', 'running');
 CREATE INDEX IF NOT EXISTS jobs_group ON jobs (type, grp, status)
     WHERE grp IS NOT NULL AND status IN ('queued', 'running');
-CREATE INDEX IF NOT EXISTS jobs_type_queued ON jobs (type, priority DESC, run_at, id, grp)
+CREATE INDEX IF NOT EXISTS jobs_type_queued
+    ON jobs (type, priority DESC, run_at, id, grp, status)
     WHERE status = 'queued';
 CREATE TABLE IF NOT EXISTS queue_limits (
     type TEXT PRIMARY KEY,

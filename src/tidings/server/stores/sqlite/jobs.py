@@ -335,12 +335,19 @@ class SQLiteJobs(JobStore):
         """Writer thread: the (-priority, run_at, id, group) of up to `count` due queued
         jobs of `type_` in lease order, but those of the `full` groups: read from
         `jobs_type_queued` alone (no job row is read for a job passed over)."""
+        excluded: list[Any]
+        if len(full) <= 500:  # bound parameters, under SQLite's limit
+            excluded = sorted(full)
+            listed = ", ".join("?" * len(excluded))
+        else:
+            excluded = [encode_json(sorted(full))]
+            listed = "SELECT value FROM json_each(?)"
         rows: list[tuple[int, float, str, str | None]] = conn.execute(
             "SELECT -priority, run_at, id, grp FROM jobs INDEXED BY jobs_type_queued"
             " WHERE type = ? AND status = 'queued' AND run_at <= ?"
-            " AND (grp IS NULL OR grp NOT IN (SELECT value FROM json_each(?)))"
+            f" AND (grp IS NULL OR grp NOT IN ({listed}))"
             " ORDER BY priority DESC, run_at, id LIMIT ?",
-            (type_, now, encode_json(sorted(full)), count),
+            (type_, now, *excluded, count),
         ).fetchall()
         return rows
 
@@ -379,7 +386,7 @@ class SQLiteJobs(JobStore):
                     full[type_] = self._full_groups(conn, type_, cap)
         reading = list(allowances)
         out: list[JobChange] = []
-        while reading:
+        while True:
             for type_ in reading:
                 keys = self._grouped_due(conn, type_, full.get(type_, set()), max_jobs, now)
                 found += ((p, r, i, type_, g, None) for p, r, i, g in keys)
@@ -405,6 +412,8 @@ class SQLiteJobs(JobStore):
             # Taken jobs are running now: a read again finds the rest of a type whose
             # groups filled, without them.
             reading = [] if len(out) >= max_jobs else sorted(filled)
+            if not reading:
+                break
             found = []
         for type_, allowance in allowances.items():
             if allowance.limits.rate is not None:
