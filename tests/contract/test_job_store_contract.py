@@ -1554,6 +1554,26 @@ def test_bad_queue_limits_are_refused_saying_what_to_fix(make_store, monkeypatch
 
 
 @pytest.mark.parametrize("make_store", ["sqlite", "redis"], indirect=True)
+def test_a_rates_used_burst_outlives_the_store_object(make_store):
+    """With 2 per hour, two leases use the burst; the next store object opened on the same
+    file or Redis prefix (a restart, or another node) leases none: the bucket is stored
+    with the jobs, not started full again."""
+
+    async def first(store: Store, svc: JobService) -> None:
+        await svc.set_limits("t", QueueLimits(rate=RateLimit(2, 3600.0)))
+        for n in range(4):
+            await svc.submit("t", n)
+        assert len(await leased_ids(svc, ["t"])) == 2
+
+    async def second(store: Store, svc: JobService) -> None:
+        assert await leased_ids(svc, ["t"]) == []
+        assert (await svc.limits())["t"][1]["rate"] == 2
+
+    run(make_store, first)
+    run(make_store, second)
+
+
+@pytest.mark.parametrize("make_store", ["sqlite", "redis"], indirect=True)
 def test_queue_limits_outlive_the_store_object(make_store):
     """Limits set through one store object are read by the next opened on the same file or
     Redis prefix (a restart, or another node)."""

@@ -22,6 +22,7 @@ from redis.exceptions import ResponseError
 
 from tidings.protocol.errors import Conflict, StoreError
 from tidings.protocol.jobs import Job, JobOutcome, QueueLimits, RateLimit, job_channel
+from tidings.server import transitions
 from tidings.server.hub import Hub
 from tidings.server.jobs import JobService
 from tidings.server.stores.base import Retention
@@ -503,6 +504,23 @@ def test_two_nodes_racing_leases_never_pass_a_rate_limit(redis_url):
         await asyncio.gather(work(svc_a), work(svc_b), work(svc_a), work(svc_b))
         elapsed = max(leased) - started
         assert 20 < len(leased) <= 20 + 20 * elapsed + 1
+
+    two_nodes(redis_url, body)
+
+
+@pytest.mark.timeout(60)
+def test_a_node_whose_clock_runs_ahead_gets_no_fresh_burst(redis_url):
+    """With 2 per hour, node A uses the burst; node B, whose clock reads an hour later,
+    leases none: the rate is checked by Redis's clock, not the calling node's."""
+
+    async def body(a: Node, b: Node) -> None:
+        (_, svc_a), (store_b, _) = a, b
+        await svc_a.set_limits("t", QueueLimits(rate=RateLimit(2, 3600.0)))
+        for n in range(4):
+            await svc_a.submit("t", n)
+        assert len(await svc_a.lease(["t"], 10, 0, 30.0)) == 2
+        ahead = time.time() + 3600
+        assert await store_b.jobs.lease_jobs(["t"], 10, ahead, transitions.lease(30.0)) == []
 
     two_nodes(redis_url, body)
 

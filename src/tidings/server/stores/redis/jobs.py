@@ -100,7 +100,9 @@ Limits, stated:
   later: at-least-once), a complete answers Conflict, a submit finds its own body and
   answers it as created.
 * Times come from the clock of the node making the change: skewed clocks move when a
-  lease counts as expired, never how often it is taken back.
+  lease counts as expired, never how often it is taken back. A queue's rate is the
+  exception: it is checked by Redis's clock (TIME, in the write script, and read with the
+  counters a lease picks by), so a node whose clock runs ahead gets no extra burst.
 * lease_jobs reads, per type, the oldest due jobs (4x what it asks for, at least
   LEASE_MIN_SCAN) plus every queued job with a non-zero priority (`{p}qprio:{type}`, up
   to LEASE_SCAN, highest first): positive priorities are always served first; a job with
@@ -939,21 +941,26 @@ class RedisJobs(JobStore):
             pipe.hmget(self._key("qlimits"), names)
             pipe.hmget(self._key("jobcounts"), [f"{t}\x00running" for t in names])
             pipe.hmget(self._key("qrate"), names)
+            pipe.time()
             for type_ in names:
                 pipe.hgetall(self._key("grun", type_))
             replies = await pipe.execute()
+        # The rate is the write script's by Redis's clock: picked by it too.
+        seconds, micros = replies[3]
+        clock = seconds + micros / 1e6
         out = {}
         for n, type_ in enumerate(names):
             packed = replies[0][n]
             if packed is None:
                 continue  # lifted since the copy was read
-            groups: dict[str, int] = {g.decode(): int(c) for g, c in replies[3 + n].items()}
+            groups: dict[str, int] = {g.decode(): int(c) for g, c in replies[4 + n].items()}
+            limits = _unpack_limits(packed.decode())
             out[type_] = Allowance(
-                _unpack_limits(packed.decode()),
+                limits,
                 int(replies[1][n] or 0),
                 functools.partial(_count_of, groups),
                 float(replies[2][n] or 0.0),
-                now,
+                now if limits.rate is None else clock,
             )
         return out
 

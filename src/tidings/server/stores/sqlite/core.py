@@ -49,7 +49,8 @@ JOB_COLUMNS = {"unique_key": "TEXT", "grp": "TEXT"}
 # jobs of each type in lease order, with their group, are a range of `jobs_type_queued`
 # (a lease of some types reads only theirs; one of a type with a group_concurrency
 # passes over the full groups' jobs in the index alone: `status` in it makes it
-# covering); each job type's limits are a row of `queue_limits` (a msgpack QueueLimits).
+# covering); each job type's limits are a row of `queue_limits` (a msgpack QueueLimits),
+# the rate state of a rate-limited type (its GCRA tat) a row of `queue_rates`.
 JOB_INDEXES = """
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (type, unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('queued', 'running');
@@ -61,6 +62,10 @@ CREATE INDEX IF NOT EXISTS jobs_type_queued
 CREATE TABLE IF NOT EXISTS queue_limits (
     type TEXT PRIMARY KEY,
     body BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS queue_rates (
+    type TEXT PRIMARY KEY,
+    tat REAL NOT NULL
 ) WITHOUT ROWID;
 """
 

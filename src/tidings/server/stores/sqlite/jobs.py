@@ -49,12 +49,11 @@ class SQLiteJobs(JobStore):
         # one server holds the file (tidings.server.stores.lockfile), and a restart forgets
         # the marks only until the workers' next lease requests, seconds later.
         self._served = ServedMarks()
-        # The queue limits (read from `queue_limits` by the writer thread at its first
-        # lease, then kept by set_queue_limits) and the rate state (GCRA tat) of each
-        # rate-limited type. In memory, as the served marks: one server holds the file, and
-        # a restart starts each rate's bucket full.
+        # The queue limits, read from `queue_limits` by the writer thread at its first
+        # lease, then kept by set_queue_limits. The rate state (GCRA tat) of each
+        # rate-limited type is a row of `queue_rates`, written by the lease that moves it
+        # in its own transaction: a restart keeps the bucket as it was.
         self._limits: dict[str, QueueLimits] | None = None
-        self._tat: dict[str, float] = {}
 
     def _save_job(
         self, conn: sqlite3.Connection, job: Job, event: str | None, now: float, old: Job | None
@@ -377,8 +376,9 @@ class SQLiteJobs(JobStore):
         ]
         allowances: dict[str, Allowance] = {}
         full: dict[str, set[str]] = {}
+        tats = self._rate_states(conn, [t for t in limited if limits[t].rate is not None])
         for type_ in limited:
-            allowance = self._allowance(conn, type_, limits[type_], now)
+            allowance = self._allowance(conn, type_, limits[type_], tats.get(type_, 0.0), now)
             if allowance.open():
                 allowances[type_] = allowance
                 cap = limits[type_].group_concurrency
@@ -416,12 +416,27 @@ class SQLiteJobs(JobStore):
                 break
             found = []
         for type_, allowance in allowances.items():
-            if allowance.limits.rate is not None:
-                self._tat[type_] = allowance.tat
+            if allowance.limits.rate is not None and allowance.tat != tats.get(type_):
+                conn.execute(
+                    "INSERT INTO queue_rates (type, tat) VALUES (?, ?)"
+                    " ON CONFLICT (type) DO UPDATE SET tat = excluded.tat",
+                    (type_, allowance.tat),
+                )
         return out
 
+    @staticmethod
+    def _rate_states(conn: sqlite3.Connection, types: list[str]) -> dict[str, float]:
+        """The rate state (GCRA tat) of each of `types` that has one."""
+        if not types:
+            return {}
+        rows = conn.execute(
+            f"SELECT type, tat FROM queue_rates WHERE type IN ({', '.join('?' * len(types))})",
+            types,
+        ).fetchall()
+        return {str(type_): float(tat) for type_, tat in rows}
+
     def _allowance(
-        self, conn: sqlite3.Connection, type_: str, limits: QueueLimits, now: float
+        self, conn: sqlite3.Connection, type_: str, limits: QueueLimits, tat: float, now: float
     ) -> Allowance:
         """Writer thread: what a lease may take of a limited type, from its counts."""
         (running,) = conn.execute(
@@ -437,7 +452,7 @@ class SQLiteJobs(JobStore):
             ).fetchone()
             return int(count)
 
-        return Allowance(limits, int(running), group_running, self._tat.get(type_, 0.0), now)
+        return Allowance(limits, int(running), group_running, tat, now)
 
     def _read_limits(self, conn: sqlite3.Connection) -> dict[str, QueueLimits]:
         """Writer thread: the queue limits, read from the file once."""
@@ -473,6 +488,7 @@ class SQLiteJobs(JobStore):
     ) -> dict[str, LimitCounters]:
         def read(conn: sqlite3.Connection) -> dict[str, LimitCounters]:
             out = {}
+            tats = self._rate_states(conn, [t for t, lim in limits.items() if lim.rate])
             for type_, limit in limits.items():
                 (due,) = conn.execute(
                     "SELECT count(*) FROM jobs WHERE type = ? AND status = 'queued'"
@@ -492,9 +508,7 @@ class SQLiteJobs(JobStore):
                         " AND status IN ('queued', 'running') GROUP BY grp) WHERE running >= ?",
                         (type_, cap),
                     ).fetchone()
-                out[type_] = LimitCounters(
-                    int(due), int(running), self._tat.get(type_, 0.0), int(full)
-                )
+                out[type_] = LimitCounters(int(due), int(running), tats.get(type_, 0.0), int(full))
             return out
 
         return await self._core.read(read)

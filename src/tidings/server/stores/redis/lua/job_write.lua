@@ -126,9 +126,10 @@ local function limits_of(job_type)
   return {concurrency = parts[1], group = parts[2], limit = parts[3], per = parts[4]}
 end
 -- A lease (a job that becomes running) passes only within its type's limits: running
--- jobs per type and per group, and the rate (GCRA: see tidings.server.stores.limits).
+-- jobs per type and per group, and the rate (GCRA: see tidings.server.stores.limits) by
+-- Redis's clock (read before any write), so nodes with skewed clocks share one bucket.
 local limits, running, group_running, tats = {}, {}, {}, {}
-local t_now = tonumber(now)
+local t_now = nil
 for i, change in ipairs(changes) do
   if change.is_running and not change.was_running then
     local job_type = change.type
@@ -160,6 +161,10 @@ for i, change in ipairs(changes) do
         group_running[key] = n + 1
       end
       if lim.limit and lim.per then
+        if t_now == nil then
+          local clock = redis.call('TIME')
+          t_now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+        end
         local interval = lim.per / lim.limit
         local tat = tats[job_type]
         if tat == nil then
