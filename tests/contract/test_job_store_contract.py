@@ -1502,6 +1502,28 @@ def test_a_rate_limit_lets_a_burst_of_limit_then_one_per_interval(make_store):
     run(make_store, body)
 
 
+def test_the_limits_shown_are_counted_for_every_type_and_only_those_asked(make_store):
+    """Two types whose groups are full each count their own held jobs; asking for one
+    type's limits answers only that type's."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        for type_, held in (("a", 2), ("b", 3), ("c", 1)):
+            await svc.set_limits(type_, QueueLimits(group_concurrency=1))
+            for _ in range(held + 1):
+                await svc.submit(type_, group="g")
+            assert len(await leased_ids(svc, [type_])) == 1
+        shown = await svc.limits()
+        assert {t: waiting["group"] for t, (_, waiting) in shown.items()} == {
+            "a": 2,
+            "b": 3,
+            "c": 1,
+        }
+        only = await svc.limits(lambda t: t == "b")
+        assert list(only) == ["b"] and only["b"][1]["group"] == 3
+
+    run(make_store, body)
+
+
 def test_limits_of_one_type_leave_the_other_types_alone(make_store):
     """A lease of every type takes one job of a type limited to one running job and every
     job of the types without limits, in lease order."""

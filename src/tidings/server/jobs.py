@@ -579,10 +579,15 @@ class JobService:
         self._wake(type_)  # raised or lifted: held jobs may go now
         return kept
 
-    async def limits(self) -> dict[str, tuple[QueueLimits, dict[str, int]]]:
-        """Each job type with limits: its limits and, per limit, the jobs it holds back
-        now (stores.limits.LimitCounters.waiting)."""
+    async def limits(
+        self, shown: Callable[[str], bool] | None = None
+    ) -> dict[str, tuple[QueueLimits, dict[str, int]]]:
+        """Each job type with limits (those `shown` says, if given): its limits and, per
+        limit, the jobs it holds back now (stores.limits.LimitCounters.waiting). Counters
+        are read only for the types answered."""
         limits = await self.store.jobs.queue_limits()
+        if shown is not None:
+            limits = {type_: limit for type_, limit in limits.items() if shown(type_)}
         now = time.time()
         counters = await self.store.jobs.limit_counters(limits, now)
         return {

@@ -274,14 +274,12 @@ async def queues(request: Request) -> Response:
     limit holds back (`limits`), for the types this principal submits or works."""
     svc = _svc(request)
     counts = await svc.queues()
-    limits = await svc.limits()
     principal = principal_of(request)
+    limits = await svc.limits(lambda t: _sees_queue(principal, t))
     return json_response(
         {
             "queues": {t: c for t, c in counts.items() if _sees_queue(principal, t)},
-            "limits": {
-                t: _limits_view(*view) for t, view in limits.items() if _sees_queue(principal, t)
-            },
+            "limits": {t: _limits_view(*view) for t, view in limits.items()},
         }
     )
 
@@ -302,7 +300,7 @@ async def get_queue(request: Request) -> Response:
         raise Forbidden(f"{principal.name} may neither submit nor work {type_!r}")
     svc = _svc(request)
     counts = await svc.queues()
-    view = (await svc.limits()).get(type_)
+    view = (await svc.limits(lambda t: t == type_)).get(type_)
     return json_response(
         {
             "type": type_,

@@ -1003,17 +1003,25 @@ class RedisJobs(JobStore):
                     pipe.zcount(self._key("queued", type_), "-inf", repr(now))
                     pipe.hgetall(self._key("grun", type_))
                 replies = await pipe.execute()
+            # The queued jobs of the full groups of every type: one more round trip.
+            fulls: list[list[bytes]] = []
+            async with client.pipeline(transaction=False) as pipe:
+                for n, type_ in enumerate(names):
+                    cap = limits[type_].group_concurrency
+                    running = replies[3 + 2 * n]
+                    full = [g for g, c in running.items() if cap is not None and int(c) >= cap]
+                    fulls.append(full)
+                    if full:
+                        pipe.hmget(self._key("gq", type_), full)
+                queued = iter(await pipe.execute() if any(fulls) else [])
             out = {}
             for n, type_ in enumerate(names):
-                cap = limits[type_].group_concurrency
-                running = replies[3 + 2 * n]
-                full = [g for g, c in running.items() if cap is not None and int(c) >= cap]
-                queued = await client.hmget(self._key("gq", type_), full) if full else []
+                held = next(queued) if fulls[n] else []
                 out[type_] = LimitCounters(
                     int(replies[2 + 2 * n]),
                     int(replies[0][n] or 0),
                     float(replies[1][n] or 0.0),
-                    sum(int(c or 0) for c in queued),
+                    sum(int(c or 0) for c in held),
                 )
         return out
 
