@@ -66,6 +66,7 @@ from tidings.server.stores.base import (
     JobStep,
     Store,
     Transition,
+    UniqueHeld,
     WorkerSeen,
 )
 from tidings.server.stores.common import ServedMarks
@@ -791,10 +792,21 @@ class JobService:
             await self.store.jobs.transition_job(job_id, transitions.cancel_queued)
         )
 
-    async def retry(self, job_id: str) -> Job:
+    async def retry(self, job_id: str, shows: Callable[[Job], bool] | None = None) -> Job:
         """Requeue a failed (dead) or cancelled job with a fresh set of attempts; Conflict
-        while another queued or running job of its type holds its unique key."""
-        return self._announce(await self.store.jobs.transition_job(job_id, transitions.retry))
+        while another queued or running job of its type holds its unique key, naming that
+        job only when `shows` it (None: always)."""
+        try:
+            changed = await self.store.jobs.transition_job(job_id, transitions.retry)
+        except UniqueHeld as exc:
+            holder = await self.store.jobs.get_job(exc.holder)
+            if shows is None or (holder is not None and shows(holder)):
+                raise
+            raise Conflict(
+                "a queued or running job of its type holds its unique key, and it is not "
+                f"yours: job {job_id} can be retried once that one has ended"
+            ) from None
+        return self._announce(changed)
 
     # -- housekeeping -----------------------------------------------------------------
 

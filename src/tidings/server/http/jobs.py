@@ -347,8 +347,12 @@ async def cancel(request: Request) -> Response:
 
 async def retry(request: Request) -> Response:
     await _own(request)
-    job = await _svc(request).retry(request.path_params["job_id"])
-    return json_response(_public(principal_of(request), job))
+    principal = principal_of(request)
+    job = await _svc(request).retry(
+        request.path_params["job_id"],
+        lambda holder: principal.may_follow_job(holder.submitted_by, holder.type),
+    )
+    return json_response(_public(principal, job))
 
 
 async def lease(request: Request) -> Response:

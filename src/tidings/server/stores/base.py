@@ -45,6 +45,7 @@ __all__ = [
     "StepResult",
     "Store",
     "Transition",
+    "UniqueHeld",
     "WorkerSeen",
     "WorkerStore",
     "apply_steps",
@@ -385,12 +386,23 @@ def claims_unique(old: Job | None, new: Job) -> bool:
     return new.unique_key is not None and new.active and (old is None or not old.active)
 
 
-def unique_held(job: Job, holder: str) -> Conflict:
+class UniqueHeld(Conflict):
+    """A change refused because it would make a job hold its unique key while job
+    `holder` does (the message names that job: the caller hides it from whoever may not
+    follow it)."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+def unique_held(job: Job, holder: str) -> UniqueHeld:
     """The refusal of a change that would make `job` hold its unique key while job
     `holder` does."""
-    return Conflict(
+    return UniqueHeld(
         f"job {holder} of type {job.type!r} holds unique key {job.unique_key!r} while it is "
-        f"queued or running: job {job.id} can be retried once that one has ended"
+        f"queued or running: job {job.id} can be retried once that one has ended",
+        holder,
     )
 
 
