@@ -49,6 +49,7 @@ __all__ = [
     "WorkerSeen",
     "WorkerStore",
     "apply_steps",
+    "check_unique",
     "claims_unique",
     "is_reset",
     "job_event_data",
@@ -384,6 +385,25 @@ def claims_unique(old: Job | None, new: Job) -> bool:
     """True when `new` takes its `unique_key`: it has one and becomes queued or running
     from no job (a submit) or from a state that did not hold it (a retry)."""
     return new.unique_key is not None and new.active and (old is None or not old.active)
+
+
+def check_unique(
+    claimed: dict[tuple[str, str], str],
+    old: Job,
+    new: Job,
+    holder_of: Callable[[Job], str | None],
+) -> None:
+    """UniqueHeld, before anything is written, when `new` would take a unique key another
+    job holds: one an earlier step of the same batch took (`claimed`, updated here) or
+    the store's holder (`holder_of(new)`: the id of the queued or running job with the
+    key, or None)."""
+    if not claims_unique(old, new):
+        return
+    held = (new.type, new.unique_key or "")
+    holder = claimed.get(held) or holder_of(new)
+    if holder is not None and holder != new.id:
+        raise unique_held(new, holder)
+    claimed[held] = new.id
 
 
 class UniqueHeld(Conflict):

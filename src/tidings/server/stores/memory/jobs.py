@@ -17,9 +17,8 @@ from tidings.server.stores.base import (
     JobStore,
     Transition,
     apply_steps,
-    claims_unique,
+    check_unique,
     job_event_data,
-    unique_held,
 )
 from tidings.server.stores.common import JOB_LIST_SCAN, ServedMarks
 from tidings.server.stores.limits import Allowance, LimitCounters
@@ -181,13 +180,9 @@ class MemoryJobs(JobStore):
     def _check_unique(self, claimed: dict[tuple[str, str], str], old: Job, new: Job) -> None:
         """Conflict when `new` would take a unique key another job holds (or an earlier
         step of the same batch took: `claimed`)."""
-        if not claims_unique(old, new):
-            return
-        held = (new.type, new.unique_key or "")
-        holder = claimed.get(held) or self._unique.get(held)
-        if holder is not None and holder != new.id:
-            raise unique_held(new, holder)
-        claimed[held] = new.id
+        check_unique(
+            claimed, old, new, lambda job: self._unique.get((job.type, job.unique_key or ""))
+        )
 
     async def lease_jobs(
         self, types: list[str] | None, max_jobs: int, now: float, fn: Transition

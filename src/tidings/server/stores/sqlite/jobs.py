@@ -19,9 +19,8 @@ from tidings.server.stores.base import (
     JobStore,
     Transition,
     apply_steps,
-    claims_unique,
+    check_unique,
     job_event_data,
-    unique_held,
 )
 from tidings.server.stores.common import ServedMarks, decode_job, encode_json, encode_msgpack
 from tidings.server.stores.limits import Allowance, LimitCounters
@@ -142,13 +141,7 @@ class SQLiteJobs(JobStore):
         """Writer thread: Conflict, before anything is written, when `new` would take a
         unique key another job holds (or an earlier step of the same batch took:
         `claimed`); the index `jobs_unique` would refuse it, rolling back the batch."""
-        if not claims_unique(old, new):
-            return
-        held = (new.type, new.unique_key or "")
-        holder = claimed.get(held) or self._unique_holder(conn, new)
-        if holder is not None and holder != new.id:
-            raise unique_held(new, holder)
-        claimed[held] = new.id
+        check_unique(claimed, old, new, lambda job: self._unique_holder(conn, job))
 
     async def submit_job(self, job: Job, event: str) -> tuple[JobChange, bool]:
         def op(conn: sqlite3.Connection) -> tuple[JobChange, bool]:
