@@ -66,6 +66,7 @@ from tidings.server.stores.base import (
     JobStep,
     Store,
     Transition,
+    UniqueHeld,
     WorkerSeen,
 )
 from tidings.server.stores.common import ServedMarks
@@ -579,10 +580,15 @@ class JobService:
         self._wake(type_)  # raised or lifted: held jobs may go now
         return kept
 
-    async def limits(self) -> dict[str, tuple[QueueLimits, dict[str, int]]]:
-        """Each job type with limits: its limits and, per limit, the jobs it holds back
-        now (stores.limits.LimitCounters.waiting)."""
+    async def limits(
+        self, shown: Callable[[str], bool] | None = None
+    ) -> dict[str, tuple[QueueLimits, dict[str, int]]]:
+        """Each job type with limits (those `shown` says, if given): its limits and, per
+        limit, the jobs it holds back now (stores.limits.LimitCounters.waiting). Counters
+        are read only for the types answered."""
         limits = await self.store.jobs.queue_limits()
+        if shown is not None:
+            limits = {type_: limit for type_, limit in limits.items() if shown(type_)}
         now = time.time()
         counters = await self.store.jobs.limit_counters(limits, now)
         return {
@@ -786,10 +792,21 @@ class JobService:
             await self.store.jobs.transition_job(job_id, transitions.cancel_queued)
         )
 
-    async def retry(self, job_id: str) -> Job:
+    async def retry(self, job_id: str, shows: Callable[[Job], bool] | None = None) -> Job:
         """Requeue a failed (dead) or cancelled job with a fresh set of attempts; Conflict
-        while another queued or running job of its type holds its unique key."""
-        return self._announce(await self.store.jobs.transition_job(job_id, transitions.retry))
+        while another queued or running job of its type holds its unique key, naming that
+        job only when `shows` it (None: always)."""
+        try:
+            changed = await self.store.jobs.transition_job(job_id, transitions.retry)
+        except UniqueHeld as exc:
+            holder = await self.store.jobs.get_job(exc.holder)
+            if shows is None or (holder is not None and shows(holder)):
+                raise
+            raise Conflict(
+                "a queued or running job of its type holds its unique key, and it is not "
+                f"yours: job {job_id} can be retried once that one has ended"
+            ) from None
+        return self._announce(changed)
 
     # -- housekeeping -----------------------------------------------------------------
 

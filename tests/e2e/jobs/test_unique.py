@@ -158,3 +158,34 @@ def test_a_key_held_by_someone_elses_job_is_409_without_the_job(
         theirs = b.post("/v1/jobs", json={"type": "resize", "unique_key": "k"})
         assert theirs.status_code == 409, theirs.text
         assert "secret" not in theirs.text and held.json()["id"] not in theirs.text
+
+
+@pytest.mark.timeout(90)
+def test_a_retry_refused_on_someone_elses_holder_does_not_name_it(
+    tidings_server: ServerFactory, tmp_path: Path
+):
+    """Under --require-auth, ann retries her failed job while bob's job holds its key: 409
+    without bob's job id, and so for bob the other way round; once the holder ends the
+    retry goes through. (A caller who may follow the holder is told which: the test of
+    the anonymous server above.)"""
+    store = f"sqlite:///{tmp_path / 'auth.db'}"
+    ann = _user(store, "ann", "--submit", "resize")
+    bob = _user(store, "bob", "--submit", "resize")
+    robot = _user(store, "robot", "--work", "resize")
+    url = tidings_server(store, args=["--require-auth"]).url
+    with _client(url, ann) as a, _client(url, bob) as b, _client(url, robot) as work:
+        old = a.post("/v1/jobs", json={"type": "resize", "max_attempts": 1, "unique_key": "k"})
+        leased = work.post("/v1/workers/lease", json={"types": ["resize"]}).json()["jobs"][0]
+        r = work.post(
+            f"/v1/jobs/{leased['id']}/fail",
+            json={"lease_token": leased["lease_token"], "error": "x", "retry": False},
+        )
+        assert r.json()["status"] == "failed"
+        holder = b.post("/v1/jobs", json={"type": "resize", "unique_key": "k"}).json()
+        r = a.post(f"/v1/jobs/{old.json()['id']}/retry")
+        assert r.status_code == 409, r.text
+        assert holder["id"] not in r.text and "not yours" in r.json()["error"]["message"]
+        assert b.post(f"/v1/jobs/{holder['id']}/cancel").status_code == 200
+        assert a.post(f"/v1/jobs/{old.json()['id']}/retry").json()["status"] == "queued"
+        r = b.post(f"/v1/jobs/{holder['id']}/retry")
+        assert r.status_code == 409 and old.json()["id"] not in r.text

@@ -274,14 +274,12 @@ async def queues(request: Request) -> Response:
     limit holds back (`limits`), for the types this principal submits or works."""
     svc = _svc(request)
     counts = await svc.queues()
-    limits = await svc.limits()
     principal = principal_of(request)
+    limits = await svc.limits(lambda t: _sees_queue(principal, t))
     return json_response(
         {
             "queues": {t: c for t, c in counts.items() if _sees_queue(principal, t)},
-            "limits": {
-                t: _limits_view(*view) for t, view in limits.items() if _sees_queue(principal, t)
-            },
+            "limits": {t: _limits_view(*view) for t, view in limits.items()},
         }
     )
 
@@ -302,7 +300,7 @@ async def get_queue(request: Request) -> Response:
         raise Forbidden(f"{principal.name} may neither submit nor work {type_!r}")
     svc = _svc(request)
     counts = await svc.queues()
-    view = (await svc.limits()).get(type_)
+    view = (await svc.limits(lambda t: t == type_)).get(type_)
     return json_response(
         {
             "type": type_,
@@ -349,8 +347,12 @@ async def cancel(request: Request) -> Response:
 
 async def retry(request: Request) -> Response:
     await _own(request)
-    job = await _svc(request).retry(request.path_params["job_id"])
-    return json_response(_public(principal_of(request), job))
+    principal = principal_of(request)
+    job = await _svc(request).retry(
+        request.path_params["job_id"],
+        lambda holder: principal.may_follow_job(holder.submitted_by, holder.type),
+    )
+    return json_response(_public(principal, job))
 
 
 async def lease(request: Request) -> Response:

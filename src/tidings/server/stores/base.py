@@ -45,9 +45,11 @@ __all__ = [
     "StepResult",
     "Store",
     "Transition",
+    "UniqueHeld",
     "WorkerSeen",
     "WorkerStore",
     "apply_steps",
+    "check_unique",
     "claims_unique",
     "is_reset",
     "job_event_data",
@@ -385,12 +387,42 @@ def claims_unique(old: Job | None, new: Job) -> bool:
     return new.unique_key is not None and new.active and (old is None or not old.active)
 
 
-def unique_held(job: Job, holder: str) -> Conflict:
+def check_unique(
+    claimed: dict[tuple[str, str], str],
+    old: Job,
+    new: Job,
+    holder_of: Callable[[Job], str | None],
+) -> None:
+    """UniqueHeld, before anything is written, when `new` would take a unique key another
+    job holds: one an earlier step of the same batch took (`claimed`, updated here) or
+    the store's holder (`holder_of(new)`: the id of the queued or running job with the
+    key, or None)."""
+    if not claims_unique(old, new):
+        return
+    held = (new.type, new.unique_key or "")
+    holder = claimed.get(held) or holder_of(new)
+    if holder is not None and holder != new.id:
+        raise unique_held(new, holder)
+    claimed[held] = new.id
+
+
+class UniqueHeld(Conflict):
+    """A change refused because it would make a job hold its unique key while job
+    `holder` does (the message names that job: the caller hides it from whoever may not
+    follow it)."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+def unique_held(job: Job, holder: str) -> UniqueHeld:
     """The refusal of a change that would make `job` hold its unique key while job
     `holder` does."""
-    return Conflict(
+    return UniqueHeld(
         f"job {holder} of type {job.type!r} holds unique key {job.unique_key!r} while it is "
-        f"queued or running: job {job.id} can be retried once that one has ended"
+        f"queued or running: job {job.id} can be retried once that one has ended",
+        holder,
     )
 
 

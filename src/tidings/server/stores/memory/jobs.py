@@ -17,18 +17,14 @@ from tidings.server.stores.base import (
     JobStore,
     Transition,
     apply_steps,
-    claims_unique,
+    check_unique,
     job_event_data,
-    unique_held,
 )
 from tidings.server.stores.common import JOB_LIST_SCAN, ServedMarks
 from tidings.server.stores.limits import Allowance, LimitCounters
 from tidings.server.stores.memory.core import MemoryCore, MemoryLog
 
-__all__ = ["LEASE_GROUP_SCAN", "MemoryJobs"]
-
-# Due jobs of a type one lease passes over at most because their group is at its limit.
-LEASE_GROUP_SCAN = 1000
+__all__ = ["MemoryJobs"]
 
 
 class MemoryJobs(JobStore):
@@ -62,6 +58,11 @@ class MemoryJobs(JobStore):
         self._tat: dict[str, float] = {}
         self._type_running: dict[str, int] = {}
         self._groups: dict[str, dict[str, list[int]]] = {}
+        # Due-heap entries a lease found held by their group's limit, per type and group,
+        # in lease order: one goes back to the type's due heap each time a running job of
+        # the group stops (all of a type's when its limits change), so a full group's
+        # backlog is passed over once, not by every lease.
+        self._parked: dict[str, dict[str, list[tuple[int, float, str]]]] = {}
 
     def _count(self, job: Job, delta: int) -> None:
         """Count `job` (delta 1) or uncount it (-1) in the running and group counters."""
@@ -81,6 +82,9 @@ class MemoryJobs(JobStore):
         if old is not None:
             self._count(old, -1)
         self._count(job, 1)
+        freed = old is not None and old.status == "running" and job.status != "running"
+        if freed and old is not None and old.group is not None:  # a slot of its group
+            self._unpark(old.type, old.group, 1)
         if job.unique_key is not None:
             held = (job.type, job.unique_key)
             if job.active:
@@ -176,13 +180,9 @@ class MemoryJobs(JobStore):
     def _check_unique(self, claimed: dict[tuple[str, str], str], old: Job, new: Job) -> None:
         """Conflict when `new` would take a unique key another job holds (or an earlier
         step of the same batch took: `claimed`)."""
-        if not claims_unique(old, new):
-            return
-        held = (new.type, new.unique_key or "")
-        holder = claimed.get(held) or self._unique.get(held)
-        if holder is not None and holder != new.id:
-            raise unique_held(new, holder)
-        claimed[held] = new.id
+        check_unique(
+            claimed, old, new, lambda job: self._unique.get((job.type, job.unique_key or ""))
+        )
 
     async def lease_jobs(
         self, types: list[str] | None, max_jobs: int, now: float, fn: Transition
@@ -198,8 +198,6 @@ class MemoryJobs(JobStore):
         names = list(self._due) if types is None else [t for t in types if t in self._due]
         heaps = {t: self._due[t] for t in names}
         allowances = {t: self._allowance(t, now) for t in names if t in self._limits}
-        # Entries of jobs whose group is at its limit, pushed back after this lease.
-        passed: dict[str, list[tuple[int, float, str]]] = {}
         out: list[JobChange] = []
         while len(out) < max_jobs:
             best: str | None = None
@@ -217,16 +215,11 @@ class MemoryJobs(JobStore):
             entry = heapq.heappop(heaps[best])
             job = self._jobs[entry[2]]
             if allowance is not None and not allowance.take(job.group):
-                held = passed.setdefault(best, [])
-                held.append(entry)
-                if len(held) >= LEASE_GROUP_SCAN:
-                    del heaps[best]
+                parked = self._parked.setdefault(best, {}).setdefault(job.group or "", [])
+                heapq.heappush(parked, entry)
                 continue
             new, event = fn(job, now)
             out.append(self._save(job, new, event, now))
-        for type_, held in passed.items():
-            for entry in held:
-                heapq.heappush(self._due[type_], entry)
         for type_, allowance in allowances.items():
             if allowance.limits.rate is not None:
                 self._tat[type_] = allowance.tat
@@ -241,6 +234,23 @@ class MemoryJobs(JobStore):
             self._tat.get(type_, 0.0),
             now,
         )
+
+    def _unpark(self, type_: str, group: str, count: int | None) -> None:
+        """Put back in the due heap `count` (None: all) parked entries of `type_`'s
+        `group` whose jobs are still queued as the entries say."""
+        groups = self._parked.get(type_)
+        parked = None if groups is None else groups.get(group)
+        if groups is None or parked is None:
+            return
+        while parked and (count is None or count > 0):
+            entry = heapq.heappop(parked)
+            if self._due_entry(entry):
+                heapq.heappush(self._due.setdefault(type_, []), entry)
+                count = None if count is None else count - 1
+        if not parked:
+            del groups[group]
+            if not groups:
+                del self._parked[type_]
 
     def _due_entry(self, entry: tuple[int, float, str]) -> bool:
         """True while the job of a due-heap entry is still queued as the entry says."""
@@ -263,6 +273,8 @@ class MemoryJobs(JobStore):
             self._limits.pop(type_, None)
         else:
             self._limits[type_] = limits
+        for group in list(self._parked.get(type_, ())):
+            self._unpark(type_, group, None)
 
     async def queue_limits(self) -> dict[str, QueueLimits]:
         self._core.check()

@@ -20,6 +20,10 @@ Key layout (prefix `tidings:` by default, `?prefix=` in the URL to change it):
     {p}qrate              hash: job type -> its rate's GCRA tat
     {p}grun:{type}        hash: group -> its running jobs of the type (gone at 0)
     {p}gq:{type}          hash: group -> its queued jobs of the type (gone at 0)
+    {p}gqz:{type}\x00{group}
+                          sorted set: the group's queued job ids of the type by run_at
+    {p}gheads:{type}      sorted set: the type's groups with queued jobs, by the run_at
+                          of their earliest
     {p}queued:{type}      sorted set: queued job ids by run_at
     {p}qprio:{type}       sorted set: the queued jobs with a non-zero priority, by -priority
     {p}running            sorted set: running job ids by lease_expires_at

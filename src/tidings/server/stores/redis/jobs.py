@@ -100,7 +100,9 @@ Limits, stated:
   later: at-least-once), a complete answers Conflict, a submit finds its own body and
   answers it as created.
 * Times come from the clock of the node making the change: skewed clocks move when a
-  lease counts as expired, never how often it is taken back.
+  lease counts as expired, never how often it is taken back. A queue's rate is the
+  exception: it is checked by Redis's clock (TIME, in the write script, and read with the
+  counters a lease picks by), so a node whose clock runs ahead gets no extra burst.
 * lease_jobs reads, per type, the oldest due jobs (4x what it asks for, at least
   LEASE_MIN_SCAN) plus every queued job with a non-zero priority (`{p}qprio:{type}`, up
   to LEASE_SCAN, highest first): positive priorities are always served first; a job with
@@ -810,21 +812,13 @@ class RedisJobs(JobStore):
         # The limits of these types decide how many of the oldest due jobs of each to read.
         known = await self._known_limits()
         limited = {type_: known[type_] for type_ in types if type_ in known}
-        # The oldest due jobs of each type (enough for this lease, or for a type with a
-        # group_concurrency LEASE_SCAN, to find jobs of groups not at their limit), and
-        # every queued job with a priority (few, usually none), so a high priority is never
-        # missed.
+        # The oldest due jobs of each type (enough for this lease), and every queued job
+        # with a priority (few, usually none), so a high priority is never missed.
         scan = min(LEASE_SCAN, max(LEASE_MIN_SCAN, 4 * count + len(passed)))
         async with self._core.client.pipeline(transaction=False) as pipe:
             for type_ in types:
-                grouped = type_ in limited and limited[type_].group_concurrency is not None
                 pipe.zrangebyscore(
-                    self._key("queued", type_),
-                    "-inf",
-                    repr(now),
-                    0,
-                    LEASE_SCAN if grouped else scan,
-                    withscores=True,
+                    self._key("queued", type_), "-inf", repr(now), 0, scan, withscores=True
                 )
                 pipe.zrange(self._key("qprio", type_), 0, LEASE_SCAN - 1)
             replies = await pipe.execute()
@@ -834,6 +828,11 @@ class RedisJobs(JobStore):
             for member, run_at in rows:
                 job_id = member.decode()
                 due_by_id[job_id] = float(run_at)
+                types_of[job_id] = type_
+        grouped = {t: lim for t, lim in limited.items() if lim.group_concurrency is not None}
+        for type_, rows in (await self._group_candidates(grouped, count, now)).items():
+            for job_id, run_at in rows:
+                due_by_id[job_id] = run_at
                 types_of[job_id] = type_
         ranked = [job_id.decode() for rows in replies[1::2] for job_id in rows]
         if ranked:
@@ -874,6 +873,52 @@ class RedisJobs(JobStore):
             picks.append(job_id)
         return picks
 
+    async def _group_candidates(
+        self, grouped: dict[str, QueueLimits], count: int, now: float
+    ) -> dict[str, list[tuple[str, float]]]:
+        """Per type with a group_concurrency: the oldest due jobs of its groups below their
+        limit (those with the earliest due jobs first, at most `count` groups, each as
+        many as it may still run), read from the groups' own queues, so a full group's
+        backlog queued ahead hides none of them."""
+        if not grouped or count <= 0:
+            return {}
+        client = self._core.client
+        names = list(grouped)
+        async with client.pipeline(transaction=False) as pipe:
+            for type_ in names:
+                pipe.hgetall(self._key("grun", type_))
+            running = [
+                {g.decode(): int(c) for g, c in reply.items()} for reply in await pipe.execute()
+            ]
+        async with client.pipeline(transaction=False) as pipe:
+            for type_, counts in zip(names, running, strict=True):
+                cap = grouped[type_].group_concurrency or 0
+                full = sum(1 for c in counts.values() if c >= cap)
+                pipe.zrangebyscore(self._key("gheads", type_), "-inf", repr(now), 0, count + full)
+            heads = await pipe.execute()
+        wanted: list[tuple[str, str]] = []
+        async with client.pipeline(transaction=False) as pipe:
+            for type_, counts, groups in zip(names, running, heads, strict=True):
+                cap = grouped[type_].group_concurrency or 0
+                for raw in groups:
+                    group = raw.decode()
+                    room = cap - counts.get(group, 0)
+                    if room > 0:
+                        wanted.append((type_, group))
+                        pipe.zrangebyscore(
+                            self._key("gqz", f"{type_}\x00{group}"),
+                            "-inf",
+                            repr(now),
+                            0,
+                            min(room, count),
+                            withscores=True,
+                        )
+            replies = await pipe.execute() if wanted else []
+        out: dict[str, list[tuple[str, float]]] = {}
+        for (type_, _), rows in zip(wanted, replies, strict=True):
+            out.setdefault(type_, []).extend((m.decode(), float(s)) for m, s in rows)
+        return out
+
     async def _known_limits(self) -> dict[str, QueueLimits]:
         """The queue limits, read again when LIMITS_CACHE seconds old (or after a write
         refused a lease on limits since changed). A lease picks within them; the write
@@ -896,21 +941,26 @@ class RedisJobs(JobStore):
             pipe.hmget(self._key("qlimits"), names)
             pipe.hmget(self._key("jobcounts"), [f"{t}\x00running" for t in names])
             pipe.hmget(self._key("qrate"), names)
+            pipe.time()
             for type_ in names:
                 pipe.hgetall(self._key("grun", type_))
             replies = await pipe.execute()
+        # The rate is the write script's by Redis's clock: picked by it too.
+        seconds, micros = replies[3]
+        clock = seconds + micros / 1e6
         out = {}
         for n, type_ in enumerate(names):
             packed = replies[0][n]
             if packed is None:
                 continue  # lifted since the copy was read
-            groups: dict[str, int] = {g.decode(): int(c) for g, c in replies[3 + n].items()}
+            groups: dict[str, int] = {g.decode(): int(c) for g, c in replies[4 + n].items()}
+            limits = _unpack_limits(packed.decode())
             out[type_] = Allowance(
-                _unpack_limits(packed.decode()),
+                limits,
                 int(replies[1][n] or 0),
                 functools.partial(_count_of, groups),
                 float(replies[2][n] or 0.0),
-                now,
+                now if limits.rate is None else clock,
             )
         return out
 
@@ -953,17 +1003,25 @@ class RedisJobs(JobStore):
                     pipe.zcount(self._key("queued", type_), "-inf", repr(now))
                     pipe.hgetall(self._key("grun", type_))
                 replies = await pipe.execute()
+            # The queued jobs of the full groups of every type: one more round trip.
+            fulls: list[list[bytes]] = []
+            async with client.pipeline(transaction=False) as pipe:
+                for n, type_ in enumerate(names):
+                    cap = limits[type_].group_concurrency
+                    running = replies[3 + 2 * n]
+                    full = [g for g, c in running.items() if cap is not None and int(c) >= cap]
+                    fulls.append(full)
+                    if full:
+                        pipe.hmget(self._key("gq", type_), full)
+                queued = iter(await pipe.execute() if any(fulls) else [])
             out = {}
             for n, type_ in enumerate(names):
-                cap = limits[type_].group_concurrency
-                running = replies[3 + 2 * n]
-                full = [g for g, c in running.items() if cap is not None and int(c) >= cap]
-                queued = await client.hmget(self._key("gq", type_), full) if full else []
+                held = next(queued) if fulls[n] else []
                 out[type_] = LimitCounters(
                     int(replies[2 + 2 * n]),
                     int(replies[0][n] or 0),
                     float(replies[1][n] or 0.0),
-                    sum(int(c or 0) for c in queued),
+                    sum(int(c or 0) for c in held),
                 )
         return out
 

@@ -45,16 +45,27 @@ NOT_OPEN = "store is not open: call `await store.start()` first"
 # before JOB_INDEXES, which index them, is run.
 JOB_COLUMNS = {"unique_key": "TEXT", "grp": "TEXT"}
 # At most one queued or running job of a type holds each unique key; the queued and
-# running jobs of each group (a job's `group`) are counted by their own index; each job
-# type's limits are a row of `queue_limits` (a msgpack QueueLimits).
+# running jobs of each group (a job's `group`) are counted by their own index; the queued
+# jobs of each type in lease order, with their group, are a range of `jobs_type_queued`
+# (a lease of some types reads only theirs; one of a type with a group_concurrency
+# passes over the full groups' jobs in the index alone: `status` in it makes it
+# covering); each job type's limits are a row of `queue_limits` (a msgpack QueueLimits),
+# the rate state of a rate-limited type (its GCRA tat) a row of `queue_rates`.
 JOB_INDEXES = """
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (type, unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('queued', 'running');
 CREATE INDEX IF NOT EXISTS jobs_group ON jobs (type, grp, status)
     WHERE grp IS NOT NULL AND status IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS jobs_type_queued
+    ON jobs (type, priority DESC, run_at, id, grp, status)
+    WHERE status = 'queued';
 CREATE TABLE IF NOT EXISTS queue_limits (
     type TEXT PRIMARY KEY,
     body BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS queue_rates (
+    type TEXT PRIMARY KEY,
+    tat REAL NOT NULL
 ) WITHOUT ROWID;
 """
 

@@ -19,19 +19,14 @@ from tidings.server.stores.base import (
     JobStore,
     Transition,
     apply_steps,
-    claims_unique,
+    check_unique,
     job_event_data,
-    unique_held,
 )
 from tidings.server.stores.common import ServedMarks, decode_job, encode_json, encode_msgpack
 from tidings.server.stores.limits import Allowance, LimitCounters
 from tidings.server.stores.sqlite.core import ChannelLog, SQLiteCore
 
-__all__ = ["LEASE_GROUP_SCAN", "SQLiteJobs"]
-
-# Due jobs of a type with a group_concurrency one lease reads at most, to find those of
-# groups not at their limit.
-LEASE_GROUP_SCAN = 1000
+__all__ = ["SQLiteJobs"]
 
 _decode_limits = msgspec.msgpack.Decoder(QueueLimits).decode
 
@@ -53,12 +48,11 @@ class SQLiteJobs(JobStore):
         # one server holds the file (tidings.server.stores.lockfile), and a restart forgets
         # the marks only until the workers' next lease requests, seconds later.
         self._served = ServedMarks()
-        # The queue limits (read from `queue_limits` by the writer thread at its first
-        # lease, then kept by set_queue_limits) and the rate state (GCRA tat) of each
-        # rate-limited type. In memory, as the served marks: one server holds the file, and
-        # a restart starts each rate's bucket full.
+        # The queue limits, read from `queue_limits` by the writer thread at its first
+        # lease, then kept by set_queue_limits. The rate state (GCRA tat) of each
+        # rate-limited type is a row of `queue_rates`, written by the lease that moves it
+        # in its own transaction: a restart keeps the bucket as it was.
         self._limits: dict[str, QueueLimits] | None = None
-        self._tat: dict[str, float] = {}
 
     def _save_job(
         self, conn: sqlite3.Connection, job: Job, event: str | None, now: float, old: Job | None
@@ -147,13 +141,7 @@ class SQLiteJobs(JobStore):
         """Writer thread: Conflict, before anything is written, when `new` would take a
         unique key another job holds (or an earlier step of the same batch took:
         `claimed`); the index `jobs_unique` would refuse it, rolling back the batch."""
-        if not claims_unique(old, new):
-            return
-        held = (new.type, new.unique_key or "")
-        holder = claimed.get(held) or self._unique_holder(conn, new)
-        if holder is not None and holder != new.id:
-            raise unique_held(new, holder)
-        claimed[held] = new.id
+        check_unique(claimed, old, new, lambda job: self._unique_holder(conn, job))
 
     async def submit_job(self, job: Job, event: str) -> tuple[JobChange, bool]:
         def op(conn: sqlite3.Connection) -> tuple[JobChange, bool]:
@@ -268,34 +256,90 @@ class SQLiteJobs(JobStore):
             limits = self._read_limits(conn)
             limited = [t for t in (limits if types is None else types) if t in limits]
             if not limited:
-                return self._apply_all(conn, self._due(conn, types, (), max_jobs, now), now, fn)
+                return self._apply_all(conn, self._due(conn, types, max_jobs, now), now, fn)
             return self._lease_limited(conn, types, limited, max_jobs, now, fn)
 
         return await self._core.write(op, durable=False)
 
     @staticmethod
     def _due(
-        conn: sqlite3.Connection,
-        types: list[str] | None,
-        excluded: list[str] | tuple[()],
-        count: int,
-        now: float,
+        conn: sqlite3.Connection, types: list[str] | None, count: int, now: float
     ) -> list[tuple[bytes]]:
-        """Writer thread: up to `count` due queued jobs of `types` (None: all) but those of
-        `excluded`, in lease order."""
-        clause = ""
-        args: list[Any] = [now]
-        if types is not None:
-            clause += f" AND type IN ({', '.join('?' * len(types))})"
-            args.extend(types)
-        if excluded:
-            clause += f" AND type NOT IN ({', '.join('?' * len(excluded))})"
-            args.extend(excluded)
-        rows: list[tuple[bytes]] = conn.execute(
-            "SELECT body FROM jobs INDEXED BY jobs_queued"
-            " WHERE status = 'queued' AND run_at <= ?"
-            f"{clause} ORDER BY priority DESC, run_at, id LIMIT ?",
-            (*args, count),
+        """Writer thread: up to `count` due queued jobs of `types` (None: all), in lease
+        order: one range of `jobs_queued` for all types, else one of `jobs_type_queued` per
+        type (the queued jobs of other types are never read), merged."""
+        if types is None:
+            rows: list[tuple[bytes]] = conn.execute(
+                "SELECT body FROM jobs INDEXED BY jobs_queued"
+                " WHERE status = 'queued' AND run_at <= ?"
+                " ORDER BY priority DESC, run_at, id LIMIT ?",
+                (now, count),
+            ).fetchall()
+            return rows
+        if len(types) == 1:
+            one: list[tuple[bytes]] = conn.execute(
+                "SELECT body FROM jobs INDEXED BY jobs_type_queued"
+                " WHERE type = ? AND status = 'queued' AND run_at <= ?"
+                " ORDER BY priority DESC, run_at, id LIMIT ?",
+                (types[0], now, count),
+            ).fetchall()
+            return one
+        found: list[tuple[int, float, str, bytes]] = []
+        for type_ in dict.fromkeys(types):
+            found += conn.execute(
+                "SELECT -priority, run_at, id, body FROM jobs INDEXED BY jobs_type_queued"
+                " WHERE type = ? AND status = 'queued' AND run_at <= ?"
+                " ORDER BY priority DESC, run_at, id LIMIT ?",
+                (type_, now, count),
+            ).fetchall()
+        found.sort(key=lambda row: row[:3])
+        return [(row[3],) for row in found[:count]]
+
+    @staticmethod
+    def _queued_types(conn: sqlite3.Connection) -> list[str]:
+        """Writer thread: the types with queued jobs, one index lookup per type."""
+        rows = conn.execute(
+            "WITH RECURSIVE queued(type) AS ("
+            " SELECT min(type) FROM jobs INDEXED BY jobs_type_queued WHERE status = 'queued'"
+            " UNION ALL SELECT (SELECT min(type) FROM jobs INDEXED BY jobs_type_queued"
+            " WHERE status = 'queued' AND type > queued.type)"
+            " FROM queued WHERE queued.type IS NOT NULL)"
+            " SELECT type FROM queued WHERE type IS NOT NULL"
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    @staticmethod
+    def _full_groups(conn: sqlite3.Connection, type_: str, cap: int) -> set[str]:
+        """Writer thread: the groups of `type_` running `cap` jobs or more (read from the
+        type's running jobs only, however many are queued)."""
+        rows = conn.execute(
+            "SELECT grp FROM jobs INDEXED BY jobs_type_status_created"
+            " WHERE type = ? AND status = 'running' AND grp IS NOT NULL"
+            " GROUP BY grp HAVING count(*) >= ?",
+            (type_, cap),
+        ).fetchall()
+        return {str(row[0]) for row in rows}
+
+    @staticmethod
+    def _grouped_due(
+        conn: sqlite3.Connection, type_: str, full: set[str], count: int, now: float
+    ) -> list[tuple[int, float, str, str | None]]:
+        """Writer thread: the (-priority, run_at, id, group) of up to `count` due queued
+        jobs of `type_` in lease order, but those of the `full` groups: read from
+        `jobs_type_queued` alone (no job row is read for a job passed over)."""
+        excluded: list[Any]
+        if len(full) <= 500:  # bound parameters, under SQLite's limit
+            excluded = sorted(full)
+            listed = ", ".join("?" * len(excluded))
+        else:
+            excluded = [encode_json(sorted(full))]
+            listed = "SELECT value FROM json_each(?)"
+        rows: list[tuple[int, float, str, str | None]] = conn.execute(
+            "SELECT -priority, run_at, id, grp FROM jobs INDEXED BY jobs_type_queued"
+            " WHERE type = ? AND status = 'queued' AND run_at <= ?"
+            f" AND (grp IS NULL OR grp NOT IN ({listed}))"
+            " ORDER BY priority DESC, run_at, id LIMIT ?",
+            (type_, now, *excluded, count),
         ).fetchall()
         return rows
 
@@ -310,37 +354,82 @@ class SQLiteJobs(JobStore):
     ) -> list[JobChange]:
         """Writer thread: a lease among types some of which (`limited`) have limits: the
         due jobs of the others, and of each limited type as many as its allowance may
-        take (more when its groups may be full), taken in lease order while allowed."""
+        take, taken in lease order while allowed. A type with a group_concurrency is read
+        without its full groups' jobs; a group that fills during the lease is left out of
+        the next read of its type, so no backlog of one group hides another's jobs."""
         limits = self._read_limits(conn)
-        free = None if types is None else [t for t in types if t not in limits]
-        rows = [] if free == [] else self._due(conn, free, limited, max_jobs, now)
+        free = [
+            t for t in (self._queued_types(conn) if types is None else types) if t not in limits
+        ]
+        # (-priority, run_at, id, type, group, body): bodies only for jobs always taken.
+        found: list[tuple[int, float, str, str, str | None, bytes | None]] = [
+            (-job.priority, job.run_at, job.id, job.type, job.group, body)
+            for (body,) in (self._due(conn, free, max_jobs, now) if free else [])
+            for job in (decode_job(body),)
+        ]
         allowances: dict[str, Allowance] = {}
+        full: dict[str, set[str]] = {}
+        tats = self._rate_states(conn, [t for t in limited if limits[t].rate is not None])
         for type_ in limited:
-            allowance = self._allowance(conn, type_, limits[type_], now)
+            allowance = self._allowance(conn, type_, limits[type_], tats.get(type_, 0.0), now)
             if allowance.open():
                 allowances[type_] = allowance
-                grouped = limits[type_].group_concurrency is not None
-                rows += self._due(conn, [type_], (), LEASE_GROUP_SCAN if grouped else max_jobs, now)
-        jobs = sorted(
-            (decode_job(body) for (body,) in rows),
-            key=lambda job: (-job.priority, job.run_at, job.id),
-        )
+                cap = limits[type_].group_concurrency
+                if cap is not None:
+                    full[type_] = self._full_groups(conn, type_, cap)
+        reading = list(allowances)
         out: list[JobChange] = []
-        for job in jobs:
-            if len(out) >= max_jobs:
+        while True:
+            for type_ in reading:
+                keys = self._grouped_due(conn, type_, full.get(type_, set()), max_jobs, now)
+                found += ((p, r, i, type_, g, None) for p, r, i, g in keys)
+            found.sort(key=lambda row: row[:3])
+            filled: set[str] = set()
+            for *_, job_id, type_, group, known in found:
+                if len(out) >= max_jobs:
+                    break
+                held = allowances.get(type_)
+                if held is not None and not held.take(group):
+                    if held.open() and group is not None and type_ in full:
+                        full[type_].add(group)  # filled by this lease
+                        filled.add(type_)
+                    continue
+                body = known
+                if body is None:
+                    (body,) = conn.execute(
+                        "SELECT body FROM jobs WHERE id = ?", (job_id,)
+                    ).fetchone()
+                job = decode_job(body)
+                new, event = fn(job, now)
+                out.append(self._save_job(conn, new, event, now, job))
+            # Taken jobs are running now: a read again finds the rest of a type whose
+            # groups filled, without them.
+            reading = [] if len(out) >= max_jobs else sorted(filled)
+            if not reading:
                 break
-            held = allowances.get(job.type)
-            if held is not None and not held.take(job.group):
-                continue
-            new, event = fn(job, now)
-            out.append(self._save_job(conn, new, event, now, job))
+            found = []
         for type_, allowance in allowances.items():
-            if allowance.limits.rate is not None:
-                self._tat[type_] = allowance.tat
+            if allowance.limits.rate is not None and allowance.tat != tats.get(type_):
+                conn.execute(
+                    "INSERT INTO queue_rates (type, tat) VALUES (?, ?)"
+                    " ON CONFLICT (type) DO UPDATE SET tat = excluded.tat",
+                    (type_, allowance.tat),
+                )
         return out
 
+    @staticmethod
+    def _rate_states(conn: sqlite3.Connection, types: list[str]) -> dict[str, float]:
+        """The rate state (GCRA tat) of each of `types` that has one."""
+        if not types:
+            return {}
+        rows = conn.execute(
+            f"SELECT type, tat FROM queue_rates WHERE type IN ({', '.join('?' * len(types))})",
+            types,
+        ).fetchall()
+        return {str(type_): float(tat) for type_, tat in rows}
+
     def _allowance(
-        self, conn: sqlite3.Connection, type_: str, limits: QueueLimits, now: float
+        self, conn: sqlite3.Connection, type_: str, limits: QueueLimits, tat: float, now: float
     ) -> Allowance:
         """Writer thread: what a lease may take of a limited type, from its counts."""
         (running,) = conn.execute(
@@ -356,7 +445,7 @@ class SQLiteJobs(JobStore):
             ).fetchone()
             return int(count)
 
-        return Allowance(limits, int(running), group_running, self._tat.get(type_, 0.0), now)
+        return Allowance(limits, int(running), group_running, tat, now)
 
     def _read_limits(self, conn: sqlite3.Connection) -> dict[str, QueueLimits]:
         """Writer thread: the queue limits, read from the file once."""
@@ -392,6 +481,7 @@ class SQLiteJobs(JobStore):
     ) -> dict[str, LimitCounters]:
         def read(conn: sqlite3.Connection) -> dict[str, LimitCounters]:
             out = {}
+            tats = self._rate_states(conn, [t for t, lim in limits.items() if lim.rate])
             for type_, limit in limits.items():
                 (due,) = conn.execute(
                     "SELECT count(*) FROM jobs WHERE type = ? AND status = 'queued'"
@@ -411,9 +501,7 @@ class SQLiteJobs(JobStore):
                         " AND status IN ('queued', 'running') GROUP BY grp) WHERE running >= ?",
                         (type_, cap),
                     ).fetchone()
-                out[type_] = LimitCounters(
-                    int(due), int(running), self._tat.get(type_, 0.0), int(full)
-                )
+                out[type_] = LimitCounters(int(due), int(running), tats.get(type_, 0.0), int(full))
             return out
 
         return await self._core.read(read)

@@ -126,9 +126,10 @@ local function limits_of(job_type)
   return {concurrency = parts[1], group = parts[2], limit = parts[3], per = parts[4]}
 end
 -- A lease (a job that becomes running) passes only within its type's limits: running
--- jobs per type and per group, and the rate (GCRA: see tidings.server.stores.limits).
+-- jobs per type and per group, and the rate (GCRA: see tidings.server.stores.limits) by
+-- Redis's clock (read before any write), so nodes with skewed clocks share one bucket.
 local limits, running, group_running, tats = {}, {}, {}, {}
-local t_now = tonumber(now)
+local t_now = nil
 for i, change in ipairs(changes) do
   if change.is_running and not change.was_running then
     local job_type = change.type
@@ -160,6 +161,10 @@ for i, change in ipairs(changes) do
         group_running[key] = n + 1
       end
       if lim.limit and lim.per then
+        if t_now == nil then
+          local clock = redis.call('TIME')
+          t_now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+        end
         local interval = lim.per / lim.limit
         local tat = tats[job_type]
         if tat == nil then
@@ -233,6 +238,31 @@ for _, change in ipairs(changes) do
     for _, count in ipairs(counts) do
       if count[2] and redis.call('HINCRBY', count[1], change.group, count[3]) <= 0 then
         redis.call('HDEL', count[1], change.group)
+      end
+    end
+  end
+  -- The queued jobs of each group by run_at (`gqz:{type}\0{group}`), and the groups of a
+  -- type by their earliest queued job (`gheads:{type}`): a lease finds the due jobs of
+  -- groups below their limit however many jobs of full groups are queued ahead.
+  if change.group ~= '' and (change.was_queued or change.is_queued) then
+    local touched = {}
+    if change.was_queued then
+      touched[change.old_type] = true
+      redis.call('ZREM', prefix .. 'gqz:' .. change.old_type .. '\0' .. change.group, id)
+    end
+    if change.status == 'queued' then
+      touched[change.type] = true
+      redis.call('ZADD', prefix .. 'gqz:' .. change.type .. '\0' .. change.group,
+                 change.score, id)
+    end
+    for job_type in pairs(touched) do
+      local heads = prefix .. 'gheads:' .. job_type
+      local first = redis.call('ZRANGE', prefix .. 'gqz:' .. job_type .. '\0' .. change.group,
+                               0, 0, 'WITHSCORES')
+      if first[2] then
+        redis.call('ZADD', heads, first[2], change.group)
+      else
+        redis.call('ZREM', heads, change.group)
       end
     end
   end
