@@ -1513,3 +1513,229 @@ def test_queue_limits_outlive_the_store_object(make_store):
 
     run(make_store, first)
     run(make_store, second)
+
+
+# -- dependencies -------------------------------------------------------------------------
+
+
+async def finish(svc: JobService, job_id: str, result: Any = None, ok: bool = True) -> Job:
+    """Lease job `job_id` (the only due one of its type) and complete or fail it for good;
+    then wait for its dependents to be settled."""
+    job = await svc.get(job_id)
+    leased = await lease_one(svc, types=[job.type])
+    assert leased.id == job_id
+    token = leased.lease_token or ""
+    if ok:
+        done = await svc.complete(job_id, token, result)
+    else:
+        done = await svc.fail(job_id, token, {"message": "boom"}, retry=False)
+    await svc.settled()
+    return done
+
+
+def test_a_job_after_parents_waits_until_they_all_succeed(make_store):
+    """A job submitted after two parents is stored `waiting` (its first event), is never
+    leased while it waits, is counted and listed as waiting, and is queued once the last
+    parent succeeded; its lease shows its parents' results."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        a, _ = await svc.submit("p", "a")
+        b, _ = await svc.submit("p", "b")
+        c, created = await svc.submit("c", after=[a.id, b.id, a.id])
+        assert created and c.status == "waiting" and c.after == [a.id, b.id]
+        assert await names(store, c.id) == ["waiting"]
+        assert (await store.jobs.queue_counts())["c"] == {"waiting": 1}
+        assert [j.id for j in (await store.jobs.list_jobs("waiting", None, 10)).jobs] == [c.id]
+        assert sorted(await store.jobs.dependents(a.id)) == [c.id]
+        assert await svc.lease(["c"], 1, 0, 30.0) == []
+        await finish(svc, a.id, {"from": "a"})
+        assert (await svc.get(c.id)).status == "waiting"
+        await finish(svc, b.id, ["b"])
+        assert (await svc.get(c.id)).status == "queued"
+        assert await names(store, c.id) == ["waiting", "queued"]
+        leased = await lease_one(svc, types=["c"])
+        wire = leased.lease_to_wire(await svc.parents([leased]))
+        assert [(p.id, p.type, p.result) for p in wire.parents or []] == [
+            (a.id, "p", {"from": "a"}),
+            (b.id, "p", ["b"]),
+        ]
+
+    run(make_store, body)
+
+
+def test_a_parent_that_fails_cancels_its_children_and_theirs(make_store):
+    """a → b → c: a failing ends b cancelled naming a, and c cancelled naming b; the job
+    beside them (after a succeeded parent) is queued."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        a, _ = await svc.submit("a")
+        ok, _ = await svc.submit("ok")
+        b, _ = await svc.submit("b", after=[a.id])
+        c, _ = await svc.submit("c", after=[b.id])
+        d, _ = await svc.submit("d", after=[ok.id])
+        await finish(svc, ok.id)
+        await finish(svc, a.id, ok=False)
+        b_now, c_now = await svc.get(b.id), await svc.get(c.id)
+        assert b_now.status == "cancelled" and b_now.finished_at is not None
+        assert b_now.error["type"] == "ParentFailed" and b_now.error["parent"] == a.id
+        assert a.id in b_now.error["message"]
+        assert c_now.status == "cancelled" and c_now.error["type"] == "ParentCancelled"
+        assert c_now.error["parent"] == b.id
+        assert await names(store, c.id) == ["waiting", "cancelled"]
+        assert (await svc.get(d.id)).status == "queued"
+
+    run(make_store, body)
+
+
+def test_a_submit_after_parents_that_ended_is_queued_or_cancelled_at_once(make_store):
+    """After parents that all succeeded, a job is queued at once; after one that failed,
+    it is stored cancelled with the reason (and its own event says so)."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        good, _ = await svc.submit("p")
+        bad, _ = await svc.submit("q")
+        await finish(svc, good.id, 1)
+        await finish(svc, bad.id, ok=False)
+        ready, _ = await svc.submit("c", after=[good.id])
+        assert ready.status == "queued" and await names(store, ready.id) == ["queued"]
+        doomed, _ = await svc.submit("c", after=[good.id, bad.id])
+        assert doomed.status == "cancelled" and doomed.error["parent"] == bad.id
+        assert await names(store, doomed.id) == ["cancelled"]
+
+    run(make_store, body)
+
+
+def test_a_bad_after_is_refused_naming_what_to_fix_and_stores_nothing(make_store):
+    """An unknown parent, one the submitter may not see, an empty list or more than
+    MAX_AFTER parents: InvalidBody saying so, and no job stored."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        parent, _ = await svc.submit("p")
+        with pytest.raises(InvalidBody, match="no job 'nope'"):
+            await svc.submit("c", after=[parent.id, "nope"])
+        with pytest.raises(InvalidBody, match=f"no job '{parent.id}'"):
+            await svc.submit("c", after=[parent.id], visible=lambda job: False)
+        with pytest.raises(InvalidBody, match="1 to 100 job ids"):
+            await svc.submit("c", after=[])
+        with pytest.raises(InvalidBody, match="1 to 100 job ids"):
+            await svc.submit("c", after=[parent.id] * 101)
+        assert await store.jobs.queue_counts() == {"p": {"queued": 1}}
+
+    run(make_store, body)
+
+
+def test_cancelling_a_waiting_job_cancels_its_children_and_a_retry_waits_again(make_store):
+    """A waiting job cancels at once, and its own waiting children follow; retried, the
+    child waits again while its parent runs, and is queued when the parent succeeds. A
+    retry after a failed parent ends cancelled again."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        parent, _ = await svc.submit("p")
+        child, _ = await svc.submit("c", after=[parent.id])
+        grandchild, _ = await svc.submit("g", after=[child.id])
+        cancelled = await svc.cancel(child.id)
+        await svc.settled()
+        assert cancelled.status == "cancelled"
+        gc = await svc.get(grandchild.id)
+        assert gc.status == "cancelled" and gc.error["parent"] == child.id
+        again = await svc.retry(child.id)
+        assert again.status == "waiting" and again.attempt == 0
+        await finish(svc, parent.id, "done")
+        assert (await svc.get(child.id)).status == "queued"
+        # A parent that failed: the retried child is cancelled again, naming it.
+        bad, _ = await svc.submit("q")
+        other, _ = await svc.submit("c2", after=[bad.id])
+        await finish(svc, bad.id, ok=False)
+        assert (await svc.get(other.id)).status == "cancelled"
+        retried = await svc.retry(other.id)
+        assert retried.status == "cancelled" and retried.error["parent"] == bad.id
+
+    run(make_store, body)
+
+
+def test_a_waiting_job_holds_its_unique_key(make_store):
+    """A waiting job holds its unique key: a second submit is deduplicated to it; once it
+    is cancelled, the key is free."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        parent, _ = await svc.submit("p")
+        first, created = await svc.submit("c", unique_key="k", after=[parent.id])
+        assert created and first.status == "waiting"
+        again, created = await svc.submit("c", unique_key="k")
+        assert not created and again.id == first.id
+        await svc.cancel(first.id)
+        fresh, created = await svc.submit("c", unique_key="k")
+        assert created and fresh.id != first.id
+        with pytest.raises(Conflict, match="holds unique key"):
+            await svc.retry(first.id)
+
+    run(make_store, body)
+
+
+def test_children_submitted_while_their_parents_end_are_all_settled(make_store):
+    """Twenty children, each submitted while its parent completes: whichever comes first,
+    every child ends queued (no child is left waiting on a parent that ended)."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        parents = [(await svc.submit("p", i))[0] for i in range(20)]
+        leased = {j.id: j for j in await svc.lease(["p"], 20, 0, 30.0)}
+        assert len(leased) == 20
+
+        async def pair(parent: Job) -> str:
+            done = svc.complete(parent.id, leased[parent.id].lease_token or "", parent.payload)
+            child = svc.submit("c", after=[parent.id])
+            _, (submitted, _) = await asyncio.gather(done, child)
+            return submitted.id
+
+        children = await asyncio.gather(*(pair(p) for p in parents))
+        await svc.settled()
+        got = await store.jobs.get_jobs(children)
+        assert {job.status for job in got.values()} == {"queued"}
+
+    run(make_store, body)
+
+
+def test_repair_settles_waiting_jobs_whose_parents_ended_unseen(make_store):
+    """A parent that ends without the service's follow-up (a node stopped right after the
+    change) leaves its child waiting until `repair` settles it."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        ok, _ = await svc.submit("p")
+        bad, _ = await svc.submit("q")
+        queued_child, _ = await svc.submit("c", after=[ok.id])
+        cancelled_child, _ = await svc.submit("c", after=[bad.id])
+        for parent, done in ((ok, True), (bad, False)):
+            leased = await lease_one(svc, types=[parent.type])
+            token = leased.lease_token or ""
+            step = (
+                transitions.complete(token, 1)
+                if done
+                else transitions.fail(token, {"message": "x"}, False, svc.backoff)
+            )
+            change = await store.jobs.transition_job(parent.id, step)  # no follow-up
+            assert change.dependents
+        assert (await svc.get(queued_child.id)).status == "waiting"
+        await svc.repair()
+        assert (await svc.get(queued_child.id)).status == "queued"
+        assert (await svc.get(cancelled_child.id)).status == "cancelled"
+        # A change that does not end a job says nothing of dependents.
+        leased = await lease_one(svc, types=["c"])
+        assert leased.id == queued_child.id
+
+    run(make_store, body)
+
+
+def test_sweeping_a_parent_forgets_its_dependents(make_store):
+    """A swept parent's dependents are forgotten with it."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        parent, _ = await svc.submit("p")
+        child, _ = await svc.submit("c", after=[parent.id])
+        await finish(svc, parent.id)
+        await finish(svc, child.id)
+        assert await store.jobs.dependents(parent.id) == [child.id]
+        await store.jobs.sweep_jobs(time.time() + 60)
+        assert await store.jobs.dependents(parent.id) == []
+        assert await store.jobs.get_jobs([parent.id, child.id]) == {}
+
+    run(make_store, body)

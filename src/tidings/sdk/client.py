@@ -485,6 +485,7 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
     worker: str | None = None
     unique_key: str | None = None
     group: str | None = None
+    after: list[str] = msgspec.field(default_factory=list)
     created_at: float | None = None
     updated_at: float | None = None
     run_at: float | None = None
@@ -528,6 +529,7 @@ def _submit_request(
     group: str | None,
     wait: float | None,
     http_timeout: float,
+    after: list[str] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"type": type, "payload": payload}
     for name, value in (
@@ -537,6 +539,7 @@ def _submit_request(
         ("priority", priority),
         ("unique_key", unique_key),
         ("group", group),
+        ("after", after),
     ):
         if value is not None:
             body[name] = value
@@ -993,6 +996,7 @@ class Client:
         unique_key: str | None = None,
         group: str | None = None,
         wait: float | None = None,
+        after: list[str] | None = None,
     ) -> JobHandle:
         """Submit a job and return a handle to follow it.
 
@@ -1004,11 +1008,14 @@ class Client:
             delay: Seconds before the job may first run.
             priority: Higher runs first among ready jobs of a type.
             idempotency_key: Submitting again with the same key returns the same job.
-            unique_key: While a queued or running job of this type holds this key, the
+            unique_key: While a waiting, queued or running job of this type holds this key, the
                 submit returns that job (the handle's `deduplicated` is True) instead of
                 queuing another.
             group: What the type's `group_concurrency` (PUT /v1/queues/{type}) counts the
                 job by, e.g. a tenant: at most that many jobs of a group run at once.
+            after: Parent job ids (at most 100): the job waits (status "waiting") until
+                they all succeeded, and its handler sees their results (`job.parents`); a
+                parent that fails or is cancelled ends it cancelled.
             wait: Seconds the server may hold the answer until the job ends; the handle's
                 `job` is then already terminal (check `handle.job.terminal`).
 
@@ -1032,6 +1039,7 @@ class Client:
             group=group,
             wait=wait,
             http_timeout=self.timeout,
+            after=after,
         )
         job, said = _parse_submitted(self._request(spec))
         return JobHandle(self, job, served=said.served, deduplicated=said.deduplicated)
@@ -1367,6 +1375,7 @@ class AsyncClient:
         unique_key: str | None = None,
         group: str | None = None,
         wait: float | None = None,
+        after: list[str] | None = None,
     ) -> AsyncJobHandle:
         """Submit a job and return a handle to follow it; see `Client.submit`."""
         spec = _submit_request(
@@ -1381,6 +1390,7 @@ class AsyncClient:
             group=group,
             wait=wait,
             http_timeout=self.timeout,
+            after=after,
         )
         job, said = _parse_submitted(await self._request(spec))
         return AsyncJobHandle(self, job, served=said.served, deduplicated=said.deduplicated)

@@ -12,6 +12,18 @@ heartbeat of a job such a worker holds, records the worker in the store (`store.
 lease path is hot — and counts the jobs submitted and finished here (`JobCounters`, for
 /metrics).
 
+Dependencies: a job submitted `after` parents waits (status `waiting`) until they all
+succeeded. The store says when a change ended a job that has dependents
+(`JobChange.dependents`); the service then settles them (`transitions.settle`: queued once
+every parent succeeded, cancelled with the reason when one failed or was cancelled),
+each in a follow-up task after the change, and the changes those make follow in turn
+(a cancelled child cancels its own children). A job is settled also right after it is
+stored waiting (a submit, a retry): a parent that ended between the read of the parents
+and the child's write finds no child to settle, so the child's own settle, which reads
+the parents after the write, sees it ended. What a stopped node leaves undone (a parent
+ended, its follow-up never ran) is found by `repair`, run every few seconds: it settles
+the next waiting jobs of the list, a bounded number per pass.
+
 Queue limits (rate, concurrency, group concurrency per job type) are the store's to keep,
 in the atomic step of each lease (tidings.server.stores.limits); the service checks them
 when they are set, and wakes the parked lease requests a held job may now go to: when a
@@ -22,6 +34,7 @@ is being leased.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import time
@@ -49,6 +62,8 @@ from tidings.protocol.messages import CHANNEL_RE
 from tidings.server import transitions
 from tidings.server.constants import (
     DEFAULT_MAX_DEPTH,
+    DEPENDENCY_REPAIR_JOBS,
+    MAX_AFTER,
     MAX_WORKERS,
     SERVED_MARK_INTERVAL,
     SERVED_WINDOW,
@@ -77,11 +92,16 @@ __all__ = [
     "MIN_LEASE",
     "JobCounters",
     "JobService",
+    "after_problem",
     "error_object",
     "new_job_id",
 ]
 
+log = logging.getLogger("tidings.jobs")
+
 MAX_ATTEMPTS_LIMIT = 100
+# Waiting jobs settled per store read (each with up to MAX_AFTER parents).
+SETTLE_BATCH = 100
 MAX_DELAY = 365 * 24 * 3600.0
 MAX_LEASE = 3600.0
 MAX_LEASE_BATCH = 100
@@ -216,6 +236,17 @@ class _WorkersNoted:
             noted.popitem(last=False)
 
 
+def after_problem(after: Any) -> str | None:
+    """What is wrong with an `after` (a submit's parent ids), said as what to fix; None
+    when it is a list of 1 to MAX_AFTER job ids."""
+    if not isinstance(after, list | tuple) or not 1 <= len(after) <= MAX_AFTER:
+        return f'"after" must be a list of 1 to {MAX_AFTER} job ids, or left out'
+    for parent_id in after:
+        if not isinstance(parent_id, str) or not 0 < len(parent_id) <= 200:
+            return f'"after": {str(parent_id)[:80]!r} is not a job id'
+    return None
+
+
 def new_job_id() -> str:
     """Time-ordered, unguessable: 12 hex digits of milliseconds, then 12 random ones."""
     return f"{int(time.time() * 1000):012x}{os.urandom(6).hex()}"
@@ -267,6 +298,10 @@ class JobService:
         self._limits: dict[str, QueueLimits] = {}
         self._limits_read = -math.inf
         self._rate_leased: dict[str, float] = {}
+        # The settling of the dependents of jobs that ended (kept so they finish), and
+        # where the next repair pass goes on in the list of waiting jobs.
+        self._follows: set[asyncio.Task[None]] = set()
+        self._repair_from: JobCursor | None = None
 
     # -- fan-out and wake-ups ---------------------------------------------------------
 
@@ -276,6 +311,8 @@ class JobService:
             p = change.published
             self.hub.publish(p.message, p.prev_id, p.keep)
         job = change.job
+        if change.dependents:
+            self._follow(job.id)
         if job.type in self._limits and change.published is not None:
             self._limited_change(job, change.published.message.event)
         if job.status == "queued":
@@ -358,6 +395,87 @@ class JobService:
             else:
                 keep.append((types, fut))
         self._work_waiters = keep
+
+    # -- dependencies -----------------------------------------------------------------
+
+    def _follow(self, parent_id: str) -> None:
+        """Job `parent_id` ended and has dependents: settle them in a task of their own
+        (the change that ended it is answered meanwhile)."""
+        task = asyncio.get_running_loop().create_task(self._settle_dependents(parent_id))
+        self._follows.add(task)
+        task.add_done_callback(self._follows.discard)
+
+    async def _settle_dependents(self, parent_id: str) -> None:
+        try:
+            await self.settle(await self.store.jobs.dependents(parent_id))
+        except Exception:
+            # `repair` settles them later.
+            log.exception("settling the jobs submitted after job %s failed", parent_id)
+
+    async def settled(self) -> None:
+        """Return once the settling of dependents under way (and what it set off) is done."""
+        while self._follows:
+            await asyncio.gather(*self._follows, return_exceptions=True)
+
+    async def settle(self, job_ids: Sequence[str]) -> None:
+        """Settle those of `job_ids` that are waiting (`transitions.settle`), reading them
+        and their parents SETTLE_BATCH jobs at a time."""
+        for at in range(0, len(job_ids), SETTLE_BATCH):
+            found = await self.store.jobs.get_jobs(list(job_ids[at : at + SETTLE_BATCH]))
+            await self._settle_jobs(list(found.values()))
+
+    async def _settle_jobs(self, jobs: Sequence[Job]) -> None:
+        """Settle `jobs` (as just read): their parents are read after them, so a parent
+        that ended before they were read is seen ended."""
+        waiting = [job for job in jobs if job.status == "waiting"]
+        if not waiting:
+            return
+        parent_ids = list(dict.fromkeys(p for job in waiting for p in job.after))
+        settle = transitions.settle(await self.store.jobs.get_jobs(parent_ids))
+        now = time.time()
+        # Only those the settle changes: one whose parents have yet to end is found by
+        # the last of them to end.
+        steps: list[JobStep] = [
+            (job.id, settle, True) for job in waiting if settle(job, now)[1] is not None
+        ]
+        if steps:
+            for change in await self.store.jobs.transition_jobs(steps):
+                if not isinstance(change, TidingsError):
+                    self._announce(change)
+
+    async def repair(self) -> None:
+        """Settle the next DEPENDENCY_REPAIR_JOBS waiting jobs of the list (then start
+        over): those whose parents all ended while no node settled them (a node stopped
+        between a parent's end and its follow-up) are queued or cancelled."""
+        page = await self.store.jobs.list_jobs(
+            "waiting", None, DEPENDENCY_REPAIR_JOBS, self._repair_from
+        )
+        self._repair_from = page.next
+        await self._settle_jobs(page.jobs)
+
+    async def parents(self, jobs: Sequence[Job]) -> dict[str, Job]:
+        """The parents of `jobs` (those submitted `after` others) that still exist, by id:
+        what a lease answer shows each job of its parents."""
+        ids = list(dict.fromkeys(p for job in jobs for p in job.after))
+        return await self.store.jobs.get_jobs(ids) if ids else {}
+
+    async def check_after(
+        self, after: Sequence[str], visible: Callable[[Job], bool] | None = None
+    ) -> dict[str, Job]:
+        """The parents `after` names, by id; InvalidBody naming the first that does not
+        exist or that `visible` says the submitter may not see (as if it did not exist)."""
+        problem = after_problem(after)
+        if problem is not None:
+            raise InvalidBody(problem)
+        parents = await self.store.jobs.get_jobs(list(after))
+        for parent_id in after:
+            parent = parents.get(parent_id)
+            if parent is None or (visible is not None and not visible(parent)):
+                raise InvalidBody(
+                    f'"after": there is no job {parent_id[:80]!r} (or it is not yours to '
+                    "follow): name jobs that exist, by the ids their submits answered"
+                )
+        return parents
 
     # -- served types -----------------------------------------------------------------
 
@@ -452,10 +570,17 @@ class JobService:
         unique_key: str | None = None,
         group: str | None = None,
         submitted_by: str | None = None,
+        after: Sequence[str] | None = None,
+        visible: Callable[[Job], bool] | None = None,
     ) -> tuple[Job, bool]:
         """Queue a job; returns it and whether it is new (False: the idempotency key
-        matched, or the returned job, queued or running, holds `unique_key`: see
-        `deduplicated`)."""
+        matched, or the returned job, waiting, queued or running, holds `unique_key`: see
+        `deduplicated`).
+
+        With `after` (parent job ids, each one that exists and that `visible` lets the
+        submitter see), the job waits until they all succeeded: it is queued at once when
+        they already have, and cancelled at once, with the reason, when one has failed or
+        was cancelled."""
         if not isinstance(type_, str) or CHANNEL_RE.fullmatch(type_) is None:
             raise InvalidBody('"type" must be 1-200 characters of A-Z a-z 0-9 . _ : -')
         if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
@@ -477,6 +602,7 @@ class JobService:
             if problem is not None:
                 raise InvalidBody(problem)
         check_storable(payload, '"payload"', self.max_depth)
+        parents = {} if after is None else await self.check_after(after, visible)
         now = time.time()
         job = Job(
             id=new_job_id(),
@@ -492,11 +618,17 @@ class JobService:
             created_at=now,
             updated_at=now,
             run_at=now + delay,
+            after=list(dict.fromkeys(after or ())),
+            status="waiting" if after else "queued",
         )
-        change, created = await self.store.jobs.submit_job(job, "queued")
+        job, event = transitions.settle(parents)(job, now)
+        change, created = await self.store.jobs.submit_job(job, event or job.status)
         if created:
             self.counters.submitted += 1
-        return self._announce(change), created
+        job = self._announce(change)
+        if created and job.status == "waiting":
+            await self._settle_jobs([job])  # its parents, read again after its write
+        return job, created
 
     @staticmethod
     def deduplicated(job: Job, created: bool, idempotency_key: str | None) -> bool:
@@ -777,8 +909,14 @@ class JobService:
 
     async def retry(self, job_id: str) -> Job:
         """Requeue a failed (dead) or cancelled job with a fresh set of attempts; Conflict
-        while another queued or running job of its type holds its unique key."""
-        return self._announce(await self.store.jobs.transition_job(job_id, transitions.retry))
+        while another waiting, queued or running job of its type holds its unique key. A
+        job with parents waits again, and is settled anew: queued if they all succeeded,
+        cancelled again (with the reason) if one has failed or was cancelled."""
+        job = self._announce(await self.store.jobs.transition_job(job_id, transitions.retry))
+        if job.status == "waiting":
+            await self._settle_jobs([job])
+            job = await self.get(job_id)
+        return job
 
     # -- housekeeping -----------------------------------------------------------------
 

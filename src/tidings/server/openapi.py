@@ -47,6 +47,7 @@ from tidings.server import constants as C
 from tidings.server import doctor
 from tidings.server.auth import COOKIE
 from tidings.server.channels import MAX_EVENT_LEN
+from tidings.server.constants import MAX_AFTER
 from tidings.server.http.jobs import BODY_LIMIT_SLACK, REPORT_BODY_MESSAGES
 from tidings.server.http.rpc import MAX_BATCH
 from tidings.server.jobs import (
@@ -698,8 +699,9 @@ _OPS: list[_Op] = [
     _Op(
         "/v1/jobs",
         "post",
-        "Submit a job: 202 queued; with ?wait=S or Prefer: wait=S, 200 with the finished job "
-        "if it ends in time. With `unique_key`, while a queued or running job of the type "
+        "Submit a job: 202 queued (or waiting, with `after`); with ?wait=S or Prefer: wait=S, "
+        "200 with the finished job if it ends in time. With `unique_key`, while a waiting, "
+        "queued or running job of the type "
         "holds that key: 200 with that job, `deduplicated: true` and the header "
         "Tidings-Deduplicated: true, and nothing is queued (409 when that job is not the "
         "caller's to follow)",
@@ -753,6 +755,15 @@ _OPS: list[_Op] = [
                         "pattern": f"^[^{WORKER_NAME_UNPRINTABLE}]*$",
                         "description": "what the type's group_concurrency counts this job "
                         "by (e.g. a tenant)",
+                    },
+                    "after": {
+                        "type": ["array", "null"],
+                        "items": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "minItems": 1,
+                        "maxItems": MAX_AFTER,
+                        "description": "parent job ids: the job waits (status `waiting`) "
+                        "until they all succeeded, then is queued, and its worker gets their "
+                        "results (`parents`); a parent that fails or is cancelled cancels it",
                     },
                 },
                 "required": ["type"],

@@ -45,7 +45,7 @@ QUEUED = Job(id="j1", type="t", created_at=1.5, updated_at=2.25, run_at=3.0)
 
 
 def test_statuses_and_the_terminal_ones():
-    assert JOB_STATUSES == ("queued", "running", "succeeded", "failed", "cancelled")
+    assert JOB_STATUSES == ("waiting", "queued", "running", "succeeded", "failed", "cancelled")
     assert {"succeeded", "failed", "cancelled"} == TERMINAL_STATUSES
     assert not RUNNING.terminal
     assert Job(id="x", type="t", status="failed").terminal

@@ -59,6 +59,7 @@ class SubmitBody(msgspec.Struct, forbid_unknown_fields=True):
     priority: int = 0
     unique_key: str | None = None
     group: str | None = None
+    after: list[str] | None = None
 
 
 class ReportItem(msgspec.Struct, forbid_unknown_fields=True):
@@ -181,12 +182,14 @@ async def submit(request: Request) -> Response:
         unique_key=body.unique_key,
         group=body.group,
         submitted_by=None if principal.session is None else principal.name,
+        after=body.after,
+        visible=lambda parent: principal.may_follow_job(parent.submitted_by, parent.type),
     )
     deduplicated = svc.deduplicated(job, created, idempotency_key)
     if deduplicated and not principal.may_follow_job(job.submitted_by, job.type):
         # Someone else's job: its payload and result are not this principal's to see.
         raise Conflict(
-            f"a queued or running job of type {body.type!r} holds unique key "
+            f"a waiting, queued or running job of type {body.type!r} holds unique key "
             f"{body.unique_key!r}, and it is not yours: submit again once it has ended"
         )
     # Whether a worker asked for this type lately: false warns of a typo or a worker down.
@@ -394,9 +397,10 @@ async def _lease_answer(
     encoded (stored before payloads were checked) fails for good, without its attempts,
     and the others are handed over."""
     parts: list[bytes] = []
+    parents = await svc.parents(jobs)
     for job in jobs:
         try:
-            parts.append(encode_json(job.lease_to_wire()))
+            parts.append(encode_json(job.lease_to_wire(parents)))
         except Exception as exc:
             log.exception("job %s cannot be handed over: its payload cannot be encoded", job.id)
             error = {

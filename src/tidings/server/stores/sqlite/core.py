@@ -44,12 +44,20 @@ NOT_OPEN = "store is not open: call `await store.start()` first"
 # Columns of `jobs` a file written by an older tidings lacks: added (NULL in every row)
 # before JOB_INDEXES, which index them, is run.
 JOB_COLUMNS = {"unique_key": "TEXT", "grp": "TEXT"}
-# At most one queued or running job of a type holds each unique key; the queued and
-# running jobs of each group (a job's `group`) are counted by their own index; each job
-# type's limits are a row of `queue_limits` (a msgpack QueueLimits).
+# At most one waiting, queued or running job of a type holds each unique key; the queued
+# and running jobs of each group (a job's `group`) are counted by their own index; each
+# job type's limits are a row of `queue_limits` (a msgpack QueueLimits); `job_parents`
+# has a row per parent of each job submitted `after` others, written with the job and
+# deleted with the parent (what `dependents` reads).
 JOB_INDEXES = """
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (type, unique_key)
-    WHERE unique_key IS NOT NULL AND status IN ('queued', 'running');
+DROP INDEX IF EXISTS jobs_unique;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_held ON jobs (type, unique_key)
+    WHERE unique_key IS NOT NULL AND status IN ('waiting', 'queued', 'running');
+CREATE TABLE IF NOT EXISTS job_parents (
+    parent TEXT NOT NULL,
+    child TEXT NOT NULL,
+    PRIMARY KEY (parent, child)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_group ON jobs (type, grp, status)
     WHERE grp IS NOT NULL AND status IN ('queued', 'running');
 CREATE TABLE IF NOT EXISTS queue_limits (

@@ -85,6 +85,11 @@ class SQLiteJobs(JobStore):
                     job.group,
                 ),
             )
+            if job.after:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO job_parents (parent, child) VALUES (?, ?)",
+                    [(parent, job.id) for parent in job.after],
+                )
             # A new job's channel is new too (job.* is written by the job system only, and
             # a job's channel is removed with it): no lookup.
             self._log.new_channel(job_channel(job.id), now)
@@ -118,7 +123,15 @@ class SQLiteJobs(JobStore):
             published = self._log.append(
                 conn, job_channel(job.id), data, encode_json(data), event, now
             )
-        return JobChange(job, published)
+        dependents = False
+        if job.terminal and (old is None or not old.terminal):
+            dependents = (
+                conn.execute(
+                    "SELECT 1 FROM job_parents WHERE parent = ? LIMIT 1", (job.id,)
+                ).fetchone()
+                is not None
+            )
+        return JobChange(job, published, dependents)
 
     def _apply_all(
         self, conn: sqlite3.Connection, rows: list[tuple[bytes]], now: float, fn: Transition
@@ -133,10 +146,11 @@ class SQLiteJobs(JobStore):
 
     @staticmethod
     def _unique_holder(conn: sqlite3.Connection, job: Job) -> str | None:
-        """Writer thread: the id of the queued or running job holding `job`'s unique key."""
+        """Writer thread: the id of the waiting, queued or running job holding `job`'s
+        unique key."""
         row = conn.execute(
             "SELECT id FROM jobs WHERE type = ? AND unique_key = ?"
-            " AND unique_key IS NOT NULL AND status IN ('queued', 'running')",
+            " AND unique_key IS NOT NULL AND status IN ('waiting', 'queued', 'running')",
             (job.type, job.unique_key),
         ).fetchone()
         return None if row is None else str(row[0])
@@ -146,7 +160,7 @@ class SQLiteJobs(JobStore):
     ) -> None:
         """Writer thread: Conflict, before anything is written, when `new` would take a
         unique key another job holds (or an earlier step of the same batch took:
-        `claimed`); the index `jobs_unique` would refuse it, rolling back the batch."""
+        `claimed`); the index `jobs_unique_held` would refuse it, rolling back the batch."""
         if not claims_unique(old, new):
             return
         held = (new.type, new.unique_key or "")
@@ -178,6 +192,34 @@ class SQLiteJobs(JobStore):
         with core.read_errors:
             row = point.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else decode_job(row[0])
+
+    async def get_jobs(self, job_ids: list[str]) -> dict[str, Job]:
+        ids = list(dict.fromkeys(job_ids))
+
+        def read(conn: sqlite3.Connection) -> dict[str, Job]:
+            out: dict[str, Job] = {}
+            # One query per 500 ids, under SQLite's bound-parameter limit.
+            for at in range(0, len(ids), 500):
+                chunk = ids[at : at + 500]
+                rows = conn.execute(
+                    f"SELECT body FROM jobs WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+                ).fetchall()
+                for (body,) in rows:
+                    job = decode_job(body)
+                    out[job.id] = job
+            return out
+
+        if not ids:
+            return {}
+        return await self._core.read(read)
+
+    async def dependents(self, job_id: str) -> list[str]:
+        rows = await self._core.read(
+            lambda c: c.execute(
+                "SELECT child FROM job_parents WHERE parent = ?", (job_id,)
+            ).fetchall()
+        )
+        return [str(r[0]) for r in rows]
 
     async def list_jobs(
         self,
@@ -461,6 +503,7 @@ class SQLiteJobs(JobStore):
                 channel = job_channel(job_id)
                 self._log.forget(channel)
                 conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                conn.execute("DELETE FROM job_parents WHERE parent = ?", (job_id,))
                 conn.execute("DELETE FROM channels WHERE name = ?", (channel,))
                 conn.execute("DELETE FROM messages WHERE channel = ?", (channel,))
             return ids
