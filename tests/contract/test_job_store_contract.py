@@ -21,7 +21,7 @@ from msgspec.structs import replace
 
 from tidings.protocol.codecs import encode_json
 from tidings.protocol.errors import Conflict, InvalidBody, NotFound
-from tidings.protocol.jobs import Job, JobOutcome, QueueLimits, RateLimit, job_channel
+from tidings.protocol.jobs import BatchJob, Job, JobOutcome, QueueLimits, RateLimit, job_channel
 from tidings.server import transitions
 from tidings.server.constants import SERVED_MARK_INTERVAL, SERVED_WINDOW
 from tidings.server.hub import Hub
@@ -1737,5 +1737,116 @@ def test_sweeping_a_parent_forgets_its_dependents(make_store):
         await store.jobs.sweep_jobs(time.time() + 60)
         assert await store.jobs.dependents(parent.id) == []
         assert await store.jobs.get_jobs([parent.id, child.id]) == {}
+
+    run(make_store, body)
+
+
+# -- batches ------------------------------------------------------------------------------
+
+
+def spec(ref: str, type_: str = "t", **fields: Any) -> BatchJob:
+    return BatchJob(ref=ref, type=type_, **fields)
+
+
+def test_a_batch_makes_a_graph_whose_jobs_wait_for_their_parents(make_store):
+    """Fan-out and fan-in in one batch, after an existing job: the roots are queued (or
+    waiting on the existing job), the callback waits for all three, and runs last."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        before, _ = await svc.submit("pre")
+        jobs = await svc.submit_batch(
+            [
+                spec("cb", "cb", after=["a", "b", "c"]),
+                spec("a", payload=1),
+                spec("b", payload=2, after=[before.id]),
+                spec("c", payload=3, priority=5),
+            ]
+        )
+        cb, a, b, c = jobs
+        assert [j.status for j in jobs] == ["waiting", "queued", "waiting", "queued"]
+        assert cb.after == [a.id, b.id, c.id] and b.after == [before.id]
+        assert await names(store, cb.id) == ["waiting"]
+        assert (await store.jobs.queue_counts())["t"] == {"queued": 2, "waiting": 1}
+        await finish(svc, before.id)
+        assert (await svc.get(b.id)).status == "queued"
+        for job in (c, a, b):
+            await finish(svc, job.id, job.payload * 10)
+        assert (await svc.get(cb.id)).status == "queued"
+        leased = await lease_one(svc, types=["cb"])
+        wire = leased.lease_to_wire(await svc.parents([leased]))
+        assert [p.result for p in wire.parents or []] == [10, 20, 30]
+
+    run(make_store, body)
+
+
+def test_a_batch_child_of_a_failed_job_is_cancelled_with_its_own_children(make_store):
+    """In a batch, a job after an existing failed job is made cancelled, and so is the
+    batch's job after it."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        bad, _ = await svc.submit("q")
+        await finish(svc, bad.id, ok=False)
+        x, y = await svc.submit_batch([spec("y", after=["x"]), spec("x", after=[bad.id])][::-1])
+        assert x.status == "cancelled" and x.error["parent"] == bad.id
+        assert y.status == "cancelled" and y.error["parent"] == x.id
+
+    run(make_store, body)
+
+
+@pytest.mark.parametrize(
+    ("specs", "says"),
+    [
+        ([spec("a", after=["b"]), spec("b", after=["c"]), spec("c", after=["a"])], "cycle"),
+        ([spec("a", after=["a"])], "cycle: 'a' -> 'a'"),
+        ([spec("a"), spec("b", after=["nope"])], "'nope' is neither a ref"),
+        ([spec("a"), spec("a")], "names jobs[0] already"),
+        ([spec("a", unique_key="k"), spec("b", unique_key="k")], "jobs[0]'s too"),
+        ([spec("a"), spec("b", max_attempts=0)], "jobs[1] ('b'): \"max_attempts\""),
+        ([spec("")], '"ref" must be 1-200'),
+        ([], "1 to 1000 jobs"),
+    ],
+)
+def test_a_bad_batch_is_refused_saying_what_to_fix_and_makes_nothing(make_store, specs, says):
+    async def body(store: Store, svc: JobService) -> None:
+        with pytest.raises(InvalidBody) as refused:
+            await svc.submit_batch(specs)
+        assert says in refused.value.message
+        assert await store.jobs.queue_counts() == {}
+
+    run(make_store, body)
+
+
+def test_a_batch_names_its_cycle(make_store):
+    async def body(store: Store, svc: JobService) -> None:
+        with pytest.raises(InvalidBody, match="cycle: 'b' -> 'c' -> 'b'"):
+            await svc.submit_batch([spec("a"), spec("b", after=["a", "c"]), spec("c", after=["b"])])
+
+    run(make_store, body)
+
+
+def test_submit_jobs_stores_all_or_nothing(make_store):
+    """A batch whose last job would take a unique key an existing job holds is refused
+    whole (Conflict naming the holder): none of its jobs, events or dependents stored."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        holder, _ = await svc.submit("t", unique_key="k")
+        with pytest.raises(Conflict, match=holder.id):
+            await svc.submit_batch(
+                [spec("a", "u"), spec("b", "u", after=["a", holder.id]), spec("c", unique_key="k")]
+            )
+        assert await store.jobs.queue_counts() == {"t": {"queued": 1}}
+        assert (await store.jobs.list_jobs(None, None, 10)).jobs == [holder]
+        assert await store.jobs.dependents(holder.id) == []
+        assert (await store.jobs.list_jobs("waiting", None, 10)).jobs == []
+        # The store's own batch: the same.
+        now = time.time()
+        fresh = [Job(id=new_job_id(), type="u", created_at=now, run_at=now) for _ in range(3)]
+        clash = Job(id=new_job_id(), type="t", unique_key="k", created_at=now, run_at=now)
+        with pytest.raises(Conflict):
+            await store.jobs.submit_jobs([*fresh, clash], ["queued"] * 4)
+        assert await store.jobs.get_jobs([j.id for j in fresh]) == {}
+        changes = await store.jobs.submit_jobs(fresh, ["queued"] * 3)
+        assert [c.job for c in changes] == fresh
+        assert [await names(store, j.id) for j in fresh] == [["queued"]] * 3
 
     run(make_store, body)

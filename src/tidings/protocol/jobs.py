@@ -134,7 +134,9 @@ class JobWire(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     the traceback; listings and answers to workers without `errors` and the traceback.
     `served` is in the answer of `POST /v1/jobs` only: whether a worker asked for jobs of
     this type lately; so is `deduplicated`: true when the submit made no job because this
-    queued or running one holds its `unique_key`. `worker` is the id of the worker
+    waiting, queued or running one holds its `unique_key`. `ref` is in the answer of
+    `POST /v1/jobs/batch` only: the job's name in the batch. `after` (left out when
+    empty) names the jobs it waits for. `worker` is the id of the worker
     holding the job, or that last held it (null: none did, or it did not say who it is).
     """
 
@@ -166,6 +168,30 @@ class JobWire(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     links: JobLinks
     served: bool | UnsetType = UNSET
     deduplicated: bool | UnsetType = UNSET
+    ref: str | UnsetType = UNSET
+
+
+class BatchJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One job of `POST /v1/jobs/batch`: a submit's fields, and `ref`, the name the
+    batch's other jobs give it in their `after` (which may also name existing jobs)."""
+
+    ref: str
+    type: str
+    payload: Any = None
+    max_attempts: int = 3
+    timeout: float | None = None
+    delay: float = 0.0
+    priority: int = 0
+    unique_key: str | None = None
+    group: str | None = None
+    after: list[str] | None = None
+
+
+class BatchAnswerWire(msgspec.Struct, frozen=True, gc=False):
+    """The answer of `POST /v1/jobs/batch`: every job made, in the batch's order, each
+    with its `ref`."""
+
+    jobs: list[JobWire]
 
 
 class ParentWire(msgspec.Struct, frozen=True, gc=False):
@@ -260,6 +286,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
         with_traceback: bool = True,
         served: bool | UnsetType = UNSET,
         deduplicated: bool | UnsetType = UNSET,
+        ref: str | UnsetType = UNSET,
     ) -> JobWire:
         """The public form: with or without the payload, `errors` and the last error's
         traceback. `served` and `deduplicated` are given by the answer of a submit."""
@@ -298,6 +325,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             ),
             served=served,
             deduplicated=deduplicated,
+            ref=ref,
         )
 
     def event_wire(self) -> JobWire:

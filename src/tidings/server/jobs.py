@@ -49,6 +49,7 @@ from tidings.protocol.errors import BadRequest, Conflict, InvalidBody, NotFound,
 from tidings.protocol.jobs import (
     MAX_GROUP,
     TERMINAL_STATUSES,
+    BatchJob,
     Job,
     JobOutcome,
     QueueLimits,
@@ -64,6 +65,7 @@ from tidings.server.constants import (
     DEFAULT_MAX_DEPTH,
     DEPENDENCY_REPAIR_JOBS,
     MAX_AFTER,
+    MAX_BATCH_JOBS,
     MAX_WORKERS,
     SERVED_MARK_INTERVAL,
     SERVED_WINDOW,
@@ -245,6 +247,40 @@ def after_problem(after: Any) -> str | None:
         if not isinstance(parent_id, str) or not 0 < len(parent_id) <= 200:
             return f'"after": {str(parent_id)[:80]!r} is not a job id'
     return None
+
+
+def _parents_first(specs: Sequence[BatchJob], refs: dict[str, int]) -> list[int]:
+    """The places of a batch's jobs, each after the jobs of the batch it names in `after`;
+    InvalidBody naming the cycle when there is one (a depth-first walk, without
+    recursion: a chain may be a thousand jobs long)."""
+    edges = [[refs[p] for p in spec.after or () if p in refs] for spec in specs]
+    state = [0] * len(specs)  # 0: unseen, 1: on the path, 2: placed
+    order: list[int] = []
+    for start in range(len(specs)):
+        if state[start]:
+            continue
+        state[start] = 1
+        path = [start]
+        stack = [iter(edges[start])]
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                stack.pop()
+                done = path.pop()
+                state[done] = 2
+                order.append(done)
+            elif state[nxt] == 1:
+                cycle = [*path[path.index(nxt) :], nxt]
+                shown = " -> ".join(repr(specs[i].ref[:80]) for i in cycle[:20])
+                raise InvalidBody(
+                    f'"after" makes a cycle: {shown}{" -> ..." if len(cycle) > 20 else ""}: '
+                    "a job cannot wait for itself; remove one of these refs"
+                )
+            elif state[nxt] == 0:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(edges[nxt]))
+    return order
 
 
 def new_job_id() -> str:
@@ -581,27 +617,9 @@ class JobService:
         submitter see), the job waits until they all succeeded: it is queued at once when
         they already have, and cancelled at once, with the reason, when one has failed or
         was cancelled."""
-        if not isinstance(type_, str) or CHANNEL_RE.fullmatch(type_) is None:
-            raise InvalidBody('"type" must be 1-200 characters of A-Z a-z 0-9 . _ : -')
-        if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
-            raise InvalidBody(f'"max_attempts" must be between 1 and {MAX_ATTEMPTS_LIMIT}')
-        if timeout is not None and not 0 < timeout <= MAX_LEASE * 24:
-            raise InvalidBody('"timeout" must be a positive number of seconds')
-        if not 0 <= delay <= MAX_DELAY:
-            raise InvalidBody(f'"delay" must be between 0 and {MAX_DELAY:.0f} seconds')
-        if not -(2**31) <= priority < 2**31:
-            raise InvalidBody('"priority" must fit in 32 bits')
         if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
             raise BadRequest("Idempotency-Key must be 1-200 characters")
-        if unique_key is not None:
-            problem = unique_key_problem(unique_key)
-            if problem is not None:
-                raise InvalidBody(problem)
-        if group is not None:
-            problem = key_problem("group", group, MAX_GROUP)
-            if problem is not None:
-                raise InvalidBody(problem)
-        check_storable(payload, '"payload"', self.max_depth)
+        self.check_fields(type_, payload, max_attempts, timeout, delay, priority, unique_key, group)
         parents = {} if after is None else await self.check_after(after, visible)
         now = time.time()
         job = Job(
@@ -629,6 +647,145 @@ class JobService:
         if created and job.status == "waiting":
             await self._settle_jobs([job])  # its parents, read again after its write
         return job, created
+
+    def check_fields(
+        self,
+        type_: str,
+        payload: Any,
+        max_attempts: int,
+        timeout: float | None,
+        delay: float,
+        priority: int,
+        unique_key: str | None,
+        group: str | None,
+    ) -> None:
+        """InvalidBody (or what `check_storable` raises) unless these are valid fields of
+        a submit."""
+        if not isinstance(type_, str) or CHANNEL_RE.fullmatch(type_) is None:
+            raise InvalidBody('"type" must be 1-200 characters of A-Z a-z 0-9 . _ : -')
+        if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+            raise InvalidBody(f'"max_attempts" must be between 1 and {MAX_ATTEMPTS_LIMIT}')
+        if timeout is not None and not 0 < timeout <= MAX_LEASE * 24:
+            raise InvalidBody('"timeout" must be a positive number of seconds')
+        if not 0 <= delay <= MAX_DELAY:
+            raise InvalidBody(f'"delay" must be between 0 and {MAX_DELAY:.0f} seconds')
+        if not -(2**31) <= priority < 2**31:
+            raise InvalidBody('"priority" must fit in 32 bits')
+        if unique_key is not None:
+            problem = unique_key_problem(unique_key)
+            if problem is not None:
+                raise InvalidBody(problem)
+        if group is not None:
+            problem = key_problem("group", group, MAX_GROUP)
+            if problem is not None:
+                raise InvalidBody(problem)
+        check_storable(payload, '"payload"', self.max_depth)
+
+    async def submit_batch(
+        self,
+        specs: Sequence[BatchJob],
+        *,
+        submitted_by: str | None = None,
+        visible: Callable[[Job], bool] | None = None,
+    ) -> list[Job]:
+        """Submit a graph of jobs at once: all are stored, in one atomic unit of the store,
+        or none is. Each job's `after` names jobs of the batch by their `ref`, or existing
+        jobs (that `visible` lets the submitter see) by id; a job waits for its parents as
+        with `submit`. InvalidBody, with nothing stored, for a bad field (named by the
+        job's place), a ref used twice, an `after` naming neither a ref nor a job, a
+        cycle (named), or two jobs of one type with one unique key; Conflict when a job
+        that exists holds a unique key of the batch. Returns the jobs in the batch's
+        order."""
+        if not 1 <= len(specs) <= MAX_BATCH_JOBS:
+            raise InvalidBody(f'"jobs" must hold 1 to {MAX_BATCH_JOBS} jobs')
+        refs: dict[str, int] = {}
+        keys: dict[tuple[str, str], int] = {}
+        for n, spec in enumerate(specs):
+            try:
+                problem = key_problem("ref", spec.ref)
+                if problem is not None:
+                    raise InvalidBody(problem)
+                if spec.ref in refs:
+                    raise InvalidBody(
+                        f'"ref" {spec.ref!r} names jobs[{refs[spec.ref]}] already: give '
+                        "each job a ref of its own"
+                    )
+                refs[spec.ref] = n
+                self.check_fields(
+                    spec.type,
+                    spec.payload,
+                    spec.max_attempts,
+                    spec.timeout,
+                    spec.delay,
+                    spec.priority,
+                    spec.unique_key,
+                    spec.group,
+                )
+                if spec.after is not None:
+                    problem = after_problem(spec.after)
+                    if problem is not None:
+                        raise InvalidBody(problem)
+                if spec.unique_key is not None:
+                    held = (spec.type, spec.unique_key)
+                    if held in keys:
+                        raise InvalidBody(
+                            f'"unique_key" {spec.unique_key!r} of type {spec.type!r} is '
+                            f"jobs[{keys[held]}]'s too: one job of the batch may hold it"
+                        )
+                    keys[held] = n
+            except TidingsError as exc:
+                raise type(exc)(f"jobs[{n}] ({spec.ref[:80]!r}): {exc.message}") from None
+        existing = list(
+            dict.fromkeys(p for spec in specs for p in spec.after or () if p not in refs)
+        )
+        parents = await self.store.jobs.get_jobs(existing) if existing else {}
+        for n, spec in enumerate(specs):
+            for name in spec.after or ():
+                known = parents.get(name)
+                if name not in refs and (
+                    known is None or (visible is not None and not visible(known))
+                ):
+                    raise InvalidBody(
+                        f'jobs[{n}] ({spec.ref[:80]!r}): "after": {name[:80]!r} is neither '
+                        "a ref of this batch nor a job that exists (and is yours to follow)"
+                    )
+        order = _parents_first(specs, refs)
+        ids = {spec.ref: new_job_id() for spec in specs}
+        now = time.time()
+        made: dict[str, Job] = dict(parents)
+        jobs: list[Job | None] = [None] * len(specs)
+        events: list[str] = [""] * len(specs)
+        for n in order:
+            spec = specs[n]
+            after = list(dict.fromkeys(ids.get(p, p) for p in spec.after or ()))
+            job = Job(
+                id=ids[spec.ref],
+                type=spec.type,
+                payload=spec.payload,
+                max_attempts=spec.max_attempts,
+                timeout=spec.timeout,
+                priority=spec.priority,
+                unique_key=spec.unique_key,
+                group=spec.group,
+                submitted_by=submitted_by,
+                created_at=now,
+                updated_at=now,
+                run_at=now + spec.delay,
+                after=after,
+                status="waiting" if after else "queued",
+            )
+            job, event = transitions.settle(made)(job, now)
+            made[job.id] = job
+            jobs[n] = job
+            events[n] = event or job.status
+        changes = await self.store.jobs.submit_jobs([j for j in jobs if j is not None], events)
+        self.counters.submitted += len(changes)
+        out = [self._announce(change) for change in changes]
+        # Those that wait on jobs that existed: their parents, read again after the write.
+        await self._settle_jobs(
+            [job for job in out if job.status == "waiting" and any(p in parents for p in job.after)]
+        )
+        return out
 
     @staticmethod
     def deduplicated(job: Job, created: bool, idempotency_key: str | None) -> bool:

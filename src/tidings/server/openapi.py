@@ -34,6 +34,7 @@ from tidings.protocol.jobs import (
     MAX_WORKER_NAME,
     MIN_RATE_PER,
     WORKER_NAME_UNPRINTABLE,
+    BatchAnswerWire,
     HeartbeatAnswerWire,
     JobListWire,
     JobWire,
@@ -47,7 +48,7 @@ from tidings.server import constants as C
 from tidings.server import doctor
 from tidings.server.auth import COOKIE
 from tidings.server.channels import MAX_EVENT_LEN
-from tidings.server.constants import MAX_AFTER
+from tidings.server.constants import MAX_AFTER, MAX_BATCH_JOBS
 from tidings.server.http.jobs import BODY_LIMIT_SLACK, REPORT_BODY_MESSAGES
 from tidings.server.http.rpc import MAX_BATCH
 from tidings.server.jobs import (
@@ -112,6 +113,7 @@ _INT32 = 2**31
         _REPORT_ANSWER,
         _HEARTBEAT_ANSWER,
         _WORKER_LIST,
+        _BATCH_ANSWER,
     ),
     _WIRE_SCHEMAS,
 ) = msgspec.json.schema_components(
@@ -128,6 +130,7 @@ _INT32 = 2**31
         ReportAnswerWire,
         HeartbeatAnswerWire,
         WorkerListWire,
+        BatchAnswerWire,
     ),
     ref_template="#/components/schemas/{name}",
 )
@@ -1358,6 +1361,61 @@ _OPS: list[_Op] = [
         (),
     ),
 ]
+
+
+def _batch_op() -> _Op:
+    """POST /v1/jobs/batch: its jobs take the fields of POST /v1/jobs, and a `ref`."""
+    submit = next(op for op in _OPS if op.path == "/v1/jobs" and op.method == "post")
+    assert submit.body is not None  # noqa: S101 - the submit above has one
+    fields = submit.body["content"]["application/json"]["schema"]
+    ref = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_UNIQUE_KEY,
+        "pattern": f"^[^{WORKER_NAME_UNPRINTABLE}]*$",
+        "description": "the job's name in the batch, for the `after` of its other jobs",
+    }
+    after = {
+        **fields["properties"]["after"],
+        "items": {"type": "string", "minLength": 1, "maxLength": 200},
+        "description": "refs of jobs of this batch, or ids of existing jobs: the job waits "
+        "until they all succeeded",
+    }
+    job = {
+        **fields,
+        "properties": {"ref": ref, **fields["properties"], "after": after},
+        "required": ["ref", "type"],
+    }
+    return _Op(
+        "/v1/jobs/batch",
+        "post",
+        "Submit a graph of jobs at once, all or none: 202 with every job made, in order, "
+        "each with its `ref`. A cycle, a ref used twice, or an `after` naming neither a ref "
+        "of the batch nor an existing job is 422 and makes nothing; a unique key held by "
+        "a job that exists is 409. Every job's type needs the submit right",
+        [],
+        _json_body(
+            {
+                "type": "object",
+                "properties": {
+                    "jobs": {
+                        "type": "array",
+                        "items": job,
+                        "minItems": 1,
+                        "maxItems": MAX_BATCH_JOBS,
+                    }
+                },
+                "required": ["jobs"],
+                "additionalProperties": False,
+            },
+            msgpack=False,
+        ),
+        {"202": _ok("every job made, each with its `ref`", _BATCH_ANSWER)},
+        (400, 409, 413, 422),
+    )
+
+
+_OPS.append(_batch_op())
 
 _DESCRIPTION = f"""\
 Push server: channels (publish, poll, SSE, WebSocket) and jobs.

@@ -1,10 +1,13 @@
 """Job dependencies through the API: `after` on submit makes a job wait (status
 `waiting`) until its parents all succeeded; a real worker then runs it and sees their
 results (`job.parents`); a parent that fails cancels its children with the reason; an
-`after` naming a job that does not exist (or that is not the caller's) is 422."""
+`after` naming a job that does not exist (or that is not the caller's) is 422.
+`POST /v1/jobs/batch` submits a graph at once, all or nothing: a cycle, an unknown ref
+or a type not the caller's to submit makes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from tests.e2e.test_worker_sdk import (  # noqa: F401 - a fixture
     WorkerFactory,
     worker_process,
 )
-from tidings import Client
+from tidings import AsyncClient, Client
 
 
 @pytest.mark.timeout(60)
@@ -142,3 +145,113 @@ def test_in_server_handlers_see_their_parents(tidings_server: ServerFactory):
         result = b.wait(timeout=20).result
     assert result["parents"][0]["id"] == a.id
     assert result["parents"][0]["result"] == {"payload": "a", "parents": []}
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_fans_out_and_in_and_the_callback_sees_every_result(
+    server: ServerProcess,
+    worker_process: WorkerFactory,  # noqa: F811 - the fixture imported above
+):
+    """Three parents and a callback after them, in one batch with a real worker: the
+    callback runs after all three and its handler sees their three results."""
+    with Client(server.url) as client:
+        handles = client.submit_batch(
+            [
+                {"ref": "sum", "type": "parents", "payload": "sum", "after": ["x", "y", "z"]},
+                *({"ref": ref, "type": "parents", "payload": ref} for ref in "xyz"),
+            ]
+        )
+        assert list(handles) == ["sum", "x", "y", "z"]
+        assert handles["sum"].job.status == "waiting"
+        proc = worker_process(server.url)
+        try:
+            done = {ref: handle.wait(timeout=30) for ref, handle in handles.items()}
+        finally:
+            proc.stop()
+    assert {job.status for job in done.values()} == {"succeeded"}
+    assert all(done[r].finished_at <= done["sum"].started_at for r in "xyz")  # type: ignore[operator]
+    assert done["sum"].result == {
+        "payload": "sum",
+        "parents": [
+            {"id": handles[r].id, "type": "parents", "result": {"payload": r, "parents": []}}
+            for r in "xyz"
+        ],
+    }
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_with_a_cycle_or_an_unknown_ref_is_422_and_makes_nothing(http, jtype):
+    """A cycle is named; an `after` naming neither a ref nor a job is named; a body of
+    the wrong shape is 422 too; none of these makes a job."""
+    for jobs, says in (
+        (
+            [
+                {"ref": "a", "type": jtype, "after": ["c"]},
+                {"ref": "b", "type": jtype, "after": ["a"]},
+                {"ref": "c", "type": jtype, "after": ["b"]},
+            ],
+            "cycle: 'a' -> 'c' -> 'b' -> 'a'",
+        ),
+        (
+            [{"ref": "a", "type": jtype}, {"ref": "b", "type": jtype, "after": ["a", "zz"]}],
+            "jobs[1] ('b'): \"after\": 'zz' is neither a ref of this batch nor a job",
+        ),
+        ([{"ref": "a", "type": jtype, "ater": []}], "ater"),
+        ([{"ref": f"r{i}", "type": jtype} for i in range(1001)], "1 to 1000 jobs"),
+    ):
+        r = http.post("/v1/jobs/batch", json={"jobs": jobs})
+        assert r.status_code == 422, r.text
+        assert says in r.json()["error"]["message"]
+    assert jtype not in http.get("/v1/queues").json()["queues"]
+    # The path is the batch's alone: no job is called "batch".
+    r = http.get("/v1/jobs/batch")
+    assert r.status_code == 405 and r.headers["allow"] == "POST, OPTIONS"
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_answers_each_job_with_its_ref_and_the_async_client_submits_one(
+    server: ServerProcess, http, jtype
+):
+    """The answer lists every job made, in order, with its ref, each as GET shows it; the
+    AsyncClient's submit_batch makes the same."""
+    before = submit(http, jtype)
+    r = http.post(
+        "/v1/jobs/batch",
+        json={
+            "jobs": [
+                {"ref": "one", "type": jtype, "payload": 1, "after": [before["id"]]},
+                {"ref": "two", "type": jtype, "payload": 2, "after": ["one"], "priority": 3},
+            ]
+        },
+    )
+    assert r.status_code == 202, r.text
+    one, two = r.json()["jobs"]
+    assert (one["ref"], two["ref"]) == ("one", "two")
+    assert one["after"] == [before["id"]] and two["after"] == [one["id"]]
+    assert get(http, two["id"])["status"] == "waiting" and "ref" not in get(http, two["id"])
+
+    async def via_async() -> dict[str, str]:
+        async with AsyncClient(server.url) as client:
+            made = await client.submit_batch(
+                [{"ref": "p", "type": jtype}, {"ref": "q", "type": jtype, "after": ["p"]}]
+            )
+            return {ref: handle.job.status for ref, handle in made.items()}
+
+    assert asyncio.run(via_async()) == {"p": "queued", "q": "waiting"}
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_needs_the_submit_right_for_every_type(
+    tidings_server: ServerFactory, tmp_path: Path
+):
+    """One job of a type the user may not submit: 403, and none of the batch is made."""
+    store = f"sqlite:///{tmp_path / 'batch.db'}"
+    token = _user(store, "carol", "--submit", "t")
+    url = tidings_server(store, args=["--require-auth"]).url
+    with _client(url, token) as carol:
+        jobs = [{"ref": "a", "type": "t"}, {"ref": "b", "type": "u", "after": ["a"]}]
+        r = carol.post("/v1/jobs/batch", json={"jobs": jobs})
+        assert r.status_code == 403 and "'u'" in r.json()["error"]["message"]
+        assert carol.get("/v1/queues").json()["queues"] == {}
+        ok = carol.post("/v1/jobs/batch", json={"jobs": jobs[:1]})
+        assert ok.status_code == 202, ok.text

@@ -19,7 +19,14 @@ from starlette.routing import Route
 
 from tidings.protocol.codecs import encode_json, format_time
 from tidings.protocol.errors import BadRequest, Conflict, Forbidden, InvalidBody, TidingsError
-from tidings.protocol.jobs import JOB_STATUSES, Job, JobOutcome, QueueLimits, WorkerIdentity
+from tidings.protocol.jobs import (
+    JOB_STATUSES,
+    BatchJob,
+    Job,
+    JobOutcome,
+    QueueLimits,
+    WorkerIdentity,
+)
 from tidings.protocol.messages import CHANNEL_RE
 from tidings.server.http.common import (
     decode_body,
@@ -44,6 +51,8 @@ log = logging.getLogger("tidings.jobs")
 BODY_LIMIT_SLACK = 64 * 1024
 # A report carries many results: its body may be this many messages long.
 REPORT_BODY_MESSAGES = 4
+# A batch submit (up to MAX_BATCH_JOBS jobs) may be this many messages long.
+BATCH_BODY_MESSAGES = 16
 # Set (to "true") on a submit's answer when the unique key deduplicated it to a queued or
 # running job instead of queuing another.
 DEDUPLICATED_HEADER = "Tidings-Deduplicated"
@@ -60,6 +69,10 @@ class SubmitBody(msgspec.Struct, forbid_unknown_fields=True):
     unique_key: str | None = None
     group: str | None = None
     after: list[str] | None = None
+
+
+class BatchBody(msgspec.Struct, forbid_unknown_fields=True):
+    jobs: list[BatchJob]
 
 
 class ReportItem(msgspec.Struct, forbid_unknown_fields=True):
@@ -216,6 +229,31 @@ async def submit(request: Request) -> Response:
         headers[DEDUPLICATED_HEADER] = "true"
     return json_response(
         _public(principal, job, served=served, deduplicated=deduplicated), status, headers
+    )
+
+
+async def submit_batch(request: Request) -> Response:
+    """Submit a graph of jobs at once, all or none: each names the batch's jobs it waits
+    for by their `ref` (or existing jobs by id) in `after`. 202 with every job made, in
+    the batch's order, each with its `ref`. Every job's type needs the submit right."""
+    svc = _svc(request)
+    body: BatchBody = await _body(request, BatchBody, BATCH_BODY_MESSAGES)
+    principal = principal_of(request)
+    for type_ in dict.fromkeys(spec.type for spec in body.jobs):
+        require(request, "submit", type_)
+    jobs = await svc.submit_batch(
+        body.jobs,
+        submitted_by=None if principal.session is None else principal.name,
+        visible=lambda parent: principal.may_follow_job(parent.submitted_by, parent.type),
+    )
+    return json_response(
+        {
+            "jobs": [
+                _public(principal, job, ref=spec.ref)
+                for spec, job in zip(body.jobs, jobs, strict=True)
+            ]
+        },
+        202,
     )
 
 
@@ -465,6 +503,7 @@ async def report(request: Request) -> Response:
 
 routes = [
     Route("/v1/jobs", submit, methods=["POST"]),
+    Route("/v1/jobs/batch", submit_batch, methods=["POST"]),
     Route("/v1/jobs", list_jobs, methods=["GET"]),
     Route("/v1/queues", queues, methods=["GET"]),
     Route("/v1/queues/{type}", get_queue, methods=["GET"]),

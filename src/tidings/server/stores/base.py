@@ -251,6 +251,13 @@ class JobStore(abc.ABC):
         of concurrent submits of one type and key, one inserts)."""
 
     @abc.abstractmethod
+    async def submit_jobs(self, jobs: list[Job], events: list[str]) -> list[JobChange]:
+        """Insert new jobs (publishing each its event), all in one atomic unit: all are
+        stored or none is. Conflict (`unique_held`), storing none, when one would take a
+        `unique_key` that a job holds (one of the batch included); the jobs carry no
+        idempotency keys."""
+
+    @abc.abstractmethod
     async def get_job(self, job_id: str) -> Job | None:
         """One job, or None."""
 

@@ -115,6 +115,13 @@ class MemoryJobs(JobStore):
             self._job_keys[key] = job.id
         return self._insert(job, event), True
 
+    async def submit_jobs(self, jobs: list[Job], events: list[str]) -> list[JobChange]:
+        self._core.check()
+        claimed: dict[tuple[str, str], str] = {}
+        for job in jobs:  # every check before the first write
+            self._check_unique(claimed, None, job)
+        return [self._insert(job, event) for job, event in zip(jobs, events, strict=True)]
+
     def _insert(self, job: Job, event: str) -> JobChange:
         """Store a new job, in the listing order and under each of its parents."""
         # Jobs arrive about in creation order: the insertion point is at or near the end.
@@ -191,7 +198,7 @@ class MemoryJobs(JobStore):
             )
         ]
 
-    def _check_unique(self, claimed: dict[tuple[str, str], str], old: Job, new: Job) -> None:
+    def _check_unique(self, claimed: dict[tuple[str, str], str], old: Job | None, new: Job) -> None:
         """Conflict when `new` would take a unique key another job holds (or an earlier
         step of the same batch took: `claimed`)."""
         if not claims_unique(old, new):

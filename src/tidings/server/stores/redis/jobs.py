@@ -526,6 +526,18 @@ class RedisJobs(JobStore):
                     pipe.sadd(self._key("jobkids", parent), job.id)
             await pipe.execute()
 
+    async def _unindex_dependents(self, jobs: Sequence[Job]) -> None:
+        """Take jobs that were not written (refused, or deduplicated) back out of their
+        parents' dependents."""
+        after = [job for job in jobs if job.after]
+        if not after:
+            return
+        async with self._core.client.pipeline(transaction=False) as pipe:
+            for job in after:
+                for parent in job.after:
+                    pipe.srem(self._key("jobkids", parent), job.id)
+            await pipe.execute()
+
     async def submit_job(self, job: Job, event: str) -> tuple[JobChange, bool]:
         # A new job's id is random and unseen: nothing to read first. The script checks
         # that no body has that id, and answers the job an idempotency key already names.
@@ -539,11 +551,15 @@ class RedisJobs(JobStore):
                 # The key's job; this very job when a call that redis-py sent again after
                 # a lost reply finds its first sending committed (its event is published).
                 known = decode_job(reply[1])
+                if known.id != job.id:
+                    await self._unindex_dependents([job])
                 return JobChange(known, None), known.id == job.id
             if reply[0] == _HELD:
                 # The job holding the unique key; this very job when a call sent again
                 # after a lost reply finds its first sending committed.
                 holder = decode_job(reply[2])
+                if holder.id != job.id:
+                    await self._unindex_dependents([job])
                 return JobChange(holder, None), holder.id == job.id
             if reply[0] == _DIFFERS:
                 if await self._core.client.get(self._job_key(job.id)) == written[0].body:
@@ -557,6 +573,33 @@ class RedisJobs(JobStore):
         with self._errors:
             body = await self._core.client.get(self._job_key(job_id))
         return None if body is None else decode_job(body)
+
+    async def submit_jobs(self, jobs: list[Job], events: list[str]) -> list[JobChange]:
+        # New ids, random and unseen: nothing to read first; one script call writes them
+        # all or (a body under one of the ids, a unique key held) none.
+        now = jobs[0].created_at if jobs else time.time()
+        changes: list[_Change] = [(None, job, e) for job, e in zip(jobs, events, strict=True)]
+        keys, args, written = self._write_call(changes, {}, now)
+        with self._errors:
+            await self._index_dependents(jobs)
+            reply = await self._write_script(keys=keys, args=args, client=self._core.client)
+            if reply[0] == _DIFFERS:
+                n = int(reply[1]) - 1
+                if await self._core.client.get(self._job_key(jobs[n].id)) == written[n].body:
+                    # A call redis-py sent again after a lost reply: the first committed.
+                    return [JobChange(job, None) for job in jobs]
+            if reply[0] != _WRITTEN:
+                await self._unindex_dependents(jobs)
+            if reply[0] == _HELD:
+                job = jobs[int(reply[1]) - 1]
+                raise unique_held(job, decode_job(reply[2]).id)
+            if reply[0] == _DIFFERS:
+                job = jobs[int(reply[1]) - 1]
+                raise StoreError(
+                    f"a job with id {job.id!r} already exists: submit the batch again (ids are "
+                    "random)"
+                )
+        return self._changes(written, reply, now)
 
     async def get_jobs(self, job_ids: list[str]) -> dict[str, Job]:
         ids = list(dict.fromkeys(job_ids))

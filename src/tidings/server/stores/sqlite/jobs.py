@@ -156,7 +156,11 @@ class SQLiteJobs(JobStore):
         return None if row is None else str(row[0])
 
     def _check_unique(
-        self, conn: sqlite3.Connection, claimed: dict[tuple[str, str], str], old: Job, new: Job
+        self,
+        conn: sqlite3.Connection,
+        claimed: dict[tuple[str, str], str],
+        old: Job | None,
+        new: Job,
     ) -> None:
         """Writer thread: Conflict, before anything is written, when `new` would take a
         unique key another job holds (or an earlier step of the same batch took:
@@ -183,6 +187,20 @@ class SQLiteJobs(JobStore):
                     row = conn.execute("SELECT body FROM jobs WHERE id = ?", (holder,)).fetchone()
                     return JobChange(decode_job(row[0]), None), False
             return self._save_job(conn, job, event, job.created_at, None), True
+
+        return await self._core.write(op)
+
+    async def submit_jobs(self, jobs: list[Job], events: list[str]) -> list[JobChange]:
+        def op(conn: sqlite3.Connection) -> list[JobChange]:
+            # Every check before the first write: a refusal returned from an op leaves
+            # what it wrote in the transaction.
+            claimed: dict[tuple[str, str], str] = {}
+            for job in jobs:
+                self._check_unique(conn, claimed, None, job)
+            return [
+                self._save_job(conn, job, event, job.created_at, None)
+                for job, event in zip(jobs, events, strict=True)
+            ]
 
         return await self._core.write(op)
 
