@@ -1850,3 +1850,35 @@ def test_submit_jobs_stores_all_or_nothing(make_store):
         assert [await names(store, j.id) for j in fresh] == [["queued"]] * 3
 
     run(make_store, body)
+
+
+def test_sqlite_reopen_keeps_the_dependents_of_a_job(tmp_path):
+    """Reopened, a SQLite file still knows the jobs submitted after a job: its end
+    settles them."""
+    path = str(tmp_path / "deps.db")
+
+    async def first() -> tuple[str, str]:
+        store = SQLiteStore(path, DEFAULT)
+        await store.start()
+        svc = JobService(store, Hub(store.channels.cursor_key))
+        try:
+            parent, _ = await svc.submit("p")
+            child, _ = await svc.submit("c", after=[parent.id])
+            return parent.id, child.id
+        finally:
+            svc.close()
+            await store.close()
+
+    async def second(parent_id: str, child_id: str) -> str:
+        store = SQLiteStore(path, DEFAULT)
+        await store.start()
+        svc = JobService(store, Hub(store.channels.cursor_key))
+        try:
+            await finish(svc, parent_id)
+            return (await svc.get(child_id)).status
+        finally:
+            svc.close()
+            await store.close()
+
+    parent_id, child_id = asyncio.run(first())
+    assert asyncio.run(second(parent_id, child_id)) == "queued"

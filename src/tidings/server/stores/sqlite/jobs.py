@@ -59,6 +59,10 @@ class SQLiteJobs(JobStore):
         # a restart starts each rate's bucket full.
         self._limits: dict[str, QueueLimits] | None = None
         self._tat: dict[str, float] = {}
+        # Whether `job_parents` may have rows (None: not read yet): while it has none, a
+        # job that ends is known to have no dependents without a query. One server holds
+        # the file, and rows are added only through `_save_job`.
+        self._any_parents: bool | None = None
 
     def _save_job(
         self, conn: sqlite3.Connection, job: Job, event: str | None, now: float, old: Job | None
@@ -86,6 +90,7 @@ class SQLiteJobs(JobStore):
                 ),
             )
             if job.after:
+                self._any_parents = True
                 conn.executemany(
                     "INSERT OR IGNORE INTO job_parents (parent, child) VALUES (?, ?)",
                     [(parent, job.id) for parent in job.after],
@@ -124,7 +129,7 @@ class SQLiteJobs(JobStore):
                 conn, job_channel(job.id), data, encode_json(data), event, now
             )
         dependents = False
-        if job.terminal and (old is None or not old.terminal):
+        if job.terminal and (old is None or not old.terminal) and self._may_have_parents(conn):
             dependents = (
                 conn.execute(
                     "SELECT 1 FROM job_parents WHERE parent = ? LIMIT 1", (job.id,)
@@ -132,6 +137,13 @@ class SQLiteJobs(JobStore):
                 is not None
             )
         return JobChange(job, published, dependents)
+
+    def _may_have_parents(self, conn: sqlite3.Connection) -> bool:
+        """Writer thread: False while no job in the file was submitted after others."""
+        if self._any_parents is None:
+            row = conn.execute("SELECT 1 FROM job_parents LIMIT 1").fetchone()
+            self._any_parents = row is not None
+        return self._any_parents
 
     def _apply_all(
         self, conn: sqlite3.Connection, rows: list[tuple[bytes]], now: float, fn: Transition
