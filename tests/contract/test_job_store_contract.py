@@ -21,7 +21,7 @@ from msgspec.structs import replace
 
 from tidings.protocol.codecs import encode_json
 from tidings.protocol.errors import Conflict, InvalidBody, NotFound
-from tidings.protocol.jobs import Job, JobOutcome, QueueLimits, RateLimit, job_channel
+from tidings.protocol.jobs import BatchJob, Job, JobOutcome, QueueLimits, RateLimit, job_channel
 from tidings.server import transitions
 from tidings.server.constants import SERVED_MARK_INTERVAL, SERVED_WINDOW
 from tidings.server.hub import Hub
@@ -1609,3 +1609,372 @@ def test_queue_limits_outlive_the_store_object(make_store):
 
     run(make_store, first)
     run(make_store, second)
+
+
+# -- dependencies -------------------------------------------------------------------------
+
+
+async def finish(svc: JobService, job_id: str, result: Any = None, ok: bool = True) -> Job:
+    """Lease job `job_id` (the only due one of its type) and complete or fail it for good;
+    then wait for its dependents to be settled."""
+    job = await svc.get(job_id)
+    leased = await lease_one(svc, types=[job.type])
+    assert leased.id == job_id
+    token = leased.lease_token or ""
+    if ok:
+        done = await svc.complete(job_id, token, result)
+    else:
+        done = await svc.fail(job_id, token, {"message": "boom"}, retry=False)
+    await svc.settled()
+    return done
+
+
+def test_a_job_after_parents_waits_until_they_all_succeed(make_store):
+    """A job submitted after two parents is stored `waiting` (its first event), is never
+    leased while it waits, is counted and listed as waiting, and is queued once the last
+    parent succeeded; its lease shows its parents' results."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        a, _ = await svc.submit("p", "a")
+        b, _ = await svc.submit("p", "b")
+        c, created = await svc.submit("c", after=[a.id, b.id, a.id])
+        assert created and c.status == "waiting" and c.after == [a.id, b.id]
+        assert await names(store, c.id) == ["waiting"]
+        assert (await store.jobs.queue_counts())["c"] == {"waiting": 1}
+        assert [j.id for j in (await store.jobs.list_jobs("waiting", None, 10)).jobs] == [c.id]
+        assert sorted(await store.jobs.dependents(a.id)) == [c.id]
+        assert await svc.lease(["c"], 1, 0, 30.0) == []
+        await finish(svc, a.id, {"from": "a"})
+        assert (await svc.get(c.id)).status == "waiting"
+        await finish(svc, b.id, ["b"])
+        assert (await svc.get(c.id)).status == "queued"
+        assert await names(store, c.id) == ["waiting", "queued"]
+        leased = await lease_one(svc, types=["c"])
+        wire = leased.lease_to_wire(await svc.parents([leased]))
+        assert [(p.id, p.type, p.result) for p in wire.parents or []] == [
+            (a.id, "p", {"from": "a"}),
+            (b.id, "p", ["b"]),
+        ]
+
+    run(make_store, body)
+
+
+def test_a_parent_that_fails_cancels_its_children_and_theirs(make_store):
+    """a → b → c: a failing ends b cancelled naming a, and c cancelled naming b; the job
+    beside them (after a succeeded parent) is queued."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        a, _ = await svc.submit("a")
+        ok, _ = await svc.submit("ok")
+        b, _ = await svc.submit("b", after=[a.id])
+        c, _ = await svc.submit("c", after=[b.id])
+        d, _ = await svc.submit("d", after=[ok.id])
+        await finish(svc, ok.id)
+        await finish(svc, a.id, ok=False)
+        b_now, c_now = await svc.get(b.id), await svc.get(c.id)
+        assert b_now.status == "cancelled" and b_now.finished_at is not None
+        assert b_now.error["type"] == "ParentFailed" and b_now.error["parent"] == a.id
+        assert a.id in b_now.error["message"]
+        assert c_now.status == "cancelled" and c_now.error["type"] == "ParentCancelled"
+        assert c_now.error["parent"] == b.id
+        assert await names(store, c.id) == ["waiting", "cancelled"]
+        assert (await svc.get(d.id)).status == "queued"
+
+    run(make_store, body)
+
+
+def test_a_submit_after_parents_that_ended_is_queued_or_cancelled_at_once(make_store):
+    """After parents that all succeeded, a job is queued at once; after one that failed,
+    it is stored cancelled with the reason (and its own event says so)."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        good, _ = await svc.submit("p")
+        bad, _ = await svc.submit("q")
+        await finish(svc, good.id, 1)
+        await finish(svc, bad.id, ok=False)
+        ready, _ = await svc.submit("c", after=[good.id])
+        assert ready.status == "queued" and await names(store, ready.id) == ["queued"]
+        doomed, _ = await svc.submit("c", after=[good.id, bad.id])
+        assert doomed.status == "cancelled" and doomed.error["parent"] == bad.id
+        assert await names(store, doomed.id) == ["cancelled"]
+
+    run(make_store, body)
+
+
+def test_a_bad_after_is_refused_naming_what_to_fix_and_stores_nothing(make_store):
+    """An unknown parent, one the submitter may not see, an empty list or more than
+    MAX_AFTER parents: InvalidBody saying so, and no job stored."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        parent, _ = await svc.submit("p")
+        with pytest.raises(InvalidBody, match="no job 'nope'"):
+            await svc.submit("c", after=[parent.id, "nope"])
+        with pytest.raises(InvalidBody, match=f"no job '{parent.id}'"):
+            await svc.submit("c", after=[parent.id], visible=lambda job: False)
+        with pytest.raises(InvalidBody, match="1 to 100 job ids"):
+            await svc.submit("c", after=[])
+        with pytest.raises(InvalidBody, match="1 to 100 job ids"):
+            await svc.submit("c", after=[parent.id] * 101)
+        assert await store.jobs.queue_counts() == {"p": {"queued": 1}}
+
+    run(make_store, body)
+
+
+def test_cancelling_a_waiting_job_cancels_its_children_and_a_retry_waits_again(make_store):
+    """A waiting job cancels at once, and its own waiting children follow; retried, the
+    child waits again while its parent runs, and is queued when the parent succeeds. A
+    retry after a failed parent ends cancelled again."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        parent, _ = await svc.submit("p")
+        child, _ = await svc.submit("c", after=[parent.id])
+        grandchild, _ = await svc.submit("g", after=[child.id])
+        cancelled = await svc.cancel(child.id)
+        await svc.settled()
+        assert cancelled.status == "cancelled"
+        gc = await svc.get(grandchild.id)
+        assert gc.status == "cancelled" and gc.error["parent"] == child.id
+        again = await svc.retry(child.id)
+        assert again.status == "waiting" and again.attempt == 0
+        await finish(svc, parent.id, "done")
+        assert (await svc.get(child.id)).status == "queued"
+        # A parent that failed: the retried child is cancelled again, naming it.
+        bad, _ = await svc.submit("q")
+        other, _ = await svc.submit("c2", after=[bad.id])
+        await finish(svc, bad.id, ok=False)
+        assert (await svc.get(other.id)).status == "cancelled"
+        retried = await svc.retry(other.id)
+        assert retried.status == "cancelled" and retried.error["parent"] == bad.id
+
+    run(make_store, body)
+
+
+def test_a_waiting_job_holds_its_unique_key(make_store):
+    """A waiting job holds its unique key: a second submit is deduplicated to it; once it
+    is cancelled, the key is free."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        parent, _ = await svc.submit("p")
+        first, created = await svc.submit("c", unique_key="k", after=[parent.id])
+        assert created and first.status == "waiting"
+        again, created = await svc.submit("c", unique_key="k")
+        assert not created and again.id == first.id
+        await svc.cancel(first.id)
+        fresh, created = await svc.submit("c", unique_key="k")
+        assert created and fresh.id != first.id
+        with pytest.raises(Conflict, match="holds unique key"):
+            await svc.retry(first.id)
+
+    run(make_store, body)
+
+
+def test_children_submitted_while_their_parents_end_are_all_settled(make_store):
+    """Twenty children, each submitted while its parent completes: whichever comes first,
+    every child ends queued (no child is left waiting on a parent that ended)."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        parents = [(await svc.submit("p", i))[0] for i in range(20)]
+        leased = {j.id: j for j in await svc.lease(["p"], 20, 0, 30.0)}
+        assert len(leased) == 20
+
+        async def pair(parent: Job) -> str:
+            done = svc.complete(parent.id, leased[parent.id].lease_token or "", parent.payload)
+            child = svc.submit("c", after=[parent.id])
+            _, (submitted, _) = await asyncio.gather(done, child)
+            return submitted.id
+
+        children = await asyncio.gather(*(pair(p) for p in parents))
+        await svc.settled()
+        got = await store.jobs.get_jobs(children)
+        assert {job.status for job in got.values()} == {"queued"}
+
+    run(make_store, body)
+
+
+def test_repair_settles_waiting_jobs_whose_parents_ended_unseen(make_store):
+    """A parent that ends without the service's follow-up (a node stopped right after the
+    change) leaves its child waiting until `repair` settles it."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        ok, _ = await svc.submit("p")
+        bad, _ = await svc.submit("q")
+        queued_child, _ = await svc.submit("c", after=[ok.id])
+        cancelled_child, _ = await svc.submit("c", after=[bad.id])
+        for parent, done in ((ok, True), (bad, False)):
+            leased = await lease_one(svc, types=[parent.type])
+            token = leased.lease_token or ""
+            step = (
+                transitions.complete(token, 1)
+                if done
+                else transitions.fail(token, {"message": "x"}, False, svc.backoff)
+            )
+            change = await store.jobs.transition_job(parent.id, step)  # no follow-up
+            assert change.dependents
+        assert (await svc.get(queued_child.id)).status == "waiting"
+        await svc.repair()
+        assert (await svc.get(queued_child.id)).status == "queued"
+        assert (await svc.get(cancelled_child.id)).status == "cancelled"
+        # A change that does not end a job says nothing of dependents.
+        leased = await lease_one(svc, types=["c"])
+        assert leased.id == queued_child.id
+
+    run(make_store, body)
+
+
+def test_sweeping_a_parent_forgets_its_dependents(make_store):
+    """A swept parent's dependents are forgotten with it."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        parent, _ = await svc.submit("p")
+        child, _ = await svc.submit("c", after=[parent.id])
+        await finish(svc, parent.id)
+        await finish(svc, child.id)
+        assert await store.jobs.dependents(parent.id) == [child.id]
+        await store.jobs.sweep_jobs(time.time() + 60)
+        assert await store.jobs.dependents(parent.id) == []
+        assert await store.jobs.get_jobs([parent.id, child.id]) == {}
+
+    run(make_store, body)
+
+
+# -- batches ------------------------------------------------------------------------------
+
+
+def spec(ref: str, type_: str = "t", **fields: Any) -> BatchJob:
+    return BatchJob(ref=ref, type=type_, **fields)
+
+
+def test_a_batch_makes_a_graph_whose_jobs_wait_for_their_parents(make_store):
+    """Fan-out and fan-in in one batch, after an existing job: the roots are queued (or
+    waiting on the existing job), the callback waits for all three, and runs last."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        before, _ = await svc.submit("pre")
+        jobs = await svc.submit_batch(
+            [
+                spec("cb", "cb", after=["a", "b", "c"]),
+                spec("a", payload=1),
+                spec("b", payload=2, after=[before.id]),
+                spec("c", payload=3, priority=5),
+            ]
+        )
+        cb, a, b, c = jobs
+        assert [j.status for j in jobs] == ["waiting", "queued", "waiting", "queued"]
+        assert cb.after == [a.id, b.id, c.id] and b.after == [before.id]
+        assert await names(store, cb.id) == ["waiting"]
+        assert (await store.jobs.queue_counts())["t"] == {"queued": 2, "waiting": 1}
+        await finish(svc, before.id)
+        assert (await svc.get(b.id)).status == "queued"
+        for job in (c, a, b):
+            await finish(svc, job.id, job.payload * 10)
+        assert (await svc.get(cb.id)).status == "queued"
+        leased = await lease_one(svc, types=["cb"])
+        wire = leased.lease_to_wire(await svc.parents([leased]))
+        assert [p.result for p in wire.parents or []] == [10, 20, 30]
+
+    run(make_store, body)
+
+
+def test_a_batch_child_of_a_failed_job_is_cancelled_with_its_own_children(make_store):
+    """In a batch, a job after an existing failed job is made cancelled, and so is the
+    batch's job after it."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        bad, _ = await svc.submit("q")
+        await finish(svc, bad.id, ok=False)
+        x, y = await svc.submit_batch([spec("y", after=["x"]), spec("x", after=[bad.id])][::-1])
+        assert x.status == "cancelled" and x.error["parent"] == bad.id
+        assert y.status == "cancelled" and y.error["parent"] == x.id
+
+    run(make_store, body)
+
+
+@pytest.mark.parametrize(
+    ("specs", "says"),
+    [
+        ([spec("a", after=["b"]), spec("b", after=["c"]), spec("c", after=["a"])], "cycle"),
+        ([spec("a", after=["a"])], "cycle: 'a' -> 'a'"),
+        ([spec("a"), spec("b", after=["nope"])], "'nope' is neither a ref"),
+        ([spec("a"), spec("a")], "names jobs[0] already"),
+        ([spec("a", unique_key="k"), spec("b", unique_key="k")], "jobs[0]'s too"),
+        ([spec("a"), spec("b", max_attempts=0)], "jobs[1] ('b'): \"max_attempts\""),
+        ([spec("")], '"ref" must be 1-200'),
+        ([], "1 to 1000 jobs"),
+    ],
+)
+def test_a_bad_batch_is_refused_saying_what_to_fix_and_makes_nothing(make_store, specs, says):
+    async def body(store: Store, svc: JobService) -> None:
+        with pytest.raises(InvalidBody) as refused:
+            await svc.submit_batch(specs)
+        assert says in refused.value.message
+        assert await store.jobs.queue_counts() == {}
+
+    run(make_store, body)
+
+
+def test_a_batch_names_its_cycle(make_store):
+    async def body(store: Store, svc: JobService) -> None:
+        with pytest.raises(InvalidBody, match="cycle: 'b' -> 'c' -> 'b'"):
+            await svc.submit_batch([spec("a"), spec("b", after=["a", "c"]), spec("c", after=["b"])])
+
+    run(make_store, body)
+
+
+def test_submit_jobs_stores_all_or_nothing(make_store):
+    """A batch whose last job would take a unique key an existing job holds is refused
+    whole (Conflict naming the holder): none of its jobs, events or dependents stored."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        holder, _ = await svc.submit("t", unique_key="k")
+        with pytest.raises(Conflict, match=holder.id):
+            await svc.submit_batch(
+                [spec("a", "u"), spec("b", "u", after=["a", holder.id]), spec("c", unique_key="k")]
+            )
+        assert await store.jobs.queue_counts() == {"t": {"queued": 1}}
+        assert (await store.jobs.list_jobs(None, None, 10)).jobs == [holder]
+        assert await store.jobs.dependents(holder.id) == []
+        assert (await store.jobs.list_jobs("waiting", None, 10)).jobs == []
+        # The store's own batch: the same.
+        now = time.time()
+        fresh = [Job(id=new_job_id(), type="u", created_at=now, run_at=now) for _ in range(3)]
+        clash = Job(id=new_job_id(), type="t", unique_key="k", created_at=now, run_at=now)
+        with pytest.raises(Conflict):
+            await store.jobs.submit_jobs([*fresh, clash], ["queued"] * 4)
+        assert await store.jobs.get_jobs([j.id for j in fresh]) == {}
+        changes = await store.jobs.submit_jobs(fresh, ["queued"] * 3)
+        assert [c.job for c in changes] == fresh
+        assert [await names(store, j.id) for j in fresh] == [["queued"]] * 3
+
+    run(make_store, body)
+
+
+def test_sqlite_reopen_keeps_the_dependents_of_a_job(tmp_path):
+    """Reopened, a SQLite file still knows the jobs submitted after a job: its end
+    settles them."""
+    path = str(tmp_path / "deps.db")
+
+    async def first() -> tuple[str, str]:
+        store = SQLiteStore(path, DEFAULT)
+        await store.start()
+        svc = JobService(store, Hub(store.channels.cursor_key))
+        try:
+            parent, _ = await svc.submit("p")
+            child, _ = await svc.submit("c", after=[parent.id])
+            return parent.id, child.id
+        finally:
+            svc.close()
+            await store.close()
+
+    async def second(parent_id: str, child_id: str) -> str:
+        store = SQLiteStore(path, DEFAULT)
+        await store.start()
+        svc = JobService(store, Hub(store.channels.cursor_key))
+        try:
+            await finish(svc, parent_id)
+            return (await svc.get(child_id)).status
+        finally:
+            svc.close()
+            await store.close()
+
+    parent_id, child_id = asyncio.run(first())
+    assert asyncio.run(second(parent_id, child_id)) == "queued"

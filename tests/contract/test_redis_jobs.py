@@ -540,3 +540,32 @@ def test_a_node_leasing_on_an_old_copy_of_the_limits_still_keeps_them(redis_url)
         assert await svc_a.lease(["t"], 3, 0, 30.0) == []
 
     two_nodes(redis_url, body)
+
+
+@pytest.mark.timeout(30)
+def test_children_submitted_on_one_node_while_their_parents_end_on_the_other(redis_url):
+    """Twenty children submitted on node A while node B completes (ten) or fails (ten)
+    their parents: whichever comes first, each child ends queued after a parent that
+    succeeded and cancelled after one that failed — none is left waiting."""
+
+    async def body(a: Node, b: Node) -> None:
+        (store, svc_a), (_, svc_b) = a, b
+        parents = [(await svc_a.submit("p", i))[0] for i in range(20)]
+        leased = {j.id: j for j in await svc_b.lease(["p"], 20, 0, 30.0)}
+        assert len(leased) == 20
+
+        async def pair(n: int, parent: Job) -> str:
+            token = leased[parent.id].lease_token or ""
+            if n % 2:
+                ending = svc_b.fail(parent.id, token, {"message": "x"}, retry=False)
+            else:
+                ending = svc_b.complete(parent.id, token, n)
+            _, (child, _) = await asyncio.gather(ending, svc_a.submit("c", after=[parent.id]))
+            return child.id
+
+        children = await asyncio.gather(*(pair(n, p) for n, p in enumerate(parents)))
+        await asyncio.gather(svc_a.settled(), svc_b.settled())
+        got = await store.jobs.get_jobs(children)
+        assert [got[c].status for c in children] == ["queued", "cancelled"] * 10
+
+    two_nodes(redis_url, body)

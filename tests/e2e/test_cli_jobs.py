@@ -133,9 +133,17 @@ def test_jobs_queues_json_counts_every_status_per_type(srv: ServerProcess) -> No
     assert queues["report"]["queued"] == 2
     assert queues["report"]["failed"] == 0
     assert queues["mail"]["failed"] == 1
-    assert set(queues["mail"]) == {"queued", "running", "succeeded", "failed", "cancelled"}
+    assert set(queues["mail"]) == {
+        "waiting",
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "cancelled",
+    }
     table = piped("jobs", "queues", "--url", srv.url).stdout
-    assert re.search(r"report\s*│\s*2\s*│", table), table
+    # Columns: type, then every status (waiting first).
+    assert re.search(r"report\s*│\s*0\s*│\s*2\s*│", table), table
 
 
 def test_jobs_dead_lists_failed_jobs_newest_first_with_their_error(srv: ServerProcess) -> None:

@@ -61,3 +61,12 @@ def deep(job: JobContext) -> Any:
     for _ in range(int(job.payload.get("depth", 100))):
         value = [value]
     return value
+
+
+@worker.handler("parents")
+def parents(job: JobContext) -> dict[str, Any]:
+    """Return the payload and what the job sees of its parents (`after`)."""
+    return {
+        "payload": job.payload,
+        "parents": [{"id": p.id, "type": p.type, "result": p.result} for p in job.parents],
+    }

@@ -23,10 +23,14 @@ from msgspec import UNSET, UnsetType
 from tidings.protocol.codecs import Time, format_time
 from tidings.protocol.errors import ErrorDetail
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobStatus = Literal["waiting", "queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 ACTIVE_STATUSES = frozenset({"queued", "running"})
+# The statuses in which a job holds its `unique_key`: a job waiting for its parents
+# (`after`) holds it too, so that a second submit of the same work while the first waits
+# is deduplicated to it.
+UNIQUE_STATUSES = frozenset({"waiting", "queued", "running"})
 # The fields of `JobWire` that hold a time (`Time`, or null where the job has none yet).
 JOB_TIME_FIELDS = (
     "created_at",
@@ -130,7 +134,9 @@ class JobWire(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     the traceback; listings and answers to workers without `errors` and the traceback.
     `served` is in the answer of `POST /v1/jobs` only: whether a worker asked for jobs of
     this type lately; so is `deduplicated`: true when the submit made no job because this
-    queued or running one holds its `unique_key`. `worker` is the id of the worker
+    waiting, queued or running one holds its `unique_key`. `ref` is in the answer of
+    `POST /v1/jobs/batch` only: the job's name in the batch. `after` (left out when
+    empty) names the jobs it waits for. `worker` is the id of the worker
     holding the job, or that last held it (null: none did, or it did not say who it is).
     """
 
@@ -152,6 +158,7 @@ class JobWire(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     worker: str | None = None
     unique_key: str | None = None
     group: str | None = None
+    after: list[str] | UnsetType = UNSET
     created_at: Time
     updated_at: Time
     run_at: Time
@@ -161,10 +168,45 @@ class JobWire(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     links: JobLinks
     served: bool | UnsetType = UNSET
     deduplicated: bool | UnsetType = UNSET
+    ref: str | UnsetType = UNSET
+
+
+class BatchJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One job of `POST /v1/jobs/batch`: a submit's fields, and `ref`, the name the
+    batch's other jobs give it in their `after` (which may also name existing jobs)."""
+
+    ref: str
+    type: str
+    payload: Any = None
+    max_attempts: int = 3
+    timeout: float | None = None
+    delay: float = 0.0
+    priority: int = 0
+    unique_key: str | None = None
+    group: str | None = None
+    after: list[str] | None = None
+
+
+class BatchAnswerWire(msgspec.Struct, frozen=True, gc=False):
+    """The answer of `POST /v1/jobs/batch`: every job made, in the batch's order, each
+    with its `ref`."""
+
+    jobs: list[JobWire]
+
+
+class ParentWire(msgspec.Struct, frozen=True, gc=False):
+    """A parent of a leased job (one it was submitted `after`): its id, type and result
+    (null when it is gone, which only a job leased after its parents' TTL sees)."""
+
+    id: str
+    type: str
+    result: Any
 
 
 class LeasedJobWire(msgspec.Struct, frozen=True, gc=False):
-    """A job as a lease answer hands it to a worker, with the lease's token and end."""
+    """A job as a lease answer hands it to a worker, with the lease's token and end, and
+    for a job submitted `after` others, those parents with their results (in `after`'s
+    order)."""
 
     id: str
     type: str
@@ -174,6 +216,7 @@ class LeasedJobWire(msgspec.Struct, frozen=True, gc=False):
     timeout: float | None
     lease_token: str
     lease_expires_at: Time | None
+    parents: list[ParentWire] | UnsetType = UNSET
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
@@ -216,6 +259,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     unique_key: str | None = None
     # What its queue's `group_concurrency` counts it by (None: no group).
     group: str | None = None
+    # Its parents: the jobs that must all succeed before it is queued (it waits meanwhile).
+    after: list[str] = msgspec.field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -227,6 +272,12 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
         """True while the job is queued or running: when its `unique_key` is held."""
         return self.status in ACTIVE_STATUSES
 
+    @property
+    def holds_unique(self) -> bool:
+        """True while the job holds its `unique_key` (if it has one): waiting, queued or
+        running."""
+        return self.unique_key is not None and self.status in UNIQUE_STATUSES
+
     def to_wire(
         self,
         *,
@@ -235,6 +286,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
         with_traceback: bool = True,
         served: bool | UnsetType = UNSET,
         deduplicated: bool | UnsetType = UNSET,
+        ref: str | UnsetType = UNSET,
     ) -> JobWire:
         """The public form: with or without the payload, `errors` and the last error's
         traceback. `served` and `deduplicated` are given by the answer of a submit."""
@@ -258,6 +310,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             worker=self.worker,
             unique_key=self.unique_key,
             group=self.group,
+            after=self.after if self.after else UNSET,
             created_at=format_time(self.created_at),
             updated_at=format_time(self.updated_at),
             run_at=format_time(self.run_at),
@@ -272,6 +325,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             ),
             served=served,
             deduplicated=deduplicated,
+            ref=ref,
         )
 
     def event_wire(self) -> JobWire:
@@ -292,8 +346,19 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             self.message,
         )
 
-    def lease_to_wire(self) -> LeasedJobWire:
-        """What a worker receives for a leased job."""
+    def lease_to_wire(self, parents: dict[str, Job] | None = None) -> LeasedJobWire:
+        """What a worker receives for a leased job; `parents` holds (at least) the jobs of
+        its `after` that still exist, by id."""
+        known = parents or {}
+        shown: list[ParentWire] | UnsetType = UNSET
+        if self.after:
+            shown = []
+            for parent_id in self.after:
+                parent = known.get(parent_id)
+                if parent is None:
+                    shown.append(ParentWire(parent_id, "", None))
+                else:
+                    shown.append(ParentWire(parent_id, parent.type, parent.result))
         return LeasedJobWire(
             self.id,
             self.type,
@@ -303,6 +368,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             self.timeout,
             self.lease_token or "",
             _opt_time(self.lease_expires_at),
+            shown,
         )
 
 

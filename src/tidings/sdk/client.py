@@ -35,6 +35,7 @@ from tidings.protocol.codecs import JSON_DECODER, encode_json, parse_optional_ti
 from tidings.protocol.jobs import (
     JOB_TIME_FIELDS,
     TERMINAL_STATUSES,
+    BatchAnswerWire,
     JobListWire,
     JobStatus,
     JobWire,
@@ -119,6 +120,7 @@ _ACK = msgspec.json.Decoder(PublishAckWire)
 _JOB = msgspec.json.Decoder(JobWire)
 _MESSAGE = msgspec.json.Decoder(MessageWire)
 _JOBS = msgspec.json.Decoder(JobListWire)
+_BATCH = msgspec.json.Decoder(BatchAnswerWire)
 
 
 def _publish_request(
@@ -488,6 +490,7 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
     worker: str | None = None
     unique_key: str | None = None
     group: str | None = None
+    after: list[str] = msgspec.field(default_factory=list)
     created_at: float | None = None
     updated_at: float | None = None
     run_at: float | None = None
@@ -531,6 +534,7 @@ def _submit_request(
     group: str | None,
     wait: float | None,
     http_timeout: float,
+    after: list[str] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"type": type, "payload": payload}
     for name, value in (
@@ -540,6 +544,7 @@ def _submit_request(
         ("priority", priority),
         ("unique_key", unique_key),
         ("group", group),
+        ("after", after),
     ):
         if value is not None:
             body[name] = value
@@ -558,6 +563,24 @@ def _submit_request(
         "params": params,
         "timeout": http_timeout,
     }
+
+
+def _batch_request(jobs: list[dict[str, Any]], http_timeout: float) -> dict[str, Any]:
+    return {
+        "method": "POST",
+        "url": "/v1/jobs/batch",
+        "content": encode_json({"jobs": jobs}),
+        "headers": {"Content-Type": "application/json"},
+        "timeout": http_timeout,
+    }
+
+
+def _parse_batch(response: httpx.Response) -> list[tuple[str, JobInfo]]:
+    """A batch submit's answer: each job made with its ref, in the batch's order."""
+    return [
+        ("" if isinstance(wire.ref, msgspec.UnsetType) else wire.ref, _job_info(wire))
+        for wire in decode(response, _BATCH).jobs
+    ]
 
 
 def _get_job_request(job_id: str, wait: float | None, http_timeout: float) -> dict[str, Any]:
@@ -1091,6 +1114,7 @@ class Client:
         unique_key: str | None = None,
         group: str | None = None,
         wait: float | None = None,
+        after: list[str] | None = None,
     ) -> JobHandle:
         """Submit a job and return a handle to follow it.
 
@@ -1102,11 +1126,14 @@ class Client:
             delay: Seconds before the job may first run.
             priority: Higher runs first among ready jobs of a type.
             idempotency_key: Submitting again with the same key returns the same job.
-            unique_key: While a queued or running job of this type holds this key, the
+            unique_key: While a waiting, queued or running job of this type holds this key, the
                 submit returns that job (the handle's `deduplicated` is True) instead of
                 queuing another.
             group: What the type's `group_concurrency` (PUT /v1/queues/{type}) counts the
                 job by, e.g. a tenant: at most that many jobs of a group run at once.
+            after: Parent job ids (at most 100): the job waits (status "waiting") until
+                they all succeeded, and its handler sees their results (`job.parents`); a
+                parent that fails or is cancelled ends it cancelled.
             wait: Seconds the server may hold the answer until the job ends; the handle's
                 `job` is then already terminal (check `handle.job.terminal`).
 
@@ -1130,9 +1157,29 @@ class Client:
             group=group,
             wait=wait,
             http_timeout=self.timeout,
+            after=after,
         )
         job, said = _parse_submitted(self._request(spec))
         return JobHandle(self, job, served=said.served, deduplicated=said.deduplicated)
+
+    def submit_batch(self, jobs: list[dict[str, Any]]) -> dict[str, JobHandle]:
+        """Submit a graph of jobs at once: all are made, or none (a 422 or 409 raises
+        `TidingsHTTPError`, saying what to fix). Each job is a dict of `submit`'s fields
+        (`type`, `payload`, `after`, `unique_key`, ...) with a `ref`, its name in the batch;
+        `after` names jobs of the batch by their ref, or existing jobs by id. At most
+        1,000 jobs; no cycles.
+
+        Returns a handle on each job made, by ref, in the batch's order::
+
+            handles = client.submit_batch([
+                {"ref": "a", "type": "fetch", "payload": 1},
+                {"ref": "b", "type": "fetch", "payload": 2},
+                {"ref": "sum", "type": "add", "after": ["a", "b"]},
+            ])
+            handles["sum"].wait()
+        """
+        made = _parse_batch(self._request(_batch_request(jobs, self.timeout)))
+        return {ref: JobHandle(self, job) for ref, job in made}
 
     def job(self, job_id: str) -> JobHandle:
         """A handle on an existing job (fetched once: 404 raises `TidingsHTTPError`)."""
@@ -1535,6 +1582,7 @@ class AsyncClient:
         unique_key: str | None = None,
         group: str | None = None,
         wait: float | None = None,
+        after: list[str] | None = None,
     ) -> AsyncJobHandle:
         """Submit a job and return a handle to follow it; see `Client.submit`."""
         spec = _submit_request(
@@ -1549,9 +1597,15 @@ class AsyncClient:
             group=group,
             wait=wait,
             http_timeout=self.timeout,
+            after=after,
         )
         job, said = _parse_submitted(await self._request(spec))
         return AsyncJobHandle(self, job, served=said.served, deduplicated=said.deduplicated)
+
+    async def submit_batch(self, jobs: list[dict[str, Any]]) -> dict[str, AsyncJobHandle]:
+        """Submit a graph of jobs at once, all or none; see `Client.submit_batch`."""
+        made = _parse_batch(await self._request(_batch_request(jobs, self.timeout)))
+        return {ref: AsyncJobHandle(self, job) for ref, job in made}
 
     async def job(self, job_id: str) -> AsyncJobHandle:
         """A handle on an existing job (fetched once: 404 raises `TidingsHTTPError`)."""

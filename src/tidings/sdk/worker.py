@@ -94,6 +94,7 @@ from tidings.protocol.jobs import (
     LeaseAnswerWire,
     LeasedJobWire,
     OutcomeWire,
+    ParentWire,
     ReportAnswerWire,
     WorkerIdentity,
     bound_traceback,
@@ -220,7 +221,8 @@ def _refusal(exc: BaseException, url: str, types: list[str] | None) -> WorkerRef
 
 
 class LeasedJob(msgspec.Struct, frozen=True, kw_only=True):
-    """A job as a worker receives it. `lease_expires_at` is seconds since the epoch."""
+    """A job as a worker receives it. `lease_expires_at` is seconds since the epoch;
+    `parents` the jobs it was submitted `after`, with their results."""
 
     id: str
     type: str
@@ -230,6 +232,7 @@ class LeasedJob(msgspec.Struct, frozen=True, kw_only=True):
     timeout: float | None = None
     lease_token: str
     lease_expires_at: float | None = None
+    parents: list[ParentWire] = msgspec.field(default_factory=list)
 
     @classmethod
     def from_wire(cls, wire: LeasedJobWire) -> LeasedJob:
@@ -243,6 +246,7 @@ class LeasedJob(msgspec.Struct, frozen=True, kw_only=True):
             timeout=wire.timeout,
             lease_token=wire.lease_token,
             lease_expires_at=parse_optional_time(wire.lease_expires_at),
+            parents=[] if wire.parents is msgspec.UNSET else wire.parents,
         )
 
 
@@ -330,6 +334,8 @@ class JobServiceLike(Protocol):
 
     async def report(self, outcomes: list[JobOutcome]) -> list[Job | TidingsError]: ...
 
+    async def parents(self, jobs: list[Job]) -> dict[str, Job]: ...
+
 
 class LocalBackend:
     """The worker protocol as direct calls on the server's job service (in-process).
@@ -345,6 +351,7 @@ class LocalBackend:
         self, types: list[str] | None, max_jobs: int, wait: float, lease: float
     ) -> list[LeasedJob]:
         jobs = await self.service.lease(types, max_jobs, wait, lease, worker=self.worker)
+        known = await self.service.parents(jobs)
         return [
             LeasedJob(
                 id=job.id,
@@ -355,6 +362,7 @@ class LocalBackend:
                 timeout=job.timeout,
                 lease_token=job.lease_token or "",
                 lease_expires_at=job.lease_expires_at,
+                parents=[] if not job.after else job.lease_to_wire(known).parents or [],
             )
             for job in jobs
         ]
@@ -639,12 +647,15 @@ class JobContext:
         attempt: 1 on the first delivery, 2 on the first retry, ...
         max_attempts: Attempts the job is allowed in all.
         timeout: Seconds the job may run (None: no limit), as submitted.
+        parents: The jobs it was submitted `after` (all succeeded), in that order: each
+            with its `id`, `type` and `result`.
     """
 
     def __init__(self, leased: LeasedJob, loop: asyncio.AbstractEventLoop) -> None:
         self.id = leased.id
         self.type = leased.type
         self.payload: Any = leased.payload
+        self.parents: list[ParentWire] = leased.parents
         self.attempt = leased.attempt
         self.max_attempts = leased.max_attempts
         self.timeout = leased.timeout

@@ -12,6 +12,18 @@ heartbeat of a job such a worker holds, records the worker in the store (`store.
 lease path is hot — and counts the jobs submitted and finished here (`JobCounters`, for
 /metrics).
 
+Dependencies: a job submitted `after` parents waits (status `waiting`) until they all
+succeeded. The store says when a change ended a job that has dependents
+(`JobChange.dependents`); the service then settles them (`transitions.settle`: queued once
+every parent succeeded, cancelled with the reason when one failed or was cancelled),
+each in a follow-up task after the change, and the changes those make follow in turn
+(a cancelled child cancels its own children). A job is settled also right after it is
+stored waiting (a submit, a retry): a parent that ended between the read of the parents
+and the child's write finds no child to settle, so the child's own settle, which reads
+the parents after the write, sees it ended. What a stopped node leaves undone (a parent
+ended, its follow-up never ran) is found by `repair`, run every few seconds: it settles
+the next waiting jobs of the list, a bounded number per pass.
+
 Queue limits (rate, concurrency, group concurrency per job type) are the store's to keep,
 in the atomic step of each lease (tidings.server.stores.limits); the service checks them
 when they are set, and wakes the parked lease requests a held job may now go to: when a
@@ -22,6 +34,7 @@ is being leased.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import time
@@ -36,6 +49,7 @@ from tidings.protocol.errors import BadRequest, Conflict, InvalidBody, NotFound,
 from tidings.protocol.jobs import (
     MAX_GROUP,
     TERMINAL_STATUSES,
+    BatchJob,
     Job,
     JobOutcome,
     QueueLimits,
@@ -50,6 +64,9 @@ from tidings.protocol.schedules import SCHEDULE_JOB_PREFIX
 from tidings.server import transitions
 from tidings.server.constants import (
     DEFAULT_MAX_DEPTH,
+    DEPENDENCY_REPAIR_JOBS,
+    MAX_AFTER,
+    MAX_BATCH_JOBS,
     MAX_WORKERS,
     SERVED_MARK_INTERVAL,
     SERVED_WINDOW,
@@ -79,11 +96,16 @@ __all__ = [
     "MIN_LEASE",
     "JobCounters",
     "JobService",
+    "after_problem",
     "error_object",
     "new_job_id",
 ]
 
+log = logging.getLogger("tidings.jobs")
+
 MAX_ATTEMPTS_LIMIT = 100
+# Waiting jobs settled per store read (each with up to MAX_AFTER parents).
+SETTLE_BATCH = 100
 MAX_DELAY = 365 * 24 * 3600.0
 MAX_LEASE = 3600.0
 MAX_LEASE_BATCH = 100
@@ -218,6 +240,51 @@ class _WorkersNoted:
             noted.popitem(last=False)
 
 
+def after_problem(after: Any) -> str | None:
+    """What is wrong with an `after` (a submit's parent ids), said as what to fix; None
+    when it is a list of 1 to MAX_AFTER job ids."""
+    if not isinstance(after, list | tuple) or not 1 <= len(after) <= MAX_AFTER:
+        return f'"after" must be a list of 1 to {MAX_AFTER} job ids, or left out'
+    for parent_id in after:
+        if not isinstance(parent_id, str) or not 0 < len(parent_id) <= 200:
+            return f'"after": {str(parent_id)[:80]!r} is not a job id'
+    return None
+
+
+def _parents_first(specs: Sequence[BatchJob], refs: dict[str, int]) -> list[int]:
+    """The places of a batch's jobs, each after the jobs of the batch it names in `after`;
+    InvalidBody naming the cycle when there is one (a depth-first walk, without
+    recursion: a chain may be a thousand jobs long)."""
+    edges = [[refs[p] for p in spec.after or () if p in refs] for spec in specs]
+    state = [0] * len(specs)  # 0: unseen, 1: on the path, 2: placed
+    order: list[int] = []
+    for start in range(len(specs)):
+        if state[start]:
+            continue
+        state[start] = 1
+        path = [start]
+        stack = [iter(edges[start])]
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                stack.pop()
+                done = path.pop()
+                state[done] = 2
+                order.append(done)
+            elif state[nxt] == 1:
+                cycle = [*path[path.index(nxt) :], nxt]
+                shown = " -> ".join(repr(specs[i].ref[:80]) for i in cycle[:20])
+                raise InvalidBody(
+                    f'"after" makes a cycle: {shown}{" -> ..." if len(cycle) > 20 else ""}: '
+                    "a job cannot wait for itself; remove one of these refs"
+                )
+            elif state[nxt] == 0:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(edges[nxt]))
+    return order
+
+
 def new_job_id() -> str:
     """Time-ordered, unguessable: 12 hex digits of milliseconds, then 12 random ones."""
     return f"{int(time.time() * 1000):012x}{os.urandom(6).hex()}"
@@ -269,6 +336,10 @@ class JobService:
         self._limits: dict[str, QueueLimits] = {}
         self._limits_read = -math.inf
         self._rate_leased: dict[str, float] = {}
+        # The settling of the dependents of jobs that ended (kept so they finish), and
+        # where the next repair pass goes on in the list of waiting jobs.
+        self._follows: set[asyncio.Task[None]] = set()
+        self._repair_from: JobCursor | None = None
 
     # -- fan-out and wake-ups ---------------------------------------------------------
 
@@ -278,6 +349,8 @@ class JobService:
             p = change.published
             self.hub.publish(p.message, p.prev_id, p.keep)
         job = change.job
+        if change.dependents:
+            self._follow(job.id)
         if job.type in self._limits and change.published is not None:
             self._limited_change(job, change.published.message.event)
         if job.status == "queued":
@@ -360,6 +433,87 @@ class JobService:
             else:
                 keep.append((types, fut))
         self._work_waiters = keep
+
+    # -- dependencies -----------------------------------------------------------------
+
+    def _follow(self, parent_id: str) -> None:
+        """Job `parent_id` ended and has dependents: settle them in a task of their own
+        (the change that ended it is answered meanwhile)."""
+        task = asyncio.get_running_loop().create_task(self._settle_dependents(parent_id))
+        self._follows.add(task)
+        task.add_done_callback(self._follows.discard)
+
+    async def _settle_dependents(self, parent_id: str) -> None:
+        try:
+            await self.settle(await self.store.jobs.dependents(parent_id))
+        except Exception:
+            # `repair` settles them later.
+            log.exception("settling the jobs submitted after job %s failed", parent_id)
+
+    async def settled(self) -> None:
+        """Return once the settling of dependents under way (and what it set off) is done."""
+        while self._follows:
+            await asyncio.gather(*self._follows, return_exceptions=True)
+
+    async def settle(self, job_ids: Sequence[str]) -> None:
+        """Settle those of `job_ids` that are waiting (`transitions.settle`), reading them
+        and their parents SETTLE_BATCH jobs at a time."""
+        for at in range(0, len(job_ids), SETTLE_BATCH):
+            found = await self.store.jobs.get_jobs(list(job_ids[at : at + SETTLE_BATCH]))
+            await self._settle_jobs(list(found.values()))
+
+    async def _settle_jobs(self, jobs: Sequence[Job]) -> None:
+        """Settle `jobs` (as just read): their parents are read after them, so a parent
+        that ended before they were read is seen ended."""
+        waiting = [job for job in jobs if job.status == "waiting"]
+        if not waiting:
+            return
+        parent_ids = list(dict.fromkeys(p for job in waiting for p in job.after))
+        settle = transitions.settle(await self.store.jobs.get_jobs(parent_ids))
+        now = time.time()
+        # Only those the settle changes: one whose parents have yet to end is found by
+        # the last of them to end.
+        steps: list[JobStep] = [
+            (job.id, settle, True) for job in waiting if settle(job, now)[1] is not None
+        ]
+        if steps:
+            for change in await self.store.jobs.transition_jobs(steps):
+                if not isinstance(change, TidingsError):
+                    self._announce(change)
+
+    async def repair(self) -> None:
+        """Settle the next DEPENDENCY_REPAIR_JOBS waiting jobs of the list (then start
+        over): those whose parents all ended while no node settled them (a node stopped
+        between a parent's end and its follow-up) are queued or cancelled."""
+        page = await self.store.jobs.list_jobs(
+            "waiting", None, DEPENDENCY_REPAIR_JOBS, self._repair_from
+        )
+        self._repair_from = page.next
+        await self._settle_jobs(page.jobs)
+
+    async def parents(self, jobs: Sequence[Job]) -> dict[str, Job]:
+        """The parents of `jobs` (those submitted `after` others) that still exist, by id:
+        what a lease answer shows each job of its parents."""
+        ids = list(dict.fromkeys(p for job in jobs for p in job.after))
+        return await self.store.jobs.get_jobs(ids) if ids else {}
+
+    async def check_after(
+        self, after: Sequence[str], visible: Callable[[Job], bool] | None = None
+    ) -> dict[str, Job]:
+        """The parents `after` names, by id; InvalidBody naming the first that does not
+        exist or that `visible` says the submitter may not see (as if it did not exist)."""
+        problem = after_problem(after)
+        if problem is not None:
+            raise InvalidBody(problem)
+        parents = await self.store.jobs.get_jobs(list(after))
+        for parent_id in after:
+            parent = parents.get(parent_id)
+            if parent is None or (visible is not None and not visible(parent)):
+                raise InvalidBody(
+                    f'"after": there is no job {parent_id[:80]!r} (or it is not yours to '
+                    "follow): name jobs that exist, by the ids their submits answered"
+                )
+        return parents
 
     # -- served types -----------------------------------------------------------------
 
@@ -455,40 +609,30 @@ class JobService:
         group: str | None = None,
         submitted_by: str | None = None,
         job_id: str | None = None,
+        after: Sequence[str] | None = None,
+        visible: Callable[[Job], bool] | None = None,
     ) -> tuple[Job, bool]:
         """Queue a job; returns it and whether it is new (False: the idempotency key
-        matched, or the returned job, queued or running, holds `unique_key`: see
+        matched, or the returned job, waiting, queued or running, holds `unique_key`: see
         `deduplicated`).
 
         `job_id` names the job (a schedule's firing, whose idempotency key is that id);
         by default it gets a new random id. Idempotency keys starting with `sched:` are
-        those of firings: any other submit is refused one (BadRequest)."""
-        if not isinstance(type_, str) or CHANNEL_RE.fullmatch(type_) is None:
-            raise InvalidBody('"type" must be 1-200 characters of A-Z a-z 0-9 . _ : -')
-        if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
-            raise InvalidBody(f'"max_attempts" must be between 1 and {MAX_ATTEMPTS_LIMIT}')
-        if timeout is not None and not 0 < timeout <= MAX_LEASE * 24:
-            raise InvalidBody('"timeout" must be a positive number of seconds')
-        if not 0 <= delay <= MAX_DELAY:
-            raise InvalidBody(f'"delay" must be between 0 and {MAX_DELAY:.0f} seconds')
-        if not -(2**31) <= priority < 2**31:
-            raise InvalidBody('"priority" must fit in 32 bits')
+        those of firings: any other submit is refused one (BadRequest).
+
+        With `after` (parent job ids, each one that exists and that `visible` lets the
+        submitter see), the job waits until they all succeeded: it is queued at once when
+        they already have, and cancelled at once, with the reason, when one has failed or
+        was cancelled."""
         if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
             raise BadRequest("Idempotency-Key must be 1-200 characters")
-        if unique_key is not None:
-            problem = unique_key_problem(unique_key)
-            if problem is not None:
-                raise InvalidBody(problem)
-        if group is not None:
-            problem = key_problem("group", group, MAX_GROUP)
-            if problem is not None:
-                raise InvalidBody(problem)
         if job_id != idempotency_key and (idempotency_key or "").startswith(SCHEDULE_JOB_PREFIX):
             raise BadRequest(
                 f"Idempotency-Key values starting with {SCHEDULE_JOB_PREFIX} are "
                 "reserved for schedules' firings: use another key"
             )
-        check_storable(payload, '"payload"', self.max_depth)
+        self.check_fields(type_, payload, max_attempts, timeout, delay, priority, unique_key, group)
+        parents = {} if after is None else await self.check_after(after, visible)
         now = time.time()
         job = Job(
             id=job_id or new_job_id(),
@@ -504,11 +648,156 @@ class JobService:
             created_at=now,
             updated_at=now,
             run_at=now + delay,
+            after=list(dict.fromkeys(after or ())),
+            status="waiting" if after else "queued",
         )
-        change, created = await self.store.jobs.submit_job(job, "queued")
+        job, event = transitions.settle(parents)(job, now)
+        change, created = await self.store.jobs.submit_job(job, event or job.status)
         if created:
             self.counters.submitted += 1
-        return self._announce(change), created
+        job = self._announce(change)
+        if created and job.status == "waiting":
+            await self._settle_jobs([job])  # its parents, read again after its write
+        return job, created
+
+    def check_fields(
+        self,
+        type_: str,
+        payload: Any,
+        max_attempts: int,
+        timeout: float | None,
+        delay: float,
+        priority: int,
+        unique_key: str | None,
+        group: str | None,
+    ) -> None:
+        """InvalidBody (or what `check_storable` raises) unless these are valid fields of
+        a submit."""
+        if not isinstance(type_, str) or CHANNEL_RE.fullmatch(type_) is None:
+            raise InvalidBody('"type" must be 1-200 characters of A-Z a-z 0-9 . _ : -')
+        if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+            raise InvalidBody(f'"max_attempts" must be between 1 and {MAX_ATTEMPTS_LIMIT}')
+        if timeout is not None and not 0 < timeout <= MAX_LEASE * 24:
+            raise InvalidBody('"timeout" must be a positive number of seconds')
+        if not 0 <= delay <= MAX_DELAY:
+            raise InvalidBody(f'"delay" must be between 0 and {MAX_DELAY:.0f} seconds')
+        if not -(2**31) <= priority < 2**31:
+            raise InvalidBody('"priority" must fit in 32 bits')
+        if unique_key is not None:
+            problem = unique_key_problem(unique_key)
+            if problem is not None:
+                raise InvalidBody(problem)
+        if group is not None:
+            problem = key_problem("group", group, MAX_GROUP)
+            if problem is not None:
+                raise InvalidBody(problem)
+        check_storable(payload, '"payload"', self.max_depth)
+
+    async def submit_batch(
+        self,
+        specs: Sequence[BatchJob],
+        *,
+        submitted_by: str | None = None,
+        visible: Callable[[Job], bool] | None = None,
+    ) -> list[Job]:
+        """Submit a graph of jobs at once: all are stored, in one atomic unit of the store,
+        or none is. Each job's `after` names jobs of the batch by their `ref`, or existing
+        jobs (that `visible` lets the submitter see) by id; a job waits for its parents as
+        with `submit`. InvalidBody, with nothing stored, for a bad field (named by the
+        job's place), a ref used twice, an `after` naming neither a ref nor a job, a
+        cycle (named), or two jobs of one type with one unique key; Conflict when a job
+        that exists holds a unique key of the batch. Returns the jobs in the batch's
+        order."""
+        if not 1 <= len(specs) <= MAX_BATCH_JOBS:
+            raise InvalidBody(f'"jobs" must hold 1 to {MAX_BATCH_JOBS} jobs')
+        refs: dict[str, int] = {}
+        keys: dict[tuple[str, str], int] = {}
+        for n, spec in enumerate(specs):
+            try:
+                problem = key_problem("ref", spec.ref)
+                if problem is not None:
+                    raise InvalidBody(problem)
+                if spec.ref in refs:
+                    raise InvalidBody(
+                        f'"ref" {spec.ref!r} names jobs[{refs[spec.ref]}] already: give '
+                        "each job a ref of its own"
+                    )
+                refs[spec.ref] = n
+                self.check_fields(
+                    spec.type,
+                    spec.payload,
+                    spec.max_attempts,
+                    spec.timeout,
+                    spec.delay,
+                    spec.priority,
+                    spec.unique_key,
+                    spec.group,
+                )
+                if spec.after is not None:
+                    problem = after_problem(spec.after)
+                    if problem is not None:
+                        raise InvalidBody(problem)
+                if spec.unique_key is not None:
+                    held = (spec.type, spec.unique_key)
+                    if held in keys:
+                        raise InvalidBody(
+                            f'"unique_key" {spec.unique_key!r} of type {spec.type!r} is '
+                            f"jobs[{keys[held]}]'s too: one job of the batch may hold it"
+                        )
+                    keys[held] = n
+            except TidingsError as exc:
+                raise type(exc)(f"jobs[{n}] ({spec.ref[:80]!r}): {exc.message}") from None
+        existing = list(
+            dict.fromkeys(p for spec in specs for p in spec.after or () if p not in refs)
+        )
+        parents = await self.store.jobs.get_jobs(existing) if existing else {}
+        for n, spec in enumerate(specs):
+            for name in spec.after or ():
+                known = parents.get(name)
+                if name not in refs and (
+                    known is None or (visible is not None and not visible(known))
+                ):
+                    raise InvalidBody(
+                        f'jobs[{n}] ({spec.ref[:80]!r}): "after": {name[:80]!r} is neither '
+                        "a ref of this batch nor a job that exists (and is yours to follow)"
+                    )
+        order = _parents_first(specs, refs)
+        ids = {spec.ref: new_job_id() for spec in specs}
+        now = time.time()
+        made: dict[str, Job] = dict(parents)
+        jobs: list[Job | None] = [None] * len(specs)
+        events: list[str] = [""] * len(specs)
+        for n in order:
+            spec = specs[n]
+            after = list(dict.fromkeys(ids.get(p, p) for p in spec.after or ()))
+            job = Job(
+                id=ids[spec.ref],
+                type=spec.type,
+                payload=spec.payload,
+                max_attempts=spec.max_attempts,
+                timeout=spec.timeout,
+                priority=spec.priority,
+                unique_key=spec.unique_key,
+                group=spec.group,
+                submitted_by=submitted_by,
+                created_at=now,
+                updated_at=now,
+                run_at=now + spec.delay,
+                after=after,
+                status="waiting" if after else "queued",
+            )
+            job, event = transitions.settle(made)(job, now)
+            made[job.id] = job
+            jobs[n] = job
+            events[n] = event or job.status
+        changes = await self.store.jobs.submit_jobs([j for j in jobs if j is not None], events)
+        self.counters.submitted += len(changes)
+        out = [self._announce(change) for change in changes]
+        # Those that wait on jobs that existed: their parents, read again after the write.
+        await self._settle_jobs(
+            [job for job in out if job.status == "waiting" and any(p in parents for p in job.after)]
+        )
+        return out
 
     @staticmethod
     def deduplicated(job: Job, created: bool, idempotency_key: str | None) -> bool:
@@ -794,8 +1083,10 @@ class JobService:
 
     async def retry(self, job_id: str, shows: Callable[[Job], bool] | None = None) -> Job:
         """Requeue a failed (dead) or cancelled job with a fresh set of attempts; Conflict
-        while another queued or running job of its type holds its unique key, naming that
-        job only when `shows` it (None: always)."""
+        while another waiting, queued or running job of its type holds its unique key,
+        naming that job only when `shows` it (None: always). A job with parents waits again,
+        and is settled anew: queued if they all succeeded, cancelled again (with the reason)
+        if one has failed or was cancelled."""
         try:
             changed = await self.store.jobs.transition_job(job_id, transitions.retry)
         except UniqueHeld as exc:
@@ -803,10 +1094,14 @@ class JobService:
             if shows is None or (holder is not None and shows(holder)):
                 raise
             raise Conflict(
-                "a queued or running job of its type holds its unique key, and it is not "
-                f"yours: job {job_id} can be retried once that one has ended"
+                "a waiting, queued or running job of its type holds its unique key, and it is "
+                f"not yours: job {job_id} can be retried once that one has ended"
             ) from None
-        return self._announce(changed)
+        job = self._announce(changed)
+        if job.status == "waiting":
+            await self._settle_jobs([job])
+            job = await self.get(job_id)
+        return job
 
     # -- housekeeping -----------------------------------------------------------------
 

@@ -93,7 +93,8 @@ class Lifecycle:
         store: opened first, closed last.
         hub: heartbeats, and the streams drained at shutdown.
         channels: the retention sweep.
-        jobs: lease expiry, the job sweep, and the long polls drained at shutdown.
+        jobs: lease expiry, the job sweep, the dependency repair, and the long polls
+            drained at shutdown.
         auth: the session and credential sweeps.
         relay: the cross-node follower of a shared store (None otherwise).
         handlers: in-process job handlers to run while the server runs (None: none).
@@ -140,6 +141,7 @@ class Lifecycle:
             loop.create_task(_every(settings.heartbeat, self._heartbeat)),
             loop.create_task(_every(C.LEASE_EXPIRY_INTERVAL, self.jobs.expire)),
             loop.create_task(_every(C.JOB_SWEEP_INTERVAL, self._sweep_jobs)),
+            loop.create_task(_every(C.DEPENDENCY_REPAIR_INTERVAL, self.jobs.repair)),
             loop.create_task(_every(C.SESSION_SWEEP_INTERVAL, self._sweep_sessions)),
             loop.create_task(_every(C.JOB_SWEEP_INTERVAL, self._sweep_credentials)),
         ]

@@ -34,6 +34,7 @@ from tidings.protocol.jobs import (
     MAX_WORKER_NAME,
     MIN_RATE_PER,
     WORKER_NAME_UNPRINTABLE,
+    BatchAnswerWire,
     HeartbeatAnswerWire,
     JobListWire,
     JobWire,
@@ -53,6 +54,7 @@ from tidings.server import constants as C
 from tidings.server import doctor
 from tidings.server.auth import COOKIE
 from tidings.server.channels import MAX_EVENT_LEN
+from tidings.server.constants import MAX_AFTER, MAX_BATCH_JOBS
 from tidings.server.http.jobs import BODY_LIMIT_SLACK, REPORT_BODY_MESSAGES
 from tidings.server.http.rpc import MAX_BATCH
 from tidings.server.http.schedules import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
@@ -121,6 +123,7 @@ _INT32 = 2**31
         _WORKER_LIST,
         _SCHEDULE,
         _SCHEDULES,
+        _BATCH_ANSWER,
     ),
     _WIRE_SCHEMAS,
 ) = msgspec.json.schema_components(
@@ -139,6 +142,7 @@ _INT32 = 2**31
         WorkerListWire,
         ScheduleWire,
         ScheduleListWire,
+        BatchAnswerWire,
     ),
     ref_template="#/components/schemas/{name}",
 )
@@ -723,8 +727,9 @@ _OPS: list[_Op] = [
     _Op(
         "/v1/jobs",
         "post",
-        "Submit a job: 202 queued; with ?wait=S or Prefer: wait=S, 200 with the finished job "
-        "if it ends in time. With `unique_key`, while a queued or running job of the type "
+        "Submit a job: 202 queued (or waiting, with `after`); with ?wait=S or Prefer: wait=S, "
+        "200 with the finished job if it ends in time. With `unique_key`, while a waiting, "
+        "queued or running job of the type "
         "holds that key: 200 with that job, `deduplicated: true` and the header "
         "Tidings-Deduplicated: true, and nothing is queued (409 when that job is not the "
         "caller's to follow)",
@@ -778,6 +783,15 @@ _OPS: list[_Op] = [
                         "pattern": f"^[^{WORKER_NAME_UNPRINTABLE}]*$",
                         "description": "what the type's group_concurrency counts this job "
                         "by (e.g. a tenant)",
+                    },
+                    "after": {
+                        "type": ["array", "null"],
+                        "items": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "minItems": 1,
+                        "maxItems": MAX_AFTER,
+                        "description": "parent job ids: the job waits (status `waiting`) "
+                        "until they all succeeded, then is queued, and its worker gets their "
+                        "results (`parents`); a parent that fails or is cancelled cancels it",
                     },
                 },
                 "required": ["type"],
@@ -1492,6 +1506,61 @@ _OPS: list[_Op] = [
         (),
     ),
 ]
+
+
+def _batch_op() -> _Op:
+    """POST /v1/jobs/batch: its jobs take the fields of POST /v1/jobs, and a `ref`."""
+    submit = next(op for op in _OPS if op.path == "/v1/jobs" and op.method == "post")
+    assert submit.body is not None  # noqa: S101 - the submit above has one
+    fields = submit.body["content"]["application/json"]["schema"]
+    ref = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_UNIQUE_KEY,
+        "pattern": f"^[^{WORKER_NAME_UNPRINTABLE}]*$",
+        "description": "the job's name in the batch, for the `after` of its other jobs",
+    }
+    after = {
+        **fields["properties"]["after"],
+        "items": {"type": "string", "minLength": 1, "maxLength": 200},
+        "description": "refs of jobs of this batch, or ids of existing jobs: the job waits "
+        "until they all succeeded",
+    }
+    job = {
+        **fields,
+        "properties": {"ref": ref, **fields["properties"], "after": after},
+        "required": ["ref", "type"],
+    }
+    return _Op(
+        "/v1/jobs/batch",
+        "post",
+        "Submit a graph of jobs at once, all or none: 202 with every job made, in order, "
+        "each with its `ref`. A cycle, a ref used twice, or an `after` naming neither a ref "
+        "of the batch nor an existing job is 422 and makes nothing; a unique key held by "
+        "a job that exists is 409. Every job's type needs the submit right",
+        [],
+        _json_body(
+            {
+                "type": "object",
+                "properties": {
+                    "jobs": {
+                        "type": "array",
+                        "items": job,
+                        "minItems": 1,
+                        "maxItems": MAX_BATCH_JOBS,
+                    }
+                },
+                "required": ["jobs"],
+                "additionalProperties": False,
+            },
+            msgpack=False,
+        ),
+        {"202": _ok("every job made, each with its `ref`", _BATCH_ANSWER)},
+        (400, 409, 413, 422),
+    )
+
+
+_OPS.append(_batch_op())
 
 _DESCRIPTION = f"""\
 Push server: channels (publish, poll, SSE, WebSocket) and jobs.

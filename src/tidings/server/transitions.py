@@ -7,6 +7,13 @@
       │ cancelled ◀─────┘ (cancel requested, then the worker fails or its lease ends)
       └──retry── failed | cancelled
 
+    waiting ──settle: every parent succeeded──▶ queued
+       └────settle: a parent failed, was cancelled or is gone──▶ cancelled (why: `error`)
+
+A job submitted `after` parents waits until `settle` (applied when a parent ends, and
+right after the job is stored) finds them all succeeded; cancelling it ends it at once.
+A retried job with parents waits again, and is settled again.
+
 A transition (`tidings.server.stores.base.Transition`) takes a job as the store holds it
 and the store's clock, and returns the job to store and the event to publish on the job's
 channel `job.{id}` (None: store the change, publish nothing). A store applies it
@@ -44,8 +51,11 @@ __all__ = [
     "heartbeat",
     "lease",
     "lease_end",
+    "parent_problem",
+    "ready",
     "release",
     "retry",
+    "settle",
     "stamp_error",
 ]
 
@@ -215,9 +225,9 @@ def expire(backoff: Backoff) -> Transition:
 
 
 def cancel(job: Job, now: float) -> tuple[Job, str | None]:
-    """A queued job ends cancelled at once; a running one's worker is asked to stop (the
-    job ends cancelled when that attempt fails or its lease ends)."""
-    if job.status == "queued":
+    """A queued or waiting job ends cancelled at once; a running one's worker is asked to
+    stop (the job ends cancelled when that attempt fails or its lease ends)."""
+    if job.status in ("queued", "waiting"):
         return replace(job, status="cancelled", finished_at=now, updated_at=now), "cancelled"
     if job.status == "running":
         if job.cancel_requested:
@@ -227,23 +237,76 @@ def cancel(job: Job, now: float) -> tuple[Job, str | None]:
 
 
 def cancel_queued(job: Job, now: float) -> tuple[Job, str | None]:
-    """A queued job ends cancelled; any other is left as it is (a running job goes on)."""
-    if job.status == "queued":
+    """A queued or waiting job ends cancelled; any other is left as it is (a running job
+    goes on)."""
+    if job.status in ("queued", "waiting"):
         return replace(job, status="cancelled", finished_at=now, updated_at=now), "cancelled"
     return job, None
 
 
 def retry(job: Job, now: float) -> tuple[Job, str | None]:
-    """A failed (dead) or cancelled job queued again with a fresh set of attempts."""
+    """A failed (dead) or cancelled job queued again with a fresh set of attempts; one
+    with parents waits again (its parents are settled anew: `settle`)."""
     if job.status not in ("failed", "cancelled"):
         raise Conflict(f"job {job.id} is {job.status}: only failed or cancelled jobs retry")
+    status = "waiting" if job.after else "queued"
     return replace(
         job,
-        status="queued",
+        status=status,
         attempt=0,
         cancel_requested=False,
         result=None,
         finished_at=None,
         run_at=now,
         updated_at=now,
-    ), "queued"
+    ), status
+
+
+def parent_problem(job: Job, parents: dict[str, Job]) -> dict[str, Any] | None:
+    """Why a job with parents (`after`) cannot run, as the error it is cancelled with: a
+    parent failed, was cancelled, or is gone (`parents` holds those that exist, by id).
+    None when none of that holds (they all succeeded, or some have yet to end)."""
+    for parent_id in job.after:
+        parent = parents.get(parent_id)
+        if parent is None:
+            return {
+                "type": "ParentGone",
+                "message": f"parent job {parent_id} no longer exists",
+                "parent": parent_id,
+            }
+        if parent.status in ("failed", "cancelled"):
+            return {
+                "type": "ParentFailed" if parent.status == "failed" else "ParentCancelled",
+                "message": f"parent job {parent_id} ended {parent.status}",
+                "parent": parent_id,
+            }
+    return None
+
+
+def ready(job: Job, parents: dict[str, Job]) -> bool:
+    """True when every parent of `job` succeeded."""
+    return all(
+        (parent := parents.get(p)) is not None and parent.status == "succeeded" for p in job.after
+    )
+
+
+def settle(parents: dict[str, Job]) -> Transition:
+    """A waiting job queued once its parents (`parents`: those that exist, by id, as read
+    after the change that made them what they are) all succeeded, or cancelled with the
+    reason (`parent_problem`) when one failed, was cancelled or is gone. Any other job, and
+    a waiting one whose parents have yet to end, is left as it is (nothing published)."""
+
+    def settled(job: Job, now: float) -> tuple[Job, str | None]:
+        if job.status != "waiting":
+            return job, None
+        problem = parent_problem(job, parents)
+        if problem is not None:
+            ended = replace(job, status="cancelled", finished_at=now, updated_at=now)
+            return stamp_error(ended, problem), "cancelled"
+        if ready(job, parents):
+            return replace(
+                job, status="queued", run_at=max(job.run_at, now), updated_at=now
+            ), "queued"
+        return job, None
+
+    return settled

@@ -45,7 +45,7 @@ QUEUED = Job(id="j1", type="t", created_at=1.5, updated_at=2.25, run_at=3.0)
 
 
 def test_statuses_and_the_terminal_ones():
-    assert JOB_STATUSES == ("queued", "running", "succeeded", "failed", "cancelled")
+    assert JOB_STATUSES == ("waiting", "queued", "running", "succeeded", "failed", "cancelled")
     assert {"succeeded", "failed", "cancelled"} == TERMINAL_STATUSES
     assert not RUNNING.terminal
     assert Job(id="x", type="t", status="failed").terminal
@@ -139,8 +139,8 @@ def test_a_job_encoded_as_the_server_does_decodes_in_the_sdk_to_the_same_values(
 
 def test_the_sdk_job_has_every_field_of_the_public_form():
     # `served` and `deduplicated` belong to a submit's answer, not to the job: the SDK
-    # keeps them on the handle.
-    answer_only = {"served", "deduplicated"}
+    # keeps them on the handle; `ref` to a batch submit's, whose handles it keys.
+    answer_only = {"served", "deduplicated", "ref"}
     assert set(JobInfo.__struct_fields__) == set(JobWire.__struct_fields__) - answer_only
 
 

@@ -29,6 +29,7 @@ from tidings.server.transitions import (
     lease_end,
     release,
     retry,
+    settle,
 )
 
 NOW = 1_000.0
@@ -508,3 +509,57 @@ def test_cancel_queued_cancels_a_queued_job_and_leaves_any_other_as_it_is() -> N
     assert cancel_queued(busy, NOW) == (busy, None)
     done, _ = complete(busy.lease_token or "", 1)(busy, NOW)
     assert cancel_queued(done, NOW) == (done, None)
+
+
+# -- dependencies -----------------------------------------------------------------------
+
+
+def _parent(job_id: str, status: str) -> Job:
+    return Job(id=job_id, type="p", status=status, result={"of": job_id})
+
+
+def test_settle_queues_a_waiting_job_once_every_parent_succeeded():
+    child = queued(status="waiting", after=["a", "b"], run_at=NOW - 5)
+    parents = {"a": _parent("a", "succeeded"), "b": _parent("b", "running")}
+    assert settle(parents)(child, NOW) == (child, None)
+    parents["b"] = _parent("b", "succeeded")
+    new, event = settle(parents)(child, NOW)
+    assert (new.status, event, new.run_at, new.updated_at) == ("queued", "queued", NOW, NOW)
+    # A delayed child keeps its later run_at.
+    later = replace(child, run_at=NOW + 60)
+    assert settle(parents)(later, NOW)[0].run_at == NOW + 60
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"), [("failed", "ParentFailed"), ("cancelled", "ParentCancelled")]
+)
+def test_settle_cancels_a_waiting_job_whose_parent_did_not_succeed(status, kind):
+    child = queued(status="waiting", after=["a", "b"])
+    parents = {"a": _parent("a", "running"), "b": _parent("b", status)}
+    new, event = settle(parents)(child, NOW)
+    assert (new.status, event, new.finished_at) == ("cancelled", "cancelled", NOW)
+    assert new.error == {
+        "type": kind,
+        "message": f"parent job b ended {status}",
+        "parent": "b",
+        "attempt": 0,
+    }
+    assert new.errors == [new.error]
+
+
+def test_settle_cancels_a_waiting_job_whose_parent_is_gone_and_leaves_others_alone():
+    child = queued(status="waiting", after=["gone"])
+    new, _ = settle({})(child, NOW)
+    assert new.status == "cancelled" and new.error["type"] == "ParentGone"
+    for status in ("queued", "running", "cancelled"):
+        other = queued(status=status, after=["gone"])
+        assert settle({})(other, NOW) == (other, None)
+
+
+def test_cancel_ends_a_waiting_job_and_retry_makes_a_child_wait_again():
+    child = queued(status="waiting", after=["a"])
+    for fn in (cancel, cancel_queued):
+        ended, event = fn(child, NOW)
+        assert (ended.status, event) == ("cancelled", "cancelled")
+    again, event = retry(cancel(child, NOW)[0], NOW + 1)
+    assert (again.status, event) == ("waiting", "waiting")

@@ -19,7 +19,14 @@ from starlette.routing import Route
 
 from tidings.protocol.codecs import encode_json, format_time
 from tidings.protocol.errors import BadRequest, Conflict, Forbidden, InvalidBody, TidingsError
-from tidings.protocol.jobs import JOB_STATUSES, Job, JobOutcome, QueueLimits, WorkerIdentity
+from tidings.protocol.jobs import (
+    JOB_STATUSES,
+    BatchJob,
+    Job,
+    JobOutcome,
+    QueueLimits,
+    WorkerIdentity,
+)
 from tidings.protocol.messages import CHANNEL_RE
 from tidings.server.http.common import (
     decode_body,
@@ -44,6 +51,8 @@ log = logging.getLogger("tidings.jobs")
 BODY_LIMIT_SLACK = 64 * 1024
 # A report carries many results: its body may be this many messages long.
 REPORT_BODY_MESSAGES = 4
+# A batch submit (up to MAX_BATCH_JOBS jobs) may be this many messages long.
+BATCH_BODY_MESSAGES = 16
 # Set (to "true") on a submit's answer when the unique key deduplicated it to a queued or
 # running job instead of queuing another.
 DEDUPLICATED_HEADER = "Tidings-Deduplicated"
@@ -59,6 +68,11 @@ class SubmitBody(msgspec.Struct, forbid_unknown_fields=True):
     priority: int = 0
     unique_key: str | None = None
     group: str | None = None
+    after: list[str] | None = None
+
+
+class BatchBody(msgspec.Struct, forbid_unknown_fields=True):
+    jobs: list[BatchJob]
 
 
 class ReportItem(msgspec.Struct, forbid_unknown_fields=True):
@@ -181,12 +195,14 @@ async def submit(request: Request) -> Response:
         unique_key=body.unique_key,
         group=body.group,
         submitted_by=None if principal.session is None else principal.name,
+        after=body.after,
+        visible=lambda parent: principal.may_follow_job(parent.submitted_by, parent.type),
     )
     deduplicated = svc.deduplicated(job, created, idempotency_key)
     if deduplicated and not principal.may_follow_job(job.submitted_by, job.type):
         # Someone else's job: its payload and result are not this principal's to see.
         raise Conflict(
-            f"a queued or running job of type {body.type!r} holds unique key "
+            f"a waiting, queued or running job of type {body.type!r} holds unique key "
             f"{body.unique_key!r}, and it is not yours: submit again once it has ended"
         )
     # Whether a worker asked for this type lately: false warns of a typo or a worker down.
@@ -213,6 +229,31 @@ async def submit(request: Request) -> Response:
         headers[DEDUPLICATED_HEADER] = "true"
     return json_response(
         _public(principal, job, served=served, deduplicated=deduplicated), status, headers
+    )
+
+
+async def submit_batch(request: Request) -> Response:
+    """Submit a graph of jobs at once, all or none: each names the batch's jobs it waits
+    for by their `ref` (or existing jobs by id) in `after`. 202 with every job made, in
+    the batch's order, each with its `ref`. Every job's type needs the submit right."""
+    svc = _svc(request)
+    body: BatchBody = await _body(request, BatchBody, BATCH_BODY_MESSAGES)
+    principal = principal_of(request)
+    for type_ in dict.fromkeys(spec.type for spec in body.jobs):
+        require(request, "submit", type_)
+    jobs = await svc.submit_batch(
+        body.jobs,
+        submitted_by=None if principal.session is None else principal.name,
+        visible=lambda parent: principal.may_follow_job(parent.submitted_by, parent.type),
+    )
+    return json_response(
+        {
+            "jobs": [
+                _public(principal, job, ref=spec.ref)
+                for spec, job in zip(body.jobs, jobs, strict=True)
+            ]
+        },
+        202,
     )
 
 
@@ -396,9 +437,10 @@ async def _lease_answer(
     encoded (stored before payloads were checked) fails for good, without its attempts,
     and the others are handed over."""
     parts: list[bytes] = []
+    parents = await svc.parents(jobs)
     for job in jobs:
         try:
-            parts.append(encode_json(job.lease_to_wire()))
+            parts.append(encode_json(job.lease_to_wire(parents)))
         except Exception as exc:
             log.exception("job %s cannot be handed over: its payload cannot be encoded", job.id)
             error = {
@@ -463,6 +505,7 @@ async def report(request: Request) -> Response:
 
 routes = [
     Route("/v1/jobs", submit, methods=["POST"]),
+    Route("/v1/jobs/batch", submit_batch, methods=["POST"]),
     Route("/v1/jobs", list_jobs, methods=["GET"]),
     Route("/v1/queues", queues, methods=["GET"]),
     Route("/v1/queues/{type}", get_queue, methods=["GET"]),

@@ -99,10 +99,14 @@ class Router:
                 self._allowed_fixed[path] = allowed
 
     def match(self, method: str, path: str) -> Match | None:
-        """The endpoint for this request, or None when none serves it."""
+        """The endpoint for this request, or None when none serves it. A fixed path
+        shadows the templates it also fits (`/v1/jobs/batch` is no `/v1/jobs/{job_id}`):
+        a method it does not accept is not served there."""
         fixed = self._fixed.get((method, path))
         if fixed is not None:
             return fixed[0], {}, fixed[1]
+        if path in self._allowed_fixed:
+            return None
         for route in self._patterns.get(method, ()):
             m = route.path_regex.match(path)
             if m is not None:
@@ -118,10 +122,10 @@ class Router:
         for a path the API does not serve; for `*`, every method the server serves."""
         if path == "*":
             return self._server
-        found = [a for regex, a in self._allowed_patterns if regex.match(path)]
         fixed = self._allowed_fixed.get(path)
         if fixed is not None:
-            found.insert(0, fixed)
+            return fixed  # it shadows the templates it fits (`match`)
+        found = [a for regex, a in self._allowed_patterns if regex.match(path)]
         if len(found) <= 1:
             return found[0] if found else None
         first = found[0]

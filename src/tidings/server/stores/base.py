@@ -53,6 +53,7 @@ __all__ = [
     "claims_unique",
     "is_reset",
     "job_event_data",
+    "releases_unique",
     "reset_reason",
     "unique_held",
 ]
@@ -191,10 +192,13 @@ JobStep = tuple[str, Transition, bool]
 
 
 class JobChange(msgspec.Struct, frozen=True):
-    """A job after a transition, and the message published on its channel (if any)."""
+    """A job after a transition, and the message published on its channel (if any).
+    `dependents` is True when the change ended the job (succeeded, failed or cancelled)
+    and jobs were submitted `after` it: the service settles them (`JobStore.dependents`)."""
 
     job: Job
     published: Published | None
+    dependents: bool = False
 
 
 class JobCursor(msgspec.Struct, frozen=True):
@@ -247,13 +251,31 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def submit_job(self, job: Job, event: str) -> tuple[JobChange, bool]:
         """Insert a job (publishing `event`); with an idempotency key already used, return
-        the existing job and False instead; and so with a `unique_key` that a queued or
-        running job of the same type holds (checked in the same atomic step as the insert:
+        the existing job and False instead; and so with a `unique_key` that a waiting,
+        queued or running job of the same type holds (checked in the same atomic step as the insert:
         of concurrent submits of one type and key, one inserts)."""
+
+    @abc.abstractmethod
+    async def submit_jobs(self, jobs: list[Job], events: list[str]) -> list[JobChange]:
+        """Insert new jobs (publishing each its event), all in one atomic unit: all are
+        stored or none is. Conflict (`unique_held`), storing none, when one would take a
+        `unique_key` that a job holds (one of the batch included); the jobs carry no
+        idempotency keys."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> Job | None:
         """One job, or None."""
+
+    @abc.abstractmethod
+    async def get_jobs(self, job_ids: list[str]) -> dict[str, Job]:
+        """The jobs of `job_ids` that exist, by id (one read)."""
+
+    @abc.abstractmethod
+    async def dependents(self, job_id: str) -> list[str]:
+        """The ids of the jobs submitted `after` job `job_id` (whatever their status; some
+        may be gone). The index behind it is written in the submit's atomic step, or
+        before it, so that a job that ends after a child's submit committed answers it;
+        it goes when the parent is swept."""
 
     @abc.abstractmethod
     async def list_jobs(
@@ -276,8 +298,8 @@ class JobStore(abc.ABC):
     async def transition_job(self, job_id: str, fn: Transition, durable: bool = True) -> JobChange:
         """Apply `fn` to one job atomically; NotFound when there is no such job.
 
-        A change that makes a job with a `unique_key` queued or running again (a retry)
-        while another queued or running job of its type holds that key is refused with
+        A change that makes a job with a `unique_key` hold it again (a retry) while
+        another waiting, queued or running job of its type holds that key is refused with
         Conflict (`unique_held`), and so is such a step of `transition_jobs`.
 
         `durable=False` (heartbeats, give-backs) lets a store skip the flush to stable
@@ -382,20 +404,26 @@ def apply_steps(
 
 
 def claims_unique(old: Job | None, new: Job) -> bool:
-    """True when `new` takes its `unique_key`: it has one and becomes queued or running
-    from no job (a submit) or from a state that did not hold it (a retry)."""
-    return new.unique_key is not None and new.active and (old is None or not old.active)
+    """True when `new` takes its `unique_key`: it has one and becomes waiting, queued or
+    running (`Job.holds_unique`) from no job (a submit) or from a state that did not hold
+    it (a retry)."""
+    return new.holds_unique and (old is None or not old.holds_unique)
+
+
+def releases_unique(old: Job | None, new: Job) -> bool:
+    """True when `new` lets go of the `unique_key` `old` held."""
+    return old is not None and old.holds_unique and not new.holds_unique
 
 
 def check_unique(
     claimed: dict[tuple[str, str], str],
-    old: Job,
+    old: Job | None,
     new: Job,
     holder_of: Callable[[Job], str | None],
 ) -> None:
     """UniqueHeld, before anything is written, when `new` would take a unique key another
     job holds: one an earlier step of the same batch took (`claimed`, updated here) or
-    the store's holder (`holder_of(new)`: the id of the queued or running job with the
+    the store's holder (`holder_of(new)`: the id of the waiting, queued or running job with the
     key, or None)."""
     if not claims_unique(old, new):
         return
@@ -421,7 +449,7 @@ def unique_held(job: Job, holder: str) -> UniqueHeld:
     `holder` does."""
     return UniqueHeld(
         f"job {holder} of type {job.type!r} holds unique key {job.unique_key!r} while it is "
-        f"queued or running: job {job.id} can be retried once that one has ended",
+        f"waiting, queued or running: job {job.id} can be retried once that one has ended",
         holder,
     )
 

@@ -35,8 +35,10 @@ class MemoryJobs(JobStore):
         self._log = log
         self._jobs: dict[str, Job] = {}
         self._job_keys: dict[str, str] = {}
-        # (type, unique_key) -> the id of the queued or running job holding it.
+        # (type, unique_key) -> the id of the waiting, queued or running job holding it.
         self._unique: dict[tuple[str, str], str] = {}
+        # Parent id -> the ids of the jobs submitted after it.
+        self._dependents: dict[str, list[str]] = {}
         # Every job's (created_at, id), ascending: the listing order, newest last.
         self._order: list[tuple[float, str]] = []
         # Jobs a filtered list_jobs call examines at most.
@@ -87,7 +89,7 @@ class MemoryJobs(JobStore):
             self._unpark(old.type, old.group, 1)
         if job.unique_key is not None:
             held = (job.type, job.unique_key)
-            if job.active:
+            if job.holds_unique:
                 self._unique[held] = job.id
             elif self._unique.get(held) == job.id:
                 del self._unique[held]
@@ -101,7 +103,8 @@ class MemoryJobs(JobStore):
         published = None
         if event is not None:
             published = self._log.append(job_channel(job.id), job_event_data(job), event, now)
-        return JobChange(job, published)
+        ended = job.terminal and (old is None or not old.terminal)
+        return JobChange(job, published, ended and job.id in self._dependents)
 
     async def submit_job(self, job: Job, event: str) -> tuple[JobChange, bool]:
         self._core.check()
@@ -114,13 +117,35 @@ class MemoryJobs(JobStore):
                 return JobChange(self._jobs[holder], None), False
         if key is not None:
             self._job_keys[key] = job.id
+        return self._insert(job, event), True
+
+    async def submit_jobs(self, jobs: list[Job], events: list[str]) -> list[JobChange]:
+        self._core.check()
+        claimed: dict[tuple[str, str], str] = {}
+        for job in jobs:  # every check before the first write
+            self._check_unique(claimed, None, job)
+        return [self._insert(job, event) for job, event in zip(jobs, events, strict=True)]
+
+    def _insert(self, job: Job, event: str) -> JobChange:
+        """Store a new job, in the listing order and under each of its parents."""
         # Jobs arrive about in creation order: the insertion point is at or near the end.
         bisect.insort(self._order, (job.created_at, job.id))
-        return self._save(None, job, event, job.created_at), True
+        for parent in job.after:
+            self._dependents.setdefault(parent, []).append(job.id)
+        return self._save(None, job, event, job.created_at)
 
     async def get_job(self, job_id: str) -> Job | None:
         self._core.check()
         return self._jobs.get(job_id)
+
+    async def get_jobs(self, job_ids: list[str]) -> dict[str, Job]:
+        self._core.check()
+        jobs = self._jobs
+        return {i: jobs[i] for i in job_ids if i in jobs}
+
+    async def dependents(self, job_id: str) -> list[str]:
+        self._core.check()
+        return list(self._dependents.get(job_id, ()))
 
     async def list_jobs(
         self,
@@ -177,7 +202,7 @@ class MemoryJobs(JobStore):
             )
         ]
 
-    def _check_unique(self, claimed: dict[tuple[str, str], str], old: Job, new: Job) -> None:
+    def _check_unique(self, claimed: dict[tuple[str, str], str], old: Job | None, new: Job) -> None:
         """Conflict when `new` would take a unique key another job holds (or an earlier
         step of the same batch took: `claimed`)."""
         check_unique(
@@ -320,6 +345,7 @@ class MemoryJobs(JobStore):
             job = self._jobs.pop(job_id)
             if job.idempotency_key is not None:
                 self._job_keys.pop(job.idempotency_key, None)
+            self._dependents.pop(job_id, None)
             self._log.channels.pop(job_channel(job_id), None)
         return gone
 

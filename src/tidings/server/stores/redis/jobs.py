@@ -1,8 +1,11 @@
 """Jobs in Redis: msgpack bodies, sorted-set indexes, compare-and-set Lua scripts.
 
 Keys (see tidings.server.stores.redis.core): `{p}job:{id}` holds the msgpack body; the id
-sits in exactly one of `{p}queued:{type}` (by run_at), `{p}running` (by lease_expires_at)
-or `{p}finished` (by finished_at) according to its status, and in `{p}jobs` (by created_at);
+sits in exactly one of `{p}waiting` (by created_at), `{p}queued:{type}` (by run_at),
+`{p}running` (by lease_expires_at) or `{p}finished` (by finished_at) according to its
+status, and in `{p}jobs` (by created_at); `{p}jobkids:{id}` is the set of the jobs
+submitted after a job (added before the child is written, deleted when the parent is
+swept; the write script reports a change that ends a job with such a set);
 `{p}jobcounts` counts jobs per type and status; `{p}jobidem:{key}` maps an idempotency key
 to its job; `{p}jobuniq:{type}|{unique_key}` names the queued or running job holding a
 unique key (set by the write that makes the job queued or running, deleted by the one that
@@ -149,6 +152,7 @@ from tidings.server.stores.base import (
     apply_steps,
     claims_unique,
     job_event_data,
+    releases_unique,
     unique_held,
 )
 from tidings.server.stores.common import (
@@ -456,15 +460,16 @@ class RedisJobs(JobStore):
             "" if new.unique_key is None else f"{new.type}|{new.unique_key}",
             self._unique_op(old, new),
             new.group or "",
+            "1" if new.terminal and (old is None or not old.terminal) else "",
         )
 
     @staticmethod
     def _unique_op(old: Job | None, new: Job) -> str:
-        """What a change does with its job's unique key: "claim" (it becomes queued or
-        running), "release" (it stops being either) or nothing ("")."""
+        """What a change does with its job's unique key: "claim" (it becomes waiting,
+        queued or running), "release" (it stops being any of those) or nothing ("")."""
         if claims_unique(old, new):
             return "claim"
-        if new.unique_key is not None and old is not None and old.active and not new.active:
+        if releases_unique(old, new):
             return "release"
         return ""
 
@@ -473,6 +478,9 @@ class RedisJobs(JobStore):
         out = []
         heads = self._head_cache()
         bodies = self._body_cache()
+        # After the appends: the places (1-based) of the changes that ended a job with
+        # dependents.
+        with_dependents = {int(n) for n in reply[1 + 3 * len(written) :]}
         for n, change in enumerate(written):
             job = change.job
             heads[job.id] = (job.priority, job.group)
@@ -486,7 +494,7 @@ class RedisJobs(JobStore):
                 published = self._appended(
                     job_channel(job.id), change.data, change.event, now, appended
                 )
-            out.append(JobChange(job, published))
+            out.append(JobChange(job, published, n + 1 in with_dependents))
         return out
 
     async def _write(
@@ -507,6 +515,31 @@ class RedisJobs(JobStore):
 
     # -- JobStore -----------------------------------------------------------------------
 
+    async def _index_dependents(self, jobs: Sequence[Job]) -> None:
+        """Add new jobs to the dependents of their parents (`{p}jobkids:{parent}`), before
+        they are written: a parent that ends after a child's write then finds the child.
+        An entry whose job never got written is passed over by whoever reads it."""
+        after = [job for job in jobs if job.after]
+        if not after:
+            return
+        async with self._core.client.pipeline(transaction=False) as pipe:
+            for job in after:
+                for parent in job.after:
+                    pipe.sadd(self._key("jobkids", parent), job.id)
+            await pipe.execute()
+
+    async def _unindex_dependents(self, jobs: Sequence[Job]) -> None:
+        """Take jobs that were not written (refused, or deduplicated) back out of their
+        parents' dependents."""
+        after = [job for job in jobs if job.after]
+        if not after:
+            return
+        async with self._core.client.pipeline(transaction=False) as pipe:
+            for job in after:
+                for parent in job.after:
+                    pipe.srem(self._key("jobkids", parent), job.id)
+            await pipe.execute()
+
     async def submit_job(self, job: Job, event: str) -> tuple[JobChange, bool]:
         # A new job's id is random and unseen: nothing to read first. The script checks
         # that no body has that id, and answers the job an idempotency key already names.
@@ -514,6 +547,7 @@ class RedisJobs(JobStore):
         if job.idempotency_key is not None:
             keys.append(self._key("jobidem", job.idempotency_key))
         with self._errors:
+            await self._index_dependents([job])
             reply = await self._write_script(keys=keys, args=args, client=self._core.client)
             if reply[0] == _KNOWN:
                 # The key's job; this very job when a call that redis-py sent again after
@@ -521,6 +555,8 @@ class RedisJobs(JobStore):
                 # Another submit of the same id (a schedule's slot fired by two nodes) made
                 # the job at another time.
                 known = decode_job(reply[1])
+                if known.id != job.id:
+                    await self._unindex_dependents([job])
                 return JobChange(known, None), (known.id, known.created_at) == (
                     job.id,
                     job.created_at,
@@ -529,6 +565,8 @@ class RedisJobs(JobStore):
                 # The job holding the unique key; this very job when a call sent again
                 # after a lost reply finds its first sending committed.
                 holder = decode_job(reply[2])
+                if holder.id != job.id:
+                    await self._unindex_dependents([job])
                 return JobChange(holder, None), (holder.id, holder.created_at) == (
                     job.id,
                     job.created_at,
@@ -545,6 +583,50 @@ class RedisJobs(JobStore):
         with self._errors:
             body = await self._core.client.get(self._job_key(job_id))
         return None if body is None else decode_job(body)
+
+    async def submit_jobs(self, jobs: list[Job], events: list[str]) -> list[JobChange]:
+        # New ids, random and unseen: nothing to read first; one script call writes them
+        # all or (a body under one of the ids, a unique key held) none.
+        now = jobs[0].created_at if jobs else time.time()
+        changes: list[_Change] = [(None, job, e) for job, e in zip(jobs, events, strict=True)]
+        keys, args, written = self._write_call(changes, {}, now)
+        with self._errors:
+            await self._index_dependents(jobs)
+            reply = await self._write_script(keys=keys, args=args, client=self._core.client)
+            if reply[0] == _DIFFERS:
+                n = int(reply[1]) - 1
+                if await self._core.client.get(self._job_key(jobs[n].id)) == written[n].body:
+                    # A call redis-py sent again after a lost reply: the first committed.
+                    return [JobChange(job, None) for job in jobs]
+            if reply[0] != _WRITTEN:
+                await self._unindex_dependents(jobs)
+            if reply[0] == _HELD:
+                job = jobs[int(reply[1]) - 1]
+                raise unique_held(job, decode_job(reply[2]).id)
+            if reply[0] == _DIFFERS:
+                job = jobs[int(reply[1]) - 1]
+                raise StoreError(
+                    f"a job with id {job.id!r} already exists: submit the batch again (ids are "
+                    "random)"
+                )
+        return self._changes(written, reply, now)
+
+    async def get_jobs(self, job_ids: list[str]) -> dict[str, Job]:
+        ids = list(dict.fromkeys(job_ids))
+        out: dict[str, Job] = {}
+        with self._errors:
+            for at in range(0, len(ids), LIST_PAGE):
+                chunk = ids[at : at + LIST_PAGE]
+                bodies = await self._core.client.mget([self._job_key(i) for i in chunk])
+                for job_id, body in zip(chunk, bodies, strict=True):
+                    if body is not None:
+                        out[job_id] = decode_job(body)
+        return out
+
+    async def dependents(self, job_id: str) -> list[str]:
+        with self._errors:
+            members = await self._core.client.smembers(self._key("jobkids", job_id))
+        return sorted(m.decode() for m in members)
 
     async def list_jobs(
         self,
@@ -568,13 +650,13 @@ class RedisJobs(JobStore):
             )
             if matching == 0:
                 return JobPage([], None)
-            if status in ("queued", "running"):
-                # The state's own index (`running` holds every type) read whole, when it
-                # is small, makes the page exact.
+            if status in ("queued", "running", "waiting"):
+                # The state's own index (`running` and `waiting` hold every type) read
+                # whole, when it is small, makes the page exact.
                 size = sum(
                     per.get(status, 0)
                     for job_type, per in counts.items()
-                    if status == "running" or type_ is None or job_type == type_
+                    if status != "queued" or type_ is None or job_type == type_
                 )
                 if size <= self.list_scan:
                     return await self._list_state(status, type_, limit, before)
@@ -648,11 +730,11 @@ class RedisJobs(JobStore):
     async def _list_state(
         self, status: str, type_: str | None, limit: int, before: JobCursor | None
     ) -> JobPage:
-        """A page of the queued or running jobs from their state's index (small: see
+        """A page of the waiting, queued or running jobs from their state's index (small: see
         list_jobs), ordered by the creation times of `{p}jobs`."""
         client = self._core.client
-        if status == "running":
-            keys = [self._key("running")]
+        if status in ("running", "waiting"):
+            keys = [self._key(status)]
         else:
             if type_ is not None:
                 types = [type_]
@@ -1142,9 +1224,9 @@ class RedisJobs(JobStore):
                 for job_id in missing:  # an index entry without a body: drop it
                     pipe.zrem(self._key("finished"), job_id)
                 for job in gone:
-                    pipe.delete(self._job_key(job.id))
+                    pipe.delete(self._job_key(job.id), self._key("jobkids", job.id))
                     self._queue_channel_delete(pipe, job_channel(job.id))
-                    for index in ("jobs", "finished", "running"):
+                    for index in ("jobs", "finished", "running", "waiting"):
                         pipe.zrem(self._key(index), job.id)
                     pipe.zrem(self._key("queued", job.type), job.id)
                     pipe.hincrby(self._key("jobcounts"), self._count_field(job), -1)

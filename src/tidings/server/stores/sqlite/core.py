@@ -44,16 +44,24 @@ NOT_OPEN = "store is not open: call `await store.start()` first"
 # Columns of `jobs` a file written by an older tidings lacks: added (NULL in every row)
 # before JOB_INDEXES, which index them, is run.
 JOB_COLUMNS = {"unique_key": "TEXT", "grp": "TEXT"}
-# At most one queued or running job of a type holds each unique key; the queued and
-# running jobs of each group (a job's `group`) are counted by their own index; the queued
-# jobs of each type in lease order, with their group, are a range of `jobs_type_queued`
-# (a lease of some types reads only theirs; one of a type with a group_concurrency
-# passes over the full groups' jobs in the index alone: `status` in it makes it
-# covering); each job type's limits are a row of `queue_limits` (a msgpack QueueLimits),
-# the rate state of a rate-limited type (its GCRA tat) a row of `queue_rates`.
+# At most one waiting, queued or running job of a type holds each unique key; the queued
+# and running jobs of each group (a job's `group`) are counted by their own index; the
+# queued jobs of each type in lease order, with their group, are a range of
+# `jobs_type_queued` (a lease of some types reads only theirs; one of a type with a
+# group_concurrency passes over the full groups' jobs in the index alone: `status` in it
+# makes it covering); each job type's limits are a row of `queue_limits` (a msgpack
+# QueueLimits), the rate state of a rate-limited type (its GCRA tat) a row of
+# `queue_rates`; `job_parents` has a row per parent of each job submitted `after` others,
+# written with the job and deleted with the parent (what `dependents` reads).
 JOB_INDEXES = """
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (type, unique_key)
-    WHERE unique_key IS NOT NULL AND status IN ('queued', 'running');
+DROP INDEX IF EXISTS jobs_unique;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_held ON jobs (type, unique_key)
+    WHERE unique_key IS NOT NULL AND status IN ('waiting', 'queued', 'running');
+CREATE TABLE IF NOT EXISTS job_parents (
+    parent TEXT NOT NULL,
+    child TEXT NOT NULL,
+    PRIMARY KEY (parent, child)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_group ON jobs (type, grp, status)
     WHERE grp IS NOT NULL AND status IN ('queued', 'running');
 CREATE INDEX IF NOT EXISTS jobs_type_queued

@@ -53,6 +53,10 @@ class SQLiteJobs(JobStore):
         # rate-limited type is a row of `queue_rates`, written by the lease that moves it
         # in its own transaction: a restart keeps the bucket as it was.
         self._limits: dict[str, QueueLimits] | None = None
+        # Whether `job_parents` may have rows (None: not read yet): while it has none, a
+        # job that ends is known to have no dependents without a query. One server holds
+        # the file, and rows are added only through `_save_job`.
+        self._any_parents: bool | None = None
 
     def _save_job(
         self, conn: sqlite3.Connection, job: Job, event: str | None, now: float, old: Job | None
@@ -79,6 +83,12 @@ class SQLiteJobs(JobStore):
                     job.group,
                 ),
             )
+            if job.after:
+                self._any_parents = True
+                conn.executemany(
+                    "INSERT OR IGNORE INTO job_parents (parent, child) VALUES (?, ?)",
+                    [(parent, job.id) for parent in job.after],
+                )
             # A new job's channel is new too (job.* is written by the job system only, and
             # a job's channel is removed with it): no lookup.
             self._log.new_channel(job_channel(job.id), now)
@@ -112,7 +122,22 @@ class SQLiteJobs(JobStore):
             published = self._log.append(
                 conn, job_channel(job.id), data, encode_json(data), event, now
             )
-        return JobChange(job, published)
+        dependents = False
+        if job.terminal and (old is None or not old.terminal) and self._may_have_parents(conn):
+            dependents = (
+                conn.execute(
+                    "SELECT 1 FROM job_parents WHERE parent = ? LIMIT 1", (job.id,)
+                ).fetchone()
+                is not None
+            )
+        return JobChange(job, published, dependents)
+
+    def _may_have_parents(self, conn: sqlite3.Connection) -> bool:
+        """Writer thread: False while no job in the file was submitted after others."""
+        if self._any_parents is None:
+            row = conn.execute("SELECT 1 FROM job_parents LIMIT 1").fetchone()
+            self._any_parents = row is not None
+        return self._any_parents
 
     def _apply_all(
         self, conn: sqlite3.Connection, rows: list[tuple[bytes]], now: float, fn: Transition
@@ -127,20 +152,25 @@ class SQLiteJobs(JobStore):
 
     @staticmethod
     def _unique_holder(conn: sqlite3.Connection, job: Job) -> str | None:
-        """Writer thread: the id of the queued or running job holding `job`'s unique key."""
+        """Writer thread: the id of the waiting, queued or running job holding `job`'s
+        unique key."""
         row = conn.execute(
             "SELECT id FROM jobs WHERE type = ? AND unique_key = ?"
-            " AND unique_key IS NOT NULL AND status IN ('queued', 'running')",
+            " AND unique_key IS NOT NULL AND status IN ('waiting', 'queued', 'running')",
             (job.type, job.unique_key),
         ).fetchone()
         return None if row is None else str(row[0])
 
     def _check_unique(
-        self, conn: sqlite3.Connection, claimed: dict[tuple[str, str], str], old: Job, new: Job
+        self,
+        conn: sqlite3.Connection,
+        claimed: dict[tuple[str, str], str],
+        old: Job | None,
+        new: Job,
     ) -> None:
         """Writer thread: Conflict, before anything is written, when `new` would take a
         unique key another job holds (or an earlier step of the same batch took:
-        `claimed`); the index `jobs_unique` would refuse it, rolling back the batch."""
+        `claimed`); the index `jobs_unique_held` would refuse it, rolling back the batch."""
         check_unique(claimed, old, new, lambda job: self._unique_holder(conn, job))
 
     async def submit_job(self, job: Job, event: str) -> tuple[JobChange, bool]:
@@ -160,12 +190,54 @@ class SQLiteJobs(JobStore):
 
         return await self._core.write(op)
 
+    async def submit_jobs(self, jobs: list[Job], events: list[str]) -> list[JobChange]:
+        def op(conn: sqlite3.Connection) -> list[JobChange]:
+            # Every check before the first write: a refusal returned from an op leaves
+            # what it wrote in the transaction.
+            claimed: dict[tuple[str, str], str] = {}
+            for job in jobs:
+                self._check_unique(conn, claimed, None, job)
+            return [
+                self._save_job(conn, job, event, job.created_at, None)
+                for job, event in zip(jobs, events, strict=True)
+            ]
+
+        return await self._core.write(op)
+
     async def get_job(self, job_id: str) -> Job | None:
         core = self._core
         point = core.point()
         with core.read_errors:
             row = point.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else decode_job(row[0])
+
+    async def get_jobs(self, job_ids: list[str]) -> dict[str, Job]:
+        ids = list(dict.fromkeys(job_ids))
+
+        def read(conn: sqlite3.Connection) -> dict[str, Job]:
+            out: dict[str, Job] = {}
+            # One query per 500 ids, under SQLite's bound-parameter limit.
+            for at in range(0, len(ids), 500):
+                chunk = ids[at : at + 500]
+                rows = conn.execute(
+                    f"SELECT body FROM jobs WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+                ).fetchall()
+                for (body,) in rows:
+                    job = decode_job(body)
+                    out[job.id] = job
+            return out
+
+        if not ids:
+            return {}
+        return await self._core.read(read)
+
+    async def dependents(self, job_id: str) -> list[str]:
+        rows = await self._core.read(
+            lambda c: c.execute(
+                "SELECT child FROM job_parents WHERE parent = ?", (job_id,)
+            ).fetchall()
+        )
+        return [str(r[0]) for r in rows]
 
     async def list_jobs(
         self,
@@ -549,6 +621,7 @@ class SQLiteJobs(JobStore):
                 channel = job_channel(job_id)
                 self._log.forget(channel)
                 conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                conn.execute("DELETE FROM job_parents WHERE parent = ?", (job_id,))
                 conn.execute("DELETE FROM channels WHERE name = ?", (channel,))
                 conn.execute("DELETE FROM messages WHERE channel = ?", (channel,))
             return ids

@@ -9,7 +9,8 @@
 --       Redis's cmsgpack reads no msgpack bin, hence the two binary strings apart. The
 --       per-job keys are named here from the prefix, as RedisCore.key names them: three
 --       arguments per job instead of twenty keep the call cheap for redis-py to encode.
--- Reply: {1, then seq, prev_seq, keep of each job's append (0, 0, 0: none)} when written;
+-- Reply: {1, then seq, prev_seq, keep of each job's append (0, 0, 0: none), then the place
+--        (1-based) of each change that ended a job with dependents} when written;
 --        {0, n} when the n-th job's body differs (nothing written);
 --        {2, body} when the idempotency key names a job that exists (nothing written);
 --        {3, n, body} when the n-th job would take a unique key that another job (whose
@@ -22,10 +23,10 @@ local JOBS, JOBTYPES, JOBCOUNTS, RUNNING, FINISHED, WAKE, CHANNELS, QLIMITS, QRA
 -- One job change, from its fields as `_change_fields` packs them; nil when malformed.
 local function parse_change(packed, body, data)
   local ok, fields = pcall(cmsgpack.unpack, packed)
-  if not ok or type(fields) ~= 'table' or #fields ~= 16 then
+  if not ok or type(fields) ~= 'table' or #fields ~= 17 then
     return nil
   end
-  for i = 1, 16 do
+  for i = 1, 17 do
     if type(fields[i]) ~= 'string' then
       return nil
     end
@@ -35,7 +36,7 @@ local function parse_change(packed, body, data)
                   finished = fields[8], created = fields[9], counted = fields[10],
                   count = fields[11], channel = fields[12], event = fields[13],
                   unique = fields[14], unique_op = fields[15], group = fields[16],
-                  body = body, data = data}
+                  ends = fields[17], body = body, data = data}
   for _, number in ipairs({change.score, change.prio, change.finished, change.created}) do
     if number ~= '' and not tonumber(number) then
       return nil
@@ -194,6 +195,7 @@ for _, change in ipairs(changes) do
     redis.call('ZREM', prefix .. 'qprio:' .. change.old_type, id)
     redis.call('ZREM', RUNNING, id)
     redis.call('ZREM', FINISHED, id)
+    redis.call('ZREM', prefix .. 'waiting', id)
     if change.type ~= change.old_type then
       redis.call('ZREM', queued, id)
       redis.call('ZREM', qprio, id)
@@ -206,6 +208,8 @@ for _, change in ipairs(changes) do
     end
   elseif change.status == 'running' then
     redis.call('ZADD', RUNNING, change.score, id)
+  elseif change.status == 'waiting' then
+    redis.call('ZADD', prefix .. 'waiting', change.created, id)
   end
   if change.finished ~= '' then
     redis.call('ZADD', FINISHED, change.finished, id)
@@ -280,6 +284,12 @@ for _, change in ipairs(changes) do
   if change.status == 'queued' then
     redis.call('XADD', WAKE, 'MAXLEN', '~', wake_max, '*', 'type', change.type,
                'run_at', change.score)
+  end
+end
+-- The jobs submitted after a job that this batch ended are to be settled.
+for i, change in ipairs(changes) do
+  if change.ends ~= '' and redis.call('EXISTS', prefix .. 'jobkids:' .. change.id) == 1 then
+    reply[#reply + 1] = i
   end
 end
 for job_type, tat in pairs(tats) do
