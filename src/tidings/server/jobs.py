@@ -790,7 +790,30 @@ class JobService:
             made[job.id] = job
             jobs[n] = job
             events[n] = event or job.status
-        changes = await self.store.jobs.submit_jobs([j for j in jobs if j is not None], events)
+        try:
+            changes = await self.store.jobs.submit_jobs([j for j in jobs if j is not None], events)
+        except UniqueHeld as exc:
+            # As on a single submit: the holder is named only to whoever may follow it.
+            holder = await self.store.jobs.get_job(exc.holder)
+            at = next(
+                (
+                    i
+                    for i, j in enumerate(jobs)
+                    if j is not None
+                    and holder is not None
+                    and (j.type, j.unique_key) == (holder.type, holder.unique_key)
+                ),
+                None,
+            )
+            which = "a job of the batch" if at is None else f"jobs[{at}] ({specs[at].ref[:80]!r})"
+            if holder is not None and (visible is None or visible(holder)):
+                by = f"job {holder.id}"
+            else:
+                by = "another job, not yours" if holder is not None else "another job"
+            raise Conflict(
+                f"{which}: its unique key is held by {by} (waiting, queued or running): "
+                "nothing of the batch was made"
+            ) from None
         self.counters.submitted += len(changes)
         out = [self._announce(change) for change in changes]
         # Those that wait on jobs that existed: their parents, read again after the write.

@@ -189,3 +189,26 @@ def test_a_retry_refused_on_someone_elses_holder_does_not_name_it(
         assert a.post(f"/v1/jobs/{old.json()['id']}/retry").json()["status"] == "queued"
         r = b.post(f"/v1/jobs/{holder['id']}/retry")
         assert r.status_code == 409 and old.json()["id"] not in r.text
+
+
+@pytest.mark.timeout(90)
+def test_a_batch_refused_on_a_held_key_names_the_holder_only_to_who_may_follow_it(
+    tidings_server: ServerFactory, tmp_path: Path
+):
+    """Under --require-auth a batch taking a key bob's job holds is 409 naming the batch's
+    job but not bob's job to ann, and bob's own batch is told which job; nothing is made."""
+    store = f"sqlite:///{tmp_path / 'auth.db'}"
+    ann = _user(store, "ann", "--submit", "resize")
+    bob = _user(store, "bob", "--submit", "resize")
+    url = tidings_server(store, args=["--require-auth"]).url
+    batch = {"jobs": [{"ref": "a", "type": "resize"}, {"ref": "b", "type": "resize"}]}
+    batch["jobs"][1]["unique_key"] = "k"
+    with _client(url, ann) as a, _client(url, bob) as b:
+        held = b.post("/v1/jobs", json={"type": "resize", "unique_key": "k"}).json()
+        r = a.post("/v1/jobs/batch", json=batch)
+        assert r.status_code == 409, r.text
+        assert held["id"] not in r.text and "jobs[1] ('b')" in r.json()["error"]["message"]
+        r = b.post("/v1/jobs/batch", json=batch)
+        assert r.status_code == 409 and held["id"] in r.json()["error"]["message"]
+        listed = b.get("/v1/jobs", params={"type": "resize"}).json()["jobs"]
+        assert [j["id"] for j in listed] == [held["id"]]
