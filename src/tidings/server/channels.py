@@ -11,7 +11,7 @@ from tidings.protocol.errors import BadRequest, Forbidden, InvalidChannel, NotFo
 from tidings.protocol.jobs import JOB_CHANNEL_PREFIX
 from tidings.protocol.messages import PublishAck, valid_channel
 from tidings.server import constants as C
-from tidings.server.hub import Hub
+from tidings.server.hub import DirectPoll, Hub
 from tidings.server.principals import Principal
 from tidings.server.stores.base import ChannelInfo, ReadResult, Retention, Store
 
@@ -140,8 +140,19 @@ class ChannelService:
         finally:
             del self._last_lookups[channel]
 
-    async def wait(self, channel: str, after: str, limit: int, seconds: float) -> ReadResult:
-        """Long poll: answer as soon as something follows `after`, or empty after `seconds`."""
+    async def wait(
+        self,
+        channel: str,
+        after: str,
+        limit: int,
+        seconds: float,
+        direct: DirectPoll | None = None,
+    ) -> ReadResult:
+        """Long poll: answer as soon as something follows `after`, or empty after `seconds`.
+
+        With `direct`, a publish may write the answer itself while this waits (see
+        DirectPoll): then `direct.answered` is set and the caller must send nothing.
+        """
         deadline = time.monotonic() + max(0.0, min(seconds, self.long_poll_cap))
         while True:
             fut = self.hub.waiter(channel)
@@ -151,7 +162,14 @@ class ChannelService:
                 remaining = deadline - time.monotonic()
                 if res.messages or res.reset or remaining <= 0 or self.hub.closing:
                     return res
+                if direct is not None:
+                    # From here until this task wakes, it only waits: the publish may answer.
+                    self.hub.answer_directly(fut, direct)
                 await asyncio.wait((fut,), timeout=remaining)
+                if direct is not None and direct.answered:
+                    if direct.pending is not None:
+                        await direct.pending
+                    return res
                 if not fut.done():
                     return res
             finally:

@@ -146,6 +146,9 @@ class Dispatcher:
         start = time.perf_counter()
         scope["app"] = self.starlette
         scope["path_params"] = params
+        # The answer's own `send` (through the CORS layer when there is one), for a long
+        # poll that the hub answers by itself (tidings.server.hub.DirectPoll).
+        scope["tidings.send"] = send
         request = Request(scope, receive)
         try:
             if template not in PUBLIC_PATHS:

@@ -33,11 +33,12 @@ live delivery never stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import types
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable, MutableMapping
 from typing import Any
 
 from tidings.protocol.codecs import encode_json
@@ -46,11 +47,13 @@ from tidings.protocol.messages import Message, data_text, sse_frame
 from tidings.server.constants import SSE_RETRY_MS
 from tidings.server.transports.kind import StreamKind
 
-__all__ = ["Hub", "Subscriber"]
+__all__ = ["DirectPoll", "Hub", "Subscriber"]
 
 log = logging.getLogger("tidings.hub")
 
 Send = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
+# A long poll's answer as an ASGI app: (scope, receive, send) -> coroutine.
+Answer = Callable[..., Coroutine[Any, Any, None]]
 # How many recent messages per channel the hub keeps to answer polls without the store,
 # and for how many channels (the least recently published are forgotten first).
 RECENT = 64
@@ -459,6 +462,69 @@ class _Pass:
         self.first_len = len(batch.msgs)
 
 
+async def _no_receive() -> dict[str, Any]:
+    """The `receive` of an answer the hub writes: a response never reads."""
+    return {"type": "http.disconnect"}
+
+
+class DirectPoll:
+    """A parked long poll that the hub answers itself when a publish can.
+
+    The hub writes the answer from the publisher's step through the request's own ASGI
+    `send`, started by hand as for streams: no wake-up of the poll's task comes before
+    its bytes are on the wire. Polls parked at the same cursor with the same limit and
+    codec (`key`) share one encoded answer. The poll's task then finds `answered` set and
+    sends nothing; `pending` is the task that finishes a write the socket could not take
+    at once, which it awaits.
+
+    Args:
+        after: the poll's cursor.
+        limit: most messages in the answer.
+        key: what else makes two polls' answers differ (the codec).
+        build: the answer for the messages after `after`, as an ASGI app.
+        scope: the request's ASGI scope.
+        send: the request's ASGI `send`.
+    """
+
+    __slots__ = ("after", "answered", "build", "key", "limit", "pending", "scope", "send")
+
+    def __init__(
+        self,
+        after: str,
+        limit: int,
+        key: str,
+        build: Callable[[list[Message]], Answer],
+        scope: MutableMapping[str, Any],
+        send: Send,
+    ) -> None:
+        self.after = after
+        self.limit = limit
+        self.key = key
+        self.build = build
+        self.scope = scope
+        self.send = send
+        self.answered = False
+        self.pending: asyncio.Task[None] | None = None
+
+    def write(self, answer: Answer) -> None:
+        """Send `answer` now, or finish in a task if the socket is backed up."""
+        self.answered = True
+        coro = answer(self.scope, _no_receive, self.send)
+        try:
+            first = coro.send(None)
+        except StopIteration:
+            return
+        except Exception as exc:  # the connection broke: nothing more can go on it
+            log.debug("a long poll's answer failed: %r", exc)
+            return
+        self.pending = asyncio.get_running_loop().create_task(_finish(coro, first))
+
+
+async def _finish(coro: Coroutine[Any, Any, None], first: Any) -> None:
+    with contextlib.suppress(Exception):  # as in DirectPoll.write: a broken connection
+        await _resume(coro, first)
+
+
 def _frame_size(frame: dict[str, Any]) -> int:
     body = frame.get("body") or frame.get("text") or frame.get("bytes") or b""
     return len(body)
@@ -482,6 +548,8 @@ class Hub:
         self._sessions: dict[str, set[Subscriber]] = {}
         self._session_polls: dict[str, set[asyncio.Future[None]]] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        # The waiters among them that the hub may answer itself (see DirectPoll).
+        self._direct: dict[asyncio.Future[None], DirectPoll] = {}
         # channel -> its recent messages, least recently published channel first.
         self._recent: dict[str, _Tail] = {}
         # Messages waiting for their channel's next fan-out pass, and passes under way.
@@ -490,6 +558,7 @@ class Hub:
         self.delivered = 0
         self.published = 0
         self.cut = 0
+        self.answered_directly = 0
         self.closing = False
 
     # -- registration -----------------------------------------------------------------
@@ -573,9 +642,7 @@ class Hub:
         self._remember(msg, prev_id, min(keep, RECENT))
         waiters = self._waiters.pop(msg.channel, None)
         if waiters:
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
+            self._wake(msg.channel, waiters)
         if msg.channel not in self._subs:
             return
         queued = self._queue.get(msg.channel)
@@ -585,6 +652,33 @@ class Hub:
         self._queue[msg.channel] = [msg]
         if msg.channel not in self._passes:
             asyncio.get_running_loop().call_soon(self._fan_out, msg.channel)
+
+    def _wake(self, channel: str, waiters: set[asyncio.Future[None]]) -> None:
+        """Wake a channel's long polls; write the answers of those parked for it here.
+
+        Direct answers come first, in one run, before any poll's task is woken: the last
+        one's latency is the writes', not the tasks'.
+        """
+        direct = self._direct
+        # One answer per (cursor, limit, codec); None when the tail cannot tell what
+        # follows the cursor, and the poll's task reads it from the store.
+        answers: dict[tuple[str, int, str], Answer | None] = {}
+        for fut in waiters:
+            poll = direct.pop(fut, None)
+            if poll is None or fut.done():
+                continue
+            shared = (poll.after, poll.limit, poll.key)
+            if shared in answers:
+                answer = answers[shared]
+            else:
+                msgs = self.recent_after(channel, poll.after, poll.limit)
+                answer = answers[shared] = poll.build(msgs) if msgs else None
+            if answer is not None:
+                poll.write(answer)
+                self.answered_directly += 1
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
     def _fan_out(self, channel: str) -> None:
         """Run (a chunk of) a fan-out pass; messages queued meanwhile join the batch.
@@ -704,8 +798,16 @@ class Hub:
         self._waiters.setdefault(channel, set()).add(fut)
         return fut
 
+    def answer_directly(self, fut: asyncio.Future[None], poll: DirectPoll) -> None:
+        """Let the publish that resolves `fut` write `poll`'s answer itself. Only from
+        the moment the poll's task does nothing but wait for `fut` until it wakes: it must
+        then send nothing once `poll.answered` is set."""
+        if not fut.done():
+            self._direct[fut] = poll
+
     def drop_waiter(self, channel: str, fut: asyncio.Future[None]) -> None:
         """Forget a waiter that timed out."""
+        self._direct.pop(fut, None)
         waiters = self._waiters.get(channel)
         if waiters is not None:
             waiters.discard(fut)
@@ -727,6 +829,7 @@ class Hub:
         for sub in list(self._subs.get(channel, ())):
             sub.close(reason, abort=False)
         for fut in self._waiters.pop(channel, ()):
+            self._direct.pop(fut, None)  # its task reads the channel's end and answers
             if not fut.done():
                 fut.set_result(None)
         self._queue.pop(channel, None)
@@ -742,3 +845,4 @@ class Hub:
                 if not fut.done():
                     fut.set_result(None)
         self._waiters.clear()
+        self._direct.clear()

@@ -117,6 +117,12 @@ class _HubCollector(Collector):
         )
         cut.add_metric([], hub.cut)
         yield cut
+        direct = CounterMetricFamily(
+            "tidings_long_polls_answered_by_hub",
+            "Long polls whose answer the publish wrote itself, before waking their tasks",
+        )
+        direct.add_metric([], hub.answered_directly)
+        yield direct
         streams = GaugeMetricFamily(
             "tidings_open_streams", "Open streams and parked long polls", labels=["transport"]
         )

@@ -17,9 +17,11 @@ from starlette.routing import Route
 from tidings.protocol.codecs import format_time
 from tidings.protocol.errors import BadRequest, InvalidBody
 from tidings.protocol.jobs import JOB_CHANNEL_PREFIX
+from tidings.protocol.messages import Message
 from tidings.server.channels import ChannelService, check_channel, check_event
 from tidings.server.constants import DEFAULT_POLL_LIMIT, MAX_POLL_LIMIT
 from tidings.server.http.common import (
+    SENT,
     check_json_value,
     decode_body,
     is_msgpack,
@@ -31,8 +33,10 @@ from tidings.server.http.common import (
     require_admin,
     respond,
     unless_revoked,
+    wants_msgpack,
 )
 from tidings.server.http.errors import negotiated
+from tidings.server.hub import DirectPoll
 from tidings.server.jobs import JobService
 from tidings.server.stores.base import ChannelInfo, ReadResult, Retention
 
@@ -66,6 +70,21 @@ def page_to_wire(res: ReadResult, after: str) -> dict[str, Any]:
     else:
         nxt = after
     return {"messages": [m.to_wire() for m in res.messages], "next": nxt, "reset": res.reset}
+
+
+def _direct_poll(request: Request, after: str, limit: int) -> DirectPoll | None:
+    """How the hub may write this long poll's answer itself (see DirectPoll); None when a
+    login session could end the poll meanwhile, since its 401 must not follow an answer."""
+    send = request.scope.get("tidings.send")
+    if send is None or principal_of(request).session is not None:
+        return None
+
+    def build(msgs: list[Message]) -> Response:
+        res = ReadResult(msgs, reset=False, first_id=None, last_id=msgs[-1].id)
+        return respond(request, page_to_wire(res, after))
+
+    key = "msgpack" if wants_msgpack(request.headers.get("accept")) else "json"
+    return DirectPoll(after, limit, key, build, request.scope, send)
 
 
 def info_to_wire(info: ChannelInfo, subscribers: dict[str, int]) -> dict[str, Any]:
@@ -156,7 +175,10 @@ async def poll(request: Request) -> Response:
         # have seen that event yet, and this answer is not followed by a wait.
         res = await svc.read(channel, after, limit, fresh=True)
     elif wait:
-        res = await unless_revoked(request, svc.wait(channel, after, limit, wait))
+        direct = _direct_poll(request, after, limit)
+        res = await unless_revoked(request, svc.wait(channel, after, limit, wait, direct))
+        if direct is not None and direct.answered:
+            return SENT
     else:
         res = await svc.read(channel, after, limit)
     return respond(request, page_to_wire(res, after))

@@ -32,6 +32,7 @@ from tidings.server.principals import ANONYMOUS, Principal
 
 __all__ = [
     "MSGPACK",
+    "SENT",
     "Body",
     "check_json_value",
     "decode_body",
@@ -63,6 +64,17 @@ class Body(bytes):
     server that read it (`decode_body` applies it; plain bytes get the default)."""
 
     max_depth: int = DEFAULT_MAX_DEPTH
+
+
+class _Sent(Response):
+    """What a handler returns when its answer is already on the wire (a long poll the hub
+    answered): a 200 for the metrics, and nothing more to send."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+
+SENT = _Sent()
 
 
 def json_response(
