@@ -45,7 +45,7 @@ from tidings.protocol.codecs import encode_json
 from tidings.protocol.cursors import encode_composite_cursor
 from tidings.protocol.messages import Message, data_text, sse_frame
 from tidings.server.constants import SSE_RETRY_MS
-from tidings.server.transports.kind import StreamKind
+from tidings.server.transports.kind import StreamKind, ws_text_frame
 
 __all__ = ["DirectPoll", "Hub", "Subscriber"]
 
@@ -70,6 +70,9 @@ HEARTBEAT = b": ping\nretry: %d\n\n" % SSE_RETRY_MS
 # on the enum class costs a descriptor call.
 _SSE, _SSE_MULTI, _WS = StreamKind.SSE, StreamKind.SSE_MULTI, StreamKind.WS
 _SSE_JSON = StreamKind.SSE_JSON
+# The ASGI message key carrying whole WebSocket frames, written as they are by
+# tidings.server.http.ws_protocol.
+FRAMES = "tidings.frames"
 
 
 @types.coroutine
@@ -139,6 +142,7 @@ class Subscriber:
         "kind",
         "overflowed",
         "pending",
+        "raw_frames",
         "send",
         "session",
         "task",
@@ -174,6 +178,9 @@ class Subscriber:
         self.close_reason: str | None = None
         # True once a final event (`until`) was written: the stream ended complete.
         self.completed = False
+        # A WebSocket whose connection takes pre-encoded frames, all of a batch in one
+        # write (see _takes_frames); None until its first live batch asks.
+        self.raw_frames: bool | None = None
 
     # -- frames -----------------------------------------------------------------------
 
@@ -215,6 +222,8 @@ class Subscriber:
             end = next((i + 1 for i in range(start, end) if msgs[i].event in until), end)
         if self.kind is _SSE_MULTI:
             frames = [self._multi_frame(msgs[start:end], batch)]
+        elif self.kind is _WS and self._takes_frames():
+            frames = [batch.ws_frames(start, end)]
         elif end == len(msgs):
             frames = batch.frames(self.kind, start)
         else:
@@ -225,6 +234,13 @@ class Subscriber:
             self.write(frame)
         if until is not None:
             self.check_until(msgs[end - 1])
+
+    def _takes_frames(self) -> bool:
+        raw = self.raw_frames
+        if raw is None:
+            takes = getattr(getattr(self.send, "__self__", None), "takes_frames", None)
+            raw = self.raw_frames = bool(takes is not None and takes())
+        return raw
 
     def _multi_frame(self, msgs: list[Message], batch: Batch) -> dict[str, Any]:
         """Frames of a multiplexed stream: each carries this stream's composite cursor."""
@@ -380,7 +396,18 @@ class Batch:
         key: the store's order of ids.
     """
 
-    __slots__ = ("_encoded", "_frames", "_multi", "_starts", "channel", "key", "keys", "msgs")
+    __slots__ = (
+        "_encoded",
+        "_frames",
+        "_multi",
+        "_starts",
+        "_ws_raw",
+        "_ws_runs",
+        "channel",
+        "key",
+        "keys",
+        "msgs",
+    )
 
     def __init__(self, channel: str, msgs: list[Message], key: Callable[[str], int]) -> None:
         self.channel = channel
@@ -391,6 +418,9 @@ class Batch:
         self._frames: dict[tuple[StreamKind, int], list[dict[str, Any]]] = {}
         self._starts: dict[str | None, int] = {}
         self._multi: dict[int, bytes] = {}
+        # WebSocket frames, built once per message; their runs once per (start, end).
+        self._ws_raw: list[bytes] = []
+        self._ws_runs: dict[tuple[int, int], dict[str, Any]] = {}
         self.extend(msgs)
 
     def extend(self, msgs: list[Message]) -> None:
@@ -423,6 +453,19 @@ class Batch:
     def frames_between(self, kind: StreamKind, start: int, end: int) -> list[dict[str, Any]]:
         """ASGI messages for messages[start:end]."""
         return _as_asgi(kind, self._encoded_for(kind)[start:end])
+
+    def ws_frames(self, start: int, end: int) -> dict[str, Any]:
+        """messages[start:end] as whole WebSocket frames in one ASGI message, for a
+        connection that writes them as they are (one write for the lot)."""
+        run = self._ws_runs.get((start, end))
+        if run is None:
+            raw = self._ws_raw
+            if len(raw) < end:
+                texts = self._encoded_for(_WS)
+                raw.extend(ws_text_frame(str(t)) for t in texts[len(raw) :])
+            run = {"type": "websocket.send", FRAMES: b"".join(raw[start:end])}
+            self._ws_runs[(start, end)] = run
+        return run
 
     def multi_body(self, msg: Message) -> bytes:
         """A multiplexed stream's frame body for `msg`, encoded once."""
@@ -526,7 +569,7 @@ async def _finish(coro: Coroutine[Any, Any, None], first: Any) -> None:
 
 
 def _frame_size(frame: dict[str, Any]) -> int:
-    body = frame.get("body") or frame.get("text") or frame.get("bytes") or b""
+    body = frame.get("body") or frame.get("text") or frame.get(FRAMES) or frame.get("bytes") or b""
     return len(body)
 
 

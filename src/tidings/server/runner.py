@@ -95,6 +95,10 @@ def uvicorn_config(
         # A ping every 20 s; a client that answers none within 20 s more is closed.
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
+        # No permessage-deflate: it compresses every frame for each connection alone, so a
+        # fan-out could no longer write one batch's frames, built once, to every socket
+        # (docs/decisions/0024).
+        ws_per_message_deflate=False,
         lifespan="on",
         # No formatters or handlers of uvicorn's own: its records reach the root logger,
         # which configure_logging set up (one format for every line).

@@ -18,11 +18,14 @@ import asyncio
 import logging
 from typing import Any
 
-from uvicorn._types import ASGIReceiveEvent
+from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 from tidings.server.http.errors import CLOSE_POLICY
 from tidings.server.http.limits import ConnectionLimits
+from tidings.server.hub import FRAMES
 
 __all__ = ["TidingsWebSocketProtocol"]
 
@@ -79,6 +82,24 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
             self._drop("the client sends faster than it reads")
             return
         super().data_received(data)
+
+    def takes_frames(self) -> bool:
+        """Whether the hub may hand this socket whole frames it built (`FRAMES`): only
+        with no extension negotiated (permessage-deflate compresses each frame for its
+        connection alone)."""
+        return self.handshake_complete and not self.conn.extensions
+
+    async def send(self, message: ASGISendEvent) -> None:
+        # Whole frames from the hub: a fan-out batch's messages, built once for every
+        # such socket and written here in one write, as uvicorn writes one it built.
+        frames = message.get(FRAMES)
+        if not isinstance(frames, bytes):
+            await super().send(message)
+            return
+        await self.writable.wait()
+        if self.disconnected or self.conn.state is not State.OPEN or self.close_sent:
+            raise ClientDisconnected()
+        self.transport.write(frames)
 
     async def receive(self) -> ASGIReceiveEvent:
         # uvicorn's, leaving reading paused while the client is not reading.

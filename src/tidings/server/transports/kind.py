@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["StreamKind"]
+__all__ = ["StreamKind", "ws_text_frame"]
 
 
 class StreamKind(enum.StrEnum):
@@ -21,3 +21,17 @@ class StreamKind(enum.StrEnum):
     SSE_JSON = "sse-json"
     SSE_MULTI = "sse-multi"  # several channels' SSE; each `id:` is the stream's cursor
     WS = "ws"  # WebSocket text frames, one message each
+
+
+def ws_text_frame(text: str) -> bytes:
+    """One whole, unmasked WebSocket text frame (RFC 6455 §5.2), as a server sends it:
+    the same bytes for every client without extensions, so built once per message."""
+    payload = text.encode()
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, n))
+    elif n < 65536:
+        head = b"\x81\x7e" + n.to_bytes(2, "big")
+    else:
+        head = b"\x81\x7f" + n.to_bytes(8, "big")
+    return head + payload
