@@ -86,6 +86,9 @@ def uvicorn_config(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
+        # The dispatcher returns its road's coroutine from a plain __call__ (dispatch.py):
+        # said here, since uvicorn would guess ASGI 2 from that.
+        interface="asgi3",
         # httptools, sending each response's head and body in one write (http/protocol.py).
         # Within the server's limits (http/limits.py): request line and header caps,
         # head/body/keep-alive deadlines, connection caps.
