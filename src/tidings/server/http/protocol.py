@@ -36,6 +36,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tidings.server import constants as C
 from tidings.server.http.h2_protocol import PREFACE, TidingsH2Protocol
+from tidings.server.http.lean import LeanEvent, Line
 from tidings.server.http.limits import ConnectionLimits, Wait
 from tidings.server.http.ws_protocol import TidingsWebSocketProtocol
 
@@ -148,24 +149,6 @@ def fixed_local(host: str, port: int) -> tuple[str, int] | None:
     return (str(ip), port)
 
 
-class LeanEvent(asyncio.Event):
-    """An asyncio.Event whose waiters are kept in a list rather than a deque: the same
-    behaviour (at most one waiter here) in 56 bytes instead of ~740, which every open
-    connection pays twice (uvicorn's flow control and request events)."""
-
-    def __init__(self, is_set: bool = False) -> None:
-        self._waiters = []  # type: ignore[assignment]
-        self._value = is_set
-
-
-class _Pipeline(list[Any]):
-    """uvicorn's queue of pipelined requests, as a list: its deque costs ~740 bytes per
-    connection, and more than one request is rarely waiting."""
-
-    def appendleft(self, item: Any) -> None:
-        self.insert(0, item)
-
-
 class _OverLimit(Exception):
     """Raised from a parser callback to stop the parser at once (a limit was passed)."""
 
@@ -192,7 +175,7 @@ class TidingsHttpProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.pipeline = _Pipeline()  # type: ignore[assignment]
+        self.pipeline = Line()  # type: ignore[assignment]  # see lean.py
         self.limits = ConnectionLimits.of(self.config)
         # Read by the sweep: when this connection is due (0: never), and for what.
         self.deadline = 0.0

@@ -24,6 +24,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.protocol import State
 
 from tidings.server.http.errors import CLOSE_POLICY
+from tidings.server.http.lean import LeanEvent, LeanQueue
 from tidings.server.http.limits import ConnectionLimits
 from tidings.server.hub import FRAMES
 
@@ -43,6 +44,9 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # The same, on lists (lean.py): ~3 KB less per open socket.
+        self.queue = LeanQueue()
+        self.writable = LeanEvent(is_set=True)
         self.write_paused = False
         # The write buffer past which frames still arriving end the connection.
         self.write_cap = _HIGH_WATER + self.config.ws_max_size
