@@ -31,11 +31,20 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import ServerProcess
 from tests.e2e.browser.console_page import Console
+from tests.e2e.browser.harness import ROOT
 from tests.e2e.browser.test_console import add_user, log_in, screenshot
 
 pytestmark = pytest.mark.timeout(120)
 
 WAIT_MS = 15_000
+# The schedule list's page size, as the console asks for it.
+SCHEDULES_PAGE = int(
+    re.search(
+        r"^const PAGE_SIZE = (\d+);",
+        (ROOT / "console" / "src" / "schedules.ts").read_text(),
+        re.MULTILINE,
+    ).group(1)  # type: ignore[union-attr]
+)
 # The 401 of who-am-I before each login.
 LOGIN = ((401, "/v1/auth/me"),)
 
@@ -157,6 +166,25 @@ def test_a_schedule_added_in_the_console_is_in_the_api_and_a_bad_cron_shows_the_
         row.get_by_test_id("schedule-delete-confirm").click()
         expect(row).to_have_count(0, timeout=WAIT_MS)
         assert site.ada.get("/v1/schedules/nightly").status_code == 404
+
+        # More than a page: the list pages on the server's cursor.
+        names = [f"page.{n:02d}" for n in range(SCHEDULES_PAGE + 5)]
+        for name in names:
+            r = site.ada.put(f"/v1/schedules/{name}", json={"type": "report", "every": 3600})
+            assert r.status_code == 201, r.text
+        rows = page.get_by_test_id("schedule-row")
+        expect(rows).to_have_count(SCHEDULES_PAGE, timeout=WAIT_MS)
+        assert rows.evaluate_all("rows => rows.map((r) => r.dataset.name)") == names[:-5]
+        expect(page.get_by_test_id("schedules-prev")).to_be_disabled()
+        page.get_by_test_id("schedules-next").click()
+        expect(rows).to_have_count(5, timeout=WAIT_MS)
+        assert rows.evaluate_all("rows => rows.map((r) => r.dataset.name)") == names[-5:]
+        expect(page.get_by_test_id("schedules-where")).to_contain_text("page 2")
+        expect(page.get_by_test_id("schedules-next")).to_be_disabled()
+        page.get_by_test_id("schedules-prev").click()
+        expect(rows).to_have_count(SCHEDULES_PAGE, timeout=WAIT_MS)
+        for name in names:
+            assert site.ada.delete(f"/v1/schedules/{name}").status_code == 204
         console.check()
     finally:
         console.close()
@@ -236,22 +264,34 @@ def test_an_admin_edits_a_limit_and_get_queues_shows_it_a_non_admin_cannot(
 def test_a_waiting_child_shows_its_parents_and_why_a_cancelled_parent_cancelled_it(
     browser: Browser, site: Site
 ) -> None:
+    """A child submitted from the form with a parent, a group and a unique key waits, is
+    listed under `waiting`, and its page shows them; cancelling the parent cancels it, and
+    its page says why, linking to the parent."""
     parent = site.ada.post("/v1/jobs", json={"type": "fetch"}).json()["id"]
-    made = site.ada.post(
-        "/v1/jobs",
-        json={"type": "merge", "after": [parent], "group": "tenant-7", "unique_key": "merge-7"},
-    )
-    assert made.status_code == 202, made.text
-    child = made.json()["id"]
     console, page = open_console(browser, site, "ada")
     try:
+        page.goto(f"{site.server.url}/console#/jobs?submit")
+        page.get_by_test_id("submit-type").fill("combine")
+        page.get_by_test_id("submit-after").fill(f" {parent} ")
+        page.get_by_test_id("submit-group").fill("tenant-7")
+        page.get_by_test_id("submit-unique-key").fill("merge-7")
+        page.get_by_test_id("submit-job").click()
+        expect(page.get_by_test_id("job-status")).to_have_text("waiting", timeout=WAIT_MS)
+        child = page.evaluate("decodeURIComponent(location.hash.replace('#/jobs/', ''))")
+        stored = site.ada.get(f"/v1/jobs/{child}").json()
+        assert (stored["after"], stored["group"], stored["unique_key"]) == (
+            [parent],
+            "tenant-7",
+            "merge-7",
+        )
+
         page.goto(f"{site.server.url}/console#/jobs?status=waiting")
         expect(page.get_by_test_id("jobs-filter-status")).to_have_value("waiting", timeout=WAIT_MS)
         rows = page.get_by_test_id("job-row")
         expect(rows.first).to_have_attribute("data-id", child, timeout=WAIT_MS)
         expect(rows).to_have_count(1)
         expect(rows.first).to_have_attribute("data-status", "waiting")
-        expect(page.locator('[data-testid="queue-row"][data-type="merge"]').get_by_test_id(
+        expect(page.locator('[data-testid="queue-row"][data-type="combine"]').get_by_test_id(
             "queue-waiting"
         )).to_have_text("1")  # fmt: skip
 
