@@ -90,7 +90,6 @@ function scheduleForm(scope: Scope, me: Me, saved: (s: ScheduleInfo) => void): {
       })
       .then((stored) => {
         result.textContent = `Saved ${stored.name}: next at ${when(stored.next_run_at)}.`;
-        name.readOnly = false;
         saved(stored);
       })
       .catch((exc) => {
