@@ -1,9 +1,11 @@
-// Jobs: the queues with their counts and rates, a job list paged by the server (filters,
-// dead letters, retry), the submit form, and one job's page followed live on `job.<id>`.
+// Jobs: the queues with their counts, rates and limits (admins edit them), a job list
+// paged by the server (filters, dead letters, retry), the submit form, and one job's page
+// followed live on `job.<id>`.
 
 import { TidingsError, api, client, query, seg } from "./api.js";
 import type { JobInfo, Message, Subscription } from "../client/tidings.js";
 import { add, brief, fill, h, num, rate, short, show, when } from "./dom.js";
+import { type Limits, limitsEditor, limitsText, heldText } from "./limits.js";
 import type { Ctx } from "./main.js";
 import { may, mayAny, mayOwn, type Me } from "./perms.js";
 import { type Scope, button, emptyRow, facts, field, refusal, section, showError, statusBadge, table, title } from "./ui.js";
@@ -16,7 +18,8 @@ interface JobList {
   next: string | null;
 }
 
-const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"] as const;
+// `waiting`: for its parents (`after`) to succeed.
+const STATUSES = ["waiting", "queued", "running", "succeeded", "failed", "cancelled"] as const;
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const POLL = 2000;
 const PAGE_SIZE = 50;
@@ -75,7 +78,7 @@ function actions(me: Me, scope: Scope, job: Job, done: (job: Job) => void): HTML
   if (job.status === "failed" || job.status === "cancelled") {
     out.push(button("Retry", "job-retry", () => void retryJob(scope, job.id).then((j) => j && done(j))));
   }
-  if ((job.status === "queued" || job.status === "running") && !job.cancel_requested) {
+  if ((job.status === "waiting" || job.status === "queued" || job.status === "running") && !job.cancel_requested) {
     out.push(button("Cancel", "job-cancel", () => void cancelJob(scope, job.id).then((j) => j && done(j)), "danger"));
   }
   return out;
@@ -98,24 +101,29 @@ export function jobsPage(view: HTMLElement, ctx: Ctx): void {
   let next: string | null = null;
 
   // Queues ---------------------------------------------------------------------------------
-  const { table: qt, body: qbody } = table("queues-table", ["Type", ...STATUSES.map((x) => `#${x}`), "#Finished/s", "#Submitted/s"]);
+  const { table: qt, body: qbody } = table("queues-table", ["Type", ...STATUSES.map((x) => `#${x}`), "#Finished/s", "#Submitted/s", "Limits", ""]);
+  // Admins set a type's limits here; the others see them read-only in the table.
+  const editor = me.permissions.admin ? limitsEditor(scope, () => queuePoll.now()) : null;
   const types = h("datalist", { id: "job-types" });
   let last = new Map<string, Sample>();
-  scope.poll(async (signal) => {
-    const answer = await api<{ queues: Record<string, Record<string, number>> }>("GET", "/v1/queues", undefined, signal);
+  const queuePoll = scope.poll(async (signal) => {
+    const answer = await api<{ queues: Record<string, Record<string, number>>; limits?: Record<string, Limits | null> }>("GET", "/v1/queues", undefined, signal);
     const now = performance.now() / 1000;
     const seen = new Map<string, Sample>();
-    const names = Object.keys(answer.queues).sort();
+    const limits = answer.limits ?? {};
+    // A limited type with no job yet has a row too: its limits are shown and edited there.
+    const names = [...new Set([...Object.keys(answer.queues), ...Object.keys(limits)])].sort();
     fill(types, names.map((n) => h("option", { value: n })));
     if (names.length === 0) {
-      fill(qbody, emptyRow(STATUSES.length + 3, "No jobs yet.", "queues-empty"));
+      fill(qbody, emptyRow(STATUSES.length + 5, "No jobs yet.", "queues-empty"));
       last = seen;
       return;
     }
     fill(
       qbody,
       names.map((name) => {
-        const counts = answer.queues[name];
+        const counts = answer.queues[name] ?? {};
+        const limit = limits[name] ?? null;
         const sample: Sample = {
           time: now,
           finished: (counts.succeeded ?? 0) + (counts.failed ?? 0),
@@ -133,6 +141,13 @@ export function jobsPage(view: HTMLElement, ctx: Ctx): void {
           STATUSES.map((s) => h("td", { class: `num${counts[s] ? ` count-${s}` : " zero"}`, "data-testid": `queue-${s}` }, num(counts[s] ?? 0))),
           h("td", { class: "num", "data-testid": "queue-finished-rate" }, before ? rate(per(sample.finished, before.finished)) : "…"),
           h("td", { class: "num", "data-testid": "queue-submitted-rate" }, before ? rate(per(sample.total, before.total)) : "…"),
+          h(
+            "td",
+            { class: "limits-cell" },
+            h("div", { "data-testid": "queue-limits", class: limit ? null : "muted" }, limit ? limitsText(limit) : "none"),
+            limit ? h("div", { class: "small", "data-testid": "queue-held" }, "held back: ", heldText(limit)) : null,
+          ),
+          h("td", { class: "actions" }, editor ? button(limit ? "Edit" : "Limit", "queue-limits-edit", () => editor.open(name, limit)) : null),
         );
       }),
     );
@@ -148,6 +163,9 @@ export function jobsPage(view: HTMLElement, ctx: Ctx): void {
     const attempts = h("input", { type: "number", min: 1, step: 1, placeholder: "default", "data-testid": "submit-max-attempts" });
     const delay = h("input", { type: "number", min: 0, step: "any", placeholder: "0", "data-testid": "submit-delay" });
     const priority = h("input", { type: "number", step: 1, placeholder: "0", "data-testid": "submit-priority" });
+    const afterIds = h("input", { placeholder: "none", "data-testid": "submit-after" });
+    const group = h("input", { placeholder: "none", "data-testid": "submit-group" });
+    const uniqueKey = h("input", { placeholder: "none", "data-testid": "submit-unique-key" });
     const note = h("p", { class: "error", "data-testid": "submit-error", role: "alert" });
     const submit = h("button", { type: "submit", class: "primary", "data-testid": "submit-job" }, "Submit job");
     const form = h(
@@ -158,6 +176,13 @@ export function jobsPage(view: HTMLElement, ctx: Ctx): void {
         { class: "submit-fields" },
         field("Type", jtype),
         h("div", { class: "row" }, field("Max attempts", attempts), field("Delay (s)", delay), field("Priority", priority)),
+        h(
+          "div",
+          { class: "row" },
+          field("After (job ids)", afterIds, "comma-separated: it waits until they all succeeded"),
+          field("Group", group, "what the type's group concurrency counts"),
+          field("Unique key", uniqueKey, "a job holding it is answered instead"),
+        ),
       ),
       h("div", { class: "submit-payload" }, field("Payload (JSON)", payload)),
       h("div", { class: "row submit-go" }, submit, note),
@@ -178,9 +203,23 @@ export function jobsPage(view: HTMLElement, ctx: Ctx): void {
         return;
       }
       const numberOf = (el: HTMLInputElement) => (el.value.trim() === "" ? undefined : Number(el.value));
+      const textOf = (el: HTMLInputElement) => el.value.trim() || undefined;
+      const parents = afterIds.value
+        .split(",")
+        .map((x) => x.trim())
+        .filter((x) => x !== "");
       submit.disabled = true;
       void scope
-        .act(() => client.submit(t, data, { maxAttempts: numberOf(attempts), delay: numberOf(delay), priority: numberOf(priority) }))
+        .act(() =>
+          client.submit(t, data, {
+            maxAttempts: numberOf(attempts),
+            delay: numberOf(delay),
+            priority: numberOf(priority),
+            after: parents.length ? parents : undefined,
+            group: textOf(group),
+            uniqueKey: textOf(uniqueKey),
+          }),
+        )
         .then((job) => {
           if (job) location.hash = jobHref(job.id);
         })
@@ -220,7 +259,8 @@ export function jobsPage(view: HTMLElement, ctx: Ctx): void {
     newest.disabled = befores.length <= 1;
     newer.disabled = befores.length <= 1;
     dead.classList.toggle("active", status === "failed");
-    heading.textContent = status === "failed" ? "Dead letters: jobs that used up their attempts" : "Jobs, newest first";
+    heading.textContent =
+      status === "failed" ? "Dead letters: jobs that used up their attempts" : status === "waiting" ? "Jobs waiting on their parents, newest first" : "Jobs, newest first";
     where.textContent = `${page.jobs.length} shown${next === null ? " · no older" : ""}`;
     if (page.jobs.length === 0) {
       const text = next !== null ? "No matching job in this stretch: look further with “Older”." : status === "failed" ? "No dead letters." : "No jobs match.";
@@ -282,7 +322,12 @@ export function jobsPage(view: HTMLElement, ctx: Ctx): void {
     title("Jobs", openSubmit),
     types,
     submitCard,
-    section("Queues", "queues-card", h("div", { class: "scroll" }, qt)),
+    section(
+      "Queues",
+      "queues-card",
+      h("div", { class: "scroll" }, qt),
+      editor ? editor.el : h("p", { class: "hint", "data-testid": "limits-read-only" }, "Limits are set by admins."),
+    ),
     h(
       "section",
       { class: "card", "data-testid": "jobs-card" },
@@ -308,6 +353,43 @@ function errorsTable(errors: unknown[]): HTMLTableElement {
     }),
   );
   return t;
+}
+
+// Why a child was cancelled by its parents, as the server says it (transitions.parent_problem).
+const PARENT_REASONS: Record<string, string> = {
+  ParentFailed: "its parent failed",
+  ParentCancelled: "its parent was cancelled",
+  ParentGone: "its parent no longer exists",
+};
+
+/** A job's parents, group and unique key, for those it has. */
+function optionalFacts(j: Job): [string, HTMLElement | string, string][] {
+  const out: [string, HTMLElement | string, string][] = [];
+  const parents = j.after ?? [];
+  if (parents.length) {
+    out.push([
+      "After",
+      h("span", { class: "mono" }, parents.map((p, i) => [i ? ", " : "", h("a", { href: jobHref(p), "data-testid": "job-parent" }, p)])),
+      "job-after",
+    ]);
+  }
+  if (j.group) out.push(["Group", j.group, "job-group"]);
+  if (j.unique_key) out.push(["Unique key", j.unique_key, "job-unique-key"]);
+  return out;
+}
+
+/** "Cancelled because its parent failed: <link>" for a child its parents ended, else null. */
+function parentReason(error: unknown): HTMLElement | null {
+  const e = (error ?? {}) as { type?: unknown; parent?: unknown };
+  if (typeof e.type !== "string" || !(e.type in PARENT_REASONS)) return null;
+  const parent = typeof e.parent === "string" ? e.parent : null;
+  return h(
+    "p",
+    { class: "cancel-reason", "data-testid": "job-cancel-reason", "data-reason": e.type },
+    h("strong", null, `Cancelled because ${PARENT_REASONS[e.type]}`),
+    parent ? [": ", h("a", { href: jobHref(parent), class: "mono", "data-testid": "job-cancel-parent" }, parent)] : null,
+    ` (${e.type})`,
+  );
 }
 
 export function jobPage(view: HTMLElement, ctx: Ctx): void {
@@ -345,6 +427,7 @@ export function jobPage(view: HTMLElement, ctx: Ctx): void {
         ["Attempt", `${j.attempt} of ${j.max_attempts}`, "job-attempt"],
         ["Worker", j.worker ? h("a", { href: "#/workers" }, j.worker) : "—", "job-worker"],
         ["Priority", String(j.priority)],
+        ...optionalFacts(j),
         ["Timeout", j.timeout === null ? "—" : `${j.timeout} s`],
         ["Submitted by", j.submitted_by ?? "anonymous"],
         ["Created", when(j.created_at)],
@@ -358,6 +441,7 @@ export function jobPage(view: HTMLElement, ctx: Ctx): void {
     const history = (j.errors ?? []) as unknown[];
     fill(
       errorBox,
+      j.status === "cancelled" ? parentReason(j.error) : null,
       error ? h("p", { class: "error", "data-testid": "job-error" }, errorLine(error)) : h("p", { class: "muted", "data-testid": "job-no-error" }, "No error."),
       error && typeof error === "object" && typeof error.traceback === "string" ? h("pre", { class: "code traceback", "data-testid": "job-traceback" }, error.traceback) : null,
       history.length ? h("details", { "data-testid": "job-errors", open: j.status === "failed" }, h("summary", null, `Errors, attempt by attempt (${history.length})`), errorsTable(history)) : null,

@@ -7,6 +7,7 @@ import { channelPage, channelsPage } from "./channels.js";
 import { h } from "./dom.js";
 import { jobPage, jobsPage } from "./jobs.js";
 import { type Me, mayAny } from "./perms.js";
+import { schedulesPage } from "./schedules.js";
 import { serverPage } from "./server.js";
 import { Scope, clearError, describe, setupBanner, showError } from "./ui.js";
 import { userPage, usersPage } from "./users.js";
@@ -46,6 +47,12 @@ const NAV: NavItem[] = [
     why: "jobs are for those with a submit or work grant",
   },
   {
+    key: "schedules",
+    label: "Schedules",
+    visible: (me) => mayAny(me, "submit") || mayAny(me, "work"),
+    why: "schedules are for those with a submit or work grant",
+  },
+  {
     key: "workers",
     label: "Workers",
     visible: (me) => me.permissions.admin || me.permissions.work.length > 0,
@@ -60,6 +67,7 @@ const ROUTES: [RegExp, string, PageFn][] = [
   [/^\/channels\/([^/]+)$/, "channels", channelPage],
   [/^\/jobs$/, "jobs", jobsPage],
   [/^\/jobs\/([^/]+)$/, "jobs", jobPage],
+  [/^\/schedules$/, "schedules", schedulesPage],
   [/^\/workers$/, "workers", workersPage],
   [/^\/server$/, "server", serverPage],
   [/^\/users$/, "users", usersPage],

@@ -240,3 +240,28 @@ def test_jobs_dead_traceback_prints_each_one_after_the_table(srv: ServerProcess)
     assert f"job {traced} (transcode) failed: attempt 1 raised\n" in loud.stderr
     assert TRACEBACK.rstrip("\n") in loud.stderr
     assert plain not in loud.stderr  # a job without a traceback prints none
+
+
+def test_jobs_submit_after_group_and_unique_key_reach_the_job(srv: ServerProcess) -> None:
+    """`--after` (repeated) makes a waiting child of both parents; `--group` and
+    `--unique-key` are the job's; a parent's cancel ends the child cancelled; an `--after`
+    naming no job is the server's 422, on stderr, with nothing queued."""
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        first, second = submit(http, "fetch"), submit(http, "fetch")
+        child = cli_ok(
+            "jobs", "submit", "merge", '{"n": 2}', "--after", first, "--after", second,
+            "--group", "tenant-42", "--unique-key", "merge-2", "--url", srv.url,
+        ).strip()  # fmt: skip
+        job = http.get(f"/v1/jobs/{child}").json()
+        assert job["status"] == "waiting"
+        assert job["after"] == [first, second]
+        assert (job["group"], job["unique_key"]) == ("tenant-42", "merge-2")
+        assert http.post(f"/v1/jobs/{first}/cancel").status_code == 200
+        job = http.get(f"/v1/jobs/{child}").json()
+        assert job["status"] == "cancelled"
+        assert job["error"]["type"] == "ParentCancelled"
+        done = tidings_cli("jobs", "submit", "merge", "--after", "no-such-job", "--url", srv.url)
+        assert done.returncode != 0
+        assert "no-such-job" in done.stderr
+        assert done.stdout == ""
+        assert http.get("/v1/queues").json()["queues"]["merge"] == {"cancelled": 1}

@@ -174,7 +174,8 @@ export interface ReadOptions {
 export interface JobInfo {
   id: string;
   type: string;
-  status: "queued" | "running" | "succeeded" | "failed" | "cancelled";
+  /** `waiting`: for its parents (`after`) to succeed. */
+  status: "waiting" | "queued" | "running" | "succeeded" | "failed" | "cancelled";
   payload?: unknown;
   progress: number | null;
   message: string | null;
@@ -189,6 +190,12 @@ export interface JobInfo {
   submitted_by: string | null;
   /** The id of the worker holding the job, or that last held it (null: never leased). */
   worker: string | null;
+  /** While this job waits, is queued or runs, a submit with this key answers it. */
+  unique_key?: string | null;
+  /** What its type's group_concurrency counts it by (e.g. a tenant). */
+  group?: string | null;
+  /** The parent job ids it waits for (left out when none). */
+  after?: string[];
   created_at: string;
   updated_at: string;
   run_at: string;
@@ -197,6 +204,10 @@ export interface JobInfo {
   lease_expires_at: string | null;
   links: Record<string, string>;
   served?: boolean;
+  /** In a submit's answer: true when it made no job, this one holding its `unique_key`. */
+  deduplicated?: boolean;
+  /** In a batch submit's answer: the job's name in the batch. */
+  ref?: string;
 }
 
 export interface SubmitOptions {
@@ -207,6 +218,68 @@ export interface SubmitOptions {
   delay?: number;
   priority?: number;
   idempotencyKey?: string;
+  /** While a waiting, queued or running job of this type holds this key, the submit
+   * answers that job (the handle's `deduplicated` is true) instead of making another. */
+  uniqueKey?: string;
+  /** What the type's group_concurrency counts the job by, e.g. a tenant. */
+  group?: string;
+  /** Parent job ids: the job waits (status "waiting") until they all succeeded; a parent
+   * that fails or is cancelled ends it cancelled (ParentFailed, ParentCancelled). */
+  after?: string[];
+}
+
+/** One job of `submitBatch`: `submit`'s fields and `ref`, its name in the batch, which the
+ * `after` of the batch's other jobs may name (besides ids of existing jobs). */
+export interface BatchJob {
+  ref: string;
+  type: string;
+  payload?: unknown;
+  maxAttempts?: number;
+  timeout?: number;
+  delay?: number;
+  priority?: number;
+  uniqueKey?: string;
+  group?: string;
+  after?: string[];
+}
+
+/** A schedule as the server describes it; times are RFC 3339 strings. Exactly one of
+ * `cron` (read in `timezone`) and `every` (seconds) is set. */
+export interface ScheduleInfo {
+  name: string;
+  type: string;
+  payload: unknown;
+  cron: string | null;
+  every: number | null;
+  timezone: string | null;
+  max_attempts: number;
+  timeout: number | null;
+  priority: number;
+  catch_up: "latest" | "skip";
+  /** The next slot to fire. */
+  next_run_at: string;
+  /** The slot fired last, and its job (`sched:{name}:{slot}`). */
+  last_run_at: string | null;
+  last_job_id: string | null;
+  created_at: string;
+  updated_at: string;
+  /** Whose jobs its firings are (null: anonymous). */
+  owner: string | null;
+  links: Record<string, string>;
+}
+
+export interface ScheduleOptions {
+  /** Five fields (minute hour day-of-month month day-of-week); exactly one of cron and every. */
+  cron?: string;
+  /** Whole seconds between firings, the first `every` from now. */
+  every?: number;
+  /** IANA time zone the cron expression is read in (default UTC). */
+  timezone?: string;
+  maxAttempts?: number;
+  timeout?: number;
+  priority?: number;
+  /** After downtime: "latest" fires the most recent missed slot once, "skip" none. */
+  catchUp?: "latest" | "skip";
 }
 
 /** One event of a job: "queued", "running", "progress", then "succeeded", "failed" or "cancelled". */
@@ -1173,6 +1246,8 @@ export class Job {
   job: JobInfo;
   /** From `submit`: whether a worker asked for jobs of this type lately (null: unknown). */
   readonly served: boolean | null;
+  /** From `submit`: true when it made no job, this one holding its `uniqueKey`. */
+  readonly deduplicated: boolean;
 
   /** @internal */
   constructor(
@@ -1183,6 +1258,7 @@ export class Job {
     this.id = job.id;
     this.job = job;
     this.served = served;
+    this.deduplicated = job.deduplicated === true;
   }
 
   /** The job's current state. */
@@ -1492,10 +1568,41 @@ export class Tidings {
     if (options.timeout !== undefined) body.timeout = options.timeout;
     if (options.delay !== undefined) body.delay = options.delay;
     if (options.priority !== undefined) body.priority = options.priority;
+    if (options.uniqueKey !== undefined) body.unique_key = options.uniqueKey;
+    if (options.group !== undefined) body.group = options.group;
+    if (options.after !== undefined) body.after = options.after;
     const headers: Record<string, string> = {};
     if (options.idempotencyKey !== undefined) headers["Idempotency-Key"] = options.idempotencyKey;
     const job = await this.json<JobInfo>("POST", "/v1/jobs", body, { headers });
     return new Job(this, job, typeof job.served === "boolean" ? job.served : null);
+  }
+
+  /**
+   * Submit a graph of jobs at once: all are made, or none (a 422 or 409 TidingsError says
+   * what to fix: a cycle, a ref used twice, an `after` naming neither a ref nor a job).
+   * Resolves to a handle on each job made, by ref, in the batch's order:
+   *
+   *     const jobs = await t.submitBatch([
+   *       { ref: "a", type: "fetch", payload: 1 },
+   *       { ref: "b", type: "fetch", payload: 2 },
+   *       { ref: "sum", type: "add", after: ["a", "b"] },
+   *     ]);
+   *     await jobs.get("sum")!.wait();
+   */
+  async submitBatch(jobs: BatchJob[]): Promise<Map<string, Job>> {
+    const body = jobs.map((job) => {
+      const out: Record<string, unknown> = { ref: job.ref, type: job.type, payload: job.payload === undefined ? null : job.payload };
+      if (job.maxAttempts !== undefined) out.max_attempts = job.maxAttempts;
+      if (job.timeout !== undefined) out.timeout = job.timeout;
+      if (job.delay !== undefined) out.delay = job.delay;
+      if (job.priority !== undefined) out.priority = job.priority;
+      if (job.uniqueKey !== undefined) out.unique_key = job.uniqueKey;
+      if (job.group !== undefined) out.group = job.group;
+      if (job.after !== undefined) out.after = job.after;
+      return out;
+    });
+    const answer = await this.json<{ jobs: JobInfo[] }>("POST", "/v1/jobs/batch", { jobs: body });
+    return new Map(answer.jobs.map((job) => [job.ref ?? job.id, new Job(this, job)]));
   }
 
   /** A handle on an existing job (fetched once: a 404 TidingsError when there is none). */
@@ -1508,6 +1615,59 @@ export class Tidings {
     const timeout = options.wait ? Math.max(this.timeout, options.wait + LONG_POLL_MARGIN) : this.timeout;
     const path = `/v1/jobs/${encodeURIComponent(id)}` + (options.wait ? `?wait=${options.wait}` : "");
     return this.json<JobInfo>("GET", path, undefined, { signal: options.signal, timeout });
+  }
+
+  // Schedules --------------------------------------------------------------------------
+
+  /**
+   * Create or replace the schedule `name`: a job of `type` with `payload` at each slot of
+   * `cron` (read in `timezone`) or every `every` seconds; each firing's job id is
+   * `sched:{name}:{slot as YYYYmmddTHHMMSSZ}`. A bad cron expression or an unknown time
+   * zone is a 422 TidingsError saying what to fix.
+   */
+  async putSchedule(name: string, type: string, payload: unknown = null, options: ScheduleOptions = {}): Promise<ScheduleInfo> {
+    if ((options.cron === undefined) === (options.every === undefined)) {
+      throw new TidingsError(0, "bad_request", "give exactly one of cron (five fields) or every (seconds)");
+    }
+    const body: Record<string, unknown> = { type, payload: payload === undefined ? null : payload };
+    if (options.cron !== undefined) body.cron = options.cron;
+    if (options.every !== undefined) body.every = options.every;
+    if (options.timezone !== undefined) body.timezone = options.timezone;
+    if (options.maxAttempts !== undefined) body.max_attempts = options.maxAttempts;
+    if (options.timeout !== undefined) body.timeout = options.timeout;
+    if (options.priority !== undefined) body.priority = options.priority;
+    if (options.catchUp !== undefined) body.catch_up = options.catchUp;
+    return this.json<ScheduleInfo>("PUT", `/v1/schedules/${encodeURIComponent(name)}`, body);
+  }
+
+  /** One schedule, with its next slot and its last firing's job (404 when there is none). */
+  async getSchedule(name: string): Promise<ScheduleInfo> {
+    return this.json<ScheduleInfo>("GET", `/v1/schedules/${encodeURIComponent(name)}`);
+  }
+
+  /** The schedules this principal may see, by name: at most `limit` (default 1000); the
+   * server's pages are followed until then. */
+  async listSchedules(options: { limit?: number; signal?: AbortSignal } = {}): Promise<ScheduleInfo[]> {
+    const limit = options.limit ?? 1000;
+    const out: ScheduleInfo[] = [];
+    let after: string | undefined;
+    while (out.length < limit) {
+      const page = await this.json<{ schedules: ScheduleInfo[]; next: string | null }>(
+        "GET",
+        this.path("/v1/schedules", { after, limit: Math.min(limit - out.length, 1000) }),
+        undefined,
+        { signal: options.signal },
+      );
+      out.push(...page.schedules);
+      if (page.next === null) break;
+      after = page.next;
+    }
+    return out.slice(0, limit);
+  }
+
+  /** Remove a schedule (its owner or an admin); the jobs it submitted stay. */
+  async deleteSchedule(name: string): Promise<void> {
+    await this.json<void>("DELETE", `/v1/schedules/${encodeURIComponent(name)}`);
   }
 
   // Auth -------------------------------------------------------------------------------

@@ -122,7 +122,9 @@ Examples:
   tidings jobs submit transcode '{"video": "v1.mp4"}'
   tidings jobs submit transcode '{"video": "v1.mp4"}' --wait 60
   tidings jobs submit report - --priority 5 < payload.json
-  tidings jobs submit reindex '{"shop": 42}' --unique-key shop-42""",
+  tidings jobs submit reindex '{"shop": 42}' --unique-key shop-42
+  tidings jobs submit export '{"tenant": 42}' --group tenant-42
+  tidings jobs submit report --after 01J9Z3 --after 01J9Z4""",
 )
 def jobs_submit(
     type: Annotated[str, typer.Argument(help="Job type.")],
@@ -161,6 +163,22 @@ def jobs_submit(
             "job's id (and say so on stderr) instead of queuing another. Default: none."
         ),
     ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="What the type's group concurrency counts this job by (e.g. a tenant): "
+            "at most that many jobs of a group run at once. Default: none."
+        ),
+    ] = None,
+    after: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--after",
+            metavar="ID",
+            help="A parent job id (repeat for each, at most 100): the job waits until they "
+            "all succeeded, and is cancelled if one fails or is cancelled. Default: none.",
+        ),
+    ] = None,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
@@ -183,6 +201,8 @@ def jobs_submit(
             priority=priority,
             idempotency_key=idempotency_key,
             unique_key=unique_key,
+            group=group,
+            after=after or None,
             wait=wait,
         )
     if handle.deduplicated:
