@@ -403,13 +403,14 @@ def settle_stamp(job: Job) -> float:
     return job.updated_at
 
 
-def settle_mark_due(old: Job | None, new: Job, parents: dict[str, Job]) -> bool:
+def settle_mark_due(old: Job | None, new: Job, ended: dict[str, bool]) -> bool:
     """Whether a change from `old` (None: a submit) to `new` marks `new` itself to be
-    settled: it becomes waiting while one of its parents (`parents`: those that exist, by
-    id, as the store holds them in the change's atomic step) has ended or is gone."""
+    settled: it becomes waiting while one of its parents has ended or is gone (`ended`:
+    for each parent that exists, as the store holds it in the change's atomic step,
+    whether it has ended)."""
     if new.status != "waiting" or (old is not None and old.status == "waiting"):
         return False
-    return any((p := parents.get(i)) is None or p.terminal for i in new.after)
+    return any(ended.get(parent, True) for parent in new.after)
 
 
 # What a step of `transition_jobs` computed: (job before, job after, event), or its refusal.

@@ -132,7 +132,9 @@ class MemoryJobs(JobStore):
             for parent in job.after:
                 if parent in self._jobs:
                     self._dependents.setdefault(parent, []).append(job.id)
-        if settle_mark_due(old, job, self._jobs):
+        jobs = self._jobs
+        ended = {p: jobs[p].terminal for p in job.after if p in jobs}
+        if settle_mark_due(old, job, ended):
             return self._mark(change)
         return change
 

@@ -157,20 +157,21 @@ class SQLiteJobs(JobStore):
         new_child = old is None and bool(job.after)
         if not new_child and job.status != "waiting":
             return change
-        parents: dict[str, Job] = {}
+        ended: dict[str, bool] = {}
         if job.after:
             rows = conn.execute(
-                f"SELECT body FROM jobs WHERE id IN ({', '.join('?' * len(job.after))})",
+                "SELECT id, status IN ('succeeded', 'failed', 'cancelled') FROM jobs"
+                f" WHERE id IN ({', '.join('?' * len(job.after))})",
                 job.after,
             ).fetchall()
-            parents = {found.id: found for (body,) in rows for found in (decode_job(body),)}
-        if new_child and parents:
+            ended = {str(parent): bool(done) for parent, done in rows}
+        if new_child and ended:
             self._any_parents = True
             conn.executemany(
                 "INSERT OR IGNORE INTO job_parents (parent, child) VALUES (?, ?)",
-                [(parent, job.id) for parent in parents],
+                [(parent, job.id) for parent in ended],
             )
-        if settle_mark_due(old, job, parents):
+        if settle_mark_due(old, job, ended):
             return self._mark(conn, change)
         return change
 
