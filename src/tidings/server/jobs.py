@@ -99,6 +99,7 @@ __all__ = [
     "JobCounters",
     "JobService",
     "after_problem",
+    "check_job_fields",
     "error_object",
     "new_job_id",
 ]
@@ -251,6 +252,42 @@ def after_problem(after: Any) -> str | None:
         if not isinstance(parent_id, str) or not 0 < len(parent_id) <= 200:
             return f'"after": {str(parent_id)[:80]!r} is not a job id'
     return None
+
+
+def check_job_fields(
+    type_: Any,
+    payload: Any,
+    *,
+    max_depth: int,
+    max_attempts: int = 3,
+    timeout: float | None = None,
+    delay: float = 0.0,
+    priority: int = 0,
+    unique_key: str | None = None,
+    group: str | None = None,
+) -> None:
+    """InvalidBody (or what `check_storable` raises, for a payload nested deeper than
+    `max_depth` or not storable) unless these are valid fields of a job: what a submit,
+    a batch's job and a schedule (whose firings are submits) are checked with."""
+    if not isinstance(type_, str) or CHANNEL_RE.fullmatch(type_) is None:
+        raise InvalidBody('"type" must be 1-200 characters of A-Z a-z 0-9 . _ : -')
+    if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+        raise InvalidBody(f'"max_attempts" must be between 1 and {MAX_ATTEMPTS_LIMIT}')
+    if timeout is not None and not 0 < timeout <= MAX_LEASE * 24:
+        raise InvalidBody('"timeout" must be a positive number of seconds')
+    if not 0 <= delay <= MAX_DELAY:
+        raise InvalidBody(f'"delay" must be between 0 and {MAX_DELAY:.0f} seconds')
+    if not -(2**31) <= priority < 2**31:
+        raise InvalidBody('"priority" must fit in 32 bits')
+    if unique_key is not None:
+        problem = unique_key_problem(unique_key)
+        if problem is not None:
+            raise InvalidBody(problem)
+    if group is not None:
+        problem = key_problem("group", group, MAX_GROUP)
+        if problem is not None:
+            raise InvalidBody(problem)
+    check_storable(payload, '"payload"', max_depth)
 
 
 def _parents_first(specs: Sequence[BatchJob], refs: dict[str, int]) -> list[int]:
@@ -685,26 +722,18 @@ class JobService:
         group: str | None,
     ) -> None:
         """InvalidBody (or what `check_storable` raises) unless these are valid fields of
-        a submit."""
-        if not isinstance(type_, str) or CHANNEL_RE.fullmatch(type_) is None:
-            raise InvalidBody('"type" must be 1-200 characters of A-Z a-z 0-9 . _ : -')
-        if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
-            raise InvalidBody(f'"max_attempts" must be between 1 and {MAX_ATTEMPTS_LIMIT}')
-        if timeout is not None and not 0 < timeout <= MAX_LEASE * 24:
-            raise InvalidBody('"timeout" must be a positive number of seconds')
-        if not 0 <= delay <= MAX_DELAY:
-            raise InvalidBody(f'"delay" must be between 0 and {MAX_DELAY:.0f} seconds')
-        if not -(2**31) <= priority < 2**31:
-            raise InvalidBody('"priority" must fit in 32 bits')
-        if unique_key is not None:
-            problem = unique_key_problem(unique_key)
-            if problem is not None:
-                raise InvalidBody(problem)
-        if group is not None:
-            problem = key_problem("group", group, MAX_GROUP)
-            if problem is not None:
-                raise InvalidBody(problem)
-        check_storable(payload, '"payload"', self.max_depth)
+        a submit (`check_job_fields`, with this service's payload depth)."""
+        check_job_fields(
+            type_,
+            payload,
+            max_depth=self.max_depth,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            delay=delay,
+            priority=priority,
+            unique_key=unique_key,
+            group=group,
+        )
 
     async def submit_batch(
         self,
