@@ -1901,6 +1901,13 @@ def test_a_child_written_after_its_parent_ended_is_marked_and_repaired(make_stor
         gone = await svc.get(kids[1].id)
         assert gone.status == "cancelled" and gone.error["parent"] == bad.id
         assert await store.jobs.settle_marks(10) == []
+        # So is a retry (the store alone) that makes it wait again after that parent.
+        again = await store.jobs.transition_job(kids[1].id, transitions.retry)
+        assert again.job.status == "waiting" and again.marked == again.job.updated_at
+        assert await store.jobs.settle_marks(10) == [(kids[1].id, again.job.updated_at)]
+        await svc.repair()
+        assert (await svc.get(kids[1].id)).status == "cancelled"
+        assert await store.jobs.settle_marks(10) == []
 
     run(make_store, body)
 

@@ -619,6 +619,8 @@ class RedisJobs(JobStore):
         return sorted(m.decode() for m in members)
 
     async def settle_marks(self, limit: int) -> list[tuple[str, float]]:
+        if limit <= 0:  # ZRANGE 0 -1 would be every mark
+            return []
         with self._errors:
             rows = await self._core.client.zrange(
                 self._key("jobsettle"), 0, limit - 1, withscores=True
