@@ -1821,6 +1821,218 @@ def test_repair_settles_waiting_jobs_whose_parents_ended_unseen(make_store):
     run(make_store, body)
 
 
+async def end_unseen(store: Store, svc: JobService, job_id: str, ok: bool = True) -> JobChange:
+    """Lease job `job_id` and end it through the store alone: the change, without the
+    service's follow-up (as when a node stops right after it)."""
+    job = await svc.get(job_id)
+    leased = await lease_one(svc, types=[job.type])
+    assert leased.id == job_id
+    token = leased.lease_token or ""
+    step = (
+        transitions.complete(token, 1)
+        if ok
+        else transitions.fail(token, {"message": "x"}, False, svc.backoff)
+    )
+    return await store.jobs.transition_job(job_id, step)
+
+
+def test_a_parent_ending_marks_its_dependents_in_the_same_step_until_settled(make_store):
+    """A change that ends a job with dependents writes its settle mark (stamped with the
+    job's updated_at) in the same store step; a clear with another stamp leaves it, and
+    the repair settles the children and clears it. A job that ends without dependents,
+    and a child submitted while its parent runs, write none."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        parent, _ = await svc.submit("p")
+        lonely, _ = await svc.submit("l")
+        child, _ = await svc.submit("c", after=[parent.id])
+        assert await store.jobs.settle_marks(10) == []
+        change = await end_unseen(store, svc, lonely.id)
+        assert not change.dependents and change.marked is None
+        change = await end_unseen(store, svc, parent.id)
+        assert change.dependents and change.marked == change.job.updated_at
+        assert await store.jobs.settle_marks(10) == [(parent.id, change.job.updated_at)]
+        await store.jobs.clear_settle_marks([(parent.id, change.job.updated_at + 1)])
+        assert await store.jobs.settle_marks(10) == [(parent.id, change.job.updated_at)]
+        assert (await svc.get(child.id)).status == "waiting"
+        await svc.repair()
+        assert (await svc.get(child.id)).status == "queued"
+        assert await store.jobs.settle_marks(10) == []
+        # The follow-up clears what the change marked.
+        other, _ = await svc.submit("p")
+        kid, _ = await svc.submit("c", after=[other.id])
+        await finish(svc, other.id)
+        assert (await svc.get(kid.id)).status == "queued"
+        assert await store.jobs.settle_marks(10) == []
+
+    run(make_store, body)
+
+
+def test_a_child_written_after_its_parent_ended_is_marked_and_repaired(make_store):
+    """A child stored waiting (by the store alone, as a submit whose node stops before
+    its own settle) after a parent that has ended is marked in the same step; the repair
+    queues it, or cancels it after a failed parent, and clears the marks."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        good, _ = await svc.submit("p")
+        bad, _ = await svc.submit("q")
+        await finish(svc, good.id)
+        await finish(svc, bad.id, ok=False)
+        now = time.time()
+        kids = [
+            Job(
+                id=new_job_id(),
+                type="c",
+                created_at=now,
+                updated_at=now,
+                run_at=now,
+                after=after,
+                status="waiting",
+            )
+            for after in ([good.id], [good.id, bad.id])
+        ]
+        first, created = await store.jobs.submit_job(kids[0], "waiting")
+        assert created and first.marked == now
+        [second] = await store.jobs.submit_jobs([kids[1]], ["waiting"])
+        assert second.marked == now
+        assert sorted(await store.jobs.settle_marks(10)) == sorted((k.id, now) for k in kids)
+        await svc.repair()
+        assert (await svc.get(kids[0].id)).status == "queued"
+        gone = await svc.get(kids[1].id)
+        assert gone.status == "cancelled" and gone.error["parent"] == bad.id
+        assert await store.jobs.settle_marks(10) == []
+        # So is a retry (the store alone) that makes it wait again after that parent.
+        again = await store.jobs.transition_job(kids[1].id, transitions.retry)
+        assert again.job.status == "waiting" and again.marked == again.job.updated_at
+        assert await store.jobs.settle_marks(10) == [(kids[1].id, again.job.updated_at)]
+        await svc.repair()
+        assert (await svc.get(kids[1].id)).status == "cancelled"
+        assert await store.jobs.settle_marks(10) == []
+
+    run(make_store, body)
+
+
+def test_one_repair_pass_finds_a_lost_follow_up_behind_a_thousand_waiting_jobs(make_store):
+    """A lost follow-up is repaired in one pass however many jobs wait (1,000 newer ones,
+    waiting on a running job, here); once it is done no mark is left, so a pass reads
+    nothing but the empty marks."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        parent, _ = await svc.submit("p")
+        child, _ = await svc.submit("c", after=[parent.id])
+        blocker, _ = await svc.submit("b")
+        waiting = await svc.submit_batch(
+            [spec(f"w{n}", "w", after=[blocker.id]) for n in range(1000)]
+        )
+        assert {job.status for job in waiting} == {"waiting"}
+        assert await store.jobs.settle_marks(10) == []
+        await end_unseen(store, svc, parent.id)
+        await svc.repair()
+        assert (await svc.get(child.id)).status == "queued"
+        assert await store.jobs.settle_marks(10) == []
+        assert (await store.jobs.queue_counts())["w"] == {"waiting": 1000}
+
+    run(make_store, body)
+
+
+def test_a_child_of_a_parent_swept_before_its_write_indexes_nothing(make_store):
+    """A parent swept between the submit's check and the child's write (the store is
+    called directly here): the child's write files it under no gone parent (nothing
+    would ever delete that), marks it, and the repair cancels it (ParentGone); so on a
+    batch."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        parents = [(await svc.submit("p"))[0] for _ in range(2)]
+        for parent in parents:
+            await finish(svc, parent.id)
+        await store.jobs.sweep_jobs(time.time() + 60)
+        now = time.time()
+        one = Job(
+            id=new_job_id(),
+            type="c",
+            created_at=now,
+            updated_at=now,
+            run_at=now,
+            after=[parents[0].id],
+            status="waiting",
+        )
+        many = [
+            Job(
+                id=new_job_id(),
+                type="c",
+                created_at=now,
+                updated_at=now,
+                run_at=now,
+                after=[parents[1].id],
+                status="waiting",
+            ),
+        ]
+        change, _ = await store.jobs.submit_job(one, "waiting")
+        assert change.marked is not None
+        [batched] = await store.jobs.submit_jobs(many, ["waiting"])
+        assert batched.marked is not None
+        for parent in parents:
+            assert await store.jobs.dependents(parent.id) == []
+        await svc.repair()
+        for job_id in (one.id, many[0].id):
+            got = await svc.get(job_id)
+            assert got.status == "cancelled" and got.error["type"] == "ParentGone"
+        assert await store.jobs.settle_marks(10) == []
+        await store.jobs.sweep_jobs(time.time() + 60)
+        for parent in parents:
+            assert await store.jobs.dependents(parent.id) == []
+
+    run(make_store, body)
+
+
+def test_a_batch_whose_write_fails_midway_stores_none_of_it(make_store):
+    """A batch whose third job's id is taken (a constraint the store meets only while
+    writing: SQLite's primary key, within the batch's savepoint) is refused whole: none
+    of its jobs, events or dependents stored; a write committed beside it is kept, and
+    the batch's jobs can be stored afterwards with their channels from the start."""
+
+    async def body(store: Store, svc: JobService) -> None:
+        taken, _ = await svc.submit("t")
+        parent, _ = await svc.submit("p")
+        now = time.time()
+        fresh = [
+            Job(
+                id=new_job_id(),
+                type="u",
+                created_at=now,
+                updated_at=now,
+                run_at=now,
+                after=[parent.id],
+                status="waiting",
+            )
+            for _ in range(3)
+        ]
+        clash = Job(id=taken.id, type="u", created_at=now, updated_at=now, run_at=now)
+        beside = Job(id=new_job_id(), type="v", created_at=now, updated_at=now, run_at=now)
+        refused, (kept, _) = await asyncio.gather(
+            store.jobs.submit_jobs([*fresh[:2], clash, fresh[2]], ["waiting"] * 3 + ["queued"]),
+            store.jobs.submit_job(beside, "queued"),
+            return_exceptions=True,
+        )
+        assert isinstance(refused, Conflict), refused
+        assert "nothing of the batch was made" in refused.message
+        assert kept.job == beside
+        assert await store.jobs.get_jobs([j.id for j in fresh]) == {}
+        assert await store.jobs.dependents(parent.id) == []
+        assert await store.jobs.get_job(taken.id) == taken
+        assert await store.jobs.queue_counts() == {
+            "t": {"queued": 1},
+            "p": {"queued": 1},
+            "v": {"queued": 1},
+        }
+        changes = await store.jobs.submit_jobs(fresh, ["waiting"] * 3)
+        assert [c.job for c in changes] == fresh
+        assert [await names(store, j.id) for j in fresh] == [["waiting"]] * 3
+        assert sorted(await store.jobs.dependents(parent.id)) == sorted(j.id for j in fresh)
+
+    run(make_store, body)
+
+
 def test_sweeping_a_parent_forgets_its_dependents(make_store):
     """A swept parent's dependents are forgotten with it."""
 

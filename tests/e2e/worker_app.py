@@ -68,5 +68,13 @@ def parents(job: JobContext) -> dict[str, Any]:
     """Return the payload and what the job sees of its parents (`after`)."""
     return {
         "payload": job.payload,
-        "parents": [{"id": p.id, "type": p.type, "result": p.result} for p in job.parents],
+        "parents": [
+            {
+                "id": p.id,
+                "type": p.type,
+                "result": p.result,
+                **({"omitted": p.omitted} if p.omitted else {}),
+            }
+            for p in job.parents
+        ],
     }

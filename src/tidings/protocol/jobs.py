@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from tidings.protocol.codecs import Time, format_time
+from tidings.protocol.codecs import Time, encode_json, format_time
 from tidings.protocol.errors import ErrorDetail
 
 JobStatus = Literal["waiting", "queued", "running", "succeeded", "failed", "cancelled"]
@@ -194,13 +194,51 @@ class BatchAnswerWire(msgspec.Struct, frozen=True, gc=False):
     jobs: list[JobWire]
 
 
+# A lease answer carries the results of a leased job's parents up to
+# MAX_PARENT_RESULTS_BYTES of JSON for that job, and up to MAX_LEASE_PARENT_RESULTS_BYTES
+# for all its jobs: 100 jobs of 100 parents each could otherwise make one answer of
+# gigabytes. A result past them is left out, its parent marked `omitted`.
+MAX_PARENT_RESULTS_BYTES = 256 * 1024
+MAX_LEASE_PARENT_RESULTS_BYTES = 4 * 1024 * 1024
+
+
 class ParentWire(msgspec.Struct, frozen=True, gc=False):
     """A parent of a leased job (one it was submitted `after`): its id, type and result
-    (null when it is gone, which only a job leased after its parents' TTL sees)."""
+    (null when it is gone, which only a job leased after its parents' TTL sees).
+
+    `omitted` (absent otherwise) says that the result was left out of the lease answer,
+    its `result` null: it is larger than what the answer carries of parents' results
+    (MAX_PARENT_RESULTS_BYTES per job, MAX_LEASE_PARENT_RESULTS_BYTES per answer); it
+    says how big it is and that `GET /v1/jobs/{id}` reads it."""
 
     id: str
     type: str
     result: Any
+    omitted: str | UnsetType = UNSET
+
+
+class ParentBudget:
+    """What is left of the bytes of parents' results one lease answer may carry."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, total: int = MAX_LEASE_PARENT_RESULTS_BYTES) -> None:
+        self.left = total
+
+
+def _parent_wire(parent: Job, job_left: int, budget: ParentBudget) -> tuple[ParentWire, int]:
+    """A parent as a lease answer shows it, and the bytes of its result it takes: its
+    result when it fits in `job_left` and `budget`, else the result left out, said why."""
+    size = len(encode_json(parent.result))
+    if size <= min(job_left, budget.left):
+        budget.left -= size
+        return ParentWire(parent.id, parent.type, parent.result), size
+    note = (
+        f"its result ({size} bytes of JSON) was left out of the lease answer, which carries"
+        f" at most {MAX_PARENT_RESULTS_BYTES} bytes of parents' results per job and"
+        f" {MAX_LEASE_PARENT_RESULTS_BYTES} per answer: read it with GET /v1/jobs/{parent.id}"
+    )
+    return ParentWire(parent.id, parent.type, None, note), 0
 
 
 class LeasedJobWire(msgspec.Struct, frozen=True, gc=False):
@@ -346,19 +384,28 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             self.message,
         )
 
-    def lease_to_wire(self, parents: dict[str, Job] | None = None) -> LeasedJobWire:
+    def lease_to_wire(
+        self, parents: dict[str, Job] | None = None, budget: ParentBudget | None = None
+    ) -> LeasedJobWire:
         """What a worker receives for a leased job; `parents` holds (at least) the jobs of
-        its `after` that still exist, by id."""
+        its `after` that still exist, by id. Their results are shown while they fit in
+        MAX_PARENT_RESULTS_BYTES and in `budget` (what is left for the whole answer:
+        share one among the jobs of an answer; None: a budget of this job's own), in
+        `after`'s order; a result that does not fit is left out, marked `omitted`."""
         known = parents or {}
         shown: list[ParentWire] | UnsetType = UNSET
         if self.after:
             shown = []
+            budget = ParentBudget() if budget is None else budget
+            job_left = MAX_PARENT_RESULTS_BYTES
             for parent_id in self.after:
                 parent = known.get(parent_id)
                 if parent is None:
                     shown.append(ParentWire(parent_id, "", None))
                 else:
-                    shown.append(ParentWire(parent_id, parent.type, parent.result))
+                    wire, size = _parent_wire(parent, job_left, budget)
+                    job_left -= size
+                    shown.append(wire)
         return LeasedJobWire(
             self.id,
             self.type,

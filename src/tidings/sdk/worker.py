@@ -94,6 +94,7 @@ from tidings.protocol.jobs import (
     LeaseAnswerWire,
     LeasedJobWire,
     OutcomeWire,
+    ParentBudget,
     ParentWire,
     ReportAnswerWire,
     WorkerIdentity,
@@ -352,6 +353,7 @@ class LocalBackend:
     ) -> list[LeasedJob]:
         jobs = await self.service.lease(types, max_jobs, wait, lease, worker=self.worker)
         known = await self.service.parents(jobs)
+        budget = ParentBudget()  # as an HTTP lease answer would carry them
         return [
             LeasedJob(
                 id=job.id,
@@ -362,7 +364,7 @@ class LocalBackend:
                 timeout=job.timeout,
                 lease_token=job.lease_token or "",
                 lease_expires_at=job.lease_expires_at,
-                parents=[] if not job.after else job.lease_to_wire(known).parents or [],
+                parents=[] if not job.after else job.lease_to_wire(known, budget).parents or [],
             )
             for job in jobs
         ]
@@ -648,7 +650,10 @@ class JobContext:
         max_attempts: Attempts the job is allowed in all.
         timeout: Seconds the job may run (None: no limit), as submitted.
         parents: The jobs it was submitted `after` (all succeeded), in that order: each
-            with its `id`, `type` and `result`.
+            with its `id`, `type` and `result`. A lease carries at most 256 KiB of
+            parents' results per job (4 MiB per lease answer): a parent whose result did
+            not fit has `result` None and `omitted` set (a note saying its size); read
+            that result with `Client.get_job(parent.id)` when the handler needs it.
     """
 
     def __init__(self, leased: LeasedJob, loop: asyncio.AbstractEventLoop) -> None:

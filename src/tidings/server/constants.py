@@ -76,14 +76,14 @@ WORKER_WINDOW = 60.0
 WORKER_MARK_INTERVAL = 5.0
 MAX_WORKERS = 10_000
 # Job dependencies: a job names at most MAX_AFTER parents (`after`); a batch submit
-# (POST /v1/jobs/batch) holds at most MAX_BATCH_JOBS jobs. The dependency repair looks,
-# every DEPENDENCY_REPAIR_INTERVAL seconds, at up to DEPENDENCY_REPAIR_JOBS waiting jobs
-# (the next ones each pass, round the list) for any whose parents all ended meanwhile
-# unseen (a node stopped between a parent's end and the release of its children).
+# (POST /v1/jobs/batch) holds at most MAX_BATCH_JOBS jobs. The dependency repair reads,
+# every DEPENDENCY_REPAIR_INTERVAL seconds, up to DEPENDENCY_REPAIR_MARKS settle marks
+# left in the store (JobStore.settle_marks: a node stopped between a parent's end and the
+# release of its children) and does what each asks.
 MAX_AFTER = 100
 MAX_BATCH_JOBS = 1000
 DEPENDENCY_REPAIR_INTERVAL = 10.0
-DEPENDENCY_REPAIR_JOBS = 1000
+DEPENDENCY_REPAIR_MARKS = 1000
 
 # Schedules: at most MAX_SCHEDULES in a store; each node's scheduler looks at the store at
 # least every SCHEDULE_POLL seconds (a schedule put on another node is seen within it) and

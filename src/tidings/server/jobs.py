@@ -21,8 +21,10 @@ each in a follow-up task after the change, and the changes those make follow in 
 stored waiting (a submit, a retry): a parent that ended between the read of the parents
 and the child's write finds no child to settle, so the child's own settle, which reads
 the parents after the write, sees it ended. What a stopped node leaves undone (a parent
-ended, its follow-up never ran) is found by `repair`, run every few seconds: it settles
-the next waiting jobs of the list, a bounded number per pass.
+ended, its follow-up never ran) is found by `repair`, run every few seconds, from the
+settle marks: the store writes one in the same atomic step as a change that ends a job
+with dependents, or makes a job waiting while a parent has ended or is gone, and the
+follow-up clears it once done (`JobStore.settle_marks`); a pass reads only the marks left.
 
 Queue limits (rate, concurrency, group concurrency per job type) are the store's to keep,
 in the atomic step of each lease (tidings.server.stores.limits); the service checks them
@@ -64,7 +66,7 @@ from tidings.protocol.schedules import SCHEDULE_JOB_PREFIX
 from tidings.server import transitions
 from tidings.server.constants import (
     DEFAULT_MAX_DEPTH,
-    DEPENDENCY_REPAIR_JOBS,
+    DEPENDENCY_REPAIR_MARKS,
     MAX_AFTER,
     MAX_BATCH_JOBS,
     MAX_WORKERS,
@@ -97,6 +99,7 @@ __all__ = [
     "JobCounters",
     "JobService",
     "after_problem",
+    "check_job_fields",
     "error_object",
     "new_job_id",
 ]
@@ -251,6 +254,42 @@ def after_problem(after: Any) -> str | None:
     return None
 
 
+def check_job_fields(
+    type_: Any,
+    payload: Any,
+    *,
+    max_depth: int,
+    max_attempts: int = 3,
+    timeout: float | None = None,
+    delay: float = 0.0,
+    priority: int = 0,
+    unique_key: str | None = None,
+    group: str | None = None,
+) -> None:
+    """InvalidBody (or what `check_storable` raises, for a payload nested deeper than
+    `max_depth` or not storable) unless these are valid fields of a job: what a submit,
+    a batch's job and a schedule (whose firings are submits) are checked with."""
+    if not isinstance(type_, str) or CHANNEL_RE.fullmatch(type_) is None:
+        raise InvalidBody('"type" must be 1-200 characters of A-Z a-z 0-9 . _ : -')
+    if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+        raise InvalidBody(f'"max_attempts" must be between 1 and {MAX_ATTEMPTS_LIMIT}')
+    if timeout is not None and not 0 < timeout <= MAX_LEASE * 24:
+        raise InvalidBody('"timeout" must be a positive number of seconds')
+    if not 0 <= delay <= MAX_DELAY:
+        raise InvalidBody(f'"delay" must be between 0 and {MAX_DELAY:.0f} seconds')
+    if not -(2**31) <= priority < 2**31:
+        raise InvalidBody('"priority" must fit in 32 bits')
+    if unique_key is not None:
+        problem = unique_key_problem(unique_key)
+        if problem is not None:
+            raise InvalidBody(problem)
+    if group is not None:
+        problem = key_problem("group", group, MAX_GROUP)
+        if problem is not None:
+            raise InvalidBody(problem)
+    check_storable(payload, '"payload"', max_depth)
+
+
 def _parents_first(specs: Sequence[BatchJob], refs: dict[str, int]) -> list[int]:
     """The places of a batch's jobs, each after the jobs of the batch it names in `after`;
     InvalidBody naming the cycle when there is one (a depth-first walk, without
@@ -336,10 +375,8 @@ class JobService:
         self._limits: dict[str, QueueLimits] = {}
         self._limits_read = -math.inf
         self._rate_leased: dict[str, float] = {}
-        # The settling of the dependents of jobs that ended (kept so they finish), and
-        # where the next repair pass goes on in the list of waiting jobs.
+        # The settling of the dependents of jobs that ended (kept so they finish).
         self._follows: set[asyncio.Task[None]] = set()
-        self._repair_from: JobCursor | None = None
 
     # -- fan-out and wake-ups ---------------------------------------------------------
 
@@ -350,7 +387,7 @@ class JobService:
             self.hub.publish(p.message, p.prev_id, p.keep)
         job = change.job
         if change.dependents:
-            self._follow(job.id)
+            self._follow(job.id, change.marked)
         if job.type in self._limits and change.published is not None:
             self._limited_change(job, change.published.message.event)
         if job.status == "queued":
@@ -436,19 +473,28 @@ class JobService:
 
     # -- dependencies -----------------------------------------------------------------
 
-    def _follow(self, parent_id: str) -> None:
+    def _follow(self, parent_id: str, stamp: float | None) -> None:
         """Job `parent_id` ended and has dependents: settle them in a task of their own
-        (the change that ended it is answered meanwhile)."""
-        task = asyncio.get_running_loop().create_task(self._settle_dependents(parent_id))
+        (the change that ended it is answered meanwhile), then clear the parent's settle
+        mark (`stamp`)."""
+        task = asyncio.get_running_loop().create_task(self._settle_dependents(parent_id, stamp))
         self._follows.add(task)
         task.add_done_callback(self._follows.discard)
 
-    async def _settle_dependents(self, parent_id: str) -> None:
+    async def _settle_dependents(self, parent_id: str, stamp: float | None) -> None:
         try:
             await self.settle(await self.store.jobs.dependents(parent_id))
+            if stamp is not None:
+                await self.store.jobs.clear_settle_marks([(parent_id, stamp)])
         except Exception:
-            # `repair` settles them later.
+            # The mark stays: `repair` settles them later.
             log.exception("settling the jobs submitted after job %s failed", parent_id)
+
+    async def _clear_marks(self, changes: Sequence[JobChange]) -> None:
+        """Clear the settle marks `changes` wrote, their jobs just settled."""
+        marks = [(c.job.id, c.marked) for c in changes if c.marked is not None]
+        if marks:
+            await self.store.jobs.clear_settle_marks(marks)
 
     async def settled(self) -> None:
         """Return once the settling of dependents under way (and what it set off) is done."""
@@ -482,14 +528,17 @@ class JobService:
                     self._announce(change)
 
     async def repair(self) -> None:
-        """Settle the next DEPENDENCY_REPAIR_JOBS waiting jobs of the list (then start
-        over): those whose parents all ended while no node settled them (a node stopped
-        between a parent's end and its follow-up) are queued or cancelled."""
-        page = await self.store.jobs.list_jobs(
-            "waiting", None, DEPENDENCY_REPAIR_JOBS, self._repair_from
-        )
-        self._repair_from = page.next
-        await self._settle_jobs(page.jobs)
+        """Do what the settle marks left in the store still ask (a node stopped between a
+        change and its follow-up, or the follow-up failed): settle each marked job and
+        the jobs submitted after it, then clear its mark — up to DEPENDENCY_REPAIR_MARKS
+        marks a pass, the oldest first. With none left, that is one small read, however
+        many jobs wait."""
+        marks = await self.store.jobs.settle_marks(DEPENDENCY_REPAIR_MARKS)
+        for at in range(0, len(marks), SETTLE_BATCH):
+            chunk = marks[at : at + SETTLE_BATCH]
+            for job_id, _ in chunk:
+                await self.settle([job_id, *await self.store.jobs.dependents(job_id)])
+            await self.store.jobs.clear_settle_marks(chunk)
 
     async def parents(self, jobs: Sequence[Job]) -> dict[str, Job]:
         """The parents of `jobs` (those submitted `after` others) that still exist, by id:
@@ -658,6 +707,7 @@ class JobService:
         job = self._announce(change)
         if created and job.status == "waiting":
             await self._settle_jobs([job])  # its parents, read again after its write
+            await self._clear_marks([change])
         return job, created
 
     def check_fields(
@@ -672,26 +722,18 @@ class JobService:
         group: str | None,
     ) -> None:
         """InvalidBody (or what `check_storable` raises) unless these are valid fields of
-        a submit."""
-        if not isinstance(type_, str) or CHANNEL_RE.fullmatch(type_) is None:
-            raise InvalidBody('"type" must be 1-200 characters of A-Z a-z 0-9 . _ : -')
-        if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
-            raise InvalidBody(f'"max_attempts" must be between 1 and {MAX_ATTEMPTS_LIMIT}')
-        if timeout is not None and not 0 < timeout <= MAX_LEASE * 24:
-            raise InvalidBody('"timeout" must be a positive number of seconds')
-        if not 0 <= delay <= MAX_DELAY:
-            raise InvalidBody(f'"delay" must be between 0 and {MAX_DELAY:.0f} seconds')
-        if not -(2**31) <= priority < 2**31:
-            raise InvalidBody('"priority" must fit in 32 bits')
-        if unique_key is not None:
-            problem = unique_key_problem(unique_key)
-            if problem is not None:
-                raise InvalidBody(problem)
-        if group is not None:
-            problem = key_problem("group", group, MAX_GROUP)
-            if problem is not None:
-                raise InvalidBody(problem)
-        check_storable(payload, '"payload"', self.max_depth)
+        a submit (`check_job_fields`, with this service's payload depth)."""
+        check_job_fields(
+            type_,
+            payload,
+            max_depth=self.max_depth,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            delay=delay,
+            priority=priority,
+            unique_key=unique_key,
+            group=group,
+        )
 
     async def submit_batch(
         self,
@@ -820,6 +862,7 @@ class JobService:
         await self._settle_jobs(
             [job for job in out if job.status == "waiting" and any(p in parents for p in job.after)]
         )
+        await self._clear_marks(changes)
         return out
 
     @staticmethod
@@ -1123,6 +1166,7 @@ class JobService:
         job = self._announce(changed)
         if job.status == "waiting":
             await self._settle_jobs([job])
+            await self._clear_marks([changed])
             job = await self.get(job_id)
         return job
 

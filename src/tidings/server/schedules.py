@@ -50,7 +50,6 @@ from tidings.protocol.errors import (
     StoreError,
     TidingsError,
 )
-from tidings.protocol.messages import CHANNEL_RE
 from tidings.protocol.schedules import (
     CATCH_UP_POLICIES,
     MAX_SCHEDULE_NAME,
@@ -66,9 +65,8 @@ from tidings.server.constants import (
     SCHEDULE_GRACE,
     SCHEDULE_POLL,
 )
-from tidings.server.depth import check_storable
 from tidings.server.job_timings import JobTimings
-from tidings.server.jobs import MAX_ATTEMPTS_LIMIT, MAX_LEASE, JobService
+from tidings.server.jobs import JobService, check_job_fields
 from tidings.server.principals import Principal
 from tidings.server.stores.base import Store
 
@@ -285,8 +283,15 @@ class ScheduleService:
         """A schedule as put now (its first slot the first after `now`), or InvalidBody
         saying what to fix. `known` is the schedule it replaces (its creation time stays)."""
         check_name(name)
-        if not isinstance(type_, str) or CHANNEL_RE.fullmatch(type_) is None:
-            raise InvalidBody('"type" must be 1-200 characters of A-Z a-z 0-9 . _ : -')
+        # A firing is a submit of these fields: checked as a submit checks them.
+        check_job_fields(
+            type_,
+            payload,
+            max_depth=self.max_depth,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            priority=priority,
+        )
         if (cron is None) == (every is None):
             raise InvalidBody(
                 'give exactly one of "cron" (five fields in "timezone", e.g. "*/5 * * * *") '
@@ -296,18 +301,11 @@ class ScheduleService:
             raise InvalidBody(f'"every" must be 1 to {MAX_SCHEDULE_EVERY} seconds (a year)')
         if every is not None and timezone is not None:
             raise InvalidBody('"timezone" applies to "cron" only: leave it out with "every"')
-        if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
-            raise InvalidBody(f'"max_attempts" must be between 1 and {MAX_ATTEMPTS_LIMIT}')
-        if timeout is not None and not 0 < timeout <= MAX_LEASE * 24:
-            raise InvalidBody('"timeout" must be a positive number of seconds')
-        if not -(2**31) <= priority < 2**31:
-            raise InvalidBody('"priority" must fit in 32 bits')
         if catch_up not in CATCH_UP_POLICIES:
             raise InvalidBody(
                 f'"catch_up" must be "latest" (after downtime, fire the most recent missed '
                 f'slot once) or "skip" (fire no slot more than {SCHEDULE_GRACE:g} s late)'
             )
-        check_storable(payload, '"payload"', self.max_depth)
         now = time.time() if now is None else now
         if cron is not None:
             timezone = timezone or "UTC"

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import ServerFactory, ServerProcess
-from tests.e2e.jobs.helpers import complete, get, lease_one, submit
+from tests.e2e.jobs.helpers import complete, get, lease, lease_one, submit
 from tests.e2e.jobs.test_who_sees_tracebacks import _client, _user
 from tests.e2e.test_worker_sdk import (  # noqa: F401 - a fixture
     WORKER_APP,
@@ -48,6 +50,27 @@ def test_a_chain_runs_in_order_and_each_job_sees_its_parents_result(
         "parents": [{"id": b.id, "type": "parents", "result": done[1].result}],
     }
     assert done[1].result["parents"][0]["result"] == {"payload": "a", "parents": []}
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_handler_sees_which_parents_result_was_left_out(
+    server: ServerProcess,
+    worker_process: WorkerFactory,  # noqa: F811 - the fixture imported above
+):
+    """A parent whose result is over what a lease answer carries: a real `tidings
+    worker`'s handler sees it with `result` None and `omitted` saying how to read it."""
+    with Client(server.url) as client:
+        a = client.submit("parents", "x" * 300_000)
+        b = client.submit("parents", "b", after=[a.id])
+        proc = worker_process(server.url)
+        try:
+            done = [handle.wait(timeout=30) for handle in (a, b)]
+        finally:
+            proc.stop()
+    assert [job.status for job in done] == ["succeeded"] * 2
+    [seen] = done[1].result["parents"]
+    assert seen["id"] == a.id and seen["result"] is None
+    assert f"GET /v1/jobs/{a.id}" in seen["omitted"]
 
 
 @pytest.mark.timeout(60)
@@ -94,6 +117,53 @@ def test_waiting_jobs_are_counted_listed_and_leased_with_their_parents(http, jty
     other = submit(http, jtype + ".d", after=[child["id"]])
     cancelled = http.post(f"/v1/jobs/{other['id']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+
+
+def _finish_all(http: httpx.Client, type_: str, results: list[Any]) -> list[str]:
+    """Submit a job of `type_` per result, lease them all and complete each with its
+    result; their ids, in that order."""
+    ids = [submit(http, type_)["id"] for _ in results]
+    leased = {job["id"]: job for job in lease(http, type_, max_=len(ids))}
+    assert sorted(leased) == sorted(ids)
+    for job_id, result in zip(ids, results, strict=True):
+        r = complete(http, job_id, leased[job_id]["lease_token"], result)
+        assert r.status_code == 200, r.text
+    return ids
+
+
+@pytest.mark.timeout(60)
+def test_a_lease_answer_carries_a_bounded_share_of_parents_results(http, jtype):
+    """Parents' results past 256 KiB for one leased job are left out of the lease
+    answer, each such parent marked `omitted` (saying its size and GET /v1/jobs/{id},
+    which reads it) while smaller results after it still come; and past 4 MiB for a
+    whole answer, the later jobs' results are left out too."""
+    big, bigger = "a" * 100_000, "b" * 200_000
+    parents = _finish_all(http, jtype, [big, bigger, {"ok": 1}])
+    child = submit(http, jtype + ".c", after=parents)
+    got = lease_one(http, jtype + ".c")
+    assert got["id"] == child["id"]
+    shown = got["parents"]
+    assert [p["id"] for p in shown] == parents
+    assert shown[0] == {"id": parents[0], "type": jtype, "result": big}
+    assert shown[2] == {"id": parents[2], "type": jtype, "result": {"ok": 1}}
+    assert shown[1]["result"] is None
+    assert "200002 bytes" in shown[1]["omitted"]
+    assert f"GET /v1/jobs/{parents[1]}" in shown[1]["omitted"]
+    assert get(http, parents[1])["result"] == bigger
+    # One answer of 18 jobs, each after a parent of 240 KB: 17 results fit in 4 MiB.
+    many = _finish_all(http, jtype + ".m", ["m" * 240_000] * 18)
+    for parent_id in many:
+        submit(http, jtype + ".mc", after=[parent_id])
+    r = http.post(
+        "/v1/workers/lease",
+        json={"types": [jtype + ".mc"], "max": 18, "wait": 5, "lease": 30},
+    )
+    assert r.status_code == 200, r.text
+    assert len(r.content) < 4 * 1024 * 1024 + 64 * 1024
+    jobs = r.json()["jobs"]
+    assert len(jobs) == 18
+    omitted = [job["parents"][0] for job in jobs if "omitted" in job["parents"][0]]
+    assert len(omitted) == 1 and omitted[0]["result"] is None
 
 
 @pytest.mark.timeout(60)

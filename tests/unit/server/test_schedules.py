@@ -142,6 +142,8 @@ def test_the_job_id_of_a_firing_names_the_schedule_and_the_slot_and_is_a_channel
         ({"every": 10, "timezone": "UTC"}, "cron"),
         ({"every": 10, "catch_up": "all"}, "catch_up"),
         ({"every": 10, "max_attempts": 0}, "max_attempts"),
+        ({"every": 10, "timeout": 0.0}, "timeout"),
+        ({"every": 10, "priority": 2**31}, "32 bits"),
     ],
 )
 def test_a_bad_schedule_is_refused_saying_what_to_fix(fields, says):

@@ -24,6 +24,7 @@ from tidings.protocol.jobs import (
     BatchJob,
     Job,
     JobOutcome,
+    ParentBudget,
     QueueLimits,
     WorkerIdentity,
 )
@@ -438,9 +439,10 @@ async def _lease_answer(
     and the others are handed over."""
     parts: list[bytes] = []
     parents = await svc.parents(jobs)
+    budget = ParentBudget()  # the parents' results the whole answer may carry
     for job in jobs:
         try:
-            parts.append(encode_json(job.lease_to_wire(parents)))
+            parts.append(encode_json(job.lease_to_wire(parents, budget)))
         except Exception as exc:
             log.exception("job %s cannot be handed over: its payload cannot be encoded", job.id)
             error = {

@@ -55,6 +55,8 @@ __all__ = [
     "job_event_data",
     "releases_unique",
     "reset_reason",
+    "settle_mark_due",
+    "settle_stamp",
     "unique_held",
 ]
 
@@ -194,11 +196,14 @@ JobStep = tuple[str, Transition, bool]
 class JobChange(msgspec.Struct, frozen=True):
     """A job after a transition, and the message published on its channel (if any).
     `dependents` is True when the change ended the job (succeeded, failed or cancelled)
-    and jobs were submitted `after` it: the service settles them (`JobStore.dependents`)."""
+    and jobs were submitted `after` it: the service settles them (`JobStore.dependents`).
+    `marked` is the stamp of the settle mark the change wrote (`JobStore.settle_marks`),
+    None when it wrote none: whoever settles what the mark names clears it then."""
 
     job: Job
     published: Published | None
     dependents: bool = False
+    marked: float | None = None
 
 
 class JobCursor(msgspec.Struct, frozen=True):
@@ -273,9 +278,33 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def dependents(self, job_id: str) -> list[str]:
         """The ids of the jobs submitted `after` job `job_id` (whatever their status; some
-        may be gone). The index behind it is written in the submit's atomic step, or
-        before it, so that a job that ends after a child's submit committed answers it;
-        it goes when the parent is swept."""
+        may be gone). The index behind it is written in the submit's atomic step, and
+        only for a parent that exists then (a child whose parent is gone is marked to be
+        settled instead: see `settle_marks`), so that a job that ends after a child's
+        submit committed answers it; it goes when the parent is swept."""
+
+    @abc.abstractmethod
+    async def settle_marks(self, limit: int) -> list[tuple[str, float]]:
+        """Up to `limit` settle marks, (job id, stamp), the oldest stamp first.
+
+        A store writes a mark, stamped with the job's `updated_at` (`settle_stamp`), in the
+        same atomic step as a change that:
+
+        * ends a job that has dependents (the change says `dependents`): they are to be
+          settled;
+        * makes a job `waiting` (a submit, a retry) while one of its parents has already
+          ended or is gone: the job itself is to be settled (no parent's end will come to
+          settle it).
+
+        A mark stays until `clear_settle_marks` clears it, after the settling it asks for:
+        what a node stopped between a change and its follow-up leaves undone is found
+        here, however many jobs wait."""
+
+    @abc.abstractmethod
+    async def clear_settle_marks(self, marks: list[tuple[str, float]]) -> None:
+        """Remove each mark (job id, stamp) whose stamp is still the one given (a mark
+        written again since stays). Need not be durable: a mark lost to a crash is only
+        settled again."""
 
     @abc.abstractmethod
     async def list_jobs(
@@ -367,6 +396,21 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def served_at(self, types: list[str]) -> float | None:
         """The latest mark of any of `types`, or None when none has one."""
+
+
+def settle_stamp(job: Job) -> float:
+    """The stamp of a settle mark a change of `job` writes (`JobStore.settle_marks`)."""
+    return job.updated_at
+
+
+def settle_mark_due(old: Job | None, new: Job, ended: dict[str, bool]) -> bool:
+    """Whether a change from `old` (None: a submit) to `new` marks `new` itself to be
+    settled: it becomes waiting while one of its parents has ended or is gone (`ended`:
+    for each parent that exists, as the store holds it in the change's atomic step,
+    whether it has ended)."""
+    if new.status != "waiting" or (old is not None and old.status == "waiting"):
+        return False
+    return any(ended.get(parent, True) for parent in new.after)
 
 
 # What a step of `transition_jobs` computed: (job before, job after, event), or its refusal.

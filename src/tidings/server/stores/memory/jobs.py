@@ -7,7 +7,7 @@ import bisect
 import heapq
 import time
 
-from tidings.protocol.errors import NotFound, TidingsError
+from tidings.protocol.errors import Conflict, NotFound, TidingsError
 from tidings.protocol.jobs import Job, QueueLimits, job_channel
 from tidings.server.stores.base import (
     JobChange,
@@ -19,6 +19,8 @@ from tidings.server.stores.base import (
     apply_steps,
     check_unique,
     job_event_data,
+    settle_mark_due,
+    settle_stamp,
 )
 from tidings.server.stores.common import JOB_LIST_SCAN, ServedMarks
 from tidings.server.stores.limits import Allowance, LimitCounters
@@ -39,6 +41,8 @@ class MemoryJobs(JobStore):
         self._unique: dict[tuple[str, str], str] = {}
         # Parent id -> the ids of the jobs submitted after it.
         self._dependents: dict[str, list[str]] = {}
+        # Settle marks: job id -> stamp (JobStore.settle_marks).
+        self._marks: dict[str, float] = {}
         # Every job's (created_at, id), ascending: the listing order, newest last.
         self._order: list[tuple[float, str]] = []
         # Jobs a filtered list_jobs call examines at most.
@@ -79,7 +83,12 @@ class MemoryJobs(JobStore):
                 if not groups:
                     del self._groups[job.type]
 
-    def _save(self, old: Job | None, job: Job, event: str | None, now: float) -> JobChange:
+    def _save(
+        self, old: Job | None, job: Job, event: str | None, now: float, index: bool = True
+    ) -> JobChange:
+        """Store a job (`old`: as it was; None for a new one) and publish its event; with
+        `index`, a new job goes under each of its parents that exists (a batch indexes its
+        jobs once all are stored: a parent may follow its child in it)."""
         self._jobs[job.id] = job
         if old is not None:
             self._count(old, -1)
@@ -104,7 +113,30 @@ class MemoryJobs(JobStore):
         if event is not None:
             published = self._log.append(job_channel(job.id), job_event_data(job), event, now)
         ended = job.terminal and (old is None or not old.terminal)
-        return JobChange(job, published, ended and job.id in self._dependents)
+        change = JobChange(job, published, ended and job.id in self._dependents)
+        if change.dependents:
+            change = self._mark(change)
+        return self._index(old, change) if index else change
+
+    def _mark(self, change: JobChange) -> JobChange:
+        """Write the settle mark of `change`'s job; the change saying so."""
+        stamp = settle_stamp(change.job)
+        self._marks[change.job.id] = stamp
+        return JobChange(change.job, change.published, change.dependents, stamp)
+
+    def _index(self, old: Job | None, change: JobChange) -> JobChange:
+        """A new job goes under each of its parents that exists; one made waiting while
+        a parent has ended or is gone is marked to be settled."""
+        job = change.job
+        if old is None:
+            for parent in job.after:
+                if parent in self._jobs:
+                    self._dependents.setdefault(parent, []).append(job.id)
+        jobs = self._jobs
+        ended = {p: jobs[p].terminal for p in job.after if p in jobs}
+        if settle_mark_due(old, job, ended):
+            return self._mark(change)
+        return change
 
     async def submit_job(self, job: Job, event: str) -> tuple[JobChange, bool]:
         self._core.check()
@@ -124,15 +156,20 @@ class MemoryJobs(JobStore):
         claimed: dict[tuple[str, str], str] = {}
         for job in jobs:  # every check before the first write
             self._check_unique(claimed, None, job)
-        return [self._insert(job, event) for job, event in zip(jobs, events, strict=True)]
+            if job.id in self._jobs:
+                raise Conflict(f"a job with id {job.id!r} exists: nothing of the batch was made")
+        if len({job.id for job in jobs}) != len(jobs):
+            raise Conflict("two jobs of the batch have one id: nothing of the batch was made")
+        made = [
+            self._insert(job, event, index=False) for job, event in zip(jobs, events, strict=True)
+        ]
+        return [self._index(None, change) for change in made]
 
-    def _insert(self, job: Job, event: str) -> JobChange:
-        """Store a new job, in the listing order and under each of its parents."""
+    def _insert(self, job: Job, event: str, index: bool = True) -> JobChange:
+        """Store a new job, in the listing order (and, with `index`, under its parents)."""
         # Jobs arrive about in creation order: the insertion point is at or near the end.
         bisect.insort(self._order, (job.created_at, job.id))
-        for parent in job.after:
-            self._dependents.setdefault(parent, []).append(job.id)
-        return self._save(None, job, event, job.created_at)
+        return self._save(None, job, event, job.created_at, index)
 
     async def get_job(self, job_id: str) -> Job | None:
         self._core.check()
@@ -146,6 +183,17 @@ class MemoryJobs(JobStore):
     async def dependents(self, job_id: str) -> list[str]:
         self._core.check()
         return list(self._dependents.get(job_id, ()))
+
+    async def settle_marks(self, limit: int) -> list[tuple[str, float]]:
+        self._core.check()
+        marks = self._marks
+        return heapq.nsmallest(limit, marks.items(), key=lambda mark: (mark[1], mark[0]))
+
+    async def clear_settle_marks(self, marks: list[tuple[str, float]]) -> None:
+        self._core.check()
+        for job_id, stamp in marks:
+            if self._marks.get(job_id) == stamp:
+                del self._marks[job_id]
 
     async def list_jobs(
         self,
@@ -346,6 +394,7 @@ class MemoryJobs(JobStore):
             if job.idempotency_key is not None:
                 self._job_keys.pop(job.idempotency_key, None)
             self._dependents.pop(job_id, None)
+            self._marks.pop(job_id, None)
             self._log.channels.pop(job_channel(job_id), None)
         return gone
 

@@ -4,8 +4,11 @@ Keys (see tidings.server.stores.redis.core): `{p}job:{id}` holds the msgpack bod
 sits in exactly one of `{p}waiting` (by created_at), `{p}queued:{type}` (by run_at),
 `{p}running` (by lease_expires_at) or `{p}finished` (by finished_at) according to its
 status, and in `{p}jobs` (by created_at); `{p}jobkids:{id}` is the set of the jobs
-submitted after a job (added before the child is written, deleted when the parent is
-swept; the write script reports a change that ends a job with such a set);
+submitted after a job (added by the script that writes the child, only while the parent
+exists; deleted when the parent is swept; the write script reports a change that ends a
+job with such a set); `{p}jobsettle` holds the settle marks (JobStore.settle_marks: job
+id by stamp), written by the write script in the step that ends a job with such a set
+or makes a job waiting while a parent has ended or is gone;
 `{p}jobcounts` counts jobs per type and status; `{p}jobidem:{key}` maps an idempotency key
 to its job; `{p}jobuniq:{type}|{unique_key}` names the queued or running job holding a
 unique key (set by the write that makes the job queued or running, deleted by the one that
@@ -140,7 +143,7 @@ import msgspec
 from redis.commands.core import AsyncScript
 from redis.exceptions import WatchError
 
-from tidings.protocol.errors import NotFound, StoreError, TidingsError
+from tidings.protocol.errors import Conflict, NotFound, StoreError, TidingsError
 from tidings.protocol.jobs import Job, QueueLimits, RateLimit, job_channel
 from tidings.server.stores.base import (
     JobChange,
@@ -153,6 +156,7 @@ from tidings.server.stores.base import (
     claims_unique,
     job_event_data,
     releases_unique,
+    settle_stamp,
     unique_held,
 )
 from tidings.server.stores.common import (
@@ -201,6 +205,8 @@ _DIFFERS, _WRITTEN, _KNOWN, _HELD, _LIMITED = 0, 1, 2, 3, 4
 # lua/job_write.lua); it starts with the channel part's append function (lua/append.lua),
 # so a job's event is appended by the same Lua as a publish.
 _WRITE = lua("append.lua", "job_write.lua")
+# Clears settle marks whose stamp is still the one given.
+_SETTLE_CLEAR = lua("settle_clear.lua")
 
 
 class _Head(msgspec.Struct):
@@ -303,6 +309,7 @@ class RedisJobs(JobStore):
     """
 
     _write_script: AsyncScript
+    _clear_script: AsyncScript
 
     def __init__(self, core: RedisCore, channels: RedisChannels) -> None:
         self._core = core
@@ -326,6 +333,7 @@ class RedisJobs(JobStore):
     def register_scripts(self) -> None:
         """Register this part's Lua script (once the core is open)."""
         self._write_script = self._core.script(_WRITE)
+        self._clear_script = self._core.script(_SETTLE_CLEAR)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -461,7 +469,20 @@ class RedisJobs(JobStore):
             self._unique_op(old, new),
             new.group or "",
             "1" if new.terminal and (old is None or not old.terminal) else "",
+            repr(settle_stamp(new)),
+            self._parents_field(old, new),
         )
+
+    @staticmethod
+    def _parents_field(old: Job | None, new: Job) -> str:
+        """The parents the write script looks at (JSON; "" for none): those of a new job
+        (it goes into their `jobkids`), and of a job made waiting (marked to be settled
+        when one has ended or is gone)."""
+        if not new.after:
+            return ""
+        if old is None or (new.status == "waiting" and old.status != "waiting"):
+            return encode_json(new.after).decode()
+        return ""
 
     @staticmethod
     def _unique_op(old: Job | None, new: Job) -> str:
@@ -478,9 +499,9 @@ class RedisJobs(JobStore):
         out = []
         heads = self._head_cache()
         bodies = self._body_cache()
-        # After the appends: the places (1-based) of the changes that ended a job with
-        # dependents.
-        with_dependents = {int(n) for n in reply[1 + 3 * len(written) :]}
+        # After the appends, a flag per change: 1 it ended a job with dependents, 2 it
+        # made a job waiting that is to be settled (either way its job is marked).
+        flags = [int(flag) for flag in reply[1 + 3 * len(written) :]]
         for n, change in enumerate(written):
             job = change.job
             heads[job.id] = (job.priority, job.group)
@@ -494,7 +515,9 @@ class RedisJobs(JobStore):
                 published = self._appended(
                     job_channel(job.id), change.data, change.event, now, appended
                 )
-            out.append(JobChange(job, published, n + 1 in with_dependents))
+            flag = flags[n]
+            marked = settle_stamp(job) if flag else None
+            out.append(JobChange(job, published, flag == 1, marked))
         return out
 
     async def _write(
@@ -515,31 +538,6 @@ class RedisJobs(JobStore):
 
     # -- JobStore -----------------------------------------------------------------------
 
-    async def _index_dependents(self, jobs: Sequence[Job]) -> None:
-        """Add new jobs to the dependents of their parents (`{p}jobkids:{parent}`), before
-        they are written: a parent that ends after a child's write then finds the child.
-        An entry whose job never got written is passed over by whoever reads it."""
-        after = [job for job in jobs if job.after]
-        if not after:
-            return
-        async with self._core.client.pipeline(transaction=False) as pipe:
-            for job in after:
-                for parent in job.after:
-                    pipe.sadd(self._key("jobkids", parent), job.id)
-            await pipe.execute()
-
-    async def _unindex_dependents(self, jobs: Sequence[Job]) -> None:
-        """Take jobs that were not written (refused, or deduplicated) back out of their
-        parents' dependents."""
-        after = [job for job in jobs if job.after]
-        if not after:
-            return
-        async with self._core.client.pipeline(transaction=False) as pipe:
-            for job in after:
-                for parent in job.after:
-                    pipe.srem(self._key("jobkids", parent), job.id)
-            await pipe.execute()
-
     async def submit_job(self, job: Job, event: str) -> tuple[JobChange, bool]:
         # A new job's id is random and unseen: nothing to read first. The script checks
         # that no body has that id, and answers the job an idempotency key already names.
@@ -547,7 +545,6 @@ class RedisJobs(JobStore):
         if job.idempotency_key is not None:
             keys.append(self._key("jobidem", job.idempotency_key))
         with self._errors:
-            await self._index_dependents([job])
             reply = await self._write_script(keys=keys, args=args, client=self._core.client)
             if reply[0] == _KNOWN:
                 # The key's job; this very job when a call that redis-py sent again after
@@ -555,8 +552,6 @@ class RedisJobs(JobStore):
                 # Another submit of the same id (a schedule's slot fired by two nodes) made
                 # the job at another time.
                 known = decode_job(reply[1])
-                if known.id != job.id:
-                    await self._unindex_dependents([job])
                 return JobChange(known, None), (known.id, known.created_at) == (
                     job.id,
                     job.created_at,
@@ -565,8 +560,6 @@ class RedisJobs(JobStore):
                 # The job holding the unique key; this very job when a call sent again
                 # after a lost reply finds its first sending committed.
                 holder = decode_job(reply[2])
-                if holder.id != job.id:
-                    await self._unindex_dependents([job])
                 return JobChange(holder, None), (holder.id, holder.created_at) == (
                     job.id,
                     job.created_at,
@@ -591,23 +584,20 @@ class RedisJobs(JobStore):
         changes: list[_Change] = [(None, job, e) for job, e in zip(jobs, events, strict=True)]
         keys, args, written = self._write_call(changes, {}, now)
         with self._errors:
-            await self._index_dependents(jobs)
             reply = await self._write_script(keys=keys, args=args, client=self._core.client)
             if reply[0] == _DIFFERS:
                 n = int(reply[1]) - 1
                 if await self._core.client.get(self._job_key(jobs[n].id)) == written[n].body:
                     # A call redis-py sent again after a lost reply: the first committed.
                     return [JobChange(job, None) for job in jobs]
-            if reply[0] != _WRITTEN:
-                await self._unindex_dependents(jobs)
             if reply[0] == _HELD:
                 job = jobs[int(reply[1]) - 1]
                 raise unique_held(job, decode_job(reply[2]).id)
             if reply[0] == _DIFFERS:
                 job = jobs[int(reply[1]) - 1]
-                raise StoreError(
-                    f"a job with id {job.id!r} already exists: submit the batch again (ids are "
-                    "random)"
+                raise Conflict(
+                    f"a job with id {job.id!r} already exists: nothing of the batch was made "
+                    "(ids are random: submit it again)"
                 )
         return self._changes(written, reply, now)
 
@@ -627,6 +617,24 @@ class RedisJobs(JobStore):
         with self._errors:
             members = await self._core.client.smembers(self._key("jobkids", job_id))
         return sorted(m.decode() for m in members)
+
+    async def settle_marks(self, limit: int) -> list[tuple[str, float]]:
+        if limit <= 0:  # ZRANGE 0 -1 would be every mark
+            return []
+        with self._errors:
+            rows = await self._core.client.zrange(
+                self._key("jobsettle"), 0, limit - 1, withscores=True
+            )
+        return [(job_id.decode(), float(stamp)) for job_id, stamp in rows]
+
+    async def clear_settle_marks(self, marks: list[tuple[str, float]]) -> None:
+        if not marks:
+            return
+        args = [part for job_id, stamp in marks for part in (job_id, repr(stamp))]
+        with self._errors:
+            await self._clear_script(
+                keys=[self._key("jobsettle")], args=args, client=self._core.client
+            )
 
     async def list_jobs(
         self,
@@ -1225,6 +1233,7 @@ class RedisJobs(JobStore):
                     pipe.zrem(self._key("finished"), job_id)
                 for job in gone:
                     pipe.delete(self._job_key(job.id), self._key("jobkids", job.id))
+                    pipe.zrem(self._key("jobsettle"), job.id)
                     self._queue_channel_delete(pipe, job_channel(job.id))
                     for index in ("jobs", "finished", "running", "waiting"):
                         pipe.zrem(self._key(index), job.id)

@@ -52,7 +52,9 @@ JOB_COLUMNS = {"unique_key": "TEXT", "grp": "TEXT"}
 # makes it covering); each job type's limits are a row of `queue_limits` (a msgpack
 # QueueLimits), the rate state of a rate-limited type (its GCRA tat) a row of
 # `queue_rates`; `job_parents` has a row per parent of each job submitted `after` others,
-# written with the job and deleted with the parent (what `dependents` reads).
+# written with the job when the parent exists and deleted with the parent (what
+# `dependents` reads); `job_settle` holds the settle marks (JobStore.settle_marks), only
+# those not yet cleared: a few rows, read whole in stamp order without an index.
 JOB_INDEXES = """
 DROP INDEX IF EXISTS jobs_unique;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_held ON jobs (type, unique_key)
@@ -67,6 +69,10 @@ CREATE INDEX IF NOT EXISTS jobs_group ON jobs (type, grp, status)
 CREATE INDEX IF NOT EXISTS jobs_type_queued
     ON jobs (type, priority DESC, run_at, id, grp, status)
     WHERE status = 'queued';
+CREATE TABLE IF NOT EXISTS job_settle (
+    job_id TEXT PRIMARY KEY,
+    stamp REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS queue_limits (
     type TEXT PRIMARY KEY,
     body BLOB NOT NULL

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from tidings.protocol.errors import NotFound, TidingsError
+from tidings.protocol.errors import Conflict, NotFound, TidingsError
 from tidings.protocol.jobs import Job, QueueLimits, job_channel
 from tidings.server.stores.base import (
     JobChange,
@@ -21,6 +21,8 @@ from tidings.server.stores.base import (
     apply_steps,
     check_unique,
     job_event_data,
+    settle_mark_due,
+    settle_stamp,
 )
 from tidings.server.stores.common import ServedMarks, decode_job, encode_json, encode_msgpack
 from tidings.server.stores.limits import Allowance, LimitCounters
@@ -59,10 +61,17 @@ class SQLiteJobs(JobStore):
         self._any_parents: bool | None = None
 
     def _save_job(
-        self, conn: sqlite3.Connection, job: Job, event: str | None, now: float, old: Job | None
+        self,
+        conn: sqlite3.Connection,
+        job: Job,
+        event: str | None,
+        now: float,
+        old: Job | None,
+        index: bool = True,
     ) -> JobChange:
         """Writer thread: store a job (`old`: as it was; None for a new one) and append its
-        event to the job's channel."""
+        event to the job's channel; with `index`, file a new job under its parents
+        (`_index`: a batch does it once all its jobs are stored)."""
         if old is None:
             conn.execute(
                 "INSERT INTO jobs (status, priority, run_at, lease_expires_at, finished_at,"
@@ -83,12 +92,6 @@ class SQLiteJobs(JobStore):
                     job.group,
                 ),
             )
-            if job.after:
-                self._any_parents = True
-                conn.executemany(
-                    "INSERT OR IGNORE INTO job_parents (parent, child) VALUES (?, ?)",
-                    [(parent, job.id) for parent in job.after],
-                )
             # A new job's channel is new too (job.* is written by the job system only, and
             # a job's channel is removed with it): no lookup.
             self._log.new_channel(job_channel(job.id), now)
@@ -130,7 +133,47 @@ class SQLiteJobs(JobStore):
                 ).fetchone()
                 is not None
             )
-        return JobChange(job, published, dependents)
+        change = JobChange(job, published, dependents)
+        if dependents:
+            change = self._mark(conn, change)
+        return self._index(conn, old, change) if index else change
+
+    @staticmethod
+    def _mark(conn: sqlite3.Connection, change: JobChange) -> JobChange:
+        """Writer thread: write the settle mark of `change`'s job; the change saying so."""
+        stamp = settle_stamp(change.job)
+        conn.execute(
+            "INSERT INTO job_settle (job_id, stamp) VALUES (?, ?)"
+            " ON CONFLICT (job_id) DO UPDATE SET stamp = excluded.stamp",
+            (change.job.id, stamp),
+        )
+        return JobChange(change.job, change.published, change.dependents, stamp)
+
+    def _index(self, conn: sqlite3.Connection, old: Job | None, change: JobChange) -> JobChange:
+        """Writer thread: a new job goes under each of its parents that exists (in this
+        transaction: a parent swept meanwhile gets no row nobody would delete); one made
+        waiting while a parent has ended or is gone is marked to be settled."""
+        job = change.job
+        new_child = old is None and bool(job.after)
+        if not new_child and job.status != "waiting":
+            return change
+        ended: dict[str, bool] = {}
+        if job.after:
+            rows = conn.execute(
+                "SELECT id, status IN ('succeeded', 'failed', 'cancelled') FROM jobs"
+                f" WHERE id IN ({', '.join('?' * len(job.after))})",
+                job.after,
+            ).fetchall()
+            ended = {str(parent): bool(done) for parent, done in rows}
+        if new_child and ended:
+            self._any_parents = True
+            conn.executemany(
+                "INSERT OR IGNORE INTO job_parents (parent, child) VALUES (?, ?)",
+                [(parent, job.id) for parent in ended],
+            )
+        if settle_mark_due(old, job, ended):
+            return self._mark(conn, change)
+        return change
 
     def _may_have_parents(self, conn: sqlite3.Connection) -> bool:
         """Writer thread: False while no job in the file was submitted after others."""
@@ -192,15 +235,31 @@ class SQLiteJobs(JobStore):
 
     async def submit_jobs(self, jobs: list[Job], events: list[str]) -> list[JobChange]:
         def op(conn: sqlite3.Connection) -> list[JobChange]:
-            # Every check before the first write: a refusal returned from an op leaves
-            # what it wrote in the transaction.
+            # The checks first, so a refusal costs no write; then the writes inside a
+            # savepoint: anything that fails among them (a constraint, such as an id that
+            # exists) takes the whole batch back out of the group commit's transaction,
+            # which the other writes of the group still commit.
             claimed: dict[tuple[str, str], str] = {}
             for job in jobs:
                 self._check_unique(conn, claimed, None, job)
-            return [
-                self._save_job(conn, job, event, job.created_at, None)
-                for job, event in zip(jobs, events, strict=True)
-            ]
+            conn.execute("SAVEPOINT submit_jobs")
+            made: list[JobChange] = []
+            try:
+                for job, event in zip(jobs, events, strict=True):
+                    made.append(self._save_job(conn, job, event, job.created_at, None, False))
+                out = [self._index(conn, None, change) for change in made]
+            except BaseException as exc:
+                conn.execute("ROLLBACK TO submit_jobs")
+                conn.execute("RELEASE submit_jobs")
+                for change in made:  # the states of the channels the savepoint made
+                    self._log.forget(job_channel(change.job.id))
+                if isinstance(exc, sqlite3.IntegrityError):
+                    raise Conflict(
+                        f"the batch could not be stored ({exc}): nothing of the batch was made"
+                    ) from None
+                raise
+            conn.execute("RELEASE submit_jobs")
+            return out
 
         return await self._core.write(op)
 
@@ -238,6 +297,26 @@ class SQLiteJobs(JobStore):
             ).fetchall()
         )
         return [str(r[0]) for r in rows]
+
+    async def settle_marks(self, limit: int) -> list[tuple[str, float]]:
+        rows = await self._core.read(
+            lambda c: c.execute(
+                "SELECT job_id, stamp FROM job_settle ORDER BY stamp, job_id LIMIT ?", (limit,)
+            ).fetchall()
+        )
+        return [(str(job_id), float(stamp)) for job_id, stamp in rows]
+
+    async def clear_settle_marks(self, marks: list[tuple[str, float]]) -> None:
+        if not marks:
+            return
+        await self._core.write(
+            lambda c: (
+                c.executemany(
+                    "DELETE FROM job_settle WHERE job_id = ? AND stamp = ?", marks
+                ).rowcount
+            ),
+            durable=False,
+        )
 
     async def list_jobs(
         self,
@@ -622,6 +701,7 @@ class SQLiteJobs(JobStore):
                 self._log.forget(channel)
                 conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
                 conn.execute("DELETE FROM job_parents WHERE parent = ?", (job_id,))
+                conn.execute("DELETE FROM job_settle WHERE job_id = ?", (job_id,))
                 conn.execute("DELETE FROM channels WHERE name = ?", (channel,))
                 conn.execute("DELETE FROM messages WHERE channel = ?", (channel,))
             return ids

@@ -9,8 +9,10 @@
 --       Redis's cmsgpack reads no msgpack bin, hence the two binary strings apart. The
 --       per-job keys are named here from the prefix, as RedisCore.key names them: three
 --       arguments per job instead of twenty keep the call cheap for redis-py to encode.
--- Reply: {1, then seq, prev_seq, keep of each job's append (0, 0, 0: none), then the place
---        (1-based) of each change that ended a job with dependents} when written;
+-- Reply: {1, then seq, prev_seq, keep of each job's append (0, 0, 0: none), then a flag
+--        per change: 1 when it ended a job with dependents, 2 when it made a job waiting
+--        while a parent has ended or is gone (either: its job is marked to be settled,
+--        in `jobsettle`), else 0} when written;
 --        {0, n} when the n-th job's body differs (nothing written);
 --        {2, body} when the idempotency key names a job that exists (nothing written);
 --        {3, n, body} when the n-th job would take a unique key that another job (whose
@@ -23,10 +25,10 @@ local JOBS, JOBTYPES, JOBCOUNTS, RUNNING, FINISHED, WAKE, CHANNELS, QLIMITS, QRA
 -- One job change, from its fields as `_change_fields` packs them; nil when malformed.
 local function parse_change(packed, body, data)
   local ok, fields = pcall(cmsgpack.unpack, packed)
-  if not ok or type(fields) ~= 'table' or #fields ~= 17 then
+  if not ok or type(fields) ~= 'table' or #fields ~= 19 then
     return nil
   end
-  for i = 1, 17 do
+  for i = 1, 19 do
     if type(fields[i]) ~= 'string' then
       return nil
     end
@@ -36,8 +38,22 @@ local function parse_change(packed, body, data)
                   finished = fields[8], created = fields[9], counted = fields[10],
                   count = fields[11], channel = fields[12], event = fields[13],
                   unique = fields[14], unique_op = fields[15], group = fields[16],
-                  ends = fields[17], body = body, data = data}
-  for _, number in ipairs({change.score, change.prio, change.finished, change.created}) do
+                  ends = fields[17], stamp = fields[18], body = body, data = data}
+  -- The parents of a new job with parents, or of one made waiting: a JSON array of ids.
+  if fields[19] ~= '' then
+    local decoded, parents = pcall(cjson.decode, fields[19])
+    if not decoded or type(parents) ~= 'table' then
+      return nil
+    end
+    for _, parent in ipairs(parents) do
+      if type(parent) ~= 'string' then
+        return nil
+      end
+    end
+    change.parents = parents
+  end
+  for _, number in ipairs({change.score, change.prio, change.finished, change.created,
+                           change.stamp}) do
     if number ~= '' and not tonumber(number) then
       return nil
     end
@@ -46,6 +62,8 @@ local function parse_change(packed, body, data)
   change.was_running = change.counted == change.old_type .. '\0running'
   change.is_running = change.status == 'running'
   change.was_queued = change.counted == change.old_type .. '\0queued'
+  change.becomes_waiting = change.status == 'waiting'
+    and change.counted ~= change.old_type .. '\0waiting'
   change.is_queued = change.status == 'queued'
 
   if change.unique ~= '' then
@@ -286,11 +304,39 @@ for _, change in ipairs(changes) do
                'run_at', change.score)
   end
 end
--- The jobs submitted after a job that this batch ended are to be settled.
-for i, change in ipairs(changes) do
+-- Once every job of the batch is written (a parent may follow its child in a batch): a
+-- new job goes into the `jobkids` of each of its parents that exists (a parent swept
+-- since the submit read it gets no set nobody would delete); the jobs submitted after a
+-- job this batch ended, and a job made waiting while a parent has ended or is gone, are
+-- marked to be settled (`jobsettle`, by stamp), in this same atomic step.
+local SETTLE = prefix .. 'jobsettle'
+for _, change in ipairs(changes) do
+  local flag = 0
   if change.ends ~= '' and redis.call('EXISTS', prefix .. 'jobkids:' .. change.id) == 1 then
-    reply[#reply + 1] = i
+    flag = 1
   end
+  if change.parents then
+    local due = false
+    for _, parent in ipairs(change.parents) do
+      if redis.call('EXISTS', prefix .. 'job:' .. parent) == 1 then
+        if change.expected == '' then
+          redis.call('SADD', prefix .. 'jobkids:' .. parent, change.id)
+        end
+        if redis.call('ZSCORE', FINISHED, parent) then
+          due = true
+        end
+      else
+        due = true
+      end
+    end
+    if due and change.becomes_waiting then
+      flag = 2
+    end
+  end
+  if flag ~= 0 then
+    redis.call('ZADD', SETTLE, change.stamp, change.id)
+  end
+  reply[#reply + 1] = flag
 end
 for job_type, tat in pairs(tats) do
   redis.call('HSET', QRATE, job_type, string.format('%.17g', tat))
