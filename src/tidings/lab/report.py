@@ -22,6 +22,9 @@ BROWSER_CONNECTIONS = 6
 # A 1 Gbit/s link, in bytes a second: what "saturates the network" is measured against.
 LINK_BYTES_PER_SECOND = 125_000_000
 
+# A p99 latency past this many milliseconds is called out in a sweep's notes.
+SLOW_MS = 1000.0
+
 _COLORS = {
     "poll": "#d62728",
     "longpoll": "#ff7f0e",
@@ -185,14 +188,25 @@ def sweep_notes(points: list[dict[str, Any]], interval: float) -> list[str]:
         ]
         if not held:
             continue
-        per = max(h for _, h in held)
+        per = ", ".join(f"{h:.3g} at {pt['clients']} clients" for pt, h in held)
+        fit_each = [
+            str(math.floor(BROWSER_CONNECTIONS / h)) if h > 0 else "any number" for _, h in held
+        ]
+        fits = fit_each[0] if len(set(fit_each)) == 1 else ", ".join(fit_each)
         biting = [label(pt) for pt, h in held if pt["clients"] * h > BROWSER_CONNECTIONS]
-        fits = math.floor(BROWSER_CONNECTIONS / per) if per > 0 else 0
+        lows = [h for _, h in held if h > 0]
+        queued = (
+            " (a short poll holds its connection only while it waits for its answer, until "
+            "the server falls behind and every poll waits)"
+            if lows and max(lows) > 5 * min(lows)
+            else ""
+        )
         out.append(
-            f"{Pattern(pattern).label}: each client held up to {per:.2f} HTTP/1.1 connections, "
-            f"so one browser (its tabs share the pool) fits {fits} such subscriptions to one "
-            f"origin before the next waits; taken as tabs of one browser, the clients "
-            f"overflow the {BROWSER_CONNECTIONS} connections at {', '.join(biting) or 'no point'}."
+            f"{Pattern(pattern).label}: HTTP/1.1 connections held per client, on average: "
+            f"{per}{queued}; so one browser (its tabs share the pool) fits {fits} such "
+            f"subscriptions to one origin before the next waits; taken as tabs of one "
+            f"browser, the clients overflow its {BROWSER_CONNECTIONS} connections at "
+            f"{', '.join(biting) or 'no point'}."
         )
     if any(r["pattern"] == "ws" for pt in points for r in pt["results"]):
         out.append(
@@ -201,6 +215,12 @@ def sweep_notes(points: list[dict[str, Any]], interval: float) -> list[str]:
         )
     for pt in points:
         for r in pt["results"]:
+            p99 = r["latency_p99_ms"]
+            if p99 is not None and p99 > SLOW_MS:
+                out.append(
+                    f"{r['title']} reached p99 {p99:.0f} ms at {label(pt)}: the server (or "
+                    "the clients, when they share its machine) could not keep up."
+                )
             if r["missed"] or r["errors"]:
                 out.append(
                     f"{r['title']} missed {r['missed']} of {r['expected']} deliveries at "
@@ -249,6 +269,8 @@ class _Axis:
 def _fmt(v: float) -> str:
     if v == 0:
         return "0"
+    if v >= 1 and float(v).is_integer():
+        return f"{v:,.0f}"
     return f"{v:.3g}" if v >= 0.001 else f"{v:.0e}"
 
 
@@ -354,11 +376,12 @@ def _sweep_panels(points: list[dict[str, Any]]) -> list[str]:
     for x0, key, title, ylabel in (
         (0, "requests_per_delivery", "Requests per delivered message", "requests (log)"),
         (_W, "cpu_ms_per_delivery", "Server CPU per delivered message", "CPU ms (log)"),
+        (2 * _W, "latency_p50_ms", "Latency, p50", "ms (log)"),
     ):
         values = [r.get(key) for pt in points for r in pt["results"]]
         ya = _Axis([v for v in values if v], bottom, top, True)
         body = []
-        for pattern in patterns:
+        for k, pattern in enumerate(patterns):
             color = _COLORS.get(pattern, "#000")
             coords = []
             for i, pt in enumerate(points):
@@ -372,7 +395,8 @@ def _sweep_panels(points: list[dict[str, Any]]) -> list[str]:
                 )
                 x, y = coords[-1]
                 body.append(
-                    f'<text x="{x - 4:.1f}" y="{y - 6:.1f}" text-anchor="end" '
+                    # Alternate above and below the line: close lines keep apart labels.
+                    f'<text x="{x - 4:.1f}" y="{y - 6 + 18 * (k % 2):.1f}" text-anchor="end" '
                     f'fill="{color}">{escape(pattern)}</text>'
                 )
         for i, pt in enumerate(points):
@@ -390,6 +414,7 @@ def svg_chart(lab: dict[str, Any]) -> str:
     """The chart of a lab run (its JSON, as `tidings lab --json` prints it) as SVG text."""
     points = lab["points"]
     panels = _sweep_panels(points) if len(points) > 1 else _point_panels(points[0]["results"])
+    width = (3 if len(points) > 1 else 2) * _W
     caption = (
         f"tidings lab, {lab['date']}: {lab['command']}"
         if lab.get("command")
@@ -397,8 +422,8 @@ def svg_chart(lab: dict[str, Any]) -> str:
     )
     return "\n".join(
         [
-            f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * _W}" height="{_H + 24}" '
-            f'viewBox="0 0 {2 * _W} {_H + 24}" font-family="sans-serif" font-size="11">',
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{_H + 24}" '
+            f'viewBox="0 0 {width} {_H + 24}" font-family="sans-serif" font-size="11">',
             '<rect width="100%" height="100%" fill="white"/>',
             *panels,
             f'<text x="8" y="{_H + 16}" fill="#555">{escape(caption)}</text>',
