@@ -100,6 +100,9 @@ class PatternResult:
     server_cpu_s: float | None
     wall_s: float
     errors: list[str] = field(default_factory=list)
+    # Seconds the publisher took (channel patterns): past the workload's seconds when the
+    # server fell behind, and then the rate served was lower than the rate asked.
+    publish_s: float | None = None
 
     @property
     def requests_per_delivery(self) -> float:
@@ -259,9 +262,10 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
-async def _publish(target: Target, channel: str, workload: Workload) -> int:
+async def _publish(target: Target, channel: str, workload: Workload) -> tuple[int, float]:
     """Publish the workload's messages at its rate (each carrying its sequence number and
-    the time it was sent); returns how many were published."""
+    the time it was sent), one after another; returns how many were published and in how
+    many seconds (longer than the workload's when the server falls behind)."""
     conn = Conn(target.host, target.port, Meter(), target.authority)
     start = time.monotonic()
     path = f"/v1/channels/{channel}/messages"
@@ -277,7 +281,7 @@ async def _publish(target: Target, channel: str, workload: Workload) -> int:
                 )
     finally:
         await conn.close()
-    return workload.messages
+    return workload.messages, time.monotonic() - start
 
 
 def _processes(clients: int, processes: int | None) -> list[tuple[int, int]]:
@@ -328,11 +332,11 @@ def run_pattern(
             control.end_at.value = time.time() + workload.seconds
             control.go.set()
             time.sleep(workload.seconds)
-            published = 0
+            published, publish_s = 0, None
             grace = workload.job_seconds + workload.interval + DRAIN_GRACE
         else:
             control.go.set()
-            published = asyncio.run(_publish(target, name, workload))
+            published, publish_s = asyncio.run(_publish(target, name, workload))
             grace = workload.interval + DRAIN_GRACE
         control.expected.value = published
         control.drain_until.value = time.time() + grace
@@ -350,7 +354,9 @@ def run_pattern(
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
-    return _combine(pattern, workload, published, list(reports.values()), cpu0, cpu1, wall)
+    result = _combine(pattern, workload, published, list(reports.values()), cpu0, cpu1, wall)
+    result.publish_s = None if publish_s is None else round(publish_s, 3)
+    return result
 
 
 def _take(results: Any, reports: dict[int, ProcessReport], timeout: float) -> None:

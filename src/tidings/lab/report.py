@@ -22,6 +22,8 @@ BROWSER_CONNECTIONS = 6
 # A 1 Gbit/s link, in bytes a second: what "saturates the network" is measured against.
 LINK_BYTES_PER_SECOND = 125_000_000
 
+# A publisher that took this many times the workload's seconds fell behind its rate.
+BEHIND = 1.5
 # A p99 latency past this many milliseconds is called out in a sweep's notes.
 SLOW_MS = 1000.0
 
@@ -132,12 +134,27 @@ def claims(results: list[dict[str, Any]], interval: float) -> list[str]:
         )
     else:
         out.append("Pub/sub and the network: not measured (run ws or sse).")
+    out += behind(results)
     jobs = [p[name.value] for name in Pattern if name.is_job and name.value in p]
     if jobs:
         parts = [
             f"{r['title']} {_per(r):.2f} requests, p50 {_ms(r['latency_p50_ms'])}" for r in jobs
         ]
         out.append("Waiting for a job's result, per result: " + "; ".join(parts) + ".")
+    return out
+
+
+def behind(results: list[dict[str, Any]]) -> list[str]:
+    """A sentence for each pattern whose publisher fell behind its rate."""
+    out = []
+    for r in results:
+        took, meant = r.get("publish_s"), r["published"] / r["rate"]
+        if took is not None and took > BEHIND * max(meant, 1.0):
+            out.append(
+                f"{r['title']}: publishing {r['published']} messages took {took:.1f} s instead "
+                f"of {meant:g} s — the server fell behind, so it served "
+                f"{r['published'] / took:.1f} msg/s, not the {r['rate']:g} asked."
+            )
     return out
 
 
@@ -150,6 +167,17 @@ def sweep_notes(points: list[dict[str, Any]], interval: float) -> list[str]:
 
     def label(point: dict[str, Any]) -> str:
         return f"{point['clients']} clients at {point['rate']:g} msg/s"
+
+    # A point named by what the sweep varies.
+    one_rate = len({pt["rate"] for pt in points}) == 1
+    one_count = len({pt["clients"] for pt in points}) == 1
+
+    def short(point: dict[str, Any]) -> str:
+        if one_rate:
+            return f"{point['clients']} clients"
+        if one_count:
+            return f"{point['rate']:g} msg/s"
+        return label(point)
 
     pairs = []
     for point in points:
@@ -188,7 +216,7 @@ def sweep_notes(points: list[dict[str, Any]], interval: float) -> list[str]:
         ]
         if not held:
             continue
-        per = ", ".join(f"{h:.3g} at {pt['clients']} clients" for pt, h in held)
+        per = ", ".join(f"{h:.3g} at {short(pt)}" for pt, h in held)
         fit_each = [
             str(math.floor(BROWSER_CONNECTIONS / h)) if h > 0 else "any number" for _, h in held
         ]
@@ -214,6 +242,7 @@ def sweep_notes(points: list[dict[str, Any]], interval: float) -> list[str]:
             "(browsers cap them separately and far higher)."
         )
     for pt in points:
+        out += [f"At {label(pt)}: {sentence}" for sentence in behind(pt["results"])]
         for r in pt["results"]:
             p99 = r["latency_p99_ms"]
             if p99 is not None and p99 > SLOW_MS:
