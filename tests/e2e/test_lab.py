@@ -127,6 +127,24 @@ def test_a_sweep_of_two_points_against_a_running_server_notes_where_costs_cross(
     assert quick["server"]["cpu"].startswith("unknown")
 
 
+def test_the_lab_serves_its_server_from_the_store_it_is_given(redis_url: str) -> None:
+    """`--store redis://…`: the lab's own server runs on Redis, and a channel and a job
+    pattern deliver everything through it."""
+    result = lab_json(
+        "--store", redis_url, "--clients", "2", "--rate", "4", "--seconds", "0.5",
+        "--job-seconds", "0.05", "--patterns", "ws,job-longpoll", "--processes", "1",
+        "--no-chart",
+    )  # fmt: skip
+    assert result["server"]["store"] == redis_url
+    assert "chart" not in result
+    rows = {r["pattern"]: r for r in result["points"][0]["results"]}
+    assert list(rows) == ["ws", "job-longpoll"]
+    assert rows["ws"]["delivered"] == 2 * rows["ws"]["published"] == 4
+    assert rows["job-longpoll"]["delivered"] > 0
+    for r in rows.values():
+        assert r["missed"] == 0 and r["errors"] == [] and r["server_cpu_s"] is not None
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [

@@ -59,7 +59,8 @@ def lab(
     url: Annotated[
         str | None,
         typer.Option(
-            help="Measure a running server (http://host:port) instead of starting one.",
+            help="Measure a running server (http://host:port) instead of starting one. "
+            "[default: none, the lab starts its own]",
             show_default=False,
         ),
     ] = None,
@@ -83,9 +84,15 @@ def lab(
             help="Write the chart (SVG) here. [default: tidings-lab.svg]", show_default=False
         ),
     ] = None,
-    no_chart: Annotated[bool, typer.Option("--no-chart", help="Write no chart.")] = False,
+    no_chart: Annotated[
+        bool, typer.Option("--no-chart", help="Write no chart. Default: a chart is written.")
+    ] = False,
     json_out: Annotated[
-        bool, typer.Option("--json", help="Print the figures as one JSON object.")
+        bool,
+        typer.Option(
+            "--json",
+            help="Print the figures as one JSON object instead of tables. Default: tables.",
+        ),
     ] = False,
 ) -> None:
     """Measure every pattern — short and long polling, SSE, WebSocket, and a job's result
