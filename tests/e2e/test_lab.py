@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import ServerFactory, free_port
-from tests.e2e.helpers import tidings_cli
+from tests.e2e.auth.helpers import auth_server
+from tests.e2e.helpers import cli_ok, tidings_cli
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -145,6 +146,31 @@ def test_the_lab_serves_its_server_from_the_store_it_is_given(redis_url: str) ->
         assert r["missed"] == 0 and r["errors"] == [] and r["server_cpu_s"] is not None
 
 
+def test_a_server_that_requires_auth_is_measured_with_a_token(
+    tidings_server: ServerFactory, tmp_path: Path
+) -> None:
+    """`--token` goes on every request of the clients, the publisher and the worker; the
+    command the JSON records leaves it out."""
+    store = f"sqlite:///{tmp_path / 'auth.db'}"
+    grants = ["--publish", "lab.*", "--subscribe", "lab.*", "--submit", "lab.*", "--work", "lab.*"]
+    cli_ok("users", "add", "labber", "--store", store, *grants)
+    token = cli_ok("tokens", "create", "labber", "--store", store).strip().split()[-1]
+    server = auth_server(tidings_server, store, "database")
+    refused = lab("--url", server.url, "--clients", "1", "--seconds", "0.5", "--patterns", "sse",
+                  "--no-chart")  # fmt: skip
+    assert refused.returncode == 1
+    assert "HTTP 401" in refused.stderr and "Traceback" not in refused.stderr
+    result = lab_json(
+        "--url", server.url, "--token", token, "--clients", "2", "--rate", "4",
+        "--seconds", "0.5", "--job-seconds", "0.05", "--patterns", "sse,job-request",
+        "--processes", "1", "--no-chart",
+    )  # fmt: skip
+    for r in result["points"][0]["results"]:
+        assert r["delivered"] > 0 and r["missed"] == 0 and r["errors"] == [], r
+    assert token not in result["command"]
+    assert "--token TOKEN" in result["command"]
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [
@@ -158,6 +184,7 @@ def test_the_lab_serves_its_server_from_the_store_it_is_given(redis_url: str) ->
         (["--url", "https://127.0.0.1:1"], "the lab speaks plain HTTP/1.1"),
         (["--url", "http://127.0.0.1:1", "--store", "memory://"], "--url and --store"),
         (["--server-pid", "1"], "--server-pid goes with --url"),
+        (["--token", "tdt_x"], "--token (or TIDINGS_TOKEN) goes with --url"),
     ],
 )
 def test_a_bad_flag_value_is_refused_with_what_to_fix(args: list[str], said: str) -> None:

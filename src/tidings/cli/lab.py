@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from tidings.cli.common import err, fail, print_json, print_table
+from tidings.cli.common import TokenOption, err, fail, print_json, print_table
 
 if TYPE_CHECKING:
     from tidings.lab.workload import Workload
@@ -71,6 +71,7 @@ def lab(
             show_default=False,
         ),
     ] = None,
+    token: TokenOption = None,
     processes: Annotated[
         int | None,
         typer.Option(
@@ -114,10 +115,10 @@ def lab(
     try:
         points = _points(clients, rate, seconds, interval, job_seconds)
         chosen = parse_patterns(patterns)
-        _check_target(processes, url, store, server_pid)
+        _check_target(processes, url, store, server_pid, token)
     except ValueError as exc:
         fail("lab", str(exc), 2)
-    command = shlex.join(["tidings", "lab", *sys.argv[2:]]) if len(sys.argv) > 1 else None
+    command = _command_line(sys.argv[2:]) if len(sys.argv) > 1 else None
 
     def progress(what: str) -> None:
         if not json_out:
@@ -126,7 +127,7 @@ def lab(
     try:
         if url:
             result = run_lab(
-                target_at(url, server_pid), points, chosen, processes, progress, command
+                target_at(url, server_pid, token), points, chosen, processes, progress, command
             )
         else:
             with started_server(store) as target:
@@ -144,6 +145,21 @@ def lab(
         print_json(result)
         return
     _print(result)
+
+
+def _command_line(args: list[str]) -> str:
+    """The command as run, for the JSON and the chart's caption, its token left out."""
+    shown: list[str] = []
+    hide = False
+    for arg in args:
+        if hide:
+            shown.append("TOKEN")
+        elif arg.startswith("--token="):
+            shown.append("--token=TOKEN")
+        else:
+            shown.append(arg)
+        hide = not hide and arg == "--token"
+    return shlex.join(["tidings", "lab", *shown])
 
 
 def _points(
@@ -164,12 +180,21 @@ def _points(
 
 
 def _check_target(
-    processes: int | None, url: str | None, store: str | None, server_pid: int | None
+    processes: int | None,
+    url: str | None,
+    store: str | None,
+    server_pid: int | None,
+    token: str | None,
 ) -> None:
     if processes is not None and not 1 <= processes <= 64:
         raise ValueError(f"--processes: {processes} is not between 1 and 64")
     if url and store:
         raise ValueError("--url and --store: give one (--store is for the lab's own server)")
+    if token and not url:
+        raise ValueError(
+            "--token (or TIDINGS_TOKEN) goes with --url: the lab's own server serves "
+            "anonymous loopback clients and knows no tokens"
+        )
     if server_pid is not None and not url:
         raise ValueError("--server-pid goes with --url (the lab knows its own server's pid)")
 
@@ -208,6 +233,9 @@ def _print(result: dict[str, Any]) -> None:
         print_table(table)
         for sentence in point["claims"]:
             out.print(f"- {sentence}", highlight=False, markup=False)
+        for r in point["results"]:
+            for error in r["errors"]:
+                err.print(f"tidings lab: {r['pattern']}: {error}", highlight=False, markup=False)
         out.print()
     if len(result["points"]) > 1:
         sweep = Table(title="Cost per delivered message across the sweep (requests / CPU ms)")

@@ -57,6 +57,7 @@ class ProcessSpec:
     first_client: int
     clients: int
     workload: Workload
+    token: str | None = None  # sent as `Authorization: Bearer` on every request
 
 
 @dataclass
@@ -120,7 +121,8 @@ class _Process:
         self.errors: list[str] = []
 
     def conn(self) -> Conn:
-        return Conn(self.spec.host, self.spec.port, self.meter, self.spec.authority)
+        spec = self.spec
+        return Conn(spec.host, spec.port, self.meter, spec.authority, spec.token)
 
     def latency(self, seconds: float) -> None:
         """Keep a uniform sample of at most LATENCY_SAMPLE latencies (reservoir)."""
@@ -381,7 +383,9 @@ def client_process(spec: ProcessSpec, control: Control, ready: Any, results: Any
     results.put((spec.index, report))
 
 
-def lab_worker_process(url: str, job_type: str, concurrency: int, seconds: float) -> None:
+def lab_worker_process(
+    url: str, job_type: str, concurrency: int, seconds: float, token: str | None = None
+) -> None:
     """The lab's worker: leases jobs of `job_type` from `url`, each taking `seconds`, until
     SIGTERM."""
     import logging
@@ -397,4 +401,4 @@ def lab_worker_process(url: str, job_type: str, concurrency: int, seconds: float
         await asyncio.sleep(seconds)
         return {"done": job.payload}
 
-    worker.run(url)
+    worker.run(url, token=token)

@@ -74,6 +74,7 @@ class Target:
     authority: str
     pid: int | None  # whose CPU time is read; None: unknown
     store: str | None  # None: not started by the lab, not known
+    token: str | None = None  # API or session token for every request
 
 
 @dataclass
@@ -164,9 +165,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _ready(host: str, port: int, authority: str) -> int | None:
+async def _ready(host: str, port: int, authority: str, token: str | None = None) -> int | None:
     """The status /readyz answers, or None when nothing answers."""
-    conn = Conn(host, port, Meter(), authority)
+    conn = Conn(host, port, Meter(), authority, token)
     try:
         answer = await asyncio.wait_for(conn.request("GET", "/readyz"), 2.0)
     except Exception:  # refused, reset, timed out: not ready
@@ -176,7 +177,7 @@ async def _ready(host: str, port: int, authority: str) -> int | None:
     return answer.status
 
 
-def target_at(url: str, server_pid: int | None) -> Target:
+def target_at(url: str, server_pid: int | None, token: str | None = None) -> Target:
     """The running server at `url` (http:// only: the lab counts plain HTTP/1.1 bytes)."""
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
@@ -186,11 +187,11 @@ def target_at(url: str, server_pid: int | None) -> Target:
         )
     port = parts.port or 80
     authority = parts.netloc
-    if asyncio.run(_ready(parts.hostname, port, authority)) != 200:
+    if asyncio.run(_ready(parts.hostname, port, authority, token)) != 200:
         raise LabError(f"--url {url}: no tidings server ready there (GET /readyz)")
     if server_pid is not None and not Path(f"/proc/{server_pid}").exists():
         raise LabError(f"--server-pid {server_pid}: no such process on this machine")
-    return Target(url.rstrip("/"), parts.hostname, port, authority, server_pid, None)
+    return Target(url.rstrip("/"), parts.hostname, port, authority, server_pid, None, token)
 
 
 @contextmanager
@@ -266,7 +267,7 @@ async def _publish(target: Target, channel: str, workload: Workload) -> tuple[in
     """Publish the workload's messages at its rate (each carrying its sequence number and
     the time it was sent), one after another; returns how many were published and in how
     many seconds (longer than the workload's when the server falls behind)."""
-    conn = Conn(target.host, target.port, Meter(), target.authority)
+    conn = Conn(target.host, target.port, Meter(), target.authority, target.token)
     start = time.monotonic()
     path = f"/v1/channels/{channel}/messages"
     try:
@@ -318,7 +319,16 @@ def run_pattern(
     procs = []
     for index, (first, n) in enumerate(_processes(workload.clients, processes)):
         spec = ProcessSpec(
-            index, target.host, target.port, target.authority, pattern, name, first, n, workload
+            index,
+            target.host,
+            target.port,
+            target.authority,
+            pattern,
+            name,
+            first,
+            n,
+            workload,
+            target.token,
         )
         proc = ctx.Process(target=client_process, args=(spec, control, ready, results))
         proc.start()
@@ -349,6 +359,13 @@ def run_pattern(
         cpu1 = cpu_seconds(target.pid) if target.pid else None
         wall = time.monotonic() - started
     finally:
+        if not control.finish.is_set():
+            # Failed before the end: every client stops at once (a channel client holds
+            # "every" message of none; the drain is over).
+            control.expected.value = 0
+            control.drain_until.value = 0.0
+            control.go.set()
+            control.finish.set()
         for proc in procs:
             proc.join(10)
             if proc.is_alive():
@@ -451,7 +468,10 @@ def lab_worker(target: Target, job_type: str, concurrency: int, seconds: float) 
     """A worker for `job_type` (each job taking `seconds`) while the block runs."""
     ctx = multiprocessing.get_context("spawn")
     worker = _Worker(
-        ctx.Process(target=lab_worker_process, args=(target.url, job_type, concurrency, seconds))
+        ctx.Process(
+            target=lab_worker_process,
+            args=(target.url, job_type, concurrency, seconds, target.token),
+        )
     )
     worker.process.start()
     try:

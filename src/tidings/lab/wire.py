@@ -84,11 +84,19 @@ class Conn:
     on a connection the server closed meanwhile (its keep-alive timeout) is sent again on
     a new one."""
 
-    def __init__(self, host: str, port: int, meter: Meter, authority: str | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        meter: Meter,
+        authority: str | None = None,
+        token: str | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.meter = meter
         self.authority = authority or f"{host}:{port}"
+        self.token = token
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._busy = False
@@ -136,6 +144,8 @@ class Conn:
 
     def _head(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
         lines = [f"{method} {target} HTTP/1.1", f"Host: {self.authority}"]
+        if self.token:
+            lines.append(f"Authorization: Bearer {self.token}")
         lines += [f"{name}: {value}" for name, value in headers]
         if body or method in ("POST", "PUT"):
             lines.append(f"Content-Length: {len(body)}")
