@@ -3,10 +3,11 @@
 `Target` is the server: one the lab starts (`tidings serve` on a chosen store, in its own
 process) or one already running at a URL. Each pattern runs on its own channel (or job
 type) with fresh client processes; the server's CPU time (user + system, from
-/proc/PID/stat, its child processes included) is read when every client has subscribed and
-again when the last has reported, so it holds that pattern's serving and nothing else the
-lab does — except the publisher's requests (channel patterns) and the lab worker's leases
-and reports (job patterns), which every pattern of a kind pays alike.
+/proc/PID/stat, its child processes included) is read before the clients connect and
+again when the last has reported, so it holds that pattern's connections, subscriptions
+and serving and nothing else the lab does — except the publisher's requests (channel
+patterns) and the lab worker's leases and reports (job patterns), which every pattern of a
+kind pays alike, and the idle server's timers (a few ms a second).
 """
 
 from __future__ import annotations
@@ -316,6 +317,9 @@ def run_pattern(
     )
     ready: Any = ctx.Queue()
     results: Any = ctx.Queue()
+    # From before the clients connect: a pattern's cost includes its connections and
+    # subscriptions (and the idle server's timers meanwhile, a few ms a second).
+    cpu0 = cpu_seconds(target.pid) if target.pid else None
     procs = []
     for index, (first, n) in enumerate(_processes(workload.clients, processes)):
         spec = ProcessSpec(
@@ -337,7 +341,6 @@ def run_pattern(
     try:
         _await_ready(procs, ready, results, reports)
         started = time.monotonic()
-        cpu0 = cpu_seconds(target.pid) if target.pid else None
         if pattern.is_job:
             control.end_at.value = time.time() + workload.seconds
             control.go.set()

@@ -264,6 +264,12 @@ _W, _H = 460, 360
 _PAD_L, _PAD_R, _PAD_T, _PAD_B = 64, 16, 40, 48
 
 
+def _round_step(value: float) -> float:
+    """The least of 1, 2 or 5 times a power of ten that is at least `value`."""
+    power = 10.0 ** math.floor(math.log10(value))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= value)
+
+
 class _Axis:
     """A log or linear axis mapping values to pixels."""
 
@@ -276,8 +282,9 @@ class _Axis:
             if hi <= lo:
                 hi = lo * 10
         else:
-            # Room on the right for the bars' labels.
-            lo, hi = 0.0, (max(vals) * 1.8 if vals and max(vals) > 0 else 1.0)
+            # Room on the right for the bars' labels; four round steps.
+            top = max(vals) * 1.8 if vals and max(vals) > 0 else 1.0
+            lo, hi = 0.0, 4 * _round_step(top / 4)
         self.lo, self.hi, self.lo_px, self.hi_px = lo, hi, lo_px, hi_px
 
     def __call__(self, v: float) -> float:
