@@ -24,6 +24,9 @@ LINK_BYTES_PER_SECOND = 125_000_000
 
 # A publisher that took this many times the workload's seconds fell behind its rate.
 BEHIND = 1.5
+# Long polling is called later than a stream when its p99 is behind by more than this
+# many milliseconds (and more than half the stream's p99).
+LATE_MS = 5.0
 # A p99 latency past this many milliseconds is called out in a sweep's notes.
 SLOW_MS = 1000.0
 
@@ -85,7 +88,8 @@ def claims(results: list[dict[str, Any]], interval: float) -> list[str]:
         out.append("Short polling is too chatty: not measured (run poll and longpoll).")
     stream = sse or ws
     if longpoll and stream:
-        gap = (longpoll["latency_p99_ms"] or 0) - (stream["latency_p99_ms"] or 0)
+        stream_p99 = stream["latency_p99_ms"] or 0
+        gap = (longpoll["latency_p99_ms"] or 0) - stream_p99
         verdict = (
             "less chatty than short polling"
             if poll and _per(longpoll) < _per(poll)
@@ -94,7 +98,8 @@ def claims(results: list[dict[str, Any]], interval: float) -> list[str]:
         timing = (
             f"{gap:.0f} ms behind the stream at p99: each message after the first of a "
             "burst waits for the next request"
-            if gap > 1
+            # Later by more than noise: half the stream's own p99, and at least LATE_MS.
+            if gap > max(LATE_MS, stream_p99 / 2)
             else "as timely as the stream at this load: its cost is one request per "
             "message, not lateness"
         )
