@@ -57,6 +57,8 @@ __all__ = [
 DRAIN_GRACE = 3.0
 # Longest wait for every client process to report, past the drain, seconds.
 REPORT_TIMEOUT = 60.0
+# Where CPU times are read from (Linux); elsewhere the server's CPU is unknown.
+HAS_PROC = Path("/proc/self/stat").exists()
 # Client processes per pattern, at most.
 MAX_PROCESSES = 4
 
@@ -319,7 +321,7 @@ def run_pattern(
     results: Any = ctx.Queue()
     # From before the clients connect: a pattern's cost includes its connections and
     # subscriptions (and the idle server's timers meanwhile, a few ms a second).
-    cpu0 = cpu_seconds(target.pid) if target.pid else None
+    cpu0 = cpu_seconds(target.pid) if target.pid and HAS_PROC else None
     procs = []
     for index, (first, n) in enumerate(_processes(workload.clients, processes)):
         spec = ProcessSpec(
@@ -359,7 +361,7 @@ def run_pattern(
             _take(results, reports, max(0.05, deadline - time.monotonic()))
             if time.monotonic() > deadline:
                 raise LabError(f"the {pattern} client processes did not report in time")
-        cpu1 = cpu_seconds(target.pid) if target.pid else None
+        cpu1 = cpu_seconds(target.pid) if target.pid and HAS_PROC else None
         wall = time.monotonic() - started
     finally:
         if not control.finish.is_set():
@@ -545,7 +547,13 @@ def run_lab(
             "url": target.url,
             "store": target.store,
             "pid": target.pid,
-            "cpu": "measured" if target.pid else "unknown (pass --server-pid)",
+            "cpu": (
+                "unknown (no /proc on this system)"
+                if not HAS_PROC
+                else "measured"
+                if target.pid
+                else "unknown (pass --server-pid)"
+            ),
         },
         "workload": {
             "seconds": first.seconds,

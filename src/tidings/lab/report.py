@@ -71,13 +71,21 @@ def claims(results: list[dict[str, Any]], interval: float) -> list[str]:
     if poll and longpoll:
         rate = poll["rate"]
         chattier = _per(poll) > _per(longpoll)
-        why = (
-            f"as claimed: a poll every {interval:g} s asks {1 / interval:g} times a second "
-            f"for updates that come {rate:g} times a second, so most polls come back empty"
-            if chattier
-            else f"not here: updates ({rate:g}/s) come faster than polls ({1 / interval:g}/s), "
-            "so each poll carries several and short polling pays in latency instead"
-        )
+        if chattier:
+            why = (
+                f"as claimed: a poll every {interval:g} s asks {1 / interval:g} times a second "
+                f"for updates that come {rate:g} times a second, so most polls come back empty"
+            )
+        elif rate * interval >= 1:
+            why = (
+                f"not here: updates ({rate:g}/s) come as fast as polls ({1 / interval:g}/s) or "
+                "faster, so each poll carries several and short polling pays in latency instead"
+            )
+        else:
+            why = (
+                f"not in this run, though polls ({1 / interval:g}/s) outnumber updates "
+                f"({rate:g}/s): {poll['published']} messages are too few to tell, run longer"
+            )
         out.append(
             f"Short polling is too chatty: it made {_per(poll):.2f} requests and used "
             f"{_cpu(poll)} per delivered message, long polling {_per(longpoll):.2f} and "
