@@ -373,9 +373,22 @@ def _epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
+def _raise_file_limit() -> None:
+    """Let this process open as many sockets as the system allows it (one per client)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass  # not POSIX, or not allowed: the clients that cannot connect say so
+
+
 def client_process(spec: ProcessSpec, control: Control, ready: Any, results: Any) -> None:
     """A client process's entry point: run the clients of `spec`, put one ProcessReport
     (or an error string) on `results`."""
+    _raise_file_limit()
     try:
         report: ProcessReport | str = asyncio.run(_Process(spec, control).run(ready))
     except Exception as exc:
