@@ -365,6 +365,7 @@ def _point_panels(results: list[dict[str, Any]]) -> list[str]:
     lat = [r["latency_p50_ms"] for r in rows] + [r["latency_p99_ms"] for r in rows]
     ya = _Axis(lat, bottom, top, True)
     body = []
+    placed: list[tuple[float, float]] = []  # labels so far: a label never covers another
     for r in rows:
         color = _COLORS.get(r["pattern"], "#000")
         x, y50, y99 = (
@@ -376,8 +377,12 @@ def _point_panels(results: list[dict[str, Any]]) -> list[str]:
             f'<line x1="{x:.1f}" y1="{y50:.1f}" x2="{x:.1f}" y2="{y99:.1f}" stroke="{color}"/>'
         )
         body.append(f'<circle cx="{x:.1f}" cy="{y50:.1f}" r="4" fill="{color}"/>')
+        ly = y50 - 4
+        while any(abs(ly - py) < 12 and abs(x - px) < 60 for px, py in placed):
+            ly += 12
+        placed.append((x, ly))
         body.append(
-            f'<text x="{x + 6:.1f}" y="{y50 - 4:.1f}" fill="{color}">{escape(r["pattern"])}</text>'
+            f'<text x="{x + 6:.1f}" y="{ly:.1f}" fill="{color}">{escape(r["pattern"])}</text>'
         )
     left = _panel(
         0, "Latency vs requests", "requests per delivered message (log)",
