@@ -288,6 +288,7 @@ OWN_COMMANDS = [
     *(("users", c) for c in ("add", "grant", "remove", "list")),
     *(("tokens", c) for c in ("create", "list", "revoke")),
     ("workers",),
+    ("lab",),
 ]
 
 

@@ -11,6 +11,8 @@ from tidings.cli.channels import channels_app
 from tidings.cli.doctor import EPILOG as DOCTOR_EPILOG
 from tidings.cli.doctor import doctor
 from tidings.cli.jobs import jobs_app
+from tidings.cli.lab import EPILOG as LAB_EPILOG
+from tidings.cli.lab import lab
 from tidings.cli.messages import publish, subscribe
 from tidings.cli.processes import serve, worker
 from tidings.cli.schedules import schedules_app
@@ -58,6 +60,7 @@ app.add_typer(users_app)
 app.add_typer(tokens_app)
 app.command(epilog=WORKERS_EPILOG)(workers)
 app.command(epilog=DOCTOR_EPILOG)(doctor)
+app.command(epilog=LAB_EPILOG)(lab)
 
 
 def main() -> None:
