@@ -154,7 +154,9 @@ class Dispatcher:
         scope["app"] = self.starlette
         scope["path_params"] = params
         # The answer's own `send` (through the CORS layer when there is one), for a long
-        # poll that the hub answers by itself (tidings.server.hub.DirectPoll).
+        # poll that the hub answers by itself (tidings.server.hub.DirectPoll). Removed
+        # when the answer is done: scope → send → uvicorn's cycle → scope is a reference
+        # cycle the collector would otherwise have to find for every request.
         scope["tidings.send"] = send
         request = Request(scope, receive)
         try:
@@ -166,12 +168,14 @@ class Dispatcher:
         except TidingsError as exc:
             response = error_response(exc)
         except ClientDisconnect:
+            scope.pop("tidings.send", None)
             return  # it left while sending its body: there is nobody to answer
         except Exception as exc:
             response = unexpected_response(request.method, request.url.path, exc)
         try:
             await response(scope, receive, send)
         finally:
+            scope.pop("tidings.send", None)
             self.metrics.observe(
                 scope["method"], template, response.status_code, time.perf_counter() - start
             )

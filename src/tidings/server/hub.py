@@ -516,7 +516,10 @@ class DirectPoll:
     The hub writes the answer from the publisher's step through the request's own ASGI
     `send`, started by hand as for streams: no wake-up of the poll's task comes before
     its bytes are on the wire. Polls parked at the same cursor with the same limit and
-    codec (`key`) share one encoded answer. The poll's task then finds `answered` set and
+    codec (`key`) share one encoded answer: one Starlette Response sent on many
+    connections, which holds because every send copies the header list before changing
+    it (Starlette's MutableHeaders(scope=...), uvicorn, the HTTP/2 protocol). The poll's
+    task then finds `answered` set and
     sends nothing; `pending` is the task that finishes a write the socket could not take
     at once, which it awaits.
 
@@ -549,18 +552,20 @@ class DirectPoll:
         self.answered = False
         self.pending: asyncio.Task[None] | None = None
 
-    def write(self, answer: Answer) -> None:
-        """Send `answer` now, or finish in a task if the socket is backed up."""
+    def write(self, answer: Answer) -> bool:
+        """Send `answer` now, or finish in a task if the socket is backed up; False when
+        the send failed (the connection broke: nothing more can go on it)."""
         self.answered = True
         coro = answer(self.scope, _no_receive, self.send)
         try:
             first = coro.send(None)
         except StopIteration:
-            return
-        except Exception as exc:  # the connection broke: nothing more can go on it
+            return True
+        except Exception as exc:
             log.debug("a long poll's answer failed: %r", exc)
-            return
+            return False
         self.pending = asyncio.get_running_loop().create_task(_finish(coro, first))
+        return True
 
 
 async def _finish(coro: Coroutine[Any, Any, None], first: Any) -> None:
@@ -706,22 +711,35 @@ class Hub:
         # One answer per (cursor, limit, codec); None when the tail cannot tell what
         # follows the cursor, and the poll's task reads it from the store.
         answers: dict[tuple[str, int, str], Answer | None] = {}
-        for fut in waiters:
-            poll = direct.pop(fut, None)
-            if poll is None or fut.done():
-                continue
-            shared = (poll.after, poll.limit, poll.key)
-            if shared in answers:
-                answer = answers[shared]
-            else:
-                msgs = self.recent_after(channel, poll.after, poll.limit)
-                answer = answers[shared] = poll.build(msgs) if msgs else None
-            if answer is not None:
-                poll.write(answer)
-                self.answered_directly += 1
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+        try:
+            for fut in waiters:
+                poll = direct.pop(fut, None)
+                if poll is None or fut.done():
+                    continue
+                shared = (poll.after, poll.limit, poll.key)
+                if shared in answers:
+                    answer = answers[shared]
+                else:
+                    answer = answers[shared] = self._direct_answer(channel, poll)
+                if answer is not None and poll.write(answer):
+                    self.answered_directly += 1
+        finally:
+            # Every poll wakes, whatever failed above: the publish goes on to the streams.
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _direct_answer(self, channel: str, poll: DirectPoll) -> Answer | None:
+        """The answer polls like `poll` share; None leaves them to their tasks (the tail
+        cannot tell what follows their cursor, or the answer could not be built)."""
+        msgs = self.recent_after(channel, poll.after, poll.limit)
+        if not msgs:
+            return None
+        try:
+            return poll.build(msgs)
+        except Exception:
+            log.exception("a long poll's answer on %s could not be built", channel)
+            return None
 
     def _fan_out(self, channel: str) -> None:
         """Run (a chunk of) a fan-out pass; messages queued meanwhile join the batch.

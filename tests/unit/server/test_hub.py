@@ -219,3 +219,53 @@ def test_recent_tails_are_kept_for_a_bounded_number_of_channels(monkeypatch):
         assert [hub.last_id(ch)[0] for ch in "abcde"] == [False, True, False, True, True]
 
     asyncio.run(main())
+
+
+def test_a_long_poll_answer_that_cannot_be_built_wakes_every_poll_and_the_streams():
+    """A failing direct answer leaves its polls to their tasks; every parked poll still
+    wakes and the live streams still get the message."""
+    from tidings.server.hub import DirectPoll
+
+    async def main() -> None:
+        hub = Hub(parse_seq)
+        send = GatedSend()
+        await live(hub, send)
+        hub.publish(msg(1), None)
+        await fan_out()
+
+        def broken(_msgs: list[Message]) -> Any:
+            raise ValueError("cannot encode")
+
+        sent: list[dict[str, Any]] = []
+
+        async def poll_send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        futs = [hub.waiter("c") for _ in range(3)]
+        polls = [DirectPoll("1", 10, "json", broken, {"type": "http"}, poll_send) for _ in futs]
+        for fut, poll in zip(futs, polls, strict=True):
+            hub.answer_directly(fut, poll)
+        hub.publish(msg(2), "1")
+        assert all(f.done() for f in futs)
+        assert not any(p.answered for p in polls) and sent == []
+        assert hub.answered_directly == 0
+        await fan_out()
+        assert send.frames[-1] == b"id: 2\ndata: m2\n\n"
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
+def test_websocket_text_frames_use_the_right_length_form(size: int) -> None:
+    from tidings.server.transports.kind import ws_text_frame
+
+    frame = ws_text_frame("x" * size)
+    assert frame[0] == 0x81  # FIN, text
+    if size < 126:
+        assert frame[1] == size and len(frame) == 2 + size
+    elif size < 65536:
+        assert frame[1] == 126 and int.from_bytes(frame[2:4], "big") == size
+        assert len(frame) == 4 + size
+    else:
+        assert frame[1] == 127 and int.from_bytes(frame[2:10], "big") == size
+        assert len(frame) == 10 + size
