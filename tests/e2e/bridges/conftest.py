@@ -1,0 +1,240 @@
+"""Fixtures of the bridge tests: the real brokers this machine runs, each test on names of
+its own (a queue, a table) that it removes at the end.
+
+A broker that is not reachable fails the test, naming the service and how to start it:
+the bridges are only known to work where these tests ran against the real thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672/"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _reachable(port: int, service: str, start: str) -> None:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError as exc:
+        pytest.fail(
+            f"{service} is not reachable on 127.0.0.1:{port} ({exc}): the bridge tests need "
+            f"it running; start it with: {start}"
+        )
+
+
+def unique(prefix: str) -> str:
+    """A name no other test (or test process) uses."""
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+class Rabbit:
+    """The machine's RabbitMQ, through aio-pika, one short connection per call."""
+
+    url = RABBITMQ
+
+    def __init__(self) -> None:
+        self.queues: list[str] = []
+        self.exchanges: list[str] = []
+
+    def _run(self, fn: Callable[[Any], Any]) -> Any:
+        import aio_pika
+
+        async def go() -> Any:
+            conn = await aio_pika.connect(RABBITMQ, timeout=10)
+            try:
+                channel = await conn.channel()
+                return await fn(channel)
+            finally:
+                await conn.close()
+
+        return asyncio.run(go())
+
+    def queue(self, arguments: dict[str, Any] | None = None) -> str:
+        """A new durable queue (removed at the end of the test)."""
+        name = unique("tq")
+        self.declare(name, arguments)
+        return name
+
+    def declare(self, name: str, arguments: dict[str, Any] | None = None) -> None:
+        self.queues.append(name)
+        self._run(lambda ch: ch.declare_queue(name, durable=True, arguments=arguments))
+
+    def exchange(self) -> str:
+        import aio_pika
+
+        name = unique("tx")
+        self.exchanges.append(name)
+        self._run(lambda ch: ch.declare_exchange(name, aio_pika.ExchangeType.TOPIC))
+        return name
+
+    def publish(
+        self,
+        routing_key: str,
+        bodies: list[bytes],
+        message_ids: list[str | None] | None = None,
+        exchange: str = "",
+    ) -> None:
+        """Publish `bodies` in order (persistent, with publisher confirms)."""
+        import aio_pika
+
+        ids = message_ids or [None] * len(bodies)
+
+        async def go(ch: Any) -> None:
+            ex = ch.default_exchange if not exchange else await ch.get_exchange(exchange)
+            for body, mid in zip(bodies, ids, strict=True):
+                msg = aio_pika.Message(
+                    body, message_id=mid, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+                )
+                await ex.publish(msg, routing_key=routing_key)
+
+        self._run(go)
+
+    def count(self, queue: str) -> int:
+        """Messages ready in `queue`."""
+
+        async def go(ch: Any) -> int:
+            q = await ch.declare_queue(queue, passive=True)
+            return int(q.declaration_result.message_count)
+
+        return int(self._run(go))
+
+    def get(self, queue: str) -> bytes | None:
+        """Take one message off `queue` (None when it is empty)."""
+
+        async def go(ch: Any) -> bytes | None:
+            q = await ch.declare_queue(queue, passive=True)
+            msg = await q.get(fail=False)
+            if msg is None:
+                return None
+            await msg.ack()
+            return bytes(msg.body)
+
+        result: bytes | None = self._run(go)
+        return result
+
+    def cleanup(self) -> None:
+        async def go(ch: Any) -> None:
+            for name in self.queues:
+                await ch.queue_delete(name)
+            for name in self.exchanges:
+                await ch.exchange_delete(name)
+
+        self._run(go)
+
+
+@pytest.fixture
+def rabbit() -> Iterator[Rabbit]:
+    _reachable(5672, "RabbitMQ", "rabbitmq-server -detached")
+    r = Rabbit()
+    yield r
+    r.cleanup()
+
+
+class Postgres:
+    """The machine's PostgreSQL (database `test`), through asyncpg."""
+
+    url = POSTGRES
+
+    def __init__(self) -> None:
+        self.tables: list[str] = []
+
+    def run(self, fn: Callable[[Any], Any]) -> Any:
+        import asyncpg
+
+        async def go() -> Any:
+            conn = await asyncpg.connect(POSTGRES, timeout=10)
+            try:
+                return await fn(conn)
+            finally:
+                await conn.close()
+
+        return asyncio.run(go())
+
+    def outbox(self) -> str:
+        """A new outbox table, made with the DDL tidings ships (dropped at the end)."""
+        from tidings.server.bridges.postgres import outbox_ddl
+
+        table = unique("outbox")
+        self.tables.append(table)
+        self.run(lambda c: c.execute(outbox_ddl(table)))
+        return table
+
+    def insert(self, table: str, rows: list[tuple[str, str | None, str]]) -> list[Any]:
+        """Insert (channel, event, data JSON text) rows in one transaction; their
+        (id, created_at)."""
+
+        async def go(conn: Any) -> list[Any]:
+            async with conn.transaction():
+                return [
+                    await conn.fetchrow(
+                        f"INSERT INTO {table} (channel, event, data) VALUES ($1, $2, $3::jsonb) "
+                        "RETURNING id, created_at",
+                        *row,
+                    )
+                    for row in rows
+                ]
+
+        result: list[Any] = self.run(go)
+        return result
+
+    def count(self, table: str) -> int:
+        return int(self.run(lambda c: c.fetchval(f"SELECT count(*) FROM {table}")))
+
+    def cleanup(self) -> None:
+        async def go(conn: Any) -> None:
+            for table in self.tables:
+                await conn.execute(f"DROP TABLE IF EXISTS {table}")
+                await conn.execute(f"DROP FUNCTION IF EXISTS {table}_notify()")
+
+        self.run(go)
+
+
+@pytest.fixture
+def postgres() -> Iterator[Postgres]:
+    _reachable(
+        5432,
+        "PostgreSQL",
+        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+    )
+    p = Postgres()
+    yield p
+    p.cleanup()
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `check` every 50 ms until it returns something truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def messages(url: str, channel: str) -> list[dict[str, Any]]:
+    """Every retained message of `channel` (a short poll from the oldest)."""
+    r = httpx.get(f"{url}/v1/channels/{channel}/messages", params={"after": "0", "limit": 1000})
+    if r.status_code == 404:
+        return []
+    r.raise_for_status()
+    out: list[dict[str, Any]] = r.json()["messages"]
+    return out
+
+
+def bridge(url: str, name: str) -> dict[str, Any]:
+    """One bridge as GET /v1/admin/bridges shows it."""
+    r = httpx.get(f"{url}/v1/admin/bridges", timeout=10)
+    r.raise_for_status()
+    found: dict[str, Any] = next(b for b in r.json()["bridges"] if b["name"] == name)
+    return found
