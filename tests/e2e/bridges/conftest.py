@@ -8,7 +8,9 @@ the bridges are only known to work where these tests ran against the real thing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -238,3 +240,76 @@ def bridge(url: str, name: str) -> dict[str, Any]:
     r.raise_for_status()
     found: dict[str, Any] = next(b for b in r.json()["bridges"] if b["name"] == name)
     return found
+
+
+class CuttableProxy:
+    """A TCP proxy on a free loopback port to a broker's port, whose connections the test
+    can cut at once (as a network failure or a broker restart would): the bridge sees its
+    connection drop and must reconnect, through the proxy, which keeps accepting."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self.lock:
+                self.sockets += [client, server]
+                self.accepted += 1
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Drop every open connection (new ones are still accepted)."""
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+@pytest.fixture
+def proxy() -> Iterator[Callable[[int], CuttableProxy]]:
+    """Factory: `proxy(5672)` -> a CuttableProxy to that loopback port."""
+    made: list[CuttableProxy] = []
+
+    def factory(port: int) -> CuttableProxy:
+        p = CuttableProxy(port)
+        made.append(p)
+        return p
+
+    yield factory
+    for p in made:
+        p.close()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,9 @@ import httpx
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.e2e.bridges.conftest import Postgres, bridge, messages, wait_for
+from tests.e2e.bridges.conftest import CuttableProxy, Postgres, bridge, messages, wait_for
 from tidings.server.bridges.base import Bridge
+from tidings.server.bridges.postgres import row_bus_id
 
 
 def _url(pg: Postgres, table: str, **params: str) -> str:
@@ -83,7 +86,7 @@ def test_a_row_published_before_a_crash_is_deleted_without_being_published_again
     (row,) = postgres.insert(table, [("ledger", "entry", '{"n": 1}')])
     srv = tidings_server(store=f"sqlite:///{tmp_path / 't.db'}")
     # What a node committed before dying between its publish and its DELETE's commit.
-    key = Bridge.key_for("ob", f"{table}:{row['id']}:{row['created_at'].timestamp():.6f}")
+    key = Bridge.key_for("ob", row_bus_id(table, row["id"], row["created_at"]))
     r = httpx.post(
         f"{srv.url}/v1/channels/ledger/messages",
         json={"data": {"n": 1}, "event": "entry"},
@@ -161,3 +164,27 @@ def test_a_missing_table_is_reported_and_retried(
     view = wait_for(lambda: (b := bridge(srv.url, "ob"))["last_error"] and b, what="an error")
     assert "no_such_outbox does not exist" in view["last_error"]
     assert "outbox-ddl" in view["last_error"]
+
+
+@pytest.mark.timeout(90)
+def test_a_sigkill_or_a_cut_connection_mid_drain_loses_no_row_and_publishes_none_twice(
+    postgres: Postgres,
+    tidings_server: ServerFactory,
+    tmp_path: Path,
+    proxy: Callable[[int], CuttableProxy],
+) -> None:
+    table = postgres.outbox()
+    total = 300
+    postgres.insert(table, [("feed", None, json.dumps({"n": n})) for n in range(total)])
+    via = proxy(5432)
+    url = f"postgresql://postgres@127.0.0.1:{via.port}/test?table={table}&batch=10&name=ob"
+    srv = tidings_server(store=f"sqlite:///{tmp_path / 't.db'}", args=["--bridge", url])
+    wait_for(lambda: len(messages(srv.url, "feed")) >= 30, what="a first part published")
+    via.cut()
+    wait_for(lambda: len(messages(srv.url, "feed")) >= 100, what="more after the cut")
+    srv.stop(signal.SIGKILL)
+    assert postgres.count(table) > 0, "the kill came too late to test anything"
+    srv.start()
+    wait_for(lambda: postgres.count(table) == 0, timeout=40, what="the outbox drained")
+    assert [m["data"]["n"] for m in messages(srv.url, "feed")] == list(range(total))
+    assert via.accepted >= 3

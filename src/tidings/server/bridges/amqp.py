@@ -49,6 +49,7 @@ PARAMS = COMMON_PARAMS | {"queue", "exchange", "binding", "prefetch", "dead_lett
 # Seconds between two reads of the queue's length (the lag).
 LAG_INTERVAL = 5.0
 CONNECT_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 2.0
 
 
 def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
@@ -128,8 +129,9 @@ class AmqpBridge(Bridge):
                     raise task.exception()  # type: ignore[misc]
             raise ConnectionError("the broker closed the connection")
         finally:
+            # A broker that went away may never answer the close: not waited for long.
             with contextlib.suppress(Exception):
-                await connection.close()
+                await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT)
 
     async def _queue(self, channel: aio_pika.abc.AbstractChannel) -> AbstractQueue:
         """The queue to consume: the named one (it must exist), bound to the exchange if

@@ -19,7 +19,8 @@ A trigger on the table NOTIFYs a channel named after it on every insert statemen
 bridge LISTENs and claims at once, and polls every `poll` seconds (default 2) in case a
 notification was missed (a reconnect, a pooler that drops LISTEN). A row whose channel,
 event or data cannot be published is recorded on the errors channel (`bridge.errors`) and
-deleted. The lag shown is the table's row count after each claim.
+deleted. The lag shown is the table's row count (counted after a claim, at most every
+few seconds while a backlog drains).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 import zlib
 from dataclasses import replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tidings.server.bridges.base import (
@@ -48,7 +51,7 @@ from tidings.server.channels import ChannelService
 if TYPE_CHECKING:
     import asyncpg
 
-__all__ = ["BRIDGE", "DEFAULT_TABLE", "OutboxBridge", "outbox_ddl", "parse"]
+__all__ = ["BRIDGE", "DEFAULT_TABLE", "OutboxBridge", "outbox_ddl", "parse", "row_bus_id"]
 
 DEFAULT_TABLE = "tidings_outbox"
 FIELDS = frozenset({"channel", "event", "id"})
@@ -56,6 +59,10 @@ PARAMS = COMMON_PARAMS | {"table", "batch", "poll", "order"}
 # A table name: an SQL identifier, optionally schema-qualified, never quoted by the user.
 _TABLE = re.compile(r"^(?:[a-z_][a-z0-9_]{0,62}\.)?[a-z_][a-z0-9_]{0,62}$")
 CONNECT_TIMEOUT = 10.0
+# The lag (rows waiting) is counted at most every LAG_INTERVAL seconds while a backlog
+# drains, and up to LAG_COUNT_CAP rows.
+LAG_INTERVAL = 5.0
+LAG_COUNT_CAP = 1_000_000
 
 
 def check_table(table: str) -> str:
@@ -66,6 +73,12 @@ def check_table(table: str) -> str:
             "schema.name"
         )
     return table
+
+
+def row_bus_id(table: str, row_id: int, created_at: datetime) -> str:
+    """An outbox row's bus id (its idempotency key's source): its table, id and insert
+    time, so that ids a table reuses (after a TRUNCATE … RESTART IDENTITY) are new keys."""
+    return f"{table}:{row_id}:{created_at.isoformat()}"
 
 
 def _notify_channel(table: str) -> str:
@@ -151,7 +164,8 @@ class OutboxBridge(Bridge):
             "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
         )
         self._delete = f"DELETE FROM {t} WHERE id = ANY($1::bigint[])"
-        self._count = f"SELECT count(*) FROM {t}"
+        self._count = f"SELECT count(*) FROM (SELECT 1 FROM {t} LIMIT $1) AS waiting"
+        self._counted = 0.0
 
     async def session(self) -> None:
         import asyncpg
@@ -200,9 +214,14 @@ class OutboxBridge(Bridge):
                 done.append(row["id"])
             if done:
                 await conn.execute(self._delete, done)
-            self.stats.lag = await conn.fetchval(self._count)
         # Committed: the rows are gone from the outbox for good.
         self.stats.acknowledged += len(done)
+        now = time.monotonic()
+        if len(rows) < self.batch or now - self._counted > LAG_INTERVAL:
+            # Counted when the table was just drained (cheap) or every few seconds, and
+            # only so far: counting a long backlog scans it.
+            self._counted = now
+            self.stats.lag = await conn.fetchval(self._count, LAG_COUNT_CAP)
         return len(rows)
 
     async def _publish_row(self, row: Any) -> None:
@@ -211,7 +230,7 @@ class OutboxBridge(Bridge):
             "event": row["event"] or "",
             "id": str(row["id"]),
         }
-        bus_id = f"{self.table}:{row['id']}:{row['created_at'].timestamp():.6f}"
+        bus_id = row_bus_id(self.table, row["id"], row["created_at"])
         data: str = row["data"]
         outcome, reason = await self.deliver(values, data.encode(), bus_id)
         if outcome is Outcome.DEAD:
