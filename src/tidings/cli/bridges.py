@@ -1,4 +1,5 @@
-"""`tidings bridges`: a server's bridges to message buses; `tidings bridges outbox-ddl`:
+"""`tidings bridges`: a server's bridges to message buses (RabbitMQ, NATS JetStream, a
+PostgreSQL outbox); `tidings bridges outbox-ddl`:
 the PostgreSQL outbox table the postgres bridge drains."""
 
 from __future__ import annotations

@@ -254,9 +254,9 @@ def serve(
         _option(
             "bridges",
             "A bridge from a message bus, by URL (repeatable), e.g. amqp://guest:guest@"
-            "127.0.0.1:5672/?queue=orders&channel=orders.{routing_key} or postgresql://"
-            "app@127.0.0.1/app?table=tidings_outbox; the variable takes URLs separated by "
-            "spaces.",
+            "127.0.0.1:5672/?queue=orders&channel=orders.{routing_key}, nats://127.0.0.1:4222/"
+            "?stream=ORDERS&channel={subject} or postgresql://app@127.0.0.1/app?table="
+            "tidings_outbox; the variable takes URLs separated by spaces.",
             "--bridge",
             default="none",
             metavar="URL",

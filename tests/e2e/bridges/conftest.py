@@ -313,3 +313,71 @@ def proxy() -> Iterator[Callable[[int], CuttableProxy]]:
     yield factory
     for p in made:
         p.close()
+
+
+class Nats:
+    """The machine's NATS server with JetStream, through nats-py."""
+
+    url = "nats://127.0.0.1:4222"
+
+    def __init__(self) -> None:
+        self.streams: list[str] = []
+
+    def run(self, fn: Callable[[Any], Any]) -> Any:
+        import nats
+
+        async def go() -> Any:
+            nc = await nats.connect(self.url, allow_reconnect=False, connect_timeout=5)
+            try:
+                return await fn(nc.jetstream())
+            finally:
+                await nc.close()
+
+        return asyncio.run(go())
+
+    def stream(self) -> tuple[str, str]:
+        """A new stream (deleted at the end of the test) and its subjects' prefix."""
+        name = unique("TS")
+        prefix = name.lower()
+        self.streams.append(name)
+        self.run(lambda js: js.add_stream(name=name, subjects=[f"{prefix}.>"]))
+        return name, prefix
+
+    def publish(self, subject: str, bodies: list[bytes]) -> list[int]:
+        """Publish `bodies` in order; their stream sequence numbers."""
+
+        async def go(js: Any) -> list[int]:
+            return [(await js.publish(subject, body)).seq for body in bodies]
+
+        result: list[int] = self.run(go)
+        return result
+
+    def created(self, stream: str) -> str:
+        """The stream's creation time, as the bridge puts it in a message's bus id."""
+
+        async def go(js: Any) -> str:
+            created: str = (await js.stream_info(stream)).created.isoformat()
+            return created
+
+        result: str = self.run(go)
+        return result
+
+    def cleanup(self) -> None:
+        async def go(js: Any) -> None:
+            for name in self.streams:
+                await js.delete_stream(name)
+
+        self.run(go)
+
+
+@pytest.fixture
+def jetstream() -> Iterator[Nats]:
+    _reachable(
+        4222,
+        "NATS (with JetStream)",
+        "start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- "
+        "-a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server",
+    )
+    n = Nats()
+    yield n
+    n.cleanup()

@@ -65,7 +65,10 @@ def test_an_amqp_url_keeps_the_drivers_own_parameters_and_takes_tidings_ones():
         (f"{AMQP}?queue=q&channel=c&binding=a.*", "binding= binds to an exchange"),
         ("postgresql://h/db?poll=0", "poll=0.0 is out of range"),
         ("postgresql://h/db?batch=1&batch=2", "batch= is given twice"),
-        ("nats://h:4222/?subject=a", "unknown kind nats://"),
+        ("kafka://h:9092/?topic=a", "unknown kind kafka://"),
+        ("nats://h:4222/?subject=a&channel=c", "needs stream=NAME"),
+        ("nats://h:4222/?stream=a.b&channel=c", "stream='a.b': use 1-64 characters"),
+        ("nats://h:4222/?stream=S&channel=c&dead_letter=x", "dead_letter='x': use channel"),
         ("no-scheme", "unknown kind (no scheme)"),
     ],
 )

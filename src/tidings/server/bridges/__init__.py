@@ -5,6 +5,7 @@ TIDINGS_BRIDGES: URLs separated by spaces or new lines); its scheme says its kin
 query parameters its mapping:
 
     amqp://guest:guest@127.0.0.1:5672/?queue=orders&channel=orders.{routing_key}&event=order
+    nats://127.0.0.1:4222/?stream=ORDERS&subject=orders.>&channel=orders.{subject}
     postgresql://app@127.0.0.1:5432/app?table=tidings_outbox
 
 Parameters every kind takes: `channel=` (a template: `{placeholders}` filled from the
@@ -13,7 +14,8 @@ the metrics and the idempotency keys call the bridge), `format=json|text` (how t
 becomes the message's data), `max_bytes=` and `max_depth=` (larger or deeper bodies are
 dead-lettered; at most the server's own limits), `errors=` (the channel dead-letter
 records go to, `bridge.errors` by default). The kinds' own are in their modules:
-tidings.server.bridges.amqp, tidings.server.bridges.postgres.
+tidings.server.bridges.amqp, tidings.server.bridges.jetstream,
+tidings.server.bridges.postgres.
 
 Every URL is checked when the server starts: a mistake, or a driver that is not
 installed (named with the extra that brings it: `pip install 'tidings[amqp]'`), stops
@@ -62,6 +64,7 @@ class _Kind:
 
 KINDS = (
     _Kind("amqp", ("amqp", "amqps"), "tidings.server.bridges.amqp", "aio_pika", "amqp"),
+    _Kind("nats", ("nats", "tls"), "tidings.server.bridges.jetstream", "nats", "nats"),
     _Kind(
         "postgres",
         ("postgresql", "postgres"),
