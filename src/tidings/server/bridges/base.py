@@ -164,7 +164,9 @@ def split_url(url: str, own: frozenset[str]) -> tuple[str, dict[str, str]]:
     parts = urlsplit(url)
     kept: list[tuple[str, str]] = []
     params: dict[str, str] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+    # A + is a plus (an MQTT wildcard), never a space: no bridge parameter holds spaces.
+    query = parts.query.replace("+", "%2B")
+    for key, value in parse_qsl(query, keep_blank_values=True):
         if key in own:
             if key in params:
                 raise BridgeConfigError(f"{key}= is given twice: give it once")
