@@ -83,7 +83,9 @@ class TidingsApp:
         self.metrics.watch_schedules(self.schedules.counters)
         # Bridge URLs are checked here, before the port is bound: a mistake stops the start.
         self.bridges = Bridges(
-            parse_bridges(settings.bridges, settings.max_message_bytes, settings.max_depth),
+            parse_bridges(
+                settings.bridges, settings.max_message_bytes, settings.max_depth, settings.workers
+            ),
             self.channels,
         )
         self.metrics.watch_bridges(self.bridges)

@@ -212,7 +212,7 @@ def postgres() -> Iterator[Postgres]:
     p.cleanup()
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Poll `check` every 50 ms until it returns something truthy; fail after `timeout`."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -226,7 +226,9 @@ def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condi
 
 def messages(url: str, channel: str) -> list[dict[str, Any]]:
     """Every retained message of `channel` (a short poll from the oldest)."""
-    r = httpx.get(f"{url}/v1/channels/{channel}/messages", params={"after": "0", "limit": 1000})
+    r = httpx.get(
+        f"{url}/v1/channels/{channel}/messages", params={"after": "0", "limit": 1000}, timeout=20
+    )
     if r.status_code == 404:
         return []
     r.raise_for_status()
@@ -236,24 +238,38 @@ def messages(url: str, channel: str) -> list[dict[str, Any]]:
 
 def bridge(url: str, name: str) -> dict[str, Any]:
     """One bridge as GET /v1/admin/bridges shows it."""
-    r = httpx.get(f"{url}/v1/admin/bridges", timeout=10)
+    r = httpx.get(f"{url}/v1/admin/bridges", timeout=20)
     r.raise_for_status()
     found: dict[str, Any] = next(b for b in r.json()["bridges"] if b["name"] == name)
     return found
 
 
 class CuttableProxy:
-    """A TCP proxy on a free loopback port to a broker's port, whose connections the test
-    can cut at once (as a network failure or a broker restart would): the bridge sees its
-    connection drop and must reconnect, through the proxy, which keeps accepting."""
+    """A TCP proxy on a free loopback port to a broker's port, whose connections are cut
+    at once (as a network failure or a broker restart would): the bridge sees its
+    connection drop and must reconnect, through the proxy, which keeps accepting.
 
-    def __init__(self, upstream_port: int) -> None:
+    Args:
+        upstream_port: the broker's port on 127.0.0.1.
+        cut_after: cut every connection once this many bytes came from the broker (over
+            all connections), from the proxy's own thread: mid-stream whatever the load
+            of the machine, where a test polling for progress could come too late.
+        delay: seconds of delay added to each chunk from the broker (slows a stream).
+    """
+
+    def __init__(
+        self, upstream_port: int, cut_after: int | None = None, delay: float = 0.0
+    ) -> None:
         self.upstream = ("127.0.0.1", upstream_port)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
         self.lock = threading.Lock()
         self.accepted = 0
+        self.cut_after = cut_after
+        self.delay = delay
+        self.downstream = 0
+        self.cuts = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -271,14 +287,23 @@ class CuttableProxy:
             with self.lock:
                 self.sockets += [client, server]
                 self.accepted += 1
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, from_broker: bool) -> None:
         try:
             while data := src.recv(65536):
+                if from_broker and self.delay:
+                    time.sleep(self.delay)
                 dst.sendall(data)
+                if from_broker and self.cut_after is not None:
+                    with self.lock:
+                        self.downstream += len(data)
+                        due = self.downstream >= self.cut_after
+                        if due:
+                            self.cut_after = None  # once
+                    if due:
+                        self.cut()
         except OSError:
             pass
         finally:
@@ -290,6 +315,7 @@ class CuttableProxy:
         """Drop every open connection (new ones are still accepted)."""
         with self.lock:
             sockets, self.sockets = self.sockets, []
+            self.cuts += 1
         for s in sockets:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
@@ -301,12 +327,12 @@ class CuttableProxy:
 
 
 @pytest.fixture
-def proxy() -> Iterator[Callable[[int], CuttableProxy]]:
-    """Factory: `proxy(5672)` -> a CuttableProxy to that loopback port."""
+def proxy() -> Iterator[Callable[..., CuttableProxy]]:
+    """Factory: `proxy(5672, cut_after=..., delay=...)` -> a CuttableProxy to that port."""
     made: list[CuttableProxy] = []
 
-    def factory(port: int) -> CuttableProxy:
-        p = CuttableProxy(port)
+    def factory(port: int, cut_after: int | None = None, delay: float = 0.0) -> CuttableProxy:
+        p = CuttableProxy(port, cut_after, delay)
         made.append(p)
         return p
 

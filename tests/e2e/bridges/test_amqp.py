@@ -1,21 +1,19 @@
 """The RabbitMQ bridge against the machine's RabbitMQ and real tidings servers: delivery
 into SSE and long-poll subscribers, acknowledgement after commit (a redelivery is not
-published twice, across a SIGKILL too), dead letters, reconnects, the admin view."""
+published twice), dead letters, reconnects, the admin view, the CLI and the metrics.
+Failures mid-stream: test_amqp_failures.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import signal
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.e2e.bridges.conftest import CuttableProxy, Rabbit, bridge, messages, wait_for
+from tests.e2e.bridges.conftest import Rabbit, bridge, messages, wait_for
 from tidings.server.bridges.base import Bridge
 
 
@@ -24,7 +22,7 @@ def _url(rabbit: Rabbit, **params: str) -> str:
     return f"{rabbit.url}?{query}"
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_messages_reach_an_sse_and_a_long_poll_subscriber_with_their_routed_channel_and_event(
     rabbit: Rabbit, tidings_server: ServerFactory
 ) -> None:
@@ -36,12 +34,14 @@ def test_messages_reach_an_sse_and_a_long_poll_subscriber_with_their_routed_chan
     channel = f"orders.{queue}"
 
     async def subscribe() -> tuple[list[tuple[str, Any]], list[Any]]:
-        async with httpx.AsyncClient(base_url=srv.url, timeout=20) as client:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=40) as client:
 
             async def sse() -> list[tuple[str, Any]]:
                 got: list[tuple[str, Any]] = []
                 event = ""
-                async with client.stream("GET", f"/v1/channels/{channel}/events") as r:
+                async with client.stream(
+                    "GET", f"/v1/channels/{channel}/events", params={"after": "0"}
+                ) as r:
                     assert r.status_code == 200
                     async for line in r.aiter_lines():
                         if line.startswith("event:"):
@@ -55,21 +55,21 @@ def test_messages_reach_an_sse_and_a_long_poll_subscriber_with_their_routed_chan
 
             async def long_poll() -> list[Any]:
                 r = await client.get(
-                    f"/v1/channels/{channel}/messages", params={"after": "0", "wait": 15}
+                    f"/v1/channels/{channel}/messages", params={"after": "0", "wait": 25}
                 )
                 assert r.status_code == 200
                 return [m["data"] for m in r.json()["messages"]]
 
             sse_task = asyncio.ensure_future(sse())
             poll_task = asyncio.ensure_future(long_poll())
-            await asyncio.sleep(0.3)  # both subscribers are waiting
+            await asyncio.sleep(0.3)  # both subscribers are (most likely) waiting
             await asyncio.to_thread(
                 rabbit.publish,
                 queue,
                 [json.dumps({"n": n}).encode() for n in range(3)],
                 [f"m{n}" for n in range(3)],
             )
-            return await asyncio.wait_for(sse_task, 15), await asyncio.wait_for(poll_task, 15)
+            return await asyncio.wait_for(sse_task, 30), await asyncio.wait_for(poll_task, 30)
 
     streamed, polled = asyncio.run(subscribe())
     assert streamed == [("order", {"n": 0}), ("order", {"n": 1}), ("order", {"n": 2})]
@@ -83,7 +83,7 @@ def test_messages_reach_an_sse_and_a_long_poll_subscriber_with_their_routed_chan
     assert rabbit.count(queue) == 0
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_a_redelivered_message_tidings_already_committed_is_acknowledged_not_published_again(
     rabbit: Rabbit, tidings_server: ServerFactory
 ) -> None:
@@ -108,35 +108,7 @@ def test_a_redelivered_message_tidings_already_committed_is_acknowledged_not_pub
     assert rabbit.count(queue) == 0
 
 
-@pytest.mark.timeout(90)
-def test_a_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
-    rabbit: Rabbit, tidings_server: ServerFactory, tmp_path: Path
-) -> None:
-    queue = rabbit.queue()
-    total = 200
-    rabbit.publish(
-        queue,
-        [json.dumps({"n": n}).encode() for n in range(total)],
-        [f"k{n}" for n in range(total)],
-    )
-    srv = tidings_server(
-        store=f"sqlite:///{tmp_path / 't.db'}",
-        args=["--bridge", _url(rabbit, queue=queue, channel="feed", prefetch="50")],
-    )
-    wait_for(lambda: len(messages(srv.url, "feed")) >= 20, what="a first part published")
-    srv.stop(signal.SIGKILL)
-    assert rabbit.count(queue) > 0, "the kill came too late to test anything"
-    srv.start()
-    got = wait_for(
-        lambda: (m := messages(srv.url, "feed")) and len(m) >= total and m,
-        timeout=30,
-        what=f"{total} messages",
-    )
-    assert [m["data"]["n"] for m in got] == list(range(total))
-    wait_for(lambda: rabbit.count(queue) == 0, what="the queue drained")
-
-
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_a_malformed_message_is_recorded_on_bridge_errors_and_the_next_is_delivered(
     rabbit: Rabbit, tidings_server: ServerFactory
 ) -> None:
@@ -165,7 +137,7 @@ def test_a_malformed_message_is_recorded_on_bridge_errors_and_the_next_is_delive
     assert "dead-lettered" in view["last_error"]
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_with_dead_letter_reject_a_malformed_message_goes_to_the_queues_dead_letter_exchange(
     rabbit: Rabbit, tidings_server: ServerFactory
 ) -> None:
@@ -184,7 +156,7 @@ def test_with_dead_letter_reject_a_malformed_message_goes_to_the_queues_dead_let
     assert messages(srv.url, "bridge.errors") == []
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_an_exchange_binding_routes_by_routing_key_and_a_missing_queue_is_retried_until_it_exists(
     rabbit: Rabbit, tidings_server: ServerFactory
 ) -> None:
@@ -205,7 +177,7 @@ def test_an_exchange_binding_routes_by_routing_key_and_a_missing_queue_is_retrie
     assert view["state"] in ("backoff", "connecting")
     assert queue in view["last_error"]
     rabbit.declare(queue)
-    wait_for(lambda: bridge(srv.url, "shop")["state"] == "running", timeout=20, what="running")
+    wait_for(lambda: bridge(srv.url, "shop")["state"] == "running", what="running")
     rabbit.publish("order.paid", [b'{"id": 7}'], exchange=exchange)
     rabbit.publish("invoice.sent", [b'{"id": 8}'], exchange=exchange)  # not bound
     got = wait_for(lambda: messages(srv.url, "shop.order.paid"), what="the routed message")
@@ -213,7 +185,7 @@ def test_an_exchange_binding_routes_by_routing_key_and_a_missing_queue_is_retrie
     assert bridge(srv.url, "shop")["reconnects"] >= 1
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_the_bridges_command_and_metrics_show_the_counts(
     rabbit: Rabbit, tidings_server: ServerFactory
 ) -> None:
@@ -233,36 +205,3 @@ def test_the_bridges_command_and_metrics_show_the_counts(
     assert 'tidings_bridge_messages_total{bridge="m-in",outcome="published"} 2.0' in metrics
     assert 'tidings_bridge_messages_total{bridge="m-in",outcome="dead_lettered"} 1.0' in metrics
     assert 'tidings_bridge_up{bridge="m-in"} 1.0' in metrics
-
-
-@pytest.mark.timeout(90)
-def test_a_connection_cut_mid_stream_loses_nothing_and_duplicates_nothing(
-    rabbit: Rabbit, tidings_server: ServerFactory, proxy: Callable[[int], CuttableProxy]
-) -> None:
-    queue = rabbit.queue()
-    total = 200
-    rabbit.publish(
-        queue,
-        [json.dumps({"n": n}).encode() for n in range(total)],
-        [f"k{n}" for n in range(total)],
-    )
-    via = proxy(5672)
-    url = f"amqp://guest:guest@127.0.0.1:{via.port}/?queue={queue}&channel=feed&name=cut"
-    srv = tidings_server(args=["--bridge", url])
-    wait_for(lambda: len(messages(srv.url, "feed")) >= 30, what="a first part published")
-    via.cut()
-    got = wait_for(
-        lambda: (m := messages(srv.url, "feed")) and len(m) >= total and m,
-        timeout=40,
-        what=f"{total} messages",
-    )
-    assert [m["data"]["n"] for m in got] == list(range(total))
-    view = wait_for(
-        lambda: (b := bridge(srv.url, "cut"))["acknowledged"] >= total and b, what="the acks"
-    )
-    assert view["reconnects"] >= 1
-    assert via.accepted >= 2
-    # Each message published once; a redelivery of one committed before the cut (its
-    # ack lost) counted as a duplicate.
-    assert view["published"] == total
-    assert rabbit.count(queue) == 0

@@ -33,7 +33,7 @@ def _serve(*bridges: str, prelude: str = "") -> subprocess.CompletedProcess[str]
     )
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("url", "said"),
     [
@@ -57,7 +57,7 @@ def test_a_bridge_url_that_cannot_work_stops_the_start_saying_what_to_fix(
     assert "guest:guest" not in done.stderr
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(90)
 def test_two_bridges_of_one_name_are_refused() -> None:
     url = f"{RABBITMQ}?queue=q&channel=a&name=same"
     done = _serve(url, url.replace("queue=q", "queue=r"))
@@ -65,7 +65,7 @@ def test_two_bridges_of_one_name_are_refused() -> None:
     assert "two bridges are named 'same'" in done.stderr
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(90)
 @pytest.mark.parametrize(
     ("url", "module", "extra"),
     [
@@ -84,7 +84,7 @@ def test_a_bridge_whose_driver_is_missing_names_the_extra_to_install(
     assert f"pip install '{extra}'" in " ".join(done.stderr.split()), done.stderr
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_tidings_bridges_holds_urls_separated_by_white_space_and_hides_passwords(
     rabbit: Rabbit, tidings_server: ServerFactory
 ) -> None:

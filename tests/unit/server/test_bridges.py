@@ -89,6 +89,14 @@ def test_a_plus_in_a_query_value_is_a_plus_an_mqtt_wildcard_not_a_space():
     assert "p%40ss" not in spec.shown_url
 
 
+def test_an_mqtt_bridge_is_refused_in_a_server_of_several_processes():
+    url = "mqtt://h/?topic=a&channel=c"
+    assert len(parse_bridges(url, 10, 2, processes=1)) == 1
+    with pytest.raises(BridgeConfigError, match="an MQTT session belongs to one client id"):
+        parse_bridges(url, 10, 2, processes=4)
+    assert len(parse_bridges(f"{AMQP}?queue=a&channel=x", 10, 2, processes=4)) == 1
+
+
 def test_bridges_are_separated_by_white_space_and_their_names_must_differ():
     specs = parse_bridges(f"{AMQP}?queue=a&channel=x\n\t{AMQP}?queue=b&channel=y  ", 10, 2)
     assert [s.name for _, s in specs] == ["amqp.a", "amqp.b"]

@@ -95,9 +95,12 @@ def split_bridges(text: str) -> list[str]:
     return text.split()
 
 
-def parse_bridges(text: str, max_bytes: int, max_depth: int) -> list[tuple[_Kind, BridgeSpec]]:
+def parse_bridges(
+    text: str, max_bytes: int, max_depth: int, processes: int = 1
+) -> list[tuple[_Kind, BridgeSpec]]:
     """Every bridge URL in `text`, checked; BridgeConfigError naming the URL and what to
-    fix, or the extra to install when a kind's driver is missing."""
+    fix, or the extra to install when a kind's driver is missing. `processes`: how many
+    server processes will each run every bridge (--workers)."""
     urls = split_bridges(text)
     if len(urls) > MAX_BRIDGES:
         raise BridgeConfigError(f"{len(urls)} bridges: one server runs at most {MAX_BRIDGES}")
@@ -115,6 +118,12 @@ def parse_bridges(text: str, max_bytes: int, max_depth: int) -> list[tuple[_Kind
             raise BridgeConfigError(
                 f"bridge {spec.shown_url}: the {kind.name} driver ({kind.driver}) is not "
                 f"installed: pip install 'tidings[{kind.extra}]'"
+            )
+        if processes > 1 and kind.name == "mqtt":
+            raise BridgeConfigError(
+                f"bridge {spec.shown_url}: an MQTT session belongs to one client id, and "
+                f"each of the {processes} processes of --workers would take it from the "
+                "others; run MQTT bridges in a tidings of one process"
             )
         if spec.name in names:
             raise BridgeConfigError(

@@ -16,10 +16,18 @@ however often the broker sends it; one without is published at least once. Retai
 messages are sent when the subscription is first made, not at each reconnect. A
 malformed or oversized message is recorded on the errors channel (`bridge.errors`) and
 acknowledged (MQTT has no dead-letter destination). No lag is shown: MQTT does not say.
+
+A client id has one session: two tidings with the same bridge would take it from each
+other (and --workers N with an MQTT bridge is refused at start). Several nodes share the
+load with an MQTT 5 shared subscription, each with a client id of its own:
+`topic=$share/tidings/sensors/%23&client_id=tidings-node1`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
@@ -43,6 +51,9 @@ __all__ = ["BRIDGE", "MqttBridge", "parse"]
 FIELDS = frozenset({"topic"})
 PARAMS = COMMON_PARAMS | {"topic", "client_id", "session_expiry", "prefetch", "id_property"}
 CONNECT_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 2.0
+# Seconds between two looks at the client's socket (_watch_socket).
+WATCH_INTERVAL = 1.0
 
 
 def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
@@ -86,6 +97,40 @@ def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
     return spec
 
 
+async def _close(client: aiomqtt.Client, paho: Any) -> None:
+    """Leave the client's context; when its connection is already broken the graceful
+    disconnect it waits for never comes (it waits with no timeout): then, after
+    CLOSE_TIMEOUT seconds, its socket is taken off the event loop and closed."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.__aexit__(None, None, None), CLOSE_TIMEOUT)
+    sock = paho.socket()
+    if sock is not None and sock.fileno() >= 0:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock.fileno())
+        loop.remove_writer(sock.fileno())
+        sock.close()
+
+
+async def _watch_socket(paho: Any) -> None:
+    """Return when the client's connection is gone. aiomqtt learns of a lost connection
+    from paho, which, on uvloop, can miss it (a write registered on a socket that closed
+    meanwhile fails in a loop callback, and no disconnect follows): the socket itself is
+    looked at every WATCH_INTERVAL seconds — closed, or at its end (a peek reads nothing).
+    """
+    while True:
+        await asyncio.sleep(WATCH_INTERVAL)
+        sock = paho.socket()
+        if sock is None or sock.fileno() < 0 or not paho.is_connected():
+            raise ConnectionError("the MQTT connection was lost")
+        try:
+            if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                raise ConnectionError("the MQTT broker closed the connection")
+        except (BlockingIOError, InterruptedError):
+            continue  # nothing to read: the connection is open
+        except OSError as exc:
+            raise ConnectionError(f"the MQTT connection was lost: {exc}") from None
+
+
 class MqttBridge(Bridge):
     """One QoS 1 subscription: each message published to its channel, then PUBACKed."""
 
@@ -126,19 +171,37 @@ class MqttBridge(Bridge):
         # (aiomqtt does not expose them: its paho client is reached directly).
         paho = client._client
         paho.manual_ack_set(True)
-        async with client:
+        await client.__aenter__()
+        try:
             # Retained messages only when the subscription is new to the session.
             options = SubscribeOptions(qos=1, retainHandling=1)
             await client.subscribe(x["topic"], options=options)
             self.connected()
-            async for message in client.messages:
-                await self._handle(message)
-                # PUBACK, after the commit.
-                paho.ack(message.mid, message.qos)
-                self.stats.acknowledged += 1
-                if self.stopping:
-                    return
-        raise ConnectionError("the MQTT connection ended")
+            consume: asyncio.Future[Any] = asyncio.ensure_future(self._consume(client, paho))
+            watch: asyncio.Future[Any] = asyncio.ensure_future(_watch_socket(paho))
+            try:
+                await asyncio.wait((consume, watch), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (consume, watch):
+                    task.cancel()
+                await asyncio.gather(consume, watch, return_exceptions=True)
+            for task in (consume, watch):
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            if self.stopping:
+                return
+            raise ConnectionError("the MQTT connection ended")
+        finally:
+            await _close(client, paho)
+
+    async def _consume(self, client: aiomqtt.Client, paho: Any) -> None:
+        async for message in client.messages:
+            await self._handle(message)
+            # PUBACK, after the commit.
+            paho.ack(message.mid, message.qos)
+            self.stats.acknowledged += 1
+            if self.stopping:
+                return
 
     async def _handle(self, message: aiomqtt.Message) -> None:
         values = {"topic": message.topic.value.replace("/", ".")}
