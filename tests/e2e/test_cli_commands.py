@@ -288,6 +288,8 @@ OWN_COMMANDS = [
     *(("users", c) for c in ("add", "grant", "remove", "list")),
     *(("tokens", c) for c in ("create", "list", "revoke")),
     ("workers",),
+    ("bridges",),
+    ("bridges", "outbox-ddl"),
 ]
 
 

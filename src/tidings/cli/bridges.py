@@ -43,7 +43,9 @@ def bridges(
     json_out: Annotated[
         bool,
         typer.Option(
-            "--json", help='Print the server\'s answer, one JSON object {"bridges": [...]}.'
+            "--json",
+            help='Print the server\'s answer, one JSON object {"bridges": [...]}. '
+            "Default: a table.",
         ),
     ] = False,
     url: UrlOption = DEFAULT_URL,
@@ -88,7 +90,13 @@ def bridges(
     print_table(table)
 
 
-@bridges_app.command("outbox-ddl")
+@bridges_app.command(
+    "outbox-ddl",
+    epilog="""\b
+Examples:
+  tidings bridges outbox-ddl | psql app
+  tidings bridges outbox-ddl --table events.outbox > outbox.sql""",
+)
 def outbox_ddl(
     table: Annotated[
         str,

@@ -2,7 +2,7 @@
 one publish path through which a bus message becomes a channel message.
 
 A bridge runs `session()` (connect, consume until the connection fails) inside `run()`,
-which reconnects with capped exponential backoff and full jitter. A bus message goes
+which reconnects with capped exponential backoff and jitter. A bus message goes
 through `Bridge.deliver`: rendered into a channel and an event, decoded and bounded, then
 published through the channel service with the bus message's id as the idempotency key,
 so that a redelivery of a message tidings already committed is not published again. Only
@@ -128,7 +128,7 @@ class BridgeSpec:
     """One bridge as its URL declares it.
 
     Args:
-        kind: `amqp` or `postgres`.
+        kind: `amqp`, `nats`, `mqtt` or `postgres`.
         name: what the bridge is called (`?name=`; default from its queue or table).
         url: the URL as given (secrets included: never shown; see `shown_url`).
         connect_url: the URL the driver connects to (tidings' parameters removed).
@@ -139,6 +139,8 @@ class BridgeSpec:
         max_bytes: the largest bus message body accepted; larger is dead-lettered.
         max_depth: deepest nesting accepted in a JSON body.
         errors: the channel dead-letter records go to.
+        shown_url: the URL without its secrets, for logs and the admin view.
+        extra: the kind's own parameters, checked (its module's `parse`).
     """
 
     kind: str
@@ -277,8 +279,9 @@ def check_bridge_channel(name: str, what: str) -> None:
 
 
 class Backoff:
-    """Capped exponential backoff with full jitter: wait a random time in
-    [0, min(cap, first * 2**n)) before the n-th retry; `reset` after a success."""
+    """Capped exponential backoff with jitter: before the n-th retry, wait a random time
+    between half and all of min(cap, first * 2**n) (never nothing: a broker that refuses
+    at once is not hammered); `reset` after a success."""
 
     def __init__(self, first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP) -> None:
         self.first = first
@@ -289,7 +292,7 @@ class Backoff:
         """The wait before the next attempt (it grows with each call)."""
         ceiling = min(self.cap, self.first * (2 ** min(self.attempt, 30)))
         self.attempt += 1
-        # Full jitter: nodes that lost the same broker at once do not return at once.
+        # Jitter: nodes that lost the same broker at once do not return at once.
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (not cryptography)
 
     def reset(self) -> None:
