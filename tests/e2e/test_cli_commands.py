@@ -289,6 +289,8 @@ OWN_COMMANDS = [
     *(("tokens", c) for c in ("create", "list", "revoke")),
     ("workers",),
     ("lab",),
+    ("bridges",),
+    ("bridges", "outbox-ddl"),
 ]
 
 

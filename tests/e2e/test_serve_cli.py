@@ -109,7 +109,12 @@ def test_every_option_shows_its_default_and_its_variable(command: str) -> None:
     entries.pop("--help")
     assert len(entries) >= (40 if command == "serve" else 5), entries
     # `tidings worker --name`: a bare TIDINGS_NAME would say nothing of what it names.
-    variables = {"--name": "TIDINGS_WORKER_NAME"} if command == "worker" else {}
+    # `tidings serve --bridge URL`, repeatable: one bridge per option, all in TIDINGS_BRIDGES.
+    variables = (
+        {"--name": "TIDINGS_WORKER_NAME"}
+        if command == "worker"
+        else {"--bridge": "TIDINGS_BRIDGES"}
+    )
     for flag, entry in entries.items():
         name = flag.removeprefix("--").replace("-", "_").upper()
         assert f"[env {variables.get(flag, f'TIDINGS_{name}')}]" in entry, entry
@@ -137,9 +142,11 @@ def test_worker_concurrency_help_states_the_defaults_by_handler_kind() -> None:
 def test_every_setting_but_the_secrets_is_a_serve_option() -> None:
     entries = _option_entries(_tidings("serve", "--help").stdout)
     env_only = {"jwt_secret", "app_jwt_key", "sqlite_synchronous"}  # secrets; a tuning knob
+    singular = {"bridges": "--bridge"}  # repeated once per bridge
     for field in dataclasses.fields(Settings):
         if field.name not in env_only:
-            assert "--" + field.name.replace("_", "-") in entries, field.name
+            flag = singular.get(field.name, "--" + field.name.replace("_", "-"))
+            assert flag in entries, field.name
 
 
 @pytest.mark.parametrize(

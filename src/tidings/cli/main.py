@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from tidings.cli.admin import tokens_app, users_app
+from tidings.cli.bridges import bridges_app
 from tidings.cli.channels import channels_app
 from tidings.cli.doctor import EPILOG as DOCTOR_EPILOG
 from tidings.cli.doctor import doctor
@@ -58,6 +59,7 @@ app.add_typer(channels_app)
 app.add_typer(schedules_app)
 app.add_typer(users_app)
 app.add_typer(tokens_app)
+app.add_typer(bridges_app)
 app.command(epilog=WORKERS_EPILOG)(workers)
 app.command(epilog=DOCTOR_EPILOG)(doctor)
 app.command(epilog=LAB_EPILOG)(lab)

@@ -249,6 +249,19 @@ def serve(
             "workers", "Server processes on this port (needs a shared store: redis://).", min=1
         ),
     ] = None,
+    bridges: Annotated[
+        list[str] | None,
+        _option(
+            "bridges",
+            "A bridge from a message bus, by URL (repeatable), e.g. amqp://guest:guest@"
+            "127.0.0.1:5672/?queue=orders&channel=orders.{routing_key}, nats://127.0.0.1:4222/"
+            "?stream=ORDERS&channel={subject} or postgresql://app@127.0.0.1/app?table="
+            "tidings_outbox; the variable takes URLs separated by spaces.",
+            "--bridge",
+            default="none",
+            metavar="URL",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API (default: embedded SQLite on 127.0.0.1:8000).
 
@@ -261,9 +274,12 @@ def serve(
       tidings serve --store sqlite:////var/lib/tidings/tidings.db --log-format json
       TIDINGS_PORT=9000 TIDINGS_ACCESS_LOG=true tidings serve
       tidings serve --host 0.0.0.0 --require-auth --store redis://127.0.0.1:6379/0 --workers 4
+      tidings serve --bridge 'postgresql://app@127.0.0.1/app?table=tidings_outbox'
     """
     # The parameters are named after Settings' fields: each given one overrides its variable.
-    overrides = dict(locals())
+    overrides: dict[str, Any] = dict(locals())
+    # Several --bridge options are one setting, as TIDINGS_BRIDGES holds them.
+    overrides["bridges"] = " ".join(bridges) if bridges else None
     from tidings.server.app import create_app
     from tidings.server.logs import configure_logging
     from tidings.server.runner import PortUnavailable, check_tls, listen, run, supervise

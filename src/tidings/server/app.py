@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from tidings.loader import load_object
 from tidings.server.auth import AuthService
+from tidings.server.bridges import Bridges, parse_bridges
 from tidings.server.channels import ChannelService
 from tidings.server.dispatch import Dispatcher
 from tidings.server.http import admin as admin_routes
@@ -80,6 +81,14 @@ class TidingsApp:
         self.metrics = Metrics(self.hub, self.store, self.auth)
         self.metrics.watch_jobs(self.jobs.counters)
         self.metrics.watch_schedules(self.schedules.counters)
+        # Bridge URLs are checked here, before the port is bound: a mistake stops the start.
+        self.bridges = Bridges(
+            parse_bridges(
+                settings.bridges, settings.max_message_bytes, settings.max_depth, settings.workers
+            ),
+            self.channels,
+        )
+        self.metrics.watch_bridges(self.bridges)
         self.lifecycle = Lifecycle(
             settings,
             self.store,
@@ -90,6 +99,7 @@ class TidingsApp:
             self.relay,
             handlers,
             self.schedules,
+            self.bridges,
         )
         ops = Ops(settings, self.store, self.lifecycle, self.metrics)
         routes = [
@@ -120,6 +130,7 @@ class TidingsApp:
         self.starlette.state.jobs = self.jobs
         self.starlette.state.schedules = self.schedules
         self.starlette.state.auth = self.auth
+        self.starlette.state.bridges = self.bridges
         policy = AccessPolicy(settings)
         streams = Streams(
             settings,

@@ -64,6 +64,14 @@ class ChannelService:
         self, channel: str, data: Any, event: str | None = None, idempotency_key: str | None = None
     ) -> PublishAck:
         """Store one message durably, then fan it out; returns its id once durable."""
+        ack, _ = await self.publish_keyed(channel, data, event, idempotency_key)
+        return ack
+
+    async def publish_keyed(
+        self, channel: str, data: Any, event: str | None = None, idempotency_key: str | None = None
+    ) -> tuple[PublishAck, bool]:
+        """`publish`, also saying whether the idempotency key matched an earlier publish
+        (True: nothing new was written; the ack is the earlier message's)."""
         check_channel(channel)
         if channel.startswith(JOB_CHANNEL_PREFIX):
             raise Forbidden(
@@ -77,7 +85,7 @@ class ChannelService:
         if not res.duplicate and not self.store.shared:
             # No await between the commit's return and the fan-out: live order = id order.
             self.hub.publish(msg, res.prev_id, res.keep)
-        return PublishAck(msg.id, channel, msg.time)
+        return PublishAck(msg.id, channel, msg.time), res.duplicate
 
     async def read(self, channel: str, after: str, limit: int, fresh: bool = False) -> ReadResult:
         """Messages after a cursor: from the hub's recent tail when it can tell, else the store.

@@ -2,9 +2,9 @@
 
 Start (the ASGI lifespan): open the store, start the relay and the job service, start
 the background loops (retention sweep, heartbeats, lease expiry, job, session and
-credential sweeps, the scheduler) and the in-process handlers, then report ready. Stop: end every
-stream and parked long poll (`drain`), let in-process handlers finish their jobs, cancel
-the loops, stop the relay, close the store.
+credential sweeps, the scheduler), the in-process handlers and the bridges, then report
+ready. Stop: end every stream and parked long poll (`drain`), stop the bridges, let
+in-process handlers finish their jobs, cancel the loops, stop the relay, close the store.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from tidings.server import constants as C
 from tidings.server.auth import AuthService
+from tidings.server.bridges import Bridges
 from tidings.server.channels import ChannelService
 from tidings.server.hub import Hub
 from tidings.server.jobs import JobService
@@ -99,6 +100,8 @@ class Lifecycle:
         relay: the cross-node follower of a shared store (None otherwise).
         handlers: in-process job handlers to run while the server runs (None: none).
         schedules: the scheduler, run on every node (None: schedules do not fire here).
+        bridges: the bridges to message buses, started once the store is open, stopped
+            before it closes (None: none).
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class Lifecycle:
         relay: Relay | None,
         handlers: LocalHandlers | None,
         schedules: ScheduleService | None = None,
+        bridges: Bridges | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -122,6 +126,7 @@ class Lifecycle:
         self.relay = relay
         self.handlers = handlers
         self.schedules = schedules
+        self.bridges = bridges
         self.open_streams = OpenStreams()
         self.ready = False
         self._handlers_stop = asyncio.Event()
@@ -162,6 +167,8 @@ class Lifecycle:
             handlers_task = loop.create_task(
                 self.handlers.run_local(self.jobs, self._handlers_stop), name="tidings-handlers"
             )
+        if self.bridges is not None:
+            self.bridges.start()
         self.ready = True
         # The port is already listening (runner.listen binds it first): this line means accepting.
         scheme = "https" if settings.ssl_certfile else "http"
@@ -178,6 +185,10 @@ class Lifecycle:
         finally:
             self.ready = False
             self.drain("server shutting down")
+            if self.bridges is not None:
+                # First: no bus message is taken in that could not be committed; what a
+                # bridge had not acknowledged stays on its bus.
+                await self.bridges.stop()
             if handlers_task is not None:
                 # In-process handlers finish their running jobs (their own drain timeout).
                 await asyncio.gather(handlers_task, return_exceptions=True)

@@ -14,7 +14,9 @@ this process's: counted by its job service as it applies each change (`JobCounte
 a cluster's totals are the sum over its nodes. So are the job timings
 (`tidings_job_wait_seconds{type}`, `tidings_job_run_seconds{type}`: tidings.server.job_timings),
 and the scheduler's firings, skips and drift (`tidings_schedule_firings_total`,
-`tidings_schedule_skipped_total`, `tidings_schedule_drift_seconds{type}`).
+`tidings_schedule_skipped_total`, `tidings_schedule_drift_seconds{type}`), and the bridges'
+counts (`tidings_bridge_messages_total{bridge,outcome}`, `tidings_bridge_up{bridge}`,
+`tidings_bridge_reconnects_total{bridge}`, `tidings_bridge_lag{bridge}`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidings.protocol.jobs import JOB_STATUSES, TERMINAL_STATUSES
 from tidings.server.auth import AuthService
+from tidings.server.bridges import Bridges
+from tidings.server.bridges.base import BridgeState
 from tidings.server.http.limits import ConnectionLimits
 from tidings.server.hub import Hub
 from tidings.server.jobs import FINISHED_STATUSES, JobCounters
@@ -85,11 +89,14 @@ class _HubCollector(Collector):
         self.job_counters: JobCounters | None = None
         # The scheduler's firings, once the app joins them (None: none).
         self.schedule_counters: ScheduleCounters | None = None
+        # The bridges to message buses, once the app joins them (None: none).
+        self.bridges: Bridges | None = None
 
     def collect(self) -> Iterable[Metric]:
         yield from self._limits()
         yield from self._jobs()
         yield from self._schedules()
+        yield from self._bridges()
         counters = None if self.store is None else self.store.write_counters()
         if counters is not None:
             commits, writes = counters
@@ -129,6 +136,46 @@ class _HubCollector(Collector):
         for transport, count in hub.subscribers().items():
             streams.add_metric([transport], count)
         yield streams
+
+    def _bridges(self) -> Iterable[Metric]:
+        bridges = self.bridges
+        if bridges is None or not bridges.bridges:
+            return
+        messages = CounterMetricFamily(
+            "tidings_bridge_messages",
+            "Bus messages a bridge of this process handled, by outcome: acknowledged (to the "
+            "bus, after tidings committed them), published (new channel messages), duplicate "
+            "(a redelivery already published), dead_lettered",
+            labels=["bridge", "outcome"],
+        )
+        up = GaugeMetricFamily(
+            "tidings_bridge_up", "1 while a bridge is connected and consuming", labels=["bridge"]
+        )
+        reconnects = CounterMetricFamily(
+            "tidings_bridge_reconnects",
+            "Times a bridge lost its bus and reconnected",
+            labels=["bridge"],
+        )
+        lag = GaugeMetricFamily(
+            "tidings_bridge_lag",
+            "Messages waiting on the bus for a bridge (a queue's ready messages, an outbox's "
+            "rows), when the bus says",
+            labels=["bridge"],
+        )
+        for bridge in bridges.bridges:
+            name, s = bridge.spec.name, bridge.stats
+            for outcome, count in (
+                ("acknowledged", s.acknowledged),
+                ("published", s.published),
+                ("duplicate", s.duplicates),
+                ("dead_lettered", s.dead_lettered),
+            ):
+                messages.add_metric([name, outcome], count)
+            up.add_metric([name], 1 if s.state is BridgeState.RUNNING else 0)
+            reconnects.add_metric([name], s.reconnects)
+            if s.lag is not None:
+                lag.add_metric([name], s.lag)
+        yield from (messages, up, reconnects, lag)
 
     def _schedules(self) -> Iterable[Metric]:
         counters = self.schedule_counters
@@ -265,6 +312,10 @@ class Metrics:
     def watch_schedules(self, counters: ScheduleCounters) -> None:
         """Report the firings a scheduler counts."""
         self._collector.schedule_counters = counters
+
+    def watch_bridges(self, bridges: Bridges) -> None:
+        """Report the bridges' counts, state and lag."""
+        self._collector.bridges = bridges
 
     def watch_connections(self, limits: ConnectionLimits) -> None:
         """Report the connection counts of the server running the app."""

@@ -210,6 +210,55 @@ _SERVER_INFO: Schema = {
     },
     "required": ["version", "python", "pid", "started_at", "uptime", "store", "settings"],
 }
+_BRIDGES: Schema = {
+    "type": "object",
+    "properties": {
+        "bridges": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "kind": {"enum": ["amqp", "nats", "mqtt", "postgres"]},
+                    "url": {"type": "string", "description": "without its password"},
+                    "channel": {"type": "string", "description": "the channel template"},
+                    "event": {"type": ["string", "null"], "description": "the event template"},
+                    "state": {"enum": ["starting", "connecting", "running", "backoff", "stopped"]},
+                    "acknowledged": {
+                        "type": "integer",
+                        "description": "acknowledged to the bus after tidings committed them",
+                    },
+                    "published": {"type": "integer", "description": "new channel messages"},
+                    "duplicates": {
+                        "type": "integer",
+                        "description": "redeliveries already published (not published again)",
+                    },
+                    "dead_lettered": {"type": "integer"},
+                    "reconnects": {"type": "integer"},
+                    "lag": {
+                        "type": ["integer", "null"],
+                        "description": "messages waiting on the bus, when it says",
+                    },
+                    "last_error": {"type": ["string", "null"]},
+                    "last_error_at": {"anyOf": [_TIME, {"type": "null"}]},
+                    "connected_since": {"anyOf": [_TIME, {"type": "null"}]},
+                },
+                "required": [
+                    "name",
+                    "kind",
+                    "state",
+                    "acknowledged",
+                    "published",
+                    "duplicates",
+                    "dead_lettered",
+                    "lag",
+                    "last_error",
+                ],
+            },
+        }
+    },
+    "required": ["bridges"],
+}
 _CHANNEL_INFO: Schema = {
     "type": "object",
     "properties": {
@@ -1431,6 +1480,16 @@ _OPS: list[_Op] = [
             )
         },
         (404,),
+    ),
+    _Op(
+        "/v1/admin/bridges",
+        "get",
+        "Admin: this server's bridges to message buses: state, counts acknowledged / published "
+        "/ duplicates / dead-lettered, lag, last error",
+        [],
+        None,
+        {"200": _ok("the bridges", _BRIDGES)},
+        (),
     ),
     _Op(
         "/v1/admin/server",

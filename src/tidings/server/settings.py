@@ -26,7 +26,6 @@ OTHER_ENV: dict[str, str] = {
     "TIDINGS_CONCURRENCY": "jobs a `tidings worker` runs at once",
     "TIDINGS_WORKER_NAME": "what the worker list calls a `tidings worker`",
     "TIDINGS_DOCTOR_STATE_FILE": "where `tidings doctor` keeps its state",
-    "TIDINGS_BRIDGES": "reserved for bridges to other brokers",
 }
 
 
@@ -103,6 +102,8 @@ class Settings:
             The per-address connection cap counts the TCP peer when it connects, before
             any header is read: behind a proxy, that is the proxy. Empty: those headers
             are ignored.
+        bridges: bridges to message buses, as URLs separated by white space (`--bridge`,
+            repeatable; TIDINGS_BRIDGES): see tidings.server.bridges.
     """
 
     host: str = C.DEFAULT_HOST
@@ -151,6 +152,7 @@ class Settings:
     log_format: str = "text"
     forwarded_allow_ips: str = ""
     static: str = ""
+    bridges: str = ""
 
     def __post_init__(self) -> None:
         if self.log_level.lower() not in LOG_LEVELS:

@@ -11,6 +11,10 @@ server): `GET /v1/admin/users`, `PUT /v1/admin/users/{name}` `{"password"?, "per
 `GET /v1/admin/network` is `tidings doctor` run by the server, for its own store's host:
 the route the kernel takes to it, TCP connect times, and the default gateway's MAC.
 
+`GET /v1/admin/bridges` lists this server's bridges to message buses (tidings.server.bridges):
+each one's state, counts acknowledged / published / duplicates / dead-lettered, lag and
+last error.
+
 `GET /v1/admin/server` describes this server process: version, Python, pid, start time,
 store engine and URL, and every setting — with each secret replaced by `***`.
 """
@@ -37,6 +41,7 @@ from tidings.protocol.codecs import format_time
 from tidings.protocol.errors import InvalidBody, NotFound
 from tidings.server import doctor
 from tidings.server.auth import hash_password, new_api_token, token_key
+from tidings.server.bridges import Bridges
 from tidings.server.http.common import (
     decode_body,
     json_response,
@@ -103,7 +108,8 @@ def redacted_settings(settings: Settings) -> dict[str, Any]:
             if _secret_name(field.name):
                 value = REDACTED
             elif "://" in value or "@" in value:
-                value = redacted_url(value)
+                # Several URLs (bridges) are separated by white space: each redacted.
+                value = " ".join(redacted_url(part) for part in value.split())
         out[field.name] = value
     return out
 
@@ -256,7 +262,15 @@ async def revoke_token(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def list_bridges(request: Request) -> Response:
+    """The server's bridges: each one's state, counts, lag and last error."""
+    require_admin(request)
+    bridges: Bridges = request.app.state.bridges
+    return json_response({"bridges": bridges.snapshot()}, headers={"cache-control": "no-store"})
+
+
 routes = [
+    Route("/v1/admin/bridges", list_bridges, methods=["GET"]),
     Route("/v1/admin/network", network, methods=["GET"]),
     Route("/v1/admin/server", server_info, methods=["GET"]),
     Route("/v1/admin/users", list_users, methods=["GET"]),

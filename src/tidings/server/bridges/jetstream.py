@@ -1,0 +1,209 @@
+"""The NATS JetStream inbound bridge, on nats-py (`tidings[nats]`).
+
+    nats://127.0.0.1:4222/?stream=ORDERS&subject=orders.>&channel=orders.{subject}
+
+Reads a stream that exists on the server (`stream=`) through a durable pull consumer
+(`durable=`, default `tidings`; made with explicit acks when it does not exist yet,
+filtered on `subject=`, default every subject of the stream), `batch` messages per
+fetch. Each message is published to the channel its template names (`{subject}`,
+`{stream}`), then acknowledged — only after tidings committed it. Its stream sequence
+(with the stream's creation time) is its idempotency key: a message JetStream delivers
+again (its ack was lost, or tidings stopped before sending it) is not published twice.
+
+At most `max_ack_pending` messages (default 1000, the consumer's own setting when it is
+made) wait for their ack. A malformed or oversized message is recorded on the errors
+channel (`bridge.errors`) and acknowledged; with `dead_letter=term` it is terminated
+instead (JetStream does not deliver it again and publishes a MSG_TERMINATED advisory).
+The lag shown is the consumer's pending count, read every few seconds.
+
+Order: messages are published in stream order while the connection holds. After a
+failure (a cut connection, tidings killed), the messages that were fetched but not
+acknowledged come again only once `ack_wait` (default 30 s) has passed, after later ones
+— JetStream does not rewind a consumer. Each is still published once; a channel that
+needs strict order takes `max_ack_pending=1` (one message in flight) when its consumer
+is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from tidings.server.bridges.base import (
+    COMMON_PARAMS,
+    Bridge,
+    BridgeConfigError,
+    BridgeSpec,
+    Outcome,
+    common_spec,
+    float_param,
+    int_param,
+    split_url,
+)
+from tidings.server.channels import ChannelService
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.js.client import JetStreamContext
+
+__all__ = ["BRIDGE", "JetStreamBridge", "parse"]
+
+FIELDS = frozenset({"subject", "stream"})
+PARAMS = COMMON_PARAMS | {
+    "stream",
+    "subject",
+    "durable",
+    "batch",
+    "max_ack_pending",
+    "ack_wait",
+    "dead_letter",
+}
+# Seconds between two reads of the consumer's pending count (the lag).
+LAG_INTERVAL = 5.0
+CONNECT_TIMEOUT = 10.0
+# The longest a fetch waits for a first message before asking again.
+FETCH_WAIT = 1.0
+
+
+def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
+    """A `nats://` or `tls://` JetStream bridge URL, checked."""
+    connect_url, params = split_url(url, PARAMS)
+    stream = params.get("stream", "")
+    if not stream:
+        raise BridgeConfigError(
+            "a nats bridge needs stream=NAME: the JetStream stream to read (it must exist)"
+        )
+    durable = params.get("durable") or "tidings"
+    for what, value in (("stream", stream), ("durable", durable)):
+        if not value.replace("-", "").replace("_", "").isalnum() or len(value) > 64:
+            raise BridgeConfigError(f"{what}={value!r}: use 1-64 characters of A-Z a-z 0-9 - _")
+    spec = common_spec(
+        "nats",
+        url,
+        connect_url,
+        params,
+        FIELDS,
+        default_name=f"nats.{stream}.{durable}"[:64],
+        default_channel=None,
+        max_bytes=max_bytes,
+        max_depth=max_depth,
+    )
+    spec.extra["stream"] = stream
+    spec.extra["durable"] = durable
+    spec.extra["subject"] = params.get("subject") or None
+    spec.extra["batch"] = int_param(params, "batch", 100, 1, 10_000)
+    spec.extra["max_ack_pending"] = int_param(params, "max_ack_pending", 1000, 1, 100_000)
+    spec.extra["ack_wait"] = float_param(params, "ack_wait", 30.0, 1.0, 3600.0)
+    dead = params.get("dead_letter") or "channel"
+    if dead not in ("channel", "term"):
+        raise BridgeConfigError(
+            f"dead_letter={dead!r}: use channel (record on the errors channel, then ack) or "
+            "term (terminate the message: JetStream does not deliver it again)"
+        )
+    spec.extra["dead_letter"] = dead
+    return spec
+
+
+class JetStreamBridge(Bridge):
+    """Drains one durable pull consumer: fetch, publish each message, ack it."""
+
+    kind: ClassVar[str] = "nats"
+
+    def __init__(self, spec: BridgeSpec, channels: ChannelService) -> None:
+        super().__init__(spec, channels)
+        self.stream: str = spec.extra["stream"]
+        self.durable: str = spec.extra["durable"]
+        self.subject: str | None = spec.extra["subject"]
+        self.batch: int = spec.extra["batch"]
+        self.term_dead = spec.extra["dead_letter"] == "term"
+
+    async def session(self) -> None:
+        import nats
+        from nats.js.api import AckPolicy, ConsumerConfig
+        from nats.js.errors import NotFoundError
+
+        lost = asyncio.Event()
+
+        async def on_lost(*_: Any) -> None:
+            lost.set()
+
+        # nats-py's own reconnection is off: this bridge's loop reconnects (with its
+        # backoff, its state and its counters) as every other kind does.
+        nc = await nats.connect(
+            self.spec.connect_url,
+            allow_reconnect=False,
+            connect_timeout=CONNECT_TIMEOUT,
+            disconnected_cb=on_lost,
+            closed_cb=on_lost,
+            error_cb=on_lost,
+        )
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(self.stream)
+            created = "" if info.created is None else info.created.isoformat()
+            try:
+                await js.consumer_info(self.stream, self.durable)
+            except NotFoundError:
+                await js.add_consumer(
+                    self.stream,
+                    config=ConsumerConfig(
+                        durable_name=self.durable,
+                        ack_policy=AckPolicy.EXPLICIT,
+                        max_ack_pending=self.spec.extra["max_ack_pending"],
+                        ack_wait=self.spec.extra["ack_wait"],
+                        filter_subject=self.subject,
+                    ),
+                )
+            sub = await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+            self.connected()
+            consume: asyncio.Future[Any] = asyncio.ensure_future(self._consume(sub, created))
+            lag: asyncio.Future[Any] = asyncio.ensure_future(self._watch_lag(sub))
+            gone: asyncio.Future[Any] = asyncio.ensure_future(lost.wait())
+            tasks = (consume, lag, gone)
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for task in (consume, lag):
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            raise ConnectionError("the connection to NATS was lost")
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 2.0)
+
+    async def _consume(self, sub: JetStreamContext.PullSubscription, created: str) -> None:
+        import nats.errors
+
+        while not self.stopping:
+            try:
+                msgs = await sub.fetch(self.batch, timeout=FETCH_WAIT)
+            except nats.errors.TimeoutError:
+                continue
+            for msg in msgs:
+                await self._handle(msg, created)
+
+    async def _handle(self, msg: Msg, created: str) -> None:
+        values = {"subject": msg.subject, "stream": self.stream}
+        bus_id = f"{self.stream}:{created}:{msg.metadata.sequence.stream}"
+        outcome, reason = await self.deliver(values, msg.data, bus_id)
+        if outcome is Outcome.DEAD:
+            if self.term_dead:
+                await msg.term()
+                self.dead_lettered(reason)
+                return
+            await self.record_dead(values, msg.data, bus_id, reason)
+        await msg.ack()
+        self.stats.acknowledged += 1
+
+    async def _watch_lag(self, sub: JetStreamContext.PullSubscription) -> None:
+        while True:
+            info = await sub.consumer_info()
+            self.stats.lag = (info.num_pending or 0) + (info.num_ack_pending or 0)
+            await asyncio.sleep(LAG_INTERVAL)
+
+
+BRIDGE = JetStreamBridge

@@ -1,0 +1,133 @@
+"""Bridge URLs, templates and the reconnect backoff: the pure parts of tidings.server.bridges."""
+
+from __future__ import annotations
+
+import pytest
+
+from tidings.server.bridges import BridgeConfigError, parse_bridges
+from tidings.server.bridges.base import Backoff, BridgeSpec, Template
+from tidings.server.bridges.postgres import outbox_ddl
+from tidings.server.http.admin import redacted_settings
+from tidings.server.settings import Settings
+
+AMQP = "amqp://guest:secret@127.0.0.1:5672/vhost"
+
+
+def _one(url: str, max_bytes: int = 1000, max_depth: int = 8) -> BridgeSpec:
+    ((_, spec),) = parse_bridges(url, max_bytes, max_depth)
+    return spec
+
+
+def test_the_backoff_grows_doubling_to_its_cap_with_jitter_and_starts_over_after_a_success():
+    backoff = Backoff(first=0.1, cap=1.0)
+    waits = [backoff.next() for _ in range(8)]
+    ceilings = [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0]
+    for wait, ceiling in zip(waits, ceilings, strict=True):
+        assert ceiling / 2 <= wait <= ceiling
+    backoff.reset()
+    assert backoff.next() <= 0.1
+
+
+def test_the_jitter_spreads_the_waits_of_nodes_that_failed_together():
+    waits = {round(Backoff(first=1.0, cap=8.0).next(), 6) for _ in range(50)}
+    assert len(waits) > 40
+
+
+def test_a_template_fills_its_placeholders_and_refuses_unknown_ones():
+    t = Template("orders.{routing_key}.{type}", frozenset({"routing_key", "type"}), "channel")
+    assert t.render({"routing_key": "eu", "type": "paid"}) == "orders.eu.paid"
+    with pytest.raises(BridgeConfigError, match=r"unknown placeholder \{subject\}"):
+        Template("a.{subject}", frozenset({"routing_key"}), "channel")
+    with pytest.raises(BridgeConfigError, match="unknown placeholder"):
+        Template("a.{routing_key!r}", frozenset({"routing_key"}), "channel")
+    with pytest.raises(BridgeConfigError, match="write placeholders as"):
+        Template("a.{routing_key", frozenset({"routing_key"}), "channel")
+
+
+def test_an_amqp_url_keeps_the_drivers_own_parameters_and_takes_tidings_ones():
+    spec = _one(f"{AMQP}?queue=q&channel=c.{{routing_key}}&heartbeat=5&prefetch=7&name=n1")
+    assert spec.connect_url == f"{AMQP}?heartbeat=5"
+    assert spec.name == "n1"
+    assert spec.extra["prefetch"] == 7
+    assert "secret" not in spec.shown_url
+    assert spec.max_bytes == 1000
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        (f"{AMQP}?queue=q&channel=c&max_bytes=1001", "max_bytes=1001 is out of range: use 1-1000"),
+        (f"{AMQP}?queue=q&channel=c&max_depth=x", "max_depth='x' is not an integer"),
+        (f"{AMQP}?queue=q&channel=c&event=a%0Ab", "must not contain line breaks"),
+        (f"{AMQP}?queue=q&channel=c&errors=job.e", "errors='job.e': channels job.*"),
+        (f"{AMQP}?queue=q&channel=c&name=a%20b", "name='a b': use 1-64 characters"),
+        (f"{AMQP}?queue=q&channel=c&dead_letter=drop", "dead_letter='drop': use channel"),
+        (f"{AMQP}?queue=q&channel=c&binding=a.*", "binding= binds to an exchange"),
+        ("postgresql://h/db?poll=0", "poll=0.0 is out of range"),
+        ("postgresql://h/db?batch=1&batch=2", "batch= is given twice"),
+        ("kafka://h:9092/?topic=a", "unknown kind kafka://"),
+        ("mqtt://h/?channel=c", "needs topic=FILTER"),
+        ("nats://h:4222/?subject=a&channel=c", "needs stream=NAME"),
+        ("nats://h:4222/?stream=a.b&channel=c", "stream='a.b': use 1-64 characters"),
+        ("nats://h:4222/?stream=S&channel=c&dead_letter=x", "dead_letter='x': use channel"),
+        ("no-scheme", "unknown kind (no scheme)"),
+    ],
+)
+def test_a_url_that_cannot_work_is_refused_saying_what_to_fix(url: str, said: str):
+    with pytest.raises(BridgeConfigError) as info:
+        parse_bridges(url, 1000, 8)
+    assert said in str(info.value)
+    assert "secret" not in str(info.value)
+
+
+def test_a_plus_in_a_query_value_is_a_plus_an_mqtt_wildcard_not_a_space():
+    spec = _one("mqtts://u:p%40ss@broker:8883/?topic=home/+/temp&channel=h.{topic}")
+    assert spec.extra["topic"] == "home/+/temp"
+    assert (spec.extra["host"], spec.extra["port"], spec.extra["tls"]) == ("broker", 8883, True)
+    assert spec.extra["password"] == "p@ss"  # noqa: S105 (a test URL's)
+    assert spec.extra["client_id"] == f"tidings-{spec.name}"
+    assert "p%40ss" not in spec.shown_url
+
+
+def test_an_mqtt_bridge_is_refused_in_a_server_of_several_processes():
+    url = "mqtt://h/?topic=a&channel=c"
+    assert len(parse_bridges(url, 10, 2, processes=1)) == 1
+    with pytest.raises(BridgeConfigError, match="an MQTT session belongs to one client id"):
+        parse_bridges(url, 10, 2, processes=4)
+    assert len(parse_bridges(f"{AMQP}?queue=a&channel=x", 10, 2, processes=4)) == 1
+
+
+def test_bridges_are_separated_by_white_space_and_their_names_must_differ():
+    specs = parse_bridges(f"{AMQP}?queue=a&channel=x\n\t{AMQP}?queue=b&channel=y  ", 10, 2)
+    assert [s.name for _, s in specs] == ["amqp.a", "amqp.b"]
+    with pytest.raises(BridgeConfigError, match=r"two bridges are named 'amqp\.a'"):
+        parse_bridges(f"{AMQP}?queue=a&channel=x {AMQP}?queue=a&channel=y", 10, 2)
+    assert parse_bridges("", 10, 2) == []
+
+
+def test_the_outbox_defaults_its_table_channel_and_event_to_the_rows_own():
+    spec = _one("postgresql://app@127.0.0.1/app")
+    assert spec.extra == {
+        "table": "tidings_outbox", "batch": 100, "poll": 2.0, "order": "strict"
+    }  # fmt: skip
+    assert spec.channel.text == "{channel}"
+    assert spec.event is not None
+    assert spec.event.text == "{event}"
+
+
+def test_the_outbox_ddl_names_its_table_and_refuses_what_is_not_a_plain_sql_name():
+    ddl = outbox_ddl("app.events_outbox")
+    assert "CREATE TABLE IF NOT EXISTS app.events_outbox (" in ddl
+    assert "pg_notify('app_events_outbox', '')" in ddl
+    for bad in ("Outbox", "a;drop table x", "a.b.c", "x" * 64, ""):
+        with pytest.raises(BridgeConfigError):
+            outbox_ddl(bad)
+
+
+def test_the_admin_view_of_the_settings_hides_every_bridges_password():
+    settings = Settings(bridges=f"{AMQP}?queue=a&channel=x postgresql://u:pw@h/db?password=p2")
+    shown = redacted_settings(settings)["bridges"]
+    assert "secret" not in shown
+    assert "pw@" not in shown
+    assert "p2" not in shown
+    assert shown.count("***") == 3
