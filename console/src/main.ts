@@ -8,6 +8,7 @@ import { h } from "./dom.js";
 import { jobPage, jobsPage } from "./jobs.js";
 import { type Me, mayAny } from "./perms.js";
 import { schedulesPage } from "./schedules.js";
+import { labPage } from "./lab.js";
 import { serverPage } from "./server.js";
 import { Scope, clearError, describe, setupBanner, showError } from "./ui.js";
 import { userPage, usersPage } from "./users.js";
@@ -60,6 +61,7 @@ const NAV: NavItem[] = [
   },
   { key: "server", label: "Server", visible: (me) => me.permissions.admin, why: "the server page is for admins" },
   { key: "users", label: "Users", visible: (me) => me.permissions.admin, why: "users are managed by admins" },
+  { key: "lab", label: "Lab", visible: (me) => me.permissions.admin, why: "the lab is for admins" },
 ];
 
 const ROUTES: [RegExp, string, PageFn][] = [
@@ -71,6 +73,7 @@ const ROUTES: [RegExp, string, PageFn][] = [
   [/^\/workers$/, "workers", workersPage],
   [/^\/server$/, "server", serverPage],
   [/^\/users$/, "users", usersPage],
+  [/^\/lab$/, "lab", labPage],
   [/^\/users\/([^/]+)$/, "users", userPage],
 ];
 

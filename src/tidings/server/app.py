@@ -25,6 +25,7 @@ from tidings.server.http import admin as admin_routes
 from tidings.server.http import auth as auth_routes
 from tidings.server.http import channels as channel_routes
 from tidings.server.http import jobs as job_routes
+from tidings.server.http import lab as lab_routes
 from tidings.server.http import rpc as rpc_routes
 from tidings.server.http import schedules as schedule_routes
 from tidings.server.http import workers as worker_routes
@@ -110,6 +111,7 @@ class TidingsApp:
             *rpc_routes.routes,
             *auth_routes.routes,
             *admin_routes.routes,
+            *lab_routes.routes,
             *ops.routes,
             *static_routes(settings.static),
         ]

@@ -55,6 +55,7 @@ from tidings.server import doctor
 from tidings.server.auth import COOKIE
 from tidings.server.channels import MAX_EVENT_LEN
 from tidings.server.constants import MAX_AFTER, MAX_BATCH_JOBS
+from tidings.server.http import lab
 from tidings.server.http.jobs import BODY_LIMIT_SLACK, REPORT_BODY_MESSAGES
 from tidings.server.http.rpc import MAX_BATCH
 from tidings.server.http.schedules import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
@@ -489,7 +490,8 @@ _ERRORS = {
     408: "The request's line, headers or body did not arrive in time (the connection closes)",
     409: (
         "Conflict with the resource's state (a stale lease token, a finished job, a new "
-        f"schedule past the {C.MAX_SCHEDULES} a server keeps)"
+        f"schedule past the {C.MAX_SCHEDULES} a server keeps, a lab while one runs or on a "
+        "server it cannot measure)"
     ),
     413: "Body over its limit (--max-message-bytes for messages and jobs)",
     414: f"Request line over {C.MAX_REQUEST_LINE} bytes (the connection closes)",
@@ -501,10 +503,12 @@ _ERRORS = {
         f"Request headers over --max-header-bytes (default {C.DEFAULT_MAX_HEADER_BYTES}) or "
         f"more than {C.MAX_HEADER_FIELDS} fields (the connection closes)"
     ),
+    502: "The lab's child process failed (its error says why)",
     503: (
         "The store is unavailable, the server is shutting down or at its connection limit, "
         "or (login) too many password checks are waiting: retry, after `Retry-After` if given"
     ),
+    504: "The lab outlived its deadline and was killed",
 }
 _RETRY_AFTER = {
     "Retry-After": {
@@ -1525,6 +1529,41 @@ _OPS: list[_Op] = [
         None,
         {"200": _ok("targets, gateway, warnings, notes", {"type": "object"})},
         (400,),
+    ),
+    _Op(
+        "/v1/admin/lab",
+        "post",
+        "Admin: run `tidings lab` against this server (loopback, one process, one lab at a "
+        "time); the lab's JSON report and its chart as SVG",
+        [],
+        _json_body(
+            {
+                "type": "object",
+                "properties": {
+                    "clients": {"type": "integer", "minimum": 1, "maximum": lab.MAX_CLIENTS},
+                    "rate": {"type": "integer", "minimum": 1, "maximum": lab.MAX_RATE},
+                    "seconds": {"type": "integer", "minimum": 1, "maximum": lab.MAX_SECONDS},
+                    "patterns": {
+                        "type": "array",
+                        "items": {"enum": list(lab.LAB_PATTERNS)},
+                        "minItems": 1,
+                        "uniqueItems": True,
+                    },
+                },
+                "additionalProperties": False,
+            }
+        ),
+        {
+            "200": _ok(
+                "the report and the chart",
+                {
+                    "type": "object",
+                    "properties": {"report": {"type": "object"}, "svg": {"type": "string"}},
+                    "required": ["report", "svg"],
+                },
+            )
+        },
+        (409, 422, 502, 504),
     ),
     _Op(
         "/healthz",

@@ -392,11 +392,11 @@ def test_without_admin_rights_the_users_page_is_refused_by_the_console_and_the_a
         expect(page.locator('[data-testid="user-row"][data-name="ada"]')).to_be_visible()
         admin.check()
 
-        # The limited user: no users (nor server) link, and the page itself refused.
+        # The limited user: no users (nor server, nor lab) link, and the page itself refused.
         page = log_in(user, "bob", user_pw)
         expect(page.get_by_test_id("nav-role")).to_have_text("limited grants")
         expect(page.get_by_test_id("nav-channels")).to_be_visible()
-        for hidden in ("users", "server", "jobs", "schedules", "workers"):
+        for hidden in ("users", "server", "lab", "jobs", "schedules", "workers"):
             expect(page.get_by_test_id(f"nav-{hidden}")).to_have_count(0)
         page.goto(f"{server.url}/console#/users")
         expect(page.get_by_test_id("forbidden")).to_be_visible(timeout=WAIT_MS)
