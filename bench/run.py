@@ -11,7 +11,8 @@ with sse-starlette, uvicorn, starlette, celery and redis), compiles the C load c
 (bench/sseload.c) into bench/.build/, starts every server on a free loopback port, and
 stops everything it started. Each round starts fresh server processes, so memory is
 measured on a fresh process. Where it may, it raises net.core.somaxconn to 8192 for the
-run and restores it after (see `accept_queue`). The machine is shared: only ratios
+run and restores it after (see `accept_queue`; `--default-somaxconn` keeps the kernel's
+setting, to measure connecting on a default machine). The machine is shared: only ratios
 measured in the same run mean anything.
 
 Prints one table per measurement (`measure | tidings | peer | ratio | target | ok?`, the
@@ -135,15 +136,17 @@ def pid_alive(pid: int) -> bool:
 
 
 SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
-# The accept queue every server here asks for (uvicorn backlog=8192 in tidings, Nchan's
-# listen backlog=16384): Linux caps it at net.core.somaxconn, 4096 by default.
+# The accept queue the peers here ask for (uvicorn's backlog=8192 in the Starlette peers,
+# Nchan's listen backlog=16384): Linux caps it at net.core.somaxconn, 4096 by default.
+# tidings asks for 16384 and, under a lower cap, splits its port into a group of
+# SO_REUSEPORT sockets (src/tidings/server/runner.py).
 ACCEPT_QUEUE = 8192
 
 
 @contextlib.contextmanager
-def accept_queue() -> Iterator[str]:
+def accept_queue(keep: bool = False) -> Iterator[str]:
     """Raise net.core.somaxconn to ACCEPT_QUEUE for the run (restored after) where it is
-    lower and this process may; yields a note saying what was done.
+    lower and this process may, unless `keep`; yields a note saying what was done.
 
     8,000 subscribers connecting at once overflow a 4096-connection accept queue while a
     Python server is busy with the first thousands: the kernel drops a SYN, and that
@@ -154,6 +157,9 @@ def accept_queue() -> Iterator[str]:
         before = int(SOMAXCONN.read_text())
     except OSError:
         yield "net.core.somaxconn unreadable: accept-queue overflows are counted, not avoided"
+        return
+    if keep:
+        yield f"net.core.somaxconn {before} kept (--default-somaxconn)"
         return
     if before >= ACCEPT_QUEUE:
         yield f"net.core.somaxconn {before} (no change)"
@@ -1693,6 +1699,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small smoke run (1 round)")
     parser.add_argument("--rounds", type=int, help="rounds per measurement (default 2)")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHES)}")
+    parser.add_argument(
+        "--default-somaxconn",
+        action="store_true",
+        help="keep net.core.somaxconn as the kernel has it (measure a default machine)",
+    )
     args = parser.parse_args()
     if args.quick:
         cfg = Config(
@@ -1725,7 +1736,7 @@ def main() -> int:
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     tools = setup()
     queue = contextlib.ExitStack()
-    accept_note = queue.enter_context(accept_queue())
+    accept_note = queue.enter_context(accept_queue(keep=args.default_somaxconn))
     print(f"machine: {machine()}\nstarted: {started}\nconfig: {cfg}\nlogs: {PROCS.logs}")
     print(f"accept queue: {accept_note}\n")
     tables: list[str] = []

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import ServerFactory, free_port
 from tidings.sdk.worker import ASYNC_CONCURRENCY, SYNC_CONCURRENCY
+from tidings.server.runner import BACKLOG, MAX_LISTENERS, listeners
 from tidings.server.settings import Settings
 
 pytestmark = pytest.mark.timeout(30)
@@ -245,6 +246,60 @@ def test_a_busy_port_is_one_line_and_nothing_says_ready() -> None:
         f"tidings serve: port {port} on 127.0.0.1 is in use: stop the other process or "
         "pass --port / TIDINGS_PORT"
     )
+
+
+def _listening_sockets(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:`port`, from the kernel's table."""
+    wanted = f"0100007F:{port:04X}"
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    # Columns: sl, local address, remote address, state (0A = LISTEN), ...
+    return sum(1 for row in rows if row.split()[1] == wanted and row.split()[3] == "0A")
+
+
+def test_a_capped_accept_queue_is_a_group_of_listeners_that_all_serve(
+    tidings_server: ServerFactory,
+) -> None:
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    srv = tidings_server()
+    expected = listeners(somaxconn)
+    assert expected == (1 if somaxconn >= BACKLOG else min(8, -(-BACKLOG // somaxconn)))
+    assert _listening_sockets(srv.port) == expected
+    # Connections opened at once land on every member of the group: each is served.
+    conns = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(64)]
+    try:
+        for conn in conns:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        for conn in conns:
+            head = conn.recv(64)
+            assert head.startswith(b"HTTP/1.1 200"), head
+    finally:
+        for conn in conns:
+            conn.close()
+    # The group shares its port with nobody: a second server on it is refused.
+    done = _serve("--port", str(srv.port))
+    assert done.returncode == 1, done.stderr
+    assert f"port {srv.port} on 127.0.0.1 is in use" in done.stderr
+
+
+def test_a_port_held_by_a_reuseport_socket_is_refused() -> None:
+    # Another process's SO_REUSEPORT socket would take part of the connections if the
+    # server joined it: the server's plain bind first refuses the port.
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = _serve("--port", str(port))
+    assert done.returncode == 1, done.stderr
+    assert f"port {port} on 127.0.0.1 is in use" in done.stderr
+
+
+def test_the_listener_count_follows_somaxconn() -> None:
+    assert listeners(4096) == -(-BACKLOG // 4096)
+    assert listeners(BACKLOG) == 1
+    assert listeners(BACKLOG * 2) == 1
+    assert listeners(128) == MAX_LISTENERS  # a tiny cap: the most sockets, no more
+    assert listeners(0) == 1
 
 
 def _without_bind_capability() -> list[str]:

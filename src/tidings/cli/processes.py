@@ -322,14 +322,14 @@ def serve(
         # With several processes each child builds its own app; this one checks the
         # settings (and locks a SQLite file) before the port is bound.
         tidings_app = create_app(settings)
-        sock = listen(settings)
+        socks = listen(settings)
     except PortUnavailable as exc:
         fail("serve", str(exc), 1)
     except (ValueError, TypeError, OSError) as exc:
         fail("serve", str(exc), 2)
     if settings.workers > 1:
-        raise typer.Exit(supervise(settings, sock))
-    if not run(settings, sock, app=tidings_app):
+        raise typer.Exit(supervise(settings, socks))
+    if not run(settings, socks, app=tidings_app):
         raise typer.Exit(1)
 
 

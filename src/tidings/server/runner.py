@@ -1,14 +1,23 @@
 """Running the app under uvicorn: one process, or N processes on one port (`--workers`).
 
-The listening socket is bound first (`listen`), before the app starts: a port in use
+The listening sockets are bound first (`listen`), before the app starts: a port in use
 or not permitted is one clear error and nothing is logged as ready, and "ready" is
 only logged once the port accepts connections.
 
-One process: `run(settings, [sock])` builds the app and serves it with a uvicorn
+The accept queue: thousands of clients connecting at once (every browser of a page
+reconnecting after a deploy) queue in the kernel while the server accepts them. Linux
+caps a socket's queue at net.core.somaxconn (4096 by default); past it, a SYN is
+dropped and that client waits a second for its retransmission. Where the cap is below
+BACKLOG, `listen` binds a group of SO_REUSEPORT sockets on the one port instead of one
+socket (the kernel spreads new connections over them by their addresses), so the
+group queues BACKLOG connections on a default kernel. A plain bind comes first, so a
+port another process holds is still refused (docs/decisions/0026).
+
+One process: `run(settings, socks)` builds the app and serves it with a uvicorn
 server that ends tidings' streams before it waits for connections (graceful drain).
 
-N processes (`--workers N`, a shared store only): `supervise(settings, sock)` starts N
-spawned children that each serve the one socket (the kernel spreads connections over
+N processes (`--workers N`, a shared store only): `supervise(settings, socks)` starts N
+spawned children that each serve the same sockets (the kernel spreads connections over
 them), forwards SIGTERM/SIGINT to them, restarts one that dies, and exits once all
 have drained.
 
@@ -20,12 +29,14 @@ from __future__ import annotations
 import errno
 import gc
 import logging
+import math
 import multiprocessing
 import signal
 import socket
 import ssl
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -44,11 +55,16 @@ __all__ = [
     "TidingsServer",
     "check_tls",
     "listen",
+    "listeners",
     "run",
     "supervise",
 ]
 
-BACKLOG = 8192
+# Connections the kernel queues for the server while it is busy accepting others.
+BACKLOG = 16384
+# Most listening sockets one port is split into when somaxconn caps each one's queue.
+MAX_LISTENERS = 8
+SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
 
 log = logging.getLogger("tidings.server")
 
@@ -130,22 +146,67 @@ class PortUnavailable(OSError):
     """The server's address cannot be listened on; the message says why and what to do."""
 
 
-def listen(settings: Settings) -> socket.socket:
+def listen(settings: Settings) -> list[socket.socket]:
     """Bind and listen on the server's address; PortUnavailable says why not.
 
     Listening before the app starts queues the connections that arrive while it starts
-    (served once it is ready) instead of refusing them.
+    (served once it is ready) instead of refusing them. One socket where the kernel lets
+    it queue BACKLOG connections, else a group of SO_REUSEPORT sockets (`listeners`).
     """
     host, port = settings.host, settings.port
     # An IPv6 literal needs an IPv6 socket; a name or IPv4 address, IPv4 (as uvicorn).
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # A plain socket first: its bind fails on a port any other socket holds, SO_REUSEPORT
+    # or not, so two servers never end up sharing one port.
+    sock = _bind(family, host, port, reuse_port=False)
+    count = listeners()
+    if count == 1:
+        sock.listen(BACKLOG)
+        sock.set_inheritable(True)
+        return [sock]
+    port = sock.getsockname()[1]  # the port the kernel chose, for --port 0
+    # Unlistened, the probe leaves nothing behind: the group binds the port at once.
+    sock.close()
+    group: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            member = _bind(family, host, port, reuse_port=True)
+            group.append(member)
+            member.listen(BACKLOG)
+            member.set_inheritable(True)
+    except BaseException:
+        for member in group:
+            member.close()
+        raise
+    log.debug("listening on %d SO_REUSEPORT sockets (somaxconn caps each queue)", count)
+    return group
+
+
+def listeners(somaxconn: int | None = None) -> int:
+    """How many sockets the port is split into: enough that their queues, each capped at
+    net.core.somaxconn, hold BACKLOG connections together (at most MAX_LISTENERS); one
+    where the cap is high enough, unknown, or SO_REUSEPORT is missing."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        return 1
+    if somaxconn is None:
+        try:
+            somaxconn = int(SOMAXCONN.read_text())
+        except (OSError, ValueError):
+            return 1
+    if somaxconn <= 0 or somaxconn >= BACKLOG:
+        return 1
+    return min(MAX_LISTENERS, math.ceil(BACKLOG / somaxconn))
+
+
+def _bind(family: socket.AddressFamily, host: str, port: int, *, reuse_port: bool) -> socket.socket:
     where = f"port {port} on {host}"
     again = "pass --port / TIDINGS_PORT"
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        sock.listen(BACKLOG)
     except socket.gaierror as exc:
         sock.close()
         raise PortUnavailable(
@@ -169,7 +230,6 @@ def listen(settings: Settings) -> socket.socket:
         else:
             message = f"cannot listen on {where}: {exc.strerror or exc}"
         raise PortUnavailable(message) from None
-    sock.set_inheritable(True)
     return sock
 
 
@@ -228,8 +288,8 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
     return ConnectionLimits(settings, capacity)
 
 
-def run(settings: Settings, sock: socket.socket, app: TidingsApp | None = None) -> bool:
-    """Serve on `sock` (from `listen`) until told to stop; False when the app did not start."""
+def run(settings: Settings, socks: list[socket.socket], app: TidingsApp | None = None) -> bool:
+    """Serve on `socks` (from `listen`) until told to stop; False when the app did not start."""
     configure_logging(settings.log_level, settings.log_format)
     # Thousands of long-lived streams make each full collection walk every connection's
     # objects; collect young objects less often (see docs/decisions/0003-gc-thresholds.md).
@@ -243,24 +303,24 @@ def run(settings: Settings, sock: socket.socket, app: TidingsApp | None = None) 
     server = TidingsServer(uvicorn_config(tidings_app.dispatch, settings, limits))
     server.tidings = tidings_app
     tidings_app.metrics.watch_connections(limits)
-    server.run(sockets=[sock])
+    server.run(sockets=socks)
     return bool(server.started)
 
 
-def _child(settings: Settings, sock: socket.socket) -> None:
+def _child(settings: Settings, socks: list[socket.socket]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; SIGTERM drains
-    if not run(settings, sock):
+    if not run(settings, socks):
         sys.exit(3)
 
 
-def supervise(settings: Settings, sock: socket.socket) -> int:
-    """Serve with `settings.workers` processes on `sock` (from `listen`); the exit status."""
+def supervise(settings: Settings, socks: list[socket.socket]) -> int:
+    """Serve with `settings.workers` processes on `socks` (from `listen`); the exit status."""
     workers = settings.workers
     ctx = multiprocessing.get_context("spawn")
     stopping = False
 
     def start() -> Any:
-        proc = ctx.Process(target=_child, args=(settings, sock), daemon=False)
+        proc = ctx.Process(target=_child, args=(settings, socks), daemon=False)
         proc.start()
         return proc
 
@@ -295,5 +355,6 @@ def supervise(settings: Settings, sock: socket.socket) -> int:
         if proc.is_alive():
             proc.kill()
             proc.join()
-    sock.close()
+    for sock in socks:
+        sock.close()
     return 1 if failures and any(p.exitcode == 3 for p in procs) else 0
