@@ -147,6 +147,7 @@ unit: dev
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
-## make bench: tidings vs Nchan, sse-starlette, Starlette and Celery, side by side (installs peers)
+## make bench: tidings vs Nchan, sse-starlette, Starlette, Celery and a hand-written aio-pika
+## consumer behind sse-starlette (RabbitMQ bridge), side by side (installs peers)
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -3,16 +3,18 @@
 
 Usage: `.venv/bin/python bench/run.py [--quick] [--rounds N] [--only NAME,...]`
 (`make bench`). NAMEs: sse, publish, jobs, longpoll, ws, msgpack, attack, h2, lists,
-schedules, limits.
+schedules, limits, bridges.
 
 It installs what it compares with when missing (Debian `nginx`, `libnginx-mod-nchan`,
 `wrk`, `redis-server`, `nghttp2-client` for h2load; a separate venv bench/.peers-venv
-with sse-starlette, uvicorn, starlette, celery and redis), compiles the C load client
+with sse-starlette, uvicorn, starlette, celery, redis and aio-pika), compiles the C load client
 (bench/sseload.c) into bench/.build/, starts every server on a free loopback port, and
 stops everything it started. Each round starts fresh server processes, so memory is
 measured on a fresh process. Where it may, it raises net.core.somaxconn to 8192 for the
 run and restores it after (see `accept_queue`; `--default-somaxconn` keeps the kernel's
-setting, to measure connecting on a default machine). The machine is shared: only ratios
+setting, to measure connecting on a default machine). `bridges` needs a RabbitMQ on
+127.0.0.1:5672 (guest/guest; skipped when none answers): it declares a queue of its own
+per round and deletes it after (bench/bridges.py). The machine is shared: only ratios
 measured in the same run mean anything.
 
 Prints one table per measurement (`measure | tidings | peer | ratio | target | ok?`, the
@@ -38,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -50,8 +53,17 @@ BUILD = BENCH / ".build"
 PEERS = BENCH / "peers"
 PEERS_VENV = BENCH / ".peers-venv"
 PEERS_BIN = PEERS_VENV / "bin"
-PEER_PACKAGES = ["sse-starlette", "uvicorn[standard]", "starlette", "celery[redis]", "redis"]
-PEER_IMPORTS = "import sse_starlette, uvicorn, uvloop, httptools, starlette, celery, redis"
+PEER_PACKAGES = [
+    "sse-starlette",
+    "uvicorn[standard]",
+    "starlette",
+    "celery[redis]",
+    "redis",
+    "aio-pika",
+]
+PEER_IMPORTS = (
+    "import sse_starlette, uvicorn, uvloop, httptools, starlette, celery, redis, aio_pika"
+)
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 HOST = "127.0.0.1"
 CHANNEL = "bench"
@@ -388,7 +400,7 @@ def nchan_server() -> Iterator[Server]:
 
 
 @contextlib.contextmanager
-def uvicorn_peer(module: str, name: str) -> Iterator[Server]:
+def uvicorn_peer(module: str, name: str, env: dict[str, str] | None = None) -> Iterator[Server]:
     port = free_port()
     proc = PROCS.start(
         name,
@@ -411,6 +423,7 @@ def uvicorn_peer(module: str, name: str) -> Iterator[Server]:
             "--backlog",
             "8192",
         ],
+        env=env,
     )
     try:
         wait_port(port, proc)
@@ -623,6 +636,9 @@ class Config:
     starlette_subs: int
     attack_slowloris: int = 1000
     attack_requests: int = 300
+    bridge_subs: int = 2000
+    bridge_paced: int = 25
+    bridge_burst: int = 100
 
 
 def fanout_round(
@@ -1662,6 +1678,174 @@ def bench_limits(tools: Tools, cfg: Config) -> list[str]:
     return _own_table("limits.py", [])
 
 
+class CpuSampler:
+    """A process's CPU seconds read every `every` seconds in a thread, each with the
+    wall-clock time of the read: `at(t)` is the last read made no later than `t`, so the
+    CPU spent up to a moment (the last delivery) leaves out what came after it."""
+
+    def __init__(self, pid: int, every: float = 0.02) -> None:
+        self.pid, self.every = pid, every
+        self.samples: list[tuple[float, float]] = [(time.time(), cpu_seconds(pid))]
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.wait(self.every):
+            with contextlib.suppress(OSError):
+                self.samples.append((time.time(), cpu_seconds(self.pid)))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(5)
+
+    def at(self, wall: float) -> float:
+        return max((cpu for t, cpu in self.samples if t <= wall), default=self.samples[0][1])
+
+
+def bridge_phase(
+    tools: Tools,
+    srv: Server,
+    path: str,
+    subs: int,
+    msgs: int,
+    publish_all: Callable[[], float],
+    timeout: float,
+) -> dict[str, float]:
+    """`subs` SSE subscribers on `path`, then `publish_all()` (publishes `msgs` messages
+    on the bus, returns the wall-clock time of the first): latency, throughput from the
+    first publish to the last delivery, the server's CPU over that span, messages lost."""
+    load = start_load(tools, srv.port, path, subs, msgs, timeout)
+    time.sleep(1.0)  # let the server finish the last handshakes
+    cpu = CpuSampler(srv.pid)
+    try:
+        began = publish_all()
+        done = finish_load(load, timeout + 30)
+    finally:
+        cpu.stop()
+    last = done["last_us"] / 1e6 if done["last_us"] else time.time()
+    span = max(last - began, 1e-6)
+    events = done["events"]
+    return {
+        "p50_ms": done["p50_ms"],
+        "p99_ms": done["p99_ms"],
+        "msgs_s": msgs / span if events >= msgs * subs else 0.0,
+        "deliveries_s": events / span,
+        "cpu_ms_msg": 1000 * (cpu.at(last) - cpu.at(began)) / msgs,
+        "lost": msgs * subs - events,
+    }
+
+
+BRIDGE_PEER = "aio-pika+sse-starlette"
+BRIDGE_RATE = 5.0  # messages a second in the paced phase
+
+
+@contextlib.contextmanager
+def bridge_system(system: str, queue: str) -> Iterator[tuple[Server, str]]:
+    """The server under test consuming `queue`, and the path its subscribers GET."""
+    import bridges  # bench/bridges.py, next to this file
+
+    if system == "tidings":
+        bridge = f"{bridges.AMQP_URL}?queue={queue}&channel={CHANNEL}&format=text"
+        with tidings_server(
+            "sqlite:///@TMP@/bench.db", "tidings-bridge", args=["--bridge", bridge]
+        ) as srv:
+            yield srv, srv.sub_path
+    else:
+        env = {"BENCH_AMQP_URL": bridges.AMQP_URL, "BENCH_AMQP_QUEUE": queue}
+        with uvicorn_peer("amqp_sse_peer", BRIDGE_PEER, env) as srv:
+            yield srv, "/events"
+
+
+def bridge_round(tools: Tools, cfg: Config, system: str, queue: str) -> dict[str, float]:
+    """One server on a fresh queue: the paced phase, then the burst, each with its own
+    `cfg.bridge_subs` subscribers; the queue is deleted after."""
+    import bridges
+
+    bridges.declare_queue(queue)
+    try:
+        with bridge_system(system, queue) as (srv, path):
+            bridges.wait_consumer(queue)
+            paced = bridge_phase(
+                tools,
+                srv,
+                path,
+                cfg.bridge_subs,
+                cfg.bridge_paced,
+                lambda: bridges.publish_paced(queue, cfg.bridge_paced, BRIDGE_RATE),
+                cfg.bridge_paced / BRIDGE_RATE + 60,
+            )
+            burst = bridge_phase(
+                tools,
+                srv,
+                path,
+                cfg.bridge_subs,
+                cfg.bridge_burst,
+                lambda: bridges.publish_burst(queue, cfg.bridge_burst)[0],
+                180,
+            )
+    finally:
+        bridges.delete_queue(queue)
+    return {
+        "paced_p50_ms": paced["p50_ms"],
+        "paced_p99_ms": paced["p99_ms"],
+        "paced_lost": paced["lost"],
+        "burst_msgs_s": burst["msgs_s"],
+        "burst_deliveries_s": burst["deliveries_s"],
+        "burst_p99_ms": burst["p99_ms"],
+        "burst_cpu_ms_msg": burst["cpu_ms_msg"],
+        "burst_lost": burst["lost"],
+    }
+
+
+def bench_bridges(tools: Tools, cfg: Config) -> list[str]:
+    """RabbitMQ -> tidings (`--bridge amqp://...`, SQLite store) -> SSE subscribers,
+    beside a hand-written aio-pika consumer in an sse-starlette app (bench/peers/
+    amqp_sse_peer.py), alternating rounds."""
+    title = (
+        f"Bridges: RabbitMQ -> server -> {cfg.bridge_subs:,} SSE subscribers; "
+        f"{cfg.bridge_paced} messages at {BRIDGE_RATE:g}/s, then a burst of "
+        f"{cfg.bridge_burst} (publisher confirms)"
+    )
+    try:
+        socket.create_connection((HOST, 5672), 2).close()
+    except OSError:
+        return [f"### {title}\n\nskipped: RabbitMQ is not reachable on {HOST}:5672"]
+    if not tools.peers:
+        return [f"### {title}\n\nskipped: the peers' venv (aio-pika, sse-starlette) is missing"]
+    meas = Measurement(
+        title,
+        BRIDGE_PEER,
+        [
+            Metric("paced_p50_ms", "ms", None, "{:,.1f}"),
+            Metric("paced_p99_ms", "ms", None, "{:,.1f}"),
+            Metric("paced_lost", "", ("<=", 0)),
+            Metric("burst_msgs_s", "/s", None, "{:,.1f}"),
+            Metric("burst_deliveries_s", "/s"),
+            Metric("burst_p99_ms", "ms"),
+            Metric("burst_cpu_ms_msg", "ms", None, "{:,.2f}"),
+            Metric("burst_lost", "", ("<=", 0)),
+        ],
+    )
+    print(f"== {meas.title}")
+    for r in range(cfg.rounds):
+        print(f"  round {r + 1}")
+        for system, tag in (("tidings", "tidings"), (BRIDGE_PEER, "peer")):
+            queue = f"tidings-bench-{os.getpid()}-{r}-{tag}"
+            meas.add(system, bridge_round(tools, cfg, system, queue))
+    meas.notes.append(
+        "latency: from the publisher's timestamp (taken just before its basic.publish) to "
+        "the event's arrival at a subscriber; tidings includes its SQLite commit"
+    )
+    meas.notes.append(
+        "burst_msgs_s: messages over the span from the first publish to the last delivery "
+        "(0 when any was lost); burst_cpu_ms_msg: the server process's CPU over that span, "
+        "per message; each phase has its own subscribers"
+    )
+    RESULTS["bridges"] = meas.rounds
+    return [render(meas, ["tidings"])]
+
+
 BENCHES: dict[str, Callable[[Tools, Config], list[str]]] = {
     "sse": bench_sse,
     "publish": bench_publish,
@@ -1674,6 +1858,7 @@ BENCHES: dict[str, Callable[[Tools, Config], list[str]]] = {
     "lists": bench_lists,
     "schedules": bench_schedules,
     "limits": bench_limits,
+    "bridges": bench_bridges,
 }
 RESULTS: dict[str, Any] = {}
 
@@ -1716,6 +1901,9 @@ def main() -> int:
             starlette_subs=500,
             attack_slowloris=300,
             attack_requests=100,
+            bridge_subs=500,
+            bridge_paced=10,
+            bridge_burst=30,
         )
     else:
         cfg = Config(

@@ -7,7 +7,9 @@
  * "data:" lines until CONNS*EVENTS_PER_CONN have arrived or TIMEOUT_S passes.
  * If a data line carries "ts=<microseconds since the epoch>", the publish-to-delivery
  * latency is recorded. PATH may contain "%d", replaced by the connection's index.
- * Final line: "DONE events=E conns=C secs=S rate=R/s p50_ms=.. p99_ms=.. max_ms=.. ok=0|1"
+ * Final line: "DONE events=E conns=C secs=S rate=R/s p50_ms=.. p99_ms=.. max_ms=.. ok=0|1
+ * first_us=.. last_us=.." (first_us, last_us: wall-clock microseconds since the epoch at
+ * which the first and the last event arrived, 0 if none did).
  *
  * Long-poll mode (SSELOAD_MATCH=ts= in the environment): any 200 response counts, and every
  * occurrence of the match string in a response body is one event (its ts= gives the latency);
@@ -219,6 +221,7 @@ int main(int argc, char **argv) {
     long expect = per_conn * nconn;
     int announced = 0, closed = 0;
     double t_first = 0, t_last = 0;
+    long long wall_first = 0, wall_last = 0;
     static char buf[1 << 16];
     struct epoll_event evs[1024];
     while (total_events < expect) {
@@ -243,8 +246,9 @@ int main(int argc, char **argv) {
                 }
                 if (match && !ws_mode && c->headers_done && c->line_len > 0) { handle_line(c); c->line_len = 0; }
                 if (total_events > before) {
-                    if (t_first == 0) t_first = now_s();
+                    if (t_first == 0) { t_first = now_s(); wall_first = wall_us(); }
                     t_last = now_s();
+                    wall_last = wall_us();
                 }
             }
         }
@@ -263,8 +267,9 @@ int main(int argc, char **argv) {
         mx = samples[nsamples - 1] / 1000.0;
     }
     if (!announced) fprintf(stderr, "only %d of %d streams became ready\n", ready_count, nconn);
-    printf("DONE events=%ld conns=%d ready=%d closed=%d secs=%.3f rate=%.0f/s p50_ms=%.2f p99_ms=%.2f max_ms=%.2f ok=%d\n",
+    printf("DONE events=%ld conns=%d ready=%d closed=%d secs=%.3f rate=%.0f/s p50_ms=%.2f p99_ms=%.2f max_ms=%.2f ok=%d"
+           " first_us=%lld last_us=%lld\n",
            total_events, nconn, ready_count, closed, secs, secs > 0 ? total_events / secs : 0, p50, p99, mx,
-           total_events >= expect);
+           total_events >= expect, wall_first, wall_last);
     return total_events >= expect ? 0 : 1;
 }
