@@ -75,8 +75,10 @@ BACKOFF_FIRST = 0.2
 BACKOFF_CAP = 30.0
 # A dead-letter record quotes at most this much of the message it refuses.
 DEAD_QUOTE = 1024
-# Seconds a job bridge waits on a job before looking again (and keeping a request alive).
+# Seconds a job bridge waits on a job before looking again (and keeping a request alive),
+# and the least it waits between two looks.
 REPLY_POLL = 30.0
+KEEPALIVE_MIN = 0.05
 # Bridge names: what metrics, the admin view and idempotency keys call a bridge.
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 # Query parameters every bridge kind understands.
@@ -663,16 +665,20 @@ class Bridge(abc.ABC):
         closes, waits until the bridge stops (which cancels it)."""
         if self.jobs is None:
             raise RuntimeError(f"bridge {self.spec.name} has no job service")
+        due = time.monotonic() + every
         while not job.terminal:
-            job = await self.jobs.wait(job, every)
+            # The wait answers early on each change of the job (its progress, too).
+            job = await self.jobs.wait(job, max(KEEPALIVE_MIN, due - time.monotonic()))
             if job.terminal:
                 break
             if self.jobs.hub.closing:
                 # Shutting down: the wait answers at once from now on. The bridge is
                 # stopped next, which cancels this (the message stays unacknowledged).
                 await asyncio.get_running_loop().create_future()
-            if keepalive is not None:
-                await keepalive()
+            if time.monotonic() >= due:
+                if keepalive is not None:
+                    await keepalive()
+                due = time.monotonic() + every
         return job
 
     @staticmethod
