@@ -148,12 +148,12 @@ def test_a_request_tidings_was_killed_holding_makes_one_job_and_one_reply(
         args=["--bridge", _url(rabbit, queue=queue, job="slow", name="rpc")],
     )
     w = worker(srv.url)
-    _request(rabbit, queue, b'{"seconds": 3}', "req-1", reply_to=replies, correlation_id="k")
+    _request(rabbit, queue, b'{"seconds": 4}', "req-1", reply_to=replies, correlation_id="k")
     running = wait_for(
         lambda: [j for j in jobs_of(srv.url, "slow") if j["status"] == "running"],
         what=f"the job running (worker log: {w.log()})",
     )
-    assert bridge(srv.url, "rpc")["awaiting"] == 1
+    wait_for(lambda: bridge(srv.url, "rpc")["awaiting"] == 1, what="the reply awaited")
     assert rabbit.count(queue) == 0  # delivered, not acknowledged
     srv.stop(signal.SIGKILL)
     srv.start()
@@ -161,7 +161,7 @@ def test_a_request_tidings_was_killed_holding_makes_one_job_and_one_reply(
     (reply,) = got
     assert reply["correlation_id"] == "k"
     assert reply["headers"]["tidings-job-id"] == running[0]["id"]
-    assert reply["body"]["slept"] == 3
+    assert reply["body"]["slept"] == 4
     view = wait_for(lambda: (b := bridge(srv.url, "rpc"))["acknowledged"] == 1 and b, what="ack")
     assert (view["submitted"], view["duplicates"], view["replied"]) == (0, 1, 1)
     # The same message id twice (a producer's retry): one job.

@@ -101,14 +101,14 @@ def test_a_request_gets_its_jobs_outcome_once_even_when_the_job_outlasts_ack_wai
     worker: Callable[[str], WorkerProcess],
     replies: Callable[[str], Replies],
 ) -> None:
-    """ack_wait=3 and a job of 5 s: without the in-progress acks (every second) JetStream
-    would deliver the request again (a duplicate, and a second reply)."""
+    """ack_wait=4 and a job of 6 s: without the in-progress acks (every 4/3 s) JetStream
+    would deliver the request again (a duplicate)."""
     stream, prefix = jetstream.stream()
     srv = tidings_server(
         args=[
             "--bridge",
             _url(jetstream.url, stream=stream, subject=f"{prefix}.slow", job="slow",
-                 name="js-slow", durable="slow", ack_wait="3"),
+                 name="js-slow", durable="slow", ack_wait="4"),
             "--bridge",
             _url(jetstream.url, stream=stream, subject=f"{prefix}.fail", job="fail",
                  name="js-fail", durable="fail", max_attempts="1"),
@@ -119,7 +119,7 @@ def test_a_request_gets_its_jobs_outcome_once_even_when_the_job_outlasts_ack_wai
     inbox = replies(f"{prefix}_replies.>")
     reply_to = f"{prefix}_replies.one"
     _request(
-        jetstream, f"{prefix}.slow", b'{"seconds": 5}',
+        jetstream, f"{prefix}.slow", b'{"seconds": 6}',
         {"Tidings-Reply-To": reply_to, "Tidings-Correlation-Id": "c-1"},
     )  # fmt: skip
     _request(jetstream, f"{prefix}.fail", b'"x"', {"Tidings-Reply-To": reply_to})
@@ -130,9 +130,9 @@ def test_a_request_gets_its_jobs_outcome_once_even_when_the_job_outlasts_ack_wai
     by = {r["headers"]["Tidings-Job-Status"]: r for r in inbox.got}
     ok, bad = by["succeeded"], by["failed"]
     assert ok["headers"]["Tidings-Correlation-Id"] == "c-1"
-    assert ok["body"]["slept"] == 5
+    assert ok["body"]["slept"] == 6
     done = job(srv.url, ok["headers"]["Tidings-Job-Id"])
-    assert (done["type"], done["payload"]) == ("slow", {"seconds": 5})
+    assert (done["type"], done["payload"]) == ("slow", {"seconds": 6})
     assert "Tidings-Correlation-Id" not in bad["headers"]
     assert "failing on purpose" in bad["body"]["message"]
     assert "traceback" not in bad["body"]
@@ -167,14 +167,14 @@ def test_a_request_tidings_was_killed_holding_makes_one_job_and_one_reply(
     w = worker(srv.url)
     inbox = replies(f"{prefix}_r")
     _request(
-        jetstream, f"{prefix}.a", b'{"seconds": 3}',
+        jetstream, f"{prefix}.a", b'{"seconds": 4}',
         {"Tidings-Reply-To": f"{prefix}_r", "Tidings-Correlation-Id": "k"},
     )  # fmt: skip
     running = wait_for(
         lambda: [j for j in jobs_of(srv.url, "slow") if j["status"] == "running"],
         what=f"the job running ({w.log()})",
     )
-    assert bridge(srv.url, "js")["awaiting"] == 1
+    wait_for(lambda: bridge(srv.url, "js")["awaiting"] == 1, what="the reply awaited")
     srv.stop(signal.SIGKILL)
     srv.start()
     wait_for(lambda: inbox.got, timeout=60, what="the reply")
@@ -182,7 +182,10 @@ def test_a_request_tidings_was_killed_holding_makes_one_job_and_one_reply(
     assert reply["headers"]["Tidings-Correlation-Id"] == "k"
     assert reply["headers"]["Tidings-Job-Id"] == running[0]["id"]
     view = wait_for(lambda: (b := bridge(srv.url, "js"))["acknowledged"] == 1 and b, what="ack")
-    assert (view["submitted"], view["duplicates"], view["replied"]) == (0, 1, 1)
+    # Delivered again at least once (more when an in-progress ack comes late on a loaded
+    # machine: a delivery of a request already awaited joins it, no second reply).
+    assert (view["submitted"], view["replied"]) == (0, 1)
+    assert view["duplicates"] >= 1
     assert len(jobs_of(srv.url, "slow")) == 1
     assert len(inbox.got) == 1
 

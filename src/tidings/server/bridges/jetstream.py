@@ -145,6 +145,9 @@ class JetStreamBridge(Bridge):
         # in-progress acks of a request whose job runs (a third of the consumer's ack_wait).
         self._nc: NatsClient | None = None
         self._keepalive = 10.0
+        # The requests this session awaits the jobs of, by bus id: the latest delivery
+        # of each (the one in-progress acks and the final ack go to).
+        self._held: dict[str, _Held] = {}
 
     async def session(self) -> None:
         import nats
@@ -187,6 +190,7 @@ class JetStreamBridge(Bridge):
             # within the consumer's own ack_wait.
             self._keepalive = max(0.1, (consumer.config.ack_wait or 30.0) / 3)
             self._nc = nc
+            self._held = {}
             sub = await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
             self.connected()
             awaiting = self.awaiting = Awaiting(
@@ -228,6 +232,13 @@ class JetStreamBridge(Bridge):
         values = {"subject": msg.subject, "stream": self.stream}
         bus_id = f"{self.stream}:{created}:{msg.metadata.sequence.stream}"
         reply_to = (msg.headers or {}).get(REPLY_TO) if self.spec.job is not None else None
+        held = self._held.get(bus_id)
+        if held is not None:
+            # Delivered again while its job runs (an in-progress ack came late): the
+            # task that awaits the job answers, acknowledging this delivery.
+            held.msg = msg
+            self.stats.duplicates += 1
+            return
         if reply_to is not None and not _subject(reply_to):
             outcome, reason = (
                 Outcome.DEAD,
@@ -245,33 +256,51 @@ class JetStreamBridge(Bridge):
                 return
             await self.record_dead(values, msg.data, bus_id, reason)
         elif job is not None and reply_to and self.awaiting is not None:
-            await self.awaiting.start(self._reply(msg, job, reply_to))
+            held = self._held[bus_id] = _Held(msg)
+            await self.awaiting.start(self._reply(held, bus_id, job, reply_to))
             return
         await msg.ack()
         self.stats.acknowledged += 1
 
-    async def _reply(self, msg: Msg, job: Job, reply_to: str) -> None:
-        """Wait for `job` to end (telling JetStream the message is in progress), publish
+    async def _reply(self, held: _Held, bus_id: str, job: Job, reply_to: str) -> None:
+        """Wait for `job` to end (telling JetStream the request is in progress), publish
         its outcome to `reply_to` and flush it, then acknowledge the request."""
-        job = await self.ended(job, self._keepalive, msg.in_progress)
-        body, headers = self.reply_of(job)
-        out = {REPLY_HEADERS.get(k, k): v for k, v in headers.items()}
-        correlation = (msg.headers or {}).get(CORRELATION_ID)
-        if correlation is not None:
-            out[CORRELATION_ID] = correlation
-        nc = self._nc
-        if nc is None:
-            raise ConnectionError("the connection to NATS was lost")
-        await nc.publish(reply_to, body, headers=out)
-        await nc.flush()
-        await msg.ack()
-        self.replied()
+        try:
+            job = await self.ended(job, self._keepalive, held.in_progress)
+            body, headers = self.reply_of(job)
+            out = {REPLY_HEADERS.get(k, k): v for k, v in headers.items()}
+            correlation = (held.msg.headers or {}).get(CORRELATION_ID)
+            if correlation is not None:
+                out[CORRELATION_ID] = correlation
+            nc = self._nc
+            if nc is None:
+                raise ConnectionError("the connection to NATS was lost")
+            await nc.publish(reply_to, body, headers=out)
+            await nc.flush()
+            await held.msg.ack()
+            self.replied()
+        finally:
+            if self._held.get(bus_id) is held:
+                del self._held[bus_id]
 
     async def _watch_lag(self, sub: JetStreamContext.PullSubscription) -> None:
         while True:
             info = await sub.consumer_info()
             self.stats.lag = (info.num_pending or 0) + (info.num_ack_pending or 0)
             await asyncio.sleep(LAG_INTERVAL)
+
+
+class _Held:
+    """A request whose job a session awaits: its latest delivery."""
+
+    __slots__ = ("msg",)
+
+    def __init__(self, msg: Msg) -> None:
+        self.msg = msg
+
+    async def in_progress(self) -> None:
+        """Tell JetStream the request is still being worked on (its latest delivery)."""
+        await self.msg.in_progress()
 
 
 def _subject(text: str) -> bool:
