@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -214,3 +215,30 @@ def test_a_job_bridge_url_that_cannot_work_stops_the_start_saying_what_to_fix(
     done = _serve(url)
     assert done.returncode == 2, done.stderr
     assert said in " ".join(done.stderr.split()), done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_server_stopping_while_it_awaits_a_reply_stops_at_once_leaving_the_request_queued(
+    rabbit: Rabbit, tidings_server: ServerFactory, tmp_path: Path
+) -> None:
+    """No worker: the job stays queued. SIGTERM ends the wait; the request, never
+    acknowledged, is ready on its queue again, and the restarted server awaits the same
+    job."""
+    queue, replies = rabbit.queue(), rabbit.queue()
+    srv = tidings_server(
+        store=f"sqlite:///{tmp_path / 't.db'}",
+        args=["--bridge", _url(rabbit, queue=queue, job="echo", name="rpc")],
+    )
+    _request(rabbit, queue, b'{"n": 1}', "req-1", reply_to=replies, correlation_id="k")
+    wait_for(lambda: bridge(srv.url, "rpc")["awaiting"] == 1, what="the reply awaited")
+    started = time.monotonic()
+    # uvicorn re-raises the signal after a clean shutdown.
+    assert srv.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    assert time.monotonic() - started < 10
+    wait_for(lambda: rabbit.count(queue) == 1, what="the request back on its queue")
+    srv.start()
+    wait_for(lambda: bridge(srv.url, "rpc")["awaiting"] == 1, what="the reply awaited again")
+    (queued,) = jobs_of(srv.url, "echo")
+    assert queued["status"] == "queued"
+    assert bridge(srv.url, "rpc")["duplicates"] == 1
+    assert _replies(rabbit, replies) == []
