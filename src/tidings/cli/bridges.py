@@ -51,9 +51,10 @@ def bridges(
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
-    """The server's bridges: each one's state, messages acknowledged to its bus, published,
-    duplicates (redeliveries not published again), dead-lettered, lag and last error.
-    Needs an admin."""
+    """The server's bridges: each one's state, messages acknowledged to its bus, published
+    (or submitted as jobs), replies sent, duplicates (redeliveries not published or
+    submitted again), dead-lettered, lag, reconnects, where it sends them (its channel
+    template, or `job TYPE`) and last error. Needs an admin."""
     if ctx.invoked_subcommand is not None:
         return
     from rich.table import Table
@@ -68,23 +69,26 @@ def bridges(
         print_json(answer)
         return
     table = Table(
-        "name", "kind", "state", "acked", "published", "duplicates", "dead", "lag",
-        "reconnects", "last error",
+        "name", "kind", "state", "acked", "published", "replied", "duplicates", "dead", "lag",
+        "reconnects", "to", "last error",
     )  # fmt: skip
     for b in answer["bridges"]:
         error = b["last_error"] or ""
         if error and b.get("last_error_at"):
             error = f"{b['last_error_at'][:19]}Z {error}"
+        job = b.get("job")
         table.add_row(
             b["name"],
             b["kind"],
             b["state"],
             _count(b["acknowledged"]),
-            _count(b["published"]),
+            _count(b.get("submitted") if job else b["published"]),
+            _count(b.get("replied") if job else None),
             _count(b["duplicates"]),
             _count(b["dead_lettered"]),
             _count(b["lag"]),
             _count(b["reconnects"]),
+            f"job {job}" if job else b.get("channel") or "",
             error,
         )
     print_table(table)

@@ -88,6 +88,7 @@ class TidingsApp:
                 settings.bridges, settings.max_message_bytes, settings.max_depth, settings.workers
             ),
             self.channels,
+            self.jobs,
         )
         self.metrics.watch_bridges(self.bridges)
         self.lifecycle = Lifecycle(

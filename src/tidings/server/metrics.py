@@ -16,7 +16,8 @@ a cluster's totals are the sum over its nodes. So are the job timings
 and the scheduler's firings, skips and drift (`tidings_schedule_firings_total`,
 `tidings_schedule_skipped_total`, `tidings_schedule_drift_seconds{type}`), and the bridges'
 counts (`tidings_bridge_messages_total{bridge,outcome}`, `tidings_bridge_up{bridge}`,
-`tidings_bridge_reconnects_total{bridge}`, `tidings_bridge_lag{bridge}`).
+`tidings_bridge_reconnects_total{bridge}`, `tidings_bridge_lag{bridge}`,
+`tidings_bridge_awaiting{bridge}`).
 """
 
 from __future__ import annotations
@@ -144,8 +145,9 @@ class _HubCollector(Collector):
         messages = CounterMetricFamily(
             "tidings_bridge_messages",
             "Bus messages a bridge of this process handled, by outcome: acknowledged (to the "
-            "bus, after tidings committed them), published (new channel messages), duplicate "
-            "(a redelivery already published), dead_lettered",
+            "bus, after tidings committed them), published (new channel messages), submitted "
+            "(new jobs, job=TYPE bridges), replied (job outcomes sent to a request's reply "
+            "address), duplicate (a redelivery already published or submitted), dead_lettered",
             labels=["bridge", "outcome"],
         )
         up = GaugeMetricFamily(
@@ -162,11 +164,18 @@ class _HubCollector(Collector):
             "rows), when the bus says",
             labels=["bridge"],
         )
+        awaiting = GaugeMetricFamily(
+            "tidings_bridge_awaiting",
+            "Requests a job bridge holds unacknowledged until their jobs end and it replies",
+            labels=["bridge"],
+        )
         for bridge in bridges.bridges:
             name, s = bridge.spec.name, bridge.stats
             for outcome, count in (
                 ("acknowledged", s.acknowledged),
                 ("published", s.published),
+                ("submitted", s.submitted),
+                ("replied", s.replied),
                 ("duplicate", s.duplicates),
                 ("dead_lettered", s.dead_lettered),
             ):
@@ -175,7 +184,10 @@ class _HubCollector(Collector):
             reconnects.add_metric([name], s.reconnects)
             if s.lag is not None:
                 lag.add_metric([name], s.lag)
-        yield from (messages, up, reconnects, lag)
+            if bridge.spec.job is not None:
+                held = bridge.awaiting
+                awaiting.add_metric([name], 0 if held is None else len(held.tasks))
+        yield from (messages, up, reconnects, lag, awaiting)
 
     def _schedules(self) -> Iterable[Metric]:
         counters = self.schedule_counters

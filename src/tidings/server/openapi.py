@@ -222,17 +222,33 @@ _BRIDGES: Schema = {
                     "name": {"type": "string"},
                     "kind": {"enum": ["amqp", "nats", "postgres"]},
                     "url": {"type": "string", "description": "without its password"},
-                    "channel": {"type": "string", "description": "the channel template"},
+                    "channel": {
+                        "type": ["string", "null"],
+                        "description": "the channel template (null: a job bridge)",
+                    },
                     "event": {"type": ["string", "null"], "description": "the event template"},
+                    "job": {
+                        "type": ["string", "null"],
+                        "description": "the job type each message becomes (else null)",
+                    },
                     "state": {"enum": ["starting", "connecting", "running", "backoff", "stopped"]},
                     "acknowledged": {
                         "type": "integer",
                         "description": "acknowledged to the bus after tidings committed them",
                     },
                     "published": {"type": "integer", "description": "new channel messages"},
+                    "submitted": {"type": "integer", "description": "new jobs"},
+                    "replied": {
+                        "type": "integer",
+                        "description": "job outcomes sent to a request's reply address",
+                    },
+                    "awaiting": {
+                        "type": "integer",
+                        "description": "requests held until their jobs end",
+                    },
                     "duplicates": {
                         "type": "integer",
-                        "description": "redeliveries already published (not published again)",
+                        "description": "redeliveries already published or submitted",
                     },
                     "dead_lettered": {"type": "integer"},
                     "reconnects": {"type": "integer"},

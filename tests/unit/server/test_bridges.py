@@ -71,6 +71,18 @@ def test_an_amqp_url_keeps_the_drivers_own_parameters_and_takes_tidings_ones():
         ("nats://h:4222/?stream=a.b&channel=c", "stream='a.b': use 1-64 characters"),
         ("nats://h:4222/?stream=S&channel=c&dead_letter=x", "dead_letter='x': use channel"),
         ("no-scheme", "unknown kind (no scheme)"),
+        (f"{AMQP}?queue=q&job=mail&channel=c", "job= and channel= exclude each other"),
+        (f"{AMQP}?queue=q&job=mail&event=e", "job= and event= exclude each other"),
+        (f"{AMQP}?queue=q&job=", "job='': a job type is 1-200 characters"),
+        (f"{AMQP}?queue=q&job=a%20b", "job='a b': a job type is"),
+        (f"{AMQP}?queue=q&job=m&max_attempts=0", "max_attempts=0 is out of range: use 1-100"),
+        (f"{AMQP}?queue=q&job=m&max_attempts=x", "max_attempts='x' is not an integer"),
+        (f"{AMQP}?queue=q&job=m&priority=99999999999", "priority=99999999999 is out of range"),
+        (f"{AMQP}?queue=q&job=m&job_timeout=0", "job_timeout=0.0 is out of range"),
+        (f"{AMQP}?queue=q&job=m&max_replies=0", "max_replies=0 is out of range: use 1-100000"),
+        (f"{AMQP}?queue=q&channel=c&max_attempts=2", "max_attempts= is a job bridge's"),
+        ("nats://h:4222/?stream=S&job=m&channel=c", "job= and channel= exclude each other"),
+        ("postgresql://h/db?job=m&event=e", "job= and event= exclude each other"),
     ],
 )
 def test_a_url_that_cannot_work_is_refused_saying_what_to_fix(url: str, said: str):
@@ -114,3 +126,17 @@ def test_the_admin_view_of_the_settings_hides_every_bridges_password():
     assert "pw@" not in shown
     assert "p2" not in shown
     assert shown.count("***") == 3
+
+
+def test_a_job_bridge_has_no_channel_and_takes_its_jobs_fields_from_the_url():
+    spec = _one(f"{AMQP}?queue=q&job=mail.send&max_attempts=5&priority=-3&job_timeout=2.5")
+    assert spec.channel is None
+    assert spec.event is None
+    assert spec.job is not None
+    assert (spec.job.type, spec.job.max_attempts, spec.job.priority) == ("mail.send", 5, -3)
+    assert (spec.job.timeout, spec.job.max_replies) == (2.5, 1000)
+    assert spec.connect_url == AMQP
+    outbox = _one("postgresql://app@127.0.0.1/app?job=ingest&max_replies=7")
+    assert (outbox.channel, outbox.event) == (None, None)
+    assert outbox.job is not None
+    assert (outbox.job.timeout, outbox.job.max_replies) == (None, 7)

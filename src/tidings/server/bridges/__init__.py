@@ -9,7 +9,10 @@ query parameters its mapping:
     postgresql://app@127.0.0.1:5432/app?table=tidings_outbox
 
 Parameters every kind takes: `channel=` (a template: `{placeholders}` filled from the
-bus message), `event=` (a template too; none by default), `name=` (what the admin view,
+bus message), `event=` (a template too; none by default), or instead `job=TYPE` (each
+bus message becomes a job of that type, its body the payload; with `max_attempts=`,
+`priority=`, `job_timeout=` (seconds) for the jobs and `max_replies=` (replies awaited
+at once, default 1000) — see tidings.server.bridges.base), `name=` (what the admin view,
 the metrics and the idempotency keys call the bridge), `format=json|text` (how the body
 becomes the message's data), `max_bytes=` and `max_depth=` (larger or deeper bodies are
 dead-lettered; at most the server's own limits), `errors=` (the channel dead-letter
@@ -34,6 +37,7 @@ from typing import Any
 
 from tidings.server.bridges.base import Bridge, BridgeConfigError, BridgeSpec, BridgeState, shown
 from tidings.server.channels import ChannelService
+from tidings.server.jobs import JobService
 
 __all__ = ["KINDS", "BridgeConfigError", "Bridges", "parse_bridges", "split_bridges"]
 
@@ -59,8 +63,10 @@ class _Kind:
         spec: BridgeSpec = importlib.import_module(self.module).parse(url, max_bytes, max_depth)
         return spec
 
-    def bridge(self, spec: BridgeSpec, channels: ChannelService) -> Bridge:
-        bridge: Bridge = importlib.import_module(self.module).BRIDGE(spec, channels)
+    def bridge(
+        self, spec: BridgeSpec, channels: ChannelService, jobs: JobService | None = None
+    ) -> Bridge:
+        bridge: Bridge = importlib.import_module(self.module).BRIDGE(spec, channels, jobs)
         return bridge
 
 
@@ -133,10 +139,17 @@ class Bridges:
     Args:
         specs: the parsed bridge URLs (`parse_bridges`).
         channels: the channel service they publish through.
+        jobs: the job service job bridges (`job=TYPE`) submit through; without it, a job
+            bridge is a BridgeConfigError.
     """
 
-    def __init__(self, specs: list[tuple[_Kind, BridgeSpec]], channels: ChannelService) -> None:
-        self.bridges = [kind.bridge(spec, channels) for kind, spec in specs]
+    def __init__(
+        self,
+        specs: list[tuple[_Kind, BridgeSpec]],
+        channels: ChannelService,
+        jobs: JobService | None = None,
+    ) -> None:
+        self.bridges = [kind.bridge(spec, channels, jobs) for kind, spec in specs]
 
     def start(self) -> None:
         """Start every bridge (each connects in the background, retrying)."""

@@ -18,6 +18,17 @@ malformed or oversized message is recorded on the errors channel (`bridge.errors
 acknowledged; with `dead_letter=reject` it is rejected without requeue instead, which the
 broker routes to the queue's dead-letter exchange when it has one (and drops otherwise).
 The lag shown is the queue's count of ready messages, read every few seconds.
+
+With `job=TYPE` each message is submitted as a job instead (its `message_id` the job's
+idempotency key: a redelivery makes no second job). A message without `reply_to` is
+acknowledged once the job is committed. A message with `reply_to` (an RPC request) is
+acknowledged only once its job has ended and the outcome was published, through the
+default exchange, to its `reply_to` queue, with its `correlation_id` and the headers
+`tidings-job-id` and `tidings-job-status` (the body: the result as JSON when the job
+succeeded, else its error). A reply is thus sent at least once: when tidings stops
+before, the broker delivers the request again, which finds the same job. RabbitMQ closes
+a channel whose delivery stayed unacknowledged past its `consumer_timeout` (30 minutes by
+default): jobs that run longer make the bridge reconnect, and wait again.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from tidings.server.bridges.base import (
     COMMON_PARAMS,
+    Awaiting,
     Bridge,
     BridgeConfigError,
     BridgeSpec,
@@ -40,7 +52,10 @@ from tidings.server.channels import ChannelService
 
 if TYPE_CHECKING:
     import aio_pika
-    from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+    from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
+
+    from tidings.protocol.jobs import Job
+    from tidings.server.jobs import JobService
 
 __all__ = ["BRIDGE", "AmqpBridge", "parse"]
 
@@ -88,12 +103,15 @@ def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
 
 
 class AmqpBridge(Bridge):
-    """Consumes one queue; each message published to its channel, then acknowledged."""
+    """Consumes one queue; each message published to its channel (or submitted as a
+    job), then acknowledged."""
 
     kind: ClassVar[str] = "amqp"
 
-    def __init__(self, spec: BridgeSpec, channels: ChannelService) -> None:
-        super().__init__(spec, channels)
+    def __init__(
+        self, spec: BridgeSpec, channels: ChannelService, jobs: JobService | None = None
+    ) -> None:
+        super().__init__(spec, channels, jobs)
         self.queue_name = spec.params.get("queue", "")
         self.exchange_name = spec.params.get("exchange", "")
         self.prefetch: int = spec.extra["prefetch"]
@@ -111,20 +129,28 @@ class AmqpBridge(Bridge):
             await channel.set_qos(prefetch_count=self.prefetch)
             queue = await self._queue(channel)
             self.connected()
-            consume: asyncio.Future[Any] = asyncio.ensure_future(self._consume(queue))
+            awaiting = self.awaiting = Awaiting(
+                1 if self.spec.job is None else self.spec.job.max_replies
+            )
+            consume: asyncio.Future[Any] = asyncio.ensure_future(
+                self._consume(queue, channel.default_exchange)
+            )
             lag: asyncio.Future[Any] = asyncio.ensure_future(
                 self._watch_lag(connection, queue.name)
             )
             gone: asyncio.Future[Any] = asyncio.ensure_future(closed.wait())
-            tasks = (consume, lag, gone)
+            replies: asyncio.Future[Any] = asyncio.ensure_future(awaiting.failed())
+            tasks = (consume, lag, gone, replies)
             try:
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-            # The consumer or the lag reader failed: that failure is the session's.
-            for task in (consume, lag):
+                await awaiting.close()
+                self.awaiting = None
+            # The consumer, the lag reader or a reply failed: that failure is the session's.
+            for task in (consume, lag, replies):
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
             raise ConnectionError("the broker closed the connection")
@@ -147,15 +173,18 @@ class AmqpBridge(Bridge):
         self.stats.lag = queue.declaration_result.message_count
         return queue
 
-    async def _consume(self, queue: AbstractQueue) -> None:
-        """Messages in the order the broker hands them, one at a time: publish, then ack."""
+    async def _consume(self, queue: AbstractQueue, replies: AbstractExchange) -> None:
+        """Messages in the order the broker hands them, one at a time: publish (or
+        submit), then ack; a request's reply is awaited in a task of its own."""
         async with queue.iterator() as messages:
             async for message in messages:
-                await self._handle(message, queue.name)
+                await self._handle(message, queue.name, replies)
                 if self.stopping:
                     return
 
-    async def _handle(self, message: AbstractIncomingMessage, queue: str) -> None:
+    async def _handle(
+        self, message: AbstractIncomingMessage, queue: str, replies: AbstractExchange
+    ) -> None:
         values = {
             "routing_key": message.routing_key or "",
             "exchange": message.exchange or "",
@@ -163,15 +192,40 @@ class AmqpBridge(Bridge):
             "type": message.type or "",
         }
         bus_id = message.message_id or None
-        outcome, reason = await self.deliver(values, message.body, bus_id)
-        if outcome is Outcome.DEAD:
+        delivery = await self.deliver(values, message.body, bus_id)
+        if delivery.outcome is Outcome.DEAD:
             if self.reject_dead:
                 await message.reject(requeue=False)
-                self.dead_lettered(reason)
+                self.dead_lettered(delivery.reason)
                 return
-            await self.record_dead(values, message.body, bus_id, reason)
+            await self.record_dead(values, message.body, bus_id, delivery.reason)
+        elif delivery.job is not None and message.reply_to and self.awaiting is not None:
+            await self.awaiting.start(self._reply(message, delivery.job, replies))
+            return
         await message.ack()
         self.stats.acknowledged += 1
+
+    async def _reply(
+        self, message: AbstractIncomingMessage, job: Job, replies: AbstractExchange
+    ) -> None:
+        """Wait for `job` to end, publish its outcome to the request's reply_to queue
+        (confirmed by the broker), then acknowledge the request."""
+        import aio_pika
+
+        job = await self.ended(job)
+        body, headers = self.reply_of(job)
+        reply = aio_pika.Message(
+            body,
+            content_type="application/json",
+            correlation_id=message.correlation_id,
+            headers=dict(headers),
+        )
+        # Through the default exchange: reply_to names a queue (or RabbitMQ's direct
+        # reply-to pseudo-queue). A queue that is gone drops the reply; the request
+        # is still acknowledged (its asker left).
+        await replies.publish(reply, routing_key=message.reply_to or "")
+        await message.ack()
+        self.replied()
 
     async def _watch_lag(self, connection: Any, queue: str) -> None:
         """The queue's ready messages, read every LAG_INTERVAL seconds on a channel of

@@ -13,6 +13,14 @@ after `deliver` returns does the bridge acknowledge the message to its bus.
 the dead-letter destination, then acknowledge it). Any other failure (the store is down)
 raises, and the session ends without acknowledging: the bus redelivers once the bridge
 has reconnected.
+
+A bridge declared with `job=TYPE` (instead of `channel=`) submits each bus message as a
+job of that type instead, the decoded body its payload, through the job service with the
+same idempotency key: a redelivery finds the job it made (`Outcome.DUPLICATE`) rather
+than making a second. A kind that can carry a reply address (AMQP `reply_to`, a NATS
+`Tidings-Reply-To` header) waits for such a message's job to end (`ended`), publishes its
+outcome there (`reply_of`), and only then acknowledges the message; those waits run as
+tasks of the session (`Awaiting`), at most `max_replies` at once.
 """
 
 from __future__ import annotations
@@ -27,24 +35,33 @@ import random
 import re
 import string
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
+from tidings.protocol.codecs import encode_json
 from tidings.protocol.errors import TidingsError
 from tidings.server.channels import ChannelService, check_channel, check_event
 from tidings.server.depth import decode_limited
 
+if TYPE_CHECKING:
+    from tidings.protocol.jobs import Job
+    from tidings.server.jobs import JobService
+
 __all__ = [
     "DEAD_LETTER_CHANNEL",
+    "Awaiting",
     "Backoff",
     "Bridge",
     "BridgeConfigError",
     "BridgeSpec",
     "BridgeState",
     "BridgeStats",
+    "Delivery",
+    "JobTarget",
     "Outcome",
     "Template",
 ]
@@ -58,12 +75,24 @@ BACKOFF_FIRST = 0.2
 BACKOFF_CAP = 30.0
 # A dead-letter record quotes at most this much of the message it refuses.
 DEAD_QUOTE = 1024
+# Seconds a job bridge waits on a job before looking again (and keeping a request alive),
+# and the least it waits between two looks.
+REPLY_POLL = 30.0
+KEEPALIVE_MIN = 0.05
 # Bridge names: what metrics, the admin view and idempotency keys call a bridge.
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 # Query parameters every bridge kind understands.
 COMMON_PARAMS = frozenset(
     {"name", "channel", "event", "format", "max_bytes", "errors", "max_depth"}
+    | {"job", "max_attempts", "priority", "job_timeout", "max_replies"}
 )
+# The parameters only a job bridge (`job=TYPE`) takes.
+JOB_PARAMS = ("max_attempts", "priority", "job_timeout", "max_replies")
+# Replies one job bridge awaits at once, by default and at most.
+DEFAULT_MAX_REPLIES = 1000
+MAX_REPLIES = 100_000
+# The longest a job's time limit (`job_timeout=`) may be, in seconds (as a submit's).
+MAX_JOB_TIMEOUT = 24 * 3600.0
 
 
 class BridgeConfigError(ValueError):
@@ -84,8 +113,31 @@ class Outcome(enum.Enum):
     """What became of one bus message."""
 
     PUBLISHED = "published"
+    SUBMITTED = "submitted"
     DUPLICATE = "duplicate"
     DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What `Bridge.deliver` made of one bus message: its outcome, why it was refused
+    (Outcome.DEAD), and the job a job bridge submitted or found (its redelivery)."""
+
+    outcome: Outcome
+    reason: str = ""
+    job: Job | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobTarget:
+    """What a job bridge submits: jobs of `type` with these fields; `max_replies`: the
+    replies it awaits at once (more wait for a free place before being consumed)."""
+
+    type: str
+    max_attempts: int
+    priority: int
+    timeout: float | None
+    max_replies: int
 
 
 class Template:
@@ -133,7 +185,7 @@ class BridgeSpec:
         url: the URL as given (secrets included: never shown; see `shown_url`).
         connect_url: the URL the driver connects to (tidings' parameters removed).
         params: tidings' query parameters.
-        channel: the channel template.
+        channel: the channel template (None: a job bridge).
         event: the event template (None: no event name).
         format: `json` (the body is a JSON value) or `text` (UTF-8 text).
         max_bytes: the largest bus message body accepted; larger is dead-lettered.
@@ -141,6 +193,7 @@ class BridgeSpec:
         errors: the channel dead-letter records go to.
         shown_url: the URL without its secrets, for logs and the admin view.
         extra: the kind's own parameters, checked (its module's `parse`).
+        job: what a job bridge (`job=TYPE`) submits; None: a channel bridge.
     """
 
     kind: str
@@ -148,7 +201,7 @@ class BridgeSpec:
     url: str
     connect_url: str
     params: dict[str, str]
-    channel: Template
+    channel: Template | None
     event: Template | None
     format: str
     max_bytes: int
@@ -156,6 +209,7 @@ class BridgeSpec:
     errors: str
     shown_url: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    job: JobTarget | None = None
 
 
 def split_url(url: str, own: frozenset[str]) -> tuple[str, dict[str, str]]:
@@ -224,29 +278,43 @@ def common_spec(
     max_bytes: int,
     max_depth: int,
 ) -> BridgeSpec:
-    """The parameters every kind shares, checked: name, channel, event, format, bounds."""
+    """The parameters every kind shares, checked: name, channel and event (or job),
+    format, bounds."""
     name = params.get("name") or default_name
     if not _NAME.match(name):
         raise BridgeConfigError(
             f"name={name!r}: use 1-64 characters of A-Z a-z 0-9 . _ : - (name the bridge "
             "with ?name=)"
         )
-    channel_text = params.get("channel") or default_channel
-    if not channel_text:
-        raise BridgeConfigError(
-            "channel= is missing: the channel template, text with placeholders among "
-            + ", ".join(f"{{{f}}}" for f in sorted(fields))
-        )
-    channel = Template(channel_text, fields, "channel")
-    if not channel.fields:
-        check_bridge_channel(channel_text, "channel")
-    event_text = params.get("event")
-    event = Template(event_text, fields, "event") if event_text else None
-    if event is not None and not event.fields:
-        try:
-            check_event(event_text)
-        except TidingsError as exc:
-            raise BridgeConfigError(f"event={event_text!r}: {exc.message}") from None
+    channel: Template | None = None
+    event: Template | None = None
+    job: JobTarget | None = None
+    if "job" in params:
+        job = job_target(params, max_depth)
+    else:
+        given = [p for p in JOB_PARAMS if p in params]
+        if given:
+            raise BridgeConfigError(
+                f"{given[0]}= is a job bridge's: give job=TYPE too (the type of the jobs "
+                "each bus message becomes), or drop it"
+            )
+        channel_text = params.get("channel") or default_channel
+        if not channel_text:
+            raise BridgeConfigError(
+                "channel= is missing: the channel template, text with placeholders among "
+                + ", ".join(f"{{{f}}}" for f in sorted(fields))
+                + " (or job=TYPE: each message becomes a job of that type)"
+            )
+        channel = Template(channel_text, fields, "channel")
+        if not channel.fields:
+            check_bridge_channel(channel_text, "channel")
+        event_text = params.get("event")
+        event = Template(event_text, fields, "event") if event_text else None
+        if event is not None and not event.fields:
+            try:
+                check_event(event_text)
+            except TidingsError as exc:
+                raise BridgeConfigError(f"event={event_text!r}: {exc.message}") from None
     fmt = params.get("format") or "json"
     if fmt not in ("json", "text"):
         raise BridgeConfigError(f"format={fmt!r}: use json (a JSON body) or text (UTF-8 text)")
@@ -265,6 +333,35 @@ def common_spec(
         max_depth=int_param(params, "max_depth", max_depth, 1, max_depth),
         errors=errors,
         shown_url=shown(url),
+        job=job,
+    )
+
+
+def job_target(params: dict[str, str], max_depth: int) -> JobTarget:
+    """A job bridge's `job=` and its job parameters, checked; channel= and event= are
+    refused with it (a bridge either publishes or submits)."""
+    from tidings.server.jobs import MAX_ATTEMPTS_LIMIT, check_job_fields
+
+    type_ = params["job"]
+    both = [p for p in ("channel", "event") if p in params]
+    if both:
+        raise BridgeConfigError(
+            f"job= and {both[0]}= exclude each other: a bridge either submits jobs (job=TYPE) "
+            f"or publishes to channels ({both[0]}=); drop one, or declare two bridges"
+        )
+    try:
+        check_job_fields(type_, None, max_depth=max_depth)
+    except TidingsError:
+        raise BridgeConfigError(
+            f"job={type_!r}: a job type is 1-200 characters of A-Z a-z 0-9 . _ : -"
+        ) from None
+    timeout = float_param(params, "job_timeout", 0.0, 0.001, MAX_JOB_TIMEOUT)
+    return JobTarget(
+        type=type_,
+        max_attempts=int_param(params, "max_attempts", 3, 1, MAX_ATTEMPTS_LIMIT),
+        priority=int_param(params, "priority", 0, -(2**31), 2**31 - 1),
+        timeout=timeout or None,
+        max_replies=int_param(params, "max_replies", DEFAULT_MAX_REPLIES, 1, MAX_REPLIES),
     )
 
 
@@ -307,6 +404,8 @@ class BridgeStats:
     state: BridgeState = BridgeState.STARTING
     acknowledged: int = 0
     published: int = 0
+    submitted: int = 0
+    replied: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
     reconnects: int = 0
@@ -330,23 +429,77 @@ class Dead(Exception):
         self.reason = reason
 
 
+class Awaiting:
+    """The replies one session awaits, each a task: at most `limit` at once (`start`
+    waits for a free place). The first that fails ends the session (`failed` raises its
+    error): its message stays unacknowledged, and the bus delivers it again."""
+
+    def __init__(self, limit: int) -> None:
+        self._slots = asyncio.Semaphore(limit)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._failed = asyncio.Event()
+        self._error: BaseException | None = None
+
+    async def start(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as a task once fewer than `limit` are running."""
+        try:
+            await self._slots.acquire()
+        except BaseException:
+            work.close()
+            raise
+        task = asyncio.ensure_future(work)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None and self._error is None:
+            self._error = task.exception()
+            self._failed.set()
+
+    async def failed(self) -> None:
+        """Raise the first task's failure, once there is one."""
+        await self._failed.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def close(self) -> None:
+        """Cancel the tasks still waiting (their messages stay unacknowledged)."""
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class Bridge(abc.ABC):
-    """One bridge: a loop that keeps a session with its bus open and feeds the channels.
+    """One bridge: a loop that keeps a session with its bus open and feeds the channels
+    (or, declared with `job=TYPE`, the job queue).
 
     Args:
         spec: what its URL says.
         channels: the channel service it publishes through.
+        jobs: the job service a job bridge submits through (required when `spec.job`).
     """
 
     kind: ClassVar[str]
 
-    def __init__(self, spec: BridgeSpec, channels: ChannelService) -> None:
+    def __init__(
+        self, spec: BridgeSpec, channels: ChannelService, jobs: JobService | None = None
+    ) -> None:
+        if spec.job is not None and jobs is None:
+            raise BridgeConfigError(
+                f"bridge {spec.name}: job={spec.job.type} needs the server's job service"
+            )
         self.spec = spec
         self.channels = channels
+        self.jobs = jobs
         self.stats = BridgeStats()
         self.backoff = Backoff()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The replies the current session awaits (a job bridge's; None between sessions).
+        self.awaiting: Awaiting | None = None
 
     @property
     def stopping(self) -> bool:
@@ -424,6 +577,8 @@ class Bridge(abc.ABC):
     def route(self, values: dict[str, str]) -> tuple[str, str | None]:
         """The channel and event of a message whose fields are `values`; Dead when they
         are not legal names."""
+        if self.spec.channel is None:
+            raise RuntimeError(f"bridge {self.spec.name} submits jobs: it routes nothing")
         channel = self.spec.channel.render(values)
         event = None if self.spec.event is None else self.spec.event.render(values) or None
         try:
@@ -448,25 +603,101 @@ class Bridge(abc.ABC):
 
     async def deliver(
         self, values: dict[str, str], body: bytes | str, bus_id: str | None
-    ) -> tuple[Outcome, str]:
-        """Publish one bus message (committed when this returns), and say what became of
-        it: with Outcome.DEAD, why the message was refused (the caller dead-letters it)."""
+    ) -> Delivery:
+        """Publish one bus message, or submit it as a job (a job bridge); committed when
+        this returns. Says what became of it: with Outcome.DEAD, why the message was
+        refused (the caller dead-letters it)."""
+        if self.spec.job is not None:
+            return await self._submit(self.spec.job, body, bus_id)
         try:
             channel, event = self.route(values)
             data = self.decode(body)
             key = None if bus_id is None else self.key(bus_id)
             _, duplicate = await self.channels.publish_keyed(channel, data, event, key)
         except Dead as dead:
-            return Outcome.DEAD, dead.reason
+            return Delivery(Outcome.DEAD, dead.reason)
         except TidingsError as exc:
             if exc.status >= 500:
                 raise
-            return Outcome.DEAD, exc.message
+            return Delivery(Outcome.DEAD, exc.message)
         if duplicate:
             self.stats.duplicates += 1
-            return Outcome.DUPLICATE, ""
+            return Delivery(Outcome.DUPLICATE)
         self.stats.published += 1
-        return Outcome.PUBLISHED, ""
+        return Delivery(Outcome.PUBLISHED)
+
+    async def _submit(self, target: JobTarget, body: bytes | str, bus_id: str | None) -> Delivery:
+        """Submit one bus message as a job of `target.type`, its body the payload, keyed
+        by its bus id: a redelivery answers the job the first delivery made."""
+        if self.jobs is None:
+            raise RuntimeError(f"bridge {self.spec.name} has no job service")
+        try:
+            payload = self.decode(body)
+            job, created = await self.jobs.submit(
+                target.type,
+                payload,
+                max_attempts=target.max_attempts,
+                timeout=target.timeout,
+                priority=target.priority,
+                idempotency_key=None if bus_id is None else self.key(bus_id),
+            )
+        except Dead as dead:
+            return Delivery(Outcome.DEAD, dead.reason)
+        except TidingsError as exc:
+            if exc.status >= 500:
+                raise
+            return Delivery(Outcome.DEAD, exc.message)
+        if not created:
+            self.stats.duplicates += 1
+            return Delivery(Outcome.DUPLICATE, job=job)
+        self.stats.submitted += 1
+        return Delivery(Outcome.SUBMITTED, job=job)
+
+    async def ended(
+        self,
+        job: Job,
+        every: float = REPLY_POLL,
+        keepalive: Callable[[], Awaitable[None]] | None = None,
+    ) -> Job:
+        """`job` once it has ended (succeeded, failed for good, or cancelled), followed
+        through the job service; `keepalive` is awaited every `every` seconds meanwhile
+        (a bus that redelivers what is not acknowledged in time). Once the server
+        closes, waits until the bridge stops (which cancels it)."""
+        if self.jobs is None:
+            raise RuntimeError(f"bridge {self.spec.name} has no job service")
+        due = time.monotonic() + every
+        while not job.terminal:
+            # The wait answers early on each change of the job (its progress, too).
+            job = await self.jobs.wait(job, max(KEEPALIVE_MIN, due - time.monotonic()))
+            if job.terminal:
+                break
+            if self.jobs.hub.closing:
+                # Shutting down: the wait answers at once from now on. The bridge is
+                # stopped next, which cancels this (the message stays unacknowledged).
+                await asyncio.get_running_loop().create_future()
+            if time.monotonic() >= due:
+                if keepalive is not None:
+                    await keepalive()
+                due = time.monotonic() + every
+        return job
+
+    @staticmethod
+    def reply_of(job: Job) -> tuple[bytes, dict[str, str]]:
+        """The reply to a request whose job ended: its body (JSON: the result when the
+        job succeeded, else its error, without traceback) and its headers (the job's id
+        and status)."""
+        if job.status == "succeeded":
+            value: Any = job.result
+        elif isinstance(job.error, dict):
+            value = {k: v for k, v in job.error.items() if k != "traceback"}
+        else:
+            value = {"type": job.status, "message": job.message or f"the job was {job.status}"}
+        return encode_json(value), {"tidings-job-id": job.id, "tidings-job-status": job.status}
+
+    def replied(self) -> None:
+        """Count a reply sent and its request acknowledged."""
+        self.stats.replied += 1
+        self.stats.acknowledged += 1
 
     async def record_dead(
         self, values: dict[str, str], body: bytes | str, bus_id: str | None, reason: str
@@ -502,11 +733,15 @@ class Bridge(abc.ABC):
             "name": self.spec.name,
             "kind": self.kind,
             "url": self.spec.shown_url,
-            "channel": self.spec.channel.text,
+            "channel": None if self.spec.channel is None else self.spec.channel.text,
             "event": None if self.spec.event is None else self.spec.event.text,
+            "job": None if self.spec.job is None else self.spec.job.type,
             "state": str(s.state),
             "acknowledged": s.acknowledged,
             "published": s.published,
+            "submitted": s.submitted,
+            "replied": s.replied,
+            "awaiting": 0 if self.awaiting is None else len(self.awaiting.tasks),
             "duplicates": s.duplicates,
             "dead_lettered": s.dead_lettered,
             "reconnects": s.reconnects,

@@ -22,6 +22,16 @@ acknowledged come again only once `ack_wait` (default 30 s) has passed, after la
 — JetStream does not rewind a consumer. Each is still published once; a channel that
 needs strict order takes `max_ack_pending=1` (one message in flight) when its consumer
 is made.
+
+With `job=TYPE` each message is submitted as a job instead (keyed by its stream
+sequence: a redelivery makes no second job). A message with a `Tidings-Reply-To` header
+(a subject) is a request: it is acknowledged only once its job has ended and the outcome
+was published to that subject (the result as JSON when the job succeeded, else its
+error), with headers `Tidings-Job-Id`, `Tidings-Job-Status` and the request's
+`Tidings-Correlation-Id` echoed; meanwhile the bridge tells JetStream the message is in
+progress every third of the consumer's `ack_wait`, so that it is not delivered again. A
+reply is thus sent at least once (a request tidings did not acknowledge comes again and
+finds the same job). Other messages are acknowledged once their job is committed.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from tidings.server.bridges.base import (
     COMMON_PARAMS,
+    Awaiting,
     Bridge,
     BridgeConfigError,
     BridgeSpec,
@@ -44,8 +55,12 @@ from tidings.server.bridges.base import (
 from tidings.server.channels import ChannelService
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
+
+    from tidings.protocol.jobs import Job
+    from tidings.server.jobs import JobService
 
 __all__ = ["BRIDGE", "JetStreamBridge", "parse"]
 
@@ -64,6 +79,13 @@ LAG_INTERVAL = 5.0
 CONNECT_TIMEOUT = 10.0
 # The longest a fetch waits for a first message before asking again.
 FETCH_WAIT = 1.0
+# A job bridge's request headers: where its reply goes, and what it echoes.
+REPLY_TO = "Tidings-Reply-To"
+CORRELATION_ID = "Tidings-Correlation-Id"
+# The longest reply subject taken.
+MAX_SUBJECT = 255
+# The reply headers, as NATS spells its own (the AMQP bridge's names, capitalised).
+REPLY_HEADERS = {"tidings-job-id": "Tidings-Job-Id", "tidings-job-status": "Tidings-Job-Status"}
 
 
 def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
@@ -106,17 +128,26 @@ def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
 
 
 class JetStreamBridge(Bridge):
-    """Drains one durable pull consumer: fetch, publish each message, ack it."""
+    """Drains one durable pull consumer: fetch, publish (or submit) each message, ack it."""
 
     kind: ClassVar[str] = "nats"
 
-    def __init__(self, spec: BridgeSpec, channels: ChannelService) -> None:
-        super().__init__(spec, channels)
+    def __init__(
+        self, spec: BridgeSpec, channels: ChannelService, jobs: JobService | None = None
+    ) -> None:
+        super().__init__(spec, channels, jobs)
         self.stream: str = spec.extra["stream"]
         self.durable: str = spec.extra["durable"]
         self.subject: str | None = spec.extra["subject"]
         self.batch: int = spec.extra["batch"]
         self.term_dead = spec.extra["dead_letter"] == "term"
+        # The session's connection (replies go through it) and the seconds between two
+        # in-progress acks of a request whose job runs (a third of the consumer's ack_wait).
+        self._nc: NatsClient | None = None
+        self._keepalive = 10.0
+        # The requests this session awaits the jobs of, by bus id: the latest delivery
+        # of each (the one in-progress acks and the final ack go to).
+        self._held: dict[str, _Held] = {}
 
     async def session(self) -> None:
         import nats
@@ -143,9 +174,9 @@ class JetStreamBridge(Bridge):
             info = await js.stream_info(self.stream)
             created = "" if info.created is None else info.created.isoformat()
             try:
-                await js.consumer_info(self.stream, self.durable)
+                consumer = await js.consumer_info(self.stream, self.durable)
             except NotFoundError:
-                await js.add_consumer(
+                consumer = await js.add_consumer(
                     self.stream,
                     config=ConsumerConfig(
                         durable_name=self.durable,
@@ -155,19 +186,30 @@ class JetStreamBridge(Bridge):
                         filter_subject=self.subject,
                     ),
                 )
+            # In-progress acks keep a request's message ours while its job runs: three
+            # within the consumer's own ack_wait.
+            self._keepalive = max(0.1, (consumer.config.ack_wait or 30.0) / 3)
+            self._nc = nc
+            self._held = {}
             sub = await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
             self.connected()
+            awaiting = self.awaiting = Awaiting(
+                1 if self.spec.job is None else self.spec.job.max_replies
+            )
             consume: asyncio.Future[Any] = asyncio.ensure_future(self._consume(sub, created))
             lag: asyncio.Future[Any] = asyncio.ensure_future(self._watch_lag(sub))
             gone: asyncio.Future[Any] = asyncio.ensure_future(lost.wait())
-            tasks = (consume, lag, gone)
+            replies: asyncio.Future[Any] = asyncio.ensure_future(awaiting.failed())
+            tasks = (consume, lag, gone, replies)
             try:
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-            for task in (consume, lag):
+                await awaiting.close()
+                self.awaiting = None
+            for task in (consume, lag, replies):
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
             raise ConnectionError("the connection to NATS was lost")
@@ -189,21 +231,85 @@ class JetStreamBridge(Bridge):
     async def _handle(self, msg: Msg, created: str) -> None:
         values = {"subject": msg.subject, "stream": self.stream}
         bus_id = f"{self.stream}:{created}:{msg.metadata.sequence.stream}"
-        outcome, reason = await self.deliver(values, msg.data, bus_id)
+        reply_to = (msg.headers or {}).get(REPLY_TO) if self.spec.job is not None else None
+        held = self._held.get(bus_id)
+        if held is not None:
+            # Delivered again while its job runs (an in-progress ack came late): the
+            # task that awaits the job answers, acknowledging this delivery.
+            held.msg = msg
+            self.stats.duplicates += 1
+            return
+        if reply_to is not None and not _subject(reply_to):
+            outcome, reason = (
+                Outcome.DEAD,
+                f"the {REPLY_TO} header {reply_to[:80]!r} is not a subject (1-{MAX_SUBJECT} "
+                "characters, no spaces, no wildcards)",
+            )
+            job = None
+        else:
+            delivery = await self.deliver(values, msg.data, bus_id)
+            outcome, reason, job = delivery.outcome, delivery.reason, delivery.job
         if outcome is Outcome.DEAD:
             if self.term_dead:
                 await msg.term()
                 self.dead_lettered(reason)
                 return
             await self.record_dead(values, msg.data, bus_id, reason)
+        elif job is not None and reply_to and self.awaiting is not None:
+            held = self._held[bus_id] = _Held(msg)
+            await self.awaiting.start(self._reply(held, bus_id, job, reply_to))
+            return
         await msg.ack()
         self.stats.acknowledged += 1
+
+    async def _reply(self, held: _Held, bus_id: str, job: Job, reply_to: str) -> None:
+        """Wait for `job` to end (telling JetStream the request is in progress), publish
+        its outcome to `reply_to` and flush it, then acknowledge the request."""
+        try:
+            job = await self.ended(job, self._keepalive, held.in_progress)
+            body, headers = self.reply_of(job)
+            out = {REPLY_HEADERS.get(k, k): v for k, v in headers.items()}
+            correlation = (held.msg.headers or {}).get(CORRELATION_ID)
+            if correlation is not None:
+                out[CORRELATION_ID] = correlation
+            nc = self._nc
+            if nc is None:
+                raise ConnectionError("the connection to NATS was lost")
+            await nc.publish(reply_to, body, headers=out)
+            await nc.flush()
+            await held.msg.ack()
+            self.replied()
+        finally:
+            if self._held.get(bus_id) is held:
+                del self._held[bus_id]
 
     async def _watch_lag(self, sub: JetStreamContext.PullSubscription) -> None:
         while True:
             info = await sub.consumer_info()
             self.stats.lag = (info.num_pending or 0) + (info.num_ack_pending or 0)
             await asyncio.sleep(LAG_INTERVAL)
+
+
+class _Held:
+    """A request whose job a session awaits: its latest delivery."""
+
+    __slots__ = ("msg",)
+
+    def __init__(self, msg: Msg) -> None:
+        self.msg = msg
+
+    async def in_progress(self) -> None:
+        """Tell JetStream the request is still being worked on (its latest delivery)."""
+        await self.msg.in_progress()
+
+
+def _subject(text: str) -> bool:
+    """Whether `text` is a subject a reply may be published to."""
+    return (
+        0 < len(text) <= MAX_SUBJECT
+        and not any(c.isspace() for c in text)
+        and not any(t in ("*", ">", "") for t in text.split("."))
+    )
 
 
 BRIDGE = JetStreamBridge

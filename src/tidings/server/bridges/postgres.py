@@ -21,6 +21,12 @@ notification was missed (a reconnect, a pooler that drops LISTEN). A row whose c
 event or data cannot be published is recorded on the errors channel (`bridge.errors`) and
 deleted. The lag shown is the table's row count (counted after a claim, at most every
 few seconds while a backlog drains).
+
+With `job=TYPE` each row's `data` is submitted as a job of that type instead (its
+`channel` and `event` columns are not read), keyed by the row's id and insert time, and
+the row deleted once the job is committed: the job exists exactly when the application's
+transaction committed. No reply is sent (a table has no one to answer): the application
+follows the job through tidings' job API if it needs the outcome.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ from tidings.server.channels import ChannelService
 
 if TYPE_CHECKING:
     import asyncpg
+
+    from tidings.server.jobs import JobService
 
 __all__ = ["BRIDGE", "DEFAULT_TABLE", "OutboxBridge", "outbox_ddl", "parse", "row_bus_id"]
 
@@ -127,7 +135,7 @@ def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
         max_bytes=max_bytes,
         max_depth=max_depth,
     )
-    if spec.event is None:
+    if spec.event is None and spec.job is None:
         # By default a row's own event column names its event.
         spec = replace(spec, event=Template("{event}", FIELDS, "event"))
     spec.extra["table"] = table
@@ -144,12 +152,15 @@ def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
 
 
 class OutboxBridge(Bridge):
-    """Drains one outbox table: claim, publish, delete, in one transaction per batch."""
+    """Drains one outbox table: claim, publish (or submit), delete, in one transaction
+    per batch."""
 
     kind: ClassVar[str] = "postgres"
 
-    def __init__(self, spec: BridgeSpec, channels: ChannelService) -> None:
-        super().__init__(spec, channels)
+    def __init__(
+        self, spec: BridgeSpec, channels: ChannelService, jobs: JobService | None = None
+    ) -> None:
+        super().__init__(spec, channels, jobs)
         self.table: str = spec.extra["table"]
         self.batch: int = spec.extra["batch"]
         self.poll: float = spec.extra["poll"]
@@ -232,9 +243,9 @@ class OutboxBridge(Bridge):
         }
         bus_id = row_bus_id(self.table, row["id"], row["created_at"])
         data: str = row["data"]
-        outcome, reason = await self.deliver(values, data.encode(), bus_id)
-        if outcome is Outcome.DEAD:
-            await self.record_dead(values, data, bus_id, reason)
+        delivery = await self.deliver(values, data.encode(), bus_id)
+        if delivery.outcome is Outcome.DEAD:
+            await self.record_dead(values, data, bus_id, delivery.reason)
 
 
 BRIDGE = OutboxBridge
