@@ -66,7 +66,7 @@ def test_an_amqp_url_keeps_the_drivers_own_parameters_and_takes_tidings_ones():
         ("postgresql://h/db?poll=0", "poll=0.0 is out of range"),
         ("postgresql://h/db?batch=1&batch=2", "batch= is given twice"),
         ("kafka://h:9092/?topic=a", "unknown kind kafka://"),
-        ("mqtt://h/?topic=a&channel=c", "unknown kind mqtt://"),
+        ("mqtt://h/?channel=c", "needs topic=FILTER"),
         ("nats://h:4222/?subject=a&channel=c", "needs stream=NAME"),
         ("nats://h:4222/?stream=a.b&channel=c", "stream='a.b': use 1-64 characters"),
         ("nats://h:4222/?stream=S&channel=c&dead_letter=x", "dead_letter='x': use channel"),
@@ -78,6 +78,23 @@ def test_a_url_that_cannot_work_is_refused_saying_what_to_fix(url: str, said: st
         parse_bridges(url, 1000, 8)
     assert said in str(info.value)
     assert "secret" not in str(info.value)
+
+
+def test_a_plus_in_a_query_value_is_a_plus_an_mqtt_wildcard_not_a_space():
+    spec = _one("mqtts://u:p%40ss@broker:8883/?topic=home/+/temp&channel=h.{topic}")
+    assert spec.extra["topic"] == "home/+/temp"
+    assert (spec.extra["host"], spec.extra["port"], spec.extra["tls"]) == ("broker", 8883, True)
+    assert spec.extra["password"] == "p@ss"  # noqa: S105 (a test URL's)
+    assert spec.extra["client_id"] == f"tidings-{spec.name}"
+    assert "p%40ss" not in spec.shown_url
+
+
+def test_an_mqtt_bridge_is_refused_in_a_server_of_several_processes():
+    url = "mqtt://h/?topic=a&channel=c"
+    assert len(parse_bridges(url, 10, 2, processes=1)) == 1
+    with pytest.raises(BridgeConfigError, match="an MQTT session belongs to one client id"):
+        parse_bridges(url, 10, 2, processes=4)
+    assert len(parse_bridges(f"{AMQP}?queue=a&channel=x", 10, 2, processes=4)) == 1
 
 
 def test_bridges_are_separated_by_white_space_and_their_names_must_differ():
