@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
 import pytest
 
 from tidings.server.bridges import BridgeConfigError, parse_bridges
 from tidings.server.bridges.base import Backoff, BridgeSpec, Template
+from tidings.server.bridges.mqtt import _connection_lost
 from tidings.server.bridges.postgres import outbox_ddl
 from tidings.server.http.admin import redacted_settings
 from tidings.server.settings import Settings
@@ -95,6 +101,49 @@ def test_an_mqtt_bridge_is_refused_in_a_server_of_several_processes():
     with pytest.raises(BridgeConfigError, match="an MQTT session belongs to one client id"):
         parse_bridges(url, 10, 2, processes=4)
     assert len(parse_bridges(f"{AMQP}?queue=a&channel=x", 10, 2, processes=4)) == 1
+
+
+@pytest.fixture
+def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A connected loopback TCP pair (client, the listener's end), closed at the end."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=5)
+        server, _ = listener.accept()
+    yield client, server
+    client.close()
+    server.close()
+
+
+def _until_lost(sock: socket.socket) -> str | None:
+    """_connection_lost of `sock`, asked for up to 2 s until it names a loss."""
+    deadline = time.monotonic() + 2.0
+    while (why := _connection_lost(sock)) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return why
+
+
+linux_tcp_info = pytest.mark.skipif(
+    not hasattr(socket, "TCP_INFO"), reason="the kernel's TCP state is read through TCP_INFO"
+)
+
+
+@linux_tcp_info
+@pytest.mark.parametrize(
+    ("reset", "state"), [(True, "CLOSE"), (False, "CLOSE_WAIT")], ids=["reset", "closed"]
+)
+def test_a_lost_mqtt_connection_is_seen_even_behind_bytes_the_client_has_not_read(
+    tcp_pair: tuple[socket.socket, socket.socket], reset: bool, state: str
+) -> None:
+    client, server = tcp_pair
+    server.sendall(b"x" * 672)
+    time.sleep(0.05)
+    assert _connection_lost(client) is None
+    if reset:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    server.close()
+    assert _until_lost(client) == f"its TCP state is {state}"
+    # A peek alone still reads a byte: it would take the connection for open.
+    assert client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"x"
 
 
 def test_bridges_are_separated_by_white_space_and_their_names_must_differ():

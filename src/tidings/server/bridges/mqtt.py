@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
@@ -54,6 +55,20 @@ CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 # Seconds between two looks at the client's socket (_watch_socket).
 WATCH_INTERVAL = 1.0
+# Linux's TCP states (tcpi_state of TCP_INFO), as include/net/tcp_states.h numbers them.
+TCP_ESTABLISHED = 1
+_TCP_STATES = {
+    2: "SYN_SENT",
+    3: "SYN_RECV",
+    4: "FIN_WAIT1",
+    5: "FIN_WAIT2",
+    6: "TIME_WAIT",
+    7: "CLOSE",
+    8: "CLOSE_WAIT",
+    9: "LAST_ACK",
+    10: "LISTEN",
+    11: "CLOSING",
+}
 
 
 def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
@@ -111,24 +126,50 @@ async def _close(client: aiomqtt.Client, paho: Any) -> None:
         sock.close()
 
 
+def _connection_lost(sock: socket.socket) -> str | None:
+    """Why the connection of `sock` is gone, or None while it is open.
+
+    Where the kernel tells a TCP socket's state (Linux: TCP_INFO, whose first byte is
+    tcpi_state), anything but ESTABLISHED is a lost connection: a reset or the broker's
+    close leaves the socket CLOSE or CLOSE_WAIT even while bytes the client has not read
+    are still queued on it. Elsewhere, a peek that reads nothing (the broker's close) or
+    fails says so; it cannot see a close behind unread bytes, nor look under TLS.
+    """
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if tcp_info is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            state = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, 1)[0]
+        except OSError as exc:
+            return f"its socket cannot be read: {exc}"
+        if state != TCP_ESTABLISHED:
+            return f"its TCP state is {_TCP_STATES.get(state, state)}"
+        return None
+    if isinstance(sock, ssl.SSLSocket):
+        return None  # a peek would read TLS records: the socket's own errors must tell
+    try:
+        if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+            return "the broker closed it"
+    except (BlockingIOError, InterruptedError):
+        return None  # nothing to read: the connection is open
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
 async def _watch_socket(paho: Any) -> None:
     """Return when the client's connection is gone. aiomqtt learns of a lost connection
-    from paho, which, on uvloop, can miss it (a write registered on a socket that closed
-    meanwhile fails in a loop callback, and no disconnect follows): the socket itself is
-    looked at every WATCH_INTERVAL seconds — closed, or at its end (a peek reads nothing).
+    from paho, which, on uvloop, can miss it: uvloop closes a socket's poll on an error
+    without calling paho's reader (and a write registered meanwhile fails in a loop
+    callback), so no disconnect follows and the bytes left unread stay on the socket.
+    The socket itself is looked at every WATCH_INTERVAL seconds (_connection_lost).
     """
     while True:
         await asyncio.sleep(WATCH_INTERVAL)
         sock = paho.socket()
         if sock is None or sock.fileno() < 0 or not paho.is_connected():
             raise ConnectionError("the MQTT connection was lost")
-        try:
-            if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
-                raise ConnectionError("the MQTT broker closed the connection")
-        except (BlockingIOError, InterruptedError):
-            continue  # nothing to read: the connection is open
-        except OSError as exc:
-            raise ConnectionError(f"the MQTT connection was lost: {exc}") from None
+        if (why := _connection_lost(sock)) is not None:
+            raise ConnectionError(f"the MQTT connection was lost: {why}")
 
 
 class MqttBridge(Bridge):
@@ -141,8 +182,6 @@ class MqttBridge(Bridge):
         self.x: dict[str, Any] = spec.extra
 
     async def session(self) -> None:
-        import ssl
-
         import aiomqtt
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
