@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python assets
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python assets
-	$(BIN)/python -m pip install --quiet -e '.[server,redis,amqp,nats,postgres,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[server,redis,amqp,nats,mqtt,postgres,dev]'
 	touch $@ $(VENV)/.installed
 
 venv: $(VENV)/.installed

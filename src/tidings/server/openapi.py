@@ -220,7 +220,7 @@ _BRIDGES: Schema = {
                 "type": "object",
                 "properties": {
                     "name": {"type": "string"},
-                    "kind": {"enum": ["amqp", "nats", "postgres"]},
+                    "kind": {"enum": ["amqp", "nats", "mqtt", "postgres"]},
                     "url": {"type": "string", "description": "without its password"},
                     "channel": {
                         "type": ["string", "null"],

@@ -407,3 +407,59 @@ def jetstream() -> Iterator[Nats]:
     n = Nats()
     yield n
     n.cleanup()
+
+
+class Mosquitto:
+    """The machine's Mosquitto, through aiomqtt (MQTT 5)."""
+
+    url = "mqtt://127.0.0.1:1883"
+
+    def __init__(self) -> None:
+        self.client_ids: list[str] = []
+
+    def bridge_client(self, name: str) -> str:
+        """The client id of bridge `name`, whose session is ended at the end of the test."""
+        client_id = f"tidings-{name}"
+        self.client_ids.append(client_id)
+        return client_id
+
+    def publish(self, topic: str, bodies: list[bytes], ids: list[str | None] | None = None) -> None:
+        """Publish `bodies` at QoS 1, in order, each with its `message-id` user property."""
+        import aiomqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        async def go() -> None:
+            async with aiomqtt.Client(
+                "127.0.0.1", 1883, protocol=aiomqtt.ProtocolVersion.V5, timeout=10
+            ) as client:
+                for body, mid in zip(bodies, ids or [None] * len(bodies), strict=True):
+                    props = None
+                    if mid is not None:
+                        props = Properties(PacketTypes.PUBLISH)
+                        props.UserProperty = ("message-id", mid)
+                    await client.publish(topic, body, qos=1, properties=props)
+
+        asyncio.run(go())
+
+    def cleanup(self) -> None:
+        """End the bridges' persistent sessions (a clean start that keeps nothing)."""
+        import aiomqtt
+
+        async def go() -> None:
+            for client_id in self.client_ids:
+                async with aiomqtt.Client(
+                    "127.0.0.1", 1883, identifier=client_id, timeout=10,
+                    protocol=aiomqtt.ProtocolVersion.V5, clean_start=True,
+                ):  # fmt: skip
+                    pass
+
+        asyncio.run(go())
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[Mosquitto]:
+    _reachable(1883, "Mosquitto (MQTT)", "mosquitto -d -c /etc/mosquitto/mosquitto.conf")
+    m = Mosquitto()
+    yield m
+    m.cleanup()

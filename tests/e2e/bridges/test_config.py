@@ -72,6 +72,7 @@ def test_two_bridges_of_one_name_are_refused() -> None:
         (f"{RABBITMQ}?queue=q&channel=a", "aio_pika", "tidings[amqp]"),
         ("postgresql://postgres@127.0.0.1/test", "asyncpg", "tidings[postgres]"),
         ("nats://127.0.0.1:4222/?stream=S&channel=a", "nats", "tidings[nats]"),
+        ("mqtt://127.0.0.1:1883/?topic=a/%23&channel=a", "aiomqtt", "tidings[mqtt]"),
     ],
 )
 def test_a_bridge_whose_driver_is_missing_names_the_extra_to_install(

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
 import pytest
 
 from tidings.server.bridges import BridgeConfigError, parse_bridges
 from tidings.server.bridges.base import Backoff, BridgeSpec, Template
+from tidings.server.bridges.mqtt import _connection_lost
 from tidings.server.bridges.postgres import outbox_ddl
 from tidings.server.http.admin import redacted_settings
 from tidings.server.settings import Settings
@@ -66,7 +72,7 @@ def test_an_amqp_url_keeps_the_drivers_own_parameters_and_takes_tidings_ones():
         ("postgresql://h/db?poll=0", "poll=0.0 is out of range"),
         ("postgresql://h/db?batch=1&batch=2", "batch= is given twice"),
         ("kafka://h:9092/?topic=a", "unknown kind kafka://"),
-        ("mqtt://h/?topic=a&channel=c", "unknown kind mqtt://"),
+        ("mqtt://h/?channel=c", "needs topic=FILTER"),
         ("nats://h:4222/?subject=a&channel=c", "needs stream=NAME"),
         ("nats://h:4222/?stream=a.b&channel=c", "stream='a.b': use 1-64 characters"),
         ("nats://h:4222/?stream=S&channel=c&dead_letter=x", "dead_letter='x': use channel"),
@@ -90,6 +96,66 @@ def test_a_url_that_cannot_work_is_refused_saying_what_to_fix(url: str, said: st
         parse_bridges(url, 1000, 8)
     assert said in str(info.value)
     assert "secret" not in str(info.value)
+
+
+def test_a_plus_in_a_query_value_is_a_plus_an_mqtt_wildcard_not_a_space():
+    spec = _one("mqtts://u:p%40ss@broker:8883/?topic=home/+/temp&channel=h.{topic}")
+    assert spec.extra["topic"] == "home/+/temp"
+    assert (spec.extra["host"], spec.extra["port"], spec.extra["tls"]) == ("broker", 8883, True)
+    assert spec.extra["password"] == "p@ss"  # noqa: S105 (a test URL's)
+    assert spec.extra["client_id"] == f"tidings-{spec.name}"
+    assert "p%40ss" not in spec.shown_url
+
+
+def test_an_mqtt_bridge_is_refused_in_a_server_of_several_processes():
+    url = "mqtt://h/?topic=a&channel=c"
+    assert len(parse_bridges(url, 10, 2, processes=1)) == 1
+    with pytest.raises(BridgeConfigError, match="an MQTT session belongs to one client id"):
+        parse_bridges(url, 10, 2, processes=4)
+    assert len(parse_bridges(f"{AMQP}?queue=a&channel=x", 10, 2, processes=4)) == 1
+
+
+@pytest.fixture
+def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A connected loopback TCP pair (client, the listener's end), closed at the end."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=5)
+        server, _ = listener.accept()
+    yield client, server
+    client.close()
+    server.close()
+
+
+def _until_lost(sock: socket.socket) -> str | None:
+    """_connection_lost of `sock`, asked for up to 2 s until it names a loss."""
+    deadline = time.monotonic() + 2.0
+    while (why := _connection_lost(sock)) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return why
+
+
+linux_tcp_info = pytest.mark.skipif(
+    not hasattr(socket, "TCP_INFO"), reason="the kernel's TCP state is read through TCP_INFO"
+)
+
+
+@linux_tcp_info
+@pytest.mark.parametrize(
+    ("reset", "state"), [(True, "CLOSE"), (False, "CLOSE_WAIT")], ids=["reset", "closed"]
+)
+def test_a_lost_mqtt_connection_is_seen_even_behind_bytes_the_client_has_not_read(
+    tcp_pair: tuple[socket.socket, socket.socket], reset: bool, state: str
+) -> None:
+    client, server = tcp_pair
+    server.sendall(b"x" * 672)
+    time.sleep(0.05)
+    assert _connection_lost(client) is None
+    if reset:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    server.close()
+    assert _until_lost(client) == f"its TCP state is {state}"
+    # A peek alone still reads a byte: it would take the connection for open.
+    assert client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"x"
 
 
 def test_bridges_are_separated_by_white_space_and_their_names_must_differ():

@@ -180,7 +180,7 @@ class BridgeSpec:
     """One bridge as its URL declares it.
 
     Args:
-        kind: `amqp`, `nats` or `postgres`.
+        kind: `amqp`, `nats`, `mqtt` or `postgres`.
         name: what the bridge is called (`?name=`; default from its queue or table).
         url: the URL as given (secrets included: never shown; see `shown_url`).
         connect_url: the URL the driver connects to (tidings' parameters removed).
