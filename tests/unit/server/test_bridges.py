@@ -73,6 +73,7 @@ def test_an_amqp_url_keeps_the_drivers_own_parameters_and_takes_tidings_ones():
         ("postgresql://h/db?batch=1&batch=2", "batch= is given twice"),
         ("kafka://h:9092/?topic=a", "unknown kind kafka://"),
         ("mqtt://h/?channel=c", "needs topic=FILTER"),
+        ("mqtt://h/?topic=a&job=mail", "job= is not available on an mqtt bridge"),
         ("nats://h:4222/?subject=a&channel=c", "needs stream=NAME"),
         ("nats://h:4222/?stream=a.b&channel=c", "stream='a.b': use 1-64 characters"),
         ("nats://h:4222/?stream=S&channel=c&dead_letter=x", "dead_letter='x': use channel"),

@@ -47,6 +47,8 @@ from tidings.server.channels import ChannelService
 if TYPE_CHECKING:
     import aiomqtt
 
+    from tidings.server.jobs import JobService
+
 __all__ = ["BRIDGE", "MqttBridge", "parse"]
 
 FIELDS = frozenset({"topic"})
@@ -91,6 +93,11 @@ def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
         max_bytes=max_bytes,
         max_depth=max_depth,
     )
+    if spec.job is not None:
+        raise BridgeConfigError(
+            "job= is not available on an mqtt bridge (amqp, nats and postgresql bridges take "
+            "it): map the topic to a channel with channel=, or drop job="
+        )
     client_id = params.get("client_id") or f"tidings-{spec.name}"
     if not 1 <= len(client_id) <= 64:
         raise BridgeConfigError(f"client_id={client_id!r}: use 1-64 characters")
@@ -177,8 +184,10 @@ class MqttBridge(Bridge):
 
     kind: ClassVar[str] = "mqtt"
 
-    def __init__(self, spec: BridgeSpec, channels: ChannelService) -> None:
-        super().__init__(spec, channels)
+    def __init__(
+        self, spec: BridgeSpec, channels: ChannelService, jobs: JobService | None = None
+    ) -> None:
+        super().__init__(spec, channels, jobs)
         self.x: dict[str, Any] = spec.extra
 
     async def session(self) -> None:
@@ -246,9 +255,9 @@ class MqttBridge(Bridge):
         values = {"topic": message.topic.value.replace("/", ".")}
         body = message.payload
         bus_id = self._bus_id(message)
-        outcome, reason = await self.deliver(values, body, bus_id)
-        if outcome is Outcome.DEAD:
-            await self.record_dead(values, body, bus_id, reason)
+        delivery = await self.deliver(values, body, bus_id)
+        if delivery.outcome is Outcome.DEAD:
+            await self.record_dead(values, body, bus_id, delivery.reason)
 
     def _bus_id(self, message: aiomqtt.Message) -> str | None:
         """The message's own id, from its user property named `id_property` (None when
