@@ -28,7 +28,7 @@ import re
 import string
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
@@ -36,6 +36,9 @@ import msgspec
 from tidings.protocol.errors import TidingsError
 from tidings.server.channels import ChannelService, check_channel, check_event
 from tidings.server.depth import decode_limited
+
+if TYPE_CHECKING:
+    from tidings.server.bridges.outbound import Forwarder
 
 __all__ = [
     "DEAD_LETTER_CHANNEL",
@@ -76,6 +79,8 @@ class BridgeState(enum.StrEnum):
     STARTING = "starting"
     CONNECTING = "connecting"
     RUNNING = "running"
+    # An outbound-only bridge whose lease another node holds (it forwards, this waits).
+    STANDBY = "standby"
     BACKOFF = "backoff"
     STOPPED = "stopped"
 
@@ -223,22 +228,34 @@ def common_spec(
     default_channel: str | None,
     max_bytes: int,
     max_depth: int,
+    inbound: bool = True,
 ) -> BridgeSpec:
-    """The parameters every kind shares, checked: name, channel, event, format, bounds."""
+    """The parameters every kind shares, checked: name, channel, event, format, bounds.
+    `inbound=False`: the bridge only forwards (tidings.server.bridges.outbound), and
+    takes no channel or event template."""
     name = params.get("name") or default_name
     if not _NAME.match(name):
         raise BridgeConfigError(
             f"name={name!r}: use 1-64 characters of A-Z a-z 0-9 . _ : - (name the bridge "
             "with ?name=)"
         )
+    if not inbound:
+        for key in ("channel", "event", "errors", "max_bytes", "max_depth"):
+            if key in params:
+                raise BridgeConfigError(
+                    f"{key}= is for consuming from the bus, and this bridge only forwards "
+                    "(forward= without a source to consume): remove it"
+                )
     channel_text = params.get("channel") or default_channel
-    if not channel_text:
+    if not inbound:
+        channel_text = ""
+    elif not channel_text:
         raise BridgeConfigError(
             "channel= is missing: the channel template, text with placeholders among "
             + ", ".join(f"{{{f}}}" for f in sorted(fields))
         )
     channel = Template(channel_text, fields, "channel")
-    if not channel.fields:
+    if inbound and not channel.fields:
         check_bridge_channel(channel_text, "channel")
     event_text = params.get("event")
     event = Template(event_text, fields, "event") if event_text else None
@@ -347,6 +364,8 @@ class Bridge(abc.ABC):
         self.backoff = Backoff()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The outbound side (forward=), set by the kind's constructor.
+        self.forwarder: Forwarder | None = None
 
     @property
     def stopping(self) -> bool:
@@ -354,15 +373,21 @@ class Bridge(abc.ABC):
         return self._stopping.is_set()
 
     def start(self) -> None:
-        """Start the bridge's loop (it connects in the background)."""
-        self._task = asyncio.get_running_loop().create_task(
-            self.run(), name=f"tidings-bridge-{self.spec.name}"
-        )
+        """Start the bridge's loop (it connects in the background), and its outbound
+        side if it has one."""
+        if self.spec.extra.get("inbound", True):
+            self._task = asyncio.get_running_loop().create_task(
+                self.run(), name=f"tidings-bridge-{self.spec.name}"
+            )
+        if self.forwarder is not None:
+            self.forwarder.start()
 
     async def stop(self) -> None:
         """Stop consuming and close the bus connection; unacknowledged messages stay on
         the bus for the next consumer."""
         self._stopping.set()
+        if self.forwarder is not None:
+            await self.forwarder.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -516,4 +541,5 @@ class Bridge(abc.ABC):
             "connected_since": (
                 None if s.connected_since is None else format_time(s.connected_since)
             ),
+            "forward": None if self.forwarder is None else self.forwarder.snapshot(),
         }
