@@ -122,7 +122,31 @@ def test_cursors_are_seen_by_a_second_store_on_the_same_data(make_store):
         await second.start()
         try:
             assert await second.forwards.get_cursors("b") == {"c": "12"}
-            assert await second.forwards.hold_lease("b", "node-b", 30) is False
+        finally:
+            await second.close()
+
+    asyncio.run(main())
+
+
+def test_a_server_store_of_its_own_frees_the_leases_a_dead_process_left(make_store):
+    """A server's SQLite file is its alone (the lock): a lease found when it starts was
+    left by a process that died, and is free at once. A shared store (Redis) keeps it
+    until it expires: the holder may be another node, alive."""
+    if make_store.kind == "memory":
+        pytest.skip("a memory store starts empty: no lease survives its process")
+
+    async def main() -> None:
+        first = make_store()
+        await first.start()
+        try:
+            assert await first.forwards.hold_lease("b", "dead-node", 60) is True
+        finally:
+            await first.close()
+        second = make_store()
+        await second.start()
+        try:
+            taken = await second.forwards.hold_lease("b", "new-node", 60)
+            assert taken is (make_store.kind == "sqlite")
         finally:
             await second.close()
 

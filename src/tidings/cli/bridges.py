@@ -52,8 +52,8 @@ def bridges(
     token: TokenOption = None,
 ) -> None:
     """The server's bridges: each one's state, messages acknowledged to its bus, published,
-    duplicates (redeliveries not published again), dead-lettered, lag and last error.
-    Needs an admin."""
+    duplicates (redeliveries not published again), dead-lettered, lag, channel messages
+    forwarded to its bus (forward=: by this node) and last error. Needs an admin."""
     if ctx.invoked_subcommand is not None:
         return
     from rich.table import Table
@@ -69,7 +69,7 @@ def bridges(
         return
     table = Table(
         "name", "kind", "state", "acked", "published", "duplicates", "dead", "lag",
-        "reconnects", "last error",
+        "forwarded", "reconnects", "last error",
     )  # fmt: skip
     for b in answer["bridges"]:
         error = b["last_error"] or ""
@@ -84,6 +84,7 @@ def bridges(
             _count(b["duplicates"]),
             _count(b["dead_lettered"]),
             _count(b["lag"]),
+            _count((b.get("forward") or {}).get("forwarded")),
             _count(b["reconnects"]),
             error,
         )

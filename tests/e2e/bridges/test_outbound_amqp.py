@@ -247,6 +247,43 @@ def test_a_broker_connection_cut_mid_stream_resumes_without_loss(
     assert via.accepted >= 2
 
 
+@pytest.mark.timeout(150)
+def test_history_trimmed_past_the_cursor_is_counted_missed_and_the_rest_forwarded(
+    rabbit: Rabbit, tidings_server: ServerFactory, tmp_path: Path
+) -> None:
+    exchange, queue = _bind(rabbit)
+    store = f"sqlite:///{tmp_path / 't.db'}"
+    name = unique("trim")
+    url = _forward_url(rabbit, exchange, "feed", name=name)
+    got = Got(rabbit, queue)
+    # Three messages forwarded: the cursor is at 3.
+    first = tidings_server(store=store, args=["--bridge", url])
+    _publish(first.url, "feed", 0, 3)
+    wait_for(lambda: len(got.take()) >= 3, what="3 forwarded")
+    first.stop()
+    # Meanwhile, without the bridge: 20 more, of which the channel keeps the last 5.
+    alone = tidings_server(store=store)
+    r = httpx.put(
+        f"{alone.url}/v1/channels/feed",
+        json={"retention": {"max_messages": 5, "max_age": 3600}},
+        timeout=20,
+    )
+    assert r.status_code == 200, r.text
+    _publish(alone.url, "feed", 3, 20)
+    alone.stop()
+    again = tidings_server(store=store, args=["--bridge", url])
+    wait_for(lambda: len(got.take()) >= 8, what="the retained 5 forwarded")
+    assert got.ids("feed") == [1, 2, 3, 19, 20, 21, 22, 23]
+    view = wait_for(
+        lambda: (b := bridge(again.url, name))["forward"]["forwarded"] == 5 and b,
+        what="the counters",
+    )
+    # Messages 4 to 18 went before the bridge could forward them.
+    assert view["forward"]["missed"] == 15
+    metrics = httpx.get(f"{again.url}/metrics", timeout=20).text
+    assert f'tidings_bridge_forward_missed_total{{bridge="{name}"}} 15.0' in metrics
+
+
 @pytest.mark.timeout(180)
 def test_two_nodes_on_one_redis_store_forward_each_message_once_and_a_survivor_takes_over(
     rabbit: Rabbit, tidings_server: ServerFactory, redis_url: str
@@ -356,3 +393,8 @@ def test_a_forward_mistake_stops_the_server_start() -> None:
     )
     assert done.returncode == 2, done.stderr
     assert "which this bridge's inbound side writes" in " ".join(done.stderr.split())
+
+
+def test_the_postgres_bridge_does_not_forward_and_says_which_kinds_do() -> None:
+    with pytest.raises(BridgeConfigError, match="forward from an amqp:// or nats:// bridge"):
+        parse_bridges("postgresql://postgres@127.0.0.1/test?forward=orders.*", 1 << 20, 64)

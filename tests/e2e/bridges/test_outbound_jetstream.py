@@ -12,11 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import ServerFactory
 from tests.e2e.bridges.conftest import CuttableProxy, Nats, bridge, unique, wait_for
+from tests.e2e.bridges.test_outbound_amqp import _publish
 from tidings.server.bridges import BridgeConfigError, parse_bridges
 
 LEASE = "2"
@@ -47,16 +47,6 @@ def _ids(stored: list[dict[str, Any]], channel: str) -> list[int]:
         for m in stored
         if m["headers"].get("Tidings-Channel") == channel
     ]
-
-
-def _publish(url: str, channel: str, start: int, count: int, event: str | None = None) -> None:
-    with httpx.Client(base_url=url, timeout=20) as http:
-        for n in range(start, start + count):
-            body: dict[str, Any] = {"data": {"n": n}}
-            if event is not None:
-                body["event"] = event
-            r = http.post(f"/v1/channels/{channel}/messages", json=body)
-            assert r.status_code in (200, 201), r.text
 
 
 def _url(forward: str, subject: str, port: int = 4222, **more: str) -> str:

@@ -367,13 +367,16 @@ class Forwarder(abc.ABC):
                 await self._pause(self.backoff.next())
 
     async def _forward_all(self) -> None:
-        """Holding the lease: connect, then run the lease keeper, the scan and a worker
-        per channel until one of them fails or the connection is lost."""
+        """Holding the lease: connect, then run the scan and a worker per channel until
+        one of them fails, the lease is lost or the connection is; the lease keeper runs
+        from the start (a slow connect must not outlast the lease)."""
         self._set_state("connecting")
-        lost = await self.connect()
-        tasks: list[asyncio.Future[Any]] = []
         self._failure = asyncio.get_running_loop().create_future()
+        tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._keep_lease())]
         try:
+            lost = await self.connect()
+            if tasks[0].done():
+                tasks[0].result()  # the lease was lost while connecting
             cursors = await self.store.forwards.get_cursors(self.name)
             stale = [c for c in cursors if not self.forward.matches(c)]
             if stale:
@@ -383,7 +386,6 @@ class Forwarder(abc.ABC):
             self.backoff.reset()
             for channel in sorted(self.forward.names | self._cursors.keys()):
                 self._spawn(channel)
-            tasks.append(asyncio.ensure_future(self._keep_lease()))
             tasks.append(asyncio.ensure_future(lost.wait()))
             if self.forward.prefixes:
                 tasks.append(asyncio.ensure_future(self._scan()))

@@ -40,6 +40,8 @@ class SQLiteStore(Store):
             the users and tokens commands open the file without it).
     """
 
+    forwards: SQLiteForwards
+
     def __init__(
         self,
         path: str,
@@ -83,6 +85,10 @@ class SQLiteStore(Store):
             self.lock()
         try:
             await self._core.open()
+            if self.exclusive:
+                # This process alone serves the file: a forward lease found in it is one
+                # a process that ended (a crash) left behind; taken again at once.
+                await self.forwards.clear_leases()
         except BaseException:
             self._release()
             raise

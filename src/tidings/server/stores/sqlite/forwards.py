@@ -49,6 +49,15 @@ class SQLiteForwards(ForwardStore):
 
         return await self._core.write(op, durable=False)
 
+    async def clear_leases(self) -> None:
+        """Forget every lease: for a server that has just taken the file's lock, when
+        no other process can hold one."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM forward_leases")
+
+        await self._core.write(op, durable=False)
+
     async def release_lease(self, bridge: str, holder: str) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
