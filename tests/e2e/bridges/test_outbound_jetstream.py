@@ -104,7 +104,12 @@ def test_a_sigkill_mid_stream_loses_nothing_and_jetstream_drops_the_replayed_one
     name = unique("jkill")
     srv = tidings_server(
         store=f"sqlite:///{tmp_path / 't.db'}",
-        args=["--bridge", _url("feed", f"{prefix}.{{channel}}", port=via.port, name=name)],
+        # One message at a time, each ack slowed down by the proxy: the stream is still
+        # going when the kill comes.
+        args=[
+            "--bridge",
+            _url("feed", f"{prefix}.{{channel}}", port=via.port, name=name, forward_batch="1"),
+        ],
     )
     _publish(srv.url, "feed", 0, total)
     wait_for(lambda: bridge(srv.url, name)["forward"]["forwarded"] >= 30, what="a first part")
@@ -129,11 +134,15 @@ def test_a_connection_cut_mid_stream_resumes_without_loss(
     via = proxy(4222, delay=0.01)
     name = unique("jcut")
     srv = tidings_server(
-        args=["--bridge", _url("feed", f"{prefix}.{{channel}}", port=via.port, name=name)]
+        args=[
+            "--bridge",
+            _url("feed", f"{prefix}.{{channel}}", port=via.port, name=name, forward_batch="2"),
+        ]
     )
     _publish(srv.url, "feed", 0, total)
     wait_for(lambda: bridge(srv.url, name)["forward"]["forwarded"] >= 30, what="a first part")
     via.cut()
+    assert bridge(srv.url, name)["forward"]["forwarded"] < total, "the cut came too late"
     stored = wait_for(
         lambda: (s := _stored(jetstream, stream)) and len(s) >= total and s,
         timeout=60,

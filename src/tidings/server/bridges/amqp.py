@@ -313,7 +313,9 @@ class AmqpForwarder(Forwarder):
             headers=headers,
         )
         # Raises on a nack, a closed channel or no confirmation in time.
-        await exchange.publish(message, routing_key=self.key.render(values), timeout=30.0)
+        await exchange.publish(
+            message, routing_key=self.key.render(values), mandatory=False, timeout=30.0
+        )
 
     async def disconnect(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None

@@ -7,21 +7,25 @@
 prefix pattern `prefix*` (`orders.*`: every channel whose name starts with `orders.`;
 `job.*` channels are never forwarded). The kind says where each message goes (AMQP:
 `forward_exchange=` and `forward_key=`, NATS: `forward_subject=`, templates whose one
-placeholder is `{channel}`). `forward_lease=` (seconds, default 15) is the lease below.
+placeholder is `{channel}`). `forward_lease=` (seconds, default 15) is the lease below,
+`forward_batch=` (default 100) the most messages of a channel on their way at once.
 
 One node forwards a bridge's channels at a time, whatever the number of nodes sharing
 the store: the holder of the bridge's lease (ForwardStore), which renews it every third
 of its time to live and stops forwarding as soon as it cannot be sure it still holds it.
-For each matching channel the holder runs one worker: it reads the messages after the
-channel's cursor (the id of the last message forwarded, kept in the store), woken by the
-publish of the next one as a long poll is (with a poll every POLL_WAIT seconds besides),
-publishes each to the bus and waits for the bus to confirm it (AMQP publisher confirms,
-a JetStream publish ack), then moves the cursor. So messages are forwarded at least
-once and, per channel, in order: after a crash, a cut connection or a change of holder,
-the messages after the stored cursor are published again — those between the last
-cursor write and the failure reach the bus twice, with the same message id
-(`{channel}:{id}`: the AMQP `message_id`, JetStream's `Nats-Msg-Id`, which JetStream
-deduplicates within its window).
+For each matching channel the holder runs one worker: it reads up to forward_batch messages
+after the channel's cursor (the id of the last message forwarded, kept in the store),
+woken by the publish of the next one as a long poll is (with a poll every POLL_WAIT
+seconds besides), publishes them to the bus in order and waits for the bus to confirm
+each (AMQP publisher confirms, a JetStream publish ack), then moves the cursor. So
+messages are forwarded at least once and, per channel, in order: after a crash, a cut
+connection or a change of holder, the messages after the stored cursor are published
+again — those between the last cursor write and the failure reach the bus twice, with
+the same message id (`{channel}:{id}`: the AMQP `message_id`, JetStream's
+`Nats-Msg-Id`, which JetStream deduplicates within its window). One case breaks the
+order of first arrivals: a bus that refuses one message (an AMQP nack) and takes the
+next ones of the same batch — those come first, then again after the refused one;
+`forward_batch=1` (one message at a time, one round trip each) rules that out.
 
 Named channels are forwarded from the start; channels matching a prefix are found by a
 scan of the store's channel list, one page per pattern every SCAN_INTERVAL seconds, so a
@@ -58,6 +62,7 @@ from tidings.server.bridges.base import (
     BridgeState,
     Template,
     float_param,
+    int_param,
 )
 from tidings.server.constants import MAX_FORWARD_CHANNELS
 
@@ -77,11 +82,13 @@ __all__ = [
 log = logging.getLogger("tidings.bridges")
 
 # The query parameters of the outbound side every kind takes.
-FORWARD_PARAMS = frozenset({"forward", "forward_lease"})
+FORWARD_PARAMS = frozenset({"forward", "forward_lease", "forward_batch"})
 # Most entries of forward=.
 MAX_PATTERNS = 32
-# Messages one worker reads (and publishes before its cursor is written) at a time.
+# Messages one worker reads (and publishes before its cursor is written) at a time, by
+# default (forward_batch=), and at most.
 BATCH = 100
+MAX_BATCH = 1000
 # Seconds between two pages of a prefix pattern's scan, and the size of a page.
 SCAN_INTERVAL = 1.0
 SCAN_PAGE = 500
@@ -111,12 +118,14 @@ class ForwardSpec:
         names: the channels named exactly.
         prefixes: the prefixes of the `prefix*` patterns.
         lease: the lease's time to live, in seconds.
+        batch: the most messages of a channel on their way to the bus at once.
     """
 
     text: str
     names: frozenset[str]
     prefixes: tuple[str, ...]
     lease: float
+    batch: int = BATCH
 
     def matches(self, channel: str) -> bool:
         """Whether `channel` is forwarded (never a job's channel)."""
@@ -129,8 +138,9 @@ def parse_forward(params: dict[str, str]) -> ForwardSpec | None:
     """`forward=` and `forward_lease=`, checked; None when the bridge forwards nothing."""
     text = params.get("forward")
     if text is None:
-        if "forward_lease" in params:
-            raise BridgeConfigError("forward_lease= is the lease of forward=: give forward= too")
+        for key in ("forward_lease", "forward_batch"):
+            if key in params:
+                raise BridgeConfigError(f"{key}= is a setting of forward=: give forward= too")
         return None
     entries = [e for e in text.split(",") if e]
     if not entries:
@@ -172,7 +182,8 @@ def parse_forward(params: dict[str, str]) -> ForwardSpec | None:
                 )
             names.add(entry)
     lease = float_param(params, "forward_lease", 15.0, 2.0, 300.0)
-    return ForwardSpec(text, frozenset(names), tuple(prefixes), lease)
+    batch = int_param(params, "forward_batch", BATCH, 1, MAX_BATCH)
+    return ForwardSpec(text, frozenset(names), tuple(prefixes), lease, batch)
 
 
 def _may_write(template: Template, forward: ForwardSpec) -> bool:
@@ -478,7 +489,7 @@ class Forwarder(abc.ABC):
         key = self.store.channels.cursor_key
         cursor = self._cursors.get(channel, "0")
         while True:
-            res = await self.channels.wait(channel, cursor, BATCH, POLL_WAIT)
+            res = await self.channels.wait(channel, cursor, self.forward.batch, POLL_WAIT)
             if res.reset:
                 if res.first_id is None and res.last_id is None:
                     # The channel was deleted: its cursor names messages of no channel.
@@ -510,16 +521,26 @@ class Forwarder(abc.ABC):
                 self._lag[channel] = max(0, key(res.last_id) - key(cursor))
 
     async def _send_batch(self, channel: str, msgs: list[Message]) -> str:
-        """Publish `msgs` in order, each confirmed before the next, then move the cursor
-        to the last; after a failure, to the last one confirmed. The new cursor."""
+        """Publish `msgs`, then move the cursor to the last; after a failure, to the last
+        of the unbroken run of confirmed ones from the first (what follows is published
+        again). The new cursor.
+
+        The sends are started in order and run at once: each queues its message on the
+        bus connection before the next starts (the drivers write in call order), and the
+        confirmations are awaited together, so a batch costs one round trip, not one per
+        message."""
+        self._check_lease()
+        sends = [asyncio.ensure_future(self.send(msg)) for msg in msgs]
         last: str | None = None
         try:
-            for msg in msgs:
-                self._check_lease()
-                await self.send(msg)
+            for msg, sent in zip(msgs, sends, strict=True):
+                await sent
                 last = msg.id
                 self.stats.forwarded += 1
         except BaseException:
+            for sent in sends:
+                sent.cancel()
+            await asyncio.gather(*sends, return_exceptions=True)
             if last is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._move(channel, last), RELEASE_TIMEOUT)
