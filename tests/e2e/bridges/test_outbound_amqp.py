@@ -185,6 +185,39 @@ def test_a_bridge_consumes_one_queue_and_forwards_other_channels_to_an_exchange(
     assert len(got.take()) == 3
 
 
+@pytest.mark.timeout(120)
+def test_a_missing_exchange_is_reported_and_forwarding_starts_once_it_exists(
+    rabbit: Rabbit, tidings_server: ServerFactory
+) -> None:
+    exchange = unique("tx")
+    name = unique("late")
+    srv = tidings_server(args=["--bridge", _forward_url(rabbit, exchange, "feed", name=name)])
+    _publish(srv.url, "feed", 0, 5)
+    view = wait_for(
+        lambda: (b := bridge(srv.url, name))["forward"]["last_error"] and b,
+        what="the failure reported",
+    )
+    assert "NOT_FOUND" in view["forward"]["last_error"]
+    assert view["state"] in ("backoff", "connecting")
+    assert view["forward"]["forwarded"] == 0
+    # The exchange made (and a queue bound), the retry forwards what waited.
+    import aio_pika
+
+    async def make(ch: Any) -> None:
+        ex = await ch.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC)
+        q = await ch.declare_queue(queue, durable=True)
+        await q.bind(ex, routing_key="#")
+
+    queue = unique("tq")
+    rabbit.exchanges.append(exchange)
+    rabbit.queues.append(queue)
+    rabbit._run(make)
+    got = Got(rabbit, queue)
+    wait_for(lambda: len(got.take()) >= 5, timeout=60, what="5 forwarded")
+    assert got.ids("feed") == [1, 2, 3, 4, 5]
+    assert bridge(srv.url, name)["state"] == "running"
+
+
 @pytest.mark.timeout(150)
 def test_a_sigkill_mid_stream_resumes_from_the_cursor_and_loses_nothing(
     rabbit: Rabbit,
