@@ -218,6 +218,36 @@ def test_a_missing_exchange_is_reported_and_forwarding_starts_once_it_exists(
     assert bridge(srv.url, name)["state"] == "running"
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("forward", "store"), [("feed", "memory"), ("fe*", "redis")])
+def test_a_deleted_channel_made_again_is_forwarded_from_its_first_message(
+    rabbit: Rabbit,
+    tidings_server: ServerFactory,
+    request: pytest.FixtureRequest,
+    forward: str,
+    store: str,
+) -> None:
+    exchange, queue = _bind(rabbit)
+    name = unique("del")
+    srv = tidings_server(
+        store="memory://" if store == "memory" else request.getfixturevalue("redis_url"),
+        args=["--bridge", _forward_url(rabbit, exchange, forward, name=name)],
+    )
+    got = Got(rabbit, queue)
+    _publish(srv.url, "feed", 0, 3)
+    wait_for(lambda: len(got.take()) >= 3, what="3 forwarded")
+    assert httpx.delete(f"{srv.url}/v1/channels/feed", timeout=20).status_code == 204
+    # The channel's next life starts at id 1 again: its cursor went with it.
+    wait_for(
+        lambda: bridge(srv.url, name)["forward"]["channels"] == (forward == "feed"),
+        what="the worker of a deleted channel found by a pattern gone",
+    )
+    _publish(srv.url, "feed", 10, 2)
+    wait_for(lambda: len(got.take()) >= 5, timeout=30, what="2 more forwarded")
+    assert got.ids("feed") == [1, 2, 3, 1, 2]
+    assert [m["body"]["n"] for m in got.messages] == [0, 1, 2, 10, 11]
+
+
 @pytest.mark.timeout(150)
 def test_a_sigkill_mid_stream_resumes_from_the_cursor_and_loses_nothing(
     rabbit: Rabbit,
