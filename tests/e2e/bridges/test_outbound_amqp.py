@@ -315,6 +315,11 @@ def test_a_broker_connection_cut_mid_stream_resumes_without_loss(
     view = bridge(srv.url, name)
     assert view["forward"]["leases"] >= 2  # let go at the failure, taken again
     assert view["forward"]["last_error"]
+    # An outbound-only bridge's own view is its outbound side's.
+    assert view["reconnects"] >= 1
+    assert view["last_error"] == view["forward"]["last_error"]
+    assert view["state"] == "running"
+    assert view["connected_since"] is not None
     assert via.accepted >= 2
 
 

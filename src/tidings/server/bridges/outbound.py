@@ -305,6 +305,12 @@ class Forwarder(abc.ABC):
                 "stopped": BridgeState.STOPPED,
             }.get(state, BridgeState.STARTING)
 
+    def _failed(self, error: BaseException | str) -> None:
+        """Note a failure (on the bridge too when it only forwards: its own view)."""
+        self.stats.failed(error)
+        if self.outbound_only:
+            self.bridge.stats.failed(error)
+
     def start(self) -> None:
         """Start taking the lease and forwarding (in the background)."""
         self._task = asyncio.get_running_loop().create_task(
@@ -338,7 +344,7 @@ class Forwarder(abc.ABC):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.stats.failed(exc)
+                self._failed(exc)
                 log.warning("bridge %s: cannot take its forward lease: %s", self.name, exc)
                 self._set_state("backoff")
                 await self._pause(self.backoff.next())
@@ -358,7 +364,7 @@ class Forwarder(abc.ABC):
                 log.info("bridge %s: stops forwarding: %s", self.name, exc)
             except Exception as exc:
                 failed = True
-                self.stats.failed(exc)
+                self._failed(exc)
                 log.warning(
                     "bridge %s (%s): forwarding failed: %s; reconnecting",
                     self.name,
@@ -374,6 +380,8 @@ class Forwarder(abc.ABC):
                         RELEASE_TIMEOUT,
                     )
             if failed and not self._stopping.is_set():
+                if self.outbound_only:
+                    self.bridge.stats.reconnects += 1
                 self._set_state("backoff")
                 await self._pause(self.backoff.next())
 
@@ -394,6 +402,8 @@ class Forwarder(abc.ABC):
                 await self.store.forwards.drop_cursors(self.name, stale)
             self._cursors = {c: i for c, i in cursors.items() if self.forward.matches(c)}
             self._set_state("forwarding")
+            if self.outbound_only:
+                self.bridge.stats.connected_since = time.time()
             self.backoff.reset()
             for channel in sorted(self.forward.names | self._cursors.keys()):
                 self._spawn(channel)
@@ -408,6 +418,8 @@ class Forwarder(abc.ABC):
                     raise task.exception()  # type: ignore[misc]
             raise ConnectionError("the connection to the bus was lost")
         finally:
+            if self.outbound_only:
+                self.bridge.stats.connected_since = None
             workers = list(self._workers.values())
             for task in [*tasks, *workers]:
                 task.cancel()
@@ -431,7 +443,7 @@ class Forwarder(abc.ABC):
                     self.store.forwards.hold_lease(self.name, self.holder, ttl), ttl / 3
                 )
             except Exception as exc:
-                self.stats.failed(exc)
+                self._failed(exc)
                 if time.monotonic() >= self._valid_until:
                     raise LeaseLost(f"the lease could not be renewed: {exc}") from None
                 continue
@@ -459,7 +471,7 @@ class Forwarder(abc.ABC):
         if len(self._workers) >= MAX_FORWARD_CHANNELS:
             if not self._full_noted:
                 self._full_noted = True
-                self.stats.failed(
+                self._failed(
                     f"more than {MAX_FORWARD_CHANNELS} channels match forward=: the others "
                     "are not forwarded"
                 )
