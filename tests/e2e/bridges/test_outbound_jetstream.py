@@ -91,6 +91,30 @@ def test_messages_on_matching_channels_are_stored_in_order_with_ids_and_headers(
     assert view["forward"]["target"] == f"subject {prefix}.{{channel}}"
 
 
+@pytest.mark.timeout(120)
+def test_a_subject_no_stream_takes_is_reported_and_forwarded_once_one_does(
+    jetstream: Nats, tidings_server: ServerFactory
+) -> None:
+    prefix = unique("late").lower()
+    name = unique("jlate")
+    srv = tidings_server(args=["--bridge", _url("feed", f"{prefix}.{{channel}}", name=name)])
+    _publish(srv.url, "feed", 0, 5)
+    view = wait_for(
+        lambda: (b := bridge(srv.url, name))["forward"]["last_error"] and b,
+        what="the failure reported",
+    )
+    assert view["forward"]["forwarded"] == 0
+    stream = unique("TL")
+    jetstream.streams.append(stream)
+    jetstream.run(lambda js: js.add_stream(name=stream, subjects=[f"{prefix}.>"]))
+    stored = wait_for(
+        lambda: (s := _stored(jetstream, stream)) and len(s) >= 5 and s,
+        timeout=60,
+        what="5 stored",
+    )
+    assert _ids(stored, "feed") == [1, 2, 3, 4, 5]
+
+
 @pytest.mark.timeout(150)
 def test_a_sigkill_mid_stream_loses_nothing_and_jetstream_drops_the_replayed_ones(
     jetstream: Nats,
