@@ -53,8 +53,9 @@ def bridges(
 ) -> None:
     """The server's bridges: each one's state, messages acknowledged to its bus, published
     (or submitted as jobs), replies sent, duplicates (redeliveries not published or
-    submitted again), dead-lettered, lag, reconnects, where it sends them (its channel
-    template, or `job TYPE`) and last error. Needs an admin."""
+    submitted again), dead-lettered, lag, channel messages forwarded to its bus (forward=:
+    by this node), reconnects, where it sends them (its channel template, or `job TYPE`)
+    and last error. Needs an admin."""
     if ctx.invoked_subcommand is not None:
         return
     from rich.table import Table
@@ -70,7 +71,7 @@ def bridges(
         return
     table = Table(
         "name", "kind", "state", "acked", "published", "replied", "duplicates", "dead", "lag",
-        "reconnects", "to", "last error",
+        "forwarded", "reconnects", "to", "last error",
     )  # fmt: skip
     for b in answer["bridges"]:
         error = b["last_error"] or ""
@@ -87,6 +88,7 @@ def bridges(
             _count(b["duplicates"]),
             _count(b["dead_lettered"]),
             _count(b["lag"]),
+            _count((b.get("forward") or {}).get("forwarded")),
             _count(b["reconnects"]),
             f"job {job}" if job else b.get("channel") or "",
             error,

@@ -113,3 +113,6 @@ SWITCH_INTERVAL = 0.0005
 DEFAULT_SESSION_TTL = 86_400.0
 # How often open streams' sessions are re-checked (revoked or expired: the stream ends).
 SESSION_SWEEP_INTERVAL = 1.0
+
+# Bridges' outbound side: at most this many channels (cursors) one bridge forwards.
+MAX_FORWARD_CHANNELS = 10_000

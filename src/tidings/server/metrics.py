@@ -188,6 +188,41 @@ class _HubCollector(Collector):
                 held = bridge.awaiting
                 awaiting.add_metric([name], 0 if held is None else len(held.tasks))
         yield from (messages, up, reconnects, lag, awaiting)
+        yield from self._forwards(bridges)
+
+    def _forwards(self, bridges: Bridges) -> Iterable[Metric]:
+        forwarding = [b for b in bridges.bridges if b.forwarder is not None]
+        if not forwarding:
+            return
+        forwarded = CounterMetricFamily(
+            "tidings_bridge_forwarded",
+            "Channel messages a bridge of this process forwarded to its bus (confirmed by it; "
+            "after a failure some are forwarded again)",
+            labels=["bridge"],
+        )
+        missed = CounterMetricFamily(
+            "tidings_bridge_forward_missed",
+            "Channel messages retention dropped before a bridge of this process forwarded them",
+            labels=["bridge"],
+        )
+        holder = GaugeMetricFamily(
+            "tidings_bridge_forward_holder",
+            "1 while this process holds a bridge's forward lease (one node forwards)",
+            labels=["bridge"],
+        )
+        lag = GaugeMetricFamily(
+            "tidings_bridge_forward_lag",
+            "Channel messages waiting to be forwarded by a bridge of this process, as last read",
+            labels=["bridge"],
+        )
+        for bridge in forwarding:
+            view = bridge.forwarder.snapshot()  # type: ignore[union-attr]
+            name = bridge.spec.name
+            forwarded.add_metric([name], view["forwarded"])
+            missed.add_metric([name], view["missed"])
+            holder.add_metric([name], 1 if view["holder"] else 0)
+            lag.add_metric([name], view["lag"])
+        yield from (forwarded, missed, holder, lag)
 
     def _schedules(self) -> Iterable[Metric]:
         counters = self.schedule_counters

@@ -224,14 +224,25 @@ _BRIDGES: Schema = {
                     "url": {"type": "string", "description": "without its password"},
                     "channel": {
                         "type": ["string", "null"],
-                        "description": "the channel template (null: a job bridge)",
+                        "description": "the channel template (null: a job bridge, or one that only forwards)",
                     },
                     "event": {"type": ["string", "null"], "description": "the event template"},
                     "job": {
                         "type": ["string", "null"],
                         "description": "the job type each message becomes (else null)",
                     },
-                    "state": {"enum": ["starting", "connecting", "running", "backoff", "stopped"]},
+                    "state": {
+                        "enum": [
+                            "starting",
+                            "connecting",
+                            "running",
+                            "standby",
+                            "backoff",
+                            "stopped",
+                        ],
+                        "description": "standby: an outbound-only bridge whose forward lease "
+                        "another node holds",
+                    },
                     "acknowledged": {
                         "type": "integer",
                         "description": "acknowledged to the bus after tidings committed them",
@@ -259,6 +270,43 @@ _BRIDGES: Schema = {
                     "last_error": {"type": ["string", "null"]},
                     "last_error_at": {"anyOf": [_TIME, {"type": "null"}]},
                     "connected_since": {"anyOf": [_TIME, {"type": "null"}]},
+                    "forward": {
+                        "description": "the outbound side (forward=), null when none",
+                        "anyOf": [
+                            {"type": "null"},
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "patterns": {"type": "string"},
+                                    "target": {"type": "string"},
+                                    "state": {
+                                        "enum": [
+                                            "starting",
+                                            "standby",
+                                            "connecting",
+                                            "forwarding",
+                                            "backoff",
+                                            "stopped",
+                                        ]
+                                    },
+                                    "holder": {
+                                        "type": "boolean",
+                                        "description": "this node holds the lease: it forwards",
+                                    },
+                                    "channels": {"type": "integer"},
+                                    "forwarded": {"type": "integer"},
+                                    "missed": {
+                                        "type": "integer",
+                                        "description": "dropped by retention before forwarded",
+                                    },
+                                    "lag": {"type": "integer"},
+                                    "leases": {"type": "integer"},
+                                    "last_error": {"type": ["string", "null"]},
+                                    "last_error_at": {"anyOf": [_TIME, {"type": "null"}]},
+                                },
+                            },
+                        ],
+                    },
                 },
                 "required": [
                     "name",

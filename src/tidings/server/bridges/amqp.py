@@ -29,6 +29,17 @@ succeeded, else its error). A reply is thus sent at least once: when tidings sto
 before, the broker delivers the request again, which finds the same job. RabbitMQ closes
 a channel whose delivery stayed unacknowledged past its `consumer_timeout` (30 minutes by
 default): jobs that run longer make the bridge reconnect, and wait again.
+
+Outbound (tidings.server.bridges.outbound): with `forward=`, the messages of the matching
+channels are published to `forward_exchange=` (it must exist; a template whose one
+placeholder is `{channel}`) with routing key `forward_key=` (default `{channel}`), as
+persistent messages whose `message_id` is `{channel}:{id}`, `type` the event, and
+headers `tidings-channel`, `tidings-id` and `tidings-event`; each is confirmed by the
+broker (publisher confirms) before the channel's cursor moves past it. A message the
+exchange routes to no queue is dropped by the broker, as for any publisher: bind a queue
+first. A bridge with `forward=` and neither `queue=` nor `exchange=` only forwards.
+
+    amqp://guest:guest@127.0.0.1:5672/?forward=orders.*&forward_exchange=events
 """
 
 from __future__ import annotations
@@ -44,9 +55,18 @@ from tidings.server.bridges.base import (
     BridgeConfigError,
     BridgeSpec,
     Outcome,
+    Template,
     common_spec,
     int_param,
     split_url,
+)
+from tidings.server.bridges.outbound import (
+    FORWARD_PARAMS,
+    Forwarder,
+    ForwardSpec,
+    body_of,
+    check_no_loop,
+    parse_forward,
 )
 from tidings.server.channels import ChannelService
 
@@ -55,12 +75,19 @@ if TYPE_CHECKING:
     from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
     from tidings.protocol.jobs import Job
+    from tidings.protocol.messages import Message
     from tidings.server.jobs import JobService
 
 __all__ = ["BRIDGE", "AmqpBridge", "parse"]
 
 FIELDS = frozenset({"routing_key", "exchange", "queue", "type"})
-PARAMS = COMMON_PARAMS | {"queue", "exchange", "binding", "prefetch", "dead_letter"}
+PARAMS = (
+    COMMON_PARAMS
+    | FORWARD_PARAMS
+    | {"queue", "exchange", "binding", "prefetch", "dead_letter", "forward_exchange", "forward_key"}
+)
+# The placeholder of forward_exchange= and forward_key=.
+FORWARD_FIELDS = frozenset({"channel"})
 # Seconds between two reads of the queue's length (the lag).
 LAG_INTERVAL = 5.0
 CONNECT_TIMEOUT = 10.0
@@ -71,24 +98,41 @@ def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
     """An `amqp://` or `amqps://` bridge URL, checked."""
     connect_url, params = split_url(url, PARAMS)
     queue, exchange = params.get("queue", ""), params.get("exchange", "")
-    if not queue and not exchange:
+    forward = parse_forward(params)
+    inbound = bool(queue or exchange)
+    if not inbound and forward is None:
         raise BridgeConfigError(
             "an amqp bridge needs queue=NAME (a queue on the broker) or exchange=NAME "
-            "(with binding=KEY,...) to consume"
+            "(with binding=KEY,...) to consume, or forward=CHANNELS to forward"
         )
     if "binding" in params and not exchange:
         raise BridgeConfigError("binding= binds to an exchange: give exchange= too")
+    target = None if forward is None else _forward_target(params)
+    if forward is None and ("forward_exchange" in params or "forward_key" in params):
+        raise BridgeConfigError(
+            "forward_exchange= and forward_key= say where forward= sends: give forward= too"
+        )
+    # An outbound-only bridge is named after its exchange, its placeholder spelled out.
+    outbound_name = (
+        "" if target is None else "forward." + target[0].text.replace("{", "").replace("}", "")
+    )
     spec = common_spec(
         "amqp",
         url,
         connect_url,
         params,
         FIELDS,
-        default_name=f"amqp.{queue or exchange}"[:64],
+        default_name=f"amqp.{queue or exchange or outbound_name}"[:64],
         default_channel=None,
         max_bytes=max_bytes,
         max_depth=max_depth,
+        inbound=inbound,
     )
+    spec.extra["inbound"] = inbound
+    spec.extra["forward"] = forward
+    if forward is not None and target is not None:
+        check_no_loop(spec, forward)
+        spec.extra["forward_exchange"], spec.extra["forward_key"] = target
     spec.extra["prefetch"] = int_param(params, "prefetch", 100, 1, 10_000)
     dead = params.get("dead_letter") or "channel"
     if dead not in ("channel", "reject"):
@@ -100,6 +144,27 @@ def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
     bindings = [b for b in (params.get("binding") or "#").split(",") if b]
     spec.extra["bindings"] = bindings
     return spec
+
+
+def _forward_target(params: dict[str, str]) -> tuple[Template, Template]:
+    """forward_exchange= and forward_key=, checked."""
+    exchange = params.get("forward_exchange", "")
+    if not exchange:
+        raise BridgeConfigError(
+            "forward= needs forward_exchange=NAME: the exchange (it must exist) the messages "
+            "are published to; {channel} in it is the channel's name"
+        )
+    ex = Template(exchange, FORWARD_FIELDS, "forward_exchange")
+    key = Template(params.get("forward_key") or "{channel}", FORWARD_FIELDS, "forward_key")
+    literal = ex.text.replace("{channel}", "")
+    if len(ex.text) > 255 or not all(c.isalnum() or c in "-_.:{}" for c in literal):
+        raise BridgeConfigError(
+            f"forward_exchange={exchange!r}: an exchange name is up to 255 characters of "
+            "A-Z a-z 0-9 - _ . :"
+        )
+    if len(key.text) > 255:
+        raise BridgeConfigError("forward_key= is over 255 characters: the most AMQP allows")
+    return ex, key
 
 
 class AmqpBridge(Bridge):
@@ -117,6 +182,9 @@ class AmqpBridge(Bridge):
         self.prefetch: int = spec.extra["prefetch"]
         self.reject_dead = spec.extra["dead_letter"] == "reject"
         self.bindings: list[str] = spec.extra["bindings"]
+        forward: ForwardSpec | None = spec.extra["forward"]
+        if forward is not None:
+            self.forwarder = AmqpForwarder(self, forward)
 
     async def session(self) -> None:
         import aio_pika
@@ -239,6 +307,73 @@ class AmqpBridge(Bridge):
         finally:
             with contextlib.suppress(Exception):
                 await channel.close()
+
+
+class AmqpForwarder(Forwarder):
+    """Publishes forwarded messages on a channel of its own connection, with publisher
+    confirms: `send` returns once the broker has taken the message."""
+
+    def __init__(self, bridge: Bridge, forward: ForwardSpec) -> None:
+        super().__init__(bridge, forward)
+        self.exchange: Template = bridge.spec.extra["forward_exchange"]
+        self.key: Template = bridge.spec.extra["forward_key"]
+        self._connection: Any = None
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    def target(self) -> str:
+        return f"exchange {self.exchange.text}, routing key {self.key.text}"
+
+    async def connect(self) -> asyncio.Event:
+        import aio_pika
+
+        self._exchanges.clear()
+        connection = await aio_pika.connect(self.bridge.spec.connect_url, timeout=CONNECT_TIMEOUT)
+        self._connection = connection
+        lost = asyncio.Event()
+        connection.close_callbacks.add(lambda *_: lost.set())
+        self._channel = channel = await connection.channel(publisher_confirms=True)
+        if not self.exchange.fields:
+            # Checked once now: a missing exchange is a failure to report at once.
+            self._exchanges[self.exchange.text] = await channel.get_exchange(
+                self.exchange.text, ensure=True
+            )
+        return lost
+
+    async def send(self, msg: Message) -> None:
+        import aio_pika
+
+        if self._channel is None:
+            raise ConnectionError("not connected to the broker")
+        values = {"channel": msg.channel}
+        name = self.exchange.render(values)
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            exchange = await self._channel.get_exchange(name, ensure=False)
+            if len(self._exchanges) < 1000:
+                self._exchanges[name] = exchange
+        body, content_type = body_of(msg, self.bridge.spec.format)
+        headers: dict[str, Any] = {"tidings-channel": msg.channel, "tidings-id": msg.id}
+        if msg.event is not None:
+            headers["tidings-event"] = msg.event
+        message = aio_pika.Message(
+            body,
+            message_id=f"{msg.channel}:{msg.id}",
+            content_type=content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            type=msg.event,
+            timestamp=msg.time,
+            headers=headers,
+        )
+        # Raises on a nack, a closed channel or no confirmation in time.
+        await exchange.publish(
+            message, routing_key=self.key.render(values), mandatory=False, timeout=30.0
+        )
+
+    async def disconnect(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT)
 
 
 BRIDGE = AmqpBridge

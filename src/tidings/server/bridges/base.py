@@ -49,6 +49,7 @@ from tidings.server.depth import decode_limited
 
 if TYPE_CHECKING:
     from tidings.protocol.jobs import Job
+    from tidings.server.bridges.outbound import Forwarder
     from tidings.server.jobs import JobService
 
 __all__ = [
@@ -105,6 +106,8 @@ class BridgeState(enum.StrEnum):
     STARTING = "starting"
     CONNECTING = "connecting"
     RUNNING = "running"
+    # An outbound-only bridge whose lease another node holds (it forwards, this waits).
+    STANDBY = "standby"
     BACKOFF = "backoff"
     STOPPED = "stopped"
 
@@ -277,19 +280,30 @@ def common_spec(
     default_channel: str | None,
     max_bytes: int,
     max_depth: int,
+    inbound: bool = True,
 ) -> BridgeSpec:
     """The parameters every kind shares, checked: name, channel and event (or job),
-    format, bounds."""
+    format, bounds. `inbound=False`: the bridge only forwards
+    (tidings.server.bridges.outbound), and takes no channel, event or job."""
     name = params.get("name") or default_name
     if not _NAME.match(name):
         raise BridgeConfigError(
             f"name={name!r}: use 1-64 characters of A-Z a-z 0-9 . _ : - (name the bridge "
             "with ?name=)"
         )
+    if not inbound:
+        for key in ("channel", "event", "errors", "max_bytes", "max_depth", "job", *JOB_PARAMS):
+            if key in params:
+                raise BridgeConfigError(
+                    f"{key}= is for consuming from the bus, and this bridge only forwards "
+                    "(forward= without a source to consume): remove it"
+                )
     channel: Template | None = None
     event: Template | None = None
     job: JobTarget | None = None
-    if "job" in params:
+    if not inbound:
+        pass  # nothing consumed: no channel, event or job
+    elif "job" in params:
         job = job_target(params, max_depth)
     else:
         given = [p for p in JOB_PARAMS if p in params]
@@ -500,6 +514,8 @@ class Bridge(abc.ABC):
         self._task: asyncio.Task[None] | None = None
         # The replies the current session awaits (a job bridge's; None between sessions).
         self.awaiting: Awaiting | None = None
+        # The outbound side (forward=), set by the kind's constructor.
+        self.forwarder: Forwarder | None = None
 
     @property
     def stopping(self) -> bool:
@@ -507,15 +523,21 @@ class Bridge(abc.ABC):
         return self._stopping.is_set()
 
     def start(self) -> None:
-        """Start the bridge's loop (it connects in the background)."""
-        self._task = asyncio.get_running_loop().create_task(
-            self.run(), name=f"tidings-bridge-{self.spec.name}"
-        )
+        """Start the bridge's loop (it connects in the background), and its outbound
+        side if it has one."""
+        if self.spec.extra.get("inbound", True):
+            self._task = asyncio.get_running_loop().create_task(
+                self.run(), name=f"tidings-bridge-{self.spec.name}"
+            )
+        if self.forwarder is not None:
+            self.forwarder.start()
 
     async def stop(self) -> None:
         """Stop consuming and close the bus connection; unacknowledged messages stay on
         the bus for the next consumer."""
         self._stopping.set()
+        if self.forwarder is not None:
+            await self.forwarder.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -751,4 +773,5 @@ class Bridge(abc.ABC):
             "connected_since": (
                 None if s.connected_since is None else format_time(s.connected_since)
             ),
+            "forward": None if self.forwarder is None else self.forwarder.snapshot(),
         }

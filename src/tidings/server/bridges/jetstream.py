@@ -32,6 +32,17 @@ error), with headers `Tidings-Job-Id`, `Tidings-Job-Status` and the request's
 progress every third of the consumer's `ack_wait`, so that it is not delivered again. A
 reply is thus sent at least once (a request tidings did not acknowledge comes again and
 finds the same job). Other messages are acknowledged once their job is committed.
+
+Outbound (tidings.server.bridges.outbound): with `forward=`, the messages of the matching
+channels are published to `forward_subject=` (default `{channel}`, its one placeholder)
+through JetStream, each acknowledged by the stream that captures the subject before the
+channel's cursor moves past it (a subject no stream captures fails the publish, and the
+bridge retries). Its `Nats-Msg-Id` header is `{channel}:{id}`, so JetStream drops a
+message forwarded again within the stream's duplicate window; headers `Tidings-Channel`,
+`Tidings-Id` and `Tidings-Event` say where it comes from. A bridge with `forward=` and no
+`stream=` only forwards.
+
+    nats://127.0.0.1:4222/?forward=orders.*&forward_subject=tidings.{channel}
 """
 
 from __future__ import annotations
@@ -47,10 +58,19 @@ from tidings.server.bridges.base import (
     BridgeConfigError,
     BridgeSpec,
     Outcome,
+    Template,
     common_spec,
     float_param,
     int_param,
     split_url,
+)
+from tidings.server.bridges.outbound import (
+    FORWARD_PARAMS,
+    Forwarder,
+    ForwardSpec,
+    body_of,
+    check_no_loop,
+    parse_forward,
 )
 from tidings.server.channels import ChannelService
 
@@ -60,20 +80,28 @@ if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
 
     from tidings.protocol.jobs import Job
+    from tidings.protocol.messages import Message
     from tidings.server.jobs import JobService
 
 __all__ = ["BRIDGE", "JetStreamBridge", "parse"]
 
 FIELDS = frozenset({"subject", "stream"})
-PARAMS = COMMON_PARAMS | {
-    "stream",
-    "subject",
-    "durable",
-    "batch",
-    "max_ack_pending",
-    "ack_wait",
-    "dead_letter",
-}
+PARAMS = (
+    COMMON_PARAMS
+    | {
+        "stream",
+        "subject",
+        "durable",
+        "batch",
+        "max_ack_pending",
+        "ack_wait",
+        "dead_letter",
+        "forward_subject",
+    }
+    | FORWARD_PARAMS
+)
+# The placeholder of forward_subject=.
+FORWARD_FIELDS = frozenset({"channel"})
 # Seconds between two reads of the consumer's pending count (the lag).
 LAG_INTERVAL = 5.0
 CONNECT_TIMEOUT = 10.0
@@ -87,17 +115,40 @@ MAX_SUBJECT = 255
 # The reply headers, as NATS spells its own (the AMQP bridge's names, capitalised).
 REPLY_HEADERS = {"tidings-job-id": "Tidings-Job-Id", "tidings-job-status": "Tidings-Job-Status"}
 
+# The longest JetStream may take to acknowledge one forwarded message.
+PUBLISH_TIMEOUT = 30.0
+
 
 def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
     """A `nats://` or `tls://` JetStream bridge URL, checked."""
     connect_url, params = split_url(url, PARAMS)
     stream = params.get("stream", "")
-    if not stream:
+    forward = parse_forward(params)
+    if not stream and forward is None:
         raise BridgeConfigError(
-            "a nats bridge needs stream=NAME: the JetStream stream to read (it must exist)"
+            "a nats bridge needs stream=NAME: the JetStream stream to read (it must exist), "
+            "or forward=CHANNELS to forward"
         )
+    if forward is None and "forward_subject" in params:
+        raise BridgeConfigError("forward_subject= says where forward= sends: give forward= too")
+    subject = None
+    if forward is not None:
+        subject = Template(
+            params.get("forward_subject") or "{channel}", FORWARD_FIELDS, "forward_subject"
+        )
+        literal = subject.text.replace("{channel}", "")
+        if len(subject.text) > 255 or any(c in literal for c in " \t\r\n*>"):
+            raise BridgeConfigError(
+                f"forward_subject={subject.text!r}: a subject to publish to is up to 255 "
+                "characters without spaces or wildcards (* >)"
+            )
+    # An outbound-only bridge is named after its subject, its placeholder spelled out.
+    outbound_name = "nats.forward." + (subject.text if subject else "").translate(
+        {ord("{"): None, ord("}"): None}
+    )
     durable = params.get("durable") or "tidings"
-    for what, value in (("stream", stream), ("durable", durable)):
+    checked = (("stream", stream), ("durable", durable)) if stream else ()
+    for what, value in checked:
         if not value.replace("-", "").replace("_", "").isalnum() or len(value) > 64:
             raise BridgeConfigError(f"{what}={value!r}: use 1-64 characters of A-Z a-z 0-9 - _")
     spec = common_spec(
@@ -106,11 +157,17 @@ def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
         connect_url,
         params,
         FIELDS,
-        default_name=f"nats.{stream}.{durable}"[:64],
+        default_name=(f"nats.{stream}.{durable}" if stream else outbound_name)[:64],
         default_channel=None,
         max_bytes=max_bytes,
         max_depth=max_depth,
+        inbound=bool(stream),
     )
+    spec.extra["inbound"] = bool(stream)
+    spec.extra["forward"] = forward
+    spec.extra["forward_subject"] = subject
+    if forward is not None:
+        check_no_loop(spec, forward)
     spec.extra["stream"] = stream
     spec.extra["durable"] = durable
     spec.extra["subject"] = params.get("subject") or None
@@ -148,6 +205,9 @@ class JetStreamBridge(Bridge):
         # The requests this session awaits the jobs of, by bus id: the latest delivery
         # of each (the one in-progress acks and the final ack go to).
         self._held: dict[str, _Held] = {}
+        forward: ForwardSpec | None = spec.extra["forward"]
+        if forward is not None:
+            self.forwarder = JetStreamForwarder(self, forward)
 
     async def session(self) -> None:
         import nats
@@ -310,6 +370,63 @@ def _subject(text: str) -> bool:
         and not any(c.isspace() for c in text)
         and not any(t in ("*", ">", "") for t in text.split("."))
     )
+
+
+class JetStreamForwarder(Forwarder):
+    """Publishes forwarded messages through JetStream on a connection of its own: `send`
+    returns once the stream acknowledged the message (stored, or a duplicate of one
+    stored within its window)."""
+
+    def __init__(self, bridge: Bridge, forward: ForwardSpec) -> None:
+        super().__init__(bridge, forward)
+        self.subject: Template = bridge.spec.extra["forward_subject"]
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+
+    def target(self) -> str:
+        return f"subject {self.subject.text}"
+
+    async def connect(self) -> asyncio.Event:
+        import nats
+
+        lost = asyncio.Event()
+
+        async def on_lost(*_: Any) -> None:
+            lost.set()
+
+        # No reconnection of nats-py's own: the forwarder's loop reconnects, from the
+        # cursors, as the inbound side does.
+        self._nc = nc = await nats.connect(
+            self.bridge.spec.connect_url,
+            allow_reconnect=False,
+            connect_timeout=CONNECT_TIMEOUT,
+            disconnected_cb=on_lost,
+            closed_cb=on_lost,
+            error_cb=on_lost,
+        )
+        self._js = nc.jetstream()
+        return lost
+
+    async def send(self, msg: Message) -> None:
+        if self._js is None:
+            raise ConnectionError("not connected to NATS")
+        body, content_type = body_of(msg, self.bridge.spec.format)
+        headers = {
+            "Nats-Msg-Id": f"{msg.channel}:{msg.id}",
+            "Content-Type": content_type,
+            "Tidings-Channel": msg.channel,
+            "Tidings-Id": msg.id,
+        }
+        if msg.event is not None:
+            headers["Tidings-Event"] = msg.event
+        subject = self.subject.render({"channel": msg.channel})
+        # Raises when no stream takes the subject, or no ack comes in time.
+        await self._js.publish(subject, body, timeout=PUBLISH_TIMEOUT, headers=headers)
+
+    async def disconnect(self) -> None:
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None:
+            await asyncio.wait_for(nc.close(), 2.0)
 
 
 BRIDGE = JetStreamBridge

@@ -52,6 +52,7 @@ from tidings.server.bridges.base import (
     int_param,
     split_url,
 )
+from tidings.server.bridges.outbound import FORWARD_PARAMS
 from tidings.server.channels import ChannelService
 
 if TYPE_CHECKING:
@@ -123,6 +124,12 @@ CREATE TRIGGER {notify}_notify AFTER INSERT ON {table}
 def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
     """A `postgresql://` or `postgres://` bridge URL, checked."""
     connect_url, params = split_url(url, PARAMS)
+    forwarding = split_url(url, FORWARD_PARAMS)[1]
+    if forwarding:
+        raise BridgeConfigError(
+            f"{next(iter(forwarding))}= forwards channels to a bus: the postgres bridge only "
+            "drains an outbox; forward from an amqp:// or nats:// bridge"
+        )
     table = check_table(params.get("table") or DEFAULT_TABLE)
     spec = common_spec(
         "postgres",

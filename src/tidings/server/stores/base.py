@@ -1,10 +1,12 @@
 """The store interface: what the services need from any storage engine.
 
-A `Store` is what a store URL opens: its life cycle (start, close, ping) and five parts,
+A `Store` is what a store URL opens: its life cycle (start, close, ping) and six parts,
 each its own object with its own small interface — `channels` (ChannelStore: durable
 ordered logs with retention and idempotency keys), `jobs` (JobStore), `auth`
-(AuthStore), `workers` (WorkerStore: the workers seen lately) and `schedules`
-(ScheduleStore: jobs submitted at times a cron expression or an interval names). A store
+(AuthStore), `workers` (WorkerStore: the workers seen lately), `schedules`
+(ScheduleStore: jobs submitted at times a cron expression or an interval names) and
+`forwards` (ForwardStore: which node forwards a bridge's channels to its bus, and how
+far each channel has been forwarded). A store
 knows nothing of HTTP or subscribers; the hub does fan-out. Message ids are opaque strings
 to everyone but the store, which also defines their order (`cursor_key`).
 
@@ -33,6 +35,7 @@ __all__ = [
     "AuthStore",
     "ChannelInfo",
     "ChannelStore",
+    "ForwardStore",
     "JobChange",
     "JobCursor",
     "JobPage",
@@ -51,6 +54,7 @@ __all__ = [
     "apply_steps",
     "check_unique",
     "claims_unique",
+    "forward_cursors_full",
     "is_reset",
     "job_event_data",
     "releases_unique",
@@ -640,6 +644,50 @@ class ScheduleStore(abc.ABC):
         `read` (not advanced, replaced or deleted since it was read); True when replaced."""
 
 
+class ForwardStore(abc.ABC):
+    """The outbound side of bridges (channel -> bus): for each bridge, the one node that
+    forwards its channels (a lease with a time to live, renewed by its holder), and how
+    far each channel has been forwarded (a cursor: the id of the last message the bus
+    confirmed). Cursor writes are fenced by the lease: a node that lost the lease cannot
+    move a cursor. Seen by every node sharing the store; at most `cap` cursors a bridge.
+    """
+
+    cap: int
+
+    @abc.abstractmethod
+    async def hold_lease(self, bridge: str, holder: str, ttl: float) -> bool:
+        """Take bridge `bridge`'s lease for `ttl` seconds when nobody holds it (or its
+        holder let it expire), or renew it when `holder` holds it; True when `holder`
+        holds it now, False when another does (nothing written)."""
+
+    @abc.abstractmethod
+    async def release_lease(self, bridge: str, holder: str) -> None:
+        """Let go of the lease if `holder` holds it (another may take it at once)."""
+
+    @abc.abstractmethod
+    async def get_cursors(self, bridge: str) -> dict[str, str]:
+        """Every cursor of `bridge`: channel -> id of the last message forwarded."""
+
+    @abc.abstractmethod
+    async def set_cursor(self, bridge: str, holder: str, channel: str, message_id: str) -> bool:
+        """Set `channel`'s cursor to `message_id` only while `holder` holds the bridge's
+        lease (unexpired); True when written, False when the lease is another's or
+        nobody's (nothing written). Conflict when the channel has no cursor yet and the
+        bridge has `cap` of them."""
+
+    @abc.abstractmethod
+    async def drop_cursors(self, bridge: str, channels: list[str] | None = None) -> None:
+        """Forget the cursors of `channels` of `bridge` (None: all of them)."""
+
+
+def forward_cursors_full(bridge: str, cap: int) -> Conflict:
+    """The refusal of one more cursor to a bridge that has `cap` of them."""
+    return Conflict(
+        f"bridge {bridge!r} forwards {cap} channels, the most one bridge may: narrow its "
+        "forward= patterns"
+    )
+
+
 class Store(abc.ABC):
     """What a store URL opens: channels, jobs, principals, workers and schedules in one
     engine, as part objects callers reach by name (`store.channels.publish`,
@@ -655,6 +703,7 @@ class Store(abc.ABC):
     auth: AuthStore
     workers: WorkerStore
     schedules: ScheduleStore
+    forwards: ForwardStore
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -1,6 +1,6 @@
-"""`memory://` — volatile channels, jobs, principals, workers and schedules in this
-process, for tests and throwaway runs; the same semantics as the SQLite store, no
-durability."""
+"""`memory://` — volatile channels, jobs, principals, workers, schedules and forward
+cursors in this process, for tests and throwaway runs; the same semantics as the SQLite
+store, no durability."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from tidings.server.stores.local_workers import LocalWorkers
 from tidings.server.stores.memory.auth import MemoryAuth
 from tidings.server.stores.memory.channels import MemoryChannels
 from tidings.server.stores.memory.core import MemoryCore
+from tidings.server.stores.memory.forwards import MemoryForwards
 from tidings.server.stores.memory.jobs import MemoryJobs
 from tidings.server.stores.memory.schedules import MemorySchedules
 
@@ -26,6 +27,7 @@ class MemoryStore(Store):
         self.auth = MemoryAuth(core)
         self.workers = LocalWorkers(core.check)
         self.schedules = MemorySchedules(core.check)
+        self.forwards = MemoryForwards(core.check)
 
     async def start(self) -> None:
         self._core.open = True

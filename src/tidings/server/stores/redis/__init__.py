@@ -2,9 +2,10 @@
 
 Channels are Redis Streams, jobs are msgpack bodies with sorted-set indexes, users and
 credentials are plain keys, the workers seen lately two sorted sets and a hash, schedules
-a hash and two sorted sets; every node sharing the Redis sees the same state. `core` holds
-what the parts share (connections, key names, Lua, error translation), `channels`, `jobs`,
-`auth`, `workers` and `schedules` are one part each, and their Lua scripts are files of
+a hash and two sorted sets, a bridge's forward lease and cursors a string and a hash;
+every node sharing the Redis sees the same state. `core` holds what the parts share
+(connections, key names, Lua, error translation), `channels`, `jobs`, `auth`, `workers`,
+`schedules` and `forwards` are one part each, and their Lua scripts are files of
 `lua/`; `RedisStore` builds them.
 
 Live delivery across nodes does not go through the store's write path: every node runs
@@ -19,6 +20,7 @@ from tidings.server.stores.base import Retention, Store
 from tidings.server.stores.redis.auth import RedisAuth
 from tidings.server.stores.redis.channels import RedisChannels
 from tidings.server.stores.redis.core import RedisCore
+from tidings.server.stores.redis.forwards import RedisForwards
 from tidings.server.stores.redis.jobs import RedisJobs
 from tidings.server.stores.redis.schedules import RedisSchedules
 from tidings.server.stores.redis.workers import RedisWorkers
@@ -44,6 +46,7 @@ class RedisStore(Store):
     auth: RedisAuth
     workers: RedisWorkers
     schedules: RedisSchedules
+    forwards: RedisForwards
 
     def __init__(self, url: str, default_retention: Retention) -> None:
         self.core = RedisCore(url, default_retention)
@@ -52,6 +55,7 @@ class RedisStore(Store):
         self.auth = RedisAuth(self.core)
         self.workers = RedisWorkers(self.core)
         self.schedules = RedisSchedules(self.core)
+        self.forwards = RedisForwards(self.core)
 
     async def start(self) -> None:
         await self.core.open()
@@ -60,6 +64,7 @@ class RedisStore(Store):
         self.auth.register_scripts()
         self.workers.register_scripts()
         self.schedules.register_scripts()
+        self.forwards.register_scripts()
 
     async def close(self) -> None:
         await self.core.close()

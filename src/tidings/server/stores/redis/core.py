@@ -45,6 +45,8 @@ Key layout (prefix `tidings:` by default, `?prefix=` in the URL to change it):
     {p}scheddue           sorted set: schedule names by next_run_at
     {p}schednames         sorted set: schedule names (all scores 0: ordered by name)
     {p}schedowner         hash: schedule name -> owner (those that have one)
+    {p}fwdlease:{bridge}  the node holding a bridge's forward lease (expiring with it)
+    {p}fwdcur:{bridge}    hash: channel -> id of the last message the bridge forwarded
     {p}user:{name}        msgpack User;   {p}users: set of user names
     {p}cred:{key}         msgpack Credential (expiring with the credential)
     {p}creds:{user}       set of the credential keys of a user

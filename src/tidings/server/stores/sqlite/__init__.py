@@ -1,7 +1,8 @@
 """`sqlite:///path` — the embedded default: WAL, group commit, durable acknowledgements.
 
 `core` holds the connections and the writer thread (see its docstring for the group
-commit); `channels`, `jobs`, `auth` and `schedules` hold the SQL of one part each. The workers seen
+commit); `channels`, `jobs`, `auth`, `schedules` and `forwards` hold the SQL of one part
+each. The workers seen
 lately are kept in the server's process (`stores/local_workers.py`), not in the file: one
 server process serves a file, so it sees every worker.
 """
@@ -14,6 +15,7 @@ from tidings.server.stores.lockfile import StoreLocked
 from tidings.server.stores.sqlite.auth import SQLiteAuth
 from tidings.server.stores.sqlite.channels import SQLiteChannels
 from tidings.server.stores.sqlite.core import SQLiteCore
+from tidings.server.stores.sqlite.forwards import SQLiteForwards
 from tidings.server.stores.sqlite.jobs import SQLiteJobs
 from tidings.server.stores.sqlite.schedules import SQLiteSchedules
 
@@ -21,7 +23,8 @@ __all__ = ["SQLiteStore", "StoreLocked"]
 
 
 class SQLiteStore(Store):
-    """Channels, jobs, users, credentials and schedules in one SQLite file.
+    """Channels, jobs, users, credentials, schedules and forward cursors in one SQLite
+    file.
 
     A server's store is `exclusive`: it holds `<path>.lock` (stores/lockfile.py) from
     `lock()` or `start()` until `close()`, because channel sequences and live subscribers
@@ -36,6 +39,8 @@ class SQLiteStore(Store):
         exclusive: take the server lock at `start()` (`open_store` takes it for servers;
             the users and tokens commands open the file without it).
     """
+
+    forwards: SQLiteForwards
 
     def __init__(
         self,
@@ -52,6 +57,7 @@ class SQLiteStore(Store):
         self.auth = SQLiteAuth(core)
         self.workers = LocalWorkers(self._check_open)
         self.schedules = SQLiteSchedules(core)
+        self.forwards = SQLiteForwards(core)
 
     @property
     def synchronous(self) -> str:
@@ -79,6 +85,10 @@ class SQLiteStore(Store):
             self.lock()
         try:
             await self._core.open()
+            if self.exclusive:
+                # This process alone serves the file: a forward lease found in it is one
+                # a process that ended (a crash) left behind; taken again at once.
+                await self.forwards.clear_leases()
         except BaseException:
             self._release()
             raise

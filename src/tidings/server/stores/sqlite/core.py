@@ -157,6 +157,17 @@ CREATE TABLE IF NOT EXISTS schedules (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS schedules_due ON schedules (next_run_at);
 CREATE INDEX IF NOT EXISTS schedules_owner ON schedules (owner);
+CREATE TABLE IF NOT EXISTS forward_leases (
+    bridge TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS forward_cursors (
+    bridge TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    PRIMARY KEY (bridge, channel)
+) WITHOUT ROWID;
 """
 
 
