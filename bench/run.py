@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """tidings benchmarks, side by side with a named peer, alternating A B A B in one run.
 
-Usage: `.venv/bin/python bench/run.py [--quick] [--rounds N] [--only NAME,...]`
+Usage: `.venv/bin/python bench/run.py [--quick] [--rounds N] [--only NAME,...] [--lp N]`
 (`make bench`). NAMEs: sse, publish, jobs, longpoll, ws, msgpack, attack, h2, lists,
 schedules, limits, bridges.
 
@@ -1885,6 +1885,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="rounds per measurement (default 2)")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHES)}")
     parser.add_argument(
+        "--lp", type=int, help="parked long polls in measurement 4 (default 5000; 500 quick)"
+    )
+    parser.add_argument(
         "--default-somaxconn",
         action="store_true",
         help="keep net.core.somaxconn as the kernel has it (measure a default machine)",
@@ -1911,6 +1914,8 @@ def main() -> int:
         )
     if args.rounds:
         cfg.rounds = args.rounds
+    if args.lp:
+        cfg.lp = args.lp
     names = args.only.split(",") if args.only else list(BENCHES)
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
