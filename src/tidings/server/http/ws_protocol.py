@@ -99,6 +99,10 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
         frames = message.get(FRAMES)
         if not isinstance(frames, bytes):
             await super().send(message)
+            if self.handshake_complete and self.response is not None:
+                # The handshake is answered: uvicorn keeps its request and response (their
+                # headers, ~1.5 KB) for nothing from here on.
+                self.request = self.response = None  # type: ignore[assignment]
             return
         await self.writable.wait()
         if self.disconnected or self.conn.state is not State.OPEN or self.close_sent:
