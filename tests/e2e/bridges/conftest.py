@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -222,6 +223,49 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condi
             return last
         time.sleep(0.05)
     pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def sse_and_long_poll(
+    url: str, channel: str, count: int, publish: Callable[[], None]
+) -> tuple[list[tuple[str, Any]], list[Any]]:
+    """An SSE stream and a long poll on `channel` from its start, both waiting when
+    `publish` runs (in a thread): the stream's first `count` (event, data) pairs, and the
+    data the long poll was answered with."""
+
+    async def both() -> tuple[list[tuple[str, Any]], list[Any]]:
+        async with httpx.AsyncClient(base_url=url, timeout=40) as client:
+
+            async def sse() -> list[tuple[str, Any]]:
+                got: list[tuple[str, Any]] = []
+                event = ""
+                async with client.stream(
+                    "GET", f"/v1/channels/{channel}/events", params={"after": "0"}
+                ) as r:
+                    assert r.status_code == 200
+                    async for line in r.aiter_lines():
+                        if line.startswith("event:"):
+                            event = line[6:].strip()
+                        elif line.startswith("data:"):
+                            got.append((event, json.loads(line[5:])))
+                            event = ""  # each message names its own event, or none
+                            if len(got) == count:
+                                return got
+                return got
+
+            async def long_poll() -> list[Any]:
+                r = await client.get(
+                    f"/v1/channels/{channel}/messages", params={"after": "0", "wait": 25}
+                )
+                assert r.status_code == 200
+                return [m["data"] for m in r.json()["messages"]]
+
+            sse_task = asyncio.ensure_future(sse())
+            poll_task = asyncio.ensure_future(long_poll())
+            await asyncio.sleep(0.3)  # both subscribers are (most likely) waiting
+            await asyncio.to_thread(publish)
+            return await asyncio.wait_for(sse_task, 30), await asyncio.wait_for(poll_task, 30)
+
+    return asyncio.run(both())
 
 
 def messages(url: str, channel: str) -> list[dict[str, Any]]:

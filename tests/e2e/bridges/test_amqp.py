@@ -5,15 +5,13 @@ Failures mid-stream: test_amqp_failures.py."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.e2e.bridges.conftest import Rabbit, bridge, messages, wait_for
+from tests.e2e.bridges.conftest import Rabbit, bridge, messages, sse_and_long_poll, wait_for
 from tidings.server.bridges.base import Bridge
 
 
@@ -33,45 +31,16 @@ def test_messages_reach_an_sse_and_a_long_poll_subscriber_with_their_routed_chan
     wait_for(lambda: bridge(srv.url, f"amqp.{queue}")["state"] == "running", what="running")
     channel = f"orders.{queue}"
 
-    async def subscribe() -> tuple[list[tuple[str, Any]], list[Any]]:
-        async with httpx.AsyncClient(base_url=srv.url, timeout=40) as client:
-
-            async def sse() -> list[tuple[str, Any]]:
-                got: list[tuple[str, Any]] = []
-                event = ""
-                async with client.stream(
-                    "GET", f"/v1/channels/{channel}/events", params={"after": "0"}
-                ) as r:
-                    assert r.status_code == 200
-                    async for line in r.aiter_lines():
-                        if line.startswith("event:"):
-                            event = line[6:].strip()
-                        elif line.startswith("data:"):
-                            got.append((event, json.loads(line[5:])))
-                            event = ""  # each message names its own event, or none
-                            if len(got) == 3:
-                                return got
-                return got
-
-            async def long_poll() -> list[Any]:
-                r = await client.get(
-                    f"/v1/channels/{channel}/messages", params={"after": "0", "wait": 25}
-                )
-                assert r.status_code == 200
-                return [m["data"] for m in r.json()["messages"]]
-
-            sse_task = asyncio.ensure_future(sse())
-            poll_task = asyncio.ensure_future(long_poll())
-            await asyncio.sleep(0.3)  # both subscribers are (most likely) waiting
-            await asyncio.to_thread(
-                rabbit.publish,
-                queue,
-                [json.dumps({"n": n}).encode() for n in range(3)],
-                [f"m{n}" for n in range(3)],
-            )
-            return await asyncio.wait_for(sse_task, 30), await asyncio.wait_for(poll_task, 30)
-
-    streamed, polled = asyncio.run(subscribe())
+    streamed, polled = sse_and_long_poll(
+        srv.url,
+        channel,
+        3,
+        lambda: rabbit.publish(
+            queue,
+            [json.dumps({"n": n}).encode() for n in range(3)],
+            [f"m{n}" for n in range(3)],
+        ),
+    )
     assert streamed == [("order", {"n": 0}), ("order", {"n": 1}), ("order", {"n": 2})]
     assert polled[0] == {"n": 0}
     wait_for(lambda: bridge(srv.url, f"amqp.{queue}")["acknowledged"] == 3, what="3 acks")

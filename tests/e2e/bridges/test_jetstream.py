@@ -4,18 +4,23 @@ letters, a cut connection and a SIGKILL mid-stream losing and duplicating nothin
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.e2e.bridges.conftest import CuttableProxy, Nats, bridge, messages, wait_for
+from tests.e2e.bridges.conftest import (
+    CuttableProxy,
+    Nats,
+    bridge,
+    messages,
+    sse_and_long_poll,
+    wait_for,
+)
 from tidings.server.bridges.base import Bridge
 
 
@@ -38,40 +43,12 @@ def test_messages_reach_an_sse_and_a_long_poll_subscriber_by_subject(
     wait_for(lambda: bridge(srv.url, "js")["state"] == "running", what="running")
     channel = f"{prefix}.orders.eu"
 
-    async def subscribe() -> tuple[list[tuple[str, Any]], list[Any]]:
-        async with httpx.AsyncClient(base_url=srv.url, timeout=40) as client:
+    def publish() -> None:
+        jetstream.publish(channel, [b'{"n": 1}', b'{"n": 2}'])
+        # Not in the consumer's filter: never bridged.
+        jetstream.publish(f"{prefix}.other", [b'{"n": 3}'])
 
-            async def sse() -> list[tuple[str, Any]]:
-                got: list[tuple[str, Any]] = []
-                event = ""
-                async with client.stream(
-                    "GET", f"/v1/channels/{channel}/events", params={"after": "0"}
-                ) as r:
-                    async for line in r.aiter_lines():
-                        if line.startswith("event:"):
-                            event = line[6:].strip()
-                        elif line.startswith("data:"):
-                            got.append((event, json.loads(line[5:])))
-                            event = ""
-                            if len(got) == 2:
-                                return got
-                return got
-
-            async def long_poll() -> list[Any]:
-                r = await client.get(
-                    f"/v1/channels/{channel}/messages", params={"after": "0", "wait": 25}
-                )
-                return [m["data"] for m in r.json()["messages"]]
-
-            sse_task = asyncio.ensure_future(sse())
-            poll_task = asyncio.ensure_future(long_poll())
-            await asyncio.sleep(0.3)
-            await asyncio.to_thread(jetstream.publish, channel, [b'{"n": 1}', b'{"n": 2}'])
-            # Not in the consumer's filter: never bridged.
-            await asyncio.to_thread(jetstream.publish, f"{prefix}.other", [b'{"n": 3}'])
-            return await asyncio.wait_for(sse_task, 30), await asyncio.wait_for(poll_task, 30)
-
-    streamed, polled = asyncio.run(subscribe())
+    streamed, polled = sse_and_long_poll(srv.url, channel, 2, publish)
     assert streamed == [(stream, {"n": 1}), (stream, {"n": 2})]
     assert polled[0] == {"n": 1}
     wait_for(lambda: bridge(srv.url, "js")["acknowledged"] == 2, what="2 acks")

@@ -4,12 +4,10 @@ while tidings is away, redeliveries not published twice, dead letters, a cut con
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -20,6 +18,7 @@ from tests.e2e.bridges.conftest import (
     Mosquitto,
     bridge,
     messages,
+    sse_and_long_poll,
     unique,
     wait_for,
 )
@@ -44,38 +43,12 @@ def test_messages_reach_an_sse_and_a_long_poll_subscriber_by_topic(
     wait_for(lambda: bridge(srv.url, name)["state"] == "running", what="running")
     channel = f"s.{root}.kitchen.temp"
 
-    async def subscribe() -> tuple[list[tuple[str, Any]], list[Any]]:
-        async with httpx.AsyncClient(base_url=srv.url, timeout=40) as client:
-
-            async def sse() -> list[tuple[str, Any]]:
-                got: list[tuple[str, Any]] = []
-                event = ""
-                async with client.stream(
-                    "GET", f"/v1/channels/{channel}/events", params={"after": "0"}
-                ) as r:
-                    async for line in r.aiter_lines():
-                        if line.startswith("event:"):
-                            event = line[6:].strip()
-                        elif line.startswith("data:"):
-                            got.append((event, json.loads(line[5:])))
-                            event = ""
-                            if len(got) == 2:
-                                return got
-                return got
-
-            async def long_poll() -> list[Any]:
-                r = await client.get(
-                    f"/v1/channels/{channel}/messages", params={"after": "0", "wait": 25}
-                )
-                return [m["data"] for m in r.json()["messages"]]
-
-            sse_task = asyncio.ensure_future(sse())
-            poll_task = asyncio.ensure_future(long_poll())
-            await asyncio.sleep(0.3)
-            await asyncio.to_thread(mosquitto.publish, f"{root}/kitchen/temp", [b"21.5", b"22"])
-            return await asyncio.wait_for(sse_task, 30), await asyncio.wait_for(poll_task, 30)
-
-    streamed, polled = asyncio.run(subscribe())
+    streamed, polled = sse_and_long_poll(
+        srv.url,
+        channel,
+        2,
+        lambda: mosquitto.publish(f"{root}/kitchen/temp", [b"21.5", b"22"]),
+    )
     assert streamed == [("reading", 21.5), ("reading", 22)]
     assert polled[0] == 21.5
     wait_for(lambda: bridge(srv.url, name)["acknowledged"] == 2, what="2 acks")

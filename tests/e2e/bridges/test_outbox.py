@@ -5,18 +5,23 @@ the next delivered; two nodes on one outbox publish each row once."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.e2e.bridges.conftest import CuttableProxy, Postgres, bridge, messages, wait_for
+from tests.e2e.bridges.conftest import (
+    CuttableProxy,
+    Postgres,
+    bridge,
+    messages,
+    sse_and_long_poll,
+    wait_for,
+)
 from tidings.server.bridges.base import Bridge
 from tidings.server.bridges.postgres import row_bus_id
 
@@ -37,42 +42,14 @@ def test_rows_reach_an_sse_and_a_long_poll_subscriber_and_leave_the_table(
     wait_for(lambda: bridge(srv.url, name)["state"] == "running", what="running")
     channel = f"orders.{table}"
 
-    async def subscribe() -> tuple[list[tuple[str, Any]], list[Any]]:
-        async with httpx.AsyncClient(base_url=srv.url, timeout=40) as client:
-
-            async def sse() -> list[tuple[str, Any]]:
-                got: list[tuple[str, Any]] = []
-                event = ""
-                async with client.stream(
-                    "GET", f"/v1/channels/{channel}/events", params={"after": "0"}
-                ) as r:
-                    async for line in r.aiter_lines():
-                        if line.startswith("event:"):
-                            event = line[6:].strip()
-                        elif line.startswith("data:"):
-                            got.append((event, json.loads(line[5:])))
-                            event = ""  # each message names its own event, or none
-                            if len(got) == 2:
-                                return got
-                return got
-
-            async def long_poll() -> list[Any]:
-                r = await client.get(
-                    f"/v1/channels/{channel}/messages", params={"after": "0", "wait": 25}
-                )
-                return [m["data"] for m in r.json()["messages"]]
-
-            sse_task = asyncio.ensure_future(sse())
-            poll_task = asyncio.ensure_future(long_poll())
-            await asyncio.sleep(0.3)
-            await asyncio.to_thread(
-                postgres.insert,
-                table,
-                [(channel, "paid", '{"id": 1}'), (channel, None, '{"id": 2}')],
-            )
-            return await asyncio.wait_for(sse_task, 30), await asyncio.wait_for(poll_task, 30)
-
-    streamed, polled = asyncio.run(subscribe())
+    streamed, polled = sse_and_long_poll(
+        srv.url,
+        channel,
+        2,
+        lambda: postgres.insert(
+            table, [(channel, "paid", '{"id": 1}'), (channel, None, '{"id": 2}')]
+        ),
+    )
     assert streamed == [("paid", {"id": 1}), ("", {"id": 2})]
     assert polled[0] == {"id": 1}
     wait_for(lambda: postgres.count(table) == 0, what="the rows deleted")
