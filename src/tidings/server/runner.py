@@ -158,21 +158,20 @@ def listen(settings: Settings) -> list[socket.socket]:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # A plain socket first: its bind fails on a port any other socket holds, SO_REUSEPORT
     # or not, so two servers never end up sharing one port.
-    sock = _bind(family, host, port, reuse_port=False)
     count = listeners()
     if count == 1:
-        sock.listen(BACKLOG)
+        sock = _bind(family, host, port, reuse_port=False, backlog=BACKLOG)
         sock.set_inheritable(True)
         return [sock]
+    sock = _bind(family, host, port, reuse_port=False)
     port = sock.getsockname()[1]  # the port the kernel chose, for --port 0
     # Unlistened, the probe leaves nothing behind: the group binds the port at once.
     sock.close()
     group: list[socket.socket] = []
     try:
         for _ in range(count):
-            member = _bind(family, host, port, reuse_port=True)
+            member = _bind(family, host, port, reuse_port=True, backlog=BACKLOG)
             group.append(member)
-            member.listen(BACKLOG)
             member.set_inheritable(True)
     except BaseException:
         for member in group:
@@ -198,7 +197,16 @@ def listeners(somaxconn: int | None = None) -> int:
     return min(MAX_LISTENERS, math.ceil(BACKLOG / somaxconn))
 
 
-def _bind(family: socket.AddressFamily, host: str, port: int, *, reuse_port: bool) -> socket.socket:
+def _bind(
+    family: socket.AddressFamily,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool,
+    backlog: int | None = None,
+) -> socket.socket:
+    """A socket bound to (host, port), listening when `backlog` is given; PortUnavailable
+    (the socket closed) says why not."""
     where = f"port {port} on {host}"
     again = "pass --port / TIDINGS_PORT"
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -207,6 +215,10 @@ def _bind(family: socket.AddressFamily, host: str, port: int, *, reuse_port: boo
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
+        if backlog is not None:
+            # With SO_REUSEADDR, a port another socket bound but does not listen on yet
+            # fails here rather than at bind.
+            sock.listen(backlog)
     except socket.gaierror as exc:
         sock.close()
         raise PortUnavailable(
