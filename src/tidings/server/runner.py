@@ -156,13 +156,13 @@ def listen(settings: Settings) -> list[socket.socket]:
     host, port = settings.host, settings.port
     # An IPv6 literal needs an IPv6 socket; a name or IPv4 address, IPv4 (as uvicorn).
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # A plain socket first: its bind fails on a port any other socket holds, SO_REUSEPORT
-    # or not, so two servers never end up sharing one port.
     count = listeners()
     if count == 1:
         sock = _bind(family, host, port, reuse_port=False, backlog=BACKLOG)
         sock.set_inheritable(True)
         return [sock]
+    # A plain socket first: its bind fails on a port any other socket holds, SO_REUSEPORT
+    # or not, so two servers never end up sharing one port.
     sock = _bind(family, host, port, reuse_port=False)
     port = sock.getsockname()[1]  # the port the kernel chose, for --port 0
     # Unlistened, the probe leaves nothing behind: the group binds the port at once.
