@@ -50,6 +50,9 @@ __all__ = ["MAX_JOB_TYPE_SERIES", "OTHER_TYPES", "Metrics", "job_series"]
 
 MAX_JOB_TYPE_SERIES = 50
 OTHER_TYPES = "~other"
+# Bridge states that count as up: a forward-only bridge on a node without the lease
+# stands by, as it should, and must not look down.
+_UP = frozenset({BridgeState.RUNNING, BridgeState.STANDBY})
 
 JobCounts = dict[str, dict[str, int]]
 
@@ -151,7 +154,10 @@ class _HubCollector(Collector):
             labels=["bridge", "outcome"],
         )
         up = GaugeMetricFamily(
-            "tidings_bridge_up", "1 while a bridge is connected and consuming", labels=["bridge"]
+            "tidings_bridge_up",
+            "1 while a bridge is connected and consuming, or (forward= only) standing by while "
+            "another node holds its lease",
+            labels=["bridge"],
         )
         reconnects = CounterMetricFamily(
             "tidings_bridge_reconnects",
@@ -180,7 +186,7 @@ class _HubCollector(Collector):
                 ("dead_lettered", s.dead_lettered),
             ):
                 messages.add_metric([name, outcome], count)
-            up.add_metric([name], 1 if s.state is BridgeState.RUNNING else 0)
+            up.add_metric([name], 1 if s.state in _UP else 0)
             reconnects.add_metric([name], s.reconnects)
             if s.lag is not None:
                 lag.add_metric([name], s.lag)

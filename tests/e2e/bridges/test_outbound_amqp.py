@@ -396,6 +396,10 @@ def test_two_nodes_on_one_redis_store_forward_each_message_once_and_a_survivor_t
     assert views[holder.url]["forwarded"] == 400
     assert views[other.url]["forwarded"] == 0
     assert views[other.url]["state"] == "standby"
+    # Standing by is not down: both nodes say the bridge is up.
+    for node in (first, second):
+        up = f'tidings_bridge_up{{bridge="{name}"}} 1.0'
+        assert up in httpx.get(f"{node.url}/metrics").text, node.url
     # The holder dies; the other takes the lease once it expires and goes on.
     holder.stop(signal.SIGKILL)
     _publish(other.url, "feed.0", 100, 50)

@@ -172,5 +172,8 @@ class Bridges:
         return [b.snapshot() for b in self.bridges]
 
     def running(self) -> int:
-        """How many bridges are connected and consuming."""
-        return sum(b.stats.state is BridgeState.RUNNING for b in self.bridges)
+        """How many bridges are connected and consuming, or standing by (forward= only,
+        another node holding the lease)."""
+        return sum(
+            b.stats.state in (BridgeState.RUNNING, BridgeState.STANDBY) for b in self.bridges
+        )
