@@ -155,7 +155,9 @@ def test_a_connection_cut_mid_stream_resumes_without_loss(
 ) -> None:
     stream, prefix = jetstream.stream()
     total = 300
-    via = proxy(4222, delay=0.01)
+    # Each round trip slowed (150 batches: >= 4.5 s) so that the cut falls mid-stream even
+    # when this test process is held up on a loaded machine.
+    via = proxy(4222, delay=0.03)
     name = unique("jcut")
     srv = tidings_server(
         args=[

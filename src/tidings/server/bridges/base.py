@@ -536,13 +536,20 @@ class Bridge(abc.ABC):
         """Stop consuming and close the bus connection; unacknowledged messages stay on
         the bus for the next consumer."""
         self._stopping.set()
+        # Both sides at once: the inbound side stops consuming while the forwarder
+        # finishes its batch and releases its lease, and one side failing to stop does
+        # not leave the other running.
+        sides: list[Any] = []
         if self.forwarder is not None:
-            await self.forwarder.stop()
+            sides.append(self.forwarder.stop())
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            sides.append(self._task)
+        results = await asyncio.gather(*sides, return_exceptions=True)
         self.stats.state = BridgeState.STOPPED
+        for result in results:
+            if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
+                log.warning("bridge %s: stopping: %s", self.spec.name, result)
 
     async def run(self) -> None:
         """Keep a session open: on failure wait (backoff) and reconnect, until stopped."""
