@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.e2e.bridges.conftest import CuttableProxy, Mosquitto, bridge, unique, wait_for
+from tests.e2e.bridges.conftest import (
+    CuttableProxy,
+    Mosquitto,
+    bridge,
+    messages,
+    unique,
+    wait_for,
+)
 from tests.e2e.bridges.test_config import _serve
 from tests.e2e.bridges.test_outbound_amqp import _in_order_with_one_cut_at_most, _publish
 from tidings.server.bridges import BridgeConfigError, parse_bridges
@@ -175,6 +182,34 @@ def test_messages_on_matching_channels_reach_a_subscriber_in_order_with_properti
     assert view["kind"] == "mqtt"
     assert view["state"] == "running"
     assert view["forward"]["target"] == f"topic {root}/{{channel}}"
+
+
+@pytest.mark.timeout(120)
+def test_an_mqtt_bridge_of_tidings_reading_the_topic_publishes_each_forwarded_message_once(
+    mosquitto: Mosquitto, tidings_server: ServerFactory
+) -> None:
+    root = unique("rt")
+    out, back = unique("mo"), unique("mi")
+    mosquitto.bridge_client(back)
+    srv = tidings_server(
+        args=[
+            "--bridge",
+            _url("feed", f"{root}/{{channel}}", name=out),
+            "--bridge",
+            f"{mosquitto.url}/?topic={root}/%23&channel=copy.{{topic}}&name={back}",
+        ]
+    )
+    for name in (out, back):
+        wait_for(lambda n=name: bridge(srv.url, n)["state"] == "running", what=f"{name} up")
+    _publish(srv.url, "feed", 0, 20, event="tick")
+    copy = f"copy.{root}.feed"
+    got = wait_for(lambda: (m := messages(srv.url, copy)) and len(m) >= 20 and m, what="20 copied")
+    assert [m["data"] for m in got] == [{"n": n} for n in range(20)]
+    # A message forwarded again (after a crash, a cut) carries the same message-id: the
+    # inbound bridge does not publish it twice.
+    mosquitto.publish(f"{root}/feed", [b'{"n":4}'], ids=["feed:5"])
+    wait_for(lambda: bridge(srv.url, back)["duplicates"] == 1, what="the replay dropped")
+    assert len(messages(srv.url, copy)) == 20
 
 
 def _check_replays(received: list[Received], channel: str, total: int) -> None:
