@@ -7,7 +7,11 @@ same message-id (what an inbound bridge on the other side deduplicates by)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import getpass
 import signal
+import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, free_port
 from tests.e2e.bridges.conftest import (
     CuttableProxy,
     Mosquitto,
@@ -210,6 +214,54 @@ def test_an_mqtt_bridge_of_tidings_reading_the_topic_publishes_each_forwarded_me
     mosquitto.publish(f"{root}/feed", [b'{"n":4}'], ids=["feed:5"])
     wait_for(lambda: bridge(srv.url, back)["duplicates"] == 1, what="the replay dropped")
     assert len(messages(srv.url, copy)) == 20
+
+
+@pytest.fixture
+def strict_broker(tmp_path: Path) -> Iterator[int]:
+    """A private Mosquitto on a free port whose anonymous clients may read every topic
+    and publish only under `allowed/`: the port."""
+    port = free_port()
+    (tmp_path / "acl").write_text("topic read #\ntopic write allowed/#\n")
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        f"acl_file {tmp_path / 'acl'}\n"
+        # Run as root, Mosquitto would become user mosquitto, who cannot read tmp_path.
+        f"user {getpass.getuser()}\n"
+    )
+    broker = subprocess.Popen(
+        ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+
+        def up() -> bool:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                return True
+            return False
+
+        wait_for(up, timeout=10, what="the private Mosquitto")
+        yield port
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+@pytest.mark.timeout(60)
+def test_a_message_the_broker_refuses_is_reported_and_not_counted_as_forwarded(
+    strict_broker: int, tidings_server: ServerFactory
+) -> None:
+    name = unique("mdeny")
+    srv = tidings_server(
+        args=["--bridge", _url("feed", "denied/{channel}", port=strict_broker, name=name)]
+    )
+    _publish(srv.url, "feed", 0, 3)
+    view = wait_for(
+        lambda: (b := bridge(srv.url, name))["forward"]["last_error"] and b,
+        what="the refusal reported",
+    )
+    assert "refused the message" in view["forward"]["last_error"]
+    assert "Not authorized" in view["forward"]["last_error"]
+    assert view["forward"]["forwarded"] == 0
 
 
 def _check_replays(received: list[Received], channel: str, total: int) -> None:
