@@ -387,7 +387,8 @@ class MqttForwarder(Forwarder):
         on_disconnect = paho.on_disconnect
 
         def disconnected(*args: Any) -> None:
-            self._fail_pending("the MQTT connection was lost")
+            if self._paho is paho:  # not a late call from a connection given up
+                self._fail_pending("the MQTT connection was lost")
             lost.set()
             if on_disconnect is not None:
                 on_disconnect(*args)
@@ -445,8 +446,9 @@ class MqttForwarder(Forwarder):
             pairs.append(("tidings-event", msg.event))
         props.UserProperty = pairs
         topic = self.topic.render({"channel": msg.channel})
-        # Acquired at once while there is room (no await before the publish: the sends
-        # of a batch reach paho in their order).
+        # Acquired at once while there is room, and in order when there is none (asyncio's
+        # semaphore serves its waiters first come, first served): the sends of a batch
+        # reach paho in their order.
         async with self._room:
             info = paho.publish(topic, body, 1, False, props)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
