@@ -74,6 +74,13 @@ def test_an_amqp_url_keeps_the_drivers_own_parameters_and_takes_tidings_ones():
         ("kafka://h:9092/?topic=a", "unknown kind kafka://"),
         ("mqtt://h/?channel=c", "needs topic=FILTER"),
         ("mqtt://h/?topic=a&job=mail", "job= is not available on an mqtt bridge"),
+        ("mqtt://h/?forward=a&forward_topic=x/+", "without wildcards (+ #)"),
+        ("mqtt://h/?forward=a&forward_topic=x/%23/{channel}", "without wildcards (+ #)"),
+        ("mqtt://h/?forward=a&forward_topic=x/{id}", "unknown placeholder {id}"),
+        ("mqtt://h/?forward=a&forward_topic=$x/{channel}", "not starting with $"),
+        ("mqtt://h/?forward=a&session_expiry=5", "session_expiry= is a setting of the subscr"),
+        ("mqtt://h/?topic=a&channel=c&forward_topic=t", "forward_topic= says where forward="),
+        ("mqtt://h/?topic=a&channel=c&forward_lease=5", "forward_lease= is a setting of forward="),
         ("nats://h:4222/?subject=a&channel=c", "needs stream=NAME"),
         ("nats://h:4222/?stream=a.b&channel=c", "stream='a.b': use 1-64 characters"),
         ("nats://h:4222/?stream=S&channel=c&dead_letter=x", "dead_letter='x': use channel"),
@@ -114,6 +121,16 @@ def test_an_mqtt_bridge_is_refused_in_a_server_of_several_processes():
     with pytest.raises(BridgeConfigError, match="an MQTT session belongs to one client id"):
         parse_bridges(url, 10, 2, processes=4)
     assert len(parse_bridges(f"{AMQP}?queue=a&channel=x", 10, 2, processes=4)) == 1
+    with pytest.raises(BridgeConfigError, match="an MQTT session belongs to one client id"):
+        parse_bridges("mqtt://h/?forward=a", 10, 2, processes=4)
+
+
+def test_an_mqtt_bridge_that_only_forwards_publishes_to_its_channel_by_default():
+    spec = _one("mqtt://h/?forward=orders.*")
+    assert spec.extra["inbound"] is False
+    assert spec.extra["forward_topic"].render({"channel": "orders.eu"}) == "orders.eu"
+    assert spec.name == "mqtt.forward.channel"
+    assert spec.extra["client_id"] == "tidings-mqtt.forward.channel"
 
 
 @pytest.fixture

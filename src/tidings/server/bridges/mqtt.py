@@ -1,4 +1,4 @@
-"""The MQTT inbound bridge (MQTT 5, QoS 1), on aiomqtt (`tidings[mqtt]`).
+"""The MQTT bridge (MQTT 5, QoS 1), on aiomqtt (`tidings[mqtt]`): inbound and outbound.
 
     mqtt://127.0.0.1:1883/?topic=sensors/+/temp&channel=sensors.{topic}&event=reading
 
@@ -21,6 +21,21 @@ A client id has one session: two tidings with the same bridge would take it from
 other (and --workers N with an MQTT bridge is refused at start). Several nodes share the
 load with an MQTT 5 shared subscription, each with a client id of its own:
 `topic=$share/tidings/sensors/%23&client_id=tidings-node1`.
+
+Outbound (tidings.server.bridges.outbound): with `forward=`, the messages of the matching
+channels are published at QoS 1 to `forward_topic=` (a template whose one placeholder is
+`{channel}`, the channel's name as it is, dots kept; default `{channel}`; no wildcards,
+not starting with `$`), each acknowledged by the broker (a PUBACK without an error code)
+before the channel's cursor moves past it; a broker that refuses a message fails the
+publish, and the bridge retries. The publishing client has a client id of its own
+(`client_id=` and `-out`) and starts clean: the cursors are its state. MQTT 5 user
+properties `tidings-channel`, `tidings-id` and `tidings-event` say where a message comes
+from, and `message-id` is `{channel}:{id}`: an MQTT bridge of another tidings reading the
+topic (its `id_property=` default) publishes a message forwarded again once. The content
+type is the message's (`application/json`, or text with `format=text`). A bridge with
+`forward=` and no `topic=` only forwards.
+
+    mqtt://127.0.0.1:1883/?forward=orders.*&forward_topic=tidings/{channel}
 """
 
 from __future__ import annotations
@@ -38,21 +53,43 @@ from tidings.server.bridges.base import (
     BridgeConfigError,
     BridgeSpec,
     Outcome,
+    Template,
     common_spec,
     int_param,
     split_url,
+)
+from tidings.server.bridges.outbound import (
+    FORWARD_PARAMS,
+    Forwarder,
+    ForwardSpec,
+    body_of,
+    check_no_loop,
+    parse_forward,
 )
 from tidings.server.channels import ChannelService
 
 if TYPE_CHECKING:
     import aiomqtt
 
+    from tidings.protocol.messages import Message
     from tidings.server.jobs import JobService
 
-__all__ = ["BRIDGE", "MqttBridge", "parse"]
+__all__ = ["BRIDGE", "MqttBridge", "MqttForwarder", "parse"]
 
 FIELDS = frozenset({"topic"})
-PARAMS = COMMON_PARAMS | {"topic", "client_id", "session_expiry", "prefetch", "id_property"}
+# The parameters of the subscription (topic=), refused on a bridge that only forwards.
+SUBSCRIBE_PARAMS = frozenset({"session_expiry", "prefetch", "id_property"})
+PARAMS = COMMON_PARAMS | {"topic", "client_id", "forward_topic"} | SUBSCRIBE_PARAMS | FORWARD_PARAMS
+# The placeholder of forward_topic=.
+FORWARD_FIELDS = frozenset({"channel"})
+# The longest forward_topic= template, in UTF-8 bytes: with channel names of at most 200
+# characters, whatever it renders stays far below MQTT's 65535-byte topic names.
+MAX_FORWARD_TOPIC = 1024
+# The longest the broker may take to acknowledge (PUBACK) one forwarded message.
+PUBLISH_TIMEOUT = 30.0
+# Most forwarded messages awaiting their PUBACK at once (over all channels): packet ids
+# are 16-bit, and each one in flight must be told apart.
+MAX_IN_FLIGHT = 20_000
 CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 # Seconds between two looks at the client's socket (_watch_socket).
@@ -77,10 +114,28 @@ def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
     """An `mqtt://` or `mqtts://` bridge URL, checked."""
     connect_url, params = split_url(url, PARAMS)
     topic = params.get("topic", "")
-    if not topic or len(topic) > 1024 or "\x00" in topic:
+    forward = parse_forward(params)
+    if (not topic and forward is None) or len(topic) > 1024 or "\x00" in topic:
         raise BridgeConfigError(
             "an mqtt bridge needs topic=FILTER: the topic filter to subscribe to, e.g. "
-            "topic=sensors/+/temp (# URL-encoded: %23)"
+            "topic=sensors/+/temp (# URL-encoded: %23), or forward=CHANNELS to forward"
+        )
+    if forward is None and "forward_topic" in params:
+        raise BridgeConfigError("forward_topic= says where forward= sends: give forward= too")
+    if not topic:
+        for key in sorted(SUBSCRIBE_PARAMS & params.keys()):
+            raise BridgeConfigError(
+                f"{key}= is a setting of the subscription (topic=), and this bridge only "
+                "forwards: remove it"
+            )
+    out_topic = None if forward is None else _forward_topic(params.get("forward_topic"))
+    if topic:
+        default_name = "mqtt." + "".join(c if c.isalnum() else "_" for c in topic)
+    else:
+        # An outbound-only bridge is named after its topic, its placeholder spelled out.
+        shown = (out_topic.text if out_topic else "").translate({ord("{"): None, ord("}"): None})
+        default_name = "mqtt.forward." + "".join(
+            c if (c.isascii() and c.isalnum()) or c in "._:-" else "_" for c in shown
         )
     spec = common_spec(
         "mqtt",
@@ -88,11 +143,17 @@ def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
         connect_url,
         params,
         FIELDS,
-        default_name=("mqtt." + "".join(c if c.isalnum() else "_" for c in topic))[:64],
+        default_name=default_name[:64],
         default_channel=None,
         max_bytes=max_bytes,
         max_depth=max_depth,
+        inbound=bool(topic),
     )
+    spec.extra["inbound"] = bool(topic)
+    spec.extra["forward"] = forward
+    spec.extra["forward_topic"] = out_topic
+    if forward is not None:
+        check_no_loop(spec, forward)
     if spec.job is not None:
         raise BridgeConfigError(
             "job= is not available on an mqtt bridge (amqp, nats and postgresql bridges take "
@@ -117,6 +178,23 @@ def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
         password=None if parts.password is None else unquote(parts.password),
     )
     return spec
+
+
+def _forward_topic(text: str | None) -> Template:
+    """forward_topic= (default `{channel}`), checked: a topic name to publish to."""
+    template = Template(text or "{channel}", FORWARD_FIELDS, "forward_topic")
+    literal = template.text.replace("{channel}", "")
+    if (
+        len(template.text.encode()) > MAX_FORWARD_TOPIC
+        or any(c in literal for c in "+#\x00")
+        or template.text.startswith("$")
+    ):
+        raise BridgeConfigError(
+            f"forward_topic={template.text[:80]!r}: a topic to publish to is up to "
+            f"{MAX_FORWARD_TOPIC} bytes without wildcards (+ #), not starting with $ "
+            "(the broker's own topics)"
+        )
+    return template
 
 
 async def _close(client: aiomqtt.Client, paho: Any) -> None:
@@ -189,9 +267,11 @@ class MqttBridge(Bridge):
     ) -> None:
         super().__init__(spec, channels, jobs)
         self.x: dict[str, Any] = spec.extra
+        forward: ForwardSpec | None = spec.extra["forward"]
+        if forward is not None:
+            self.forwarder = MqttForwarder(self, forward)
 
     async def session(self) -> None:
-        import aiomqtt
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
         from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -200,20 +280,9 @@ class MqttBridge(Bridge):
         connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect.SessionExpiryInterval = x["session_expiry"]
         connect.ReceiveMaximum = x["prefetch"]
-        client = aiomqtt.Client(
-            x["host"],
-            x["port"],
-            username=x["username"],
-            password=x["password"],
-            identifier=x["client_id"],
-            protocol=aiomqtt.ProtocolVersion.V5,
-            # Never a clean start: the session (what the broker keeps for tidings while
-            # it is away, and what it must send again) outlives each connection.
-            clean_start=False,
-            properties=connect,
-            timeout=CONNECT_TIMEOUT,
-            tls_context=ssl.create_default_context() if x["tls"] else None,
-        )
+        # Never a clean start: the session (what the broker keeps for tidings while it is
+        # away, and what it must send again) outlives each connection.
+        client = _client(x, x["client_id"], clean_start=False, properties=connect)
         # aiomqtt acknowledges a message as soon as it is queued for the reader; the
         # acknowledgement must wait for tidings' commit, so paho's manual acks are used
         # (aiomqtt does not expose them: its paho client is reached directly).
@@ -268,6 +337,143 @@ class MqttBridge(Bridge):
             if key == self.x["id_property"] and value:
                 return f"{message.topic.value}:{value}"
         return None
+
+
+def _client(x: dict[str, Any], client_id: str, **more: Any) -> aiomqtt.Client:
+    """An MQTT 5 client of the bridge's broker (its URL's host, port, user and TLS)."""
+    import aiomqtt
+
+    return aiomqtt.Client(
+        x["host"],
+        x["port"],
+        username=x["username"],
+        password=x["password"],
+        identifier=client_id,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        timeout=CONNECT_TIMEOUT,
+        tls_context=ssl.create_default_context() if x["tls"] else None,
+        **more,
+    )
+
+
+class MqttForwarder(Forwarder):
+    """Publishes forwarded messages at QoS 1 on a connection of its own (client id
+    `client_id=` and `-out`, a clean start: the channels' cursors are its state): `send`
+    returns once the broker acknowledged the message (a PUBACK without an error code).
+
+    aiomqtt's own publish takes any PUBACK as a success, a refusal (not authorized, quota
+    exceeded) too: the PUBACKs are read from paho's callback instead, by packet id.
+    """
+
+    def __init__(self, bridge: Bridge, forward: ForwardSpec) -> None:
+        super().__init__(bridge, forward)
+        self.topic: Template = bridge.spec.extra["forward_topic"]
+        self._client: aiomqtt.Client | None = None
+        self._paho: Any = None
+        self._watch: asyncio.Future[None] | None = None
+        # The sends awaiting their PUBACK, by packet id.
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._room = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    def target(self) -> str:
+        return f"topic {self.topic.text}"
+
+    async def connect(self) -> asyncio.Event:
+        x = self.bridge.spec.extra
+        lost = asyncio.Event()
+        client = _client(x, f"{x['client_id']}-out", clean_start=True)
+        paho = client._client
+        paho.on_publish = self._on_publish
+        on_disconnect = paho.on_disconnect
+
+        def disconnected(*args: Any) -> None:
+            if self._paho is paho:  # not a late call from a connection given up
+                self._fail_pending("the MQTT connection was lost")
+            lost.set()
+            if on_disconnect is not None:
+                on_disconnect(*args)
+
+        paho.on_disconnect = disconnected
+        await client.__aenter__()
+        self._client, self._paho, self._pending = client, paho, {}
+
+        async def watch() -> None:
+            # paho may not see a lost connection (see _watch_socket): the socket is
+            # looked at too, and the sends awaiting a PUBACK fail at once.
+            try:
+                await _watch_socket(paho)
+            except ConnectionError as exc:
+                self._fail_pending(str(exc))
+            finally:
+                lost.set()
+
+        self._watch = asyncio.ensure_future(watch())
+        return lost
+
+    def _on_publish(self, _client: Any, _userdata: Any, mid: int, reason: Any, _props: Any) -> None:
+        sent = self._pending.get(mid)
+        if sent is None or sent.done():
+            return
+        if reason.is_failure:
+            sent.set_exception(ConnectionError(f"the MQTT broker refused the message: {reason}"))
+        else:
+            sent.set_result(None)
+
+    def _fail_pending(self, why: str) -> None:
+        for sent in self._pending.values():
+            if not sent.done():
+                sent.set_exception(ConnectionError(why))
+
+    async def send(self, msg: Message) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        paho = self._paho
+        if paho is None:
+            raise ConnectionError("not connected to MQTT")
+        body, content_type = body_of(msg, self.bridge.spec.format)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ContentType = content_type
+        pairs = [
+            ("tidings-channel", msg.channel),
+            ("tidings-id", msg.id),
+            # What an MQTT bridge's id_property= reads by default: a tidings on the other
+            # side publishes a message forwarded again once.
+            ("message-id", f"{msg.channel}:{msg.id}"),
+        ]
+        if msg.event is not None:
+            pairs.append(("tidings-event", msg.event))
+        props.UserProperty = pairs
+        topic = self.topic.render({"channel": msg.channel})
+        # Acquired at once while there is room, and in order when there is none (asyncio's
+        # semaphore serves its waiters first come, first served): the sends of a batch
+        # reach paho in their order.
+        async with self._room:
+            info = paho.publish(topic, body, 1, False, props)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise ConnectionError(f"the MQTT publish failed: {mqtt.error_string(info.rc)}")
+            sent = asyncio.get_running_loop().create_future()
+            self._pending[info.mid] = sent
+            try:
+                await asyncio.wait_for(sent, PUBLISH_TIMEOUT)
+            except TimeoutError:
+                raise ConnectionError(
+                    f"no PUBACK from the MQTT broker within {PUBLISH_TIMEOUT:g} s"
+                ) from None
+            finally:
+                if self._pending.get(info.mid) is sent:
+                    del self._pending[info.mid]
+
+    async def disconnect(self) -> None:
+        client, paho, watch = self._client, self._paho, self._watch
+        self._client = self._paho = self._watch = None
+        self._fail_pending("disconnected")
+        if watch is not None:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+        if client is not None:
+            await _close(client, paho)
 
 
 BRIDGE = MqttBridge

@@ -2,13 +2,15 @@
 
     amqp://guest:guest@127.0.0.1:5672/?forward=orders.*,audit&forward_exchange=events
     nats://127.0.0.1:4222/?forward=orders.*&forward_subject=tidings.{channel}
+    mqtt://127.0.0.1:1883/?forward=orders.*&forward_topic=tidings/{channel}
 
 `forward=` names the channels, comma-separated (at most 32 entries): a channel name, or a
 prefix pattern `prefix*` (`orders.*`: every channel whose name starts with `orders.`;
 `job.*` channels are never forwarded). The kind says where each message goes (AMQP:
-`forward_exchange=` and `forward_key=`, NATS: `forward_subject=`, templates whose one
-placeholder is `{channel}`). `forward_lease=` (seconds, default 15) is the lease below,
-`forward_batch=` (default 100) the most messages of a channel on their way at once.
+`forward_exchange=` and `forward_key=`, NATS: `forward_subject=`, MQTT: `forward_topic=`,
+templates whose one placeholder is `{channel}`). `forward_lease=` (seconds, default 15)
+is the lease below, `forward_batch=` (default 100) the most messages of a channel on
+their way at once.
 
 One node forwards a bridge's channels at a time, whatever the number of nodes sharing
 the store: the holder of the bridge's lease (ForwardStore), which renews it every third
@@ -17,13 +19,14 @@ For each matching channel the holder runs one worker: it reads up to forward_bat
 after the channel's cursor (the id of the last message forwarded, kept in the store),
 woken by the publish of the next one as a long poll is (with a poll every POLL_WAIT
 seconds besides), publishes them to the bus in order and waits for the bus to confirm
-each (AMQP publisher confirms, a JetStream publish ack), then moves the cursor. So
-messages are forwarded at least once and, per channel, in order: after a crash, a cut
-connection or a change of holder, the messages after the stored cursor are published
-again — those between the last cursor write and the failure reach the bus twice, with
-the same message id (`{channel}:{id}`: the AMQP `message_id`, JetStream's
-`Nats-Msg-Id`, which JetStream deduplicates within its window). One case breaks the
-order of first arrivals: a bus that refuses one message (an AMQP nack) and takes the
+each (AMQP publisher confirms, a JetStream publish ack, an MQTT PUBACK), then moves the
+cursor. So messages are forwarded at least once and, per channel, in order: after a
+crash, a cut connection or a change of holder, the messages after the stored cursor are
+published again — those between the last cursor write and the failure reach the bus
+twice, with the same message id (`{channel}:{id}`: the AMQP `message_id`, JetStream's
+`Nats-Msg-Id`, which JetStream deduplicates within its window, the MQTT user property
+`message-id`). One case breaks the order of first arrivals: a bus that refuses one
+message (an AMQP nack, an MQTT PUBACK with an error code) and takes the
 next ones of the same batch — those come first, then again after the refused one;
 `forward_batch=1` (one message at a time, one round trip each) rules that out.
 
