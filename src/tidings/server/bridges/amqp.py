@@ -81,6 +81,8 @@ if TYPE_CHECKING:
 __all__ = ["BRIDGE", "AmqpBridge", "parse"]
 
 FIELDS = frozenset({"routing_key", "exchange", "queue", "type"})
+# The parameters of consuming, refused on a bridge that only forwards.
+CONSUME_PARAMS = frozenset({"prefetch", "dead_letter"})
 PARAMS = (
     COMMON_PARAMS
     | FORWARD_PARAMS
@@ -107,6 +109,12 @@ def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
         )
     if "binding" in params and not exchange:
         raise BridgeConfigError("binding= binds to an exchange: give exchange= too")
+    if not inbound:
+        for key in sorted(CONSUME_PARAMS & params.keys()):
+            raise BridgeConfigError(
+                f"{key}= is a setting of consuming (queue= or exchange=), and this bridge "
+                "only forwards: remove it"
+            )
     target = None if forward is None else _forward_target(params)
     if forward is None and ("forward_exchange" in params or "forward_key" in params):
         raise BridgeConfigError(

@@ -86,6 +86,10 @@ if TYPE_CHECKING:
 __all__ = ["BRIDGE", "JetStreamBridge", "parse"]
 
 FIELDS = frozenset({"subject", "stream"})
+# The parameters of consuming, refused on a bridge that only forwards.
+CONSUME_PARAMS = frozenset(
+    {"subject", "durable", "batch", "max_ack_pending", "ack_wait", "dead_letter"}
+)
 PARAMS = (
     COMMON_PARAMS
     | {
@@ -131,6 +135,12 @@ def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
         )
     if forward is None and "forward_subject" in params:
         raise BridgeConfigError("forward_subject= says where forward= sends: give forward= too")
+    if not stream:
+        for key in sorted(CONSUME_PARAMS & params.keys()):
+            raise BridgeConfigError(
+                f"{key}= is a setting of consuming (stream=), and this bridge only forwards "
+                "(forward_subject= says where it publishes): remove it"
+            )
     subject = None
     if forward is not None:
         subject = Template(
