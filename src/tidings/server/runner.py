@@ -216,8 +216,8 @@ def _bind(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         if backlog is not None:
-            # With SO_REUSEADDR, a port another socket bound but does not listen on yet
-            # fails here rather than at bind.
+            # With SO_REUSEADDR, another socket bound to the port too that listens first
+            # makes this fail, not the bind: the same error, the same message.
             sock.listen(backlog)
     except socket.gaierror as exc:
         sock.close()
