@@ -156,7 +156,8 @@ def _until_lost(sock: socket.socket) -> str | None:
 
 
 linux_tcp_info = pytest.mark.skipif(
-    not hasattr(socket, "TCP_INFO"), reason="the kernel's TCP state is read through TCP_INFO"
+    not hasattr(socket, "TCP_INFO"),
+    reason="no TCP_INFO (not Linux): there the watch falls back to a peek",
 )
 
 

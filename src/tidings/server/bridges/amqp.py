@@ -67,6 +67,7 @@ from tidings.server.bridges.outbound import (
     body_of,
     check_no_loop,
     parse_forward,
+    refuse_consuming,
 )
 from tidings.server.channels import ChannelService
 
@@ -110,11 +111,7 @@ def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
     if "binding" in params and not exchange:
         raise BridgeConfigError("binding= binds to an exchange: give exchange= too")
     if not inbound:
-        for key in sorted(CONSUME_PARAMS & params.keys()):
-            raise BridgeConfigError(
-                f"{key}= is a setting of consuming (queue= or exchange=), and this bridge "
-                "only forwards: remove it"
-            )
+        refuse_consuming(params, CONSUME_PARAMS, "consuming (queue= or exchange=)")
     target = None if forward is None else _forward_target(params)
     if forward is None and ("forward_exchange" in params or "forward_key" in params):
         raise BridgeConfigError(

@@ -71,6 +71,7 @@ from tidings.server.bridges.outbound import (
     body_of,
     check_no_loop,
     parse_forward,
+    refuse_consuming,
 )
 from tidings.server.channels import ChannelService
 
@@ -136,11 +137,7 @@ def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
     if forward is None and "forward_subject" in params:
         raise BridgeConfigError("forward_subject= says where forward= sends: give forward= too")
     if not stream:
-        for key in sorted(CONSUME_PARAMS & params.keys()):
-            raise BridgeConfigError(
-                f"{key}= is a setting of consuming (stream=), and this bridge only forwards "
-                "(forward_subject= says where it publishes): remove it"
-            )
+        refuse_consuming(params, CONSUME_PARAMS, "consuming (stream=)")
     subject = None
     if forward is not None:
         subject = Template(

@@ -65,6 +65,7 @@ from tidings.server.bridges.outbound import (
     body_of,
     check_no_loop,
     parse_forward,
+    refuse_consuming,
 )
 from tidings.server.channels import ChannelService
 
@@ -123,11 +124,7 @@ def parse(url: str, max_bytes: int, max_depth: int) -> BridgeSpec:
     if forward is None and "forward_topic" in params:
         raise BridgeConfigError("forward_topic= says where forward= sends: give forward= too")
     if not topic:
-        for key in sorted(SUBSCRIBE_PARAMS & params.keys()):
-            raise BridgeConfigError(
-                f"{key}= is a setting of the subscription (topic=), and this bridge only "
-                "forwards: remove it"
-            )
+        refuse_consuming(params, SUBSCRIBE_PARAMS, "the subscription (topic=)")
     out_topic = None if forward is None else _forward_topic(params.get("forward_topic"))
     if topic:
         default_name = "mqtt." + "".join(c if c.isalnum() else "_" for c in topic)

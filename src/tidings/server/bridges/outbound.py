@@ -80,6 +80,7 @@ __all__ = [
     "body_of",
     "check_no_loop",
     "parse_forward",
+    "refuse_consuming",
 ]
 
 log = logging.getLogger("tidings.bridges")
@@ -135,6 +136,16 @@ class ForwardSpec:
         if channel.startswith(JOB_CHANNEL_PREFIX):
             return False
         return channel in self.names or any(channel.startswith(p) for p in self.prefixes)
+
+
+def refuse_consuming(params: dict[str, str], keys: frozenset[str], what: str) -> None:
+    """BridgeConfigError naming the first of a kind's consuming parameters (`keys`) given
+    to a bridge that only forwards, where they would be ignored; `what` says what they
+    set, e.g. "consuming (stream=)"."""
+    for key in sorted(keys & params.keys()):
+        raise BridgeConfigError(
+            f"{key}= is a setting of {what}, and this bridge only forwards: remove it"
+        )
 
 
 def parse_forward(params: dict[str, str]) -> ForwardSpec | None:
@@ -398,7 +409,7 @@ class Forwarder(abc.ABC):
         try:
             lost = await self.connect()
             if tasks[0].done():
-                tasks[0].result()  # the lease was lost while connecting
+                tasks[0].result()  # raises LeaseLost if the lease ran out while connecting
             cursors = await self.store.forwards.get_cursors(self.name)
             stale = [c for c in cursors if not self.forward.matches(c)]
             if stale:
@@ -507,7 +518,7 @@ class Forwarder(abc.ABC):
             res = await self.channels.wait(channel, cursor, self.forward.batch, POLL_WAIT)
             if res.reset:
                 if res.first_id is None and res.last_id is None:
-                    # The channel was deleted: its cursor names messages of no channel.
+                    # A deleted channel: its cursor would name ids of no message, so it goes.
                     await self.store.forwards.drop_cursors(self.name, [channel])
                     self._cursors.pop(channel, None)
                     if channel not in self.forward.names:
