@@ -204,11 +204,18 @@ def test_a_missing_exchange_is_reported_and_forwarding_starts_once_it_exists(
     import aio_pika
 
     async def make(ch: Any) -> None:
-        ex = await ch.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC)
+        # The queue is reachable the moment the exchange exists, through its alternate
+        # exchange: a retry landing between declaring the exchange and binding a queue
+        # to it would otherwise be confirmed and dropped by the broker as unroutable.
+        ae = await ch.declare_exchange(f"{exchange}.ae", aio_pika.ExchangeType.FANOUT)
         q = await ch.declare_queue(queue, durable=True)
-        await q.bind(ex, routing_key="#")
+        await q.bind(ae)
+        await ch.declare_exchange(
+            exchange, aio_pika.ExchangeType.TOPIC, arguments={"alternate-exchange": ae.name}
+        )
 
     queue = unique("tq")
+    rabbit.exchanges.append(f"{exchange}.ae")
     rabbit.exchanges.append(exchange)
     rabbit.queues.append(queue)
     rabbit._run(make)
