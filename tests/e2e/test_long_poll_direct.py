@@ -179,3 +179,95 @@ def test_cross_origin_poll_answered_with_its_cors_headers(
     assert "access-control-allow-origin" not in without.headers
     assert with_origin.json() == without.json()
     assert [m["data"] for m in without.json()["messages"]] == ["news"]
+
+
+def park_raw(srv: ServerProcess, channel: str, request: bytes, parked: int) -> socket.socket:
+    """A raw connection that sent `request` (a long poll on `channel`), once the server
+    counts `parked` polls there."""
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
+    sock.sendall(request)
+    deadline = time.monotonic() + 20
+    url = f"{srv.url}/v1/channels/{channel}"
+    while httpx.get(url, timeout=10).json()["subscribers"]["longpoll"] < parked:
+        assert time.monotonic() < deadline, "the poll never parked"
+        time.sleep(0.02)
+    time.sleep(0.05)
+    return sock
+
+
+def without_date(response: bytes) -> list[bytes]:
+    return [line for line in response.split(b"\r\n") if not line.lower().startswith(b"date:")]
+
+
+@pytest.mark.parametrize(
+    ("version", "connection", "closes"),
+    [
+        ("HTTP/1.1", "", False),
+        ("HTTP/1.1", "Connection: close\r\n", True),
+        ("HTTP/1.0", "", True),
+        # uvicorn keeps no HTTP/1.0 connection alive, asked or not.
+        ("HTTP/1.0", "Connection: keep-alive\r\n", True),
+    ],
+)
+def test_direct_answer_is_the_handlers_answer_byte_for_byte(
+    tidings_server: ServerFactory, version: str, connection: str, closes: bool
+) -> None:
+    """Parked polls answered by the publish (several sharing one answer) send the very
+    bytes, date aside, that the handler sends for the same read on the same kind of
+    connection, close it when the request asked for that, and serve the next one when
+    not."""
+    srv = tidings_server()
+    last = publish(srv, "wire", "seed")
+    poll = (
+        f"GET /v1/channels/wire/messages?after={last}&wait=20 {version}\r\n"
+        f"Host: 127.0.0.1\r\n{connection}\r\n"
+    ).encode()
+    socks = [park_raw(srv, "wire", poll, n + 1) for n in range(3)]
+    try:
+        fresh = publish(srv, "wire", "fresh")
+        answers = [read_response(sock) for sock in socks]
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as plain:
+            plain.sendall(poll.replace(b"&wait=20", b""))
+            handlers = read_response(plain)
+        assert b'"data":"fresh"' in handlers and fresh.encode() in handlers
+        for answer in answers:
+            assert without_date(answer) == without_date(handlers)
+            assert (b"connection: close" in answer.lower()) == closes
+        for sock in socks:
+            if closes:
+                assert sock.recv(100) == b"", "the connection stayed open"
+            else:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                assert read_response(sock).startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_pipelined_request_behind_a_direct_answer(tidings_server: ServerFactory) -> None:
+    """A request pipelined behind a parked poll is answered after the poll's answer."""
+    srv = tidings_server()
+    last = publish(srv, "pipe", "seed")
+    both = (
+        f"GET /v1/channels/pipe/messages?after={last}&wait=20 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        "GET /v1/channels/pipe HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    ).encode()
+    with park_raw(srv, "pipe", both, 1) as sock:
+        publish(srv, "pipe", "fresh")
+        data = b""
+        responses: list[bytes] = []
+        while len(responses) < 2:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {responses!r} and {data!r}"
+            data += chunk
+            while b"\r\n\r\n" in data:
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n")[0])
+                if len(rest) < length:
+                    break
+                responses.append(head + b"\r\n\r\n" + rest[:length])
+                data = rest[length:]
+        first, second = responses
+        assert b'"data":"fresh"' in first
+        assert second.startswith(b"HTTP/1.1 200 OK\r\n") and b'"name":"pipe"' in second
+        assert data == b""

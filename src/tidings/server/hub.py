@@ -530,9 +530,21 @@ class DirectPoll:
         build: the answer for the messages after `after`, as an ASGI app.
         scope: the request's ASGI scope.
         send: the request's ASGI `send`.
+        whole: writes an answer on the request's connection in one go and completes the
+            request, False when it cannot (then the answer goes through `send`).
     """
 
-    __slots__ = ("after", "answered", "build", "key", "limit", "pending", "scope", "send")
+    __slots__ = (
+        "after",
+        "answered",
+        "build",
+        "key",
+        "limit",
+        "pending",
+        "scope",
+        "send",
+        "whole",
+    )
 
     def __init__(
         self,
@@ -542,6 +554,7 @@ class DirectPoll:
         build: Callable[[list[Message]], Answer],
         scope: MutableMapping[str, Any],
         send: Send,
+        whole: Callable[[Answer], bool] | None = None,
     ) -> None:
         self.after = after
         self.limit = limit
@@ -549,6 +562,7 @@ class DirectPoll:
         self.build = build
         self.scope = scope
         self.send = send
+        self.whole = whole
         self.answered = False
         self.pending: asyncio.Task[None] | None = None
 
@@ -556,6 +570,8 @@ class DirectPoll:
         """Send `answer` now, or finish in a task if the socket is backed up; False when
         the send failed (the connection broke: nothing more can go on it)."""
         self.answered = True
+        if self.whole is not None and self.whole(answer):
+            return True
         coro = answer(self.scope, _no_receive, self.send)
         try:
             first = coro.send(None)

@@ -32,7 +32,12 @@ import logging
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from starlette.responses import Response
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from tidings.server import constants as C
 from tidings.server.http.h2_protocol import PREFACE, TidingsH2Protocol
@@ -40,7 +45,7 @@ from tidings.server.http.lean import LeanEvent, Line
 from tidings.server.http.limits import ConnectionLimits, Wait
 from tidings.server.http.ws_protocol import TidingsWebSocketProtocol
 
-__all__ = ["HeadHoldingTransport", "TidingsHttpProtocol"]
+__all__ = ["HeadHoldingTransport", "TidingsHttpProtocol", "write_whole"]
 
 log = logging.getLogger("tidings.http")
 
@@ -130,6 +135,60 @@ class HeadHoldingTransport:
         # Everything else (extra info, flow control, set_protocol, is_closing) is the
         # real transport's.
         return getattr(self._transport, name)
+
+
+def write_whole(send: Any, response: Response) -> bool:
+    """Write `response` on the connection of uvicorn's `send` in one write, as uvicorn
+    would write it, and complete the request; False (nothing done) when `send` is not a
+    plain HTTP/1.1 request of this protocol ready for its answer.
+
+    For many requests answered at once with one Response (the parked long polls a
+    publish answers): the bytes are built once per set of server headers (uvicorn's
+    date header changes every second) and keep-alive choice, and each request costs a
+    write instead of uvicorn's header checks and two ASGI sends.
+    """
+    cycle = getattr(send, "__self__", None)
+    if type(cycle) is not RequestResponseCycle or cycle.send != send:
+        return False
+    transport: Any = cycle.transport
+    if (
+        cycle.response_started
+        or cycle.disconnected
+        or cycle.access_log
+        or cycle.flow.write_paused
+        or cycle.scope["method"] != "GET"
+        or type(transport) is not HeadHoldingTransport
+        or transport._held is not None
+    ):
+        return False
+    keep_alive = cycle.keep_alive
+    server_headers = cycle.default_headers
+    cache: dict[bool, tuple[Any, bytes]] = response.__dict__.setdefault("_tidings_wire", {})
+    built = cache.get(keep_alive)
+    if built is None or built[0] is not server_headers:
+        built = cache[keep_alive] = (server_headers, _whole(response, server_headers, keep_alive))
+    cycle.response_started = cycle.response_complete = True
+    cycle.waiting_for_100_continue = False
+    transport.real.write(built[1])
+    cycle.message_event.set()
+    if not keep_alive:
+        transport.close()
+    cycle.on_response()
+    return True
+
+
+def _whole(
+    response: Response, server_headers: list[tuple[bytes, bytes]], keep_alive: bool
+) -> bytes:
+    """A response's bytes as uvicorn's send writes them: status line, the server's headers
+    then the response's (names lowered), `connection: close` when not kept alive, body."""
+    out = [STATUS_LINE[response.status_code]]
+    for name, value in (*server_headers, *response.raw_headers):
+        out += (name.lower(), b": ", value, b"\r\n")
+    if not keep_alive:
+        out.append(b"connection: close\r\n")
+    out += (b"\r\n", bytes(response.body))
+    return b"".join(out)
 
 
 @functools.lru_cache(maxsize=16)
