@@ -34,6 +34,8 @@ from typing import Any
 import httptools
 from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
     STATUS_LINE,
     HttpToolsProtocol,
     RequestResponseCycle,
@@ -60,6 +62,7 @@ _LENGTH = b"\r\ncontent-length: "
 # Statuses that tell a client to slow down or come back later (a limit refused it): the
 # next request on that keep-alive connection is read no sooner than TARPIT seconds after.
 _SLOW_DOWN = frozenset({b"429", b"503"})
+_SLOW_DOWN_CODES = frozenset({429, 503})
 TARPIT = 1.0
 
 
@@ -140,12 +143,14 @@ class HeadHoldingTransport:
 def write_whole(send: Any, response: Response) -> bool:
     """Write `response` on the connection of uvicorn's `send` in one write, as uvicorn
     would write it, and complete the request; False (nothing done) when `send` is not a
-    plain HTTP/1.1 request of this protocol ready for its answer.
+    plain HTTP/1.1 request of this protocol ready for its answer, or the response is not a
+    whole body with plain headers.
 
-    For many requests answered at once with one Response (the parked long polls a
-    publish answers): the bytes are built once per set of server headers (uvicorn's
-    date header changes every second) and keep-alive choice, and each request costs a
-    write instead of uvicorn's header checks and two ASGI sends.
+    For one Response shared by many requests (the parked long polls a publish answers):
+    its bytes are built once per set of server headers (uvicorn's date header changes
+    every second) and keep-alive choice, and each request costs a write instead of
+    uvicorn's header checks and two ASGI sends. (For a response of its own, a request
+    gains nothing measurable from this: decision 0024.)
     """
     cycle = getattr(send, "__self__", None)
     if type(cycle) is not RequestResponseCycle or cycle.send != send:
@@ -156,25 +161,52 @@ def write_whole(send: Any, response: Response) -> bool:
         or cycle.disconnected
         or cycle.access_log
         or cycle.flow.write_paused
-        or cycle.scope["method"] != "GET"
+        or cycle.scope["method"] == "HEAD"
         or type(transport) is not HeadHoldingTransport
         or transport._held is not None
     ):
         return False
+    cache: dict[Any, Any] = response.__dict__.setdefault("_tidings_wire", {})
+    plain = cache.get("plain")
+    if plain is None:
+        plain = cache["plain"] = _plain(response)
+    if not plain:
+        return False
     keep_alive = cycle.keep_alive
     server_headers = cycle.default_headers
-    cache: dict[bool, tuple[Any, bytes]] = response.__dict__.setdefault("_tidings_wire", {})
     built = cache.get(keep_alive)
     if built is None or built[0] is not server_headers:
         built = cache[keep_alive] = (server_headers, _whole(response, server_headers, keep_alive))
     cycle.response_started = cycle.response_complete = True
     cycle.waiting_for_100_continue = False
+    transport.slow_down = response.status_code in _SLOW_DOWN_CODES
     transport.real.write(built[1])
     cycle.message_event.set()
     if not keep_alive:
         transport.close()
     cycle.on_response()
     return True
+
+
+def _plain(response: Response) -> bool:
+    """Whether uvicorn would write `response` as its bytes and length alone: a whole
+    body (a Response's own __call__, no background task), a status of this protocol,
+    none of the headers that change how uvicorn frames or keeps the connection, and none
+    that uvicorn would refuse (those go its way, to its error)."""
+    return (
+        type(response).__call__ is Response.__call__
+        and response.background is None
+        and isinstance(response.body, bytes)
+        and response.status_code in STATUS_LINE
+        and response.status_code not in (204, 304)
+        and not any(
+            name in (b"connection", b"transfer-encoding")
+            or HEADER_RE.search(name)
+            or HEADER_VALUE_RE.search(value)
+            for name, value in response.raw_headers
+        )
+        and sum(name == b"content-length" for name, _ in response.raw_headers) == 1
+    )
 
 
 def _whole(
