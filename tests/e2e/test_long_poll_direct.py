@@ -271,3 +271,27 @@ def test_pipelined_request_behind_a_direct_answer(tidings_server: ServerFactory)
         assert b'"data":"fresh"' in first
         assert second.startswith(b"HTTP/1.1 200 OK\r\n") and b'"name":"pipe"' in second
         assert data == b""
+
+
+def test_polls_parked_in_different_seconds_share_one_answer(tidings_server: ServerFactory) -> None:
+    """uvicorn's server headers (the date) differ between polls parked a second apart:
+    each still gets the whole answer, with its own request's headers."""
+    srv = tidings_server()
+    last = publish(srv, "dates", "seed")
+    poll = (
+        f"GET /v1/channels/dates/messages?after={last}&wait=20 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    ).encode()
+    first = park_raw(srv, "dates", poll, 1)
+    time.sleep(1.1)
+    second = park_raw(srv, "dates", poll, 2)
+    try:
+        publish(srv, "dates", "fresh")
+        answers = [read_response(first), read_response(second)]
+        for answer in answers:
+            assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert b'"data":"fresh"' in answer
+            assert answer.lower().count(b"\r\ndate: ") == 1
+        assert without_date(answers[0]) == without_date(answers[1])
+    finally:
+        first.close()
+        second.close()

@@ -570,10 +570,10 @@ class DirectPoll:
         """Send `answer` now, or finish in a task if the socket is backed up; False when
         the send failed (the connection broke: nothing more can go on it)."""
         self.answered = True
-        if self.whole is not None and self.whole(answer):
-            return True
-        coro = answer(self.scope, _no_receive, self.send)
         try:
+            if self.whole is not None and self.whole(answer):
+                return True
+            coro = answer(self.scope, _no_receive, self.send)
             first = coro.send(None)
         except StopIteration:
             return True

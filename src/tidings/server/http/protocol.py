@@ -174,9 +174,12 @@ def write_whole(send: Any, response: Response) -> bool:
         return False
     keep_alive = cycle.keep_alive
     server_headers = cycle.default_headers
-    built = cache.get(keep_alive)
-    if built is None or built[0] is not server_headers:
-        built = cache[keep_alive] = (server_headers, _whole(response, server_headers, keep_alive))
+    # Keyed by the list's identity, which the entry keeps alive (polls parked in
+    # different seconds carry different lists).
+    key = (keep_alive, id(server_headers))
+    built = cache.get(key)
+    if built is None:
+        built = cache[key] = (server_headers, _whole(response, server_headers, keep_alive))
     cycle.response_started = cycle.response_complete = True
     cycle.waiting_for_100_continue = False
     transport.slow_down = response.status_code in _SLOW_DOWN_CODES
