@@ -1,22 +1,32 @@
-"""The handshake parser's swap for a frame-only one (http/ws_protocol.py), on websockets'
-own sans-I/O server connection fed real bytes: the request is released, and no byte of
-a frame is lost, whatever arrived with the handshake."""
+"""What an open WebSocket keeps (http/ws_protocol.py).
+
+The handshake parser's swap for a frame-only one, on websockets' own sans-I/O server
+connection fed real bytes: the request is released, and no byte of a frame is lost,
+whatever arrived with the handshake. Through a real server: no instance dict, no request,
+no handshake parser once the socket is open.
+"""
 
 from __future__ import annotations
 
 import base64
 import gc
 import os
+import socket
+import threading
+import time
 import weakref
+from typing import Any
 
 import pytest
+import uvicorn
 from websockets.exceptions import PayloadTooBig
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
-from tidings.server.http.ws_protocol import release_handshake_parser
+from tidings.server.http.protocol import TidingsHttpProtocol
+from tidings.server.http.ws_protocol import TidingsWebSocketProtocol, release_handshake_parser
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -134,3 +144,54 @@ def test_no_swap_before_the_handshake_is_answered() -> None:
     conn.receive_data(handshake())
     assert conn.state is State.CONNECTING
     assert not release_handshake_parser(conn)
+
+
+def test_an_open_socket_keeps_no_instance_dict_request_or_handshake_parser() -> None:
+    """Through a real server (uvicorn with tidings' protocols): after the handshake every
+    attribute is in a slot, the request is gone, the parser is frame-only; an echo works."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": message["text"]})
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        port=port,
+        http=TidingsHttpProtocol,
+        ws=TidingsWebSocketProtocol,
+        loop="uvloop",
+        log_level="error",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(handshake())
+            assert conn.recv(4096).startswith(b"HTTP/1.1 101")
+            found = [
+                p
+                for p in server.server_state.connections
+                if isinstance(p, TidingsWebSocketProtocol)
+            ]
+            assert len(found) == 1
+            protocol = found[0]
+            assert vars(protocol) == {}, "attributes outside the slots"
+            assert protocol.request is None
+            assert protocol.conn.parser.gi_code is Protocol.parse.__code__  # type: ignore[attr-defined]
+            conn.sendall(client_frame(Opcode.TEXT, b"echo"))
+            assert conn.recv(4096) == Frame(Opcode.TEXT, b"echo").serialize(mask=False)
+    finally:
+        server.should_exit = True
+        thread.join(10)
