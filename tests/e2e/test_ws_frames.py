@@ -37,9 +37,10 @@ def publish_many(url: str, channel: str, bodies: list[str]) -> None:
 
 
 class RawWebSocket:
-    """A WebSocket client on a raw socket that offers no extension and reads frames."""
+    """A WebSocket client on a raw socket that offers no extension and reads frames;
+    `extra` is sent with the handshake, in the same write."""
 
-    def __init__(self, port: int, path: str) -> None:
+    def __init__(self, port: int, path: str, extra: bytes = b"") -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall(
@@ -47,6 +48,7 @@ class RawWebSocket:
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n"
             "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n".encode()
+            + extra
         )
         self.buf = b""
         while b"\r\n\r\n" not in self.buf:
@@ -80,8 +82,32 @@ class RawWebSocket:
         self.buf = self.buf[at + n :]
         return first, payload
 
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self, ref: str) -> dict[str, object]:
+        """The next text frame whose `ref` is `ref` (messages before it are skipped)."""
+        while True:
+            first, payload = self.frame()
+            if first == 0x81:
+                body = json.loads(payload)
+                if body.get("ref") == ref:
+                    return dict(body)
+
     def close(self) -> None:
         self.sock.close()
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """A final client frame, masked as RFC 6455 requires (short payloads only)."""
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+
+def publish_frame(data: str, ref: str) -> bytes:
+    return client_frame(0x1, json.dumps({"data": data, "ref": ref}).encode())
 
 
 def wait_for_ws(url: str, channel: str, n: int) -> None:
@@ -144,3 +170,65 @@ def test_many_sockets_get_every_message_in_order(tidings_server: ServerFactory) 
         t.join(30)
     assert sorted(results) == list(range(30))
     assert all(got == want for got in results.values())
+
+
+def messages(url: str, channel: str) -> list[str]:
+    r = httpx.get(f"{url}/v1/channels/{channel}/messages?after=0", timeout=10)
+    assert r.status_code == 200, r.text
+    return [m["data"] for m in r.json()["messages"]]
+
+
+def test_a_frame_sent_with_the_handshake_is_received(tidings_server: ServerFactory) -> None:
+    """A publish frame in the handshake's own packet, then one split over two packets
+    around an idle pause: each is acknowledged and published (the server swaps the
+    parser that read the handshake for a frame-only one between frames only)."""
+    srv = tidings_server()
+    ws = RawWebSocket(srv.port, "/v1/channels/early/ws", publish_frame("first", "a"))
+    try:
+        assert ws.reply("a")["type"] == "ack"
+        late = publish_frame("second", "b")
+        ws.send(late[:3])
+        time.sleep(0.3)
+        ws.send(late[3:])
+        assert ws.reply("b")["type"] == "ack"
+        assert messages(srv.url, "early") == ["first", "second"]
+    finally:
+        ws.close()
+    split = publish_frame("third", "c")
+    ws = RawWebSocket(srv.port, "/v1/channels/early/ws", split[:5])
+    try:
+        time.sleep(0.3)
+        ws.send(split[5:])
+        assert ws.reply("c")["type"] == "ack"
+        ws.send(publish_frame("fourth", "d"))
+        assert ws.reply("d")["type"] == "ack"
+        assert messages(srv.url, "early") == ["first", "second", "third", "fourth"]
+    finally:
+        ws.close()
+
+
+def test_an_idle_socket_answers_ping_and_close(tidings_server: ServerFactory) -> None:
+    """After the handshake and a pause, a ping gets its pong and a close its close."""
+    srv = tidings_server()
+    publish_many(srv.url, "idle", ["seed"])
+    ws = RawWebSocket(srv.port, "/v1/channels/idle/ws")
+    try:
+        wait_for_ws(srv.url, "idle", 1)
+        time.sleep(0.5)
+        ws.send(client_frame(0x9, b"are you there"))
+        first, payload = ws.frame()
+        assert (first, payload) == (0x8A, b"are you there")
+        publish_many(srv.url, "idle", ["still here"])
+        first, payload = ws.frame()
+        assert first == 0x81 and json.loads(payload)["data"] == "still here"
+        ws.send(client_frame(0x8, (1000).to_bytes(2, "big") + b"bye"))
+        while True:
+            first, payload = ws.frame()
+            if first == 0x88:
+                break
+            assert first == 0x81, f"unexpected frame {first:#x}"
+        assert int.from_bytes(payload[:2], "big") == 1000
+        ws.sock.settimeout(10)
+        assert ws.sock.recv(1) == b"", "the server did not close the connection"
+    finally:
+        ws.close()

@@ -344,6 +344,7 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         self.head_bytes = self.limits.head_limit
         self._feed(data[:allowed])
         if not self._reading():
+            self._pass_on(data[allowed:])
             return  # refused, answered 400 or upgraded meanwhile
         if self.in_head:
             answers = self.limits.answers
@@ -358,6 +359,13 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         handed to a WebSocket)."""
         return self.admitted and not self.transport.is_closing()
 
+    def _pass_on(self, data: bytes) -> None:
+        """Hand bytes read after an upgrade request's head to the protocol that took the
+        connection over (nothing, if none did or it is closing)."""
+        protocol = self.transport.get_protocol()
+        if data and protocol is not self and not self.transport.is_closing():
+            protocol.data_received(data)  # type: ignore[attr-defined]
+
     def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
@@ -369,9 +377,12 @@ class TidingsHttpProtocol(HttpToolsProtocol):
             msg = "Invalid HTTP request received."
             self.logger.warning(msg)
             self.send_400_response(msg)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
+                # The parser stopped where the upgraded protocol's bytes begin (its
+                # argument): a client may send its first frames with the handshake.
+                self._pass_on(data[exc.args[0] :])
             else:
                 self._unsupported_upgrade_warning()
 

@@ -10,25 +10,32 @@ closing handshake finish), the connection is dropped, the app told 1008 (policy)
 
 It also carries the connection's place in the server's connection count (http/limits.py),
 handed over by the HTTP protocol at the upgrade, and gives it back when the socket is lost.
+
+An idle socket holds as little as it can: uvicorn's attributes live in slots, and once the
+handshake is answered its request and response are dropped, and the websockets parser
+that parsed the request (and keeps it in its frame) is replaced by a frame-only one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from types import GeneratorType
+from typing import Any, cast
 
 from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
+from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 from tidings.server.http.errors import CLOSE_POLICY
 from tidings.server.http.lean import LeanEvent, LeanQueue
 from tidings.server.http.limits import ConnectionLimits
 from tidings.server.hub import FRAMES
 
-__all__ = ["TidingsWebSocketProtocol"]
+__all__ = ["TidingsWebSocketProtocol", "release_handshake_parser"]
 
 log = logging.getLogger("tidings.http")
 
@@ -36,11 +43,96 @@ log = logging.getLogger("tidings.http")
 _HIGH_WATER = 64 * 1024
 
 
+_HANDSHAKE_PARSE = ServerProtocol.parse.__code__
+_FRAME_PARSE = Protocol.parse.__code__
+_AT_EOF = StreamReader.at_eof.__code__
+
+
+def _generator(parser: object) -> GeneratorType[None, None, None]:
+    """A websockets parser, typed as the generator it is (its frame's code and state)."""
+    return cast("GeneratorType[None, None, None]", parser)
+
+
+def release_handshake_parser(conn: ServerProtocol) -> bool:
+    """Give `conn` a frame-only parser in place of the one that parsed its handshake.
+
+    websockets' server parser reads the request, then runs the frame parser inside its
+    own generator (`yield from super().parse()`), whose frame keeps the parsed request
+    (its headers, ~1.4 KB) for the socket's life. The swap is made only when the old
+    parser waits between frames, with nothing buffered: it consumed no byte of a frame,
+    so a fresh frame parser, started, is in the very same state. Otherwise (a frame
+    begun, an error, a close under way) it is not made; True when it was.
+    """
+    outer = _generator(conn.parser)
+    if outer.gi_code is not _HANDSHAKE_PARSE or conn.parser_exc is not None:
+        return False
+    frames: Any = outer.gi_yieldfrom  # Protocol.parse, when the request is parsed
+    waiting = getattr(frames, "gi_yieldfrom", None)  # what that parser waits in
+    if (
+        frames is None
+        or frames.gi_code is not _FRAME_PARSE
+        or waiting is None
+        or waiting.gi_code is not _AT_EOF
+        or conn.reader.buffer
+        or conn.reader.eof
+        or conn.state is not State.OPEN
+    ):
+        return False
+    parser = Protocol.parse(conn)
+    next(parser)  # up to its first wait for data, as websockets starts it
+    conn.parser = parser
+    outer.close()
+    return True
+
+
 class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
     """A WebSocket that stops reading while its client does not read."""
 
-    # In slots, not in uvicorn's instance dict (memory per idle socket).
-    __slots__ = ("address", "limits", "write_cap", "write_paused")
+    # Every attribute, uvicorn's too, in a slot rather than an instance dict: uvicorn's
+    # class has no slots, and its ~40 attributes made a dict of ~1.6 KB per socket.
+    __slots__ = (
+        "address",
+        "app",
+        "app_state",
+        "asgi_version",
+        "client",
+        "close_sent",
+        "close_timeout",
+        "close_timer",
+        "config",
+        "conn",
+        "connections",
+        "curr_msg_data_type",
+        "default_headers",
+        "disconnected",
+        "frames",
+        "handshake_complete",
+        "handshake_initiated",
+        "initial_response",
+        "last_ping_rtt",
+        "limits",
+        "logger",
+        "loop",
+        "pending_ping_payload",
+        "ping_interval",
+        "ping_sent_at",
+        "ping_timeout",
+        "ping_timer",
+        "pong_timer",
+        "queue",
+        "read_paused",
+        "request",
+        "response",
+        "root_path",
+        "scheme",
+        "scope",
+        "server",
+        "tasks",
+        "transport",
+        "writable",
+        "write_cap",
+        "write_paused",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -86,6 +178,9 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
             self._drop("the client sends faster than it reads")
             return
         super().data_received(data)
+        if self.handshake_complete and _generator(self.conn.parser).gi_code is _HANDSHAKE_PARSE:
+            # The swap was put off at the handshake (a frame had begun): retry between frames.
+            release_handshake_parser(self.conn)
 
     def takes_frames(self) -> bool:
         """Whether the hub may hand this socket whole frames it built (`FRAMES`): only
@@ -101,8 +196,10 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
             await super().send(message)
             if self.handshake_complete and self.response is not None:
                 # The handshake is answered: uvicorn keeps its request and response (their
-                # headers, ~1.5 KB) for nothing from here on.
+                # headers, ~1.5 KB) for nothing from here on; nor does the parser need the
+                # request it parsed.
                 self.request = self.response = None  # type: ignore[assignment]
+                release_handshake_parser(self.conn)
             return
         await self.writable.wait()
         if self.disconnected or self.conn.state is not State.OPEN or self.close_sent:
