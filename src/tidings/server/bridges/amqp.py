@@ -35,9 +35,11 @@ channels are published to `forward_exchange=` (it must exist; a template whose o
 placeholder is `{channel}`) with routing key `forward_key=` (default `{channel}`), as
 persistent messages whose `message_id` is `{channel}:{id}`, `type` the event, and
 headers `tidings-channel`, `tidings-id` and `tidings-event`; each is confirmed by the
-broker (publisher confirms) before the channel's cursor moves past it. A message the
-exchange routes to no queue is dropped by the broker, as for any publisher: bind a queue
-first. A bridge with `forward=` and neither `queue=` nor `exchange=` only forwards.
+broker (publisher confirms) before the channel's cursor moves past it. A templated
+exchange that does not exist, or a nack, holds back that channel only until the broker
+takes the message (MessageRefused). A message the exchange routes to no queue is dropped
+by the broker, as for any publisher: bind a queue first. A bridge with `forward=` and
+neither `queue=` nor `exchange=` only forwards.
 
     amqp://guest:guest@127.0.0.1:5672/?forward=orders.*&forward_exchange=events
 """
