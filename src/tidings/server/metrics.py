@@ -221,6 +221,18 @@ class _HubCollector(Collector):
             "Channel messages waiting to be forwarded by a bridge of this process, as last read",
             labels=["bridge"],
         )
+        refused = CounterMetricFamily(
+            "tidings_bridge_forward_refused",
+            "Channel messages the bus of a bridge of this process refused (each try counts: "
+            "the channel waits and tries the message again)",
+            labels=["bridge"],
+        )
+        stalled = GaugeMetricFamily(
+            "tidings_bridge_forward_stalled",
+            "Channels a bridge of this process holds back because the bus refused their next "
+            "message",
+            labels=["bridge"],
+        )
         for bridge in forwarding:
             view = bridge.forwarder.snapshot()  # type: ignore[union-attr]
             name = bridge.spec.name
@@ -228,7 +240,9 @@ class _HubCollector(Collector):
             missed.add_metric([name], view["missed"])
             holder.add_metric([name], 1 if view["holder"] else 0)
             lag.add_metric([name], view["lag"])
-        yield from (forwarded, missed, holder, lag)
+            refused.add_metric([name], view["refused"])
+            stalled.add_metric([name], view["stalled_channels"])
+        yield from (forwarded, missed, holder, lag, refused, stalled)
 
     def _schedules(self) -> Iterable[Metric]:
         counters = self.schedule_counters

@@ -35,9 +35,11 @@ channels are published to `forward_exchange=` (it must exist; a template whose o
 placeholder is `{channel}`) with routing key `forward_key=` (default `{channel}`), as
 persistent messages whose `message_id` is `{channel}:{id}`, `type` the event, and
 headers `tidings-channel`, `tidings-id` and `tidings-event`; each is confirmed by the
-broker (publisher confirms) before the channel's cursor moves past it. A message the
-exchange routes to no queue is dropped by the broker, as for any publisher: bind a queue
-first. A bridge with `forward=` and neither `queue=` nor `exchange=` only forwards.
+broker (publisher confirms) before the channel's cursor moves past it. A templated
+exchange that does not exist, or a nack, holds back that channel only until the broker
+takes the message (MessageRefused). A message the exchange routes to no queue is dropped
+by the broker, as for any publisher: bind a queue first. A bridge with `forward=` and
+neither `queue=` nor `exchange=` only forwards.
 
     amqp://guest:guest@127.0.0.1:5672/?forward=orders.*&forward_exchange=events
 """
@@ -64,6 +66,7 @@ from tidings.server.bridges.outbound import (
     FORWARD_PARAMS,
     Forwarder,
     ForwardSpec,
+    MessageRefused,
     body_of,
     check_no_loop,
     parse_forward,
@@ -325,6 +328,10 @@ class AmqpForwarder(Forwarder):
         self._connection: Any = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
+        # A channel of its own for the passive declares of a templated exchange: a missing
+        # exchange closes the channel it is asked on, which must not be the publishing one.
+        self._probe: aio_pika.abc.AbstractChannel | None = None
+        self._probing = asyncio.Lock()
 
     def target(self) -> str:
         return f"exchange {self.exchange.text}, routing key {self.key.text}"
@@ -333,6 +340,7 @@ class AmqpForwarder(Forwarder):
         import aio_pika
 
         self._exchanges.clear()
+        self._probe = None
         connection = await aio_pika.connect(self.bridge.spec.connect_url, timeout=CONNECT_TIMEOUT)
         self._connection = connection
         lost = asyncio.Event()
@@ -345,8 +353,35 @@ class AmqpForwarder(Forwarder):
             )
         return lost
 
+    async def prepare(self, channel: str) -> None:
+        """A templated exchange is looked up (a passive declare) the first time a channel
+        of this connection names it: one that does not exist refuses the channel's
+        messages (MessageRefused) until it is made, while the other channels go on."""
+        import aiormq.exceptions
+
+        name = self.exchange.render({"channel": channel})
+        if not self.exchange.fields or name in self._exchanges:
+            return
+        async with self._probing:
+            if name in self._exchanges:
+                return
+            if self._channel is None or self._connection is None:
+                raise ConnectionError("not connected to the broker")
+            if self._probe is None or self._probe.is_closed:
+                self._probe = await self._connection.channel(publisher_confirms=False)
+            try:
+                await self._probe.get_exchange(name, ensure=True)
+            except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                # The broker closed the probe channel only (404 NOT_FOUND); the next
+                # lookup opens another.
+                self._probe = None
+                raise MessageRefused(f"exchange {name!r} does not exist: {exc}") from exc
+            if len(self._exchanges) < 1000:
+                self._exchanges[name] = await self._channel.get_exchange(name, ensure=False)
+
     async def send(self, msg: Message) -> None:
         import aio_pika
+        import aiormq.exceptions
 
         if self._channel is None:
             raise ConnectionError("not connected to the broker")
@@ -370,13 +405,19 @@ class AmqpForwarder(Forwarder):
             timestamp=msg.time,
             headers=headers,
         )
-        # Raises on a nack, a closed channel or no confirmation in time.
-        await exchange.publish(
-            message, routing_key=self.key.render(values), mandatory=False, timeout=30.0
-        )
+        try:
+            await exchange.publish(
+                message, routing_key=self.key.render(values), mandatory=False, timeout=30.0
+            )
+        except aiormq.exceptions.DeliveryError as exc:
+            # A nack: the broker (a queue full with overflow=reject-publish, a queue that
+            # failed) did not take this message; the channel stays open.
+            raise MessageRefused(f"the broker nacked the message (exchange {name!r})") from exc
+        # A closed channel or connection, or no confirmation in time, ends the session.
 
     async def disconnect(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
+        self._probe = None
         if connection is not None:
             await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT)
 

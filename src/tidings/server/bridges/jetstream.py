@@ -68,6 +68,7 @@ from tidings.server.bridges.outbound import (
     FORWARD_PARAMS,
     Forwarder,
     ForwardSpec,
+    MessageRefused,
     body_of,
     check_no_loop,
     parse_forward,
@@ -379,6 +380,12 @@ def _subject(text: str) -> bool:
     )
 
 
+def _headers_size(headers: dict[str, str]) -> int:
+    """The bytes `headers` take in a NATS message, as nats-py writes them: a first line,
+    a line each, a blank line."""
+    return len(b"NATS/1.0\r\n\r\n") + sum(len(f"{k}: {v}\r\n".encode()) for k, v in headers.items())
+
+
 class JetStreamForwarder(Forwarder):
     """Publishes forwarded messages through JetStream on a connection of its own: `send`
     returns once the stream acknowledged the message (stored, or a duplicate of one
@@ -414,9 +421,8 @@ class JetStreamForwarder(Forwarder):
         self._js = nc.jetstream()
         return lost
 
-    async def send(self, msg: Message) -> None:
-        if self._js is None:
-            raise ConnectionError("not connected to NATS")
+    def _encode(self, msg: Message) -> tuple[bytes, dict[str, str]]:
+        """A message's body and headers on the bus."""
         body, content_type = body_of(msg, self.bridge.spec.format)
         headers = {
             "Nats-Msg-Id": f"{msg.channel}:{msg.id}",
@@ -426,9 +432,39 @@ class JetStreamForwarder(Forwarder):
         }
         if msg.event is not None:
             headers["Tidings-Event"] = msg.event
+        return body, headers
+
+    def check(self, msg: Message) -> None:
+        # The server holds a message's headers and body to its max_payload (nats-py checks
+        # the body only) and closes the connection of a client that sends more: such a
+        # message is refused here, before it is sent.
+        if self._nc is None:
+            return
+        body, headers = self._encode(msg)
+        size = len(body) + _headers_size(headers)
+        if size > self._nc.max_payload:
+            raise MessageRefused(
+                f"the message ({size} bytes with its headers) is over the NATS server's "
+                f"max_payload ({self._nc.max_payload})"
+            )
+
+    async def send(self, msg: Message) -> None:
+        import nats.js.errors
+
+        if self._js is None:
+            raise ConnectionError("not connected to NATS")
+        body, headers = self._encode(msg)
         subject = self.subject.render({"channel": msg.channel})
-        # Raises when no stream takes the subject, or no ack comes in time.
-        await self._js.publish(subject, body, timeout=PUBLISH_TIMEOUT, headers=headers)
+        try:
+            await self._js.publish(subject, body, timeout=PUBLISH_TIMEOUT, headers=headers)
+        except nats.js.errors.NoStreamResponseError as exc:
+            # The server's no-responders answer: no stream captures the subject.
+            raise MessageRefused(f"no JetStream stream captures subject {subject}") from exc
+        except nats.js.errors.APIError as exc:
+            # The stream's error answer about this message (over its max_msg_size, full
+            # with discard=new, ...): the connection is fine.
+            raise MessageRefused(str(exc)) from exc
+        # Any other error (no ack in time, a connection closed) ends the session.
 
     async def disconnect(self) -> None:
         nc, self._nc, self._js = self._nc, None, None

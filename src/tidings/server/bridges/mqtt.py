@@ -62,6 +62,7 @@ from tidings.server.bridges.outbound import (
     FORWARD_PARAMS,
     Forwarder,
     ForwardSpec,
+    MessageRefused,
     body_of,
     check_no_loop,
     parse_forward,
@@ -356,7 +357,8 @@ def _client(x: dict[str, Any], client_id: str, **more: Any) -> aiomqtt.Client:
 class MqttForwarder(Forwarder):
     """Publishes forwarded messages at QoS 1 on a connection of its own (client id
     `client_id=` and `-out`, a clean start: the channels' cursors are its state): `send`
-    returns once the broker acknowledged the message (a PUBACK without an error code).
+    returns once the broker acknowledged the message (a PUBACK without an error code; one
+    with an error code is a MessageRefused).
 
     aiomqtt's own publish takes any PUBACK as a success, a refusal (not authorized, quota
     exceeded) too: the PUBACKs are read from paho's callback instead, by packet id.
@@ -412,7 +414,9 @@ class MqttForwarder(Forwarder):
         if sent is None or sent.done():
             return
         if reason.is_failure:
-            sent.set_exception(ConnectionError(f"the MQTT broker refused the message: {reason}"))
+            # A PUBACK's error code (not authorized, quota exceeded, topic name invalid,
+            # ...) is about this message: the connection goes on.
+            sent.set_exception(MessageRefused(f"the MQTT broker refused the message: {reason}"))
         else:
             sent.set_result(None)
 

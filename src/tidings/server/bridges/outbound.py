@@ -30,6 +30,17 @@ message (an AMQP nack, an MQTT PUBACK with an error code) and takes the
 next ones of the same batch — those come first, then again after the refused one;
 `forward_batch=1` (one message at a time, one round trip each) rules that out.
 
+A bus that refuses one message while its connection stays usable (MessageRefused: a
+JetStream stream's error answer, a subject no stream captures, a payload over the
+server's max_payload; an AMQP nack, a templated exchange that does not exist; an MQTT
+PUBACK with an error code) stalls that channel only: its worker leaves the cursor before
+the refused message and tries it again after a backoff of its own (REFUSED_FIRST seconds,
+doubling up to REFUSED_CAP), while the other channels go on on the same connection and
+lease. Nothing is skipped: the channel moves on by itself once the bus takes the message
+(its cause fixed). The admin view shows the stalled channels and their errors (`stalled`)
+and counts the refusals (`refused`). Any other error ends the session of every channel:
+reconnect, after the bridge's backoff.
+
 Named channels are forwarded from the start; channels matching a prefix are found by a
 scan of the store's channel list, one page per pattern every SCAN_INTERVAL seconds, so a
 new channel's first messages go out within a few seconds. A channel without a cursor is
@@ -77,6 +88,7 @@ __all__ = [
     "ForwardSpec",
     "Forwarder",
     "LeaseLost",
+    "MessageRefused",
     "body_of",
     "check_no_loop",
     "parse_forward",
@@ -107,10 +119,22 @@ RELEASE_TIMEOUT = 2.0
 # The share of the lease's time to live a holder counts on: it stops forwarding this
 # much before the lease could have expired in the store (clocks and delays differ).
 LEASE_MARGIN = 0.8
+# A channel whose message the bus refused tries it again after this long, doubling up to
+# REFUSED_CAP seconds (with jitter).
+REFUSED_FIRST = 1.0
+REFUSED_CAP = 60.0
+# The most stalled channels the admin view names (all are counted).
+STALLED_SHOWN = 10
 
 
 class LeaseLost(Exception):
     """This node no longer holds (or can no longer be sure it holds) the bridge's lease."""
+
+
+class MessageRefused(Exception):
+    """The bus refused this one message and its connection stays usable (a driver raises
+    it only for the errors that say so): the channel is retried on its own, the others go
+    on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +273,7 @@ class ForwardStats:
     forwarded: int = 0
     missed: int = 0
     leases: int = 0
+    refused: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
 
@@ -285,6 +310,8 @@ class Forwarder(abc.ABC):
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._cursors: dict[str, str] = {}
         self._lag: dict[str, int] = {}
+        # The channels whose next message the bus refused, and its error (this session).
+        self._stalled: dict[str, str] = {}
         self._failure: asyncio.Future[None] | None = None
         self._full_noted = False
 
@@ -296,7 +323,18 @@ class Forwarder(abc.ABC):
 
     @abc.abstractmethod
     async def send(self, msg: Message) -> None:
-        """Publish one message; return once the bus confirmed it (raise otherwise)."""
+        """Publish one message; return once the bus confirmed it (raise otherwise:
+        MessageRefused when the bus refused this message and the connection is still
+        good, any other exception when the session is over)."""
+
+    async def prepare(self, channel: str) -> None:  # noqa: B027 (a hook, most kinds need none)
+        """Before a batch of `channel` is sent: MessageRefused when the bus cannot take
+        the channel's messages (what a kind can tell beforehand; nothing by default)."""
+
+    def check(self, msg: Message) -> None:  # noqa: B027 (a hook, most kinds need none)
+        """Before `msg` is sent: MessageRefused when the bus cannot take it (what a kind
+        can tell without asking it; nothing by default). The messages after it in its
+        batch are then not sent."""
 
     @abc.abstractmethod
     async def disconnect(self) -> None:
@@ -440,6 +478,7 @@ class Forwarder(abc.ABC):
             await asyncio.gather(*tasks, *workers, return_exceptions=True)
             self._workers.clear()
             self._lag.clear()
+            self._stalled.clear()
             if not self._failure.done():
                 self._failure.cancel()
             with contextlib.suppress(Exception):
@@ -498,6 +537,7 @@ class Forwarder(abc.ABC):
             if self._workers.get(channel) is t:
                 del self._workers[channel]
                 self._lag.pop(channel, None)
+                self._stalled.pop(channel, None)
             if t.cancelled():
                 return
             exc = t.exception()
@@ -514,6 +554,7 @@ class Forwarder(abc.ABC):
         back)."""
         key = self.store.channels.cursor_key
         cursor = self._cursors.get(channel, "0")
+        refusals = Backoff(REFUSED_FIRST, REFUSED_CAP)
         while True:
             res = await self.channels.wait(channel, cursor, self.forward.batch, POLL_WAIT)
             if res.reset:
@@ -542,25 +583,62 @@ class Forwarder(abc.ABC):
                 if self.channels.hub.closing:
                     await asyncio.sleep(IDLE_WAIT)
                 continue
-            cursor = await self._send_batch(channel, res.messages)
+            moved, refused = await self._send_batch(channel, res.messages)
+            cursor = moved or cursor
             if res.last_id is not None:
                 self._lag[channel] = max(0, key(res.last_id) - key(cursor))
+            if refused is not None:
+                # The channel waits and tries the refused message again: nothing after it
+                # goes first, nothing is skipped.
+                self.stats.refused += 1
+                self._stalled[channel] = f"{refused}"[:200]
+                self._failed(f"channel {channel}: {type(refused).__name__}: {refused}")
+                log.warning(
+                    "bridge %s: the bus refused a message of channel %s: %s; retrying it",
+                    self.name,
+                    channel,
+                    refused,
+                )
+                await asyncio.sleep(refusals.next())
+                continue
+            if self._stalled.pop(channel, None) is not None:
+                log.info("bridge %s: channel %s is forwarded again", self.name, channel)
+            refusals.reset()
 
-    async def _send_batch(self, channel: str, msgs: list[Message]) -> str:
+    async def _send_batch(
+        self, channel: str, msgs: list[Message]
+    ) -> tuple[str | None, MessageRefused | None]:
         """Publish `msgs`, then move the cursor to the last; after a failure, to the last
         of the unbroken run of confirmed ones from the first (what follows is published
-        again). The new cursor.
+        again). The new cursor (None: not moved), and the refusal that stopped the batch
+        if one did (any other failure is raised: the session's).
 
         The sends are started in order and run at once: each queues its message on the
         bus connection before the next starts (the drivers write in call order), and the
         confirmations are awaited together, so a batch costs one round trip, not one per
         message."""
         self._check_lease()
-        sends = [asyncio.ensure_future(self.send(msg)) for msg in msgs]
-        last: str | None = None
+        # What is refused before it is sent ends the batch there: the messages before it
+        # go, none after it.
+        ready: list[Message] = []
+        early: MessageRefused | None = None
         try:
-            for msg, sent in zip(msgs, sends, strict=True):
-                await sent
+            await self.prepare(channel)
+            for msg in msgs:
+                self.check(msg)
+                ready.append(msg)
+        except MessageRefused as exc:
+            early = exc
+        sends = [asyncio.ensure_future(self.send(msg)) for msg in ready]
+        last: str | None = None
+        refused: MessageRefused | None = None
+        try:
+            for msg, sent in zip(ready, sends, strict=True):
+                try:
+                    await sent
+                except MessageRefused as exc:
+                    refused = exc
+                    break
                 last = msg.id
                 self.stats.forwarded += 1
         except BaseException:
@@ -571,9 +649,19 @@ class Forwarder(abc.ABC):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._move(channel, last), RELEASE_TIMEOUT)
             raise
+        refused = refused or early
+        if refused is not None:
+            # The sends after the refused one are not awaited (the bus may have taken
+            # some: they come again after it, as after any failure).
+            for sent in sends:
+                sent.cancel()
+            await asyncio.gather(*sends, return_exceptions=True)
+            if last is not None:
+                await self._move(channel, last)
+            return last, refused
         last = msgs[-1].id
         await self._move(channel, last)
-        return last
+        return last, None
 
     def _check_lease(self) -> None:
         """LeaseLost once the lease may have expired without a renewal."""
@@ -602,6 +690,9 @@ class Forwarder(abc.ABC):
             "missed": s.missed,
             "lag": sum(self._lag.values()),
             "leases": s.leases,
+            "refused": s.refused,
+            "stalled_channels": len(self._stalled),
+            "stalled": dict(sorted(self._stalled.items())[:STALLED_SHOWN]),
             "last_error": s.last_error,
             "last_error_at": None if s.last_error_at is None else format_time(s.last_error_at),
         }
