@@ -301,6 +301,20 @@ _BRIDGES: Schema = {
                                     },
                                     "lag": {"type": "integer"},
                                     "leases": {"type": "integer"},
+                                    "refused": {
+                                        "type": "integer",
+                                        "description": "messages the bus refused (each try)",
+                                    },
+                                    "stalled_channels": {
+                                        "type": "integer",
+                                        "description": "channels held back by a refusal",
+                                    },
+                                    "stalled": {
+                                        "type": "object",
+                                        "additionalProperties": {"type": "string"},
+                                        "description": "some stalled channels and the "
+                                        "bus's error for each",
+                                    },
                                     "last_error": {"type": ["string", "null"]},
                                     "last_error_at": {"anyOf": [_TIME, {"type": "null"}]},
                                 },
