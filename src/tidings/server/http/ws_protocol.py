@@ -10,6 +10,9 @@ closing handshake finish), the connection is dropped, the app told 1008 (policy)
 
 It also carries the connection's place in the server's connection count (http/limits.py),
 handed over by the HTTP protocol at the upgrade, and gives it back when the socket is lost.
+Its keep-alive pings are timed by that server's once-a-second sweep (a deadline on the
+socket) rather than by a loop timer per socket, as uvicorn's are: the same pings and pong
+deadline, within a second, without a timer handle and its callback per idle socket.
 
 An idle socket holds as little as it can: uvicorn's attributes live in slots, and once the
 handshake is answered its request and response are dropped, and the websockets parser
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import struct
 from types import GeneratorType
 from typing import Any, cast
 
@@ -103,6 +108,7 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
         "conn",
         "connections",
         "curr_msg_data_type",
+        "deadline",
         "default_headers",
         "disconnected",
         "frames",
@@ -153,6 +159,60 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.transport.set_write_buffer_limits(_HIGH_WATER)
+        # When the sweep next acts on this socket: send a ping, or (a ping unanswered)
+        # give up on it; 0.0 while keep-alive is off.
+        self.deadline = 0.0
+
+    # -- keep-alive pings, on the server's sweep (uvicorn's, without its timers) --------
+
+    def _swept(self) -> set[Any]:
+        limits = self.limits or ConnectionLimits.of(self.config)
+        limits.start_sweeping(self.loop)
+        return limits.swept
+
+    def start_keepalive(self) -> None:
+        if self.ping_interval is not None and self.ping_interval > 0:
+            self.schedule_ping()
+            self._swept().add(self)
+
+    def stop_keepalive(self) -> None:
+        self.deadline = 0.0
+        self.pending_ping_payload = None
+        (self.limits or ConnectionLimits.of(self.config)).swept.discard(self)
+
+    def schedule_ping(self) -> None:
+        assert self.ping_interval is not None  # noqa: S101 - start_keepalive checked it
+        self.deadline = self.loop.time() + max(0.0, self.ping_interval - self.last_ping_rtt)
+
+    def send_keepalive_ping(self) -> None:
+        if self.close_sent or self.transport.is_closing():
+            self.stop_keepalive()
+            return
+        # A random payload names this ping: handle_pong ignores a pong that does not match.
+        self.pending_ping_payload = struct.pack("!I", random.getrandbits(32))
+        self.ping_sent_at = self.loop.time()
+        self.conn.send_ping(self.pending_ping_payload)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        if self.ping_timeout is not None:
+            self.deadline = self.ping_sent_at + self.ping_timeout
+        else:
+            self.pending_ping_payload = None
+            self.schedule_ping()
+
+    def handle_pong(self, event: Any) -> None:
+        if self.pending_ping_payload is None or bytes(event.data) != self.pending_ping_payload:
+            return  # unsolicited, or an answer to an earlier ping
+        self.last_ping_rtt = self.loop.time() - self.ping_sent_at
+        self.pending_ping_payload = None
+        self.schedule_ping()
+
+    def expire(self, now: float) -> None:
+        """The sweep: the pong is overdue (the socket is failed), or a ping is due."""
+        if self.pending_ping_payload is not None:
+            self.stop_keepalive()
+            self.keepalive_timeout()
+        else:
+            self.send_keepalive_ping()
 
     def connection_lost(self, exc: Exception | None) -> None:
         limits = self.limits
