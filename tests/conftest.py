@@ -13,12 +13,36 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import httpx._transports.default
 import pytest
 from playwright.sync_api import sync_playwright
 
 from tests.hostile.browser import LoopbackPage, launch
+
+# httpx gives every client made without an SSL context of its own a new one, loading
+# certifi's CA bundle into it: about 20 ms of CPU, even for a client of a plain http://
+# URL. The tests make such clients by the thousand (many in loops that poll a server
+# every 50 ms), and that load was most of their processes' CPU. The default context is
+# made once and shared; a verify= of another kind (a TLS server's certificate) still gets
+# its own.
+_DEFAULT_SSL_CONTEXT = httpx.create_ssl_context()
+_create_ssl_context = httpx._transports.default.create_ssl_context
+
+
+def _shared_default_ssl_context(
+    verify: ssl.SSLContext | str | bool = True,
+    cert: Any = None,
+    trust_env: bool = True,
+) -> ssl.SSLContext:
+    if verify is True and cert is None and trust_env:
+        return _DEFAULT_SSL_CONTEXT
+    return _create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+
+
+httpx._transports.default.create_ssl_context = _shared_default_ssl_context
 
 
 def free_port() -> int:
