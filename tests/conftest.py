@@ -323,3 +323,46 @@ def browser_page() -> Iterator[LoopbackPage]:
         finally:
             browser.close()
     page.check()
+
+
+# `make test` hands whole files to 4 processes (--dist loadfile); xdist would hand them out
+# by their number of tests, which leaves files of few but long tests to the end, one
+# process still busy while the others are done. These files, the longest of the suite
+# (measured: tens of seconds to minutes each), go first; the others follow by number of
+# tests, as xdist would order them.
+LONGEST_FILES = (
+    "tests/e2e/test_worker_sdk.py",
+    "tests/e2e/test_workers_list.py",
+    "tests/e2e/test_client.py",
+    "tests/e2e/test_redis_nodes.py",
+    "tests/e2e/test_cli_commands.py",
+    "tests/e2e/test_cli_jobs.py",
+    "tests/e2e/auth/test_sessions.py",
+    "tests/e2e/bridges/test_outbound_amqp.py",
+    "tests/hostile/test_http2.py",
+    "tests/e2e/test_cli_channels.py",
+    "tests/e2e/auth/test_users_and_tokens.py",
+    "tests/e2e/auth/test_schedule_permissions.py",
+    "tests/e2e/test_jobs_workers.py",
+    "tests/hostile/test_schemathesis.py",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Under --dist loadfile, the order the test processes collect (below) is the order the
+    # files are handed out in.
+    if config.getoption("dist", "no") == "loadfile":
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In an xdist test process: the longest files first, then the others by their number
+    of tests (most first); each file's tests keep their order."""
+    if not hasattr(config, "workerinput"):
+        return
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    rank = {path: i for i, path in enumerate(LONGEST_FILES)}
+    order = sorted(files, key=lambda f: (rank.get(f, len(rank)), -len(files[f])))
+    items[:] = [item for f in order for item in files[f]]
