@@ -13,12 +13,36 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import httpx._transports.default
 import pytest
 from playwright.sync_api import sync_playwright
 
 from tests.hostile.browser import LoopbackPage, launch
+
+# httpx gives every client made without an SSL context of its own a new one, loading
+# certifi's CA bundle into it: about 20 ms of CPU, even for a client of a plain http://
+# URL. The tests make such clients by the thousand (many in loops that poll a server
+# every 50 ms), and that load was most of their processes' CPU. The default context is
+# made once and shared; a verify= of another kind (a TLS server's certificate) still gets
+# its own.
+_DEFAULT_SSL_CONTEXT = httpx.create_ssl_context()
+_create_ssl_context = httpx._transports.default.create_ssl_context
+
+
+def _shared_default_ssl_context(
+    verify: ssl.SSLContext | str | bool = True,
+    cert: Any = None,
+    trust_env: bool = True,
+) -> ssl.SSLContext:
+    if verify is True and cert is None and trust_env:
+        return _DEFAULT_SSL_CONTEXT
+    return _create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+
+
+httpx._transports.default.create_ssl_context = _shared_default_ssl_context
 
 
 def free_port() -> int:
@@ -299,3 +323,46 @@ def browser_page() -> Iterator[LoopbackPage]:
         finally:
             browser.close()
     page.check()
+
+
+# `make test` hands whole files to 4 processes (--dist loadfile); xdist would hand them out
+# by their number of tests, which leaves files of few but long tests to the end, one
+# process still busy while the others are done. These files, the longest of the suite
+# (measured: tens of seconds to minutes each), go first; the others follow by number of
+# tests, as xdist would order them.
+LONGEST_FILES = (
+    "tests/e2e/test_worker_sdk.py",
+    "tests/e2e/test_workers_list.py",
+    "tests/e2e/test_client.py",
+    "tests/e2e/test_redis_nodes.py",
+    "tests/e2e/test_cli_commands.py",
+    "tests/e2e/test_cli_jobs.py",
+    "tests/e2e/auth/test_sessions.py",
+    "tests/e2e/bridges/test_outbound_amqp.py",
+    "tests/hostile/test_http2.py",
+    "tests/e2e/test_cli_channels.py",
+    "tests/e2e/auth/test_users_and_tokens.py",
+    "tests/e2e/auth/test_schedule_permissions.py",
+    "tests/e2e/test_jobs_workers.py",
+    "tests/hostile/test_schemathesis.py",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Under --dist loadfile, the order the test processes collect (below) is the order the
+    # files are handed out in.
+    if config.getoption("dist", "no") == "loadfile":
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In an xdist test process: the longest files first, then the others by their number
+    of tests (most first); each file's tests keep their order."""
+    if not hasattr(config, "workerinput"):
+        return
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    rank = {path: i for i, path in enumerate(LONGEST_FILES)}
+    order = sorted(files, key=lambda f: (rank.get(f, len(rank)), -len(files[f])))
+    items[:] = [item for f in order for item in files[f]]
