@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 from typing import Any
 
 import pytest
 import uvicorn
 
+from tests.unit.server.http.servers import uvicorn_thread
 from tidings.server.http.errors import error_answer
 from tidings.server.http.limits import ConnectionLimits, connection_capacity
 from tidings.server.http.protocol import HeadHoldingTransport, TidingsHttpProtocol, fixed_local
@@ -165,29 +165,13 @@ def test_uvicorn_sees_the_same_server_and_client_addresses(host: str) -> None:
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as probe:
-        probe.bind((host, 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(
-        app, host=host, port=port, http=TidingsHttpProtocol, loop="uvloop", log_level="error"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
+    with uvicorn_thread(app, host) as server:
+        port = server.config.port
         with socket.create_connection((host, port), timeout=5) as conn:
             conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             assert conn.recv(1024).startswith(b"HTTP/1.1 204")
             local = conn.getsockname()[:2]
         assert seen == [((host, port), local)]
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 # -- limits ------------------------------------------------------------------------------

@@ -12,20 +12,16 @@ import base64
 import gc
 import os
 import socket
-import threading
-import time
 import weakref
-from typing import Any
 
 import pytest
-import uvicorn
 from websockets.exceptions import PayloadTooBig
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
-from tidings.server.http.protocol import TidingsHttpProtocol
+from tests.unit.server.http.servers import echo, uvicorn_thread
 from tidings.server.http.ws_protocol import TidingsWebSocketProtocol, release_handshake_parser
 
 pytestmark = pytest.mark.timeout(10)
@@ -150,33 +146,8 @@ def test_an_open_socket_keeps_no_instance_dict_request_or_handshake_parser() -> 
     """Through a real server (uvicorn with tidings' protocols): after the handshake every
     attribute is in a slot, the request is gone, the parser is frame-only; an echo works."""
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "websocket":
-            return
-        await receive()  # websocket.connect
-        await send({"type": "websocket.accept"})
-        while (message := await receive())["type"] == "websocket.receive":
-            await send({"type": "websocket.send", "text": message["text"]})
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        port=port,
-        http=TidingsHttpProtocol,
-        ws=TidingsWebSocketProtocol,
-        loop="uvloop",
-        log_level="error",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
+    with uvicorn_thread(echo, ws=TidingsWebSocketProtocol) as server:
+        port = server.config.port
         with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
             conn.sendall(handshake())
             assert conn.recv(4096).startswith(b"HTTP/1.1 101")
@@ -192,6 +163,3 @@ def test_an_open_socket_keeps_no_instance_dict_request_or_handshake_parser() -> 
             assert protocol.conn.parser.gi_code is Protocol.parse.__code__  # type: ignore[attr-defined]
             conn.sendall(client_frame(Opcode.TEXT, b"echo"))
             assert conn.recv(4096) == Frame(Opcode.TEXT, b"echo").serialize(mask=False)
-    finally:
-        server.should_exit = True
-        thread.join(10)

@@ -8,10 +8,8 @@ pong is overdue, and a socket gone leaves nothing in the sweep.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import uvicorn
@@ -21,8 +19,8 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from tests.unit.server.http.servers import echo, uvicorn_thread
 from tidings.server.http.limits import ConnectionLimits
-from tidings.server.http.protocol import TidingsHttpProtocol
 from tidings.server.http.ws_protocol import TidingsWebSocketProtocol
 
 pytestmark = pytest.mark.timeout(20)
@@ -30,42 +28,12 @@ pytestmark = pytest.mark.timeout(20)
 INTERVAL = 0.5
 
 
-async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] != "websocket":
-        return
-    await receive()  # websocket.connect
-    await send({"type": "websocket.accept"})
-    while (message := await receive())["type"] == "websocket.receive":
-        await send({"type": "websocket.send", "text": message["text"]})
-
-
 @pytest.fixture
 def server() -> Iterator[tuple[int, uvicorn.Config]]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(
-        echo,
-        port=port,
-        http=TidingsHttpProtocol,
-        ws=TidingsWebSocketProtocol,
-        ws_ping_interval=INTERVAL,
-        ws_ping_timeout=INTERVAL,
-        loop="uvloop",
-        log_level="error",
-    )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not srv.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        yield port, config
-    finally:
-        srv.should_exit = True
-        thread.join(10)
+    with uvicorn_thread(
+        echo, ws=TidingsWebSocketProtocol, ws_ping_interval=INTERVAL, ws_ping_timeout=INTERVAL
+    ) as server:
+        yield server.config.port, server.config
 
 
 def connect(port: int) -> tuple[socket.socket, ClientProtocol]:
