@@ -105,9 +105,13 @@ MAX_SCHEDULE_EVERY = 366 * 86_400
 # thousands of connections alive, each collection sweeps all of their objects; cycles are
 # rare, so collect seldom (docs/decisions/0003).
 GC_THRESHOLDS = (50_000, 20, 100)
-# GIL switch interval for `tidings serve` and `tidings worker` (CPython's default is
-# 0.005 s): threads handing results to the loop wait that long otherwise (docs/decisions/0007).
+# GIL switch interval for `tidings worker`, and for `tidings serve` while a fan-out runs
+# (CPython's default is 0.005 s): threads handing results to a busy loop wait that long
+# otherwise (docs/decisions/0007).
 SWITCH_INTERVAL = 0.0005
+# ... and for `tidings serve` the rest of the time: a busy loop giving the GIL to the SQLite
+# writer every 0.5 ms cost a durable publish ~20 % of its rate (docs/decisions/0024).
+SWITCH_INTERVAL_IDLE = 0.005
 
 # Login sessions last a day unless `--session-ttl` says otherwise.
 DEFAULT_SESSION_TTL = 86_400.0

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import types
 from bisect import bisect_right
 from collections import deque
@@ -606,6 +607,13 @@ class Hub:
         # Keep a tail of recent messages per channel to answer reads from memory. Only
         # when this hub sees every publish: not on a store shared by several nodes.
         self.remember = remember
+        # The GIL switch intervals (while a fan-out runs, otherwise) the hub sets when it
+        # serves a process (`tidings serve`): a fan-out keeps the loop busy, and the SQLite
+        # writer thread must get the GIL between its statements (docs/decisions/0007); the
+        # rest of the time a longer interval spares the loop the hand-overs (0024). None:
+        # the process's interval is left alone.
+        self.switch: tuple[float, float] | None = None
+        self._fanning = False
         self._subs: dict[str, set[Subscriber]] = {}
         # Streams by the login session that opened them, and the futures parked long polls
         # of a session wait on beside their work (see close_session).
@@ -709,6 +717,9 @@ class Hub:
             self._wake(msg.channel, waiters)
         if msg.channel not in self._subs:
             return
+        if self.switch is not None and not self._fanning:
+            self._fanning = True
+            sys.setswitchinterval(self.switch[0])
         queued = self._queue.get(msg.channel)
         if queued is not None:
             queued.append(msg)
@@ -774,6 +785,9 @@ class Hub:
                 sub.close("fan-out failed: reconnect with your last id to resume")
             if channel in self._queue:
                 asyncio.get_running_loop().call_soon(self._fan_out, channel)
+        if self._fanning and not self._passes and not self._queue and self.switch is not None:
+            self._fanning = False
+            sys.setswitchinterval(self.switch[1])
 
     def _fan_out_chunk(self, channel: str) -> None:
         newer = self._queue.pop(channel, None)

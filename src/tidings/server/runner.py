@@ -306,10 +306,13 @@ def run(settings: Settings, socks: list[socket.socket], app: TidingsApp | None =
     # Thousands of long-lived streams make each full collection walk every connection's
     # objects; collect young objects less often (see docs/decisions/0003-gc-thresholds.md).
     gc.set_threshold(*C.GC_THRESHOLDS)
-    # The SQLite writer thread needs the GIL for a moment per statement; with the default
-    # hand-over interval a publish waits behind a long fan-out (docs/decisions/0007).
-    sys.setswitchinterval(C.SWITCH_INTERVAL)
+    # The SQLite writer thread needs the GIL for a moment per statement: with the default
+    # hand-over interval a publish waits behind a long fan-out (docs/decisions/0007), so
+    # the hub shortens it while one runs; otherwise the default spares a busy loop the
+    # hand-overs (docs/decisions/0024).
+    sys.setswitchinterval(C.SWITCH_INTERVAL_IDLE)
     tidings_app = app or create_app(settings)
+    tidings_app.hub.switch = (C.SWITCH_INTERVAL, C.SWITCH_INTERVAL_IDLE)
     limits = connection_limits(settings)
     # The dispatcher itself: one call less per request than through TidingsApp.__call__.
     server = TidingsServer(uvicorn_config(tidings_app.dispatch, settings, limits))

@@ -269,3 +269,30 @@ def test_websocket_text_frames_use_the_right_length_form(size: int) -> None:
     else:
         assert frame[1] == 127 and int.from_bytes(frame[2:10], "big") == size
         assert len(frame) == 10 + size
+
+
+def test_the_switch_interval_is_short_only_while_a_fan_out_runs():
+    """With `switch` set (as `tidings serve` sets it), a publish to a channel with
+    subscribers shortens the GIL switch interval until its fan-out is done; a publish
+    to a channel without any leaves it alone."""
+    import sys
+
+    async def main() -> None:
+        hub = Hub(parse_seq)
+        hub.switch = (0.0007, 0.004)
+        sys.setswitchinterval(0.004)
+        send = GatedSend()
+        await live(hub, send)
+        hub.publish(msg(1, "nobody"), None)
+        assert sys.getswitchinterval() == pytest.approx(0.004)
+        hub.publish(msg(1), None)
+        assert sys.getswitchinterval() == pytest.approx(0.0007)
+        await fan_out()
+        assert send.frames == [b"id: 1\ndata: m1\n\n"]
+        assert sys.getswitchinterval() == pytest.approx(0.004)
+
+    before = sys.getswitchinterval()
+    try:
+        asyncio.run(main())
+    finally:
+        sys.setswitchinterval(before)
