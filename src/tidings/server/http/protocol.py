@@ -62,7 +62,7 @@ _LENGTH = b"\r\ncontent-length: "
 # Statuses that tell a client to slow down or come back later (a limit refused it): the
 # next request on that keep-alive connection is read no sooner than TARPIT seconds after.
 _SLOW_DOWN = frozenset({b"429", b"503"})
-_SLOW_DOWN_CODES = frozenset({429, 503})
+_SLOW_DOWN_CODES = frozenset(int(code) for code in _SLOW_DOWN)
 TARPIT = 1.0
 
 

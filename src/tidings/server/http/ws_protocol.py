@@ -165,20 +165,22 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
 
     # -- keep-alive pings, on the server's sweep (uvicorn's, without its timers) --------
 
-    def _swept(self) -> set[Any]:
-        limits = self.limits or ConnectionLimits.of(self.config)
-        limits.start_sweeping(self.loop)
-        return limits.swept
+    def _server_limits(self) -> ConnectionLimits:
+        """The server's limits and sweep: the connection's (handed over at the upgrade),
+        or, once it has given them back, the config's (the same object)."""
+        return self.limits or ConnectionLimits.of(self.config)
 
     def start_keepalive(self) -> None:
         if self.ping_interval is not None and self.ping_interval > 0:
             self.schedule_ping()
-            self._swept().add(self)
+            limits = self._server_limits()
+            limits.start_sweeping(self.loop)
+            limits.swept.add(self)
 
     def stop_keepalive(self) -> None:
         self.deadline = 0.0
         self.pending_ping_payload = None
-        (self.limits or ConnectionLimits.of(self.config)).swept.discard(self)
+        self._server_limits().swept.discard(self)
 
     def schedule_ping(self) -> None:
         assert self.ping_interval is not None  # noqa: S101 - start_keepalive checked it
@@ -239,7 +241,7 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         super().data_received(data)
         if self.handshake_complete and _generator(self.conn.parser).gi_code is _HANDSHAKE_PARSE:
-            # The swap was put off at the handshake (a frame had begun): retry between frames.
+            # A swap refused at the handshake (a frame had begun) is tried between frames.
             release_handshake_parser(self.conn)
 
     def takes_frames(self) -> bool:
