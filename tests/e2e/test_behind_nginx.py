@@ -34,7 +34,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import ServerProcess, free_ports
 from tests.e2e.helpers import cli_ok
 
 pytestmark = pytest.mark.timeout(90)
@@ -186,46 +186,47 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
     assert token.startswith("tdt_"), token
     server = ServerProcess(store, folder / "tidings.log", [], env)
     server.start()
-
-    https_port, http_port = free_port(), free_port()
-    site = folder / "tidings.conf"
-    site.write_text(
-        substitute(
-            doc_block("nginx-conf"),
-            {
-                DOC_HTTP_LISTEN: f"listen 127.0.0.1:{http_port};",
-                DOC_HTTPS_LISTEN: f"listen 127.0.0.1:{https_port} ssl http2;",
-                DOC_UPSTREAM: f"server 127.0.0.1:{server.port};",
-                DOC_CERT: str(cert),
-                DOC_KEY: str(key),
-            },
+    try:  # the server stops however the front's set-up ends
+        https_port, http_port = free_ports(2)
+        site = folder / "tidings.conf"
+        site.write_text(
+            substitute(
+                doc_block("nginx-conf"),
+                {
+                    DOC_HTTP_LISTEN: f"listen 127.0.0.1:{http_port};",
+                    DOC_HTTPS_LISTEN: f"listen 127.0.0.1:{https_port} ssl http2;",
+                    DOC_UPSTREAM: f"server 127.0.0.1:{server.port};",
+                    DOC_CERT: str(cert),
+                    DOC_KEY: str(key),
+                },
+            )
         )
-    )
-    conf = folder / "nginx.conf"
-    conf.write_text(main_config(folder, site))
-    command = nginx_command(folder, conf)
-    checked = subprocess.run(
-        [*command, "-t"], check=False, capture_output=True, text=True, timeout=30
-    )
-    assert checked.returncode == 0, f"nginx -t refused the documented config:\n{checked.stderr}"
-
-    log = folder / "nginx.out"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*command, "-g", "daemon off;"], stdout=out, stderr=subprocess.STDOUT
+        conf = folder / "nginx.conf"
+        conf.write_text(main_config(folder, site))
+        command = nginx_command(folder, conf)
+        checked = subprocess.run(
+            [*command, "-t"], check=False, capture_output=True, text=True, timeout=30
         )
-    try:
-        wait_for_port(https_port, proc, log)
-        context = ssl.create_default_context(cafile=str(cert))
-        yield Front(folder, https_port, http_port, server, context, token)
+        assert checked.returncode == 0, f"nginx -t refused the documented config:\n{checked.stderr}"
+
+        log = folder / "nginx.out"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [*command, "-g", "daemon off;"], stdout=out, stderr=subprocess.STDOUT
+            )
+        try:
+            wait_for_port(https_port, proc, log)
+            context = ssl.create_default_context(cafile=str(cert))
+            yield Front(folder, https_port, http_port, server, context, token)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGQUIT)  # graceful: ends open connections
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGQUIT)  # graceful: ends open connections
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
         server.kill()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from playwright.sync_api import Page
 
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import ServerProcess, free_ports
 from tests.e2e.test_behind_nginx import main_config, nginx_command, wait_for_port
 from tests.hostile.browser import LoopbackPage
 
@@ -79,7 +79,7 @@ class Nginx:
 
     def __init__(self, folder: Path, upstream: ServerProcess) -> None:
         self.folder = folder
-        self.port, self.buffering_port = free_port(), free_port()
+        self.port, self.buffering_port = free_ports(2)
         site = folder / "site.conf"
         site.write_text(
             self._server(self.port, upstream, "proxy_buffering off;")
