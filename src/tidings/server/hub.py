@@ -74,6 +74,8 @@ _SSE_JSON = StreamKind.SSE_JSON
 # The ASGI message key carrying whole WebSocket frames, written as they are by
 # tidings.server.http.ws_protocol.
 FRAMES = "tidings.frames"
+# The frames left to send once a batch went straight to the connection: none (shared).
+_WRITTEN: list[dict[str, Any]] = []
 
 
 @types.coroutine
@@ -149,6 +151,7 @@ class Subscriber:
         "task",
         "transport",
         "until",
+        "write_chunk",
     )
 
     def __init__(
@@ -160,6 +163,7 @@ class Subscriber:
         buffer_limit: int,
         until: frozenset[str] | None = None,
         session: str | None = None,
+        write_chunk: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.hub = hub
         self.until = until
@@ -182,6 +186,9 @@ class Subscriber:
         # A WebSocket whose connection takes pre-encoded frames, all of a batch in one
         # write (see _takes_frames); None until its first live batch asks.
         self.raw_frames: bool | None = None
+        # An SSE stream's way to write a batch's HTTP chunk straight to its connection
+        # (False: not now, use `send`); None: `send` only.
+        self.write_chunk = write_chunk
 
     # -- frames -----------------------------------------------------------------------
 
@@ -225,6 +232,13 @@ class Subscriber:
             frames = [self._multi_frame(msgs[start:end], batch)]
         elif self.kind is _WS and self._takes_frames():
             frames = [batch.ws_frames(start, end)]
+        elif (
+            self.write_chunk is not None
+            and self.drainer is None
+            and end == len(msgs)
+            and self._write_chunk(batch.chunk(self.kind, start))
+        ):
+            frames = _WRITTEN
         elif end == len(msgs):
             frames = batch.frames(self.kind, start)
         else:
@@ -235,6 +249,15 @@ class Subscriber:
             self.write(frame)
         if until is not None:
             self.check_until(msgs[end - 1])
+
+    def _write_chunk(self, chunk: bytes) -> bool:
+        """Write a batch's chunk straight to the connection; False when it must go
+        through `send` (see Subscriber.write_chunk)."""
+        try:
+            return self.write_chunk(chunk)  # type: ignore[misc]
+        except Exception as exc:
+            self.close(f"send failed: {exc!r}")
+            return True
 
     def _takes_frames(self) -> bool:
         raw = self.raw_frames
@@ -398,6 +421,7 @@ class Batch:
     """
 
     __slots__ = (
+        "_chunks",
         "_encoded",
         "_frames",
         "_multi",
@@ -417,6 +441,7 @@ class Batch:
         self.keys: list[int] = []
         self._encoded: dict[StreamKind, list[bytes | str]] = {}
         self._frames: dict[tuple[StreamKind, int], list[dict[str, Any]]] = {}
+        self._chunks: dict[tuple[StreamKind, int], bytes] = {}
         self._starts: dict[str | None, int] = {}
         self._multi: dict[int, bytes] = {}
         # WebSocket frames, built once per message; their runs once per (start, end).
@@ -429,6 +454,7 @@ class Batch:
         self.msgs.extend(msgs)
         self.keys.extend(self.key(m.id) for m in msgs)
         self._frames.clear()
+        self._chunks.clear()
         self._starts.clear()
 
     def start_after(self, cursor: str | None) -> int:
@@ -450,6 +476,14 @@ class Batch:
         if frames is None:
             frames = self._frames[(kind, start)] = self.frames_between(kind, start, len(self.msgs))
         return frames
+
+    def chunk(self, kind: StreamKind, start: int) -> bytes:
+        """An SSE stream's messages[start:] as one HTTP/1.1 chunk (cached as `frames`)."""
+        chunk = self._chunks.get((kind, start))
+        if chunk is None:
+            body = self.frames(kind, start)[0]["body"]
+            chunk = self._chunks[(kind, start)] = b"%x\r\n%b\r\n" % (len(body), body)
+        return chunk
 
     def frames_between(self, kind: StreamKind, start: int, end: int) -> list[dict[str, Any]]:
         """ASGI messages for messages[start:end]."""

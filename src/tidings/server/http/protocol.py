@@ -47,7 +47,13 @@ from tidings.server.http.lean import LeanEvent, Line
 from tidings.server.http.limits import ConnectionLimits, Wait
 from tidings.server.http.ws_protocol import TidingsWebSocketProtocol
 
-__all__ = ["HeadHoldingTransport", "TidingsHttpProtocol", "write_whole"]
+__all__ = [
+    "ChunkWriter",
+    "HeadHoldingTransport",
+    "TidingsHttpProtocol",
+    "chunk_writer",
+    "write_whole",
+]
 
 log = logging.getLogger("tidings.http")
 
@@ -189,6 +195,53 @@ def write_whole(send: Any, response: Response) -> bool:
         transport.close()
     cycle.on_response()
     return True
+
+
+class ChunkWriter:
+    """Writes body chunks of one streamed response straight to its connection, as
+    uvicorn's `send` would write them, while nothing stands in the way.
+
+    For the hub's fan-out to SSE streams: each write otherwise costs a coroutine through
+    uvicorn's `send` and the holding wrapper (decision 0024). Calling it with an
+    HTTP/1.1 chunk (`b"%x\\r\\n" % len(body) + body + b"\\r\\n"`) writes it and returns
+    True, or does nothing and returns False when the chunk must go through `send`: the
+    response has not started, is not chunked, is complete, its client is gone, or the
+    transport asked to pause writing (`send` then waits for the drain, and the hub's
+    backlog bound applies).
+    """
+
+    __slots__ = ("_cycle", "_holder")
+
+    def __init__(self, cycle: RequestResponseCycle, holder: HeadHoldingTransport) -> None:
+        self._cycle = cycle
+        self._holder = holder
+
+    def __call__(self, chunk: bytes) -> bool:
+        cycle = self._cycle
+        if (
+            cycle.chunked_encoding is not True
+            or not cycle.response_started
+            or cycle.response_complete
+            or cycle.disconnected
+            or cycle.flow.write_paused
+            or self._holder._held is not None
+        ):
+            return False
+        self._holder._transport.write(chunk)
+        return True
+
+
+def chunk_writer(send: Any) -> ChunkWriter | None:
+    """A ChunkWriter for the response of uvicorn's `send` when it is a GET of this
+    protocol (HTTP/1.1 on a HeadHoldingTransport); None otherwise (HTTP/2, another
+    server), and the stream writes through `send` alone."""
+    cycle = getattr(send, "__self__", None)
+    if type(cycle) is not RequestResponseCycle or cycle.send != send:
+        return None
+    holder: Any = cycle.transport  # typed as asyncio's; this protocol's wrapper here
+    if type(holder) is not HeadHoldingTransport or cycle.scope["method"] != "GET":
+        return None
+    return ChunkWriter(cycle, holder)
 
 
 def _plain(response: Response) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 from tidings.protocol.codecs import encode_json
 from tidings.protocol.messages import sse_frame
 from tidings.server.channels import ChannelService
+from tidings.server.http.protocol import chunk_writer
 from tidings.server.hub import Subscriber
 from tidings.server.transports.kind import StreamKind
 from tidings.server.transports.stream import run_stream
@@ -56,6 +57,10 @@ def serve_sse(
     Must be called from the stream's own task (its subscriber belongs to that task).
     """
     kind = StreamKind.SSE_MULTI if multi else StreamKind.SSE_JSON if whole else StreamKind.SSE
-    sub = Subscriber(svc.hub, kind, send, dict.fromkeys(requested), buffer_limit, until, session)
+    # A multiplexed stream's frames carry its own cursor: no batch chunk is shared.
+    direct = None if multi else chunk_writer(send)
+    sub = Subscriber(
+        svc.hub, kind, send, dict.fromkeys(requested), buffer_limit, until, session, direct
+    )
     # Headers only: the `retry:` hint rides on the first heartbeat, saving a write per connect.
     return run_stream(svc, sub, requested, _START, receive, control_frame, _closing)
