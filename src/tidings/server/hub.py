@@ -40,7 +40,7 @@ import types
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 from tidings.protocol.codecs import encode_json
 from tidings.protocol.cursors import encode_composite_cursor
@@ -545,6 +545,14 @@ async def _no_receive() -> dict[str, Any]:
     return {"type": "http.disconnect"}
 
 
+class WholeWrite(Protocol):
+    """How a parked poll's answer is written whole on its connection (see DirectPoll)."""
+
+    def write(self, answer: Answer) -> bool: ...
+
+    def finish(self) -> None: ...
+
+
 class DirectPoll:
     """A parked long poll that the hub answers itself when a publish can.
 
@@ -565,8 +573,9 @@ class DirectPoll:
         build: the answer for the messages after `after`, as an ASGI app.
         scope: the request's ASGI scope.
         send: the request's ASGI `send`.
-        whole: writes an answer on the request's connection in one go and completes the
-            request, False when it cannot (then the answer goes through `send`).
+        whole: writes an answer on the request's connection in one go (False when it
+            cannot: then the answer goes through `send`), and completes the request after
+            (`finish`, once every poll of the publish has been written).
     """
 
     __slots__ = (
@@ -589,7 +598,7 @@ class DirectPoll:
         build: Callable[[list[Message]], Answer],
         scope: MutableMapping[str, Any],
         send: Send,
-        whole: Callable[[Answer], bool] | None = None,
+        whole: WholeWrite | None = None,
     ) -> None:
         self.after = after
         self.limit = limit
@@ -603,10 +612,13 @@ class DirectPoll:
 
     def write(self, answer: Answer) -> bool:
         """Send `answer` now, or finish in a task if the socket is backed up; False when
-        the send failed (the connection broke: nothing more can go on it)."""
+        the send failed (the connection broke: nothing more can go on it). An answer
+        written whole needs `finish` after."""
         self.answered = True
+        whole, self.whole = self.whole, None
         try:
-            if self.whole is not None and self.whole(answer):
+            if whole is not None and whole.write(answer):
+                self.whole = whole  # for finish()
                 return True
             coro = answer(self.scope, _no_receive, self.send)
             first = coro.send(None)
@@ -617,6 +629,12 @@ class DirectPoll:
             return False
         self.pending = asyncio.get_running_loop().create_task(_finish(coro, first))
         return True
+
+    def finish(self) -> None:
+        """Complete the request of an answer `write` wrote whole (else nothing)."""
+        whole, self.whole = self.whole, None
+        if whole is not None:
+            whole.finish()
 
 
 async def _finish(coro: Coroutine[Any, Any, None], first: Any) -> None:
@@ -765,13 +783,14 @@ class Hub:
     def _wake(self, channel: str, waiters: set[asyncio.Future[None]]) -> None:
         """Wake a channel's long polls; write the answers of those parked for it here.
 
-        Direct answers come first, in one run, before any poll's task is woken: the last
-        one's latency is the writes', not the tasks'.
+        Direct answers come first, in one run, before any request is completed and any
+        poll's task is woken: the last one's latency is the writes', not the tasks'.
         """
         direct = self._direct
         # One answer per (cursor, limit, codec); None when the tail cannot tell what
         # follows the cursor, and the poll's task reads it from the store.
         answers: dict[tuple[str, int, str], Answer | None] = {}
+        written: list[DirectPoll] = []
         try:
             for fut in waiters:
                 poll = direct.pop(fut, None)
@@ -784,8 +803,15 @@ class Hub:
                     answer = answers[shared] = self._direct_answer(channel, poll)
                 if answer is not None and poll.write(answer):
                     self.answered_directly += 1
+                    written.append(poll)
         finally:
-            # Every poll wakes, whatever failed above: the publish goes on to the streams.
+            # Every answered request completes and every poll wakes, whatever failed
+            # above: the publish goes on to the streams.
+            for poll in written:
+                try:
+                    poll.finish()
+                except Exception:
+                    log.exception("completing a long poll answered on %s failed", channel)
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)

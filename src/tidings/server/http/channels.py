@@ -7,7 +7,6 @@ WebSocket) are raw ASGI and live in tidings.server.transports.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import msgspec
@@ -37,7 +36,7 @@ from tidings.server.http.common import (
     wants_msgpack,
 )
 from tidings.server.http.errors import negotiated
-from tidings.server.http.protocol import write_whole
+from tidings.server.http.protocol import whole_answer
 from tidings.server.hub import DirectPoll
 from tidings.server.jobs import JobService
 from tidings.server.stores.base import ChannelInfo, ReadResult, Retention
@@ -86,7 +85,7 @@ def _direct_poll(request: Request, after: str, limit: int) -> DirectPoll | None:
         return respond(request, page_to_wire(res, after))
 
     key = "msgpack" if wants_msgpack(request.headers.get("accept")) else "json"
-    return DirectPoll(after, limit, key, build, request.scope, send, partial(write_whole, send))
+    return DirectPoll(after, limit, key, build, request.scope, send, whole_answer(send))
 
 
 def info_to_wire(info: ChannelInfo, subscribers: dict[str, int]) -> dict[str, Any]:
