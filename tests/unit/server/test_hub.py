@@ -255,6 +255,58 @@ def test_a_long_poll_answer_that_cannot_be_built_wakes_every_poll_and_the_stream
     asyncio.run(main())
 
 
+def test_every_whole_answer_is_written_before_any_request_is_completed():
+    """A publish writes all the parked polls' answers, then completes their requests (one
+    failing to complete stops neither the others nor the wake-ups); a poll whose
+    connection cannot take the whole write goes through its `send`."""
+    from tidings.server.hub import DirectPoll
+
+    async def main() -> None:
+        hub = Hub(parse_seq)
+        hub.publish(msg(1), None)
+        events: list[str] = []
+
+        class Whole:
+            def __init__(self, name: str, takes: bool = True, breaks: bool = False) -> None:
+                self.name, self.takes, self.breaks = name, takes, breaks
+
+            def write(self, answer: Any) -> bool:
+                events.append(f"write {self.name}")
+                return self.takes
+
+            def finish(self) -> None:
+                events.append(f"finish {self.name}")
+                if self.breaks:
+                    raise RuntimeError("broken")
+
+        sent: list[dict[str, Any]] = []
+
+        async def poll_send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        async def answer(scope: Any, receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+
+        wholes = [Whole("a"), Whole("b", breaks=True), Whole("c", takes=False), Whole("d")]
+        futs = [hub.waiter("c") for _ in wholes]
+        polls = [
+            DirectPoll("1", 10, "json", lambda _m: answer, {"type": "http"}, poll_send, w)
+            for w in wholes
+        ]
+        for fut, poll in zip(futs, polls, strict=True):
+            hub.answer_directly(fut, poll)
+        hub.publish(msg(2), "1")
+        writes = [e for e in events if e.startswith("write")]
+        assert sorted(writes) == ["write a", "write b", "write c", "write d"]
+        assert events[:4] == writes, "a request completed before every answer was written"
+        assert sorted(events[4:]) == ["finish a", "finish b", "finish d"]
+        assert len(sent) == 1  # c went through its send
+        assert all(f.done() for f in futs)
+        assert hub.answered_directly == 4
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
 def test_websocket_text_frames_use_the_right_length_form(size: int) -> None:
     from tidings.server.transports.kind import ws_text_frame
