@@ -186,8 +186,9 @@ class Subscriber:
         # A WebSocket whose connection takes pre-encoded frames, all of a batch in one
         # write (see _takes_frames); None until its first live batch asks.
         self.raw_frames: bool | None = None
-        # An SSE stream's way to write a batch's HTTP chunk straight to its connection
-        # (False: not now, use `send`); None: `send` only.
+        # A way to write a batch's bytes straight to the connection (False: not now, use
+        # `send`): an SSE stream's HTTP chunk, or a WebSocket's whole frames (set with
+        # raw_frames); None: `send` only.
         self.write_chunk = write_chunk
 
     # -- frames -----------------------------------------------------------------------
@@ -231,7 +232,9 @@ class Subscriber:
         if self.kind is _SSE_MULTI:
             frames = [self._multi_frame(msgs[start:end], batch)]
         elif self.kind is _WS and self._takes_frames():
-            frames = [batch.ws_frames(start, end)]
+            run = batch.ws_frames(start, end)
+            direct = self.write_chunk is not None and self.drainer is None
+            frames = _WRITTEN if direct and self._write_chunk(run[FRAMES]) else [run]
         elif (
             self.write_chunk is not None
             and self.drainer is None
@@ -262,8 +265,12 @@ class Subscriber:
     def _takes_frames(self) -> bool:
         raw = self.raw_frames
         if raw is None:
-            takes = getattr(getattr(self.send, "__self__", None), "takes_frames", None)
+            owner = getattr(self.send, "__self__", None)
+            takes = getattr(owner, "takes_frames", None)
             raw = self.raw_frames = bool(takes is not None and takes())
+            if raw:
+                # Its connection may also write them without `send` (ws_protocol).
+                self.write_chunk = getattr(owner, "write_frames", None)
         return raw
 
     def _multi_frame(self, msgs: list[Message], batch: Batch) -> dict[str, Any]:

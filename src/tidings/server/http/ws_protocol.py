@@ -250,6 +250,17 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
         connection alone)."""
         return self.handshake_complete and not self.conn.extensions
 
+    def write_frames(self, frames: bytes) -> bool:
+        """Write whole frames the hub built now, without `send`'s coroutine (a fan-out
+        writes thousands); False when they must go through `send`: the socket paused
+        writing (`send` waits for it) or is closing (`send` raises)."""
+        if self.write_paused or self.disconnected or self.close_sent:
+            return False
+        if self.conn.state is not State.OPEN:
+            return False
+        self.transport.write(frames)
+        return True
+
     async def send(self, message: ASGISendEvent) -> None:
         # Whole frames from the hub: a fan-out batch's messages, built once for every
         # such socket and written here in one write, as uvicorn writes one it built.

@@ -1,9 +1,11 @@
-"""The fan-out's straight write of an SSE chunk (http/protocol.py ChunkWriter), against a
-real uvicorn with tidings' HTTP protocol and a raw socket reading the exact bytes.
+"""The fan-out's straight writes, against a real uvicorn with tidings' protocols and raw
+sockets reading the exact bytes: an SSE stream's HTTP chunk (http/protocol.py
+ChunkWriter) and a WebSocket's whole frames (ws_protocol.write_frames).
 
-The writer must write only where uvicorn's `send` would write the same bytes at once:
-after the head, on a chunked response not yet complete, while the transport takes
-writes. Anywhere else it refuses (False), and the caller goes through `send`.
+A writer must write only where `send` would write the same bytes at once: after the
+head (the handshake), on a response not yet complete (a socket open), while the
+transport takes writes. Anywhere else it refuses (False), and the caller goes through
+`send`.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import time
 from typing import Any
 
 import pytest
+from websockets.sync.client import connect as ws_connect
 
 from tests.unit.server.http.servers import uvicorn_thread
 from tidings.server.http.protocol import chunk_writer
+from tidings.server.http.ws_protocol import TidingsWebSocketProtocol
+from tidings.server.transports.kind import ws_text_frame
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -143,3 +148,47 @@ def test_it_stops_writing_when_the_client_stops_reading_and_nothing_is_lost() ->
     assert n > 0
     expected = b"".join(b"%08d" % i + piece for i in range(n)) + b"end"
     assert body == expected
+
+
+def test_a_websocket_takes_whole_frames_while_open_and_writable() -> None:
+    """Frames written straight arrive as the client's messages, in order with those sent
+    through `send`; a socket that stopped reading refuses them (and everything written
+    arrives once it reads); a closed one refuses them."""
+    results: list[Any] = []
+    count: list[int] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()  # websocket.connect
+        owner = send.__self__
+        await send({"type": "websocket.accept"})
+        results.append(owner.write_frames(ws_text_frame("one") + ws_text_frame("two")))
+        await send({"type": "websocket.send", "text": "three"})
+        # The client reads nothing for now: write until the socket pushes back.
+        n = 0
+        while owner.write_frames(ws_text_frame(f"{n:08d}" + "x" * 4000)):
+            n += 1
+            if n % 64 == 0:
+                await asyncio.sleep(0)
+            assert n < 100_000, "the socket never pushed back"
+        count.append(n)
+        await send({"type": "websocket.send", "text": "last"})  # waits for the drain
+        await send({"type": "websocket.close", "code": 1000})
+        results.append(owner.write_frames(ws_text_frame("after the close")))
+
+    with uvicorn_thread(app, ws=TidingsWebSocketProtocol) as server:
+        with ws_connect(f"ws://127.0.0.1:{server.config.port}/", max_size=None) as ws:
+            deadline = time.monotonic() + 20
+            while not count:
+                assert time.monotonic() < deadline, "the socket never pushed back"
+                time.sleep(0.05)
+            got = [ws.recv(timeout=10) for _ in range(3 + count[0] + 1)]
+            assert got[:3] == ["one", "two", "three"]
+            assert got[3:-1] == [f"{i:08d}" + "x" * 4000 for i in range(count[0])]
+            assert got[-1] == "last"
+        deadline = time.monotonic() + 10
+        while len(results) < 2:
+            assert time.monotonic() < deadline, "the app did not finish"
+            time.sleep(0.02)
+    assert results == [True, False]
