@@ -13,7 +13,9 @@ The hot path (see docs/architecture.md):
 * For each subscriber the hub *starts* the server's `send()` coroutine by hand. When the
   connection's write buffer has room, `send()` writes and finishes in that first step —
   no task, no queue, no wake-up: as cheap as a bare loop of `await send()`
-  (docs/decisions/0002).
+  (docs/decisions/0002). A connection that can take the batch's bytes without `send`
+  (an SSE stream's HTTP chunk, a WebSocket's whole frames: `write_chunk`) gets them
+  written at once instead, while its transport is not paused (docs/decisions/0024).
 * When the socket is backed up, `send()` suspends on the server's drain future. The hub
   then hands that half-run coroutine to a drainer task for this subscriber alone and
   queues the subscriber's later frames in a bounded backlog. The fan-out never waits.
