@@ -12,6 +12,7 @@ installs it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -245,6 +246,7 @@ class EventReader:
         self.events: queue.Queue[tuple[float, dict[str, str]]] = queue.Queue()
         self.status: queue.Queue[int] = queue.Queue()
         self._client = front.client(timeout=httpx.Timeout(10, read=30))
+        self._sock: socket.socket | None = None
         self._thread = threading.Thread(target=self._read, args=(path, headers or {}))
         self._thread.daemon = True
         self._thread.start()
@@ -253,6 +255,7 @@ class EventReader:
     def _read(self, path: str, headers: dict[str, str]) -> None:
         try:
             with self._client.stream("GET", path, headers=headers) as answer:
+                self._sock = answer.extensions["network_stream"].get_extra_info("socket")
                 self.status.put(answer.status_code)
                 event: dict[str, str] = {}
                 for line in answer.iter_lines():
@@ -272,6 +275,14 @@ class EventReader:
         return self.events.get(timeout=timeout)
 
     def close(self) -> None:
+        # Wake the reading thread with an end of stream, and let it finish, before the
+        # socket is closed: closed under a thread still reading, its descriptor number
+        # could be reused by the next connection, and that thread's TLS reads would then
+        # take the next connection's bytes.
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+        self._thread.join(10)
         self._client.close()
 
 
