@@ -117,7 +117,13 @@ def start_server(src: Path, port: int, extra_env: dict[str, str]) -> subprocess.
     argv = [sys.executable, "-m", "tidings", "serve", "--host", HOST, "--port", str(port)]
     argv += ["--store", "memory://", "--log-level", "warning"]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
-    wait_port(port, proc)
+    try:
+        # With tracemalloc on from the first import, a server starts several times slower.
+        wait_port(port, proc, 90 if "WSMEM_DIR" in extra_env else 20)
+    except BaseException:
+        proc.kill()  # a server that did not come up is not left behind
+        proc.wait(10)
+        raise
     return proc
 
 
