@@ -216,17 +216,10 @@ def whole_answer(send: Any) -> WholeAnswer | None:
     """A WholeAnswer for the request of uvicorn's `send` when it is a plain HTTP/1.1
     request of this protocol (not HEAD, no access log); None otherwise (HTTP/2, another
     server), and its answer goes through `send`."""
-    cycle = getattr(send, "__self__", None)
-    if type(cycle) is not RequestResponseCycle or cycle.send != send:
+    found = _own_request(send)
+    if found is None or found[0].access_log or found[0].scope["method"] == "HEAD":
         return None
-    holder: Any = cycle.transport  # typed as asyncio's; this protocol's wrapper here
-    if (
-        cycle.access_log
-        or cycle.scope["method"] == "HEAD"
-        or type(holder) is not HeadHoldingTransport
-    ):
-        return None
-    return WholeAnswer(cycle, holder)
+    return WholeAnswer(*found)
 
 
 class ChunkWriter:
@@ -267,13 +260,22 @@ def chunk_writer(send: Any) -> ChunkWriter | None:
     """A ChunkWriter for the response of uvicorn's `send` when it is a GET of this
     protocol (HTTP/1.1 on a HeadHoldingTransport); None otherwise (HTTP/2, another
     server), and the stream writes through `send` alone."""
+    found = _own_request(send)
+    if found is None or found[0].scope["method"] != "GET":
+        return None
+    return ChunkWriter(*found)
+
+
+def _own_request(send: Any) -> tuple[RequestResponseCycle, HeadHoldingTransport] | None:
+    """The request cycle of uvicorn's `send` and its connection's wrapper, when `send` is
+    an HTTP/1.1 request's of this protocol; None otherwise."""
     cycle = getattr(send, "__self__", None)
     if type(cycle) is not RequestResponseCycle or cycle.send != send:
         return None
     holder: Any = cycle.transport  # typed as asyncio's; this protocol's wrapper here
-    if type(holder) is not HeadHoldingTransport or cycle.scope["method"] != "GET":
+    if type(holder) is not HeadHoldingTransport:
         return None
-    return ChunkWriter(cycle, holder)
+    return cycle, holder
 
 
 def _plain(response: Response) -> bool:
